@@ -1,0 +1,39 @@
+# `make demo` and `make test` do all set-up on a fresh machine: a .venv/ in the project root,
+# the pinned torch stack, the project with its native extension, then the job itself.
+# Set-up is idempotent: stamps in .venv/ skip what is already done.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+# The pinned stack (see DESIGN.md: newer torch needs C++20 and pulls GBs; 2.13 has no torchvision).
+STACK  := torch==2.14.1 torchvision==0.29.1
+DEPS   := numpy scikit-learn matplotlib tqdm pytest pytest-benchmark ninja "setuptools>=64" wheel
+NATIVE_SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
+
+.PHONY: demo test bench doctor clean
+
+$(VENV)/.stack:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet $(STACK) $(DEPS)
+	touch $@
+
+$(VENV)/.curvfast: $(VENV)/.stack $(NATIVE_SOURCES)
+	$(PIP) install --quiet --no-build-isolation --no-deps -e ".[dev]"
+	$(PY) -m curvfast doctor
+	touch $@
+
+demo: $(VENV)/.curvfast
+	$(PY) -m curvfast demo --out runs/demo
+
+test: $(VENV)/.curvfast
+	$(PY) -m pytest -q tests
+
+bench: $(VENV)/.curvfast
+	$(PY) -m benchmarks
+
+doctor: $(VENV)/.curvfast
+	$(PY) -m curvfast doctor
+
+clean:
+	rm -rf build *.egg-info curvfast/*.so runs

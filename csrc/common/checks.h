@@ -1,0 +1,128 @@
+// Argument checks shared by the CPU and CUDA kernels (host code). Every op validates its
+// inputs with TORCH_CHECK so that a bad call raises a RuntimeError instead of crashing.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <cstdint>
+#include <string>
+
+namespace curvfast {
+
+enum class Distribution { Rademacher, Gaussian };
+
+inline bool is_float_or_double(const at::Tensor& t) {
+  return t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble;
+}
+
+inline void check_sample_ids(const at::Tensor& sample_ids, int64_t batch, const char* op) {
+  TORCH_CHECK(sample_ids.dim() == 1, op, ": sample_ids must be 1-D, got ", sample_ids.dim(),
+              "-D");
+  TORCH_CHECK(sample_ids.scalar_type() == at::kLong, op, ": sample_ids must be int64, got ",
+              sample_ids.scalar_type());
+  TORCH_CHECK(batch < 0 || sample_ids.size(0) == batch, op, ": sample_ids has length ",
+              sample_ids.size(0), " but the batch size is ", batch);
+  TORCH_CHECK(sample_ids.numel() == 0 || sample_ids.min().item<int64_t>() >= 0, op,
+              ": sample_ids must be non-negative");
+}
+
+/// Checks probes' arguments; returns the distribution.
+inline Distribution check_probes(const at::Tensor& sample_ids, int64_t seed,
+                                 int64_t probe_offset, int64_t num_probes, int64_t dim,
+                                 const std::string& distribution, at::ScalarType dtype) {
+  check_sample_ids(sample_ids, -1, "probes");
+  TORCH_CHECK(seed >= 0, "probes: seed must be >= 0, got ", seed);
+  TORCH_CHECK(num_probes >= 0, "probes: num_probes must be >= 0, got ", num_probes);
+  TORCH_CHECK(dim >= 0, "probes: dim must be >= 0, got ", dim);
+  TORCH_CHECK(probe_offset >= 0 && probe_offset + num_probes <= (int64_t(1) << 32),
+              "probes: probe indices probe_offset .. probe_offset + num_probes - 1 must lie "
+              "in [0, 2^32), got probe_offset=", probe_offset, ", num_probes=", num_probes);
+  TORCH_CHECK(dim <= (int64_t(1) << 32), "probes: dim must be <= 2^32, got ", dim);
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble,
+              "probes: dtype must be float32 or float64, got ", dtype);
+  if (distribution == "rademacher") return Distribution::Rademacher;
+  TORCH_CHECK(distribution == "gaussian",
+              "probes: distribution must be 'rademacher' or 'gaussian', got '", distribution,
+              "'");
+  return Distribution::Gaussian;
+}
+
+/// Checks logit_factor's arguments; returns K, the number of factor entries per sample.
+inline int64_t check_logit_factor(const at::Tensor& logits, const at::Tensor& labels,
+                                  const at::Tensor& sample_ids, int64_t num_exact,
+                                  int64_t num_tail, int64_t seed) {
+  TORCH_CHECK(logits.dim() == 2, "logit_factor: logits must be 2-D (B, C), got ",
+              logits.dim(), "-D");
+  TORCH_CHECK(is_float_or_double(logits), "logit_factor: logits must be float32 or float64, got ",
+              logits.scalar_type());
+  const int64_t B = logits.size(0), C = logits.size(1);
+  TORCH_CHECK(C >= 2, "logit_factor: logits need at least 2 classes, got ", C);
+  TORCH_CHECK(labels.dim() == 1 && labels.size(0) == B,
+              "logit_factor: labels must be 1-D of length B=", B, ", got shape ", labels.sizes());
+  TORCH_CHECK(labels.scalar_type() == at::kLong, "logit_factor: labels must be int64, got ",
+              labels.scalar_type());
+  check_sample_ids(sample_ids, B, "logit_factor");
+  TORCH_CHECK(labels.device() == logits.device() && sample_ids.device() == logits.device(),
+              "logit_factor: logits, labels and sample_ids must be on the same device, got ",
+              logits.device(), ", ", labels.device(), ", ", sample_ids.device());
+  TORCH_CHECK(num_exact >= 0, "logit_factor: num_exact must be >= 0, got ", num_exact);
+  TORCH_CHECK(num_tail >= 0, "logit_factor: num_tail must be >= 0, got ", num_tail);
+  TORCH_CHECK(seed >= 0, "logit_factor: seed must be >= 0, got ", seed);
+  if (B > 0) {
+    TORCH_CHECK(labels.min().item<int64_t>() >= 0 && labels.max().item<int64_t>() < C,
+                "logit_factor: labels must lie in [0, C=", C, ")");
+    TORCH_CHECK(logits.isfinite().all().item<bool>(), "logit_factor: logits must be finite");
+  }
+  if (num_exact >= C) return C;
+  TORCH_CHECK(num_tail >= 1, "logit_factor: num_exact=", num_exact, " < C=", C,
+              " samples the remaining classes, so num_tail must be >= 1");
+  TORCH_CHECK(num_exact + num_tail <= (int64_t(1) << 31),
+              "logit_factor: num_exact + num_tail must be <= 2^31");
+  return num_exact + num_tail;
+}
+
+inline void check_weighted_sq_norms(const at::Tensor& vjp, const at::Tensor& weights) {
+  TORCH_CHECK(vjp.dim() == 3, "weighted_sq_norms: vjp must be 3-D (B, K, D), got ", vjp.dim(),
+              "-D");
+  TORCH_CHECK(is_float_or_double(vjp), "weighted_sq_norms: vjp must be float32 or float64, got ",
+              vjp.scalar_type());
+  TORCH_CHECK(weights.dim() == 2 && weights.size(0) == vjp.size(0) &&
+                  weights.size(1) == vjp.size(1),
+              "weighted_sq_norms: weights must have shape (B, K) = (", vjp.size(0), ", ",
+              vjp.size(1), "), got ", weights.sizes());
+  TORCH_CHECK(weights.scalar_type() == vjp.scalar_type(),
+              "weighted_sq_norms: weights must have vjp's dtype ", vjp.scalar_type(), ", got ",
+              weights.scalar_type());
+  TORCH_CHECK(weights.device() == vjp.device(),
+              "weighted_sq_norms: vjp and weights must be on the same device, got ", vjp.device(),
+              " and ", weights.device());
+}
+
+inline void check_probe_moments(const at::Tensor& probes, const at::Tensor& hvp,
+                                const at::Tensor& mean, const at::Tensor& m2, int64_t count) {
+  TORCH_CHECK(probes.dim() == 3, "probe_moments: probes must be 3-D (B, P, D), got ",
+              probes.dim(), "-D");
+  TORCH_CHECK(is_float_or_double(probes),
+              "probe_moments: probes must be float32 or float64, got ", probes.scalar_type());
+  TORCH_CHECK(hvp.sizes() == probes.sizes(), "probe_moments: hvp must have probes' shape ",
+              probes.sizes(), ", got ", hvp.sizes());
+  TORCH_CHECK(hvp.scalar_type() == probes.scalar_type(),
+              "probe_moments: hvp must have probes' dtype ", probes.scalar_type(), ", got ",
+              hvp.scalar_type());
+  TORCH_CHECK(probes.size(1) >= 1, "probe_moments: need at least one probe (P >= 1)");
+  const int64_t B = probes.size(0);
+  TORCH_CHECK(mean.dim() == 2 && mean.size(0) == B && mean.size(1) == 2,
+              "probe_moments: mean must have shape (B, 2) = (", B, ", 2), got ", mean.sizes());
+  TORCH_CHECK(m2.sizes() == mean.sizes(), "probe_moments: m2 must have mean's shape ",
+              mean.sizes(), ", got ", m2.sizes());
+  TORCH_CHECK(is_float_or_double(mean) && m2.scalar_type() == mean.scalar_type(),
+              "probe_moments: mean and m2 must share a float32 or float64 dtype, got ",
+              mean.scalar_type(), " and ", m2.scalar_type());
+  TORCH_CHECK(hvp.device() == probes.device() && mean.device() == probes.device() &&
+                  m2.device() == probes.device(),
+              "probe_moments: probes, hvp, mean and m2 must be on the same device");
+  TORCH_CHECK(count >= 0, "probe_moments: count must be >= 0, got ", count);
+}
+
+}  // namespace curvfast

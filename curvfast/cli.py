@@ -1,0 +1,180 @@
+"""``curvfast <command>`` (also ``python -m curvfast``): doctor, train, score, demo."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+
+import torch
+
+from . import __version__, ops
+
+METHOD_CHOICES = ("auto", "exact", "sampled", "hutchinson", "fd", "zo")
+STAT_CHOICES = ("trace", "frobenius", "top_eigenvalue", "spectrum", "fd", "zo")
+
+
+def doctor_report() -> dict:
+    """Versions, whether the native extension loaded, whether it has CUDA kernels, GPUs present."""
+    import torchvision
+
+    gpu = torch.cuda.is_available()
+    return {
+        "curvfast": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "torch_cuda": torch.version.cuda,
+        "extension": ops.native_available(),
+        "extension_error": ops.load_error(),
+        "cuda_compiled": ops.cuda_compiled(),
+        "gpu_available": gpu,
+        "gpu": torch.cuda.get_device_name(0) if gpu else None,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _cmd_doctor(args) -> int:
+    report = doctor_report()
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    for key, value in report.items():
+        print(f"{key:16s} {value}")
+    if not report["extension"]:
+        print("\nThe native extension is not loaded: curvfast runs on its pure-torch reference ops (correct, slower).")
+        print("Rebuild it with: pip install --no-build-isolation -e .")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from .train import train_model
+
+    _, info = train_model(
+        args.model, args.dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        root=args.root, device=args.device, out=args.out, log=None if args.quiet else print,
+    )
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def load_model(checkpoint: str, model_name: str | None, dataset: str, root: str | None):
+    """Build the checkpoint's model (or ``model_name``) and load its weights (weights_only)."""
+    from .data import get_dataset
+    from .io import load_checkpoint
+    from .models import build_model
+
+    ckpt = load_checkpoint(checkpoint)
+    name = model_name or ckpt.get("model")
+    if name is None:
+        raise ValueError(f"checkpoint {checkpoint!r} does not name its model; pass --model")
+    if "num_classes" in ckpt:
+        num_classes, in_channels = int(ckpt["num_classes"]), int(ckpt["in_channels"])
+    else:
+        _, info = get_dataset(dataset, "train", root=root)
+        num_classes, in_channels = info.num_classes, info.in_channels
+    model = build_model(name, num_classes, in_channels)
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        raise ValueError(f"checkpoint {checkpoint!r} does not fit model {name!r}: {str(err).splitlines()[0]}") from err
+    return model
+
+
+def _cmd_score(args) -> int:
+    from .data import get_dataset
+    from .engine import score
+
+    model = load_model(args.checkpoint, args.model, args.dataset, args.root)
+    dataset, _ = get_dataset(args.dataset, args.split, root=args.root, image_size=args.image_size)
+    res = score(
+        model, dataset, method=args.method, statistic=args.statistic, probes=args.probes, seed=args.seed,
+        batch_size=args.batch_size, device=args.device, num_workers=args.workers, out=args.out,
+        progress=False if args.quiet else None,
+    )
+    print(json.dumps({"settings": res.settings, "summary": res.summary(), "out": args.out}, indent=2))
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .data import get_dataset
+    from .engine import score
+    from .plots import image_grid
+    from .train import train_model
+
+    out = args.out
+    os.makedirs(out, exist_ok=True)
+    print(f"[1/3] training small_cnn on digits ({args.epochs} epochs)")
+    model, info = train_model("small_cnn", "digits", epochs=args.epochs, seed=args.seed, out=os.path.join(out, "model.pt"))
+    print(f"      train accuracy {info['train_accuracy']:.4f}, test accuracy {info['test_accuracy']:.4f}")
+    dataset, _ = get_dataset("digits", "train")
+    print(f"[2/3] scoring all {len(dataset)} training digits with the exact input-Hessian trace")
+    res = score(model, dataset, method="exact", batch_size=128, out=out, progress=None)
+    summary = res.summary()
+    print("      " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
+    top = res.index[(-res.score).argsort()[: args.top]]
+    images = dataset.images[top].numpy()
+    titles = [f"#{i} y={int(dataset.targets[i])}\ncurv={res.score[i]:.3g}" for i in top]
+    grid = os.path.join(out, "top_curvature.png")
+    image_grid(images, titles, grid, suptitle="digits with the highest input-loss curvature (exact trace)")
+    print(f"[3/3] wrote {out}/scores.npz, {out}/results.json, {out}/model.pt and {grid}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="curvfast", description="Per-sample input loss curvature for PyTorch models.")
+    parser.add_argument("--version", action="version", version=f"curvfast {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("doctor", help="versions, native extension, CUDA kernels, GPU")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_doctor)
+
+    p = sub.add_parser("train", help="train a zoo model on a registered dataset -> checkpoint")
+    p.add_argument("--model", default="small_cnn")
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--root", default=None, help="folder that already holds the dataset (never downloaded)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True, help="checkpoint path (.pt)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("score", help="score every sample of a dataset with a checkpoint -> run folder")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--model", default=None, help="zoo/torchvision name if the checkpoint does not record it")
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--split", default="train")
+    p.add_argument("--root", default=None)
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--method", choices=METHOD_CHOICES, default="auto")
+    p.add_argument("--statistic", choices=STAT_CHOICES, default=None)
+    p.add_argument("--probes", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--out", required=True, help="run folder for results.json and scores.npz")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_score)
+
+    p = sub.add_parser("demo", help="train on digits, score every training digit exactly, plot the most curved")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top", type=int, default=24)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        print(f"curvfast {args.command}: error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,195 @@
+"""Per-sample input loss curvature: ``input_curvature(model, x, y, method=..., statistic=...)``.
+
+H_b = ∂²L_b/∂x_b² for the cross-entropy L_b of sample b. Methods:
+
+========== ============================================ ==============================
+method     what it returns                              when it is exact
+========== ============================================ ==============================
+exact      tr(H), ‖H‖_F, top eigenvalue, spectrum       piecewise-linear nets (C VJPs)
+sampled    tr(H): top-m classes + stratified p-tail     unbiased, for large C
+hutchinson tr(H) or ‖H‖_F from exact HVPs, with stderr  unbiased, any smooth model
+fd         Garg et al.: mean‖∇L(x+hr)−∇L(x)‖ ≈ h‖H‖_F   published estimator
+zo         Curvature Clues, loss values only ≈ h√(2/π)‖H‖_F  published estimator
+auto       exact (PL, C ≤ 100), sampled (PL, C > 100), hutchinson otherwise
+========== ============================================ ==============================
+
+Higher values mean more curved. Random probes are keyed by (seed, sample id, probe index):
+pass the samples' dataset indices as ``sample_ids`` and results do not depend on batching.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checks import check_batch, check_labels, is_piecewise_linear
+from .finite_difference import fd_curvature, zo_curvature
+from .hutchinson import HVP_MODES, hutchinson_curvature
+from .logit_space import GRAM_STATISTICS, logit_space_curvature
+from .model import LogitFn, scoring_mode, unwrap_model
+
+__all__ = ["input_curvature", "CurvatureResult", "METHODS", "STATISTICS", "resolve_method", "is_piecewise_linear"]
+
+METHODS = ("auto", "exact", "sampled", "hutchinson", "fd", "zo")
+STATISTICS = ("trace",) + GRAM_STATISTICS
+EXACT_MAX_CLASSES = 100
+DEFAULT_PROBES = {"hutchinson": 100, "fd": 10, "zo": 10, "sampled": 10}
+
+
+@dataclass
+class CurvatureResult:
+    """``value``: (B,) per-sample curvature ((B, K) eigenvalues, descending, for ``"spectrum"``).
+    ``stderr``: (B,) standard error for random methods, else None. ``loss``: (B,) cross-entropy."""
+
+    value: torch.Tensor
+    stderr: torch.Tensor | None
+    loss: torch.Tensor
+    method: str
+    statistic: str
+
+
+def _natural_statistic(method: str, statistic: str | None) -> str:
+    if method in ("fd", "zo"):
+        if statistic not in (None, method):
+            raise ValueError(
+                f"method={method!r} estimates its published quantity (≈ h·‖H‖_F up to a constant), not "
+                f"{statistic!r}; leave statistic=None, or use method='exact'/'hutchinson' for the trace"
+            )
+        return method
+    statistic = statistic or "trace"
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic must be one of {STATISTICS} (got {statistic!r})")
+    if method == "sampled" and statistic != "trace":
+        raise ValueError("method='sampled' is unbiased for the trace only; use method='exact' for " + statistic)
+    if method == "hutchinson" and statistic not in ("trace", "frobenius"):
+        raise ValueError(f"method='hutchinson' estimates 'trace' or 'frobenius', not {statistic!r}; use method='exact'")
+    return statistic
+
+
+def resolve_method(method: str, piecewise_linear: bool, num_classes: int, accept_gauss_newton: bool) -> str:
+    """Turn ``"auto"`` into a concrete method and refuse the Gauss-Newton value on smooth models."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS} (got {method!r})")
+    if method == "auto":
+        if not piecewise_linear:
+            return "hutchinson"
+        return "exact" if num_classes <= EXACT_MAX_CLASSES else "sampled"
+    if method in ("exact", "sampled") and not piecewise_linear and not accept_gauss_newton:
+        raise ValueError(
+            f"method={method!r} is exact only for piecewise-linear networks, and this model has smooth pieces "
+            "(GELU, SiLU, tanh, sigmoid, LayerNorm, attention ...): it would return the Gauss-Newton term "
+            "JᵀAJ, not the input Hessian. Use method='hutchinson' for the true Hessian, or pass "
+            "accept_gauss_newton=True to get the Gauss-Newton value knowingly."
+        )
+    return method
+
+
+def input_curvature(
+    model: nn.Module | Callable,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    method: str = "auto",
+    statistic: str | None = None,
+    probes: int | None = None,
+    seed: int = 0,
+    sample_ids: torch.Tensor | None = None,
+    top_classes: int = 10,
+    distribution: str = "rademacher",
+    step: float = 1e-3,
+    hvp: str = "double_backward",
+    output_transform: Callable | None = None,
+    accept_gauss_newton: bool = False,
+    chunk_size: int | None = None,
+) -> CurvatureResult:
+    """Per-sample input loss curvature of a batch.
+
+    Args:
+        model: an ``nn.Module`` returning logits (wrappers from DDP, Opacus and torch.compile are
+            unwrapped; it is scored in eval mode and its mode is restored), or, for ``method="zo"``
+            only, a loss oracle ``loss_fn(x, y) -> per-sample losses (B,)``.
+        x: inputs (B, ...), floating point. y: integer labels (B,).
+        method: see the module docstring. statistic: ``"trace"`` (default), ``"frobenius"``,
+            ``"top_eigenvalue"``, ``"spectrum"``; fd and zo return their own quantity.
+        probes: Hutchinson / fd / zo probes, or sampled tail classes (defaults 100 / 10 / 10 / 10).
+        seed, sample_ids: key the random probes; ``sample_ids`` defaults to ``arange(B)``; pass
+            dataset indices to make results independent of batching.
+        top_classes: classes kept exactly by ``"sampled"``.
+        distribution: Hutchinson probes, ``"rademacher"`` or ``"gaussian"``.
+        step: finite-difference step h for fd and zo.
+        hvp: ``"double_backward"`` or ``"forward_over_reverse"`` for Hutchinson.
+        accept_gauss_newton: allow exact/sampled on smooth models (returns tr(JᵀAJ)).
+        chunk_size: classes or probes per batched pass (default: sized from the input).
+    """
+    if hvp not in HVP_MODES:
+        raise ValueError(f"hvp must be one of {HVP_MODES} (got {hvp!r})")
+    if distribution not in ("rademacher", "gaussian"):
+        raise ValueError(f"distribution must be 'rademacher' or 'gaussian' (got {distribution!r})")
+    if not isinstance(model, nn.Module):
+        if method != "zo" or not callable(model):
+            raise TypeError("model must be an nn.Module returning logits (a plain loss callable works with method='zo' only)")
+        return _zo_oracle(model, x, y, statistic, probes, seed, sample_ids, step, chunk_size)
+    model = unwrap_model(model)
+    x, y = check_batch(x, y, model)
+    sample_ids = _sample_ids(sample_ids, x)
+    logit_fn = LogitFn(model, output_transform)
+    with scoring_mode(model):
+        with torch.no_grad():
+            num_classes = logit_fn(x[:1]).shape[1]
+        check_labels(y, num_classes)
+        needs_check = method in ("auto", "exact", "sampled")
+        piecewise = is_piecewise_linear(logit_fn, x) if needs_check else False
+        method = resolve_method(method, piecewise, num_classes, accept_gauss_newton)
+        statistic = _natural_statistic(method, statistic)
+        nprobes = _probe_count(method, probes)
+        if method in ("exact", "sampled"):
+            num_exact = num_classes if method == "exact" else top_classes
+            value, stderr, loss = logit_space_curvature(
+                logit_fn, x, y, sample_ids, statistic=statistic, num_exact=num_exact,
+                num_tail=nprobes if method == "sampled" else 0, seed=seed, chunk_size=chunk_size,
+            )
+        elif method == "hutchinson":
+            value, stderr, loss = hutchinson_curvature(
+                logit_fn, x, y, sample_ids, statistic=statistic, probes=nprobes, seed=seed,
+                distribution=distribution, hvp=hvp, chunk_size=chunk_size,
+            )
+        elif method == "fd":
+            value, stderr, loss = fd_curvature(logit_fn, x, y, sample_ids, probes=nprobes, seed=seed, step=step, chunk_size=chunk_size)
+        else:
+            value, stderr, loss = zo_curvature(
+                lambda xb, yb: F.cross_entropy(logit_fn(xb), yb, reduction="none"), x, y, sample_ids,
+                probes=nprobes, seed=seed, step=step, chunk_size=chunk_size,
+            )
+    return CurvatureResult(value.detach(), None if stderr is None else stderr.detach(), loss.detach(), method, statistic)
+
+
+def _zo_oracle(loss_fn, x, y, statistic, probes, seed, sample_ids, step, chunk_size) -> CurvatureResult:
+    x, y = check_batch(x, y)
+    statistic = _natural_statistic("zo", statistic)
+    value, stderr, loss = zo_curvature(
+        loss_fn, x, y, _sample_ids(sample_ids, x), probes=_probe_count("zo", probes), seed=seed, step=step, chunk_size=chunk_size
+    )
+    return CurvatureResult(value, stderr, loss, "zo", statistic)
+
+
+def _probe_count(method: str, probes: int | None) -> int:
+    if method == "exact":
+        return 0
+    count = DEFAULT_PROBES[method] if probes is None else probes
+    if not isinstance(count, int) or count < 1:
+        raise ValueError(f"probes must be a positive int for method={method!r} (got {probes!r})")
+    return count
+
+
+def _sample_ids(sample_ids, x: torch.Tensor) -> torch.Tensor:
+    if sample_ids is None:
+        return torch.arange(x.shape[0], device=x.device)
+    ids = torch.as_tensor(sample_ids)
+    if ids.dtype.is_floating_point or ids.shape != (x.shape[0],):
+        raise ValueError(f"sample_ids must be integer indices of shape (B,) = ({x.shape[0]},); got {ids.dtype} {tuple(ids.shape)}")
+    if (ids < 0).any():
+        raise ValueError("sample_ids must be non-negative dataset indices")
+    return ids.to(device=x.device, dtype=torch.int64)

@@ -1,0 +1,100 @@
+"""The published gradient-free and finite-difference curvature estimators.
+
+``fd`` (Garg et al.): with Rademacher r_k, h = 1e-3, n = 10,
+
+    fd(x) = mean_k ‖∇L(x + h r_k) − ∇L(x)‖ ≈ h·‖H‖_F        (not the trace).
+
+The published code differentiates the batch-mean loss, which divides every score by the batch
+size and rescales the last batch; curvfast differentiates per-sample (sum-reduced) losses, so
+its values are the published ones times the published batch size.
+
+``zo`` (Curvature Clues), from loss values only, with Rademacher u_k, v_k:
+
+    zo(x) = mean_k |L(x+hv+hu) − L(x−hv+hu) − L(x+hv−hu) + L(x−hv−hu)| / (4h)
+          ≈ h·|vᵀHu|,   E ≈ h·√(2/π)·‖H‖_F.
+
+Both run with TF32 off: TF32 rounds at about the size of an h = 1e-3 step. On ReLU/max-pool
+networks the steps cross activation kinks, so neither tracks the autograd Hessian there.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .. import ops
+from .model import LogitFn, no_tf32
+
+__all__ = ["fd_curvature", "zo_curvature"]
+
+
+def _mean_and_stderr(samples: torch.Tensor):
+    num = samples.shape[1]
+    stderr = samples.std(dim=1, correction=1) / num**0.5 if num > 1 else torch.full_like(samples[:, 0], float("nan"))
+    return samples.mean(dim=1), stderr
+
+
+def fd_curvature(logit_fn: LogitFn, x, y, sample_ids, *, probes: int, seed: int, step: float, chunk_size: int | None):
+    """Return ``(value, stderr, loss)`` of the Garg et al. estimator on per-sample losses."""
+    batch, dim = x.shape[0], x[0].numel()
+    chunk = chunk_size or max(1, min(probes, 2**24 // max(1, batch * dim)))
+    x = x.detach()
+    with no_tf32(), torch.enable_grad():
+        x0 = x.clone().requires_grad_(True)
+        loss = F.cross_entropy(logit_fn(x0), y, reduction="none")
+        (g0,) = torch.autograd.grad(loss.sum(), x0)
+        norms = []
+        for p0 in range(0, probes, chunk):
+            num = min(chunk, probes - p0)
+            r = ops.probes(sample_ids, num, dim, seed=seed, probe_offset=p0, distribution="rademacher", dtype=x.dtype)
+            xp = (x.reshape(batch, 1, dim) + step * r).reshape(batch * num, *x.shape[1:]).requires_grad_(True)
+            lp = F.cross_entropy(logit_fn(xp), y.repeat_interleave(num), reduction="sum")
+            (gp,) = torch.autograd.grad(lp, xp)
+            norms.append((gp.reshape(batch, num, dim) - g0.reshape(batch, 1, dim)).norm(dim=2))
+    value, stderr = _mean_and_stderr(torch.cat(norms, dim=1))
+    return value, stderr, loss.detach()
+
+
+def zo_curvature(
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x,
+    y,
+    sample_ids,
+    *,
+    probes: int,
+    seed: int,
+    step: float,
+    chunk_size: int | None,
+):
+    """Return ``(value, stderr, loss)``; ``loss_fn(x, y)`` returns per-sample losses (B,)."""
+    batch, dim = x.shape[0], x[0].numel()
+    chunk = chunk_size or max(1, min(probes, 2**22 // max(1, batch * dim)))
+    signs = torch.tensor([[1.0, 1.0], [-1.0, 1.0], [1.0, -1.0], [-1.0, -1.0]], dtype=x.dtype, device=x.device)
+    coef = torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64, device=x.device)
+    x = x.detach()
+    samples = []
+    with no_tf32(), torch.no_grad():
+        loss = _checked_losses(loss_fn, x, y)
+        for p0 in range(0, probes, chunk):
+            num = min(chunk, probes - p0)
+            r = ops.probes(sample_ids, 2 * num, dim, seed=seed, probe_offset=2 * p0, distribution="rademacher", dtype=x.dtype)
+            v, u = r[:, 0::2], r[:, 1::2]  # (B, num, D) each
+            pts = x.reshape(batch, 1, 1, dim) + step * (
+                signs[:, 0].view(1, 4, 1, 1) * v.unsqueeze(1) + signs[:, 1].view(1, 4, 1, 1) * u.unsqueeze(1)
+            )  # (B, 4, num, D)
+            lv = _checked_losses(loss_fn, pts.reshape(-1, *x.shape[1:]), y.repeat_interleave(4 * num))
+            lv = lv.reshape(batch, 4, num).to(torch.float64)
+            samples.append((lv * coef.view(1, 4, 1)).sum(dim=1).abs() / (4 * step))
+    value, stderr = _mean_and_stderr(torch.cat(samples, dim=1))
+    return value.to(x.dtype), stderr.to(x.dtype), loss
+
+
+def _checked_losses(loss_fn, x, y) -> torch.Tensor:
+    out = loss_fn(x, y)
+    if not isinstance(out, torch.Tensor) or out.shape != (x.shape[0],):
+        raise ValueError(
+            "the loss oracle must return per-sample losses of shape (B,) "
+            f"= ({x.shape[0]},); got {getattr(out, 'shape', type(out).__name__)}"
+        )
+    return out

@@ -1,0 +1,87 @@
+"""Hutchinson estimates with exact Hessian-vector products, for any twice-differentiable model.
+
+For probes v with E[v vᵀ] = I (Rademacher or Gaussian):
+
+    E[vᵀ H v] = tr(H),     E[‖H v‖²] = tr(H²) = ‖H‖_F².
+
+Probes are keyed by (seed, sample index, probe index), so a sample's estimate does not depend
+on its batch. HVPs are batched over a chunk of probes at a time, by one of two exact routes:
+
+- ``"double_backward"``: the batch is replicated once per probe, ∇L is taken with
+  ``create_graph=True`` and differentiated again along the probes (reverse-over-reverse);
+- ``"forward_over_reverse"``: ``jvp(grad(L))`` with torch.func, vmapped over probes.
+
+Per-sample running mean and variance over probes give the estimate and its standard error
+(for the Frobenius norm, √mean(‖Hv‖²) with a delta-method standard error).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import ops
+from .model import LogitFn
+
+__all__ = ["hutchinson_curvature", "HVP_MODES"]
+
+HVP_MODES = ("double_backward", "forward_over_reverse")
+
+
+def _hvp_double_backward(logit_fn: LogitFn, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """H_b v_{b,p} for v of shape (B, P, *x.shape[1:]); returns the same shape."""
+    batch, num = v.shape[:2]
+    xr = x.unsqueeze(1).expand(v.shape).reshape(batch * num, *x.shape[1:]).detach().requires_grad_(True)
+    yr = y.repeat_interleave(num)
+    with torch.enable_grad():
+        loss = F.cross_entropy(logit_fn(xr), yr, reduction="sum")
+        (g,) = torch.autograd.grad(loss, xr, create_graph=True)
+        (hv,) = torch.autograd.grad(g, xr, grad_outputs=v.reshape(xr.shape))
+    return hv.reshape(v.shape)
+
+
+def _hvp_forward_over_reverse(logit_fn: LogitFn, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def loss(inp):
+        return F.cross_entropy(logit_fn(inp), y, reduction="sum")
+
+    grad_fn = torch.func.grad(loss)
+
+    def hvp(direction):
+        return torch.func.jvp(grad_fn, (x,), (direction,))[1]
+
+    return torch.func.vmap(hvp)(v.transpose(0, 1).contiguous()).transpose(0, 1)
+
+
+def hutchinson_curvature(
+    logit_fn: LogitFn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    sample_ids: torch.Tensor,
+    *,
+    statistic: str,
+    probes: int,
+    seed: int,
+    distribution: str,
+    hvp: str,
+    chunk_size: int | None,
+):
+    """Return ``(value, stderr, loss)`` with per-sample Hutchinson estimates."""
+    batch, dim = x.shape[0], x[0].numel()
+    hvp_fn = _hvp_double_backward if hvp == "double_backward" else _hvp_forward_over_reverse
+    chunk = chunk_size or max(1, min(probes, 2**24 // max(1, batch * dim)))
+    mean = torch.zeros(batch, 2, dtype=torch.float64, device=x.device)
+    m2 = torch.zeros_like(mean)
+    x = x.detach()
+    for p0 in range(0, probes, chunk):
+        num = min(chunk, probes - p0)
+        v = ops.probes(sample_ids, num, dim, seed=seed, probe_offset=p0, distribution=distribution, dtype=x.dtype)
+        hv = hvp_fn(logit_fn, x, y, v.reshape(batch, num, *x.shape[1:])).reshape(batch, num, dim)
+        mean, m2 = ops.probe_moments(v, hv.detach(), mean, m2, p0)
+    with torch.no_grad():
+        loss = F.cross_entropy(logit_fn(x), y, reduction="none")
+    var_of_mean = m2 / (probes * (probes - 1)) if probes > 1 else torch.full_like(m2, float("nan"))
+    if statistic == "trace":
+        value, stderr = mean[:, 0], var_of_mean[:, 0].sqrt()
+    else:
+        value = mean[:, 1].clamp_min(0).sqrt()
+        stderr = var_of_mean[:, 1].sqrt() / (2 * value)
+    return value.to(x.dtype), stderr.to(x.dtype), loss

@@ -1,0 +1,100 @@
+"""Exact and sampled input curvature through the logit-space factor (METHODS.md §1.1).
+
+For a piecewise-linear network the logits' second derivative vanishes almost everywhere, so
+the input Hessian of the cross-entropy is the Gauss-Newton matrix
+
+    H = Jᵀ A J,   A = diag(p) − p pᵀ = Σ_c p_c (e_c − p)(e_c − p)ᵀ,
+
+with J = ∂z/∂x. Writing v_c = Jᵀ(e_c − p) (one vector-Jacobian product each, all from one
+forward) and w_c = p_c:
+
+    tr(H)   = Σ_c w_c ‖v_c‖²
+    H's nonzero spectrum = eig(M),  M_ij = √(w_i w_j) v_iᵀ v_j   (K x K)
+    ‖H‖_F   = ‖M‖_F.
+
+The cotangents e_c − p are formed from log-softmax (1 − p_c = −expm1(log p_c)), so the
+result keeps full relative accuracy when the loss is tiny. For large C the factor keeps the
+top-m classes exactly and replaces the tail by t classes drawn proportionally to p in t
+strata, each weighted P_tail / t: an unbiased estimate of the trace.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import ops
+from .model import LogitFn
+
+__all__ = ["logit_space_curvature", "GRAM_STATISTICS"]
+
+GRAM_STATISTICS = ("frobenius", "top_eigenvalue", "spectrum")
+
+
+def _class_vjps(vjp_fn, cotangents: torch.Tensor, chunk: int):
+    """Yield ``(k0, V)`` with V[b, k] = J_bᵀ cotangents[b, k0 + k] flattened to (B, k, D).
+
+    The backward of the one forward behind ``vjp_fn`` is vmapped over a chunk of classes at a
+    time (no Python loop over samples or classes).
+    """
+    batch, num = cotangents.shape[:2]
+    batched_vjp = torch.func.vmap(vjp_fn)
+    for k0 in range(0, num, chunk):
+        (v,) = batched_vjp(cotangents[:, k0 : k0 + chunk].transpose(0, 1).contiguous())
+        yield k0, v.reshape(v.shape[0], batch, -1).transpose(0, 1)
+
+
+def logit_space_curvature(
+    logit_fn: LogitFn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    sample_ids: torch.Tensor,
+    *,
+    statistic: str,
+    num_exact: int,
+    num_tail: int,
+    seed: int,
+    chunk_size: int | None,
+):
+    """Return ``(value, stderr or None, loss)``; ``value`` is (B,) or (B, K) for ``"spectrum"``."""
+    logits, vjp_fn = torch.func.vjp(logit_fn, x)
+    factor_dtype = logits.dtype if logits.dtype in (torch.float32, torch.float64) else torch.float32
+    cot, weights, _, loss = ops.logit_factor(
+        logits.detach().to(factor_dtype), y, sample_ids, num_exact=num_exact, num_tail=num_tail, seed=seed
+    )
+    cot = cot.to(logits.dtype)
+    batch, num = weights.shape
+    dim = x[0].numel()
+    chunk = chunk_size or max(1, min(num, 2**25 // max(1, batch * dim)))
+    need_gram = statistic in GRAM_STATISTICS
+
+    terms = torch.empty_like(weights)
+    scaled = []
+    for k0, v in _class_vjps(vjp_fn, cot, chunk):
+        w = weights[:, k0 : k0 + v.shape[1]].to(v.dtype)
+        terms[:, k0 : k0 + v.shape[1]] = ops.weighted_sq_norms(v, w).to(terms.dtype)
+        if need_gram:
+            scaled.append(v * w.sqrt().unsqueeze(-1))
+
+    if not need_gram:
+        value = terms.sum(dim=1)
+        stderr = _tail_stderr(terms[:, num - num_tail :]) if num_exact < logits.shape[1] else None
+        return value, stderr, loss
+
+    vs = torch.cat(scaled, dim=1)
+    gram = torch.bmm(vs, vs.transpose(1, 2))
+    if statistic == "frobenius":
+        value = torch.linalg.matrix_norm(gram)
+    else:
+        eig = torch.linalg.eigvalsh(gram).flip(-1).clamp_min(0)
+        value = eig[:, 0] if statistic == "top_eigenvalue" else eig
+    return value, None, loss
+
+
+def _tail_stderr(tail_terms: torch.Tensor) -> torch.Tensor:
+    """Standard error of the sampled tail sum, treating the t strata as independent draws
+    (conservative: stratification only lowers the variance). NaN when t = 1."""
+    t = tail_terms.shape[1]
+    if t < 2:
+        return torch.full(tail_terms.shape[:1], math.nan, dtype=tail_terms.dtype, device=tail_terms.device)
+    return (tail_terms.var(dim=1, correction=1) * t).sqrt()

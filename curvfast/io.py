@@ -1,0 +1,66 @@
+"""Atomic result files and safe checkpoint loading."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+
+import numpy as np
+import torch
+
+__all__ = ["atomic_write_bytes", "write_json", "write_npz", "save_checkpoint", "load_checkpoint"]
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to a temp file in the same folder, fsync, then rename over ``path``:
+    readers see the old file or the whole new one, never half of it."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def write_npz(path: str, **arrays) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def save_checkpoint(path: str, model: torch.nn.Module, **meta) -> None:
+    """Save ``{"state_dict": ..., **meta}`` (meta: plain strings / numbers) atomically."""
+    buf = io.BytesIO()
+    torch.save({"state_dict": model.state_dict(), **meta}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str) -> dict:
+    """Load a checkpoint with ``weights_only=True``. Returns a dict with a ``state_dict`` key
+    (a bare state_dict file is wrapped)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist; train one with `curvfast train --out {path}`")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"checkpoint {path!r} could not be read as a PyTorch state_dict ({type(err).__name__}: {err}); "
+            "it is corrupt, truncated, or not a weights-only checkpoint"
+        ) from err
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        return obj
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {"state_dict": obj}
+    raise ValueError(f"checkpoint {path!r} holds a {type(obj).__name__}, not a state_dict")

@@ -1,0 +1,82 @@
+"""Shared fixtures: a catalogue of small models and the float64 torch.func reference."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ResidualPL(nn.Module):
+    """conv -> eval BN -> ReLU -> max-pool -> residual conv block -> avg-pool -> linear (piecewise linear)."""
+
+    def __init__(self, num_classes: int, act: type[nn.Module] = nn.ReLU, width: int = 4):
+        super().__init__()
+        self.conv = nn.Conv2d(1, width, 3, padding=1)
+        self.bn = nn.BatchNorm2d(width)
+        self.act = act()
+        self.pool = nn.MaxPool2d(2)
+        self.block = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), act(), nn.Conv2d(width, width, 3, padding=1))
+        self.avg = nn.AvgPool2d(2)
+        self.fc = nn.Linear(width * 2 * 2, num_classes)
+
+    def forward(self, x):
+        h = self.pool(self.act(self.bn(self.conv(x))))
+        h = self.act(h + self.block(h))
+        return self.fc(self.avg(h).flatten(1))
+
+
+def _randomize_bn(model: nn.Module, gen: torch.Generator) -> nn.Module:
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen, dtype=m.running_mean.dtype) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen, dtype=m.running_var.dtype) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=gen, dtype=m.weight.dtype) + 0.5)
+    return model
+
+
+def make_model(kind: str, num_classes: int = 10, dtype=torch.float64, seed: int = 0) -> nn.Module:
+    """Models on 1x8x8 inputs. ``pl_*`` are piecewise linear, ``gelu``/``tanh`` are smooth."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    if kind == "pl_residual":
+        model = ResidualPL(num_classes)
+    elif kind == "pl_mlp":
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.LeakyReLU(0.1), nn.Linear(32, num_classes))
+    elif kind == "gelu":
+        model = ResidualPL(num_classes, act=nn.GELU)
+    elif kind == "tanh":
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, num_classes))
+    else:
+        raise KeyError(kind)
+    model = _randomize_bn(model.to(dtype), gen)
+    return model.eval()
+
+
+def make_batch(batch: int = 5, num_classes: int = 10, dtype=torch.float64, seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 1, 8, 8, generator=gen, dtype=dtype)
+    y = torch.randint(0, num_classes, (batch,), generator=gen)
+    return x, y
+
+
+def reference_hessians(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample input Hessians (B, D, D) of the cross-entropy, with torch.func.hessian."""
+    model = model.eval()
+
+    def loss(xb, yb):
+        return F.cross_entropy(model(xb.unsqueeze(0)), yb.unsqueeze(0))
+
+    hs = [torch.func.hessian(loss)(x[b], y[b]) for b in range(x.shape[0])]
+    d = x[0].numel()
+    return torch.stack([h.reshape(d, d) for h in hs])
+
+
+@pytest.fixture
+def digits_small():
+    """The first 96 training digits as a dataset."""
+    from torch.utils.data import Subset
+
+    from curvfast.data import DigitsDataset
+
+    return Subset(DigitsDataset("train"), range(96))
