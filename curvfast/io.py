@@ -40,10 +40,10 @@ def write_npz(path: str, **arrays) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def save_checkpoint(path: str, model: torch.nn.Module, **meta) -> None:
+def save_checkpoint(path: str, net: torch.nn.Module, /, **meta) -> None:
     """Save ``{"state_dict": ..., **meta}`` (meta: plain strings / numbers) atomically."""
     buf = io.BytesIO()
-    torch.save({"state_dict": model.state_dict(), **meta}, buf)
+    torch.save({"state_dict": net.state_dict(), **meta}, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 

@@ -10,12 +10,12 @@ from torch import nn
 class ResidualPL(nn.Module):
     """conv -> eval BN -> ReLU -> max-pool -> residual conv block -> avg-pool -> linear (piecewise linear)."""
 
-    def __init__(self, num_classes: int, act: type[nn.Module] = nn.ReLU, width: int = 4):
+    def __init__(self, num_classes: int, act: type[nn.Module] = nn.ReLU, pool: type[nn.Module] = nn.MaxPool2d, width: int = 4):
         super().__init__()
         self.conv = nn.Conv2d(1, width, 3, padding=1)
         self.bn = nn.BatchNorm2d(width)
         self.act = act()
-        self.pool = nn.MaxPool2d(2)
+        self.pool = pool(2)
         self.block = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), act(), nn.Conv2d(width, width, 3, padding=1))
         self.avg = nn.AvgPool2d(2)
         self.fc = nn.Linear(width * 2 * 2, num_classes)
@@ -44,7 +44,7 @@ def make_model(kind: str, num_classes: int = 10, dtype=torch.float64, seed: int 
     elif kind == "pl_mlp":
         model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.LeakyReLU(0.1), nn.Linear(32, num_classes))
     elif kind == "gelu":
-        model = ResidualPL(num_classes, act=nn.GELU)
+        model = ResidualPL(num_classes, act=nn.GELU, pool=nn.AvgPool2d)  # smooth everywhere
     elif kind == "tanh":
         model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, num_classes))
     else:

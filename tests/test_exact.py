@@ -43,7 +43,7 @@ def _confident_model(dtype):
     """A ReLU MLP whose last layer is scaled so that the loss of its own predictions is ~1e-12."""
     model = make_model("pl_mlp", 10, dtype=dtype)
     with torch.no_grad():
-        model[-1].weight.mul_(40.0)
+        model[-1].weight.mul_(300.0)
     return model
 
 
