@@ -73,8 +73,8 @@ CURVFAST_HD void portable_sincos_small(double x, double* sin_out, double* cos_ou
   const double x2 = x * x;
   double s = -0x1.71b8ef6dcf572p-66;  // -1/21!
   s = s * x2 + 0x1.2f49b46814157p-57;  // 1/19!
-  s = s * x2 - 0x1.6827863b97d97p-53;  // 1/17!
-  s = s * x2 + 0x1.ae7f3e733b81fp-45;  // 1/15!
+  s = s * x2 - 0x1.952c77030ad4ap-49;  // 1/17!
+  s = s * x2 + 0x1.ae7f3e733b81fp-41;  // 1/15!
   s = s * x2 - 0x1.6124613a86d09p-33;  // 1/13!
   s = s * x2 + 0x1.ae64567f544e4p-26;  // 1/11!
   s = s * x2 - 0x1.71de3a556c734p-19;  // 1/9!
