@@ -10,6 +10,8 @@ PIP    := $(PY) -m pip
 STACK  := torch==2.14.1 torchvision==0.29.1
 DEPS   := numpy scikit-learn matplotlib tqdm pytest pytest-benchmark ninja "setuptools>=64" wheel
 NATIVE_SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
+# The venv's ninja must be on PATH, or torch's BuildExtension compiles one file at a time.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: demo test bench doctor clean
 

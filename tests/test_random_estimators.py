@@ -94,3 +94,29 @@ def test_fd_crosses_relu_kinks():
     exact = curvfast.input_curvature(model, x, y, method="exact", statistic="frobenius").value
     fd = curvfast.input_curvature(model, x, y, method="fd").value / 1e-3
     assert ((fd / exact).log10().abs() > 0.3).any()
+
+
+class _TanhNoFunctorch(torch.autograd.Function):
+    """A custom op without setup_context: torch.func transforms (jvp) refuse it."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x.tanh()
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * (1 - x.tanh() ** 2)
+
+
+def test_hvp_auto_falls_back_to_double_backward():
+    lin = torch.nn.Linear(64, 10).double()
+    model = torch.nn.Sequential(torch.nn.Flatten(), lin)
+    model.forward = lambda x: lin(_TanhNoFunctorch.apply(x.flatten(1)))
+    x, y = make_batch(3, 10)
+    with pytest.raises(RuntimeError, match="setup_context"):
+        curvfast.input_curvature(model, x, y, method="hutchinson", probes=4, hvp="forward_over_reverse")
+    auto = curvfast.input_curvature(model, x, y, method="hutchinson", probes=4, seed=2)
+    ref = curvfast.input_curvature(model, x, y, method="hutchinson", probes=4, seed=2, hvp="double_backward")
+    torch.testing.assert_close(auto.value, ref.value)

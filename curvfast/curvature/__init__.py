@@ -100,7 +100,7 @@ def input_curvature(
     top_classes: int = 10,
     distribution: str = "rademacher",
     step: float = 1e-3,
-    hvp: str = "double_backward",
+    hvp: str = "auto",
     output_transform: Callable | None = None,
     accept_gauss_newton: bool = False,
     chunk_size: int | None = None,
@@ -120,7 +120,8 @@ def input_curvature(
         top_classes: classes kept exactly by ``"sampled"``.
         distribution: Hutchinson probes, ``"rademacher"`` or ``"gaussian"``.
         step: finite-difference step h for fd and zo.
-        hvp: ``"double_backward"`` or ``"forward_over_reverse"`` for Hutchinson.
+        hvp: Hutchinson HVP route: ``"auto"`` (forward-over-reverse, double backward where forward
+            mode is missing), ``"double_backward"`` or ``"forward_over_reverse"``.
         accept_gauss_newton: allow exact/sampled on smooth models (returns tr(JᵀAJ)).
         chunk_size: classes or probes per batched pass (default: sized from the input).
     """
