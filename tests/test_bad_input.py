@@ -92,3 +92,17 @@ def test_missing_and_corrupt_checkpoint(tmp_path):
     bad.write_bytes(b"\x80\x02 definitely not a checkpoint")
     with pytest.raises(ValueError, match="corrupt"):
         load_checkpoint(str(bad))
+
+
+def test_ddp_wrapper_is_unwrapped(model, tmp_path):
+    """A real DistributedDataParallel model (gloo, one process) scores like the bare model."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rdzv'}", rank=0, world_size=1)
+    try:
+        ddp = nn.parallel.DistributedDataParallel(model)
+        assert unwrap_model(ddp) is model
+        x, y = make_batch(2)
+        torch.testing.assert_close(curvfast.input_curvature(ddp, x, y).value, curvfast.input_curvature(model, x, y).value)
+    finally:
+        dist.destroy_process_group()

@@ -34,3 +34,14 @@ def test_score_with_bad_checkpoint_exits_2(tmp_path, capsys):
     assert main(["score", "--checkpoint", str(bad), "--out", str(tmp_path / "r")]) == 2
     assert "corrupt" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_doctor_says_when_the_references_are_in_use():
+    import os
+
+    env = dict(os.environ, CURVFAST_DISABLE_NATIVE="1")
+    out = subprocess.run([sys.executable, "-m", "curvfast", "doctor"], env=env, capture_output=True, text=True, check=True).stdout
+    assert "pure-torch reference ops" in out
+    report = json.loads(subprocess.run([sys.executable, "-m", "curvfast", "doctor", "--json"], env=env,
+                                       capture_output=True, text=True, check=True).stdout)
+    assert report["extension"] is False and "CURVFAST_DISABLE_NATIVE" in report["extension_error"]
