@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
+from .batching import chunk_size as pass_size
 from .model import LogitFn, no_tf32
 
 __all__ = ["fd_curvature", "zo_curvature"]
@@ -38,7 +39,7 @@ def _mean_and_stderr(samples: torch.Tensor):
 def fd_curvature(logit_fn: LogitFn, x, y, sample_ids, *, probes: int, seed: int, step: float, chunk_size: int | None):
     """Return ``(value, stderr, loss)`` of the Garg et al. estimator on per-sample losses."""
     batch, dim = x.shape[0], x[0].numel()
-    chunk = chunk_size or max(1, min(probes, 2**24 // max(1, batch * dim)))
+    chunk = pass_size(chunk_size, probes, batch, dim, x.device)
     x = x.detach()
     with no_tf32(), torch.enable_grad():
         x0 = x.clone().requires_grad_(True)
@@ -69,7 +70,7 @@ def zo_curvature(
 ):
     """Return ``(value, stderr, loss)``; ``loss_fn(x, y)`` returns per-sample losses (B,)."""
     batch, dim = x.shape[0], x[0].numel()
-    chunk = chunk_size or max(1, min(probes, 2**22 // max(1, batch * dim)))
+    chunk = pass_size(chunk_size, probes, 4 * batch, dim, x.device)  # a probe is 4 evaluations
     signs = torch.tensor([[1.0, 1.0], [-1.0, 1.0], [1.0, -1.0], [-1.0, -1.0]], dtype=x.dtype, device=x.device)
     coef = torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64, device=x.device)
     x = x.detach()

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
+from .batching import chunk_size as pass_size
 from .model import LogitFn
 
 __all__ = ["hutchinson_curvature", "HVP_MODES"]
@@ -82,7 +83,7 @@ def hutchinson_curvature(
     hvp_fn = _hvp_double_backward if hvp == "double_backward" else _hvp_forward_over_reverse
     if hvp == "auto":
         hvp_fn = _hvp_auto
-    chunk = chunk_size or max(1, min(probes, 2**24 // max(1, batch * dim)))
+    chunk = pass_size(chunk_size, probes, batch, dim, x.device)
     mean = torch.zeros(batch, 2, dtype=torch.float64, device=x.device)
     m2 = torch.zeros_like(mean)
     x = x.detach()
