@@ -77,6 +77,16 @@ def _indexed_loader(data, batch_size: int, num_workers: int, device: torch.devic
     return DataLoader(_Indexed(data), batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda")
 
 
+def _resolve_device(device, model: torch.nn.Module) -> torch.device:
+    if device is None:
+        param = next(model.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} was requested but no CUDA GPU is available here; use device='cpu'")
+    return device
+
+
 def score(
     model: torch.nn.Module,
     data,
@@ -99,7 +109,7 @@ def score(
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int (got {batch_size!r})")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = _resolve_device(device, model)
     loader = _indexed_loader(data, batch_size, num_workers, device)
     if len(loader.dataset) == 0:
         raise ValueError("the dataset is empty; nothing to score")

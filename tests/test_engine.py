@@ -64,3 +64,9 @@ def test_empty_dataset_is_refused(digits_model):
     empty = TensorDataset(torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long))
     with pytest.raises(ValueError, match="empty"):
         curvfast.score(digits_model, empty)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cuda_device_without_gpu_is_a_clear_error(digits_model, digits_small):
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        curvfast.score(digits_model, digits_small, device="cuda")
