@@ -121,9 +121,9 @@ def score(
     used = None
     start = time.perf_counter()
     for idx, x, y in tqdm(loader, desc="curvature", unit="batch", disable=not show):
-        x = x.to(device)
         if not torch.is_tensor(x):
             raise TypeError("dataset items must be (tensor, label); add a ToTensor() transform")
+        x = x.to(device)
         res = input_curvature(
             model, x, torch.as_tensor(y), method=method, statistic=statistic, probes=probes, seed=seed,
             sample_ids=torch.as_tensor(idx), **estimator_kwargs,

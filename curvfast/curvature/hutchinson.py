@@ -56,13 +56,15 @@ def _hvp_forward_over_reverse(logit_fn: LogitFn, x: torch.Tensor, y: torch.Tenso
     return torch.func.vmap(hvp)(v.transpose(0, 1).contiguous()).transpose(0, 1)
 
 
-def _hvp_auto(logit_fn: LogitFn, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _hvp_auto(logit_fn: LogitFn, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor):
+    """Forward-over-reverse, or double backward when forward mode is missing; returns the HVPs
+    and the route that worked, so later chunks do not try the failing route again."""
     try:
-        return _hvp_forward_over_reverse(logit_fn, x, y, v)
+        return _hvp_forward_over_reverse(logit_fn, x, y, v), _hvp_forward_over_reverse
     except (NotImplementedError, RuntimeError) as err:
         if "forward AD" not in str(err) and "forward-mode" not in str(err) and "jvp" not in str(err):
             raise
-        return _hvp_double_backward(logit_fn, x, y, v)
+        return _hvp_double_backward(logit_fn, x, y, v), _hvp_double_backward
 
 
 def hutchinson_curvature(
@@ -80,9 +82,7 @@ def hutchinson_curvature(
 ):
     """Return ``(value, stderr, loss)`` with per-sample Hutchinson estimates."""
     batch, dim = x.shape[0], x[0].numel()
-    hvp_fn = _hvp_double_backward if hvp == "double_backward" else _hvp_forward_over_reverse
-    if hvp == "auto":
-        hvp_fn = _hvp_auto
+    hvp_fn = {"double_backward": _hvp_double_backward, "forward_over_reverse": _hvp_forward_over_reverse}.get(hvp)
     chunk = pass_size(chunk_size, probes, batch, dim, x.device)
     mean = torch.zeros(batch, 2, dtype=torch.float64, device=x.device)
     m2 = torch.zeros_like(mean)
@@ -90,7 +90,12 @@ def hutchinson_curvature(
     for p0 in range(0, probes, chunk):
         num = min(chunk, probes - p0)
         v = ops.probes(sample_ids, num, dim, seed=seed, probe_offset=p0, distribution=distribution, dtype=x.dtype)
-        hv = hvp_fn(logit_fn, x, y, v.reshape(batch, num, *x.shape[1:])).reshape(batch, num, dim)
+        v_in = v.reshape(batch, num, *x.shape[1:])
+        if hvp_fn is None:  # "auto": settle the route on the first chunk
+            hv, hvp_fn = _hvp_auto(logit_fn, x, y, v_in)
+        else:
+            hv = hvp_fn(logit_fn, x, y, v_in)
+        hv = hv.reshape(batch, num, dim)
         mean, m2 = ops.probe_moments(v, hv.detach(), mean, m2, p0)
     with torch.no_grad():
         loss = F.cross_entropy(logit_fn(x), y, reduction="none")
