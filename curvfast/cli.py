@@ -1,7 +1,13 @@
-"""``curvfast <command>`` (also ``python -m curvfast``): doctor, train, score, demo."""
+"""``curvfast <command>`` (also ``python -m curvfast``): doctor, train, score, demo, and the pipelines.
+
+Each pipeline owns its sub-command: the module named in ``PIPELINE_COMMANDS`` exposes
+``register(subparsers)``, which adds its parser and sets ``func(args) -> int``.
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import os
 import platform
@@ -10,6 +16,16 @@ import sys
 import torch
 
 from . import __version__, ops
+
+PIPELINE_COMMANDS = (  # module -> its `register(subparsers)` adds one sub-command
+    "curvfast.privacy.cli",          # mia
+    "curvfast.memorization.cli",     # memorization
+    "curvfast.label_noise.cli",      # verifix
+    "curvfast.ood.cli",              # ood
+    "curvfast.distill.cli",          # pkd
+    "curvfast.decentralized.cli",    # idkd
+    "curvfast.adversarial.cli",      # transfer
+)
 
 METHOD_CHOICES = ("auto", "exact", "sampled", "hutchinson", "fd", "zo")
 STAT_CHOICES = ("trace", "frobenius", "top_eigenvalue", "spectrum", "fd", "zo")
@@ -122,6 +138,14 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _present(module: str) -> bool:
+    """Whether a pipeline's module exists (all do in a full checkout; tests/test_cli.py checks that)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="curvfast", description="Per-sample input loss curvature for PyTorch models.")
     parser.add_argument("--version", action="version", version=f"curvfast {__version__}")
@@ -168,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top", type=int, default=24)
     p.set_defaults(func=_cmd_demo)
+
+    for module in PIPELINE_COMMANDS:
+        if _present(module):
+            importlib.import_module(module).register(sub)
     return parser
 
 

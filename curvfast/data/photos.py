@@ -1,0 +1,56 @@
+"""Real-photo patches, offline: the natural images bundled with scikit-learn (and scikit-image
+when installed), cut into random grayscale crops and resized to the digits' scale.
+
+They serve as "far" out-of-distribution data and as the natural-image part of public
+unlabeled sets. A crop of side ``crop`` (random in [16, 64] pixels) at a random place in a random
+photo is converted to luminance (ITU-R 601: 0.299 R + 0.587 G + 0.114 B), area-resized to
+``size`` x ``size`` and min-max stretched per patch to [0, 1], as digits images span [0, 1].
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["photo_patches", "photo_sources"]
+
+_SKIMAGE_PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "rocket", "brick", "grass", "gravel")
+
+
+def photo_sources() -> list[np.ndarray]:
+    """The bundled photos as float32 grayscale arrays in [0, 1] (sklearn's two, plus skimage's if present)."""
+    from sklearn.datasets import load_sample_images
+
+    photos = [np.asarray(im, dtype=np.float32) / 255.0 for im in load_sample_images().images]
+    try:
+        import skimage.data
+    except ImportError:
+        skimage = None
+    if skimage is not None:
+        for name in _SKIMAGE_PHOTOS:
+            photos.append(np.asarray(getattr(skimage.data, name)(), dtype=np.float32) / 255.0)
+    gray = []
+    for im in photos:
+        if im.ndim == 3:
+            im = im[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        gray.append(np.ascontiguousarray(im))
+    return gray
+
+
+def photo_patches(n: int, size: int = 8, seed: int = 0) -> torch.Tensor:
+    """``n`` real-photo patches, shape ``(n, 1, size, size)``, float32 in [0, 1], reproducible by ``seed``."""
+    if n < 0 or size < 1:
+        raise ValueError(f"need n >= 0 and size >= 1 (got n={n}, size={size})")
+    rng = np.random.default_rng(seed)
+    photos = photo_sources()
+    out = torch.empty(n, 1, size, size)
+    for i in range(n):
+        im = photos[rng.integers(len(photos))]
+        crop = int(rng.integers(max(16, size), max(16, size, 64) + 1))
+        crop = min(crop, *im.shape)
+        r, c = rng.integers(im.shape[0] - crop + 1), rng.integers(im.shape[1] - crop + 1)
+        patch = torch.from_numpy(im[r : r + crop, c : c + crop])[None, None]
+        patch = F.adaptive_avg_pool2d(patch, size)[0]
+        lo, hi = patch.min(), patch.max()
+        out[i] = (patch - lo) / (hi - lo) if hi > lo else torch.zeros_like(patch)
+    return out
