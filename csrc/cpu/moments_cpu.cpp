@@ -1,5 +1,5 @@
 // CPU kernels of curvfast::weighted_sq_norms and curvfast::probe_moments (math in
-// csrc/common/reductions.h).
+// csrc/common/reductions.h): rows in parallel, each row summed in kLanes double partials.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -26,8 +26,10 @@ at::Tensor weighted_sq_norms_cpu(const at::Tensor& vjp, const at::Tensor& weight
     const scalar_t* w_ptr = w.data_ptr<scalar_t>();
     scalar_t* out_ptr = out.data_ptr<scalar_t>();
     at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r)
-        out_ptr[r] = static_cast<scalar_t>(weighted_sq_norm(v_ptr + r * D, D, w_ptr[r]));
+      for (int64_t r = begin; r < end; ++r) {
+        const scalar_t* row = v_ptr + r * D;
+        out_ptr[r] = static_cast<scalar_t>(static_cast<double>(w_ptr[r]) * lane_sum(row, row, D, SqTerm{}));
+      }
     });
   });
   return out;
@@ -53,10 +55,18 @@ std::tuple<at::Tensor, at::Tensor> probe_moments_cpu(const at::Tensor& probes,
     double* mean_out_ptr = mean_out.data_ptr<double>();
     double* m2_out_ptr = m2_out.data_ptr<double>();
     at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b)
-        probe_moments_sample(v_ptr + b * P * D, hv_ptr + b * P * D, P, D, count,
-                             mean_ptr + 2 * b, m2_ptr + 2 * b, mean_out_ptr + 2 * b,
-                             m2_out_ptr + 2 * b);
+      for (int64_t b = begin; b < end; ++b) {
+        double mb[2] = {0.0, 0.0}, m2b[2] = {0.0, 0.0};
+        for (int64_t p = 0; p < P; ++p) {
+          double q[2];
+          const int64_t off = (b * P + p) * D;
+          lane_sums(v_ptr + off, hv_ptr + off, D, DotTerm{}, SqSecondTerm{}, &q[0], &q[1]);
+          for (int i = 0; i < 2; ++i) welford_push(&mb[i], &m2b[i], q[i], p);
+        }
+        for (int i = 0; i < 2; ++i)
+          chan_merge(mean_ptr[2 * b + i], m2_ptr[2 * b + i], count, mb[i], m2b[i], P,
+                     &mean_out_ptr[2 * b + i], &m2_out_ptr[2 * b + i]);
+      }
     });
   });
   return {mean_out.to(mean.scalar_type()), m2_out.to(mean.scalar_type())};

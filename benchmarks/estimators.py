@@ -1,0 +1,221 @@
+"""Estimator suite: curvfast's exact / sampled / hutchinson / fd / zo against the baselines.
+
+For each case (model, input, C, batch, device) and method it records, from one run:
+- seconds per batch (median and minimum of ``--repeats``), images per second;
+- cost in units of one input-gradient pass (a forward plus one backward of the summed loss);
+- median relative error against a float64 exact reference on a subset of the batch;
+- time to reach 1% median relative error: exact is there already; a Hutchinson-type method
+  needs P₁ = (0.6745·s/0.01)² probes, where s is the median per-sample relative standard
+  deviation of one probe measured from its own probes (0.6745 = median |Z| of a standard
+  normal); time = P₁ × time per probe. fd and zo estimate h·‖H‖_F and h·√(2/π)·‖H‖_F, not
+  the trace: their error is against those targets, and their bias floor can make 1% unreachable.
+
+Baselines (benchmarks/baselines/, never in the library): a naive one-probe-at-a-time double-
+backward Hutchinson loop, torch.func ``vmap(jvp(grad))`` Hutchinson, and the published fd and
+zo estimators as published.
+
+    python -m benchmarks.estimators [--cases digits_cnn resnet18_c10 ...] [--device cpu|cuda]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import time
+
+import torch
+
+import curvfast
+from benchmarks.baselines.func_hutchinson import func_hutchinson
+from benchmarks.baselines.naive_hutchinson import naive_hutchinson_probe
+from benchmarks.baselines.published_fd import published_fd
+from benchmarks.baselines.published_zo import published_zo
+from benchmarks.cases import CASE_NAMES, build_case
+from benchmarks.environment import environment, results_dir, write_results
+
+MEDIAN_ABS_NORMAL = 0.6745
+DEFAULT_BATCH = {"digits_cnn": 64, "resnet18_c10": 32, "resnet18_c100": 32, "resnet50_c1000": 4}
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, repeats: int, device):
+    """Run ``fn`` once to warm up, then ``repeats`` times; median and minimum seconds."""
+    out = fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        out = fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return out, {"median_s": statistics.median(times), "min_s": min(times), "repeats": repeats}
+
+
+def _rel_err(estimate, reference) -> float:
+    return ((estimate.double().cpu() - reference) / reference).abs().median().item()
+
+
+def _probes_for_1pct(per_probe_rel_sd: float) -> int:
+    return math.ceil((MEDIAN_ABS_NORMAL * per_probe_rel_sd / 0.01) ** 2)
+
+
+def run_case(name: str, *, batch: int, subset: int, probes: int, repeats: int, device: torch.device) -> dict:
+    model, x, y, info = build_case(name, batch)
+    model, x, y = model.to(device), x.to(device), y.to(device)
+    C = info["classes"]
+    sub = slice(0, min(subset, batch))
+    ids = torch.arange(batch, device=device)
+    t = lambda fn: timed(fn, repeats, device)[1]  # noqa: E731
+
+    def input_gradient():
+        xg = x.clone().requires_grad_(True)
+        torch.nn.functional.cross_entropy(model(xg), y, reduction="sum").backward()
+        return xg.grad
+
+    rows: dict[str, dict] = {}
+    t_grad = t(input_gradient)
+    rows["input_gradient"] = {**t_grad, "cost": 1.0}
+
+    # float64 references on the subset: exact trace and Frobenius norm (C VJPs in float64)
+    if C <= 100:
+        m64, x64 = model.double(), x[sub].double()
+        ref_trace = curvfast.input_curvature(m64, x64, y[sub], method="exact").value.cpu()
+        ref_frob = curvfast.input_curvature(m64, x64, y[sub], method="exact", statistic="frobenius").value.cpu()
+        model.float()
+        ref_note = "float64 exact"
+    else:  # 999 float64 VJPs per image is the benchmark's own bottleneck on a CPU: fp32 exact on the subset
+        ref_trace = curvfast.input_curvature(model, x[sub], y[sub], method="exact").value.double().cpu()
+        ref_frob = None
+        ref_note = "float32 exact (float64 exact at C=1000 is too slow here; fp32 exact matches float64 to ~1e-6 at C=10/100)"
+
+    def add(key, timing, estimate=None, target=None, per_probe_rel_sd=None, probes_used=None, note=""):
+        row = {**timing, "images_per_s": batch / timing["median_s"], "cost": timing["median_s"] / t_grad["median_s"], "note": note}
+        if estimate is not None and target is not None:
+            row["median_rel_err"] = _rel_err(estimate[sub], target)
+        if per_probe_rel_sd is not None:
+            p1 = _probes_for_1pct(per_probe_rel_sd)
+            row.update(per_probe_rel_sd=per_probe_rel_sd, probes=probes_used, probes_for_1pct=p1,
+                       time_to_1pct_s=timing["median_s"] / probes_used * p1)
+        elif "median_rel_err" in row and row["median_rel_err"] < 0.01:
+            row["time_to_1pct_s"] = timing["median_s"]
+        rows[key] = row
+
+    # unavoidable work of the exact route: one forward plus C input-VJPs as plain torch calls
+    if C <= 100:
+        def forward_and_vjps():
+            xg = x.clone().requires_grad_(True)
+            logits = model(xg)
+            for c in range(C):
+                torch.autograd.grad(logits[:, c].sum(), xg, retain_graph=c < C - 1)
+
+        add("forward_plus_C_vjps", t(forward_and_vjps), note=f"1 forward + {C} VJPs, plain torch")
+        exact = curvfast.input_curvature(model, x, y, method="exact").value
+        add("curvfast_exact", t(lambda: curvfast.input_curvature(model, x, y, method="exact")), exact, ref_trace)
+    top = min(10, C)
+    sampled = lambda: curvfast.input_curvature(model, x, y, method="sampled", top_classes=top, probes=10, sample_ids=ids)  # noqa: E731
+    add("curvfast_sampled", t(sampled), sampled().value, ref_trace, note=f"top {top} classes exact + 10 tail samples")
+
+    hut = lambda: curvfast.input_curvature(model, x, y, method="hutchinson", probes=probes, sample_ids=ids)  # noqa: E731
+    res = hut()
+    sd = (res.stderr[sub].double().cpu() * math.sqrt(probes) / ref_trace.abs()).median().item()
+    add("curvfast_hutchinson", t(hut), res.value, ref_trace, sd, probes, note=f"{probes} probes, batched fwd-over-rev")
+
+    gen = torch.Generator(device=device)
+    naive_samples = []
+
+    def naive_loop():
+        gen.manual_seed(1)
+        naive_samples.clear()
+        for _ in range(probes):
+            naive_samples.append(naive_hutchinson_probe(model, x, y, gen))
+        return torch.stack(naive_samples).mean(0)
+
+    naive = naive_loop()
+    sd_naive = (torch.stack(naive_samples)[:, sub].double().std(0) / ref_trace.abs()).median().item()
+    add("naive_hutchinson_loop", t(naive_loop), naive, ref_trace, sd_naive, probes, note="1 probe at a time, double backward, host sync")
+    fh = lambda: func_hutchinson(model, x, y, probes, gen.manual_seed(2))  # noqa: E731
+    add("func_vmap_jvp_grad", t(fh), fh(), ref_trace, sd_naive, probes, note="same estimator as the naive loop; its variance")
+
+    if ref_frob is not None:
+        h = 1e-3
+        fd = curvfast.input_curvature(model, x, y, method="fd", sample_ids=ids).value
+        add("curvfast_fd", t(lambda: curvfast.input_curvature(model, x, y, method="fd", sample_ids=ids)), fd, h * ref_frob, note="target h·‖H‖_F")
+        pfd = lambda: published_fd(model, x, y, generator=gen.manual_seed(3)) * batch  # undo the mean-reduced loss  # noqa: E731
+        add("published_fd", t(pfd), pfd(), h * ref_frob, note="target h·‖H‖_F; scores ×B (mean-reduced loss)")
+        zo_target = h * math.sqrt(2 / math.pi) * ref_frob
+        zo = curvfast.input_curvature(model, x, y, method="zo", sample_ids=ids).value
+        add("curvfast_zo", t(lambda: curvfast.input_curvature(model, x, y, method="zo", sample_ids=ids)), zo, zo_target,
+            note="target h·√(2/π)·‖H‖_F, one view")
+        pzo = lambda: published_zo(model, x, y, generator=gen.manual_seed(4))  # noqa: E731
+        add("published_zo", t(pzo), pzo(), zo_target, note="2 views x (1 + 4x10) forwards per image")
+    return {"case": {"name": name, "batch": batch, "device": str(device), "reference": ref_note, **info}, "rows": rows}
+
+
+def ratios(case: dict) -> dict:
+    """The issue's target ratios for one case (None where a row is missing)."""
+    r = case["rows"]
+    out = {}
+    trace_baselines = [r[k]["time_to_1pct_s"] for k in ("naive_hutchinson_loop", "func_vmap_jvp_grad") if k in r]
+    if "curvfast_exact" in r and trace_baselines:
+        out["exact_vs_best_baseline_at_1pct"] = min(trace_baselines) / r["curvfast_exact"]["median_s"]
+        out["exact_overhead_over_forward_plus_C_vjps"] = r["curvfast_exact"]["median_s"] / r["forward_plus_C_vjps"]["median_s"]
+    out["hutchinson_batched_vs_naive_same_probes"] = r["naive_hutchinson_loop"]["median_s"] / r["curvfast_hutchinson"]["median_s"]
+    out["hutchinson_batched_vs_func_same_probes"] = r["func_vmap_jvp_grad"]["median_s"] / r["curvfast_hutchinson"]["median_s"]
+    if "published_fd" in r:
+        out["fd_published_over_curvfast"] = r["published_fd"]["median_s"] / r["curvfast_fd"]["median_s"]
+        out["zo_published_over_curvfast"] = r["published_zo"]["median_s"] / r["curvfast_zo"]["median_s"]
+    return out
+
+
+def markdown(result: dict) -> str:
+    env = result["environment"]
+    lines = [f"Device: {env['device']}, torch {env['torch']}, {env['threads']} threads, native ops {env['native_ops']}.", ""]
+    for case in result["cases"]:
+        c = case["case"]
+        lines += [f"### {c['name']}: input {'x'.join(map(str, c['input']))}, C={c['classes']}, batch {c['batch']}, {c['device']}",
+                  "", f"Weights: {c['weights']}. Reference: {c['reference']}.", "",
+                  "| method | median s | min s | images/s | cost (input-grad passes) | median rel. err | time to 1% (s) | note |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for key, row in case["rows"].items():
+            err = f"{row['median_rel_err']:.2e}" if "median_rel_err" in row else ""
+            t1 = f"{row['time_to_1pct_s']:.3g}" if "time_to_1pct_s" in row else ("not reached" if err else "")
+            if "probes_for_1pct" in row:
+                t1 += f" ({row['probes_for_1pct']} probes)"
+            ips = f"{row['images_per_s']:.1f}" if "images_per_s" in row else ""
+            lines.append(f"| {key} | {row['median_s']:.4g} | {row['min_s']:.4g} | {ips} | {row['cost']:.1f} | {err} | {t1} | {row.get('note', '')} |")
+        lines += ["", "Ratios: " + ", ".join(f"{k} = {v:.3g}" for k, v in case["ratios"].items()), ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", nargs="+", default=list(CASE_NAMES), choices=CASE_NAMES)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=None, help="override every case's batch size")
+    parser.add_argument("--subset", type=int, default=8, help="samples with a float64 reference")
+    parser.add_argument("--probes", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--out", default=None, help="default benchmarks/results/<device>/")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cases = []
+    for name in args.cases:
+        case = run_case(name, batch=args.batch or DEFAULT_BATCH[name], subset=args.subset, probes=args.probes,
+                        repeats=args.repeats, device=device)
+        case["ratios"] = ratios(case)
+        cases.append(case)
+        print(f"{name}: " + ", ".join(f"{k}={v:.3g}" for k, v in case["ratios"].items()), flush=True)
+    result = {"environment": environment(device), "settings": vars(args), "cases": cases}
+    write_results(args.out or results_dir(device), "estimators", result, markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
