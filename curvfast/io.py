@@ -11,6 +11,9 @@ import torch
 
 __all__ = ["atomic_write_bytes", "write_json", "write_npz", "save_checkpoint", "load_checkpoint"]
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
     """Write ``data`` to a temp file in the same folder, fsync, then rename over ``path``:
@@ -23,6 +26,7 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
