@@ -9,7 +9,7 @@ PIP    := $(PY) -m pip
 # The pinned stack (see DESIGN.md: newer torch needs C++20 and pulls GBs; 2.13 has no torchvision).
 STACK  := torch==2.14.1 torchvision==0.29.1
 DEPS   := numpy scikit-learn matplotlib tqdm pytest pytest-benchmark ninja "setuptools>=64" wheel \
-          scikit-image opacus cleanlab torchattacks networkx av
+          scikit-image opacus cleanlab torchattacks networkx av pytorch-ood
 NATIVE_SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
 # The venv's ninja must be on PATH, or torch's BuildExtension compiles one file at a time.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)

@@ -99,17 +99,33 @@ def load_model(checkpoint: str, model_name: str | None, dataset: str, root: str 
 
 
 def _cmd_score(args) -> int:
+    """Score with one or several checkpoints; under torchrun every rank runs this, rank 0 reports."""
+    from . import distributed
     from .data import get_dataset
-    from .engine import score
+    from .engine import score, score_models
 
-    model = load_model(args.checkpoint, args.model, args.dataset, args.root)
+    names = [os.path.splitext(os.path.basename(c))[0] for c in args.checkpoint]
+    if len(set(names)) != len(names):  # same file name in different folders: number them
+        names = [f"{i}-{n}" for i, n in enumerate(names)]
+    models = {n: load_model(c, args.model, args.dataset, args.root) for n, c in zip(names, args.checkpoint)}
     dataset, _ = get_dataset(args.dataset, args.split, root=args.root, image_size=args.image_size)
-    res = score(
-        model, dataset, method=args.method, statistic=args.statistic, probes=args.probes, seed=args.seed,
-        batch_size=args.batch_size, device=args.device, num_workers=args.workers, out=args.out,
-        progress=False if args.quiet else None,
+    options = dict(
+        method=args.method, statistic=args.statistic, probes=args.probes, seed=args.seed, batch_size=args.batch_size,
+        device=args.device, num_workers=args.workers, out=args.out, chunk_size=args.chunk_size or None,
+        overwrite=args.overwrite, timeout=args.timeout, progress=False if args.quiet else None,
     )
-    print(json.dumps({"settings": res.settings, "summary": res.summary(), "out": args.out}, indent=2))
+    try:
+        if len(models) == 1:  # out/scores.npz, out/results.json
+            res = score(models[names[0]], dataset, **options)
+            report, run = {"settings": res.settings, "summary": res.summary()}, res.run
+        else:  # out/<name>/scores.npz, ... and an index out/results.json
+            results = score_models(models, dataset, **options)
+            report = {"models": {n: {"settings": r.settings, "summary": r.summary()} for n, r in results.items()}}
+            run = next(iter(results.values())).run
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
+            print(json.dumps({**report, "run": run, "out": args.out}, indent=2))
+    finally:
+        distributed.shutdown()
     return 0
 
 
@@ -168,10 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("score", help="score every sample of a dataset with a checkpoint -> run folder")
-    p.add_argument("--checkpoint", required=True)
+    p = sub.add_parser(
+        "score", help="score every sample of a dataset with one or several checkpoints -> run folder",
+        description="Resumable: the same command again computes only missing chunks. Under "
+        "`torchrun --nproc_per_node=N -m curvfast score ...` the samples are sharded over N processes.",
+    )
+    p.add_argument("--checkpoint", required=True, nargs="+",
+                   help="one or several checkpoints (shadow models); several are scored in one pass over the data")
     p.add_argument("--model", default=None, help="zoo/torchvision name if the checkpoint does not record it")
-    p.add_argument("--dataset", default="digits")
+    p.add_argument("--dataset", default="digits", help="digits, imagefolder, filelist (streaming, ImageNet size), cifar10, ...")
     p.add_argument("--split", default="train")
     p.add_argument("--root", default=None)
     p.add_argument("--image-size", type=int, default=None)
@@ -180,9 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probes", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--out", required=True, help="run folder for results.json and scores.npz")
+    p.add_argument("--chunk-size", type=int, default=1024,
+                   help="samples per resumable chunk file (default 1024; 0: no chunk files, not resumable)")
+    p.add_argument("--overwrite", action="store_true", help="discard a run folder started with other settings/models/data")
+    p.add_argument("--timeout", type=float, default=1800.0,
+                   help="seconds a rank waits for the others before failing (longer than one chunk takes)")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda (one GPU per rank under torchrun: cuda:LOCAL_RANK)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes per rank")
+    p.add_argument("--out", required=True, help="run folder for results.json, scores.npz, manifest.json and chunks/")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_score)
 
@@ -203,6 +229,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:  # ImportError: optional dependency missing
         print(f"curvfast {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,20 @@
+"""Progressive knowledge distillation (PKD) of early exits and WISE on compressed video (METHODS.md §5).
+
+``networks``: the three stream ResNets with internal classifiers; ``pkd``: the teacher schedule
+and the CE / PKD training of the ICs; ``training``: stream training and exit logits; ``wise``:
+per-prefix weights with L1 and the thresholded early exit; ``macs``: compute per exit;
+``pipeline``: the whole experiment (``curvfast pkd``).
+"""
+from .macs import count_macs, exit_macs
+from .networks import STREAM_ORDER, InternalClassifier, StreamNet, build_exits, build_streams
+from .pipeline import EXIT_NAMES, PKDConfig, run_pkd
+from .pkd import PUBLISHED_BOUNDARIES, pkd_teacher, soft_cross_entropy, train_exits
+from .training import collect_exit_logits, train_streams
+from .wise import fit_prefix_weights, fit_wise, wise_early_exit, wise_objective, wise_sweep
+
+__all__ = [
+    "count_macs", "exit_macs", "STREAM_ORDER", "InternalClassifier", "StreamNet", "build_exits", "build_streams",
+    "EXIT_NAMES", "PKDConfig", "run_pkd", "PUBLISHED_BOUNDARIES", "pkd_teacher", "soft_cross_entropy", "train_exits",
+    "collect_exit_logits", "train_streams", "fit_prefix_weights", "fit_wise", "wise_early_exit", "wise_objective",
+    "wise_sweep",
+]

@@ -1,0 +1,99 @@
+"""Stream networks with internal classifiers (early exits).
+
+A stream is a ResNet (torchvision ``BasicBlock``s): stem -> layer1 .. layer4 -> global average
+pool -> linear head. Internal classifiers (ICs) read the outputs of layer1, layer2 and layer3:
+conv 3x3 + BN + ReLU + adaptive average pool to 4x4 + linear (METHODS.md §5); the head is the 4th
+exit. Inputs carry a segment axis, (B, S, C, H, W); every exit's logits are averaged over the S
+segments (TSN consensus), so a clip's exit logits are the mean of its segments' logits.
+
+CoViAR uses ResNet-50 for I-frames and ResNet-18 for motion vectors and residuals; on this CPU the
+same roles are played by a deeper/wider I-frame ResNet and two thinner ones (``STREAM_SPECS``).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock
+
+__all__ = ["StreamNet", "InternalClassifier", "STREAM_ORDER", "STREAM_CHANNELS", "STREAM_SPECS", "build_streams",
+           "build_exits", "segment_mean"]
+
+STREAM_ORDER = ("residual", "mv", "iframe")  # WISE's exit order: cheapest, least accurate first
+STREAM_CHANNELS = {"iframe": 3, "mv": 2, "residual": 3}
+STREAM_SPECS = {  # widths of layer1..4, BasicBlocks per layer; a stride-2 stem (MVs are 8x8-block constant anyway)
+    "iframe": {"widths": (16, 32, 64, 128), "blocks": (2, 2, 2, 2), "stem_stride": 2},
+    "mv": {"widths": (8, 16, 32, 64), "blocks": (1, 1, 1, 1), "stem_stride": 2},
+    "residual": {"widths": (8, 16, 32, 64), "blocks": (1, 1, 1, 1), "stem_stride": 2},
+}
+
+
+def segment_mean(logits: torch.Tensor, segments: int) -> torch.Tensor:
+    """(B*S, K) per-segment logits -> (B, K) clip logits (the mean over segments)."""
+    return logits.view(-1, segments, logits.shape[-1]).mean(1)
+
+
+def _layer(cin: int, cout: int, blocks: int, stride: int) -> nn.Sequential:
+    down = None
+    if stride != 1 or cin != cout:
+        down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+    layers = [BasicBlock(cin, cout, stride, down)] + [BasicBlock(cout, cout) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
+class StreamNet(nn.Module):
+    """ResNet backbone for one representation: conv stem (stride ``stem_stride``), layer1 (stride 1),
+    layer2-4 (stride 2), global average pool, linear head. ``features`` returns the four stage outputs."""
+
+    def __init__(self, in_channels: int, num_classes: int, widths=(16, 32, 64, 128), blocks=(1, 1, 1, 1),
+                 stem_stride: int = 1):
+        super().__init__()
+        if len(widths) != 4 or len(blocks) != 4:
+            raise ValueError(f"widths and blocks need 4 entries each (got {widths}, {blocks})")
+        self.widths = tuple(widths)
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, stem_stride, 1, bias=False), nn.BatchNorm2d(widths[0]),
+                                  nn.ReLU(inplace=True))
+        cins = (widths[0],) + tuple(widths[:3])
+        self.layers = nn.ModuleList(_layer(cin, cout, b, 1 if i == 0 else 2)
+                                    for i, (cin, cout, b) in enumerate(zip(cins, widths, blocks)))
+        self.fc = nn.Linear(widths[3], num_classes)
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs of layer1 .. layer4 for a (N, C, H, W) batch of frames."""
+        h, out = self.stem(x), []
+        for layer in self.layers:
+            h = layer(h)
+            out.append(h)
+        return out
+
+    def head(self, h4: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(h4, 1), 1))
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        """(B, S, C, H, W) -> (B, num_classes) segment-averaged head logits."""
+        b, s = clips.shape[:2]
+        return segment_mean(self.head(self.features(clips.flatten(0, 1))[-1]), s)
+
+
+class InternalClassifier(nn.Module):
+    """conv 3x3 + BN + ReLU + adaptive avg-pool 4x4 + linear, on one stage's features."""
+
+    def __init__(self, channels: int, num_classes: int, pool: int = 4):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, 1, 1, bias=False), nn.BatchNorm2d(channels),
+                                  nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(pool), nn.Flatten())
+        self.fc = nn.Linear(channels * pool * pool, num_classes)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(h))
+
+
+def build_streams(num_classes: int, specs: dict | None = None) -> nn.ModuleDict:
+    """One ``StreamNet`` per representation, keyed "iframe", "mv", "residual"."""
+    specs = specs or STREAM_SPECS
+    return nn.ModuleDict({name: StreamNet(STREAM_CHANNELS[name], num_classes, **specs[name]) for name in STREAM_ORDER})
+
+
+def build_exits(streams: nn.ModuleDict, num_classes: int) -> nn.ModuleDict:
+    """Three ICs (after layer1, layer2, layer3) per stream."""
+    return nn.ModuleDict({name: nn.ModuleList(InternalClassifier(w, num_classes) for w in net.widths[:3])
+                          for name, net in streams.items()})

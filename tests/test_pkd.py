@@ -1,0 +1,192 @@
+"""PKD and WISE: the teacher schedule, distillation towards the scheduled teacher, WISE weight fitting
+(optimality conditions on constructed logits), the early exit, MACs, and the `curvfast pkd` run."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from curvfast.distill import (
+    EXIT_NAMES, STREAM_ORDER, StreamNet, build_exits, build_streams, collect_exit_logits, count_macs, exit_macs,
+    fit_prefix_weights, fit_wise, pkd_teacher, soft_cross_entropy, train_exits, wise_early_exit, wise_objective,
+    wise_sweep,
+)
+from curvfast.video import ClipSet, CompressedRepresentation, CompressedVideoDataset
+
+TINY = {  # streams small enough for a unit test
+    "iframe": {"widths": (4, 8, 8, 16), "blocks": (1, 1, 1, 1), "stem_stride": 2},
+    "mv": {"widths": (4, 4, 8, 8), "blocks": (1, 1, 1, 1), "stem_stride": 2},
+    "residual": {"widths": (4, 4, 8, 8), "blocks": (1, 1, 1, 1), "stem_stride": 2},
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small ops run fastest on one thread, and a shared machine does not oversubscribe."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_pkd_teacher_schedule_follows_the_published_epochs():
+    # published: 300 epochs, MV head for 0-49, residual head for 50-99, own head from 100
+    for stream in STREAM_ORDER:
+        got = [pkd_teacher(e, 300, stream) for e in range(300)]
+        assert got[:50] == ["mv"] * 50 and got[50:100] == ["residual"] * 50 and got[100:] == [stream] * 200
+    assert [pkd_teacher(e, 6, "iframe") for e in range(6)] == ["mv", "residual"] + ["iframe"] * 4
+    assert [pkd_teacher(e, 4, "iframe", boundaries=(0.5, 0.5)) for e in range(4)] == ["mv", "mv", "iframe", "iframe"]
+    with pytest.raises(ValueError, match="stream"):
+        pkd_teacher(0, 10, "flow")
+    with pytest.raises(ValueError, match="epoch"):
+        pkd_teacher(10, 10, "mv")
+
+
+def test_soft_cross_entropy_matches_kl_plus_entropy():
+    gen = torch.Generator().manual_seed(0)
+    z, t = torch.randn(7, 5, generator=gen, dtype=torch.float64), torch.randn(7, 5, generator=gen, dtype=torch.float64)
+    q = t.softmax(1)
+    kl = torch.nn.functional.kl_div(z.log_softmax(1), q, reduction="batchmean")
+    entropy = -(q * q.log()).sum(1).mean()
+    torch.testing.assert_close(soft_cross_entropy(z, q), kl + entropy)
+    # with hard one-hot targets it is the ordinary cross-entropy
+    y = torch.randint(0, 5, (7,), generator=gen)
+    torch.testing.assert_close(soft_cross_entropy(z, torch.eye(5, dtype=torch.float64)[y]),
+                               torch.nn.functional.cross_entropy(z, y))
+
+
+def _random_clips(n: int, classes: int, size: int = 16, frames: int = 13, seed: int = 0) -> ClipSet:
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(frames, bool)
+    mask[::12] = True
+    reps = [CompressedRepresentation(
+        iframes=rng.integers(0, 256, (int(mask.sum()), 3, size, size), dtype=np.uint8),
+        iframe_mask=mask,
+        mv=rng.normal(0, 3, (frames, 2, size, size)).astype(np.float16),
+        residual=rng.normal(0, 10, (frames, 3, size, size)).astype(np.float16)) for _ in range(n)]
+    return ClipSet(reps, rng.integers(0, classes, n), [str(c) for c in range(classes)])
+
+
+def test_pkd_ics_learn_the_scheduled_teacher_and_ce_ics_the_labels():
+    """With the MV head as the only teacher, PKD ICs end closer to it (in KL) than CE ICs do,
+    and CE ICs fit the labels better."""
+    torch.manual_seed(0)
+    classes, clips = 4, _random_clips(48, 4)
+    loader = DataLoader(CompressedVideoDataset(clips, num_segments=2, train=True), batch_size=16, shuffle=True,
+                        generator=torch.Generator().manual_seed(0))
+    streams = build_streams(classes, TINY)
+    ce, pkd = build_exits(streams, classes), build_exits(streams, classes)
+    pkd.load_state_dict(ce.state_dict())
+    history = train_exits(streams, ce, pkd, loader, epochs=12, lr=1e-2, boundaries=(1.0, 1.0))
+    assert all(h["teachers"] == {s: "mv" for s in STREAM_ORDER} for h in history)
+    assert not any(p.requires_grad for p in streams.parameters())  # backbones frozen
+    fit = DataLoader(CompressedVideoDataset(clips, num_segments=2), batch_size=16)
+    z_ce, y = collect_exit_logits(streams, ce, fit)
+    z_pkd, _ = collect_exit_logits(streams, pkd, fit)
+    teacher = torch.from_numpy(z_pkd[:, EXIT_NAMES.index("mv/head")]).softmax(1)
+    ics = [i for i, name in enumerate(EXIT_NAMES) if not name.endswith("head")]
+    kl = {k: [torch.nn.functional.kl_div(torch.from_numpy(z[:, i]).log_softmax(1), teacher, reduction="batchmean").item()
+              for i in ics] for k, z in (("ce", z_ce), ("pkd", z_pkd))}
+    assert np.mean(kl["pkd"]) < 0.5 * np.mean(kl["ce"]), kl
+    acc = {k: (z[:, ics].argmax(-1) == y[:, None]).mean() for k, z in (("ce", z_ce), ("pkd", z_pkd))}
+    assert acc["ce"] > acc["pkd"], acc
+    np.testing.assert_array_equal(z_ce[:, EXIT_NAMES.index("iframe/head")], z_pkd[:, EXIT_NAMES.index("iframe/head")])
+
+
+def _constructed_logits(n=600, classes=5, seed=0):
+    """Exit 0 informative, exit 1 pure noise, exit 2 weakly informative."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    onehot = np.eye(classes)[y]
+    z = np.stack([3 * onehot + rng.normal(0, 1, (n, classes)),
+                  3 * rng.normal(0, 1, (n, classes)),
+                  1 * onehot + rng.normal(0, 1, (n, classes))], axis=1)
+    return z, y
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.01, 0.05])
+def test_wise_weights_satisfy_the_l1_optimality_conditions(alpha):
+    z, y = _constructed_logits()
+    w = fit_prefix_weights(z, y, alpha=alpha)
+    _, grad = wise_objective(w, z, y, alpha)
+    nonzero = w != 0
+    # subgradient condition: grad_j + alpha sign(w_j) = 0 where w_j != 0, |grad_j| <= alpha where w_j = 0
+    np.testing.assert_allclose(grad[nonzero] + alpha * np.sign(w[nonzero]), 0, atol=1e-6)
+    assert (np.abs(grad[~nonzero]) <= alpha + 1e-9).all()
+    assert w[0] > w[2] > 0  # the informative exit weighs most
+    if alpha >= 0.01:
+        assert w[1] == 0.0  # L1 zeroes the noise exit exactly
+    # no other weight vector nearby does better
+    best = wise_objective(w, z, y, alpha)[0]
+    rng = np.random.default_rng(1)
+    assert all(wise_objective(w + 1e-3 * rng.normal(size=3), z, y, alpha)[0] >= best - 1e-12 for _ in range(20))
+
+
+def test_wise_prefixes_and_early_exit():
+    z, y = _constructed_logits()
+    weights = fit_wise(z, y, alpha=0.01)
+    assert [len(w) for w in weights] == [1, 2, 3]
+    macs = np.array([10, 20, 40])
+    pred, stop = wise_early_exit(z, weights, tau=0.0)
+    assert (stop == 0).all() and (pred == z[:, 0].argmax(1)).all()  # everyone leaves at the first exit
+    pred, stop = wise_early_exit(z, weights, tau=1.0 + 1e-9)  # unreachable: everyone uses the full prefix
+    assert (stop == 2).all()
+    rows = wise_sweep(z, y, weights, macs, [0.0, 0.5, 0.9, 0.99, 0.9999])
+    assert rows[0]["macs"] == 10 and all(a["macs"] <= b["macs"] for a, b in zip(rows, rows[1:]))
+    # a clip stops at the first prefix whose combined softmax clears tau
+    hand = np.zeros((2, 3, 2))
+    hand[0, 0] = [20.0, 0.0]  # confident at once
+    hand[1, :, :] = [0.0, 0.1]  # never confident
+    pred, stop = wise_early_exit(hand, [np.array([1.0]), np.array([1.0, 1.0]), np.array([1.0, 1.0, 1.0])], tau=0.999)
+    assert stop.tolist() == [0, 2] and pred.tolist() == [0, 1]
+
+
+def test_macs_of_exits():
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+    assert count_macs(conv, torch.zeros(1, 3, 8, 8)) == 8 * 3 * 9 * 64
+    streams = build_streams(5, TINY)
+    exits = build_exits(streams, 5)
+    macs = exit_macs(streams, exits, frame_size=16, segments=3)
+    np.testing.assert_array_equal(macs["cumulative"], np.cumsum(macs["increment"]))
+    for s, name in enumerate(STREAM_ORDER):  # the head exit on its own is one full forward of the stream
+        net = streams[name].eval()
+        full = count_macs(net, torch.zeros(1, 1, net.stem[0].in_channels, 16, 16))
+        assert macs["standalone"][4 * s + 3] == 3 * full
+
+
+def test_stream_net_averages_segments():
+    torch.manual_seed(0)
+    net = StreamNet(2, 6, widths=(4, 4, 8, 8), stem_stride=2).eval()
+    x = torch.randn(3, 4, 2, 16, 16)
+    out = net(x)
+    assert out.shape == (3, 6)
+    per_segment = torch.stack([net(x[:, i:i + 1]) for i in range(4)], 1)
+    torch.testing.assert_close(out, per_segment.mean(1))
+    with pytest.raises(ValueError, match="4 entries"):
+        StreamNet(2, 6, widths=(4, 8))
+
+
+def test_cli_pkd_writes_results_and_plots(tmp_path, monkeypatch):
+    pytest.importorskip("av")
+    from curvfast.cli import main
+
+    monkeypatch.setenv("CURVFAST_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    rc = main(["pkd", "--out", str(out), "--clips-per-class", "2", "--size", "16", "--frames", "13",
+               "--stream-epochs", "1", "--exit-epochs", "1", "--threads", "1", "--quiet"])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert len(res["ic_accuracy"]["ce"]) == len(res["ic_accuracy"]["pkd"]) == 12 == len(res["exits"])
+    assert res["ic_accuracy"]["ce"][3] == res["ic_accuracy"]["pkd"][3]  # heads are shared
+    assert 0 <= res["wise"]["accuracy"] <= 1 and res["wise"]["macs"] <= res["macs"]["cumulative"][-1]
+    assert 0 <= res["plain_ensemble_accuracy"] <= 1 and len(res["wise"]["weights"]) == 12
+    for name in ("accuracy_vs_macs.png", "ic_accuracy.png", "logits.npz", "models.pt"):
+        assert os.path.getsize(out / name) > 0
+    assert main(["pkd", "--out", str(out), "--dataset", "ucf101"]) == 2  # needs --root
+    assert main(["pkd", "--out", str(out), "--clips-per-class", "2", "--size", "16", "--frames", "13",
+                 "--wise-holdout", "0.5", "--quiet"]) == 2  # would leave classes without training clips
+    assert main(["pkd", "--out", str(out), "--tau", "1.5"]) == 2
