@@ -1,25 +1,48 @@
-"""Dataset-level scoring: stream batches through an estimator, keep scores aligned with indices.
+"""Dataset-level scoring: shard, batch, score one or several models, resume, merge.
 
-dataset → indexed batches → model (eval) → ``input_curvature`` → per-sample arrays → run folder.
-Every batch passes its samples' dataset indices as probe keys, so scores do not depend on the
-batch size, the order, or the device.
+dataset → index chunks → this rank's chunks → batches (DataLoader workers) → every model
+(eval) → ``input_curvature`` → per-chunk arrays → chunk files / memory → rank 0 merges.
+
+- **Determinism.** Each batch passes its samples' dataset indices as probe keys, and batches
+  never straddle a chunk boundary, so a sample lands in the same batch whatever the number of
+  processes: a run under ``torchrun --nproc_per_node=N`` gives bit-identical results to one
+  process on the same device.
+- **Sharding.** Chunk ``k`` covers samples [k·S, (k+1)·S); the chunks still to do are dealt
+  round-robin to the ranks. Without ``chunk_size`` the unit is one batch and nothing is
+  written until the end.
+- **Resuming.** With ``out`` and ``chunk_size`` every chunk is written atomically with a
+  checksum and a manifest (``curvfast.chunks``); the same call again computes only the
+  missing or corrupt chunks, and refuses other settings, models or data unless ``overwrite``.
+- **Several models** (shadow models) are scored on each batch as it arrives, so the data are
+  read and decoded once for all of them.
+- **Memory** holds the current chunk's arrays and the DataLoader's prefetched batches, never
+  the images of the whole dataset; the merged per-sample arrays (a few numbers per sample)
+  are the only O(N) state.
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch import nn
+from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset, RandomSampler, Sampler, SequentialSampler
 
-from . import __version__, ops
+from . import __version__, distributed, ops
+from .chunks import RunFolder
 from .curvature import input_curvature
+from .fingerprint import dataset_fingerprint, model_fingerprint
 from .io import write_json, write_npz
 
-__all__ = ["score", "ScoreResult"]
+__all__ = ["score", "score_models", "ScoreResult"]
+
+ARRAYS = ("score", "stderr", "loss")  # per model; "index" and "label" are shared
 
 
 class _Indexed(Dataset):
@@ -36,10 +59,27 @@ class _Indexed(Dataset):
         return i, x, y
 
 
+class _ChunkBatches(Sampler):
+    """Batches of consecutive indices that never straddle a chunk: for each ``(start, stop)``,
+    ``[start, start+B), [start+B, start+2B), …`` up to ``stop``."""
+
+    def __init__(self, ranges: Sequence[tuple[int, int]], batch_size: int):
+        self.ranges, self.batch_size = list(ranges), batch_size
+
+    def __iter__(self):
+        for start, stop in self.ranges:
+            for b in range(start, stop, self.batch_size):
+                yield list(range(b, min(b + self.batch_size, stop)))
+
+    def __len__(self):
+        return sum(-(-(stop - start) // self.batch_size) for start, stop in self.ranges)
+
+
 @dataclass
 class ScoreResult:
     """Arrays sorted by dataset index: ``index`` (N,), ``score`` (N,) or (N, K) for a spectrum,
-    ``stderr`` (N,) or None, ``loss`` and ``label`` (N,)."""
+    ``stderr`` (N,) or None, ``loss`` and ``label`` (N,). ``run``: processes, chunks reused /
+    computed / found corrupt."""
 
     index: np.ndarray
     score: np.ndarray
@@ -48,6 +88,7 @@ class ScoreResult:
     label: np.ndarray
     settings: dict = field(default_factory=dict)
     seconds: float = 0.0
+    run: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
         s = self.score if self.score.ndim == 1 else self.score[:, 0]
@@ -63,21 +104,12 @@ class ScoreResult:
             "samples_per_second": round(len(s) / self.seconds, 2) if self.seconds > 0 else None,
         }
 
-
-def _indexed_loader(data, batch_size: int, num_workers: int, device: torch.device) -> DataLoader:
-    if isinstance(data, DataLoader):
-        if not hasattr(data.dataset, "__getitem__") or isinstance(data.dataset, torch.utils.data.IterableDataset):
-            raise TypeError("score() needs a map-style dataset (with __getitem__ and __len__) to know each sample's index")
-        return DataLoader(
-            _Indexed(data.dataset), batch_size=data.batch_size, sampler=data.sampler, num_workers=data.num_workers,
-            pin_memory=data.pin_memory, drop_last=data.drop_last,
-        )
-    if not hasattr(data, "__getitem__") or not hasattr(data, "__len__"):
-        raise TypeError(f"data must be a map-style Dataset or a DataLoader over one (got {type(data).__name__})")
-    return DataLoader(_Indexed(data), batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda")
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {"index": self.index, "score": self.score, "loss": self.loss, "label": self.label}
+        return out if self.stderr is None else {**out, "stderr": self.stderr}
 
 
-def _resolve_device(device, model: torch.nn.Module) -> torch.device:
+def _resolve_device(device, model: nn.Module) -> torch.device:
     if device is None:
         param = next(model.parameters(), None)
         return param.device if param is not None else torch.device("cpu")
@@ -87,8 +119,231 @@ def _resolve_device(device, model: torch.nn.Module) -> torch.device:
     return device
 
 
-def score(
-    model: torch.nn.Module,
+def _named_models(models) -> dict[str, nn.Module]:
+    if isinstance(models, nn.Module):
+        raise TypeError("score_models() takes several models (a dict name -> model, or a list); use score() for one")
+    named = dict(models) if isinstance(models, Mapping) else {f"model{i}": m for i, m in enumerate(models)}
+    if not named:
+        raise ValueError("models is empty; pass at least one model")
+    for name, m in named.items():
+        if not isinstance(m, nn.Module):
+            raise TypeError(f"model {name!r} is a {type(m).__name__}, not an nn.Module returning logits")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(name)):
+            raise ValueError(f"model name {name!r} must be a plain folder name (letters, digits, '_', '.', '-')")
+    return named
+
+
+def _unpack(data, batch_size: int, num_workers: int):
+    """``(dataset, batch_size, loader options, custom batch sampler or None)`` from a Dataset or
+    DataLoader. A DataLoader's sequential or shuffled order changes nothing (every index is
+    scored once, keyed by index); any other sampler selects samples and is kept as is."""
+    if isinstance(data, DataLoader):
+        ds = data.dataset
+        if isinstance(ds, IterableDataset) or not hasattr(ds, "__getitem__"):
+            raise TypeError("score() needs a map-style dataset (with __getitem__ and __len__) to know each sample's index")
+        opts = {"num_workers": data.num_workers, "pin_memory": data.pin_memory}
+        bs = data.batch_sampler
+        plain = type(bs) is BatchSampler and not bs.drop_last and (
+            isinstance(bs.sampler, SequentialSampler)
+            or (isinstance(bs.sampler, RandomSampler) and not bs.sampler.replacement and bs.sampler.num_samples == len(ds))
+        )
+        return ds, (bs.batch_size if type(bs) is BatchSampler else batch_size), opts, (None if plain else bs)
+    if isinstance(data, IterableDataset) or not hasattr(data, "__getitem__") or not hasattr(data, "__len__"):
+        raise TypeError(f"data must be a map-style Dataset or a DataLoader over one (got {type(data).__name__})")
+    return data, batch_size, {"num_workers": num_workers, "pin_memory": None}, None
+
+
+def _scalar_kwargs(kwargs: dict) -> dict:
+    """Estimator options as JSON: numbers and strings as they are, callables by name."""
+    return {k: (v if isinstance(v, (int, float, str, bool, type(None))) else getattr(v, "__qualname__", type(v).__name__))
+            for k, v in sorted(kwargs.items())}
+
+
+def _score_batches(models, loader, device, sizes: list[int], show: bool, estimator: dict) -> Iterator[tuple[int, dict, dict]]:
+    """Yield ``(unit position, arrays, used)`` each time the batches of one unit (``sizes[pos]``
+    samples, or all the loader yields for ``None``) are done. ``arrays``: index, label, and per model ``<name>/score|stderr|loss``."""
+    from tqdm.auto import tqdm
+
+    pos, parts, used = 0, {}, {}
+    for idx, x, y in tqdm(loader, desc="curvature", unit="batch", disable=not show, dynamic_ncols=True):
+        if not torch.is_tensor(x):
+            raise TypeError("dataset items must be (tensor, label); add a ToTensor() transform")
+        x, idx, y = x.to(device, non_blocking=True), torch.as_tensor(idx), torch.as_tensor(y)
+        parts.setdefault("index", []).append(idx.numpy())
+        parts.setdefault("label", []).append(y.numpy())
+        for name, model in models.items():
+            res = input_curvature(model, x, y, sample_ids=idx, **estimator)
+            used.setdefault(name, {"method": res.method, "statistic": res.statistic})
+            parts.setdefault(f"{name}/score", []).append(res.value.double().cpu().numpy())
+            parts.setdefault(f"{name}/loss", []).append(res.loss.double().cpu().numpy())
+            if res.stderr is not None:
+                parts.setdefault(f"{name}/stderr", []).append(res.stderr.double().cpu().numpy())
+        if sum(map(len, parts["index"])) == sizes[pos]:
+            yield pos, {k: np.concatenate(v) for k, v in parts.items()}, used
+            pos, parts, used = pos + 1, {}, {}
+    if parts and sizes[pos] is None:  # a caller's sampler: the unit ends with the loader
+        yield pos, {k: np.concatenate(v) for k, v in parts.items()}, used
+    elif parts or pos != len(sizes):
+        raise RuntimeError(f"the data loader stopped inside unit {pos}; did the dataset change length while scoring?")
+
+
+def _merge(units: Iterator[dict]) -> dict[str, np.ndarray]:
+    """Concatenate unit arrays and sort by dataset index."""
+    parts: dict[str, list] = {}
+    for arrays in units:
+        for k, v in arrays.items():
+            parts.setdefault(k, []).append(v)
+    merged = {k: np.concatenate(v) for k, v in parts.items()}
+    order = np.argsort(merged["index"], kind="stable")
+    return {k: v[order] for k, v in merged.items()}
+
+
+def _results(merged: dict, used: dict, report: dict, seconds: float, run: dict) -> dict[str, ScoreResult]:
+    out = {}
+    for name, info in report["models"].items():
+        settings = {**used.get(name, {}), **report["settings"], "model": info["type"], "model_fingerprint": info["sha256"]}
+        stderr = merged.get(f"{name}/stderr")
+        out[name] = ScoreResult(merged["index"], merged[f"{name}/score"], stderr, merged[f"{name}/loss"], merged["label"],
+                                settings, seconds, run)
+    return out
+
+
+def _write_results(out: str, results: dict[str, ScoreResult], single: bool) -> None:
+    """Merged files: ``out/scores.npz`` + ``out/results.json`` for one model; for several,
+    ``out/<name>/scores.npz`` + ``out/<name>/results.json`` and an index ``out/results.json``."""
+    for name, res in results.items():
+        folder = out if single else os.path.join(out, name)
+        write_npz(os.path.join(folder, "scores.npz"), **res.arrays())
+        write_json(os.path.join(folder, "results.json"), {"settings": res.settings, "summary": res.summary(), "run": res.run})
+    if not single:
+        write_json(os.path.join(out, "results.json"), {
+            "models": {n: {"settings": r.settings, "summary": r.summary(), "files": f"{n}/scores.npz"} for n, r in results.items()},
+            "run": next(iter(results.values())).run,
+        })
+
+
+def _score(models, data, single: bool, *, method, statistic, probes, seed, batch_size, device, num_workers, out, chunk_size,
+           overwrite, timeout, progress, **estimator_kwargs) -> dict[str, ScoreResult]:
+    """The body of :func:`score` and :func:`score_models`; ``single`` picks the one-model file layout."""
+    start_time = time.perf_counter()
+    models = _named_models(models)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int (got {batch_size!r})")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int or None (got {chunk_size!r})")
+    if chunk_size is not None and out is None:
+        raise ValueError("chunk_size makes a resumable run on disk and needs out=<run folder>")
+    dataset, batch_size, loader_opts, custom = _unpack(data, batch_size, num_workers)
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("the dataset is empty; nothing to score")
+    device = _resolve_device(device, next(iter(models.values())))
+    ctx, device = distributed.setup(device, timeout)
+    if custom is not None and (chunk_size is not None or ctx.world_size > 1):
+        raise ValueError(
+            "a DataLoader with a custom sampler or drop_last cannot be sharded or resumed by index; "
+            "pass a torch.utils.data.Subset of the dataset (or the DataLoader without its sampler) instead"
+        )
+    models = {name: m.to(device) for name, m in models.items()}
+    estimator = {"method": method, "statistic": statistic, "probes": probes, "seed": seed, **estimator_kwargs}
+    if loader_opts["pin_memory"] is None:
+        loader_opts["pin_memory"] = device.type == "cuda"
+    show = ctx.is_main and (sys.stderr.isatty() if progress is None else progress)
+
+    settings = {
+        "requested_method": method, "requested_statistic": statistic, "probes": probes, "seed": seed,
+        "batch_size": batch_size, "chunk_size": chunk_size, "device": device.type, "dataset_size": n, **_scalar_kwargs(estimator_kwargs),
+    }
+    identity = {"settings": settings, "models": {}, "data": {"size": n, "type": type(dataset).__qualname__}}
+    if chunk_size is not None or ctx.world_size > 1:  # fingerprints: resume checks, and every rank must agree
+        identity["models"] = {name: {"type": type(m).__name__, "sha256": model_fingerprint(m)} for name, m in models.items()}
+        identity["data"] = dataset_fingerprint(dataset)
+        views = ctx.all_gather("comparing models and data across ranks", identity)
+        for r, view in enumerate(views):
+            if view != views[0]:
+                raise ValueError(
+                    f"rank {r} holds other models, data or settings than rank 0; every rank must load the same "
+                    "checkpoints and dataset (seed any random initialisation, or load a checkpoint)"
+                )
+    else:
+        identity["models"] = {name: {"type": type(m).__name__, "sha256": None} for name, m in models.items()}
+    report = {"settings": {**settings, "world_size": ctx.world_size, "curvfast": __version__, "torch": torch.__version__,
+                           "native_ops": ops.native_available()}, "models": identity["models"]}
+
+    unit = chunk_size or batch_size
+    folder = RunFolder(out, identity, n, unit) if chunk_size is not None else None
+    if folder is not None:
+        plan = ctx.on_main("checking the run folder", lambda: folder.open(overwrite))
+    else:
+        plan = {"todo": list(range(-(-n // unit))) if custom is None else [0], "done": 0, "corrupt": []}
+    mine = plan["todo"][ctx.rank::ctx.world_size]
+    if custom is None:
+        ranges = [(k * unit, min((k + 1) * unit, n)) for k in mine]
+        loader = DataLoader(_Indexed(dataset), batch_sampler=_ChunkBatches(ranges, batch_size), **loader_opts)
+        sizes = [stop - start for start, stop in ranges]
+    else:  # one process, the caller's own sampler: one unit, whatever it yields
+        loader = DataLoader(_Indexed(dataset), batch_sampler=custom, **loader_opts)
+        sizes = [None]
+
+    kept, used = {}, {}
+    for pos, arrays, unit_used in (_score_batches(models, loader, device, sizes, show, estimator) if mine else ()):
+        used.update(unit_used)
+        if folder is not None:
+            folder.write(mine[pos], arrays, unit_used)
+        else:
+            kept[mine[pos]] = arrays
+    ctx.barrier("their chunks")
+    run = {"world_size": ctx.world_size, "chunks": len(plan["todo"]) + plan["done"], "chunks_reused": plan["done"],
+           "chunks_computed": len(plan["todo"]), "chunks_corrupt": len(plan["corrupt"])}
+
+    if folder is None:
+        gathered = ctx.all_gather("gathering scores", (kept, used))
+        for _, part_used in gathered:
+            for name, info in part_used.items():
+                used.setdefault(name, info)
+        merged = _merge(a for _, a in sorted((k, a) for part, _ in gathered for k, a in part.items()))
+        results = _results(merged, used, report, time.perf_counter() - start_time, run)
+        if out is not None and ctx.is_main:
+            _write_results(out, results, single)
+        return results
+
+    main_results = {}
+
+    def merge_chunks() -> None:
+        checksums = {}
+
+        def chunks():
+            for k in range(folder.num_chunks):
+                arrays, record = folder.read(k)
+                checksums[k] = record["sha256"]
+                for name, info in record["used"].items():
+                    used.setdefault(name, info)
+                yield arrays
+
+        main_results.update(_results(_merge(chunks()), used, report, time.perf_counter() - start_time, run))
+        _write_results(out, main_results, single)
+        folder.finish(checksums, {"last_run": run})
+
+    ctx.on_main("merging the chunks", merge_chunks)
+    return main_results if ctx.is_main else _read_results(out, list(models), single, run)
+
+
+def _read_results(out: str, names: list[str], single: bool, run: dict) -> dict[str, ScoreResult]:
+    """The merged results rank 0 wrote, as every other rank returns them."""
+    results = {}
+    for name in names:
+        folder = out if single else os.path.join(out, name)
+        with open(os.path.join(folder, "results.json")) as f:
+            meta = json.load(f)
+        with np.load(os.path.join(folder, "scores.npz")) as z:
+            a = {k: z[k] for k in z.files}
+        results[name] = ScoreResult(a["index"], a["score"], a.get("stderr"), a["loss"], a["label"], meta["settings"],
+                                    meta["summary"]["seconds"], run)
+    return results
+
+
+def score_models(
+    models: Mapping[str, nn.Module] | Sequence[nn.Module],
     data,
     *,
     method: str = "auto",
@@ -99,54 +354,67 @@ def score(
     device: str | torch.device | None = None,
     num_workers: int = 0,
     out: str | None = None,
+    chunk_size: int | None = None,
+    overwrite: bool = False,
+    timeout: float = distributed.DEFAULT_TIMEOUT,
+    progress: bool | None = None,
+    **estimator_kwargs,
+) -> dict[str, ScoreResult]:
+    """Score every sample of ``data`` with several models in one pass over the data.
+
+    ``models``: a dict ``name -> nn.Module`` (or a list, named ``model0, model1, …``).
+    Returns ``{name: ScoreResult}`` on every rank. Options are those of :func:`score`; with
+    ``out`` the files are ``out/<name>/{scores.npz, results.json}`` plus ``out/results.json``.
+    """
+    return _score(
+        models, data, False, method=method, statistic=statistic, probes=probes, seed=seed, batch_size=batch_size,
+        device=device, num_workers=num_workers, out=out, chunk_size=chunk_size, overwrite=overwrite, timeout=timeout,
+        progress=progress, **estimator_kwargs,
+    )
+
+
+def score(
+    model: nn.Module,
+    data,
+    *,
+    method: str = "auto",
+    statistic: str | None = None,
+    probes: int | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    num_workers: int = 0,
+    out: str | None = None,
+    chunk_size: int | None = None,
+    overwrite: bool = False,
+    timeout: float = distributed.DEFAULT_TIMEOUT,
     progress: bool | None = None,
     **estimator_kwargs,
 ) -> ScoreResult:
-    """Score every sample of ``data`` (a Dataset, or a DataLoader whose sampler/batch size is kept).
+    """Score every sample of ``data`` (a Dataset, or a DataLoader whose batch size and workers are kept).
 
-    With ``out=DIR`` writes ``DIR/results.json`` (settings and summary) and ``DIR/scores.npz``
-    (``index``, ``score``, ``loss``, ``label`` and ``stderr`` for random methods), atomically.
+    Runs unchanged under ``torchrun --nproc_per_node=N``: samples are sharded by index, and
+    every rank returns the full result (identical to one process).
+
+    Args:
+        method, statistic, probes, seed, **estimator_kwargs: passed to ``input_curvature``;
+            probes are keyed by (seed, dataset index).
+        batch_size, num_workers: DataLoader settings (pinned memory on CUDA).
+        device: ``"cuda"`` means ``cuda:LOCAL_RANK`` under torchrun; default: the model's device.
+        out: run folder; writes ``scores.npz`` (``index``, ``score``, ``loss``, ``label``, and
+            ``stderr`` for random methods) and ``results.json`` (settings, summary) atomically.
+        chunk_size: samples per chunk; makes the run resumable (needs ``out``): calling again
+            computes only missing or corrupt chunks. A multiple of ``batch_size`` keeps the
+            batches of an unchunked run.
+        overwrite: discard a run folder that was started with other settings, model or data
+            (otherwise that is refused with ``ValueError``).
+        timeout: seconds any collective may wait for the other ranks before raising.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int (got {batch_size!r})")
-    device = _resolve_device(device, model)
-    loader = _indexed_loader(data, batch_size, num_workers, device)
-    if len(loader.dataset) == 0:
-        raise ValueError("the dataset is empty; nothing to score")
-    model = model.to(device)
-    show = sys.stderr.isatty() if progress is None else progress
-    from tqdm.auto import tqdm
-
-    parts: dict[str, list] = {"index": [], "score": [], "stderr": [], "loss": [], "label": []}
-    used = None
-    start = time.perf_counter()
-    for idx, x, y in tqdm(loader, desc="curvature", unit="batch", disable=not show):
-        if not torch.is_tensor(x):
-            raise TypeError("dataset items must be (tensor, label); add a ToTensor() transform")
-        x = x.to(device)
-        res = input_curvature(
-            model, x, torch.as_tensor(y), method=method, statistic=statistic, probes=probes, seed=seed,
-            sample_ids=torch.as_tensor(idx), **estimator_kwargs,
-        )
-        used = used or {"method": res.method, "statistic": res.statistic}
-        parts["index"].append(torch.as_tensor(idx).numpy())
-        parts["score"].append(res.value.double().cpu().numpy())
-        parts["loss"].append(res.loss.double().cpu().numpy())
-        parts["label"].append(torch.as_tensor(y).numpy())
-        if res.stderr is not None:
-            parts["stderr"].append(res.stderr.double().cpu().numpy())
-    seconds = time.perf_counter() - start
-    arrays = {k: np.concatenate(v) for k, v in parts.items() if v}
-    order = np.argsort(arrays["index"], kind="stable")
-    arrays = {k: v[order] for k, v in arrays.items()}
-    settings = {
-        **used, "requested_method": method, "probes": probes, "seed": seed, "batch_size": loader.batch_size,
-        "device": str(device), "model": type(model).__name__, "dataset_size": len(loader.dataset),
-        "curvfast": __version__, "torch": torch.__version__, "native_ops": ops.native_available(),
-        **{k: v for k, v in estimator_kwargs.items() if isinstance(v, (int, float, str, bool))},
-    }
-    result = ScoreResult(arrays["index"], arrays["score"], arrays.get("stderr"), arrays["loss"], arrays["label"], settings, seconds)
-    if out is not None:
-        write_npz(os.path.join(out, "scores.npz"), **{k: v for k, v in arrays.items()})
-        write_json(os.path.join(out, "results.json"), {"settings": settings, "summary": result.summary()})
-    return result
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module returning logits (got {type(model).__name__}); use score_models() for several")
+    results = _score(
+        {"model": model}, data, True, method=method, statistic=statistic, probes=probes, seed=seed, batch_size=batch_size,
+        device=device, num_workers=num_workers, out=out, chunk_size=chunk_size, overwrite=overwrite, timeout=timeout,
+        progress=progress, **estimator_kwargs,
+    )
+    return results["model"]

@@ -69,7 +69,7 @@ _TORCHVISION = {  # name -> (class name, num_classes, channels, uses `train=` ra
 
 
 def available_datasets() -> list[str]:
-    return ["digits", "imagefolder"] + sorted(_TORCHVISION)
+    return ["digits", "imagefolder", "filelist"] + sorted(_TORCHVISION)
 
 
 def _require_root(name: str, root: str | None) -> str:
@@ -86,6 +86,9 @@ def get_dataset(name: str, split: str = "train", root: str | None = None, image_
     - ``digits``: bundled, offline, fixed split.
     - ``imagefolder``: ``root/<split>/<class>/<image>`` if ``root/<split>`` exists, else ``root/<class>/<image>``
       (ImageNet layout); ``image_size`` resizes and centre-crops.
+    - ``filelist``: streaming (``curvfast.data.streaming``), for ImageNet-size data: ``root`` is a
+      ``<path> <label>`` list file, or a folder holding ``<split>.txt``, or an image folder
+      (``root/<split>/<class>/<image>`` or ``root/<class>/<image>``).
     - ``mnist``, ``fashionmnist``, ``cifar10``, ``cifar100``, ``svhn``: torchvision classes on ``root``,
       ``download=False``.
     """
@@ -102,6 +105,18 @@ def get_dataset(name: str, split: str = "train", root: str | None = None, image_
         if len(ds.classes) < 2:
             raise ValueError(f"image folder {folder!r} has {len(ds.classes)} class folder(s); need at least 2")
         return ds, DatasetInfo(num_classes=len(ds.classes), in_channels=3)
+    if key == "filelist":
+        from .streaming import FileListDataset, StreamingImageFolder
+
+        if root is not None and os.path.isfile(root):
+            ds = FileListDataset(root, image_size=image_size)
+        elif root is not None and os.path.isfile(os.path.join(root, f"{split}.txt")):
+            ds = FileListDataset(os.path.join(root, f"{split}.txt"), image_size=image_size)
+        else:
+            root = _require_root(name, root)
+            ds = StreamingImageFolder(os.path.join(root, split) if os.path.isdir(os.path.join(root, split)) else root,
+                                      image_size=image_size)
+        return ds, DatasetInfo(num_classes=ds.num_classes, in_channels=3)
     if key in _TORCHVISION:
         import torchvision.datasets as tvd
 

@@ -1,0 +1,202 @@
+"""Resumable run folders: a manifest, atomic chunk files and their SHA-256 checksums.
+
+The dataset index range [0, N) is cut into chunks of ``S`` samples; chunk ``k`` holds
+[k·S, min((k+1)·S, N)). Layout of a run folder::
+
+    manifest.json          run id, settings, model + data fingerprints, chunk size, status,
+                           and (once complete) every chunk's SHA-256
+    chunks/000042.npz      the arrays of chunk 42, written atomically (temp file + fsync + rename)
+    chunks/000042.json     its commit record {"run", "chunk", "start", "stop", "sha256", "used"},
+                           written only after the .npz is in place
+
+A chunk counts as done only when its record exists, names this run and range, and the SHA-256
+of the .npz bytes matches the record. A process killed at any instant (``kill -9`` included)
+leaves either no record (the chunk is recomputed) or a complete pair; a truncated or altered
+.npz fails its checksum and is recomputed. A manifest with another run id (other settings,
+model or data) is refused unless the caller asks to overwrite.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import json
+import os
+import time
+
+import numpy as np
+
+from .io import atomic_write_bytes, write_json
+
+__all__ = ["RunFolder", "ChunkError", "run_id"]
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+
+
+class ChunkError(RuntimeError):
+    """A chunk file is missing, truncated, altered, or belongs to another run."""
+
+
+def run_id(identity: dict) -> str:
+    """SHA-256 of the canonical JSON of everything that determines the numbers."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _differences(old, new, prefix: str = "") -> list[str]:
+    """Human-readable leaf differences between two JSON-like objects."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += _differences(old.get(key, "<absent>"), new.get(key, "<absent>"), f"{prefix}{key}.")
+        return out
+    if old != new:
+        short = lambda v: (v[:12] + "…") if isinstance(v, str) and len(v) > 16 else v  # noqa: E731
+        return [f"{prefix[:-1]}: {short(old)!r} -> {short(new)!r}"]
+    return []
+
+
+class RunFolder:
+    """Chunk bookkeeping for one run folder (see the module docstring).
+
+    ``identity`` is everything that determines the numbers (settings, model and data
+    fingerprints, chunk size); its hash is the run id written into the manifest and every record.
+    """
+
+    def __init__(self, out: str, identity: dict, size: int, chunk_size: int):
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int (got {chunk_size!r})")
+        self.out = out
+        self.identity = identity
+        self.size = size
+        self.chunk_size = chunk_size
+        self.num_chunks = -(-size // chunk_size)
+        self.run = run_id(identity)
+        self.chunk_dir = os.path.join(out, "chunks")
+
+    def bounds(self, k: int) -> tuple[int, int]:
+        return k * self.chunk_size, min((k + 1) * self.chunk_size, self.size)
+
+    def _paths(self, k: int) -> tuple[str, str]:
+        stem = os.path.join(self.chunk_dir, f"{k:06d}")
+        return stem + ".npz", stem + ".json"
+
+    # -- start of a run (one process) -------------------------------------------------------
+    def open(self, overwrite: bool = False) -> dict:
+        """Check or create the manifest, drop stale temp files and bad chunks, and return
+        ``{"todo": [chunk ids], "done": n, "corrupt": [chunk ids]}``. Call from one process."""
+        manifest_path = os.path.join(self.out, MANIFEST)
+        old = self._read_manifest(manifest_path)
+        if old is None and os.path.exists(os.path.join(self.out, "results.json")) and not overwrite:
+            raise ValueError(
+                f"run folder {self.out!r} holds scores from a run without a manifest (not resumable); "
+                "pass overwrite=True (--overwrite) to replace them, or choose another out folder"
+            )
+        if old is not None and old.get("run") != self.run:
+            if not overwrite:
+                diffs = _differences(old.get("identity", {}), self.identity) or ["format or run id"]
+                raise ValueError(
+                    f"run folder {self.out!r} was started with different settings, model or data "
+                    f"({'; '.join(diffs[:6])}{' …' if len(diffs) > 6 else ''}); rerun the original command to "
+                    "resume it, choose another out folder, or pass overwrite=True (--overwrite) to discard it"
+                )
+            self._clear(old)
+            old = None
+        elif old is None:
+            self._clear({})
+        write_json(manifest_path, {
+            "format": FORMAT, "run": self.run, "identity": self.identity, "status": "running",
+            "size": self.size, "chunk_size": self.chunk_size, "num_chunks": self.num_chunks,
+            "created": old["created"] if old else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        })
+        for tmp in glob.glob(os.path.join(glob.escape(self.chunk_dir), ".tmp-*")):
+            os.unlink(tmp)  # left by a process killed mid-write
+        todo, corrupt = [], []
+        for k in range(self.num_chunks):
+            state = self._state(k)
+            if state != "ok":
+                todo.append(k)
+                if state == "corrupt":
+                    corrupt.append(k)
+                for path in self._paths(k):
+                    if os.path.exists(path):
+                        os.unlink(path)
+        return {"todo": todo, "done": self.num_chunks - len(todo), "corrupt": corrupt}
+
+    def _read_manifest(self, path: str) -> dict | None:
+        if not os.path.exists(path):
+            return None
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {"run": None, "identity": {"manifest": "unreadable"}}
+
+    def _clear(self, old: dict) -> None:
+        """Remove what a previous run wrote here (chunks, merged results), nothing else."""
+        names = set(old.get("identity", {}).get("models", {})) | set(self.identity.get("models", {}))
+        merged = [os.path.join(self.out, *parts) for parts in [("scores.npz",), ("results.json",), (MANIFEST,)]]
+        merged += [os.path.join(self.out, str(m), f) for m in names for f in ("scores.npz", "results.json")]
+        for path in glob.glob(os.path.join(glob.escape(self.chunk_dir), "*")) + merged:
+            if os.path.isfile(path):
+                os.unlink(path)
+
+    def _state(self, k: int) -> str:
+        """``"ok"``, ``"missing"`` (never committed) or ``"corrupt"``."""
+        npz, rec = self._paths(k)
+        if not os.path.exists(rec):
+            return "missing"
+        try:
+            self._load(k)
+        except ChunkError:
+            return "corrupt"
+        return "ok"
+
+    # -- chunks (any process) -----------------------------------------------------------------
+    def write(self, k: int, arrays: dict[str, np.ndarray], used: dict) -> str:
+        """Write chunk ``k`` atomically, then its commit record. Returns the SHA-256."""
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        data = buf.getvalue()
+        digest = hashlib.sha256(data).hexdigest()
+        start, stop = self.bounds(k)
+        npz, rec = self._paths(k)
+        atomic_write_bytes(npz, data)
+        write_json(rec, {"run": self.run, "chunk": k, "start": start, "stop": stop, "sha256": digest, "used": used})
+        return digest
+
+    def _load(self, k: int) -> tuple[dict[str, np.ndarray], dict]:
+        npz, rec = self._paths(k)
+        try:
+            with open(rec) as f:
+                record = json.load(f)
+            with open(npz, "rb") as f:
+                data = f.read()
+        except (OSError, ValueError) as err:
+            raise ChunkError(f"chunk {k} in {self.chunk_dir!r} is unreadable ({err})") from err
+        start, stop = self.bounds(k)
+        if (record.get("run"), record.get("chunk"), record.get("start"), record.get("stop")) != (self.run, k, start, stop):
+            raise ChunkError(f"chunk {k} in {self.chunk_dir!r} belongs to another run or range")
+        if hashlib.sha256(data).hexdigest() != record.get("sha256"):
+            raise ChunkError(f"chunk {k} in {self.chunk_dir!r} fails its SHA-256 check (truncated or altered)")
+        with np.load(io.BytesIO(data)) as z:
+            arrays = {name: z[name] for name in z.files}
+        if not np.array_equal(arrays.get("index"), np.arange(start, stop)):
+            raise ChunkError(f"chunk {k} in {self.chunk_dir!r} does not hold samples [{start}, {stop})")
+        return arrays, record
+
+    def read(self, k: int) -> tuple[dict[str, np.ndarray], dict]:
+        """Arrays and commit record of chunk ``k``, checksum verified; ``ChunkError`` otherwise."""
+        if not os.path.exists(self._paths(k)[1]):
+            raise ChunkError(
+                f"chunk {k} is missing from {self.chunk_dir!r}; with several nodes, the out folder must be on a "
+                "file system that every node shares"
+            )
+        return self._load(k)
+
+    def finish(self, checksums: dict[int, str], extra: dict) -> None:
+        """Mark the run complete and list every chunk's checksum in the manifest."""
+        path = os.path.join(self.out, MANIFEST)
+        manifest = self._read_manifest(path) or {}
+        manifest.update(status="complete", chunks={f"{k:06d}": checksums[k] for k in sorted(checksums)}, **extra)
+        write_json(path, manifest)

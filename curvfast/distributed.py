@@ -1,0 +1,145 @@
+"""torch.distributed glue for scoring under ``torchrun``: process group, device, timed collectives.
+
+``torchrun --nproc_per_node=N`` (or any launcher that sets ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``) starts N copies of the same program.
+``setup`` joins them into a process group: NCCL when scoring on CUDA, with one GPU per rank
+(``cuda:LOCAL_RANK``), gloo on the CPU. A process group that the caller already initialised
+is used as it is.
+
+The engine's own messages (the work plan, fingerprints, results, "done" barriers) are small
+Python objects, so they travel over a gloo group (the default group when it is gloo, else a
+gloo side group): no GPU synchronisation, and ``monitored_barrier`` names the ranks that did
+not arrive. Every collective has a timeout; a rank that died or hangs turns into a
+``RuntimeError`` on the others instead of a hang.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["Context", "setup", "shutdown", "launched_by_torchrun"]
+
+DEFAULT_TIMEOUT = 1800.0  # seconds; torch's own default for gloo
+_FORWARDED = {e.__name__: e for e in (ValueError, TypeError, FileNotFoundError)}  # user-fixable: same type on every rank
+
+
+def launched_by_torchrun() -> bool:
+    """True when the environment describes more than one rank (torchrun, SLURM wrappers ...)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+@dataclass
+class Context:
+    """This process's place in the run: ``rank`` of ``world_size``, and the control group."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    group: Any = None
+    timeout: float = DEFAULT_TIMEOUT
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def _failed(self, what: str, err: Exception) -> RuntimeError:
+        return RuntimeError(
+            f"rank {self.rank}: {what} failed or timed out after {self.timeout:g} s ({str(err).splitlines()[0]}); "
+            "another rank died or is stuck: read its log, then rerun the same command to resume from the finished chunks"
+        )
+
+    def barrier(self, what: str) -> None:
+        """Wait for every rank; after ``timeout`` s raise, naming the ranks that never arrived."""
+        if self.world_size == 1:
+            return
+        try:
+            dist.monitored_barrier(group=self.group, timeout=datetime.timedelta(seconds=self.timeout), wait_all_ranks=True)
+        except RuntimeError as err:
+            raise self._failed(f"waiting for all ranks to finish {what}", err) from err
+
+    def on_main(self, what: str, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on rank 0 and hand its result to every rank. An exception on rank 0 is
+        re-raised on every rank (same type and message), so no rank waits for a dead peer."""
+        if self.world_size == 1:
+            return fn()
+        payload = [None]
+        if self.is_main:
+            try:
+                payload[0] = ("ok", fn())
+            except Exception as err:  # forwarded to the other ranks, then re-raised here
+                payload[0] = ("error", (type(err).__name__, str(err)))
+                error = err
+        try:
+            dist.broadcast_object_list(payload, src=0, group=self.group)
+        except RuntimeError as err:
+            raise self._failed(what, err) from err
+        status, value = payload[0]
+        if status == "error":
+            if self.is_main:
+                raise error
+            kind = _FORWARDED.get(value[0], RuntimeError)
+            raise kind(value[1] if kind is not RuntimeError else f"rank 0: {value[0]}: {value[1]}")
+        return value
+
+    def all_gather(self, what: str, obj: Any) -> list:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        if self.world_size == 1:
+            return [obj]
+        out = [None] * self.world_size
+        try:
+            dist.all_gather_object(out, obj, group=self.group)
+        except RuntimeError as err:
+            raise self._failed(what, err) from err
+        return out
+
+
+def _rank_device(device: torch.device, local_rank: int) -> torch.device:
+    """One GPU per rank: a bare ``cuda`` means ``cuda:LOCAL_RANK``."""
+    if device.type != "cuda" or device.index is not None:
+        return device
+    if local_rank >= torch.cuda.device_count():
+        raise ValueError(
+            f"LOCAL_RANK={local_rank} but this node has {torch.cuda.device_count()} GPU(s); "
+            "start at most one process per GPU (torchrun --nproc_per_node=<number of GPUs>)"
+        )
+    return torch.device("cuda", local_rank)
+
+
+_GLOO_SIDE_GROUPS: dict[int, Any] = {}
+
+
+def setup(device: torch.device, timeout: float = DEFAULT_TIMEOUT) -> tuple[Context, torch.device]:
+    """Join (or reuse) the process group when several ranks run; return the context and the
+    device this rank scores on. A single process gets ``Context()`` and ``device`` unchanged."""
+    if not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ValueError(f"timeout must be a positive number of seconds (got {timeout!r})")
+    if not dist.is_available() or not (dist.is_initialized() or launched_by_torchrun()):
+        return Context(timeout=float(timeout)), device
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = _rank_device(device, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout))
+    if dist.get_backend() == "gloo":
+        group = None
+    else:  # one gloo side group per default group, created collectively by every rank
+        key = id(dist.group.WORLD)
+        if key not in _GLOO_SIDE_GROUPS:
+            _GLOO_SIDE_GROUPS[key] = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout))
+        group = _GLOO_SIDE_GROUPS[key]
+    ctx = Context(dist.get_rank(), dist.get_world_size(), local_rank, group, float(timeout))
+    return ctx, device
+
+
+def shutdown() -> None:
+    """Destroy the process group (end of a command-line run)."""
+    if dist.is_available() and dist.is_initialized():
+        _GLOO_SIDE_GROUPS.clear()
+        dist.destroy_process_group()

@@ -1,0 +1,163 @@
+"""Real multi-process runs: torchrun (gloo, CPU, 2 ranks) equals one process (two models in one
+pass), kill -9 at random points then resume equals an uninterrupted run, and a stuck rank is an
+error, not a hang. (Refused restarts and corrupt chunks: tests/test_resume.py, in process.)
+
+The data are 64 real digits written as PNG files and read through the streaming file-list
+dataset; the checkpoint is a SmallCNN whose last layer is scaled x30 so that its curvature is
+far above float32 rounding (an untrained net's zo values are quantised by rounding).
+"""
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import curvfast
+from curvfast.data.streaming import FileListDataset
+from curvfast.io import save_checkpoint
+from curvfast.models import build_model
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
+
+SCORE = ["--method", "zo", "--probes", "2", "--seed", "5", "--batch-size", "8", "--quiet"]
+KEYS = ("index", "label", "score", "stderr", "loss")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """(folder with img/, list.txt, m.pt and shadow.pt; one-process in-process reference of m.pt)."""
+    from PIL import Image
+
+    from curvfast.data import DigitsDataset
+
+    root = tmp_path_factory.mktemp("scaleout")
+    digits = DigitsDataset("test")
+    (root / "img").mkdir()
+    lines = []
+    for i in range(64):
+        pixels = (digits.images[i, 0].numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(pixels, mode="L").save(root / "img" / f"{i:03d}.png")
+        lines.append(f"img/{i:03d}.png {int(digits.targets[i])}")
+    (root / "list.txt").write_text("\n".join(lines) + "\n")
+    refs = {}
+    for seed, name in enumerate(["m", "shadow"]):
+        torch.manual_seed(seed)
+        model = build_model("small_cnn", 10, 3).eval()
+        with torch.no_grad():
+            model.fc.weight.mul_(30.0)
+        save_checkpoint(str(root / f"{name}.pt"), model, model="small_cnn", num_classes=10, in_channels=3)
+        refs[name] = curvfast.score(model, FileListDataset(str(root / "list.txt")), method="zo", probes=2, seed=5, batch_size=8)
+    return root, refs
+
+
+def _cmd(root, out, *extra, nproc=2):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc else [sys.executable]
+    return launcher + ["-m", "curvfast", "score", "--checkpoint", str(root / "m.pt"), "--dataset", "filelist",
+                       "--root", str(root / "list.txt"), "--out", str(out), *SCORE, *extra]
+
+
+def _env():
+    return dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
+
+
+def _assert_equal_to(ref, folder):
+    disk = np.load(folder / "scores.npz")
+    for key in KEYS:
+        np.testing.assert_array_equal(disk[key], getattr(ref, key), err_msg=key)  # bit-identical, not close
+
+
+def _kill_at_random_point(cmd, out, rng):
+    """Start ``cmd`` in its own process group; once it has created its manifest, wait a random
+    time and SIGKILL the whole group (launcher and every rank). True if it was still running."""
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        while proc.poll() is None and not (out / "manifest.json").exists():
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 1.5))
+        alive = proc.poll() is None
+        if alive:
+            os.killpg(proc.pid, signal.SIGKILL)
+        return alive
+    finally:
+        proc.wait(timeout=60)
+
+
+def test_two_processes_equal_one_process_for_two_models_in_one_pass(setup, tmp_path):
+    root, refs = setup
+    out = tmp_path / "run"
+    cmd = _cmd(root, out, "--chunk-size", "0")  # no chunk files: shards gathered in memory
+    cmd[cmd.index("--checkpoint") + 1:cmd.index("--checkpoint") + 2] = [str(root / "m.pt"), str(root / "shadow.pt")]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("m", "shadow"):
+        _assert_equal_to(refs[name], out / name)
+    report = json.loads(done.stdout)  # printed once, by rank 0
+    assert set(report["models"]) == {"m", "shadow"} and report["run"]["world_size"] == 2
+    assert report["models"]["m"]["summary"]["count"] == 64
+
+
+def test_torchrun_killed_by_sigkill_then_resumed_equals_uninterrupted(setup, tmp_path):
+    root, refs = setup
+    ref = refs["m"]
+    out = tmp_path / "run"
+    cmd = _cmd(root, out, "--chunk-size", "8")  # 8 chunks, dealt 4 + 4 to the ranks
+    killed = _kill_at_random_point(cmd, out, random.Random(0))
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = json.loads(done.stdout)["run"]
+    assert run["chunks"] == 8 and run["chunks_reused"] + run["chunks_computed"] == 8
+    assert killed or run["chunks_reused"] == 8
+    _assert_equal_to(ref, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and len(manifest["chunks"]) == 8
+
+
+def test_one_process_killed_at_a_random_point_then_resumed(setup, tmp_path):
+    root, refs = setup
+    ref = refs["m"]
+    out = tmp_path / "run"
+    cmd = _cmd(root, out, "--chunk-size", "4", nproc=0)  # 16 chunks, plain `python -m curvfast`
+    killed = _kill_at_random_point(cmd, out, random.Random(1))
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert killed or json.loads(done.stdout)["run"]["chunks_reused"] == 16
+    _assert_equal_to(ref, out)
+
+
+STUCK_RANK = """
+import os, sys, time, torch
+import torch.distributed as dist
+import curvfast
+from curvfast.data.streaming import FileListDataset
+from curvfast.models import build_model
+if os.environ["RANK"] == "1":
+    dist.init_process_group("gloo")
+    time.sleep(120)  # joined the group, then hangs: never reaches score()'s collectives
+model = build_model("small_cnn", 10, 3)
+curvfast.score(model, FileListDataset(sys.argv[1]), method="zo", probes=1, timeout=3)
+"""
+
+
+def test_a_stuck_rank_is_a_clear_error_not_a_hang(setup):
+    root, _ = setup
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(_env(), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", LOCAL_RANK="0")
+    stuck = subprocess.Popen([sys.executable, "-c", STUCK_RANK, str(root / "list.txt")], env=dict(env, RANK="1"),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        main = subprocess.run([sys.executable, "-c", STUCK_RANK, str(root / "list.txt")], env=dict(env, RANK="0"),
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        stuck.kill()
+        stuck.wait()
+    assert main.returncode != 0
+    assert "another rank died or is stuck" in main.stderr, main.stderr[-3000:]
