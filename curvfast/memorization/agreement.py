@@ -1,0 +1,62 @@
+"""Agreement between two per-sample scores a and b (e.g. curvature and memorization).
+
+- Pearson r: linear correlation of the raw values.
+- Spearman ρ: Pearson r of the ranks (ties get their average rank): any monotone relation.
+- Cosine similarity: aᵀb / (‖a‖‖b‖) of the raw (uncentred) vectors, the measure Garg et al.
+  report against Feldman-Zhang scores; for non-negative scores it is high even for unrelated
+  vectors (two independent uniform vectors give about 0.75), so read it next to Pearson.
+- Top-k overlap: |top_k(a) ∩ top_k(b)| / k; unrelated scores give k/N in expectation.
+- Top-k cosine: the cosine restricted to the k samples with the highest b (Garg et al.'s "top-5k"
+  numbers use the top samples by memorization).
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import pearsonr, spearmanr
+
+__all__ = ["cosine_similarity", "top_k_overlap", "agreement"]
+
+
+def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"scores must have the same length (got {a.size} and {b.size})")
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3:
+        raise ValueError(f"need at least 3 samples where both scores are finite (got {int(ok.sum())})")
+    return a[ok], b[ok]
+
+
+def cosine_similarity(a, b) -> float:
+    a, b = _pair(a, b)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def top_k_overlap(a, b, k: int) -> float:
+    """Fraction of the k highest-scoring samples of ``a`` that are among the k highest of ``b``."""
+    a, b = _pair(a, b)
+    if not 1 <= k <= a.size:
+        raise ValueError(f"k must be in [1, {a.size}] (got {k})")
+    top_a = np.argsort(-a, kind="stable")[:k]
+    top_b = np.argsort(-b, kind="stable")[:k]
+    return float(np.intersect1d(top_a, top_b).size / k)
+
+
+def agreement(a, b, top_fractions=(0.01, 0.05, 0.1)) -> dict:
+    """Pearson, Spearman, cosine, and top-k overlap / top-k cosine (k = fraction·N, top by ``b``)."""
+    a, b = _pair(a, b)
+    out = {
+        "pearson": float(pearsonr(a, b).statistic),
+        "spearman": float(spearmanr(a, b).statistic),
+        "cosine": cosine_similarity(a, b),
+        "samples": int(a.size),
+        "top_k": [],
+    }
+    for f in top_fractions:
+        k = max(1, int(round(f * a.size)))
+        top = np.argsort(-b, kind="stable")[:k]
+        out["top_k"].append({
+            "fraction": f, "k": k, "overlap": top_k_overlap(a, b, k), "chance_overlap": k / a.size,
+            "cosine": cosine_similarity(a[top], b[top]) if k >= 3 else None,
+        })
+    return out

@@ -1,0 +1,120 @@
+"""Feldman-style memorization scores from models trained on random subsets.
+
+For training sample i with label y_i (Feldman 2020; Feldman & Zhang 2020):
+
+    mem(i) = P[f_S(x_i) = y_i | i ∈ S] − P[f_S(x_i) = y_i | i ∉ S],
+
+the probability over the random subset S (each sample kept independently with probability
+``fraction``) and the training randomness. With M models trained on subsets ``keep[m]`` the
+estimate is the difference of two empirical frequencies,
+
+    p̂_in(i) = k_in / n_in  (models that trained on i and predict y_i),
+    p̂_out(i) = k_out / n_out (models that did not train on i and predict y_i).
+
+Confidence interval: Newcombe's hybrid score interval for a difference of two independent
+binomial proportions (Newcombe 1998, method 10), built from the two Wilson score intervals
+(l_in, u_in) and (l_out, u_out):
+
+    [d − sqrt((p̂_in − l_in)² + (u_out − p̂_out)²),  d + sqrt((u_in − p̂_in)² + (p̂_out − l_out)²)],  d = p̂_in − p̂_out.
+
+It treats the M per-model outcomes of a sample as independent Bernoulli draws given IN/OUT,
+which holds for independent subsets and seeds; it stays inside [−1, 1] and keeps its coverage
+at the extreme frequencies (0 or 1) that dominate memorization scores, where the Wald interval
+collapses to zero width.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.stats import norm
+
+__all__ = ["random_subsets", "predict", "MemorizationEstimate", "memorization_scores", "wilson_interval", "newcombe_interval"]
+
+
+def random_subsets(models: int, samples: int, fraction: float, seed: int = 0) -> np.ndarray:
+    """(models, samples) boolean membership matrix: each sample kept independently with probability ``fraction``."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be in (0, 1) so every sample is both IN and OUT for some models (got {fraction})")
+    if models < 2:
+        raise ValueError(f"models must be >= 2 to have IN and OUT models for a sample (got {models})")
+    return np.random.default_rng(seed).random((models, samples)) < fraction
+
+
+@torch.no_grad()
+def predict(models, images: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
+    """Softmax probabilities (M, N, C) of each model (eval mode, caller's mode restored) on ``images``."""
+    out = []
+    for model in models:
+        was_training = model.training
+        model.eval()
+        out.append(torch.cat([model(images[i:i + batch_size]).softmax(1) for i in range(0, len(images), batch_size)]))
+        model.train(was_training)
+    return torch.stack(out).double().numpy()
+
+
+def wilson_interval(successes: np.ndarray, trials: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval (lower, upper) for a binomial proportion; NaN where ``trials == 0``."""
+    z = norm.ppf(0.5 + confidence / 2.0)
+    k, n = np.asarray(successes, dtype=np.float64), np.asarray(trials, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = k / n
+        denom = 1.0 + z * z / n
+        center = (p + z * z / (2 * n)) / denom
+        half = z / denom * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return np.clip(center - half, 0.0, 1.0), np.clip(center + half, 0.0, 1.0)
+
+
+def newcombe_interval(k1, n1, k2, n2, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Newcombe's hybrid score interval (method 10) for p1 − p2 from two independent binomials."""
+    k1, n1, k2, n2 = (np.asarray(a, dtype=np.float64) for a in (k1, n1, k2, n2))
+    l1, u1 = wilson_interval(k1, n1, confidence)
+    l2, u2 = wilson_interval(k2, n2, confidence)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p1, p2 = k1 / n1, k2 / n2
+    d = p1 - p2
+    return d - np.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + np.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+
+
+@dataclass
+class MemorizationEstimate:
+    """Per-sample arrays (N,): ``mem`` = ``p_in − p_out``, its ``ci_low``/``ci_high``
+    (Newcombe hybrid score interval at ``confidence``), and the IN/OUT model counts.
+    ``mem`` is NaN for a sample that is never IN or never OUT."""
+
+    mem: np.ndarray
+    p_in: np.ndarray
+    p_out: np.ndarray
+    n_in: np.ndarray
+    n_out: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    confidence: float
+
+    def summary(self) -> dict:
+        ok = np.isfinite(self.mem)
+        return {
+            "samples": int(self.mem.size), "estimable": int(ok.sum()), "confidence": self.confidence,
+            "interval": "Newcombe hybrid score (method 10) from Wilson intervals of p_in and p_out",
+            "mean": float(np.mean(self.mem[ok])), "median": float(np.median(self.mem[ok])),
+            "fraction_above_0.5": float(np.mean(self.mem[ok] > 0.5)),
+            "mean_ci_width": float(np.mean(self.ci_high[ok] - self.ci_low[ok])),
+            "mean_models_in": float(self.n_in.mean()), "mean_models_out": float(self.n_out.mean()),
+            "significant_positive": int(np.sum(self.ci_low[ok] > 0)),
+        }
+
+
+def memorization_scores(correct: np.ndarray, keep: np.ndarray, confidence: float = 0.95) -> MemorizationEstimate:
+    """Estimate mem(i) from ``correct`` (M, N) — model m predicts y_i — and ``keep`` (M, N) — i ∈ S_m."""
+    correct, keep = np.asarray(correct, dtype=bool), np.asarray(keep, dtype=bool)
+    if correct.shape != keep.shape or correct.ndim != 2:
+        raise ValueError(f"correct and keep must be (models, samples) matrices of one shape (got {correct.shape} and {keep.shape})")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1) (got {confidence})")
+    n_in, n_out = keep.sum(0), (~keep).sum(0)
+    k_in, k_out = (correct & keep).sum(0), (correct & ~keep).sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p_in, p_out = k_in / n_in, k_out / n_out
+    low, high = newcombe_interval(k_in, n_in, k_out, n_out, confidence)
+    return MemorizationEstimate(p_in - p_out, p_in, p_out, n_in, n_out, low, high, confidence)
