@@ -29,7 +29,7 @@ from .checks import check_batch, check_labels, is_piecewise_linear
 from .finite_difference import fd_curvature, zo_curvature
 from .hutchinson import HVP_MODES, hutchinson_curvature
 from .logit_space import GRAM_STATISTICS, logit_space_curvature
-from .model import LogitFn, scoring_mode, unwrap_model
+from .model import LogitFn, scoring_mode, unwrap_model, without_wrapper_hooks
 
 __all__ = ["input_curvature", "CurvatureResult", "METHODS", "STATISTICS", "resolve_method", "is_piecewise_linear"]
 
@@ -133,11 +133,11 @@ def input_curvature(
         if method != "zo" or not callable(model):
             raise TypeError("model must be an nn.Module returning logits (a plain loss callable works with method='zo' only)")
         return _zo_oracle(model, x, y, statistic, probes, seed, sample_ids, step, chunk_size)
-    model = unwrap_model(model)
+    wrapper, model = model, unwrap_model(model)
     x, y = check_batch(x, y, model)
     sample_ids = _sample_ids(sample_ids, x)
     logit_fn = LogitFn(model, output_transform)
-    with scoring_mode(model):
+    with without_wrapper_hooks(wrapper), scoring_mode(model):
         with torch.no_grad():
             num_classes = logit_fn(x[:1]).shape[1]
         check_labels(y, num_classes)

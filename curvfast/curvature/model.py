@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["unwrap_model", "scoring_mode", "LogitFn", "per_sample_loss", "no_tf32"]
+__all__ = ["unwrap_model", "scoring_mode", "without_wrapper_hooks", "LogitFn", "per_sample_loss", "no_tf32"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -24,6 +24,38 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             model = model._module
         else:
             return model
+
+
+def _is_opacus_wrapper(model: nn.Module) -> bool:
+    return all(callable(getattr(model, name, None)) for name in ("add_hooks", "remove_hooks")) and hasattr(model, "_module")
+
+
+@contextlib.contextmanager
+def without_wrapper_hooks(model: nn.Module) -> Iterator[None]:
+    """Take an Opacus ``GradSampleModule``'s per-sample-gradient hooks off its inner layers while
+    scoring, and put them back (enabled or disabled, as they were) afterwards.
+
+    Unwrapping alone is not enough: the hooks live on the inner layers. Live, they fire during the
+    input backward passes and corrupt Opacus' activation stacks; disabled, they still wrap the
+    layers in a ``BackwardHook`` autograd function that ``torch.func`` cannot differentiate.
+    """
+    wrappers = []
+    current = model
+    while isinstance(current, nn.Module):
+        if _is_opacus_wrapper(current) and hasattr(current, "autograd_grad_sample_hooks"):
+            wrappers.append((current, getattr(current, "hooks_enabled", True)))
+        nxt = getattr(current, "_module", None) or getattr(current, "module", None) or getattr(current, "_orig_mod", None)
+        current = nxt if isinstance(nxt, nn.Module) else None
+    for wrapper, _ in wrappers:
+        wrapper.remove_hooks()
+    try:
+        yield
+    finally:
+        for wrapper, enabled in wrappers:
+            wrapper.add_hooks(loss_reduction=wrapper.loss_reduction, batch_first=wrapper.batch_first,
+                              force_functorch=getattr(wrapper, "force_functorch", False))
+            if not enabled:
+                wrapper.disable_hooks()
 
 
 @contextlib.contextmanager
