@@ -9,7 +9,9 @@ PIP    := $(PY) -m pip
 # The pinned stack (see DESIGN.md: newer torch needs C++20 and pulls GBs; 2.13 has no torchvision).
 STACK  := torch==2.14.1 torchvision==0.29.1
 DEPS   := numpy scikit-learn matplotlib tqdm pytest pytest-benchmark ninja "setuptools>=64" wheel \
-          scikit-image opacus cleanlab torchattacks networkx av pytorch-ood
+          scikit-image opacus cleanlab networkx av pytorch-ood
+# torchattacks pins requests~=2.25 (an old release it never imports); its real needs are in DEPS.
+NODEPS := torchattacks==3.5.1
 NATIVE_SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
 # The venv's ninja must be on PATH, or torch's BuildExtension compiles one file at a time.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
@@ -19,6 +21,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 $(VENV)/.stack: Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet $(STACK) $(DEPS)
+	$(PIP) install --quiet --no-deps $(NODEPS)
 	touch $@
 
 $(VENV)/.curvfast: $(VENV)/.stack $(NATIVE_SOURCES)

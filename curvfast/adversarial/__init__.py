@@ -1,0 +1,24 @@
+"""Adversarial transferability (TREND, METHODS.md §8): quantised models with straight-through
+(BPDA) gradients, attacks, transfer counts and the fitted transfer metric, robust ensembles.
+
+``curvfast transfer`` runs the whole study; docs/transfer.md describes it.
+"""
+from .attacks import ENSEMBLE_RULES, SINGLE_ATTACKS, attack, ensemble_direction, ensemble_pgd
+from .ensemble import MajorityVote, majority_vote, mutual_transfer, select_members, vote_scores
+from .members import MemberSpec, build_member, load_or_train, parse_spec, train_member
+from .pipeline import DEFAULT_EPS, DEFAULT_MODELS, DEFAULT_ROBUST_EPS, run_transfer
+from .quantize import (
+    DoReFaActivation, DoReFaWeight, Halftone, InputQuantized, InputQuantizer, dorefa, halftone, quantize_uniform,
+    straight_through,
+)
+from .transfer import Fit, fit_saturating, pair_counts, pair_groups, saturating, transfer_matrix, transfer_metric
+
+__all__ = [
+    "ENSEMBLE_RULES", "SINGLE_ATTACKS", "attack", "ensemble_direction", "ensemble_pgd",
+    "MajorityVote", "majority_vote", "mutual_transfer", "select_members", "vote_scores",
+    "MemberSpec", "build_member", "load_or_train", "parse_spec", "train_member",
+    "DEFAULT_EPS", "DEFAULT_MODELS", "DEFAULT_ROBUST_EPS", "run_transfer",
+    "DoReFaActivation", "DoReFaWeight", "Halftone", "InputQuantized", "InputQuantizer", "dorefa", "halftone",
+    "quantize_uniform", "straight_through",
+    "Fit", "fit_saturating", "pair_counts", "pair_groups", "saturating", "transfer_matrix", "transfer_metric",
+]

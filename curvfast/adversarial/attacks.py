@@ -1,0 +1,118 @@
+"""Attacks: torchattacks for single models, in-house L-inf PGD for ensembles.
+
+Single-model attacks are torchattacks' ``PGD`` (L-inf), ``FGSM`` and ``PGDL2``. They differentiate
+the model's forward, so quantised members are attacked through their straight-through gradients
+(BPDA) with no extra code. torchattacks has no attack that combines several models' gradients
+sign-wise, so ``ensemble_pgd`` is in-house: the same PGD iteration as torchattacks' (uniform random
+start in the eps-ball, x <- clip_[0,1](Pi_eps(x + alpha d))) with the ascent direction d built
+from the members' input gradients g_m = d CE(f_m(x), y) / dx by one of three rules:
+
+    sum    d = sign(sum_m g_m)                 (one gradient of the summed losses)
+    vote   d = sign(sum_m sign(g_m))           (each member one vote per pixel)
+    agree  d = sign(g_1) where every sign(g_m) agrees, else 0 (steps only where all members agree)
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["SINGLE_ATTACKS", "ENSEMBLE_RULES", "attack", "ensemble_pgd", "ensemble_direction"]
+
+SINGLE_ATTACKS = ("pgd", "fgsm", "pgdl2")
+ENSEMBLE_RULES = ("sum", "vote", "agree")
+
+
+def _check_images(x: torch.Tensor, y: torch.Tensor) -> None:
+    if not torch.is_floating_point(x) or x.dim() < 2:
+        raise TypeError(f"images must be a float tensor (B, ...) (got {x.dtype}, shape {tuple(x.shape)})")
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise ValueError("attacks work on images in [0, 1]; rescale the inputs (normalise inside the model)")
+    if y.shape != x.shape[:1]:
+        raise ValueError(f"labels must have shape ({x.shape[0]},) (got {tuple(y.shape)})")
+
+
+def _check_eps(eps: float, step: float, steps: int) -> None:
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0 (got {eps})")
+    if not step > 0 or steps < 1:
+        raise ValueError(f"step must be > 0 and steps >= 1 (got step={step}, steps={steps})")
+
+
+def attack(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, name: str = "pgd", eps: float = 8 / 255,
+    step: float = 0.01, steps: int = 40, random_start: bool = True, seed: int = 0, batch_size: int = 512,
+) -> torch.Tensor:
+    """Untargeted adversarial examples for one model with torchattacks (``pgd``: L-inf PGD,
+    ``fgsm``, ``pgdl2``: L2 PGD with ``eps`` the L2 radius). The random start is seeded by ``seed``
+    without touching the global RNG; eps = 0 returns ``x``."""
+    import torchattacks
+
+    if name not in SINGLE_ATTACKS:
+        raise ValueError(f"attack must be one of {SINGLE_ATTACKS} (got {name!r})")
+    _check_images(x, y)
+    _check_eps(eps, step, steps)
+    if eps == 0:
+        return x.clone()
+    if name == "pgd":
+        atk = torchattacks.PGD(model, eps=eps, alpha=step, steps=steps, random_start=random_start)
+    elif name == "pgdl2":
+        atk = torchattacks.PGDL2(model, eps=eps, alpha=step, steps=steps, random_start=random_start)
+    else:
+        atk = torchattacks.FGSM(model, eps=eps)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return torch.cat([atk(xb, yb) for xb, yb in zip(x.split(batch_size), y.split(batch_size))])
+
+
+def ensemble_direction(grads: list[torch.Tensor], rule: str) -> torch.Tensor:
+    """Ascent direction from the members' input gradients (see the module docstring)."""
+    if rule not in ENSEMBLE_RULES:
+        raise ValueError(f"ensemble attack rule must be one of {ENSEMBLE_RULES} (got {rule!r})")
+    if rule == "sum":
+        return torch.stack(grads).sum(0).sign()
+    signs = torch.stack([g.sign() for g in grads])
+    if rule == "vote":
+        return signs.sum(0).sign()
+    agree = (signs == signs[:1]).all(0) & (signs[0] != 0)
+    return torch.where(agree, signs[0], torch.zeros_like(signs[0]))
+
+
+def _input_grads(members: list[nn.Module], x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+    x = x.detach().requires_grad_(True)
+    return [torch.autograd.grad(F.cross_entropy(m(x), y), x)[0] for m in members]
+
+
+def ensemble_pgd(
+    members: list[nn.Module], x: torch.Tensor, y: torch.Tensor, *, rule: str = "sum", eps: float = 8 / 255,
+    step: float = 0.01, steps: int = 40, random_start: bool = True, seed: int = 0, batch_size: int = 512,
+) -> torch.Tensor:
+    """L-inf PGD against several models at once, each step along ``ensemble_direction(rule)``.
+    Members are run in eval mode (their modes are restored); the random start is seeded by ``seed``."""
+    if not members:
+        raise ValueError("ensemble_pgd needs at least one member")
+    _check_images(x, y)
+    _check_eps(eps, step, steps)
+    ensemble_direction([x[:1]], rule)  # validates the rule before any work
+    if eps == 0:
+        return x.clone()
+    modes = [m.training for m in members]
+    for m in members:
+        m.eval()
+    out = []
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+                adv = xb.clone().detach()
+                if random_start:
+                    adv = (adv + torch.empty_like(adv).uniform_(-eps, eps)).clamp(0, 1)
+                for _ in range(steps):
+                    direction = ensemble_direction(_input_grads(members, adv, yb), rule)
+                    adv = adv + step * direction
+                    adv = (xb + (adv - xb).clamp(-eps, eps)).clamp(0, 1).detach()
+                out.append(adv)
+    finally:
+        for m, mode in zip(members, modes):
+            m.train(mode)
+    return torch.cat(out)
