@@ -1,0 +1,170 @@
+"""Verifix projectors for every conv layer of a CIFAR-stem ResNet-18: streaming vs materialise-all.
+
+Both routes compute, for each of the 20 Conv2d layers, the soft projector P_α = U diag(λ(r)) Uᵀ
+(α = 1e4) from the layer's im2col patches on the same ``--samples`` inputs and the same random
+subset of at most ``--max-rows`` rows per layer (the published cap, 50 000):
+
+- **materialise** (baseline, the published recipe): one forward of all samples; a hook unfolds the
+  layer's whole input (N · L patches x d, all materialised), keeps the row subset and calls
+  ``torch.linalg.svd`` (float32).
+- **stream** (curvfast): ``layer_spectra`` in batches of ``--batch`` samples: each batch's patches
+  are unfolded, subsampled and folded into a per-layer sketch (exact float64 Gram + eigh, or the
+  randomized route with ``--route randomized --rank k``); nothing grows with N.
+
+Each route runs in its own process so that its peak resident memory (``ru_maxrss``) is its own;
+reported: wall time of the computation, peak RSS above the process's RSS before it (model and
+inputs already built), and agreement: relative Frobenius distance of the projectors and the
+top-1 agreement of the two corrected models on held-out inputs. The weights are random (no
+CIFAR weights exist offline) and the inputs are 32x32 crops of sklearn's bundled photos.
+
+    python -m benchmarks.verifix_projector [--samples 1000] [--max-rows 50000] [--batch 50] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+from benchmarks.cases import photo_crops
+from benchmarks.environment import environment, results_dir, write_results
+from curvfast.label_noise import apply_projectors, layer_rows, layer_spectra, projectors_for, soft_projector, target_layers
+from curvfast.label_noise.spectra import RowSampler
+from curvfast.linalg import SpectrumResult
+from curvfast.models import cifar_resnet18
+
+ALPHA = 1e4
+
+
+def build(samples: int, seed: int):
+    torch.manual_seed(seed)
+    model = cifar_resnet18(10).eval()
+    convs = [name for name, m in target_layers(model).items() if isinstance(m, torch.nn.Conv2d)]
+    return model, convs, photo_crops(samples, 32, seed)
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@torch.no_grad()
+def materialise(model, convs, x, max_rows: int, seed: int) -> dict[str, torch.Tensor]:
+    """Baseline: all patches of a layer at once, the row subset, torch.linalg.svd (float32)."""
+    modules = dict(model.named_modules())
+    out = {}
+
+    def hook_for(i, name):
+        def hook(module, args):
+            rows, positions = layer_rows(module, args[0])  # (g, N·L, d): every patch, materialised
+            keep = RowSampler(len(x), positions, max_rows, seed + 7919 * i).local(0, len(x))
+            rows = rows if keep is None else rows[:, keep]
+            _, s, vh = torch.linalg.svd(rows, full_matrices=False)
+            spectrum = SpectrumResult(vh.mT, s, rows.square().sum((1, 2)), rows.shape[1], "svd")
+            out[name] = soft_projector(spectrum, ALPHA).float()
+
+        return hook
+
+    handles = [modules[n].register_forward_pre_hook(hook_for(i, n)) for i, n in enumerate(convs)]
+    model(x)
+    for h in handles:
+        h.remove()
+    return out
+
+
+def stream(model, convs, x, max_rows: int, seed: int, batch: int, route: str, rank: int | None) -> dict[str, torch.Tensor]:
+    spectra = layer_spectra(model, x, layers=convs, max_rows=max_rows, route=route, rank=rank, batch_size=batch, seed=seed, progress=False)
+    return {name: p.float() for name, p in projectors_for(spectra, ALPHA).items()}
+
+
+def child(args) -> None:
+    """Run one route in this process; print its timing and memory as JSON; save its projectors."""
+    torch.set_num_threads(args.threads)
+    model, convs, x = build(args.samples, args.seed)
+    start_rss = rss_bytes()
+    start = time.perf_counter()
+    if args.child == "materialise":
+        projectors = materialise(model, convs, x, args.max_rows, args.seed)
+    else:
+        projectors = stream(model, convs, x, args.max_rows, args.seed, args.batch, args.route, args.rank)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    torch.save(projectors, os.path.join(args.tmp, f"{args.child}.pt"))
+    print(json.dumps({"seconds": seconds, "start_rss": start_rss, "peak_rss": peak, "peak_above_start": peak - start_rss}))
+
+
+def run_route(route: str, args, tmp: str) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.verifix_projector", "--child", route, "--tmp", tmp]
+    for key in ("samples", "max_rows", "batch", "threads", "seed", "route"):
+        cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    if args.rank is not None:
+        cmd += ["--rank", str(args.rank)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@torch.no_grad()
+def agreement(args, base: dict, ours: dict) -> dict:
+    model, convs, _ = build(args.samples, args.seed)
+    held_out = photo_crops(args.eval_samples, 32, args.seed + 1)
+    rel = {n: (torch.linalg.matrix_norm(ours[n] - base[n]) / torch.linalg.matrix_norm(base[n])).max().item() for n in convs}
+    preds = {}
+    for key, projectors in (("original", None), ("materialise", base), ("stream", ours)):
+        m = model if projectors is None else apply_projectors(build(args.samples, args.seed)[0], projectors)
+        preds[key] = m(held_out).argmax(1)
+    return {
+        "projector_rel_frobenius_max": max(rel.values()), "projector_rel_frobenius": rel,
+        "top1_agreement_stream_vs_materialise": (preds["stream"] == preds["materialise"]).float().mean().item(),
+        "top1_agreement_materialise_vs_original": (preds["materialise"] == preds["original"]).float().mean().item(),
+    }
+
+
+def main(argv=None) -> dict | None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--max-rows", type=int, default=50_000)
+    parser.add_argument("--batch", type=int, default=50, help="samples per streamed batch")
+    parser.add_argument("--route", default="auto", choices=("auto", "gram", "randomized"))
+    parser.add_argument("--rank", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-samples", type=int, default=500)
+    parser.add_argument("--child", choices=("materialise", "stream"), default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--tmp", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args)
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        routes = {route: run_route(route, args, tmp) for route in ("materialise", "stream")}
+        agree = agreement(args, torch.load(os.path.join(tmp, "materialise.pt")), torch.load(os.path.join(tmp, "stream.pt")))
+    base, ours = routes["materialise"], routes["stream"]
+    result = {
+        "settings": {k: v for k, v in vars(args).items() if k not in ("child", "tmp")} | {"alpha": ALPHA, "layers": 20},
+        "environment": environment(torch.device("cpu")), "routes": routes, "agreement": agree,
+        "time_ratio": ours["seconds"] / base["seconds"], "memory_ratio": ours["peak_above_start"] / base["peak_above_start"],
+    }
+    gib = 2**30
+    md = "\n".join([
+        f"Verifix projectors, all 20 conv layers of a CIFAR-stem ResNet-18, {args.samples} photo crops 32x32, "
+        f"at most {args.max_rows} rows per layer, CPU ({args.threads} threads, load average {result['environment']['load_average'][0]:.1f}), "
+        f"torch {torch.__version__}", "",
+        "| route | seconds | peak memory above start (GiB) |", "|---|---|---|",
+        f"| materialise all unfold patches + torch.linalg.svd (float32) | {base['seconds']:.1f} | {base['peak_above_start'] / gib:.2f} |",
+        f"| curvfast streaming ({args.route}{'' if args.rank is None else f', rank {args.rank}'}, batch {args.batch}) | {ours['seconds']:.1f} | {ours['peak_above_start'] / gib:.2f} |",
+        "", f"time ratio {result['time_ratio']:.2f}, memory ratio {result['memory_ratio']:.3f}; max relative Frobenius "
+        f"distance of the projectors {agree['projector_rel_frobenius_max']:.1e}; top-1 agreement of the corrected models on "
+        f"{args.eval_samples} held-out crops {agree['top1_agreement_stream_vs_materialise']:.3f}", "",
+    ])
+    write_results(results_dir(torch.device("cpu")), "verifix_projector", result, md)
+    return result
+
+
+if __name__ == "__main__":
+    main()

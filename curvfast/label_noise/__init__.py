@@ -1,0 +1,18 @@
+"""Verifix (METHODS.md §4): post-training label-noise correction with one weight update per layer.
+
+``verifix(model, verified, validation)`` → (corrected model, report); building blocks:
+``add_label_noise``, ``select_verified`` (lowest curvature per class), ``layer_spectra``
+(streamed per-layer activation spectra), ``soft_projector`` / ``apply_projectors``.
+"""
+from .noise import NOISE_TYPES, add_label_noise
+from .patches import layer_rows, target_layers
+from .projector import PUBLISHED_ALPHAS, apply_projectors, soft_projector, soft_scaling
+from .selection import SELECTION_METHODS, Selection, select_verified
+from .spectra import PUBLISHED_MAX_ROWS, LayerSpectrum, layer_spectra
+from .verifix import VerifixReport, projectors_for, verifix
+
+__all__ = [
+    "verifix", "VerifixReport", "projectors_for", "add_label_noise", "NOISE_TYPES", "select_verified", "Selection",
+    "SELECTION_METHODS", "layer_spectra", "LayerSpectrum", "layer_rows", "target_layers", "soft_projector",
+    "soft_scaling", "apply_projectors", "PUBLISHED_ALPHAS", "PUBLISHED_MAX_ROWS",
+]

@@ -1,0 +1,209 @@
+"""Streaming left singular pairs of a tall activation matrix whose rows arrive batch by batch.
+
+The matrix is X = [X_1; X_2; ...] (n x d): n rows (activation patches) of dimension d, possibly
+split into ``g`` independent groups (grouped convolutions), so every batch is a tensor
+(g, n_b, d). We want the right singular vectors U and singular values σ of X (the left
+singular pairs of the d x n matrix A = Xᵀ), i.e. the eigenpairs of G = XᵀX = Σ_b X_bᵀ X_b, and
+the total energy ‖X‖_F² = Σ σ². Memory never depends on n.
+
+Two routes:
+
+- ``StreamingGram`` ("gram"): accumulate G exactly (d x d per group, one pass), then ``eigh``.
+  Exact; cost 2 n d² for the products + O(d³) for the eigendecomposition.
+- ``StreamingRandomizedSVD`` ("randomized"): randomized subspace iteration on G without forming
+  it. Pass 0 sketches Z = G Ω = Σ_b X_bᵀ (X_b Ω) for an orthonormalised Gaussian Ω (d x l,
+  l = rank + oversample); each further pass (one per power iteration) re-orthonormalises
+  Q = orth(Z) and streams Z = G Q again. The result is the Nyström approximation
+  Ĝ = Z (QᵀZ)⁺ Zᵀ, computed stably with a small shift ν (Tropp, Yurtsever, Udell & Cevher 2017,
+  "Fixed-rank approximation of a positive-semidefinite matrix from streaming data", Alg. 3).
+  Cost (1 + q) · 4 n d l + O(d l²); memory d x l. Exact when rank(X) <= l.
+
+``choose_route`` picks the cheaper one from a cost model whose constants were measured on the
+development machine (2 CPU threads, float64): "randomized" when a truncated rank is acceptable
+(``rank`` given) or when there are fewer rows than dimensions (then it is exact), and its passes
+cost less than Gram + eigh.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .randomized import gaussian_sketch, orthonormalize
+
+__all__ = ["SpectrumResult", "StreamingGram", "StreamingRandomizedSVD", "make_sketch", "choose_route", "ROUTES"]
+
+ROUTES = ("auto", "gram", "randomized")
+
+# Measured with torch 2.14 on the 2-thread development CPU, float64 (see docs/verifix.md):
+# a GEMM runs at ~80 GFLOP/s; eigh of a d x d matrix takes ~2.5e-10 · d³ s (3.1 s at d = 2304);
+# a reduced QR of a d x l matrix ~1e-10 · d l² s.
+_SECONDS_PER_FLOP = 1.25e-11
+_EIGH_SECONDS_PER_D3 = 2.5e-10
+_QR_SECONDS_PER_DL2 = 1.0e-10
+
+
+@dataclass
+class SpectrumResult:
+    """Right singular vectors ``u`` (g, d, k), singular values ``s`` (g, k) descending, the exact
+    total energy ``energy`` (g,) = ‖X‖_F² per group, the number of rows seen and the route used."""
+
+    u: torch.Tensor
+    s: torch.Tensor
+    energy: torch.Tensor
+    rows: int
+    route: str
+
+    @property
+    def energy_fraction(self) -> torch.Tensor:
+        """r_i = σ_i² / ‖X‖_F² (g, k); sums to 1 for the exact route, to the captured fraction otherwise."""
+        return self.s.square() / self.energy.clamp_min(torch.finfo(self.s.dtype).tiny).unsqueeze(-1)
+
+
+class _Sketch:
+    route = ""
+
+    def __init__(self, dim: int, groups: int, dtype: torch.dtype, device, passes: int):
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive int (got {dim!r})")
+        if not isinstance(groups, int) or groups < 1:
+            raise ValueError(f"groups must be a positive int (got {groups!r})")
+        self.dim, self.groups, self.dtype, self.device = dim, groups, dtype, torch.device(device or "cpu")
+        self.passes = passes
+        self.passes_done = 0
+        self.rows = 0
+        self.energy = torch.zeros(groups, dtype=dtype, device=self.device)
+
+    @property
+    def done(self) -> bool:
+        """True once every pass over the data has been streamed."""
+        return self.passes_done >= self.passes
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if self.done:
+            raise RuntimeError(f"all {self.passes} pass(es) of this {self.route} sketch are complete; call result()")
+        if x.ndim == 2:
+            x = x.unsqueeze(0)
+        if x.ndim != 3 or x.shape[0] != self.groups or x.shape[2] != self.dim:
+            raise ValueError(f"batch must have shape (groups={self.groups}, rows, dim={self.dim}) (got {tuple(x.shape)})")
+        x = x.to(device=self.device, dtype=self.dtype)
+        if self.passes_done == 0:
+            self.rows += x.shape[1]
+            self.energy += x.square().sum(dim=(1, 2))
+        return x
+
+    def end_pass(self) -> None:
+        """Close the current pass over the data."""
+        if self.passes_done == 0 and self.rows == 0:
+            raise ValueError("no rows were streamed into the sketch; the data is empty")
+        self.passes_done += 1
+
+    def _check_result(self) -> None:
+        if not self.done:
+            raise RuntimeError(f"the sketch needs {self.passes - self.passes_done} more pass(es) over the data before result()")
+
+
+class StreamingGram(_Sketch):
+    """Exact route: G = Σ_b X_bᵀ X_b accumulated in ``dtype`` (float64 by default), then ``eigh``."""
+
+    route = "gram"
+
+    def __init__(self, dim: int, *, groups: int = 1, dtype: torch.dtype = torch.float64, device=None):
+        super().__init__(dim, groups, dtype, device, passes=1)
+        self.gram = torch.zeros(groups, dim, dim, dtype=dtype, device=self.device)
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add the rows of ``x`` ((g, n_b, d) or (n_b, d) for one group)."""
+        x = self._prepare(x)
+        self.gram.baddbmm_(x.mT, x)
+
+    def result(self) -> SpectrumResult:
+        self._check_result()
+        evals, evecs = torch.linalg.eigh(self.gram)
+        s = evals.flip(-1).clamp_min(0).sqrt()
+        return SpectrumResult(evecs.flip(-1), s, self.energy.clone(), self.rows, self.route)
+
+
+class StreamingRandomizedSVD(_Sketch):
+    """Randomized route: rank-``rank`` eigenpairs of G = XᵀX from 1 + ``power_iters`` streamed passes."""
+
+    route = "randomized"
+
+    def __init__(
+        self, dim: int, rank: int, *, oversample: int = 10, power_iters: int = 1, groups: int = 1, seed: int = 0,
+        dtype: torch.dtype = torch.float64, device=None,
+    ):
+        if not isinstance(rank, int) or not 1 <= rank <= dim:
+            raise ValueError(f"rank must be an int in [1, dim={dim}] (got {rank!r})")
+        if not isinstance(oversample, int) or oversample < 0:
+            raise ValueError(f"oversample must be an int >= 0 (got {oversample!r})")
+        if not isinstance(power_iters, int) or power_iters < 0:
+            raise ValueError(f"power_iters must be an int >= 0 (got {power_iters!r})")
+        super().__init__(dim, groups, dtype, device, passes=1 + power_iters)
+        self.rank = rank
+        self.width = min(rank + oversample, dim)
+        self.q = orthonormalize(gaussian_sketch((groups, dim, self.width), seed, dtype, self.device))
+        self.z = torch.zeros_like(self.q)
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add the rows of ``x`` to the current pass: Z += X_bᵀ (X_b Q)."""
+        x = self._prepare(x)
+        self.z.baddbmm_(x.mT, x @ self.q)
+
+    def end_pass(self) -> None:
+        super().end_pass()
+        if not self.done:  # one power iteration: re-orthonormalise and stream G Q again
+            self.q = orthonormalize(self.z)
+            self.z = torch.zeros_like(self.q)
+
+    def result(self) -> SpectrumResult:
+        """Nyström Ĝ = Z (QᵀZ)⁺ Zᵀ with shift ν = √d · eps · ‖Z‖ (Tropp et al. 2017, Alg. 3)."""
+        self._check_result()
+        z, q = self.z, self.q
+        eps = torch.finfo(self.dtype).eps
+        nu = (self.dim ** 0.5) * eps * torch.linalg.matrix_norm(z).clamp_min(torch.finfo(self.dtype).tiny)
+        z_nu = z + nu[:, None, None] * q
+        b = q.mT @ z_nu
+        chol, info = torch.linalg.cholesky_ex((b + b.mT) / 2)
+        if bool((info != 0).any()):  # numerically indefinite core: fall back to Rayleigh-Ritz on span(Q)
+            evals, vecs = torch.linalg.eigh((b + b.mT) / 2)
+            u, lam = q @ vecs.flip(-1), evals.flip(-1) - nu[:, None]
+        else:
+            f = torch.linalg.solve_triangular(chol, z_nu.mT, upper=False).mT  # Z_ν C⁻ᵀ
+            u, sig, _ = torch.linalg.svd(f, full_matrices=False)
+            lam = sig.square() - nu[:, None]
+        s = lam[:, : self.rank].clamp_min(0).sqrt()
+        return SpectrumResult(u[..., : self.rank], s, self.energy.clone(), self.rows, self.route)
+
+
+def choose_route(dim: int, rows: int, rank: int | None, *, oversample: int = 10, power_iters: int = 1) -> str:
+    """The cheaper route by the measured cost model. With ``rank=None`` (exact spectrum asked) the
+    randomized route is still exact when there are fewer rows than dimensions (rank(X) <= rows <=
+    l), so it is chosen there if cheaper; otherwise "gram". With a truncated ``rank`` the cheaper
+    of (1 + q) randomized passes + QRs and the Gram products + eigh wins."""
+    target = min(dim if rank is None else rank, rows)
+    width = min(target + oversample, dim)
+    if width >= dim or (rank is None and rows > target):
+        return "gram"
+    gram = 2.0 * rows * dim * dim * _SECONDS_PER_FLOP + _EIGH_SECONDS_PER_D3 * dim**3
+    passes = 1 + power_iters
+    randomized = passes * (4.0 * rows * dim * width * _SECONDS_PER_FLOP + _QR_SECONDS_PER_DL2 * dim * width**2)
+    return "randomized" if randomized < gram else "gram"
+
+
+def make_sketch(
+    dim: int, rows: int, *, route: str = "auto", rank: int | None = None, oversample: int = 10, power_iters: int = 1,
+    groups: int = 1, seed: int = 0, dtype: torch.dtype = torch.float64, device=None,
+) -> StreamingGram | StreamingRandomizedSVD:
+    """A sketch for ``rows`` expected rows of dimension ``dim``; ``route="auto"`` uses ``choose_route``."""
+    if route not in ROUTES:
+        raise ValueError(f"route must be one of {ROUTES} (got {route!r})")
+    if route == "auto":
+        route = choose_route(dim, rows, rank, oversample=oversample, power_iters=power_iters)
+    if route == "randomized":
+        if rank is None and rows >= dim:
+            raise ValueError("route='randomized' needs a target rank; pass rank=k (or use route='gram' for the exact spectrum)")
+        return StreamingRandomizedSVD(
+            dim, max(1, min(dim if rank is None else rank, rows, dim)), oversample=oversample, power_iters=power_iters, groups=groups, seed=seed, dtype=dtype, device=device
+        )
+    return StreamingGram(dim, groups=groups, dtype=dtype, device=device)
