@@ -1,0 +1,261 @@
+"""Membership inference (curvfast.privacy): attack statistics with known answers, metrics vs sklearn,
+interchange round trips, bad input, DP models, and an end-to-end run on a small digits pool."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+
+from curvfast.privacy import attacks as A
+from curvfast.privacy import interchange
+from curvfast.privacy.evaluate import REQUIRED_ATTACKS, attack_scores, summarise
+from curvfast.privacy.experiment import MIAConfig, balanced_keep, run_mia
+from curvfast.privacy.signals import logit_confidence, model_signals
+
+
+def gaussian_world(num_shadows=400, num_samples=3000, d=1.0, views=1, seed=0):
+    """Per-sample Gaussians: OUT ~ N(μ_i, σ_i²), IN ~ N(μ_i + d σ_i, σ_i²), μ_i and σ_i varying by sample.
+
+    The optimal test for one view is monotone in (x − μ_i)/σ_i, with AUROC Φ(d/√2)."""
+    rng = np.random.default_rng(seed)
+    mu, sigma = rng.normal(0, 5, num_samples), rng.uniform(0.5, 2.0, num_samples)
+    keep = balanced_keep(num_shadows + 1, num_samples, seed)
+    noise = rng.normal(size=(num_shadows + 1, num_samples, views))
+    signal = mu[None, :, None] + sigma[None, :, None] * (noise + d * keep[..., None])
+    return signal[0], signal[1:], keep[1:], keep[0], mu, sigma
+
+
+def manual_fit(shadow, mask):
+    """Per-sample mean and ddof=1 std with plain numpy loops over samples (the reference)."""
+    n, v = shadow.shape[1:]
+    mean, std = np.empty((n, v)), np.empty((n, v))
+    for i in range(n):
+        vals = shadow[mask[:, i], i]
+        mean[i], std[i] = vals.mean(0), vals.std(0, ddof=1)
+    return mean, std
+
+
+# --- attack statistics ---------------------------------------------------------------------------
+
+def test_lira_online_offline_match_scipy_formulas():
+    t, sh, keep, _, _, _ = gaussian_world(num_shadows=12, num_samples=50, views=2, seed=1)
+    mi, si = manual_fit(sh, keep)
+    mo, so = manual_fit(sh, ~keep)
+    online = (norm.logpdf(t, mi, si) - norm.logpdf(t, mo, so)).mean(1)
+    np.testing.assert_allclose(A.lira_online(t, sh, keep), online, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(A.lira_offline(t, sh, keep), norm.logcdf(t, mo, so).mean(1), rtol=1e-10, atol=1e-10)
+    # global variance: one pooled within-sample σ per view, σ² = mean_i σ_i²
+    pooled_in, pooled_out = np.sqrt((si**2).mean(0)), np.sqrt((so**2).mean(0))
+    expect = (norm.logpdf(t, mi, pooled_in) - norm.logpdf(t, mo, pooled_out)).mean(1)
+    np.testing.assert_allclose(A.lira_online(t, sh, keep, variance="global"), expect, rtol=1e-10, atol=1e-10)
+
+
+def test_curvature_rules_match_formulas_and_quirk():
+    t, sh, keep, _, _, _ = gaussian_world(num_shadows=10, num_samples=40, views=2, seed=2)
+    ct, csh = np.exp(t), np.exp(sh)  # the attacks take curvatures and work on s = log(c + 1e-22)
+    s_t = np.log(ct + 1e-22)
+    mi, si = manual_fit(np.log(csh + 1e-22), keep)
+    mo, so = manual_fit(np.log(csh + 1e-22), ~keep)
+    nll = (norm.logpdf(s_t, mi, si) - norm.logpdf(s_t, mo, si)).mean(1)  # IN std for both Gaussians
+    np.testing.assert_allclose(A.curvature_nll(ct, csh, keep), nll, rtol=1e-9, atol=1e-9)
+    lr = np.log(np.exp(norm.logpdf(s_t, mi, si) - norm.logpdf(s_t, mo, so)).sum(1))  # ratios summed over views
+    np.testing.assert_allclose(A.curvature_lr(ct, csh, keep), lr, rtol=1e-9, atol=1e-9)
+    quirk = (norm.logpdf(s_t, mi, si**2) - norm.logpdf(s_t, mo, si**2)).mean(1)  # variance passed as std
+    np.testing.assert_allclose(A.curvature_nll(ct, csh, keep, published_quirk=True), quirk, rtol=1e-9, atol=1e-9)
+    assert not np.allclose(quirk, nll)
+
+
+@pytest.mark.parametrize("attack", ["lira_online", "lira_offline", "curvature_nll", "curvature_lr"])
+def test_gaussian_attacks_reach_the_optimal_auroc(attack):
+    """400 shadows fit the per-sample Gaussians well: AUROC within 0.015 of Φ(d/√2) = 0.760 for d = 1."""
+    d = 1.0
+    t, sh, keep, members, _, _ = gaussian_world(d=d, seed=3)
+    if attack.startswith("curvature"):
+        t, sh = np.exp(t), np.exp(sh)
+    scores = getattr(A, attack)(t, sh, keep)
+    from curvfast.metrics import auroc
+
+    assert abs(auroc(scores, members, positive=True) - norm.cdf(d / math.sqrt(2))) < 0.015
+    # a global threshold on the raw signal (LOSS-style) is far worse, since μ_i varies by sample
+    raw = t[:, 0] if not attack.startswith("curvature") else np.log(t[:, 0])
+    assert auroc(raw, members, positive=True) < 0.6
+
+
+def test_curvature_attacks_flag_low_curvature_members():
+    """Members have lower curvature: the score direction comes from the fitted Gaussians, not a sign."""
+    t, sh, keep, members, _, _ = gaussian_world(d=-1.5, num_shadows=64, num_samples=1000, seed=4)
+    from curvfast.metrics import auroc
+
+    assert auroc(A.curvature_nll(np.exp(t), np.exp(sh), keep), members, positive=True) > 0.8
+
+
+def test_loss_calibrated_attacks_by_hand():
+    shadow = np.array([[1.0, 4.0], [3.0, 2.0], [5.0, 6.0], [7.0, 0.0]])  # (S=4, N=2)
+    keep = np.array([[True, False], [True, True], [False, False], [False, True]])
+    target = np.array([2.0, 6.0])
+    np.testing.assert_allclose(A.loss_attack(target), [-2.0, -6.0])
+    # sample 0: IN mean 2, OUT mean 6 -> τ 4; sample 1: IN mean 1, OUT mean 5 -> τ 3
+    np.testing.assert_allclose(A.sablayrolles(target, shadow, keep), [2.0, -3.0])
+    np.testing.assert_allclose(A.watson(target, shadow, keep), [4.0, -1.0])
+    # sample 0: OUT losses {5, 7} both above 2 -> 1; sample 1: OUT {4, 6}: one above, none... 6 ties -> 0.5/2
+    np.testing.assert_allclose(A.ye(target, shadow, keep), [1.0, 0.25])
+
+
+# --- metrics over targets vs sklearn --------------------------------------------------------------
+
+def test_summarise_matches_sklearn_per_target():
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    rng = np.random.default_rng(5)
+    members = rng.random((3, 500)) < 0.5
+    scores = rng.normal(size=(3, 500)) + 0.7 * members
+    report = summarise(scores, members)
+    aucs, tprs, bal = [], [], []
+    for s, m in zip(scores, members):
+        fpr, tpr, _ = roc_curve(m, s)
+        aucs.append(roc_auc_score(m, s))
+        tprs.append(tpr[fpr <= 0.01].max())
+        bal.append(((tpr + 1 - fpr) / 2).max())
+    assert report["auroc"] == pytest.approx(np.mean(aucs), abs=1e-12)
+    assert report["auroc_std"] == pytest.approx(np.std(aucs), abs=1e-12)
+    assert report["tpr_at_fpr"]["0.01"] == pytest.approx(np.mean(tprs), abs=1e-12)
+    assert report["balanced_accuracy"] == pytest.approx(np.mean(bal), abs=1e-12)
+    assert len(report["per_target"]) == 3
+
+
+# --- signals ----------------------------------------------------------------------------------------
+
+def test_logit_confidence_is_stable_and_exact():
+    logits = torch.tensor([[2.0, 0.5, -1.0], [120.0, 0.0, 0.0], [-30.0, 5.0, 4.0]])
+    y = torch.tensor([0, 0, 0])
+    p = torch.softmax(logits.double(), 1)[:, 0]
+    reference = torch.log(p) - torch.log1p(-p)
+    phi = logit_confidence(logits, y)
+    assert torch.isfinite(phi).all()
+    torch.testing.assert_close(phi[[0, 2]].double(), reference[[0, 2]], rtol=1e-6, atol=1e-6)
+    assert phi[1].item() == pytest.approx(120.0 - math.log(2.0), abs=1e-4)  # p_y rounds to 1 in float64
+
+
+def test_model_signals_views_and_batching(digits_small):
+    torch.manual_seed(0)
+    from curvfast.models import build_model
+
+    model = build_model("small_cnn", 10, 1, width=8).eval()
+    x, y = digits_small.dataset.images[:20], digits_small.dataset.targets[:20]
+    ids = torch.arange(100, 120)
+    a = model_signals(model, x, y, signals=("loss", "curv_zo"), views=("identity", "hflip"), batch_size=7, probes=3, indices=ids)
+    b = model_signals(model, x, y, signals=("loss", "curv_zo"), views=("identity", "hflip"), batch_size=20, probes=3, indices=ids)
+    for k in a:
+        assert a[k].shape == (20, 2)
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-7)  # probes keyed by dataset index, not batch position
+    flipped = model_signals(model, torch.flip(x, dims=(-1,)), y, signals=("loss",), indices=ids)
+    np.testing.assert_allclose(flipped["loss"][:, 0], a["loss"][:, 1], rtol=1e-6)
+    assert (a["curv_zo"] >= 0).all() and (a["loss"] >= 0).all()
+
+
+# --- bad input ----------------------------------------------------------------------------------------
+
+def test_bad_keep_and_shapes_raise_clear_errors():
+    t, sh, keep, _, _, _ = gaussian_world(num_shadows=6, num_samples=20, seed=6)
+    never_out = keep.copy()
+    never_out[:, 3] = True
+    with pytest.raises(ValueError, match="OUT in fewer than"):
+        A.lira_online(t, sh, never_out)
+    never_in = keep.copy()
+    never_in[:, 5] = False
+    with pytest.raises(ValueError, match=r"IN in fewer than .*samples \[5\]"):
+        A.curvature_nll(np.exp(t), np.exp(sh), never_in)
+    with pytest.raises(ValueError, match="target has shape"):
+        A.lira_online(t[:10], sh, keep)
+    with pytest.raises(ValueError, match="keep has 5 models"):
+        A.lira_offline(t, sh, keep[:5])
+    with pytest.raises(ValueError, match="boolean"):
+        A.check_membership(np.full((3, 4), 2))
+    with pytest.raises(ValueError, match="curvature signals must be >= 0"):
+        A.curvature_lr(-np.exp(t), np.exp(sh), keep)
+    signals = {"loss": sh[..., None] if sh.ndim == 2 else sh}
+    with pytest.raises(ValueError, match="targets and shadows must be different"):
+        attack_scores(signals, keep, [0], [0, 1])
+
+
+def test_cli_reports_bad_arguments(tmp_path, capsys):
+    from curvfast.cli import main
+
+    assert main(["mia", "--signals", "loss,curvature", "--out", str(tmp_path)]) == 2
+    assert "--signals" in capsys.readouterr().err
+    assert main(["mia", "--checkpoints", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "no *.pt checkpoints" in capsys.readouterr().err
+
+
+# --- interchange ---------------------------------------------------------------------------------------
+
+def test_lira_and_matrix_round_trips(tmp_path):
+    rng = np.random.default_rng(7)
+    keep = balanced_keep(5, 30, 0)
+    conf = rng.normal(size=(5, 30, 2))
+    interchange.export_lira(str(tmp_path / "lira"), keep, conf)
+    assert np.load(tmp_path / "lira" / "experiment-3_5" / "scores" / "0000000000.npy").shape == (30, 1, 2)
+    k2, c2 = interchange.import_lira(str(tmp_path / "lira"))
+    np.testing.assert_array_equal(k2, keep)
+    np.testing.assert_array_equal(c2, conf)
+    interchange.export_matrices(str(tmp_path / "mpm"), keep, {"loss": -conf, "conf": conf}, view=1)
+    assert np.load(tmp_path / "mpm" / "memberships.npy").shape == (30, 5)
+    k3, s3 = interchange.import_matrices(str(tmp_path / "mpm"))
+    np.testing.assert_array_equal(k3, keep)
+    np.testing.assert_array_equal(s3["conf"][..., 0], conf[..., 1])
+    np.testing.assert_array_equal(s3["loss"][..., 0], -conf[..., 1])
+    with pytest.raises(ValueError, match="view=2"):
+        interchange.export_matrices(str(tmp_path / "bad"), keep, {"conf": conf}, view=2)
+    with pytest.raises(FileNotFoundError, match="experiment"):
+        interchange.import_lira(str(tmp_path))
+
+
+# --- DP-SGD models --------------------------------------------------------------------------------------
+
+def test_dp_models_train_with_opacus(digits_small):
+    from curvfast.curvature import is_piecewise_linear
+    from curvfast.curvature.model import LogitFn
+    from curvfast.privacy.dp import dp_model, train_dp_models
+
+    x, y = digits_small.dataset.images[:64], digits_small.dataset.targets[:64]
+    keep = balanced_keep(1, 64, 0)
+    make = lambda: dp_model("small_cnn", 10, 1, width=8)  # noqa: E731
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in make().modules())
+    private = train_dp_models(make, x, y, keep, epsilon=1.0, epochs=1, batch_size=32)
+    again = train_dp_models(make, x, y, keep, epsilon=1.0, epochs=1, batch_size=32)
+    plain = train_dp_models(make, x, y, keep, epsilon=math.inf, epochs=1, batch_size=32)
+    for a, b, c in zip(private, again, plain):
+        pa, pb, pc = (torch.cat([p.flatten() for p in m.parameters()]) for m in (a, b, c))
+        assert torch.isfinite(pa).all() and torch.equal(pa, pb)  # seeded noise: reproducible
+        assert not torch.allclose(pa, pc)  # clipping + noise changed the result
+    assert is_piecewise_linear(LogitFn(private[0], None), x[:4])
+
+
+# --- end to end ------------------------------------------------------------------------------------------
+
+def test_end_to_end_small_digits_pool(tmp_path):
+    cfg = MIAConfig(out=str(tmp_path / "run"), pool_size=80, shadows=4, targets=1, epochs=1, width=8,
+                    signals=("loss", "conf", "curv_exact", "curv_zo"), probes=2, progress=False)
+    results = run_mia(cfg)
+    with open(tmp_path / "run" / "results.json") as f:
+        on_disk = json.load(f)
+    assert on_disk["attacks"].keys() == results["attacks"].keys()
+    for name in REQUIRED_ATTACKS:
+        entry = on_disk["attacks"][name]
+        assert 0.0 <= entry["auroc"] <= 1.0 and 0.5 <= entry["balanced_accuracy"] <= 1.0
+        assert set(entry["tpr_at_fpr"]) == {"0.01", "0.001", "0.0001"}
+    assert os.path.getsize(tmp_path / "run" / "roc.png") > 1000
+    with np.load(tmp_path / "run" / "signals.npz") as z:
+        assert z["keep"].shape == (5, 80) and z["curv_zo"].shape == (5, 80, 1)
+        assert (z["keep"][1:].sum(0) == 2).all()  # every sample IN for exactly half of the shadows
+        first = z["curv_exact"].copy()
+    again = run_mia(cfg)  # cached signals: no training, same numbers
+    assert again["seconds"]["train"] == 0.0 and again["seconds"]["signals"] == 0.0
+    assert again["attacks"]["loss"]["auroc"] == results["attacks"]["loss"]["auroc"]
+    with np.load(tmp_path / "run" / "signals.npz") as z:
+        np.testing.assert_array_equal(z["curv_exact"], first)
