@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import time
+from typing import Callable
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +14,7 @@ from .data import get_dataset
 from .io import save_checkpoint
 from .models import build_model
 
-__all__ = ["train_model", "evaluate"]
+__all__ = ["train_model", "fit", "evaluate"]
 
 
 @torch.no_grad()
@@ -25,6 +28,58 @@ def evaluate(model: torch.nn.Module, dataset, batch_size: int = 256) -> float:
         correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
     model.train(was_training)
     return correct / len(dataset)
+
+
+def fit(
+    model: torch.nn.Module,
+    dataset,
+    *,
+    epochs: int,
+    batch_size: int = 64,
+    lr: float | None = None,
+    weight_decay: float = 5e-4,
+    seed: int = 0,
+    optimizer: str = "sgd",
+    batch_transform: Callable | None = None,
+    device: str | torch.device = "cpu",
+    on_epoch_end: Callable[[int], None] | None = None,
+    progress: bool | None = False,
+) -> torch.nn.Module:
+    """The project's one training loop; trains ``model`` in place and returns it in eval mode.
+
+    Mini-batches of ``dataset`` reshuffled each epoch (order seeded by ``seed``), cross-entropy,
+    ``optimizer="sgd"`` (momentum 0.9, default lr 0.05) or ``"adam"`` (default lr 1e-3), weight
+    decay, cosine schedule over ``epochs``. ``batch_transform(x, y, rng)`` (numpy Generator seeded by
+    ``seed``) may replace a batch, with targets as class indices or probability vectors.
+    ``on_epoch_end(epoch)`` runs after each epoch (1-based). The caller seeds the initialisation.
+    """
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"need epochs >= 1 and batch_size >= 1 (got epochs={epochs}, batch_size={batch_size})")
+    from tqdm.auto import tqdm
+
+    model.to(device)
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=0.05 if lr is None else lr, momentum=0.9, weight_decay=weight_decay)
+    elif optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3 if lr is None else lr, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"optimizer must be 'sgd' or 'adam' (got {optimizer!r})")
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    rng = np.random.default_rng(seed)
+    model.train()
+    for epoch in tqdm(range(epochs), desc="train", unit="epoch", disable=not progress if progress is not None else None):
+        for x, y in loader:
+            if batch_transform is not None:
+                x, y = batch_transform(x, y, rng)
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x.to(device)), y.to(device)).backward()
+            opt.step()
+        sched.step()
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1)
+            model.train()
+    return model.eval()
 
 
 def train_model(
@@ -47,19 +102,14 @@ def train_model(
     train_set, info = get_dataset(dataset, "train", root=root)
     test_set, _ = get_dataset(dataset, "test", root=root)
     model = build_model(model_name, info.num_classes, info.in_channels).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+
+    def report(epoch: int) -> None:
+        if log and epoch % max(1, epochs // 5) == 0:
+            log(f"epoch {epoch}/{epochs}: test accuracy {evaluate(model, test_set):.4f}")
+
     start = time.perf_counter()
-    for epoch in range(epochs):
-        model.train()
-        for x, y in loader:
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x.to(device)), y.to(device)).backward()
-            opt.step()
-        sched.step()
-        if log and (epoch + 1) % max(1, epochs // 5) == 0:
-            log(f"epoch {epoch + 1}/{epochs}: test accuracy {evaluate(model, test_set):.4f}")
+    fit(model, train_set, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
+        device=device, on_epoch_end=report)
     result = {
         "model": model_name, "dataset": dataset, "num_classes": info.num_classes, "in_channels": info.in_channels,
         "epochs": epochs, "seed": seed, "train_accuracy": evaluate(model, train_set),

@@ -19,13 +19,11 @@ import re
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from ..io import load_checkpoint, save_checkpoint
 from ..models import build_model
-from ..train import evaluate
+from ..train import evaluate, fit
 from .quantize import Halftone, InputQuantized, InputQuantizer, dorefa
 
 __all__ = ["MemberSpec", "parse_spec", "build_member", "train_member", "load_or_train", "mlp"]
@@ -132,20 +130,8 @@ def train_member(
 ) -> nn.Module:
     """Train in place: SGD (lr 0.05, momentum 0.9) or Adam (lr 1e-3), weight decay 5e-4, cosine schedule;
     data order seeded by ``spec.seed``. Quantised members train through their straight-through gradients."""
-    model.to(device).train()
-    if spec.optimizer == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=5e-4)
-    else:
-        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
-    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(spec.seed))
-    for _ in range(epochs):
-        for x, y in loader:
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x.to(device)), y.to(device)).backward()
-            opt.step()
-        sched.step()
-    return model.eval()
+    return fit(model, train_set, epochs=max(1, epochs), batch_size=batch_size, seed=spec.seed, optimizer=spec.optimizer,
+               device=device)
 
 
 def load_or_train(

@@ -13,13 +13,12 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 
 from ..data import get_dataset
 from ..io import save_checkpoint, write_json, write_npz
 from ..models import build_model
-from ..train import evaluate
+from ..train import evaluate, fit
 from .noise import add_label_noise
 from .selection import select_verified
 from .verifix import verifix
@@ -46,23 +45,6 @@ def _targets(dataset) -> torch.Tensor:
     if hasattr(dataset, "targets"):
         return torch.as_tensor(dataset.targets, dtype=torch.int64)
     return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
-
-
-def fit(model, dataset, *, epochs: int, batch_size: int = 64, lr: float = 0.05, weight_decay: float = 5e-4, seed: int = 0, device="cpu"):
-    """SGD (momentum 0.9) with a cosine schedule on whatever labels ``dataset`` carries."""
-    torch.manual_seed(seed)
-    model = model.to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
-    model.train()
-    for _ in range(epochs):
-        for x, y in loader:
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x.to(device)), y.to(device)).backward()
-            opt.step()
-        sched.step()
-    return model.eval()
 
 
 def _check_settings(verified_size, selection, alphas, route) -> None:

@@ -1,6 +1,6 @@
 """Train a classifier on any map-style dataset, optionally through a batch transform (VRM).
 
-The recipe is the project's standard one (``curvfast.train.train_model``): SGD, momentum 0.9,
+The recipe is the project's one training loop, :func:`curvfast.train.fit`: SGD, momentum 0.9,
 weight decay 5e-4, cosine learning-rate schedule. ``batch_transform(x, y, rng)`` may replace a
 batch by new inputs and targets that are class indices (B,) or probability vectors (B, C); the
 loss is the cross-entropy against them.
@@ -11,10 +11,9 @@ import sys
 import time
 from typing import Callable
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader
+
+from ..train import fit
 
 __all__ = ["train_classifier", "subset_by_class"]
 
@@ -57,26 +56,8 @@ def train_classifier(
     ``seed`` fixes the initial shuffling and the transform's randomness (a numpy Generator passed
     as ``rng``); the caller seeds the model's initialisation.
     """
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"need epochs >= 1 and batch_size >= 1 (got epochs={epochs}, batch_size={batch_size})")
-    from tqdm.auto import tqdm
-
-    model.to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
-    rng = np.random.default_rng(seed)
-    show = sys.stderr.isatty() if progress is None else progress
-    steps, start = 0, time.perf_counter()
-    model.train()
-    for _ in tqdm(range(epochs), desc="train", unit="epoch", disable=not show):
-        for x, y in loader:
-            if batch_transform is not None:
-                x, y = batch_transform(x, y, rng)
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x.to(device)), y.to(device)).backward()
-            opt.step()
-            steps += 1
-        sched.step()
-    model.eval()
+    start = time.perf_counter()
+    fit(model, dataset, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
+        batch_transform=batch_transform, device=device, progress=sys.stderr.isatty() if progress is None else progress)
+    steps = epochs * -(-len(dataset) // batch_size)
     return {"epochs": epochs, "steps": steps, "seconds": round(time.perf_counter() - start, 2)}
