@@ -2,15 +2,17 @@
 
 Measured on the 2-core CPU (CIFAR-stem ResNet-18, batch 32, 9 class VJPs from one forward):
 vmapping 1, 2, 3, 5 and 9 classes at a time took 1.15, 1.21, 1.25, 2.04 and 2.81 s — on a CPU
-the batched pass pays once the effective batch outgrows the caches, so chunks aim at about 64
-samples per pass. On a GPU one pass over everything amortises kernel launches, bounded by an
-element budget for the (chunk, B, D) tensors.
+the batched pass pays once the effective batch outgrows the caches, so a pass holds at most
+about 64 such samples' worth of input elements (64 x 3 x 32 x 32). Small inputs get more per
+pass: on the digits CNN (8x8, batch 16) 10 Hutchinson probes in one pass took 0.37 s against
+0.69 s in passes of 4 probes. On a GPU one pass over everything amortises kernel launches,
+bounded by a larger element budget for the (chunk, B, D) tensors.
 """
 from __future__ import annotations
 
 import torch
 
-CPU_SAMPLES_PER_PASS = 64
+CPU_ELEMENTS_PER_PASS = 64 * 3 * 32 * 32
 GPU_ELEMENTS_PER_PASS = 2**26
 
 
@@ -20,8 +22,6 @@ def chunk_size(requested: int | None, total: int, batch: int, dim: int, device: 
         if not isinstance(requested, int) or requested < 1:
             raise ValueError(f"chunk_size must be a positive int (got {requested!r})")
         return min(requested, max(1, total))
-    if device.type == "cpu":
-        size = CPU_SAMPLES_PER_PASS // max(1, batch)
-    else:
-        size = GPU_ELEMENTS_PER_PASS // max(1, batch * dim)
+    budget = CPU_ELEMENTS_PER_PASS if device.type == "cpu" else GPU_ELEMENTS_PER_PASS
+    size = budget // max(1, batch * dim)
     return max(1, min(total, size))
