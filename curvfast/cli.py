@@ -154,6 +154,20 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads``: torch's intra-op CPU threads (shared by the pipeline commands)."""
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice; 1 is fastest for tiny models on a busy machine)")
+
+
+def apply_threads(args) -> None:
+    """Set torch's thread count from ``args.threads`` (None keeps torch's choice)."""
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1 (got {args.threads})")
+        torch.set_num_threads(args.threads)
+
+
 def _present(module: str) -> bool:
     """Whether a pipeline's module exists (all do in a full checkout; tests/test_cli.py checks that)."""
     try:

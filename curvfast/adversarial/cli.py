@@ -6,6 +6,7 @@ from fractions import Fraction
 
 from .attacks import SINGLE_ATTACKS
 from .pipeline import DEFAULT_EPS, DEFAULT_MODELS, DEFAULT_ROBUST_EPS
+from ..cli import add_threads_argument, apply_threads
 
 __all__ = ["register", "run", "parse_eps_list"]
 
@@ -62,21 +63,15 @@ def register(subparsers) -> None:
                    help="selected ensemble members are within this of the best clean accuracy (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op CPU threads (default: torch's); 1 is fastest for digits-sized models on a busy machine")
+    add_threads_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import torch
-
     from .pipeline import run_transfer
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1 (got {args.threads})")
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     metric_eps = parse_eps_list(args.metric_eps, "--metric-eps")
     if len(metric_eps) != 1:
         raise ValueError(f"--metric-eps takes one radius (got {args.metric_eps!r})")

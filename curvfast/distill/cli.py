@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from ..cli import add_threads_argument, apply_threads
 
 __all__ = ["register", "run"]
 
@@ -32,21 +33,15 @@ def register(subparsers) -> None:
     p.add_argument("--wise-holdout", type=float, default=d.wise_holdout,
                    help="fraction of training clips kept out of training to fit WISE on (0: fit on training logits)")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice; 1 is much faster on an oversubscribed machine)")
+    add_threads_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import torch
-
     from .pipeline import PKDConfig, run_pkd
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1 (got {args.threads})")
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     config = PKDConfig(
         dataset=args.dataset, root=args.root, fold=args.fold, clips_per_class=args.clips_per_class, size=args.size,
         frames=args.frames, segments=args.segments, stream_epochs=args.stream_epochs, exit_epochs=args.exit_epochs,

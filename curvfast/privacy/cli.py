@@ -6,6 +6,7 @@ import math
 
 from .evaluate import ATTACKS
 from .signals import SIGNALS, VIEWS
+from ..cli import add_threads_argument, apply_threads
 
 FLIP_SAFE = ("cifar10", "cifar100", "imagefolder")  # natural images; flipping a digit or a letter changes its meaning
 
@@ -56,7 +57,7 @@ def register(subparsers) -> None:
     p.add_argument("--attacks", default=None, help=f"comma list (default: every attack whose signal exists); from {', '.join(ATTACKS)}")
     p.add_argument("--published-quirk", action="store_true", help="also run the curvature attacks with the published variance-as-std quirk")
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_threads_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -87,12 +88,7 @@ def run(args) -> int:
     from .experiment import evaluate_signals, run_mia
 
     cfg = config_from_args(args)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1 (got {args.threads})")
-        import torch
-
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     if args.import_lira and args.import_matrices:
         raise ValueError("pass one of --import-lira and --import-matrices, not both")
     if args.import_lira:
