@@ -2,17 +2,17 @@
 
 Measured on the 2-core CPU (CIFAR-stem ResNet-18, batch 32, 9 class VJPs from one forward):
 vmapping 1, 2, 3, 5 and 9 classes at a time took 1.15, 1.21, 1.25, 2.04 and 2.81 s — on a CPU
-the batched pass pays once the effective batch outgrows the caches, so a pass holds at most
-about 64 such samples' worth of input elements (64 x 3 x 32 x 32). Small inputs get more per
-pass: on the digits CNN (8x8, batch 16) 10 Hutchinson probes in one pass took 0.37 s against
-0.69 s in passes of 4 probes. On a GPU one pass over everything amortises kernel launches,
+the batched pass pays once the effective batch outgrows the caches; at batch 16, 1, 2, 3 and 9
+classes per pass took 1.23, 1.25, 1.38 and 1.82 s. So a CPU pass holds about 16 such samples'
+worth of input elements (16 x 3 x 32 x 32). Small inputs get more per pass: on the digits CNN
+(8x8, batch 16) 10 Hutchinson probes in one pass took 0.37 s against 0.69 s in passes of 4. On a GPU one pass over everything amortises kernel launches,
 bounded by a larger element budget for the (chunk, B, D) tensors.
 """
 from __future__ import annotations
 
 import torch
 
-CPU_ELEMENTS_PER_PASS = 64 * 3 * 32 * 32
+CPU_ELEMENTS_PER_PASS = 16 * 3 * 32 * 32
 GPU_ELEMENTS_PER_PASS = 2**26
 
 
