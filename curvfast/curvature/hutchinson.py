@@ -83,7 +83,7 @@ def hutchinson_curvature(
     """Return ``(value, stderr, loss)`` with per-sample Hutchinson estimates."""
     batch, dim = x.shape[0], x[0].numel()
     hvp_fn = {"double_backward": _hvp_double_backward, "forward_over_reverse": _hvp_forward_over_reverse}.get(hvp)
-    chunk = pass_size(chunk_size, probes, batch, dim, x.device)
+    chunk = pass_size(chunk_size, probes, batch, dim, x.device, kind="hvp")
     mean = torch.zeros(batch, 2, dtype=torch.float64, device=x.device)
     m2 = torch.zeros_like(mean)
     x = x.detach()
