@@ -26,12 +26,13 @@ making (3) hold at every ε.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
 
 from ..metrics import auroc
+from ..privacy.dp import train_dp_model as dp_training
 from .feldman import memorization_scores, predict, random_subsets
 from .trajectory import score_models
 
@@ -51,39 +52,19 @@ def make_dp_compatible(model: torch.nn.Module) -> torch.nn.Module:
 
 def train_dp_model(make_model, images: torch.Tensor, targets: torch.Tensor, *, epsilon: float | None, delta: float = 1e-5,
                    epochs: int = 20, batch_size: int = 64, lr: float = 1e-3, max_grad_norm: float = 1.0, seed: int = 0):
-    """Train one model on (images, targets) with DP-SGD at (ε, δ) — or without DP when ``epsilon`` is None.
+    """Train one model on (images, targets) with DP-SGD at (ε, δ) — or without DP when ``epsilon`` is None —
+    after ``make_dp_compatible``, with the shared loop :func:`curvfast.privacy.dp.train_dp_model`.
 
     Returns ``(model, spent_epsilon)``: the trained network in eval mode, taken out of Opacus'
     ``GradSampleModule`` with its per-sample-gradient hooks removed, and the accountant's ε (None
     without DP).
     """
-    from opacus import PrivacyEngine
-
+    if epsilon is not None and epsilon <= 0:
+        raise ValueError(f"epsilon must be > 0, or None for no DP (got {epsilon})")
     torch.manual_seed(seed)
-    model = make_dp_compatible(make_model()).train()
-    opt = torch.optim.RMSprop(model.parameters(), lr=lr)
-    loader = DataLoader(TensorDataset(images, targets), batch_size=batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(seed))
-    engine = None
-    if epsilon is not None:
-        if epsilon <= 0:
-            raise ValueError(f"epsilon must be > 0, or None for no DP (got {epsilon})")
-        engine = PrivacyEngine(accountant="rdp")
-        model, opt, loader = engine.make_private_with_epsilon(
-            module=model, optimizer=opt, data_loader=loader, target_epsilon=epsilon, target_delta=delta,
-            epochs=epochs, max_grad_norm=max_grad_norm)
-    for _ in range(epochs):
-        for x, y in loader:
-            if len(y) == 0:  # Poisson sampling can draw an empty batch
-                continue
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-    spent = engine.get_epsilon(delta) if engine is not None else None
-    if hasattr(model, "remove_hooks"):  # hand back the plain network: Opacus' hooks stay on its layers otherwise
-        model.remove_hooks()
-        model = model._module
-    return model.eval(), spent
+    model = make_dp_compatible(make_model())
+    return dp_training(model, images, targets, epsilon=math.inf if epsilon is None else epsilon, delta=delta,
+                       clip=max_grad_norm, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
 
 
 def _accuracy(probs: np.ndarray, targets: torch.Tensor) -> np.ndarray:

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ..models import build_model
 
-__all__ = ["dp_model", "train_dp_models"]
+__all__ = ["dp_model", "train_dp_model", "train_dp_models"]
 
 
 def dp_model(name: str, num_classes: int, in_channels: int, **kwargs) -> nn.Module:
@@ -33,6 +33,39 @@ def dp_model(name: str, num_classes: int, in_channels: int, **kwargs) -> nn.Modu
             if isinstance(child, nn.modules.batchnorm._BatchNorm):
                 setattr(parent, child_name, nn.Identity())
     return model
+
+
+def train_dp_model(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, *, epsilon: float, delta: float = 1e-5,
+                   clip: float = 1.0, epochs: int = 20, batch_size: int = 64, lr: float = 1e-3, seed: int = 0):
+    """Train ``model`` (already built and seeded) on (images, targets) with DP-SGD at (ε, δ); ``epsilon=inf``
+    is the same recipe without clipping or noise. Returns ``(model in eval mode, the accountant's ε or None)``;
+    the returned network is the plain module, with Opacus' per-sample-gradient hooks removed."""
+    if not (epsilon > 0):
+        raise ValueError(f"epsilon must be > 0 (or inf for no privacy); got {epsilon}")
+    model.train()
+    loader = DataLoader(TensorDataset(images, targets), batch_size=batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(seed))
+    opt = torch.optim.RMSprop(model.parameters(), lr=lr)
+    net, engine = model, None
+    if math.isfinite(epsilon):
+        from opacus import PrivacyEngine
+
+        engine = PrivacyEngine(accountant="rdp")
+        net, opt, loader = engine.make_private_with_epsilon(
+            module=model, optimizer=opt, data_loader=loader, target_epsilon=epsilon, target_delta=delta,
+            epochs=epochs, max_grad_norm=clip,
+        )
+    for _ in range(epochs):
+        for x, y in loader:
+            if len(y) == 0:  # Poisson sampling can draw an empty batch
+                continue
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+    if engine is None:
+        return model.eval(), None
+    net.remove_hooks()
+    return model.eval(), engine.get_epsilon(delta)
 
 
 def train_dp_models(
@@ -63,28 +96,8 @@ def train_dp_models(
     for m in tqdm(range(keep.shape[0]), desc=f"DP-SGD eps={epsilon:g}", unit="model",
                   disable=not progress if progress is not None else None):
         torch.manual_seed(seed + m)
-        model = make_model().train()
         rows = torch.from_numpy(np.flatnonzero(keep[m]))
-        loader = DataLoader(TensorDataset(images[rows], targets[rows]), batch_size=batch_size, shuffle=True,
-                            generator=torch.Generator().manual_seed(seed + m))
-        opt = torch.optim.RMSprop(model.parameters(), lr=lr)
-        net = model
-        if math.isfinite(epsilon):
-            from opacus import PrivacyEngine
-
-            engine = PrivacyEngine(accountant="rdp")
-            net, opt, loader = engine.make_private_with_epsilon(
-                module=model, optimizer=opt, data_loader=loader, target_epsilon=epsilon, target_delta=delta,
-                epochs=epochs, max_grad_norm=clip,
-            )
-        for _ in range(epochs):
-            for x, y in loader:
-                if len(y) == 0:  # Poisson sampling can draw an empty batch
-                    continue
-                opt.zero_grad(set_to_none=True)
-                F.cross_entropy(net(x), y).backward()
-                opt.step()
-        if math.isfinite(epsilon):
-            net.remove_hooks()
-        models.append(model.eval())
+        model, _ = train_dp_model(make_model(), images[rows], targets[rows], epsilon=epsilon, delta=delta, clip=clip,
+                                  epochs=epochs, batch_size=batch_size, lr=lr, seed=seed + m)
+        models.append(model)
     return models
