@@ -16,7 +16,7 @@ NATIVE_SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
 # The venv's ninja must be on PATH, or torch's BuildExtension compiles one file at a time.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: demo test bench doctor clean
+.PHONY: demo test bench doctor gpu-check clean
 
 $(VENV)/.stack: Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,13 @@ test: $(VENV)/.curvfast
 
 bench: $(VENV)/.curvfast
 	$(PY) -m benchmarks
+
+# On a GPU machine, with the Python it is given and nothing installed (e.g. `make gpu-check
+# PYTHON=python3`): build in place for the GPU present, run the CUDA half of the tests, the quick
+# estimator cases, the op suite and ResNet-50 at 224x224 / C=1000 in fp32 and bf16, and write
+# benchmarks/results/<gpu>/. Without a GPU it stops at once, saying so.
+gpu-check:
+	$(PYTHON) -m benchmarks.gpu_check
 
 doctor: $(VENV)/.curvfast
 	$(PY) -m curvfast doctor

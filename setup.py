@@ -1,8 +1,10 @@
 """Build the curvfast._C extension (native ops) from csrc/.
 
 A CUDAExtension is built when nvcc is found and torch is a CUDA build (unless
-CURVFAST_FORCE_CPU=1), otherwise a CppExtension with the CPU kernels only. Package metadata
-lives in pyproject.toml.
+CURVFAST_FORCE_CPU=1), otherwise a CppExtension with the CPU kernels only;
+CURVFAST_REQUIRE_CUDA_BUILD=1 turns "no CUDA kernels" into a build error (our CI sets it).
+The CUDA kernels target the visible GPU, or sm_80 and sm_90 when none is visible
+(TORCH_CUDA_ARCH_LIST overrides both). Package metadata lives in pyproject.toml.
 """
 
 import glob
@@ -55,10 +57,32 @@ def want_cuda(torch):
     return True
 
 
+def check_dynamic_libstdcxx(path):
+    """Refuse an extension that carries its own static copy of libstdc++.
+
+    Some toolchains (a ``CXX`` that adds ``-static-libstdc++``) link libstdc++ into the module;
+    its iostreams then mix with torch's shared libstdc++ and the first TORCH_CHECK message that
+    formats a number crashes the process (seen with torch 2.11 on a GPU image).
+    """
+    readelf = shutil.which("readelf")
+    if readelf is None:
+        return
+    needed = subprocess.run([readelf, "-d", path], capture_output=True, text=True).stdout
+    if "libstdc++" not in needed:
+        raise RuntimeError(
+            f"curvfast: {os.path.basename(path)} was linked with a static libstdc++ (CXX="
+            f"{os.environ.get('CXX', 'unset')}), which crashes on the first error message next to "
+            "torch's shared libstdc++. Rebuild with the system compiler: unset CXX CC (or set "
+            "CXX=g++ CC=gcc) and run the build again.")
+
+
 def extensions():
     import torch
 
     use_cuda = want_cuda(torch)
+    if os.environ.get("CURVFAST_REQUIRE_CUDA_BUILD") == "1" and not use_cuda:
+        raise RuntimeError("curvfast: CURVFAST_REQUIRE_CUDA_BUILD=1 but the CUDA kernels cannot be built "
+                           "(needs nvcc under CUDA_HOME and a CUDA build of torch; CURVFAST_FORCE_CPU unset)")
     from torch.utils import cpp_extension
 
     sources = [os.path.relpath(p, ROOT) for p in
@@ -69,7 +93,8 @@ def extensions():
     kwargs = {}
     if use_cuda:
         cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"]
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        if not torch.cuda.is_available():  # else torch targets the visible GPU
+            os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         sources += [os.path.relpath(p, ROOT)
                     for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))]
         cxx.append("-DCURVFAST_WITH_CUDA")
@@ -85,7 +110,13 @@ def extensions():
           + (f" (CUDA_HOME={os.environ['CUDA_HOME']})" if use_cuda else ""), file=sys.stderr)
     ext = ext_cls("curvfast._C", sources, include_dirs=include_dirs,
                   extra_link_args=["-fopenmp"], **kwargs)
-    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+
+    class BuildExtension(cpp_extension.BuildExtension):
+        def build_extension(self, extension):
+            super().build_extension(extension)
+            check_dynamic_libstdcxx(self.get_ext_fullpath(extension.name))
+
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
 ext_modules, cmdclass = extensions()

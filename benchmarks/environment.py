@@ -7,9 +7,6 @@ import re
 
 import torch
 
-import curvfast
-from curvfast.io import atomic_write_bytes, write_json
-
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
@@ -18,6 +15,8 @@ def device_name(device: torch.device) -> str:
 
 
 def environment(device: torch.device) -> dict:
+    import curvfast  # imported here: gpu_check names its folder before it builds the extension
+
     return {
         "device": device_name(device),
         "torch": torch.__version__,
@@ -38,6 +37,8 @@ def results_dir(device: torch.device) -> str:
 
 def write_results(folder: str, name: str, result: dict, markdown: str) -> None:
     """Atomically write ``<folder>/<name>.json`` and ``<folder>/<name>.md``; print the table."""
+    from curvfast.io import atomic_write_bytes, write_json
+
     os.makedirs(folder, exist_ok=True)
     write_json(os.path.join(folder, f"{name}.json"), result)
     atomic_write_bytes(os.path.join(folder, f"{name}.md"), markdown.encode())

@@ -6,6 +6,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+NO_GPU = "no CUDA GPU: torch.cuda.is_available() is False (run `make gpu-check` on a GPU machine)"
+# The device matrix: every test that takes the ``device`` fixture runs on the CPU and, where a GPU
+# is present, on CUDA. The CUDA half carries the ``cuda`` marker, so `pytest -m cuda` runs it alone.
+DEVICES = [pytest.param("cpu", id="cpu"),
+           pytest.param("cuda", id="cuda", marks=[pytest.mark.cuda,
+                                                  pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_GPU)])]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    """``cpu``, then ``cuda`` (skipped with the reason shown when no GPU is present)."""
+    return torch.device(request.param)
+
 
 class ResidualPL(nn.Module):
     """conv -> eval BN -> ReLU -> max-pool -> residual conv block -> avg-pool -> linear (piecewise linear)."""

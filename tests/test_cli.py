@@ -1,5 +1,6 @@
 """The CLI end to end on digits: doctor, train, score, and errors as exit code 2 with a message."""
 import json
+import os
 import subprocess
 import sys
 
@@ -12,7 +13,9 @@ def test_doctor_json_reports_the_extension():
     out = subprocess.run([sys.executable, "-m", "curvfast", "doctor", "--json"], capture_output=True, text=True, check=True)
     report = json.loads(out.stdout)
     assert report["extension"] is True, report["extension_error"]
-    assert report["cuda_compiled"] is True
+    if os.environ.get("CURVFAST_REQUIRE_CUDA_BUILD") == "1":  # our CI: the CUDA kernels must have compiled
+        assert report["cuda_compiled"] is True
+    assert isinstance(report["cuda_compiled"], bool)
     assert report["torch"].startswith("2.")
 
 

@@ -66,17 +66,19 @@ def test_portable_math_accuracy():
 @pytest.mark.parametrize("distribution", ["rademacher", "gaussian"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("dim", [0, 1, 7, 128, 129, 301])
-def test_probes_native_equals_reference(distribution, dtype, dim):
+def test_probes_native_equals_reference(distribution, dtype, dim, device):
+    """Bit-identical to the reference on every device (the README's promise)."""
     kw = dict(seed=2**40 + 3, probe_offset=2**32 - 4, distribution=distribution, dtype=dtype)
-    native_out = ops.probes(IDS, 4, dim, **kw)
+    native_out = ops.probes(IDS.to(device), 4, dim, **kw)
     assert native_out.shape == (len(IDS), 4, dim) and native_out.dtype == dtype
-    assert torch.equal(native_out, ref.probes(IDS, 4, dim, **kw))
+    assert native_out.device.type == device.type
+    assert torch.equal(native_out.cpu(), ref.probes(IDS, 4, dim, **kw))
 
 
 @native
-def test_probes_empty_batch_and_zero_probes():
-    assert ops.probes(torch.zeros(0, dtype=torch.int64), 3, 5, seed=0).shape == (0, 3, 5)
-    assert ops.probes(IDS, 0, 5, seed=0).shape == (len(IDS), 0, 5)
+def test_probes_empty_batch_and_zero_probes(device):
+    assert ops.probes(torch.zeros(0, dtype=torch.int64, device=device), 3, 5, seed=0).shape == (0, 3, 5)
+    assert ops.probes(IDS.to(device), 0, 5, seed=0).shape == (len(IDS), 0, 5)
 
 
 @pytest.mark.parametrize("distribution", ["rademacher", "gaussian"])
@@ -117,10 +119,11 @@ def _logits(B, C, dtype, seed=0):
 @pytest.mark.parametrize("C,num_exact,num_tail", [
     (2, 2, 0), (2, 0, 1), (2, 1, 3), (10, 10, 0), (10, 20, 5), (10, 0, 4), (10, 3, 7),
     (100, 100, 0), (100, 5, 5), (100, 99, 1), (100, 0, 16)])
-def test_logit_factor_native_equals_reference(dtype, C, num_exact, num_tail):
+def test_logit_factor_native_equals_reference(dtype, C, num_exact, num_tail, device):
     z, y, ids = _logits(7, C, dtype)
     kw = dict(num_exact=num_exact, num_tail=num_tail, seed=2**35 + 1)
-    got, want = ops.logit_factor(z, y, ids, **kw), ref.logit_factor(z, y, ids, **kw)
+    got = tuple(t.cpu() for t in ops.logit_factor(z.to(device), y.to(device), ids.to(device), **kw))
+    want = ref.logit_factor(z, y, ids, **kw)
     K = C if num_exact >= C else num_exact + num_tail
     assert got[0].shape == (7, K, C) and got[1].shape == (7, K) and got[3].shape == (7,)
     assert got[2].dtype == torch.int64 and torch.equal(got[2], want[2])
@@ -131,8 +134,8 @@ def test_logit_factor_native_equals_reference(dtype, C, num_exact, num_tail):
 
 @native
 @pytest.mark.parametrize("num_exact,num_tail", [(10, 0), (2, 3)])
-def test_logit_factor_empty_batch(num_exact, num_tail):
-    z, y, ids = _logits(0, 10, torch.float32)
+def test_logit_factor_empty_batch(num_exact, num_tail, device):
+    z, y, ids = (t.to(device) for t in _logits(0, 10, torch.float32))
     cot, w, cls, loss = ops.logit_factor(z, y, ids, num_exact=num_exact, num_tail=num_tail)
     K = 10 if num_exact >= 10 else num_exact + num_tail
     assert cot.shape == (0, K, 10) and w.shape == cls.shape == (0, K) and loss.shape == (0,)
@@ -182,11 +185,11 @@ def test_logit_factor_stable_at_tiny_loss():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(0, 3, 5), (4, 1, 1), (3, 7, 33), (5, 10, 301)])
-def test_weighted_sq_norms(dtype, shape):
+def test_weighted_sq_norms(dtype, shape, device):
     gen = torch.Generator().manual_seed(0)
     vjp = torch.randn(shape[0], shape[2], shape[1], generator=gen, dtype=dtype).transpose(1, 2)
     w = torch.rand(shape[1], shape[0], generator=gen, dtype=dtype).t()  # non-contiguous
-    out = ops.weighted_sq_norms(vjp, w)
+    out = ops.weighted_sq_norms(vjp.to(device), w.to(device)).cpu()
     want = (w.double() * (vjp.double() ** 2).sum(-1)).to(dtype)
     assert out.dtype == dtype and out.shape == shape[:2]
     torch.testing.assert_close(out, want, **_tol(dtype))
@@ -195,20 +198,21 @@ def test_weighted_sq_norms(dtype, shape):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("dim", [1, 17])
-def test_probe_moments_chunks_match_numpy(dtype, dim):
+def test_probe_moments_chunks_match_numpy(dtype, dim, device):
     gen = torch.Generator().manual_seed(1)
     B, P = 3, 12
-    v = torch.randn(B, P, dim, generator=gen, dtype=dtype)
-    hv = torch.randn(B, P, dim, generator=gen, dtype=dtype)
-    mean, m2, count = torch.zeros(B, 2, dtype=torch.float64), torch.zeros(B, 2, dtype=torch.float64), 0
+    v = torch.randn(B, P, dim, generator=gen, dtype=dtype).to(device)
+    hv = torch.randn(B, P, dim, generator=gen, dtype=dtype).to(device)
+    mean, m2, count = (torch.zeros(B, 2, dtype=torch.float64, device=device),
+                       torch.zeros(B, 2, dtype=torch.float64, device=device), 0)
     for p0 in range(0, P, 4):
         mean, m2 = ops.probe_moments(v[:, p0:p0 + 4], hv[:, p0:p0 + 4], mean, m2, count)
         count += 4
-    v64, hv64 = v.double().numpy(), hv.double().numpy()
+    v64, hv64 = v.double().cpu().numpy(), hv.double().cpu().numpy()
     q = np.stack([(v64 * hv64).sum(-1), (hv64**2).sum(-1)], -1)
-    np.testing.assert_allclose(mean.numpy(), q.mean(1), rtol=1e-12, atol=1e-13)
-    np.testing.assert_allclose(m2.numpy() / (P - 1), q.var(1, ddof=1), rtol=1e-12, atol=1e-13)
-    z = torch.zeros(B, 2, dtype=torch.float64)
+    np.testing.assert_allclose(mean.cpu().numpy(), q.mean(1), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(m2.cpu().numpy() / (P - 1), q.var(1, ddof=1), rtol=1e-12, atol=1e-13)
+    z = torch.zeros(B, 2, dtype=torch.float64, device=device)
     once = ops.probe_moments(v, hv, z, z, 0)
     torch.testing.assert_close(once, (mean, m2), rtol=1e-12, atol=1e-13)
     torch.testing.assert_close(once, ref.probe_moments(v, hv, z, z, 0), rtol=1e-12, atol=1e-13)
@@ -227,23 +231,27 @@ def test_probe_moments_float32_state_and_empty_batch():
 
 # ----------------------------------------------------------------------------- op registration
 
-def _op_samples():
-    z, y, ids = _logits(3, 6, torch.float64)
-    v = torch.randn(2, 3, 5, dtype=torch.float64)
+def _op_samples(device="cpu"):
+    z, y, ids = (t.to(device) for t in _logits(3, 6, torch.float64))
+    v = torch.randn(2, 3, 5, dtype=torch.float64, device=device)
     return [
         ("probes", (ids, 5, 2, 3, 9, "rademacher", torch.float32)),
         ("probes", (ids, 5, 2, 3, 9, "gaussian", torch.float64)),
         ("logit_factor", (z, y, ids, 6, 0, 0)),
         ("logit_factor", (z.float(), y, ids, 2, 3, 1)),
-        ("weighted_sq_norms", (v, torch.rand(2, 3, dtype=torch.float64))),
-        ("probe_moments", (v, v * 2, torch.zeros(2, 2, dtype=torch.float64),
-                           torch.zeros(2, 2, dtype=torch.float64), 0)),
+        ("weighted_sq_norms", (v, torch.rand(2, 3, dtype=torch.float64, device=device))),
+        ("probe_moments", (v, v * 2, torch.zeros(2, 2, dtype=torch.float64, device=device),
+                           torch.zeros(2, 2, dtype=torch.float64, device=device), 0)),
     ]
 
 
 @native
-@pytest.mark.parametrize("name,args", _op_samples(), ids=lambda x: x if isinstance(x, str) else "")
-def test_opcheck(name, args):
+@pytest.mark.parametrize("index", range(len(_op_samples())))
+def test_opcheck(index, device):
+    """Schema, fake (meta) kernel, dispatch and autograd registration on every device."""
+    if device.type == "cuda" and not ops.cuda_compiled():
+        pytest.skip("the extension was built without CUDA kernels")
+    name, args = _op_samples(device)[index]
     torch.library.opcheck(getattr(torch.ops.curvfast, name).default, args)
 
 

@@ -18,5 +18,5 @@ def func_hutchinson(model, x, y, probes: int, generator) -> torch.Tensor:
         _, hv = jvp(grad(loss), (x,), (v,))
         return (v * hv).flatten(1).sum(1)
 
-    v = torch.randint(0, 2, (probes, *x.shape), generator=generator).to(x) * 2 - 1
+    v = torch.randint(0, 2, (probes, *x.shape), generator=generator, device=x.device).to(x) * 2 - 1
     return vmap(quad)(v).mean(0)

@@ -8,6 +8,6 @@ def naive_hutchinson_probe(model, x, y, generator):
     x = x.detach().requires_grad_(True)
     loss = F.cross_entropy(model(x), y, reduction="sum")
     (g,) = torch.autograd.grad(loss, x, create_graph=True)
-    v = torch.randint(0, 2, x.shape, generator=generator).to(x) * 2 - 1
+    v = torch.randint(0, 2, x.shape, generator=generator, device=x.device).to(x) * 2 - 1
     (hv,) = torch.autograd.grad(g, x, grad_outputs=v)
     return (v * hv).flatten(1).sum(1).cpu()

@@ -19,7 +19,7 @@ def _mean_loss_grad(model, x, y):
 def published_fd(model, x, y, probes: int = 10, h: float = 1e-3, generator=None) -> torch.Tensor:
     scores = torch.zeros(x.shape[0])
     for _ in range(probes):
-        r = torch.stack([torch.randint(0, 2, x.shape[1:], generator=generator).to(x) * 2 - 1 for _ in range(x.shape[0])])
+        r = torch.stack([torch.randint(0, 2, x.shape[1:], generator=generator, device=x.device).to(x) * 2 - 1 for _ in range(x.shape[0])])
         g0 = _mean_loss_grad(model, x, y)  # recomputed for every probe
         g1 = _mean_loss_grad(model, x + h * r, y)
         scores += (g1 - g0).flatten(1).norm(dim=1).cpu()

@@ -61,33 +61,47 @@ CURVFAST_HD bool ranks_before(const scalar_t* z, int64_t a, int64_t b) {
   return z[a] > z[b] || (z[a] == z[b] && a < b);
 }
 
-/// Logit-space factor of one sample (see curvfast.ops.logit_factor for the math).
+/// The log-softmax shift of one sample, in double: ls_c = (z_c - zmax) - log_sum with
+/// zmax = max_j z_j and log_sum = log(sum_j exp(z_j - zmax)).
+struct LogSoftmax {
+  double zmax, log_sum;
+  template <typename scalar_t>
+  CURVFAST_HD double operator()(const scalar_t* z, int64_t c) const {
+    return (static_cast<double>(z[c]) - zmax) - log_sum;
+  }
+};
+
+/// Cotangent entry (k, c) of u_k = e_{cls_k} - p: -p_c off the diagonal, 1 - p_c = -expm1(ls_c)
+/// on it (accurate when p_c is close to 1).
+template <typename scalar_t>
+CURVFAST_HD scalar_t cotangent_entry(double log_p, bool diagonal) {
+  return static_cast<scalar_t>(diagonal ? -expm1(log_p) : -exp(log_p));
+}
+
+/// Logit-space factor of one sample without its cotangents (see curvfast.ops.logit_factor for
+/// the math): weights, classes and loss. Returns the log-softmax that the cotangents use.
 ///
 /// z: C finite logits; y: label; s: sample id; num_exact < C selects stratified sampling
 /// with num_tail strata (K = num_exact + num_tail), otherwise K = C with every class.
-/// Outputs: cot (K x C), w (K), cls (K), loss (1).
+/// Outputs: w (K), cls (K), loss (1).
 template <typename scalar_t>
-CURVFAST_HD void logit_factor_sample(const scalar_t* z, int64_t C, int64_t y, uint64_t s,
-                                     int64_t num_exact, int64_t num_tail, int64_t seed,
-                                     scalar_t* cot, scalar_t* w, int64_t* cls, scalar_t* loss) {
-  // log-softmax in double: ls_c = (z_c - max) - log(sum_j exp(z_j - max)).
+CURVFAST_HD LogSoftmax logit_factor_weights(const scalar_t* z, int64_t C, int64_t y, uint64_t s,
+                                            int64_t num_exact, int64_t num_tail, int64_t seed,
+                                            scalar_t* w, int64_t* cls, scalar_t* loss) {
   double zmax = static_cast<double>(z[0]);
   for (int64_t c = 1; c < C; ++c) zmax = fmax(zmax, static_cast<double>(z[c]));
   double sum = 0.0;
   for (int64_t c = 0; c < C; ++c) sum += exp(static_cast<double>(z[c]) - zmax);
-  const double log_sum = log(sum);
-  auto log_p = [&](int64_t c) { return (static_cast<double>(z[c]) - zmax) - log_sum; };
+  const LogSoftmax ls{zmax, log(sum)};
+  auto log_p = [&](int64_t c) { return ls(z, c); };
   *loss = static_cast<scalar_t>(-log_p(y));
 
-  int64_t K;
   if (num_exact >= C) {
-    K = C;
     for (int64_t c = 0; c < C; ++c) {
       cls[c] = c;
       w[c] = static_cast<scalar_t>(exp(log_p(c)));
     }
   } else {
-    K = num_exact + num_tail;
     // Top num_exact classes by insertion into cls[0 .. num_exact), best first.
     int64_t n = 0;
     for (int64_t c = 0; c < C; ++c) {
@@ -144,13 +158,22 @@ CURVFAST_HD void logit_factor_sample(const scalar_t* z, int64_t C, int64_t y, ui
       w[num_exact + j] = w_tail;
     }
   }
-  // Cotangents u_c = e_c - p: row entries -p_j, diagonal 1 - p_c = -expm1(ls_c).
-  for (int64_t c = 0; c < C; ++c) cot[c] = static_cast<scalar_t>(-exp(log_p(c)));
+  return ls;
+}
+
+/// Logit-space factor of one sample: logit_factor_weights, then the K x C cotangents.
+template <typename scalar_t>
+CURVFAST_HD void logit_factor_sample(const scalar_t* z, int64_t C, int64_t y, uint64_t s,
+                                     int64_t num_exact, int64_t num_tail, int64_t seed,
+                                     scalar_t* cot, scalar_t* w, int64_t* cls, scalar_t* loss) {
+  const LogSoftmax ls = logit_factor_weights(z, C, y, s, num_exact, num_tail, seed, w, cls, loss);
+  const int64_t K = num_exact >= C ? C : num_exact + num_tail;
+  for (int64_t c = 0; c < C; ++c) cot[c] = cotangent_entry<scalar_t>(ls(z, c), false);
   for (int64_t k = K - 1; k >= 0; --k) {
     scalar_t* row = cot + k * C;
     if (k > 0)
       for (int64_t c = 0; c < C; ++c) row[c] = cot[c];
-    row[cls[k]] = static_cast<scalar_t>(-expm1(log_p(cls[k])));
+    row[cls[k]] = cotangent_entry<scalar_t>(ls(z, cls[k]), true);
   }
 }
 

@@ -1,0 +1,218 @@
+"""The device matrix beyond single ops: CUDA against the CPU kernels and the float64 CPU oracle,
+dataset scores across devices, TF32 handling, and pipelines run end to end on the device.
+
+Every test takes the ``device`` fixture (conftest.py): ``cpu`` always, ``cuda`` where a GPU is
+present (skipped with the reason otherwise). Tests that compare a GPU with the CPU need a second
+device to compare against, so they run on CUDA only.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import curvfast
+import curvfast.ops as ops
+from conftest import make_batch, make_model, reference_hessians
+
+needs_cuda_kernels = pytest.mark.skipif(not (ops.native_available() and ops.cuda_compiled()),
+                                        reason="the extension was built without CUDA kernels")
+
+
+def _cuda_only(device):
+    if device.type != "cuda":
+        pytest.skip("compares a GPU with the CPU: runs on cuda only")
+
+
+# ----------------------------------------------------------------------------- native ops across devices
+
+@needs_cuda_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(3, 1, 1), (4, 7, 255), (5, 10, 3073)])
+def test_reductions_bit_identical_to_cpu_kernels(device, dtype, shape):
+    """weighted_sq_norms and probe_moments add the same numbers in the same order on both backends."""
+    _cuda_only(device)
+    gen = torch.Generator().manual_seed(7)
+    v = torch.randn(*shape, generator=gen, dtype=dtype)
+    hv = torch.randn(*shape, generator=gen, dtype=dtype)
+    w = torch.rand(shape[0], shape[1], generator=gen, dtype=dtype)
+    assert torch.equal(ops.weighted_sq_norms(v.to(device), w.to(device)).cpu(), ops.weighted_sq_norms(v, w))
+    mean = torch.randn(shape[0], 2, generator=gen, dtype=torch.float64)
+    m2 = torch.rand(shape[0], 2, generator=gen, dtype=torch.float64)
+    cpu = ops.probe_moments(v, hv, mean, m2, 3)
+    gpu = ops.probe_moments(v.to(device), hv.to(device), mean.to(device), m2.to(device), 3)
+    for a, b in zip(gpu, cpu):
+        assert torch.equal(a.cpu(), b)
+
+
+@needs_cuda_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("C,num_exact,num_tail", [(10, 10, 0), (100, 5, 5), (1000, 10, 10)])
+def test_logit_factor_cuda_matches_cpu_kernel(device, dtype, C, num_exact, num_tail):
+    """Same classes; values within a few ulps (CUDA's exp/log differ from libm in the last bit)."""
+    _cuda_only(device)
+    gen = torch.Generator().manual_seed(C)
+    z = (torch.randn(64, C, generator=gen, dtype=torch.float64) * 4).to(dtype)
+    y = torch.randint(0, C, (64,), generator=gen)
+    ids = torch.arange(64) * 131 + 2**33
+    kw = dict(num_exact=num_exact, num_tail=num_tail, seed=17)
+    cpu = ops.logit_factor(z, y, ids, **kw)
+    gpu = [t.cpu() for t in ops.logit_factor(z.to(device), y.to(device), ids.to(device), **kw)]
+    assert torch.equal(gpu[2], cpu[2])
+    tol = dict(rtol=1e-6, atol=1e-7) if dtype == torch.float32 else dict(rtol=1e-13, atol=1e-15)
+    for a, b in zip(gpu, cpu):
+        torch.testing.assert_close(a, b, **tol)
+
+
+# ----------------------------------------------------------------------------- estimators against the oracle
+
+@pytest.mark.parametrize("kind", ["pl_residual", "pl_mlp"])
+def test_exact_and_sampled_on_device_match_float64_oracle(device, kind):
+    model = make_model(kind, 10)
+    x, y = make_batch(4, 10)
+    trace = reference_hessians(model, x, y).diagonal(dim1=1, dim2=2).sum(-1)
+    model, xd, yd = model.to(device), x.to(device), y.to(device)
+    exact = curvfast.input_curvature(model, xd, yd, method="exact")
+    assert exact.value.device.type == device.type
+    torch.testing.assert_close(exact.value.cpu(), trace, rtol=1e-10, atol=0)
+    # All classes kept exactly: sampled is exact. With a tail: unbiased, and the same draw as the CPU.
+    full = curvfast.input_curvature(model, xd, yd, method="sampled", top_classes=10, probes=1)
+    torch.testing.assert_close(full.value.cpu(), trace, rtol=1e-10, atol=0)
+    tail = curvfast.input_curvature(model, xd, yd, method="sampled", top_classes=3, probes=4, seed=5)
+    tail_cpu = curvfast.input_curvature(model.cpu(), x, y, method="sampled", top_classes=3, probes=4, seed=5)
+    torch.testing.assert_close(tail.value.cpu(), tail_cpu.value, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("hvp", ["double_backward", "forward_over_reverse"])
+def test_hutchinson_on_device_within_stderr_of_oracle_and_equal_to_cpu(device, hvp):
+    model = make_model("gelu", 10)
+    x, y = make_batch(6, 10)
+    trace = reference_hessians(model, x, y).diagonal(dim1=1, dim2=2).sum(-1)
+    kw = dict(method="hutchinson", probes=200, seed=3, hvp=hvp)
+    cpu = curvfast.input_curvature(model, x, y, **kw)
+    res = curvfast.input_curvature(model.to(device), x.to(device), y.to(device), **kw)
+    z = (res.value.cpu() - trace) / res.stderr.cpu()
+    assert z.abs().max() < 4.0, f"errors in standard errors: {z}"
+    # The same probes on every device (Philox keyed by sample id): the same estimate in float64.
+    torch.testing.assert_close(res.value.cpu(), cpu.value, rtol=1e-9, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- TF32
+
+@pytest.mark.parametrize("method", ["fd", "zo"])
+def test_fd_and_zo_force_tf32_off_and_restore_the_users_setting(device, method):
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = make_model("pl_mlp", 10, dtype=torch.float32)
+
+        def forward(self, x):
+            if x.shape[0] > 1:  # not the one-sample forward that only reads the number of classes
+                seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+            return self.net(x)
+
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        x, y = make_batch(3, 10, dtype=torch.float32)
+        curvfast.input_curvature(Recorder().to(device), x.to(device), y.to(device), method=method, probes=2)
+        assert seen and all(s == (False, False) for s in seen), seen
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+# ----------------------------------------------------------------------------- dataset scoring
+
+@pytest.mark.parametrize("method", ["exact", "sampled", "hutchinson"])
+def test_score_on_cuda_equals_cpu_for_same_seeds_and_ids(device, digits_small, method):
+    _cuda_only(device)
+    from curvfast.models import SmallCNN
+
+    torch.manual_seed(0)
+    model = SmallCNN(1, 10, width=8).eval()
+    kw = dict(method=method, seed=11, batch_size=32)
+    if method != "exact":
+        kw["probes"] = 6
+    if method == "sampled":
+        kw["top_classes"] = 3
+    cpu = curvfast.score(model, digits_small, device="cpu", **kw)
+    gpu = curvfast.score(model, digits_small, device=str(device), **kw)
+    np.testing.assert_array_equal(gpu.index, cpu.index)
+    np.testing.assert_allclose(gpu.score, cpu.score, rtol=1e-4, atol=1e-6)  # float32 model: rounding only
+
+
+# ----------------------------------------------------------------------------- pipelines on the device
+
+def _main(argv):
+    from curvfast.cli import main
+
+    return main(argv)
+
+
+def test_score_cli_on_device(device, tmp_path):
+    ckpt = tmp_path / "m.pt"
+    assert _main(["train", "--epochs", "1", "--out", str(ckpt), "--quiet"]) == 0
+    out = tmp_path / "run"
+    assert _main(["score", "--checkpoint", str(ckpt), "--split", "test", "--device", str(device),
+                  "--out", str(out), "--quiet"]) == 0
+    scores = np.load(out / "scores.npz")
+    assert len(scores["score"]) == 450 and np.isfinite(scores["score"]).all() and (scores["score"] > 0).all()
+
+
+def test_ood_pipeline_on_device(device, tmp_path):
+    out = tmp_path / "ood"
+    assert _main(["ood", "--out", str(out), "--id-classes", "0,1,2", "--seeds", "0", "--epochs", "3",
+                  "--device", str(device), "--quiet"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert 0.0 <= res["detectors"]["msp"]["per_set"]["uniform_noise"]["auroc"] <= 1.0
+
+
+def test_verifix_pipeline_on_device(device, tmp_path):
+    out = tmp_path / "vf"
+    assert _main(["verifix", "--dataset", "digits", "--noise", "0.25", "--epochs", "1", "--verified-size", "50",
+                  "--selection", "random", "--alphas", "1e4", "--device", str(device), "--out", str(out),
+                  "--quiet"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert 0.0 <= res["accuracy_after"] <= 1.0 and res["verified_size"] == 50
+
+
+def test_transfer_pipeline_on_device(device, tmp_path):
+    pytest.importorskip("torchattacks", reason="transfer's attacks need torchattacks")
+    out = tmp_path / "tr"
+    assert _main(["transfer", "--dataset", "digits", "--out", str(out), "--models", "small_cnn,mlp",
+                  "--eps", "0,16/255,48/255", "--robust-eps", "32/255", "--steps", "2", "--step", "0.05", "--epochs", "1",
+                  "--n-test", "16", "--ensemble-size", "2", "--accuracy-margin", "1", "--device", str(device),
+                  "--quiet"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert np.array(res["transfer_matrix"], dtype=float).shape == (2, 2)
+
+
+def test_idkd_pipeline_on_device(device, tmp_path):
+    pytest.importorskip("networkx", reason="idkd's topologies need networkx")
+    out = tmp_path / "idkd"
+    assert _main(["idkd", "--out", str(out), "--epochs", "1", "--finetune-epochs", "1", "--width", "8",
+                  "--batch-size", "16", "--public-photos", "50", "--timeout", "60", "--nodes", "2",
+                  "--topology", "ring", "--device", device.type, "--quiet"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert {"dsgd", "vanilla_kd", "idkd"} <= set(res["methods"])
+
+
+def test_gpu_check_refuses_at_once_without_a_gpu(tmp_path):
+    """`make gpu-check` on a machine without a (visible) GPU stops with the reason, building nothing."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    out = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check"], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "no CUDA GPU is visible" in out.stderr and "run it on a machine with a GPU" in out.stderr
+    assert "building" not in out.stdout + out.stderr
