@@ -59,7 +59,8 @@ def run(args) -> int:
         max_grad_norm=args.max_grad_norm, top=args.top, seed=args.seed, progress=False if args.quiet else None,
     )
     res = run_memorization(cfg, args.out)
-    summary = {k: res[k] for k in ("memorization", "correlation", "mislabel_auroc", "seconds")}
+    summary = {k: res[k] for k in ("memorization", "correlation", "mislabel_auroc", "flipped_labels_fitted", "seconds")}
+    summary["mislabel_trivial_baselines"] = res["mislabel"]["trivial_baselines"]
     if "dp" in res:
         summary["dp"] = [{k: r[k] for k in ("epsilon", "accuracy", "mean_curvature", "mean_memorization", "mia_auroc")} for r in res["dp"]]
     print(json.dumps(summary, indent=2))
