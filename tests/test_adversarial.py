@@ -13,7 +13,7 @@ from torch.nn.utils import parametrize
 from curvfast.adversarial import (
     DoReFaActivation, DoReFaWeight, Fit, Halftone, InputQuantizer, MemberSpec, attack, build_member, dorefa,
     ensemble_direction, ensemble_pgd, fit_saturating, halftone, majority_vote, pair_counts, pair_groups, parse_spec,
-    quantize_uniform, saturating, select_members, transfer_metric,
+    quantize_uniform, saturating, select_members, sharpen_halftone, transfer_metric,
 )
 from curvfast.cli import main
 from curvfast.models import SmallCNN
@@ -58,7 +58,7 @@ def test_one_bit_threshold_is_the_range_midpoint():
     assert quantize_uniform(x, 1).flatten().tolist() == [0.25, 0.25, 0.75, 0.75]
 
 
-@pytest.mark.parametrize("quantiser", [lambda x: quantize_uniform(x, 2), halftone], ids=["2bit", "halftone"])
+@pytest.mark.parametrize("quantiser", [lambda x: quantize_uniform(x, 2), halftone, sharpen_halftone], ids=["2bit", "halftone", "sharpen"])
 def test_input_quantisers_use_per_sample_statistics(quantiser):
     x = _images(5)
     batch = quantiser(x)
@@ -87,7 +87,7 @@ def test_halftone_is_binary_and_keeps_the_grey_level():
     assert abs(out2[:, 1, 4:, :].mean().item() - 0.75) < 0.02
 
 
-@pytest.mark.parametrize("module", [InputQuantizer(1), InputQuantizer(3), Halftone()], ids=["1bit", "3bit", "halftone"])
+@pytest.mark.parametrize("module", [InputQuantizer(1), InputQuantizer(3), Halftone("floyd_steinberg")], ids=["1bit", "3bit", "halftone_fs"])
 def test_input_quantisers_pass_gradients_straight_through(module):
     x = _images(2).requires_grad_(True)
     w = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=x.dtype)
@@ -95,6 +95,73 @@ def test_input_quantisers_pass_gradients_straight_through(module):
     (out * w).sum().backward()
     assert torch.equal(x.grad, w)                                 # BPDA: d q(x)/dx := identity
     assert not torch.equal(out, x)
+
+
+def _floyd_steinberg_raster(x):
+    """The textbook raster-order loop (the reference for the vectorised wavefront version)."""
+    flat = x.flatten(1)
+    lo, hi = flat.amin(1).view(-1, 1, 1, 1), flat.amax(1).view(-1, 1, 1, 1)
+    value = ((x - lo) / (hi - lo)).clone()
+    out = torch.empty_like(value)
+    height, width = x.shape[-2:]
+    for i in range(height):
+        for j in range(width):
+            old = value[..., i, j]
+            new = (old >= 0.5).to(value.dtype)
+            out[..., i, j] = new
+            err = old - new
+            if j + 1 < width:
+                value[..., i, j + 1] += err * (7 / 16)
+            if i + 1 < height:
+                if j > 0:
+                    value[..., i + 1, j - 1] += err * (3 / 16)
+                value[..., i + 1, j] += err * (5 / 16)
+                if j + 1 < width:
+                    value[..., i + 1, j + 1] += err * (1 / 16)
+    return lo + out * (hi - lo)
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 7, 9), (2, 1, 12, 5), (1, 3, 1, 6), (2, 1, 6, 1)])
+def test_vectorised_floyd_steinberg_equals_the_raster_loop(shape):
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(sum(shape)), dtype=torch.float64)
+    assert torch.equal(halftone(x), _floyd_steinberg_raster(x))
+    x32 = x.float()
+    assert torch.equal(halftone(x32), _floyd_steinberg_raster(x32))
+
+
+def test_sharpen_halftone_is_the_published_filter_with_a_sigmoid_surrogate_gradient():
+    """Forward: (sign(K∗u + 1e-3) + 1)/2 with u = (x − mean_b)/(max_b − min_b) and the 3x3 kernel
+    [[−1,−2,−1],[−2,16,−2],[−1,−2,−1]] (zero padding); backward: d/dx ½σ(K∗u + 1e-3)."""
+    x = _images(3, size=6).repeat(1, 2, 1, 1)
+    x[:, 1] = 1 - x[:, 1]
+    kernel = np.array([[-1, -2, -1], [-2, 16, -2], [-1, -2, -1]], dtype=np.float64)
+    xn = x.numpy()
+    resp = np.empty_like(xn)
+    for b in range(3):
+        u = np.pad((xn[b] - xn[b].mean()) / (xn[b].max() - xn[b].min()), ((0, 0), (1, 1), (1, 1)))
+        for c in range(2):
+            for i in range(6):
+                for j in range(6):
+                    resp[b, c, i, j] = (u[c, i:i + 3, j:j + 3] * kernel).sum() + 1e-3
+    out = sharpen_halftone(x)
+    np.testing.assert_array_equal(out.numpy(), (np.sign(resp) + 1) / 2)
+    assert set(out.unique().tolist()) <= {0.0, 1.0}
+    xg = x.clone().requires_grad_(True)
+    w = torch.randn(x.shape, generator=torch.Generator().manual_seed(4), dtype=x.dtype)
+    module_out = Halftone()(xg)
+    assert torch.equal(module_out.detach(), out)
+    (grad,) = torch.autograd.grad((module_out * w).sum(), xg)
+    xs = x.clone().requires_grad_(True)
+    lo = xs.detach().flatten(1).amin(1).view(-1, 1, 1, 1)  # the per-sample range is held constant (as in every quantiser)
+    hi = xs.detach().flatten(1).amax(1).view(-1, 1, 1, 1)
+    u = (xs - xs.mean(dim=(1, 2, 3), keepdim=True)) / (hi - lo)
+    k = torch.from_numpy(kernel).expand(2, 1, 3, 3)
+    surrogate = 0.5 * torch.sigmoid(torch.nn.functional.conv2d(u, k, padding=1, groups=2) + 1e-3)
+    (expect,) = torch.autograd.grad((surrogate * w).sum(), xs)
+    torch.testing.assert_close(grad, expect, rtol=1e-12, atol=1e-12)
+    assert not torch.equal(grad, w)  # not the identity (straight-through) gradient
+    with pytest.raises(ValueError, match="halftone method"):
+        Halftone("ordered")
 
 
 # ---------------------------------------------------------------- DoReFa
@@ -143,7 +210,8 @@ def test_dorefa_wrapper_keeps_first_and_last_layers_full_precision():
 # ---------------------------------------------------------------- model specs
 
 def test_spec_strings_round_trip_and_bad_specs_are_explained():
-    for text in ["small_cnn", "small_cnn@1", "small_cnn+in2", "small_cnn+halftone@3", "small_cnn+w2a4+adam", "mlp+a8"]:
+    assert parse_spec("small_cnn+halftone").halftone == "sharpen" and parse_spec("small_cnn+halftonefs").halftone == "floyd_steinberg"
+    for text in ["small_cnn", "small_cnn@1", "small_cnn+in2", "small_cnn+halftone@3", "small_cnn+halftonefs", "small_cnn+w2a4+adam", "mlp+a8"]:
         assert parse_spec(text).name == text
     assert parse_spec("small_cnn+in1@2") == MemberSpec("small_cnn", seed=2, input_bits=1)
     for bad, match in [("small_cnn+in9", "1..8"), ("small_cnn+foo", "unknown option"), ("small_cnn@x", "seed"),
@@ -293,6 +361,23 @@ def test_attacks_reach_quantised_models_through_bpda(tiny_nets):
         attack(nets[0], x * 2, y)
 
 
+def test_cw_attack_fools_and_respects_the_l2_radius(tiny_nets):
+    _, x, _ = tiny_nets
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(x[0].numel(), 10)).eval()  # an input-sensitive linear model
+    y = net(x).argmax(1)  # its own labels: every image starts correctly classified
+    free = attack(net, x, y, name="cw", eps=math.inf, steps=30)
+
+    def margin(images):  # z_y − max_{k≠y} z_k: what CW drives below zero
+        z = net(images)
+        return z.gather(1, y[:, None])[:, 0] - z.scatter(1, y[:, None], -math.inf).amax(1)
+
+    assert (net(free).argmax(1) != y).any() and (margin(free) <= margin(x) + 1e-6).all()
+    small = attack(net, x, y, name="cw", eps=0.3, steps=30)
+    assert ((small - x).flatten(1).norm(dim=1) <= 0.3 + 1e-5).all()
+    assert small.min() >= 0 and small.max() <= 1
+
+
 # ---------------------------------------------------------------- CLI end to end
 
 def test_cli_writes_the_transfer_study(tmp_path, capsys):
@@ -314,6 +399,13 @@ def test_cli_writes_the_transfer_study(tmp_path, capsys):
     assert {"seed", "input_quantisation", "architecture"} <= set(res["groups"])
     robust = res["robust_accuracy"]
     assert set(robust["single"]) == set(names)
+    # "selected" is chosen on one half of the test images and robust accuracy measured on the other
+    select, held = res["selection"]["select_index"], res["selection"]["evaluation_index"]
+    assert not set(select) & set(held) and len(select) + len(held) == 32
+    npz = np.load(out / "transfer.npz")
+    pos = {int(i): k for k, i in enumerate(sorted(select + held))}
+    clean = npz["clean_predictions"][:, [pos[i] for i in held]] == npz["labels"][[pos[i] for i in held]]
+    np.testing.assert_allclose([robust["single"][n]["clean"] for n in names], clean.mean(1))
     assert {"seeds", "selected", "mine"} <= set(robust["ensembles"])
     mine = robust["ensembles"]["mine"]
     assert {"sum", "vote", "agree", "clean", "worst_case", "members"} <= set(mine)

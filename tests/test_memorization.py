@@ -15,6 +15,7 @@ from curvfast.memorization import (
 from curvfast.memorization.dp import fit_unveiling_bounds, make_dp_compatible, train_dp_model
 from curvfast.memorization.mislabel import cleanlab_scores, cross_val_pred_probs
 from curvfast.memorization.models import model_factory
+from curvfast.memorization.pipeline import MemorizationConfig
 from curvfast.models import build_model
 from curvfast.multitrain import train_subset_models
 
@@ -111,6 +112,23 @@ def test_agreement_measures():
     assert agreement(a, -a)["spearman"] == pytest.approx(-1.0)
 
 
+def test_agreement_reports_constant_and_shuffled_baselines():
+    """A constant score has cosine Σb/(√N‖b‖) with b (high for non-negative, concentrated b: the
+    trivial level a cosine figure must beat); a shuffled score has correlation ≈ 0 and chance overlap."""
+    rng = np.random.default_rng(0)
+    b = np.abs(rng.normal(size=2000)) ** 3
+    a = b + 0.1 * rng.random(2000)
+    res = agreement(a, b, top_fractions=(0.05,), permutations=10)
+    const, shuf = res["baselines"]["constant"], res["baselines"]["shuffled"]
+    assert const["cosine"] == pytest.approx(b.sum() / (np.sqrt(b.size) * np.linalg.norm(b)))
+    assert const["pearson"] is None and const["top_k"][0]["overlap"] is None
+    top = np.argsort(-b)[:100]
+    assert const["top_k"][0]["cosine"] == pytest.approx(b[top].sum() / (10 * np.linalg.norm(b[top])))
+    assert abs(shuf["pearson"]) < 0.05 and abs(shuf["spearman"]) < 0.05 and shuf["permutations"] == 10
+    assert shuf["top_k"][0]["overlap"] == pytest.approx(0.05, abs=0.03)
+    assert res["cosine"] > 0.99 > shuf["cosine"]
+
+
 # ---------------------------------------------------------------- per-epoch curvature
 
 def test_checkpoint_training_reuses_shared_trainer(digits):
@@ -149,6 +167,20 @@ def test_flip_labels():
     assert (noisy[torch.from_numpy(flipped)] != y[torch.from_numpy(flipped)]).all()
     assert (noisy[torch.from_numpy(~flipped)] == y[torch.from_numpy(~flipped)]).all()
     assert noisy.max() < 10
+
+
+def test_default_recipe_memorizes_the_flipped_labels(digits):
+    """The premise of curvature-based mislabel detection (Garg et al.): the model fits the noisy
+    labels. The default memorization recipe (MLP, epochs, lr, batch, no weight decay; trained
+    epoch by epoch as the pipeline does) must fit >= 90% of the 10% flipped digits labels."""
+    x, y = digits
+    d = MemorizationConfig()
+    noisy, flipped = flip_labels(y, d.noise, 10, seed=d.seed)
+    make = model_factory(d.model, 10, (1, 8, 8), d.width)
+    models = train_with_checkpoints(make, x, noisy, np.ones((1, len(y)), dtype=bool), epochs=d.epochs, on_epoch=lambda e, m: None,
+                                    lr=d.lr, batch_size=d.batch_size, weight_decay=d.weight_decay, stack=False)
+    fits = predict(models, x).argmax(-1)[0] == noisy.numpy()
+    assert fits[flipped].mean() >= 0.9 and fits[~flipped].mean() > 0.99
 
 
 def test_mislabel_auroc_small_run(digits):

@@ -14,7 +14,7 @@ from scipy.stats import norm
 from curvfast.privacy import attacks as A
 from curvfast.privacy import interchange
 from curvfast.privacy.evaluate import REQUIRED_ATTACKS, attack_scores, summarise
-from curvfast.privacy.experiment import MIAConfig, balanced_keep, run_mia
+from curvfast.privacy.experiment import MIAConfig, balanced_keep, evaluate_signals, run_mia
 from curvfast.privacy.signals import logit_confidence, model_signals
 
 
@@ -30,22 +30,23 @@ def gaussian_world(num_shadows=400, num_samples=3000, d=1.0, views=1, seed=0):
     return signal[0], signal[1:], keep[1:], keep[0], mu, sigma
 
 
-def manual_fit(shadow, mask):
-    """Per-sample mean and ddof=1 std with plain numpy loops over samples (the reference)."""
+def manual_fit(shadow, mask, center=np.mean, ddof=1):
+    """Per-sample centre and std with plain numpy loops over samples (the reference)."""
     n, v = shadow.shape[1:]
     mean, std = np.empty((n, v)), np.empty((n, v))
     for i in range(n):
         vals = shadow[mask[:, i], i]
-        mean[i], std[i] = vals.mean(0), vals.std(0, ddof=1)
+        mean[i], std[i] = center(vals, 0), vals.std(0, ddof=ddof)
     return mean, std
 
 
 # --- attack statistics ---------------------------------------------------------------------------
 
 def test_lira_online_offline_match_scipy_formulas():
+    """Carlini et al.'s reference fit: per-sample median and population std (ddof = 0)."""
     t, sh, keep, _, _, _ = gaussian_world(num_shadows=12, num_samples=50, views=2, seed=1)
-    mi, si = manual_fit(sh, keep)
-    mo, so = manual_fit(sh, ~keep)
+    mi, si = manual_fit(sh, keep, np.median, ddof=0)
+    mo, so = manual_fit(sh, ~keep, np.median, ddof=0)
     online = (norm.logpdf(t, mi, si) - norm.logpdf(t, mo, so)).mean(1)
     np.testing.assert_allclose(A.lira_online(t, sh, keep), online, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(A.lira_offline(t, sh, keep), norm.logcdf(t, mo, so).mean(1), rtol=1e-10, atol=1e-10)
@@ -68,6 +69,13 @@ def test_curvature_rules_match_formulas_and_quirk():
     quirk = (norm.logpdf(s_t, mi, si**2) - norm.logpdf(s_t, mo, si**2)).mean(1)  # variance passed as std
     np.testing.assert_allclose(A.curvature_nll(ct, csh, keep, published_quirk=True), quirk, rtol=1e-9, atol=1e-9)
     assert not np.allclose(quirk, nll)
+    # the published LR: ratio of the likelihoods summed over views, Σ_v N_in / Σ_v N_out (variance as std)
+    lr_quirk = np.log(norm.pdf(s_t, mi, si**2).sum(1)) - np.log(norm.pdf(s_t, mo, so**2).sum(1))
+    np.testing.assert_allclose(A.curvature_lr(ct, csh, keep, published_quirk=True), lr_quirk, rtol=1e-9, atol=1e-9)
+    # with one view the two aggregations agree
+    one = A.curvature_lr(ct[:, :1], csh[..., :1], keep, published_quirk=True)
+    np.testing.assert_allclose(one, norm.logpdf(s_t[:, 0], mi[:, 0], si[:, 0] ** 2) - norm.logpdf(s_t[:, 0], mo[:, 0], so[:, 0] ** 2),
+                               rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("attack", ["lira_online", "lira_offline", "curvature_nll", "curvature_lr"])
@@ -104,6 +112,26 @@ def test_loss_calibrated_attacks_by_hand():
     np.testing.assert_allclose(A.watson(target, shadow, keep), [4.0, -1.0])
     # sample 0: OUT losses {5, 7} both above 2 -> 1; sample 1: OUT {4, 6}: one above, none... 6 ties -> 0.5/2
     np.testing.assert_allclose(A.ye(target, shadow, keep), [1.0, 0.25])
+
+
+def test_modified_entropy_matches_song_mittal_and_stays_finite():
+    """Mentr = −(1 − p_y) log p_y − Σ_{c≠y} p_c log(1 − p_c), against float64 numpy where p is representable."""
+    from curvfast.privacy.signals import modified_entropy
+
+    rng = np.random.default_rng(8)
+    logits = rng.normal(0, 3, size=(50, 7))
+    y = rng.integers(0, 7, size=50)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    onehot = np.eye(7, dtype=bool)[y]
+    expect = np.where(onehot, -(1 - p) * np.log(p), -p * np.log1p(-p)).sum(1)
+    got = modified_entropy(torch.from_numpy(logits), torch.from_numpy(y))
+    np.testing.assert_allclose(got.numpy(), expect, rtol=1e-10, atol=1e-12)
+    # a wrong class predicted with p → 1: −p log(1 − p) = 80 (log(1 − p) = −80 from the other logits), not inf
+    extreme = modified_entropy(torch.tensor([[0.0, 80.0, 0.0]], dtype=torch.float64), torch.tensor([0]))
+    assert torch.isfinite(extreme).all() and extreme.item() == pytest.approx(80.0 + 80.0 - math.log(2.0), rel=1e-6)
+    # the attack: members (confidently right) score higher, views averaged
+    np.testing.assert_allclose(A.modified_entropy(np.stack([expect, expect], 1)), -expect)
 
 
 # --- metrics over targets vs sklearn --------------------------------------------------------------
@@ -259,3 +287,104 @@ def test_end_to_end_small_digits_pool(tmp_path):
     assert again["attacks"]["loss"]["auroc"] == results["attacks"]["loss"]["auroc"]
     with np.load(tmp_path / "run" / "signals.npz") as z:
         np.testing.assert_array_equal(z["curv_exact"], first)
+
+
+# --- checkpoints, augmentation ----------------------------------------------------------------------------
+
+def test_checkpoints_load_in_natural_order_and_count_must_match(tmp_path):
+    """model_2.pt precedes model_10.pt (a lexicographic sort would misalign the rows of keep.npy)."""
+    from curvfast.io import save_checkpoint
+    from curvfast.models import build_model
+    from curvfast.privacy.experiment import _models_from_checkpoints, natural_order
+
+    assert natural_order(["a/model_10.pt", "a/model_2.pt", "a/model_1.pt"]) == ["a/model_1.pt", "a/model_2.pt", "a/model_10.pt"]
+    folder = tmp_path / "ckpts"
+    for m in (0, 1, 2, 10, 11):
+        net = build_model("small_cnn", 10, 1, width=4)
+        torch.nn.init.constant_(net.state_dict()[next(iter(net.state_dict()))], float(m))  # weight tells which file
+        save_checkpoint(str(folder / f"model_{m}.pt"), net, model="small_cnn")
+    keep = balanced_keep(5, 20, 0)
+    np.save(tmp_path / "keep.npy", keep)
+    cfg = MIAConfig(out=str(tmp_path / "r"), checkpoints=str(folder), keep_file=str(tmp_path / "keep.npy"), width=4)
+    make = lambda: build_model("small_cnn", 10, 1, width=4)  # noqa: E731
+    models, loaded_keep = _models_from_checkpoints(cfg, make, 20)
+    assert [float(next(iter(m.state_dict().values())).flatten()[0]) for m in models] == [0.0, 1.0, 2.0, 10.0, 11.0]
+    np.testing.assert_array_equal(loaded_keep, keep)
+    np.save(tmp_path / "keep4.npy", keep[:4])
+    cfg.keep_file = str(tmp_path / "keep4.npy")
+    with pytest.raises(ValueError, match="4 rows but .* holds 5 checkpoints"):
+        _models_from_checkpoints(cfg, make, 20)
+
+
+def test_crop_flip_translates_and_mirrors_each_image():
+    from curvfast.privacy.experiment import crop_flip
+
+    x = torch.arange(2 * 3 * 1 * 16 * 16, dtype=torch.float32).reshape(2, 3, 1, 16, 16)  # (M, B, C, H, W)
+    out = crop_flip(x, torch.Generator().manual_seed(0))
+    again = crop_flip(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and torch.equal(out, again)
+    padded = torch.nn.functional.pad(x.reshape(6, 1, 16, 16), (2, 2, 2, 2), mode="reflect")
+    flips = 0
+    for img, src in zip(out.reshape(6, 1, 16, 16), padded):
+        windows = [(r, c, f) for r in range(5) for c in range(5) for f in (False, True)
+                   if torch.equal(img, src[:, r:r + 16, c:c + 16].flip(-1) if f else src[:, r:r + 16, c:c + 16])]
+        assert len(windows) == 1  # each output is one 16x16 window of the reflect-padded image, maybe mirrored
+        flips += windows[0][2]
+    assert 0 < flips < 6
+    big = crop_flip(torch.rand(400, 1, 8, 8), torch.Generator().manual_seed(1), flip=False)
+    assert not torch.equal(big, crop_flip(torch.rand(400, 1, 8, 8), torch.Generator().manual_seed(1), flip=False))
+
+
+def test_augment_auto_uses_crop_flip_for_natural_images_only(tmp_path, monkeypatch):
+    assert MIAConfig(out="x", dataset="cifar10").resolved_augment() == "crop_flip"
+    assert MIAConfig(out="x", dataset="digits").resolved_augment() == "none"
+    assert MIAConfig(out="x", dataset="cifar10", dp_epsilon=4.0).resolved_augment() == "none"
+    with pytest.raises(ValueError, match="augment must be one of"):
+        MIAConfig(out="x", augment="rotate").resolved_augment()
+    import curvfast.multitrain as multitrain
+
+    seen = {}
+    real = multitrain.train_subset_models
+
+    def spy(*args, **kwargs):
+        seen["augment"] = kwargs.get("augment")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(multitrain, "train_subset_models", spy)
+    cfg = MIAConfig(out=str(tmp_path / "run"), pool_size=40, shadows=4, targets=1, epochs=1, width=4, augment="crop_flip",
+                    signals=("loss",), progress=False)
+    results = run_mia(cfg)
+    assert seen["augment"] is not None and results["settings"]["augment_used"] == "crop_flip"
+
+
+# --- members and non-members: a swapped member set must fail ----------------------------------------------
+
+def test_evaluation_scores_members_as_members(tmp_path):
+    """Signals made so members sit 1.5σ above non-members: every attack clearly above 0.5, and the
+    reported members are the keep rows of the targets."""
+    rng = np.random.default_rng(9)
+    keep = balanced_keep(12, 400, 3)
+    mu, sigma = rng.normal(0, 3, 400), rng.uniform(0.5, 1.5, 400)
+    conf = mu[None, :, None] + sigma[None, :, None] * (rng.normal(size=(12, 400, 1)) + 1.5 * keep[..., None])
+    signals = {"conf": conf, "loss": -conf}
+    cfg = MIAConfig(out=str(tmp_path / "run"), targets=2, attacks=("loss", "lira_online", "lira_offline", "watson"), progress=False)
+    results = evaluate_signals(cfg, signals, keep)
+    auroc = {n: a["auroc"] for n, a in results["attacks"].items()}
+    assert auroc["loss"] > 0.58  # a global threshold suffers from the per-sample spread of μ
+    for name in ("lira_online", "lira_offline", "watson"):  # calibrated per sample (Φ(1.5/√2) = 0.86 with exact fits;
+        assert auroc[name] > 0.72, (name, auroc[name])       # 5 IN / 5 OUT shadows per sample cost a few points)
+    with np.load(tmp_path / "run" / "scores.npz") as z:
+        np.testing.assert_array_equal(z["members"], keep[:2])
+
+
+def test_end_to_end_attacks_find_members_of_an_overfit_target(tmp_path):
+    """160 digits, models on 80 each for 30 epochs (train 100%, held-out ~83%): LOSS, LiRA and Mentr
+    are clearly above chance for the true members. Swapping members and non-members fails this."""
+    cfg = MIAConfig(out=str(tmp_path / "run"), pool_size=160, shadows=8, targets=2, epochs=30, width=16,
+                    signals=("loss", "conf", "mentr", "curv_exact"), progress=False)
+    results = run_mia(cfg)
+    assert results["accuracy"]["train_mean"] > 0.95 and results["accuracy"]["heldout_mean"] < 0.9
+    auroc = {n: a["auroc"] for n, a in results["attacks"].items()}
+    for name in ("loss", "mentr", "lira_online", "lira_offline", "sablayrolles"):
+        assert auroc[name] > 0.7, (name, auroc[name])
+    assert auroc["curv_exact_nll"] > 0.55

@@ -244,6 +244,10 @@ def test_cli_end_to_end(tmp_path):
     rc = main(["ood", "--out", str(out), "--id-classes", "0,1,2", "--seeds", "0", "--epochs", "3", "--quiet"])
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
+    photos = res["settings"]["photo_sources"]  # the pinned photo list, with its source and pixel hashes
+    assert [p["source"] for p in photos][:3] == ["sklearn.datasets.load_sample_image('china.jpg')",
+                                                 "sklearn.datasets.load_sample_image('flower.jpg')", "skimage.data.astronaut()"]
+    assert len(photos) == 10 and all(len(p["sha256"]) == 64 for p in photos)
     for name in ("msp", "max_logit", "energy", "odin", "mahalanobis", "knn", "norm_scaling", "vrm", "vrm_msp"):
         entry = res["detectors"][name]
         assert set(entry["per_set"]) == {"heldout_digits", "photo_patches", "uniform_noise", "inverted_digits", "shuffled_digits"}

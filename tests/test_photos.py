@@ -1,7 +1,10 @@
-"""Real-photo patches: shape, range, reproducibility, real content."""
+"""Real-photo patches: shape, range, reproducibility, real content, a pinned photo list."""
+import sys
+
+import pytest
 import torch
 
-from curvfast.data.photos import photo_patches
+from curvfast.data.photos import PHOTOS, photo_manifest, photo_patches
 
 
 def test_patches_are_reproducible_real_images():
@@ -15,3 +18,14 @@ def test_patches_are_reproducible_real_images():
     horiz = torch.corrcoef(torch.stack([flat[:, :, :-1].reshape(-1), flat[:, :, 1:].reshape(-1)]))[0, 1]
     assert horiz > 0.5
     assert photo_patches(2, size=16).shape == (2, 1, 16, 16)
+
+
+def test_photo_list_is_pinned_and_never_shrinks_silently(monkeypatch):
+    """Without scikit-image the patches would change: refuse, naming the fix, instead of dropping photos."""
+    manifest = photo_manifest()
+    assert len(manifest) == len(PHOTOS) == 10 and manifest == photo_manifest()
+    assert manifest[0]["shape"] == [427, 640, 3]
+    monkeypatch.setitem(sys.modules, "skimage", None)
+    monkeypatch.setitem(sys.modules, "skimage.data", None)
+    with pytest.raises(ImportError, match="pip install scikit-image"):
+        photo_patches(4, seed=0)

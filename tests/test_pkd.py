@@ -145,6 +145,41 @@ def test_wise_prefixes_and_early_exit():
     assert stop.tolist() == [0, 2] and pred.tolist() == [0, 1]
 
 
+def test_wise_uses_the_published_l1_schedule():
+    """Prefixes of at most 5 exits are fitted without L1, longer ones with alpha = 0.1 (published)."""
+    from curvfast.distill.pipeline import PKDConfig
+
+    d = PKDConfig()
+    assert (d.alpha, d.alpha_free_exits, d.exit_relu) == (0.1, 5, False)
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 4, 300)
+    z = np.stack([(1 + k % 3) * np.eye(4)[y] + rng.normal(0, 1.5, (300, 4)) for k in range(7)], axis=1)
+    weights = fit_wise(z, y, alpha=0.1, free_exits=5)
+    for k, w in enumerate(weights):
+        expect = fit_prefix_weights(z[:, : k + 1], y, alpha=0.0 if k < 5 else 0.1)
+        np.testing.assert_allclose(w, expect, rtol=1e-12, atol=1e-12)
+    assert not np.allclose(weights[6], fit_prefix_weights(z, y, alpha=0.0), atol=1e-3)  # L1 acts after the fifth exit
+    with pytest.raises(ValueError, match="free_exits"):
+        fit_wise(z, y, free_exits=-1)
+
+
+def test_internal_classifiers_have_no_nonlinearity_by_default():
+    """As in the published PKD code, an IC (conv, BN, pool, linear) is affine in its features."""
+    streams = build_streams(5, TINY)
+    ic = build_exits(streams, 5)["mv"][0].eval()
+    assert not any(isinstance(m, torch.nn.ReLU) for m in ic.modules())
+    with torch.no_grad():
+        for m in ic.modules():  # non-trivial eval-mode BN statistics
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
+        c = ic.body[0].in_channels
+        a, b = torch.randn(2, c, 8, 8, generator=torch.Generator().manual_seed(0))
+        mix = ic((0.3 * a + 0.7 * b)[None])
+        torch.testing.assert_close(mix, 0.3 * ic(a[None]) + 0.7 * ic(b[None]), rtol=1e-4, atol=1e-5)
+    relu_ic = build_exits(streams, 5, relu=True)["mv"][0]
+    assert any(isinstance(m, torch.nn.ReLU) for m in relu_ic.modules())
+
+
 def test_macs_of_exits():
     conv = torch.nn.Conv2d(3, 8, 3, padding=1)
     assert count_macs(conv, torch.zeros(1, 3, 8, 8)) == 8 * 3 * 9 * 64

@@ -9,7 +9,7 @@ from .members import MemberSpec, build_member, load_or_train, parse_spec, train_
 from .pipeline import DEFAULT_EPS, DEFAULT_MODELS, DEFAULT_ROBUST_EPS, run_transfer
 from .quantize import (
     DoReFaActivation, DoReFaWeight, Halftone, InputQuantized, InputQuantizer, dorefa, halftone, quantize_uniform,
-    straight_through,
+    sharpen_halftone, straight_through,
 )
 from .transfer import Fit, fit_saturating, pair_counts, pair_groups, saturating, transfer_matrix, transfer_metric
 
@@ -19,6 +19,6 @@ __all__ = [
     "MemberSpec", "build_member", "load_or_train", "parse_spec", "train_member",
     "DEFAULT_EPS", "DEFAULT_MODELS", "DEFAULT_ROBUST_EPS", "run_transfer",
     "DoReFaActivation", "DoReFaWeight", "Halftone", "InputQuantized", "InputQuantizer", "dorefa", "halftone",
-    "quantize_uniform", "straight_through",
+    "quantize_uniform", "sharpen_halftone", "straight_through",
     "Fit", "fit_saturating", "pair_counts", "pair_groups", "saturating", "transfer_matrix", "transfer_metric",
 ]

@@ -1,6 +1,10 @@
 """Attacks: torchattacks for single models, in-house L-inf PGD for ensembles.
 
-Single-model attacks are torchattacks' ``PGD`` (L-inf), ``FGSM`` and ``PGDL2``. They differentiate
+Single-model attacks are torchattacks' ``PGD`` (L-inf), ``FGSM``, ``PGDL2`` and ``CW`` (Carlini &
+Wagner's L2 attack, as in TREND's tables: minimise ‖δ‖² + c·max(max_{k≠y} z_k − z_y, −κ) over
+tanh-parametrised images with Adam; c = 1, κ = 0, ``steps`` Adam steps of learning rate 0.01; the
+result is then projected onto the L2 ball of radius ``eps`` so that a sweep over eps is meaningful,
+and ``eps=inf`` keeps the unconstrained attack). They differentiate
 the model's forward, so quantised members are attacked through their straight-through gradients
 (BPDA) with no extra code. torchattacks has no attack that combines several models' gradients
 sign-wise, so ``ensemble_pgd`` is in-house: the same PGD iteration as torchattacks' (uniform random
@@ -19,7 +23,7 @@ from torch import nn
 
 __all__ = ["SINGLE_ATTACKS", "ENSEMBLE_RULES", "attack", "ensemble_pgd", "ensemble_direction"]
 
-SINGLE_ATTACKS = ("pgd", "fgsm", "pgdl2")
+SINGLE_ATTACKS = ("pgd", "fgsm", "pgdl2", "cw")
 ENSEMBLE_RULES = ("sum", "vote", "agree")
 
 
@@ -44,8 +48,9 @@ def attack(
     step: float = 0.01, steps: int = 40, random_start: bool = True, seed: int = 0, batch_size: int = 512,
 ) -> torch.Tensor:
     """Untargeted adversarial examples for one model with torchattacks (``pgd``: L-inf PGD,
-    ``fgsm``, ``pgdl2``: L2 PGD with ``eps`` the L2 radius). The random start is seeded by ``seed``
-    without touching the global RNG; eps = 0 returns ``x``."""
+    ``fgsm``, ``pgdl2``: L2 PGD with ``eps`` the L2 radius, ``cw``: Carlini-Wagner L2 projected onto
+    the L2 ball of radius ``eps``). The random start is seeded by ``seed`` without touching the global
+    RNG; eps = 0 returns ``x``."""
     import torchattacks
 
     if name not in SINGLE_ATTACKS:
@@ -58,11 +63,21 @@ def attack(
         atk = torchattacks.PGD(model, eps=eps, alpha=step, steps=steps, random_start=random_start)
     elif name == "pgdl2":
         atk = torchattacks.PGDL2(model, eps=eps, alpha=step, steps=steps, random_start=random_start)
+    elif name == "cw":
+        cw = torchattacks.CW(model, c=1.0, kappa=0.0, steps=steps, lr=0.01)
+        atk = lambda xb, yb: _project_l2(xb, cw(xb, yb), eps)  # noqa: E731
     else:
         atk = torchattacks.FGSM(model, eps=eps)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return torch.cat([atk(xb, yb) for xb, yb in zip(x.split(batch_size), y.split(batch_size))])
+
+
+def _project_l2(x: torch.Tensor, adv: torch.Tensor, radius: float) -> torch.Tensor:
+    """x + δ·min(1, radius/‖δ‖₂) per sample (the identity for radius = inf)."""
+    delta = adv - x
+    norm = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+    return (x + delta * (radius / norm).clamp(max=1.0)).clamp(0, 1)
 
 
 def ensemble_direction(grads: list[torch.Tensor], rule: str) -> torch.Tensor:

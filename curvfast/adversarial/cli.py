@@ -47,7 +47,7 @@ def register(subparsers) -> None:
     p.add_argument("--root", default=None, help="folder that already holds the dataset (never downloaded)")
     p.add_argument("--out", required=True, help="run folder for results.json, transfer.npz, PNGs and models/")
     p.add_argument("--models", default=",".join(DEFAULT_MODELS),
-                   help="comma-separated specs arch[+in<1-8>|+halftone|+w<k>a<k>|+adam][@seed] (default: %(default)s)")
+                   help="comma-separated specs arch[+in<1-8>|+halftone|+halftonefs|+w<k>a<k>|+adam][@seed] (default: %(default)s)")
     p.add_argument("--attack", choices=SINGLE_ATTACKS, default="pgd")
     p.add_argument("--eps", default=_fmt(DEFAULT_EPS), help="eps sweep for the counts (default: %(default)s)")
     p.add_argument("--metric-eps", default="8/255", help="eps at which the fitted ratio is reported (default: %(default)s)")

@@ -5,7 +5,8 @@ quantisation, written as short strings, e.g.
     small_cnn@1          another initialisation and data order
     small_cnn+adam       trained with Adam instead of SGD
     small_cnn+in2        2-bit per-sample input quantisation (1..8 bits)
-    small_cnn+halftone   Floyd-Steinberg halftone input
+    small_cnn+halftone   TREND's halftone input (sharpening kernel, sign; sigmoid surrogate gradient)
+    small_cnn+halftonefs Floyd-Steinberg halftone input (straight-through gradient)
     small_cnn+w2a4       DoReFa 2-bit weights, 4-bit activations (w.. and a.. may come alone)
     mlp                  a 2-hidden-layer ReLU perceptron (architecture mismatch)
 
@@ -29,6 +30,7 @@ from .quantize import Halftone, InputQuantized, InputQuantizer, dorefa
 __all__ = ["MemberSpec", "parse_spec", "build_member", "train_member", "load_or_train", "mlp"]
 
 _OPTIMIZERS = ("sgd", "adam")
+_HALFTONE_NAMES = {"sharpen": "halftone", "floyd_steinberg": "halftonefs"}
 _BITS = re.compile(r"^(?:w(\d+))?(?:a(\d+))?$")
 
 
@@ -40,7 +42,7 @@ class MemberSpec:
     seed: int = 0
     optimizer: str = "sgd"
     input_bits: int | None = None  # 1..8 bits per-sample uniform quantisation
-    halftone: bool = False
+    halftone: str | None = None  # "sharpen" (TREND's) or "floyd_steinberg"
     weight_bits: int | None = None  # DoReFa, 1..16
     activation_bits: int | None = None
 
@@ -49,8 +51,8 @@ class MemberSpec:
         parts = [self.arch]
         if self.input_bits is not None:
             parts.append(f"in{self.input_bits}")
-        if self.halftone:
-            parts.append("halftone")
+        if self.halftone is not None:
+            parts.append(_HALFTONE_NAMES[self.halftone])
         if self.weight_bits is not None or self.activation_bits is not None:
             parts.append("".join(f"{k}{v}" for k, v in (("w", self.weight_bits), ("a", self.activation_bits)) if v is not None))
         if self.optimizer != "sgd":
@@ -61,13 +63,13 @@ class MemberSpec:
         """The factors a pair of models can differ in (used to group transfer results)."""
         return {
             "architecture": self.arch, "seed": self.seed, "optimizer": self.optimizer,
-            "input_quantisation": "halftone" if self.halftone else self.input_bits,
+            "input_quantisation": _HALFTONE_NAMES[self.halftone] if self.halftone else self.input_bits,
             "weight_activation_quantisation": (self.weight_bits, self.activation_bits),
         }
 
 
 def parse_spec(text: str) -> MemberSpec:
-    """Parse ``arch[+in<k>|+halftone|+w<k>a<k>|+adam|+sgd][@seed]`` (ValueError names the bad part)."""
+    """Parse ``arch[+in<k>|+halftone|+halftonefs|+w<k>a<k>|+adam|+sgd][@seed]`` (ValueError names the bad part)."""
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"model spec must be a non-empty string such as 'small_cnn+in2@1' (got {text!r})")
     body, _, seed_text = text.strip().partition("@")
@@ -81,8 +83,8 @@ def parse_spec(text: str) -> MemberSpec:
         bits = _BITS.match(opt)
         if opt in _OPTIMIZERS:
             fields["optimizer"] = opt
-        elif opt == "halftone":
-            fields["halftone"] = True
+        elif opt in ("halftone", "halftonefs"):
+            fields["halftone"] = "sharpen" if opt == "halftone" else "floyd_steinberg"
         elif opt.startswith("in") and opt[2:].isdigit():
             fields["input_bits"] = int(opt[2:])
             if not 1 <= fields["input_bits"] <= 8:
@@ -95,7 +97,7 @@ def parse_spec(text: str) -> MemberSpec:
                     fields[key] = int(value)
         else:
             raise ValueError(
-                f"model spec {text!r}: unknown option {opt!r}; use in<1-8>, halftone, w<k>a<k>, adam or sgd"
+                f"model spec {text!r}: unknown option {opt!r}; use in<1-8>, halftone, halftonefs, w<k>a<k>, adam or sgd"
             )
     if fields.get("halftone") and fields.get("input_bits") is not None:
         raise ValueError(f"model spec {text!r}: choose either halftone or in<k>, not both")
@@ -118,8 +120,8 @@ def build_member(spec: MemberSpec, num_classes: int, input_shape: tuple[int, ...
         model = build_model(spec.arch, num_classes, input_shape[0])
     if spec.weight_bits is not None or spec.activation_bits is not None:
         model = dorefa(model, spec.weight_bits, spec.activation_bits)
-    if spec.halftone:
-        model = InputQuantized(model, Halftone())
+    if spec.halftone is not None:
+        model = InputQuantized(model, Halftone(spec.halftone))
     elif spec.input_bits is not None:
         model = InputQuantized(model, InputQuantizer(spec.input_bits))
     return model

@@ -42,14 +42,21 @@ def _finite(value):
     return value if math.isfinite(value) else None
 
 
-def _tensors(dataset, n: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _tensors(dataset, n: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Images, labels and their indices in ``dataset`` (all, or ``n`` drawn at random)."""
     x, y = map(torch.cat, zip(*DataLoader(dataset, batch_size=512)))
+    keep = torch.arange(len(y))
     if n is not None:
-        if not 1 <= n <= len(y):
-            raise ValueError(f"n_test must be in [1, {len(y)}] (got {n})")
+        if not 2 <= n <= len(y):
+            raise ValueError(f"n_test must be in [2, {len(y)}] (got {n})")
         keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-        x, y = x[keep], y[keep]
-    return x, y
+    return x[keep], y[keep], keep.numpy()
+
+
+def _selection_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint random halves of range(n): (selection, evaluation), each sorted."""
+    order = np.random.default_rng([seed, 8]).permutation(n)
+    return np.sort(order[: n // 2]), np.sort(order[n // 2:])
 
 
 def _check_eps(eps, metric_eps: float, robust_eps) -> np.ndarray:
@@ -72,7 +79,7 @@ def _default_ensembles(specs: list[MemberSpec], metric: np.ndarray, accuracy: np
     siblings = [i for i, s in enumerate(specs) if s.factors() | {"seed": 0} == base.factors() | {"seed": 0}]
     if len(siblings) >= 2:
         out["seeds"] = siblings[:k]
-    wanted = [MemberSpec(base.arch), MemberSpec(base.arch, input_bits=1), MemberSpec(base.arch, input_bits=2), MemberSpec(base.arch, halftone=True)]
+    wanted = [MemberSpec(base.arch), MemberSpec(base.arch, input_bits=1), MemberSpec(base.arch, input_bits=2), MemberSpec(base.arch, halftone="sharpen")]
     if all(w in specs for w in wanted):
         out["trend"] = [specs.index(w) for w in wanted]
     candidates = [i for i in range(len(specs)) if accuracy[i] >= accuracy.max() - margin]
@@ -158,7 +165,8 @@ def run_transfer(
 
     train_set, info = get_dataset(dataset, "train", root=root)
     test_set, _ = get_dataset(dataset, "test", root=root)
-    x, y = (t.to(device) for t in _tensors(test_set, n_test, seed))
+    x, y, test_index = _tensors(test_set, n_test, seed)
+    x, y = x.to(device), y.to(device)
     folder = None if out is None else os.path.join(out, "models")
     nets, model_info = [], []
     for spec in tqdm(specs, desc="train", disable=quiet):
@@ -191,21 +199,26 @@ def run_transfer(
         empirical = n_st[:, :, at] / n_ss[:, :, at]
     groups = {key: _summary([metric[p] for p in pairs]) | {"pairs": len(pairs)} for key, pairs in pair_groups(specs).items()}
 
-    accuracy = correct.mean(1)
-    ens = _default_ensembles(specs, metric, accuracy, ensemble_size, accuracy_margin)
+    # the "selected" ensemble is chosen on one half of the test images (its transfer counts and clean
+    # accuracies) and every robust accuracy is measured on the other half: selection never sees them
+    select, held = _selection_split(len(labels), seed)
+    metric_select = transfer_matrix(sweep, *pair_counts(correct[:, select], (preds != labels)[..., select]), metric_eps)[0]
+    accuracy = correct[:, held].mean(1)
+    ens = _default_ensembles(specs, metric_select, correct[:, select].mean(1), ensemble_size, accuracy_margin)
     ens.update({k: [names.index(parse_spec(m).name) for m in v] for k, v in (ensembles or {}).items()})
-    rules = ENSEMBLE_RULES if attack_name != "pgdl2" else ()  # ensemble attacks are L-inf: not comparable with L2 radii
+    rules = ENSEMBLE_RULES if attack_name in ("pgd", "fgsm") else ()  # ensemble attacks are L-inf: not comparable with L2 radii
     robust = {
         "eps": [float(sweep[i]) for i in robust_index], "attack": attack_name, "ensemble_attacks": list(rules),
-        "single": {names[s]: {"clean": float(accuracy[s]), attack_name: [float((preds[s, e, s] == labels).mean()) for e in robust_index]}
+        "images": "evaluation half of the test images (index in results.selection)",
+        "single": {names[s]: {"clean": float(accuracy[s]), attack_name: [float((preds[s, e, s, held] == labels[held]).mean()) for e in robust_index]}
                    for s in range(len(nets))},
         "ensembles": {},
     }
     bar = tqdm(total=len(ens) * len(rules) * len(robust_index), desc="ensemble attacks", disable=quiet)
     for ens_name, idx in ens.items():
         entry = _ensemble_robustness(
-            [nets[i] for i in idx], x, y, [float(sweep[e]) for e in robust_index],
-            [[kept[s, e] for s in range(len(nets))] for e in robust_index], rules, step=step, steps=steps, seed=seed, bar=bar,
+            [nets[i] for i in idx], x[held], y[held], [float(sweep[e]) for e in robust_index],
+            [[kept[s, e][held] for s in range(len(nets))] for e in robust_index], rules, step=step, steps=steps, seed=seed, bar=bar,
         )
         member_acc = [float(np.mean([robust["single"][names[i]][attack_name][r] for i in idx])) for r in range(len(robust_index))]
         robust["ensembles"][ens_name] = {"members": [names[i] for i in idx], f"mean_member_{attack_name}": member_acc, **entry}
@@ -226,6 +239,9 @@ def run_transfer(
         "fit": {f"{names[s]}->{names[t]}": {"st": fits_st[s][t].to_dict(), "ss": fits_ss[s][t].to_dict()} for s, t in pair},
         "groups": groups,
         "robust_accuracy": robust,
+        "selection": {"select_index": test_index[select].tolist(), "evaluation_index": test_index[held].tolist(),
+                      "note": "indices into the test split; 'selected' is chosen from transfer counts and clean accuracies "
+                              "on select_index, every robust accuracy is measured on evaluation_index"},
         "seconds": round(time.perf_counter() - start, 1),
     }
     if out is not None:

@@ -1,5 +1,8 @@
-"""Real-photo patches, offline: the natural images bundled with scikit-learn (and scikit-image
-when installed), cut into random grayscale crops and resized to the digits' scale.
+"""Real-photo patches, offline: a pinned list of natural images bundled with scikit-learn and
+scikit-image (:data:`PHOTOS`), cut into random grayscale crops and resized to the digits' scale.
+The list never depends on what is installed: a missing package is an error naming the fix, so the
+patches are the same on every machine; :func:`photo_manifest` records each photo's source and
+the SHA-256 of its pixels for ``results.json``.
 
 They serve as "far" out-of-distribution data and as the natural-image part of public
 unlabeled sets. A crop of side ``crop`` (random in [16, 64] pixels) at a random place in a random
@@ -8,29 +11,48 @@ photo is converted to luminance (ITU-R 601: 0.299 R + 0.587 G + 0.114 B), area-r
 """
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["photo_patches", "photo_sources"]
+__all__ = ["PHOTOS", "photo_manifest", "photo_patches", "photo_sources"]
 
-_SKIMAGE_PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "rocket", "brick", "grass", "gravel")
+PHOTOS = (
+    ("sklearn", "china.jpg"), ("sklearn", "flower.jpg"),
+    *(("skimage", name) for name in ("astronaut", "camera", "coffee", "chelsea", "rocket", "brick", "grass", "gravel")),
+)
+
+
+def _load(package: str, name: str) -> np.ndarray:
+    if package == "sklearn":
+        from sklearn.datasets import load_sample_image
+
+        return np.asarray(load_sample_image(name))
+    try:
+        import skimage.data
+    except ImportError as err:
+        raise ImportError(f"the pinned photo list needs scikit-image for skimage.data.{name}: pip install scikit-image "
+                          "(the patches would otherwise differ between machines)") from err
+    return np.asarray(getattr(skimage.data, name)())
+
+
+def photo_manifest() -> list[dict]:
+    """``[{"source", "shape", "sha256"}]`` of the pinned photos (SHA-256 of the uint8 pixels)."""
+    out = []
+    for package, name in PHOTOS:
+        im = np.ascontiguousarray(_load(package, name))
+        source = f"sklearn.datasets.load_sample_image({name!r})" if package == "sklearn" else f"skimage.data.{name}()"
+        out.append({"source": source, "shape": list(im.shape), "sha256": hashlib.sha256(im.tobytes()).hexdigest()})
+    return out
 
 
 def photo_sources() -> list[np.ndarray]:
-    """The bundled photos as float32 grayscale arrays in [0, 1] (sklearn's two, plus skimage's if present)."""
-    from sklearn.datasets import load_sample_images
-
-    photos = [np.asarray(im, dtype=np.float32) / 255.0 for im in load_sample_images().images]
-    try:
-        import skimage.data
-    except ImportError:
-        skimage = None
-    if skimage is not None:
-        for name in _SKIMAGE_PHOTOS:
-            photos.append(np.asarray(getattr(skimage.data, name)(), dtype=np.float32) / 255.0)
+    """The pinned photos (:data:`PHOTOS`) as float32 grayscale arrays in [0, 1]."""
     gray = []
-    for im in photos:
+    for package, name in PHOTOS:
+        im = np.asarray(_load(package, name), dtype=np.float32) / 255.0
         if im.ndim == 3:
             im = im[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
         gray.append(np.ascontiguousarray(im))

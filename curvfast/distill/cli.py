@@ -28,7 +28,10 @@ def register(subparsers) -> None:
     p.add_argument("--exit-epochs", type=int, default=d.exit_epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--alpha", type=float, default=d.alpha, help="WISE L1 weight")
+    p.add_argument("--alpha", type=float, default=d.alpha, help="WISE L1 weight of the prefixes longer than --alpha-free-exits (published 0.1)")
+    p.add_argument("--alpha-free-exits", type=int, default=d.alpha_free_exits,
+                   help="prefixes of at most this many exits are fitted without L1 (published 5)")
+    p.add_argument("--exit-relu", action="store_true", help="put a ReLU inside the internal classifiers (the published ICs have none)")
     p.add_argument("--tau", type=float, default=d.tau, help="WISE early-exit confidence threshold")
     p.add_argument("--wise-holdout", type=float, default=d.wise_holdout,
                    help="fraction of training clips kept out of training to fit WISE on (0: fit on training logits)")
@@ -45,7 +48,7 @@ def run(args) -> int:
     config = PKDConfig(
         dataset=args.dataset, root=args.root, fold=args.fold, clips_per_class=args.clips_per_class, size=args.size,
         frames=args.frames, segments=args.segments, stream_epochs=args.stream_epochs, exit_epochs=args.exit_epochs,
-        batch_size=args.batch_size, lr=args.lr, alpha=args.alpha, tau=args.tau, wise_holdout=args.wise_holdout,
+        batch_size=args.batch_size, lr=args.lr, alpha=args.alpha, alpha_free_exits=args.alpha_free_exits, exit_relu=args.exit_relu, tau=args.tau, wise_holdout=args.wise_holdout,
         seed=args.seed,
     )
     res = run_pkd(config, args.out, progress=not args.quiet and sys.stderr.isatty(),

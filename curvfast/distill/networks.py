@@ -75,12 +75,15 @@ class StreamNet(nn.Module):
 
 
 class InternalClassifier(nn.Module):
-    """conv 3x3 + BN + ReLU + adaptive avg-pool 4x4 + linear, on one stage's features."""
+    """conv 3x3 + BN + adaptive avg-pool 4x4 + linear, on one stage's features: no nonlinearity, as in
+    the published PKD code (the IC is affine in the frozen backbone's features); ``relu=True`` adds a
+    ReLU after the BN."""
 
-    def __init__(self, channels: int, num_classes: int, pool: int = 4):
+    def __init__(self, channels: int, num_classes: int, pool: int = 4, relu: bool = False):
         super().__init__()
+        act = [nn.ReLU(inplace=True)] if relu else []
         self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, 1, 1, bias=False), nn.BatchNorm2d(channels),
-                                  nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(pool), nn.Flatten())
+                                  *act, nn.AdaptiveAvgPool2d(pool), nn.Flatten())
         self.fc = nn.Linear(channels * pool * pool, num_classes)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -93,7 +96,7 @@ def build_streams(num_classes: int, specs: dict | None = None) -> nn.ModuleDict:
     return nn.ModuleDict({name: StreamNet(STREAM_CHANNELS[name], num_classes, **specs[name]) for name in STREAM_ORDER})
 
 
-def build_exits(streams: nn.ModuleDict, num_classes: int) -> nn.ModuleDict:
+def build_exits(streams: nn.ModuleDict, num_classes: int, relu: bool = False) -> nn.ModuleDict:
     """Three ICs (after layer1, layer2, layer3) per stream."""
-    return nn.ModuleDict({name: nn.ModuleList(InternalClassifier(w, num_classes) for w in net.widths[:3])
+    return nn.ModuleDict({name: nn.ModuleList(InternalClassifier(w, num_classes, relu=relu) for w in net.widths[:3])
                           for name, net in streams.items()})

@@ -48,7 +48,9 @@ class PKDConfig:
     exit_epochs: int = 12
     batch_size: int = 32
     lr: float = 2e-3
-    alpha: float = 1e-3
+    alpha: float = 0.1           # WISE L1 weight of the prefixes longer than alpha_free_exits (published 0.1)
+    alpha_free_exits: int = 5    # prefixes of at most this many exits get no L1 term (published 5)
+    exit_relu: bool = False      # a ReLU inside the ICs (the published ICs have none)
     tau: float = 0.999999
     wise_holdout: float = 0.0
     boundaries: tuple[float, float] = PUBLISHED_BOUNDARIES
@@ -68,6 +70,8 @@ class PKDConfig:
             raise ValueError(f"wise_holdout must lie in [0, 1) (got {self.wise_holdout})")
         if self.alpha < 0:
             raise ValueError(f"alpha must be >= 0 (got {self.alpha})")
+        if self.alpha_free_exits < 0:
+            raise ValueError(f"alpha_free_exits must be >= 0 (got {self.alpha_free_exits})")
 
 
 def load_clips(config: PKDConfig, progress: bool = False):
@@ -99,7 +103,7 @@ def _ensemble_accuracy(logits: np.ndarray, labels: np.ndarray, exits: list[int])
 
 
 def _wise(train_logits, train_labels, test_logits, test_labels, macs, config: PKDConfig) -> dict:
-    weights = fit_wise(train_logits, train_labels, config.alpha)
+    weights = fit_wise(train_logits, train_labels, config.alpha, config.alpha_free_exits)
     sweep = wise_sweep(test_logits, test_labels, weights, macs["cumulative"], TAU_GRID)
     chosen = wise_sweep(test_logits, test_labels, weights, macs["cumulative"], [config.tau])[0]
     return {**chosen, "alpha": config.alpha, "weights": [w.tolist() for w in weights], "sweep": sweep}
@@ -132,7 +136,7 @@ def run_pkd(config: PKDConfig, out: str, progress: bool = False, log=print) -> d
 
     torch.manual_seed(config.seed)
     streams = build_streams(num_classes)
-    ce_exits = build_exits(streams, num_classes)
+    ce_exits = build_exits(streams, num_classes, relu=config.exit_relu)
     pkd_exits = copy.deepcopy(ce_exits)  # both IC sets start from the same weights
     train_loader = _loader(train_clips, config, train=True)
     t0 = time.perf_counter()

@@ -3,7 +3,10 @@
 Exits are ordered residual -> MV -> I-frame (12 in all). For each prefix length k = 1 .. K, one
 scalar weight per exit in the prefix is learned on training logits z_{n,j} (clip n, exit j):
 
-    w^(k) = argmin_w  (1/N) sum_n CE( sum_{j<=k} w_j z_{n,j}, y_n ) + alpha ||w||_1 .
+    w^(k) = argmin_w  (1/N) sum_n CE( sum_{j<=k} w_j z_{n,j}, y_n ) + alpha_k ||w||_1 ,
+
+with the published schedule alpha_k = 0 for the prefixes of the first ``free_exits`` = 5 exits and
+alpha_k = alpha = 0.1 for longer ones (``fit_wise(..., alpha, free_exits)``).
 
 The objective is convex in w (a linear model in the weights, cross-entropy, L1), and is solved
 by FISTA with soft-thresholding, so weights the data do not support are exactly zero. The
@@ -70,9 +73,12 @@ def fit_prefix_weights(logits: np.ndarray, labels: np.ndarray, alpha: float = 1e
     return w
 
 
-def fit_wise(logits: np.ndarray, labels: np.ndarray, alpha: float = 1e-3) -> list[np.ndarray]:
-    """Weights of every prefix: ``[w^(1) (1,), w^(2) (2,), ..., w^(K) (K,)]``."""
-    return [fit_prefix_weights(logits[:, : k + 1], labels, alpha) for k in range(logits.shape[1])]
+def fit_wise(logits: np.ndarray, labels: np.ndarray, alpha: float = 0.1, free_exits: int = 5) -> list[np.ndarray]:
+    """Weights of every prefix: ``[w^(1) (1,), w^(2) (2,), ..., w^(K) (K,)]``; the prefixes of at most
+    ``free_exits`` exits are fitted without the L1 term (the published schedule: 5 and 0.1)."""
+    if free_exits < 0:
+        raise ValueError(f"free_exits must be >= 0 (got {free_exits})")
+    return [fit_prefix_weights(logits[:, : k + 1], labels, 0.0 if k < free_exits else alpha) for k in range(logits.shape[1])]
 
 
 def wise_early_exit(logits: np.ndarray, weights: list[np.ndarray], tau: float) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,12 @@
 - Top-k overlap: |top_k(a) ∩ top_k(b)| / k; unrelated scores give k/N in expectation.
 - Top-k cosine: the cosine restricted to the k samples with the highest b (Garg et al.'s "top-5k"
   numbers use the top samples by memorization).
+
+Trivial baselines (``agreement(...)["baselines"]``) put every figure in scale: the same measures
+for a **constant** a (every sample the same curvature: cosine = Σb/(√N‖b‖), which is high when b
+is non-negative and concentrated; correlations undefined) and for a **shuffled** a (a random
+permutation of a: same values, no relation to b; mean over ``permutations`` seeded draws).
+A similarity means something only by its distance from these.
 """
 from __future__ import annotations
 
@@ -42,12 +48,11 @@ def top_k_overlap(a, b, k: int) -> float:
     return float(np.intersect1d(top_a, top_b).size / k)
 
 
-def agreement(a, b, top_fractions=(0.01, 0.05, 0.1)) -> dict:
-    """Pearson, Spearman, cosine, and top-k overlap / top-k cosine (k = fraction·N, top by ``b``)."""
-    a, b = _pair(a, b)
+def _measures(a, b, top_fractions) -> dict:
+    constant = bool(np.all(a == a[0]))  # correlations are undefined for a constant vector
     out = {
-        "pearson": float(pearsonr(a, b).statistic),
-        "spearman": float(spearmanr(a, b).statistic),
+        "pearson": None if constant else float(pearsonr(a, b).statistic),
+        "spearman": None if constant else float(spearmanr(a, b).statistic),
         "cosine": cosine_similarity(a, b),
         "samples": int(a.size),
         "top_k": [],
@@ -56,7 +61,29 @@ def agreement(a, b, top_fractions=(0.01, 0.05, 0.1)) -> dict:
         k = max(1, int(round(f * a.size)))
         top = np.argsort(-b, kind="stable")[:k]
         out["top_k"].append({
-            "fraction": f, "k": k, "overlap": top_k_overlap(a, b, k), "chance_overlap": k / a.size,
+            "fraction": f, "k": k, "overlap": None if constant else top_k_overlap(a, b, k), "chance_overlap": k / a.size,
             "cosine": cosine_similarity(a[top], b[top]) if k >= 3 else None,
         })
+    return out
+
+
+def _mean_of(dicts: list[dict]):
+    """Element-wise mean of equally shaped measure dicts (None stays None)."""
+    first = dicts[0]
+    if isinstance(first, dict):
+        return {k: _mean_of([d[k] for d in dicts]) for k in first}
+    if isinstance(first, list):
+        return [_mean_of([d[i] for d in dicts]) for i in range(len(first))]
+    return None if first is None else type(first)(np.mean(dicts)) if isinstance(first, float) else first
+
+
+def agreement(a, b, top_fractions=(0.01, 0.05, 0.1), permutations: int = 20, seed: int = 0) -> dict:
+    """Pearson, Spearman, cosine, and top-k overlap / top-k cosine (k = fraction·N, top by ``b``),
+    with the same measures for a constant and a shuffled ``a`` under ``"baselines"``."""
+    a, b = _pair(a, b)
+    out = _measures(a, b, top_fractions)
+    rng = np.random.default_rng(seed)
+    shuffled = _mean_of([_measures(rng.permutation(a), b, top_fractions) for _ in range(permutations)])
+    out["baselines"] = {"constant": _measures(np.ones_like(a), b, top_fractions),
+                        "shuffled": {**shuffled, "permutations": permutations}}
     return out

@@ -41,7 +41,8 @@ def register(subparsers) -> None:
     p.add_argument("--dp-epsilons", type=_floats, default=d.dp_epsilons, help="comma-separated ε values (default 1,2,4,8,16,50)")
     p.add_argument("--dp-models", type=int, default=d.dp_models, help="DP models per ε (random 50%% subsets)")
     p.add_argument("--dp-epochs", type=int, default=d.dp_epochs)
-    p.add_argument("--dp-lr", type=float, default=d.dp_lr)
+    p.add_argument("--dp-lr", type=float, default=d.dp_lr, help="RMSprop learning rate, constant (no schedule)")
+    p.add_argument("--dp-batch-size", type=int, default=d.dp_batch_size, help="expected Poisson batch size of DP-SGD")
     p.add_argument("--delta", type=float, default=d.delta)
     p.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm)
     p.add_argument("--top", type=int, default=d.top, help="images in the top-memorized / top-curvature grids")
@@ -55,11 +56,12 @@ def run(args) -> int:
         dataset=args.dataset, root=args.root, model=args.model, width=args.width, models=args.models, fraction=args.fraction,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, models_per_pass=args.models_per_pass, stack=not args.loop,
         proxy_models=args.proxy_models, method=args.method, probes=args.probes, noise=args.noise, folds=args.folds, dp=args.dp,
-        dp_epsilons=args.dp_epsilons, dp_models=args.dp_models, dp_epochs=args.dp_epochs, dp_lr=args.dp_lr, delta=args.delta,
+        dp_epsilons=args.dp_epsilons, dp_models=args.dp_models, dp_epochs=args.dp_epochs, dp_lr=args.dp_lr, dp_batch_size=args.dp_batch_size, delta=args.delta,
         max_grad_norm=args.max_grad_norm, top=args.top, seed=args.seed, progress=False if args.quiet else None,
     )
     res = run_memorization(cfg, args.out)
-    summary = {k: res[k] for k in ("memorization", "correlation", "mislabel_auroc", "seconds")}
+    summary = {k: res[k] for k in ("memorization", "correlation", "mislabel_auroc", "flipped_labels_fitted", "seconds")}
+    summary["mislabel_trivial_baselines"] = res["mislabel"]["trivial_baselines"]
     if "dp" in res:
         summary["dp"] = [{k: r[k] for k in ("epsilon", "accuracy", "mean_curvature", "mean_memorization", "mia_auroc")} for r in res["dp"]]
     print(json.dumps(summary, indent=2))

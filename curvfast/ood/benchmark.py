@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..data import DigitsDataset
-from ..data.photos import photo_patches
+from ..data.photos import photo_manifest, photo_patches
 from ..models import build_model
 from .evaluation import METRIC_NAMES, gains, ood_metrics
 from .feature_detectors import KNN, Mahalanobis
@@ -207,7 +207,8 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool | None = None, log=None) 
     }
     results = {
         "settings": asdict(cfg) | {"k": k, "heldout_classes": held, "ood_sets": list(OOD_SETS),
-                                   "id_train": len(id_train), "id_test": len(id_test), "heldout_test": len(heldout)},
+                                   "id_train": len(id_train), "id_test": len(id_test), "heldout_test": len(heldout),
+                                   "photo_sources": photo_manifest()},
         "conventions": {
             "score": "higher = more likely OoD",
             "auroc": "OoD positive", "aupr_in": "ID positive, score negated", "aupr_out": "OoD positive",

@@ -9,6 +9,11 @@ within-sample σ per view (sqrt of the mean per-sample variance; LiRA's "fixed v
 helps with few shadows; Carlini et al.'s code takes the std of all values, which also counts the
 spread of the per-sample means — curvfast pools within samples).
 
+The LiRA attacks fit their Gaussians as Carlini et al.'s reference code does: μ the **median**
+of the shadow values and σ the population standard deviation (ddof = 0). The curvature attacks
+use the mean and the sample standard deviation (ddof = 1), the unbiased variance for the few
+(8-32) values per sample a shadow pool gives.
+
 Attacks (ℓ loss, φ = log(p_y/(1−p_y)), c a curvature, s = log(c + 1e-22), means over views):
 
 - ``loss_attack`` (Yeom et al.): −ℓ.
@@ -18,16 +23,21 @@ Attacks (ℓ loss, φ = log(p_y/(1−p_y)), c a curvature, s = log(c + 1e-22), m
 - ``curvature_nll`` (Curvature Clues "NLL"): mean_v [log N(s; μ_in, σ_in²) − log N(s; μ_out, σ_in²)],
   the IN standard deviation for both Gaussians.
 - ``curvature_lr`` (Curvature Clues "LR"): log Σ_v N(s_v; μ_in, σ_in²) / N(s_v; μ_out, σ_out²), the
-  likelihood ratios summed over views (in log space).
-  ``published_quirk=True`` reproduces the published code, which passes the variance σ² where the
-  standard deviation belongs (a Gaussian of standard deviation σ²); off by default.
+  likelihood ratios summed over views (in log space). The default sums per-view ratios, so each
+  view is tested against its own IN/OUT pair and one view with a broad likelihood cannot dominate
+  the sums (docs/mia.md gives the measured difference); with one view both rules are the same.
+  ``published_quirk=True`` reproduces the published code: the ratio of the summed likelihoods,
+  log Σ_v N(s_v; μ_in, σ_in) − log Σ_v N(s_v; μ_out, σ_out), with the variance σ² passed where
+  the standard deviation belongs (a Gaussian of standard deviation σ², also in the NLL rule).
+- ``modified_entropy`` (Song & Mittal 2021, the "Mentr" baseline of the published tables): −Mentr,
+  Mentr = −(1 − p_y) log p_y − Σ_{c≠y} p_c log(1 − p_c), mean over views (no shadows).
 - ``sablayrolles`` (per-sample threshold): −(ℓ − τ_i), τ_i = (mean_in ℓ + mean_out ℓ)/2.
 - ``watson`` (difficulty calibration, offline): −(ℓ − mean_out ℓ).
 - ``ye`` (Attack R, offline): P_out[ℓ' > ℓ] + ½ P_out[ℓ' = ℓ], the fraction of OUT shadow losses
   above the target's (an empirical p-value).
 
-All σ are sample standard deviations (ddof = 1), floored at 1e-30 as in LiRA; per-sample
-variances need at least two IN (online) or OUT shadows per sample.
+Every σ is floored at 1e-30 as in LiRA; per-sample variances need at least two IN (online) or
+OUT shadows per sample.
 """
 from __future__ import annotations
 
@@ -39,7 +49,7 @@ from scipy.special import log_ndtr, logsumexp
 __all__ = [
     "CURVATURE_EPS", "check_membership", "fit_gaussians", "gaussian_logpdf",
     "loss_attack", "lira_online", "lira_offline", "curvature_nll", "curvature_lr",
-    "sablayrolles", "watson", "ye",
+    "modified_entropy", "sablayrolles", "watson", "ye",
 ]
 
 CURVATURE_EPS = 1e-22  # s = log(curv + 1e-22), as published
@@ -91,21 +101,32 @@ def _inputs(target, shadow, keep, need_in, need_out):
     return target, shadow, keep
 
 
-def fit_gaussians(shadow: np.ndarray, mask: np.ndarray, variance: str = "per_sample") -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation (ddof=1) per (sample, view) over the shadows where ``mask`` is True.
+def fit_gaussians(shadow: np.ndarray, mask: np.ndarray, variance: str = "per_sample", *, center: str = "mean",
+                  ddof: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Centre (``"mean"`` or ``"median"``) and standard deviation per (sample, view) over the shadows
+    where ``mask`` is True; σ² = Σ (x − mean)² / (n − ddof) (about the mean either way).
 
     ``shadow`` (S, N, V), ``mask`` (S, N). ``variance="global"``: one pooled σ per view.
     """
     if variance not in VARIANCES:
         raise ValueError(f"variance must be one of {VARIANCES} (got {variance!r})")
+    if center not in ("mean", "median"):
+        raise ValueError(f"center must be 'mean' or 'median' (got {center!r})")
     w = mask[..., None].astype(np.float64)
     n = w.sum(0)
     mean = (w * shadow).sum(0) / n
-    ddof = np.maximum(n - 1.0, 1.0)
-    var = (w * (shadow - mean) ** 2).sum(0) / ddof
+    var = (w * (shadow - mean) ** 2).sum(0) / np.maximum(n - ddof, 1.0)
     if variance == "global":
         var = np.broadcast_to(var.mean(0, keepdims=True), var.shape)
+    if center == "median":
+        with np.errstate(all="ignore"):  # samples without values stay NaN; callers require enough shadows
+            mean = np.nanmedian(np.where(w > 0, shadow, np.nan), axis=0)
     return mean, np.maximum(np.sqrt(var), STD_FLOOR)
+
+
+def _lira_fit(shadow, mask, variance):
+    """Carlini et al.'s reference fit: median and population (ddof = 0) standard deviation."""
+    return fit_gaussians(shadow, mask, variance, center="median", ddof=0)
 
 
 def gaussian_logpdf(x, mean, std) -> np.ndarray:
@@ -122,14 +143,14 @@ def lira_online(target_conf, shadow_conf, keep, *, variance: str = "per_sample")
     """LiRA online: Gaussian log-likelihood ratio of the logit-scaled confidence, IN vs OUT."""
     need = 2 if variance == "per_sample" else 1
     t, sh, keep = _inputs(target_conf, shadow_conf, keep, need, need)
-    (mi, si), (mo, so) = fit_gaussians(sh, keep, variance), fit_gaussians(sh, ~keep, variance)
+    (mi, si), (mo, so) = _lira_fit(sh, keep, variance), _lira_fit(sh, ~keep, variance)
     return (gaussian_logpdf(t, mi, si) - gaussian_logpdf(t, mo, so)).mean(1)
 
 
 def lira_offline(target_conf, shadow_conf, keep, *, variance: str = "per_sample") -> np.ndarray:
     """LiRA offline: log Φ((φ − μ_out)/σ_out), OUT shadows only."""
     t, sh, keep = _inputs(target_conf, shadow_conf, keep, 0, 2 if variance == "per_sample" else 1)
-    mo, so = fit_gaussians(sh, ~keep, variance)
+    mo, so = _lira_fit(sh, ~keep, variance)
     return log_ndtr((t - mo) / so).mean(1)
 
 
@@ -156,10 +177,19 @@ def curvature_nll(target_curv, shadow_curv, keep, *, variance: str = "per_sample
 
 
 def curvature_lr(target_curv, shadow_curv, keep, *, variance: str = "per_sample", published_quirk: bool = False) -> np.ndarray:
-    """Curvature Clues LR rule: log of the sum over views of the IN/OUT likelihood ratios."""
+    """Curvature Clues LR rule: log of the sum over views of the IN/OUT likelihood ratios
+    (``published_quirk``: log of the ratio of the summed likelihoods, variance as std)."""
     need = 2 if variance == "per_sample" else 1
     t, mi, si, mo, so = _curvature_fits(target_curv, shadow_curv, keep, variance, published_quirk, need_out=need)
-    return logsumexp(gaussian_logpdf(t, mi, si) - gaussian_logpdf(t, mo, so), axis=1)
+    log_in, log_out = gaussian_logpdf(t, mi, si), gaussian_logpdf(t, mo, so)
+    if published_quirk:
+        return logsumexp(log_in, axis=1) - logsumexp(log_out, axis=1)
+    return logsumexp(log_in - log_out, axis=1)
+
+
+def modified_entropy(target_mentr) -> np.ndarray:
+    """Song & Mittal's modified-entropy attack: −Mentr (mean over views); members have lower Mentr."""
+    return -_as_views(target_mentr, 2, "target_mentr").mean(1)
 
 
 def _loss_stats(target_loss, shadow_loss, keep, need_in):

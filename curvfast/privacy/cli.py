@@ -5,10 +5,8 @@ import json
 import math
 
 from .evaluate import ATTACKS
-from .signals import SIGNALS, VIEWS
+from .signals import FLIP_SAFE, SIGNALS, VIEWS
 from ..cli import add_threads_argument, apply_threads
-
-FLIP_SAFE = ("cifar10", "cifar100", "imagefolder")  # natural images; flipping a digit or a letter changes its meaning
 
 
 def _names(text: str, allowed, option: str) -> tuple:
@@ -41,21 +39,26 @@ def register(subparsers) -> None:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--views", default="auto", help=f"comma list of {', '.join(VIEWS)}; auto: hflip too for {', '.join(FLIP_SAFE)}")
-    p.add_argument("--signals", default="loss,conf,curv_exact,curv_zo,curv_fd", help=f"comma list of {', '.join(SIGNALS)}")
+    p.add_argument("--augment", default="auto", choices=("auto", "none", "crop", "crop_flip"),
+                   help=f"training augmentation of shadows and targets; auto: crop_flip for {', '.join(FLIP_SAFE)} "
+                        "(reflect-pad H/8, random crop, horizontal flip), none otherwise and under DP-SGD")
+    p.add_argument("--signals", default="loss,conf,mentr,curv_exact,curv_zo,curv_fd", help=f"comma list of {', '.join(SIGNALS)}")
     p.add_argument("--probes", type=int, default=10, help="zo / fd probes (published: 10)")
     p.add_argument("--score-batch-size", type=int, default=512)
     p.add_argument("--dp-epsilon", type=float, default=None, help="train every model with DP-SGD (Opacus) at this ε; inf = same recipe without DP")
     p.add_argument("--dp-delta", type=float, default=1e-5)
     p.add_argument("--dp-clip", type=float, default=1.0)
     p.add_argument("--dp-lr", type=float, default=1e-3, help="RMSprop learning rate for DP-SGD")
-    p.add_argument("--checkpoints", default=None, help="folder of existing *.pt checkpoints (sorted by name; first --targets are targets)")
+    p.add_argument("--checkpoints", default=None,
+                   help="folder of existing *.pt checkpoints (natural name order, model_2 before model_10; first --targets are targets)")
     p.add_argument("--keep", default=None, help="(models x samples) membership .npy for --checkpoints")
     p.add_argument("--import-lira", default=None, help="attack a LiRA experiment folder (experiment-*/keep.npy, scores/*.npy)")
     p.add_argument("--import-matrices", default=None, help="attack ML Privacy Meter style memberships.npy + signals_*.npy")
     p.add_argument("--export-lira", default=None, help="also write the confidence signal in LiRA's layout here")
     p.add_argument("--export-matrices", default=None, help="also write samples x models signal / membership matrices here")
     p.add_argument("--attacks", default=None, help=f"comma list (default: every attack whose signal exists); from {', '.join(ATTACKS)}")
-    p.add_argument("--published-quirk", action="store_true", help="also run the curvature attacks with the published variance-as-std quirk")
+    p.add_argument("--published-quirk", action="store_true",
+                   help="also run the curvature attacks as the published code does (variance as std; LR: ratio of summed likelihoods)")
     p.add_argument("--out", required=True, help="run folder")
     add_threads_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -72,7 +75,7 @@ def config_from_args(args):
     return MIAConfig(
         out=args.out, dataset=args.dataset, split=args.split, root=args.root, pool_size=args.pool_size, model=args.model,
         width=args.width, shadows=args.shadows, targets=args.targets, leave_one_out=args.leave_one_out, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, views=views,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, views=views, augment=args.augment,
         signals=_names(args.signals, SIGNALS, "--signals"), probes=args.probes, score_batch_size=args.score_batch_size,
         dp_epsilon=args.dp_epsilon, dp_delta=args.dp_delta, dp_clip=args.dp_clip, dp_lr=args.dp_lr,
         checkpoints=args.checkpoints, keep_file=args.keep,

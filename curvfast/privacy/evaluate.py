@@ -26,6 +26,7 @@ FPRS = (0.01, 0.001, 0.0001)
 # name -> (signal it reads, function(target, shadow, keep) -> scores)
 ATTACKS = {
     "loss": ("loss", lambda t, s, k: A.loss_attack(t)),
+    "mentr": ("mentr", lambda t, s, k: A.modified_entropy(t)),
     "lira_online": ("conf", A.lira_online),
     "lira_online_global": ("conf", partial(A.lira_online, variance="global")),
     "lira_offline": ("conf", A.lira_offline),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import time
 from dataclasses import asdict, dataclass
 
@@ -28,11 +29,12 @@ from ..io import load_checkpoint, save_checkpoint, write_json, write_npz
 from ..models import build_model
 from .attacks import check_membership
 from .evaluate import FPRS, REQUIRED_ATTACKS, attack_scores, plot_rocs, summarise
-from .signals import SIGNALS, compute_signals
+from .signals import FLIP_SAFE, SIGNALS, compute_signals
 
-__all__ = ["MIAConfig", "balanced_keep", "load_population", "run_mia", "evaluate_signals"]
+__all__ = ["MIAConfig", "balanced_keep", "crop_flip", "load_population", "natural_order", "run_mia", "evaluate_signals"]
 
-DEFAULT_SIGNALS = ("loss", "conf", "curv_exact", "curv_zo", "curv_fd")
+DEFAULT_SIGNALS = ("loss", "conf", "mentr", "curv_exact", "curv_zo", "curv_fd")
+AUGMENTS = ("auto", "none", "crop", "crop_flip")
 
 
 @dataclass
@@ -53,6 +55,7 @@ class MIAConfig:
     weight_decay: float = 5e-4
     seed: int = 0
     views: tuple = ("identity",)
+    augment: str = "auto"
     signals: tuple = DEFAULT_SIGNALS
     probes: int = 10
     score_batch_size: int = 512
@@ -69,7 +72,17 @@ class MIAConfig:
     def training_key(self) -> dict:
         keys = ("dataset", "split", "pool_size", "model", "width", "shadows", "targets", "leave_one_out", "epochs", "batch_size", "lr",
                 "weight_decay", "seed", "dp_epsilon", "dp_delta", "dp_clip", "dp_lr", "checkpoints", "keep_file")
-        return {k: getattr(self, k) for k in keys}
+        return {**{k: getattr(self, k) for k in keys}, "augment": self.resolved_augment()}
+
+    def resolved_augment(self) -> str:
+        """``auto``: random crop + horizontal flip for natural images (:data:`FLIP_SAFE`, the papers'
+        training), nothing for digits-like data (a flip changes the digit; an 8x8 digit has no margin
+        to crop). DP-SGD training takes no augmentation."""
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {AUGMENTS} (got {self.augment!r})")
+        if self.augment != "auto":
+            return self.augment
+        return "crop_flip" if self.dataset.lower() in FLIP_SAFE and self.dp_epsilon is None else "none"
 
     def signal_key(self) -> dict:
         return {**self.training_key(), "views": list(self.views), "signals": list(self.signals), "probes": self.probes}
@@ -96,6 +109,30 @@ def experiment_keep(cfg: "MIAConfig", num_samples: int) -> np.ndarray:
     if cfg.leave_one_out:
         return balanced_keep(cfg.targets + cfg.shadows, num_samples, cfg.seed)
     return np.vstack([balanced_keep(cfg.targets, num_samples, cfg.seed), balanced_keep(cfg.shadows, num_samples, cfg.seed + 1)])
+
+
+def crop_flip(x: torch.Tensor, gen: torch.Generator, *, flip: bool = True, pad: int | None = None) -> torch.Tensor:
+    """Random-translation crop (reflect padding by ``pad`` pixels, default H // 8: 4 for 32x32 as in
+    Carlini et al.'s and Curvature Clues' training) and, with ``flip``, a horizontal flip with
+    probability ½, drawn independently per image of a batch (..., C, H, W)."""
+    shape = x.shape
+    x = x.reshape(-1, *shape[-3:])
+    n, _, h, w = x.shape
+    pad = max(1, h // 8) if pad is None else pad
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dr = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dc = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    rows = (dr[:, None] + torch.arange(h))[:, :, None]  # (n, h, 1)
+    cols = (dc[:, None] + torch.arange(w))[:, None, :]  # (n, 1, w)
+    out = padded.permute(0, 2, 3, 1)[torch.arange(n)[:, None, None], rows, cols].permute(0, 3, 1, 2)
+    if flip:
+        mirror = torch.rand(n, generator=gen) < 0.5
+        out = torch.where(mirror[:, None, None, None], out.flip(-1), out)
+    return out.reshape(shape).contiguous()
+
+
+def _augment_fn(name: str):
+    return {"none": None, "crop": lambda x, g: crop_flip(x, g, flip=False), "crop_flip": crop_flip}[name]
 
 
 def load_population(cfg: MIAConfig):
@@ -125,15 +162,24 @@ def _make_model(cfg: MIAConfig, num_classes: int, in_channels: int):
     return lambda: build_model(cfg.model, num_classes, in_channels, **kwargs)
 
 
+def natural_order(paths) -> list[str]:
+    """Sort file names with their digit runs compared as numbers: ``model_2.pt`` before ``model_10.pt``."""
+    def key(path):
+        return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", os.path.basename(path))]
+
+    return sorted(paths, key=key)
+
+
 def _models_from_checkpoints(cfg: MIAConfig, make_model, num_samples):
-    files = sorted(glob.glob(os.path.join(cfg.checkpoints, "*.pt")))
+    files = natural_order(glob.glob(os.path.join(cfg.checkpoints, "*.pt")))
     if not files:
         raise FileNotFoundError(f"no *.pt checkpoints in --checkpoints {cfg.checkpoints!r}")
     if cfg.keep_file is None:
         raise ValueError("--checkpoints needs --keep FILE.npy: the (models x samples) membership matrix of those checkpoints")
     keep = check_membership(np.load(cfg.keep_file), num_samples, need_in=0, need_out=0)
     if keep.shape[0] != len(files):
-        raise ValueError(f"--keep has {keep.shape[0]} rows but {cfg.checkpoints!r} holds {len(files)} checkpoints (sorted by name)")
+        raise ValueError(f"--keep has {keep.shape[0]} rows but {cfg.checkpoints!r} holds {len(files)} checkpoints: row m of --keep "
+                         "must describe the m-th checkpoint in natural name order (model_2.pt before model_10.pt)")
     models = []
     for f in files:
         model = make_model()
@@ -164,7 +210,8 @@ def _train(cfg: MIAConfig, make_model, images, labels, keep):
         from ..multitrain import train_subset_models
 
         models = train_subset_models(make_model, images, labels, keep, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                                     lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed, progress=cfg.progress)
+                                     lr=cfg.lr, weight_decay=cfg.weight_decay, seed=cfg.seed,
+                                     augment=_augment_fn(cfg.resolved_augment()), progress=cfg.progress)
     seconds = time.perf_counter() - start
     for f, model in zip(files, models):
         save_checkpoint(f, model, model=cfg.model)
@@ -213,6 +260,7 @@ def _validate(cfg: MIAConfig):
         raise ValueError(f"need --shadows >= 1 and --targets >= 1 (got {cfg.shadows}, {cfg.targets})")
     if cfg.epochs < 1:
         raise ValueError(f"epochs must be >= 1 (got {cfg.epochs})")
+    cfg.resolved_augment()
 
 
 def run_mia(cfg: MIAConfig) -> dict:
@@ -282,7 +330,7 @@ def _attack_and_report(cfg, signals, keep, accuracy, t0, train_seconds, signal_s
     acc_in = [a["in"] for a in accuracy or []]
     acc_out = [a["out"] for a in accuracy or [] if a["out"] is not None]
     results = {
-        "settings": {k: v for k, v in asdict(cfg).items() if k not in ("progress",)},
+        "settings": {**{k: v for k, v in asdict(cfg).items() if k not in ("progress",)}, "augment_used": cfg.resolved_augment()},
         "population": {"samples": int(keep.shape[1]), "models": int(keep.shape[0]), "targets": targets,
                        "in_fraction": float(keep.mean())},
         "accuracy": {"train_mean": float(np.mean(acc_in)) if acc_in else None, "heldout_mean": float(np.mean(acc_out)) if acc_out else None,

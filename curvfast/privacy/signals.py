@@ -6,6 +6,10 @@ For model m, sample i with label y_i and view v (the image itself, or its horizo
 - ``conf``: true-class logit-scaled confidence φ = log(p_y / (1 − p_y)) (Carlini et al., LiRA),
   computed from the logits as z_y − logsumexp_{c≠y} z_c, which stays finite and exact where
   p_y rounds to 1 (no log(1 − p_y) of a rounded probability).
+- ``mentr``: Song & Mittal's modified entropy
+  Mentr = −(1 − p_y) log p_y − Σ_{c≠y} p_c log(1 − p_c), low for confidently right predictions;
+  log(1 − p_c) is taken as log(−expm1(log p_c)), and for the most probable class as
+  logsumexp_{k≠c} z_k − logsumexp z, so it stays finite where p_c rounds to 1.
 - ``curv_exact``: tr(H), the exact input-Hessian trace of ℓ (white box; exact for piecewise-
   linear nets, METHODS.md §1.1), ``input_curvature(method="exact")``.
 - ``curv_zo``: the Curvature Clues zero-order estimator from loss values only (black box),
@@ -24,11 +28,13 @@ from torch import nn
 
 from ..curvature import input_curvature
 
-__all__ = ["SIGNALS", "CURVATURE_SIGNALS", "VIEWS", "apply_view", "logit_confidence", "model_signals", "compute_signals"]
+__all__ = ["SIGNALS", "CURVATURE_SIGNALS", "VIEWS", "apply_view", "logit_confidence", "modified_entropy",
+           "model_signals", "compute_signals"]
 
 CURVATURE_SIGNALS = {"curv_exact": "exact", "curv_zo": "zo", "curv_fd": "fd"}
-SIGNALS = ("loss", "conf") + tuple(CURVATURE_SIGNALS)
+SIGNALS = ("loss", "conf", "mentr") + tuple(CURVATURE_SIGNALS)
 VIEWS = ("identity", "hflip")
+FLIP_SAFE = ("cifar10", "cifar100", "imagefolder")  # natural images; flipping a digit or a letter changes its meaning
 
 
 def apply_view(x: torch.Tensor, view: str) -> torch.Tensor:
@@ -47,6 +53,18 @@ def logit_confidence(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return true - torch.logsumexp(others, dim=1)
 
 
+def modified_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mentr = −(1 − p_y) log p_y − Σ_{c≠y} p_c log(1 − p_c) (Song & Mittal 2021), per sample (B,)."""
+    log_p = torch.log_softmax(logits, dim=1)
+    p = log_p.exp()
+    log_1mp = torch.log(-torch.expm1(log_p))
+    top = logits.argmax(1, keepdim=True)  # the one class that can have p_c ≥ 1/2: log(1 − p_c) from the other logits
+    log_1mp = log_1mp.scatter(1, top, log_p.gather(1, top) - logit_confidence(logits, top.squeeze(1))[:, None])
+    true = torch.zeros_like(p, dtype=torch.bool).scatter(1, y[:, None], True)
+    terms = torch.where(true, -(1 - p) * log_p, -p * log_1mp)
+    return terms.sum(1)
+
+
 def _check_names(names, allowed, what):
     names = tuple(names)
     bad = [n for n in names if n not in allowed]
@@ -58,7 +76,8 @@ def _check_names(names, allowed, what):
 @torch.no_grad()
 def _output_signals(model: nn.Module, x, y):
     logits = model(x)
-    return F.cross_entropy(logits, y, reduction="none"), logit_confidence(logits, y)
+    return {"loss": F.cross_entropy(logits, y, reduction="none"), "conf": logit_confidence(logits, y),
+            "mentr": modified_entropy(logits, y)}
 
 
 def model_signals(
@@ -90,8 +109,7 @@ def model_signals(
             y, ids = targets[sl], indices[sl]
             for v, view in enumerate(views):
                 x = apply_view(images[sl], view)
-                loss, conf = _output_signals(model, x, y)
-                values = {"loss": loss, "conf": conf}
+                values = _output_signals(model, x, y)
                 for name in signals:
                     if name in CURVATURE_SIGNALS:
                         method = CURVATURE_SIGNALS[name]
