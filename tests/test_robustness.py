@@ -148,16 +148,16 @@ API_CASES = {
     "fd step nan": (_curv("gelu", method="fd", step=float("nan")), ValueError, "step must be a positive"),
     "zo step -1e-3": (_curv("gelu", method="zo", step=-1e-3), ValueError, "step must be a positive"),
     "NaN weight, hutchinson": (_curv(model=_nan_weight_model(), method="hutchinson", probes=2), ValueError,
-                               "fc.weight.*NaN"),
-    "NaN weight, fd": (_curv(model=_nan_weight_model(), method="fd"), ValueError, "fc.weight.*NaN"),
-    "NaN weight, auto (not 'smooth pieces')": (_curv(model=_nan_weight_model()), ValueError, "fc.weight.*NaN"),
+                               "NaN or Inf in fc.weight"),
+    "NaN weight, fd": (_curv(model=_nan_weight_model(), method="fd"), ValueError, "NaN or Inf in fc.weight"),
+    "NaN weight, auto (not 'smooth pieces')": (_curv(model=_nan_weight_model()), ValueError, "NaN or Inf in fc.weight"),
     "float16 inputs and model": (_curv(model=make_model("pl_mlp", 10, dtype=torch.float16),
                                        batch=make_batch(3, dtype=torch.float16)), TypeError, "x is torch.float16"),
     "bfloat16 inputs and model": (_curv(model=make_model("pl_mlp", 10, dtype=torch.bfloat16),
                                         batch=make_batch(3, dtype=torch.bfloat16)), TypeError, "x is torch.bfloat16"),
     "uint64 sample_ids": (_curv(method="hutchinson", probes=2, sample_ids=torch.tensor([0, 1, 2], dtype=torch.uint64)), TypeError,
                           "sample_ids"),
-    "input shape the model cannot take": (_curv(batch=(torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.zeros(3))),
+    "input shape the model cannot take": (_curv(batch=(torch.randn(3, 3, 8, 8, dtype=torch.float64), torch.zeros(3, dtype=torch.long))),
                                           ValueError, r"cannot take x of shape \(3, 3, 8, 8\)"),
     "meta inputs": (_curv(batch=(torch.empty(3, 1, 8, 8, dtype=torch.float64, device="meta"), torch.zeros(3))),
                     ValueError, "meta"),
@@ -192,7 +192,7 @@ class Overflowing(nn.Module):
 @pytest.mark.parametrize("method", ["exact", "hutchinson", "fd", "zo"])
 def test_non_finite_scores_are_an_error(method):
     x = torch.full((2, 1, 4, 4), 10.0, dtype=torch.float64)
-    with pytest.raises(ValueError, match="not finite"):
+    with pytest.raises(ValueError, match="finite"):
         curvfast.input_curvature(Overflowing(), x, torch.tensor([0, 1]), method=method, probes=2, accept_gauss_newton=True)
 
 
