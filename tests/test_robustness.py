@@ -377,7 +377,7 @@ def test_file_list_entries_outside_root_are_refused(tmp_path, entry):
 
     _write_images(tmp_path, ["outside.png"])
     listing = tmp_path / "root" / "list.txt"
-    listing.parent.mkdir()
+    (listing.parent / "sub").mkdir(parents=True)
     listing.write_text(f"{entry.replace('/abs', str(tmp_path))} 0\n")
     with pytest.raises(ValueError, match="outside the root"):
         FileListDataset(str(listing))
