@@ -452,3 +452,76 @@ def test_cli_checkpoint_names_with_spaces_and_missing_in_channels(checkpoints, t
     assert main(argv) == 0, capsys.readouterr().err
     index = json.loads((out / "results.json").read_text())
     assert set(index["models"]) == {"good_model", "no_channels"}
+
+
+def test_four_threads_scoring_datasets_equal_sequential(digits48):
+    from curvfast.models import build_model
+
+    def model(seed):
+        torch.manual_seed(seed)
+        return build_model("small_cnn", 10, 1).eval()
+
+    models = [model(s) for s in range(4)]
+
+    def run(i):
+        return curvfast.score(models[i], digits48, method="hutchinson", probes=3, batch_size=16, seed=i).score
+
+    sequential = [run(i) for i in range(4)]
+    for seq, par in zip(sequential, _in_threads(run, 4)):
+        np.testing.assert_array_equal(seq, par)
+
+
+def test_a_closed_connection_is_not_reported_as_a_timeout():
+    from curvfast.distributed import Context
+
+    ctx = Context(rank=1, world_size=2, timeout=1800.0)
+    closed = str(ctx._failed("gathering scores", RuntimeError("Connection closed by peer [127.0.0.1]:29500")))
+    assert "closed the connection" in closed and "timed out" not in closed
+    assert "timed out after 1800 s" in str(ctx._failed("gathering scores", RuntimeError("Socket Timeout")))
+
+
+# --------------------------------------------------------------------------------------------
+# fault injection: SIGKILL at chosen file operations, then resume: bit-identical results
+# --------------------------------------------------------------------------------------------
+KILL_SCRIPT = """
+import os, signal, sys
+import torch
+from torch.utils.data import Subset
+import curvfast
+from curvfast.data import DigitsDataset
+from curvfast.models import build_model
+
+nth, moment, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+real_replace, calls = os.replace, [0]
+
+def replace(src, dst):  # every atomic write ends in os.replace
+    calls[0] += 1
+    if calls[0] == nth and moment == "before":
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_replace(src, dst)
+    if calls[0] == nth and moment == "after":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+os.replace = replace
+torch.manual_seed(0)
+model = build_model("small_cnn", 10, 1).eval()
+curvfast.score(model, Subset(DigitsDataset("train"), range(48)), batch_size=16, chunk_size=16, out=out)
+"""
+
+# os.replace calls of a 3-chunk run: 1 manifest, 2/3 chunk 0 (.npz, record), 4/5 chunk 1, 6/7 chunk 2,
+# 8 scores.npz, 9 results.json, 10 the completed manifest
+KILL_POINTS = [(1, "before"), (2, "before"), (2, "after"), (5, "before"), (8, "after"), (9, "before"), (10, "before")]
+
+
+@pytest.mark.parametrize("nth,moment", KILL_POINTS)
+def test_sigkill_at_a_chosen_write_then_resume_is_bit_identical(nth, moment, digits48, small_model, tmp_path):
+    reference = curvfast.score(small_model, digits48, batch_size=16, chunk_size=16, out=str(tmp_path / "ref"))
+    out = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(nth), moment, str(out)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -9, proc.stderr
+    resumed = curvfast.score(small_model, digits48, batch_size=16, chunk_size=16, out=str(out))
+    np.testing.assert_array_equal(reference.score, resumed.score)
+    np.testing.assert_array_equal(reference.loss, resumed.loss)
+    assert not list(out.rglob(".tmp-*"))
+    assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
