@@ -245,6 +245,42 @@ def test_smooth_models_passing_a_two_sample_check_are_refused(case):
     assert torch.all((res.value - true).abs() <= 5 * res.stderr + 1e-9)
 
 
+class Lambda(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fc, self.fn = nn.Linear(64, 10), fn
+
+    def forward(self, x):
+        return self.fn(self, x.flatten(1))
+
+
+GRAPH_CASES = {  # model -> what the autograd-graph walk decides (None: left to the numeric check)
+    "pl_residual": (lambda: make_model("pl_residual"), True),
+    "pl_mlp": (lambda: make_model("pl_mlp"), True),
+    "x * x": (lambda: Lambda(lambda m, x: m.fc(x) * m.fc(x)).double(), False),
+    "1 / x": (lambda: Lambda(lambda m, x: m.fc(x) / (1 + m.fc(x).abs())).double(), False),
+    "x xᵀ x": (lambda: Lambda(lambda m, x: m.fc(x) @ m.fc(x).T @ m.fc(x)).double(), False),
+    "batch-statistics BatchNorm": (
+        lambda: Lambda(lambda m, x: nn.functional.batch_norm(m.fc(x), None, None, training=True)).double(), False),
+    "x * mask and x / 2": (lambda: Lambda(lambda m, x: m.fc(x * (x > 0) / 2)).double(), True),
+    "tanh": (lambda: make_model("tanh"), None),
+}
+
+
+@pytest.mark.parametrize("case", list(GRAPH_CASES))
+def test_piecewise_linearity_from_the_autograd_graph(case):
+    from curvfast.curvature.checks import _graph_answer
+    from curvfast.curvature.model import LogitFn, scoring_model
+
+    build, expected = GRAPH_CASES[case]
+    x, y = make_batch(4)
+    with scoring_model(build()) as model:
+        assert _graph_answer(LogitFn(model), x) is expected
+    if expected is False and "BatchNorm" not in case:  # (batch statistics need more than x[:1])
+        with pytest.raises(ValueError, match="smooth pieces"):
+            curvfast.input_curvature(build(), x, y, method="exact")
+
+
 def test_changing_a_module_reruns_the_piecewise_linearity_check():
     model = make_model("pl_mlp", 10)
     x, y = make_batch(4)

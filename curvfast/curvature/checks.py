@@ -7,7 +7,7 @@ import weakref
 import torch
 from torch import nn
 
-from .model import LogitFn
+from .model import LogitFn, scoring_model
 
 __all__ = ["check_batch", "check_labels", "is_piecewise_linear"]
 
@@ -68,8 +68,27 @@ SMOOTH_MODULES = (
     nn.modules.instancenorm._InstanceNorm,
 )
 
-_SMOOTH: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()  # model -> structure
-_SMOOTH_LOCK = threading.Lock()
+# Autograd nodes (class names without their version digit) that are piecewise linear in their
+# differentiable inputs once the weights are frozen: affine maps, ReLU-family kinks, max/min
+# selection, pooling, padding, reshaping and indexing.
+PL_NODES = frozenset("""
+    AccumulateGrad AddBackward SubBackward NegBackward MulBackward DivBackward AddmmBackward MmBackward BmmBackward
+    BaddbmmBackward ConvolutionBackward NativeBatchNormBackward CudnnBatchNormBackward ViewBackward UnsafeViewBackward
+    ReshapeAliasBackward PermuteBackward TransposeBackward TBackward ExpandBackward CloneBackward SqueezeBackward
+    UnsqueezeBackward SliceBackward SelectBackward IndexBackward IndexSelectBackward GatherBackward CatBackward
+    StackBackward SplitBackward SplitWithSizesBackward UnbindBackward SumBackward MeanBackward ToCopyBackward
+    AsStridedBackward FlipBackward RollBackward ConstantPadNdBackward ReflectionPad1DBackward ReflectionPad2DBackward
+    ReplicationPad2DBackward UpsampleNearest2DBackward UpsampleBilinear2DBackward AvgPool2DBackward AvgPool3DBackward
+    AdaptiveAvgPool2DBackward AdaptiveAvgPool3DBackward MaxPool2DWithIndicesBackward MaxPool3DWithIndicesBackward
+    AdaptiveMaxPool2DBackward ReluBackward LeakyReluBackward HardtanhBackward PreluKernelBackward ClampBackward
+    ClampMinBackward ClampMaxBackward AbsBackward MaximumBackward MinimumBackward MaxBackward MinBackward WhereBackward
+""".split())
+# Products: non-linear when more than one factor (input positions) depends on x.
+_FACTORS = {"MulBackward0": (0, 1), "MmBackward0": (0, 1), "BmmBackward0": (0, 1), "AddmmBackward0": (1, 2),
+            "BaddbmmBackward0": (1, 2), "ConvolutionBackward0": (0, 1)}
+
+_DECIDED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()  # model -> (structure, answer)
+_DECIDED_LOCK = threading.Lock()
 
 
 def _structure(model: nn.Module) -> tuple:
@@ -81,27 +100,63 @@ def _structure(model: nn.Module) -> tuple:
 def is_piecewise_linear(logit_fn: LogitFn, x: torch.Tensor, model: nn.Module | None = None) -> bool:
     """True when the logits' second derivative w.r.t. the input vanishes at every sample of ``x``.
 
-    A model holding a module of ``SMOOTH_MODULES`` is smooth. Otherwise ∇²(uᵀz)·v is computed
-    by double backward at every sample of the batch, with random u and v per sample. Autograd
-    differentiates ReLU, max-pool and eval BatchNorm as exactly linear pieces, so the result is
-    exactly zero for a piecewise-linear network and (almost surely) nonzero at any sample where
-    a smooth piece is active (GELU, tanh, softmax attention, LayerNorm, an input-gated tanh ...).
-    A model whose second derivative cannot be taken (an op without a double-backward formula)
-    is not certified. It cannot see smooth pieces that no sample of the batch reaches: the
-    answer holds for these samples. A "smooth" answer is remembered for ``model`` (default
-    ``logit_fn.model``) until its modules change; a "piecewise linear" one is re-checked on
-    every batch.
+    The model is judged in eval mode. Decided, in order, by:
+
+    1. the modules: one of ``SMOOTH_MODULES`` (GELU, tanh, ELU, LayerNorm, attention ...) means smooth;
+    2. the autograd graph from ``x`` to the logits: if every node is in ``PL_NODES`` (and no
+       product or division has more than one x-dependent factor, no BatchNorm uses batch
+       statistics) the network is piecewise linear everywhere;
+    3. otherwise numerically: ∇²(uᵀz)·v by double backward at every sample of the batch, with
+       random u and v per sample. Autograd differentiates ReLU, max-pool and eval BatchNorm as
+       exactly linear pieces, so this is exactly zero at samples where no smooth piece is active
+       and (almost surely) nonzero where one is (an input-gated tanh, say). A model whose second
+       derivative cannot be taken (an op without a double-backward formula) is not certified.
+
+    Answers from 1 and 2, and "smooth" from 3, are remembered for ``model`` (default
+    ``logit_fn.model``) until its modules change; "piecewise linear" from 3 holds for these
+    samples only and is re-checked on every batch. Not seen: an op reached only through Python
+    control flow that depends on the input values and that this batch does not take.
     """
     model = logit_fn.model if model is None else model
     structure = _structure(model)
-    with _SMOOTH_LOCK:
-        if _SMOOTH.get(model) == structure:
+    with _DECIDED_LOCK:
+        decided = _DECIDED.get(model)
+    if decided is not None and decided[0] == structure:
+        return decided[1]
+    answer = False if any(isinstance(m, SMOOTH_MODULES) for m in model.modules()) else _graph_answer(logit_fn, x)
+    if answer is None:
+        answer = _vanishing_second_derivative(logit_fn, x)
+        if answer:
+            return True
+    with _DECIDED_LOCK:
+        _DECIDED[model] = (structure, answer)
+    return answer
+
+
+def _graph_answer(logit_fn: LogitFn, x: torch.Tensor) -> bool | None:
+    """True if every autograd node between ``x`` and the logits is piecewise linear in x,
+    False for a product of x-dependent factors or training-mode BatchNorm, None for a node
+    outside ``PL_NODES`` (undecided)."""
+    xs = x.detach().requires_grad_(True)
+    with scoring_model(logit_fn.model) as frozen, torch.enable_grad():  # only x may be a live leaf
+        z = LogitFn(frozen, logit_fn.output_transform)(xs)
+    stack, seen = [z.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        name = type(node).__name__
+        live = [fn is not None for fn, _ in node.next_functions]
+        if name.rstrip("0123456789") not in PL_NODES:
+            return None
+        factors = _FACTORS.get(name, ())
+        if sum(live[i] for i in factors if i < len(live)) > 1 or (name == "DivBackward0" and live[1:2] == [True]):
             return False
-    smooth = any(isinstance(m, SMOOTH_MODULES) for m in model.modules()) or not _vanishing_second_derivative(logit_fn, x)
-    if smooth:
-        with _SMOOTH_LOCK:
-            _SMOOTH[model] = structure
-    return not smooth
+        if getattr(node, "_saved_training", False):
+            return False
+        stack.extend(fn for fn, _ in node.next_functions)
+    return True
 
 
 def _vanishing_second_derivative(logit_fn: LogitFn, x: torch.Tensor) -> bool:
