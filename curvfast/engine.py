@@ -109,19 +109,24 @@ class ScoreResult:
         return out if self.stderr is None else {**out, "stderr": self.stderr}
 
 
-def _resolve_device(device, model: nn.Module) -> torch.device:
-    if device is None:
-        param = next(model.parameters(), None)
-        return param.device if param is not None else torch.device("cpu")
+def parse_device(device) -> torch.device:
+    """``device`` as a ``torch.device`` that can run models here: cpu, or cuda when a GPU exists."""
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise ValueError(f"device {device!r} is not a device name; use 'cpu' or 'cuda' ('cuda:N' for one GPU)") from err
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {str(device)!r} cannot score data; use 'cpu' or 'cuda' ('cuda:N' for one GPU)")
+        raise ValueError(f"device {str(device)!r} cannot run the models; use 'cpu' or 'cuda' ('cuda:N' for one GPU)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(device)!r} was requested but no CUDA GPU is available here; use device='cpu'")
     return device
+
+
+def _resolve_device(device, model: nn.Module) -> torch.device:
+    if device is None:
+        param = next(model.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
+    return parse_device(device)
 
 
 def _named_models(models) -> dict[str, nn.Module]:

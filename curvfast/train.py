@@ -107,6 +107,9 @@ def train_model(
 ):
     """SGD with momentum 0.9 and a cosine schedule. Returns ``(model, info)``; with ``out``
     writes a weights-only checkpoint holding the model name and its build arguments."""
+    from .engine import parse_device
+
+    device = parse_device(device)
     torch.manual_seed(seed)
     train_set, info = get_dataset(dataset, "train", root=root)
     test_set, _ = get_dataset(dataset, "test", root=root)

@@ -161,6 +161,12 @@ API_CASES = {
                                           ValueError, r"cannot take x of shape \(3, 3, 8, 8\)"),
     "meta inputs": (_curv(batch=(torch.empty(3, 1, 8, 8, dtype=torch.float64, device="meta"), torch.zeros(3))),
                     ValueError, "meta"),
+    "probes=True": (_curv("gelu", method="hutchinson", probes=True), ValueError, "probes must be a positive int"),
+    "top_classes=-1": (_curv(method="sampled", top_classes=-1), ValueError, "top_classes must be an int"),
+    "chunk_size=0": (_curv(method="exact", chunk_size=0), ValueError, "chunk_size must be a positive int"),
+    "seed=-1": (_curv("gelu", method="hutchinson", probes=2, seed=-1), ValueError, "seed must be >= 0"),
+    "labels of another shape": (_curv(batch=(make_batch(3)[0], torch.zeros(2, dtype=torch.long))), ValueError,
+                                r"y must have shape \(B,\)"),
     "op without a second derivative (hardsigmoid)": (
         _curv(model=nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.Hardsigmoid(), nn.Linear(8, 10)).double(),
               method="hutchinson", probes=2), ValueError, "second derivative"),
@@ -469,6 +475,12 @@ CLI_CASES = {
     "--timeout nan": (lambda c, t: _score_args(c / "good model.pt", t / "r", "--timeout", "nan"), "timeout"),
     "train --lr nan": (lambda c, t: ["train", "--epochs", "1", "--lr", "nan", "--out", str(t / "m.pt"), "--quiet"], "lr"),
     "train --epochs 0": (lambda c, t: ["train", "--epochs", "0", "--out", str(t / "m.pt"), "--quiet"], "epochs"),
+    "train --device tpu": (lambda c, t: ["train", "--device", "tpu", "--out", str(t / "m.pt"), "--quiet"], "device"),
+    "train --out names a folder": (lambda c, t: ["train", "--epochs", "1", "--out", str(t), "--quiet"], "is a folder"),
+    "--checkpoint names a folder": (lambda c, t: _score_args(c, t / "r"), "is a folder"),
+    "--image-size on 8x8 digits": (lambda c, t: _score_args(c / "good model.pt", t / "r", "--image-size", "0"),
+                                   "image_size"),
+    "--split bogus": (lambda c, t: _score_args(c / "good model.pt", t / "r", "--split", "bogus"), "split"),
 }
 
 

@@ -169,6 +169,8 @@ def _estimate(logit_fn, x, y, sample_ids, method, statistic, nprobes, seed, top_
               hvp, chunk_size):
     """``(value, stderr, loss)`` of a concrete method."""
     if method in ("exact", "sampled"):
+        if method == "sampled" and (isinstance(top_classes, bool) or not isinstance(top_classes, int) or top_classes < 0):
+            raise ValueError(f"top_classes must be an int >= 0, the classes kept exactly (got {top_classes!r})")
         num_exact = num_classes if method == "exact" else top_classes
         return logit_space_curvature(
             logit_fn, x, y, sample_ids, statistic=statistic, num_exact=num_exact,
@@ -212,7 +214,7 @@ def _probe_count(method: str, probes: int | None) -> int:
     if method == "exact":
         return 0
     count = DEFAULT_PROBES[method] if probes is None else probes
-    if not isinstance(count, int) or count < 1:
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"probes must be a positive int for method={method!r} (got {probes!r})")
     return count
 

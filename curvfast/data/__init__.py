@@ -95,7 +95,11 @@ def get_dataset(name: str, split: str = "train", root: str | None = None, image_
       ``download=False``.
     """
     key = name.lower()
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise ValueError(f"image_size must be a positive int (got {image_size!r})")
     if key == "digits":
+        if image_size not in (None, 8):
+            raise ValueError(f"the digits are 8x8 images and are not resized (got image_size={image_size}); drop --image-size")
         ds = DigitsDataset(split)
         return ds, ds.info
     if key == "imagefolder":
