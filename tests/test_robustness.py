@@ -352,6 +352,45 @@ def test_four_threads_on_one_model_in_train_mode_leave_it_untouched(method):
     assert frozen is model.fc.weight
 
 
+class Locked(nn.Module):
+    """Holds an attribute deepcopy refuses: scored in place, one call at a time."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.lock = nn.Linear(64, 10), threading.Lock()
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+UNUSUAL_MODELS = {
+    "parametrizations (weight_norm, spectral_norm)": lambda: nn.Sequential(
+        nn.Flatten(), nn.utils.parametrizations.weight_norm(nn.Linear(64, 16)), nn.ReLU(),
+        nn.utils.parametrizations.spectral_norm(nn.Linear(16, 10))),
+    "old-style weight_norm (non-leaf weight attribute)": lambda: nn.Sequential(
+        nn.Flatten(), nn.utils.weight_norm(nn.Linear(64, 16)), nn.ReLU(), nn.Linear(16, 10)),
+    "a module holding a lock": Locked,
+}
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("case", list(UNUSUAL_MODELS))
+def test_models_that_resist_copying_are_scored_untouched_and_without_deadlock(case):
+    torch.manual_seed(0)
+    model = UNUSUAL_MODELS[case]().double().train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = make_batch(4)
+    done = []
+    worker = threading.Thread(target=lambda: done.append(curvfast.input_curvature(model, x, y)), daemon=True)
+    worker.start()
+    worker.join(120)
+    assert done, "input_curvature did not return within 120 s (deadlock?)"
+    true = reference_hessians(model.eval(), x, y).diagonal(dim1=1, dim2=2).sum(1)
+    torch.testing.assert_close(done[0].value, true)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert all(p.requires_grad for p in model.parameters())
+
+
 def test_forward_mode_fallback_only_for_missing_forward_derivatives():
     from curvfast.curvature.hutchinson import _forward_mode_unsupported
 

@@ -79,17 +79,21 @@ def scoring_mode(model: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(True)
 
 
-_IN_PLACE_LOCK = threading.Lock()
+_IN_PLACE_LOCK = threading.RLock()  # re-entered by the piecewise-linearity check
 
 
 def _shared_copy(model: nn.Module) -> nn.Module:
-    """New module objects whose parameters and buffers are detached aliases of the caller's
-    (same storage, ``requires_grad=False``): no tensor data is copied."""
+    """New module objects whose parameters, buffers and other tensor attributes are detached
+    aliases of the caller's (same storage, ``requires_grad=False``): no tensor data is copied."""
     memo = {}
-    for t in model.parameters():
-        memo[id(t)] = nn.Parameter(t.detach(), requires_grad=False)
+    for m in model.modules():
+        for t in vars(m).values():  # e.g. the weight that torch.nn.utils.weight_norm recomputes
+            if isinstance(t, torch.Tensor):
+                memo[id(t)] = t.detach()
     for t in model.buffers():
         memo[id(t)] = t.detach()
+    for t in model.parameters():
+        memo[id(t)] = nn.Parameter(t.detach(), requires_grad=False)
     return copy.deepcopy(model, memo)
 
 
@@ -102,7 +106,7 @@ def scoring_model(model: nn.Module) -> Iterator[nn.Module]:
     file ...) is scored in place under ``scoring_mode``, one call at a time."""
     try:
         scored = _shared_copy(model)
-    except TypeError:  # deepcopy's "cannot pickle ..." for such attributes
+    except (TypeError, RuntimeError, copy.Error):  # what deepcopy raises for such attributes
         with _IN_PLACE_LOCK, scoring_mode(model):
             yield model
         return
