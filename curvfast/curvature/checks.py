@@ -160,6 +160,8 @@ def _graph_answer(logit_fn: LogitFn, x: torch.Tensor) -> bool | None:
 
 
 def _vanishing_second_derivative(logit_fn: LogitFn, x: torch.Tensor) -> bool:
+    """Whether ∇²(uᵀz)·v is exactly zero at every sample of ``x`` (random u, v; step 3 of
+    :func:`is_piecewise_linear`); False when an op has no double-backward formula."""
     gen = torch.Generator().manual_seed(0)
     xs = x.detach().clone().requires_grad_(True)
     try:
