@@ -9,33 +9,45 @@ The dataset index range [0, N) is cut into chunks of ``S`` samples; chunk ``k`` 
     chunks/000042.json     its commit record {"run", "chunk", "start", "stop", "sha256", "used"},
                            written only after the .npz is in place
 
+    .lock                  held (flock) by the process that opened the run, until it closes it
+
 A chunk counts as done only when its record exists, names this run and range, and the SHA-256
 of the .npz bytes matches the record. A process killed at any instant (``kill -9`` included)
 leaves either no record (the chunk is recomputed) or a complete pair; a truncated or altered
-.npz fails its checksum and is recomputed. A manifest with another run id (other settings,
-model or data) is refused unless the caller asks to overwrite.
+.npz fails its checksum and is recomputed, and temp files it left are removed by the next
+run. A manifest with another run id (other settings, model or data) is refused unless the
+caller asks to overwrite; an unreadable manifest is rebuilt, keeping the chunks whose records
+name this run. A second run on a folder whose lock is held is refused (``RunFolderBusy``);
+the lock dies with its process, so a killed run never blocks the next one.
 """
 from __future__ import annotations
 
+import fcntl
 import glob
 import hashlib
 import io
 import json
 import os
+import socket
 import time
 
 import numpy as np
 
 from .io import atomic_write_bytes, write_json
 
-__all__ = ["RunFolder", "ChunkError", "run_id"]
+__all__ = ["RunFolder", "ChunkError", "RunFolderBusy", "run_id"]
 
 MANIFEST = "manifest.json"
+LOCK = ".lock"
 FORMAT = 1
 
 
 class ChunkError(RuntimeError):
     """A chunk file is missing, truncated, altered, or belongs to another run."""
+
+
+class RunFolderBusy(RuntimeError):
+    """Another process holds the run folder's lock."""
 
 
 def run_id(identity: dict) -> str:
@@ -73,6 +85,7 @@ class RunFolder:
         self.num_chunks = -(-size // chunk_size)
         self.run = run_id(identity)
         self.chunk_dir = os.path.join(out, "chunks")
+        self._lock_fd = None
 
     def bounds(self, k: int) -> tuple[int, int]:
         return k * self.chunk_size, min((k + 1) * self.chunk_size, self.size)
@@ -83,11 +96,45 @@ class RunFolder:
 
     # -- start of a run (one process) -------------------------------------------------------
     def open(self, overwrite: bool = False) -> dict:
-        """Check or create the manifest, drop stale temp files and bad chunks, and return
-        ``{"todo": [chunk ids], "done": n, "corrupt": [chunk ids]}``. Call from one process."""
+        """Take the folder's lock, check or create the manifest, drop stale temp files and bad
+        chunks, and return ``{"todo": [chunk ids], "done": n, "corrupt": [chunk ids]}``. Call from
+        one process, and ``close()`` when the run ends."""
+        self._lock()
+        try:
+            return self._open(overwrite)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the lock (also released when the process dies)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _lock(self) -> None:
+        os.makedirs(self.out, exist_ok=True)
+        fd = os.open(os.path.join(self.out, LOCK), os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 256).decode(errors="replace").strip() or "unknown process"
+            os.close(fd)
+            raise RunFolderBusy(
+                f"run folder {self.out!r} is in use by another run ({holder}); wait for it to finish, "
+                "or choose another out folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        self._lock_fd = fd
+
+    def _open(self, overwrite: bool) -> dict:
         manifest_path = os.path.join(self.out, MANIFEST)
         old = self._read_manifest(manifest_path)
-        if old is None and os.path.exists(os.path.join(self.out, "results.json")) and not overwrite:
+        rebuild = old is not None and old.get("unreadable", False)  # chunk records name their run: keep ours
+        if rebuild:
+            old = None
+        if old is None and not rebuild and os.path.exists(os.path.join(self.out, "results.json")) and not overwrite:
             raise ValueError(
                 f"run folder {self.out!r} holds scores from a run without a manifest (not resumable); "
                 "pass overwrite=True (--overwrite) to replace them, or choose another out folder"
@@ -102,15 +149,16 @@ class RunFolder:
                 )
             self._clear(old)
             old = None
-        elif old is None:
+        elif old is None and not rebuild:
             self._clear({})
         write_json(manifest_path, {
             "format": FORMAT, "run": self.run, "identity": self.identity, "status": "running",
             "size": self.size, "chunk_size": self.chunk_size, "num_chunks": self.num_chunks,
             "created": old["created"] if old else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })
-        for tmp in glob.glob(os.path.join(glob.escape(self.chunk_dir), ".tmp-*")):
-            os.unlink(tmp)  # left by a process killed mid-write
+        for folder in [self.out, self.chunk_dir] + [os.path.join(self.out, str(m)) for m in self.identity.get("models", {})]:
+            for tmp in glob.glob(os.path.join(glob.escape(folder), ".tmp-*")):
+                os.unlink(tmp)  # left by a process killed mid-write
         todo, corrupt = [], []
         for k in range(self.num_chunks):
             state = self._state(k)
@@ -128,9 +176,10 @@ class RunFolder:
             return None
         try:
             with open(path) as f:
-                return json.load(f)
+                manifest = json.load(f)
         except (OSError, ValueError):
-            return {"run": None, "identity": {"manifest": "unreadable"}}
+            manifest = None
+        return manifest if isinstance(manifest, dict) else {"run": None, "unreadable": True}
 
     def _clear(self, old: dict) -> None:
         """Remove what a previous run wrote here (chunks, merged results), nothing else."""

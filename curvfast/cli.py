@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import sys
 
 import torch
@@ -83,19 +84,32 @@ def load_model(checkpoint: str, model_name: str | None, dataset: str, root: str 
 
     ckpt = load_checkpoint(checkpoint)
     name = model_name or ckpt.get("model")
-    if name is None:
+    if not isinstance(name, str):
         raise ValueError(f"checkpoint {checkpoint!r} does not name its model; pass --model")
-    if "num_classes" in ckpt:
-        num_classes, in_channels = int(ckpt["num_classes"]), int(ckpt["in_channels"])
-    else:
+    sizes = {}
+    for key in ("num_classes", "in_channels"):
+        value = ckpt.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"checkpoint {checkpoint!r} records {key}={value!r}, which is not a positive int; "
+                             "fix the checkpoint's metadata or re-save it with save_checkpoint")
+        sizes[key] = value
+    if None in sizes.values():  # not recorded: the dataset's
         _, info = get_dataset(dataset, "train", root=root)
-        num_classes, in_channels = info.num_classes, info.in_channels
-    model = build_model(name, num_classes, in_channels)
+        sizes = {key: info.num_classes if key == "num_classes" else info.in_channels for key in sizes} | {
+            k: v for k, v in sizes.items() if v is not None}
+    model = build_model(name, sizes["num_classes"], sizes["in_channels"])
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:
         raise ValueError(f"checkpoint {checkpoint!r} does not fit model {name!r}: {str(err).splitlines()[0]}") from err
     return model
+
+
+def _folder_name(checkpoint: str) -> str:
+    """A model's folder name from its checkpoint's file name: characters other than letters,
+    digits, '_', '.' and '-' become '_' (so any file name works)."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.splitext(os.path.basename(checkpoint))[0])
+    return stem if re.match(r"[A-Za-z0-9]", stem) else f"m{stem}"
 
 
 def _cmd_score(args) -> int:
@@ -104,11 +118,12 @@ def _cmd_score(args) -> int:
     from .data import get_dataset
     from .engine import score, score_models
 
-    names = [os.path.splitext(os.path.basename(c))[0] for c in args.checkpoint]
+    names = [_folder_name(c) for c in args.checkpoint]
     if len(set(names)) != len(names):  # same file name in different folders: number them
         names = [f"{i}-{n}" for i, n in enumerate(names)]
     models = {n: load_model(c, args.model, args.dataset, args.root) for n, c in zip(names, args.checkpoint)}
-    dataset, _ = get_dataset(args.dataset, args.split, root=args.root, image_size=args.image_size)
+    dataset, _ = get_dataset(args.dataset, args.split, root=args.root, image_size=args.image_size,
+                             allow_outside_root=args.allow_outside_root)
     options = dict(
         method=args.method, statistic=args.statistic, probes=args.probes, seed=args.seed, batch_size=args.batch_size,
         device=args.device, num_workers=args.workers, out=args.out, chunk_size=args.chunk_size or None,
@@ -210,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train")
     p.add_argument("--root", default=None)
     p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="let a file list name images outside its folder (absolute paths, '..')")
     p.add_argument("--method", choices=METHOD_CHOICES, default="auto")
     p.add_argument("--statistic", choices=STAT_CHOICES, default=None)
     p.add_argument("--probes", type=int, default=None)
@@ -239,10 +256,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """Failures a user can fix (bad settings or data, files, diverged training, a busy run folder, a dead peer),
+    reported as one ``error:`` line with exit code 2. ImportError: an optional dependency is
+    missing. Anything else is a bug and keeps its traceback."""
+    from .chunks import ChunkError, RunFolderBusy
+    from .distributed import PeerError
+
+    return (ValueError, TypeError, OSError, ImportError, FloatingPointError, ChunkError, RunFolderBusy, PeerError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:  # ImportError: optional dependency missing
-        print(f"curvfast {args.command}: error: {err}", file=sys.stderr)
+    except expected_errors() as err:
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"curvfast {args.command}: error: {message}", file=sys.stderr)
         return 2

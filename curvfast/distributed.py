@@ -15,6 +15,7 @@ not arrive. Every collective has a timeout; a rank that died or hangs turns into
 from __future__ import annotations
 
 import datetime
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -22,10 +23,14 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-__all__ = ["Context", "setup", "shutdown", "launched_by_torchrun"]
+__all__ = ["Context", "PeerError", "setup", "shutdown", "launched_by_torchrun"]
 
 DEFAULT_TIMEOUT = 1800.0  # seconds; torch's own default for gloo
 _FORWARDED = {e.__name__: e for e in (ValueError, TypeError, FileNotFoundError)}  # user-fixable: same type on every rank
+
+
+class PeerError(RuntimeError):
+    """A collective failed: another rank died, closed its connection or timed out."""
 
 
 def launched_by_torchrun() -> bool:
@@ -47,10 +52,13 @@ class Context:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def _failed(self, what: str, err: Exception) -> RuntimeError:
-        return RuntimeError(
-            f"rank {self.rank}: {what} failed or timed out after {self.timeout:g} s ({str(err).splitlines()[0]}); "
-            "another rank died or is stuck: read its log, then rerun the same command to resume from the finished chunks"
+    def _failed(self, what: str, err: Exception) -> "PeerError":
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        timed_out = "timeout" in reason.lower() or "timed out" in reason.lower()
+        how = f"timed out after {self.timeout:g} s" if timed_out else "failed: a peer closed the connection or died"
+        return PeerError(
+            f"rank {self.rank}: {what} {how} ({reason}); another rank died or is stuck: read its log, then rerun the "
+            "same command to resume from the finished chunks"
         )
 
     def barrier(self, what: str) -> None:
@@ -116,7 +124,7 @@ _GLOO_SIDE_GROUPS: dict[int, Any] = {}
 def setup(device: torch.device, timeout: float = DEFAULT_TIMEOUT) -> tuple[Context, torch.device]:
     """Join (or reuse) the process group when several ranks run; return the context and the
     device this rank scores on. A single process gets ``Context()`` and ``device`` unchanged."""
-    if not isinstance(timeout, (int, float)) or timeout <= 0:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
         raise ValueError(f"timeout must be a positive number of seconds (got {timeout!r})")
     if not dist.is_available() or not (dist.is_initialized() or launched_by_torchrun()):
         return Context(timeout=float(timeout)), device

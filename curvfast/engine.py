@@ -109,14 +109,24 @@ class ScoreResult:
         return out if self.stderr is None else {**out, "stderr": self.stderr}
 
 
+def parse_device(device) -> torch.device:
+    """``device`` as a ``torch.device`` that can run models here: cpu, or cuda when a GPU exists."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device {device!r} is not a device name; use 'cpu' or 'cuda' ('cuda:N' for one GPU)") from err
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {str(device)!r} cannot run the models; use 'cpu' or 'cuda' ('cuda:N' for one GPU)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} was requested but no CUDA GPU is available here; use device='cpu'")
+    return device
+
+
 def _resolve_device(device, model: nn.Module) -> torch.device:
     if device is None:
         param = next(model.parameters(), None)
         return param.device if param is not None else torch.device("cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} was requested but no CUDA GPU is available here; use device='cpu'")
-    return device
+    return parse_device(device)
 
 
 def _named_models(models) -> dict[str, nn.Module]:
@@ -233,6 +243,8 @@ def _score(models, data, single: bool, *, method, statistic, probes, seed, batch
         raise ValueError(f"chunk_size must be a positive int or None (got {chunk_size!r})")
     if chunk_size is not None and out is None:
         raise ValueError("chunk_size makes a resumable run on disk and needs out=<run folder>")
+    if out is not None and os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"out={out!r} is a file, not a folder; name a run folder (new or existing)")
     dataset, batch_size, loader_opts, custom = _unpack(data, batch_size, num_workers)
     n = len(dataset)
     if n == 0:
@@ -276,56 +288,60 @@ def _score(models, data, single: bool, *, method, statistic, probes, seed, batch
         plan = ctx.on_main("checking the run folder", lambda: folder.open(overwrite))
     else:
         plan = {"todo": list(range(-(-n // unit))) if custom is None else [0], "done": 0, "corrupt": []}
-    mine = plan["todo"][ctx.rank::ctx.world_size]
-    if custom is None:
-        ranges = [(k * unit, min((k + 1) * unit, n)) for k in mine]
-        loader = DataLoader(_Indexed(dataset), batch_sampler=_ChunkBatches(ranges, batch_size), **loader_opts)
-        sizes = [stop - start for start, stop in ranges]
-    else:  # one process, the caller's own sampler: one unit, whatever it yields
-        loader = DataLoader(_Indexed(dataset), batch_sampler=custom, **loader_opts)
-        sizes = [None]
+    try:  # the run folder's lock is held until the end, whatever happens
+        mine = plan["todo"][ctx.rank::ctx.world_size]
+        if custom is None:
+            ranges = [(k * unit, min((k + 1) * unit, n)) for k in mine]
+            loader = DataLoader(_Indexed(dataset), batch_sampler=_ChunkBatches(ranges, batch_size), **loader_opts)
+            sizes = [stop - start for start, stop in ranges]
+        else:  # one process, the caller's own sampler: one unit, whatever it yields
+            loader = DataLoader(_Indexed(dataset), batch_sampler=custom, **loader_opts)
+            sizes = [None]
 
-    kept, used = {}, {}
-    for pos, arrays, unit_used in (_score_batches(models, loader, device, sizes, show, estimator) if mine else ()):
-        used.update(unit_used)
-        if folder is not None:
-            folder.write(mine[pos], arrays, unit_used)
-        else:
-            kept[mine[pos]] = arrays
-    ctx.barrier("their chunks")
-    run = {"world_size": ctx.world_size, "chunks": len(plan["todo"]) + plan["done"], "chunks_reused": plan["done"],
-           "chunks_computed": len(plan["todo"]), "chunks_corrupt": len(plan["corrupt"])}
+        kept, used = {}, {}
+        for pos, arrays, unit_used in (_score_batches(models, loader, device, sizes, show, estimator) if mine else ()):
+            used.update(unit_used)
+            if folder is not None:
+                folder.write(mine[pos], arrays, unit_used)
+            else:
+                kept[mine[pos]] = arrays
+        ctx.barrier("their chunks")
+        run = {"world_size": ctx.world_size, "chunks": len(plan["todo"]) + plan["done"], "chunks_reused": plan["done"],
+               "chunks_computed": len(plan["todo"]), "chunks_corrupt": len(plan["corrupt"])}
 
-    if folder is None:
-        gathered = ctx.all_gather("gathering scores", (kept, used))
-        for _, part_used in gathered:
-            for name, info in part_used.items():
-                used.setdefault(name, info)
-        merged = _merge(a for _, a in sorted((k, a) for part, _ in gathered for k, a in part.items()))
-        results = _results(merged, used, report, time.perf_counter() - start_time, run)
-        if out is not None and ctx.is_main:
-            _write_results(out, results, single)
-        return results
-
-    main_results = {}
-
-    def merge_chunks() -> None:
-        checksums = {}
-
-        def chunks():
-            for k in range(folder.num_chunks):
-                arrays, record = folder.read(k)
-                checksums[k] = record["sha256"]
-                for name, info in record["used"].items():
+        if folder is None:
+            gathered = ctx.all_gather("gathering scores", (kept, used))
+            for _, part_used in gathered:
+                for name, info in part_used.items():
                     used.setdefault(name, info)
-                yield arrays
+            merged = _merge(a for _, a in sorted((k, a) for part, _ in gathered for k, a in part.items()))
+            results = _results(merged, used, report, time.perf_counter() - start_time, run)
+            if out is not None and ctx.is_main:
+                _write_results(out, results, single)
+            return results
 
-        main_results.update(_results(_merge(chunks()), used, report, time.perf_counter() - start_time, run))
-        _write_results(out, main_results, single)
-        folder.finish(checksums, {"last_run": run})
+        main_results = {}
 
-    ctx.on_main("merging the chunks", merge_chunks)
-    return main_results if ctx.is_main else _read_results(out, list(models), single, run)
+        def merge_chunks() -> None:
+            checksums = {}
+
+            def chunks():
+                for k in range(folder.num_chunks):
+                    arrays, record = folder.read(k)
+                    checksums[k] = record["sha256"]
+                    for name, info in record["used"].items():
+                        used.setdefault(name, info)
+                    yield arrays
+
+            main_results.update(_results(_merge(chunks()), used, report, time.perf_counter() - start_time, run))
+            _write_results(out, main_results, single)
+            folder.finish(checksums, {"last_run": run})
+
+        ctx.on_main("merging the chunks", merge_chunks)
+        return main_results if ctx.is_main else _read_results(out, list(models), single, run)
+    finally:
+        if folder is not None:
+            folder.close()
 
 
 def _read_results(out: str, names: list[str], single: bool, run: dict) -> dict[str, ScoreResult]:

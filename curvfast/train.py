@@ -1,6 +1,7 @@
 """Train a zoo model on a registered dataset (the checkpoints the pipelines score)."""
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
@@ -55,6 +56,8 @@ def fit(
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"need epochs >= 1 and batch_size >= 1 (got epochs={epochs}, batch_size={batch_size})")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0):
+        raise ValueError(f"lr must be a positive finite learning rate (got {lr!r})")
     from tqdm.auto import tqdm
 
     model.to(device)
@@ -69,12 +72,18 @@ def fit(
     rng = np.random.default_rng(seed)
     model.train()
     for epoch in tqdm(range(epochs), desc="train", unit="epoch", disable=not progress if progress is not None else None):
+        finite = torch.tensor(True, device=device)
         for x, y in loader:
             if batch_transform is not None:
                 x, y = batch_transform(x, y, rng)
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x.to(device)), y.to(device)).backward()
+            loss = F.cross_entropy(model(x.to(device)), y.to(device))
+            finite = finite & torch.isfinite(loss.detach())  # checked once per epoch: no GPU sync per step
+            loss.backward()
             opt.step()
+        if not finite:
+            raise FloatingPointError(f"the training loss became NaN or Inf in epoch {epoch + 1}: training diverged; "
+                                     "lower the learning rate or check the data")
         sched.step()
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1)
@@ -98,6 +107,9 @@ def train_model(
 ):
     """SGD with momentum 0.9 and a cosine schedule. Returns ``(model, info)``; with ``out``
     writes a weights-only checkpoint holding the model name and its build arguments."""
+    from .engine import parse_device
+
+    device = parse_device(device)
     torch.manual_seed(seed)
     train_set, info = get_dataset(dataset, "train", root=root)
     test_set, _ = get_dataset(dataset, "test", root=root)

@@ -1,16 +1,48 @@
-// Argument checks shared by the CPU and CUDA kernels (host code). Every op validates its
-// inputs with TORCH_CHECK so that a bad call raises a RuntimeError instead of crashing.
+// Argument checks shared by the CPU, CUDA and Meta kernels (host code). Every op validates its
+// inputs with TORCH_CHECK so that a bad call raises a RuntimeError instead of crashing or
+// returning garbage. The Meta kernels (csrc/curvfast.cpp) run the very same functions: only
+// the checks that read tensor values (ranges, finiteness) are skipped for meta tensors, which
+// hold none. Integer arguments are compared without sums that could overflow int64.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 
 namespace curvfast {
 
 enum class Distribution { Rademacher, Gaussian };
+
+/// Probe indices are 32-bit Philox counter words: probe_offset + num_probes <= 2^32.
+constexpr int64_t kProbeIndexLimit = int64_t(1) << 32;
+/// Upper bound on K = num_exact + num_tail entries per sample of the logit factor.
+constexpr int64_t kFactorLimit = int64_t(1) << 31;
+
+struct NamedTensor {
+  const char* name;
+  const at::Tensor& tensor;
+};
+
+/// True when the checks may read t's values (a meta tensor has shape but no data).
+inline bool has_data(const at::Tensor& t) { return !t.is_meta(); }
+
+/// Every tensor argument of `op` lies on the first one's device (a mix of devices would read
+/// memory the kernel cannot address, or none at all for meta tensors), and none requires grad:
+/// the ops have no derivative, so a gradient through them would silently be missing.
+inline void check_inputs(const char* op, std::initializer_list<NamedTensor> args) {
+  const NamedTensor& first = *args.begin();
+  for (const NamedTensor& a : args) {
+    TORCH_CHECK(a.tensor.device() == first.tensor.device(), op, ": ", a.name, " is on ",
+                a.tensor.device(), " but ", first.name, " is on ", first.tensor.device(),
+                "; move every tensor argument to one device");
+    TORCH_CHECK(!a.tensor.requires_grad(), op, ": ", a.name,
+                " requires grad, but curvfast ops are not differentiable; pass ", a.name,
+                ".detach()");
+  }
+}
 
 inline bool is_float_or_double(const at::Tensor& t) {
   return t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble;
@@ -23,22 +55,25 @@ inline void check_sample_ids(const at::Tensor& sample_ids, int64_t batch, const 
               sample_ids.scalar_type());
   TORCH_CHECK(batch < 0 || sample_ids.size(0) == batch, op, ": sample_ids has length ",
               sample_ids.size(0), " but the batch size is ", batch);
-  TORCH_CHECK(sample_ids.numel() == 0 || sample_ids.min().item<int64_t>() >= 0, op,
-              ": sample_ids must be non-negative");
+  TORCH_CHECK(!has_data(sample_ids) || sample_ids.numel() == 0 ||
+                  sample_ids.min().item<int64_t>() >= 0,
+              op, ": sample_ids must be non-negative");
 }
 
 /// Checks probes' arguments; returns the distribution.
 inline Distribution check_probes(const at::Tensor& sample_ids, int64_t seed,
                                  int64_t probe_offset, int64_t num_probes, int64_t dim,
                                  const std::string& distribution, at::ScalarType dtype) {
+  check_inputs("probes", {{"sample_ids", sample_ids}});
   check_sample_ids(sample_ids, -1, "probes");
   TORCH_CHECK(seed >= 0, "probes: seed must be >= 0, got ", seed);
   TORCH_CHECK(num_probes >= 0, "probes: num_probes must be >= 0, got ", num_probes);
   TORCH_CHECK(dim >= 0, "probes: dim must be >= 0, got ", dim);
-  TORCH_CHECK(probe_offset >= 0 && probe_offset + num_probes <= (int64_t(1) << 32),
+  TORCH_CHECK(probe_offset >= 0 && probe_offset <= kProbeIndexLimit &&
+                  num_probes <= kProbeIndexLimit - probe_offset,
               "probes: probe indices probe_offset .. probe_offset + num_probes - 1 must lie "
               "in [0, 2^32), got probe_offset=", probe_offset, ", num_probes=", num_probes);
-  TORCH_CHECK(dim <= (int64_t(1) << 32), "probes: dim must be <= 2^32, got ", dim);
+  TORCH_CHECK(dim <= kProbeIndexLimit, "probes: dim must be <= 2^32, got ", dim);
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble,
               "probes: dtype must be float32 or float64, got ", dtype);
   if (distribution == "rademacher") return Distribution::Rademacher;
@@ -62,14 +97,13 @@ inline int64_t check_logit_factor(const at::Tensor& logits, const at::Tensor& la
               "logit_factor: labels must be 1-D of length B=", B, ", got shape ", labels.sizes());
   TORCH_CHECK(labels.scalar_type() == at::kLong, "logit_factor: labels must be int64, got ",
               labels.scalar_type());
+  check_inputs("logit_factor",
+               {{"logits", logits}, {"labels", labels}, {"sample_ids", sample_ids}});
   check_sample_ids(sample_ids, B, "logit_factor");
-  TORCH_CHECK(labels.device() == logits.device() && sample_ids.device() == logits.device(),
-              "logit_factor: logits, labels and sample_ids must be on the same device, got ",
-              logits.device(), ", ", labels.device(), ", ", sample_ids.device());
   TORCH_CHECK(num_exact >= 0, "logit_factor: num_exact must be >= 0, got ", num_exact);
   TORCH_CHECK(num_tail >= 0, "logit_factor: num_tail must be >= 0, got ", num_tail);
   TORCH_CHECK(seed >= 0, "logit_factor: seed must be >= 0, got ", seed);
-  if (B > 0) {
+  if (B > 0 && has_data(logits)) {
     TORCH_CHECK(labels.min().item<int64_t>() >= 0 && labels.max().item<int64_t>() < C,
                 "logit_factor: labels must lie in [0, C=", C, ")");
     TORCH_CHECK(logits.isfinite().all().item<bool>(), "logit_factor: logits must be finite");
@@ -77,12 +111,14 @@ inline int64_t check_logit_factor(const at::Tensor& logits, const at::Tensor& la
   if (num_exact >= C) return C;
   TORCH_CHECK(num_tail >= 1, "logit_factor: num_exact=", num_exact, " < C=", C,
               " samples the remaining classes, so num_tail must be >= 1");
-  TORCH_CHECK(num_exact + num_tail <= (int64_t(1) << 31),
-              "logit_factor: num_exact + num_tail must be <= 2^31");
+  TORCH_CHECK(num_tail <= kFactorLimit - num_exact,
+              "logit_factor: num_exact + num_tail must be <= 2^31, got num_exact=", num_exact,
+              ", num_tail=", num_tail);
   return num_exact + num_tail;
 }
 
 inline void check_weighted_sq_norms(const at::Tensor& vjp, const at::Tensor& weights) {
+  check_inputs("weighted_sq_norms", {{"vjp", vjp}, {"weights", weights}});
   TORCH_CHECK(vjp.dim() == 3, "weighted_sq_norms: vjp must be 3-D (B, K, D), got ", vjp.dim(),
               "-D");
   TORCH_CHECK(is_float_or_double(vjp), "weighted_sq_norms: vjp must be float32 or float64, got ",
@@ -94,13 +130,11 @@ inline void check_weighted_sq_norms(const at::Tensor& vjp, const at::Tensor& wei
   TORCH_CHECK(weights.scalar_type() == vjp.scalar_type(),
               "weighted_sq_norms: weights must have vjp's dtype ", vjp.scalar_type(), ", got ",
               weights.scalar_type());
-  TORCH_CHECK(weights.device() == vjp.device(),
-              "weighted_sq_norms: vjp and weights must be on the same device, got ", vjp.device(),
-              " and ", weights.device());
 }
 
 inline void check_probe_moments(const at::Tensor& probes, const at::Tensor& hvp,
                                 const at::Tensor& mean, const at::Tensor& m2, int64_t count) {
+  check_inputs("probe_moments", {{"probes", probes}, {"hvp", hvp}, {"mean", mean}, {"m2", m2}});
   TORCH_CHECK(probes.dim() == 3, "probe_moments: probes must be 3-D (B, P, D), got ",
               probes.dim(), "-D");
   TORCH_CHECK(is_float_or_double(probes),
@@ -119,10 +153,8 @@ inline void check_probe_moments(const at::Tensor& probes, const at::Tensor& hvp,
   TORCH_CHECK(is_float_or_double(mean) && m2.scalar_type() == mean.scalar_type(),
               "probe_moments: mean and m2 must share a float32 or float64 dtype, got ",
               mean.scalar_type(), " and ", m2.scalar_type());
-  TORCH_CHECK(hvp.device() == probes.device() && mean.device() == probes.device() &&
-                  m2.device() == probes.device(),
-              "probe_moments: probes, hvp, mean and m2 must be on the same device");
-  TORCH_CHECK(count >= 0, "probe_moments: count must be >= 0, got ", count);
+  TORCH_CHECK(count >= 0 && count <= INT64_MAX - probes.size(1),
+              "probe_moments: count must lie in [0, 2^63 - 1 - P], got ", count);
 }
 
 }  // namespace curvfast

@@ -22,6 +22,7 @@ at::Tensor probes_cpu(const at::Tensor& sample_ids, int64_t seed, int64_t probe_
   const at::Tensor ids = sample_ids.contiguous();
   const int64_t B = ids.size(0);
   at::Tensor out = at::empty({B, num_probes, dim}, ids.options().dtype(dtype));
+  if (out.numel() == 0) return out;
   const Key key = key_from_seed(seed);
   const int64_t* id_ptr = ids.data_ptr<int64_t>();
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(dim, 1));

@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checks import check_batch, check_labels, is_piecewise_linear
+from .checks import check_batch, check_labels, is_missing_second_derivative, is_piecewise_linear
 from .finite_difference import fd_curvature, zo_curvature
 from .hutchinson import HVP_MODES, hutchinson_curvature
 from .logit_space import GRAM_STATISTICS, logit_space_curvature
-from .model import LogitFn, scoring_mode, unwrap_model, without_wrapper_hooks
+from .model import LogitFn, check_finite_model, scoring_model, unwrap_model, without_wrapper_hooks
 
 __all__ = ["input_curvature", "CurvatureResult", "METHODS", "STATISTICS", "resolve_method", "is_piecewise_linear"]
 
@@ -135,36 +135,69 @@ def input_curvature(
         return _zo_oracle(model, x, y, statistic, probes, seed, sample_ids, step, chunk_size)
     wrapper, model = model, unwrap_model(model)
     x, y = check_batch(x, y, model)
+    check_finite_model(model)
     sample_ids = _sample_ids(sample_ids, x)
-    logit_fn = LogitFn(model, output_transform)
-    with without_wrapper_hooks(wrapper), scoring_mode(model):
-        with torch.no_grad():
-            num_classes = logit_fn(x[:1]).shape[1]
+    with without_wrapper_hooks(wrapper), scoring_model(model) as scored:
+        logit_fn = LogitFn(scored, output_transform)
+        try:
+            with torch.no_grad():
+                num_classes = logit_fn(x[:1]).shape[1]
+        except RuntimeError as err:
+            raise ValueError(f"the model cannot take x of shape {tuple(x.shape)}: {str(err).splitlines()[0]}") from err
         check_labels(y, num_classes)
-        needs_check = method in ("auto", "exact", "sampled")
-        piecewise = is_piecewise_linear(logit_fn, x) if needs_check else False
-        method = resolve_method(method, piecewise, num_classes, accept_gauss_newton)
-        statistic = _natural_statistic(method, statistic)
-        nprobes = _probe_count(method, probes)
-        if method in ("exact", "sampled"):
-            num_exact = num_classes if method == "exact" else top_classes
-            value, stderr, loss = logit_space_curvature(
-                logit_fn, x, y, sample_ids, statistic=statistic, num_exact=num_exact,
-                num_tail=nprobes if method == "sampled" else 0, seed=seed, chunk_size=chunk_size,
-            )
-        elif method == "hutchinson":
-            value, stderr, loss = hutchinson_curvature(
-                logit_fn, x, y, sample_ids, statistic=statistic, probes=nprobes, seed=seed,
-                distribution=distribution, hvp=hvp, chunk_size=chunk_size,
-            )
-        elif method == "fd":
-            value, stderr, loss = fd_curvature(logit_fn, x, y, sample_ids, probes=nprobes, seed=seed, step=step, chunk_size=chunk_size)
-        else:
-            value, stderr, loss = zo_curvature(
-                lambda xb, yb: F.cross_entropy(logit_fn(xb), yb, reduction="none"), x, y, sample_ids,
-                probes=nprobes, seed=seed, step=step, chunk_size=chunk_size,
-            )
+        try:
+            needs_check = method in ("auto", "exact", "sampled")
+            piecewise = is_piecewise_linear(logit_fn, x, model) if needs_check else False
+            method = resolve_method(method, piecewise, num_classes, accept_gauss_newton)
+            statistic = _natural_statistic(method, statistic)
+            nprobes = _probe_count(method, probes)
+            value, stderr, loss = _estimate(logit_fn, x, y, sample_ids, method, statistic, nprobes, seed, top_classes,
+                                            num_classes, distribution, step, hvp, chunk_size)
+        except (RuntimeError, NotImplementedError) as err:
+            if not is_missing_second_derivative(err):
+                raise
+            raise ValueError(
+                f"method={method!r} needs second derivatives, and the model uses an op without one ({err}); use "
+                "method='fd' or method='zo', which need first derivatives or losses only (or method='exact' with "
+                "accept_gauss_newton=True if the model is piecewise linear)"
+            ) from err
+    _check_finite(value, loss, method)
     return CurvatureResult(value.detach(), None if stderr is None else stderr.detach(), loss.detach(), method, statistic)
+
+
+def _estimate(logit_fn, x, y, sample_ids, method, statistic, nprobes, seed, top_classes, num_classes, distribution, step,
+              hvp, chunk_size):
+    """``(value, stderr, loss)`` of a concrete method."""
+    if method in ("exact", "sampled"):
+        if method == "sampled" and (isinstance(top_classes, bool) or not isinstance(top_classes, int) or top_classes < 0):
+            raise ValueError(f"top_classes must be an int >= 0, the classes kept exactly (got {top_classes!r})")
+        num_exact = num_classes if method == "exact" else top_classes
+        return logit_space_curvature(
+            logit_fn, x, y, sample_ids, statistic=statistic, num_exact=num_exact,
+            num_tail=nprobes if method == "sampled" else 0, seed=seed, chunk_size=chunk_size,
+        )
+    if method == "hutchinson":
+        return hutchinson_curvature(
+            logit_fn, x, y, sample_ids, statistic=statistic, probes=nprobes, seed=seed,
+            distribution=distribution, hvp=hvp, chunk_size=chunk_size,
+        )
+    if method == "fd":
+        return fd_curvature(logit_fn, x, y, sample_ids, probes=nprobes, seed=seed, step=step, chunk_size=chunk_size)
+    return zo_curvature(
+        lambda xb, yb: F.cross_entropy(logit_fn(xb), yb, reduction="none"), x, y, sample_ids,
+        probes=nprobes, seed=seed, step=step, chunk_size=chunk_size,
+    )
+
+
+def _check_finite(value: torch.Tensor, loss: torch.Tensor, method: str) -> None:
+    """Refuse NaN or infinite scores or losses (the model overflows at these inputs)."""
+    bad = ~(torch.isfinite(value.reshape(value.shape[0], -1)).all(dim=1) & torch.isfinite(loss))
+    if bad.any():
+        raise ValueError(
+            f"method={method!r}: the curvature or loss of sample(s) {bad.nonzero().flatten()[:10].tolist()} is not "
+            "finite (NaN or Inf): the model's logits or derivatives overflow at these inputs; check the inputs' scale "
+            "and the model"
+        )
 
 
 def _zo_oracle(loss_fn, x, y, statistic, probes, seed, sample_ids, step, chunk_size) -> CurvatureResult:
@@ -173,6 +206,7 @@ def _zo_oracle(loss_fn, x, y, statistic, probes, seed, sample_ids, step, chunk_s
     value, stderr, loss = zo_curvature(
         loss_fn, x, y, _sample_ids(sample_ids, x), probes=_probe_count("zo", probes), seed=seed, step=step, chunk_size=chunk_size
     )
+    _check_finite(value, loss, "zo")
     return CurvatureResult(value, stderr, loss, "zo", statistic)
 
 
@@ -180,7 +214,7 @@ def _probe_count(method: str, probes: int | None) -> int:
     if method == "exact":
         return 0
     count = DEFAULT_PROBES[method] if probes is None else probes
-    if not isinstance(count, int) or count < 1:
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"probes must be a positive int for method={method!r} (got {probes!r})")
     return count
 
@@ -189,7 +223,9 @@ def _sample_ids(sample_ids, x: torch.Tensor) -> torch.Tensor:
     if sample_ids is None:
         return torch.arange(x.shape[0], device=x.device)
     ids = torch.as_tensor(sample_ids)
-    if ids.dtype.is_floating_point or ids.shape != (x.shape[0],):
+    if ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise TypeError(f"sample_ids must hold int64 dataset indices (got {ids.dtype}); convert with sample_ids.long()")
+    if ids.shape != (x.shape[0],):
         raise ValueError(f"sample_ids must be integer indices of shape (B,) = ({x.shape[0]},); got {ids.dtype} {tuple(ids.shape)}")
     if (ids < 0).any():
         raise ValueError("sample_ids must be non-negative dataset indices")

@@ -1,12 +1,13 @@
 """Input validation and the piecewise-linearity check behind the exact estimator."""
 from __future__ import annotations
 
+import threading
 import weakref
 
 import torch
 from torch import nn
 
-from .model import LogitFn
+from .model import LogitFn, scoring_model
 
 __all__ = ["check_batch", "check_labels", "is_piecewise_linear"]
 
@@ -20,6 +21,14 @@ def check_batch(x, y, model: nn.Module | None = None) -> tuple[torch.Tensor, tor
             f"x must be a floating-point tensor (got {x.dtype}); convert integer images first, "
             "e.g. x = x.float() / 255"
         )
+    if x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"x is {x.dtype}, but curvature needs float32 or float64 (half precision cannot resolve second "
+            "derivatives); convert with x = x.float() and model.float()"
+        )
+    if x.device.type == "meta":
+        raise ValueError("x is a meta tensor (a shape without data); pass real inputs on the cpu or a cuda device")
+    x = x.detach()  # derivatives are taken with respect to x here, never through the caller's graph
     if x.dim() < 2:
         raise ValueError(f"x must be batched with shape (B, ...), got shape {tuple(x.shape)}; add a batch dim with x.unsqueeze(0)")
     if x.shape[0] == 0:
@@ -37,6 +46,8 @@ def check_batch(x, y, model: nn.Module | None = None) -> tuple[torch.Tensor, tor
         param = next(model.parameters(), None)
         if param is not None and param.is_floating_point() and param.dtype != x.dtype:
             raise TypeError(f"x is {x.dtype} but the model's parameters are {param.dtype}; cast one to match (e.g. model.to({x.dtype}))")
+        if param is not None and param.device != x.device:
+            raise ValueError(f"x is on {x.device} but the model is on {param.device}; move one with .to()")
     return x, y.to(device=x.device, dtype=torch.int64)
 
 
@@ -48,31 +59,127 @@ def check_labels(y: torch.Tensor, num_classes: int) -> None:
         )
 
 
-_PL_CACHE: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
+# Modules whose output is smooth and non-linear in their input: a model holding one is never
+# piecewise linear (Hardsigmoid, Hardtanh, ReLU6, PReLU, LeakyReLU are piecewise linear).
+SMOOTH_MODULES = (
+    nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish, nn.Tanh, nn.Sigmoid, nn.Softplus,
+    nn.Softsign, nn.Tanhshrink, nn.LogSigmoid, nn.Softmax, nn.Softmin, nn.LogSoftmax, nn.Softmax2d, nn.GLU,
+    nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm, nn.RMSNorm, nn.MultiheadAttention, nn.RNNBase,
+    nn.modules.instancenorm._InstanceNorm,
+)
+
+# Autograd nodes (class names without their version digit) that are piecewise linear in their
+# differentiable inputs once the weights are frozen: affine maps, ReLU-family kinks, max/min
+# selection, pooling, padding, reshaping and indexing.
+PL_NODES = frozenset("""
+    AccumulateGrad AddBackward SubBackward NegBackward MulBackward DivBackward AddmmBackward MmBackward BmmBackward
+    BaddbmmBackward ConvolutionBackward NativeBatchNormBackward CudnnBatchNormBackward ViewBackward UnsafeViewBackward
+    ReshapeAliasBackward PermuteBackward TransposeBackward TBackward ExpandBackward CloneBackward SqueezeBackward
+    UnsqueezeBackward SliceBackward SelectBackward IndexBackward IndexSelectBackward GatherBackward CatBackward
+    StackBackward SplitBackward SplitWithSizesBackward UnbindBackward SumBackward MeanBackward ToCopyBackward
+    AsStridedBackward FlipBackward RollBackward ConstantPadNdBackward ReflectionPad1DBackward ReflectionPad2DBackward
+    ReplicationPad2DBackward UpsampleNearest2DBackward UpsampleBilinear2DBackward AvgPool2DBackward AvgPool3DBackward
+    AdaptiveAvgPool2DBackward AdaptiveAvgPool3DBackward MaxPool2DWithIndicesBackward MaxPool3DWithIndicesBackward
+    AdaptiveMaxPool2DBackward ReluBackward LeakyReluBackward HardtanhBackward PreluKernelBackward ClampBackward
+    ClampMinBackward ClampMaxBackward AbsBackward MaximumBackward MinimumBackward MaxBackward MinBackward WhereBackward
+""".split())
+# Products: non-linear when more than one factor (input positions) depends on x.
+_FACTORS = {"MulBackward0": (0, 1), "MmBackward0": (0, 1), "BmmBackward0": (0, 1), "AddmmBackward0": (1, 2),
+            "BaddbmmBackward0": (1, 2), "ConvolutionBackward0": (0, 1)}
+
+_DECIDED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()  # model -> (structure, answer)
+_DECIDED_LOCK = threading.Lock()
 
 
-def is_piecewise_linear(logit_fn: LogitFn, x: torch.Tensor) -> bool:
-    """True when the logits' second derivative w.r.t. the input vanishes at ``x``.
+def _structure(model: nn.Module) -> tuple:
+    """What the decision depends on besides the weights: every submodule's name, object and
+    class, and any forward replaced on an instance."""
+    return tuple((name, id(m), type(m), id(m.__dict__.get("forward"))) for name, m in model.named_modules())
 
-    Computes ∇²(uᵀz)·v by double backward on up to two samples, with random u and v. Autograd
-    differentiates ReLU, max-pool and eval BatchNorm as exactly linear pieces, so the result is
-    exactly zero for a piecewise-linear network and nonzero for smooth pieces (GELU, tanh,
-    softmax attention, LayerNorm ...). The answer is cached per model object.
+
+def is_piecewise_linear(logit_fn: LogitFn, x: torch.Tensor, model: nn.Module | None = None) -> bool:
+    """True when the logits' second derivative w.r.t. the input vanishes at every sample of ``x``.
+
+    The model is judged in eval mode. Decided, in order, by:
+
+    1. the modules: one of ``SMOOTH_MODULES`` (GELU, tanh, ELU, LayerNorm, attention ...) means smooth;
+    2. the autograd graph from ``x`` to the logits: if every node is in ``PL_NODES`` (and no
+       product or division has more than one x-dependent factor, no BatchNorm uses batch
+       statistics) the network is piecewise linear everywhere;
+    3. otherwise numerically: ∇²(uᵀz)·v by double backward at every sample of the batch, with
+       random u and v per sample. Autograd differentiates ReLU, max-pool and eval BatchNorm as
+       exactly linear pieces, so this is exactly zero at samples where no smooth piece is active
+       and (almost surely) nonzero where one is (an input-gated tanh, say). A model whose second
+       derivative cannot be taken (an op without a double-backward formula) is not certified.
+
+    Answers from 1 and 2, and "smooth" from 3, are remembered for ``model`` (default
+    ``logit_fn.model``) until its modules change; "piecewise linear" from 3 holds for these
+    samples only and is re-checked on every batch. Not seen: an op reached only through Python
+    control flow that depends on the input values and that this batch does not take.
     """
-    model = logit_fn.model
-    if model in _PL_CACHE:
-        return _PL_CACHE[model]
+    model = logit_fn.model if model is None else model
+    structure = _structure(model)
+    with _DECIDED_LOCK:
+        decided = _DECIDED.get(model)
+    if decided is not None and decided[0] == structure:
+        return decided[1]
+    answer = False if any(isinstance(m, SMOOTH_MODULES) for m in model.modules()) else _graph_answer(logit_fn, x)
+    if answer is None:
+        answer = _vanishing_second_derivative(logit_fn, x)
+        if answer:
+            return True
+    with _DECIDED_LOCK:
+        _DECIDED[model] = (structure, answer)
+    return answer
+
+
+def _graph_answer(logit_fn: LogitFn, x: torch.Tensor) -> bool | None:
+    """True if every autograd node between ``x`` and the logits is piecewise linear in x,
+    False for a product of x-dependent factors or training-mode BatchNorm, None for a node
+    outside ``PL_NODES`` (undecided)."""
+    xs = x.detach().requires_grad_(True)
+    with scoring_model(logit_fn.model) as frozen, torch.enable_grad():  # only x may be a live leaf
+        z = LogitFn(frozen, logit_fn.output_transform)(xs)
+    stack, seen = [z.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        name = type(node).__name__
+        live = [fn is not None for fn, _ in node.next_functions]
+        if name.rstrip("0123456789") not in PL_NODES:
+            return None
+        factors = _FACTORS.get(name, ())
+        if sum(live[i] for i in factors if i < len(live)) > 1 or (name == "DivBackward0" and live[1:2] == [True]):
+            return False
+        if getattr(node, "_saved_training", False):
+            return False
+        stack.extend(fn for fn, _ in node.next_functions)
+    return True
+
+
+def _vanishing_second_derivative(logit_fn: LogitFn, x: torch.Tensor) -> bool:
+    """Whether ∇²(uᵀz)·v is exactly zero at every sample of ``x`` (random u, v; step 3 of
+    :func:`is_piecewise_linear`); False when an op has no double-backward formula."""
     gen = torch.Generator().manual_seed(0)
-    xs = x[:2].detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        z = logit_fn(xs)
-        u = torch.randn(z.shape, generator=gen, dtype=z.dtype).to(z.device)
-        (g,) = torch.autograd.grad((z * u).sum(), xs, create_graph=True)
-        if not g.requires_grad:
-            result = True
-        else:
+    xs = x.detach().clone().requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            z = logit_fn(xs)
+            u = torch.randn(z.shape, generator=gen, dtype=z.dtype).to(z.device)
+            (g,) = torch.autograd.grad((z * u).sum(), xs, create_graph=True)
+            if not g.requires_grad:
+                return True
             v = torch.randn(xs.shape, generator=gen, dtype=xs.dtype).to(xs.device)
             (hv,) = torch.autograd.grad(g, xs, grad_outputs=v, allow_unused=True)
-            result = hv is None or bool((hv == 0).all())
-    _PL_CACHE[model] = result
-    return result
+    except (RuntimeError, NotImplementedError) as err:
+        if not is_missing_second_derivative(err):
+            raise
+        return False
+    return hv is None or bool((hv == 0).all())
+
+
+def is_missing_second_derivative(err: BaseException) -> bool:
+    """Whether ``err`` is autograd's "derivative for <op> is not implemented"."""
+    return "derivative for" in str(err) and "not implemented" in str(err)

@@ -18,6 +18,7 @@ networks the steps cross activation kinks, so neither tracks the autograd Hessia
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -30,6 +31,12 @@ from .model import LogitFn, no_tf32
 __all__ = ["fd_curvature", "zo_curvature"]
 
 
+def _check_step(step) -> None:
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step) or step <= 0:
+        raise ValueError(f"step must be a positive finite number, the finite-difference step h (got {step!r}); "
+                         "the published estimators use 1e-3")
+
+
 def _mean_and_stderr(samples: torch.Tensor):
     num = samples.shape[1]
     stderr = samples.std(dim=1, correction=1) / num**0.5 if num > 1 else torch.full_like(samples[:, 0], float("nan"))
@@ -38,6 +45,7 @@ def _mean_and_stderr(samples: torch.Tensor):
 
 def fd_curvature(logit_fn: LogitFn, x, y, sample_ids, *, probes: int, seed: int, step: float, chunk_size: int | None):
     """Return ``(value, stderr, loss)`` of the Garg et al. estimator on per-sample losses."""
+    _check_step(step)
     batch, dim = x.shape[0], x[0].numel()
     chunk = pass_size(chunk_size, probes, batch, dim, x.device)
     x = x.detach()
@@ -69,6 +77,7 @@ def zo_curvature(
     chunk_size: int | None,
 ):
     """Return ``(value, stderr, loss)``; ``loss_fn(x, y)`` returns per-sample losses (B,)."""
+    _check_step(step)
     batch, dim = x.shape[0], x[0].numel()
     chunk = pass_size(chunk_size, probes, 4 * batch, dim, x.device)  # a probe is 4 evaluations
     signs = torch.tensor([[1.0, 1.0], [-1.0, 1.0], [1.0, -1.0], [-1.0, -1.0]], dtype=x.dtype, device=x.device)

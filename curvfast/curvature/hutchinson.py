@@ -20,6 +20,9 @@ Per-sample running mean and variance over probes give the estimate and its stand
 """
 from __future__ import annotations
 
+import re
+import threading
+
 import torch
 import torch.nn.functional as F
 
@@ -30,6 +33,14 @@ from .model import LogitFn
 __all__ = ["hutchinson_curvature", "HVP_MODES"]
 
 HVP_MODES = ("auto", "double_backward", "forward_over_reverse")
+
+# torch's forward-AD levels are process-wide, so forward-mode HVPs run one thread at a time
+# (concurrent ones fail with "forward AD level ... invalid index"); intra-op threads still work.
+_FORWARD_AD_LOCK = threading.Lock()
+_NO_FORWARD_DERIVATIVE = re.compile(
+    r"forward AD with .* that does not support it|does not have a forward-mode derivative|"
+    r"jvp.* not implemented|must override the setup_context staticmethod"
+)
 
 
 def _hvp_double_backward(logit_fn: LogitFn, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -53,16 +64,22 @@ def _hvp_forward_over_reverse(logit_fn: LogitFn, x: torch.Tensor, y: torch.Tenso
     def hvp(direction):
         return torch.func.jvp(grad_fn, (x,), (direction,))[1]
 
-    return torch.func.vmap(hvp)(v.transpose(0, 1).contiguous()).transpose(0, 1)
+    with _FORWARD_AD_LOCK:
+        return torch.func.vmap(hvp)(v.transpose(0, 1).contiguous()).transpose(0, 1)
+
+
+def _forward_mode_unsupported(err: BaseException) -> bool:
+    """Whether ``err`` says an op of the model has no forward-mode derivative (and nothing else)."""
+    return isinstance(err, NotImplementedError) or bool(_NO_FORWARD_DERIVATIVE.search(str(err)))
 
 
 def _hvp_auto(logit_fn: LogitFn, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor):
-    """Forward-over-reverse, or double backward when forward mode is missing; returns the HVPs
-    and the route that worked, so later chunks do not try the failing route again."""
+    """Forward-over-reverse, or double backward when an op has no forward-mode derivative;
+    returns the HVPs and the route that worked, so later chunks do not try the failing route again."""
     try:
         return _hvp_forward_over_reverse(logit_fn, x, y, v), _hvp_forward_over_reverse
     except (NotImplementedError, RuntimeError) as err:
-        if "forward AD" not in str(err) and "forward-mode" not in str(err) and "jvp" not in str(err):
+        if not _forward_mode_unsupported(err):
             raise
         return _hvp_double_backward(logit_fn, x, y, v), _hvp_double_backward
 

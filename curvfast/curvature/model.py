@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import contextlib
+import copy
+import threading
 from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["unwrap_model", "scoring_mode", "without_wrapper_hooks", "LogitFn", "per_sample_loss", "no_tf32"]
+__all__ = ["unwrap_model", "scoring_mode", "scoring_model", "check_finite_model", "without_wrapper_hooks", "LogitFn",
+           "per_sample_loss", "no_tf32"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -76,17 +79,79 @@ def scoring_mode(model: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(True)
 
 
+_IN_PLACE_LOCK = threading.RLock()  # re-entered by the piecewise-linearity check
+
+
+def _shared_copy(model: nn.Module) -> nn.Module:
+    """New module objects whose parameters, buffers and other tensor attributes are detached
+    aliases of the caller's (same storage, ``requires_grad=False``): no tensor data is copied."""
+    memo = {}
+    for m in model.modules():
+        for t in vars(m).values():  # e.g. the weight that torch.nn.utils.weight_norm recomputes
+            if isinstance(t, torch.Tensor):
+                memo[id(t)] = t.detach()
+    for t in model.buffers():
+        memo[id(t)] = t.detach()
+    for t in model.parameters():
+        memo[id(t)] = nn.Parameter(t.detach(), requires_grad=False)
+    return copy.deepcopy(model, memo)
+
+
+@contextlib.contextmanager
+def scoring_model(model: nn.Module) -> Iterator[nn.Module]:
+    """The model to score with: an eval-mode copy sharing the caller's weights (see
+    ``_shared_copy``), so the caller's train/eval flags, ``requires_grad`` flags and BatchNorm
+    statistics are never touched and concurrent calls (threads, re-entrant hooks) on one model
+    do not interfere. A model with an attribute that cannot be deep-copied (a lock, an open
+    file ...) is scored in place under ``scoring_mode``, one call at a time."""
+    try:
+        scored = _shared_copy(model)
+    except (TypeError, RuntimeError, copy.Error):  # what deepcopy raises for such attributes
+        with _IN_PLACE_LOCK, scoring_mode(model):
+            yield model
+        return
+    yield scored.eval()
+
+
+def check_finite_model(model: nn.Module) -> None:
+    """Refuse a model with a NaN or infinite parameter or buffer, naming the first one."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    floating = [(name, t) for name, t in tensors if t.is_floating_point() and not t.is_meta]
+    if not floating:
+        return
+    finite = torch.stack([torch.isfinite(t).all().to(floating[0][1].device) for _, t in floating]).tolist()
+    bad = [name for (name, _), ok in zip(floating, finite) if not ok]
+    if bad:
+        raise ValueError(
+            f"the model holds NaN or Inf in {', '.join(bad[:5])}: the checkpoint is corrupt or its training "
+            "diverged; retrain or load other weights"
+        )
+
+
+_TF32_LOCK = threading.Lock()
+_TF32_USERS = [0, None]  # active no_tf32 blocks in any thread, and the settings to restore
+
+
 @contextlib.contextmanager
 def no_tf32() -> Iterator[None]:
-    """Full fp32 matmuls and convolutions: TF32 rounds at about the size of an h=1e-3 step."""
-    saved = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
-    torch.set_float32_matmul_precision("highest")
-    torch.backends.cudnn.allow_tf32 = False
+    """Full fp32 matmuls and convolutions: TF32 rounds at about the size of an h=1e-3 step.
+
+    The settings are process-wide: the first of overlapping blocks (in any thread) saves them
+    and the last one restores them."""
+    with _TF32_LOCK:
+        if _TF32_USERS[0] == 0:
+            _TF32_USERS[1] = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
+            torch.set_float32_matmul_precision("highest")
+            torch.backends.cudnn.allow_tf32 = False
+        _TF32_USERS[0] += 1
     try:
         yield
     finally:
-        torch.set_float32_matmul_precision(saved[0])
-        torch.backends.cudnn.allow_tf32 = saved[1]
+        with _TF32_LOCK:
+            _TF32_USERS[0] -= 1
+            if _TF32_USERS[0] == 0:
+                torch.set_float32_matmul_precision(_TF32_USERS[1][0])
+                torch.backends.cudnn.allow_tf32 = _TF32_USERS[1][1]
 
 
 class LogitFn:

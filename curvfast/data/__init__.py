@@ -80,7 +80,8 @@ def _require_root(name: str, root: str | None) -> str:
     return root
 
 
-def get_dataset(name: str, split: str = "train", root: str | None = None, image_size: int | None = None):
+def get_dataset(name: str, split: str = "train", root: str | None = None, image_size: int | None = None,
+                allow_outside_root: bool = False):
     """Return ``(dataset, DatasetInfo)`` for a registered dataset name.
 
     - ``digits``: bundled, offline, fixed split.
@@ -88,20 +89,27 @@ def get_dataset(name: str, split: str = "train", root: str | None = None, image_
       (ImageNet layout); ``image_size`` resizes and centre-crops.
     - ``filelist``: streaming (``curvfast.data.streaming``), for ImageNet-size data: ``root`` is a
       ``<path> <label>`` list file, or a folder holding ``<split>.txt``, or an image folder
-      (``root/<split>/<class>/<image>`` or ``root/<class>/<image>``).
+      (``root/<split>/<class>/<image>`` or ``root/<class>/<image>``). List entries must stay
+      inside the list's folder unless ``allow_outside_root``.
     - ``mnist``, ``fashionmnist``, ``cifar10``, ``cifar100``, ``svhn``: torchvision classes on ``root``,
       ``download=False``.
     """
     key = name.lower()
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise ValueError(f"image_size must be a positive int (got {image_size!r})")
     if key == "digits":
+        if image_size not in (None, 8):
+            raise ValueError(f"the digits are 8x8 images and are not resized (got image_size={image_size}); drop --image-size")
         ds = DigitsDataset(split)
         return ds, ds.info
     if key == "imagefolder":
         from torchvision.datasets import ImageFolder
 
+        from .streaming import load_image
+
         root = _require_root(name, root)
         folder = os.path.join(root, split) if os.path.isdir(os.path.join(root, split)) else root
-        ds = ImageFolder(folder, transform=_image_transform(image_size))
+        ds = ImageFolder(folder, transform=_image_transform(image_size), loader=load_image)
         if len(ds.classes) < 2:
             raise ValueError(f"image folder {folder!r} has {len(ds.classes)} class folder(s); need at least 2")
         return ds, DatasetInfo(num_classes=len(ds.classes), in_channels=3)
@@ -109,9 +117,10 @@ def get_dataset(name: str, split: str = "train", root: str | None = None, image_
         from .streaming import FileListDataset, StreamingImageFolder
 
         if root is not None and os.path.isfile(root):
-            ds = FileListDataset(root, image_size=image_size)
+            ds = FileListDataset(root, image_size=image_size, allow_outside_root=allow_outside_root)
         elif root is not None and os.path.isfile(os.path.join(root, f"{split}.txt")):
-            ds = FileListDataset(os.path.join(root, f"{split}.txt"), image_size=image_size)
+            ds = FileListDataset(os.path.join(root, f"{split}.txt"), image_size=image_size,
+                                 allow_outside_root=allow_outside_root)
         else:
             root = _require_root(name, root)
             ds = StreamingImageFolder(os.path.join(root, split) if os.path.isdir(os.path.join(root, split)) else root,

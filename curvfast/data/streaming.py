@@ -8,7 +8,8 @@ built without one Python string per path. Python objects would also be copied pa
 into every DataLoader worker by reference counting; these arrays stay shared.
 
 - ``FileListDataset``: a text file of ``<relative/path> <integer label>`` lines (ImageNet
-  ``train.txt``/``val.txt`` style, ``#`` comments, paths relative to ``root``).
+  ``train.txt``/``val.txt`` style, ``#`` comments, paths relative to ``root``). Paths that
+  leave ``root`` (absolute, or through ``..``) are refused unless ``allow_outside_root=True``.
 - ``StreamingImageFolder``: ``root/<class>/<image>`` (ImageNet layout). Classes are the sorted
   folder names and samples are sorted within each class, so indices and labels match
   ``torchvision.datasets.ImageFolder`` on the same folder.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from array import array
 
 import numpy as np
@@ -48,6 +50,26 @@ class _Catalogue:
         return np.frombuffer(bytes(self.buffer), dtype=np.uint8), offsets, np.frombuffer(self.labels, dtype=np.int64).copy()
 
 
+def load_image(path: str, mode: str = "RGB", what: str = "image ") -> "PIL.Image.Image":
+    """Decode the regular file ``path`` with PIL; any failure is an OSError naming the file.
+    Anything but a regular file (a FIFO, a device, a folder) is refused before it is opened,
+    since reading one can block forever."""
+    from PIL import Image
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise OSError("not a regular file")
+        with Image.open(path) as img:
+            return img.convert(mode)
+    except OSError as err:
+        raise OSError(f"cannot read {what}{path!r}: {err}") from err
+
+
+def _outside(path: bytes) -> bool:
+    """Whether a list entry leaves the folder it is relative to (absolute, or up through '..')."""
+    return os.path.isabs(path) or os.path.normpath(path).split(os.sep.encode())[0] == b".."
+
+
 class _PathLabelDataset(Dataset):
     """Paths (one byte buffer + offsets) and labels; loads ``root/path`` with PIL on access."""
 
@@ -68,17 +90,10 @@ class _PathLabelDataset(Dataset):
         return os.path.join(self.root, self._buffer[lo:hi].tobytes().decode())
 
     def __getitem__(self, i: int):
-        from PIL import Image
-
         if not 0 <= i < len(self):
             raise IndexError(f"index {i} is out of range for a dataset of {len(self)} images")
         path = self.path(i)
-        try:
-            with Image.open(path) as img:
-                image = img.convert(self.mode)
-        except OSError as err:
-            raise OSError(f"cannot read image {i} ({path!r}): {err}") from err
-        return self.transform(image), int(self.targets[i])
+        return self.transform(load_image(path, self.mode, f"image {i} ")), int(self.targets[i])
 
     def fingerprint(self) -> str:
         """SHA-256 of the catalogue (paths and labels, not the pixels)."""
@@ -108,9 +123,11 @@ class FileListDataset(_PathLabelDataset):
         list_file: the list. root: folder the paths are relative to (default: the list's folder).
         transform: applied to the PIL image; default ``Resize(image_size) + CenterCrop + ToTensor``.
         mode: PIL mode, ``"RGB"`` (3 channels) or ``"L"`` (grayscale).
+        allow_outside_root: accept absolute paths and paths through ``..`` that leave ``root``.
     """
 
-    def __init__(self, list_file: str, root: str | None = None, transform=None, image_size: int | None = None, mode: str = "RGB"):
+    def __init__(self, list_file: str, root: str | None = None, transform=None, image_size: int | None = None, mode: str = "RGB",
+                 allow_outside_root: bool = False):
         if not os.path.isfile(list_file):
             raise FileNotFoundError(f"file list {list_file!r} does not exist; it holds '<path> <label>' lines")
         catalogue = _Catalogue()
@@ -122,6 +139,9 @@ class FileListDataset(_PathLabelDataset):
                 path, label = line.rsplit(None, 1) if len(line.split()) > 1 else (b"", line)
                 if not label.isdigit():
                     raise ValueError(f"{list_file}:{lineno}: expected '<path> <non-negative integer label>', got {line!r}")
+                if not allow_outside_root and _outside(path):
+                    raise ValueError(f"{list_file}:{lineno}: {path.decode(errors='replace')!r} lies outside the root folder; "
+                                     "list paths relative to it, or pass allow_outside_root=True (--allow-outside-root)")
                 catalogue.add(path, int(label))
         if not len(catalogue):
             raise ValueError(f"file list {list_file!r} lists no images")

@@ -22,9 +22,6 @@ def _load() -> tuple[bool, bool, str | None]:
         importlib.import_module("curvfast._C")
         for name in OP_NAMES:
             getattr(torch.ops.curvfast, name)
-        from . import fake
-
-        fake.register()
         return True, bool(torch.ops.curvfast.cuda_compiled()), None
     except Exception as exc:  # any failure means: use the references
         return False, False, f"{type(exc).__name__}: {exc}"
