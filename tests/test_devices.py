@@ -127,6 +127,27 @@ def test_fd_and_zo_force_tf32_off_and_restore_the_users_setting(device, method):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
+def test_fd_works_after_the_user_mixed_old_and_new_tf32_apis(device):
+    """After ``set_float32_matmul_precision`` then the legacy ``allow_tf32`` flag, torch's generic
+    getter raises; fd must neither call it nor change the user's flags (run in a subprocess: the
+    mixed state is process-wide)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, curvfast\n"
+        "torch.set_float32_matmul_precision('high')\n"
+        "torch.backends.cuda.matmul.allow_tf32 = False\n"
+        f"m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).to('{device}')\n"
+        f"x, y = torch.rand(2, 1, 2, 2, device='{device}'), torch.tensor([0, 2], device='{device}')\n"
+        "v = curvfast.input_curvature(m, x, y, method='fd', probes=2).value\n"
+        "assert torch.isfinite(v).all()\n"
+        "assert torch.backends.cuda.matmul.allow_tf32 is False and torch.backends.cudnn.allow_tf32 is True\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
 # ----------------------------------------------------------------------------- dataset scoring
 
 @pytest.mark.parametrize("method", ["exact", "sampled", "hutchinson"])

@@ -137,11 +137,12 @@ def no_tf32() -> Iterator[None]:
     """Full fp32 matmuls and convolutions: TF32 rounds at about the size of an h=1e-3 step.
 
     The settings are process-wide: the first of overlapping blocks (in any thread) saves them
-    and the last one restores them."""
+    and the last one restores them. Only the backend flags are read and written: torch's generic
+    ``get_float32_matmul_precision`` raises once a user has mixed its old and new TF32 APIs."""
     with _TF32_LOCK:
         if _TF32_USERS[0] == 0:
-            _TF32_USERS[1] = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
-            torch.set_float32_matmul_precision("highest")
+            _TF32_USERS[1] = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+            torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
         _TF32_USERS[0] += 1
     try:
@@ -150,8 +151,7 @@ def no_tf32() -> Iterator[None]:
         with _TF32_LOCK:
             _TF32_USERS[0] -= 1
             if _TF32_USERS[0] == 0:
-                torch.set_float32_matmul_precision(_TF32_USERS[1][0])
-                torch.backends.cudnn.allow_tf32 = _TF32_USERS[1][1]
+                torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = _TF32_USERS[1]
 
 
 class LogitFn:
