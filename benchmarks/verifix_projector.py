@@ -110,13 +110,26 @@ def child(args) -> None:
     print(json.dumps({"seconds": seconds, "start_rss": start_rss, "peak_rss": peak, "peak_above_start": peak - start_rss}))
 
 
-def run_route(route: str, args, tmp: str) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.verifix_projector", "--child", route, "--tmp", tmp]
-    for key in ("samples", "max_rows", "batch", "threads", "seed", "route", "rank", "state_budget"):
-        if getattr(args, key) is not None:
-            cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def run_routes(sides, args, tmp: str) -> dict:
+    """Each side in its own process: one after the other, or all at once with ``--concurrent`` (then
+    both see the same machine load; the side that finishes first frees the CPU for the other)."""
+    def start(side):
+        cmd = [sys.executable, "-m", "benchmarks.verifix_projector", "--child", side, "--tmp", tmp]
+        for key in ("samples", "max_rows", "batch", "threads", "seed", "route", "rank", "state_budget"):
+            if getattr(args, key) is not None:
+                cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+
+    def finish(proc):
+        out, _ = proc.communicate()
+        if proc.returncode:
+            raise RuntimeError(f"{proc.args} failed with status {proc.returncode}")
+        return json.loads(out.strip().splitlines()[-1])
+
+    if args.concurrent:
+        procs = {side: start(side) for side in sides}
+        return {side: finish(proc) for side, proc in procs.items()}
+    return {side: finish(start(side)) for side in sides}
 
 
 @torch.no_grad()
@@ -146,6 +159,7 @@ def main(argv=None) -> dict | None:
     parser.add_argument("--state-budget", type=int, default=DEFAULT_STATE_BUDGET, help="bytes of sketch state alive at once")
     parser.add_argument("--sides", choices=("both", "stream"), default="both", help="stream: curvfast alone (baseline does not fit)")
     parser.add_argument("--name", default="verifix_projector", help="results file name")
+    parser.add_argument("--concurrent", action="store_true", help="run both sides at the same time (same machine load)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-samples", type=int, default=500)
@@ -157,7 +171,7 @@ def main(argv=None) -> dict | None:
         return None
     sides = ("materialise", "stream") if args.sides == "both" else ("stream",)
     with tempfile.TemporaryDirectory() as tmp:
-        routes = {side: run_route(side, args, tmp) for side in sides}
+        routes = run_routes(sides, args, tmp)
         agree = agreement(args, tmp) if args.sides == "both" else None
     settings = {k: v for k, v in vars(args).items() if k not in ("child", "tmp")} | {"alpha": ALPHA, "layers": 20}
     result = {"settings": settings, "environment": environment(torch.device("cpu")), "routes": routes, "agreement": agree}
