@@ -139,7 +139,8 @@ def iter_layer_spectra(
 
     Layers are processed in groups whose sketch state fits ``state_budget`` bytes (None: all at
     once); each group streams the data (1 + ``power_iters`` passes for the randomized route), then
-    its spectra are yielded and its sketches freed before the next group starts. Conv2d patches are never materialised (``ConvPatches``)."""
+    its spectra are yielded and its sketches freed before the next group starts. Conv2d patches
+    are never materialised (``ConvPatches``). Argument errors are raised at the first ``next()``."""
     if max_rows is not None and (not isinstance(max_rows, int) or max_rows < 1):
         raise ValueError(f"max_rows must be a positive int or None for all rows (got {max_rows!r})")
     if not isinstance(batch_size, int) or batch_size < 1:
