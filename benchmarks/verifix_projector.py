@@ -1,23 +1,27 @@
-"""Verifix projectors for every conv layer of a CIFAR-stem ResNet-18: streaming vs materialise-all.
+"""Verifix projectors for every conv layer of a CIFAR-stem ResNet-18: no-unfold streaming vs materialise-all.
 
 Both routes compute, for each of the 20 Conv2d layers, the soft projector P_α = U diag(λ(r)) Uᵀ
-(α = 1e4) from the layer's im2col patches on the same ``--samples`` inputs and the same random
-subset of at most ``--max-rows`` rows per layer (the published cap, 50 000):
+(α = 1e4) from the layer's im2col patches on the same ``--samples`` inputs (all rows, or the same
+random subset of at most ``--max-rows`` rows per layer):
 
 - **materialise** (baseline, the published recipe): one forward of all samples; a hook unfolds the
   layer's whole input (N · L patches x d, all materialised), keeps the row subset and calls
   ``torch.linalg.svd`` (float32).
-- **stream** (curvfast): ``layer_spectra`` in batches of ``--batch`` samples: each batch's patches
-  are unfolded, subsampled and folded into a per-layer sketch (exact float64 Gram + eigh, or the
-  randomized route with ``--route randomized --rank k``); nothing grows with N.
+- **stream** (curvfast): ``iter_layer_spectra`` in batches of ``--batch`` samples, layers a few
+  at a time under ``--state-budget`` bytes of sketch state; a conv's patches are never formed: its
+  Gram matrix is accumulated in float64 from weight-gradient convolutions of the input's shifted
+  views (or the randomized route's sketch by conv forward + weight gradient, ``--route randomized
+  --rank k``), then ``eigh``.
 
-Each route runs in its own process so that its peak resident memory (``ru_maxrss``) is its own;
-reported: wall time of the computation, peak RSS above the process's RSS before it (model and
-inputs already built), and agreement: relative Frobenius distance of the projectors and the
-top-1 agreement of the two corrected models on held-out inputs. The weights are random (no
-CIFAR weights exist offline) and the inputs are 32x32 crops of sklearn's bundled photos.
+Each route runs in its own process, which writes each layer's projector to disk as soon as it
+exists (neither route holds all 20), so that its peak resident memory (``ru_maxrss``) is its own.
+Reported: wall time of the computation, peak RSS above the process's RSS before it (model and
+inputs already built), and agreement: relative Frobenius distance of the projectors and the top-1
+agreement of the two corrected models on held-out inputs. ``--sides stream`` runs curvfast alone
+(where the baseline cannot fit in memory). The weights are random (no CIFAR weights exist offline)
+and the inputs are 32x32 crops of sklearn's bundled photos.
 
-    python -m benchmarks.verifix_projector [--samples 1000] [--max-rows 50000] [--batch 50] [--threads 2]
+    python -m benchmarks.verifix_projector [--samples 1000] [--max-rows N] [--batch 50] [--threads 2] [--name verifix_projector]
 """
 from __future__ import annotations
 
@@ -34,8 +38,8 @@ import torch
 
 from benchmarks.cases import photo_crops
 from benchmarks.environment import environment, results_dir, write_results
-from curvfast.label_noise import apply_projectors, layer_rows, layer_spectra, projectors_for, soft_projector, target_layers
-from curvfast.label_noise.spectra import RowSampler
+from curvfast.label_noise import apply_projectors, iter_layer_spectra, layer_rows, soft_projector, target_layers
+from curvfast.label_noise.spectra import DEFAULT_STATE_BUDGET, RowSampler
 from curvfast.linalg import SpectrumResult
 from curvfast.models import cifar_resnet18
 
@@ -54,11 +58,14 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def save(folder: str, name: str, projector: torch.Tensor) -> None:
+    torch.save(projector.float(), os.path.join(folder, f"{name}.pt"))
+
+
 @torch.no_grad()
-def materialise(model, convs, x, max_rows: int, seed: int) -> dict[str, torch.Tensor]:
+def materialise(model, convs, x, max_rows: int | None, seed: int, out: str) -> None:
     """Baseline: all patches of a layer at once, the row subset, torch.linalg.svd (float32)."""
     modules = dict(model.named_modules())
-    out = {}
 
     def hook_for(i, name):
         def hook(module, args):
@@ -67,7 +74,7 @@ def materialise(model, convs, x, max_rows: int, seed: int) -> dict[str, torch.Te
             rows = rows if keep is None else rows[:, keep]
             _, s, vh = torch.linalg.svd(rows, full_matrices=False)
             spectrum = SpectrumResult(vh.mT, s, rows.square().sum((1, 2)), rows.shape[1], "svd")
-            out[name] = soft_projector(spectrum, ALPHA).float()
+            save(out, name, soft_projector(spectrum, ALPHA))
 
         return hook
 
@@ -75,12 +82,15 @@ def materialise(model, convs, x, max_rows: int, seed: int) -> dict[str, torch.Te
     model(x)
     for h in handles:
         h.remove()
-    return out
 
 
-def stream(model, convs, x, max_rows: int, seed: int, batch: int, route: str, rank: int | None) -> dict[str, torch.Tensor]:
-    spectra = layer_spectra(model, x, layers=convs, max_rows=max_rows, route=route, rank=rank, batch_size=batch, seed=seed, progress=False)
-    return {name: p.float() for name, p in projectors_for(spectra, ALPHA).items()}
+def stream(model, convs, x, args, out: str) -> None:
+    spectra = iter_layer_spectra(
+        model, x, layers=convs, max_rows=args.max_rows, route=args.route, rank=args.rank, batch_size=args.batch,
+        seed=args.seed, state_budget=args.state_budget, progress=False,
+    )
+    for name, spectrum in spectra:
+        save(out, name, soft_projector(spectrum.spectrum, ALPHA))
 
 
 def child(args) -> None:
@@ -88,30 +98,44 @@ def child(args) -> None:
     torch.set_num_threads(args.threads)
     model, convs, x = build(args.samples, args.seed)
     start_rss = rss_bytes()
+    out = os.path.join(args.tmp, args.child)
+    os.makedirs(out)
     start = time.perf_counter()
     if args.child == "materialise":
-        projectors = materialise(model, convs, x, args.max_rows, args.seed)
+        materialise(model, convs, x, args.max_rows, args.seed, out)
     else:
-        projectors = stream(model, convs, x, args.max_rows, args.seed, args.batch, args.route, args.rank)
+        stream(model, convs, x, args, out)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    torch.save(projectors, os.path.join(args.tmp, f"{args.child}.pt"))
     print(json.dumps({"seconds": seconds, "start_rss": start_rss, "peak_rss": peak, "peak_above_start": peak - start_rss}))
 
 
-def run_route(route: str, args, tmp: str) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.verifix_projector", "--child", route, "--tmp", tmp]
-    for key in ("samples", "max_rows", "batch", "threads", "seed", "route"):
-        cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
-    if args.rank is not None:
-        cmd += ["--rank", str(args.rank)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def run_routes(sides, args, tmp: str) -> dict:
+    """Each side in its own process: one after the other, or all at once with ``--concurrent`` (then
+    both see the same machine load; the side that finishes first frees the CPU for the other)."""
+    def start(side):
+        cmd = [sys.executable, "-m", "benchmarks.verifix_projector", "--child", side, "--tmp", tmp]
+        for key in ("samples", "max_rows", "batch", "threads", "seed", "route", "rank", "state_budget"):
+            if getattr(args, key) is not None:
+                cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+
+    def finish(proc):
+        out, _ = proc.communicate()
+        if proc.returncode:
+            raise RuntimeError(f"{proc.args} failed with status {proc.returncode}")
+        return json.loads(out.strip().splitlines()[-1])
+
+    if args.concurrent:
+        procs = {side: start(side) for side in sides}
+        return {side: finish(proc) for side, proc in procs.items()}
+    return {side: finish(start(side)) for side in sides}
 
 
 @torch.no_grad()
-def agreement(args, base: dict, ours: dict) -> dict:
+def agreement(args, tmp: str) -> dict:
     model, convs, _ = build(args.samples, args.seed)
+    base, ours = ({n: torch.load(os.path.join(tmp, side, f"{n}.pt")) for n in convs} for side in ("materialise", "stream"))
     held_out = photo_crops(args.eval_samples, 32, args.seed + 1)
     rel = {n: (torch.linalg.matrix_norm(ours[n] - base[n]) / torch.linalg.matrix_norm(base[n])).max().item() for n in convs}
     preds = {}
@@ -128,10 +152,14 @@ def agreement(args, base: dict, ours: dict) -> dict:
 def main(argv=None) -> dict | None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=1000)
-    parser.add_argument("--max-rows", type=int, default=50_000)
+    parser.add_argument("--max-rows", type=int, default=None, help="rows per layer (default: all)")
     parser.add_argument("--batch", type=int, default=50, help="samples per streamed batch")
     parser.add_argument("--route", default="auto", choices=("auto", "gram", "randomized"))
     parser.add_argument("--rank", type=int, default=None)
+    parser.add_argument("--state-budget", type=int, default=DEFAULT_STATE_BUDGET, help="bytes of sketch state alive at once")
+    parser.add_argument("--sides", choices=("both", "stream"), default="both", help="stream: curvfast alone (baseline does not fit)")
+    parser.add_argument("--name", default="verifix_projector", help="results file name")
+    parser.add_argument("--concurrent", action="store_true", help="run both sides at the same time (same machine load)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-samples", type=int, default=500)
@@ -141,30 +169,35 @@ def main(argv=None) -> dict | None:
     if args.child:
         child(args)
         return None
+    sides = ("materialise", "stream") if args.sides == "both" else ("stream",)
     with tempfile.TemporaryDirectory() as tmp:
-        routes = {route: run_route(route, args, tmp) for route in ("materialise", "stream")}
-        agree = agreement(args, torch.load(os.path.join(tmp, "materialise.pt")), torch.load(os.path.join(tmp, "stream.pt")))
-    base, ours = routes["materialise"], routes["stream"]
-    result = {
-        "settings": {k: v for k, v in vars(args).items() if k not in ("child", "tmp")} | {"alpha": ALPHA, "layers": 20},
-        "environment": environment(torch.device("cpu")), "routes": routes, "agreement": agree,
-        "time_ratio": ours["seconds"] / base["seconds"], "memory_ratio": ours["peak_above_start"] / base["peak_above_start"],
-    }
+        routes = run_routes(sides, args, tmp)
+        agree = agreement(args, tmp) if args.sides == "both" else None
+    settings = {k: v for k, v in vars(args).items() if k not in ("child", "tmp")} | {"alpha": ALPHA, "layers": 20}
+    result = {"settings": settings, "environment": environment(torch.device("cpu")), "routes": routes, "agreement": agree}
     gib = 2**30
-    md = "\n".join([
-        f"Verifix projectors, all 20 conv layers of a CIFAR-stem ResNet-18, {args.samples} photo crops 32x32, "
-        f"at most {args.max_rows} rows per layer, CPU ({args.threads} threads, load average {result['environment']['load_average'][0]:.1f}), "
-        f"torch {torch.__version__}", "",
+    ours = routes["stream"]
+    rows = "all rows" if args.max_rows is None else f"at most {args.max_rows} rows per layer"
+    lines = [
+        f"Verifix projectors, all 20 conv layers of a CIFAR-stem ResNet-18, {args.samples} photo crops 32x32, {rows}, "
+        f"CPU ({args.threads} threads, load average {result['environment']['load_average'][0]:.1f}), torch {torch.__version__}", "",
         "| route | seconds | peak memory above start (GiB) |", "|---|---|---|",
-        f"| materialise all unfold patches + torch.linalg.svd (float32) | {base['seconds']:.1f} | {base['peak_above_start'] / gib:.2f} |",
-        f"| curvfast streaming ({args.route}{'' if args.rank is None else f', rank {args.rank}'}, batch {args.batch}) | {ours['seconds']:.1f} | {ours['peak_above_start'] / gib:.2f} |",
-        "", f"time ratio {result['time_ratio']:.2f}, memory ratio {result['memory_ratio']:.3f}; max relative Frobenius "
-        f"distance of the projectors {agree['projector_rel_frobenius_max']:.1e}; top-1 agreement of the corrected models on "
-        f"{args.eval_samples} held-out crops {agree['top1_agreement_stream_vs_materialise']:.3f}", "",
-    ])
-    write_results(results_dir(torch.device("cpu")), "verifix_projector", result, md)
+    ]
+    if agree is not None:
+        base = routes["materialise"]
+        result["time_ratio"] = ours["seconds"] / base["seconds"]
+        result["memory_ratio"] = ours["peak_above_start"] / base["peak_above_start"]
+        lines.append(f"| materialise all unfold patches + torch.linalg.svd (float32) | {base['seconds']:.1f} | {base['peak_above_start'] / gib:.2f} |")
+    lines.append(
+        f"| curvfast no-unfold streaming ({args.route}{'' if args.rank is None else f', rank {args.rank}'}, batch {args.batch}, "
+        f"state budget {args.state_budget / 2**20:.0f} MiB) | {ours['seconds']:.1f} | {ours['peak_above_start'] / gib:.3f} |"
+    )
+    if agree is not None:
+        lines += ["", f"time ratio {result['time_ratio']:.3f}, memory ratio {result['memory_ratio']:.3f}; max relative Frobenius "
+                  f"distance of the projectors {agree['projector_rel_frobenius_max']:.1e}; top-1 agreement of the corrected models on "
+                  f"{args.eval_samples} held-out crops {agree['top1_agreement_stream_vs_materialise']:.3f}"]
+    write_results(results_dir(torch.device("cpu")), args.name, result, "\n".join(lines + [""]))
     return result
-
 
 if __name__ == "__main__":
     main()

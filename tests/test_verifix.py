@@ -13,9 +13,10 @@ from curvfast.label_noise import (
     add_label_noise, apply_projectors, layer_rows, layer_spectra, projectors_for, select_verified, soft_projector,
     soft_scaling, target_layers, verifix,
 )
+from curvfast.label_noise.patches import ConvPatches, layer_operator
 from curvfast.label_noise.selection import _balanced_quota
-from curvfast.label_noise.spectra import RowSampler
-from curvfast.linalg import SpectrumResult
+from curvfast.label_noise.spectra import RowSampler, _layer_groups
+from curvfast.linalg import SpectrumResult, StreamingRandomizedSVD
 
 F64 = torch.float64
 
@@ -30,11 +31,15 @@ CONV_GEOMETRIES = [
     dict(kernel_size=1, stride=2),
     dict(kernel_size=3, padding=1, groups=2),
     dict(kernel_size=3, padding=1, groups=4),  # depthwise (C_in = groups)
+    dict(kernel_size=3, stride=2, dilation=2, padding=2, groups=2),
+    dict(kernel_size=(1, 3), stride=(1, 2), padding=(0, 1), dilation=(1, 2), groups=4),
+    dict(kernel_size=3, stride=(2, 1), padding=1, padding_mode="replicate", groups=2),
 ]
+GEOMETRY_IDS = [",".join(f"{k}={v}" for k, v in g.items()) for g in CONV_GEOMETRIES]
 
 
 @pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
-@pytest.mark.parametrize("geometry", CONV_GEOMETRIES, ids=lambda g: ",".join(f"{k}={v}" for k, v in g.items()))
+@pytest.mark.parametrize("geometry", CONV_GEOMETRIES, ids=GEOMETRY_IDS)
 def test_conv_rows_reproduce_the_convolution(geometry):
     """rows(x) @ W_flatᵀ (per group) == conv(x) − bias, in float64, for the layer's own geometry."""
     torch.manual_seed(0)
@@ -48,6 +53,52 @@ def test_conv_rows_reproduce_the_convolution(geometry):
     pred = (rows @ w.mT)  # (g, B·L, C_out/g)
     pred = pred.view(g, 3, positions, -1).permute(1, 0, 3, 2).reshape(3, conv.out_channels, *out.shape[2:])
     assert torch.allclose(pred, out, atol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
+@pytest.mark.parametrize("subset", [False, True])
+@pytest.mark.parametrize("geometry", CONV_GEOMETRIES, ids=GEOMETRY_IDS)
+def test_conv_patches_equal_unfold_rows(geometry, subset):
+    """The no-unfold operator gives the unfold rows' XᵀX, Xᵀ(XQ), ‖X‖² and row count (float64, 1e-10
+    relative), for every geometry and for a row subset (a mask on the output positions)."""
+    torch.manual_seed(4)
+    conv = nn.Conv2d(4, 8, **geometry).double()
+    x = torch.randn(3, 4, 11, 10, dtype=F64)
+    rows, positions = layer_rows(conv, x)
+    keep = torch.randperm(rows.shape[1], generator=torch.Generator().manual_seed(1))[: rows.shape[1] // 3].sort().values if subset else None
+    ref = rows if keep is None else rows[:, keep]
+    op, op_positions = layer_operator(conv, x, keep)
+    assert isinstance(op, ConvPatches) and op_positions == positions and op.rows == ref.shape[1]
+    g, d = ref.shape[0], ref.shape[2]
+    gram = torch.zeros(g, d, d, dtype=F64)
+    op.add_gram_to(gram)
+    q = torch.randn(g, d, 5, dtype=F64)
+    z = torch.zeros(g, d, 5, dtype=F64)
+    op.add_gram_times_to(z, q)
+    want_gram, want_z = ref.mT @ ref, ref.mT @ (ref @ q)
+    assert (gram - want_gram).abs().max() <= 1e-10 * want_gram.abs().max()
+    assert (z - want_z).abs().max() <= 1e-10 * want_z.abs().max()
+    assert torch.allclose(op.energy(), ref.square().sum((1, 2)), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("geometry", [CONV_GEOMETRIES[2], CONV_GEOMETRIES[-3]], ids=[GEOMETRY_IDS[2], GEOMETRY_IDS[-3]])
+def test_randomized_sketch_by_convolutions_equals_unfold(geometry):
+    """Truncated randomized route (rank 4 of d, 2 power iterations): the same Nyström spectrum
+    whether its products come from convolutions or from unfold rows; tolerance 1e-8 on U diag(s²) Uᵀ
+    relative to its norm (the two differ only by the rounding of the products)."""
+    torch.manual_seed(5)
+    conv = nn.Conv2d(4, 8, **geometry).double()
+    xs = [torch.randn(2, 4, 12, 12, dtype=F64) for _ in range(3)]
+    results = []
+    for by_conv in (True, False):
+        sketch = StreamingRandomizedSVD(conv.weight[0].numel(), 4, oversample=3, power_iters=2, groups=conv.groups, seed=2)
+        while not sketch.done:
+            for x in xs:
+                sketch.update(layer_operator(conv, x)[0] if by_conv else layer_rows(conv, x)[0])
+            sketch.end_pass()
+        res = sketch.result()
+        results.append((res.u * res.s.square().unsqueeze(-2)) @ res.u.mT)
+    assert torch.linalg.matrix_norm(results[0] - results[1]).max() <= 1e-8 * torch.linalg.matrix_norm(results[1]).max()
 
 
 def test_linear_rows_flatten_leading_dims():
@@ -116,6 +167,24 @@ def test_streamed_projector_equals_one_shot(max_rows, route):
         assert spectra["fc"].spectrum.route == ("randomized" if route == "auto" else "gram")
         if max_rows is not None:
             assert all(s.spectrum.rows == min(max_rows, s.total_rows) for s in spectra.values())
+
+
+def test_layers_in_groups_under_a_state_budget_give_the_same_spectra():
+    """state_budget packs consecutive layers; one layer per group (budget 1 byte) or all at once
+    (None) stream the same rows into the same sketches."""
+    torch.manual_seed(6)
+    model = Net().double().eval()
+    targets = target_layers(model)
+    assert _layer_groups(targets, None, lambda m: 1) == [["c1", "c2", "c3", "fc"]]
+    assert _layer_groups(targets, 1, lambda m: 1) == [["c1"], ["c2"], ["c3"], ["fc"]]
+    assert _layer_groups(targets, 2, lambda m: 1) == [["c1", "c2"], ["c3", "fc"]]
+    x = torch.randn(12, 2, 16, 16, dtype=F64)
+    one = projectors_for(layer_spectra(model, x, state_budget=None, batch_size=5, progress=False), 1e4)
+    each = projectors_for(layer_spectra(model, x, state_budget=1, batch_size=5, progress=False), 1e4)
+    for name in one:
+        assert torch.allclose(one[name], each[name], atol=1e-12), name
+    with pytest.raises(ValueError, match="state_budget"):
+        layer_spectra(model, x, state_budget=0, progress=False)
 
 
 def test_randomized_route_at_full_rank_equals_one_shot():

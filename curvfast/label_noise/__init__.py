@@ -8,11 +8,11 @@ from .noise import NOISE_TYPES, add_label_noise
 from .patches import layer_rows, target_layers
 from .projector import PUBLISHED_ALPHAS, apply_projectors, soft_projector, soft_scaling
 from .selection import SELECTION_METHODS, Selection, select_verified
-from .spectra import PUBLISHED_MAX_ROWS, LayerSpectrum, layer_spectra
+from .spectra import PUBLISHED_MAX_ROWS, LayerSpectrum, iter_layer_spectra, layer_spectra
 from .verifix import VerifixReport, projectors_for, verifix
 
 __all__ = [
     "verifix", "VerifixReport", "projectors_for", "add_label_noise", "NOISE_TYPES", "select_verified", "Selection",
-    "SELECTION_METHODS", "layer_spectra", "LayerSpectrum", "layer_rows", "target_layers", "soft_projector",
+    "SELECTION_METHODS", "layer_spectra", "iter_layer_spectra", "LayerSpectrum", "layer_rows", "target_layers", "soft_projector",
     "soft_scaling", "apply_projectors", "PUBLISHED_ALPHAS", "PUBLISHED_MAX_ROWS",
 ]

@@ -18,6 +18,12 @@ Two routes:
   "Fixed-rank approximation of a positive-semidefinite matrix from streaming data", Alg. 3).
   Cost (1 + q) · 4 n d l + O(d l²); memory d x l. Exact when rank(X) <= l.
 
+A batch is either a tensor of rows (g, n_b, d) or any *row operator*: an object with ``groups``,
+``dim``, ``rows`` and the three products the sketches need, ``energy()`` = ‖X_b‖_F² per group,
+``add_gram_to(G)`` (G += X_bᵀX_b) and ``add_gram_times_to(Z, Q)`` (Z += X_bᵀ(X_b Q)). ``DenseRows``
+is the operator of an explicit row tensor; ``curvfast.label_noise.patches.ConvPatches`` is the one of
+a convolution's patches, computed by convolutions without forming the patch matrix.
+
 ``choose_route`` picks the cheaper one from a cost model whose constants were measured on the
 development machine (2 CPU threads, float64): "randomized" when a truncated rank is acceptable
 (``rank`` given) or when there are fewer rows than dimensions (then it is exact), and its passes
@@ -31,7 +37,7 @@ import torch
 
 from .randomized import gaussian_sketch, orthonormalize
 
-__all__ = ["SpectrumResult", "StreamingGram", "StreamingRandomizedSVD", "make_sketch", "choose_route", "ROUTES"]
+__all__ = ["SpectrumResult", "DenseRows", "StreamingGram", "StreamingRandomizedSVD", "make_sketch", "choose_route", "ROUTES"]
 
 ROUTES = ("auto", "gram", "randomized")
 
@@ -60,6 +66,25 @@ class SpectrumResult:
         return self.s.square() / self.energy.clamp_min(torch.finfo(self.s.dtype).tiny).unsqueeze(-1)
 
 
+class DenseRows:
+    """The row operator of an explicit row tensor ``x`` (g, n, d) (or (n, d) for one group)."""
+
+    def __init__(self, x: torch.Tensor):
+        self.x = x.unsqueeze(0) if x.ndim == 2 else x
+        if self.x.ndim != 3:
+            raise ValueError(f"rows must have shape (groups, rows, dim) or (rows, dim) (got {tuple(x.shape)})")
+        self.groups, self.rows, self.dim = self.x.shape
+
+    def energy(self) -> torch.Tensor:
+        return self.x.square().sum(dim=(1, 2))
+
+    def add_gram_to(self, gram: torch.Tensor) -> None:
+        gram.baddbmm_(self.x.mT, self.x)
+
+    def add_gram_times_to(self, z: torch.Tensor, q: torch.Tensor) -> None:
+        z.baddbmm_(self.x.mT, self.x @ q)
+
+
 class _Sketch:
     route = ""
 
@@ -79,17 +104,18 @@ class _Sketch:
         """True once every pass over the data has been streamed."""
         return self.passes_done >= self.passes
 
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+    def _prepare(self, x):
+        """The batch as a row operator (a tensor becomes ``DenseRows`` in the sketch's dtype); the
+        first pass also counts its rows and energy."""
         if self.done:
             raise RuntimeError(f"all {self.passes} pass(es) of this {self.route} sketch are complete; call result()")
-        if x.ndim == 2:
-            x = x.unsqueeze(0)
-        if x.ndim != 3 or x.shape[0] != self.groups or x.shape[2] != self.dim:
-            raise ValueError(f"batch must have shape (groups={self.groups}, rows, dim={self.dim}) (got {tuple(x.shape)})")
-        x = x.to(device=self.device, dtype=self.dtype)
+        if isinstance(x, torch.Tensor):
+            x = DenseRows(x.to(device=self.device, dtype=self.dtype))
+        if x.groups != self.groups or x.dim != self.dim:
+            raise ValueError(f"batch must have shape (groups={self.groups}, rows, dim={self.dim}) (got groups={x.groups}, dim={x.dim})")
         if self.passes_done == 0:
-            self.rows += x.shape[1]
-            self.energy += x.square().sum(dim=(1, 2))
+            self.rows += x.rows
+            self.energy += x.energy().to(self.energy)
         return x
 
     def end_pass(self) -> None:
@@ -112,10 +138,9 @@ class StreamingGram(_Sketch):
         super().__init__(dim, groups, dtype, device, passes=1)
         self.gram = torch.zeros(groups, dim, dim, dtype=dtype, device=self.device)
 
-    def update(self, x: torch.Tensor) -> None:
-        """Add the rows of ``x`` ((g, n_b, d) or (n_b, d) for one group)."""
-        x = self._prepare(x)
-        self.gram.baddbmm_(x.mT, x)
+    def update(self, x) -> None:
+        """Add the rows of ``x`` ((g, n_b, d) or (n_b, d) for one group, or a row operator)."""
+        self._prepare(x).add_gram_to(self.gram)
 
     def result(self) -> SpectrumResult:
         self._check_result()
@@ -145,10 +170,9 @@ class StreamingRandomizedSVD(_Sketch):
         self.q = orthonormalize(gaussian_sketch((groups, dim, self.width), seed, dtype, self.device))
         self.z = torch.zeros_like(self.q)
 
-    def update(self, x: torch.Tensor) -> None:
-        """Add the rows of ``x`` to the current pass: Z += X_bᵀ (X_b Q)."""
-        x = self._prepare(x)
-        self.z.baddbmm_(x.mT, x @ self.q)
+    def update(self, x) -> None:
+        """Add the rows of ``x`` (a tensor or a row operator) to the current pass: Z += X_bᵀ (X_b Q)."""
+        self._prepare(x).add_gram_times_to(self.z, self.q)
 
     def end_pass(self) -> None:
         super().end_pass()
