@@ -1,18 +1,23 @@
-"""How many classes or probes go through one batched (vmapped or replicated) pass.
+"""How many classes or probes go through one batched pass, and a per-run calibration of it.
 
-Measured on the 2-core CPU (CIFAR-stem ResNet-18, batch 32, 9 class VJPs from one forward):
-vmapping 1, 2, 3, 5 and 9 classes at a time took 1.15, 1.21, 1.25, 2.04 and 2.81 s — on a CPU
-the batched pass pays once the effective batch outgrows the caches; at batch 16, 1, 2, 3 and 9
-classes per pass took 1.23, 1.25, 1.38 and 1.82 s. So a CPU pass holds about 16 such samples'
-worth of input elements (16 x 3 x 32 x 32). Small inputs get more per pass: on the digits CNN
-(8x8, batch 16) 10 Hutchinson probes in one pass took 0.37 s against 0.69 s in passes of 4.
-Forward-over-reverse HVPs ("hvp" passes) gain from wider passes than VJPs: ResNet-18 at batch 16
-with 10 probes took 7.13, 3.80 and 4.19 s at 1, 5 and 10 probes per pass, so their CPU budget is
-five times larger. On a GPU one pass over everything amortises kernel launches, bounded by a
-larger element budget for the (chunk, B, D) tensors.
+Budgets (used for the HVP passes and as the upper end of the VJP calibration): measured on the
+2-core CPU (CIFAR-stem ResNet-18, batch 32, 9 class VJPs from one forward), vmapping 1, 2, 3, 5
+and 9 classes at a time took 1.15, 1.21, 1.25, 2.04 and 2.81 s, so a CPU pass holds about 16 such
+samples' worth of input elements (16 x 3 x 32 x 32). Forward-over-reverse HVPs ("hvp" passes)
+gain from wider passes: ResNet-18 at batch 16 with 10 probes took 7.13, 3.80 and 4.19 s at 1, 5
+and 10 probes per pass, so their CPU budget is five times larger. On a GPU one pass over
+everything amortises kernel launches, bounded by a larger element budget.
+
+Class VJPs are not sized by a fixed rule: whether batching the backward over classes pays
+depends on the model, the input size and the device (on this CPU a plain loop of backward passes
+beat every batched width on a VGG-style net and on ResNet-18, while small inputs gain from
+batching). :class:`PassPlanner` measures instead: the first calls for a (model, shape, dtype,
+device) key time each candidate width on real work, then every later call uses the fastest.
 """
 from __future__ import annotations
 
+import time
+import weakref
 import torch
 
 CPU_ELEMENTS_PER_PASS = {"vjp": 16 * 3 * 32 * 32, "hvp": 80 * 3 * 32 * 32}
@@ -28,3 +33,60 @@ def chunk_size(requested: int | None, total: int, batch: int, dim: int, device: 
     budget = CPU_ELEMENTS_PER_PASS[kind] if device.type == "cpu" else GPU_ELEMENTS_PER_PASS
     size = budget // max(1, batch * dim)
     return max(1, min(total, size))
+
+
+def _candidates(largest: int) -> list[int]:
+    """Widths 1, 4, 16, ... up to ``largest`` (always included)."""
+    widths, w = [], 1
+    while w < largest:
+        widths.append(w)
+        w *= 4
+    return widths + [largest]
+
+
+class PassPlanner:
+    """Choose a pass width by measurement, once per key, and remember it for the run.
+
+    ``passes(owner, key, total, largest, device)`` yields ``(start, width)`` covering
+    ``[0, total)``; the caller does the pass before asking for the next one. Until every
+    candidate width (1, 4, 16, ... ``largest``) has been timed once for ``key`` on this real work
+    (seconds per item), passes cycle through the candidates; from then on every pass has the
+    fastest width. ``owner`` (the model) is held weakly.
+    """
+
+    def __init__(self):
+        self._timings: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+
+    def passes(self, owner, key: tuple, total: int, largest: int, device: torch.device):
+        widths = _candidates(max(1, min(largest, total)))
+        table = self._timings.setdefault(owner, {}).setdefault(key, dict.fromkeys(widths))
+        start = 0
+        while start < total:
+            untried = [w for w, t in table.items() if t is None]
+            width = min(untried[0] if untried else self._best(table), total - start)
+            _sync(device)
+            t0 = time.perf_counter()
+            yield start, width
+            _sync(device)
+            if untried and width == untried[0]:
+                table[width] = (time.perf_counter() - t0) / width
+            start += width
+
+    @staticmethod
+    def _best(table: dict) -> int:
+        return min(table, key=table.get)
+
+    def choice(self, owner, key: tuple) -> int | None:
+        """The width settled on for ``key``, or None while it is still being measured."""
+        table = self._timings.get(owner, {}).get(key)
+        if not table or None in table.values():
+            return None
+        return self._best(table)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+VJP_PLANNER = PassPlanner()
