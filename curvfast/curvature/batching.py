@@ -49,26 +49,28 @@ class PassPlanner:
 
     ``passes(owner, key, total, largest, device)`` yields ``(start, width)`` covering
     ``[0, total)``; the caller does the pass before asking for the next one. Until every
-    candidate width (1, 4, 16, ... ``largest``) has been timed once for ``key`` on this real work
-    (seconds per item), passes cycle through the candidates; from then on every pass has the
-    fastest width. ``owner`` (the model) is held weakly.
+    candidate width (1, 4, 16, ... up to ``largest`` and below ``total``) has been timed once for ``key`` on this real work
+    (seconds per item; never the first pass after the forward, which runs slow), passes cycle
+    through the candidates; from then on every pass has the fastest width. ``owner`` (the model) is held weakly.
     """
 
     def __init__(self):
         self._timings: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
 
     def passes(self, owner, key: tuple, total: int, largest: int, device: torch.device):
-        widths = _candidates(max(1, min(largest, total)))
+        widths = _candidates(max(1, min(largest, total - 1)))
         table = self._timings.setdefault(owner, {}).setdefault(key, dict.fromkeys(widths))
         start = 0
         while start < total:
             untried = [w for w, t in table.items() if t is None]
+            if start == 0 and untried:  # the first pass after a forward runs slow: not a measurement
+                untried = [1]
             width = min(untried[0] if untried else self._best(table), total - start)
             _sync(device)
             t0 = time.perf_counter()
             yield start, width
             _sync(device)
-            if untried and width == untried[0]:
+            if untried and width == untried[0] and start > 0:
                 table[width] = (time.perf_counter() - t0) / width
             start += width
 

@@ -105,7 +105,7 @@ def logit_space_curvature(
         w = weights[:, k0 : k0 + v.shape[1]].to(v.dtype)
         terms[:, k0 : k0 + v.shape[1]] = ops.weighted_sq_norms(v, w).to(terms.dtype)
         if exact:
-            pulled += torch.einsum("bk,bkd->bd", w, v)
+            pulled.unsqueeze_(1).baddbmm_(w.unsqueeze(1), v).squeeze_(1)
         if need_gram:
             scaled.append(v * w.sqrt().unsqueeze(-1))
     if exact:  # the top class: v_r = −pulled / p_r
