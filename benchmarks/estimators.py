@@ -15,8 +15,8 @@ models); their reference is the float64 trace from D HVPs, and they time the new
 (``deflated``): exact Gauss-Newton trace + residual deflated on the Gauss-Newton range; its time
 to 1% is measured, not extrapolated: ``deflated`` is re-run and timed with the P₁ residual probes
 that the auto row's own spread asks for (its error is reported too).
-``exact`` is timed after three calls that let its pass-width calibration settle; its plain-loop
-baseline is one forward plus C ``autograd.grad`` calls reusing the graph.
+``exact`` is timed after the calls that let its pass-width calibration settle, interleaved with its
+plain-loop baseline (one forward plus C ``autograd.grad`` calls reusing the graph).
 
 Baselines (benchmarks/baselines/, never in the library): a naive one-probe-at-a-time double-
 backward Hutchinson loop, torch.func ``vmap(jvp(grad))`` Hutchinson, and the published fd and
@@ -45,8 +45,9 @@ from benchmarks.environment import environment, results_dir, write_results
 MEDIAN_ABS_NORMAL = 0.6745
 DEFAULT_BATCH = {"digits_cnn": 64, "gelu_mlp_digits": 16, "vgg_c10": 32, "vit_c10": 8, "resnet18_c10": 16, "resnet18_c100": 16,
                  "resnet50_c1000": 2}
-CASE_LIMITS = {"resnet50_c1000": {"probes": 2, "repeats": 2}}  # ImageNet-size on a CPU: a few HVPs, few repeats
+CASE_LIMITS = {"resnet50_c1000": {"probes": 2, "repeats": 2, "pair_repeats": 3}, "resnet18_c100": {"pair_repeats": 3}}  # ImageNet-size on a CPU: a few HVPs, few repeats
 NO_NAIVE_LOOP = ("resnet50_c1000",)
+PAIR_REPEATS = 7  # exact vs its plain loop (and sampled vs its loop), interleaved: the ratio the issue bounds by 1.0
 
 
 def _sync(device):
@@ -65,6 +66,22 @@ def timed(fn, repeats: int, device):
         _sync(device)
         times.append(time.perf_counter() - start)
     return out, {"median_s": statistics.median(times), "min_s": min(times), "repeats": repeats}
+
+
+def timed_interleaved(fns: dict, repeats: int, device) -> dict:
+    """Warm every function up, then alternate them ``repeats`` times (a, b, a, b, ...): on a shared
+    machine the compared sides see the same load. Median and minimum seconds per function."""
+    for fn in fns.values():
+        fn()
+    times = {key: [] for key in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[key].append(time.perf_counter() - start)
+    return {key: {"median_s": statistics.median(v), "min_s": min(v), "repeats": repeats} for key, v in times.items()}
 
 
 def _rel_err(estimate, reference) -> float:
@@ -132,18 +149,27 @@ def run_case(name: str, *, batch: int, subset: int, probes: int, repeats: int, d
         return run
 
     top = min(10, C)
+    pair_repeats = CASE_LIMITS.get(name, {}).get("pair_repeats", max(repeats, PAIR_REPEATS))
     if not smooth and C <= 100:
-        add("forward_plus_C_vjps", t(plain_vjps(C)), note=f"1 forward + {C} VJPs, plain torch")
         exact_fn = lambda: curvfast.input_curvature(model, x, y, method="exact")  # noqa: E731
-        for _ in range(3):  # the one-time pass-width calibration (VJP_PLANNER) happens in these calls
+        key = (tuple(x.shape), C - 1, x.dtype, str(x.device))
+        for _ in range(10):  # the one-time pass-width calibration (VJP_PLANNER) happens in these calls
             exact_fn()
-        add("curvfast_exact", t(exact_fn), exact_fn().value, ref_trace,
-            note=f"pass width {VJP_PLANNER.choice(model, (tuple(x.shape), C - 1, x.dtype, str(x.device)))} (calibrated)")
+            if VJP_PLANNER.choice(model, key) is not None:
+                break
+        pair = timed_interleaved({"loop": plain_vjps(C), "exact": exact_fn}, pair_repeats, device)
+        add("forward_plus_C_vjps", pair["loop"], note=f"1 forward + {C} VJPs, plain torch; interleaved with exact")
+        add("curvfast_exact", pair["exact"], exact_fn().value, ref_trace,
+            note=f"pass width {VJP_PLANNER.choice(model, key)} (calibrated)")
     if not smooth:
-        if C > 100:
-            add("forward_plus_20_vjps", t(plain_vjps(2 * top)), note=f"1 forward + {2 * top} VJPs, plain torch")
         sampled = lambda: curvfast.input_curvature(model, x, y, method="sampled", top_classes=top, probes=10, sample_ids=ids)  # noqa: E731
-        add("curvfast_sampled", t(sampled), sampled().value, ref_trace, note=f"top {top} classes exact + 10 tail samples")
+        if C > 100:
+            pair = timed_interleaved({"loop": plain_vjps(2 * top), "sampled": sampled}, pair_repeats, device)
+            add("forward_plus_20_vjps", pair["loop"], note=f"1 forward + {2 * top} VJPs, plain torch; interleaved with sampled")
+            timing = pair["sampled"]
+        else:
+            timing = t(sampled)
+        add("curvfast_sampled", timing, sampled().value, ref_trace, note=f"top {top} classes exact + 10 tail samples")
 
     hut = lambda: curvfast.input_curvature(model, x, y, method="hutchinson", probes=probes, sample_ids=ids)  # noqa: E731
     res = hut()

@@ -9,9 +9,10 @@ and 10 probes per pass, so their CPU budget is five times larger. On a GPU one p
 everything amortises kernel launches, bounded by a larger element budget.
 
 Class VJPs are not sized by a fixed rule: whether batching the backward over classes pays
-depends on the model, the input size and the device (on this CPU a plain loop of backward passes
-beat every batched width on a VGG-style net and on ResNet-18, while small inputs gain from
-batching). :class:`PassPlanner` measures instead: the first calls for a (model, shape, dtype,
+depends on the model, the input size and the device. One thread on this CPU, 9 class VJPs from
+one forward: CIFAR ResNet-18 at batch 16 took 0.87 s as a plain loop and 0.95 / 1.38 / 1.41 s in
+batched passes of 2 / 3 / 9; the digits CNN at batch 16 took 4.4 ms looped and 4.7 ms in passes
+of 3 or 9, while at batch 64 passes of 4 measured faster than the loop. :class:`PassPlanner` measures instead: the first calls for a (model, shape, dtype,
 device) key time each candidate width on real work, then every later call uses the fastest.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ import time
 import weakref
 import torch
 
+MEASUREMENTS = 2
 CPU_ELEMENTS_PER_PASS = {"vjp": 16 * 3 * 32 * 32, "hvp": 80 * 3 * 32 * 32}
 GPU_ELEMENTS_PER_PASS = 2**26
 
@@ -49,9 +51,10 @@ class PassPlanner:
 
     ``passes(owner, key, total, largest, device)`` yields ``(start, width)`` covering
     ``[0, total)``; the caller does the pass before asking for the next one. Until every
-    candidate width (1, 4, 16, ... up to ``largest`` and below ``total``) has been timed once for ``key`` on this real work
-    (seconds per item; never the first pass after the forward, which runs slow), passes cycle
-    through the candidates; from then on every pass has the fastest width. ``owner`` (the model) is held weakly.
+    candidate width (1, 4, 16, ... up to ``largest`` and below ``total``) has been timed twice for
+    ``key`` on this real work (seconds per item, the smaller of the two; never the first pass after
+    the forward, which runs slow), passes cycle through the candidates; from then on every pass
+    has the fastest width. ``owner`` (the model) is held weakly.
     """
 
     def __init__(self):
@@ -59,10 +62,10 @@ class PassPlanner:
 
     def passes(self, owner, key: tuple, total: int, largest: int, device: torch.device):
         widths = _candidates(max(1, min(largest, total - 1)))
-        table = self._timings.setdefault(owner, {}).setdefault(key, dict.fromkeys(widths))
+        table = self._timings.setdefault(owner, {}).setdefault(key, {w: [] for w in widths})
         start = 0
         while start < total:
-            untried = [w for w, t in table.items() if t is None]
+            untried = [w for w, t in table.items() if len(t) < MEASUREMENTS]
             if start == 0 and untried:  # the first pass after a forward runs slow: not a measurement
                 untried = [1]
             width = min(untried[0] if untried else self._best(table), total - start)
@@ -71,17 +74,17 @@ class PassPlanner:
             yield start, width
             _sync(device)
             if untried and width == untried[0] and start > 0:
-                table[width] = (time.perf_counter() - t0) / width
+                table[width].append((time.perf_counter() - t0) / width)
             start += width
 
     @staticmethod
     def _best(table: dict) -> int:
-        return min(table, key=table.get)
+        return min(table, key=lambda w: min(table[w]))
 
     def choice(self, owner, key: tuple) -> int | None:
         """The width settled on for ``key``, or None while it is still being measured."""
         table = self._timings.get(owner, {}).get(key)
-        if not table or None in table.values():
+        if not table or any(len(t) < MEASUREMENTS for t in table.values()):
             return None
         return self._best(table)
 

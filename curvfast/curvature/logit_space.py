@@ -49,7 +49,7 @@ def _class_vjps(logits: torch.Tensor, xg: torch.Tensor, cotangents: torch.Tensor
     this model, shape and device (the first calls time each candidate on real work).
     """
     batch, num = cotangents.shape[:2]
-    cot = cotangents.transpose(0, 1)  # (num, B, C)
+    cot = cotangents.transpose(0, 1).contiguous()  # (num, B, C)
     dim = xg[0].numel()
     if chunk_size is not None:
         width = pass_size(chunk_size, num, batch, dim, xg.device)
