@@ -15,7 +15,7 @@ models); their reference is the float64 trace from D HVPs, and they time the new
 (``deflated``): exact Gauss-Newton trace + residual deflated on the Gauss-Newton range; its time
 to 1% is measured, not extrapolated: ``deflated`` is re-run and timed with the P₁ residual probes
 that the auto row's own spread asks for (its error is reported too).
-``exact`` is timed after the calls that let its pass-width calibration settle, interleaved with its
+``exact`` is timed after the first call, which calibrates its pass width, interleaved with its
 plain-loop baseline (one forward plus C ``autograd.grad`` calls reusing the graph).
 
 Baselines (benchmarks/baselines/, never in the library): a naive one-probe-at-a-time double-
@@ -153,10 +153,7 @@ def run_case(name: str, *, batch: int, subset: int, probes: int, repeats: int, d
     if not smooth and C <= 100:
         exact_fn = lambda: curvfast.input_curvature(model, x, y, method="exact")  # noqa: E731
         key = (tuple(x.shape), C - 1, x.dtype, str(x.device))
-        for _ in range(10):  # the one-time pass-width calibration (VJP_PLANNER) happens in these calls
-            exact_fn()
-            if VJP_PLANNER.choice(model, key) is not None:
-                break
+        exact_fn()  # the one-time pass-width calibration (VJP_PLANNER) happens in this first call
         pair = timed_interleaved({"loop": plain_vjps(C), "exact": exact_fn}, pair_repeats, device)
         add("forward_plus_C_vjps", pair["loop"], note=f"1 forward + {C} VJPs, plain torch; interleaved with exact")
         add("curvfast_exact", pair["exact"], exact_fn().value, ref_trace,

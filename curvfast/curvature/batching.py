@@ -12,13 +12,14 @@ Class VJPs are not sized by a fixed rule: whether batching the backward over cla
 depends on the model, the input size and the device. One thread on this CPU, 9 class VJPs from
 one forward: CIFAR ResNet-18 at batch 16 took 0.87 s as a plain loop and 0.95 / 1.38 / 1.41 s in
 batched passes of 2 / 3 / 9; the digits CNN at batch 16 took 4.4 ms looped and 4.7 ms in passes
-of 3 or 9, while at batch 64 passes of 4 measured faster than the loop. :class:`PassPlanner` measures instead: the first calls for a (model, shape, dtype,
-device) key time each candidate width on real work, then every later call uses the fastest.
+of 3 or 9, while at batch 64 passes of 4 measured faster than the loop. :class:`PassPlanner` measures instead: the first call for a (model, shape, dtype, device)
+key times each candidate width on its own graph, and the run keeps the fastest.
 """
 from __future__ import annotations
 
 import time
 import weakref
+
 import torch
 
 MEASUREMENTS = 2
@@ -49,44 +50,40 @@ def _candidates(largest: int) -> list[int]:
 class PassPlanner:
     """Choose a pass width by measurement, once per key, and remember it for the run.
 
-    ``passes(owner, key, total, largest, device)`` yields ``(start, width)`` covering
-    ``[0, total)``; the caller does the pass before asking for the next one. Until every
-    candidate width (1, 4, 16, ... up to ``largest`` and below ``total``) has been timed twice for
-    ``key`` on this real work (seconds per item, the smaller of the two; never the first pass after
-    the forward, which runs slow), passes cycle through the candidates; from then on every pass
-    has the fastest width. ``owner`` (the model) is held weakly.
+    ``width(owner, key, total, largest, trial, device)``: on the first call for ``key``, runs
+    ``trial(w)`` (one pass of width w on the caller's real graph, result discarded) once to warm
+    up, then twice for each candidate width 1, 4, 16, ... up to ``largest`` and ``total``, and keeps
+    the width with the least seconds per item (the smaller of its two timings). Later calls reuse
+    it, so every call of a run computes with the same width and gives the same bits. ``owner``
+    (the model) is held weakly.
     """
 
     def __init__(self):
-        self._timings: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+        self._choices: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
 
-    def passes(self, owner, key: tuple, total: int, largest: int, device: torch.device):
-        widths = _candidates(max(1, min(largest, total - 1)))
-        table = self._timings.setdefault(owner, {}).setdefault(key, {w: [] for w in widths})
-        start = 0
-        while start < total:
-            untried = [w for w, t in table.items() if len(t) < MEASUREMENTS]
-            if start == 0 and untried:  # the first pass after a forward runs slow: not a measurement
-                untried = [1]
-            width = min(untried[0] if untried else self._best(table), total - start)
-            _sync(device)
-            t0 = time.perf_counter()
-            yield start, width
-            _sync(device)
-            if untried and width == untried[0] and start > 0:
-                table[width].append((time.perf_counter() - t0) / width)
-            start += width
-
-    @staticmethod
-    def _best(table: dict) -> int:
-        return min(table, key=lambda w: min(table[w]))
+    def width(self, owner, key: tuple, total: int, largest: int, trial, device: torch.device) -> int:
+        choices = self._choices.setdefault(owner, {})
+        if key not in choices:
+            widths = _candidates(max(1, min(largest, total)))
+            if len(widths) > 1:
+                trial(1)
+                per_item = {w: min(_seconds(trial, w, device) for _ in range(MEASUREMENTS)) / w for w in widths}
+                choices[key] = min(per_item, key=per_item.get)
+            else:
+                choices[key] = widths[0]
+        return choices[key]
 
     def choice(self, owner, key: tuple) -> int | None:
-        """The width settled on for ``key``, or None while it is still being measured."""
-        table = self._timings.get(owner, {}).get(key)
-        if not table or any(len(t) < MEASUREMENTS for t in table.values()):
-            return None
-        return self._best(table)
+        """The width settled on for ``key``, or None before its first use."""
+        return self._choices.get(owner, {}).get(key)
+
+
+def _seconds(trial, width: int, device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    trial(width)
+    _sync(device)
+    return time.perf_counter() - start
 
 
 def _sync(device: torch.device) -> None:

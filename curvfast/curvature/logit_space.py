@@ -46,19 +46,20 @@ def _class_vjps(logits: torch.Tensor, xg: torch.Tensor, cotangents: torch.Tensor
     ``torch.func.vjp``, which measured slower on this CPU: ResNet-18, batch 16, 9 classes in passes
     of 2 took 0.95 s against 1.26 s). The width is
     ``chunk_size`` when given, else the fastest measured by :data:`batching.VJP_PLANNER` for
-    this model, shape and device (the first calls time each candidate on real work).
+    this model, shape and device (the first call times each candidate on this graph).
     """
     batch, num = cotangents.shape[:2]
     cot = cotangents.transpose(0, 1).contiguous()  # (num, B, C)
     dim = xg[0].numel()
     if chunk_size is not None:
         width = pass_size(chunk_size, num, batch, dim, xg.device)
-        passes = ((k0, min(width, num - k0)) for k0 in range(0, num, width))
     else:
         key = (tuple(xg.shape), num, xg.dtype, str(xg.device))
-        passes = VJP_PLANNER.passes(owner, key, num, pass_size(None, num, batch, dim, xg.device), xg.device)
-    for k0, width in passes:
-        yield k0, _vjp_pass(logits, xg, cot[k0 : k0 + width], last=k0 + width >= num).reshape(width, batch, dim).transpose(0, 1)
+        width = VJP_PLANNER.width(owner, key, num, pass_size(None, num, batch, dim, xg.device),
+                                  lambda w: _vjp_pass(logits, xg, cot[:w], last=False), xg.device)
+    for k0 in range(0, num, width):
+        n = min(width, num - k0)
+        yield k0, _vjp_pass(logits, xg, cot[k0 : k0 + n], last=k0 + n >= num).reshape(n, batch, dim).transpose(0, 1)
 
 
 def _vjp_pass(logits: torch.Tensor, xg: torch.Tensor, cot: torch.Tensor, last: bool) -> torch.Tensor:
