@@ -10,6 +10,14 @@ For each case (model, input, C, batch, device) and method it records, from one r
   normal); time = P₁ × time per probe. fd and zo estimate h·‖H‖_F and h·√(2/π)·‖H‖_F, not
   the trace: their error is against those targets, and their bias floor can make 1% unreachable.
 
+Smooth cases (GELU MLP, patch transformer) have no exact/sampled rows (those methods refuse smooth
+models); their reference is the float64 trace from D HVPs, and they time the new ``auto``
+(``deflated``): exact Gauss-Newton trace + residual deflated on the Gauss-Newton range; its time
+to 1% is measured, not extrapolated: ``deflated`` is re-run and timed with the P₁ residual probes
+that the auto row's own spread asks for (its error is reported too).
+``exact`` is timed after the first call, which calibrates its pass width, interleaved with its
+plain-loop baseline (one forward plus C ``autograd.grad`` calls reusing the graph).
+
 Baselines (benchmarks/baselines/, never in the library): a naive one-probe-at-a-time double-
 backward Hutchinson loop, torch.func ``vmap(jvp(grad))`` Hutchinson, and the published fd and
 zo estimators as published.
@@ -26,15 +34,20 @@ import time
 import torch
 
 import curvfast
+from curvfast.curvature.batching import VJP_PLANNER
 from benchmarks.baselines.func_hutchinson import func_hutchinson
 from benchmarks.baselines.naive_hutchinson import naive_hutchinson_probe
 from benchmarks.baselines.published_fd import published_fd
 from benchmarks.baselines.published_zo import published_zo
-from benchmarks.cases import CASE_NAMES, build_case
+from benchmarks.cases import CASE_NAMES, SMOOTH_CASES, build_case
 from benchmarks.environment import environment, results_dir, write_results
 
 MEDIAN_ABS_NORMAL = 0.6745
-DEFAULT_BATCH = {"digits_cnn": 64, "resnet18_c10": 32, "resnet18_c100": 32, "resnet50_c1000": 4}
+DEFAULT_BATCH = {"digits_cnn": 64, "gelu_mlp_digits": 16, "vgg_c10": 32, "vit_c10": 8, "resnet18_c10": 16, "resnet18_c100": 16,
+                 "resnet50_c1000": 2}
+CASE_LIMITS = {"resnet50_c1000": {"probes": 2, "repeats": 2, "pair_repeats": 3}, "resnet18_c100": {"pair_repeats": 5}}  # ImageNet-size on a CPU: a few HVPs, few repeats
+NO_NAIVE_LOOP = ("resnet50_c1000",)
+PAIR_REPEATS = 7  # exact vs its plain loop (and sampled vs its loop), interleaved: the ratio the issue bounds by 1.0
 
 
 def _sync(device):
@@ -55,6 +68,22 @@ def timed(fn, repeats: int, device):
     return out, {"median_s": statistics.median(times), "min_s": min(times), "repeats": repeats}
 
 
+def timed_interleaved(fns: dict, repeats: int, device) -> dict:
+    """Warm every function up, then alternate them ``repeats`` times (a, b, a, b, ...): on a shared
+    machine the compared sides see the same load. Median and minimum seconds per function."""
+    for fn in fns.values():
+        fn()
+    times = {key: [] for key in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[key].append(time.perf_counter() - start)
+    return {key: {"median_s": statistics.median(v), "min_s": min(v), "repeats": repeats} for key, v in times.items()}
+
+
 def _rel_err(estimate, reference) -> float:
     return ((estimate.double().cpu() - reference) / reference).abs().median().item()
 
@@ -66,7 +95,8 @@ def _probes_for_1pct(per_probe_rel_sd: float) -> int:
 def run_case(name: str, *, batch: int, subset: int, probes: int, repeats: int, device: torch.device) -> dict:
     model, x, y, info = build_case(name, batch)
     model, x, y = model.to(device), x.to(device), y.to(device)
-    C = info["classes"]
+    C, smooth = info["classes"], name in SMOOTH_CASES
+    probes, repeats = CASE_LIMITS.get(name, {}).get("probes", probes), min(repeats, CASE_LIMITS.get(name, {}).get("repeats", repeats))
     sub = slice(0, min(subset, batch))
     ids = torch.arange(batch, device=device)
     t = lambda fn: timed(fn, repeats, device)[1]  # noqa: E731
@@ -80,17 +110,23 @@ def run_case(name: str, *, batch: int, subset: int, probes: int, repeats: int, d
     t_grad = t(input_gradient)
     rows["input_gradient"] = {**t_grad, "cost": 1.0}
 
-    # float64 references on the subset: exact trace and Frobenius norm (C VJPs in float64)
-    if C <= 100:
+    ref_frob = None
+    if smooth:  # float64 deflated with Q = I: D HVPs, the exact trace of the full Hessian
+        m64, x64 = model.double(), x[sub].double()
+        ref_trace = curvfast.input_curvature(m64, x64, y[sub], method="deflated", probes=x[0].numel()).value.cpu()
+        model.float()
+        ref_note = "float64 exact trace (deflated with Q = I: D HVPs per sample)"
+    elif C <= 100:  # float64 references on the subset: exact trace and Frobenius norm (C VJPs in float64)
         m64, x64 = model.double(), x[sub].double()
         ref_trace = curvfast.input_curvature(m64, x64, y[sub], method="exact").value.cpu()
         ref_frob = curvfast.input_curvature(m64, x64, y[sub], method="exact", statistic="frobenius").value.cpu()
         model.float()
         ref_note = "float64 exact"
-    else:  # 999 float64 VJPs per image is the benchmark's own bottleneck on a CPU: fp32 exact on the subset
-        ref_trace = curvfast.input_curvature(model, x[sub], y[sub], method="exact").value.double().cpu()
-        ref_frob = None
-        ref_note = "float32 exact (float64 exact at C=1000 is too slow here; fp32 exact matches float64 to ~1e-6 at C=10/100)"
+    else:  # 999 VJPs per 224x224 image is too slow for this CPU: sampled with a 100-class head and 100 tail strata
+        ref = curvfast.input_curvature(model, x[sub], y[sub], method="sampled", top_classes=100, probes=100, sample_ids=ids[sub])
+        ref_trace = ref.value.double().cpu()
+        rel_se = (ref.stderr.double().cpu() / ref_trace.abs()).max().item()
+        ref_note = f"float32 sampled, top 100 classes + 100 tail strata (relative standard error at most {rel_se:.1e})"
 
     def add(key, timing, estimate=None, target=None, per_probe_rel_sd=None, probes_used=None, note=""):
         row = {**timing, "images_per_s": batch / timing["median_s"], "cost": timing["median_s"] / t_grad["median_s"], "note": note}
@@ -104,25 +140,50 @@ def run_case(name: str, *, batch: int, subset: int, probes: int, repeats: int, d
             row["time_to_1pct_s"] = timing["median_s"]
         rows[key] = row
 
-    # unavoidable work of the exact route: one forward plus C input-VJPs as plain torch calls
-    if C <= 100:
-        def forward_and_vjps():
+    def plain_vjps(count):  # one forward plus ``count`` input-VJPs as plain torch calls
+        def run():
             xg = x.clone().requires_grad_(True)
             logits = model(xg)
-            for c in range(C):
-                torch.autograd.grad(logits[:, c].sum(), xg, retain_graph=c < C - 1)
+            for c in range(count):
+                torch.autograd.grad(logits[:, c].sum(), xg, retain_graph=c < count - 1)
+        return run
 
-        add("forward_plus_C_vjps", t(forward_and_vjps), note=f"1 forward + {C} VJPs, plain torch")
-        exact = curvfast.input_curvature(model, x, y, method="exact").value
-        add("curvfast_exact", t(lambda: curvfast.input_curvature(model, x, y, method="exact")), exact, ref_trace)
     top = min(10, C)
-    sampled = lambda: curvfast.input_curvature(model, x, y, method="sampled", top_classes=top, probes=10, sample_ids=ids)  # noqa: E731
-    add("curvfast_sampled", t(sampled), sampled().value, ref_trace, note=f"top {top} classes exact + 10 tail samples")
+    pair_repeats = CASE_LIMITS.get(name, {}).get("pair_repeats", max(repeats, PAIR_REPEATS))
+    if not smooth and C <= 100:
+        exact_fn = lambda: curvfast.input_curvature(model, x, y, method="exact")  # noqa: E731
+        key = (tuple(x.shape), C - 1, x.dtype, str(x.device))
+        exact_fn()  # the one-time pass-width calibration (VJP_PLANNER) happens in this first call
+        pair = timed_interleaved({"loop": plain_vjps(C), "exact": exact_fn}, pair_repeats, device)
+        add("forward_plus_C_vjps", pair["loop"], note=f"1 forward + {C} VJPs, plain torch; interleaved with exact")
+        add("curvfast_exact", pair["exact"], exact_fn().value, ref_trace,
+            note=f"pass width {VJP_PLANNER.choice(model, key)} (calibrated)")
+    if not smooth:
+        sampled = lambda: curvfast.input_curvature(model, x, y, method="sampled", top_classes=top, probes=10, sample_ids=ids)  # noqa: E731
+        if C > 100:
+            pair = timed_interleaved({"loop": plain_vjps(2 * top), "sampled": sampled}, pair_repeats, device)
+            add("forward_plus_20_vjps", pair["loop"], note=f"1 forward + {2 * top} VJPs, plain torch; interleaved with sampled")
+            timing = pair["sampled"]
+        else:
+            timing = t(sampled)
+        add("curvfast_sampled", timing, sampled().value, ref_trace, note=f"top {top} classes exact + 10 tail samples")
 
     hut = lambda: curvfast.input_curvature(model, x, y, method="hutchinson", probes=probes, sample_ids=ids)  # noqa: E731
     res = hut()
     sd = (res.stderr[sub].double().cpu() * math.sqrt(probes) / ref_trace.abs()).median().item()
     add("curvfast_hutchinson", t(hut), res.value, ref_trace, sd, probes, note=f"{probes} probes, batched fwd-over-rev")
+
+    if smooth:  # the new auto (deflated), then deflated re-run with the residual probes its own spread asks for
+        auto = lambda: curvfast.input_curvature(model, x, y, sample_ids=ids)  # noqa: E731
+        res, nres = auto(), curvfast.curvature.DEFAULT_PROBES["deflated"]
+        add("curvfast_auto_deflated", t(auto), res.value, ref_trace, note=f"{nres} residual probes + {min(10, C - 1)} deflated directions")
+        if res.stderr is not None:
+            sd = (res.stderr[sub].double().cpu() * math.sqrt(nres) / ref_trace.abs()).median().item()
+            p1 = max(2, _probes_for_1pct(sd))
+            rows["curvfast_auto_deflated"].update(per_probe_rel_sd=sd, probes=nres, probes_for_1pct=p1)
+            at_p1 = lambda: curvfast.input_curvature(model, x, y, method="deflated", probes=p1, sample_ids=ids)  # noqa: E731
+            add("curvfast_deflated_at_1pct", t(at_p1), at_p1().value, ref_trace, note=f"{p1} residual probes (P₁ of the row above), timed")
+            rows["curvfast_deflated_at_1pct"]["time_to_1pct_s"] = rows["curvfast_deflated_at_1pct"]["median_s"]
 
     gen = torch.Generator(device=device)
     naive_samples = []
@@ -134,11 +195,15 @@ def run_case(name: str, *, batch: int, subset: int, probes: int, repeats: int, d
             naive_samples.append(naive_hutchinson_probe(model, x, y, gen))
         return torch.stack(naive_samples).mean(0)
 
-    naive = naive_loop()
-    sd_naive = (torch.stack(naive_samples)[:, sub].double().std(0) / ref_trace.abs()).median().item()
-    add("naive_hutchinson_loop", t(naive_loop), naive, ref_trace, sd_naive, probes, note="1 probe at a time, double backward, host sync")
+    if name not in NO_NAIVE_LOOP:
+        naive = naive_loop()
+        sd_naive = (torch.stack(naive_samples)[:, sub].double().std(0) / ref_trace.abs()).median().item()
+        add("naive_hutchinson_loop", t(naive_loop), naive, ref_trace, sd_naive, probes, note="1 probe at a time, double backward, host sync")
+        func_note = "same estimator as the naive loop; its variance"
+    else:  # same Rademacher estimator as curvfast's Hutchinson: its spread
+        sd_naive, func_note = rows["curvfast_hutchinson"]["per_probe_rel_sd"], "same estimator as curvfast hutchinson; its variance"
     fh = lambda: func_hutchinson(model, x, y, probes, gen.manual_seed(2))  # noqa: E731
-    add("func_vmap_jvp_grad", t(fh), fh(), ref_trace, sd_naive, probes, note="same estimator as the naive loop; its variance")
+    add("func_vmap_jvp_grad", t(fh), fh(), ref_trace, sd_naive, probes, note=func_note)
 
     if ref_frob is not None:
         h = 1e-3
@@ -156,14 +221,23 @@ def run_case(name: str, *, batch: int, subset: int, probes: int, repeats: int, d
 
 
 def ratios(case: dict) -> dict:
-    """The issue's target ratios for one case (None where a row is missing)."""
+    """The issues' target ratios for one case (only those whose rows exist)."""
     r = case["rows"]
     out = {}
     trace_baselines = [r[k]["time_to_1pct_s"] for k in ("naive_hutchinson_loop", "func_vmap_jvp_grad") if k in r]
-    if "curvfast_exact" in r and trace_baselines:
+    if "curvfast_exact" in r:
         out["exact_vs_best_baseline_at_1pct"] = min(trace_baselines) / r["curvfast_exact"]["median_s"]
-        out["exact_overhead_over_forward_plus_C_vjps"] = r["curvfast_exact"]["median_s"] / r["forward_plus_C_vjps"]["median_s"]
-    out["hutchinson_batched_vs_naive_same_probes"] = r["naive_hutchinson_loop"]["median_s"] / r["curvfast_hutchinson"]["median_s"]
+        out["exact_over_plain_loop_of_C_vjps"] = r["curvfast_exact"]["median_s"] / r["forward_plus_C_vjps"]["median_s"]
+    if "forward_plus_20_vjps" in r:
+        out["sampled_over_forward_plus_20_vjps"] = r["curvfast_sampled"]["median_s"] / r["forward_plus_20_vjps"]["median_s"]
+        out["sampled_over_input_gradient"] = r["curvfast_sampled"]["cost"]
+        out["sampled_vs_func_at_1pct"] = r["func_vmap_jvp_grad"]["time_to_1pct_s"] / r["curvfast_sampled"]["median_s"]
+    if "curvfast_auto_deflated" in r:
+        auto = r.get("curvfast_deflated_at_1pct", r["curvfast_auto_deflated"])["time_to_1pct_s"]
+        out["auto_vs_func_at_1pct"] = r["func_vmap_jvp_grad"]["time_to_1pct_s"] / auto
+        out["auto_vs_hutchinson_at_1pct"] = r["curvfast_hutchinson"]["time_to_1pct_s"] / auto
+    if "naive_hutchinson_loop" in r:
+        out["hutchinson_batched_vs_naive_same_probes"] = r["naive_hutchinson_loop"]["median_s"] / r["curvfast_hutchinson"]["median_s"]
     out["hutchinson_batched_vs_func_same_probes"] = r["func_vmap_jvp_grad"]["median_s"] / r["curvfast_hutchinson"]["median_s"]
     if "published_fd" in r:
         out["fd_published_over_curvfast"] = r["published_fd"]["median_s"] / r["curvfast_fd"]["median_s"]

@@ -28,7 +28,7 @@ PIPELINE_COMMANDS = (  # module -> its `register(subparsers)` adds one sub-comma
     "curvfast.adversarial.cli",      # transfer
 )
 
-METHOD_CHOICES = ("auto", "exact", "sampled", "hutchinson", "fd", "zo")
+METHOD_CHOICES = ("auto", "exact", "sampled", "hutchinson", "deflated", "fd", "zo")
 STAT_CHOICES = ("trace", "frobenius", "top_eigenvalue", "spectrum", "fd", "zo")
 
 

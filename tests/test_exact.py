@@ -94,10 +94,11 @@ def test_exact_refuses_smooth_models_unless_gauss_newton_accepted(kind):
     assert not torch.allclose(gn, true_trace, rtol=1e-6)
 
 
-def test_auto_picks_exact_sampled_hutchinson():
+def test_auto_picks_exact_sampled_deflated_hutchinson():
     x, y = make_batch(2, 10)
     assert curvfast.input_curvature(make_model("pl_residual", 10), x, y).method == "exact"
-    assert curvfast.input_curvature(make_model("gelu", 10), x, y, probes=4).method == "hutchinson"
+    assert curvfast.input_curvature(make_model("gelu", 10), x, y, probes=4).method == "deflated"
+    assert curvfast.input_curvature(make_model("gelu", 10), x, y, probes=4, statistic="frobenius").method == "hutchinson"
     m = make_model("pl_mlp", 200)
     y200 = torch.tensor([5, 150])
     assert curvfast.input_curvature(m, x, y200).method == "sampled"

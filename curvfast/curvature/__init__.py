@@ -8,9 +8,12 @@ method     what it returns                              when it is exact
 exact      tr(H), ‖H‖_F, top eigenvalue, spectrum       piecewise-linear nets (C VJPs)
 sampled    tr(H): top-m classes + stratified p-tail     unbiased, for large C
 hutchinson tr(H) or ‖H‖_F from exact HVPs, with stderr  unbiased, any smooth model
+deflated   tr(H) = exact Gauss-Newton trace + residual  unbiased, with stderr; exact when
+           deflated on the Gauss-Newton range          D ≤ top_classes + probes
 fd         Garg et al.: mean‖∇L(x+hr)−∇L(x)‖ ≈ h‖H‖_F   published estimator
 zo         Curvature Clues, loss values only ≈ h√(2/π)‖H‖_F  published estimator
-auto       exact (PL, C ≤ 100), sampled (PL, C > 100), hutchinson otherwise
+auto       exact (PL, C ≤ 100), sampled (PL, C > 100), deflated otherwise
+           (hutchinson for a smooth model's Frobenius norm)
 ========== ============================================ ==============================
 
 Higher values mean more curved. Random probes are keyed by (seed, sample id, probe index):
@@ -26,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checks import check_batch, check_labels, is_missing_second_derivative, is_piecewise_linear
+from .deflated import deflated_curvature
 from .finite_difference import fd_curvature, zo_curvature
 from .hutchinson import HVP_MODES, hutchinson_curvature
 from .logit_space import GRAM_STATISTICS, logit_space_curvature
@@ -33,10 +37,10 @@ from .model import LogitFn, check_finite_model, scoring_model, unwrap_model, wit
 
 __all__ = ["input_curvature", "CurvatureResult", "METHODS", "STATISTICS", "resolve_method", "is_piecewise_linear"]
 
-METHODS = ("auto", "exact", "sampled", "hutchinson", "fd", "zo")
+METHODS = ("auto", "exact", "sampled", "hutchinson", "deflated", "fd", "zo")
 STATISTICS = ("trace",) + GRAM_STATISTICS
 EXACT_MAX_CLASSES = 100
-DEFAULT_PROBES = {"hutchinson": 100, "fd": 10, "zo": 10, "sampled": 10}
+DEFAULT_PROBES = {"hutchinson": 100, "deflated": 30, "fd": 10, "zo": 10, "sampled": 10}
 
 
 @dataclass
@@ -62,26 +66,28 @@ def _natural_statistic(method: str, statistic: str | None) -> str:
     statistic = statistic or "trace"
     if statistic not in STATISTICS:
         raise ValueError(f"statistic must be one of {STATISTICS} (got {statistic!r})")
-    if method == "sampled" and statistic != "trace":
-        raise ValueError("method='sampled' is unbiased for the trace only; use method='exact' for " + statistic)
+    if method in ("sampled", "deflated") and statistic != "trace":
+        raise ValueError(f"method={method!r} estimates the trace only; use method='exact' (piecewise-linear nets) or "
+                         f"'hutchinson' (any model) for {statistic!r}")
     if method == "hutchinson" and statistic not in ("trace", "frobenius"):
         raise ValueError(f"method='hutchinson' estimates 'trace' or 'frobenius', not {statistic!r}; use method='exact'")
     return statistic
 
 
-def resolve_method(method: str, piecewise_linear: bool, num_classes: int, accept_gauss_newton: bool) -> str:
+def resolve_method(method: str, piecewise_linear: bool, num_classes: int, accept_gauss_newton: bool,
+                   statistic: str | None = None) -> str:
     """Turn ``"auto"`` into a concrete method and refuse the Gauss-Newton value on smooth models."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS} (got {method!r})")
     if method == "auto":
         if not piecewise_linear:
-            return "hutchinson"
+            return "deflated" if statistic in (None, "trace") else "hutchinson"
         return "exact" if num_classes <= EXACT_MAX_CLASSES else "sampled"
     if method in ("exact", "sampled") and not piecewise_linear and not accept_gauss_newton:
         raise ValueError(
             f"method={method!r} is exact only for piecewise-linear networks, and this model has smooth pieces "
             "(GELU, SiLU, tanh, sigmoid, LayerNorm, attention ...): it would return the Gauss-Newton term "
-            "JᵀAJ, not the input Hessian. Use method='hutchinson' for the true Hessian, or pass "
+            "JᵀAJ, not the input Hessian. Use method='deflated' or 'hutchinson' for the true Hessian, or pass "
             "accept_gauss_newton=True to get the Gauss-Newton value knowingly."
         )
     return method
@@ -114,10 +120,11 @@ def input_curvature(
         x: inputs (B, ...), floating point. y: integer labels (B,).
         method: see the module docstring. statistic: ``"trace"`` (default), ``"frobenius"``,
             ``"top_eigenvalue"``, ``"spectrum"``; fd and zo return their own quantity.
-        probes: Hutchinson / fd / zo probes, or sampled tail classes (defaults 100 / 10 / 10 / 10).
+        probes: Hutchinson / deflated / fd / zo probes, or sampled tail classes (defaults 100 / 30 / 10 / 10 / 10).
         seed, sample_ids: key the random probes; ``sample_ids`` defaults to ``arange(B)``; pass
             dataset indices to make results independent of batching.
-        top_classes: classes kept exactly by ``"sampled"``.
+        top_classes: classes kept exactly by ``"sampled"``; for ``"deflated"``, the number of
+            Gauss-Newton directions deflated (and the exact head of its Gauss-Newton part when C > 100).
         distribution: Hutchinson probes, ``"rademacher"`` or ``"gaussian"``.
         step: finite-difference step h for fd and zo.
         hvp: Hutchinson HVP route: ``"auto"`` (forward-over-reverse, double backward where forward
@@ -148,7 +155,7 @@ def input_curvature(
         try:
             needs_check = method in ("auto", "exact", "sampled")
             piecewise = is_piecewise_linear(logit_fn, x, model) if needs_check else False
-            method = resolve_method(method, piecewise, num_classes, accept_gauss_newton)
+            method = resolve_method(method, piecewise, num_classes, accept_gauss_newton, statistic)
             statistic = _natural_statistic(method, statistic)
             nprobes = _probe_count(method, probes)
             value, stderr, loss = _estimate(logit_fn, x, y, sample_ids, method, statistic, nprobes, seed, top_classes,
@@ -180,6 +187,13 @@ def _estimate(logit_fn, x, y, sample_ids, method, statistic, nprobes, seed, top_
         return hutchinson_curvature(
             logit_fn, x, y, sample_ids, statistic=statistic, probes=nprobes, seed=seed,
             distribution=distribution, hvp=hvp, chunk_size=chunk_size,
+        )
+    if method == "deflated":
+        exact_gn = num_classes <= EXACT_MAX_CLASSES
+        return deflated_curvature(
+            logit_fn, x, y, sample_ids, probes=nprobes, rank=top_classes, num_exact=num_classes if exact_gn else top_classes,
+            num_tail=0 if exact_gn else DEFAULT_PROBES["sampled"], seed=seed, distribution=distribution, hvp=hvp,
+            chunk_size=chunk_size,
         )
     if method == "fd":
         return fd_curvature(logit_fn, x, y, sample_ids, probes=nprobes, seed=seed, step=step, chunk_size=chunk_size)

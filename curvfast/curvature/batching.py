@@ -1,20 +1,28 @@
-"""How many classes or probes go through one batched (vmapped or replicated) pass.
+"""How many classes or probes go through one batched pass, and a per-run calibration of it.
 
-Measured on the 2-core CPU (CIFAR-stem ResNet-18, batch 32, 9 class VJPs from one forward):
-vmapping 1, 2, 3, 5 and 9 classes at a time took 1.15, 1.21, 1.25, 2.04 and 2.81 s — on a CPU
-the batched pass pays once the effective batch outgrows the caches; at batch 16, 1, 2, 3 and 9
-classes per pass took 1.23, 1.25, 1.38 and 1.82 s. So a CPU pass holds about 16 such samples'
-worth of input elements (16 x 3 x 32 x 32). Small inputs get more per pass: on the digits CNN
-(8x8, batch 16) 10 Hutchinson probes in one pass took 0.37 s against 0.69 s in passes of 4.
-Forward-over-reverse HVPs ("hvp" passes) gain from wider passes than VJPs: ResNet-18 at batch 16
-with 10 probes took 7.13, 3.80 and 4.19 s at 1, 5 and 10 probes per pass, so their CPU budget is
-five times larger. On a GPU one pass over everything amortises kernel launches, bounded by a
-larger element budget for the (chunk, B, D) tensors.
+Budgets (used for the HVP passes and as the upper end of the VJP calibration): measured on the
+2-core CPU (CIFAR-stem ResNet-18, batch 32, 9 class VJPs from one forward), vmapping 1, 2, 3, 5
+and 9 classes at a time took 1.15, 1.21, 1.25, 2.04 and 2.81 s, so a CPU pass holds about 16 such
+samples' worth of input elements (16 x 3 x 32 x 32). Forward-over-reverse HVPs ("hvp" passes)
+gain from wider passes: ResNet-18 at batch 16 with 10 probes took 7.13, 3.80 and 4.19 s at 1, 5
+and 10 probes per pass, so their CPU budget is five times larger. On a GPU one pass over
+everything amortises kernel launches, bounded by a larger element budget.
+
+Class VJPs are not sized by a fixed rule: whether batching the backward over classes pays
+depends on the model, the input size and the device. One thread on this CPU, 9 class VJPs from
+one forward: CIFAR ResNet-18 at batch 16 took 0.87 s as a plain loop and 0.95 / 1.38 / 1.41 s in
+batched passes of 2 / 3 / 9; the digits CNN at batch 16 took 4.4 ms looped and 4.7 ms in passes
+of 3 or 9, while at batch 64 passes of 4 measured faster than the loop. :class:`PassPlanner` measures instead: the first call for a (model, shape, dtype, device)
+key times each candidate width on its own graph, and the run keeps the fastest.
 """
 from __future__ import annotations
 
+import time
+import weakref
+
 import torch
 
+MEASUREMENTS = 2
 CPU_ELEMENTS_PER_PASS = {"vjp": 16 * 3 * 32 * 32, "hvp": 80 * 3 * 32 * 32}
 GPU_ELEMENTS_PER_PASS = 2**26
 
@@ -28,3 +36,59 @@ def chunk_size(requested: int | None, total: int, batch: int, dim: int, device: 
     budget = CPU_ELEMENTS_PER_PASS[kind] if device.type == "cpu" else GPU_ELEMENTS_PER_PASS
     size = budget // max(1, batch * dim)
     return max(1, min(total, size))
+
+
+def _candidates(largest: int) -> list[int]:
+    """Widths 1, 4, 16, ... up to ``largest`` (always included)."""
+    widths, w = [], 1
+    while w < largest:
+        widths.append(w)
+        w *= 4
+    return widths + [largest]
+
+
+class PassPlanner:
+    """Choose a pass width by measurement, once per key, and remember it for the run.
+
+    ``width(owner, key, total, largest, trial, device)``: on the first call for ``key``, runs
+    ``trial(w)`` (one pass of width w on the caller's real graph, result discarded) once to warm
+    up, then twice for each candidate width 1, 4, 16, ... up to ``largest`` and ``total``, and keeps
+    the width with the least seconds per item (the smaller of its two timings). Later calls reuse
+    it, so every call of a run computes with the same width and gives the same bits. ``owner``
+    (the model) is held weakly.
+    """
+
+    def __init__(self):
+        self._choices: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+
+    def width(self, owner, key: tuple, total: int, largest: int, trial, device: torch.device) -> int:
+        choices = self._choices.setdefault(owner, {})
+        if key not in choices:
+            widths = _candidates(max(1, min(largest, total)))
+            if len(widths) > 1:
+                trial(1)
+                per_item = {w: min(_seconds(trial, w, device) for _ in range(MEASUREMENTS)) / w for w in widths}
+                choices[key] = min(per_item, key=per_item.get)
+            else:
+                choices[key] = widths[0]
+        return choices[key]
+
+    def choice(self, owner, key: tuple) -> int | None:
+        """The width settled on for ``key``, or None before its first use."""
+        return self._choices.get(owner, {}).get(key)
+
+
+def _seconds(trial, width: int, device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    trial(width)
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+VJP_PLANNER = PassPlanner()

@@ -43,23 +43,21 @@ _NO_FORWARD_DERIVATIVE = re.compile(
 )
 
 
-def _hvp_double_backward(logit_fn: LogitFn, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """H_b v_{b,p} for v of shape (B, P, *x.shape[1:]); returns the same shape."""
+def _hvp_double_backward(logit_fn: LogitFn, x: torch.Tensor, objective, v: torch.Tensor) -> torch.Tensor:
+    """H_b v_{b,p} for v of shape (B, P, *x.shape[1:]), H_b the input Hessian of
+    ``objective(logits, rows)`` (a sum over rows; ``rows`` maps each row to its sample)."""
     batch, num = v.shape[:2]
     xr = x.unsqueeze(1).expand(v.shape).reshape(batch * num, *x.shape[1:]).detach().requires_grad_(True)
-    yr = y.repeat_interleave(num)
+    rows = torch.arange(batch, device=x.device).repeat_interleave(num)
     with torch.enable_grad():
-        loss = F.cross_entropy(logit_fn(xr), yr, reduction="sum")
-        (g,) = torch.autograd.grad(loss, xr, create_graph=True)
+        (g,) = torch.autograd.grad(objective(logit_fn(xr), rows), xr, create_graph=True)
         (hv,) = torch.autograd.grad(g, xr, grad_outputs=v.reshape(xr.shape))
     return hv.reshape(v.shape)
 
 
-def _hvp_forward_over_reverse(logit_fn: LogitFn, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    def loss(inp):
-        return F.cross_entropy(logit_fn(inp), y, reduction="sum")
-
-    grad_fn = torch.func.grad(loss)
+def _hvp_forward_over_reverse(logit_fn: LogitFn, x: torch.Tensor, objective, v: torch.Tensor) -> torch.Tensor:
+    rows = torch.arange(x.shape[0], device=x.device)
+    grad_fn = torch.func.grad(lambda inp: objective(logit_fn(inp), rows))
 
     def hvp(direction):
         return torch.func.jvp(grad_fn, (x,), (direction,))[1]
@@ -73,15 +71,32 @@ def _forward_mode_unsupported(err: BaseException) -> bool:
     return isinstance(err, NotImplementedError) or bool(_NO_FORWARD_DERIVATIVE.search(str(err)))
 
 
-def _hvp_auto(logit_fn: LogitFn, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor):
+def _hvp_auto(logit_fn: LogitFn, x: torch.Tensor, objective, v: torch.Tensor):
     """Forward-over-reverse, or double backward when an op has no forward-mode derivative;
     returns the HVPs and the route that worked, so later chunks do not try the failing route again."""
     try:
-        return _hvp_forward_over_reverse(logit_fn, x, y, v), _hvp_forward_over_reverse
+        return _hvp_forward_over_reverse(logit_fn, x, objective, v), _hvp_forward_over_reverse
     except (NotImplementedError, RuntimeError) as err:
         if not _forward_mode_unsupported(err):
             raise
-        return _hvp_double_backward(logit_fn, x, y, v), _hvp_double_backward
+        return _hvp_double_backward(logit_fn, x, objective, v), _hvp_double_backward
+
+
+def hvp_passes(logit_fn: LogitFn, x: torch.Tensor, objective, directions, total: int, *, hvp: str, chunk_size: int | None):
+    """Yield ``(p0, v, Hv)`` for directions ``p0 .. p0 + n`` in passes; ``directions(p0, n)``
+    returns them as (B, n, D) and Hv comes back in the same shape."""
+    batch, dim = x.shape[0], x[0].numel()
+    hvp_fn = {"double_backward": _hvp_double_backward, "forward_over_reverse": _hvp_forward_over_reverse}.get(hvp)
+    chunk = pass_size(chunk_size, total, batch, dim, x.device, kind="hvp")
+    x = x.detach()
+    for p0 in range(0, total, chunk):
+        v = directions(p0, min(chunk, total - p0))
+        v_in = v.reshape(batch, v.shape[1], *x.shape[1:])
+        if hvp_fn is None:  # "auto": settle the route on the first chunk
+            hv, hvp_fn = _hvp_auto(logit_fn, x, objective, v_in)
+        else:
+            hv = hvp_fn(logit_fn, x, objective, v_in)
+        yield p0, v, hv.detach().reshape(v.shape)
 
 
 def hutchinson_curvature(
@@ -99,21 +114,17 @@ def hutchinson_curvature(
 ):
     """Return ``(value, stderr, loss)`` with per-sample Hutchinson estimates."""
     batch, dim = x.shape[0], x[0].numel()
-    hvp_fn = {"double_backward": _hvp_double_backward, "forward_over_reverse": _hvp_forward_over_reverse}.get(hvp)
-    chunk = pass_size(chunk_size, probes, batch, dim, x.device, kind="hvp")
     mean = torch.zeros(batch, 2, dtype=torch.float64, device=x.device)
     m2 = torch.zeros_like(mean)
-    x = x.detach()
-    for p0 in range(0, probes, chunk):
-        num = min(chunk, probes - p0)
-        v = ops.probes(sample_ids, num, dim, seed=seed, probe_offset=p0, distribution=distribution, dtype=x.dtype)
-        v_in = v.reshape(batch, num, *x.shape[1:])
-        if hvp_fn is None:  # "auto": settle the route on the first chunk
-            hv, hvp_fn = _hvp_auto(logit_fn, x, y, v_in)
-        else:
-            hv = hvp_fn(logit_fn, x, y, v_in)
-        hv = hv.reshape(batch, num, dim)
-        mean, m2 = ops.probe_moments(v, hv.detach(), mean, m2, p0)
+
+    def directions(p0, num):
+        return ops.probes(sample_ids, num, dim, seed=seed, probe_offset=p0, distribution=distribution, dtype=x.dtype)
+
+    def objective(logits, rows):
+        return F.cross_entropy(logits, y[rows], reduction="sum")
+
+    for p0, v, hv in hvp_passes(logit_fn, x, objective, directions, probes, hvp=hvp, chunk_size=chunk_size):
+        mean, m2 = ops.probe_moments(v, hv, mean, m2, p0)
     with torch.no_grad():
         loss = F.cross_entropy(logit_fn(x), y, reduction="none")
     var_of_mean = m2 / (probes * (probes - 1)) if probes > 1 else torch.full_like(m2, float("nan"))

@@ -29,6 +29,7 @@ import math
 import torch
 
 from .. import ops
+from .batching import VJP_PLANNER
 from .batching import chunk_size as pass_size
 from .model import LogitFn
 
@@ -37,18 +38,40 @@ __all__ = ["logit_space_curvature", "GRAM_STATISTICS"]
 GRAM_STATISTICS = ("frobenius", "top_eigenvalue", "spectrum")
 
 
-def _class_vjps(vjp_fn, cotangents: torch.Tensor, chunk: int):
+def _class_vjps(logits: torch.Tensor, xg: torch.Tensor, cotangents: torch.Tensor, chunk_size: int | None, owner):
     """Yield ``(k0, V)`` with V[b, k] = J_bᵀ cotangents[b, k0 + k] flattened to (B, k, D).
 
-    The backward of the one forward behind ``vjp_fn`` is vmapped over a chunk of classes at a
-    time, never looping over samples; the chunk size comes from ``batching.chunk_size``
-    (all classes at once on a GPU, about 64 samples per pass on a CPU, as measured there).
+    All VJPs reuse the graph of one forward. A pass of width 1 is a plain ``autograd.grad``; a
+    wider pass batches the backward over classes (``is_grads_batched``, not ``vmap`` over
+    ``torch.func.vjp``, which measured slower on this CPU: ResNet-18, batch 16, 9 classes in passes
+    of 2 took 0.95 s against 1.26 s). The width is
+    ``chunk_size`` when given, else the fastest measured by :data:`batching.VJP_PLANNER` for
+    this model, shape and device (the first call times each candidate on this graph).
     """
     batch, num = cotangents.shape[:2]
-    batched_vjp = torch.func.vmap(vjp_fn)
-    for k0 in range(0, num, chunk):
-        (v,) = batched_vjp(cotangents[:, k0 : k0 + chunk].transpose(0, 1).contiguous())
-        yield k0, v.reshape(v.shape[0], batch, -1).transpose(0, 1)
+    cot = cotangents.transpose(0, 1).contiguous()  # (num, B, C)
+    dim = xg[0].numel()
+    if chunk_size is not None:
+        width = pass_size(chunk_size, num, batch, dim, xg.device)
+    else:
+        key = (tuple(xg.shape), num, xg.dtype, str(xg.device))
+        width = VJP_PLANNER.width(owner, key, num, pass_size(None, num, batch, dim, xg.device),
+                                  lambda w: _vjp_pass(logits, xg, cot[:w], last=False), xg.device)
+    for k0 in range(0, num, width):
+        n = min(width, num - k0)
+        yield k0, _vjp_pass(logits, xg, cot[k0 : k0 + n], last=k0 + n >= num).reshape(n, batch, dim).transpose(0, 1)
+
+
+def _vjp_pass(logits: torch.Tensor, xg: torch.Tensor, cot: torch.Tensor, last: bool) -> torch.Tensor:
+    """J_bᵀ cot[k, b] for the k cotangents of one pass (k, B, C) -> (k, *x.shape). A batched pass
+    that autograd cannot run (an op without a batching rule, out of memory) falls back to a loop."""
+    if cot.shape[0] > 1:
+        try:
+            return torch.autograd.grad(logits, xg, cot, retain_graph=True, is_grads_batched=True)[0]
+        except RuntimeError:
+            pass
+    rows = [torch.autograd.grad(logits, xg, c, retain_graph=not (last and k == cot.shape[0] - 1))[0] for k, c in enumerate(cot)]
+    return torch.stack(rows)
 
 
 def logit_space_curvature(
@@ -62,30 +85,36 @@ def logit_space_curvature(
     num_tail: int,
     seed: int,
     chunk_size: int | None,
+    return_factor: bool = False,
 ):
-    """Return ``(value, stderr or None, loss)``; ``value`` is (B,) or (B, K) for ``"spectrum"``."""
-    logits, vjp_fn = torch.func.vjp(logit_fn, x)
+    """Return ``(value, stderr or None, loss)``; ``value`` is (B,) or (B, K) for ``"spectrum"``.
+
+    With ``return_factor`` (trace only) also return the factor ``M`` (B, K, D) with rows
+    √w_c v_c, so that the Gauss-Newton matrix is MᵀM (estimated, for the sampled tail), and the
+    logits (B, C), detached."""
+    xg = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = logit_fn(xg)
     factor_dtype = logits.dtype if logits.dtype in (torch.float32, torch.float64) else torch.float32
     cot, weights, _, loss = ops.logit_factor(
         logits.detach().to(factor_dtype), y, sample_ids, num_exact=num_exact, num_tail=num_tail, seed=seed
     )
-    cot = cot.to(logits.dtype)
+    cot = cot.to(logits.dtype).detach()
     exact = num_exact >= logits.shape[1]
     if exact:
         cot, weights, w_top = _drop_top_class(cot, weights)
     batch, num = weights.shape
     dim = x[0].numel()
-    chunk = pass_size(chunk_size, num, batch, dim, x.device)
-    need_gram = statistic in GRAM_STATISTICS
+    need_gram = statistic in GRAM_STATISTICS or return_factor
 
     terms = torch.empty_like(weights)
     scaled = []
     pulled = x.new_zeros(batch, dim) if exact else None  # Σ_{c≠r} p_c v_c
-    for k0, v in _class_vjps(vjp_fn, cot, chunk):
+    for k0, v in _class_vjps(logits, xg, cot, chunk_size, logit_fn.model):
         w = weights[:, k0 : k0 + v.shape[1]].to(v.dtype)
         terms[:, k0 : k0 + v.shape[1]] = ops.weighted_sq_norms(v, w).to(terms.dtype)
         if exact:
-            pulled += torch.einsum("bk,bkd->bd", w, v)
+            pulled.unsqueeze_(1).baddbmm_(w.unsqueeze(1), v).squeeze_(1)
         if need_gram:
             scaled.append(v * w.sqrt().unsqueeze(-1))
     if exact:  # the top class: v_r = −pulled / p_r
@@ -95,12 +124,12 @@ def logit_space_curvature(
         if need_gram:
             scaled.append(v_top * w_top.sqrt().unsqueeze(-1))
 
-    if not need_gram:
+    vs = torch.cat(scaled, dim=1) if need_gram else None
+    if statistic == "trace":
         value = terms.sum(dim=1)
         stderr = None if exact else _tail_stderr(terms[:, num - num_tail :])
-        return value, stderr, loss
+        return (value, stderr, loss, vs, logits.detach()) if return_factor else (value, stderr, loss)
 
-    vs = torch.cat(scaled, dim=1)
     gram = torch.bmm(vs, vs.transpose(1, 2))
     if statistic == "frobenius":
         value = torch.linalg.matrix_norm(gram)

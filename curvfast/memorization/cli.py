@@ -33,7 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--models-per-pass", type=int, default=d.models_per_pass)
     p.add_argument("--loop", action="store_true", help="train models one by one per step instead of stacked (vmap)")
     p.add_argument("--proxy-models", type=int, default=d.proxy_models, help="full-data runs for the epoch-averaged curvature")
-    p.add_argument("--method", default=d.method, choices=("auto", "exact", "sampled", "hutchinson", "fd", "zo"))
+    p.add_argument("--method", default=d.method, choices=("auto", "exact", "sampled", "hutchinson", "deflated", "fd", "zo"))
     p.add_argument("--probes", type=int, default=None)
     p.add_argument("--noise", type=float, default=d.noise, help="fraction of labels flipped for mislabel detection")
     p.add_argument("--folds", type=int, default=d.folds, help="cross-validation folds for cleanlab's probabilities")

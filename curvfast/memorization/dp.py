@@ -14,7 +14,7 @@ model, optimizer and epochs without clipping or noise. Per ε:
 
 BatchNorm mixes samples in a batch, which per-sample clipping cannot account for, so every model
 goes through ``opacus.validators.ModuleValidator.fix`` (BatchNorm → GroupNorm) before training;
-GroupNorm is smooth, so curvature of such models is estimated with Hutchinson (``method="auto"``)
+GroupNorm is smooth, so ``method="auto"`` estimates curvature of such models with ``deflated``
 while the default MLP stays piecewise linear and gets the exact trace.
 
 Unveiling's bounds, with g(ε) = 1 − e^{−ε} and m the training-set size:
