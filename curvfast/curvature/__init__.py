@@ -145,7 +145,7 @@ def input_curvature(
     check_finite_model(model)
     sample_ids = _sample_ids(sample_ids, x)
     with without_wrapper_hooks(wrapper), scoring_model(model) as scored:
-        logit_fn = LogitFn(scored, output_transform)
+        logit_fn = LogitFn(scored, output_transform, owner=model)
         try:
             with torch.no_grad():
                 num_classes = logit_fn(x[:1]).shape[1]

@@ -17,6 +17,7 @@ key times each candidate width on its own graph, and the run keeps the fastest.
 """
 from __future__ import annotations
 
+import threading
 import time
 import weakref
 
@@ -60,8 +61,13 @@ class PassPlanner:
 
     def __init__(self):
         self._choices: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()  # one calibration per key, also when threads score at once
 
     def width(self, owner, key: tuple, total: int, largest: int, trial, device: torch.device) -> int:
+        with self._lock:
+            return self._width(owner, key, total, largest, trial, device)
+
+    def _width(self, owner, key: tuple, total: int, largest: int, trial, device: torch.device) -> int:
         choices = self._choices.setdefault(owner, {})
         if key not in choices:
             widths = _candidates(max(1, min(largest, total)))

@@ -110,7 +110,7 @@ def logit_space_curvature(
     terms = torch.empty_like(weights)
     scaled = []
     pulled = x.new_zeros(batch, dim) if exact else None  # Σ_{c≠r} p_c v_c
-    for k0, v in _class_vjps(logits, xg, cot, chunk_size, logit_fn.model):
+    for k0, v in _class_vjps(logits, xg, cot, chunk_size, logit_fn.owner):
         w = weights[:, k0 : k0 + v.shape[1]].to(v.dtype)
         terms[:, k0 : k0 + v.shape[1]] = ops.weighted_sq_norms(v, w).to(terms.dtype)
         if exact:

@@ -157,9 +157,10 @@ def no_tf32() -> Iterator[None]:
 class LogitFn:
     """``x -> logits (B, C)`` for a model, applying ``output_transform`` and checking the result."""
 
-    def __init__(self, model: nn.Module, output_transform: Callable | None = None):
+    def __init__(self, model: nn.Module, output_transform: Callable | None = None, owner: nn.Module | None = None):
         self.model = model
         self.output_transform = output_transform
+        self.owner = model if owner is None else owner  # the caller's model: what per-model caches key on
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x)
