@@ -27,7 +27,7 @@ from .. import ops
 from .batching import chunk_size as pass_size
 from .model import LogitFn, no_tf32
 
-__all__ = ["fd_curvature", "zo_curvature"]
+__all__ = ["fd_curvature", "fd_probe_terms", "zo_curvature"]
 
 
 def _mean_and_stderr(samples: torch.Tensor):
@@ -36,8 +36,12 @@ def _mean_and_stderr(samples: torch.Tensor):
     return samples.mean(dim=1), stderr
 
 
-def fd_curvature(logit_fn: LogitFn, x, y, sample_ids, *, probes: int, seed: int, step: float, chunk_size: int | None):
-    """Return ``(value, stderr, loss)`` of the Garg et al. estimator on per-sample losses."""
+def fd_probe_terms(logit_fn: LogitFn, x, y, sample_ids, *, probes: int, seed: int, step: float, chunk_size: int | None):
+    """Per-probe terms of the Garg et al. estimator on per-sample losses, with g_k = ∇L(x + h r_k):
+
+    ``norms`` (B, n): ‖g_k − g_0‖ ≈ h‖H r_k‖;  ``directional`` (B, n): (h r_k)ᵀ(g_k − g_0) ≈ h² r_kᵀH r_k,
+    whose mean estimates h²·tr(H) (the published code's "eigs"). Returns ``(norms, directional, loss)``.
+    """
     batch, dim = x.shape[0], x[0].numel()
     chunk = pass_size(chunk_size, probes, batch, dim, x.device)
     x = x.detach()
@@ -45,16 +49,24 @@ def fd_curvature(logit_fn: LogitFn, x, y, sample_ids, *, probes: int, seed: int,
         x0 = x.clone().requires_grad_(True)
         loss = F.cross_entropy(logit_fn(x0), y, reduction="none")
         (g0,) = torch.autograd.grad(loss.sum(), x0)
-        norms = []
+        norms, directional = [], []
         for p0 in range(0, probes, chunk):
             num = min(chunk, probes - p0)
             r = ops.probes(sample_ids, num, dim, seed=seed, probe_offset=p0, distribution="rademacher", dtype=x.dtype)
             xp = (x.reshape(batch, 1, dim) + step * r).reshape(batch * num, *x.shape[1:]).requires_grad_(True)
             lp = F.cross_entropy(logit_fn(xp), y.repeat_interleave(num), reduction="sum")
             (gp,) = torch.autograd.grad(lp, xp)
-            norms.append((gp.reshape(batch, num, dim) - g0.reshape(batch, 1, dim)).norm(dim=2))
-    value, stderr = _mean_and_stderr(torch.cat(norms, dim=1))
-    return value, stderr, loss.detach()
+            diff = gp.reshape(batch, num, dim) - g0.reshape(batch, 1, dim)
+            norms.append(diff.norm(dim=2))
+            directional.append(step * (r * diff).sum(dim=2))
+    return torch.cat(norms, dim=1), torch.cat(directional, dim=1), loss.detach()
+
+
+def fd_curvature(logit_fn: LogitFn, x, y, sample_ids, *, probes: int, seed: int, step: float, chunk_size: int | None):
+    """Return ``(value, stderr, loss)`` of the Garg et al. estimator on per-sample losses."""
+    norms, _, loss = fd_probe_terms(logit_fn, x, y, sample_ids, probes=probes, seed=seed, step=step, chunk_size=chunk_size)
+    value, stderr = _mean_and_stderr(norms)
+    return value, stderr, loss
 
 
 def zo_curvature(
