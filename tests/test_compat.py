@@ -6,7 +6,8 @@ The ``published_*`` functions below re-write, in this test, the loops of the pub
 step by step: global-RNG Rademacher probes h·(r + 1e-7), the batch-mean loss of the fd scorers, four
 loss evaluations per zo probe pair. ``draw`` replaces ``torch.randint_like(data, high=2)`` so that a
 test can hand both sides the same probes. Everything runs in float64, where the finite differences
-are accurate to ~1e-10, so shared-probe results must agree to rtol 1e-6.
+are accurate to ~1e-10, so shared-probe results must agree to rtol 1e-6. ``benchmarks/compat.py``
+times these same loops.
 """
 from types import SimpleNamespace
 
@@ -33,7 +34,7 @@ def published_rademacher(data, h, draw):
 
 
 def published_zo(net, batch_data, batch_labels, h=1e-3, niter=10, temp=1, draw=torch_draw):
-    curv = torch.zeros(batch_data.shape[0], dtype=batch_data.dtype)
+    curv = torch.zeros(batch_data.shape[0], dtype=batch_data.dtype, device=batch_data.device)
     criterion = nn.CrossEntropyLoss(reduction="none")
     with torch.no_grad():
         logits = net(batch_data)
@@ -66,8 +67,8 @@ def published_regularizer(net, inputs, targets, pred_labels=False, h=1e-3, niter
         loss_pos = criterion(outputs_pos / temp, targets)
         loss_orig = criterion(outputs_orig / temp, targets)
         grad_diff = torch.autograd.grad(loss_pos - loss_orig, inputs)[0]
-        regs += grad_diff.reshape(grad_diff.size(0), -1).norm(dim=1).detach()
-        eigs += torch.diag(v.reshape(inputs.shape[0], -1) @ grad_diff.reshape(inputs.shape[0], -1).T).detach()
+        regs += grad_diff.reshape(grad_diff.size(0), -1).norm(dim=1).cpu().detach()
+        eigs += torch.diag(v.reshape(inputs.shape[0], -1) @ grad_diff.reshape(inputs.shape[0], -1).T).cpu().detach()
     return regs / niter, eigs / niter
 
 
