@@ -6,6 +6,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..curvature import _sample_ids as sample_ids_for  # dataset indices keying the probes; default 0..B-1
 from ..curvature import input_curvature, is_piecewise_linear
 from ..curvature.checks import check_batch
 from ..curvature.model import LogitFn, scoring_mode, unwrap_model
@@ -21,16 +22,6 @@ def draw_seed(seed: int | None) -> int:
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int or None (got {seed!r})")
     return seed
-
-
-def sample_ids_for(sample_ids, x: torch.Tensor) -> torch.Tensor:
-    """``sample_ids`` (dataset indices keying the probes) as int64 on ``x``'s device; default 0..B-1."""
-    if sample_ids is None:
-        return torch.arange(x.shape[0], device=x.device)
-    ids = torch.as_tensor(sample_ids)
-    if ids.dtype.is_floating_point or ids.shape != (x.shape[0],) or (ids < 0).any():
-        raise ValueError(f"sample_ids must be non-negative integer dataset indices of shape ({x.shape[0]},)")
-    return ids.to(device=x.device, dtype=torch.int64)
 
 
 def scaled_logits(temp: float) -> Callable[[torch.Tensor], torch.Tensor]:
