@@ -110,3 +110,12 @@ def test_bad_arguments():
         EnsemblePGD([net(0)], rule="mean")
     with pytest.raises(ValueError, match="step must be > 0"):
         EnsemblePGD([net(0)], alpha=0)
+
+
+def test_save_writes_the_adversarial_set(data, tmp_path):
+    x, y = data
+    atk = EnsemblePGD([net(0), net(1)], eps=0.1, alpha=0.02, steps=2)
+    atk.save(DataLoader(TensorDataset(x, y), batch_size=8), save_path=str(tmp_path / "adv.pt"), verbose=False)
+    saved = torch.load(tmp_path / "adv.pt", weights_only=True)
+    assert saved["adv_inputs"].shape == x.shape and torch.equal(saved["labels"], y)
+    assert (saved["adv_inputs"] - x).abs().max() <= 0.1 + 1e-6
