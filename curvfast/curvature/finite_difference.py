@@ -83,8 +83,8 @@ def zo_curvature(
     """Return ``(value, stderr, loss)``; ``loss_fn(x, y)`` returns per-sample losses (B,)."""
     batch, dim = x.shape[0], x[0].numel()
     # probes per pass; each stencil point is its own pass of B x num inputs. One pass over all four
-    # points (4B inputs) made the CPU scorer 0.76x the published loop's speed, four passes 1.09x
-    # (benchmarks/compat.py, CIFAR ResNet-18, B = 16, one thread).
+    # points (4B inputs) ran at 0.76x the published loop's speed on the CPU, four passes at parity
+    # (0.99x-1.09x; benchmarks/compat.py, CIFAR ResNet-18, B = 16, one thread).
     chunk = pass_size(chunk_size, probes, batch, dim, x.device)
     stencil = ((1.0, 1.0, 1.0), (-1.0, 1.0, -1.0), (1.0, -1.0, -1.0), (-1.0, -1.0, 1.0))  # (sign v, sign u, coefficient)
     x = x.detach()
