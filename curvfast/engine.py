@@ -391,7 +391,7 @@ def score_models(
 
 def score(
     model: nn.Module,
-    data,
+    data: torch.utils.data.Dataset | torch.utils.data.DataLoader,
     *,
     method: str = "auto",
     statistic: str | None = None,

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SINGLE_ATTACKS", "ENSEMBLE_RULES", "attack", "ensemble_pgd", "ensemble_direction"]
+__all__ = ["SINGLE_ATTACKS", "ENSEMBLE_RULES", "attack", "ensemble_pgd", "ensemble_direction", "pgd_linf"]
 
 SINGLE_ATTACKS = ("pgd", "fgsm", "pgdl2", "cw")
 ENSEMBLE_RULES = ("sum", "vote", "agree")
@@ -93,9 +93,22 @@ def ensemble_direction(grads: list[torch.Tensor], rule: str) -> torch.Tensor:
     return torch.where(agree, signs[0], torch.zeros_like(signs[0]))
 
 
-def _input_grads(members: list[nn.Module], x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+def _input_grads(members, x: torch.Tensor, y: torch.Tensor, sign: float = 1.0) -> list[torch.Tensor]:
+    """g_m = d (sign · CE(f_m(x), y)) / dx for each member (any callables returning logits)."""
     x = x.detach().requires_grad_(True)
-    return [torch.autograd.grad(F.cross_entropy(m(x), y), x)[0] for m in members]
+    return [torch.autograd.grad(sign * F.cross_entropy(m(x), y), x)[0] for m in members]
+
+
+def pgd_linf(x: torch.Tensor, direction, *, eps: float, step: float, steps: int, random_start: bool) -> torch.Tensor:
+    """torchattacks' L-inf PGD iteration from ``x`` with the ascent direction ``direction(adv)``:
+    a uniform random start in the eps-ball, then x <- clip_[0,1](Pi_eps(x + step * direction(x)))."""
+    adv = x.clone().detach()
+    if random_start:
+        adv = (adv + torch.empty_like(adv).uniform_(-eps, eps)).clamp(0, 1)
+    for _ in range(steps):
+        adv = adv + step * direction(adv)
+        adv = (x + (adv - x).clamp(-eps, eps)).clamp(0, 1).detach()
+    return adv
 
 
 def ensemble_pgd(
@@ -103,7 +116,8 @@ def ensemble_pgd(
     step: float = 0.01, steps: int = 40, random_start: bool = True, seed: int = 0, batch_size: int = 512,
 ) -> torch.Tensor:
     """L-inf PGD against several models at once, each step along ``ensemble_direction(rule)``.
-    Members are run in eval mode (their modes are restored); the random start is seeded by ``seed``."""
+    Members are run in eval mode (their modes are restored); the random start is seeded by ``seed``.
+    As a torchattacks attack: ``curvfast.adversarial.torchattacks_api.EnsemblePGD``."""
     if not members:
         raise ValueError("ensemble_pgd needs at least one member")
     _check_images(x, y)
@@ -119,14 +133,8 @@ def ensemble_pgd(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
-                adv = xb.clone().detach()
-                if random_start:
-                    adv = (adv + torch.empty_like(adv).uniform_(-eps, eps)).clamp(0, 1)
-                for _ in range(steps):
-                    direction = ensemble_direction(_input_grads(members, adv, yb), rule)
-                    adv = adv + step * direction
-                    adv = (xb + (adv - xb).clamp(-eps, eps)).clamp(0, 1).detach()
-                out.append(adv)
+                direction = lambda adv, yb=yb: ensemble_direction(_input_grads(members, adv, yb), rule)  # noqa: E731
+                out.append(pgd_linf(xb, direction, eps=eps, step=step, steps=steps, random_start=random_start))
     finally:
         for m, mode in zip(members, modes):
             m.train(mode)

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from ..data import DigitsDataset
 from ..data.photos import photo_manifest, photo_patches
@@ -31,6 +32,7 @@ from .feature_detectors import KNN, Mahalanobis
 from .logit_detectors import MSP, ODIN, Energy, MaxLogit
 from .norm_scaling import SOURCES, STATISTICS, NormScaling
 from .overhead import count_parameters, inference_flops, state_bytes, train_step_cost
+from .pytorch_ood import PytorchOODDetector
 from .training import subset_by_class, train_classifier
 from .vrm import VRM, VRMTransform, vrm_batch
 
@@ -178,15 +180,16 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool | None = None, log=None) 
         detectors += [("vrm", VRM("aux"), vrm_net), ("vrm_msp", VRM("msp"), vrm_net)]
         for name, det, net in detectors:
             t0 = time.perf_counter()
+            api = PytorchOODDetector(det, net)  # every detector runs through pytorch-ood's API
             try:
-                det.fit(net, id_train)
+                api.fit(DataLoader(id_train, batch_size=256))
             except ValueError as err:  # an ablation statistic undefined for this model (e.g. a mean <= 0)
                 if not name.startswith("norm_scaling["):
                     raise
                 failures.setdefault(name, []).append(f"seed {seed}: {err}")
                 continue
             fit_s = time.perf_counter() - t0
-            scores = {s: det.score(x).cpu().numpy() for s, x in sets.items()}
+            scores = {s: api.predict(x).cpu().numpy() for s, x in sets.items()}
             per_seed.setdefault(name, []).append({s: ood_metrics(scores["id"], scores[s]) for s in OOD_SETS})
             timings.setdefault(f"fit_{name}_s", []).append(fit_s)
             if seed == cfg.seeds[0]:

@@ -75,8 +75,8 @@ def _check_sample_ids(sample_ids, batch: int | None) -> None:
         raise ValueError(f"sample_ids must have length B={batch} (got {sample_ids.shape[0]})")
 
 
-def probes(sample_ids, num_probes, dim, *, seed, probe_offset=0, distribution="rademacher",
-           dtype=torch.float32):
+def probes(sample_ids: torch.Tensor, num_probes: int, dim: int, *, seed: int, probe_offset: int = 0,
+           distribution: str = "rademacher", dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Deterministic random probe vectors, shape (B, num_probes, dim), on sample_ids' device.
 
     Entry (b, p, d) depends only on (seed, s = sample_ids[b], j = probe_offset + p, d), never on
@@ -113,7 +113,8 @@ def probes(sample_ids, num_probes, dim, *, seed, probe_offset=0, distribution="r
                             distribution=distribution, dtype=dtype)
 
 
-def logit_factor(logits, labels, sample_ids, *, num_exact, num_tail=0, seed=0):
+def logit_factor(logits: torch.Tensor, labels: torch.Tensor, sample_ids: torch.Tensor, *, num_exact: int,
+                 num_tail: int = 0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Factor of the cross-entropy Hessian in logit space, A = diag(p) - p p^T.
 
     With ls = log_softmax(z) (float64 internally), p = exp(ls) and u_c = e_c - p,
@@ -161,7 +162,7 @@ def logit_factor(logits, labels, sample_ids, *, num_exact, num_tail=0, seed=0):
                                   num_tail=num_tail, seed=seed)
 
 
-def weighted_sq_norms(vjp, weights):
+def weighted_sq_norms(vjp: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """out[b, k] = weights[b, k] * sum_d vjp[b, k, d]^2, accumulated in float64.
 
     With vjp[b, k] = J_b^T u_k (input-space pullback of the factor's cotangents) this is the
@@ -181,7 +182,8 @@ def weighted_sq_norms(vjp, weights):
     return reference.weighted_sq_norms(vjp, weights)
 
 
-def probe_moments(probes, hvp, mean, m2, count):
+def probe_moments(probes: torch.Tensor, hvp: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor,
+                  count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Merges P probe results per sample into running Welford moments.
 
     Per (b, p): q0 = sum_d probes[b,p,d] hvp[b,p,d] (v^T H v, a Hutchinson trace sample) and

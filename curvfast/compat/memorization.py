@@ -1,0 +1,139 @@
+"""Drop-in replacements for the finite-difference curvature of the memorization papers
+(Garg et al., "Memorization Through the Lens of Curvature of Loss Function Around Samples", ICML 2024;
+Ravikumar et al., "Unveiling Privacy, Memorization, and Input Curvature Links", ICML 2024).
+
+Published as the ``CurveScore`` class (DeepakTatachar/Privacy-Memorization-Curvature,
+``utils/loss_curve_score.py``) and ``get_regularized_curvature_for_batch`` (purdue-nrl/
+Memorization-Curvature, ``score_imagenet_checkpoint.py``). With Rademacher r_k, v_k = h r_k,
+g(x) = ∇ₓ CE(f(x)/temp, y) and n = ``niter``:
+
+    curv(x) = (1/n) Σ_k ‖g(x + v_k) − g(x)‖          ≈ h‖H r‖,   (the memorization score)
+    eig(x)  = (1/n) Σ_k v_kᵀ (g(x + v_k) − g(x))     ≈ h² r_kᵀ H r_k,   E = h²·tr(H).
+
+**Scaling.** The published code differentiates the batch-MEAN loss, so every score is divided by
+the batch size B (and the last, smaller batch gets another scale). By default these functions use
+per-sample losses: their values are the published ones times B. ``batch_mean=True`` divides by B
+to reproduce the published numbers.
+
+The estimate is curvfast's batched ``fd`` estimator: one clean gradient instead of one per probe,
+probes keyed by (seed, sample id, probe), fp32 with TF32 off, the model in eval mode with the
+caller's mode restored. ``exact=True`` returns h·‖H‖_F for ``curv`` (the root mean square of the
+probe terms: E‖h H r‖² = h²‖H‖_F²) and h²·tr(H) for ``eig``: exact for piecewise-linear networks,
+where finite differences instead cross activation kinks.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..curvature.finite_difference import fd_probe_terms
+from ..curvature.model import LogitFn, scoring_mode
+from ._common import draw_seed, hessian_statistic, prepare, sample_ids_for, scaled_logits
+
+__all__ = ["CurveScore", "get_regularized_curvature_for_batch", "fd_scores"]
+
+
+def fd_scores(
+    net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, h: float = 1e-3, niter: int = 10, temp: float = 1,
+    pred_labels: bool = False, seed: int | None = None, sample_ids=None, exact: bool = False,
+    batch_mean: bool = False, chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(curv, eig)`` (B,) on the CPU, as in the module docstring. ``pred_labels`` scores against the
+    model's own predictions instead of ``y``."""
+    model, x, y = prepare(net, x, y, h, niter)
+    transform = scaled_logits(temp)
+    seed, ids = draw_seed(seed), sample_ids_for(sample_ids, x)
+    logit_fn = LogitFn(model, transform)
+    with scoring_mode(model):
+        if pred_labels:
+            with torch.no_grad():
+                y = logit_fn(x).argmax(1)
+        if exact:
+            curv = h * hessian_statistic(model, x, y, "frobenius", transform, seed, ids)
+            eig = h * h * hessian_statistic(model, x, y, "trace", transform, seed, ids)
+        else:
+            norms, directional, _ = fd_probe_terms(logit_fn, x, y, ids, probes=niter, seed=seed, step=h, chunk_size=chunk_size)
+            curv, eig = norms.mean(1), directional.mean(1)
+    scale = x.shape[0] if batch_mean else 1
+    return (curv / scale).detach().cpu(), (eig / scale).detach().cpu()
+
+
+def get_regularized_curvature_for_batch(
+    net: nn.Module, batch_data: torch.Tensor, batch_labels: torch.Tensor, h: float = 1e-3, niter: int = 10,
+    temp: float = 1, *, seed: int | None = None, sample_ids=None, exact: bool = False, batch_mean: bool = False,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(eig_estimate, curv_estimate)`` (B,) on the CPU, in the published order.
+
+    The published function reads ``net`` from its enclosing script; here it is the first argument
+    (``functools.partial(get_regularized_curvature_for_batch, net)`` restores the published call).
+    Keyword-only options as in :func:`fd_scores`.
+    """
+    curv, eig = fd_scores(net, batch_data, batch_labels, h=h, niter=niter, temp=temp, seed=seed, sample_ids=sample_ids,
+                          exact=exact, batch_mean=batch_mean, chunk_size=chunk_size)
+    return eig, curv
+
+
+class CurveScore:
+    """The published ``CurveScore``: same constructor, methods and return values.
+
+    ``dataset`` has ``num_classes``, ``train_loader`` (unshuffled, yielding ``(inputs, targets)``),
+    ``test_loader`` and ``train_length``. Keyword-only: ``seed`` (default: drawn from torch's global
+    generator once per call), ``exact``, ``batch_mean`` (the published 1/B scaling), ``chunk_size``.
+    Whole-dataset scoring keys the probes by dataset position, so it does not depend on the batch size.
+    """
+
+    def __init__(self, dataset, model: nn.Module, device, temp: float, *, seed: int | None = None, exact: bool = False,
+                 batch_mean: bool = False, chunk_size: int | None = None):
+        self.model = model
+        self.dataset = dataset
+        self.num_classes = dataset.num_classes
+        self.last_logits = None
+        self.train_loader = dataset.train_loader
+        self.test_loader = dataset.test_loader
+        self.device = device
+        self.temp = temp
+        self.options = dict(exact=exact, batch_mean=batch_mean, chunk_size=chunk_size)
+        self.seed = seed
+
+    def find_z(self, net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, h: float) -> tuple[torch.Tensor, float]:
+        """CURE's direction z = h·(sign g + 1e-7) / (‖sign g‖ + 1e-7) per sample, with g the input gradient
+        of the loss of the raw logits, and ‖g‖ over the whole batch (mean loss with ``batch_mean``)."""
+        model, x, y = prepare(net, inputs, targets, h, 1)
+        with scoring_mode(model), torch.enable_grad():
+            x = x.clone().requires_grad_(True)
+            loss = F.cross_entropy(LogitFn(model)(x), y, reduction="mean" if self.options["batch_mean"] else "sum")
+            (grad,) = torch.autograd.grad(loss, x)
+        z = torch.sign(grad)
+        norms = z.reshape(z.shape[0], -1).norm(dim=1).view(-1, *([1] * (z.dim() - 1)))
+        return h * (z + 1e-7) / (norms + 1e-7), grad.norm().item()
+
+    def regularizer(self, net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, pred_labels: bool, h: float = 1e-3,
+                    niter: int = 10, *, sample_ids=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(curv, eig)`` (B,) on the CPU: see the module docstring."""
+        return fd_scores(net, inputs, targets, h=h, niter=niter, temp=self.temp, pred_labels=pred_labels,
+                         seed=self.seed, sample_ids=sample_ids, **self.options)
+
+    def score_true_labels_with_comparison(self, pred_labels: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scores, labels)`` over the training set, in loader order; also kept as ``last_logits``."""
+        self.model.eval()
+        scores, labels = self.rank_samples_true_labels_with_comparison(pred_labels=pred_labels)
+        self.last_logits = labels
+        return scores, labels
+
+    def rank_samples_true_labels_with_comparison(self, pred_labels: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = torch.zeros(self.dataset.train_length)
+        labels = torch.zeros(self.dataset.train_length)
+        seed = draw_seed(self.seed)
+        start = 0
+        for inputs, targets in self.train_loader:
+            inputs, targets = inputs.to(self.device), targets.to(self.device)
+            stop = start + inputs.shape[0]
+            ids = torch.arange(start, stop, device=inputs.device)
+            curv, _ = fd_scores(self.model, inputs, targets, temp=self.temp, pred_labels=pred_labels, seed=seed,
+                                sample_ids=ids, **self.options)
+            scores[start:stop] = curv
+            labels[start:stop] = targets.detach().cpu().to(labels.dtype)
+            start = stop
+        return scores, labels
