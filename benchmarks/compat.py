@@ -19,37 +19,16 @@ faithful re-implementations that tests/test_compat.py checks curvfast against.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from benchmarks.cases import build_case
 from benchmarks.environment import environment, results_dir, write_results
+from benchmarks.estimators import timed_interleaved
 from curvfast.compat import get_curvature_for_batch_zo_v2, get_regularized_curvature_for_batch
 from tests.test_compat import published_regularizer, published_zo
 
 CASES = {"cifar": ("resnet18_c10", 1e-3), "imagenet": ("resnet50_c1000", 1e-4)}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def interleaved(fns: dict, repeats: int, device: torch.device) -> dict:
-    """One warm-up call per function, then ``repeats`` rounds calling each once; median and min seconds."""
-    times = {name: [] for name in fns}
-    for fn in fns.values():
-        fn()
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: {"median_s": statistics.median(t), "min_s": min(t), "repeats": repeats} for name, t in times.items()}
 
 
 def run_case(name: str, batch: int, niter: int, repeats: int, device: torch.device) -> dict:
@@ -64,7 +43,7 @@ def run_case(name: str, batch: int, niter: int, repeats: int, device: torch.devi
     }
     if info["classes"] <= 100:
         fns["curvfast_exact_zo"] = lambda: get_curvature_for_batch_zo_v2(model, x, y, h, niter, exact=True)
-    rows = interleaved(fns, repeats, device)
+    rows = timed_interleaved(fns, repeats, device)
     for row in rows.values():
         row["images_per_s"] = batch / row["median_s"]
     ratios = {"zo_published_over_curvfast": rows["published_zo"]["median_s"] / rows["curvfast_zo"]["median_s"],
