@@ -1,34 +1,17 @@
 """PNG figures of a transfer study (matplotlib, Agg backend, written atomically)."""
 from __future__ import annotations
 
-import io
 
 import numpy as np
 
-from ..io import atomic_write_bytes
+from ..plots import pyplot, save_png
 
 __all__ = ["transfer_heatmap", "fit_curves"]
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    _pyplot().close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def transfer_heatmap(matrix: np.ndarray, names: list[str], path: str, title: str) -> None:
     """Source (rows) x target (columns) heatmap with each cell's value; undefined cells are grey."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(names)
     fig, ax = plt.subplots(figsize=(1.0 + 0.62 * n, 0.8 + 0.55 * n))
     masked = np.ma.masked_invalid(np.asarray(matrix, dtype=np.float64))
@@ -44,12 +27,12 @@ def transfer_heatmap(matrix: np.ndarray, names: list[str], path: str, title: str
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path, tight_layout=False)
 
 
 def fit_curves(eps: np.ndarray, n_st: np.ndarray, fits_st, names: list[str], path: str, metric_eps: float) -> None:
     """One panel per source: the transfer counts N_{s->t}(eps) (dots) and their fits (lines)."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(names)
     cols = min(4, n)
     rows = -(-n // cols)
@@ -71,4 +54,4 @@ def fit_curves(eps: np.ndarray, n_st: np.ndarray, fits_st, names: list[str], pat
     axes.flat[0].legend(fontsize=5, ncol=2)
     fig.suptitle("transfer counts and fits N(eps) = a(1 - exp(b eps)); dotted: metric eps", fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path, tight_layout=False)

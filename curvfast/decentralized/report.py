@@ -1,13 +1,13 @@
 """Summary of an IDKD run (``results.json``) and its accuracy plot, written by rank 0."""
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import asdict
 
 import numpy as np
 
-from ..io import atomic_write_bytes, write_json
+from ..io import write_json
+from ..plots import pyplot, save_png
 
 __all__ = ["summarize", "write_results"]
 
@@ -57,11 +57,7 @@ def summarize(cfg, topology, nodes: list[dict], steps: tuple[int, int], data) ->
 
 def write_results(out: str, summary: dict) -> None:
     """``out/results.json`` and ``out/accuracy.png`` (per-node test accuracy of every method), atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     write_json(os.path.join(out, "results.json"), summary)
     methods = summary["methods"]
     n = summary["topology"]["nodes"]
@@ -79,8 +75,4 @@ def write_results(out: str, summary: dict) -> None:
     lowest = min(min(e["node_accuracy"]) for e in methods.values())
     ax.set_ylim(max(0.0, lowest - 0.1), 1.0)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(os.path.join(out, "accuracy.png"), buf.getvalue())
+    save_png(fig, os.path.join(out, "accuracy.png"), dpi=120)

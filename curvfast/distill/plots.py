@@ -1,39 +1,23 @@
 """Accuracy-versus-compute figures of the PKD run, written atomically as PNG."""
 from __future__ import annotations
 
-import io
 
 import numpy as np
 
-from ..io import atomic_write_bytes
+from ..plots import pyplot, save_png
 
 __all__ = ["accuracy_vs_macs_plot", "exit_accuracy_plot"]
 
 _MARKERS = {"residual": "s", "mv": "^", "iframe": "o"}
 
 
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, plt, path: str) -> None:
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def accuracy_vs_macs_plot(path: str, exit_names: list[str], standalone_macs, ic_accuracy: dict[str, list[float]],
                           wise_sweeps: dict[str, list[dict]], chosen: dict, ensemble: tuple[float, float]) -> None:
     """Test accuracy against MACs per clip: each exit on its own (CE and PKD ICs), the WISE early
     exit over a sweep of thresholds (one curve per IC set), the chosen threshold and the plain ensemble."""
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 5))
     macs = np.asarray(standalone_macs, np.float64) / 1e6
     for kind, color in (("ce", "tab:gray"), ("pkd", "tab:blue")):
@@ -58,12 +42,12 @@ def accuracy_vs_macs_plot(path: str, exit_names: list[str], standalone_macs, ic_
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title("accuracy vs compute: exits, WISE early exit, ensemble")
-    _save(fig, plt, path)
+    save_png(fig, path)
 
 
 def exit_accuracy_plot(path: str, exit_names: list[str], ic_accuracy: dict[str, list[float]]) -> None:
     """Bars: test accuracy of every exit, CE-trained ICs beside PKD-trained ICs."""
-    plt = _figure()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(9, 4))
     x = np.arange(len(exit_names))
     ax.bar(x - 0.2, ic_accuracy["ce"], 0.4, label="CE ICs", color="tab:gray")
@@ -73,4 +57,4 @@ def exit_accuracy_plot(path: str, exit_names: list[str], ic_accuracy: dict[str, 
     ax.set_ylim(0, 1)
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
-    _save(fig, plt, path)
+    save_png(fig, path)

@@ -1,37 +1,20 @@
 """PNG figures of the memorization pipeline (matplotlib, Agg backend, written atomically)."""
 from __future__ import annotations
 
-import io
 
 import numpy as np
 
-from ..io import atomic_write_bytes
+from ..plots import pyplot, save_png
 
 __all__ = ["scatter_plot", "histograms", "dp_plot"]
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str) -> None:
-    plt = _pyplot()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def scatter_plot(x: np.ndarray, y: np.ndarray, path: str, *, xlabel: str, ylabel: str, title: str, yerr=None) -> None:
     """Scatter of y against x (log x axis when x is positive), with optional asymmetric error bars
     ``yerr = (lower, upper)`` drawn for every sample."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     if yerr is not None:
         ax.errorbar(x, y, yerr=yerr, fmt="none", ecolor="0.8", elinewidth=0.5, zorder=1)
@@ -41,12 +24,12 @@ def scatter_plot(x: np.ndarray, y: np.ndarray, path: str, *, xlabel: str, ylabel
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def histograms(panels: list[tuple[str, dict[str, np.ndarray], bool]], path: str) -> None:
     """One histogram panel per ``(title, {legend: values}, log_x)``."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
     for ax, (title, series, log_x) in zip(axes[0], panels):
         values = np.concatenate([v[np.isfinite(v)] for v in series.values()])
@@ -58,13 +41,13 @@ def histograms(panels: list[tuple[str, dict[str, np.ndarray], bool]], path: str)
         ax.set_title(title, fontsize=9)
         if len(series) > 1:
             ax.legend(fontsize=8)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def dp_plot(rows: list[dict], bounds: dict, path: str) -> None:
     """Accuracy, mean curvature, mean memorization and membership AUROC against ε (no-DP at the
     right edge), with the Unveiling bounds: mem ≤ 1 − e^{−ε} and the fitted E[Curv] ≤ A(1 − e^{−ε}) + c2."""
-    plt = _pyplot()
+    plt = pyplot()
     dp = [r for r in rows if r["epsilon"] is not None]
     eps = np.array([r["epsilon"] for r in dp], dtype=float)
     grid = np.geomspace(eps.min(), eps.max(), 200)
@@ -88,4 +71,4 @@ def dp_plot(rows: list[dict], bounds: dict, path: str) -> None:
         ax.set_xlabel("ε")
         ax.set_title(label, fontsize=9)
         ax.legend(fontsize=7)
-    _save(fig, path)
+    save_png(fig, path)

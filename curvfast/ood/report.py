@@ -1,12 +1,11 @@
 """Human-readable outputs of the OoD benchmark: a markdown table and PNG figures (written atomically)."""
 from __future__ import annotations
 
-import io
 
 import numpy as np
 
 from .. import metrics
-from ..io import atomic_write_bytes
+from ..plots import pyplot, save_png
 
 __all__ = ["markdown_table", "roc_figure", "examples_figure"]
 
@@ -15,21 +14,6 @@ def _fmt(entry: dict, metric: str) -> str:
     return f"{100 * entry[metric]:.1f} ± {100 * entry['std'][metric]:.1f}"
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save_png(fig, path: str, dpi: int) -> None:
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    _pyplot().close(fig)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def markdown_table(detectors: dict, metric: str = "auroc", sets: list[str] | None = None) -> str:
@@ -44,7 +28,7 @@ def markdown_table(detectors: dict, metric: str = "auroc", sets: list[str] | Non
 
 def roc_figure(arrays: dict, detectors: list[str], sets: list[str], path: str) -> None:
     """ROC curves (OoD positive) of ``detectors`` on each OoD set from ``arrays["<det>/<set>"]``."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(sets), figsize=(3.2 * len(sets), 3.3), squeeze=False)
     for ax, s in zip(axes[0], sets):
         for det in detectors:
@@ -57,13 +41,13 @@ def roc_figure(arrays: dict, detectors: list[str], sets: list[str], path: str) -
         ax.set_xlabel("FPR (ID flagged)", fontsize=8)
         ax.legend(fontsize=5.5, loc="lower right")
     axes[0][0].set_ylabel("TPR (OoD flagged)", fontsize=8)
-    _save_png(fig, path, dpi=110)
+    save_png(fig, path, dpi=110)
 
 
 def examples_figure(sets: dict, path: str, per_set: int = 8) -> None:
     """The first ``per_set`` images of each set (``{name: (N, 1, H, W) tensor in [0, 1]}``), one row per
     set, each row drawn as one mosaic (dark = ink, as digits are shown elsewhere)."""
-    plt = _pyplot()
+    plt = pyplot()
     cmap = plt.get_cmap("gray_r").with_extremes(bad="#cc4444")  # the NaN columns that separate images
     fig, axes = plt.subplots(len(sets), 1, figsize=(1.0 * per_set, 1.15 * len(sets)), squeeze=False)
     for ax, (name, x) in zip(axes[:, 0], sets.items()):
@@ -73,4 +57,4 @@ def examples_figure(sets: dict, path: str, per_set: int = 8) -> None:
         ax.imshow(np.ma.masked_invalid(mosaic), cmap=cmap, vmin=0, vmax=1)
         ax.set_title(name, fontsize=8)
         ax.axis("off")
-    _save_png(fig, path, dpi=100)
+    save_png(fig, path, dpi=100)

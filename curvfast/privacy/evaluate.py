@@ -10,13 +10,12 @@ allowed number of false positives (often zero of them).
 """
 from __future__ import annotations
 
-import io
 from functools import partial
 
 import numpy as np
 
 from .. import metrics
-from ..io import atomic_write_bytes
+from ..plots import pyplot, save_png
 from . import attacks as A
 
 __all__ = ["ATTACKS", "REQUIRED_ATTACKS", "FPRS", "attack_scores", "summarise", "mean_roc", "plot_rocs"]
@@ -92,11 +91,7 @@ def mean_roc(scores: np.ndarray, members: np.ndarray, grid: np.ndarray) -> np.nd
 
 def plot_rocs(scores: dict[str, np.ndarray], members: np.ndarray, path: str, title: str = "") -> None:
     """Log-log ROC curves (mean TPR over targets) of every attack, with the chance line, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     floor = 1.0 / members.shape[1]
     grid = np.logspace(np.log10(floor), 0, 200)
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -113,8 +108,4 @@ def plot_rocs(scores: dict[str, np.ndarray], members: np.ndarray, path: str, tit
     ax.set_ylabel("true positive rate")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_png(fig, path)
