@@ -7,11 +7,10 @@ import threading
 from typing import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["unwrap_model", "scoring_mode", "scoring_model", "check_finite_model", "without_wrapper_hooks", "LogitFn",
-           "per_sample_loss", "no_tf32"]
+           "no_tf32"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -178,8 +177,3 @@ class LogitFn:
                 "Use output_transform to reshape or select them."
             )
         return out
-
-
-def per_sample_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy per sample, L_b = -log softmax(z_b)[y_b], computed through log-softmax."""
-    return F.cross_entropy(logits, y, reduction="none")
