@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-# The pinned stack (see DESIGN.md: newer torch needs C++20 and pulls GBs; 2.13 has no torchvision).
+# The pinned stack (newer torch needs C++20 and pulls GBs; 2.13 has no torchvision).
 STACK  := torch==2.14.1 torchvision==0.29.1
 DEPS   := numpy scikit-learn matplotlib tqdm pytest pytest-benchmark ninja "setuptools>=64" wheel build \
           scikit-image opacus cleanlab networkx av pytorch-ood

@@ -1,4 +1,4 @@
-"""Exact logit-space curvature against float64 torch.func Hessians (METHODS.md §1.1)."""
+"""Exact logit-space curvature against float64 torch.func Hessians (README: "Why it is fast and exact")."""
 import pytest
 import torch
 from torch import nn

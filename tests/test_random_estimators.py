@@ -88,7 +88,7 @@ def test_fd_and_zo_refuse_to_call_themselves_the_trace():
 
 
 def test_fd_crosses_relu_kinks():
-    """On a ReLU net fd/h is far from the autograd ‖H r‖ (METHODS.md §1): documented, measured."""
+    """On a ReLU net fd/h is far from the autograd ‖H r‖ (README: "Why it is fast and exact"): documented, measured."""
     model = make_model("pl_residual", 10)
     x, y = make_batch(8, 10)
     exact = curvfast.input_curvature(model, x, y, method="exact", statistic="frobenius").value

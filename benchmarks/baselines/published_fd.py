@@ -2,7 +2,7 @@
 
 Per batch and probe k: Rademacher probes built in a Python loop over samples, the clean
 gradient recomputed for every probe, gradients of the batch-MEAN loss (so every score is
-divided by the batch size, as METHODS.md §1 notes), h = 1e-3, n = 10:
+divided by the batch size, as the published code does), h = 1e-3, n = 10:
 
     fd(x) = mean_k ‖∇L̄(x + h r_k) − ∇L̄(x)‖
 """

@@ -1,4 +1,4 @@
-"""Adversarial transferability (TREND, METHODS.md §8): quantised models with straight-through
+"""Adversarial transferability (TREND, docs/transfer.md): quantised models with straight-through
 (BPDA) gradients, attacks, transfer counts and the fitted transfer metric, robust ensembles.
 
 ``curvfast transfer`` runs the whole study; docs/transfer.md describes it.

@@ -1,4 +1,4 @@
-"""Exact and sampled input curvature through the logit-space factor (METHODS.md §1.1).
+"""Exact and sampled input curvature through the logit-space factor (README: "Why it is fast and exact").
 
 For a piecewise-linear network the logits' second derivative vanishes almost everywhere, so
 the input Hessian of the cross-entropy is the Gauss-Newton matrix

@@ -1,4 +1,4 @@
-"""Decentralized learning with in-distribution knowledge distillation (IDKD, METHODS.md §6).
+"""Decentralized learning with in-distribution knowledge distillation (IDKD, docs/idkd.md).
 
 Nodes are ``torch.distributed`` processes (gloo on CPU, NCCL on GPU) that exchange parameters and
 labels with their graph neighbours only. See ``docs/idkd.md``.

@@ -1,4 +1,4 @@
-"""Progressive knowledge distillation (PKD) of early exits and WISE on compressed video (METHODS.md §5).
+"""Progressive knowledge distillation (PKD) of early exits and WISE on compressed video (docs/pkd.md).
 
 ``networks``: the three stream ResNets with internal classifiers; ``pkd``: the teacher schedule
 and the CE / PKD training of the ICs; ``training``: stream training and exit logits; ``wise``:

@@ -2,7 +2,7 @@
 
 A stream is a ResNet (torchvision ``BasicBlock``s): stem -> layer1 .. layer4 -> global average
 pool -> linear head. Internal classifiers (ICs) read the outputs of layer1, layer2 and layer3:
-conv 3x3 + BN + ReLU + adaptive average pool to 4x4 + linear (METHODS.md §5); the head is the 4th
+conv 3x3 + BN + ReLU + adaptive average pool to 4x4 + linear (docs/pkd.md); the head is the 4th
 exit. Inputs carry a segment axis, (B, S, C, H, W); every exit's logits are averaged over the S
 segments (TSN consensus), so a clip's exit logits are the mean of its segments' logits.
 

@@ -1,4 +1,4 @@
-"""Verifix (METHODS.md §4): post-training label-noise correction with one weight update per layer.
+"""Verifix (docs/verifix.md): post-training label-noise correction with one weight update per layer.
 
 ``verifix(model, verified, validation)`` → (corrected model, report); building blocks:
 ``add_label_noise``, ``select_verified`` (lowest curvature per class), ``layer_spectra``

@@ -1,4 +1,4 @@
-"""Verifix's soft projector and the one-shot weight update (METHODS.md §4, steps 3-5).
+"""Verifix's soft projector and the one-shot weight update (docs/verifix.md, steps 3-5).
 
 With the input rows X of a layer (n x d), singular pairs (σ_i, u_i) and energy fractions
 r_i = σ_i² / Σ_j σ_j², each direction is scaled by

@@ -1,6 +1,6 @@
 """The verified set: a small class-balanced subset of the (noisy) training data that Verifix trusts.
 
-Published recipe (METHODS.md §4, step 1): per class, the samples with the *lowest* input-loss
+Published recipe (docs/verifix.md, step 1): per class, the samples with the *lowest* input-loss
 curvature under the model trained on the noisy labels; memorised (flipped) labels sit in
 high-curvature regions, so low curvature ≈ clean. Any curvfast estimator can rank them
 (``method``: "auto"/"exact" trace, "hutchinson", "fd" as published, "zo", ...); "random" picks a

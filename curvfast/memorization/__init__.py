@@ -1,4 +1,4 @@
-"""Memorization, privacy and curvature (METHODS.md §3): Feldman memorization scores with
+"""Memorization, privacy and curvature (docs/memorization.md): Feldman memorization scores with
 confidence intervals, curvature averaged over training, agreement measures, mislabel detection
 (curvature, loss, cleanlab) and DP-SGD (Opacus) against the Unveiling bounds."""
 from .agreement import agreement, cosine_similarity, top_k_overlap

@@ -18,7 +18,7 @@ def _floats(text: str) -> tuple[float, ...]:
 
 def register(subparsers) -> None:
     d = MemorizationConfig()
-    p = subparsers.add_parser("memorization", help="Feldman memorization vs curvature, mislabel detection, DP-SGD (METHODS.md §3)")
+    p = subparsers.add_parser("memorization", help="Feldman memorization vs curvature, mislabel detection, DP-SGD (docs/memorization.md)")
     p.add_argument("--dataset", default=d.dataset)
     p.add_argument("--root", default=None, help="folder that already holds the dataset (never downloaded)")
     p.add_argument("--out", required=True, help="run folder: results.json, scores.npz, mislabel.npz, PNGs")

@@ -1,4 +1,4 @@
-"""DP-SGD models (Opacus) and the Unveiling bounds (METHODS.md §3).
+"""DP-SGD models (Opacus) and the Unveiling bounds (docs/memorization.md).
 
 For each privacy budget ε (and once without DP) ``models`` models are trained with DP-SGD on
 random subsets (each sample IN with probability ``fraction``), Unveiling's recipe: RMSprop,

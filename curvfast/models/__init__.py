@@ -2,7 +2,7 @@
 
 Every model returns logits of shape (B, num_classes). Zoo models are built from
 piecewise-linear pieces (conv, linear, ReLU, max-pool, average-pool, eval BatchNorm,
-residual adds), so the exact Gauss-Newton identity of METHODS.md §1.1 gives their true
+residual adds), so the exact Gauss-Newton identity (README, "Why it is fast and exact") gives their true
 input-Hessian trace.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Out-of-distribution detection (METHODS.md §7): a pytorch-ood-shaped detector API, norm-scaling,
+"""Out-of-distribution detection (docs/ood.md): a pytorch-ood-shaped detector API, norm-scaling,
 the VRM auxiliary-class detector, the standard baselines, metrics and an offline digits benchmark.
 
 Every detector's score is **higher = more likely OoD**::

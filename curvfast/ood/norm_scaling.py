@@ -1,4 +1,4 @@
-"""Norm-scaling: per-class normalisation of the logits, then MSP (METHODS.md §7).
+"""Norm-scaling: per-class normalisation of the logits, then MSP (docs/ood.md).
 
 A logit is an (unnormalised) angular similarity to a class representation,
 z_c = w_c . h = ||w_c|| ||h|| cos(theta_c). Classes have different similarity distributions, so

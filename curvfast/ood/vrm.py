@@ -1,4 +1,4 @@
-"""The VRM detector: a (K+1)-class classifier whose extra class is learned from noise (METHODS.md §7).
+"""The VRM detector: a (K+1)-class classifier whose extra class is learned from noise (docs/ood.md).
 
 No outlier data set is used. Each training batch (x_i, y_i), i = 1..B, with K real classes, becomes
 

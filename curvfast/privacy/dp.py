@@ -3,7 +3,7 @@
 DP-SGD clips each per-sample gradient to norm ``clip`` and adds N(0, σ²clip²) noise to their sum
 per step (Poisson-sampled batches); Opacus' RDP accountant picks σ so that ``epochs`` epochs at
 sampling rate batch_size/|S_m| give (ε, δ)-DP. The recipe follows the Unveiling experiments
-(METHODS.md §3): RMSprop, lr 1e-3, clip 1, δ = 1e-5. ``epsilon=inf`` trains the same model with
+(docs/memorization.md): RMSprop, lr 1e-3, clip 1, δ = 1e-5. ``epsilon=inf`` trains the same model with
 the same optimiser, batches and epochs without clipping or noise (the non-private reference).
 
 Opacus cannot compute per-sample gradients through BatchNorm (it mixes samples), so

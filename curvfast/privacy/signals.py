@@ -11,7 +11,7 @@ For model m, sample i with label y_i and view v (the image itself, or its horizo
   log(1 − p_c) is taken as log(−expm1(log p_c)), and for the most probable class as
   logsumexp_{k≠c} z_k − logsumexp z, so it stays finite where p_c rounds to 1.
 - ``curv_exact``: tr(H), the exact input-Hessian trace of ℓ (white box; exact for piecewise-
-  linear nets, METHODS.md §1.1), ``input_curvature(method="exact")``.
+  linear nets; README, "Why it is fast and exact"), ``input_curvature(method="exact")``.
 - ``curv_zo``: the Curvature Clues zero-order estimator from loss values only (black box),
   ``input_curvature(method="zo")``, published h = 1e-3, n = 10 probes.
 - ``curv_fd``: Garg et al.'s finite difference of gradients, ``input_curvature(method="fd")``.
