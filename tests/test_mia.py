@@ -13,7 +13,7 @@ from scipy.stats import norm
 
 from curvfast.privacy import attacks as A
 from curvfast.privacy import interchange
-from curvfast.privacy.evaluate import REQUIRED_ATTACKS, attack_scores, summarise
+from curvfast.privacy.evaluate import REQUIRED_ATTACKS, attack_scores, attack_metrics
 from curvfast.privacy.experiment import MIAConfig, balanced_keep, evaluate_signals, run_mia
 from curvfast.privacy.signals import logit_confidence, model_signals
 
@@ -142,7 +142,7 @@ def test_summarise_matches_sklearn_per_target():
     rng = np.random.default_rng(5)
     members = rng.random((3, 500)) < 0.5
     scores = rng.normal(size=(3, 500)) + 0.7 * members
-    report = summarise(scores, members)
+    report = attack_metrics(scores, members)
     aucs, tprs, bal = [], [], []
     for s, m in zip(scores, members):
         fpr, tpr, _ = roc_curve(m, s)

@@ -28,7 +28,7 @@ CPU_ELEMENTS_PER_PASS = {"vjp": 16 * 3 * 32 * 32, "hvp": 80 * 3 * 32 * 32}
 GPU_ELEMENTS_PER_PASS = 2**26
 
 
-def chunk_size(requested: int | None, total: int, batch: int, dim: int, device: torch.device, kind: str = "vjp") -> int:
+def pass_size(requested: int | None, total: int, batch: int, dim: int, device: torch.device, kind: str = "vjp") -> int:
     """``requested`` if given, else a default for the device and the pass ``kind`` ("vjp" or "hvp"); in [1, total]."""
     if requested is not None:
         if not isinstance(requested, int) or requested < 1:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
-from .batching import chunk_size as pass_size
+from .batching import pass_size
 from .model import LogitFn, no_tf32
 
 __all__ = ["fd_curvature", "fd_probe_terms", "zo_curvature"]

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
-from .batching import chunk_size as pass_size
+from .batching import pass_size
 from .model import LogitFn
 
 __all__ = ["hutchinson_curvature", "HVP_MODES"]

@@ -30,7 +30,7 @@ import torch
 
 from .. import ops
 from .batching import VJP_PLANNER
-from .batching import chunk_size as pass_size
+from .batching import pass_size
 from .model import LogitFn
 
 __all__ = ["logit_space_curvature", "GRAM_STATISTICS"]

@@ -9,7 +9,7 @@ import numpy as np
 from ..io import write_json
 from ..plots import pyplot, save_png
 
-__all__ = ["summarize", "write_results"]
+__all__ = ["run_summary", "write_results"]
 
 _LABEL_STATS = ("num_targets", "photo_fraction", "digit_label_accuracy")
 
@@ -19,7 +19,7 @@ def _mean(values) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def summarize(cfg, topology, nodes: list[dict], steps: tuple[int, int], data) -> dict:
+def run_summary(cfg, topology, nodes: list[dict], steps: tuple[int, int], data) -> dict:
     """Per-method ``mean_accuracy`` (mean over nodes of each node model's test accuracy), ``node_accuracy``,
     ``comm_bytes`` (bytes sent by all nodes over the whole run: shared initial training, label exchange and
     fine-tuning), ``label_bytes`` and its share ``label_overhead``, and the distilled-label statistics."""

@@ -41,7 +41,7 @@ from .detectors import calibrated_threshold, node_scores
 from .labels import aggregate_labels, label_quality, select_public
 from .optim import DecentralizedSGD
 from .partition import dirichlet_partition
-from .report import summarize, write_results
+from .report import run_summary, write_results
 from .topology import build_topology
 
 __all__ = ["run_node", "run_process", "main"]
@@ -161,7 +161,7 @@ def run_node(cfg: IDKDConfig) -> dict | None:
     dist.gather_object(node, gathered, dst=0)
     if rank != 0:
         return None
-    summary = summarize(cfg, topology, gathered, steps=(steps1, steps2), data=data)
+    summary = run_summary(cfg, topology, gathered, steps=(steps1, steps2), data=data)
     write_results(cfg.out, summary)
     return summary
 

@@ -5,11 +5,11 @@ from .agreement import agreement, cosine_similarity, top_k_overlap
 from .feldman import MemorizationEstimate, memorization_scores, newcombe_interval, predict, random_subsets, wilson_interval
 from .mislabel import cleanlab_scores, cross_val_pred_probs, detection_report, flip_labels
 from .pipeline import MemorizationConfig, run_memorization
-from .trajectory import CurvatureTrajectory, curvature_trajectory, score_models, train_with_checkpoints
+from .trajectory import CurvatureTrajectory, curvature_trajectory, curvature_per_model, train_with_checkpoints
 
 __all__ = [
     "agreement", "cosine_similarity", "top_k_overlap", "MemorizationEstimate", "memorization_scores", "newcombe_interval",
     "predict", "random_subsets", "wilson_interval", "cleanlab_scores", "cross_val_pred_probs", "detection_report",
-    "flip_labels", "MemorizationConfig", "run_memorization", "CurvatureTrajectory", "curvature_trajectory", "score_models",
+    "flip_labels", "MemorizationConfig", "run_memorization", "CurvatureTrajectory", "curvature_trajectory", "curvature_per_model",
     "train_with_checkpoints",
 ]

@@ -34,7 +34,7 @@ import torch
 from ..metrics import auroc
 from ..privacy.dp import train_dp_model as dp_training
 from .feldman import memorization_scores, predict, random_subsets
-from .trajectory import score_models
+from .trajectory import curvature_per_model
 
 __all__ = ["make_dp_compatible", "train_dp_model", "dp_sweep", "fit_unveiling_bounds"]
 
@@ -91,7 +91,7 @@ def dp_sweep(make_model, images, targets, test_images, test_targets, *, epsilons
             trained.append(model)
             spent.append(used)
             bar.update(1)
-        curv, loss = score_models(trained, images, targets, method=method, probes=probes, seed=seed)
+        curv, loss = curvature_per_model(trained, images, targets, method=method, probes=probes, seed=seed)
         correct = predict(trained, images).argmax(-1) == targets.numpy()[None]
         mem = memorization_scores(correct, keep)
         rows.append({

@@ -29,10 +29,10 @@ from torch.utils.data import TensorDataset
 from ..engine import score
 from ..multitrain import train_subset_models
 
-__all__ = ["score_models", "train_with_checkpoints", "CurvatureTrajectory", "curvature_trajectory"]
+__all__ = ["curvature_per_model", "train_with_checkpoints", "CurvatureTrajectory", "curvature_trajectory"]
 
 
-def score_models(models, images: torch.Tensor, labels: torch.Tensor, *, method: str = "auto", probes: int | None = None,
+def curvature_per_model(models, images: torch.Tensor, labels: torch.Tensor, *, method: str = "auto", probes: int | None = None,
                  seed: int = 0, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """Per-model, per-sample curvature and cross-entropy loss, both (M, N), with labels ``labels``."""
     data = TensorDataset(images, labels)
@@ -101,7 +101,7 @@ def curvature_trajectory(make_model, images, targets, keep, *, epochs: int, meth
     curv, loss = [], []
 
     def on_epoch(_, models):
-        c, l = score_models(models, images, targets, method=method, probes=probes, seed=score_seed)
+        c, l = curvature_per_model(models, images, targets, method=method, probes=probes, seed=score_seed)
         curv.append(c)
         loss.append(l)
 

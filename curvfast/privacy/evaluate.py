@@ -18,7 +18,7 @@ from .. import metrics
 from ..plots import pyplot, save_png
 from . import attacks as A
 
-__all__ = ["ATTACKS", "REQUIRED_ATTACKS", "FPRS", "attack_scores", "summarise", "mean_roc", "plot_rocs"]
+__all__ = ["ATTACKS", "REQUIRED_ATTACKS", "FPRS", "attack_scores", "attack_metrics", "mean_roc", "plot_rocs"]
 
 FPRS = (0.01, 0.001, 0.0001)
 
@@ -68,7 +68,7 @@ def attack_scores(signals: dict, keep: np.ndarray, targets, shadows, names=None)
     return out
 
 
-def summarise(scores: np.ndarray, members: np.ndarray, fprs=FPRS) -> dict:
+def attack_metrics(scores: np.ndarray, members: np.ndarray, fprs=FPRS) -> dict:
     """Mean and std over targets of ``metrics.detection_report``; ``per_target`` keeps each one."""
     reports = [metrics.detection_report(s, m, positive=True, fprs=fprs) for s, m in zip(scores, members)]
     keys = ("auroc", "balanced_accuracy")

@@ -28,7 +28,7 @@ from ..data import get_dataset
 from ..io import load_checkpoint, save_checkpoint, write_json, write_npz
 from ..models import build_model
 from .attacks import check_membership
-from .evaluate import FPRS, REQUIRED_ATTACKS, attack_scores, plot_rocs, summarise
+from .evaluate import FPRS, REQUIRED_ATTACKS, attack_scores, plot_rocs, attack_metrics
 from .signals import FLIP_SAFE, SIGNALS, compute_signals
 
 __all__ = ["MIAConfig", "balanced_keep", "crop_flip", "load_population", "natural_order", "run_mia", "evaluate_signals"]
@@ -322,7 +322,7 @@ def _attack_and_report(cfg, signals, keep, accuracy, t0, train_seconds, signal_s
         targets += t_ids
     scores = {n: np.concatenate(v) for n, v in scores.items()}
     members = keep[targets]
-    attacks = {n: summarise(s, members, FPRS) for n, s in scores.items()}
+    attacks = {n: attack_metrics(s, members, FPRS) for n, s in scores.items()}
     missing = [n for n in REQUIRED_ATTACKS if n not in attacks]
     plot_rocs(scores, members, os.path.join(cfg.out, "roc.png"),
               title=f"{cfg.dataset}, {len(targets)} targets, {keep.shape[0] - (1 if cfg.leave_one_out else len(targets))} shadows")
