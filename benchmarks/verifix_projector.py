@@ -38,8 +38,8 @@ import torch
 
 from benchmarks.cases import photo_crops
 from benchmarks.environment import environment, results_dir, write_results
-from curvfast.label_noise import apply_projectors, iter_layer_spectra, layer_rows, soft_projector, target_layers
-from curvfast.label_noise.spectra import DEFAULT_STATE_BUDGET, RowSampler
+from curvfast.pipelines.verifix import apply_projectors, iter_layer_spectra, layer_rows, soft_projector, target_layers
+from curvfast.pipelines.verifix.spectra import DEFAULT_STATE_BUDGET, RowSampler
 from curvfast.linalg import SpectrumResult
 from curvfast.models import cifar_resnet18
 

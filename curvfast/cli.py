@@ -19,13 +19,13 @@ import torch
 from . import __version__, ops
 
 PIPELINE_COMMANDS = (  # module -> its `register(subparsers)` adds one sub-command
-    "curvfast.privacy.cli",          # mia
-    "curvfast.memorization.cli",     # memorization
-    "curvfast.label_noise.cli",      # verifix
-    "curvfast.ood.cli",              # ood
-    "curvfast.distill.cli",          # pkd
-    "curvfast.decentralized.cli",    # idkd
-    "curvfast.adversarial.cli",      # transfer
+    "curvfast.pipelines.mia.cli",  # mia
+    "curvfast.pipelines.memorization.cli",  # memorization
+    "curvfast.pipelines.verifix.cli",  # verifix
+    "curvfast.pipelines.ood.cli",  # ood
+    "curvfast.pipelines.pkd.cli",  # pkd
+    "curvfast.pipelines.idkd.cli",  # idkd
+    "curvfast.pipelines.transfer.cli",  # transfer
 )
 
 METHOD_CHOICES = ("auto", "exact", "sampled", "hutchinson", "deflated", "fd", "zo")
@@ -66,7 +66,7 @@ def _cmd_doctor(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .train import train_model
+    from .pipelines.common.training import train_model
 
     _, info = train_model(
         args.model, args.dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
@@ -147,8 +147,8 @@ def _cmd_score(args) -> int:
 def _cmd_demo(args) -> int:
     from .data import get_dataset
     from .engine import score
-    from .plots import image_grid
-    from .train import train_model
+    from .pipelines.common.plots import image_grid
+    from .pipelines.common.training import train_model
 
     out = args.out
     os.makedirs(out, exist_ok=True)

@@ -15,12 +15,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from curvfast.decentralized.comm import NeighbourComm, NeighbourError
-from curvfast.decentralized.data import build_data
-from curvfast.decentralized.detectors import calibrated_threshold, knn_score, msp
-from curvfast.decentralized.labels import aggregate_labels, select_public
-from curvfast.decentralized.partition import class_histogram, dirichlet_partition
-from curvfast.decentralized.topology import build_topology, metropolis_hastings
+from curvfast.pipelines.idkd.comm import NeighbourComm, NeighbourError
+from curvfast.pipelines.idkd.data import build_data
+from curvfast.pipelines.idkd.detectors import calibrated_threshold, knn_score, msp
+from curvfast.pipelines.idkd.labels import aggregate_labels, select_public
+from curvfast.pipelines.idkd.partition import class_histogram, dirichlet_partition
+from curvfast.pipelines.idkd.topology import build_topology, metropolis_hastings
 
 TOPOLOGY_CASES = [("ring", 2), ("ring", 3), ("ring", 16), ("torus", 4), ("torus", 9), ("torus", 12), ("torus", 7),
                   ("social", 15), ("full", 2), ("full", 6)]
@@ -156,7 +156,7 @@ def test_label_aggregation_weighted_and_never_empty():
 
 def _solo_comm():
     """A one-node graph: gossip is the identity and needs no process group."""
-    from curvfast.decentralized.topology import Topology
+    from curvfast.pipelines.idkd.topology import Topology
 
     return NeighbourComm(Topology("solo", np.ones((1, 1)), ((),)), 0, timeout_s=1.0, comm_device=torch.device("cpu"))
 
@@ -169,7 +169,7 @@ def _tiny_problem():
 
 
 def test_dsgdm_on_one_node_is_heavy_ball_sgd():
-    from curvfast.decentralized.optim import DecentralizedSGD
+    from curvfast.pipelines.idkd.optim import DecentralizedSGD
 
     model, x, y = _tiny_problem()
     ref = copy.deepcopy(model)
@@ -187,7 +187,7 @@ def test_dsgdm_on_one_node_is_heavy_ball_sgd():
 
 def test_qgm_momentum_update_on_one_node():
     """Without neighbours x' = x - eta (g + beta m), so m <- beta m + (1 - beta)(g + beta m)."""
-    from curvfast.decentralized.optim import DecentralizedSGD
+    from curvfast.pipelines.idkd.optim import DecentralizedSGD
 
     model, x, y = _tiny_problem()
     opt = DecentralizedSGD(model, _solo_comm(), lr=0.1, momentum=0.9, weight_decay=0.0, algorithm="qgm")

@@ -8,16 +8,16 @@ import torch
 
 from curvfast.curvature import input_curvature
 from curvfast.data import DigitsDataset
-from curvfast.memorization import (
+from curvfast.pipelines.memorization import (
     agreement, cosine_similarity, curvature_trajectory, detection_report, flip_labels, memorization_scores,
     newcombe_interval, predict, random_subsets, top_k_overlap, train_with_checkpoints, wilson_interval,
 )
-from curvfast.memorization.dp import fit_unveiling_bounds, make_dp_compatible, train_dp_model
-from curvfast.memorization.mislabel import cleanlab_scores, cross_val_pred_probs
-from curvfast.memorization.models import model_factory
-from curvfast.memorization.pipeline import MemorizationConfig
+from curvfast.pipelines.memorization.dp import fit_unveiling_bounds, make_dp_compatible, train_dp_model
+from curvfast.pipelines.memorization.mislabel import cleanlab_scores, cross_val_pred_probs
+from curvfast.pipelines.memorization.models import model_factory
+from curvfast.pipelines.memorization.pipeline import MemorizationConfig
 from curvfast.models import build_model
-from curvfast.multitrain import train_subset_models
+from curvfast.pipelines.common.multitrain import train_subset_models
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Membership inference (curvfast.privacy): attack statistics with known answers, metrics vs sklearn,
+"""Membership inference (curvfast.pipelines.mia): attack statistics with known answers, metrics vs sklearn,
 interchange round trips, bad input, DP models, and an end-to-end run on a small digits pool."""
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from curvfast.privacy import attacks as A
-from curvfast.privacy import interchange
-from curvfast.privacy.evaluate import REQUIRED_ATTACKS, attack_scores, attack_metrics
-from curvfast.privacy.experiment import MIAConfig, balanced_keep, evaluate_signals, run_mia
-from curvfast.privacy.signals import logit_confidence, model_signals
+from curvfast.pipelines.mia import attacks as A
+from curvfast.pipelines.mia import interchange
+from curvfast.pipelines.mia.evaluate import REQUIRED_ATTACKS, attack_scores, attack_metrics
+from curvfast.pipelines.mia.experiment import MIAConfig, balanced_keep, evaluate_signals, run_mia
+from curvfast.pipelines.mia.signals import logit_confidence, model_signals
 
 
 def gaussian_world(num_shadows=400, num_samples=3000, d=1.0, views=1, seed=0):
@@ -116,7 +116,7 @@ def test_loss_calibrated_attacks_by_hand():
 
 def test_modified_entropy_matches_song_mittal_and_stays_finite():
     """Mentr = −(1 − p_y) log p_y − Σ_{c≠y} p_c log(1 − p_c), against float64 numpy where p is representable."""
-    from curvfast.privacy.signals import modified_entropy
+    from curvfast.pipelines.mia.signals import modified_entropy
 
     rng = np.random.default_rng(8)
     logits = rng.normal(0, 3, size=(50, 7))
@@ -248,7 +248,7 @@ def test_lira_and_matrix_round_trips(tmp_path):
 def test_dp_models_train_with_opacus(digits_small):
     from curvfast.curvature import is_piecewise_linear
     from curvfast.curvature.model import LogitFn
-    from curvfast.privacy.dp import dp_model, train_dp_models
+    from curvfast.pipelines.mia.dp import dp_model, train_dp_models
 
     x, y = digits_small.dataset.images[:64], digits_small.dataset.targets[:64]
     keep = balanced_keep(1, 64, 0)
@@ -295,7 +295,7 @@ def test_checkpoints_load_in_natural_order_and_count_must_match(tmp_path):
     """model_2.pt precedes model_10.pt (a lexicographic sort would misalign the rows of keep.npy)."""
     from curvfast.io import save_checkpoint
     from curvfast.models import build_model
-    from curvfast.privacy.experiment import _models_from_checkpoints, natural_order
+    from curvfast.pipelines.mia.experiment import _models_from_checkpoints, natural_order
 
     assert natural_order(["a/model_10.pt", "a/model_2.pt", "a/model_1.pt"]) == ["a/model_1.pt", "a/model_2.pt", "a/model_10.pt"]
     folder = tmp_path / "ckpts"
@@ -317,7 +317,7 @@ def test_checkpoints_load_in_natural_order_and_count_must_match(tmp_path):
 
 
 def test_crop_flip_translates_and_mirrors_each_image():
-    from curvfast.privacy.experiment import crop_flip
+    from curvfast.pipelines.mia.experiment import crop_flip
 
     x = torch.arange(2 * 3 * 1 * 16 * 16, dtype=torch.float32).reshape(2, 3, 1, 16, 16)  # (M, B, C, H, W)
     out = crop_flip(x, torch.Generator().manual_seed(0))
@@ -341,7 +341,7 @@ def test_augment_auto_uses_crop_flip_for_natural_images_only(tmp_path, monkeypat
     assert MIAConfig(out="x", dataset="cifar10", dp_epsilon=4.0).resolved_augment() == "none"
     with pytest.raises(ValueError, match="augment must be one of"):
         MIAConfig(out="x", augment="rotate").resolved_augment()
-    import curvfast.multitrain as multitrain
+    import curvfast.pipelines.common.multitrain as multitrain
 
     seen = {}
     real = multitrain.train_subset_models

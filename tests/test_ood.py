@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from curvfast.ood import (
+from curvfast.pipelines.ood import (
     KNN, MSP, ODIN, VRM, Energy, Mahalanobis, MaxLogit, NormScaling, OutputExtractor, collect_outputs,
     ood_metrics, per_class_statistic, vrm_batch,
 )
-from curvfast.ood.overhead import count_parameters, inference_flops, state_bytes, train_step_cost
+from curvfast.pipelines.ood.overhead import count_parameters, inference_flops, state_bytes, train_step_cost
 
 TOL = 1e-12  # float64 closed forms
 

@@ -9,7 +9,7 @@ import sys
 sys.modules["pytorch_ood"] = None  # importing pytorch_ood now raises ImportError
 import torch
 from torch.utils.data import DataLoader, TensorDataset
-from curvfast.ood.pytorch_ood import NormScaling, RequiresFittingException
+from curvfast.pipelines.ood.pytorch_ood import NormScaling, RequiresFittingException
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
 with torch.no_grad():

@@ -9,8 +9,8 @@ pytorch_ood = pytest.importorskip("pytorch_ood")
 from pytorch_ood.api import Detector, FeaturesDetector, LogitsDetector, RequiresFittingException  # noqa: E402
 from pytorch_ood.metrics import OODMetrics  # noqa: E402
 
-from curvfast import ood  # noqa: E402
-from curvfast.ood.pytorch_ood import VRM, NormScaling, NormScalingFeatures, PytorchOODDetector  # noqa: E402
+from curvfast.pipelines import ood  # noqa: E402
+from curvfast.pipelines.ood.pytorch_ood import VRM, NormScaling, NormScalingFeatures, PytorchOODDetector  # noqa: E402
 
 
 def blobs(n, classes, seed):

@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from curvfast.distill import (
+from curvfast.pipelines.pkd import (
     EXIT_NAMES, STREAM_ORDER, StreamNet, build_exits, build_streams, collect_exit_logits, count_macs, exit_macs,
     fit_prefix_weights, fit_wise, pkd_teacher, soft_cross_entropy, train_exits, wise_early_exit, wise_objective,
     wise_sweep,
 )
-from curvfast.video import ClipSet, CompressedRepresentation, CompressedVideoDataset
+from curvfast.pipelines.pkd.video import ClipSet, CompressedRepresentation, CompressedVideoDataset
 
 TINY = {  # streams small enough for a unit test
     "iframe": {"widths": (4, 8, 8, 16), "blocks": (1, 1, 1, 1), "stem_stride": 2},
@@ -147,7 +147,7 @@ def test_wise_prefixes_and_early_exit():
 
 def test_wise_uses_the_published_l1_schedule():
     """Prefixes of at most 5 exits are fitted without L1, longer ones with alpha = 0.1 (published)."""
-    from curvfast.distill.pipeline import PKDConfig
+    from curvfast.pipelines.pkd.pipeline import PKDConfig
 
     d = PKDConfig()
     assert (d.alpha, d.alpha_free_exits, d.exit_relu) == (0.1, 5, False)

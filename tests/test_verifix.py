@@ -9,13 +9,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
-from curvfast.label_noise import (
+from curvfast.pipelines.verifix import (
     add_label_noise, apply_projectors, layer_rows, layer_spectra, projectors_for, select_verified, soft_projector,
     soft_scaling, target_layers, verifix,
 )
-from curvfast.label_noise.patches import ConvPatches, layer_operator
-from curvfast.label_noise.selection import _balanced_quota
-from curvfast.label_noise.spectra import RowSampler, _layer_groups
+from curvfast.pipelines.verifix.patches import ConvPatches, layer_operator
+from curvfast.pipelines.verifix.selection import _balanced_quota
+from curvfast.pipelines.verifix.spectra import RowSampler, _layer_groups
 from curvfast.linalg import SpectrumResult, StreamingRandomizedSVD
 
 F64 = torch.float64
@@ -285,7 +285,7 @@ def noisy_mlp():
 def test_verifix_improves_a_noisy_model(noisy_mlp):
     """Measured (seeds 0-3): clean test accuracy 0.59-0.65 before, 0.78-0.81 after. Asserted: +5 points."""
     from curvfast.data import DigitsDataset
-    from curvfast.train import evaluate
+    from curvfast.pipelines.common.training import evaluate
 
     net, train, val = noisy_mlp
     test = DigitsDataset("test")

@@ -21,7 +21,7 @@ Two routes:
 A batch is either a tensor of rows (g, n_b, d) or any *row operator*: an object with ``groups``,
 ``dim``, ``rows`` and the three products the sketches need, ``energy()`` = ‖X_b‖_F² per group,
 ``add_gram_to(G)`` (G += X_bᵀX_b) and ``add_gram_times_to(Z, Q)`` (Z += X_bᵀ(X_b Q)). ``DenseRows``
-is the operator of an explicit row tensor; ``curvfast.label_noise.patches.ConvPatches`` is the one of
+is the operator of an explicit row tensor; ``curvfast.pipelines.verifix.patches.ConvPatches`` is the one of
 a convolution's patches, computed by convolutions without forming the patch matrix.
 
 ``choose_route`` picks the cheaper one from a cost model whose constants were measured on the

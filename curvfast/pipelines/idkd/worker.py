@@ -1,0 +1,202 @@
+"""One node of an IDKD run: a ``torch.distributed`` process started by torchrun (``RANK``, ``WORLD_SIZE``,
+``MASTER_ADDR``... in the environment). ``python -m curvfast.pipelines.idkd.worker CONFIG.json``.
+
+Protocol of every node (Ravikumar et al., IDKD):
+1. initial decentralized training (QGM or DSGDm, gossip with neighbours every step) on the private
+   shard minus a calibration hold-out;
+2. soft labels of the public set from the node's model;
+3. an in-distribution score (MSP or k-NN feature distance) and its threshold calibrated on the hold-out;
+4. the in-distribution subset of the public set (IDKD) or all of it (vanilla KD);
+5. indices + soft labels to neighbours, aggregation, then decentralized fine-tuning on private +
+   labelled public samples. The ``dsgd`` baseline fine-tunes on private data only, for the same
+   number of steps. All methods start from the same phase-1 state.
+Rank 0 gathers every node's numbers and writes ``results.json``; a failing node writes
+``errors/rank<r>.json`` before it exits, so the launcher can name the root cause.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+import time
+import traceback
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+from tqdm.auto import tqdm
+
+from curvfast.io import write_json
+from curvfast.metrics import auroc
+from curvfast.models import build_model
+from curvfast.pipelines.common.training import evaluate
+from curvfast.pipelines.idkd.comm import NeighbourComm, NeighbourError
+from curvfast.pipelines.idkd.config import IDKDConfig
+from curvfast.pipelines.idkd.data import build_data
+from curvfast.pipelines.idkd.detectors import calibrated_threshold, node_scores
+from curvfast.pipelines.idkd.labels import aggregate_labels, label_quality, select_public
+from curvfast.pipelines.idkd.optim import DecentralizedSGD
+from curvfast.pipelines.idkd.partition import dirichlet_partition
+from curvfast.pipelines.idkd.report import run_summary, write_results
+from curvfast.pipelines.idkd.topology import build_topology
+
+__all__ = ["run_node", "run_process", "main"]
+
+
+def _batches(n: int, batch_size: int, steps: int, gen: torch.Generator):
+    """``steps`` index batches of exactly ``min(batch_size, n)`` samples, walking through fresh permutations."""
+    size = min(batch_size, n)
+    queue = torch.empty(0, dtype=torch.int64)
+    for _ in range(steps):
+        while len(queue) < size:
+            queue = torch.cat([queue, torch.randperm(n, generator=gen)])
+        yield queue[:size]
+        queue = queue[size:]
+
+
+def _train(model, opt: DecentralizedSGD, x, targets, steps: int, cfg: IDKDConfig, gen, desc: str, show: bool, fail=None):
+    """Minimise the soft cross-entropy -sum_c t_c log softmax(f(x))_c with decentralized SGD."""
+    model.train()
+    for step, idx in enumerate(tqdm(_batches(len(x), cfg.batch_size, steps, gen), total=steps, desc=desc,
+                                    disable=not show, leave=False)):
+        if fail is not None and step == fail:
+            raise RuntimeError(f"injected failure on node {opt.comm.rank} at step {step} (fail_node)")
+        for p in opt.params:
+            p.grad = None
+        loss = -(targets[idx] * F.log_softmax(model(x[idx]), 1)).sum(1).mean()
+        loss.backward()
+        opt.step()
+
+
+def _device_and_backend(cfg: IDKDConfig) -> tuple[torch.device, str]:
+    """CPU: gloo. CUDA: NCCL when every local process gets its own GPU, else gloo staged through the host."""
+    if cfg.device == "cpu":
+        return torch.device("cpu"), "gloo"
+    if not torch.cuda.is_available():
+        raise ValueError("--device cuda was requested but no GPU is visible; use --device cpu")
+    count = torch.cuda.device_count()
+    local_rank, local_world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    device = torch.device("cuda", local_rank % count)
+    torch.cuda.set_device(device)
+    return device, "nccl" if local_world <= count else "gloo"
+
+
+def run_node(cfg: IDKDConfig) -> dict | None:
+    """Run this process's node (the process group must be initialised). Returns the summary on rank 0."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if world != cfg.nodes:
+        raise ValueError(f"--nodes {cfg.nodes} but torchrun started {world} processes; make them equal")
+    torch.set_num_threads(cfg.threads)
+    device, _ = _device_and_backend(cfg)
+    comm_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    show = rank == 0 and not cfg.quiet and sys.stderr.isatty()
+    start = time.perf_counter()
+
+    topology = build_topology(cfg.topology, world)
+    data = build_data(cfg.public_fraction, cfg.public_photos, cfg.seed)
+    parts = dirichlet_partition(data.private_y.numpy(), world, cfg.alpha, cfg.seed)
+    mine = torch.from_numpy(parts[rank])
+    perm = torch.randperm(len(mine), generator=torch.Generator().manual_seed(cfg.seed * 7919 + rank))
+    n_calib = max(2, round(cfg.calib_fraction * len(mine)))
+    calib, train_idx = mine[perm[:n_calib]], mine[perm[n_calib:]]
+    onehot = F.one_hot(data.private_y, data.num_classes).float()
+    x_priv, t_priv = data.private_x.to(device), onehot.to(device)
+    test = TensorDataset(data.test_x, data.test_y)
+    num_public = len(data.public_x)
+
+    torch.manual_seed(cfg.seed)  # identical initial model on every node
+    model = build_model("small_cnn", data.num_classes, 1, width=cfg.width).to(device)
+    comm = NeighbourComm(topology, rank, cfg.timeout, comm_device)
+    opt = DecentralizedSGD(model, comm, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.algorithm)
+
+    steps1 = cfg.epochs * math.ceil(len(data.private_y) / (world * cfg.batch_size))
+    fail = cfg.fail_step if cfg.fail_node == rank else None
+    _train(model, opt, x_priv[train_idx.to(device)], t_priv[train_idx.to(device)], steps1, cfg,
+           torch.Generator().manual_seed(cfg.seed * 7919 + rank + 1), "initial training", show, fail)
+    phase1 = {"accuracy": evaluate(model, test), "bytes": comm.bytes_sent}
+    public_logits, calib_scores, public_scores = node_scores(
+        cfg.detector, model, x_priv[train_idx.to(device)], x_priv[calib.to(device)], data.public_x.to(device), cfg.knn_k)
+    threshold = calibrated_threshold(calib_scores, cfg.tpr)
+    snapshot = (copy.deepcopy(model.state_dict()), opt.state_dict())
+
+    x_mine, t_mine, x_pub = x_priv[mine.to(device)], t_priv[mine.to(device)], data.public_x.to(device)
+    steps2 = cfg.finetune_epochs * math.ceil((len(data.private_y) + num_public) / (world * cfg.batch_size))
+    node = {"node": rank, "neighbours": list(topology.neighbours[rank]), "num_private": len(mine),
+            "class_counts": np.bincount(data.private_y[mine].numpy(), minlength=data.num_classes).tolist(),
+            "threshold": threshold, "initial_accuracy": phase1["accuracy"], "methods": {},
+            # how well this node's score separates public digits (positive) from photo patches; reporting only
+            "detector_auroc_digits_vs_photos": auroc(public_scores.numpy(), data.public_is_digit.numpy(), positive=True)
+            if 0 < int(data.public_is_digit.sum()) < num_public else None}
+    for method in cfg.methods:
+        model.load_state_dict(snapshot[0])
+        opt.load_state_dict(snapshot[1])
+        opt.lr = cfg.finetune_lr
+        comm.bytes_sent = 0
+        stats: dict = {}
+        keep = torch.empty(0, dtype=torch.int64)
+        targets = torch.empty(0, data.num_classes)
+        if method != "dsgd":
+            own_idx, own_labels = select_public(
+                public_logits, public_scores, threshold if method == "idkd" else None, cfg.temperature)
+            received = comm.exchange_labels(own_idx, own_labels)
+            contributions = [(comm.self_weight, own_idx, own_labels)]
+            contributions += [(comm.weights[j], *received[j]) for j in comm.neighbours]
+            keep, targets = aggregate_labels(num_public, contributions)
+            accepted = data.public_is_digit[own_idx]
+            stats = {"own_accepted_digits": int(accepted.sum()),
+                     "own_accepted_photos": int((~accepted).sum()), **label_quality(keep, targets, data.public_y)}
+        label_bytes = comm.bytes_sent
+        x_ft = torch.cat([x_mine, x_pub[keep.to(device)]])
+        t_ft = torch.cat([t_mine, targets.to(device)])
+        _train(model, opt, x_ft, t_ft, steps2, cfg, torch.Generator().manual_seed(cfg.seed * 7919 + rank + 2),
+               f"fine-tuning ({method})", show)
+        node["methods"][method] = {"accuracy": evaluate(model, test), "label_bytes": label_bytes,
+                                   "comm_bytes": phase1["bytes"] + comm.bytes_sent, **stats}
+    node["seconds"] = round(time.perf_counter() - start, 2)
+    gathered = [None] * world if rank == 0 else None
+    dist.gather_object(node, gathered, dst=0)
+    if rank != 0:
+        return None
+    summary = run_summary(cfg, topology, gathered, steps=(steps1, steps2), data=data)
+    write_results(cfg.out, summary)
+    return summary
+
+
+def _record_failure(cfg: IDKDConfig, err: BaseException) -> None:
+    rank = int(os.environ.get("RANK", -1))
+    write_json(os.path.join(cfg.out, "errors", f"rank{rank}.json"), {
+        "node": rank, "type": type(err).__name__, "message": str(err), "time": time.time(),
+        "lost_neighbour": isinstance(err, NeighbourError), "traceback": traceback.format_exc()})
+
+
+def run_process(cfg: IDKDConfig) -> dict | None:
+    """Join the process group torchrun described in the environment, run this node, leave the group.
+    A failure is recorded in ``out/errors/rank<r>.json`` and re-raised."""
+    try:
+        _, backend = _device_and_backend(cfg)
+        dist.init_process_group(backend, timeout=timedelta(seconds=cfg.timeout))
+        return run_node(cfg)
+    except BaseException as err:
+        _record_failure(cfg, err)
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m curvfast.pipelines.idkd.worker CONFIG.json  (started by torchrun)", file=sys.stderr)
+        return 2
+    with open(argv[0]) as f:
+        run_process(IDKDConfig.from_json(f.read()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Run the attacks against each target model and summarise them with curvfast.metrics.
+
+For target t with shadows S (models disjoint from t): members are ``keep[t]`` and every sample
+of the population is scored, so each target is evaluated on about half members, half non-members.
+Metrics per target: AUROC, balanced accuracy (its threshold chosen on the target's own scores:
+an optimistic, oracle-threshold number), TPR at 1%, 0.1%, 0.01% FPR; reported as mean and
+standard deviation over targets. With N samples, FPRs below 2/N rest on one or two non-members;
+``tpr_at_fpr`` then reports the TPR at the strictest threshold that admits no more than the
+allowed number of false positives (often zero of them).
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+
+from curvfast import metrics
+from curvfast.pipelines.common.plots import pyplot, save_png
+from curvfast.pipelines.mia import attacks as A
+
+__all__ = ["ATTACKS", "REQUIRED_ATTACKS", "FPRS", "attack_scores", "attack_metrics", "mean_roc", "plot_rocs"]
+
+FPRS = (0.01, 0.001, 0.0001)
+
+# name -> (signal it reads, function(target, shadow, keep) -> scores)
+ATTACKS = {
+    "loss": ("loss", lambda t, s, k: A.loss_attack(t)),
+    "mentr": ("mentr", lambda t, s, k: A.modified_entropy(t)),
+    "lira_online": ("conf", A.lira_online),
+    "lira_online_global": ("conf", partial(A.lira_online, variance="global")),
+    "lira_offline": ("conf", A.lira_offline),
+    "lira_offline_global": ("conf", partial(A.lira_offline, variance="global")),
+    "sablayrolles": ("loss", A.sablayrolles),
+    "watson": ("loss", A.watson),
+    "ye": ("loss", A.ye),
+}
+for _sig in ("zo", "exact", "fd"):
+    ATTACKS[f"curv_{_sig}_nll"] = (f"curv_{_sig}", A.curvature_nll)
+    ATTACKS[f"curv_{_sig}_lr"] = (f"curv_{_sig}", A.curvature_lr)
+    ATTACKS[f"curv_{_sig}_nll_published"] = (f"curv_{_sig}", partial(A.curvature_nll, published_quirk=True))
+    ATTACKS[f"curv_{_sig}_lr_published"] = (f"curv_{_sig}", partial(A.curvature_lr, published_quirk=True))
+REQUIRED_ATTACKS = ("loss", "lira_online", "lira_offline", "curv_zo_nll", "curv_zo_lr", "curv_exact_nll")
+
+
+def attack_scores(signals: dict, keep: np.ndarray, targets, shadows, names=None) -> dict[str, np.ndarray]:
+    """``{attack: (T, N) scores}`` for each target in ``targets`` against the ``shadows`` (model indices).
+
+    ``signals``: ``{signal: (M, N, V)}``; attacks whose signal is absent are skipped unless named.
+    """
+    targets, shadows = list(targets), list(shadows)
+    if set(targets) & set(shadows):
+        raise ValueError(f"targets and shadows must be different models (both contain {sorted(set(targets) & set(shadows))})")
+    if not targets or not shadows:
+        raise ValueError("need at least one target and one shadow model")
+    names = [n for n in ATTACKS if ATTACKS[n][0] in signals and not n.endswith("_published")] if names is None else list(names)
+    unknown = [n for n in names if n not in ATTACKS]
+    if unknown:
+        raise ValueError(f"unknown attacks {unknown}; choose from {sorted(ATTACKS)}")
+    out = {}
+    for name in names:
+        signal, fn = ATTACKS[name]
+        if signal not in signals:
+            raise ValueError(f"attack {name!r} needs signal {signal!r}, which was not computed")
+        values = signals[signal]
+        if values.shape[:2] != keep.shape:
+            raise ValueError(f"signal {signal!r} has (models, samples) = {values.shape[:2]} but keep has {keep.shape}")
+        out[name] = np.stack([fn(values[t], values[shadows], keep[shadows]) for t in targets])
+    return out
+
+
+def attack_metrics(scores: np.ndarray, members: np.ndarray, fprs=FPRS) -> dict:
+    """Mean and std over targets of ``metrics.detection_report``; ``per_target`` keeps each one."""
+    reports = [metrics.detection_report(s, m, positive=True, fprs=fprs) for s, m in zip(scores, members)]
+    keys = ("auroc", "balanced_accuracy")
+    out = {k: float(np.mean([r[k] for r in reports])) for k in keys}
+    out.update({f"{k}_std": float(np.std([r[k] for r in reports])) for k in keys})
+    out["tpr_at_fpr"] = {f: float(np.mean([r["tpr_at_fpr"][f] for r in reports])) for f in reports[0]["tpr_at_fpr"]}
+    out["tpr_at_fpr_std"] = {f: float(np.std([r["tpr_at_fpr"][f] for r in reports])) for f in reports[0]["tpr_at_fpr"]}
+    out["per_target"] = reports
+    return out
+
+
+def mean_roc(scores: np.ndarray, members: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """TPR averaged over targets at each FPR of ``grid`` (each target's ROC is a step function)."""
+    tprs = []
+    for s, m in zip(scores, members):
+        fpr, tpr, _ = metrics.roc_curve(s, m, positive=True)
+        tprs.append(tpr[np.searchsorted(fpr, grid, side="right") - 1])
+    return np.mean(tprs, axis=0)
+
+
+def plot_rocs(scores: dict[str, np.ndarray], members: np.ndarray, path: str, title: str = "") -> None:
+    """Log-log ROC curves (mean TPR over targets) of every attack, with the chance line, as a PNG."""
+    plt = pyplot()
+    floor = 1.0 / members.shape[1]
+    grid = np.logspace(np.log10(floor), 0, 200)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colors = plt.cm.tab20(np.linspace(0, 1, max(len(scores), 2)))
+    for color, (name, s) in zip(colors, scores.items()):
+        auc = np.mean([metrics.auroc(si, mi, positive=True) for si, mi in zip(s, members)])
+        style = "-" if name.startswith("curv") else "--" if name.startswith("lira") else ":"
+        ax.loglog(grid, np.maximum(mean_roc(s, members, grid), floor), style, color=color, lw=1.3,
+                  label=f"{name} (AUROC {auc:.3f})")
+    ax.loglog(grid, grid, color="black", lw=0.8, label="chance")
+    ax.set_xlim(floor, 1)
+    ax.set_ylim(floor, 1)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    save_png(fig, path)

@@ -1,0 +1,131 @@
+"""Per-(model, sample, view) membership signals.
+
+For model m, sample i with label y_i and view v (the image itself, or its horizontal flip):
+
+- ``loss``: cross-entropy ℓ = −log p_y.
+- ``conf``: true-class logit-scaled confidence φ = log(p_y / (1 − p_y)) (Carlini et al., LiRA),
+  computed from the logits as z_y − logsumexp_{c≠y} z_c, which stays finite and exact where
+  p_y rounds to 1 (no log(1 − p_y) of a rounded probability).
+- ``mentr``: Song & Mittal's modified entropy
+  Mentr = −(1 − p_y) log p_y − Σ_{c≠y} p_c log(1 − p_c), low for confidently right predictions;
+  log(1 − p_c) is taken as log(−expm1(log p_c)), and for the most probable class as
+  logsumexp_{k≠c} z_k − logsumexp z, so it stays finite where p_c rounds to 1.
+- ``curv_exact``: tr(H), the exact input-Hessian trace of ℓ (white box; exact for piecewise-
+  linear nets; README, "Why it is fast and exact"), ``input_curvature(method="exact")``.
+- ``curv_zo``: the Curvature Clues zero-order estimator from loss values only (black box),
+  ``input_curvature(method="zo")``, published h = 1e-3, n = 10 probes.
+- ``curv_fd``: Garg et al.'s finite difference of gradients, ``input_curvature(method="fd")``.
+
+Random probes are keyed by (seed, dataset index, probe index), so a sample's probes are the
+same for every model and view: the signal differences between models are the models'.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from curvfast.curvature import input_curvature
+
+__all__ = ["SIGNALS", "CURVATURE_SIGNALS", "VIEWS", "apply_view", "logit_confidence", "modified_entropy",
+           "model_signals", "compute_signals"]
+
+CURVATURE_SIGNALS = {"curv_exact": "exact", "curv_zo": "zo", "curv_fd": "fd"}
+SIGNALS = ("loss", "conf", "mentr") + tuple(CURVATURE_SIGNALS)
+VIEWS = ("identity", "hflip")
+FLIP_SAFE = ("cifar10", "cifar100", "imagefolder")  # natural images; flipping a digit or a letter changes its meaning
+
+
+def apply_view(x: torch.Tensor, view: str) -> torch.Tensor:
+    """``identity`` or ``hflip`` (mirror the last axis) of a batch (B, C, H, W)."""
+    if view == "identity":
+        return x
+    if view == "hflip":
+        return torch.flip(x, dims=(-1,))
+    raise ValueError(f"view must be one of {VIEWS} (got {view!r})")
+
+
+def logit_confidence(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """φ = log(p_y / (1 − p_y)) = z_y − logsumexp_{c≠y} z_c, per sample (B,)."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.scatter(1, y[:, None], float("-inf"))
+    return true - torch.logsumexp(others, dim=1)
+
+
+def modified_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mentr = −(1 − p_y) log p_y − Σ_{c≠y} p_c log(1 − p_c) (Song & Mittal 2021), per sample (B,)."""
+    log_p = torch.log_softmax(logits, dim=1)
+    p = log_p.exp()
+    log_1mp = torch.log(-torch.expm1(log_p))
+    top = logits.argmax(1, keepdim=True)  # the one class that can have p_c ≥ 1/2: log(1 − p_c) from the other logits
+    log_1mp = log_1mp.scatter(1, top, log_p.gather(1, top) - logit_confidence(logits, top.squeeze(1))[:, None])
+    true = torch.zeros_like(p, dtype=torch.bool).scatter(1, y[:, None], True)
+    terms = torch.where(true, -(1 - p) * log_p, -p * log_1mp)
+    return terms.sum(1)
+
+
+def _check_names(names, allowed, what):
+    names = tuple(names)
+    bad = [n for n in names if n not in allowed]
+    if bad or not names:
+        raise ValueError(f"{what} must be a non-empty subset of {allowed} (got {list(names)})")
+    return names
+
+
+@torch.no_grad()
+def _output_signals(model: nn.Module, x, y):
+    logits = model(x)
+    return {"loss": F.cross_entropy(logits, y, reduction="none"), "conf": logit_confidence(logits, y),
+            "mentr": modified_entropy(logits, y)}
+
+
+def model_signals(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    signals=SIGNALS,
+    views=("identity",),
+    batch_size: int = 256,
+    probes: int = 10,
+    seed: int = 0,
+    indices: torch.Tensor | None = None,
+) -> dict[str, np.ndarray]:
+    """One model's signals: ``{name: (N, V) float64}`` over ``images`` (N, C, H, W) and ``views``.
+
+    ``indices`` (default ``arange(N)``) are the samples' dataset indices that key the random
+    probes of ``curv_zo`` and ``curv_fd``.
+    """
+    signals = _check_names(signals, SIGNALS, "signals")
+    views = _check_names(views, VIEWS, "views")
+    indices = torch.arange(len(images)) if indices is None else torch.as_tensor(indices)
+    out = {name: np.empty((len(images), len(views))) for name in signals}
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(images), batch_size):
+            sl = slice(start, start + batch_size)
+            y, ids = targets[sl], indices[sl]
+            for v, view in enumerate(views):
+                x = apply_view(images[sl], view)
+                values = _output_signals(model, x, y)
+                for name in signals:
+                    if name in CURVATURE_SIGNALS:
+                        method = CURVATURE_SIGNALS[name]
+                        res = input_curvature(model, x, y, method=method, probes=None if method == "exact" else probes,
+                                              seed=seed, sample_ids=ids)
+                        values[name] = res.value
+                    out[name][sl, v] = values[name].double().cpu().numpy()
+    finally:
+        model.train(was_training)
+    return out
+
+
+def compute_signals(models, images, targets, *, progress=False, **kwargs) -> dict[str, np.ndarray]:
+    """Signals of every model: ``{name: (M, N, V)}``; ``kwargs`` go to :func:`model_signals`."""
+    from tqdm.auto import tqdm
+
+    per_model = [model_signals(m, images, targets, **kwargs)
+                 for m in tqdm(models, desc="signals", unit="model", disable=not progress if progress is not None else None)]
+    return {name: np.stack([s[name] for s in per_model]) for name in per_model[0]}

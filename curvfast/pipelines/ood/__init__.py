@@ -1,0 +1,21 @@
+"""Out-of-distribution detection (docs/ood.md): a pytorch-ood-shaped detector API, norm-scaling,
+the VRM auxiliary-class detector, the standard baselines, metrics and an offline digits benchmark.
+
+Every detector's score is **higher = more likely OoD**::
+
+    det = NormScaling().fit(model, id_train_loader)   # or fit_features(logits=..., labels=...)
+    s = det.score(x)                                  # (B,), also det.predict(x)
+    s = det.score_outputs(logits=z, features=h)       # from saved outputs
+"""
+from curvfast.pipelines.ood.base import Detector, OutputExtractor, collect_outputs
+from curvfast.pipelines.ood.evaluation import METRIC_NAMES, ood_metrics
+from curvfast.pipelines.ood.feature_detectors import KNN, Mahalanobis
+from curvfast.pipelines.ood.logit_detectors import MSP, ODIN, Energy, MaxLogit
+from curvfast.pipelines.ood.norm_scaling import NormScaling, per_class_statistic
+from curvfast.pipelines.ood.vrm import VRM, VRMTransform, vrm_batch
+
+__all__ = [
+    "Detector", "OutputExtractor", "collect_outputs", "ood_metrics", "METRIC_NAMES",
+    "MSP", "MaxLogit", "Energy", "ODIN", "Mahalanobis", "KNN", "NormScaling", "per_class_statistic",
+    "VRM", "VRMTransform", "vrm_batch",
+]

@@ -1,0 +1,230 @@
+"""The offline OoD benchmark on the bundled digits.
+
+In-distribution: the digit classes ``id_classes`` (default 0-5) of sklearn's digits; models are
+trained on their training split and ID test scores come from their test split. OoD sets, all
+8x8 grayscale in [0, 1]:
+
+- ``heldout_digits``: test digits of the other classes (6-9): near OoD, same pen, same scanner;
+- ``photo_patches``: real-photo crops (``curvfast.data.photos.photo_patches``);
+- ``uniform_noise``: i.i.d. U[0, 1] pixels;
+- ``inverted_digits``: ID test digits with 1 - x (white ink on black);
+- ``shuffled_digits``: ID test digits with their 64 pixels randomly permuted (same intensity
+  histogram, no stroke structure).
+
+Every seed trains two small CNNs with the same recipe and initialisation seed: a K-class network
+read by the post-hoc detectors, and a (K+1)-class VRM network. Metrics are reported per OoD set
+and averaged over sets, as mean and standard deviation over seeds.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from curvfast.data import DigitsDataset
+from curvfast.data.photos import photo_manifest, photo_patches
+from curvfast.models import build_model
+from curvfast.pipelines.ood.evaluation import METRIC_NAMES, gains, ood_metrics
+from curvfast.pipelines.ood.feature_detectors import KNN, Mahalanobis
+from curvfast.pipelines.ood.logit_detectors import MSP, ODIN, Energy, MaxLogit
+from curvfast.pipelines.ood.norm_scaling import SOURCES, STATISTICS, NormScaling
+from curvfast.pipelines.ood.overhead import count_parameters, inference_flops, state_bytes, train_step_cost
+from curvfast.pipelines.ood.pytorch_ood import PytorchOODDetector
+from curvfast.pipelines.ood.training import subset_by_class, train_classifier
+from curvfast.pipelines.ood.vrm import VRM, VRMTransform, vrm_batch
+
+__all__ = ["BenchmarkConfig", "ood_sets", "run_benchmark", "OOD_SETS"]
+
+BASELINES = ("msp", "max_logit", "energy", "odin", "mahalanobis", "knn")
+OOD_SETS = ("heldout_digits", "photo_patches", "uniform_noise", "inverted_digits", "shuffled_digits")
+
+
+@dataclass
+class BenchmarkConfig:
+    id_classes: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
+    model: str = "small_cnn"
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 0.05
+    seeds: tuple[int, ...] = (0, 1, 2)
+    knn_k: int = 10
+    odin_temperature: float = 1000.0
+    odin_eps: float = 0.0014
+    norm_statistic: str = "mean"
+    vrm_alpha: float = 1.0
+    vrm_aux_fraction: float = 0.5
+    vrm_noise_mean: float = 0.5
+    vrm_noise_std: float = 0.5
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        ids = list(self.id_classes)
+        if len(ids) < 2 or len(set(ids)) != len(ids) or not all(0 <= c <= 9 for c in ids):
+            raise ValueError(f"id_classes must be 2-9 distinct digits in 0..9 (got {ids})")
+        if len(ids) == 10:
+            raise ValueError("id_classes must leave at least one digit class out for the heldout_digits OoD set")
+        if not self.seeds:
+            raise ValueError("seeds must name at least one seed")
+        if str(self.device).startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device={self.device!r} but no CUDA GPU is available; use --device cpu")
+        if self.norm_statistic not in STATISTICS:
+            raise ValueError(f"norm_statistic must be one of {STATISTICS} (got {self.norm_statistic!r})")
+        _posthoc_detectors(self)  # the constructors check k, T and eps
+        VRMTransform(len(ids), self.vrm_alpha, self.vrm_aux_fraction, self.vrm_noise_mean, self.vrm_noise_std)
+
+
+def ood_sets(id_test: torch.Tensor, heldout: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The five OoD sets (see the module docstring); all but ``heldout_digits`` have len(id_test) samples."""
+    n = len(id_test)
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.stack([torch.randperm(id_test[0].numel(), generator=gen) for _ in range(n)])
+    flat = id_test.flatten(1)
+    return {
+        "heldout_digits": heldout,
+        "photo_patches": photo_patches(n, size=id_test.shape[-1], seed=seed),
+        "uniform_noise": torch.rand(id_test.shape, generator=gen),
+        "inverted_digits": 1.0 - id_test,
+        "shuffled_digits": flat.gather(1, perm).view_as(id_test),
+    }
+
+
+def _posthoc_detectors(cfg: BenchmarkConfig) -> dict:
+    return {
+        "msp": MSP(),
+        "max_logit": MaxLogit(),
+        "energy": Energy(),
+        "odin": ODIN(cfg.odin_temperature, cfg.odin_eps),
+        "mahalanobis": Mahalanobis(),
+        "knn": KNN(cfg.knn_k),
+        "norm_scaling": NormScaling(cfg.norm_statistic, "logits"),
+    }
+
+
+def _ablation_detectors() -> dict:
+    return {f"norm_scaling[{src},{stat}]": NormScaling(stat, src) for src in SOURCES for stat in STATISTICS}
+
+
+def _aggregate(per_seed: list[dict]) -> dict:
+    """per_seed[s][set][metric] -> {metric: mean, "std": {...}, "per_set": {set: {metric: mean, "std": ...}}}."""
+    sets = list(per_seed[0])
+    per_set = {}
+    for name in sets:
+        vals = {m: [r[name][m] for r in per_seed] for m in METRIC_NAMES}
+        per_set[name] = {m: float(np.mean(v)) for m, v in vals.items()} | {"std": {m: float(np.std(v)) for m, v in vals.items()}}
+    avg = {m: [np.mean([r[s][m] for s in sets]) for r in per_seed] for m in METRIC_NAMES}
+    return {m: float(np.mean(v)) for m, v in avg.items()} | {"std": {m: float(np.std(v)) for m, v in avg.items()}, "per_set": per_set}
+
+
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(1) == labels).double().mean())
+
+
+def _train_pair(cfg: BenchmarkConfig, id_train, seed: int, progress):
+    """The K-class baseline and the (K+1)-class VRM network, same recipe and initialisation seed."""
+    k = len(cfg.id_classes)
+    common = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed, device=cfg.device, progress=progress)
+    torch.manual_seed(seed)
+    base = build_model(cfg.model, k, 1)
+    info_base = train_classifier(base, id_train, **common)
+    torch.manual_seed(seed)
+    vrm_net = build_model(cfg.model, k + 1, 1)
+    transform = VRMTransform(k, cfg.vrm_alpha, cfg.vrm_aux_fraction, cfg.vrm_noise_mean, cfg.vrm_noise_std)
+    info_vrm = train_classifier(vrm_net, id_train, batch_transform=transform, **common)
+    return base, vrm_net, transform, {"baseline": info_base, "vrm": info_vrm}
+
+
+def _training_overhead(cfg: BenchmarkConfig, id_train, base, vrm_net, transform: VRMTransform, seed: int) -> dict:
+    """FLOPs and saved-activation bytes of one training step of each network, and FLOPs per epoch."""
+    loader = torch.utils.data.DataLoader(id_train, batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    x, y = next(iter(loader))
+    vb = vrm_batch(x, y, transform.num_classes, np.random.default_rng(seed), **transform.kwargs)
+    cost = {"baseline": train_step_cost(base, x.to(cfg.device), y.to(cfg.device)),
+            "vrm": train_step_cost(vrm_net, vb.inputs.to(cfg.device), vb.targets.to(cfg.device))}
+    for v in cost.values():
+        v["flops_per_epoch"] = v["flops"] * len(loader)
+    return cost
+
+
+def run_benchmark(cfg: BenchmarkConfig, progress: bool | None = None, log=None) -> tuple[dict, dict]:
+    """Train, fit, score, evaluate. Returns ``(results, arrays)``: the JSON-ready results and the
+    first seed's scores as ``{"<detector>/<set>": scores}`` (``"<detector>/id"`` for the ID test set)."""
+    cfg.validate()
+    say = log or (lambda _msg: None)
+    ids = list(cfg.id_classes)
+    k = len(ids)
+    held = [c for c in range(10) if c not in ids]
+    train_all, test_all = DigitsDataset("train"), DigitsDataset("test")
+    id_train = subset_by_class(train_all.images, train_all.targets, ids)
+    id_test = subset_by_class(test_all.images, test_all.targets, ids)
+    heldout = subset_by_class(test_all.images, test_all.targets, held).images
+    per_seed: dict[str, list] = {}
+    accuracy: dict[str, list] = {"baseline": [], "vrm": []}
+    timings: dict[str, list] = {}
+    arrays: dict[str, np.ndarray] = {}
+    overhead: dict = {}
+    failures: dict[str, list] = {}
+    start = time.perf_counter()
+    for seed in cfg.seeds:
+        sets = {"id": id_test.images} | ood_sets(id_test.images, heldout, seed=seed)
+        base, vrm_net, transform, train_info = _train_pair(cfg, id_train, seed, progress)
+        for net_name, net, logits_slice in (("baseline", base, slice(None)), ("vrm", vrm_net, slice(0, k))):
+            with torch.no_grad():
+                accuracy[net_name].append(_accuracy(net(id_test.images.to(cfg.device))[:, logits_slice].cpu(), id_test.targets))
+            timings.setdefault(f"train_{net_name}_s", []).append(train_info[net_name]["seconds"])
+        say(f"seed {seed}: ID test accuracy baseline {accuracy['baseline'][-1]:.4f}, vrm {accuracy['vrm'][-1]:.4f}")
+
+        detectors = [(name, det, base) for name, det in (_posthoc_detectors(cfg) | _ablation_detectors()).items()]
+        detectors += [("vrm", VRM("aux"), vrm_net), ("vrm_msp", VRM("msp"), vrm_net)]
+        for name, det, net in detectors:
+            t0 = time.perf_counter()
+            api = PytorchOODDetector(det, net)  # every detector runs through pytorch-ood's API
+            try:
+                api.fit(DataLoader(id_train, batch_size=256))
+            except ValueError as err:  # an ablation statistic undefined for this model (e.g. a mean <= 0)
+                if not name.startswith("norm_scaling["):
+                    raise
+                failures.setdefault(name, []).append(f"seed {seed}: {err}")
+                continue
+            fit_s = time.perf_counter() - t0
+            scores = {s: api.predict(x).cpu().numpy() for s, x in sets.items()}
+            per_seed.setdefault(name, []).append({s: ood_metrics(scores["id"], scores[s]) for s in OOD_SETS})
+            timings.setdefault(f"fit_{name}_s", []).append(fit_s)
+            if seed == cfg.seeds[0]:
+                arrays.update({f"{name}/{s}": v for s, v in scores.items()})
+                overhead[name] = {
+                    "model_parameters": count_parameters(net),
+                    "inference_flops_per_sample": inference_flops(det, id_test.images.to(cfg.device)),
+                    "state_bytes": state_bytes(det),
+                    "fit_seconds": round(fit_s, 4),
+                }
+        if seed == cfg.seeds[0]:
+            overhead_training = _training_overhead(cfg, id_train, base, vrm_net, transform, seed)
+
+    detectors = {name: _aggregate(runs) for name, runs in per_seed.items() if not name.startswith("norm_scaling[")}
+    best = max(BASELINES, key=lambda n: detectors[n]["auroc"])
+    comparison = {"best_baseline": best} | {
+        f"{m}_vs_{ref}": gains(detectors[m], detectors[r]) for m in ("norm_scaling", "vrm") for ref, r in (("msp", "msp"), ("best_baseline", best))
+    }
+    results = {
+        "settings": asdict(cfg) | {"k": k, "heldout_classes": held, "ood_sets": list(OOD_SETS),
+                                   "id_train": len(id_train), "id_test": len(id_test), "heldout_test": len(heldout),
+                                   "photo_sources": photo_manifest()},
+        "conventions": {
+            "score": "higher = more likely OoD",
+            "auroc": "OoD positive", "aupr_in": "ID positive, score negated", "aupr_out": "OoD positive",
+            "fpr95": "fraction of OoD accepted at the threshold that accepts 95% of ID (TPR of ID = 0.95)",
+            "aggregation": "mean and std over seeds; 'auroc' etc. at the detector level are the average over OoD sets",
+        },
+        "id_accuracy": {m: {"mean": float(np.mean(v)), "std": float(np.std(v)), "per_seed": v} for m, v in accuracy.items()},
+        "detectors": detectors,
+        "comparison": comparison,
+        "ablation": {"norm_scaling": {name: _aggregate(runs) for name, runs in per_seed.items() if name.startswith("norm_scaling[")},
+                     "failures": failures},
+        "overhead": {"detectors": overhead, "training": overhead_training},
+        "timings": {n: float(np.median(v)) for n, v in timings.items()},
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    return results, arrays

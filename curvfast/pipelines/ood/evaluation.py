@@ -1,0 +1,43 @@
+"""OoD metrics with the positive class stated, on top of ``curvfast.metrics``.
+
+Scores s follow the detector convention (higher = more OoD). With ID samples labelled ``"in"``
+and OoD samples ``"out"``:
+
+- ``auroc``: AUROC of s with OoD positive (equal to AUROC of -s with ID positive);
+- ``aupr_out``: average precision of s with OoD positive;
+- ``aupr_in``: average precision of -s with ID positive;
+- ``fpr95``: the fraction of OoD samples accepted as ID when the threshold accepts 95% of the ID
+  samples (FPR at 95% TPR with ID positive, scores -s).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from curvfast import metrics
+
+__all__ = ["ood_metrics", "METRIC_NAMES"]
+
+METRIC_NAMES = ("auroc", "aupr_in", "aupr_out", "fpr95")
+
+
+def ood_metrics(id_scores, ood_scores) -> dict[str, float]:
+    """``{"auroc", "aupr_in", "aupr_out", "fpr95"}`` for ID scores vs OoD scores (higher = more OoD)."""
+    id_scores = np.asarray(id_scores, dtype=np.float64).reshape(-1)
+    ood_scores = np.asarray(ood_scores, dtype=np.float64).reshape(-1)
+    s = np.concatenate([id_scores, ood_scores])
+    labels = np.array(["in"] * id_scores.size + ["out"] * ood_scores.size)
+    return {
+        "auroc": metrics.auroc(s, labels, positive="out"),
+        "aupr_in": metrics.aupr(-s, labels, positive="in"),
+        "aupr_out": metrics.aupr(s, labels, positive="out"),
+        "fpr95": metrics.fpr_at_tpr(-s, labels, tpr=0.95, positive="in"),
+    }
+
+
+def gains(method: dict, reference: dict) -> dict[str, dict[str, float]]:
+    """Change of ``method`` over ``reference`` (each ``{metric: value}``) per metric, in absolute
+    percentage points and relative percent: (m - r) / r * 100 (negative FPR95 change = better)."""
+    return {
+        m: {"points": 100 * (method[m] - reference[m]), "relative_percent": 100 * (method[m] - reference[m]) / reference[m] if reference[m] else float("nan")}
+        for m in METRIC_NAMES
+    }

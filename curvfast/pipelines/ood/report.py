@@ -1,0 +1,60 @@
+"""Human-readable outputs of the OoD benchmark: a markdown table and PNG figures (written atomically)."""
+from __future__ import annotations
+
+
+import numpy as np
+
+from curvfast import metrics
+from curvfast.pipelines.common.plots import pyplot, save_png
+
+__all__ = ["markdown_table", "roc_figure", "examples_figure"]
+
+
+def _fmt(entry: dict, metric: str) -> str:
+    return f"{100 * entry[metric]:.1f} ± {100 * entry['std'][metric]:.1f}"
+
+
+
+
+def markdown_table(detectors: dict, metric: str = "auroc", sets: list[str] | None = None) -> str:
+    """One row per detector: ``metric`` (in %) per OoD set and averaged, mean ± std over seeds."""
+    sets = sets or list(next(iter(detectors.values()))["per_set"])
+    lines = ["| detector | " + " | ".join(sets) + " | average |", "|---" * (len(sets) + 2) + "|"]
+    for name, entry in detectors.items():
+        cells = [_fmt(entry["per_set"][s], metric) for s in sets] + [_fmt(entry, metric)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def roc_figure(arrays: dict, detectors: list[str], sets: list[str], path: str) -> None:
+    """ROC curves (OoD positive) of ``detectors`` on each OoD set from ``arrays["<det>/<set>"]``."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(sets), figsize=(3.2 * len(sets), 3.3), squeeze=False)
+    for ax, s in zip(axes[0], sets):
+        for det in detectors:
+            ind, ood = arrays[f"{det}/id"], arrays[f"{det}/{s}"]
+            labels = np.r_[np.zeros(ind.size), np.ones(ood.size)]
+            fpr, tpr, _ = metrics.roc_curve(np.r_[ind, ood], labels, positive=1)
+            ax.plot(fpr, tpr, label=f"{det} ({metrics.auroc(np.r_[ind, ood], labels, positive=1):.3f})", lw=1)
+        ax.plot([0, 1], [0, 1], "k:", lw=0.5)
+        ax.set_title(s, fontsize=9)
+        ax.set_xlabel("FPR (ID flagged)", fontsize=8)
+        ax.legend(fontsize=5.5, loc="lower right")
+    axes[0][0].set_ylabel("TPR (OoD flagged)", fontsize=8)
+    save_png(fig, path, dpi=110)
+
+
+def examples_figure(sets: dict, path: str, per_set: int = 8) -> None:
+    """The first ``per_set`` images of each set (``{name: (N, 1, H, W) tensor in [0, 1]}``), one row per
+    set, each row drawn as one mosaic (dark = ink, as digits are shown elsewhere)."""
+    plt = pyplot()
+    cmap = plt.get_cmap("gray_r").with_extremes(bad="#cc4444")  # the NaN columns that separate images
+    fig, axes = plt.subplots(len(sets), 1, figsize=(1.0 * per_set, 1.15 * len(sets)), squeeze=False)
+    for ax, (name, x) in zip(axes[:, 0], sets.items()):
+        imgs = x[:per_set, 0].numpy()
+        pad = np.full((imgs.shape[1], 1), np.nan)
+        mosaic = np.concatenate([np.concatenate([im, pad], axis=1) for im in imgs], axis=1)[:, :-1]
+        ax.imshow(np.ma.masked_invalid(mosaic), cmap=cmap, vmin=0, vmax=1)
+        ax.set_title(name, fontsize=8)
+        ax.axis("off")
+    save_png(fig, path, dpi=100)

@@ -1,0 +1,133 @@
+"""The VRM detector: a (K+1)-class classifier whose extra class is learned from noise (docs/ood.md).
+
+No outlier data set is used. Each training batch (x_i, y_i), i = 1..B, with K real classes, becomes
+
+- **intra-class mixup** for the real classes: a partner j(i) is drawn from the samples of the
+  *same* class in the batch (a random permutation within each class), lambda_i ~ Beta(alpha, alpha),
+  x'_i = lambda_i x_i + (1 - lambda_i) x_j(i), target e_{y_i} (both ends share the label);
+- **mixup with Gaussian noise** for the auxiliary class K: M = round(aux_fraction * B) samples
+  x_m (drawn without replacement from the batch), noise eps_m ~ N(noise_mean, noise_std^2) per
+  pixel, mu_m ~ Beta(alpha, alpha), x''_m = mu_m x_m + (1 - mu_m) eps_m, and, as in mixup with the
+  noise carrying the auxiliary label, the soft target mu_m e_{y_m} + (1 - mu_m) e_K.
+
+The network has K + 1 outputs (one extra row in the last linear layer). Scores (higher = more OoD):
+
+- ``variant="aux"`` (default): s(x) = softmax(z)_K, the probability of the auxiliary class, i.e.
+  one minus the probability of *not* being auxiliary;
+- ``variant="msp"``: s(x) = -max_{c < K} softmax(z)_c, MSP over the (K+1)-way softmax.
+
+Predictions for the K real classes are argmax_{c < K} z_c.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from curvfast.pipelines.ood.base import Detector, require
+
+__all__ = ["VRMBatch", "vrm_batch", "VRMTransform", "VRM"]
+
+
+@dataclass
+class VRMBatch:
+    """``inputs`` (B + M, ...), ``targets`` (B + M, K + 1) probabilities; the first B rows are the
+    intra-class mixes (``partner`` (B,), ``lam`` (B,)), the last M the noise mixes of batch rows
+    ``noise_source`` (M,) with image weights ``noise_lam`` (M,)."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    partner: torch.Tensor
+    lam: torch.Tensor
+    noise_source: torch.Tensor
+    noise_lam: torch.Tensor
+
+
+def _within_class_partners(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    partner = np.empty_like(y)
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        partner[idx] = rng.permutation(idx)
+    return partner
+
+
+def _check_args(alpha: float, aux_fraction: float, noise_std: float) -> None:
+    if alpha <= 0 or not 0 <= aux_fraction <= 1 or noise_std < 0:
+        raise ValueError(
+            f"VRM needs alpha > 0, 0 <= aux_fraction <= 1 and noise_std >= 0 (got alpha={alpha}, "
+            f"aux_fraction={aux_fraction}, noise_std={noise_std})"
+        )
+
+
+def vrm_batch(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    rng: np.random.Generator,
+    *,
+    alpha: float = 1.0,
+    aux_fraction: float = 0.5,
+    noise_mean: float = 0.5,
+    noise_std: float = 0.5,
+) -> VRMBatch:
+    """Build one VRM training batch from ``(x, y)`` with labels in 0..K-1 (see the module docstring)."""
+    _check_args(alpha, aux_fraction, noise_std)
+    y_np = torch.as_tensor(y).long().numpy()
+    if y_np.size and (y_np.min() < 0 or y_np.max() >= num_classes):
+        raise ValueError(f"labels must lie in 0..{num_classes - 1} (the K real classes); got {y_np.min()}..{y_np.max()}")
+    b = len(y_np)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    partner = _within_class_partners(y_np, rng)
+    lam = torch.from_numpy(rng.beta(alpha, alpha, size=b)).to(x.dtype)
+    mixed = lam.view(shape) * x + (1 - lam.view(shape)) * x[torch.from_numpy(partner)]
+    eye = torch.eye(num_classes + 1, dtype=x.dtype)
+    targets = eye[torch.from_numpy(y_np)]
+
+    m = int(round(aux_fraction * b))
+    source = rng.choice(b, size=m, replace=False)
+    mu = torch.from_numpy(rng.beta(alpha, alpha, size=m)).to(x.dtype)
+    noise = torch.from_numpy(rng.normal(noise_mean, noise_std, size=(m,) + tuple(x.shape[1:]))).to(x.dtype)
+    noisy = mu.view(shape) * x[torch.from_numpy(source)] + (1 - mu.view(shape)) * noise
+    aux_targets = mu.unsqueeze(1) * eye[torch.from_numpy(y_np[source])] + (1 - mu.unsqueeze(1)) * eye[num_classes]
+    return VRMBatch(
+        inputs=torch.cat([mixed, noisy]), targets=torch.cat([targets, aux_targets]),
+        partner=torch.from_numpy(partner), lam=lam, noise_source=torch.from_numpy(source), noise_lam=mu,
+    )
+
+
+class VRMTransform:
+    """``(x, y, rng) -> (inputs, soft targets)``: the batch transform for ``train_classifier``."""
+
+    def __init__(self, num_classes: int, alpha: float = 1.0, aux_fraction: float = 0.5, noise_mean: float = 0.5, noise_std: float = 0.5):
+        _check_args(alpha, aux_fraction, noise_std)
+        self.num_classes = num_classes
+        self.kwargs = dict(alpha=alpha, aux_fraction=aux_fraction, noise_mean=noise_mean, noise_std=noise_std)
+
+    def __call__(self, x, y, rng):
+        batch = vrm_batch(x, y, self.num_classes, rng, **self.kwargs)
+        return batch.inputs, batch.targets
+
+
+class VRM(Detector):
+    """OoD score of a (K+1)-output VRM network: the auxiliary-class probability (or MSP over real classes)."""
+
+    name = "vrm"
+
+    def __init__(self, variant: str = "aux"):
+        super().__init__()
+        if variant not in ("aux", "msp"):
+            raise ValueError(f"variant must be 'aux' or 'msp' (got {variant!r})")
+        self.variant = variant
+
+    def score_outputs(self, logits=None, features=None):
+        z = require(logits, "logits", "VRM").double()
+        if z.shape[1] < 3:
+            raise ValueError(f"VRM needs logits of K + 1 >= 3 classes, the last one auxiliary (got {z.shape[1]})")
+        p = torch.softmax(z, dim=1)
+        return p[:, -1] if self.variant == "aux" else -p[:, :-1].amax(1)
+
+    @staticmethod
+    def predict_class(logits: torch.Tensor) -> torch.Tensor:
+        """The real-class prediction argmax_{c < K} z_c."""
+        return logits[:, :-1].argmax(1)

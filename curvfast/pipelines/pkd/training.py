@@ -1,0 +1,58 @@
+"""Training the three streams (CoViAR) and reading out every exit's clip logits."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from curvfast.pipelines.pkd.networks import STREAM_ORDER, segment_mean
+from curvfast.pipelines.pkd.pkd import exit_logits_from_features
+
+__all__ = ["train_streams", "collect_exit_logits"]
+
+
+def train_streams(streams: nn.ModuleDict, loader: DataLoader, epochs: int, lr: float = 2e-3, weight_decay: float = 1e-4,
+                  progress: bool = False) -> list[dict]:
+    """Train each stream (backbone + head) by cross-entropy on its segment-averaged logits (TSN
+    consensus), AdamW with a cosine schedule. The streams share batches but no parameters, so one
+    optimiser over all of them trains each independently. Returns per-epoch mean losses."""
+    from tqdm import tqdm
+
+    opt = torch.optim.AdamW(streams.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * len(loader))
+    history = []
+    for epoch in tqdm(range(epochs), desc="streams", disable=not progress):
+        loader.dataset.set_epoch(epoch)
+        streams.train()
+        totals, batches = dict.fromkeys(STREAM_ORDER, 0.0), 0
+        for batch, y in loader:
+            losses = {name: F.cross_entropy(streams[name](batch[name]), y) for name in STREAM_ORDER}
+            opt.zero_grad(set_to_none=True)
+            sum(losses.values()).backward()
+            opt.step()
+            sched.step()
+            for name, loss in losses.items():
+                totals[name] += loss.item()
+            batches += 1
+        history.append({"epoch": epoch, **{f"{name}_loss": v / batches for name, v in totals.items()}})
+    return history
+
+
+@torch.no_grad()
+def collect_exit_logits(streams: nn.ModuleDict, exits: nn.ModuleDict, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
+    """Eval-mode clip logits of the 12 exits in ``STREAM_ORDER`` (IC1-3 then head, per stream):
+    returns ``(logits (N, 12, C) float64, labels (N,))``."""
+    streams.eval(), exits.eval()
+    segments = loader.dataset.num_segments
+    out, labels = [], []
+    for batch, y in loader:
+        per_exit = []
+        for name in STREAM_ORDER:
+            feats = streams[name].features(batch[name].flatten(0, 1))
+            per_exit += exit_logits_from_features(feats, exits[name], segments)
+            per_exit.append(segment_mean(streams[name].head(feats[-1]), segments))
+        out.append(torch.stack(per_exit, 1).double())
+        labels.append(y)
+    return torch.cat(out).numpy(), torch.cat(labels).numpy()

@@ -1,0 +1,22 @@
+"""Compressed-domain video (CoViAR-style) on the real MPEG-4 Part 2 codec, through PyAV.
+
+encode / decode with exported motion vectors (``codec``), motion compensation, residuals and their
+accumulation back to the I-frame (``motion``), TSN segment sampling (``sampling``), clip sets and
+UCF-101 / HMDB-51 folder loaders (``datasets``), and a bundled synthetic action dataset
+(``synthetic``). PyAV is imported only when a video is encoded or decoded.
+"""
+from curvfast.pipelines.pkd.video.codec import GOP_SIZE, DecodedVideo, decode_compressed, encode_clip, require_av
+from curvfast.pipelines.pkd.video.datasets import (NORMALIZATION, ClipSet, CompressedVideoDataset, folder_clipset, hmdb51_clips, read_frames,
+                       reencode, stratified_split, ucf101_clips)
+from curvfast.pipelines.pkd.video.motion import (CompressedRepresentation, accumulate, compressed_representation, displacement_field,
+                     frame_residuals, motion_compensate)
+from curvfast.pipelines.pkd.video.sampling import sample_frames, segment_positions
+from curvfast.pipelines.pkd.video.synthetic import SyntheticConfig, class_names, render_clip, synthetic_actions
+
+__all__ = [
+    "GOP_SIZE", "DecodedVideo", "decode_compressed", "encode_clip", "require_av", "NORMALIZATION", "ClipSet",
+    "CompressedVideoDataset", "folder_clipset", "hmdb51_clips", "read_frames", "reencode", "stratified_split", "ucf101_clips",
+    "CompressedRepresentation", "accumulate", "compressed_representation", "displacement_field", "frame_residuals",
+    "motion_compensate", "sample_frames", "segment_positions", "SyntheticConfig", "class_names", "render_clip",
+    "synthetic_actions",
+]

@@ -1,0 +1,141 @@
+"""Attacks: torchattacks for single models, in-house L-inf PGD for ensembles.
+
+Single-model attacks are torchattacks' ``PGD`` (L-inf), ``FGSM``, ``PGDL2`` and ``CW`` (Carlini &
+Wagner's L2 attack, as in TREND's tables: minimise ‖δ‖² + c·max(max_{k≠y} z_k − z_y, −κ) over
+tanh-parametrised images with Adam; c = 1, κ = 0, ``steps`` Adam steps of learning rate 0.01; the
+result is then projected onto the L2 ball of radius ``eps`` so that a sweep over eps is meaningful,
+and ``eps=inf`` keeps the unconstrained attack). They differentiate
+the model's forward, so quantised members are attacked through their straight-through gradients
+(BPDA) with no extra code. torchattacks has no attack that combines several models' gradients
+sign-wise, so ``ensemble_pgd`` is in-house: the same PGD iteration as torchattacks' (uniform random
+start in the eps-ball, x <- clip_[0,1](Pi_eps(x + alpha d))) with the ascent direction d built
+from the members' input gradients g_m = d CE(f_m(x), y) / dx by one of three rules:
+
+    sum    d = sign(sum_m g_m)                 (one gradient of the summed losses)
+    vote   d = sign(sum_m sign(g_m))           (each member one vote per pixel)
+    agree  d = sign(g_1) where every sign(g_m) agrees, else 0 (steps only where all members agree)
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["SINGLE_ATTACKS", "ENSEMBLE_RULES", "attack", "ensemble_pgd", "ensemble_direction", "pgd_linf"]
+
+SINGLE_ATTACKS = ("pgd", "fgsm", "pgdl2", "cw")
+ENSEMBLE_RULES = ("sum", "vote", "agree")
+
+
+def _check_images(x: torch.Tensor, y: torch.Tensor) -> None:
+    if not torch.is_floating_point(x) or x.dim() < 2:
+        raise TypeError(f"images must be a float tensor (B, ...) (got {x.dtype}, shape {tuple(x.shape)})")
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise ValueError("attacks work on images in [0, 1]; rescale the inputs (normalise inside the model)")
+    if y.shape != x.shape[:1]:
+        raise ValueError(f"labels must have shape ({x.shape[0]},) (got {tuple(y.shape)})")
+
+
+def _check_eps(eps: float, step: float, steps: int) -> None:
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0 (got {eps})")
+    if not step > 0 or steps < 1:
+        raise ValueError(f"step must be > 0 and steps >= 1 (got step={step}, steps={steps})")
+
+
+def attack(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, name: str = "pgd", eps: float = 8 / 255,
+    step: float = 0.01, steps: int = 40, random_start: bool = True, seed: int = 0, batch_size: int = 512,
+) -> torch.Tensor:
+    """Untargeted adversarial examples for one model with torchattacks (``pgd``: L-inf PGD,
+    ``fgsm``, ``pgdl2``: L2 PGD with ``eps`` the L2 radius, ``cw``: Carlini-Wagner L2 projected onto
+    the L2 ball of radius ``eps``). The random start is seeded by ``seed`` without touching the global
+    RNG; eps = 0 returns ``x``."""
+    import torchattacks
+
+    if name not in SINGLE_ATTACKS:
+        raise ValueError(f"attack must be one of {SINGLE_ATTACKS} (got {name!r})")
+    _check_images(x, y)
+    _check_eps(eps, step, steps)
+    if eps == 0:
+        return x.clone()
+    if name == "pgd":
+        atk = torchattacks.PGD(model, eps=eps, alpha=step, steps=steps, random_start=random_start)
+    elif name == "pgdl2":
+        atk = torchattacks.PGDL2(model, eps=eps, alpha=step, steps=steps, random_start=random_start)
+    elif name == "cw":
+        cw = torchattacks.CW(model, c=1.0, kappa=0.0, steps=steps, lr=0.01)
+        atk = lambda xb, yb: _project_l2(xb, cw(xb, yb), eps)  # noqa: E731
+    else:
+        atk = torchattacks.FGSM(model, eps=eps)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return torch.cat([atk(xb, yb) for xb, yb in zip(x.split(batch_size), y.split(batch_size))])
+
+
+def _project_l2(x: torch.Tensor, adv: torch.Tensor, radius: float) -> torch.Tensor:
+    """x + δ·min(1, radius/‖δ‖₂) per sample (the identity for radius = inf)."""
+    delta = adv - x
+    norm = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+    return (x + delta * (radius / norm).clamp(max=1.0)).clamp(0, 1)
+
+
+def ensemble_direction(grads: list[torch.Tensor], rule: str) -> torch.Tensor:
+    """Ascent direction from the members' input gradients (see the module docstring)."""
+    if rule not in ENSEMBLE_RULES:
+        raise ValueError(f"ensemble attack rule must be one of {ENSEMBLE_RULES} (got {rule!r})")
+    if rule == "sum":
+        return torch.stack(grads).sum(0).sign()
+    signs = torch.stack([g.sign() for g in grads])
+    if rule == "vote":
+        return signs.sum(0).sign()
+    agree = (signs == signs[:1]).all(0) & (signs[0] != 0)
+    return torch.where(agree, signs[0], torch.zeros_like(signs[0]))
+
+
+def _input_grads(members, x: torch.Tensor, y: torch.Tensor, sign: float = 1.0) -> list[torch.Tensor]:
+    """g_m = d (sign · CE(f_m(x), y)) / dx for each member (any callables returning logits)."""
+    x = x.detach().requires_grad_(True)
+    return [torch.autograd.grad(sign * F.cross_entropy(m(x), y), x)[0] for m in members]
+
+
+def pgd_linf(x: torch.Tensor, direction, *, eps: float, step: float, steps: int, random_start: bool) -> torch.Tensor:
+    """torchattacks' L-inf PGD iteration from ``x`` with the ascent direction ``direction(adv)``:
+    a uniform random start in the eps-ball, then x <- clip_[0,1](Pi_eps(x + step * direction(x)))."""
+    adv = x.clone().detach()
+    if random_start:
+        adv = (adv + torch.empty_like(adv).uniform_(-eps, eps)).clamp(0, 1)
+    for _ in range(steps):
+        adv = adv + step * direction(adv)
+        adv = (x + (adv - x).clamp(-eps, eps)).clamp(0, 1).detach()
+    return adv
+
+
+def ensemble_pgd(
+    members: list[nn.Module], x: torch.Tensor, y: torch.Tensor, *, rule: str = "sum", eps: float = 8 / 255,
+    step: float = 0.01, steps: int = 40, random_start: bool = True, seed: int = 0, batch_size: int = 512,
+) -> torch.Tensor:
+    """L-inf PGD against several models at once, each step along ``ensemble_direction(rule)``.
+    Members are run in eval mode (their modes are restored); the random start is seeded by ``seed``.
+    As a torchattacks attack: ``curvfast.pipelines.transfer.torchattacks_api.EnsemblePGD``."""
+    if not members:
+        raise ValueError("ensemble_pgd needs at least one member")
+    _check_images(x, y)
+    _check_eps(eps, step, steps)
+    ensemble_direction([x[:1]], rule)  # validates the rule before any work
+    if eps == 0:
+        return x.clone()
+    modes = [m.training for m in members]
+    for m in members:
+        m.eval()
+    out = []
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+                direction = lambda adv, yb=yb: ensemble_direction(_input_grads(members, adv, yb), rule)  # noqa: E731
+                out.append(pgd_linf(xb, direction, eps=eps, step=step, steps=steps, random_start=random_start))
+    finally:
+        for m, mode in zip(members, modes):
+            m.train(mode)
+    return torch.cat(out)

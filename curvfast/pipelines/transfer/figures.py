@@ -1,0 +1,57 @@
+"""PNG figures of a transfer study (matplotlib, Agg backend, written atomically)."""
+from __future__ import annotations
+
+
+import numpy as np
+
+from curvfast.pipelines.common.plots import pyplot, save_png
+
+__all__ = ["transfer_heatmap", "fit_curves"]
+
+
+def transfer_heatmap(matrix: np.ndarray, names: list[str], path: str, title: str) -> None:
+    """Source (rows) x target (columns) heatmap with each cell's value; undefined cells are grey."""
+    plt = pyplot()
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.62 * n, 0.8 + 0.55 * n))
+    masked = np.ma.masked_invalid(np.asarray(matrix, dtype=np.float64))
+    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
+    image = ax.imshow(masked, cmap=cmap, vmin=0.0, vmax=1.0)
+    for (s, t), value in np.ndenumerate(matrix):
+        text = "n/a" if not np.isfinite(value) else f"{value:.2f}"
+        ax.text(t, s, text, ha="center", va="center", fontsize=7, color="white" if np.isfinite(value) and value < 0.6 else "black")
+    ax.set_xticks(range(n), names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n), names, fontsize=8)
+    ax.set_xlabel("target t")
+    ax.set_ylabel("source s (attacked)")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    save_png(fig, path, tight_layout=False)
+
+
+def fit_curves(eps: np.ndarray, n_st: np.ndarray, fits_st, names: list[str], path: str, metric_eps: float) -> None:
+    """One panel per source: the transfer counts N_{s->t}(eps) (dots) and their fits (lines)."""
+    plt = pyplot()
+    n = len(names)
+    cols = min(4, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows), squeeze=False)
+    grid = np.linspace(0.0, float(np.max(eps)), 200)
+    colors = plt.get_cmap("tab20")(np.linspace(0, 1, n))
+    for s, ax in enumerate(axes.flat):
+        if s >= n:
+            ax.axis("off")
+            continue
+        for t in range(n):
+            ax.plot(eps, n_st[s, t], "o", ms=2.5, color=colors[t])
+            ax.plot(grid, fits_st[s][t](grid), "-", lw=1.0, color=colors[t], label=names[t])
+        ax.axvline(metric_eps, color="k", lw=0.6, ls=":")
+        ax.set_title(f"source {names[s]}", fontsize=8)
+        ax.set_xlabel("eps", fontsize=7)
+        ax.set_ylabel("N_s->t", fontsize=7)
+        ax.tick_params(labelsize=6)
+    axes.flat[0].legend(fontsize=5, ncol=2)
+    fig.suptitle("transfer counts and fits N(eps) = a(1 - exp(b eps)); dotted: metric eps", fontsize=9)
+    fig.tight_layout()
+    save_png(fig, path, tight_layout=False)

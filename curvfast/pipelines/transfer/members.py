@@ -1,0 +1,159 @@
+"""Model specs for transfer studies: architecture x seed x optimiser x input / weight / activation
+quantisation, written as short strings, e.g.
+
+    small_cnn            full precision, seed 0, SGD
+    small_cnn@1          another initialisation and data order
+    small_cnn+adam       trained with Adam instead of SGD
+    small_cnn+in2        2-bit per-sample input quantisation (1..8 bits)
+    small_cnn+halftone   TREND's halftone input (sharpening kernel, sign; sigmoid surrogate gradient)
+    small_cnn+halftonefs Floyd-Steinberg halftone input (straight-through gradient)
+    small_cnn+w2a4       DoReFa 2-bit weights, 4-bit activations (w.. and a.. may come alone)
+    mlp                  a 2-hidden-layer ReLU perceptron (architecture mismatch)
+
+Any zoo or torchvision name of ``curvfast.models.build_model`` is an architecture too.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from curvfast.io import load_checkpoint, save_checkpoint
+from curvfast.models import build_model
+from curvfast.pipelines.common.training import evaluate, fit
+from curvfast.pipelines.transfer.quantize import Halftone, InputQuantized, InputQuantizer, dorefa
+
+__all__ = ["MemberSpec", "parse_spec", "build_member", "train_member", "load_or_train", "mlp"]
+
+_OPTIMIZERS = ("sgd", "adam")
+_HALFTONE_NAMES = {"sharpen": "halftone", "floyd_steinberg": "halftonefs"}
+_BITS = re.compile(r"^(?:w(\d+))?(?:a(\d+))?$")
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """One model of a transfer study (see the module docstring for the string form)."""
+
+    arch: str
+    seed: int = 0
+    optimizer: str = "sgd"
+    input_bits: int | None = None  # 1..8 bits per-sample uniform quantisation
+    halftone: str | None = None  # "sharpen" (TREND's) or "floyd_steinberg"
+    weight_bits: int | None = None  # DoReFa, 1..16
+    activation_bits: int | None = None
+
+    @property
+    def name(self) -> str:
+        parts = [self.arch]
+        if self.input_bits is not None:
+            parts.append(f"in{self.input_bits}")
+        if self.halftone is not None:
+            parts.append(_HALFTONE_NAMES[self.halftone])
+        if self.weight_bits is not None or self.activation_bits is not None:
+            parts.append("".join(f"{k}{v}" for k, v in (("w", self.weight_bits), ("a", self.activation_bits)) if v is not None))
+        if self.optimizer != "sgd":
+            parts.append(self.optimizer)
+        return "+".join(parts) + (f"@{self.seed}" if self.seed else "")
+
+    def factors(self) -> dict:
+        """The factors a pair of models can differ in (used to group transfer results)."""
+        return {
+            "architecture": self.arch, "seed": self.seed, "optimizer": self.optimizer,
+            "input_quantisation": _HALFTONE_NAMES[self.halftone] if self.halftone else self.input_bits,
+            "weight_activation_quantisation": (self.weight_bits, self.activation_bits),
+        }
+
+
+def parse_spec(text: str) -> MemberSpec:
+    """Parse ``arch[+in<k>|+halftone|+halftonefs|+w<k>a<k>|+adam|+sgd][@seed]`` (ValueError names the bad part)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"model spec must be a non-empty string such as 'small_cnn+in2@1' (got {text!r})")
+    body, _, seed_text = text.strip().partition("@")
+    try:
+        seed = int(seed_text) if seed_text else 0
+    except ValueError:
+        raise ValueError(f"model spec {text!r}: the seed after '@' must be an integer") from None
+    arch, *options = body.split("+")
+    fields: dict = {"arch": arch, "seed": seed}
+    for opt in options:
+        bits = _BITS.match(opt)
+        if opt in _OPTIMIZERS:
+            fields["optimizer"] = opt
+        elif opt in ("halftone", "halftonefs"):
+            fields["halftone"] = "sharpen" if opt == "halftone" else "floyd_steinberg"
+        elif opt.startswith("in") and opt[2:].isdigit():
+            fields["input_bits"] = int(opt[2:])
+            if not 1 <= fields["input_bits"] <= 8:
+                raise ValueError(f"model spec {text!r}: input quantisation takes 1..8 bits (got {opt!r})")
+        elif opt and bits:
+            for key, value in zip(("weight_bits", "activation_bits"), bits.groups()):
+                if value is not None:
+                    if not 1 <= int(value) <= 16:
+                        raise ValueError(f"model spec {text!r}: DoReFa takes 1..16 bits (got {opt!r})")
+                    fields[key] = int(value)
+        else:
+            raise ValueError(
+                f"model spec {text!r}: unknown option {opt!r}; use in<1-8>, halftone, halftonefs, w<k>a<k>, adam or sgd"
+            )
+    if fields.get("halftone") and fields.get("input_bits") is not None:
+        raise ValueError(f"model spec {text!r}: choose either halftone or in<k>, not both")
+    return MemberSpec(**fields)
+
+
+def mlp(input_dim: int, num_classes: int, hidden: int = 256) -> nn.Module:
+    """Flatten -> Linear -> ReLU -> Linear -> ReLU -> Linear: a non-convolutional architecture."""
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(input_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)
+    )
+
+
+def build_member(spec: MemberSpec, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
+    """Randomly initialised model for ``spec`` (seeded by ``spec.seed``), quantisers attached."""
+    torch.manual_seed(spec.seed)
+    if spec.arch == "mlp":
+        model = mlp(math.prod(input_shape), num_classes)
+    else:
+        model = build_model(spec.arch, num_classes, input_shape[0])
+    if spec.weight_bits is not None or spec.activation_bits is not None:
+        model = dorefa(model, spec.weight_bits, spec.activation_bits)
+    if spec.halftone is not None:
+        model = InputQuantized(model, Halftone(spec.halftone))
+    elif spec.input_bits is not None:
+        model = InputQuantized(model, InputQuantizer(spec.input_bits))
+    return model
+
+
+def train_member(
+    model: nn.Module, spec: MemberSpec, train_set, *, epochs: int = 20, batch_size: int = 64, device: str = "cpu"
+) -> nn.Module:
+    """Train in place: SGD (lr 0.05, momentum 0.9) or Adam (lr 1e-3), weight decay 5e-4, cosine schedule;
+    data order seeded by ``spec.seed``. Quantised members train through their straight-through gradients."""
+    return fit(model, train_set, epochs=max(1, epochs), batch_size=batch_size, seed=spec.seed, optimizer=spec.optimizer,
+               device=device)
+
+
+def load_or_train(
+    spec: MemberSpec, train_set, test_set, num_classes: int, *, epochs: int, dataset: str,
+    folder: str | None = None, device: str = "cpu",
+) -> tuple[nn.Module, dict]:
+    """Build and train ``spec``, or load ``folder/<name>.pt`` when it was trained with the same
+    spec, dataset and epochs. Returns the eval-mode model and its info (accuracies, checkpoint)."""
+    input_shape = tuple(train_set[0][0].shape)
+    model = build_member(spec, num_classes, input_shape)
+    meta = {"spec": spec.name, "dataset": dataset, "epochs": epochs}
+    path = None if folder is None else os.path.join(folder, spec.name.replace("@", "_seed") + ".pt")
+    if path is not None and os.path.isfile(path):
+        ckpt = load_checkpoint(path)
+        if all(ckpt.get(k) == v for k, v in meta.items()):
+            model.load_state_dict(ckpt["state_dict"])
+            info = {k: ckpt[k] for k in ("spec", "dataset", "epochs", "train_accuracy", "test_accuracy")}
+            return model.to(device).eval(), {**info, "checkpoint": path, "trained": False}
+    train_member(model, spec, train_set, epochs=epochs, device=device)
+    info = {**meta, "train_accuracy": evaluate(model, train_set), "test_accuracy": evaluate(model, test_set)}
+    if path is not None:
+        save_checkpoint(path, model, **info)
+    return model.eval(), {**info, "checkpoint": path, "trained": True}

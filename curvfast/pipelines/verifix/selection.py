@@ -1,0 +1,68 @@
+"""The verified set: a small class-balanced subset of the (noisy) training data that Verifix trusts.
+
+Published recipe (docs/verifix.md, step 1): per class, the samples with the *lowest* input-loss
+curvature under the model trained on the noisy labels; memorised (flipped) labels sit in
+high-curvature regions, so low curvature ≈ clean. Any curvfast estimator can rank them
+(``method``: "auto"/"exact" trace, "hutchinson", "fd" as published, "zo", ...); "random" picks a
+class-balanced random subset (the published ablation). Classes come from the dataset's labels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from curvfast.engine import score
+
+__all__ = ["Selection", "select_verified", "SELECTION_METHODS"]
+
+SELECTION_METHODS = ("auto", "exact", "sampled", "hutchinson", "fd", "zo", "random")
+
+
+@dataclass
+class Selection:
+    """``indices`` into the dataset (sorted), and the curvature of every sample (None for random)."""
+
+    indices: np.ndarray
+    scores: np.ndarray | None
+    method: str
+
+
+def _balanced_quota(counts: np.ndarray, size: int) -> np.ndarray:
+    """Per-class quotas summing to ``size``: as equal as possible, capped by each class's count."""
+    quota = np.zeros_like(counts)
+    left = size
+    while left > 0:
+        open_classes = np.flatnonzero(quota < counts)
+        share = max(1, left // len(open_classes))
+        for c in open_classes:
+            take = min(share, counts[c] - quota[c], left)
+            quota[c] += take
+            left -= take
+            if left == 0:
+                break
+    return quota
+
+
+def select_verified(
+    model: nn.Module, dataset, size: int, *, method: str = "auto", probes: int | None = None, seed: int = 0,
+    batch_size: int = 128, device=None, progress: bool | None = None,
+) -> Selection:
+    """Class-balanced ``size`` samples of ``dataset`` with the lowest curvature per class."""
+    if method not in SELECTION_METHODS:
+        raise ValueError(f"selection method must be one of {SELECTION_METHODS} (got {method!r})")
+    labels = np.asarray([int(dataset[i][1]) for i in range(len(dataset))])
+    if not isinstance(size, int) or not 1 <= size <= len(labels):
+        raise ValueError(f"verified size must be an int in [1, {len(labels)}] (the dataset size) (got {size!r})")
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = _balanced_quota(counts, size)
+    if method == "random":
+        rng = np.random.default_rng(seed)
+        key, scores, used = rng.random(len(labels)), None, "random"
+    else:
+        res = score(model, dataset, method=method, probes=probes, seed=seed, batch_size=batch_size, device=device, progress=progress)
+        key, scores, used = res.score, res.score, res.settings["method"]
+    chosen = [np.flatnonzero(labels == c)[np.argsort(key[labels == c], kind="stable")[:q]] for c, q in zip(classes, quota)]
+    return Selection(np.sort(np.concatenate(chosen)), scores, used)
