@@ -211,7 +211,7 @@ def test_dorefa_wrapper_keeps_first_and_last_layers_full_precision():
 
 def test_spec_strings_round_trip_and_bad_specs_are_explained():
     assert parse_spec("small_cnn+halftone").halftone == "sharpen" and parse_spec("small_cnn+halftonefs").halftone == "floyd_steinberg"
-    for text in ["small_cnn", "small_cnn@1", "small_cnn+in2", "small_cnn+halftone@3", "small_cnn+halftonefs", "small_cnn+w2a4+adam", "mlp+a8"]:
+    for text in ["small_cnn", "small_cnn@1", "small_cnn+in2", "small_cnn+halftone@3", "small_cnn+halftonefs", "small_cnn+w2a4+adam", "mlp2+a8"]:
         assert parse_spec(text).name == text
     assert parse_spec("small_cnn+in1@2") == MemberSpec("small_cnn", seed=2, input_bits=1)
     for bad, match in [("small_cnn+in9", "1..8"), ("small_cnn+foo", "unknown option"), ("small_cnn@x", "seed"),
@@ -230,7 +230,7 @@ def test_build_member_is_seeded_and_quantised():
 
 
 def test_pair_groups_name_the_single_differing_factor():
-    specs = [parse_spec(s) for s in ["small_cnn", "small_cnn@1", "small_cnn+in1", "mlp", "mlp+in1@1"]]
+    specs = [parse_spec(s) for s in ["small_cnn", "small_cnn@1", "small_cnn+in1", "mlp2", "mlp2+in1@1"]]
     groups = pair_groups(specs)
     assert set(groups["seed"]) == {(0, 1), (1, 0)}
     assert set(groups["input_quantisation"]) == {(0, 2), (2, 0)}
@@ -334,7 +334,7 @@ def tiny_nets():
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(12, 1, 8, 8, generator=gen)
     y = torch.randint(0, 10, (12,), generator=gen)
-    nets = [build_member(parse_spec(s), 10, (1, 8, 8)).eval() for s in ("small_cnn", "small_cnn+in2", "mlp")]
+    nets = [build_member(parse_spec(s), 10, (1, 8, 8)).eval() for s in ("small_cnn", "small_cnn+in2", "mlp2")]
     return nets, x, y
 
 
@@ -382,10 +382,10 @@ def test_cw_attack_fools_and_respects_the_l2_radius(tiny_nets):
 
 def test_cli_writes_the_transfer_study(tmp_path, capsys):
     out = tmp_path / "run"
-    models = "small_cnn,small_cnn@1,small_cnn+in1,mlp"
+    models = "small_cnn,small_cnn@1,small_cnn+in1,mlp2"
     argv = ["transfer", "--dataset", "digits", "--out", str(out), "--models", models, "--eps", "0,16/255,48/255,96/255",
             "--robust-eps", "32/255", "--steps", "3", "--step", "0.05", "--epochs", "1", "--n-test", "32",
-            "--ensemble-size", "2", "--ensemble", "mine=small_cnn,small_cnn+in1,mlp", "--accuracy-margin", "1", "--quiet"]
+            "--ensemble-size", "2", "--ensemble", "mine=small_cnn,small_cnn+in1,mlp2", "--accuracy-margin", "1", "--quiet"]
     assert main(argv) == 0
     res = json.loads((out / "results.json").read_text())
     names = res["settings"]["models"]
@@ -395,7 +395,7 @@ def test_cli_writes_the_transfer_study(tmp_path, capsys):
     for s in range(4):
         assert np.isnan(matrix[s, s]) or matrix[s, s] == pytest.approx(1.0)
     assert set(res["metric"]) == {f"{s}->{t}" for s in names for t in names}
-    assert set(res["fit"]["small_cnn->mlp"]) == {"st", "ss"} and res["fit"]["small_cnn->mlp"]["st"]["b"] <= 0
+    assert set(res["fit"]["small_cnn->mlp2"]) == {"st", "ss"} and res["fit"]["small_cnn->mlp2"]["st"]["b"] <= 0
     assert {"seed", "input_quantisation", "architecture"} <= set(res["groups"])
     robust = res["robust_accuracy"]
     assert set(robust["single"]) == set(names)
@@ -414,16 +414,16 @@ def test_cli_writes_the_transfer_study(tmp_path, capsys):
         assert (out / f).stat().st_size > 0
     npz = np.load(out / "transfer.npz")
     assert npz["n_st"].shape == (4, 4, 5) and (npz["n_st"] <= npz["n_ss"]).all()
-    assert sorted(p.name for p in (out / "models").iterdir()) == ["mlp.pt", "small_cnn+in1.pt", "small_cnn.pt", "small_cnn_seed1.pt"]
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["mlp2.pt", "small_cnn+in1.pt", "small_cnn.pt", "small_cnn_seed1.pt"]
 
 
 def test_l2_study_skips_the_linf_ensemble_attacks(tmp_path):
     from curvfast.pipelines.transfer import run_transfer
 
-    res = run_transfer("digits", ["small_cnn", "mlp"], eps=[0, 0.5, 1.0, 2.0], robust_eps=[1.0], attack_name="pgdl2",
-                       steps=2, step=0.5, epochs=1, n_test=16, ensembles={"both": ["small_cnn", "mlp"]}, out=None, progress=False)
+    res = run_transfer("digits", ["small_cnn", "mlp2"], eps=[0, 0.5, 1.0, 2.0], robust_eps=[1.0], attack_name="pgdl2",
+                       steps=2, step=0.5, epochs=1, n_test=16, ensembles={"both": ["small_cnn", "mlp2"]}, out=None, progress=False)
     robust = res["robust_accuracy"]
-    assert robust["ensemble_attacks"] == [] and set(robust["single"]["mlp"]) == {"clean", "pgdl2"}
+    assert robust["ensemble_attacks"] == [] and set(robust["single"]["mlp2"]) == {"clean", "pgdl2"}
     both = robust["ensembles"]["both"]
     assert "sum" not in both and both["worst_case"] == both["worst_single_source_transfer"]
     assert np.array(res["transfer_matrix"], dtype=float).shape == (2, 2)
@@ -436,7 +436,7 @@ def test_checkpoints_are_reused_only_for_the_same_training(tmp_path):
     from curvfast.data import DigitsDataset
 
     train, test = Subset(DigitsDataset("train"), range(64)), Subset(DigitsDataset("test"), range(32))
-    spec = parse_spec("mlp+in2@1")
+    spec = parse_spec("mlp2+in2@1")
     first, info = load_or_train(spec, train, test, 10, epochs=1, dataset="digits", folder=str(tmp_path))
     again, info2 = load_or_train(spec, train, test, 10, epochs=1, dataset="digits", folder=str(tmp_path))
     assert info["trained"] and not info2["trained"] and info2["test_accuracy"] == info["test_accuracy"]

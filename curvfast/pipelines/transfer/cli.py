@@ -27,7 +27,7 @@ def _parse_ensembles(items: list[str]) -> dict[str, list[str]]:
     for item in items:
         name, sep, members = item.partition("=")
         if not sep or not name or not members:
-            raise ValueError(f"--ensemble takes NAME=MODEL,MODEL,... such as 'mine=small_cnn,mlp,small_cnn+in1' (got {item!r})")
+            raise ValueError(f"--ensemble takes NAME=MODEL,MODEL,... such as 'mine=small_cnn,mlp2,small_cnn+in1' (got {item!r})")
         out[name] = [m for m in members.split(",") if m]
     return out
 

@@ -8,7 +8,7 @@ quantisation, written as short strings, e.g.
     small_cnn+halftone   TREND's halftone input (sharpening kernel, sign; sigmoid surrogate gradient)
     small_cnn+halftonefs Floyd-Steinberg halftone input (straight-through gradient)
     small_cnn+w2a4       DoReFa 2-bit weights, 4-bit activations (w.. and a.. may come alone)
-    mlp                  a 2-hidden-layer ReLU perceptron (architecture mismatch)
+    mlp2                 the zoo's 2-hidden-layer ReLU perceptron (architecture mismatch)
 
 Any zoo or torchvision name of ``curvfast.models.build_model`` is an architecture too.
 """
@@ -27,7 +27,7 @@ from curvfast.models import build_model
 from curvfast.pipelines.common.training import evaluate, fit
 from curvfast.pipelines.transfer.quantize import Halftone, InputQuantized, InputQuantizer, dorefa
 
-__all__ = ["MemberSpec", "parse_spec", "build_member", "train_member", "load_or_train", "mlp"]
+__all__ = ["MemberSpec", "parse_spec", "build_member", "train_member", "load_or_train"]
 
 _OPTIMIZERS = ("sgd", "adam")
 _HALFTONE_NAMES = {"sharpen": "halftone", "floyd_steinberg": "halftonefs"}
@@ -104,20 +104,11 @@ def parse_spec(text: str) -> MemberSpec:
     return MemberSpec(**fields)
 
 
-def mlp(input_dim: int, num_classes: int, hidden: int = 256) -> nn.Module:
-    """Flatten -> Linear -> ReLU -> Linear -> ReLU -> Linear: a non-convolutional architecture."""
-    return nn.Sequential(
-        nn.Flatten(), nn.Linear(input_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)
-    )
-
-
 def build_member(spec: MemberSpec, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
     """Randomly initialised model for ``spec`` (seeded by ``spec.seed``), quantisers attached."""
     torch.manual_seed(spec.seed)
-    if spec.arch == "mlp":
-        model = mlp(math.prod(input_shape), num_classes)
-    else:
-        model = build_model(spec.arch, num_classes, input_shape[0])
+    kwargs = {"in_features": math.prod(input_shape)} if spec.arch in ("mlp", "mlp2") else {}
+    model = build_model(spec.arch, num_classes, input_shape[0], **kwargs)
     if spec.weight_bits is not None or spec.activation_bits is not None:
         model = dorefa(model, spec.weight_bits, spec.activation_bits)
     if spec.halftone is not None:

@@ -28,7 +28,7 @@ __all__ = ["DEFAULT_MODELS", "DEFAULT_EPS", "DEFAULT_ROBUST_EPS", "run_transfer"
 
 DEFAULT_MODELS = (
     "small_cnn", "small_cnn@1", "small_cnn@2", "small_cnn+adam",
-    "small_cnn+in1", "small_cnn+in2", "small_cnn+halftone", "small_cnn+w2a2", "mlp",
+    "small_cnn+in1", "small_cnn+in2", "small_cnn+halftone", "small_cnn+w2a2", "mlp2",
 )
 DEFAULT_EPS = tuple(k / 255 for k in (0, 2, 4, 8, 16, 24, 32, 48, 64))
 DEFAULT_ROBUST_EPS = (8 / 255, 32 / 255)
