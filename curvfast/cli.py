@@ -1,13 +1,12 @@
 """``curvfast <command>`` (also ``python -m curvfast``): doctor, train, score, demo, and the pipelines.
 
-Each pipeline owns its sub-command: the module named in ``PIPELINE_COMMANDS`` exposes
-``register(subparsers)``, which adds its parser and sets ``func(args) -> int``.
+Each pipeline ``curvfast.pipelines.<command>`` owns one sub-command, generated from its ``Config``
+(:mod:`curvfast.pipelines.common.contract`).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import json
 import os
 import platform
@@ -17,16 +16,6 @@ import sys
 import torch
 
 from . import __version__, ops
-
-PIPELINE_COMMANDS = (  # module -> its `register(subparsers)` adds one sub-command
-    "curvfast.pipelines.mia.cli",  # mia
-    "curvfast.pipelines.memorization.cli",  # memorization
-    "curvfast.pipelines.verifix.cli",  # verifix
-    "curvfast.pipelines.ood.cli",  # ood
-    "curvfast.pipelines.pkd.cli",  # pkd
-    "curvfast.pipelines.idkd.cli",  # idkd
-    "curvfast.pipelines.transfer.cli",  # transfer
-)
 
 METHOD_CHOICES = ("auto", "exact", "sampled", "hutchinson", "deflated", "fd", "zo")
 STAT_CHOICES = ("trace", "frobenius", "top_eigenvalue", "spectrum", "fd", "zo")
@@ -183,14 +172,6 @@ def apply_threads(args) -> None:
         torch.set_num_threads(args.threads)
 
 
-def _present(module: str) -> bool:
-    """Whether a pipeline's module exists (all do in a full checkout; tests/test_cli.py checks that)."""
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="curvfast", description="Per-sample input loss curvature for PyTorch models.")
     parser.add_argument("--version", action="version", version=f"curvfast {__version__}")
@@ -250,9 +231,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=24)
     p.set_defaults(func=_cmd_demo)
 
-    for module in PIPELINE_COMMANDS:
-        if _present(module):
-            importlib.import_module(module).register(sub)
+    from .pipelines import COMMANDS
+    from .pipelines.common import contract
+
+    for command in COMMANDS:
+        module = importlib.import_module(f"curvfast.pipelines.{command}")
+        if hasattr(module, "Config"):
+            contract.register(sub, command, module)
+        else:  # not yet on the contract
+            importlib.import_module(f"curvfast.pipelines.{command}.cli").register(sub)
     return parser
 
 

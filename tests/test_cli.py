@@ -48,12 +48,3 @@ def test_doctor_says_when_the_references_are_in_use():
     report = json.loads(subprocess.run([sys.executable, "-m", "curvfast", "doctor", "--json"], env=env,
                                        capture_output=True, text=True, check=True).stdout)
     assert report["extension"] is False and "CURVFAST_DISABLE_NATIVE" in report["extension_error"]
-
-
-def test_every_pipeline_registers_its_command():
-    """Each module in PIPELINE_COMMANDS exists and adds its sub-command (none is skipped)."""
-    from curvfast.cli import PIPELINE_COMMANDS, _present, build_parser
-
-    assert all(_present(m) for m in PIPELINE_COMMANDS)
-    sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert {"mia", "memorization", "verifix", "ood", "pkd", "idkd", "transfer"} <= set(sub.choices)

@@ -9,7 +9,7 @@ import torch
 from curvfast.curvature import input_curvature
 from curvfast.data import DigitsDataset
 from curvfast.pipelines.memorization import (
-    agreement, cosine_similarity, curvature_trajectory, detection_report, flip_labels, memorization_scores,
+    agreement, cosine_similarity, curvature_trajectory, mislabel_report, flip_labels, memorization_scores,
     newcombe_interval, predict, random_subsets, top_k_overlap, train_with_checkpoints, wilson_interval,
 )
 from curvfast.pipelines.memorization.dp import fit_unveiling_bounds, make_dp_compatible, train_dp_model
@@ -193,7 +193,7 @@ def test_mislabel_auroc_small_run(digits):
     traj = curvature_trajectory(make, x, noisy, np.ones((1, 200), dtype=bool), **kw)
     probs = cross_val_pred_probs(make, x, noisy, folds=2, **kw)
     cl, issues = cleanlab_scores(noisy.numpy(), probs)
-    rep = detection_report({"curvature": traj.averaged(), "loss": traj.averaged("loss"), "cleanlab": cl}, flipped, issues)
+    rep = mislabel_report({"curvature": traj.averaged(), "loss": traj.averaged("loss"), "cleanlab": cl}, flipped, issues)
     assert rep["auroc"]["curvature"] > 0.7, rep
     assert rep["auroc"]["loss"] > 0.9 and rep["auroc"]["cleanlab"] > 0.9, rep
     assert rep["cleanlab_issues"]["recall"] > 0.5

@@ -1,4 +1,4 @@
-"""Train a zoo model on a registered dataset (the checkpoints the pipelines score)."""
+"""The pipelines' one training loop (:func:`fit`), evaluation, and ``curvfast train`` (:func:`train_model`)."""
 from __future__ import annotations
 
 import math
@@ -31,63 +31,110 @@ def evaluate(model: torch.nn.Module, dataset, batch_size: int = 256) -> float:
     return correct / len(dataset)
 
 
+_OPTIMIZERS = {  # name -> (class, default lr, extra arguments): the recipes the pipelines use
+    "sgd": (torch.optim.SGD, 0.05, {"momentum": 0.9}),
+    "adam": (torch.optim.Adam, 1e-3, {}),
+    "adamw": (torch.optim.AdamW, 1e-3, {}),
+    "rmsprop": (torch.optim.RMSprop, 1e-3, {}),
+}
+SCHEDULES = ("cosine", "cosine-step", "constant")
+
+
+def _to(batch, device):
+    """Move a tensor, or the tensors of a dict / list / tuple, to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to(v, device) for v in batch)
+    return batch
+
+
+def _cross_entropy(model, x, y):
+    return F.cross_entropy(model(x), y)
+
+
 def fit(
     model: torch.nn.Module,
-    dataset,
+    data,
     *,
     epochs: int,
     batch_size: int = 64,
     lr: float | None = None,
     weight_decay: float = 5e-4,
     seed: int = 0,
-    optimizer: str = "sgd",
+    optimizer: str | torch.optim.Optimizer = "sgd",
+    schedule: str = "cosine",
     batch_transform: Callable | None = None,
+    loss_fn: Callable | None = None,
     device: str | torch.device = "cpu",
-    on_epoch_end: Callable[[int], None] | None = None,
+    on_epoch_start: Callable[[int], None] | None = None,
+    on_epoch_end: Callable[[int, float], None] | None = None,
     progress: bool | None = False,
 ) -> torch.nn.Module:
-    """The project's one training loop; trains ``model`` in place and returns it in eval mode.
+    """The pipelines' one training loop; trains ``model`` in place and returns it in eval mode.
 
-    Mini-batches of ``dataset`` reshuffled each epoch (order seeded by ``seed``), cross-entropy,
-    ``optimizer="sgd"`` (momentum 0.9, default lr 0.05) or ``"adam"`` (default lr 1e-3), weight
-    decay, cosine schedule over ``epochs``. ``batch_transform(x, y, rng)`` (numpy Generator seeded by
-    ``seed``) may replace a batch, with targets as class indices or probability vectors.
-    ``on_epoch_end(epoch)`` runs after each epoch (1-based). The caller seeds the initialisation.
+    ``data``: a map-style dataset, cut into mini-batches of ``batch_size`` reshuffled each epoch
+    (order seeded by ``seed``), or any iterable of ``(x, y)`` batches used as it is (a DataLoader,
+    e.g. Opacus' Poisson-sampled one). ``optimizer``: ``"sgd"`` (momentum 0.9, default lr 0.05),
+    ``"adam"``, ``"adamw"`` or ``"rmsprop"`` (default lr 1e-3) over ``model``'s trainable parameters
+    with ``weight_decay``, or a ready optimizer (Opacus' DP optimizer, decentralized SGD). ``schedule``:
+    cosine annealing of the learning rate to 0 stepped per epoch (``"cosine"``) or per step
+    (``"cosine-step"``), or ``"constant"``. Each step minimises ``loss_fn(model, x, y)`` (default: the
+    cross-entropy of ``model(x)`` against ``y``, class indices or probability vectors), after
+    ``batch_transform(x, y, rng)`` (numpy Generator seeded by ``seed``) if given: the augmentation
+    hook. Batches (tensors, or dicts / tuples of tensors) are moved to ``device``.
+    ``on_epoch_start(epoch)`` and ``on_epoch_end(epoch, mean_loss)`` run around each epoch (0-based
+    and 1-based). A NaN or Inf loss, checked once per epoch (no GPU sync per step), raises
+    ``FloatingPointError``. The caller seeds the initialisation.
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"need epochs >= 1 and batch_size >= 1 (got epochs={epochs}, batch_size={batch_size})")
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0):
         raise ValueError(f"lr must be a positive finite learning rate (got {lr!r})")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)} (got {schedule!r})")
     from tqdm.auto import tqdm
 
     model.to(device)
-    if optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=0.05 if lr is None else lr, momentum=0.9, weight_decay=weight_decay)
-    elif optimizer == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3 if lr is None else lr, weight_decay=weight_decay)
+    if isinstance(optimizer, str):
+        if optimizer not in _OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(_OPTIMIZERS)} or a torch optimizer (got {optimizer!r})")
+        cls, default_lr, extra = _OPTIMIZERS[optimizer]
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = cls(params, lr=default_lr if lr is None else lr, weight_decay=weight_decay, **extra)
     else:
-        raise ValueError(f"optimizer must be 'sgd' or 'adam' (got {optimizer!r})")
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+        opt = optimizer
+    if hasattr(data, "__getitem__") and not isinstance(data, (DataLoader, list, tuple)):  # a map-style dataset
+        data = DataLoader(data, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    steps = epochs * len(data) if schedule == "cosine-step" else epochs
+    sched = None if schedule == "constant" else torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    loss_fn = loss_fn or _cross_entropy
     rng = np.random.default_rng(seed)
-    model.train()
     for epoch in tqdm(range(epochs), desc="train", unit="epoch", disable=not progress if progress is not None else None):
-        finite = torch.tensor(True, device=device)
-        for x, y in loader:
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
+        model.train()
+        total, batches = torch.zeros((), device=device), 0
+        for x, y in data:
             if batch_transform is not None:
                 x, y = batch_transform(x, y, rng)
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x.to(device)), y.to(device))
-            finite = finite & torch.isfinite(loss.detach())  # checked once per epoch: no GPU sync per step
+            loss = loss_fn(model, _to(x, device), _to(y, device))
             loss.backward()
             opt.step()
-        if not finite:
+            if schedule == "cosine-step":
+                sched.step()
+            total, batches = total + loss.detach(), batches + 1
+        mean = total.item() / max(batches, 1)
+        if not math.isfinite(mean):
             raise FloatingPointError(f"the training loss became NaN or Inf in epoch {epoch + 1}: training diverged; "
                                      "lower the learning rate or check the data")
-        sched.step()
+        if schedule == "cosine":
+            sched.step()
         if on_epoch_end is not None:
-            on_epoch_end(epoch + 1)
-            model.train()
+            on_epoch_end(epoch + 1, mean)
     return model.eval()
 
 
@@ -115,7 +162,7 @@ def train_model(
     test_set, _ = get_dataset(dataset, "test", root=root)
     model = build_model(model_name, info.num_classes, info.in_channels).to(device)
 
-    def report(epoch: int) -> None:
+    def report(epoch: int, _loss: float) -> None:
         if log and epoch % max(1, epochs // 5) == 0:
             log(f"epoch {epoch}/{epochs}: test accuracy {evaluate(model, test_set):.4f}")
 

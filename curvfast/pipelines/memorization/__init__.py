@@ -3,13 +3,13 @@ confidence intervals, curvature averaged over training, agreement measures, misl
 (curvature, loss, cleanlab) and DP-SGD (Opacus) against the Unveiling bounds."""
 from curvfast.pipelines.memorization.agreement import agreement, cosine_similarity, top_k_overlap
 from curvfast.pipelines.memorization.feldman import MemorizationEstimate, memorization_scores, newcombe_interval, predict, random_subsets, wilson_interval
-from curvfast.pipelines.memorization.mislabel import cleanlab_scores, cross_val_pred_probs, detection_report, flip_labels
+from curvfast.pipelines.memorization.mislabel import cleanlab_scores, cross_val_pred_probs, mislabel_report, flip_labels
 from curvfast.pipelines.memorization.pipeline import MemorizationConfig, run_memorization
 from curvfast.pipelines.memorization.trajectory import CurvatureTrajectory, curvature_trajectory, curvature_per_model, train_with_checkpoints
 
 __all__ = [
     "agreement", "cosine_similarity", "top_k_overlap", "MemorizationEstimate", "memorization_scores", "newcombe_interval",
-    "predict", "random_subsets", "wilson_interval", "cleanlab_scores", "cross_val_pred_probs", "detection_report",
+    "predict", "random_subsets", "wilson_interval", "cleanlab_scores", "cross_val_pred_probs", "mislabel_report",
     "flip_labels", "MemorizationConfig", "run_memorization", "CurvatureTrajectory", "curvature_trajectory", "curvature_per_model",
     "train_with_checkpoints",
 ]

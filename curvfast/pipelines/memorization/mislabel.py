@@ -20,7 +20,7 @@ from curvfast.metrics import auroc
 from curvfast.pipelines.common.multitrain import train_subset_models
 from curvfast.pipelines.memorization.feldman import predict
 
-__all__ = ["flip_labels", "cross_val_pred_probs", "cleanlab_scores", "detection_report"]
+__all__ = ["flip_labels", "cross_val_pred_probs", "cleanlab_scores", "mislabel_report"]
 
 
 def flip_labels(targets: torch.Tensor, fraction: float, num_classes: int, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
@@ -66,7 +66,7 @@ def cleanlab_scores(labels: np.ndarray, pred_probs: np.ndarray) -> tuple[np.ndar
     return 1.0 - quality, np.asarray(issues, dtype=bool)
 
 
-def detection_report(scores: dict[str, np.ndarray], flipped: np.ndarray, issues: np.ndarray | None = None) -> dict:
+def mislabel_report(scores: dict[str, np.ndarray], flipped: np.ndarray, issues: np.ndarray | None = None) -> dict:
     """AUROC of each score for the flipped samples, and cleanlab's issue set as precision / recall."""
     out = {"auroc": {name: auroc(s, flipped, positive=True) for name, s in scores.items()},
            "flipped": int(flipped.sum()), "samples": int(flipped.size)}

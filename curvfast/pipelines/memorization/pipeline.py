@@ -29,7 +29,7 @@ from curvfast.pipelines.memorization.agreement import agreement
 from curvfast.pipelines.memorization.dp import dp_sweep, fit_unveiling_bounds
 from curvfast.pipelines.memorization.feldman import memorization_scores, predict, random_subsets
 from curvfast.pipelines.memorization.figures import dp_plot, histograms, scatter_plot
-from curvfast.pipelines.memorization.mislabel import cleanlab_scores, cross_val_pred_probs, detection_report, flip_labels
+from curvfast.pipelines.memorization.mislabel import cleanlab_scores, cross_val_pred_probs, mislabel_report, flip_labels
 from curvfast.pipelines.memorization.models import model_factory
 from curvfast.pipelines.memorization.trajectory import curvature_trajectory
 
@@ -138,11 +138,11 @@ def run_memorization(cfg: MemorizationConfig, out: str) -> dict:
     cl_score, cl_issues = cleanlab_scores(noisy.numpy(), pred_probs)
     mis_scores = {"curvature": ntraj.averaged(), "loss": ntraj.averaged("loss"), "cleanlab": cl_score,
                   "curvature_final_epoch": ntraj.final(), "loss_final_epoch": ntraj.final("loss")}
-    mislabel = detection_report(mis_scores, flipped, cl_issues)
+    mislabel = mislabel_report(mis_scores, flipped, cl_issues)
     fits_noisy = (predict(ntraj.models, images).argmax(-1) == noisy.numpy()[None]).mean(0)  # (N,) over proxy models
     mislabel["final_fit_of_noisy_labels"] = {"flipped": float(fits_noisy[flipped].mean()), "clean": float(fits_noisy[~flipped].mean())}
     shuffled = np.random.default_rng(cfg.seed).permutation(mis_scores["curvature"])
-    mislabel["trivial_baselines"] = {"constant": 0.5, "shuffled_curvature": detection_report({"s": shuffled}, flipped)["auroc"]["s"]}
+    mislabel["trivial_baselines"] = {"constant": 0.5, "shuffled_curvature": mislabel_report({"s": shuffled}, flipped)["auroc"]["s"]}
     seconds["mislabel"] = time.perf_counter() - t
 
     # 4. DP-SGD

@@ -34,9 +34,9 @@ import torch
 from curvfast.pipelines.ood.base import Detector, require
 from curvfast.pipelines.ood.feature_detectors import check_labels, class_means
 
-__all__ = ["NormScaling", "per_class_statistic", "STATISTICS", "SOURCES"]
+__all__ = ["NormScaling", "per_class_statistic", "NORM_STATISTICS", "SOURCES"]
 
-STATISTICS = ("mean", "max", "rms", "std", "weight_norm", "none")
+NORM_STATISTICS = ("mean", "max", "rms", "std", "weight_norm", "none")
 SOURCES = ("logits", "class_means")
 
 
@@ -61,7 +61,7 @@ def per_class_statistic(similarity: torch.Tensor, labels: torch.Tensor, statisti
         elif statistic == "std":
             out[c] = vals.std(correction=0)
         else:
-            raise ValueError(f"statistic must be one of {STATISTICS} (got {statistic!r})")
+            raise ValueError(f"statistic must be one of {NORM_STATISTICS} (got {statistic!r})")
     return out
 
 
@@ -73,8 +73,8 @@ class NormScaling(Detector):
 
     def __init__(self, statistic: str = "mean", source: str = "logits", temperature: float = 1.0):
         super().__init__()
-        if statistic not in STATISTICS:
-            raise ValueError(f"statistic must be one of {STATISTICS} (got {statistic!r})")
+        if statistic not in NORM_STATISTICS:
+            raise ValueError(f"statistic must be one of {NORM_STATISTICS} (got {statistic!r})")
         if source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES} (got {source!r})")
         if temperature <= 0:

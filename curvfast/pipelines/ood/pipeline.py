@@ -17,8 +17,9 @@ and averaged over sets, as mean and standard deviation over seeds.
 """
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -26,39 +27,47 @@ from torch.utils.data import DataLoader
 
 from curvfast.data import DigitsDataset
 from curvfast.data.photos import photo_manifest, photo_patches
+from curvfast.io import write_npz
 from curvfast.models import build_model
+from curvfast.pipelines.common.contract import config_dict, option, run_folder, write_results
 from curvfast.pipelines.ood.evaluation import METRIC_NAMES, gains, ood_metrics
 from curvfast.pipelines.ood.feature_detectors import KNN, Mahalanobis
 from curvfast.pipelines.ood.logit_detectors import MSP, ODIN, Energy, MaxLogit
-from curvfast.pipelines.ood.norm_scaling import SOURCES, STATISTICS, NormScaling
+from curvfast.pipelines.ood.norm_scaling import SOURCES, NORM_STATISTICS, NormScaling
 from curvfast.pipelines.ood.overhead import count_parameters, inference_flops, state_bytes, train_step_cost
 from curvfast.pipelines.ood.pytorch_ood import PytorchOODDetector
+from curvfast.pipelines.ood.report import examples_figure, markdown_table, roc_figure
 from curvfast.pipelines.ood.training import subset_by_class, train_classifier
 from curvfast.pipelines.ood.vrm import VRM, VRMTransform, vrm_batch
 
-__all__ = ["BenchmarkConfig", "ood_sets", "run_benchmark", "OOD_SETS"]
+__all__ = ["Config", "run", "summary", "ood_sets", "OOD_SETS"]
+
+HEADLINE = ("msp", "max_logit", "energy", "odin", "mahalanobis", "knn", "norm_scaling", "vrm", "vrm_msp")
 
 BASELINES = ("msp", "max_logit", "energy", "odin", "mahalanobis", "knn")
 OOD_SETS = ("heldout_digits", "photo_patches", "uniform_noise", "inverted_digits", "shuffled_digits")
 
 
 @dataclass
-class BenchmarkConfig:
-    id_classes: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
-    model: str = "small_cnn"
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 0.05
-    seeds: tuple[int, ...] = (0, 1, 2)
-    knn_k: int = 10
-    odin_temperature: float = 1000.0
-    odin_eps: float = 0.0014
-    norm_statistic: str = "mean"
-    vrm_alpha: float = 1.0
-    vrm_aux_fraction: float = 0.5
-    vrm_noise_mean: float = 0.5
-    vrm_noise_std: float = 0.5
-    device: str = "cpu"
+class Config:
+    """The benchmark's settings (defaults: the published recipe scaled to 8x8 digits)."""
+
+    id_classes: tuple[int, ...] = option((0, 1, 2, 3, 4, 5), "in-distribution digit classes; the rest are held out as OoD")
+    model: str = option("small_cnn")
+    epochs: int = option(30, "training epochs of each network")
+    batch_size: int = option(64)
+    lr: float = option(0.05, "SGD learning rate")
+    seeds: tuple[int, ...] = option((0, 1, 2), "training seeds; results are mean and std over them")
+    knn_k: int = option(10, "KNN detector's k")
+    odin_temperature: float = option(1000.0, "ODIN's softmax temperature")
+    odin_eps: float = option(0.0014, "ODIN's input perturbation size")
+    norm_statistic: str = option("mean", "norm-scaling's per-class statistic", choices=NORM_STATISTICS)
+    vrm_alpha: float = option(1.0, "VRM's Beta(alpha, alpha) mixing weights")
+    vrm_aux_fraction: float = option(0.5, "VRM's auxiliary (noise-mix) samples per real sample")
+    vrm_noise_mean: float = option(0.5, "VRM's noise mean")
+    vrm_noise_std: float = option(0.5, "VRM's noise standard deviation")
+    device: str = option("cpu")
+    quiet: bool = option(False)
 
     def validate(self) -> None:
         ids = list(self.id_classes)
@@ -70,8 +79,8 @@ class BenchmarkConfig:
             raise ValueError("seeds must name at least one seed")
         if str(self.device).startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device={self.device!r} but no CUDA GPU is available; use --device cpu")
-        if self.norm_statistic not in STATISTICS:
-            raise ValueError(f"norm_statistic must be one of {STATISTICS} (got {self.norm_statistic!r})")
+        if self.norm_statistic not in NORM_STATISTICS:
+            raise ValueError(f"norm_statistic must be one of {NORM_STATISTICS} (got {self.norm_statistic!r})")
         _posthoc_detectors(self)  # the constructors check k, T and eps
         VRMTransform(len(ids), self.vrm_alpha, self.vrm_aux_fraction, self.vrm_noise_mean, self.vrm_noise_std)
 
@@ -91,20 +100,20 @@ def ood_sets(id_test: torch.Tensor, heldout: torch.Tensor, seed: int = 0) -> dic
     }
 
 
-def _posthoc_detectors(cfg: BenchmarkConfig) -> dict:
+def _posthoc_detectors(config: Config) -> dict:
     return {
         "msp": MSP(),
         "max_logit": MaxLogit(),
         "energy": Energy(),
-        "odin": ODIN(cfg.odin_temperature, cfg.odin_eps),
+        "odin": ODIN(config.odin_temperature, config.odin_eps),
         "mahalanobis": Mahalanobis(),
-        "knn": KNN(cfg.knn_k),
-        "norm_scaling": NormScaling(cfg.norm_statistic, "logits"),
+        "knn": KNN(config.knn_k),
+        "norm_scaling": NormScaling(config.norm_statistic, "logits"),
     }
 
 
 def _ablation_detectors() -> dict:
-    return {f"norm_scaling[{src},{stat}]": NormScaling(stat, src) for src in SOURCES for stat in STATISTICS}
+    return {f"norm_scaling[{src},{stat}]": NormScaling(stat, src) for src in SOURCES for stat in NORM_STATISTICS}
 
 
 def _aggregate(per_seed: list[dict]) -> dict:
@@ -122,38 +131,40 @@ def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(1) == labels).double().mean())
 
 
-def _train_pair(cfg: BenchmarkConfig, id_train, seed: int, progress):
+def _train_pair(config: Config, id_train, seed: int, progress):
     """The K-class baseline and the (K+1)-class VRM network, same recipe and initialisation seed."""
-    k = len(cfg.id_classes)
-    common = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed, device=cfg.device, progress=progress)
+    k = len(config.id_classes)
+    common = dict(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=seed, device=config.device, progress=progress)
     torch.manual_seed(seed)
-    base = build_model(cfg.model, k, 1)
+    base = build_model(config.model, k, 1)
     info_base = train_classifier(base, id_train, **common)
     torch.manual_seed(seed)
-    vrm_net = build_model(cfg.model, k + 1, 1)
-    transform = VRMTransform(k, cfg.vrm_alpha, cfg.vrm_aux_fraction, cfg.vrm_noise_mean, cfg.vrm_noise_std)
+    vrm_net = build_model(config.model, k + 1, 1)
+    transform = VRMTransform(k, config.vrm_alpha, config.vrm_aux_fraction, config.vrm_noise_mean, config.vrm_noise_std)
     info_vrm = train_classifier(vrm_net, id_train, batch_transform=transform, **common)
     return base, vrm_net, transform, {"baseline": info_base, "vrm": info_vrm}
 
 
-def _training_overhead(cfg: BenchmarkConfig, id_train, base, vrm_net, transform: VRMTransform, seed: int) -> dict:
+def _training_overhead(config: Config, id_train, base, vrm_net, transform: VRMTransform, seed: int) -> dict:
     """FLOPs and saved-activation bytes of one training step of each network, and FLOPs per epoch."""
-    loader = torch.utils.data.DataLoader(id_train, batch_size=cfg.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    loader = torch.utils.data.DataLoader(id_train, batch_size=config.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
     x, y = next(iter(loader))
     vb = vrm_batch(x, y, transform.num_classes, np.random.default_rng(seed), **transform.kwargs)
-    cost = {"baseline": train_step_cost(base, x.to(cfg.device), y.to(cfg.device)),
-            "vrm": train_step_cost(vrm_net, vb.inputs.to(cfg.device), vb.targets.to(cfg.device))}
+    cost = {"baseline": train_step_cost(base, x.to(config.device), y.to(config.device)),
+            "vrm": train_step_cost(vrm_net, vb.inputs.to(config.device), vb.targets.to(config.device))}
     for v in cost.values():
         v["flops_per_epoch"] = v["flops"] * len(loader)
     return cost
 
 
-def run_benchmark(cfg: BenchmarkConfig, progress: bool | None = None, log=None) -> tuple[dict, dict]:
-    """Train, fit, score, evaluate. Returns ``(results, arrays)``: the JSON-ready results and the
-    first seed's scores as ``{"<detector>/<set>": scores}`` (``"<detector>/id"`` for the ID test set)."""
-    cfg.validate()
-    say = log or (lambda _msg: None)
-    ids = list(cfg.id_classes)
+def run(config: Config, out: str | None = None) -> dict:
+    """Train, fit, score, evaluate; write ``out``: ``results.json``, ``scores.npz`` (the first seed's
+    scores as ``"<detector>/<set>"``, ``"<detector>/id"`` for the ID test set), ``roc.png`` and
+    ``ood_examples.png``. Returns the results."""
+    config.validate()
+    say = (lambda _msg: None) if config.quiet else print
+    progress = False if config.quiet else None
+    ids = list(config.id_classes)
     k = len(ids)
     held = [c for c in range(10) if c not in ids]
     train_all, test_all = DigitsDataset("train"), DigitsDataset("test")
@@ -167,16 +178,16 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool | None = None, log=None) 
     overhead: dict = {}
     failures: dict[str, list] = {}
     start = time.perf_counter()
-    for seed in cfg.seeds:
+    for seed in config.seeds:
         sets = {"id": id_test.images} | ood_sets(id_test.images, heldout, seed=seed)
-        base, vrm_net, transform, train_info = _train_pair(cfg, id_train, seed, progress)
+        base, vrm_net, transform, train_info = _train_pair(config, id_train, seed, progress)
         for net_name, net, logits_slice in (("baseline", base, slice(None)), ("vrm", vrm_net, slice(0, k))):
             with torch.no_grad():
-                accuracy[net_name].append(_accuracy(net(id_test.images.to(cfg.device))[:, logits_slice].cpu(), id_test.targets))
+                accuracy[net_name].append(_accuracy(net(id_test.images.to(config.device))[:, logits_slice].cpu(), id_test.targets))
             timings.setdefault(f"train_{net_name}_s", []).append(train_info[net_name]["seconds"])
         say(f"seed {seed}: ID test accuracy baseline {accuracy['baseline'][-1]:.4f}, vrm {accuracy['vrm'][-1]:.4f}")
 
-        detectors = [(name, det, base) for name, det in (_posthoc_detectors(cfg) | _ablation_detectors()).items()]
+        detectors = [(name, det, base) for name, det in (_posthoc_detectors(config) | _ablation_detectors()).items()]
         detectors += [("vrm", VRM("aux"), vrm_net), ("vrm_msp", VRM("msp"), vrm_net)]
         for name, det, net in detectors:
             t0 = time.perf_counter()
@@ -192,16 +203,16 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool | None = None, log=None) 
             scores = {s: api.predict(x).cpu().numpy() for s, x in sets.items()}
             per_seed.setdefault(name, []).append({s: ood_metrics(scores["id"], scores[s]) for s in OOD_SETS})
             timings.setdefault(f"fit_{name}_s", []).append(fit_s)
-            if seed == cfg.seeds[0]:
+            if seed == config.seeds[0]:
                 arrays.update({f"{name}/{s}": v for s, v in scores.items()})
                 overhead[name] = {
                     "model_parameters": count_parameters(net),
-                    "inference_flops_per_sample": inference_flops(det, id_test.images.to(cfg.device)),
+                    "inference_flops_per_sample": inference_flops(det, id_test.images.to(config.device)),
                     "state_bytes": state_bytes(det),
                     "fit_seconds": round(fit_s, 4),
                 }
-        if seed == cfg.seeds[0]:
-            overhead_training = _training_overhead(cfg, id_train, base, vrm_net, transform, seed)
+        if seed == config.seeds[0]:
+            overhead_training = _training_overhead(config, id_train, base, vrm_net, transform, seed)
 
     detectors = {name: _aggregate(runs) for name, runs in per_seed.items() if not name.startswith("norm_scaling[")}
     best = max(BASELINES, key=lambda n: detectors[n]["auroc"])
@@ -209,7 +220,7 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool | None = None, log=None) 
         f"{m}_vs_{ref}": gains(detectors[m], detectors[r]) for m in ("norm_scaling", "vrm") for ref, r in (("msp", "msp"), ("best_baseline", best))
     }
     results = {
-        "settings": asdict(cfg) | {"k": k, "heldout_classes": held, "ood_sets": list(OOD_SETS),
+        "settings": config_dict(config) | {"k": k, "heldout_classes": held, "ood_sets": list(OOD_SETS),
                                    "id_train": len(id_train), "id_test": len(id_test), "heldout_test": len(heldout),
                                    "photo_sources": photo_manifest()},
         "conventions": {
@@ -227,4 +238,20 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool | None = None, log=None) 
         "timings": {n: float(np.median(v)) for n, v in timings.items()},
         "seconds": round(time.perf_counter() - start, 2),
     }
-    return results, arrays
+    with run_folder(out) as folder:
+        write_npz(os.path.join(folder, "scores.npz"), **arrays)
+        roc_figure(arrays, ["msp", "energy", "odin", "mahalanobis", "knn", "norm_scaling", "vrm"], list(OOD_SETS),
+                   os.path.join(folder, "roc.png"))
+        examples_figure({"id": id_test.images} | ood_sets(id_test.images, heldout, seed=config.seeds[0]),
+                        os.path.join(folder, "ood_examples.png"))
+        write_results(folder, results)
+    if not config.quiet:
+        headline = {n: detectors[n] for n in HEADLINE}
+        for metric in ("auroc", "fpr95"):
+            print(f"\n{metric} (%), mean ± std over seeds {list(config.seeds)}\n" + markdown_table(headline, metric))
+    return results
+
+
+def summary(results: dict) -> dict:
+    """What ``curvfast ood`` prints: ID accuracy per network and the run time."""
+    return {"id_accuracy": {k: v["mean"] for k, v in results["id_accuracy"].items()}, "seconds": results["seconds"]}

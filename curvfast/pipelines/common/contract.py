@@ -1,0 +1,195 @@
+"""The pipeline contract, and the command line generated from it.
+
+A pipeline is a package ``curvfast.pipelines.<command>`` that exposes
+
+- ``Config``: a dataclass; every field is one option of ``curvfast <command>``, with its default
+  and a one-line help (:func:`option`). Fields named in :data:`COMMON_HELP` mean the same thing in
+  every pipeline and get that help text, so ``--help`` shows one name per idea;
+- ``run(config, out=None) -> dict``: runs the pipeline, writes its run folder ``out`` (``None``: a
+  temporary folder, removed afterwards) and returns the dict it wrote as ``out/results.json``;
+- optionally ``summary(results) -> dict``: the part of the results the command prints.
+
+The command line is generated from ``Config`` (:func:`register`): field ``batch_size`` becomes
+``--batch-size``; a ``bool`` becomes ``--x`` / ``--no-x``; a ``tuple`` a comma-separated list;
+``choices`` are checked. The command itself adds ``--out`` (the run folder) and ``--threads``
+(torch's CPU threads, a process setting, so not part of a config). Defaults therefore live in one
+place: the dataclass.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import sys
+import tempfile
+import types
+import typing
+
+import torch
+
+from curvfast.io import write_json
+
+__all__ = ["COMMON_HELP", "RunFailed", "option", "config_dict", "run_folder", "write_results", "register", "main_for"]
+
+COMMON_HELP = {
+    "dataset": "dataset name: digits (bundled), imagefolder, filelist, or a torchvision set such as cifar10 read from --root",
+    "root": "folder that already holds the dataset (never downloaded)",
+    "model": "zoo name (small_cnn, cifar_resnet18, mlp, mlp2) or a torchvision architecture",
+    "checkpoint": "trained weights to start from (a checkpoint written by curvfast)",
+    "device": "cpu, cuda or cuda:N",
+    "batch_size": "training mini-batch size",
+    "workers": "DataLoader worker processes",
+    "seed": "random seed (data order, initialisation, probes)",
+    "quiet": "no progress bars or log lines",
+    "dp_epsilon": "train with DP-SGD (Opacus) at this privacy budget ε (inf: the same recipe without noise)",
+    "dp_delta": "DP-SGD's δ",
+    "dp_max_grad_norm": "DP-SGD's per-sample gradient clipping norm C",
+}
+
+
+class RunFailed(RuntimeError):
+    """The run itself failed (a node crashed, an attack produced no finite score): exit status 1,
+    where a setting the user can fix is a ``ValueError`` (exit status 2)."""
+
+
+def option(default=dataclasses.MISSING, help: str | None = None, *, choices=None):  # noqa: A002 (argparse's word)
+    """A ``Config`` field: its default, one line of help (omit it for a :data:`COMMON_HELP` name) and,
+    optionally, the allowed values (for a tuple field: of each element)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def config_dict(config) -> dict:
+    """The resolved config as plain JSON values (what ``results.json`` records)."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+@contextlib.contextmanager
+def run_folder(out: str | os.PathLike | None):
+    """Yield the run folder ``out`` (created), or a temporary one removed on exit when ``out`` is None."""
+    if out is None:
+        with tempfile.TemporaryDirectory(prefix="curvfast-") as tmp:
+            yield tmp
+    else:
+        os.makedirs(out, exist_ok=True)
+        yield os.fspath(out)
+
+
+def write_results(out: str, results: dict) -> dict:
+    """Write ``results`` atomically to ``out/results.json`` and return it."""
+    write_json(os.path.join(out, "results.json"), results)
+    return results
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _scalar_parser(tp, flag: str):
+    """argparse ``type=`` for int / float / str (float accepts inf), with the option named in errors."""
+    if tp is bool or tp not in (int, float, str):
+        raise TypeError(f"{flag}: Config fields must be bool, int, float, str, an optional one or a tuple of one (got {tp!r})")
+    if tp is str:
+        return str
+
+    def parse(text: str):
+        try:
+            value = tp(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} takes {'an integer' if tp is int else 'a number'} (got {text!r})") from None
+        if tp is float and math.isnan(value):
+            raise argparse.ArgumentTypeError(f"{flag} takes a number, not nan")
+        return value
+
+    return parse
+
+
+def _list_parser(element, flag: str, choices):
+    """argparse ``type=`` for a comma-separated tuple of ``element`` values, each in ``choices``."""
+    one = _scalar_parser(element, flag)
+
+    def parse(text: str):
+        values = tuple(one(v.strip()) for v in text.split(",") if v.strip())
+        if not values:
+            raise argparse.ArgumentTypeError(f"{flag} takes a comma-separated list (got {text!r})")
+        bad = [v for v in values if choices is not None and v not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(f"{flag} takes a comma-separated subset of {', '.join(map(str, choices))} (got {text!r})")
+        return values
+
+    return parse
+
+
+def _unwrap_optional(tp):
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(inner) == 1:
+            return inner[0]
+    return tp
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
+    """One option per field of the dataclass ``config_cls`` (see the module docstring)."""
+    hints = typing.get_type_hints(config_cls)
+    for f in dataclasses.fields(config_cls):
+        flag, tp = _flag(f.name), _unwrap_optional(hints[f.name])
+        help_text = f.metadata.get("help") or COMMON_HELP.get(f.name)
+        if not help_text:
+            raise TypeError(f"{config_cls.__qualname__}.{f.name} has no help: declare it with option(default, help)")
+        choices = f.metadata.get("choices")
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        kwargs: dict = {"dest": f.name, "help": help_text, "required": required}
+        if not required:
+            kwargs["default"] = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            if tp is not bool:
+                shown = ",".join(map(str, kwargs["default"])) if isinstance(kwargs["default"], tuple) else kwargs["default"]
+                kwargs["help"] += f" (default: {shown})"
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(tp) is tuple:
+            kwargs["type"] = _list_parser(typing.get_args(tp)[0], flag, choices)
+            kwargs["metavar"] = "A,B,..."
+        else:
+            kwargs["type"] = _scalar_parser(tp, flag)
+            if choices is not None:
+                kwargs["choices"] = choices
+        parser.add_argument(flag, **kwargs)
+
+
+def register(subparsers, command: str, pipeline) -> None:
+    """Add ``curvfast <command>`` for the pipeline module ``pipeline``: the first line of its docstring is
+    the one-line help, its first two paragraphs the description."""
+    paragraphs = (pipeline.__doc__ or command).strip().split("\n\n")
+    p = subparsers.add_parser(command, help=paragraphs[0].splitlines()[0], description="\n\n".join(paragraphs[:2]),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(p, pipeline.Config)
+    p.add_argument("--out", required=True, help="run folder: results.json and the pipeline's other outputs")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 is fastest for tiny models on a busy machine)")
+    p.set_defaults(func=main_for(pipeline))
+
+
+def main_for(pipeline):
+    """The command function of ``pipeline``: build its Config from the parsed options, set the threads,
+    run it, print its summary as JSON (unless quiet). Exit status 0, or 1 on :class:`RunFailed`."""
+
+    def main(args) -> int:
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(pipeline.Config)}
+        config = pipeline.Config(**values)
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ValueError(f"--threads must be >= 1 (got {args.threads})")
+            torch.set_num_threads(args.threads)
+        try:
+            results = pipeline.run(config, out=args.out)
+        except RunFailed as err:
+            print(f"curvfast {args.command}: error: {err}", file=sys.stderr)
+            return 1
+        if not getattr(config, "quiet", False):
+            shown = pipeline.summary(results) if hasattr(pipeline, "summary") else results
+            print(json.dumps({**shown, "out": args.out}, indent=1, default=str))
+        return 0
+
+    return main

@@ -1,0 +1,120 @@
+"""The pipelines' one contract (``Config`` + ``run(config, out=None) -> dict``), the CLI generated
+from it, and the house rules: one package per command, no pipeline imports another, one option
+name per idea."""
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import importlib
+import inspect
+import pathlib
+
+import pytest
+
+from curvfast.cli import build_parser, main
+from curvfast.pipelines import COMMANDS
+from curvfast.pipelines.common.contract import COMMON_HELP, add_config_arguments, option
+
+PIPELINES = pathlib.Path(__file__).resolve().parents[1] / "curvfast" / "pipelines"
+# names a pipeline once used for an idea that now has one common name
+ALIASES = {"--dp-clip": "--dp-max-grad-norm", "--max-grad-norm": "--dp-max-grad-norm", "--delta": "--dp-delta",
+           "--epsilon": "--dp-epsilon", "--num-workers": "--workers", "--arch": "--model"}
+
+
+def _subparsers():
+    return next(a for a in build_parser()._actions if a.dest == "command").choices
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_is_a_package_with_config_and_run(command):
+    module = importlib.import_module(f"curvfast.pipelines.{command}")
+    assert dataclasses.is_dataclass(module.Config)
+    params = list(inspect.signature(module.run).parameters.values())
+    assert [p.name for p in params[:2]] == ["config", "out"] and params[1].default is None
+    assert command in _subparsers()
+    assert (PIPELINES.parent.parent / "docs" / f"{command}.md").exists()
+
+
+def _imported_modules(path: pathlib.Path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            yield node.module
+        elif isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+
+
+@pytest.mark.parametrize("command", COMMANDS + ("common",))
+def test_no_pipeline_imports_another(command):
+    allowed = {command, "common"}
+    for path in (PIPELINES / command).rglob("*.py"):
+        for name in _imported_modules(path):
+            parts = name.split(".")
+            if parts[:2] == ["curvfast", "pipelines"] and len(parts) > 2:
+                assert parts[2] in allowed, f"{path.relative_to(PIPELINES)} imports {name}"
+            if command == "common":
+                assert parts[:2] != ["curvfast", "pipelines"] or parts[2:3] == ["common"], f"common imports {name}"
+
+
+def test_an_option_has_one_name_and_one_meaning_across_pipelines():
+    helps: dict[str, set] = {}
+    for command, parser in _subparsers().items():
+        if command not in COMMANDS:
+            continue
+        for action in parser._actions:
+            for flag in action.option_strings:
+                assert flag not in ALIASES, f"curvfast {command} {flag}: call it {ALIASES[flag]}"
+                helps.setdefault(flag, set()).add((action.help or "").split(" (default")[0])
+    for name, text in COMMON_HELP.items():
+        flag = "--" + name.replace("_", "-")
+        assert helps.get(flag, {text}) == {text}, f"{flag} has several meanings: {helps[flag]}"
+
+
+@dataclasses.dataclass
+class _Toy:
+    size: int = option(3, "a size")
+    rates: tuple[float, ...] = option((0.5, 1.0), "some rates")
+    kinds: tuple[str, ...] = option(("a",), "kinds", choices=("a", "b"))
+    mode: str = option("x", "a mode", choices=("x", "y"))
+    name: str | None = option(None, "an optional name")
+    flag: bool = option(False, "a switch")
+    seed: int = option(0)
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_config_arguments(parser, _Toy)
+    return _Toy(**vars(parser.parse_args(argv)))
+
+
+def test_generated_options_parse_types_lists_choices_and_bools():
+    assert _parse([]) == _Toy()
+    cfg = _parse(["--size", "5", "--rates", "1,inf", "--kinds", "b,a", "--mode", "y", "--name", "n", "--flag", "--seed", "2"])
+    assert cfg == _Toy(5, (1.0, float("inf")), ("b", "a"), "y", "n", True, 2)
+    assert _parse(["--no-flag"]).flag is False
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--size", "1.5"], "--size takes an integer"),
+    (["--rates", "1,x"], "--rates takes a number"),
+    (["--rates", "nan"], "not nan"),
+    (["--kinds", "a,c"], "subset of a, b"),
+    (["--rates", ","], "comma-separated list"),
+])
+def test_generated_options_refuse_bad_values_naming_the_option(argv, message):
+    with pytest.raises(argparse.ArgumentError, match=message):
+        _parse(argv)
+
+
+def test_a_field_without_help_is_refused():
+    @dataclasses.dataclass
+    class NoHelp:
+        size: int = 3
+
+    with pytest.raises(TypeError, match="NoHelp.size has no help"):
+        add_config_arguments(argparse.ArgumentParser(), NoHelp)
+
+
+def test_threads_below_one_is_a_clear_error(tmp_path, capsys):
+    assert main(["ood", "--out", str(tmp_path), "--threads", "0"]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err
