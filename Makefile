@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 # The pinned stack (newer torch needs C++20 and pulls GBs; 2.13 has no torchvision).
 STACK  := torch==2.14.1 torchvision==0.29.1
-DEPS   := numpy scikit-learn matplotlib tqdm pytest pytest-benchmark ninja "setuptools>=64" wheel build \
+DEPS   := numpy scikit-learn matplotlib tqdm pytest pytest-benchmark ruff ninja "setuptools>=64" wheel build \
           scikit-image opacus cleanlab networkx av pytorch-ood
 # torchattacks pins requests~=2.25 (an old release it never imports); its real needs are in DEPS.
 NODEPS := torchattacks==3.5.1
@@ -33,6 +33,7 @@ demo: $(VENV)/.curvfast
 	$(PY) -m curvfast demo --out runs/demo
 
 test: $(VENV)/.curvfast
+	$(VENV)/bin/ruff check curvfast benchmarks tests
 	$(PY) -m pytest -q tests
 
 bench: $(VENV)/.curvfast

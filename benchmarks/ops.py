@@ -39,7 +39,8 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         raw = os.path.join(tmp, "bench.json")
         env = {**os.environ, "CURVFAST_BENCH_DEVICE": args.device}
-        subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.join(os.path.dirname(__file__), "test_ops_speed.py"),
+        subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        os.path.join(os.path.dirname(__file__), "test_ops_speed.py"),
                         f"--benchmark-json={raw}", "--benchmark-disable-gc"], check=True, env=env)
         with open(raw) as f:
             bench = json.load(f)

@@ -9,39 +9,19 @@ import argparse
 import importlib
 import json
 import os
-import platform
-import re
 import sys
 
 import torch
 
-from . import __version__, ops
+from . import __version__
 
 METHOD_CHOICES = ("auto", "exact", "sampled", "hutchinson", "deflated", "fd", "zo")
 STAT_CHOICES = ("trace", "frobenius", "top_eigenvalue", "spectrum", "fd", "zo")
 
 
-def doctor_report() -> dict:
-    """Versions, whether the native extension loaded, whether it has CUDA kernels, GPUs present."""
-    import torchvision
-
-    gpu = torch.cuda.is_available()
-    return {
-        "curvfast": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "torch_cuda": torch.version.cuda,
-        "extension": ops.native_available(),
-        "extension_error": ops.load_error(),
-        "cuda_compiled": ops.cuda_compiled(),
-        "gpu_available": gpu,
-        "gpu": torch.cuda.get_device_name(0) if gpu else None,
-        "threads": torch.get_num_threads(),
-    }
-
-
 def _cmd_doctor(args) -> int:
+    from .doctor import report as doctor_report
+
     report = doctor_report()
     if args.json:
         print(json.dumps(report, indent=2))
@@ -65,49 +45,14 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def load_model(checkpoint: str, model_name: str | None, dataset: str, root: str | None):
-    """Build the checkpoint's model (or ``model_name``) and load its weights (weights_only)."""
-    from .data import get_dataset
-    from .io import load_checkpoint
-    from .models import build_model
-
-    ckpt = load_checkpoint(checkpoint)
-    name = model_name or ckpt.get("model")
-    if not isinstance(name, str):
-        raise ValueError(f"checkpoint {checkpoint!r} does not name its model; pass --model")
-    sizes = {}
-    for key in ("num_classes", "in_channels"):
-        value = ckpt.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"checkpoint {checkpoint!r} records {key}={value!r}, which is not a positive int; "
-                             "fix the checkpoint's metadata or re-save it with save_checkpoint")
-        sizes[key] = value
-    if None in sizes.values():  # not recorded: the dataset's
-        _, info = get_dataset(dataset, "train", root=root)
-        sizes = {key: info.num_classes if key == "num_classes" else info.in_channels for key in sizes} | {
-            k: v for k, v in sizes.items() if v is not None}
-    model = build_model(name, sizes["num_classes"], sizes["in_channels"])
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as err:
-        raise ValueError(f"checkpoint {checkpoint!r} does not fit model {name!r}: {str(err).splitlines()[0]}") from err
-    return model
-
-
-def _folder_name(checkpoint: str) -> str:
-    """A model's folder name from its checkpoint's file name: characters other than letters,
-    digits, '_', '.' and '-' become '_' (so any file name works)."""
-    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.splitext(os.path.basename(checkpoint))[0])
-    return stem if re.match(r"[A-Za-z0-9]", stem) else f"m{stem}"
-
-
 def _cmd_score(args) -> int:
     """Score with one or several checkpoints; under torchrun every rank runs this, rank 0 reports."""
     from . import distributed
+    from .checkpoints import folder_name, load_model
     from .data import get_dataset
     from .engine import score, score_models
 
-    names = [_folder_name(c) for c in args.checkpoint]
+    names = [folder_name(c) for c in args.checkpoint]
     if len(set(names)) != len(names):  # same file name in different folders: number them
         names = [f"{i}-{n}" for i, n in enumerate(names)]
     models = {n: load_model(c, args.model, args.dataset, args.root) for n, c in zip(names, args.checkpoint)}
@@ -134,27 +79,9 @@ def _cmd_score(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from .data import get_dataset
-    from .engine import score
-    from .pipelines.common.plots import image_grid
-    from .pipelines.common.training import train_model
+    from .demo import run_demo
 
-    out = args.out
-    os.makedirs(out, exist_ok=True)
-    print(f"[1/3] training small_cnn on digits ({args.epochs} epochs)")
-    model, info = train_model("small_cnn", "digits", epochs=args.epochs, seed=args.seed, out=os.path.join(out, "model.pt"))
-    print(f"      train accuracy {info['train_accuracy']:.4f}, test accuracy {info['test_accuracy']:.4f}")
-    dataset, _ = get_dataset("digits", "train")
-    print(f"[2/3] scoring all {len(dataset)} training digits with the exact input-Hessian trace")
-    res = score(model, dataset, method="exact", batch_size=128, out=out, progress=None)
-    summary = res.summary()
-    print("      " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
-    top = res.index[(-res.score).argsort()[: args.top]]
-    images = dataset.images[top].numpy()
-    titles = [f"#{i} y={int(dataset.targets[i])}\ncurv={res.score[i]:.3g}" for i in top]
-    grid = os.path.join(out, "top_curvature.png")
-    image_grid(images, titles, grid, suptitle="digits with the highest input-loss curvature (exact trace)")
-    print(f"[3/3] wrote {out}/scores.npz, {out}/results.json, {out}/model.pt and {grid}")
+    run_demo(args.out, epochs=args.epochs, seed=args.seed, top=args.top)
     return 0
 
 
@@ -173,6 +100,7 @@ def apply_threads(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``curvfast`` parser: the core commands, then one generated sub-command per pipeline."""
     parser = argparse.ArgumentParser(prog="curvfast", description="Per-sample input loss curvature for PyTorch models.")
     parser.add_argument("--version", action="version", version=f"curvfast {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -254,6 +182,7 @@ def expected_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv``, run the command; a user-fixable failure prints one ``error:`` line and returns 2."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

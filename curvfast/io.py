@@ -37,10 +37,12 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
 
 
 def write_json(path: str, obj) -> None:
+    """Write ``obj`` as indented, key-sorted JSON to ``path`` atomically."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def write_npz(path: str, **arrays) -> None:
+    """Write ``arrays`` (anything ``np.asarray`` takes) as an uncompressed ``.npz`` to ``path`` atomically."""
     buf = io.BytesIO()
     np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
     atomic_write_bytes(path, buf.getvalue())

@@ -29,7 +29,8 @@ class ResidualPL(nn.Module):
         self.bn = nn.BatchNorm2d(width)
         self.act = act()
         self.pool = pool(2)
-        self.block = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), act(), nn.Conv2d(width, width, 3, padding=1))
+        self.block = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), act(),
+                                   nn.Conv2d(width, width, 3, padding=1))
         self.avg = nn.AvgPool2d(2)
         self.fc = nn.Linear(width * 2 * 2, num_classes)
 

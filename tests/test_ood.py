@@ -273,7 +273,8 @@ def test_detectors_agree_with_pytorch_ood():
     x, y = torch.randn(40, 1, 4, generator=gen), torch.arange(40) % 4
     for ours, theirs in ((MSP(), pood.MaxSoftmax(model)), (MaxLogit(), pood.MaxLogit(model)), (Energy(), pood.EnergyBased(model))):
         torch.testing.assert_close(ours.attach(model).score(x).float(), theirs.predict(x), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(ODIN(1000.0, 0.01).attach(model).score(x).float(), pood.ODIN(model, eps=0.01).predict(x), atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(ODIN(1000.0, 0.01).attach(model).score(x).float(), pood.ODIN(model, eps=0.01).predict(x),
+                               atol=1e-6, rtol=1e-4)
     h = model[:-1](x).detach()
     theirs = pood.Mahalanobis(None).fit_features(h, y).predict_features(h)
     ours = Mahalanobis().fit_features(features=h, labels=y).score_outputs(features=h)

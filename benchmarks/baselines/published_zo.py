@@ -20,7 +20,8 @@ def published_zo(model, x, y, probes: int = 10, h: float = 1e-3, generator=None)
         for _ in range(probes):
             v = torch.randint(0, 2, x.shape, generator=generator, device=x.device).to(x) * 2 - 1
             u = torch.randint(0, 2, x.shape, generator=generator, device=x.device).to(x) * 2 - 1
-            terms = [F.cross_entropy(model(view + h * (a * v + b * u)), y, reduction="none") for a, b in ((1, 1), (-1, 1), (1, -1), (-1, -1))]
+            terms = [F.cross_entropy(model(view + h * (a * v + b * u)), y, reduction="none")
+                     for a, b in ((1, 1), (-1, 1), (1, -1), (-1, -1))]
             acc += ((terms[0] - terms[1] - terms[2] + terms[3]).abs() / (4 * h)).cpu()
         out.append(acc / probes)
     return out[0]

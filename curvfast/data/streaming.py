@@ -16,6 +16,8 @@ into every DataLoader worker by reference counting; these arrays stay shared.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import hashlib
 import os
 import stat
@@ -23,6 +25,9 @@ from array import array
 
 import numpy as np
 from torch.utils.data import Dataset
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = ["FileListDataset", "StreamingImageFolder", "IMAGE_EXTENSIONS"]
 
@@ -50,7 +55,7 @@ class _Catalogue:
         return np.frombuffer(bytes(self.buffer), dtype=np.uint8), offsets, np.frombuffer(self.labels, dtype=np.int64).copy()
 
 
-def load_image(path: str, mode: str = "RGB", what: str = "image ") -> "PIL.Image.Image":
+def load_image(path: str, mode: str = "RGB", what: str = "image ") -> "Image.Image":
     """Decode the regular file ``path`` with PIL; any failure is an OSError naming the file.
     Anything but a regular file (a FIFO, a device, a folder) is refused before it is opened,
     since reading one can block forever."""
@@ -74,7 +79,7 @@ class _PathLabelDataset(Dataset):
     """Paths (one byte buffer + offsets) and labels; loads ``root/path`` with PIL on access."""
 
     def __init__(self, root: str, catalogue: "_Catalogue", transform=None, image_size: int | None = None, mode: str = "RGB"):
-        from . import _image_transform
+        from curvfast.data.datasets import _image_transform
 
         self._buffer, self._offsets, self.targets = catalogue.arrays()
         self.root = root
@@ -109,7 +114,7 @@ class _PathLabelDataset(Dataset):
     def write_filelist(self, path: str) -> None:
         """Write this catalogue as a file list (``<path> <label>`` lines, relative to ``root``),
         atomically, so later runs skip the folder scan."""
-        from ..io import atomic_write_bytes
+        from curvfast.io import atomic_write_bytes
 
         lines = (f"{self._buffer[self._offsets[i]:self._offsets[i + 1]].tobytes().decode()} {self.targets[i]}\n"
                  for i in range(len(self)))

@@ -114,7 +114,8 @@ class Detector:
         self.extractor = OutputExtractor(model, feature_layer, output_transform)
         return self
 
-    def fit(self, model: nn.Module, id_loader=None, *, feature_layer: str | None = None, output_transform: Callable | None = None) -> "Detector":
+    def fit(self, model: nn.Module, id_loader=None, *, feature_layer: str | None = None,
+            output_transform: Callable | None = None) -> "Detector":
         """Attach ``model`` and, for detectors that learn from ID data, read ``id_loader`` (a DataLoader
         or Dataset of ``(x, y)`` in-distribution training samples) once."""
         self.attach(model, feature_layer, output_transform)
@@ -127,7 +128,8 @@ class Detector:
             self.fitted = True
         return self
 
-    def fit_features(self, logits: torch.Tensor | None = None, features: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> "Detector":
+    def fit_features(self, logits: torch.Tensor | None = None, features: torch.Tensor | None = None,
+                     labels: torch.Tensor | None = None) -> "Detector":
         """Fit from saved in-distribution outputs. The base detector has nothing to learn."""
         self.fitted = True
         return self

@@ -38,6 +38,7 @@ def gains(method: dict, reference: dict) -> dict[str, dict[str, float]]:
     """Change of ``method`` over ``reference`` (each ``{metric: value}``) per metric, in absolute
     percentage points and relative percent: (m - r) / r * 100 (negative FPR95 change = better)."""
     return {
-        m: {"points": 100 * (method[m] - reference[m]), "relative_percent": 100 * (method[m] - reference[m]) / reference[m] if reference[m] else float("nan")}
+        m: {"points": 100 * (method[m] - reference[m]),
+            "relative_percent": 100 * (method[m] - reference[m]) / reference[m] if reference[m] else float("nan")}
         for m in METRIC_NAMES
     }

@@ -30,7 +30,7 @@ def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int |
     return sums / counts.unsqueeze(1).to(features.dtype)
 
 
-def check_labels(labels, n: int, detector: str) -> torch.Tensor:
+def detector_labels(labels, n: int, detector: str) -> torch.Tensor:
     if labels is None:
         raise ValueError(f"{detector}.fit_features needs labels=... (the ID training labels)")
     labels = torch.as_tensor(labels).long().reshape(-1)
@@ -47,7 +47,7 @@ class Mahalanobis(Detector):
 
     def fit_features(self, logits=None, features=None, labels=None):
         h = require(features, "features", "Mahalanobis").double()
-        y = check_labels(labels, h.shape[0], "Mahalanobis")
+        y = detector_labels(labels, h.shape[0], "Mahalanobis")
         self.means = class_means(h, y)
         centered = h - self.means[y]
         cov = centered.T @ centered / h.shape[0]

@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 
 from curvfast.pipelines.ood.base import Detector, require
-from curvfast.pipelines.ood.feature_detectors import check_labels, class_means
+from curvfast.pipelines.ood.feature_detectors import detector_labels, class_means
 
 __all__ = ["NormScaling", "per_class_statistic", "NORM_STATISTICS", "SOURCES"]
 
@@ -92,15 +92,16 @@ class NormScaling(Detector):
         with ``source="logits"``; after ``fit(model, ...)`` they are read from the model."""
         if self.source == "class_means":
             h = require(features, "features", "NormScaling(source='class_means')").double()
-            self.means = class_means(h, check_labels(labels, h.shape[0], "NormScaling"))
+            self.means = class_means(h, detector_labels(labels, h.shape[0], "NormScaling"))
         sim = self.similarity(logits, features)
-        y = check_labels(labels, sim.shape[0], "NormScaling")
+        y = detector_labels(labels, sim.shape[0], "NormScaling")
         if self.statistic == "weight_norm":
             reps = self.means if self.source == "class_means" else class_weights
             if reps is None and self.extractor is not None:
                 reps = self.extractor.class_weights()
             if reps is None:
-                raise ValueError("statistic='weight_norm' with source='logits' needs class_weights=<classifier weight (K, D)> or fit(model, ...)")
+                raise ValueError("statistic='weight_norm' with source='logits' needs "
+                                 "class_weights=<classifier weight (K, D)> or fit(model, ...)")
             scale = reps.double().norm(dim=1).cpu()
         else:
             scale = per_class_statistic(sim, y, self.statistic)

@@ -20,6 +20,7 @@ __all__ = ["count_parameters", "inference_flops", "train_step_cost", "state_byte
 
 
 def count_parameters(model: torch.nn.Module) -> int:
+    """Number of scalar parameters of ``model``."""
     return sum(p.numel() for p in model.parameters())
 
 

@@ -147,7 +147,8 @@ def _train_pair(config: Config, id_train, seed: int, progress):
 
 def _training_overhead(config: Config, id_train, base, vrm_net, transform: VRMTransform, seed: int) -> dict:
     """FLOPs and saved-activation bytes of one training step of each network, and FLOPs per epoch."""
-    loader = torch.utils.data.DataLoader(id_train, batch_size=config.batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    loader = torch.utils.data.DataLoader(id_train, batch_size=config.batch_size, shuffle=True,
+                                         generator=torch.Generator().manual_seed(seed))
     x, y = next(iter(loader))
     vb = vrm_batch(x, y, transform.num_classes, np.random.default_rng(seed), **transform.kwargs)
     cost = {"baseline": train_step_cost(base, x.to(config.device), y.to(config.device)),
@@ -217,7 +218,8 @@ def run(config: Config, out: str | None = None) -> dict:
     detectors = {name: _aggregate(runs) for name, runs in per_seed.items() if not name.startswith("norm_scaling[")}
     best = max(BASELINES, key=lambda n: detectors[n]["auroc"])
     comparison = {"best_baseline": best} | {
-        f"{m}_vs_{ref}": gains(detectors[m], detectors[r]) for m in ("norm_scaling", "vrm") for ref, r in (("msp", "msp"), ("best_baseline", best))
+        f"{m}_vs_{ref}": gains(detectors[m], detectors[r])
+        for m in ("norm_scaling", "vrm") for ref, r in (("msp", "msp"), ("best_baseline", best))
     }
     results = {
         "settings": config_dict(config) | {"k": k, "heldout_classes": held, "ood_sets": list(OOD_SETS),

@@ -1,0 +1,43 @@
+"""Models from checkpoints: rebuild the recorded architecture and load its weights."""
+from __future__ import annotations
+
+import os
+import re
+
+from curvfast.data import get_dataset
+from curvfast.io import load_checkpoint
+from curvfast.models import build_model
+
+__all__ = ["load_model", "folder_name"]
+
+
+def load_model(checkpoint: str, model_name: str | None, dataset: str, root: str | None):
+    """Build the checkpoint's model (or ``model_name``) and load its weights (weights_only)."""
+    ckpt = load_checkpoint(checkpoint)
+    name = model_name or ckpt.get("model")
+    if not isinstance(name, str):
+        raise ValueError(f"checkpoint {checkpoint!r} does not name its model; pass --model")
+    sizes = {}
+    for key in ("num_classes", "in_channels"):
+        value = ckpt.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"checkpoint {checkpoint!r} records {key}={value!r}, which is not a positive int; "
+                             "fix the checkpoint's metadata or re-save it with save_checkpoint")
+        sizes[key] = value
+    if None in sizes.values():  # not recorded: the dataset's
+        _, info = get_dataset(dataset, "train", root=root)
+        sizes = {key: info.num_classes if key == "num_classes" else info.in_channels for key in sizes} | {
+            k: v for k, v in sizes.items() if v is not None}
+    model = build_model(name, sizes["num_classes"], sizes["in_channels"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        raise ValueError(f"checkpoint {checkpoint!r} does not fit model {name!r}: {str(err).splitlines()[0]}") from err
+    return model
+
+
+def folder_name(checkpoint: str) -> str:
+    """A model's folder name from its checkpoint's file name: characters other than letters,
+    digits, '_', '.' and '-' become '_' (so any file name works)."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.splitext(os.path.basename(checkpoint))[0])
+    return stem if re.match(r"[A-Za-z0-9]", stem) else f"m{stem}"

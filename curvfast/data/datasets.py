@@ -1,0 +1,145 @@
+"""The dataset registry: the bundled sklearn digits, image folders, torchvision datasets on a user's root.
+
+Nothing is ever downloaded: torchvision datasets are opened with ``download=False`` on a
+root the user already has. Every dataset yields ``(image tensor (C, H, W) float32, int label)``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+__all__ = ["DigitsDataset", "get_dataset", "DatasetInfo", "available_datasets"]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model for the dataset needs: the number of classes and of input channels."""
+
+    num_classes: int
+    in_channels: int
+
+
+class DigitsDataset(Dataset):
+    """sklearn's bundled 8x8 handwritten digits (1797 real images), pixel values scaled to [0, 1].
+
+    The split is fixed: a stratified 75/25 split with ``random_state=0`` gives 1347 train and
+    450 test images, identical on every machine.
+    """
+
+    info = DatasetInfo(num_classes=10, in_channels=1)
+
+    def __init__(self, split: str = "train"):
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        if split not in ("train", "test", "all"):
+            raise ValueError(f"split must be 'train', 'test' or 'all' (got {split!r})")
+        digits = load_digits()
+        images = digits.images.astype(np.float32) / 16.0
+        index = np.arange(len(images))
+        if split != "all":
+            train_idx, test_idx = train_test_split(index, test_size=0.25, random_state=0, stratify=digits.target)
+            index = np.sort(train_idx if split == "train" else test_idx)
+        self.images = torch.from_numpy(images[index]).unsqueeze(1)
+        self.targets = torch.from_numpy(digits.target[index].astype(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        return self.images[i], int(self.targets[i])
+
+
+def _image_transform(image_size: int | None):
+    from torchvision import transforms
+
+    steps = [] if image_size is None else [transforms.Resize(image_size), transforms.CenterCrop(image_size)]
+    return transforms.Compose(steps + [transforms.ToTensor()])
+
+
+_TORCHVISION = {  # name -> (class name, num_classes, channels, uses `train=` rather than `split=`)
+    "mnist": ("MNIST", 10, 1, True),
+    "fashionmnist": ("FashionMNIST", 10, 1, True),
+    "cifar10": ("CIFAR10", 10, 3, True),
+    "cifar100": ("CIFAR100", 100, 3, True),
+    "svhn": ("SVHN", 10, 3, False),
+}
+
+
+def available_datasets() -> list[str]:
+    """The names :func:`get_dataset` takes."""
+    return ["digits", "imagefolder", "filelist"] + sorted(_TORCHVISION)
+
+
+def _require_root(name: str, root: str | None) -> str:
+    if root is None:
+        raise ValueError(f"dataset {name!r} needs root=<folder that already holds it>; curvfast never downloads data")
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"dataset root {root!r} for {name!r} does not exist; pass the folder that holds the data")
+    return root
+
+
+def get_dataset(name: str, split: str = "train", root: str | None = None, image_size: int | None = None,
+                allow_outside_root: bool = False):
+    """Return ``(dataset, DatasetInfo)`` for a registered dataset name.
+
+    - ``digits``: bundled, offline, fixed split.
+    - ``imagefolder``: ``root/<split>/<class>/<image>`` if ``root/<split>`` exists, else ``root/<class>/<image>``
+      (ImageNet layout); ``image_size`` resizes and centre-crops.
+    - ``filelist``: streaming (``curvfast.data.streaming``), for ImageNet-size data: ``root`` is a
+      ``<path> <label>`` list file, or a folder holding ``<split>.txt``, or an image folder
+      (``root/<split>/<class>/<image>`` or ``root/<class>/<image>``). List entries must stay
+      inside the list's folder unless ``allow_outside_root``.
+    - ``mnist``, ``fashionmnist``, ``cifar10``, ``cifar100``, ``svhn``: torchvision classes on ``root``,
+      ``download=False``.
+    """
+    key = name.lower()
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise ValueError(f"image_size must be a positive int (got {image_size!r})")
+    if key == "digits":
+        if image_size not in (None, 8):
+            raise ValueError(f"the digits are 8x8 images and are not resized (got image_size={image_size}); drop --image-size")
+        ds = DigitsDataset(split)
+        return ds, ds.info
+    if key == "imagefolder":
+        from torchvision.datasets import ImageFolder
+
+        from curvfast.data.streaming import load_image
+
+        root = _require_root(name, root)
+        folder = os.path.join(root, split) if os.path.isdir(os.path.join(root, split)) else root
+        ds = ImageFolder(folder, transform=_image_transform(image_size), loader=load_image)
+        if len(ds.classes) < 2:
+            raise ValueError(f"image folder {folder!r} has {len(ds.classes)} class folder(s); need at least 2")
+        return ds, DatasetInfo(num_classes=len(ds.classes), in_channels=3)
+    if key == "filelist":
+        from curvfast.data.streaming import FileListDataset, StreamingImageFolder
+
+        if root is not None and os.path.isfile(root):
+            ds = FileListDataset(root, image_size=image_size, allow_outside_root=allow_outside_root)
+        elif root is not None and os.path.isfile(os.path.join(root, f"{split}.txt")):
+            ds = FileListDataset(os.path.join(root, f"{split}.txt"), image_size=image_size,
+                                 allow_outside_root=allow_outside_root)
+        else:
+            root = _require_root(name, root)
+            ds = StreamingImageFolder(os.path.join(root, split) if os.path.isdir(os.path.join(root, split)) else root,
+                                      image_size=image_size)
+        return ds, DatasetInfo(num_classes=ds.num_classes, in_channels=3)
+    if key in _TORCHVISION:
+        import torchvision.datasets as tvd
+
+        cls_name, num_classes, channels, uses_train = _TORCHVISION[key]
+        root = _require_root(name, root)
+        if split not in ("train", "test"):
+            raise ValueError(f"split for {name!r} must be 'train' or 'test' (got {split!r})")
+        kwargs = {"train": split == "train"} if uses_train else {"split": split}
+        try:
+            ds = getattr(tvd, cls_name)(root, download=False, transform=_image_transform(image_size), **kwargs)
+        except RuntimeError as err:
+            raise FileNotFoundError(f"{cls_name} not found under {root!r} ({err}); curvfast never downloads data") from err
+        return ds, DatasetInfo(num_classes=num_classes, in_channels=channels)
+    raise ValueError(f"unknown dataset {name!r}; choose one of {available_datasets()}")

@@ -1,0 +1,116 @@
+"""The model zoo: small networks for the bundled data and torchvision architectures by name.
+
+Every model returns logits of shape (B, num_classes). Zoo models are built from
+piecewise-linear pieces (conv, linear, ReLU, max-pool, average-pool, eval BatchNorm,
+residual adds), so the exact Gauss-Newton identity (README, "Why it is fast and exact") gives their true
+input-Hessian trace.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["SmallCNN", "MLP", "cifar_resnet18", "build_model", "available_models"]
+
+
+class SmallCNN(nn.Module):
+    """conv-BN-ReLU x2 -> max-pool -> residual conv block -> global average pool -> linear."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.block = nn.Sequential(
+            nn.Conv2d(width, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+        )
+        self.relu = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        h = self.relu(h + self.block(h))
+        return self.fc(torch.flatten(self.pool(h), 1))
+
+
+class MLP(nn.Module):
+    """x (B, ...) -> flatten -> (Linear -> ReLU) x ``depth`` -> Linear: logits (B, num_classes).
+
+    Zoo names: ``mlp`` (one hidden layer, the memorization pipeline's default: hundreds of models
+    train fast) and ``mlp2`` (two hidden layers, the transfer pipeline's non-convolutional member).
+    """
+
+    def __init__(self, in_features: int, num_classes: int, width: int = 256, depth: int = 1):
+        super().__init__()
+        if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
+            raise ValueError(f"an MLP needs in_features, the flattened input size, as a positive int (got {in_features!r}); "
+                             "pass build_model(..., in_features=C*H*W)")
+        layers: list[nn.Module] = [nn.Flatten()]
+        features = in_features
+        for _ in range(depth):
+            layers += [nn.Linear(features, width), nn.ReLU()]
+            features = width
+        layers.append(nn.Linear(features, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def cifar_resnet18(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """torchvision ResNet-18 with the CIFAR stem: 3x3 stride-1 first conv, no max-pool."""
+    from torchvision.models import resnet18
+
+    model = resnet18(weights=None, num_classes=num_classes)
+    model.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def _torchvision(name: str, num_classes: int, in_channels: int) -> nn.Module:
+    import torchvision
+
+    if in_channels != 3:
+        raise ValueError(f"torchvision model {name!r} expects 3 input channels (got in_channels={in_channels})")
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+
+
+_ZOO = {
+    "small_cnn": lambda num_classes, in_channels, **kw: SmallCNN(in_channels, num_classes, **kw),
+    "cifar_resnet18": lambda num_classes, in_channels, **kw: cifar_resnet18(num_classes, in_channels),
+    "mlp": lambda num_classes, in_channels, in_features=None, **kw: MLP(in_features, num_classes, depth=1, **kw),
+    "mlp2": lambda num_classes, in_channels, in_features=None, **kw: MLP(in_features, num_classes, depth=2, **kw),
+}
+
+
+def available_models() -> list[str]:
+    """Zoo names plus every torchvision classification model (never with pretrained weights)."""
+    import torchvision
+
+    return sorted(_ZOO) + sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def build_model(name: str, num_classes: int, in_channels: int = 3, **kwargs) -> nn.Module:
+    """Build a zoo model or a torchvision model (``resnet50``, ``vgg11_bn``...) by name, randomly initialised.
+
+    ``kwargs`` go to zoo models: ``width`` (small_cnn, mlp, mlp2) and ``in_features`` (mlp, mlp2: C*H*W)."""
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2 (got {num_classes!r})")
+    if name in _ZOO:
+        return _ZOO[name](num_classes=num_classes, in_channels=in_channels, **kwargs)
+    import torchvision
+
+    if name in torchvision.models.list_models(module=torchvision.models):
+        return _torchvision(name, num_classes, in_channels)
+    raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(_ZOO)}, or a torchvision name such as resnet50")

@@ -1,0 +1,218 @@
+"""The ops' entry points: validate the inputs, then run the native kernel or the reference.
+
+Each function dispatches to ``torch.ops.curvfast.<op>`` (C++/CUDA, see csrc/) when the
+extension is loaded and has kernels for the input's device, else to the same-named function in
+:mod:`curvfast.ops.reference`, which computes the same math. Inputs are validated here with
+ValueError / TypeError naming the argument; the native kernels check again (RuntimeError).
+The ops are not differentiable: their inputs must not require grad.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from curvfast.ops import _loader, reference
+
+__all__ = ["native_available", "cuda_compiled", "load_error", "probes", "logit_factor",
+           "weighted_sq_norms", "probe_moments"]
+
+_FLOATS = (torch.float32, torch.float64)
+
+
+def native_available() -> bool:
+    """True when the compiled extension loaded and registered all ops."""
+    return _loader.NATIVE
+
+
+def cuda_compiled() -> bool:
+    """True when the loaded extension was built with CUDA kernels."""
+    return _loader.CUDA_COMPILED
+
+
+def load_error() -> str | None:
+    """Why the native ops are unavailable (None when they loaded)."""
+    return _loader.LOAD_ERROR
+
+
+def _use_native(device: torch.device) -> bool:
+    if not _loader.NATIVE:
+        return False
+    return device.type == "cpu" or (device.type == "cuda" and _loader.CUDA_COMPILED)
+
+
+def _tensor(name: str, t, ndim: int, dtypes: tuple, fix: str = "") -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor (got {type(t).__name__})")
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D (got shape {tuple(t.shape)})")
+    if t.dtype not in dtypes:
+        names = " or ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} must be {names} (got {t.dtype}){fix}")
+    if t.requires_grad:
+        raise ValueError(f"{name} must not require grad: curvfast ops are not differentiable; "
+                         f"pass {name}.detach()")
+
+
+def _int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int (got {type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum} (got {value})")
+
+
+def _same_device(**tensors: torch.Tensor) -> None:
+    devices = {name: t.device for name, t in tensors.items()}
+    if len(set(devices.values())) > 1:
+        listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
+        raise ValueError(f"tensors must be on one device (got {listing}); move them with .to()")
+
+
+def _check_sample_ids(sample_ids, batch: int | None) -> None:
+    _tensor("sample_ids", sample_ids, 1, (torch.int64,),
+            "; convert with sample_ids.long()")
+    if batch is not None and sample_ids.shape[0] != batch:
+        raise ValueError(f"sample_ids must have length B={batch} (got {sample_ids.shape[0]})")
+
+
+def probes(sample_ids: torch.Tensor, num_probes: int, dim: int, *, seed: int, probe_offset: int = 0,
+           distribution: str = "rademacher", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Deterministic random probe vectors, shape (B, num_probes, dim), on sample_ids' device.
+
+    Entry (b, p, d) depends only on (seed, s = sample_ids[b], j = probe_offset + p, d), never on
+    the batch: with key = (seed mod 2^32, seed >> 32) and Philox4x32-10 counters
+      rademacher: r = philox((d // 128, j, s mod 2^32, s >> 32), key); the entry is +1 if bit
+        d % 32 of word r[(d % 128) // 32] is set, else -1 (E[v v^T] = I);
+      gaussian: r = philox((d // 2, j, s mod 2^32, s >> 32), key); Box-Muller with
+        u1 = (a + 1) 2^-53, u2 = b 2^-53 (a, b the 53-bit draws (r0 << 21) ^ (r1 >> 11) and
+        (r2 << 21) ^ (r3 >> 11)): sqrt(-2 log u1) cos(2 pi u2) for even d, sin for odd d,
+        computed in float64 with portable log/sin/cos (bit-identical on CPU and CUDA), then
+        rounded to dtype.
+    probe_offset + num_probes must be <= 2^32; dtype is float32 or float64.
+    """
+    _check_sample_ids(sample_ids, None)
+    _int("num_probes", num_probes, 0)
+    _int("dim", dim, 0)
+    _int("seed", seed, 0)
+    _int("probe_offset", probe_offset, 0)
+    if seed >= 2**63:
+        raise ValueError(f"seed must be < 2**63 (got {seed})")
+    if probe_offset + num_probes > 2**32:
+        raise ValueError(f"probe_offset + num_probes must be <= 2**32 (got {probe_offset} + "
+                         f"{num_probes}); probe indices are 32-bit")
+    if distribution not in ("rademacher", "gaussian"):
+        raise ValueError(f"distribution must be 'rademacher' or 'gaussian' (got {distribution!r})")
+    if dtype not in _FLOATS:
+        raise TypeError(f"dtype must be torch.float32 or torch.float64 (got {dtype})")
+    if sample_ids.numel() and int(sample_ids.min()) < 0:
+        raise ValueError("sample_ids must be non-negative (they index the dataset)")
+    if _use_native(sample_ids.device):
+        return torch.ops.curvfast.probes(sample_ids, seed, probe_offset, num_probes, dim,
+                                         distribution, dtype)
+    return reference.probes(sample_ids, num_probes, dim, seed=seed, probe_offset=probe_offset,
+                            distribution=distribution, dtype=dtype)
+
+
+def logit_factor(logits: torch.Tensor, labels: torch.Tensor, sample_ids: torch.Tensor, *, num_exact: int,
+                 num_tail: int = 0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Factor of the cross-entropy Hessian in logit space, A = diag(p) - p p^T.
+
+    With ls = log_softmax(z) (float64 internally), p = exp(ls) and u_c = e_c - p,
+    A = sum_c p_c u_c u_c^T. Returns (cotangents (B, K, C), weights (B, K), classes (B, K)
+    int64, loss (B,)) with loss = -ls[y], cotangent entries -p_j and 1 - p_c = -expm1(ls_c) on
+    the diagonal (accurate at tiny loss), in the dtype of logits.
+      num_exact >= C: K = C, classes 0..C-1, weights p_c, so sum_k w_k u_k u_k^T = A.
+      num_exact < C (requires num_tail >= 1): K = num_exact + num_tail. First the num_exact
+        classes with the largest logits (ties to the lower index) with weights p_c; then
+        num_tail stratified draws from the tail T (other classes, ascending index) with
+        P_T = sum_{c in T} p_c: stratum j uses u_j from Philox (seeded by seed and the sample
+        id), point (j + u_j) / num_tail, and takes the first tail class whose cumulative p
+        exceeds point * P_T, with weight P_T / num_tail. Hence sum_k w_k f(c_k) is an unbiased
+        estimate of sum_c p_c f(c) (exact on the top classes).
+    """
+    _tensor("logits", logits, 2, _FLOATS, "; convert with logits.float()")
+    B, C = logits.shape
+    if C < 2:
+        raise ValueError(f"logits need at least 2 classes (got shape {tuple(logits.shape)})")
+    _tensor("labels", labels, 1, (torch.int64,), "; convert with labels.long()")
+    if labels.shape[0] != B:
+        raise ValueError(f"labels must have length B={B} (got {labels.shape[0]})")
+    _check_sample_ids(sample_ids, B)
+    _same_device(logits=logits, labels=labels, sample_ids=sample_ids)
+    _int("num_exact", num_exact, 0)
+    _int("num_tail", num_tail, 0)
+    _int("seed", seed, 0)
+    if num_exact < C and num_tail < 1:
+        raise ValueError(f"num_exact={num_exact} < C={C} samples the remaining classes, so "
+                         "num_tail must be >= 1 (or set num_exact >= C for the exact factor)")
+    if B:
+        bad_label_lo, bad_label_hi, bad_id, non_finite = torch.stack([
+            labels.min() < 0, labels.max() >= C, sample_ids.min() < 0,
+            ~torch.isfinite(logits).all()]).tolist()
+        if bad_label_lo or bad_label_hi:
+            raise ValueError(f"labels must lie in [0, C={C})")
+        if bad_id:
+            raise ValueError("sample_ids must be non-negative (they index the dataset)")
+        if non_finite:
+            raise ValueError("logits must be finite (got NaN or inf)")
+    if _use_native(logits.device):
+        return torch.ops.curvfast.logit_factor(logits, labels, sample_ids, num_exact, num_tail,
+                                               seed)
+    return reference.logit_factor(logits, labels, sample_ids, num_exact=num_exact,
+                                  num_tail=num_tail, seed=seed)
+
+
+def weighted_sq_norms(vjp: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """out[b, k] = weights[b, k] * sum_d vjp[b, k, d]^2, accumulated in float64.
+
+    With vjp[b, k] = J_b^T u_k (input-space pullback of the factor's cotangents) this is the
+    per-entry contribution to tr(J^T A J) = sum_k w_k |J^T u_k|^2. Output dtype = vjp's.
+    """
+    _tensor("vjp", vjp, 3, _FLOATS, "; convert with vjp.float()")
+    _tensor("weights", weights, 2, _FLOATS, "; convert with weights.to(vjp.dtype)")
+    if tuple(weights.shape) != tuple(vjp.shape[:2]):
+        raise ValueError(f"weights must have shape (B, K) = {tuple(vjp.shape[:2])} "
+                         f"(got {tuple(weights.shape)})")
+    if weights.dtype != vjp.dtype:
+        raise TypeError(f"weights must have vjp's dtype {vjp.dtype} (got {weights.dtype}); "
+                        "convert with weights.to(vjp.dtype)")
+    _same_device(vjp=vjp, weights=weights)
+    if _use_native(vjp.device):
+        return torch.ops.curvfast.weighted_sq_norms(vjp, weights)
+    return reference.weighted_sq_norms(vjp, weights)
+
+
+def probe_moments(probes: torch.Tensor, hvp: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor,
+                  count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merges P probe results per sample into running Welford moments.
+
+    Per (b, p): q0 = sum_d probes[b,p,d] hvp[b,p,d] (v^T H v, a Hutchinson trace sample) and
+    q1 = sum_d hvp[b,p,d]^2 (|Hv|^2, a squared-Frobenius sample), in float64. With the batch
+    mean mb and sum of squared deviations M2b of the P values (per statistic), n = count + P
+    and delta = mb - mean (Chan et al.):
+      mean' = mean + delta P / n,   m2' = m2 + M2b + delta^2 count P / n.
+    mean and m2 have shape (B, 2) (columns q0, q1); the variance is m2 / (n - 1). Returns
+    (mean', m2') in mean's dtype (float64 recommended).
+    """
+    _tensor("probes", probes, 3, _FLOATS, "; convert with probes.float()")
+    _tensor("hvp", hvp, 3, _FLOATS, "; convert with hvp.to(probes.dtype)")
+    if hvp.shape != probes.shape:
+        raise ValueError(f"hvp must have probes' shape {tuple(probes.shape)} "
+                         f"(got {tuple(hvp.shape)})")
+    if hvp.dtype != probes.dtype:
+        raise TypeError(f"hvp must have probes' dtype {probes.dtype} (got {hvp.dtype}); "
+                        "convert with hvp.to(probes.dtype)")
+    if probes.shape[1] < 1:
+        raise ValueError("probes must hold at least one probe (P >= 1)")
+    B = probes.shape[0]
+    _tensor("mean", mean, 2, _FLOATS, "; convert with mean.double()")
+    _tensor("m2", m2, 2, _FLOATS, "; convert with m2.double()")
+    if tuple(mean.shape) != (B, 2) or tuple(m2.shape) != (B, 2):
+        raise ValueError(f"mean and m2 must have shape (B, 2) = ({B}, 2) "
+                         f"(got {tuple(mean.shape)} and {tuple(m2.shape)})")
+    if m2.dtype != mean.dtype:
+        raise TypeError(f"m2 must have mean's dtype {mean.dtype} (got {m2.dtype})")
+    _same_device(probes=probes, hvp=hvp, mean=mean, m2=m2)
+    _int("count", count, 0)
+    if _use_native(probes.device):
+        return torch.ops.curvfast.probe_moments(probes, hvp, mean, m2, count)
+    return reference.probe_moments(probes, hvp, mean, m2, count)
