@@ -71,3 +71,34 @@ def test_registry_and_worker_processes_give_the_same_scores(folder, tmp_path):
     np.testing.assert_array_equal(workers.label, ds.targets)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         get_dataset("filelist", root=str(tmp_path / "nowhere"))
+
+
+def _write(folder, count=2):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for j in range(count):
+        Image.fromarray(np.full((4, 4, 3), 40 * j, dtype=np.uint8)).save(folder / f"{j}.png")
+
+
+@pytest.mark.parametrize("name", ["imagefolder", "filelist"])
+def test_a_missing_split_is_refused_naming_the_folder(tmp_path, name):
+    """A folder with train/ but no test/ must not serve the training images as the test set."""
+    from curvfast.data import get_dataset
+
+    for cls in ("a", "b"):
+        _write(tmp_path / "train" / cls)
+    assert len(get_dataset(name, "train", root=str(tmp_path))[0]) == 4
+    with pytest.raises(FileNotFoundError, match=r"no 'test' split .* looked for '.*test' \(it has train/\)"):
+        get_dataset(name, "test", root=str(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["imagefolder", "filelist"])
+def test_class_folders_alone_are_the_training_split_only(tmp_path, name):
+    from curvfast.data import get_dataset
+
+    for cls in ("a", "b"):
+        _write(tmp_path / cls)
+    assert len(get_dataset(name, "train", root=str(tmp_path))[0]) == 4
+    with pytest.raises(FileNotFoundError, match="class folders only"):
+        get_dataset(name, "test", root=str(tmp_path))

@@ -83,16 +83,35 @@ def _require_root(name: str, root: str | None) -> str:
     return root
 
 
+_SPLIT_NAMES = ("train", "test", "val", "validation")
+
+
+def _split_folder(root: str, split: str, name: str) -> str:
+    """The folder of ``split`` under ``root``: ``root/<split>`` when it exists; a ``root`` without split
+    folders (only class folders) is the training split (``train`` or ``all``). Any other missing split
+    is an error naming the folder looked for, never a silent fallback to the training images."""
+    folder = os.path.join(root, split)
+    if os.path.isdir(folder):
+        return folder
+    has_splits = [s for s in _SPLIT_NAMES if os.path.isdir(os.path.join(root, s))]
+    if not has_splits and split in ("train", "all"):
+        return root
+    found = f"it has {', '.join(s + '/' for s in has_splits)}" if has_splits else "it holds class folders only (the training split)"
+    raise FileNotFoundError(f"dataset {name!r}: no {split!r} split under {root!r}: looked for {folder!r} ({found}); "
+                            f"put the {split} images in {folder}/<class>/<image> or choose another split")
+
+
 def get_dataset(name: str, split: str = "train", root: str | None = None, image_size: int | None = None,
                 allow_outside_root: bool = False):
     """Return ``(dataset, DatasetInfo)`` for a registered dataset name.
 
     - ``digits``: bundled, offline, fixed split.
-    - ``imagefolder``: ``root/<split>/<class>/<image>`` if ``root/<split>`` exists, else ``root/<class>/<image>``
-      (ImageNet layout); ``image_size`` resizes and centre-crops.
+    - ``imagefolder``: ``root/<split>/<class>/<image>``; a ``root/<class>/<image>`` folder without split
+      folders is the training split only (a missing split is an error naming the folder looked for);
+      ``image_size`` resizes and centre-crops.
     - ``filelist``: streaming (``curvfast.data.streaming``), for ImageNet-size data: ``root`` is a
       ``<path> <label>`` list file, or a folder holding ``<split>.txt``, or an image folder
-      (``root/<split>/<class>/<image>`` or ``root/<class>/<image>``). List entries must stay
+      (split folders as for ``imagefolder``). List entries must stay
       inside the list's folder unless ``allow_outside_root``.
     - ``mnist``, ``fashionmnist``, ``cifar10``, ``cifar100``, ``svhn``: torchvision classes on ``root``,
       ``download=False``.
@@ -111,7 +130,7 @@ def get_dataset(name: str, split: str = "train", root: str | None = None, image_
         from curvfast.data.streaming import load_image
 
         root = _require_root(name, root)
-        folder = os.path.join(root, split) if os.path.isdir(os.path.join(root, split)) else root
+        folder = _split_folder(root, split, name)
         ds = ImageFolder(folder, transform=_image_transform(image_size), loader=load_image)
         if len(ds.classes) < 2:
             raise ValueError(f"image folder {folder!r} has {len(ds.classes)} class folder(s); need at least 2")
@@ -126,8 +145,7 @@ def get_dataset(name: str, split: str = "train", root: str | None = None, image_
                                  allow_outside_root=allow_outside_root)
         else:
             root = _require_root(name, root)
-            ds = StreamingImageFolder(os.path.join(root, split) if os.path.isdir(os.path.join(root, split)) else root,
-                                      image_size=image_size)
+            ds = StreamingImageFolder(_split_folder(root, split, name), image_size=image_size)
         return ds, DatasetInfo(num_classes=ds.num_classes, in_channels=3)
     if key in _TORCHVISION:
         import torchvision.datasets as tvd
