@@ -6,13 +6,14 @@ import re
 
 from curvfast.data import get_dataset
 from curvfast.io import load_checkpoint
-from curvfast.models import build_model
+from curvfast.models import build_model, normalized
 
 __all__ = ["load_model", "folder_name"]
 
 
 def load_model(checkpoint: str, model_name: str | None, dataset: str, root: str | None):
-    """Build the checkpoint's model (or ``model_name``) and load its weights (weights_only)."""
+    """Build the checkpoint's model (or ``model_name``), inside its recorded input normalisation, and load its
+    weights (weights_only)."""
     ckpt = load_checkpoint(checkpoint)
     name = model_name or ckpt.get("model")
     if not isinstance(name, str):
@@ -28,7 +29,7 @@ def load_model(checkpoint: str, model_name: str | None, dataset: str, root: str 
         _, info = get_dataset(dataset, "train", root=root)
         sizes = {key: info.num_classes if key == "num_classes" else info.in_channels for key in sizes} | {
             k: v for k, v in sizes.items() if v is not None}
-    model = build_model(name, sizes["num_classes"], sizes["in_channels"])
+    model = normalized(build_model(name, sizes["num_classes"], sizes["in_channels"]), ckpt.get("normalize", "none"))
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:

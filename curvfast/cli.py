@@ -39,7 +39,7 @@ def _cmd_train(args) -> int:
 
     _, info = train_model(
         args.model, args.dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        root=args.root, device=args.device, out=args.out, log=None if args.quiet else print,
+        root=args.root, normalize=args.normalize, device=args.device, out=args.out, log=None if args.quiet else print,
     )
     print(json.dumps(info, indent=2))
     return 0
@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--normalize", default="none",
+                   help="input normalisation inside the model: none, cifar10, imagenet or MEAN/STD (per channel, comma-separated)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="checkpoint path (.pt)")
     p.add_argument("--quiet", action="store_true")

@@ -48,3 +48,15 @@ def test_doctor_says_when_the_references_are_in_use():
     report = json.loads(subprocess.run([sys.executable, "-m", "curvfast", "doctor", "--json"], env=env,
                                        capture_output=True, text=True, check=True).stdout)
     assert report["extension"] is False and "CURVFAST_DISABLE_NATIVE" in report["extension_error"]
+
+
+def test_normalisation_travels_with_the_checkpoint(tmp_path):
+    """`train --normalize` records it; `score` rebuilds the wrapper and scores [0, 1] inputs through it."""
+    ckpt = tmp_path / "m.pt"
+    assert main(["train", "--epochs", "1", "--normalize", "0.5/0.25", "--out", str(ckpt), "--quiet"]) == 0
+    from curvfast.checkpoints import load_model
+    from curvfast.models import Normalized
+
+    model = load_model(str(ckpt), None, "digits", None)
+    assert isinstance(model, Normalized) and model.std.item() == 0.25
+    assert main(["score", "--checkpoint", str(ckpt), "--split", "test", "--out", str(tmp_path / "s"), "--quiet"]) == 0

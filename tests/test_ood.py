@@ -241,7 +241,7 @@ def test_cli_end_to_end(tmp_path):
     from curvfast.cli import main
 
     out = tmp_path / "ood"
-    rc = main(["ood", "--out", str(out), "--id-classes", "0,1,2", "--seeds", "0", "--epochs", "3", "--quiet"])
+    rc = main(["ood", "--preset", "smoke", "--out", str(out), "--id-classes", "0,1,2", "--quiet"])
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
     photos = res["settings"]["photo_sources"]  # the pinned photo list, with its source and pixel hashes

@@ -118,3 +118,23 @@ def test_a_field_without_help_is_refused():
 def test_threads_below_one_is_a_clear_error(tmp_path, capsys):
     assert main(["ood", "--out", str(tmp_path), "--threads", "0"]) == 2
     assert "--threads must be >= 1" in capsys.readouterr().err
+
+
+def test_presets_apply_under_explicit_options():
+    import types
+
+    from curvfast.pipelines.common.contract import preset_config, register
+
+    seen = []
+    fake = types.SimpleNamespace(
+        __doc__="a toy pipeline\n\nthat records its config", Config=_Toy, PRESETS={"smoke": {"size": 1, "flag": True}},
+        run=lambda config, out=None: seen.append(config) or {"ok": True})
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"), "toy", fake)
+    for argv, expected in [([], _Toy()), (["--preset", "smoke"], _Toy(size=1, flag=True)),
+                           (["--preset", "smoke", "--size", "7", "--no-flag"], _Toy(size=7, flag=False))]:
+        args = parser.parse_args(["toy", "--out", "o", *argv])
+        assert args.func(args) == 0 and seen[-1] == expected
+    assert preset_config(fake, "smoke", seed=4) == _Toy(size=1, flag=True, seed=4)
+    with pytest.raises(ValueError, match="preset must be one of default, smoke"):
+        preset_config(fake, "paper")

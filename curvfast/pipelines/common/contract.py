@@ -7,7 +7,9 @@ A pipeline is a package ``curvfast.pipelines.<command>`` that exposes
   every pipeline and get that help text, so ``--help`` shows one name per idea;
 - ``run(config, out=None) -> dict``: runs the pipeline, writes its run folder ``out`` (``None``: a
   temporary folder, removed afterwards) and returns the dict it wrote as ``out/results.json``;
-- optionally ``summary(results) -> dict``: the part of the results the command prints.
+- optionally ``summary(results) -> dict``: the part of the results the command prints;
+- optionally ``PRESETS``: ``{"smoke": {...}, "paper": {...}}``, field values that ``--preset NAME``
+  (or :func:`preset_config`) applies over the defaults; options given explicitly override a preset.
 
 The command line is generated from ``Config`` (:func:`register`): field ``batch_size`` becomes
 ``--batch-size``; a ``bool`` becomes ``--x`` / ``--no-x``; a ``tuple`` a comma-separated list;
@@ -32,7 +34,8 @@ import torch
 
 from curvfast.io import write_json
 
-__all__ = ["COMMON_HELP", "RunFailed", "option", "config_dict", "run_folder", "write_results", "register", "main_for"]
+__all__ = ["COMMON_HELP", "RunFailed", "option", "config_dict", "preset_config", "run_folder", "write_results",
+           "add_config_arguments", "register", "main_for"]
 
 COMMON_HELP = {
     "dataset": "dataset name: digits (bundled), imagefolder, filelist, or a torchvision set such as cifar10 read from --root",
@@ -59,6 +62,14 @@ def option(default=dataclasses.MISSING, help: str | None = None, *, choices=None
     """A ``Config`` field: its default, one line of help (omit it for a :data:`COMMON_HELP` name) and,
     optionally, the allowed values (for a tuple field: of each element)."""
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def preset_config(pipeline, preset: str = "default", **overrides):
+    """``pipeline.Config`` with the named preset's values over the defaults and ``overrides`` over both."""
+    presets = getattr(pipeline, "PRESETS", {})
+    if preset != "default" and preset not in presets:
+        raise ValueError(f"preset must be one of {', '.join(['default', *presets])} (got {preset!r})")
+    return pipeline.Config(**{**presets.get(preset, {}), **overrides})
 
 
 def config_dict(config) -> dict:
@@ -131,7 +142,9 @@ def _unwrap_optional(tp):
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
-    """One option per field of the dataclass ``config_cls`` (see the module docstring)."""
+    """One option per field of the dataclass ``config_cls`` (see the module docstring). An option the
+    user does not give is absent from the parsed namespace (its default, shown in the help, is the
+    dataclass's), so presets can tell explicit options from defaults."""
     hints = typing.get_type_hints(config_cls)
     for f in dataclasses.fields(config_cls):
         flag, tp = _flag(f.name), _unwrap_optional(hints[f.name])
@@ -140,12 +153,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
             raise TypeError(f"{config_cls.__qualname__}.{f.name} has no help: declare it with option(default, help)")
         choices = f.metadata.get("choices")
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        kwargs: dict = {"dest": f.name, "help": help_text, "required": required}
-        if not required:
-            kwargs["default"] = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            if tp is not bool:
-                shown = ",".join(map(str, kwargs["default"])) if isinstance(kwargs["default"], tuple) else kwargs["default"]
-                kwargs["help"] += f" (default: {shown})"
+        kwargs: dict = {"dest": f.name, "help": help_text, "required": required, "default": argparse.SUPPRESS}
+        if not required and tp is not bool:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            kwargs["help"] += f" (default: {','.join(map(str, default)) if isinstance(default, tuple) else default})"
         if tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(tp) is tuple:
@@ -165,6 +176,11 @@ def register(subparsers, command: str, pipeline) -> None:
     p = subparsers.add_parser(command, help=paragraphs[0].splitlines()[0], description="\n\n".join(paragraphs[:2]),
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(p, pipeline.Config)
+    presets = getattr(pipeline, "PRESETS", {})
+    if presets:
+        p.add_argument("--preset", choices=("default", *presets), default="default",
+                       help="smoke: seconds on a laptop CPU (the tests' settings); paper: the published setting; "
+                            "options given explicitly override the preset")
     p.add_argument("--out", required=True, help="run folder: results.json and the pipeline's other outputs")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice; 1 is fastest for tiny models on a busy machine)")
@@ -172,12 +188,13 @@ def register(subparsers, command: str, pipeline) -> None:
 
 
 def main_for(pipeline):
-    """The command function of ``pipeline``: build its Config from the parsed options, set the threads,
-    run it, print its summary as JSON (unless quiet). Exit status 0, or 1 on :class:`RunFailed`."""
+    """The command function of ``pipeline``: build its Config (defaults, then the preset, then the
+    explicit options), set the threads, run it, print its summary as JSON (unless quiet). Exit status 0,
+    or 1 on :class:`RunFailed`."""
 
     def main(args) -> int:
-        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(pipeline.Config)}
-        config = pipeline.Config(**values)
+        explicit = {f.name: getattr(args, f.name) for f in dataclasses.fields(pipeline.Config) if hasattr(args, f.name)}
+        config = preset_config(pipeline, getattr(args, "preset", "default"), **explicit)
         if args.threads is not None:
             if args.threads < 1:
                 raise ValueError(f"--threads must be >= 1 (got {args.threads})")

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from curvfast.data import get_dataset
 from curvfast.io import save_checkpoint
-from curvfast.models import build_model
+from curvfast.models import build_model, normalized
 
 __all__ = ["train_model", "fit", "evaluate"]
 
@@ -148,19 +148,21 @@ def train_model(
     weight_decay: float = 5e-4,
     seed: int = 0,
     root: str | None = None,
+    normalize: str = "none",
     device: str = "cpu",
     out: str | None = None,
     log=print,
 ):
     """SGD with momentum 0.9 and a cosine schedule. Returns ``(model, info)``; with ``out``
-    writes a weights-only checkpoint holding the model name and its build arguments."""
+    writes a weights-only checkpoint holding the model name and its build arguments. ``normalize``
+    (``none``, ``cifar10``, ``imagenet``, ``MEAN/STD``) puts the input normalisation inside the model."""
     from curvfast.engine import parse_device
 
     device = parse_device(device)
     torch.manual_seed(seed)
     train_set, info = get_dataset(dataset, "train", root=root)
     test_set, _ = get_dataset(dataset, "test", root=root)
-    model = build_model(model_name, info.num_classes, info.in_channels).to(device)
+    model = normalized(build_model(model_name, info.num_classes, info.in_channels), normalize).to(device)
 
     def report(epoch: int, _loss: float) -> None:
         if log and epoch % max(1, epochs // 5) == 0:
@@ -171,6 +173,7 @@ def train_model(
         device=device, on_epoch_end=report)
     result = {
         "model": model_name, "dataset": dataset, "num_classes": info.num_classes, "in_channels": info.in_channels,
+        "normalize": normalize,
         "epochs": epochs, "seed": seed, "train_accuracy": evaluate(model, train_set),
         "test_accuracy": evaluate(model, test_set), "seconds": round(time.perf_counter() - start, 2),
     }

@@ -15,11 +15,11 @@ from curvfast.pipelines.ood.evaluation import METRIC_NAMES, ood_metrics
 from curvfast.pipelines.ood.feature_detectors import KNN, Mahalanobis
 from curvfast.pipelines.ood.logit_detectors import MSP, ODIN, Energy, MaxLogit
 from curvfast.pipelines.ood.norm_scaling import NormScaling, per_class_statistic
-from curvfast.pipelines.ood.pipeline import Config, run, summary
+from curvfast.pipelines.ood.pipeline import PRESETS, Config, run, summary
 from curvfast.pipelines.ood.vrm import VRM, VRMTransform, vrm_batch
 
 __all__ = [
-    "Config", "run", "summary",
+    "Config", "PRESETS", "run", "summary",
     "Detector", "OutputExtractor", "collect_outputs", "ood_metrics", "METRIC_NAMES",
     "MSP", "MaxLogit", "Energy", "ODIN", "Mahalanobis", "KNN", "NormScaling", "per_class_statistic",
     "VRM", "VRMTransform", "vrm_batch",

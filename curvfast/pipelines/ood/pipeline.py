@@ -40,7 +40,9 @@ from curvfast.pipelines.ood.report import examples_figure, markdown_table, roc_f
 from curvfast.pipelines.ood.training import subset_by_class, train_classifier
 from curvfast.pipelines.ood.vrm import VRM, VRMTransform, vrm_batch
 
-__all__ = ["Config", "run", "summary", "ood_sets", "OOD_SETS"]
+__all__ = ["Config", "PRESETS", "run", "summary", "ood_sets", "OOD_SETS"]
+
+PRESETS = {"smoke": {"seeds": (0,), "epochs": 3}}  # the tests' settings: seconds on a laptop CPU
 
 HEADLINE = ("msp", "max_logit", "energy", "odin", "mahalanobis", "knn", "norm_scaling", "vrm", "vrm_msp")
 
