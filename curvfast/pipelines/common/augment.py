@@ -1,0 +1,55 @@
+"""Training augmentation: the papers' CIFAR recipe (reflect-pad, random crop, horizontal flip).
+
+``crop``: pad each image by ``H // 8`` pixels (4 for 32x32) with reflection and crop a random H x W
+window back (a random translation of up to ±H/8); ``crop-flip`` also mirrors it left-right with
+probability ½, as in Carlini et al. (LiRA) and the Curvature Clues / memorization training recipes.
+Draws are independent per image and come from a seeded ``torch.Generator``, so runs repeat.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+__all__ = ["AUGMENTATIONS", "crop_flip", "image_augmentation", "batch_transform"]
+
+AUGMENTATIONS = ("none", "crop", "crop-flip")
+
+
+def crop_flip(x: torch.Tensor, gen: torch.Generator, *, flip: bool = True, pad: int | None = None) -> torch.Tensor:
+    """Random-translation crop (reflect padding by ``pad`` pixels, default H // 8) and, with ``flip``, a
+    horizontal flip with probability ½, drawn independently per image of a batch (..., C, H, W)."""
+    shape = x.shape
+    x = x.reshape(-1, *shape[-3:])
+    n, _, h, w = x.shape
+    pad = max(1, h // 8) if pad is None else pad
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dr = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dc = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    rows = (dr[:, None] + torch.arange(h))[:, :, None]  # (n, h, 1)
+    cols = (dc[:, None] + torch.arange(w))[:, None, :]  # (n, 1, w)
+    out = padded.permute(0, 2, 3, 1)[torch.arange(n)[:, None, None], rows, cols].permute(0, 3, 1, 2)
+    if flip:
+        mirror = torch.rand(n, generator=gen) < 0.5
+        out = torch.where(mirror[:, None, None, None], out.flip(-1), out)
+    return out.reshape(shape).contiguous()
+
+
+def image_augmentation(name: str) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None:
+    """``augment(x, generator)`` for ``name`` in :data:`AUGMENTATIONS` (None for ``none``)."""
+    if name not in AUGMENTATIONS:
+        raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)} (got {name!r})")
+    if name == "none":
+        return None
+    flip = name == "crop-flip"
+    return lambda x, gen: crop_flip(x, gen, flip=flip)
+
+
+def batch_transform(name: str, seed: int = 0) -> Callable | None:
+    """The same augmentation as a ``batch_transform(x, y, rng)`` for :func:`training.fit` (its own
+    generator, seeded by ``seed``)."""
+    augment = image_augmentation(name)
+    if augment is None:
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    return lambda x, y, _rng: (augment(x, gen), y)

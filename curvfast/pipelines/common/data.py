@@ -1,0 +1,69 @@
+"""The data options every pipeline takes, and what they build: datasets, loaders, models.
+
+A pipeline's ``Config`` inherits :class:`DataOptions`, so ``--dataset --root --image-size
+--normalize --augment --workers`` mean the same everywhere. Normalisation lives inside the model
+(:class:`curvfast.models.Normalized`), so curvature, attacks and probes all see [0, 1] inputs.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader
+
+from curvfast.data import get_dataset
+from curvfast.models import build_model, normalized, parse_normalization
+from curvfast.pipelines.common.augment import AUGMENTATIONS, batch_transform, image_augmentation
+from curvfast.pipelines.common.contract import option
+
+__all__ = ["DataOptions", "load_split", "loader", "build_network"]
+
+
+@dataclass
+class DataOptions:
+    """Where the images come from and how they are fed to the models."""
+
+    dataset: str = option("digits")
+    root: str | None = option(None)
+    image_size: int | None = option(None)
+    normalize: str = option("none")
+    augment: str = option("none", choices=AUGMENTATIONS)
+    workers: int = option(0)
+
+    def check_data_options(self) -> None:
+        """Fail early, naming the option, on a bad normalisation, augmentation or worker count."""
+        parse_normalization(self.normalize)
+        image_augmentation(self.augment)
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise ValueError(f"workers must be an int >= 0 (got {self.workers!r})")
+
+    def augmentation(self):
+        """``augment(x, generator)`` (for stacked training) or None."""
+        return image_augmentation(self.augment)
+
+    def batch_transform(self, seed: int):
+        """``batch_transform(x, y, rng)`` for :func:`curvfast.pipelines.common.training.fit`, or None."""
+        return batch_transform(self.augment, seed)
+
+
+def load_split(options: DataOptions, split: str):
+    """``(dataset, DatasetInfo)`` of ``split`` (``train``, ``test``, ``all``); a missing split is an error."""
+    return get_dataset(options.dataset, split, root=options.root, image_size=options.image_size)
+
+
+def loader(dataset, options: DataOptions, *, batch_size: int, device: str | torch.device = "cpu", shuffle: bool = False,
+           seed: int = 0) -> DataLoader:
+    """A DataLoader with the options' workers, pinned memory for a GPU, and a seeded shuffle."""
+    on_gpu = torch.device(device).type == "cuda"
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=options.workers, pin_memory=on_gpu,
+                      generator=torch.Generator().manual_seed(seed) if shuffle else None,
+                      persistent_workers=options.workers > 0)
+
+
+def build_network(options: DataOptions, name: str, info, input_shape: tuple[int, ...], **kwargs) -> torch.nn.Module:
+    """A fresh ``name`` model for the dataset (``info``: classes, channels), inside the options' normalisation.
+    ``mlp`` / ``mlp2`` get ``in_features`` from ``input_shape`` (C, H, W)."""
+    if name in ("mlp", "mlp2"):
+        kwargs.setdefault("in_features", math.prod(input_shape))
+    return normalized(build_model(name, info.num_classes, info.in_channels, **kwargs), options.normalize)
