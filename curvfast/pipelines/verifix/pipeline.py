@@ -42,10 +42,10 @@ class Config:
     dataset: str = option("digits")
     root: str | None = option(None)
     model: str = option("small_cnn")
-    noise: float = option(0.25, "label noise rate in [0, 1)")
+    noise: float = option(0.25, "fraction of training labels flipped (label noise rate, in [0, 1))")
     noise_type: str = option("symmetric", "symmetric (uniform over the other classes) or asymmetric (pair flip c -> c+1)",
                              choices=NOISE_TYPES)
-    epochs: int = option(60, "training epochs")
+    epochs: int = option(60, "training epochs of each network")
     lr: float = option(0.05, "SGD learning rate")
     batch_size: int = option(64)
     val_fraction: float = option(0.2, "part of the train split held out to choose alpha")
@@ -56,7 +56,7 @@ class Config:
     max_rows: int = option(PUBLISHED_MAX_ROWS, "rows (patches) per layer, 0 for all")
     route: str = option("auto", "spectrum route: exact Gram, randomized, or by size", choices=ROUTES)
     rank: int | None = option(None, "truncated rank allowed for the randomized route")
-    seeds: tuple[int, ...] = option((0,), "seeds; several: one run folder seed_<k> each, results are mean and std over them")
+    seeds: tuple[int, ...] = option((0,), "training seeds; results are mean and std over them")
     device: str = option("cpu")
     quiet: bool = option(False)
 
