@@ -223,7 +223,7 @@ def test_verifix_pipeline_on_device(device, tmp_path):
 def test_transfer_pipeline_on_device(device, tmp_path):
     pytest.importorskip("torchattacks", reason="transfer's attacks need torchattacks")
     out = tmp_path / "tr"
-    assert _main(["transfer", "--dataset", "digits", "--out", str(out), "--models", "small_cnn,mlp",
+    assert _main(["transfer", "--dataset", "digits", "--out", str(out), "--models", "small_cnn,mlp2",
                   "--eps", "0,16/255,48/255", "--robust-eps", "32/255", "--steps", "2", "--step", "0.05", "--epochs", "1",
                   "--n-test", "16", "--ensemble-size", "2", "--accuracy-margin", "1", "--device", str(device),
                   "--quiet"]) == 0

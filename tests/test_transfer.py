@@ -418,15 +418,32 @@ def test_cli_writes_the_transfer_study(tmp_path, capsys):
 
 
 def test_l2_study_skips_the_linf_ensemble_attacks(tmp_path):
-    from curvfast.pipelines.transfer import run_transfer
+    from curvfast.pipelines.transfer import Config, run
 
-    res = run_transfer("digits", ["small_cnn", "mlp2"], eps=[0, 0.5, 1.0, 2.0], robust_eps=[1.0], attack_name="pgdl2",
-                       steps=2, step=0.5, epochs=1, n_test=16, ensembles={"both": ["small_cnn", "mlp2"]}, out=None, progress=False)
+    config = Config(models=("small_cnn", "mlp2"), eps=(0, 0.5, 1.0, 2.0), robust_eps=(1.0,), attack="pgdl2", steps=2,
+                    step=0.5, epochs=1, n_test=16, ensemble="both=small_cnn,mlp2", quiet=True)
+    res = run(config)  # numbers work as radii from Python; no out: a temporary run folder
     robust = res["robust_accuracy"]
     assert robust["ensemble_attacks"] == [] and set(robust["single"]["mlp2"]) == {"clean", "pgdl2"}
     both = robust["ensembles"]["both"]
     assert "sum" not in both and both["worst_case"] == both["worst_single_source_transfer"]
     assert np.array(res["transfer_matrix"], dtype=float).shape == (2, 2)
+    assert res["settings"]["eps"] == [0.0, 0.5, 1.0, 2.0] and res["settings"]["ensembles"] == {"both": ["small_cnn", "mlp2"]}
+
+
+def test_config_radii_ensembles_and_n_test_are_parsed_and_checked():
+    from curvfast.pipelines.transfer import Config
+    from curvfast.pipelines.transfer.pipeline import _resolve
+
+    r = _resolve(Config(eps=("0", "8/255", " 0.5"), robust_eps=("8/255",), metric_eps="1/255", n_test="all",
+                        ensemble="a=small_cnn,mlp2; b=small_cnn@1,small_cnn@2,", models=Config().models))
+    assert r["sweep"].tolist() == [0.0, 8 / 255, 0.5] and r["metric_eps"] == 1 / 255 and r["n_test"] is None
+    assert r["ensembles"] == {"a": ["small_cnn", "mlp2"], "b": ["small_cnn@1", "small_cnn@2"]}
+    for bad, message in [({"ensemble": "mine"}, "NAME=MODEL"), ({"ensemble": "x=small_cnn,resnet9"}, "not among the models"),
+                         ({"metric_eps": "1/0"}, "metric_eps takes numbers"), ({"n_test": "1.5"}, "n_test takes"),
+                         ({"models": ("small_cnn", "small_cnn@0")}, "two distinct"), ({"epochs": 0}, "must be >= 1")]:
+        with pytest.raises(ValueError, match=message):
+            Config(**bad).validate()
 
 
 def test_checkpoints_are_reused_only_for_the_same_training(tmp_path):
@@ -449,8 +466,8 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
     assert main(["transfer", "--out", str(tmp_path), "--models", "small_cnn,small_cnn+in9"]) == 2
     assert "in9" in capsys.readouterr().err
     assert main(["transfer", "--out", str(tmp_path), "--eps", "0,abc"]) == 2
-    assert "--eps" in capsys.readouterr().err
+    assert "eps takes numbers or fractions" in capsys.readouterr().err
     assert main(["transfer", "--out", str(tmp_path), "--eps", "0,8/255", "--robust-eps", "8/255"]) == 2
     assert "two values" in capsys.readouterr().err
     assert main(["transfer", "--out", str(tmp_path), "--n-test", "many"]) == 2
-    assert "--n-test" in capsys.readouterr().err
+    assert "n_test" in capsys.readouterr().err

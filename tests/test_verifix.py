@@ -317,7 +317,7 @@ def test_cli_writes_results(tmp_path, capsys):
 
     out = tmp_path / "run"
     args = ["verifix", "--dataset", "digits", "--noise", "0.25", "--epochs", "2", "--verified-size", "50",
-            "--selection", "random", "--alphas", "1e4", "1e5", "--out", str(out), "--quiet"]
+            "--selection", "random", "--alphas", "1e4,1e5", "--out", str(out), "--quiet"]
     assert main(args) == 0
     res = json.loads((out / "results.json").read_text())
     for key in ("accuracy_before", "accuracy_after", "alpha", "verified_size", "seconds"):
@@ -326,5 +326,32 @@ def test_cli_writes_results(tmp_path, capsys):
     assert {"train", "selection", "verifix_spectra", "verifix_alpha_search", "total"} <= set(res["seconds"])
     assert abs(res["train_noise_rate"] - 0.25) < 0.03
     assert (out / "verified.npz").exists() and (out / "model.pt").exists()
+    assert res["settings"]["alphas"] == [1e4, 1e5] and res["settings"]["seed"] == 0  # the resolved config
     assert main(["verifix", "--noise", "1.5", "--out", str(tmp_path / "bad"), "--quiet"]) == 2
     assert "noise rate" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # refused before anything ran
+
+
+def test_several_seeds_write_one_folder_each_and_mean_std(tmp_path):
+    from curvfast.pipelines.verifix import Config, run, summary
+
+    config = Config(epochs=1, verified_size=20, selection="random", alphas=(1e4,), seeds=(0, 1), quiet=True)
+    res = run(config, out=str(tmp_path))
+    seeds = [json.loads((tmp_path / f"seed_{s}" / "results.json").read_text()) for s in (0, 1)]
+    assert res == json.loads((tmp_path / "results.json").read_text()) and res["seeds"] == [0, 1]
+    assert res["accuracy_after"] == pytest.approx(np.mean([r["accuracy_after"] for r in seeds]))
+    assert res["accuracy_after_std"] == pytest.approx(np.std([r["accuracy_after"] for r in seeds], ddof=1))
+    assert [r["settings"]["seed"] for r in seeds] == [0, 1] and (tmp_path / "seed_1" / "model.pt").exists()
+    assert set(summary(res)) == {"accuracy_before", "accuracy_before_std", "accuracy_after", "accuracy_after_std",
+                                 "alpha", "verified_size", "seconds"}
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("epochs", 0, "epochs must be >= 1"), ("max_rows", -1, "max_rows must be >= 0"), ("alphas", (0.5,), "alphas"),
+    ("val_fraction", 1.0, "val_fraction"), ("seeds", (), "at least one seed"), ("verified_size", 0, "verified_size"),
+])
+def test_config_refuses_bad_settings_before_training(field, value, message):
+    from curvfast.pipelines.verifix import Config, run
+
+    with pytest.raises(ValueError, match=message):
+        run(Config(**{field: value}))

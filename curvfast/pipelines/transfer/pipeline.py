@@ -1,5 +1,8 @@
-"""The ``curvfast transfer`` study: train a zoo of models, attack each one over an eps sweep, count
-transfers, fit N(eps), build the transfer matrix, select and attack majority-vote ensembles.
+"""The ``curvfast transfer`` study (:class:`Config`, :func:`run`): train a zoo of models, attack each
+one over an eps sweep, count transfers, fit N(eps), build the transfer matrix, select and attack
+majority-vote ensembles (TREND: Ravikumar, Kodge, Garg and Roy, "TREND: Transferability-Based
+Robust ENsemble Design", IEEE TAI 2022). The metric of a pair is N_s->t(eps) / N_s->s(eps), the
+fitted saturating curves N(eps) = a(1 - e^{b eps}) of the counts of attacks made on s that fool t.
 
 Outputs in ``out``: ``results.json`` (settings, models, transfer_matrix, metric, fit, groups,
 robust_accuracy, ensembles), ``transfer.npz`` (raw predictions and counts), ``transfer_matrix.png``,
@@ -9,29 +12,118 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
+from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from curvfast.data import get_dataset
-from curvfast.io import write_json, write_npz
+from curvfast.io import write_npz
+from curvfast.pipelines.common.contract import config_dict, option, run_folder, write_results
 from curvfast.pipelines.transfer.attacks import ENSEMBLE_RULES, SINGLE_ATTACKS, attack, ensemble_pgd
 from curvfast.pipelines.transfer.ensemble import majority_vote, select_members
 from curvfast.pipelines.transfer.figures import fit_curves, transfer_heatmap
 from curvfast.pipelines.transfer.members import MemberSpec, load_or_train, parse_spec
 from curvfast.pipelines.transfer.transfer import pair_counts, pair_groups, predictions_under_attack, transfer_matrix
 
-__all__ = ["DEFAULT_MODELS", "DEFAULT_EPS", "DEFAULT_ROBUST_EPS", "run_transfer"]
+__all__ = ["Config", "run", "summary"]
 
-DEFAULT_MODELS = (
-    "small_cnn", "small_cnn@1", "small_cnn@2", "small_cnn+adam",
-    "small_cnn+in1", "small_cnn+in2", "small_cnn+halftone", "small_cnn+w2a2", "mlp2",
-)
-DEFAULT_EPS = tuple(k / 255 for k in (0, 2, 4, 8, 16, 24, 32, 48, 64))
-DEFAULT_ROBUST_EPS = (8 / 255, 32 / 255)
+
+@dataclass
+class Config:
+    """The study's settings (defaults: the published PGD recipe on 8x8 digits). Radii are numbers or
+    fractions such as ``"8/255"`` (strings, so that the command line takes fractions; floats work too)."""
+
+    dataset: str = option("digits")
+    root: str | None = option(None)
+    models: tuple[str, ...] = option(
+        ("small_cnn", "small_cnn@1", "small_cnn@2", "small_cnn+adam", "small_cnn+in1", "small_cnn+in2",
+         "small_cnn+halftone", "small_cnn+w2a2", "mlp2"),
+        "model specs arch[+in<1-8>|+halftone|+halftonefs|+w<k>a<k>|+adam][@seed]")
+    attack: str = option("pgd", "attack on each source model", choices=SINGLE_ATTACKS)
+    eps: tuple[str, ...] = option(tuple(f"{k}/255" if k else "0" for k in (0, 2, 4, 8, 16, 24, 32, 48, 64)),
+                                  "attack radii of the sweep that the transfer counts are fitted on")
+    metric_eps: str = option("8/255", "radius at which the fitted ratio N_s->t / N_s->s is reported")
+    robust_eps: tuple[str, ...] = option(("8/255", "32/255"), "radii of the robust accuracies (added to the sweep)")
+    steps: int = option(40, "attack steps")
+    step: float = option(0.01, "attack step size")
+    epochs: int = option(15, "training epochs of each network")
+    n_test: str = option("200", "attack a seeded random subset of this many test images, or all")
+    ensemble_size: int = option(3, "members of the automatic ensembles")
+    ensemble: str = option("", "extra ensembles NAME=MODEL,MODEL,... (several: separated by ;)")
+    accuracy_margin: float = option(0.03, "selected ensemble members are within this of the best clean accuracy")
+    seed: int = option(0)
+    device: str = option("cpu")
+    quiet: bool = option(False)
+
+    def validate(self) -> None:
+        """Refuse settings that the study would only reject after training."""
+        _resolve(self)
+
+
+def _radii(values, name: str) -> list[float]:
+    """Radii given as numbers or as strings (decimals or fractions such as ``8/255``)."""
+    if isinstance(values, (str, int, float)):
+        values = [values]
+    try:
+        radii = [float(Fraction(v.strip() if isinstance(v, str) else v)) for v in values]
+    except (ValueError, TypeError, ZeroDivisionError):
+        raise ValueError(f"{name} takes numbers or fractions such as 0,4/255,8/255 (got {list(values)})") from None
+    if not radii:
+        raise ValueError(f"{name} is empty; give radii such as 0,4/255,8/255")
+    return radii
+
+
+def _n_test(value) -> int | None:
+    """``all`` -> None, else a positive integer."""
+    if value == "all":
+        return None
+    try:
+        n = int(value)
+    except (ValueError, TypeError):
+        raise ValueError(f"n_test takes a positive integer or 'all' (got {value!r})") from None
+    if n != float(value) or n < 1:
+        raise ValueError(f"n_test takes a positive integer or 'all' (got {value!r})")
+    return n
+
+
+def _parse_ensembles(text: str) -> dict[str, list[str]]:
+    """``"NAME=MODEL,MODEL,...;NAME=..."`` -> {name: [model spec, ...]}."""
+    out = {}
+    for item in (i.strip() for i in text.split(";")):
+        if not item:
+            continue
+        name, sep, members = item.partition("=")
+        if not sep or not name.strip() or not members.strip():
+            raise ValueError(f"ensembles take NAME=MODEL,MODEL,... such as 'mine=small_cnn,mlp2,small_cnn+in1' (got {item!r})")
+        out[name.strip()] = [m.strip() for m in members.split(",") if m.strip()]
+    return out
+
+
+def _resolve(config: Config) -> dict:
+    """The parsed settings: model specs, the sorted sweep (eps and robust_eps), radii, n_test, ensembles."""
+    specs = [parse_spec(m) for m in config.models]
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names) or len(names) < 2:
+        raise ValueError(f"models must name at least two distinct specs (got {names})")
+    if config.attack not in SINGLE_ATTACKS:
+        raise ValueError(f"attack must be one of {SINGLE_ATTACKS} (got {config.attack!r})")
+    if config.steps < 1 or config.epochs < 1 or config.ensemble_size < 1:
+        raise ValueError(f"steps, epochs and ensemble_size must be >= 1 (got {config.steps}, {config.epochs}, {config.ensemble_size})")
+    eps, robust_eps = _radii(config.eps, "eps"), _radii(config.robust_eps, "robust_eps")
+    metric_eps = _radii(config.metric_eps, "metric_eps")
+    if len(metric_eps) != 1:
+        raise ValueError(f"metric_eps takes one radius (got {config.metric_eps!r})")
+    ensembles = _parse_ensembles(config.ensemble)
+    for ens_name, members in ensembles.items():
+        unknown = [m for m in members if parse_spec(m).name not in names]
+        if unknown or not members:
+            raise ValueError(f"ensemble {ens_name!r}: members {unknown or members} are not among the models {names}")
+    return {"specs": specs, "names": names, "sweep": _check_eps(eps, metric_eps[0], robust_eps), "metric_eps": metric_eps[0],
+            "robust_eps": robust_eps, "n_test": _n_test(config.n_test), "ensembles": ensembles}
 
 
 def _finite(value):
@@ -119,58 +211,35 @@ def _ensemble_robustness(members, x, y, radii, transfers, rules, *, step, steps,
     return entry
 
 
-def run_transfer(
-    dataset: str = "digits",
-    models=DEFAULT_MODELS,
-    *,
-    eps=DEFAULT_EPS,
-    metric_eps: float = 8 / 255,
-    attack_name: str = "pgd",
-    steps: int = 40,
-    step: float = 0.01,
-    epochs: int = 15,
-    n_test: int | None = None,
-    ensemble_size: int = 3,
-    ensembles: dict[str, list[str]] | None = None,
-    robust_eps=DEFAULT_ROBUST_EPS,
-    accuracy_margin: float = 0.03,
-    seed: int = 0,
-    root: str | None = None,
-    device: str = "cpu",
-    out: str | None = None,
-    progress: bool | None = None,
-) -> dict:
-    """Run the whole study and return the results dict (also written to ``out`` when given).
+def run(config: Config, out: str | None = None) -> dict:
+    """Run the whole study, write ``out`` (see the module docstring) and return the results.
 
-    ``models``: spec strings (see ``curvfast.pipelines.transfer.members``). ``eps``: the sweep for the
-    counts (``robust_eps`` is added to it). The attack on each source is ``attack_name`` with
-    ``steps`` steps of size ``step`` (PGD L-inf defaults: 40 x 0.01, as published). ``ensembles``
-    adds named ensembles (lists of model names) to the automatic ones.
+    The attack on each source is ``config.attack`` with ``steps`` steps of size ``step`` (PGD L-inf
+    defaults: 40 x 0.01, as published); ``eps`` is the sweep for the counts (``robust_eps`` is added
+    to it); ``ensembles`` adds named ensembles to the automatic ones.
     """
+    resolved = _resolve(config)
+    with run_folder(out) as folder:
+        return _study(config, resolved, folder)
+
+
+def _study(config: Config, resolved: dict, folder: str) -> dict:
+    """The study of :func:`run`, checkpoints and outputs in ``folder``."""
     from tqdm.auto import tqdm
 
+    specs, names, sweep, robust_eps = resolved["specs"], resolved["names"], resolved["sweep"], resolved["robust_eps"]
+    metric_eps, attack_name = resolved["metric_eps"], config.attack
+    steps, step, seed, device = config.steps, config.step, config.seed, config.device
+    quiet = True if config.quiet else None  # None: tqdm shows bars on a terminal only
     start = time.perf_counter()
-    specs = [parse_spec(m) for m in models]
-    names = [s.name for s in specs]
-    if len(set(names)) != len(names) or len(names) < 2:
-        raise ValueError(f"models must name at least two distinct specs (got {names})")
-    if attack_name not in SINGLE_ATTACKS:
-        raise ValueError(f"attack must be one of {SINGLE_ATTACKS} (got {attack_name!r})")
-    sweep = _check_eps(eps, metric_eps, robust_eps)
-    for ens_name, members in (ensembles or {}).items():
-        unknown = [m for m in members if parse_spec(m).name not in names]
-        if unknown or not members:
-            raise ValueError(f"ensemble {ens_name!r}: members {unknown or members} are not among the models {names}")
-    quiet = not (progress if progress is not None else sys.stderr.isatty())
-
-    train_set, info = get_dataset(dataset, "train", root=root)
-    test_set, _ = get_dataset(dataset, "test", root=root)
-    x, y, test_index = _tensors(test_set, n_test, seed)
+    train_set, info = get_dataset(config.dataset, "train", root=config.root)
+    test_set, _ = get_dataset(config.dataset, "test", root=config.root)
+    x, y, test_index = _tensors(test_set, resolved["n_test"], seed)
     x, y = x.to(device), y.to(device)
-    folder = None if out is None else os.path.join(out, "models")
     nets, model_info = [], []
     for spec in tqdm(specs, desc="train", disable=quiet):
-        net, minfo = load_or_train(spec, train_set, test_set, info.num_classes, epochs=epochs, dataset=dataset, folder=folder, device=device)
+        net, minfo = load_or_train(spec, train_set, test_set, info.num_classes, epochs=config.epochs, dataset=config.dataset,
+                                   folder=os.path.join(folder, "models"), device=device)
         for p in net.parameters():
             p.requires_grad_(False)
         nets.append(net)
@@ -204,8 +273,8 @@ def run_transfer(
     select, held = _selection_split(len(labels), seed)
     metric_select = transfer_matrix(sweep, *pair_counts(correct[:, select], (preds != labels)[..., select]), metric_eps)[0]
     accuracy = correct[:, held].mean(1)
-    ens = _default_ensembles(specs, metric_select, correct[:, select].mean(1), ensemble_size, accuracy_margin)
-    ens.update({k: [names.index(parse_spec(m).name) for m in v] for k, v in (ensembles or {}).items()})
+    ens = _default_ensembles(specs, metric_select, correct[:, select].mean(1), config.ensemble_size, config.accuracy_margin)
+    ens.update({k: [names.index(parse_spec(m).name) for m in v] for k, v in resolved["ensembles"].items()})
     rules = ENSEMBLE_RULES if attack_name in ("pgd", "fgsm") else ()  # ensemble attacks are L-inf: not comparable with L2 radii
     robust = {
         "eps": [float(sweep[i]) for i in robust_index], "attack": attack_name, "ensemble_attacks": list(rules),
@@ -226,11 +295,10 @@ def run_transfer(
 
     pair = [(s, t) for s in range(len(names)) for t in range(len(names))]
     results = {
-        "settings": {
-            "dataset": dataset, "models": names, "eps": sweep.tolist(), "metric_eps": metric_eps,
-            "empirical_eps": float(sweep[at]), "attack": attack_name,
-            "steps": steps, "step": step, "epochs": epochs, "n_test": len(labels), "ensemble_size": ensemble_size,
-            "accuracy_margin": accuracy_margin, "seed": seed, "device": device, "torch": torch.__version__,
+        "settings": config_dict(config) | {
+            "models": names, "eps": sweep.tolist(), "metric_eps": metric_eps, "robust_eps": robust_eps,
+            "empirical_eps": float(sweep[at]), "n_test": len(labels), "ensembles": resolved["ensembles"],
+            "torch": torch.__version__,
         },
         "models": model_info,
         "transfer_matrix": _finite(metric.tolist()),
@@ -244,11 +312,19 @@ def run_transfer(
                               "on select_index, every robust accuracy is measured on evaluation_index"},
         "seconds": round(time.perf_counter() - start, 1),
     }
-    if out is not None:
-        write_json(os.path.join(out, "results.json"), results)
-        write_npz(os.path.join(out, "transfer.npz"), eps=sweep, labels=labels, clean_predictions=clean, predictions=preds,
-                  n_st=n_st, n_ss=n_ss, pool=pool, transfer_matrix=metric, names=np.asarray(names))
-        transfer_heatmap(metric, names, os.path.join(out, "transfer_matrix.png"),
-                         f"{dataset}: fitted N_s->t / N_s->s at eps={metric_eps:.4g} ({attack_name}, {steps}x{step})")
-        fit_curves(sweep, n_st, fits_st, names, os.path.join(out, "transfer_fits.png"), metric_eps)
-    return results
+    write_npz(os.path.join(folder, "transfer.npz"), eps=sweep, labels=labels, clean_predictions=clean, predictions=preds,
+              n_st=n_st, n_ss=n_ss, pool=pool, transfer_matrix=metric, names=np.asarray(names))
+    transfer_heatmap(metric, names, os.path.join(folder, "transfer_matrix.png"),
+                     f"{config.dataset}: fitted N_s->t / N_s->s at eps={metric_eps:.4g} ({attack_name}, {steps}x{step})")
+    fit_curves(sweep, n_st, fits_st, names, os.path.join(folder, "transfer_fits.png"), metric_eps)
+    return write_results(folder, results)
+
+
+def summary(results: dict) -> dict:
+    """What ``curvfast transfer`` prints: the mean metric per group, each ensemble's clean and worst-case accuracy, seconds."""
+    return {
+        "seconds": results["seconds"],
+        "groups_mean_metric": {k: v["mean_metric"] for k, v in results["groups"].items()},
+        "ensembles": {k: {r: v[r] for r in ("members", "clean", "worst_case")}
+                      for k, v in results["robust_accuracy"]["ensembles"].items()},
+    }
