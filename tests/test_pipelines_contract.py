@@ -138,3 +138,10 @@ def test_presets_apply_under_explicit_options():
     assert preset_config(fake, "smoke", seed=4) == _Toy(size=1, flag=True, seed=4)
     with pytest.raises(ValueError, match="preset must be one of default, smoke"):
         preset_config(fake, "paper")
+
+
+def test_option_prefixes_are_not_guessed(capsys):
+    """`--ensemble` must not silently mean `--ensemble-size`: generated parsers take whole option names only."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["ood", "--out", "o", "--epoch", "3"])
+    assert "unrecognized arguments: --epoch" in capsys.readouterr().err

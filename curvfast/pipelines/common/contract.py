@@ -177,7 +177,7 @@ def register(subparsers, command: str, pipeline) -> None:
     the one-line help, its first two paragraphs the description."""
     paragraphs = (pipeline.__doc__ or command).strip().split("\n\n")
     p = subparsers.add_parser(command, help=paragraphs[0].splitlines()[0], description="\n\n".join(paragraphs[:2]),
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+                              formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     add_config_arguments(p, pipeline.Config)
     presets = getattr(pipeline, "PRESETS", {})
     if presets:
