@@ -45,16 +45,22 @@ def roc_figure(arrays: dict, detectors: list[str], sets: list[str], path: str) -
 
 
 def examples_figure(sets: dict, path: str, per_set: int = 8) -> None:
-    """The first ``per_set`` images of each set (``{name: (N, 1, H, W) tensor in [0, 1]}``), one row per
-    set, each row drawn as one mosaic (dark = ink, as digits are shown elsewhere)."""
+    """The first ``per_set`` images of each set (``{name: (N, C, H, W) tensor in [0, 1]}``), one row per
+    set, each row drawn as one mosaic: grey images dark = ink (as digits are shown elsewhere), colour
+    images as they are."""
     plt = pyplot()
     cmap = plt.get_cmap("gray_r").with_extremes(bad="#cc4444")  # the NaN columns that separate images
     fig, axes = plt.subplots(len(sets), 1, figsize=(1.0 * per_set, 1.15 * len(sets)), squeeze=False)
     for ax, (name, x) in zip(axes[:, 0], sets.items()):
-        imgs = x[:per_set, 0].numpy()
-        pad = np.full((imgs.shape[1], 1), np.nan)
-        mosaic = np.concatenate([np.concatenate([im, pad], axis=1) for im in imgs], axis=1)[:, :-1]
-        ax.imshow(np.ma.masked_invalid(mosaic), cmap=cmap, vmin=0, vmax=1)
+        if x.shape[1] == 1:
+            imgs = x[:per_set, 0].numpy()
+            pad = np.full((imgs.shape[1], 1), np.nan)
+            mosaic = np.concatenate([np.concatenate([im, pad], axis=1) for im in imgs], axis=1)[:, :-1]
+            ax.imshow(np.ma.masked_invalid(mosaic), cmap=cmap, vmin=0, vmax=1)
+        else:  # colour: white one-pixel gaps
+            imgs = x[:per_set].permute(0, 2, 3, 1).clamp(0, 1).numpy()
+            pad = np.ones((imgs.shape[1], 1, imgs.shape[3]))
+            ax.imshow(np.concatenate([np.concatenate([im, pad], axis=1) for im in imgs], axis=1)[:, :-1])
         ax.set_title(name, fontsize=8)
         ax.axis("off")
     save_png(fig, path, dpi=100)

@@ -15,27 +15,43 @@ import torch
 
 from curvfast.pipelines.common.training import fit
 
-__all__ = ["train_classifier", "subset_by_class"]
+__all__ = ["train_classifier", "dataset_labels", "ClassSubset", "stack_images"]
 
 
-class _TensorDataset(torch.utils.data.Dataset):
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor):
-        self.images, self.targets = images, targets
+def dataset_labels(dataset) -> torch.Tensor:
+    """Every sample's label without decoding images: the dataset's ``targets`` (torchvision, image folders,
+    digits) or ``labels`` (SVHN), else read one by one."""
+    for name in ("targets", "labels"):
+        labels = getattr(dataset, name, None)
+        if labels is not None:
+            return torch.as_tensor(labels, dtype=torch.long)
+    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
+
+
+class ClassSubset(torch.utils.data.Dataset):
+    """The samples of ``dataset`` whose label is in ``classes``, relabelled 0..len(classes)-1 in that
+    order; images are read lazily from ``dataset``."""
+
+    def __init__(self, dataset, classes):
+        classes = list(classes)
+        labels = dataset_labels(dataset)
+        relabel = torch.full((int(labels.max()) + 1,), -1, dtype=torch.long)
+        relabel[torch.as_tensor(classes)] = torch.arange(len(classes))
+        self.dataset = dataset
+        self.indices = torch.nonzero(relabel[labels] >= 0).flatten()
+        self.targets = relabel[labels[self.indices]]
 
     def __len__(self):
-        return len(self.targets)
+        return len(self.indices)
 
     def __getitem__(self, i):
-        return self.images[i], int(self.targets[i])
+        return self.dataset[int(self.indices[i])][0], int(self.targets[i])
 
 
-def subset_by_class(images: torch.Tensor, targets: torch.Tensor, classes) -> _TensorDataset:
-    """The samples whose label is in ``classes``, relabelled 0..len(classes)-1 in the given order."""
-    classes = list(classes)
-    relabel = torch.full((int(targets.max()) + 1,), -1, dtype=torch.long)
-    relabel[torch.as_tensor(classes)] = torch.arange(len(classes))
-    keep = relabel[targets] >= 0
-    return _TensorDataset(images[keep], relabel[targets[keep]])
+def stack_images(dataset, batch_size: int = 256, workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images (N, C, H, W), labels (N,))`` of a (test-sized) dataset, read through a DataLoader."""
+    xs, ys = zip(*torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers))
+    return torch.cat(xs), torch.cat(ys)
 
 
 def train_classifier(
