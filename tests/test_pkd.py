@@ -147,10 +147,10 @@ def test_wise_prefixes_and_early_exit():
 
 def test_wise_uses_the_published_l1_schedule():
     """Prefixes of at most 5 exits are fitted without L1, longer ones with alpha = 0.1 (published)."""
-    from curvfast.pipelines.pkd.pipeline import PKDConfig
+    from curvfast.pipelines.pkd import Config
 
-    d = PKDConfig()
-    assert (d.alpha, d.alpha_free_exits, d.exit_relu) == (0.1, 5, False)
+    d = Config()
+    assert (d.wise_alpha, d.wise_free_exits, d.exit_relu) == (0.1, 5, False)
     rng = np.random.default_rng(2)
     y = rng.integers(0, 4, 300)
     z = np.stack([(1 + k % 3) * np.eye(4)[y] + rng.normal(0, 1.5, (300, 4)) for k in range(7)], axis=1)
