@@ -284,7 +284,7 @@ def _run_cli(tmp_path, *extra):
 
 
 def test_cli_three_node_ring_run(tmp_path, capsys):
-    rc, out = _run_cli(tmp_path, "--nodes", "3", "--topology", "ring", "--alpha", "0.1")
+    rc, out = _run_cli(tmp_path, "--nodes", "3", "--topology", "ring", "--dirichlet-alpha", "0.1")
     assert rc == 0, capsys.readouterr().err
     res = json.load(open(os.path.join(out, "results.json")))
     assert set(res["methods"]) == {"dsgd", "vanilla_kd", "idkd"}
