@@ -222,7 +222,7 @@ def _p2p_worker(rank, world, port, mode, folder):
             mixed = comm.gossip(x)
             labels = torch.full((rank, 3), float(rank))  # node 0 accepts nothing
             got = comm.exchange_labels(torch.arange(rank), labels)
-            _save(folder, rank, (mixed, comm.bytes_sent, {j: (i.tolist(), l.tolist()) for j, (i, l) in got.items()}))
+            _save(folder, rank, (mixed, comm.bytes_sent, {j: (i.tolist(), lab.tolist()) for j, (i, lab) in got.items()}))
         elif rank == 1:  # mode "dead": exits without a word; mode "stall": alive but silent
             if mode == "dead":
                 os._exit(0)
