@@ -38,12 +38,12 @@ from curvfast.models import build_model
 from curvfast.pipelines.common.contract import write_results
 from curvfast.pipelines.common.training import evaluate, fit
 from curvfast.pipelines.idkd.comm import NeighbourComm, NeighbourError
-from curvfast.pipelines.idkd.pipeline import Config
 from curvfast.pipelines.idkd.data import build_data
 from curvfast.pipelines.idkd.detectors import calibrated_threshold, node_scores
 from curvfast.pipelines.idkd.labels import aggregate_labels, label_quality, select_public
 from curvfast.pipelines.idkd.optim import DecentralizedSGD
 from curvfast.pipelines.idkd.partition import dirichlet_partition
+from curvfast.pipelines.idkd.pipeline import Config
 from curvfast.pipelines.idkd.report import accuracy_figure, run_summary
 from curvfast.pipelines.idkd.topology import build_topology
 

@@ -19,22 +19,20 @@ from torch.utils.data import DataLoader
 
 from curvfast.io import save_checkpoint, write_npz
 from curvfast.pipelines.common.contract import config_dict, option, run_folder, write_results
-from curvfast.pipelines.pkd.video import (CompressedVideoDataset, SyntheticConfig, folder_clipset, hmdb51_clips, stratified_split,
-                     synthetic_actions, ucf101_clips)
-from curvfast.pipelines.pkd.video.synthetic import cache_root
 from curvfast.pipelines.pkd.macs import exit_macs
 from curvfast.pipelines.pkd.networks import STREAM_ORDER, build_exits, build_streams
 from curvfast.pipelines.pkd.pkd import PUBLISHED_BOUNDARIES, train_exits
 from curvfast.pipelines.pkd.plots import accuracy_vs_macs_plot, exit_accuracy_plot
 from curvfast.pipelines.pkd.training import collect_exit_logits, train_streams
+from curvfast.pipelines.pkd.video import (CompressedVideoDataset, SyntheticConfig, folder_clipset, hmdb51_clips,
+                                          stratified_split, synthetic_actions, ucf101_clips)
+from curvfast.pipelines.pkd.video.synthetic import cache_root
 from curvfast.pipelines.pkd.wise import fit_wise, wise_sweep
 
 __all__ = ["Config", "run", "summary", "load_clips", "EXIT_NAMES", "TAU_GRID", "DATASETS"]
 
 EXIT_NAMES = [f"{s}/{e}" for s in STREAM_ORDER for e in ("ic1", "ic2", "ic3", "head")]
 TAU_GRID = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1 - 1e-4, 1 - 1e-5, 1 - 1e-6, 1 - 1e-8, 1 - 1e-10, 1.0)
-
-
 DATASETS = ("synthetic", "ucf101", "hmdb51")
 
 
