@@ -222,7 +222,7 @@ def _p2p_worker(rank, world, port, mode, folder):
             mixed = comm.gossip(x)
             labels = torch.full((rank, 3), float(rank))  # node 0 accepts nothing
             got = comm.exchange_labels(torch.arange(rank), labels)
-            _save(folder, rank, (mixed, comm.bytes_sent, {j: (i.tolist(), l.tolist()) for j, (i, l) in got.items()}))
+            _save(folder, rank, (mixed, comm.bytes_sent, {j: (i.tolist(), lab.tolist()) for j, (i, lab) in got.items()}))
         elif rank == 1:  # mode "dead": exits without a word; mode "stall": alive but silent
             if mode == "dead":
                 os._exit(0)
@@ -284,7 +284,7 @@ def _run_cli(tmp_path, *extra):
 
 
 def test_cli_three_node_ring_run(tmp_path, capsys):
-    rc, out = _run_cli(tmp_path, "--nodes", "3", "--topology", "ring", "--alpha", "0.1")
+    rc, out = _run_cli(tmp_path, "--nodes", "3", "--topology", "ring", "--dirichlet-alpha", "0.1")
     assert rc == 0, capsys.readouterr().err
     res = json.load(open(os.path.join(out, "results.json")))
     assert set(res["methods"]) == {"dsgd", "vanilla_kd", "idkd"}
@@ -327,3 +327,23 @@ def test_cli_bad_arguments(tmp_path, capsys):
     assert "--nodes 15" in capsys.readouterr().err
     assert main(["idkd", "--out", str(tmp_path), "--calib-fraction", "1.5"]) == 2
     assert "--calib-fraction" in capsys.readouterr().err
+
+
+def test_under_an_outer_torchrun_every_process_runs_its_node(tmp_path):
+    """`torchrun -m curvfast idkd` spawns nothing: each process is one node, rank 0 writes the run
+    folder, and every process returns (and prints) the same results."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "--max-restarts=0",
+         "-m", "curvfast", "idkd", "--out", str(out), "--epochs", "1", "--finetune-epochs", "1", "--width", "8",
+         "--batch-size", "16", "--public-photos", "50", "--methods", "dsgd,idkd"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["settings"]["nodes"] == 2 and set(res["methods"]) == {"dsgd", "idkd"}
+    assert not (out / "config.json").exists()  # nothing was launched
+    printed = proc.stdout.count(f'"dsgd": {res["methods"]["dsgd"]["mean_accuracy"]}')
+    assert printed == 2, proc.stdout

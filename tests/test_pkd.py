@@ -147,10 +147,10 @@ def test_wise_prefixes_and_early_exit():
 
 def test_wise_uses_the_published_l1_schedule():
     """Prefixes of at most 5 exits are fitted without L1, longer ones with alpha = 0.1 (published)."""
-    from curvfast.pipelines.pkd.pipeline import PKDConfig
+    from curvfast.pipelines.pkd import Config
 
-    d = PKDConfig()
-    assert (d.alpha, d.alpha_free_exits, d.exit_relu) == (0.1, 5, False)
+    d = Config()
+    assert (d.wise_alpha, d.wise_free_exits, d.exit_relu) == (0.1, 5, False)
     rng = np.random.default_rng(2)
     y = rng.integers(0, 4, 300)
     z = np.stack([(1 + k % 3) * np.eye(4)[y] + rng.normal(0, 1.5, (300, 4)) for k in range(7)], axis=1)
@@ -225,3 +225,20 @@ def test_cli_pkd_writes_results_and_plots(tmp_path, monkeypatch):
     assert main(["pkd", "--out", str(out), "--clips-per-class", "2", "--size", "16", "--frames", "13",
                  "--wise-holdout", "0.5", "--quiet"]) == 2  # would leave classes without training clips
     assert main(["pkd", "--out", str(out), "--tau", "1.5"]) == 2
+    assert main(["pkd", "--out", str(out), "--boundaries", "0.6,0.3"]) == 2
+
+
+def test_run_without_a_folder_repeats_the_cli_run(tmp_path, monkeypatch):
+    """``run(config)`` (temporary run folder) returns what the CLI run of the same seed wrote."""
+    pytest.importorskip("av")
+    from curvfast.cli import main
+    from curvfast.pipelines.pkd import Config, run, summary
+
+    monkeypatch.setenv("CURVFAST_CACHE", str(tmp_path / "cache"))
+    small = dict(clips_per_class=2, size=16, frames=13, stream_epochs=1, exit_epochs=1)
+    results = run(Config(**small, quiet=True))
+    assert results["settings"]["boundaries"] == list(Config().boundaries)
+    argv = [f"--{k.replace('_', '-')}={v}" for k, v in small.items()]
+    assert main(["pkd", "--out", str(tmp_path / "run"), *argv, "--quiet"]) == 0
+    written = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert summary(written) == summary(results) and written["history"] == results["history"]

@@ -1,21 +1,26 @@
-"""Decentralized learning with in-distribution knowledge distillation (IDKD, docs/idkd.md).
+"""Decentralized learning with in-distribution knowledge distillation (torchrun) -> run folder (docs/idkd.md).
 
-Nodes are ``torch.distributed`` processes (gloo on CPU, NCCL on GPU) that exchange parameters and
-labels with their graph neighbours only. See ``docs/idkd.md``.
+Trains --nodes models on a graph (QGM gossip, Dirichlet non-IID digits), then compares fine-tuning
+with IDKD (in-distribution-filtered public labels from neighbours), vanilla KD and plain
+decentralized SGD. Nodes are torch.distributed processes (gloo on CPU, NCCL on GPU) that exchange
+parameters and labels with their graph neighbours only; standalone, the command starts them with
+torchrun itself, inside an outer torchrun every process runs its own node. Writes results.json,
+accuracy.png and config.json to --out.
 """
 from curvfast.pipelines.idkd.comm import NeighbourComm, NeighbourError
-from curvfast.pipelines.idkd.config import METHODS, IDKDConfig
 from curvfast.pipelines.idkd.data import DecentralizedData, build_data
 from curvfast.pipelines.idkd.detectors import DETECTORS, calibrated_threshold, knn_score, msp
 from curvfast.pipelines.idkd.labels import aggregate_labels, select_public
-from curvfast.pipelines.idkd.launch import IDKDRunError, launch
+from curvfast.pipelines.idkd.launch import launch
 from curvfast.pipelines.idkd.optim import ALGORITHMS, DecentralizedSGD
 from curvfast.pipelines.idkd.partition import class_histogram, dirichlet_partition
+from curvfast.pipelines.idkd.pipeline import METHODS, Config, run, summary
 from curvfast.pipelines.idkd.topology import TOPOLOGIES, Topology, build_topology, metropolis_hastings
 
 __all__ = [
-    "NeighbourComm", "NeighbourError", "METHODS", "IDKDConfig", "DecentralizedData", "build_data", "DETECTORS",
-    "calibrated_threshold", "knn_score", "msp", "aggregate_labels", "select_public", "IDKDRunError", "launch",
+    "Config", "run", "summary",
+    "NeighbourComm", "NeighbourError", "METHODS", "DecentralizedData", "build_data", "DETECTORS",
+    "calibrated_threshold", "knn_score", "msp", "aggregate_labels", "select_public", "launch",
     "ALGORITHMS", "DecentralizedSGD", "class_histogram", "dirichlet_partition", "TOPOLOGIES", "Topology",
     "build_topology", "metropolis_hastings",
 ]

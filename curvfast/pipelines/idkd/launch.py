@@ -1,5 +1,5 @@
 """Start an IDKD run as ``python -m torch.distributed.run --standalone --nproc-per-node=N`` worker processes,
-and turn a failed run into one clear error that names the node that failed first."""
+and turn a failed run into one clear error (:class:`RunFailed`) that names the node that failed first."""
 from __future__ import annotations
 
 import glob
@@ -9,17 +9,13 @@ import subprocess
 import sys
 
 from curvfast.io import atomic_write_bytes
-from curvfast.pipelines.idkd.config import IDKDConfig
+from curvfast.pipelines.common.contract import RunFailed
 
-__all__ = ["launch", "IDKDRunError", "diagnose_failure"]
-
-
-class IDKDRunError(RuntimeError):
-    """A worker process failed; the message names the root-cause node and its error."""
+__all__ = ["launch", "diagnose_failure"]
 
 
-def torchrun_command(cfg: IDKDConfig, config_path: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={cfg.nodes}",
+def torchrun_command(nodes: int, config_path: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nodes}",
             "--max-restarts=0", "--monitor-interval=0.5", "-m", "curvfast.pipelines.idkd.worker", config_path]
 
 
@@ -42,22 +38,25 @@ def diagnose_failure(out: str, returncode: int) -> str:
     return message + f" (torchrun exit code {returncode}; tracebacks in {os.path.join(out, 'errors')})"
 
 
-def launch(cfg: IDKDConfig) -> dict:
-    """Run ``cfg`` on ``cfg.nodes`` local processes; return the parsed ``results.json``.
+def launch(config, out: str) -> dict:
+    """Run ``config`` (a validated :class:`~curvfast.pipelines.idkd.pipeline.Config`) on ``config.nodes``
+    local processes writing to the run folder ``out``; return the parsed ``results.json``.
 
-    With ``cfg.quiet`` the workers' output goes to ``out/torchrun.log`` instead of the terminal."""
-    os.makedirs(cfg.out, exist_ok=True)
-    for stale in glob.glob(os.path.join(cfg.out, "errors", "rank*.json")):
+    The workers read ``out/config.json``. With ``config.quiet`` their output goes to
+    ``out/torchrun.log`` instead of the terminal. A failed run raises :class:`RunFailed`."""
+    os.makedirs(out, exist_ok=True)
+    for stale in glob.glob(os.path.join(out, "errors", "rank*.json")):
         os.unlink(stale)
-    config_path = os.path.join(cfg.out, "config.json")
-    atomic_write_bytes(config_path, (cfg.to_json() + "\n").encode())
-    env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads)}
-    if cfg.quiet:
-        with open(os.path.join(cfg.out, "torchrun.log"), "w") as log:
-            proc = subprocess.run(torchrun_command(cfg, config_path), env=env, stdout=log, stderr=subprocess.STDOUT)
+    config_path = os.path.join(out, "config.json")
+    atomic_write_bytes(config_path, (config.to_json() + "\n").encode())
+    env = {**os.environ, "OMP_NUM_THREADS": str(config.node_threads)}
+    command = torchrun_command(config.nodes, config_path)
+    if config.quiet:
+        with open(os.path.join(out, "torchrun.log"), "w") as log:
+            proc = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     else:
-        proc = subprocess.run(torchrun_command(cfg, config_path), env=env)
+        proc = subprocess.run(command, env=env)
     if proc.returncode != 0:
-        raise IDKDRunError(diagnose_failure(cfg.out, proc.returncode))
-    with open(os.path.join(cfg.out, "results.json")) as f:
+        raise RunFailed(diagnose_failure(out, proc.returncode))
+    with open(os.path.join(out, "results.json")) as f:
         return json.load(f)

@@ -46,6 +46,14 @@ class DecentralizedSGD:
             t.data.copy_(flat[offset : offset + t.numel()].view_as(t))
             offset += t.numel()
 
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the parameters' gradients (``None``, or zero with ``set_to_none=False``)."""
+        for p in self.params:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
+
     def gossip(self) -> None:
         """Replace the model state by its neighbourhood average (no gradient step)."""
         self._load(self.comm.gossip(self._state()))

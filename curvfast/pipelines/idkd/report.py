@@ -1,15 +1,12 @@
-"""Summary of an IDKD run (``results.json``) and its accuracy plot, written by rank 0."""
+"""Summary of an IDKD run (``results.json``), its accuracy plot (written by rank 0) and its table."""
 from __future__ import annotations
-
-import os
-from dataclasses import asdict
 
 import numpy as np
 
-from curvfast.io import write_json
+from curvfast.pipelines.common.contract import config_dict
 from curvfast.pipelines.common.plots import pyplot, save_png
 
-__all__ = ["run_summary", "write_results"]
+__all__ = ["run_summary", "accuracy_figure", "format_table"]
 
 _LABEL_STATS = ("num_targets", "photo_fraction", "digit_label_accuracy")
 
@@ -39,7 +36,7 @@ def run_summary(cfg, topology, nodes: list[dict], steps: tuple[int, int], data) 
         methods[m] = entry
     public_digits = int(data.public_is_digit.sum())
     return {
-        "settings": asdict(cfg),
+        "settings": config_dict(cfg),
         "topology": {"name": topology.name, "nodes": topology.num_nodes, "spectral_gap": topology.spectral_gap(),
                      "neighbours": [list(n) for n in topology.neighbours], "weights": topology.weights.tolist()},
         "data": {"private": len(data.private_y), "public_digits": public_digits,
@@ -55,10 +52,9 @@ def run_summary(cfg, topology, nodes: list[dict], steps: tuple[int, int], data) 
     }
 
 
-def write_results(out: str, summary: dict) -> None:
-    """``out/results.json`` and ``out/accuracy.png`` (per-node test accuracy of every method), atomically."""
+def accuracy_figure(summary: dict, path: str) -> None:
+    """Per-node test accuracy of every method, bars, written atomically as PNG to ``path``."""
     plt = pyplot()
-    write_json(os.path.join(out, "results.json"), summary)
     methods = summary["methods"]
     n = summary["topology"]["nodes"]
     fig, ax = plt.subplots(figsize=(max(5, 0.6 * n + 2) + 2.5, 3.2))
@@ -71,8 +67,26 @@ def write_results(out: str, summary: dict) -> None:
     ax.set_xlabel("node")
     ax.set_ylabel("test accuracy")
     s = summary["settings"]
-    ax.set_title(f"{s['topology']}, {n} nodes, Dirichlet alpha={s['alpha']}")
+    ax.set_title(f"{s['topology']}, {n} nodes, Dirichlet alpha={s['dirichlet_alpha']}")
     lowest = min(min(e["node_accuracy"]) for e in methods.values())
     ax.set_ylim(max(0.0, lowest - 0.1), 1.0)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    save_png(fig, os.path.join(out, "accuracy.png"), dpi=120)
+    save_png(fig, path, dpi=120)
+
+
+def format_table(summary: dict) -> str:
+    """One row per method: mean and std of the node accuracies, communication, label overhead and, for
+    the KD methods, the public targets kept, their photo share and the digit targets' accuracy; then the
+    initial model's accuracy and the run time."""
+    rows = [f"{'method':12s} {'mean acc':>9s} {'std':>6s} {'comm MB':>9s} {'labels %':>9s} {'public kept':>12s} "
+            f"{'photos %':>9s} {'label acc':>10s}"]
+    for name in summary["settings"]["methods"]:
+        m = summary["methods"][name]
+        kd = name != "dsgd"
+        rows.append(f"{name:12s} {m['mean_accuracy']:9.4f} {m['std_accuracy']:6.3f} {m['comm_bytes'] / 1e6:9.2f} "
+                    f"{100 * m['label_overhead']:9.3f} "
+                    + (f"{m['mean_num_targets']:12.1f} {100 * m['mean_photo_fraction']:9.2f} "
+                       f"{m['mean_digit_label_accuracy']:10.4f}" if kd else f"{'-':>12s} {'-':>9s} {'-':>10s}"))
+    rows.append(f"initial decentralized model: mean accuracy {summary['initial']['mean_accuracy']:.4f}; "
+                f"{summary['seconds']:.1f} s")
+    return "\n".join(rows)

@@ -1,5 +1,6 @@
 """One node of an IDKD run: a ``torch.distributed`` process started by torchrun (``RANK``, ``WORLD_SIZE``,
-``MASTER_ADDR``... in the environment). ``python -m curvfast.pipelines.idkd.worker CONFIG.json``.
+``MASTER_ADDR``... in the environment). ``python -m curvfast.pipelines.idkd.worker OUT/config.json``: the
+run folder is the folder holding the config.
 
 Protocol of every node (Ravikumar et al., IDKD):
 1. initial decentralized training (QGM or DSGDm, gossip with neighbours every step) on the private
@@ -10,7 +11,8 @@ Protocol of every node (Ravikumar et al., IDKD):
 5. indices + soft labels to neighbours, aggregation, then decentralized fine-tuning on private +
    labelled public samples. The ``dsgd`` baseline fine-tunes on private data only, for the same
    number of steps. All methods start from the same phase-1 state.
-Rank 0 gathers every node's numbers and writes ``results.json``; a failing node writes
+Every node gathers every node's numbers (the run's one collective, for the report only) and rank 0
+writes ``results.json``; a failing node writes
 ``errors/rank<r>.json`` before it exits, so the launcher can name the root cause.
 """
 from __future__ import annotations
@@ -33,15 +35,16 @@ from tqdm.auto import tqdm
 from curvfast.io import write_json
 from curvfast.metrics import auroc
 from curvfast.models import build_model
-from curvfast.pipelines.common.training import evaluate
+from curvfast.pipelines.common.contract import write_results
+from curvfast.pipelines.common.training import evaluate, fit
 from curvfast.pipelines.idkd.comm import NeighbourComm, NeighbourError
-from curvfast.pipelines.idkd.config import IDKDConfig
 from curvfast.pipelines.idkd.data import build_data
 from curvfast.pipelines.idkd.detectors import calibrated_threshold, node_scores
 from curvfast.pipelines.idkd.labels import aggregate_labels, label_quality, select_public
 from curvfast.pipelines.idkd.optim import DecentralizedSGD
 from curvfast.pipelines.idkd.partition import dirichlet_partition
-from curvfast.pipelines.idkd.report import run_summary, write_results
+from curvfast.pipelines.idkd.pipeline import Config
+from curvfast.pipelines.idkd.report import accuracy_figure, run_summary
 from curvfast.pipelines.idkd.topology import build_topology
 
 __all__ = ["run_node", "run_process", "main"]
@@ -58,21 +61,25 @@ def _batches(n: int, batch_size: int, steps: int, gen: torch.Generator):
         queue = queue[size:]
 
 
-def _train(model, opt: DecentralizedSGD, x, targets, steps: int, cfg: IDKDConfig, gen, desc: str, show: bool, fail=None):
-    """Minimise the soft cross-entropy -sum_c t_c log softmax(f(x))_c with decentralized SGD."""
-    model.train()
-    for step, idx in enumerate(tqdm(_batches(len(x), cfg.batch_size, steps, gen), total=steps, desc=desc,
-                                    disable=not show, leave=False)):
-        if fail is not None and step == fail:
-            raise RuntimeError(f"injected failure on node {opt.comm.rank} at step {step} (fail_node)")
-        for p in opt.params:
-            p.grad = None
-        loss = -(targets[idx] * F.log_softmax(model(x[idx]), 1)).sum(1).mean()
-        loss.backward()
-        opt.step()
+def _soft_cross_entropy(model, x, targets):
+    return -(targets * F.log_softmax(model(x), 1)).sum(1).mean()
 
 
-def _device_and_backend(cfg: IDKDConfig) -> tuple[torch.device, str]:
+def _train(model, opt: DecentralizedSGD, x, targets, steps: int, batch_size: int, gen, desc: str, show: bool,
+           fail: int | None = None) -> None:
+    """Minimise the soft cross-entropy -sum_c t_c log softmax(f(x))_c with decentralized SGD for ``steps``
+    mini-batches (one pass of :func:`fit` over them; every optimiser step gossips with the neighbours)."""
+    def batches():
+        for step, idx in enumerate(tqdm(_batches(len(x), batch_size, steps, gen), total=steps, desc=desc,
+                                        disable=not show, leave=False)):
+            if step == fail:
+                raise RuntimeError(f"injected failure on node {opt.comm.rank} at step {step} (fail_node)")
+            yield x[idx], targets[idx]
+
+    fit(model, batches(), epochs=1, optimizer=opt, schedule="constant", loss_fn=_soft_cross_entropy, device=x.device)
+
+
+def _device_and_backend(cfg: Config) -> tuple[torch.device, str]:
     """CPU: gloo. CUDA: NCCL when every local process gets its own GPU, else gloo staged through the host."""
     if cfg.device == "cpu":
         return torch.device("cpu"), "gloo"
@@ -85,12 +92,13 @@ def _device_and_backend(cfg: IDKDConfig) -> tuple[torch.device, str]:
     return device, "nccl" if local_world <= count else "gloo"
 
 
-def run_node(cfg: IDKDConfig) -> dict | None:
-    """Run this process's node (the process group must be initialised). Returns the summary on rank 0."""
+def run_node(cfg: Config, out: str) -> dict:
+    """Run this process's node (the process group must be initialised); rank 0 writes ``out/results.json``
+    and ``out/accuracy.png``. Returns the results (the same on every node)."""
     rank, world = dist.get_rank(), dist.get_world_size()
     if world != cfg.nodes:
         raise ValueError(f"--nodes {cfg.nodes} but torchrun started {world} processes; make them equal")
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(cfg.node_threads)
     device, _ = _device_and_backend(cfg)
     comm_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
     show = rank == 0 and not cfg.quiet and sys.stderr.isatty()
@@ -98,7 +106,7 @@ def run_node(cfg: IDKDConfig) -> dict | None:
 
     topology = build_topology(cfg.topology, world)
     data = build_data(cfg.public_fraction, cfg.public_photos, cfg.seed)
-    parts = dirichlet_partition(data.private_y.numpy(), world, cfg.alpha, cfg.seed)
+    parts = dirichlet_partition(data.private_y.numpy(), world, cfg.dirichlet_alpha, cfg.seed)
     mine = torch.from_numpy(parts[rank])
     perm = torch.randperm(len(mine), generator=torch.Generator().manual_seed(cfg.seed * 7919 + rank))
     n_calib = max(2, round(cfg.calib_fraction * len(mine)))
@@ -115,7 +123,7 @@ def run_node(cfg: IDKDConfig) -> dict | None:
 
     steps1 = cfg.epochs * math.ceil(len(data.private_y) / (world * cfg.batch_size))
     fail = cfg.fail_step if cfg.fail_node == rank else None
-    _train(model, opt, x_priv[train_idx.to(device)], t_priv[train_idx.to(device)], steps1, cfg,
+    _train(model, opt, x_priv[train_idx.to(device)], t_priv[train_idx.to(device)], steps1, cfg.batch_size,
            torch.Generator().manual_seed(cfg.seed * 7919 + rank + 1), "initial training", show, fail)
     phase1 = {"accuracy": evaluate(model, test), "bytes": comm.bytes_sent}
     public_logits, calib_scores, public_scores = node_scores(
@@ -152,36 +160,36 @@ def run_node(cfg: IDKDConfig) -> dict | None:
         label_bytes = comm.bytes_sent
         x_ft = torch.cat([x_mine, x_pub[keep.to(device)]])
         t_ft = torch.cat([t_mine, targets.to(device)])
-        _train(model, opt, x_ft, t_ft, steps2, cfg, torch.Generator().manual_seed(cfg.seed * 7919 + rank + 2),
+        _train(model, opt, x_ft, t_ft, steps2, cfg.batch_size, torch.Generator().manual_seed(cfg.seed * 7919 + rank + 2),
                f"fine-tuning ({method})", show)
         node["methods"][method] = {"accuracy": evaluate(model, test), "label_bytes": label_bytes,
                                    "comm_bytes": phase1["bytes"] + comm.bytes_sent, **stats}
     node["seconds"] = round(time.perf_counter() - start, 2)
-    gathered = [None] * world if rank == 0 else None
-    dist.gather_object(node, gathered, dst=0)
-    if rank != 0:
-        return None
-    summary = run_summary(cfg, topology, gathered, steps=(steps1, steps2), data=data)
-    write_results(cfg.out, summary)
-    return summary
+    gathered = [None] * world
+    dist.all_gather_object(gathered, node)
+    results = run_summary(cfg, topology, gathered, steps=(steps1, steps2), data=data)
+    if rank == 0:
+        accuracy_figure(results, os.path.join(out, "accuracy.png"))
+        write_results(out, results)
+    return results
 
 
-def _record_failure(cfg: IDKDConfig, err: BaseException) -> None:
+def _record_failure(out: str, err: BaseException) -> None:
     rank = int(os.environ.get("RANK", -1))
-    write_json(os.path.join(cfg.out, "errors", f"rank{rank}.json"), {
+    write_json(os.path.join(out, "errors", f"rank{rank}.json"), {
         "node": rank, "type": type(err).__name__, "message": str(err), "time": time.time(),
         "lost_neighbour": isinstance(err, NeighbourError), "traceback": traceback.format_exc()})
 
 
-def run_process(cfg: IDKDConfig) -> dict | None:
+def run_process(cfg: Config, out: str) -> dict:
     """Join the process group torchrun described in the environment, run this node, leave the group.
     A failure is recorded in ``out/errors/rank<r>.json`` and re-raised."""
     try:
         _, backend = _device_and_backend(cfg)
         dist.init_process_group(backend, timeout=timedelta(seconds=cfg.timeout))
-        return run_node(cfg)
+        return run_node(cfg, out)
     except BaseException as err:
-        _record_failure(cfg, err)
+        _record_failure(out, err)
         raise
     finally:
         if dist.is_initialized():
@@ -194,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m curvfast.pipelines.idkd.worker CONFIG.json  (started by torchrun)", file=sys.stderr)
         return 2
     with open(argv[0]) as f:
-        run_process(IDKDConfig.from_json(f.read()))
+        run_process(Config.from_json(f.read()), os.path.dirname(os.path.abspath(argv[0])))
     return 0
 
 

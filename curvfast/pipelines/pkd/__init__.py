@@ -1,20 +1,25 @@
-"""Progressive knowledge distillation (PKD) of early exits and WISE on compressed video (docs/pkd.md).
+"""PKD + WISE on compressed video (I-frame / MV / residual streams) -> run folder (docs/pkd.md).
+
+Trains three CoViAR streams on MPEG-4 Part 2 video, internal classifiers by cross-entropy and by
+progressive knowledge distillation (PKD), and WISE (per-prefix exit weights with L1, thresholded
+early exit); writes results.json, logits.npz, models.pt and accuracy-vs-MACs plots to --out.
 
 ``networks``: the three stream ResNets with internal classifiers; ``pkd``: the teacher schedule
 and the CE / PKD training of the ICs; ``training``: stream training and exit logits; ``wise``:
 per-prefix weights with L1 and the thresholded early exit; ``macs``: compute per exit;
-``pipeline``: the whole experiment (``curvfast pkd``).
+``video``: the compressed-domain data; ``pipeline``: the whole experiment (:class:`Config`, :func:`run`).
 """
 from curvfast.pipelines.pkd.macs import count_macs, exit_macs
 from curvfast.pipelines.pkd.networks import STREAM_ORDER, InternalClassifier, StreamNet, build_exits, build_streams
-from curvfast.pipelines.pkd.pipeline import EXIT_NAMES, PKDConfig, run_pkd
+from curvfast.pipelines.pkd.pipeline import EXIT_NAMES, Config, run, summary
 from curvfast.pipelines.pkd.pkd import PUBLISHED_BOUNDARIES, pkd_teacher, soft_cross_entropy, train_exits
 from curvfast.pipelines.pkd.training import collect_exit_logits, train_streams
 from curvfast.pipelines.pkd.wise import fit_prefix_weights, fit_wise, wise_early_exit, wise_objective, wise_sweep
 
 __all__ = [
+    "Config", "run", "summary",
     "count_macs", "exit_macs", "STREAM_ORDER", "InternalClassifier", "StreamNet", "build_exits", "build_streams",
-    "EXIT_NAMES", "PKDConfig", "run_pkd", "PUBLISHED_BOUNDARIES", "pkd_teacher", "soft_cross_entropy", "train_exits",
+    "EXIT_NAMES", "PUBLISHED_BOUNDARIES", "pkd_teacher", "soft_cross_entropy", "train_exits",
     "collect_exit_logits", "train_streams", "fit_prefix_weights", "fit_wise", "wise_early_exit", "wise_objective",
     "wise_sweep",
 ]

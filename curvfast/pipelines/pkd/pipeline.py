@@ -1,80 +1,90 @@
-"""The whole PKD + WISE experiment: data -> streams -> CE and PKD internal classifiers -> WISE ->
-results, arrays and plots in a run folder."""
+"""The whole PKD + WISE experiment (``curvfast pkd``): data -> streams -> CE and PKD internal
+classifiers -> WISE -> results, arrays and plots in a run folder.
+
+Progressive knowledge distillation of early exits and WISE (weighted ensembles of the exits with
+an L1 penalty, stopped at the first confident prefix) on the three CoViAR streams of compressed
+video (Wu et al., "Compressed Video Action Recognition", CVPR 2018)."""
 from __future__ import annotations
 
 import copy
 import os
+import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from curvfast.io import save_checkpoint, write_json, write_npz
-from curvfast.pipelines.pkd.video import (CompressedVideoDataset, SyntheticConfig, folder_clipset, hmdb51_clips, stratified_split,
-                     synthetic_actions, ucf101_clips)
-from curvfast.pipelines.pkd.video.synthetic import cache_root
+from curvfast.io import save_checkpoint, write_npz
+from curvfast.pipelines.common.contract import config_dict, option, run_folder, write_results
 from curvfast.pipelines.pkd.macs import exit_macs
 from curvfast.pipelines.pkd.networks import STREAM_ORDER, build_exits, build_streams
 from curvfast.pipelines.pkd.pkd import PUBLISHED_BOUNDARIES, train_exits
 from curvfast.pipelines.pkd.plots import accuracy_vs_macs_plot, exit_accuracy_plot
 from curvfast.pipelines.pkd.training import collect_exit_logits, train_streams
+from curvfast.pipelines.pkd.video import (CompressedVideoDataset, SyntheticConfig, folder_clipset, hmdb51_clips,
+                                          stratified_split, synthetic_actions, ucf101_clips)
+from curvfast.pipelines.pkd.video.synthetic import cache_root
 from curvfast.pipelines.pkd.wise import fit_wise, wise_sweep
 
-__all__ = ["PKDConfig", "load_clips", "run_pkd", "EXIT_NAMES", "TAU_GRID"]
+__all__ = ["Config", "run", "summary", "load_clips", "EXIT_NAMES", "TAU_GRID", "DATASETS"]
 
 EXIT_NAMES = [f"{s}/{e}" for s in STREAM_ORDER for e in ("ic1", "ic2", "ic3", "head")]
 TAU_GRID = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1 - 1e-4, 1 - 1e-5, 1 - 1e-6, 1 - 1e-8, 1 - 1e-10, 1.0)
+DATASETS = ("synthetic", "ucf101", "hmdb51")
 
 
 @dataclass
-class PKDConfig:
+class Config:
     """Settings of one run. ``dataset``: "synthetic" (bundled, generated offline), "ucf101" or
     "hmdb51" (a folder the user already has, ``root``; re-encoded at ``size`` x ``size``, first
     ``frames`` frames). ``wise_holdout``: 0 fits WISE on the training clips' logits (published);
     a fraction in (0, 1) keeps that stratified part of the training clips out of stream and IC
     training and fits WISE on its logits instead (weights not fooled by overfit training logits)."""
 
-    dataset: str = "synthetic"
-    root: str | None = None
-    fold: int = 1
-    clips_per_class: int = 32
-    size: int = 32
-    frames: int = 24
-    segments: int = 3
-    stream_epochs: int = 15
-    exit_epochs: int = 12
-    batch_size: int = 32
-    lr: float = 2e-3
-    alpha: float = 0.1           # WISE L1 weight of the prefixes longer than alpha_free_exits (published 0.1)
-    alpha_free_exits: int = 5    # prefixes of at most this many exits get no L1 term (published 5)
-    exit_relu: bool = False      # a ReLU inside the ICs (the published ICs have none)
-    tau: float = 0.999999
-    wise_holdout: float = 0.0
-    boundaries: tuple[float, float] = PUBLISHED_BOUNDARIES
-    seed: int = 0
+    dataset: str = option("synthetic", choices=DATASETS)
+    root: str | None = option(None)
+    fold: int = option(1, "official split 1-3 (UCF-101 / HMDB-51)")
+    clips_per_class: int = option(32, "synthetic dataset size")
+    size: int = option(32, "frame side in pixels (a multiple of 16)")
+    frames: int = option(24, "frames per clip (GOP 12)")
+    segments: int = option(3, "TSN segments per clip")
+    stream_epochs: int = option(15, "training epochs of the three streams")
+    exit_epochs: int = option(12, "training epochs of the internal classifiers (CE and PKD sets together)")
+    batch_size: int = option(32)
+    lr: float = option(2e-3, "AdamW learning rate of streams and internal classifiers")
+    wise_alpha: float = option(0.1, "WISE L1 weight of the prefixes longer than --wise-free-exits (published 0.1)")
+    wise_free_exits: int = option(5, "WISE prefixes of at most this many exits are fitted without L1 (published 5)")
+    exit_relu: bool = option(False, "put a ReLU inside the internal classifiers (the published ICs have none)")
+    tau: float = option(0.999999, "WISE early-exit confidence threshold")
+    wise_holdout: float = option(0.0, "fraction of training clips kept out of training to fit WISE on (0: fit on training logits)")
+    boundaries: tuple[float, ...] = option(PUBLISHED_BOUNDARIES, "PKD teacher schedule: fractions of the IC epochs taught by the MV head, then by the residual head")
+    seed: int = option(0)
+    quiet: bool = option(False)
 
     def validate(self) -> None:
-        if self.dataset not in ("synthetic", "ucf101", "hmdb51"):
-            raise ValueError(f"dataset must be 'synthetic', 'ucf101' or 'hmdb51' (got {self.dataset!r})")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"--dataset must be one of {', '.join(DATASETS)} (got {self.dataset!r})")
         if self.dataset != "synthetic" and self.root is None:
             raise ValueError(f"dataset {self.dataset!r} needs --root <folder holding it>; curvfast never downloads videos")
         for name in ("segments", "stream_epochs", "exit_epochs", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
         if not 0 < self.tau <= 1:
-            raise ValueError(f"tau must lie in (0, 1] (got {self.tau})")
+            raise ValueError(f"--tau must lie in (0, 1] (got {self.tau})")
         if not 0 <= self.wise_holdout < 1:
-            raise ValueError(f"wise_holdout must lie in [0, 1) (got {self.wise_holdout})")
-        if self.alpha < 0:
-            raise ValueError(f"alpha must be >= 0 (got {self.alpha})")
-        if self.alpha_free_exits < 0:
-            raise ValueError(f"alpha_free_exits must be >= 0 (got {self.alpha_free_exits})")
+            raise ValueError(f"--wise-holdout must lie in [0, 1) (got {self.wise_holdout})")
+        if self.wise_alpha < 0:
+            raise ValueError(f"--wise-alpha must be >= 0 (got {self.wise_alpha})")
+        if self.wise_free_exits < 0:
+            raise ValueError(f"--wise-free-exits must be >= 0 (got {self.wise_free_exits})")
+        if len(self.boundaries) != 2 or not 0 <= self.boundaries[0] <= self.boundaries[1] <= 1:
+            raise ValueError(f"--boundaries takes two fractions b0,b1 with 0 <= b0 <= b1 <= 1 (got {self.boundaries})")
 
 
-def load_clips(config: PKDConfig, progress: bool = False):
+def load_clips(config: Config, progress: bool = False):
     """``(train, test)`` ClipSets for the configured dataset."""
     if config.dataset == "synthetic":
         return synthetic_actions(SyntheticConfig(config.clips_per_class, config.size, config.frames, seed=config.seed),
@@ -85,7 +95,7 @@ def load_clips(config: PKDConfig, progress: bool = False):
                  for split in ("train", "test"))
 
 
-def _loader(clips, config: PKDConfig, train: bool) -> DataLoader:
+def _loader(clips, config: Config, train: bool) -> DataLoader:
     data = CompressedVideoDataset(clips, config.segments, train=train, seed=config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     return DataLoader(data, batch_size=config.batch_size, shuffle=train, generator=gen if train else None)
@@ -102,14 +112,14 @@ def _ensemble_accuracy(logits: np.ndarray, labels: np.ndarray, exits: list[int])
     return float((probs.mean(1).argmax(-1) == labels).mean())
 
 
-def _wise(train_logits, train_labels, test_logits, test_labels, macs, config: PKDConfig) -> dict:
-    weights = fit_wise(train_logits, train_labels, config.alpha, config.alpha_free_exits)
+def _wise(train_logits, train_labels, test_logits, test_labels, macs, config: Config) -> dict:
+    weights = fit_wise(train_logits, train_labels, config.wise_alpha, config.wise_free_exits)
     sweep = wise_sweep(test_logits, test_labels, weights, macs["cumulative"], TAU_GRID)
     chosen = wise_sweep(test_logits, test_labels, weights, macs["cumulative"], [config.tau])[0]
-    return {**chosen, "alpha": config.alpha, "weights": [w.tolist() for w in weights], "sweep": sweep}
+    return {**chosen, "alpha": config.wise_alpha, "weights": [w.tolist() for w in weights], "sweep": sweep}
 
 
-def _hold_out(clips, config: PKDConfig):
+def _hold_out(clips, config: Config):
     """``(clips to train on, clips to fit WISE on)``: the same set unless ``wise_holdout`` > 0."""
     if config.wise_holdout == 0:
         return clips, clips
@@ -122,10 +132,12 @@ def _hold_out(clips, config: PKDConfig):
     return train, wise
 
 
-def run_pkd(config: PKDConfig, out: str, progress: bool = False, log=print) -> dict:
-    """Run the experiment; write ``results.json``, ``logits.npz``, ``models.pt`` and two PNGs to ``out``."""
+def run(config: Config, out: str | None = None) -> dict:
+    """Run the experiment; write ``results.json``, ``logits.npz``, ``models.pt`` and two PNGs to the
+    run folder ``out`` (None: a temporary one). Returns the results."""
     config.validate()
-    os.makedirs(out, exist_ok=True)
+    progress = not config.quiet and sys.stderr.isatty()
+    log = (lambda _msg: None) if config.quiet else print
     timing, start = {}, time.perf_counter()
     train_clips, test_clips = load_clips(config, progress)
     train_clips, wise_clips = _hold_out(train_clips, config)
@@ -170,7 +182,7 @@ def run_pkd(config: PKDConfig, out: str, progress: bool = False, log=print) -> d
     timing["total_s"] = time.perf_counter() - start
 
     results = {
-        "settings": {**asdict(config), "boundaries": list(config.boundaries)},
+        "settings": config_dict(config),
         "classes": train_clips.classes, "num_train": len(train_clips), "num_test": len(test_clips),
         "num_wise_fit": len(wise_clips),
         "exits": EXIT_NAMES, "ic_accuracy": ic_accuracy,
@@ -182,11 +194,18 @@ def run_pkd(config: PKDConfig, out: str, progress: bool = False, log=print) -> d
         "gains": gains, "history": {"streams": stream_history, "exits": exit_history},
         "timing": {k: round(v, 2) for k, v in timing.items()},
     }
-    write_json(os.path.join(out, "results.json"), results)
-    write_npz(os.path.join(out, "logits.npz"), fit_labels=fit_labels, test_labels=test_labels, **logits)
-    save_checkpoint(os.path.join(out, "models.pt"), nn.ModuleDict({"streams": streams, "ce": ce_exits, "pkd": pkd_exits}),
-                    num_classes=num_classes, dataset=config.dataset)
-    accuracy_vs_macs_plot(os.path.join(out, "accuracy_vs_macs.png"), EXIT_NAMES, macs["standalone"], ic_accuracy,
-                          {k: wise[k]["sweep"] for k in wise}, wise["pkd"], (plain, float(macs["cumulative"][-1])))
-    exit_accuracy_plot(os.path.join(out, "ic_accuracy.png"), EXIT_NAMES, ic_accuracy)
-    return results
+    with run_folder(out) as folder:
+        write_npz(os.path.join(folder, "logits.npz"), fit_labels=fit_labels, test_labels=test_labels, **logits)
+        save_checkpoint(os.path.join(folder, "models.pt"),
+                        nn.ModuleDict({"streams": streams, "ce": ce_exits, "pkd": pkd_exits}),
+                        num_classes=num_classes, dataset=config.dataset)
+        accuracy_vs_macs_plot(os.path.join(folder, "accuracy_vs_macs.png"), EXIT_NAMES, macs["standalone"], ic_accuracy,
+                              {k: wise[k]["sweep"] for k in wise}, wise["pkd"], (plain, float(macs["cumulative"][-1])))
+        exit_accuracy_plot(os.path.join(folder, "ic_accuracy.png"), EXIT_NAMES, ic_accuracy)
+        return write_results(folder, results)
+
+
+def summary(results: dict) -> dict:
+    """What ``curvfast pkd`` prints: IC accuracies, WISE at the chosen threshold, the plain ensemble, the gains."""
+    return {"ic_accuracy": results["ic_accuracy"], "wise": {k: results["wise"][k] for k in ("tau", "accuracy", "macs")},
+            "plain_ensemble_accuracy": results["plain_ensemble_accuracy"], "gains": results["gains"]}

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from curvfast.pipelines.common.training import fit
 from curvfast.pipelines.pkd.networks import STREAM_ORDER, segment_mean
 
 __all__ = ["PUBLISHED_BOUNDARIES", "pkd_teacher", "soft_cross_entropy", "exit_logits_from_features", "train_exits"]
@@ -65,38 +66,41 @@ def _frozen_pass(streams: nn.ModuleDict, batch: dict, segments: int):
 def train_exits(streams: nn.ModuleDict, ce_exits: nn.ModuleDict, pkd_exits: nn.ModuleDict, loader: DataLoader,
                 epochs: int, lr: float = 2e-3, weight_decay: float = 1e-4,
                 boundaries: tuple[float, float] = PUBLISHED_BOUNDARIES, progress: bool = False) -> list[dict]:
-    """Train the CE-baseline ICs and the PKD ICs on the frozen ``streams``. Returns one record per
-    epoch: the PKD teacher of each stream and the mean CE / PKD losses."""
-    from tqdm import tqdm
-
+    """Train the CE-baseline ICs and the PKD ICs on the frozen ``streams`` (AdamW, cosine schedule
+    stepped per batch). Each batch minimises the sum of the CE ICs' label cross-entropies and the
+    PKD ICs' soft cross-entropies to their current teachers. Returns one record per epoch: the PKD
+    teacher of each stream and the mean CE / PKD losses per IC."""
     streams.eval()
     for p in streams.parameters():
         p.requires_grad_(False)
-    params = list(ce_exits.parameters()) + list(pkd_exits.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * len(loader))
     segments = loader.dataset.num_segments
-    history = []
-    for epoch in tqdm(range(epochs), desc="ICs (CE + PKD)", disable=not progress):
+    history, state = [], {}
+
+    def start(epoch: int) -> None:
         loader.dataset.set_epoch(epoch)
-        ce_exits.train(), pkd_exits.train()
-        teachers = {name: pkd_teacher(epoch, epochs, name, boundaries) for name in STREAM_ORDER}
-        totals, batches = torch.zeros(2), 0
-        for batch, y in loader:
-            feats, heads = _frozen_pass(streams, batch, segments)
-            ce_loss = pkd_loss = 0.0
-            for name in STREAM_ORDER:
-                target = F.softmax(heads[teachers[name]], dim=1)
-                for z in exit_logits_from_features(feats[name], ce_exits[name], segments):
-                    ce_loss = ce_loss + F.cross_entropy(z, y)
-                for z in exit_logits_from_features(feats[name], pkd_exits[name], segments):
-                    pkd_loss = pkd_loss + soft_cross_entropy(z, target)
-            opt.zero_grad(set_to_none=True)
-            (ce_loss + pkd_loss).backward()  # disjoint parameters: the two sets do not interact
-            opt.step()
-            sched.step()
-            totals += torch.tensor([ce_loss.item(), pkd_loss.item()])
-            batches += 1
-        history.append({"epoch": epoch, "teachers": teachers, "ce_loss": totals[0].item() / batches / 9,
+        state.update(teachers={name: pkd_teacher(epoch, epochs, name, boundaries) for name in STREAM_ORDER},
+                     totals=torch.zeros(2), batches=0)
+
+    def loss(_model, batch, y):
+        feats, heads = _frozen_pass(streams, batch, segments)
+        ce_loss = pkd_loss = 0.0
+        for name in STREAM_ORDER:
+            target = F.softmax(heads[state["teachers"][name]], dim=1)
+            for z in exit_logits_from_features(feats[name], ce_exits[name], segments):
+                ce_loss = ce_loss + F.cross_entropy(z, y)
+            for z in exit_logits_from_features(feats[name], pkd_exits[name], segments):
+                pkd_loss = pkd_loss + soft_cross_entropy(z, target)
+        state["totals"] += torch.tensor([ce_loss.item(), pkd_loss.item()])
+        state["batches"] += 1
+        return ce_loss + pkd_loss  # disjoint parameters: the two sets do not interact
+
+    def end(epoch: int, _mean: float) -> None:
+        totals, batches = state["totals"], state["batches"]
+        history.append({"epoch": epoch - 1, "teachers": state["teachers"], "ce_loss": totals[0].item() / batches / 9,
                         "pkd_loss": totals[1].item() / batches / 9})
+
+    opt = torch.optim.AdamW(list(ce_exits.parameters()) + list(pkd_exits.parameters()), lr=lr, weight_decay=weight_decay)
+    fit(nn.ModuleDict({"ce": ce_exits, "pkd": pkd_exits}), loader, epochs=epochs, optimizer=opt, schedule="cosine-step",
+        loss_fn=loss, on_epoch_start=start, on_epoch_end=end, device=next(ce_exits.parameters()).device,
+        progress=progress)
     return history

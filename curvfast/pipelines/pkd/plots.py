@@ -1,7 +1,6 @@
 """Accuracy-versus-compute figures of the PKD run, written atomically as PNG."""
 from __future__ import annotations
 
-
 import numpy as np
 
 from curvfast.pipelines.common.plots import pyplot, save_png
@@ -9,8 +8,6 @@ from curvfast.pipelines.common.plots import pyplot, save_png
 __all__ = ["accuracy_vs_macs_plot", "exit_accuracy_plot"]
 
 _MARKERS = {"residual": "s", "mv": "^", "iframe": "o"}
-
-
 
 
 def accuracy_vs_macs_plot(path: str, exit_names: list[str], standalone_macs, ic_accuracy: dict[str, list[float]],

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from curvfast.pipelines.common.training import fit
 from curvfast.pipelines.pkd.networks import STREAM_ORDER, segment_mean
 from curvfast.pipelines.pkd.pkd import exit_logits_from_features
 
@@ -16,28 +17,33 @@ __all__ = ["train_streams", "collect_exit_logits"]
 def train_streams(streams: nn.ModuleDict, loader: DataLoader, epochs: int, lr: float = 2e-3, weight_decay: float = 1e-4,
                   progress: bool = False) -> list[dict]:
     """Train each stream (backbone + head) by cross-entropy on its segment-averaged logits (TSN
-    consensus), AdamW with a cosine schedule. The streams share batches but no parameters, so one
-    optimiser over all of them trains each independently. Returns per-epoch mean losses."""
-    from tqdm import tqdm
+    consensus), AdamW with a cosine schedule stepped per batch. The streams share batches but no
+    parameters, so one optimiser over the sum of their losses trains each independently. Returns
+    the per-epoch mean loss of each stream."""
+    history, totals = [], {}
+
+    def start(epoch: int) -> None:
+        loader.dataset.set_epoch(epoch)
+        totals.update(dict.fromkeys(STREAM_ORDER, 0.0), batches=0)
+
+    def loss(model, batch, y):
+        losses = {name: F.cross_entropy(model[name](batch[name]), y) for name in STREAM_ORDER}
+        for name, value in losses.items():
+            totals[name] += value.item()
+        totals["batches"] += 1
+        return sum(losses.values())
+
+    def end(epoch: int, _mean: float) -> None:
+        history.append({"epoch": epoch - 1, **{f"{name}_loss": totals[name] / totals["batches"] for name in STREAM_ORDER}})
 
     opt = torch.optim.AdamW(streams.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * len(loader))
-    history = []
-    for epoch in tqdm(range(epochs), desc="streams", disable=not progress):
-        loader.dataset.set_epoch(epoch)
-        streams.train()
-        totals, batches = dict.fromkeys(STREAM_ORDER, 0.0), 0
-        for batch, y in loader:
-            losses = {name: F.cross_entropy(streams[name](batch[name]), y) for name in STREAM_ORDER}
-            opt.zero_grad(set_to_none=True)
-            sum(losses.values()).backward()
-            opt.step()
-            sched.step()
-            for name, loss in losses.items():
-                totals[name] += loss.item()
-            batches += 1
-        history.append({"epoch": epoch, **{f"{name}_loss": v / batches for name, v in totals.items()}})
+    fit(streams, loader, epochs=epochs, optimizer=opt, schedule="cosine-step", loss_fn=loss, on_epoch_start=start,
+        on_epoch_end=end, device=_device(streams), progress=progress)
     return history
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
 
 
 @torch.no_grad()
