@@ -7,7 +7,8 @@ A pipeline is a package ``curvfast.pipelines.<command>`` that exposes
   every pipeline and get that help text, so ``--help`` shows one name per idea;
 - ``run(config, out=None) -> dict``: runs the pipeline, writes its run folder ``out`` (``None``: a
   temporary folder, removed afterwards) and returns the dict it wrote as ``out/results.json``;
-- optionally ``summary(results) -> dict``: the part of the results the command prints;
+- optionally ``summary(results) -> dict | None``: the part of the results the command prints (None:
+  nothing, e.g. on the non-reporting ranks of a multi-process run);
 - optionally ``PRESETS``: ``{"smoke": {...}, "paper": {...}}``, field values that ``--preset NAME``
   (or :func:`preset_config`) applies over the defaults; options given explicitly override a preset.
 
@@ -38,7 +39,8 @@ __all__ = ["COMMON_HELP", "RunFailed", "option", "config_dict", "preset_config",
            "add_config_arguments", "register", "main_for"]
 
 COMMON_HELP = {
-    "dataset": "dataset name: digits (bundled), imagefolder, filelist, or a torchvision set such as cifar10 read from --root",
+    "dataset": "dataset name: images: digits (bundled), imagefolder, filelist, cifar10, cifar100, svhn, mnist, fashionmnist "
+               "(read from --root, never downloaded); videos (pkd): its page lists them",
     "root": "folder that already holds the dataset (never downloaded)",
     "model": "zoo name (small_cnn, cifar_resnet18, mlp, mlp2) or a torchvision architecture",
     "checkpoint": "trained weights to start from (a checkpoint written by curvfast)",
@@ -209,7 +211,8 @@ def main_for(pipeline):
             return 1
         if not getattr(config, "quiet", False):
             shown = pipeline.summary(results) if hasattr(pipeline, "summary") else results
-            print(json.dumps({**shown, "out": args.out}, indent=1, default=str))
+            if shown is not None:
+                print(json.dumps({**shown, "out": args.out}, indent=1, default=str))
         return 0
 
     return main
