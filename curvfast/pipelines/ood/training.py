@@ -1,21 +1,10 @@
-"""Train a classifier on any map-style dataset, optionally through a batch transform (VRM).
-
-The recipe is the project's one training loop, :func:`curvfast.pipelines.common.training.fit`: SGD, momentum 0.9,
-weight decay 5e-4, cosine learning-rate schedule. ``batch_transform(x, y, rng)`` may replace a
-batch by new inputs and targets that are class indices (B,) or probability vectors (B, C); the
-loss is the cross-entropy against them.
-"""
+"""The benchmark's data: class subsets of any dataset (read lazily) and test splits as tensors."""
 from __future__ import annotations
-
-import sys
-import time
-from typing import Callable
 
 import torch
 
-from curvfast.pipelines.common.training import fit
 
-__all__ = ["train_classifier", "dataset_labels", "ClassSubset", "stack_images"]
+__all__ = ["dataset_labels", "ClassSubset", "stack_images"]
 
 
 def dataset_labels(dataset) -> torch.Tensor:
@@ -52,28 +41,3 @@ def stack_images(dataset, batch_size: int = 256, workers: int = 0) -> tuple[torc
     """``(images (N, C, H, W), labels (N,))`` of a (test-sized) dataset, read through a DataLoader."""
     xs, ys = zip(*torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers))
     return torch.cat(xs), torch.cat(ys)
-
-
-def train_classifier(
-    model: torch.nn.Module,
-    dataset,
-    *,
-    epochs: int = 30,
-    batch_size: int = 64,
-    lr: float = 0.05,
-    weight_decay: float = 5e-4,
-    seed: int = 0,
-    batch_transform: Callable | None = None,
-    device: str = "cpu",
-    progress: bool | None = None,
-) -> dict:
-    """Train ``model`` in place. Returns ``{"epochs", "steps", "seconds"}``.
-
-    ``seed`` fixes the initial shuffling and the transform's randomness (a numpy Generator passed
-    as ``rng``); the caller seeds the model's initialisation.
-    """
-    start = time.perf_counter()
-    fit(model, dataset, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
-        batch_transform=batch_transform, device=device, progress=sys.stderr.isatty() if progress is None else progress)
-    steps = epochs * -(-len(dataset) // batch_size)
-    return {"epochs": epochs, "steps": steps, "seconds": round(time.perf_counter() - start, 2)}

@@ -97,7 +97,7 @@ def vrm_batch(
 
 
 class VRMTransform:
-    """``(x, y, rng) -> (inputs, soft targets)``: the batch transform for ``train_classifier``."""
+    """``(x, y, rng) -> (inputs, soft targets)``: the batch transform for ``fit``."""
 
     def __init__(self, num_classes: int, alpha: float = 1.0, aux_fraction: float = 0.5, noise_mean: float = 0.5, noise_std: float = 0.5):
         _check_args(alpha, aux_fraction, noise_std)
