@@ -104,7 +104,7 @@ def _reference(make_model, x, y, *, epsilon, epochs, batch_size, lr, seed, batch
 @pytest.mark.parametrize("epsilon, make, batchnorm", [(2.0, _cnn, "identity"), (2.0, _cnn, "groupnorm"), (math.inf, _mlp, "groupnorm")])
 def test_fit_takes_the_same_steps_as_a_plain_opacus_loop(digits, epsilon, make, batchnorm):
     x, y = digits
-    kw = dict(epsilon=epsilon, epochs=2, batch_size=32, lr=1e-2, seed=3, batchnorm=batchnorm)
+    kw = {"epsilon": epsilon, "epochs": 2, "batch_size": 32, "lr": 1e-2, "seed": 3, "batchnorm": batchnorm}
     model, _ = train_dp_model(make, x, y, **kw)
     torch.testing.assert_close(_params(model), _params(_reference(make, x, y, **kw)), rtol=0, atol=0)
 

@@ -20,7 +20,7 @@ model passes :func:`dp_compatible` first: BatchNorm becomes GroupNorm (Opacus'
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
