@@ -64,9 +64,6 @@ class _NonEmptyBatches:
     def __iter__(self):
         return ((x, y) for x, y in self.loader if len(y))
 
-    def __len__(self):
-        return len(self.loader)
-
 
 def train_dp_model(
     make_model: Callable[[], nn.Module],
