@@ -8,28 +8,15 @@ import torch
 
 from curvfast.curvature import input_curvature
 from curvfast.data import DigitsDataset
-from curvfast.pipelines.common.multitrain import train_subset_models
 from curvfast.pipelines.memorization import (
-    agreement,
-    cosine_similarity,
-    curvature_trajectory,
-    flip_labels,
-    memorization_scores,
-    mislabel_report,
-    newcombe_interval,
-    predict,
-    random_subsets,
-    top_k_overlap,
-    train_with_checkpoints,
-    wilson_interval,
+    agreement, cosine_similarity, curvature_trajectory, mislabel_report, flip_labels, memorization_scores,
+    newcombe_interval, predict, random_subsets, top_k_overlap, train_with_checkpoints, wilson_interval,
 )
 from curvfast.pipelines.memorization.dp import fit_unveiling_bounds
-from curvfast.pipelines.memorization.mislabel import (
-    cleanlab_scores,
-    cross_val_pred_probs,
-)
+from curvfast.pipelines.memorization.mislabel import cleanlab_scores, cross_val_pred_probs
 from curvfast.pipelines.memorization.models import model_factory
 from curvfast.pipelines.memorization.pipeline import Config
+from curvfast.pipelines.common.multitrain import train_subset_models
 
 
 @pytest.fixture(scope="module")

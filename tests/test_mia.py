@@ -13,11 +13,7 @@ from scipy.stats import norm
 
 from curvfast.pipelines.mia import attacks as A
 from curvfast.pipelines.mia import interchange
-from curvfast.pipelines.mia.evaluate import (
-    REQUIRED_ATTACKS,
-    attack_metrics,
-    attack_scores,
-)
+from curvfast.pipelines.mia.evaluate import REQUIRED_ATTACKS, attack_metrics, attack_scores
 from curvfast.pipelines.mia.pipeline import Config, balanced_keep, run
 from curvfast.pipelines.mia.signals import logit_confidence, model_signals
 
@@ -314,7 +310,7 @@ def test_checkpoints_load_in_natural_order_and_count_must_match(tmp_path):
     keep = balanced_keep(5, 20, 0)
     np.save(tmp_path / "keep.npy", keep)
     cfg = Config(checkpoints=str(folder), keep=str(tmp_path / "keep.npy"), width=4)
-    make = lambda: build_model("small_cnn", 10, 1, width=4)
+    make = lambda: build_model("small_cnn", 10, 1, width=4)  # noqa: E731
     models, loaded_keep = _models_from_checkpoints(cfg, make, 20)
     assert [float(next(iter(m.state_dict().values())).flatten()[0]) for m in models] == [0.0, 1.0, 2.0, 10.0, 11.0]
     np.testing.assert_array_equal(loaded_keep, keep)

@@ -35,11 +35,7 @@ import torch
 
 from curvfast.metrics import auroc
 from curvfast.pipelines.common.dp import train_dp_model
-from curvfast.pipelines.memorization.feldman import (
-    memorization_scores,
-    predict,
-    random_subsets,
-)
+from curvfast.pipelines.memorization.feldman import memorization_scores, predict, random_subsets
 from curvfast.pipelines.memorization.trajectory import curvature_per_model
 
 __all__ = ["dp_sweep", "fit_unveiling_bounds"]

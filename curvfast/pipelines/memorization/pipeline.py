@@ -28,28 +28,14 @@ from curvfast import __version__
 from curvfast.curvature import METHODS
 from curvfast.data import get_dataset
 from curvfast.io import write_npz
-from curvfast.pipelines.common.contract import (
-    config_dict,
-    option,
-    run_folder,
-    write_results,
-)
+from curvfast.pipelines.common.contract import config_dict, option, run_folder, write_results
 from curvfast.pipelines.common.multitrain import train_subset_models
 from curvfast.pipelines.common.plots import image_grid
 from curvfast.pipelines.memorization.agreement import agreement
 from curvfast.pipelines.memorization.dp import dp_sweep, fit_unveiling_bounds
-from curvfast.pipelines.memorization.feldman import (
-    memorization_scores,
-    predict,
-    random_subsets,
-)
+from curvfast.pipelines.memorization.feldman import memorization_scores, predict, random_subsets
 from curvfast.pipelines.memorization.figures import dp_plot, histograms, scatter_plot
-from curvfast.pipelines.memorization.mislabel import (
-    cleanlab_scores,
-    cross_val_pred_probs,
-    flip_labels,
-    mislabel_report,
-)
+from curvfast.pipelines.memorization.mislabel import cleanlab_scores, cross_val_pred_probs, flip_labels, mislabel_report
 from curvfast.pipelines.memorization.models import model_factory
 from curvfast.pipelines.memorization.trajectory import curvature_trajectory
 

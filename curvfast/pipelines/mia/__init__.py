@@ -13,15 +13,7 @@ signals, run the attacks and write results.json, signals.npz, scores.npz and roc
 - :mod:`.interchange`: LiRA and ML Privacy Meter layouts.
 """
 from curvfast.pipelines.mia.attacks import (
-    curvature_lr,
-    curvature_nll,
-    lira_offline,
-    lira_online,
-    loss_attack,
-    modified_entropy,
-    sablayrolles,
-    watson,
-    ye,
+    curvature_lr, curvature_nll, lira_offline, lira_online, loss_attack, modified_entropy, sablayrolles, watson, ye,
 )
 from curvfast.pipelines.mia.pipeline import Config, balanced_keep, run, summary
 

@@ -32,25 +32,12 @@ import torch
 from curvfast.data import get_dataset
 from curvfast.io import load_checkpoint, save_checkpoint, write_json, write_npz
 from curvfast.models import build_model
-from curvfast.pipelines.common.contract import (
-    RunFailed,
-    config_dict,
-    option,
-    run_folder,
-    write_results,
-)
+from curvfast.pipelines.common.contract import RunFailed, config_dict, option, run_folder, write_results
 from curvfast.pipelines.common.dp import dp_compatible, train_dp_model
 from curvfast.pipelines.common.multitrain import train_subset_models
 from curvfast.pipelines.mia import interchange
 from curvfast.pipelines.mia.attacks import check_membership
-from curvfast.pipelines.mia.evaluate import (
-    ATTACKS,
-    FPRS,
-    REQUIRED_ATTACKS,
-    attack_metrics,
-    attack_scores,
-    plot_rocs,
-)
+from curvfast.pipelines.mia.evaluate import ATTACKS, FPRS, REQUIRED_ATTACKS, attack_metrics, attack_scores, plot_rocs
 from curvfast.pipelines.mia.signals import FLIP_SAFE, SIGNALS, VIEWS, compute_signals
 
 __all__ = ["Config", "run", "summary", "balanced_keep", "crop_flip", "load_population", "natural_order"]
