@@ -12,11 +12,10 @@ from curvfast.pipelines.memorization import (
     agreement, cosine_similarity, curvature_trajectory, mislabel_report, flip_labels, memorization_scores,
     newcombe_interval, predict, random_subsets, top_k_overlap, train_with_checkpoints, wilson_interval,
 )
-from curvfast.pipelines.memorization.dp import fit_unveiling_bounds, make_dp_compatible, train_dp_model
+from curvfast.pipelines.memorization.dp import fit_unveiling_bounds
 from curvfast.pipelines.memorization.mislabel import cleanlab_scores, cross_val_pred_probs
 from curvfast.pipelines.memorization.models import model_factory
-from curvfast.pipelines.memorization.pipeline import MemorizationConfig
-from curvfast.models import build_model
+from curvfast.pipelines.memorization.pipeline import Config
 from curvfast.pipelines.common.multitrain import train_subset_models
 
 
@@ -174,7 +173,7 @@ def test_default_recipe_memorizes_the_flipped_labels(digits):
     labels. The default memorization recipe (MLP, epochs, lr, batch, no weight decay; trained
     epoch by epoch as the pipeline does) must fit >= 90% of the 10% flipped digits labels."""
     x, y = digits
-    d = MemorizationConfig()
+    d = Config()
     noisy, flipped = flip_labels(y, d.noise, 10, seed=d.seed)
     make = model_factory(d.model, 10, (1, 8, 8), d.width)
     models = train_with_checkpoints(make, x, noisy, np.ones((1, len(y)), dtype=bool), epochs=d.epochs, on_epoch=lambda e, m: None,
@@ -199,62 +198,7 @@ def test_mislabel_auroc_small_run(digits):
     assert rep["cleanlab_issues"]["recall"] > 0.5
 
 
-# ---------------------------------------------------------------- DP-SGD and Opacus
-
-def test_module_validator_replaces_batchnorm_with_groupnorm():
-    fixed = make_dp_compatible(build_model("small_cnn", 10, 1, width=8))
-    kinds = {type(m).__name__ for m in fixed.modules()}
-    assert "GroupNorm" in kinds and not any("BatchNorm" in k for k in kinds)
-    x, y = torch.rand(4, 1, 8, 8), torch.arange(4)
-    assert input_curvature(fixed, x, y, method="auto", probes=4).method == "deflated"  # GroupNorm is smooth
-
-
-@pytest.fixture(scope="module")
-def dp_model(digits):
-    x, y = digits[0][:128], digits[1][:128]
-    make = model_factory("mlp", 10, (1, 8, 8), 32)
-    model, spent = train_dp_model(make, x, y, epsilon=4.0, epochs=1, batch_size=32, lr=1e-2, seed=0)
-    return model, spent, x, y
-
-
-def test_dp_training_meets_its_budget(dp_model):
-    model, spent, x, y = dp_model
-    assert 3.0 < spent <= 4.0 + 1e-6
-    assert not hasattr(model, "_module") and not model.training  # the plain network comes back
-
-
-def test_dp_model_is_plain_network_scoring_like_a_fresh_copy(dp_model):
-    """train_dp_model hands back the trained inner network without Opacus hooks; it scores
-    exactly like a fresh module loaded with its weights."""
-    model, _, x, y = dp_model
-    assert all(not m._forward_hooks and not m._backward_hooks for m in model.modules())
-    fresh = model_factory("mlp", 10, (1, 8, 8), 32)()
-    fresh.load_state_dict(model.state_dict())
-    a = input_curvature(model, x[:32], y[:32], method="exact")
-    b = input_curvature(fresh, x[:32], y[:32], method="exact")
-    torch.testing.assert_close(a.value, b.value, rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("hooks", ["enabled", "disabled"])
-def test_opacus_grad_sample_module_scores_like_inner(dp_model, hooks):
-    from opacus import GradSampleModule
-
-    inner, _, x, y = dp_model
-    wrapped = GradSampleModule(inner)
-    if hooks == "disabled":
-        wrapped.disable_hooks()
-    try:
-        a = input_curvature(wrapped, x[:32], y[:32], method="exact")
-        assert wrapped.hooks_enabled == (hooks == "enabled")  # put back as they were
-        assert hasattr(wrapped, "autograd_grad_sample_hooks")
-        if hooks == "enabled":  # the restored hooks still give per-sample gradients
-            wrapped.train()
-            torch.nn.functional.cross_entropy(wrapped(x[:4]), y[:4]).backward()
-            assert all(p.grad_sample.shape[0] == 4 for p in wrapped.parameters() if p.requires_grad)
-    finally:
-        wrapped.remove_hooks()
-    torch.testing.assert_close(a.value, input_curvature(inner, x[:32], y[:32], method="exact").value, rtol=0, atol=0)
-
+# ---------------------------------------------------------------- DP-SGD (training itself: test_pipelines_common_dp.py)
 
 def test_unveiling_fit_recovers_constants():
     eps = [1, 2, 4, 8, 16, 50]
@@ -274,9 +218,10 @@ def test_cli_writes_required_schema(tmp_path):
     out = tmp_path / "run"
     rc = main(["memorization", "--dataset", "digits", "--out", str(out), "--models", "4", "--epochs", "1", "--width", "16",
                "--proxy-models", "1", "--folds", "2", "--dp", "--dp-epsilons", "8", "--dp-models", "2", "--dp-epochs", "1",
-               "--top", "8", "--quiet"])
+               "--dp-max-grad-norm", "2", "--dp-delta", "1e-4", "--top", "8", "--quiet"])
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
+    assert res["settings"]["dp_max_grad_norm"] == 2.0 and res["dp"][0]["delta"] == 1e-4
     assert set(res["correlation"]) >= {"pearson", "spearman", "cosine"}
     assert set(res["mislabel_auroc"]) >= {"curvature", "loss", "cleanlab"}
     assert [r["epsilon"] for r in res["dp"]] == [8.0, None]
@@ -287,8 +232,22 @@ def test_cli_writes_required_schema(tmp_path):
         assert z["memorization"].shape == (1347,)
 
 
-def test_cli_bad_argument_exits_2(tmp_path, capsys):
+@pytest.mark.parametrize("argv, message", [
+    (["--fraction", "1.5"], "--fraction must be in (0, 1)"),
+    (["--dp-epsilons", "1,0"], "--dp-epsilons needs positive values"),
+    (["--models", "1"], "--models must be >= 2"),
+])
+def test_cli_bad_argument_exits_2(tmp_path, capsys, argv, message):
     from curvfast.cli import main
 
-    assert main(["memorization", "--out", str(tmp_path), "--fraction", "1.5"]) == 2
-    assert "fraction" in capsys.readouterr().err
+    assert main(["memorization", "--out", str(tmp_path), *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("old", ["--max-grad-norm", "--delta"])
+def test_cli_dp_flags_have_the_common_names(tmp_path, capsys, old):
+    from curvfast.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["memorization", "--out", str(tmp_path), old, "1"])
+    assert f"unrecognized arguments: {old}" in capsys.readouterr().err

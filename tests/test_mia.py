@@ -13,8 +13,8 @@ from scipy.stats import norm
 
 from curvfast.pipelines.mia import attacks as A
 from curvfast.pipelines.mia import interchange
-from curvfast.pipelines.mia.evaluate import REQUIRED_ATTACKS, attack_scores, attack_metrics
-from curvfast.pipelines.mia.experiment import MIAConfig, balanced_keep, evaluate_signals, run_mia
+from curvfast.pipelines.mia.evaluate import REQUIRED_ATTACKS, attack_metrics, attack_scores
+from curvfast.pipelines.mia.pipeline import Config, balanced_keep, run
 from curvfast.pipelines.mia.signals import logit_confidence, model_signals
 
 
@@ -211,13 +211,38 @@ def test_bad_keep_and_shapes_raise_clear_errors():
         attack_scores(signals, keep, [0], [0, 1])
 
 
-def test_cli_reports_bad_arguments(tmp_path, capsys):
+@pytest.mark.parametrize("argv, message", [
+    (["--signals", "loss,curvature"], "--signals takes a comma-separated subset of loss, conf"),
+    (["--views", "identity,rotate"], "--views takes a comma-separated subset of identity, hflip, auto"),
+    (["--attacks", "loss,oracle"], "--attacks takes a comma-separated subset of loss"),
+    (["--dp-clip", "1"], "unrecognized arguments: --dp-clip"),
+])
+def test_cli_refuses_bad_lists_and_old_flags(tmp_path, capsys, argv, message):
     from curvfast.cli import main
 
-    assert main(["mia", "--signals", "loss,curvature", "--out", str(tmp_path)]) == 2
-    assert "--signals" in capsys.readouterr().err
-    assert main(["mia", "--checkpoints", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
-    assert "no *.pt checkpoints" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["mia", *argv, "--out", str(tmp_path)])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--checkpoints", "{tmp}"], "no *.pt checkpoints"),
+    (["--views", "auto,hflip"], "--views auto stands alone"),
+    (["--dp-epsilon", "0"], "--dp-epsilon must be > 0 or inf"),
+    (["--import-lira", "{tmp}", "--import-matrices", "{tmp}"], "pass one of --import-lira and --import-matrices"),
+    (["--export-lira", "{tmp}/lira", "--signals", "loss"], "include conf in --signals"),
+])
+def test_cli_reports_bad_settings_with_exit_status_2(tmp_path, capsys, argv, message):
+    from curvfast.cli import main
+
+    assert main(["mia", *[a.format(tmp=tmp_path) for a in argv], "--out", str(tmp_path / "r")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_views_auto_resolves_by_dataset():
+    assert Config(dataset="cifar10").resolved_views() == ("identity", "hflip")
+    assert Config(dataset="digits").resolved_views() == ("identity",)
+    assert Config(dataset="cifar10", views=("identity",)).resolved_views() == ("identity",)
 
 
 # --- interchange ---------------------------------------------------------------------------------------
@@ -243,33 +268,12 @@ def test_lira_and_matrix_round_trips(tmp_path):
         interchange.import_lira(str(tmp_path))
 
 
-# --- DP-SGD models --------------------------------------------------------------------------------------
-
-def test_dp_models_train_with_opacus(digits_small):
-    from curvfast.curvature import is_piecewise_linear
-    from curvfast.curvature.model import LogitFn
-    from curvfast.pipelines.mia.dp import dp_model, train_dp_models
-
-    x, y = digits_small.dataset.images[:64], digits_small.dataset.targets[:64]
-    keep = balanced_keep(1, 64, 0)
-    make = lambda: dp_model("small_cnn", 10, 1, width=8)  # noqa: E731
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in make().modules())
-    private = train_dp_models(make, x, y, keep, epsilon=1.0, epochs=1, batch_size=32)
-    again = train_dp_models(make, x, y, keep, epsilon=1.0, epochs=1, batch_size=32)
-    plain = train_dp_models(make, x, y, keep, epsilon=math.inf, epochs=1, batch_size=32)
-    for a, b, c in zip(private, again, plain):
-        pa, pb, pc = (torch.cat([p.flatten() for p in m.parameters()]) for m in (a, b, c))
-        assert torch.isfinite(pa).all() and torch.equal(pa, pb)  # seeded noise: reproducible
-        assert not torch.allclose(pa, pc)  # clipping + noise changed the result
-    assert is_piecewise_linear(LogitFn(private[0], None), x[:4])
-
-
 # --- end to end ------------------------------------------------------------------------------------------
 
 def test_end_to_end_small_digits_pool(tmp_path):
-    cfg = MIAConfig(out=str(tmp_path / "run"), pool_size=80, shadows=4, targets=1, epochs=1, width=8,
-                    signals=("loss", "conf", "curv_exact", "curv_zo"), probes=2, progress=False)
-    results = run_mia(cfg)
+    cfg = Config(pool_size=80, shadows=4, targets=1, epochs=1, width=8, signals=("loss", "conf", "curv_exact", "curv_zo"),
+                 probes=2, quiet=True)
+    results = run(cfg, out=tmp_path / "run")
     with open(tmp_path / "run" / "results.json") as f:
         on_disk = json.load(f)
     assert on_disk["attacks"].keys() == results["attacks"].keys()
@@ -282,7 +286,7 @@ def test_end_to_end_small_digits_pool(tmp_path):
         assert z["keep"].shape == (5, 80) and z["curv_zo"].shape == (5, 80, 1)
         assert (z["keep"][1:].sum(0) == 2).all()  # every sample IN for exactly half of the shadows
         first = z["curv_exact"].copy()
-    again = run_mia(cfg)  # cached signals: no training, same numbers
+    again = run(cfg, out=tmp_path / "run")  # cached signals: no training, same numbers
     assert again["seconds"]["train"] == 0.0 and again["seconds"]["signals"] == 0.0
     assert again["attacks"]["loss"]["auroc"] == results["attacks"]["loss"]["auroc"]
     with np.load(tmp_path / "run" / "signals.npz") as z:
@@ -295,7 +299,7 @@ def test_checkpoints_load_in_natural_order_and_count_must_match(tmp_path):
     """model_2.pt precedes model_10.pt (a lexicographic sort would misalign the rows of keep.npy)."""
     from curvfast.io import save_checkpoint
     from curvfast.models import build_model
-    from curvfast.pipelines.mia.experiment import _models_from_checkpoints, natural_order
+    from curvfast.pipelines.mia.pipeline import _models_from_checkpoints, natural_order
 
     assert natural_order(["a/model_10.pt", "a/model_2.pt", "a/model_1.pt"]) == ["a/model_1.pt", "a/model_2.pt", "a/model_10.pt"]
     folder = tmp_path / "ckpts"
@@ -305,19 +309,19 @@ def test_checkpoints_load_in_natural_order_and_count_must_match(tmp_path):
         save_checkpoint(str(folder / f"model_{m}.pt"), net, model="small_cnn")
     keep = balanced_keep(5, 20, 0)
     np.save(tmp_path / "keep.npy", keep)
-    cfg = MIAConfig(out=str(tmp_path / "r"), checkpoints=str(folder), keep_file=str(tmp_path / "keep.npy"), width=4)
+    cfg = Config(checkpoints=str(folder), keep=str(tmp_path / "keep.npy"), width=4)
     make = lambda: build_model("small_cnn", 10, 1, width=4)  # noqa: E731
     models, loaded_keep = _models_from_checkpoints(cfg, make, 20)
     assert [float(next(iter(m.state_dict().values())).flatten()[0]) for m in models] == [0.0, 1.0, 2.0, 10.0, 11.0]
     np.testing.assert_array_equal(loaded_keep, keep)
     np.save(tmp_path / "keep4.npy", keep[:4])
-    cfg.keep_file = str(tmp_path / "keep4.npy")
+    cfg.keep = str(tmp_path / "keep4.npy")
     with pytest.raises(ValueError, match="4 rows but .* holds 5 checkpoints"):
         _models_from_checkpoints(cfg, make, 20)
 
 
 def test_crop_flip_translates_and_mirrors_each_image():
-    from curvfast.pipelines.mia.experiment import crop_flip
+    from curvfast.pipelines.mia.pipeline import crop_flip
 
     x = torch.arange(2 * 3 * 1 * 16 * 16, dtype=torch.float32).reshape(2, 3, 1, 16, 16)  # (M, B, C, H, W)
     out = crop_flip(x, torch.Generator().manual_seed(0))
@@ -336,24 +340,23 @@ def test_crop_flip_translates_and_mirrors_each_image():
 
 
 def test_augment_auto_uses_crop_flip_for_natural_images_only(tmp_path, monkeypatch):
-    assert MIAConfig(out="x", dataset="cifar10").resolved_augment() == "crop_flip"
-    assert MIAConfig(out="x", dataset="digits").resolved_augment() == "none"
-    assert MIAConfig(out="x", dataset="cifar10", dp_epsilon=4.0).resolved_augment() == "none"
+    assert Config(dataset="cifar10").resolved_augment() == "crop_flip"
+    assert Config(dataset="digits").resolved_augment() == "none"
+    assert Config(dataset="cifar10", dp_epsilon=4.0).resolved_augment() == "none"
     with pytest.raises(ValueError, match="augment must be one of"):
-        MIAConfig(out="x", augment="rotate").resolved_augment()
-    import curvfast.pipelines.common.multitrain as multitrain
+        Config(augment="rotate").resolved_augment()
+    from curvfast.pipelines.mia import pipeline
 
     seen = {}
-    real = multitrain.train_subset_models
+    real = pipeline.train_subset_models
 
     def spy(*args, **kwargs):
         seen["augment"] = kwargs.get("augment")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(multitrain, "train_subset_models", spy)
-    cfg = MIAConfig(out=str(tmp_path / "run"), pool_size=40, shadows=4, targets=1, epochs=1, width=4, augment="crop_flip",
-                    signals=("loss",), progress=False)
-    results = run_mia(cfg)
+    monkeypatch.setattr(pipeline, "train_subset_models", spy)
+    cfg = Config(pool_size=40, shadows=4, targets=1, epochs=1, width=4, augment="crop_flip", signals=("loss",), quiet=True)
+    results = run(cfg, out=tmp_path / "run")
     assert seen["augment"] is not None and results["settings"]["augment_used"] == "crop_flip"
 
 
@@ -366,9 +369,10 @@ def test_evaluation_scores_members_as_members(tmp_path):
     keep = balanced_keep(12, 400, 3)
     mu, sigma = rng.normal(0, 3, 400), rng.uniform(0.5, 1.5, 400)
     conf = mu[None, :, None] + sigma[None, :, None] * (rng.normal(size=(12, 400, 1)) + 1.5 * keep[..., None])
-    signals = {"conf": conf, "loss": -conf}
-    cfg = MIAConfig(out=str(tmp_path / "run"), targets=2, attacks=("loss", "lira_online", "lira_offline", "watson"), progress=False)
-    results = evaluate_signals(cfg, signals, keep)
+    interchange.export_matrices(str(tmp_path / "mpm"), keep, {"conf": conf, "loss": -conf})
+    cfg = Config(import_matrices=str(tmp_path / "mpm"), targets=2, attacks=("loss", "lira_online", "lira_offline", "watson"),
+                 quiet=True)
+    results = run(cfg, out=tmp_path / "run")
     auroc = {n: a["auroc"] for n, a in results["attacks"].items()}
     assert auroc["loss"] > 0.58  # a global threshold suffers from the per-sample spread of μ
     for name in ("lira_online", "lira_offline", "watson"):  # calibrated per sample (Φ(1.5/√2) = 0.86 with exact fits;
@@ -380,11 +384,52 @@ def test_evaluation_scores_members_as_members(tmp_path):
 def test_end_to_end_attacks_find_members_of_an_overfit_target(tmp_path):
     """160 digits, models on 80 each for 30 epochs (train 100%, held-out ~83%): LOSS, LiRA and Mentr
     are clearly above chance for the true members. Swapping members and non-members fails this."""
-    cfg = MIAConfig(out=str(tmp_path / "run"), pool_size=160, shadows=8, targets=2, epochs=30, width=16,
-                    signals=("loss", "conf", "mentr", "curv_exact"), progress=False)
-    results = run_mia(cfg)
+    cfg = Config(pool_size=160, shadows=8, targets=2, epochs=30, width=16, signals=("loss", "conf", "mentr", "curv_exact"),
+                 quiet=True)
+    results = run(cfg, out=tmp_path / "run")
     assert results["accuracy"]["train_mean"] > 0.95 and results["accuracy"]["heldout_mean"] < 0.9
     auroc = {n: a["auroc"] for n, a in results["attacks"].items()}
     for name in ("loss", "mentr", "lira_online", "lira_offline", "sablayrolles"):
         assert auroc[name] > 0.7, (name, auroc[name])
     assert auroc["curv_exact_nll"] > 0.55
+
+
+# --- the contract: DP-SGD models, import / export through run, a failed run ----------------------------------
+
+def test_dp_run_trains_batchnorm_free_models_and_keeps_curv_exact(tmp_path):
+    """Under --dp-epsilon every model is trained by common.dp with BatchNorm replaced by the identity, so the
+    exact curvature signal stays available; the resolved config is recorded."""
+    cfg = Config(pool_size=40, shadows=4, targets=1, epochs=1, width=4, signals=("loss", "curv_exact"), dp_epsilon=8.0, quiet=True)
+    results = run(cfg, out=tmp_path / "run")
+    assert results["settings"]["dp_epsilon"] == 8.0 and results["settings"]["dp_max_grad_norm"] == 1.0
+    assert results["settings"]["augment_used"] == "none" and results["settings"]["views_used"] == ["identity"]
+    assert np.isfinite(results["attacks"]["curv_exact_nll"]["auroc"])
+    state = torch.load(tmp_path / "run" / "models" / "model_000.pt", weights_only=True)["state_dict"]
+    assert not any("running_mean" in k for k in state)
+
+
+def test_import_export_round_trip_through_run(tmp_path):
+    """Signals imported from matrices and exported in LiRA's layout give the same AUROCs when imported back."""
+    rng = np.random.default_rng(4)
+    keep = balanced_keep(10, 200, 1)
+    conf = rng.normal(size=(10, 200, 1)) + 0.8 * keep[..., None]
+    interchange.export_matrices(str(tmp_path / "mpm"), keep, {"conf": conf})
+    first = run(Config(import_matrices=str(tmp_path / "mpm"), targets=2, export_lira=str(tmp_path / "lira"), quiet=True),
+                out=tmp_path / "a")
+    again = run(Config(import_lira=str(tmp_path / "lira"), targets=2, quiet=True), out=tmp_path / "b")
+    assert first["attacks"].keys() == again["attacks"].keys() and "lira_online" in first["attacks"]
+    for name in first["attacks"]:
+        assert first["attacks"][name]["auroc"] == again["attacks"][name]["auroc"]
+
+
+def test_non_finite_auroc_fails_the_run_after_writing_results(tmp_path, monkeypatch, capsys):
+    from curvfast.cli import main
+    from curvfast.pipelines.mia import pipeline
+
+    real = pipeline.attack_metrics
+    monkeypatch.setattr(pipeline, "attack_metrics", lambda *a, **k: {**real(*a, **k), "auroc": float("nan")})
+    keep = balanced_keep(10, 100, 1)
+    interchange.export_matrices(str(tmp_path / "mpm"), keep, {"conf": np.random.default_rng(0).normal(size=(10, 100, 1))})
+    assert main(["mia", "--import-matrices", str(tmp_path / "mpm"), "--targets", "2", "--out", str(tmp_path / "r")]) == 1
+    assert "no finite AUROC" in capsys.readouterr().err
+    assert json.loads((tmp_path / "r" / "results.json").read_text())["attacks"]

@@ -1,15 +1,19 @@
-"""Memorization, privacy and curvature (docs/memorization.md): Feldman memorization scores with
-confidence intervals, curvature averaged over training, agreement measures, mislabel detection
-(curvature, loss, cleanlab) and DP-SGD (Opacus) against the Unveiling bounds."""
+"""Feldman memorization vs curvature, mislabel detection, DP-SGD sweep with the Unveiling bounds (docs/memorization.md).
+
+Memorization, privacy and curvature: Feldman memorization scores with confidence intervals,
+curvature averaged over training, agreement measures, mislabel detection (curvature, loss,
+cleanlab) and DP-SGD (Opacus) against the Unveiling bounds; results.json, scores.npz,
+mislabel.npz and figures in --out (``curvfast memorization``: :class:`Config`, :func:`run`).
+"""
 from curvfast.pipelines.memorization.agreement import agreement, cosine_similarity, top_k_overlap
 from curvfast.pipelines.memorization.feldman import MemorizationEstimate, memorization_scores, newcombe_interval, predict, random_subsets, wilson_interval
 from curvfast.pipelines.memorization.mislabel import cleanlab_scores, cross_val_pred_probs, mislabel_report, flip_labels
-from curvfast.pipelines.memorization.pipeline import MemorizationConfig, run_memorization
+from curvfast.pipelines.memorization.pipeline import Config, run, summary
 from curvfast.pipelines.memorization.trajectory import CurvatureTrajectory, curvature_trajectory, curvature_per_model, train_with_checkpoints
 
 __all__ = [
+    "Config", "run", "summary",
     "agreement", "cosine_similarity", "top_k_overlap", "MemorizationEstimate", "memorization_scores", "newcombe_interval",
     "predict", "random_subsets", "wilson_interval", "cleanlab_scores", "cross_val_pred_probs", "mislabel_report",
-    "flip_labels", "MemorizationConfig", "run_memorization", "CurvatureTrajectory", "curvature_trajectory", "curvature_per_model",
-    "train_with_checkpoints",
+    "flip_labels", "CurvatureTrajectory", "curvature_trajectory", "curvature_per_model", "train_with_checkpoints",
 ]

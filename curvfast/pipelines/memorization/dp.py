@@ -1,10 +1,12 @@
-"""DP-SGD models (Opacus) and the Unveiling bounds (docs/memorization.md).
+"""The DP-SGD sweep and the bounds of Ravikumar et al., "Unveiling Privacy, Memorization, and Input
+Curvature Links" (ICML 2024).
 
 For each privacy budget ε (and once without DP) ``models`` models are trained with DP-SGD on
-random subsets (each sample IN with probability ``fraction``), Unveiling's recipe: RMSprop,
-lr 1e-3, per-sample gradients clipped to norm 1, Poisson sampling, noise calibrated by Opacus's
-RDP accountant to reach (ε, δ=1e-5) after the given epochs. The no-DP reference uses the same
-model, optimizer and epochs without clipping or noise. Per ε:
+random subsets (each sample IN with probability ``fraction``) by
+:func:`curvfast.pipelines.common.dp.train_dp_model`, Unveiling's recipe: RMSprop, lr 1e-3,
+per-sample gradients clipped to norm 1, Poisson sampling, noise calibrated by Opacus's RDP
+accountant to reach (ε, δ=1e-5) after the given epochs. The no-DP reference uses the same model,
+optimizer and epochs without clipping or noise. Per ε:
 
 - accuracy: mean test accuracy of the models;
 - mean_curvature: mean input-loss curvature of each model's training samples (members);
@@ -13,7 +15,7 @@ model, optimizer and epochs without clipping or noise. Per ε:
   averaged over models (also ``mia_auroc_curvature`` with score −curvature).
 
 BatchNorm mixes samples in a batch, which per-sample clipping cannot account for, so every model
-goes through ``opacus.validators.ModuleValidator.fix`` (BatchNorm → GroupNorm) before training;
+has its BatchNorm replaced by GroupNorm (:func:`curvfast.pipelines.common.dp.dp_compatible`);
 GroupNorm is smooth, so ``method="auto"`` estimates curvature of such models with ``deflated``
 while the default MLP stays piecewise linear and gets the exact trace.
 
@@ -32,39 +34,11 @@ import numpy as np
 import torch
 
 from curvfast.metrics import auroc
-from curvfast.pipelines.mia.dp import train_dp_model as dp_training
+from curvfast.pipelines.common.dp import train_dp_model
 from curvfast.pipelines.memorization.feldman import memorization_scores, predict, random_subsets
 from curvfast.pipelines.memorization.trajectory import curvature_per_model
 
-__all__ = ["make_dp_compatible", "train_dp_model", "dp_sweep", "fit_unveiling_bounds"]
-
-
-def make_dp_compatible(model: torch.nn.Module) -> torch.nn.Module:
-    """Opacus' ``ModuleValidator.fix``: BatchNorm → GroupNorm (and other fixes); checked afterwards."""
-    from opacus.validators import ModuleValidator
-
-    model = ModuleValidator.fix(model)
-    errors = ModuleValidator.validate(model, strict=False)
-    if errors:
-        raise TypeError(f"model cannot be trained with DP-SGD even after ModuleValidator.fix: {errors}")
-    return model
-
-
-def train_dp_model(make_model, images: torch.Tensor, targets: torch.Tensor, *, epsilon: float | None, delta: float = 1e-5,
-                   epochs: int = 20, batch_size: int = 64, lr: float = 1e-3, max_grad_norm: float = 1.0, seed: int = 0):
-    """Train one model on (images, targets) with DP-SGD at (ε, δ) — or without DP when ``epsilon`` is None —
-    after ``make_dp_compatible``, with the shared loop :func:`curvfast.pipelines.mia.dp.train_dp_model`.
-
-    Returns ``(model, spent_epsilon)``: the trained network in eval mode, taken out of Opacus'
-    ``GradSampleModule`` with its per-sample-gradient hooks removed, and the accountant's ε (None
-    without DP).
-    """
-    if epsilon is not None and epsilon <= 0:
-        raise ValueError(f"epsilon must be > 0, or None for no DP (got {epsilon})")
-    torch.manual_seed(seed)
-    model = make_dp_compatible(make_model())
-    return dp_training(model, images, targets, epsilon=math.inf if epsilon is None else epsilon, delta=delta,
-                       clip=max_grad_norm, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+__all__ = ["dp_sweep", "fit_unveiling_bounds"]
 
 
 def _accuracy(probs: np.ndarray, targets: torch.Tensor) -> np.ndarray:
@@ -86,8 +60,9 @@ def dp_sweep(make_model, images, targets, test_images, test_targets, *, epsilons
         trained, spent = [], []
         for m in range(models):
             member = torch.from_numpy(keep[m])
-            model, used = train_dp_model(make_model, images[member], targets[member], epsilon=eps, delta=delta, epochs=epochs,
-                                         batch_size=batch_size, lr=lr, max_grad_norm=max_grad_norm, seed=seed + 1000 * m)
+            model, used = train_dp_model(make_model, images[member], targets[member], epsilon=math.inf if eps is None else eps,
+                                         delta=delta, epochs=epochs, batch_size=batch_size, lr=lr,
+                                         max_grad_norm=max_grad_norm, seed=seed + 1000 * m, batchnorm="groupnorm")
             trained.append(model)
             spent.append(used)
             bar.update(1)

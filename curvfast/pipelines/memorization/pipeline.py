@@ -1,13 +1,17 @@
 """``curvfast memorization``: memorization ground truth, the curvature proxy, mislabel detection, DP-SGD.
 
 Stages (all on the training split of the dataset, N samples):
-1. Feldman memorization: ``models`` models on random ``fraction`` subsets (shared stacked
-   trainer) → mem(i) with Newcombe 95% intervals (:mod:`.feldman`).
-2. Curvature proxy: ``proxy_models`` models on the full split, scored after every epoch →
+1. Feldman memorization (Feldman & Zhang, "What Neural Networks Memorize and Why", NeurIPS 2020):
+   ``models`` models on random ``fraction`` subsets (shared stacked trainer),
+   mem(i) = P[f(x_i) = y_i | i ∈ S] − P[f(x_i) = y_i | i ∉ S] with Newcombe 95% intervals (:mod:`.feldman`).
+2. Curvature proxy (Garg et al., "Memorization Through the Lens of Curvature of Loss Function Around
+   Samples", ICML 2024): ``proxy_models`` models on the full split, scored after every epoch →
    curvature averaged over epochs and models (:mod:`.trajectory`); agreement with mem.
 3. Mislabel detection: ``noise`` of the labels flipped; curvature / loss averaged over training
-   and cleanlab confident learning on cross-validated probabilities → AUROC (:mod:`.mislabel`).
-4. Optional (``dp=True``): DP-SGD sweep over ε with the Unveiling bounds (:mod:`.dp`).
+   and cleanlab confident learning (Northcutt et al., JAIR 2021) on cross-validated probabilities
+   → AUROC (:mod:`.mislabel`).
+4. Optional (``dp=True``): DP-SGD sweep over ε with the bounds of Ravikumar et al., "Unveiling
+   Privacy, Memorization, and Input Curvature Links" (ICML 2024) (:mod:`.dp`).
 
 Writes ``results.json``, ``scores.npz`` (aligned with the split's index), ``mislabel.npz`` and PNGs.
 """
@@ -15,59 +19,82 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from curvfast import __version__
+from curvfast.curvature import METHODS
 from curvfast.data import get_dataset
-from curvfast.io import write_json, write_npz
+from curvfast.io import write_npz
+from curvfast.pipelines.common.contract import config_dict, option, run_folder, write_results
 from curvfast.pipelines.common.multitrain import train_subset_models
 from curvfast.pipelines.common.plots import image_grid
 from curvfast.pipelines.memorization.agreement import agreement
 from curvfast.pipelines.memorization.dp import dp_sweep, fit_unveiling_bounds
 from curvfast.pipelines.memorization.feldman import memorization_scores, predict, random_subsets
 from curvfast.pipelines.memorization.figures import dp_plot, histograms, scatter_plot
-from curvfast.pipelines.memorization.mislabel import cleanlab_scores, cross_val_pred_probs, mislabel_report, flip_labels
+from curvfast.pipelines.memorization.mislabel import cleanlab_scores, cross_val_pred_probs, flip_labels, mislabel_report
 from curvfast.pipelines.memorization.models import model_factory
 from curvfast.pipelines.memorization.trajectory import curvature_trajectory
 
-__all__ = ["MemorizationConfig", "run_memorization"]
+__all__ = ["Config", "run", "summary"]
 
 
 @dataclass
-class MemorizationConfig:
-    dataset: str = "digits"
-    root: str | None = None
-    model: str = "mlp"
-    width: int | None = None     # mlp: 256, small_cnn: 32
-    models: int = 64             # Feldman subset models
-    fraction: float = 0.7
-    epochs: int = 100           # no early stop: long enough to fit (memorize) the flipped labels, the papers' premise
-    batch_size: int = 32
-    lr: float = 0.1
-    weight_decay: float = 0.0    # no weight decay: memorization needs models that fit their training set
-    models_per_pass: int = 64
-    stack: bool = True           # stacked vmap training; measured faster than looping for the MLP on this CPU
-    proxy_models: int = 2        # full-data runs whose per-epoch curvature is averaged
-    method: str = "auto"
-    probes: int | None = None
-    confidence: float = 0.95
-    noise: float = 0.1
-    folds: int = 5
-    dp: bool = False
-    dp_epsilons: tuple[float, ...] = (1, 2, 4, 8, 16, 50)
-    dp_models: int = 4
-    dp_fraction: float = 0.5
-    dp_epochs: int = 20
-    dp_lr: float = 1e-3
-    dp_batch_size: int = 64
-    delta: float = 1e-5
-    max_grad_norm: float = 1.0
-    top: int = 32
-    seed: int = 0
-    progress: bool | None = None
+class Config:
+    """The pipeline's settings (defaults: the digits recipe of docs/memorization.md)."""
+
+    dataset: str = option("digits")
+    root: str | None = option(None)
+    model: str = option("mlp")
+    width: int | None = option(None, "model width (mlp: hidden units, small_cnn: channels); None: the model's default, mlp 256, small_cnn 32")
+    models: int = option(64, "subset models for the Feldman memorization estimate")
+    fraction: float = option(0.7, "subset fraction per model")
+    # no early stop: long enough to fit (memorize) the flipped labels, the papers' premise
+    epochs: int = option(100, "training epochs of the subset, proxy and mislabel models")
+    batch_size: int = option(32)
+    lr: float = option(0.1, "SGD learning rate")
+    # no weight decay: memorization needs models that fit their training set
+    weight_decay: float = option(0.0, "SGD weight decay")
+    models_per_pass: int = option(64, "models trained together in one stacked pass")
+    # stacked vmap training: measured faster than looping for the MLP on this CPU
+    loop: bool = option(False, "train models one by one per step instead of stacked (vmap)")
+    proxy_models: int = option(2, "full-data runs whose per-epoch curvature is averaged")
+    method: str = option("auto", "curvature estimator", choices=METHODS)
+    probes: int | None = option(None, "probes of the random curvature estimators; None: the estimator's default")
+    confidence: float = option(0.95, "confidence level of the memorization intervals")
+    noise: float = option(0.1, "fraction of labels flipped for mislabel detection")
+    folds: int = option(5, "cross-validation folds for cleanlab's probabilities")
+    dp: bool = option(False, "also run the DP-SGD sweep (Opacus)")
+    dp_epsilons: tuple[float, ...] = option((1.0, 2.0, 4.0, 8.0, 16.0, 50.0), "privacy budgets ε of the DP-SGD sweep")
+    dp_models: int = option(4, "DP models per ε (random subsets)")
+    dp_fraction: float = option(0.5, "subset fraction per DP model")
+    dp_epochs: int = option(20, "DP-SGD epochs")
+    dp_lr: float = option(1e-3, "RMSprop learning rate of DP-SGD (constant, no schedule)")
+    dp_batch_size: int = option(64, "expected Poisson batch size of DP-SGD")
+    dp_delta: float = option(1e-5)
+    dp_max_grad_norm: float = option(1.0)
+    top: int = option(32, "images in the top-memorized / top-curvature grids")
+    seed: int = option(0)
+    quiet: bool = option(False)
+
+    def validate(self) -> None:
+        """Refuse settings that cannot run, naming the option (ValueError)."""
+        for name in ("models", "epochs", "batch_size", "proxy_models", "folds", "dp_models", "dp_epochs", "dp_batch_size",
+                     "top", "models_per_pass"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+        if self.models < 2:
+            raise ValueError(f"--models must be >= 2 so every sample has IN and OUT models (got {self.models})")
+        for name in ("fraction", "dp_fraction", "confidence"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ValueError(f"--{name.replace('_', '-')} must be in (0, 1) (got {getattr(self, name)})")
+        if not self.dp_epsilons or not all(e > 0 for e in self.dp_epsilons):
+            raise ValueError(f"--dp-epsilons needs positive values such as 1,2,4,8 (got {self.dp_epsilons})")
+        if self.method not in METHODS:
+            raise ValueError(f"--method must be one of {', '.join(METHODS)} (got {self.method!r})")
 
 
 def _tensors(dataset):
@@ -77,40 +104,47 @@ def _tensors(dataset):
     return torch.stack([x for x, _ in items]).float(), torch.tensor([int(y) for _, y in items])
 
 
-def _check(cfg: MemorizationConfig) -> None:
-    for name in ("models", "epochs", "batch_size", "proxy_models", "folds", "dp_models", "dp_epochs", "top", "models_per_pass"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be >= 1 (got {getattr(cfg, name)})")
-    if cfg.models < 2:
-        raise ValueError(f"models must be >= 2 so every sample has IN and OUT models (got {cfg.models})")
-
-
 def _grid(images, order, titles, path, suptitle):
     image_grid(images[order].numpy(), titles, path, suptitle=suptitle)
 
 
-def run_memorization(cfg: MemorizationConfig, out: str) -> dict:
-    """Run every stage and write the run folder ``out``; returns the results dict (also in results.json)."""
-    _check(cfg)
+def run(config: Config, out: str | None = None) -> dict:
+    """Run every stage and write the run folder ``out``; returns the results (also in results.json)."""
+    config.validate()
+    with run_folder(out) as folder:
+        return write_results(folder, _stages(config, folder))
+
+
+def summary(results: dict) -> dict:
+    """What ``curvfast memorization`` prints: the headline numbers of each stage."""
+    shown = {k: results[k] for k in ("memorization", "correlation", "mislabel_auroc", "flipped_labels_fitted", "seconds")}
+    shown["mislabel_trivial_baselines"] = results["mislabel"]["trivial_baselines"]
+    if "dp" in results:
+        shown["dp"] = [{k: r[k] for k in ("epsilon", "accuracy", "mean_curvature", "mean_memorization", "mia_auroc")}
+                       for r in results["dp"]]
+    return shown
+
+
+def _stages(config: Config, out: str) -> dict:
+    progress = False if config.quiet else None
     start = time.perf_counter()
-    train, info = get_dataset(cfg.dataset, "train", root=cfg.root)
-    test, _ = get_dataset(cfg.dataset, "test", root=cfg.root)
+    train, info = get_dataset(config.dataset, "train", root=config.root)
+    test, _ = get_dataset(config.dataset, "test", root=config.root)
     images, targets = _tensors(train)
     test_images, test_targets = _tensors(test)
     n = len(targets)
-    make = model_factory(cfg.model, info.num_classes, tuple(images.shape[1:]), cfg.width)
-    common = dict(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                  models_per_pass=cfg.models_per_pass, stack=cfg.stack)
+    make = model_factory(config.model, info.num_classes, tuple(images.shape[1:]), config.width)
+    common = dict(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
+                  models_per_pass=config.models_per_pass, stack=not config.loop)
     seconds = {}
-    os.makedirs(out, exist_ok=True)
 
     # 1. Feldman memorization
     t = time.perf_counter()
-    keep = random_subsets(cfg.models, n, cfg.fraction, cfg.seed)
-    models = train_subset_models(make, images, targets, keep, seed=cfg.seed, progress=cfg.progress, **common)
+    keep = random_subsets(config.models, n, config.fraction, config.seed)
+    models = train_subset_models(make, images, targets, keep, seed=config.seed, progress=progress, **common)
     probs = predict(models, images)
     correct = probs.argmax(-1) == targets.numpy()[None]
-    est = memorization_scores(correct, keep, cfg.confidence)
+    est = memorization_scores(correct, keep, config.confidence)
     p_label = probs[:, np.arange(n), targets.numpy()]
     with np.errstate(invalid="ignore", divide="ignore"):  # NaN for samples never IN or never OUT
         soft_mem = np.where(keep, p_label, 0).sum(0) / keep.sum(0) - np.where(~keep, p_label, 0).sum(0) / (~keep).sum(0)
@@ -120,9 +154,9 @@ def run_memorization(cfg: MemorizationConfig, out: str) -> dict:
 
     # 2. curvature averaged over training epochs
     t = time.perf_counter()
-    full = np.ones((cfg.proxy_models, n), dtype=bool)
-    traj = curvature_trajectory(make, images, targets, full, method=cfg.method, probes=cfg.probes, score_seed=cfg.seed,
-                                seed=cfg.seed + 10_000, progress=cfg.progress, **common)
+    full = np.ones((config.proxy_models, n), dtype=bool)
+    traj = curvature_trajectory(make, images, targets, full, method=config.method, probes=config.probes, score_seed=config.seed,
+                                seed=config.seed + 10_000, progress=progress, **common)
     curv_avg, curv_final, loss_avg = traj.averaged(), traj.final(), traj.averaged("loss")
     seconds["curvature_trajectory"] = time.perf_counter() - t
     correlation = agreement(curv_avg, est.mem)
@@ -131,28 +165,28 @@ def run_memorization(cfg: MemorizationConfig, out: str) -> dict:
 
     # 3. mislabel detection
     t = time.perf_counter()
-    noisy, flipped = flip_labels(targets, cfg.noise, info.num_classes, cfg.seed)
-    ntraj = curvature_trajectory(make, images, noisy, full, method=cfg.method, probes=cfg.probes, score_seed=cfg.seed,
-                                 seed=cfg.seed + 20_000, progress=cfg.progress, **common)
-    pred_probs = cross_val_pred_probs(make, images, noisy, folds=cfg.folds, seed=cfg.seed + 30_000, progress=cfg.progress, **common)
+    noisy, flipped = flip_labels(targets, config.noise, info.num_classes, config.seed)
+    ntraj = curvature_trajectory(make, images, noisy, full, method=config.method, probes=config.probes, score_seed=config.seed,
+                                 seed=config.seed + 20_000, progress=progress, **common)
+    pred_probs = cross_val_pred_probs(make, images, noisy, folds=config.folds, seed=config.seed + 30_000, progress=progress, **common)
     cl_score, cl_issues = cleanlab_scores(noisy.numpy(), pred_probs)
     mis_scores = {"curvature": ntraj.averaged(), "loss": ntraj.averaged("loss"), "cleanlab": cl_score,
                   "curvature_final_epoch": ntraj.final(), "loss_final_epoch": ntraj.final("loss")}
     mislabel = mislabel_report(mis_scores, flipped, cl_issues)
     fits_noisy = (predict(ntraj.models, images).argmax(-1) == noisy.numpy()[None]).mean(0)  # (N,) over proxy models
     mislabel["final_fit_of_noisy_labels"] = {"flipped": float(fits_noisy[flipped].mean()), "clean": float(fits_noisy[~flipped].mean())}
-    shuffled = np.random.default_rng(cfg.seed).permutation(mis_scores["curvature"])
+    shuffled = np.random.default_rng(config.seed).permutation(mis_scores["curvature"])
     mislabel["trivial_baselines"] = {"constant": 0.5, "shuffled_curvature": mislabel_report({"s": shuffled}, flipped)["auroc"]["s"]}
     seconds["mislabel"] = time.perf_counter() - t
 
     # 4. DP-SGD
     dp_rows, bounds = None, None
-    if cfg.dp:
+    if config.dp:
         t = time.perf_counter()
-        dp_rows = dp_sweep(make, images, targets, test_images, test_targets, epsilons=cfg.dp_epsilons, models=cfg.dp_models,
-                           fraction=cfg.dp_fraction, delta=cfg.delta, epochs=cfg.dp_epochs, batch_size=cfg.dp_batch_size,
-                           lr=cfg.dp_lr, max_grad_norm=cfg.max_grad_norm, method=cfg.method, probes=cfg.probes,
-                           seed=cfg.seed + 40_000, progress=cfg.progress)
+        dp_rows = dp_sweep(make, images, targets, test_images, test_targets, epsilons=config.dp_epsilons, models=config.dp_models,
+                           fraction=config.dp_fraction, delta=config.dp_delta, epochs=config.dp_epochs, batch_size=config.dp_batch_size,
+                           lr=config.dp_lr, max_grad_norm=config.dp_max_grad_norm, method=config.method, probes=config.probes,
+                           seed=config.seed + 40_000, progress=progress)
         bounds = fit_unveiling_bounds(dp_rows)
         dp_plot(dp_rows, bounds, os.path.join(out, "dp.png"))
         seconds["dp"] = time.perf_counter() - t
@@ -166,20 +200,20 @@ def run_memorization(cfg: MemorizationConfig, out: str) -> dict:
               flipped=flipped, cleanlab_issue=cl_issues, pred_probs=pred_probs, **mis_scores)
     scatter_plot(curv_avg, est.mem, os.path.join(out, "curvature_vs_memorization.png"), yerr=(est.mem - est.ci_low, est.ci_high - est.mem),
                  xlabel="input-loss curvature (trace), averaged over epochs", ylabel="memorization mem(i) (95% CI)",
-                 title=f"{cfg.dataset}: Pearson {correlation['pearson']:.3f}, Spearman {correlation['spearman']:.3f}, cosine {correlation['cosine']:.3f}")
+                 title=f"{config.dataset}: Pearson {correlation['pearson']:.3f}, Spearman {correlation['spearman']:.3f}, cosine {correlation['cosine']:.3f}")
     histograms([("memorization mem(i)", {"all": est.mem}, False), ("curvature averaged over epochs", {"all": curv_avg}, True),
                 ("mislabel run: curvature", {"clean": mis_scores["curvature"][~flipped], "flipped": mis_scores["curvature"][flipped]}, True)],
                os.path.join(out, "histograms.png"))
-    top_mem = np.argsort(-np.nan_to_num(est.mem, nan=-2))[: cfg.top]
+    top_mem = np.argsort(-np.nan_to_num(est.mem, nan=-2))[: config.top]
     _grid(images, top_mem, [f"#{i} y={int(targets[i])}\nmem={est.mem[i]:.2f} c={curv_avg[i]:.2g}" for i in top_mem],
-          os.path.join(out, "top_memorized.png"), f"most memorized {cfg.dataset} training images (mem, curvature)")
-    top_curv = np.argsort(-curv_avg)[: cfg.top]
+          os.path.join(out, "top_memorized.png"), f"most memorized {config.dataset} training images (mem, curvature)")
+    top_curv = np.argsort(-curv_avg)[: config.top]
     _grid(images, top_curv, [f"#{i} y={int(targets[i])}\nc={curv_avg[i]:.2g} mem={est.mem[i]:.2f}" for i in top_curv],
-          os.path.join(out, "top_curvature.png"), f"highest epoch-averaged curvature ({cfg.dataset})")
+          os.path.join(out, "top_curvature.png"), f"highest epoch-averaged curvature ({config.dataset})")
 
     results = {
-        "settings": {**{k: v for k, v in asdict(cfg).items() if k != "progress"},
-                     "train_size": n, "curvature_method": cfg.method, "curvfast": __version__, "torch": torch.__version__},
+        "settings": {**config_dict(config),
+                     "train_size": n, "curvature_method": config.method, "curvfast": __version__, "torch": torch.__version__},
         "memorization": {**est.summary(), "subset_model_test_accuracy": float(test_acc.mean()),
                          "subset_model_train_accuracy_in": float(correct[keep].mean())},
         "correlation": correlation,
@@ -192,5 +226,4 @@ def run_memorization(cfg: MemorizationConfig, out: str) -> dict:
     if dp_rows is not None:
         results["dp"] = dp_rows
         results["dp_bounds"] = bounds
-    write_json(os.path.join(out, "results.json"), results)
     return results

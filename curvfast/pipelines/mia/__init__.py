@@ -1,19 +1,24 @@
-"""Membership inference with input curvature (Curvature Clues) and the standard baselines.
+"""Membership inference: train shadows + targets, compute signals, run LOSS / LiRA / curvature attacks (docs/mia.md).
+
+Train N shadow and T target models on balanced random halves of a dataset (or load checkpoints
+and a keep matrix, or import LiRA / ML Privacy Meter signals), cache per-(model, sample, view)
+signals, run the attacks and write results.json, signals.npz, scores.npz and roc.png into --out
+(``curvfast mia``: :class:`Config`, :func:`run`).
 
 - :mod:`.signals`: per-(model, sample, view) loss, logit-scaled confidence, exact / zo / fd curvature.
 - :mod:`.attacks`: LOSS, modified entropy, LiRA online/offline, curvature NLL/LR, Sablayrolles, Watson, Ye;
   function-level, scores with higher = more likely a member.
 - :mod:`.evaluate`: the attack registry, per-target metrics (mean ± std), log-log ROC plot.
-- :mod:`.experiment`: balanced keep matrix, training (or checkpoints), cached signals, results.
-- :mod:`.dp`: DP-SGD models with Opacus. :mod:`.interchange`: LiRA and ML Privacy Meter layouts.
+- :mod:`.pipeline`: balanced keep matrix, training (or checkpoints, DP-SGD with Opacus), cached signals, results.
+- :mod:`.interchange`: LiRA and ML Privacy Meter layouts.
 """
 from curvfast.pipelines.mia.attacks import (
     curvature_lr, curvature_nll, lira_offline, lira_online, loss_attack, modified_entropy, sablayrolles, watson, ye,
 )
-from curvfast.pipelines.mia.experiment import MIAConfig, balanced_keep, run_mia
+from curvfast.pipelines.mia.pipeline import Config, balanced_keep, run, summary
 
 __all__ = [
+    "Config", "run", "summary",
     "loss_attack", "modified_entropy", "lira_online", "lira_offline", "curvature_nll", "curvature_lr", "sablayrolles",
-    "watson", "ye",
-    "MIAConfig", "balanced_keep", "run_mia",
+    "watson", "ye", "balanced_keep",
 ]

@@ -1,0 +1,431 @@
+"""``curvfast mia``: models on random halves, cached signals, attacks, results.
+
+Models 0..T−1 are the targets and T..T+N−1 the shadows (``leave_one_out=True``: every model is a
+target in turn, all others its shadows, as in Carlini et al., "Membership Inference Attacks From
+First Principles", S&P 2022). Each is trained once on its subset ``keep[m]``
+(:func:`curvfast.pipelines.common.multitrain.train_subset_models`, or DP-SGD with Opacus when
+``dp_epsilon`` is set: :func:`curvfast.pipelines.common.dp.train_dp_model`) and saved under
+``out/models/``, or loaded from existing checkpoints with a given keep matrix, or the signals are
+imported from a LiRA / ML Privacy Meter layout (:mod:`.interchange`). Signals are cached in
+``out/signals.npz`` with the settings that produced them, and reused when the settings match.
+
+Outputs in ``out``: ``results.json`` (settings, model accuracies, and ``attacks``: per attack AUROC,
+balanced accuracy and TPR at 1%/0.1%/0.01% FPR, mean and std over targets), ``signals.npz``
+(``keep`` (models x samples), every signal (models x samples x views), ``index``, ``label``),
+``scores.npz`` (each attack's (targets x samples) scores) and ``roc.png``. An attack whose AUROC
+is not finite fails the run (:class:`~curvfast.pipelines.common.contract.RunFailed`, exit status
+1) after these files are written.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from curvfast.data import get_dataset
+from curvfast.io import load_checkpoint, save_checkpoint, write_json, write_npz
+from curvfast.models import build_model
+from curvfast.pipelines.common.contract import RunFailed, config_dict, option, run_folder, write_results
+from curvfast.pipelines.common.dp import dp_compatible, train_dp_model
+from curvfast.pipelines.common.multitrain import train_subset_models
+from curvfast.pipelines.mia import interchange
+from curvfast.pipelines.mia.attacks import check_membership
+from curvfast.pipelines.mia.evaluate import ATTACKS, FPRS, REQUIRED_ATTACKS, attack_metrics, attack_scores, plot_rocs
+from curvfast.pipelines.mia.signals import FLIP_SAFE, SIGNALS, VIEWS, compute_signals
+
+__all__ = ["Config", "run", "summary", "balanced_keep", "crop_flip", "load_population", "natural_order"]
+
+AUGMENTS = ("auto", "none", "crop", "crop_flip")
+# shadows and targets share the DP recipe; BatchNorm becomes the identity so curv_exact stays exact
+DP_BATCHNORM = "identity"
+
+
+@dataclass
+class Config:
+    """The experiment's settings (defaults: the digits recipe of docs/mia.md)."""
+
+    dataset: str = option("digits")
+    split: str = option("all", "the attacked population (default: every sample of the dataset)")
+    root: str | None = option(None)
+    pool_size: int | None = option(None, "attack a random subset of this many samples (size sweeps)")
+    model: str = option("small_cnn")
+    width: int = option(16, "small_cnn channel width")
+    shadows: int = option(16, "shadow models")
+    targets: int = option(4, "target models (the first --targets checkpoints with --checkpoints)")
+    leave_one_out: bool = option(False, "every model is a target in turn, the others its shadows")
+    epochs: int = option(20, "training epochs of every model")
+    batch_size: int = option(64)
+    lr: float = option(0.05, "SGD learning rate")
+    weight_decay: float = option(5e-4, "SGD weight decay")
+    seed: int = option(0)
+    views: tuple[str, ...] = option(("auto",), f"views of each sample; auto: hflip too for {', '.join(FLIP_SAFE)}",
+                                    choices=VIEWS + ("auto",))
+    augment: str = option("auto", f"training augmentation of shadows and targets; auto: crop_flip for {', '.join(FLIP_SAFE)} "
+                                  "(reflect-pad H/8, random crop, horizontal flip), none otherwise and under DP-SGD",
+                          choices=AUGMENTS)
+    signals: tuple[str, ...] = option(SIGNALS, "membership signals to compute", choices=SIGNALS)
+    probes: int = option(10, "zo / fd probes (published: 10)")
+    score_batch_size: int = option(512, "samples per batch when computing signals")
+    dp_epsilon: float | None = option(None)
+    dp_delta: float = option(1e-5)
+    dp_max_grad_norm: float = option(1.0)
+    dp_lr: float = option(1e-3, "RMSprop learning rate of DP-SGD (constant, no schedule)")
+    checkpoints: str | None = option(None, "folder of existing *.pt checkpoints (natural name order, model_2 before model_10; "
+                                           "the first --targets are targets)")
+    keep: str | None = option(None, "(models x samples) membership .npy for --checkpoints")
+    import_lira: str | None = option(None, "attack a LiRA experiment folder (experiment-*/keep.npy, scores/*.npy)")
+    import_matrices: str | None = option(None, "attack ML Privacy Meter style memberships.npy + signals_*.npy")
+    export_lira: str | None = option(None, "also write the confidence signal in LiRA's layout here")
+    export_matrices: str | None = option(None, "also write samples x models signal / membership matrices here")
+    attacks: tuple[str, ...] | None = option(None, "attacks to run (None: every attack whose signal exists)",
+                                             choices=tuple(ATTACKS))
+    published_quirk: bool = option(False, "also run the curvature attacks as the published code does "
+                                          "(variance as std; LR: ratio of summed likelihoods)")
+    quiet: bool = option(False)
+
+    def validate(self) -> None:
+        """Refuse settings that cannot run, naming the option (ValueError)."""
+        for name, allowed in (("signals", SIGNALS), ("views", VIEWS + ("auto",)), ("attacks", tuple(ATTACKS))):
+            values = getattr(self, name)
+            if values is None and name == "attacks":
+                continue
+            if not values or any(v not in allowed for v in values):
+                raise ValueError(f"--{name} takes a comma-separated subset of {', '.join(allowed)} (got {values!r})")
+        if "auto" in self.views and len(self.views) > 1:
+            raise ValueError(f"--views auto stands alone (got {','.join(self.views)})")
+        if self.dp_epsilon is not None and not (self.dp_epsilon > 0):
+            raise ValueError(f"--dp-epsilon must be > 0 or inf (got {self.dp_epsilon})")
+        if self.checkpoints is None and (self.shadows < 1 or self.targets < 1):
+            raise ValueError(f"need --shadows >= 1 and --targets >= 1 (got {self.shadows}, {self.targets})")
+        if self.epochs < 1:
+            raise ValueError(f"--epochs must be >= 1 (got {self.epochs})")
+        if self.import_lira and self.import_matrices:
+            raise ValueError("pass one of --import-lira and --import-matrices, not both")
+        if self.export_lira and not (self.import_lira or self.import_matrices) and "conf" not in self.signals:
+            raise ValueError("--export-lira writes the confidence signal; include conf in --signals")
+        self.resolved_augment()
+
+    def resolved_views(self) -> tuple[str, ...]:
+        """``auto``: the image and its horizontal flip for natural images (:data:`FLIP_SAFE`), the image only otherwise."""
+        if self.views != ("auto",):
+            return self.views
+        return ("identity", "hflip") if self.dataset.lower() in FLIP_SAFE else ("identity",)
+
+    def resolved_augment(self) -> str:
+        """``auto``: random crop + horizontal flip for natural images (:data:`FLIP_SAFE`, the papers'
+        training), nothing for digits-like data (a flip changes the digit; an 8x8 digit has no margin
+        to crop). DP-SGD training takes no augmentation."""
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"--augment must be one of {', '.join(AUGMENTS)} (got {self.augment!r})")
+        if self.augment != "auto":
+            return self.augment
+        return "crop_flip" if self.dataset.lower() in FLIP_SAFE and self.dp_epsilon is None else "none"
+
+    def training_key(self) -> dict:
+        keys = ("dataset", "split", "pool_size", "model", "width", "shadows", "targets", "leave_one_out", "epochs", "batch_size", "lr",
+                "weight_decay", "seed", "dp_epsilon", "dp_delta", "dp_max_grad_norm", "dp_lr", "checkpoints", "keep")
+        return {**{k: getattr(self, k) for k in keys}, "augment": self.resolved_augment()}
+
+    def signal_key(self) -> dict:
+        return {**self.training_key(), "views": list(self.resolved_views()), "signals": list(self.signals), "probes": self.probes}
+
+    @property
+    def progress(self) -> bool | None:
+        return False if self.quiet else None
+
+
+def balanced_keep(num_models: int, num_samples: int, seed: int = 0) -> np.ndarray:
+    """(models, samples) keep matrix in which every sample is IN for exactly ⌊M/2⌋ or ⌈M/2⌉ models.
+
+    Column i ranks M uniform draws and takes the lower half (Carlini et al.'s construction), so
+    each model gets a random ~50% subset and every sample is IN and OUT about equally often
+    (for odd M, whether a sample gets the extra IN is a fair coin).
+    """
+    if num_models < 1 or num_samples < 1:
+        raise ValueError(f"need at least 1 model and 1 sample (got {num_models}, {num_samples})")
+    rng = np.random.default_rng(seed)
+    ranks = rng.random((num_models, num_samples)).argsort(0).argsort(0)
+    half = np.where(rng.random(num_samples) < 0.5, num_models // 2, (num_models + 1) // 2)
+    return ranks < half
+
+
+def experiment_keep(config: Config, num_samples: int) -> np.ndarray:
+    """Targets' rows then shadows' rows, each group balanced on its own (every sample IN for half the
+    shadows, whatever the targets drew); leave-one-out balances all models together."""
+    if config.leave_one_out:
+        return balanced_keep(config.targets + config.shadows, num_samples, config.seed)
+    return np.vstack([balanced_keep(config.targets, num_samples, config.seed), balanced_keep(config.shadows, num_samples, config.seed + 1)])
+
+
+def crop_flip(x: torch.Tensor, gen: torch.Generator, *, flip: bool = True, pad: int | None = None) -> torch.Tensor:
+    """Random-translation crop (reflect padding by ``pad`` pixels, default H // 8: 4 for 32x32 as in
+    Carlini et al.'s and Curvature Clues' training) and, with ``flip``, a horizontal flip with
+    probability ½, drawn independently per image of a batch (..., C, H, W)."""
+    shape = x.shape
+    x = x.reshape(-1, *shape[-3:])
+    n, _, h, w = x.shape
+    pad = max(1, h // 8) if pad is None else pad
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dr = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dc = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    rows = (dr[:, None] + torch.arange(h))[:, :, None]  # (n, h, 1)
+    cols = (dc[:, None] + torch.arange(w))[:, None, :]  # (n, 1, w)
+    out = padded.permute(0, 2, 3, 1)[torch.arange(n)[:, None, None], rows, cols].permute(0, 3, 1, 2)
+    if flip:
+        mirror = torch.rand(n, generator=gen) < 0.5
+        out = torch.where(mirror[:, None, None, None], out.flip(-1), out)
+    return out.reshape(shape).contiguous()
+
+
+def _augment_fn(name: str):
+    return {"none": None, "crop": lambda x, g: crop_flip(x, g, flip=False), "crop_flip": crop_flip}[name]
+
+
+def load_population(config: Config):
+    """``(images (N, C, H, W), labels (N,), dataset indices (N,), num_classes)`` of the attacked population."""
+    dataset, info = get_dataset(config.dataset, config.split, root=config.root)
+    if hasattr(dataset, "images") and hasattr(dataset, "targets") and torch.is_tensor(dataset.images):
+        images, labels = dataset.images, dataset.targets
+    else:
+        items = [dataset[i] for i in range(len(dataset))]
+        images = torch.stack([x for x, _ in items])
+        labels = torch.tensor([int(y) for _, y in items], dtype=torch.int64)
+    index = np.arange(len(labels))
+    if config.pool_size is not None:
+        if not 2 <= config.pool_size <= len(labels):
+            raise ValueError(f"pool_size must be between 2 and the dataset size {len(labels)} (got {config.pool_size})")
+        index = np.sort(np.random.default_rng([config.seed, 1]).choice(len(labels), config.pool_size, replace=False))
+    sel = torch.from_numpy(index)
+    return images[sel].contiguous(), labels[sel].contiguous(), index, info.num_classes
+
+
+def _make_model(config: Config, num_classes: int, in_channels: int):
+    """A zero-argument model factory; under DP-SGD its BatchNorm layers are replaced (:data:`DP_BATCHNORM`)."""
+    kwargs = {"width": config.width} if config.model == "small_cnn" else {}
+    if config.dp_epsilon is not None:
+        return lambda: dp_compatible(build_model(config.model, num_classes, in_channels, **kwargs), DP_BATCHNORM)
+    return lambda: build_model(config.model, num_classes, in_channels, **kwargs)
+
+
+def _train_dp_models(config: Config, make_model, images, labels, keep) -> list:
+    """Model m trained on ``images[keep[m]]`` with DP-SGD, built and noised under seed ``config.seed + m``."""
+    from tqdm.auto import tqdm
+
+    models = []
+    for m in tqdm(range(keep.shape[0]), desc=f"DP-SGD eps={config.dp_epsilon:g}", unit="model",
+                  disable=not config.progress if config.progress is not None else None):
+        rows = torch.from_numpy(np.flatnonzero(keep[m]))
+        model, _ = train_dp_model(make_model, images[rows], labels[rows], epsilon=config.dp_epsilon, delta=config.dp_delta,
+                                  max_grad_norm=config.dp_max_grad_norm, epochs=config.epochs, batch_size=config.batch_size,
+                                  lr=config.dp_lr, seed=config.seed + m, batchnorm=DP_BATCHNORM)
+        models.append(model)
+    return models
+
+
+def natural_order(paths) -> list[str]:
+    """Sort file names with their digit runs compared as numbers: ``model_2.pt`` before ``model_10.pt``."""
+    def key(path):
+        return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", os.path.basename(path))]
+
+    return sorted(paths, key=key)
+
+
+def _models_from_checkpoints(config: Config, make_model, num_samples):
+    files = natural_order(glob.glob(os.path.join(config.checkpoints, "*.pt")))
+    if not files:
+        raise FileNotFoundError(f"no *.pt checkpoints in --checkpoints {config.checkpoints!r}")
+    if config.keep is None:
+        raise ValueError("--checkpoints needs --keep FILE.npy: the (models x samples) membership matrix of those checkpoints")
+    keep = check_membership(np.load(config.keep), num_samples, need_in=0, need_out=0)
+    if keep.shape[0] != len(files):
+        raise ValueError(f"--keep has {keep.shape[0]} rows but {config.checkpoints!r} holds {len(files)} checkpoints: row m of --keep "
+                         "must describe the m-th checkpoint in natural name order (model_2.pt before model_10.pt)")
+    models = []
+    for f in files:
+        model = make_model()
+        model.load_state_dict(load_checkpoint(f)["state_dict"])
+        models.append(model.eval())
+    return models, keep
+
+
+def _train(config: Config, folder: str, make_model, images, labels, keep):
+    model_dir = os.path.join(folder, "models")
+    files = [os.path.join(model_dir, f"model_{m:03d}.pt") for m in range(keep.shape[0])]
+    key = config.training_key()
+    if all(map(os.path.isfile, files)) and _read_json(os.path.join(model_dir, "settings.json")) == key:
+        models = []
+        for f in files:
+            model = make_model()
+            model.load_state_dict(load_checkpoint(f)["state_dict"])
+            models.append(model.eval())
+        return models, 0.0
+    start = time.perf_counter()
+    if config.dp_epsilon is not None:
+        models = _train_dp_models(config, make_model, images, labels, keep)
+    else:
+        models = train_subset_models(make_model, images, labels, keep, epochs=config.epochs, batch_size=config.batch_size,
+                                     lr=config.lr, weight_decay=config.weight_decay, seed=config.seed,
+                                     augment=_augment_fn(config.resolved_augment()), progress=config.progress)
+    seconds = time.perf_counter() - start
+    for f, model in zip(files, models):
+        save_checkpoint(f, model, model=config.model)
+    write_json(os.path.join(model_dir, "settings.json"), key)
+    return models, seconds
+
+
+def _read_json(path):
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _cached_signals(path, key):
+    if not os.path.isfile(path):
+        return None
+    with np.load(path) as z:
+        if "settings" not in z or json.loads(str(z["settings"])) != key:
+            return None
+        return {k: z[k] for k in z.files}
+
+
+@torch.no_grad()
+def _accuracies(models, images, labels, keep):
+    acc = []
+    for model, row in zip(models, keep):
+        correct = (model(images).argmax(1) == labels).numpy()
+        acc.append({"in": float(correct[row].mean()), "out": float(correct[~row].mean()) if (~row).any() else None})
+    return acc
+
+
+def _roles(config: Config, num_models: int):
+    if config.leave_one_out:
+        return [([t], [m for m in range(num_models) if m != t]) for t in range(num_models)]
+    if not 1 <= config.targets < num_models:
+        raise ValueError(f"targets must be between 1 and the number of models - 1 = {num_models - 1} (got {config.targets})")
+    return [(list(range(config.targets)), list(range(config.targets, num_models)))]
+
+
+def _experiment(config: Config, folder: str) -> dict:
+    """Train (or load) the models, compute (or reuse) the signals in ``folder``, attack."""
+    t0 = time.perf_counter()
+    images, labels, index, num_classes = load_population(config)
+    make_model = _make_model(config, num_classes, images.shape[1])
+    train_seconds = 0.0
+    if config.checkpoints is not None:
+        models, keep = _models_from_checkpoints(config, make_model, len(labels))
+    else:
+        keep = experiment_keep(config, len(labels))
+        models = None
+    for _, shadow_ids in _roles(config, keep.shape[0]):
+        check_membership(keep[shadow_ids], need_in=2, need_out=2)
+    signal_path = os.path.join(folder, "signals.npz")
+    cached = _cached_signals(signal_path, config.signal_key())
+    signal_seconds = 0.0
+    if cached is not None:
+        signals = {s: cached[s] for s in config.signals}
+        keep, accuracy = cached["keep"], json.loads(str(cached["accuracy"]))
+    else:
+        if models is None:
+            models, train_seconds = _train(config, folder, make_model, images, labels, keep)
+        start = time.perf_counter()
+        signals = compute_signals(models, images, labels, signals=config.signals, views=config.resolved_views(),
+                                  probes=config.probes, seed=config.seed, batch_size=config.score_batch_size,
+                                  indices=torch.from_numpy(index), progress=config.progress)
+        signal_seconds = time.perf_counter() - start
+        accuracy = _accuracies(models, images, labels, keep)
+        write_npz(signal_path, keep=keep, index=index, label=labels.numpy(), accuracy=json.dumps(accuracy),
+                  settings=json.dumps(config.signal_key()), **signals)
+    return _attack_and_report(config, folder, signals, keep, accuracy, t0, train_seconds, signal_seconds)
+
+
+def _imported(config: Config, folder: str) -> dict:
+    """Attacks only, on signals computed elsewhere (LiRA's layout or ML Privacy Meter's matrices)."""
+    if config.import_lira:
+        keep, conf = interchange.import_lira(config.import_lira)
+        signals = {"conf": conf}
+    else:
+        keep, signals = interchange.import_matrices(config.import_matrices)
+    keep = check_membership(keep, need_in=0, need_out=0)
+    signals = {k: (v[..., None] if v.ndim == 2 else v) for k, v in signals.items()}
+    write_npz(os.path.join(folder, "signals.npz"), keep=keep, **signals)
+    return _attack_and_report(config, folder, signals, keep, None, time.perf_counter(), 0.0, 0.0)
+
+
+def _export(config: Config, folder: str) -> None:
+    """``--export-lira`` / ``--export-matrices``: the run's signals in the other tools' layouts."""
+    with np.load(os.path.join(folder, "signals.npz")) as z:
+        signals = {k: z[k] for k in SIGNALS if k in z.files}
+        keep = z["keep"]
+    if config.export_lira:
+        if "conf" not in signals:
+            raise ValueError("--export-lira writes the confidence signal, and these signals have none")
+        interchange.export_lira(config.export_lira, keep, signals["conf"])
+    if config.export_matrices:
+        interchange.export_matrices(config.export_matrices, keep, signals)
+
+
+def run(config: Config, out: str | None = None) -> dict:
+    """Run the experiment (or attack imported signals) into the run folder ``out``; returns the
+    ``results.json`` content. Raises :class:`RunFailed` after writing it when an attack's AUROC is
+    not finite."""
+    config.validate()
+    with run_folder(out) as folder:
+        results = _imported(config, folder) if config.import_lira or config.import_matrices else _experiment(config, folder)
+        if config.export_lira or config.export_matrices:
+            _export(config, folder)
+        write_results(folder, results)
+    bad = [n for n, a in results["attacks"].items() if not math.isfinite(a["auroc"])]
+    if bad:
+        raise RunFailed(f"no finite AUROC for {', '.join(bad)}; results.json records the run")
+    return results
+
+
+def summary(results: dict) -> dict:
+    """What ``curvfast mia`` prints: run time, mean accuracies, and each attack's AUROC and TPR at 1% FPR."""
+    return {"seconds": results["seconds"], "accuracy": {k: v for k, v in results["accuracy"].items() if k != "per_model"},
+            "attacks": {n: {"auroc": round(a["auroc"], 4), "tpr@1%": round(a["tpr_at_fpr"]["0.01"], 4)}
+                        for n, a in results["attacks"].items()}}
+
+
+def _attack_and_report(config: Config, folder: str, signals, keep, accuracy, t0, train_seconds, signal_seconds) -> dict:
+    names = config.attacks
+    if names is None:
+        names = [n for n, (sig, _) in ATTACKS.items() if sig in signals and (config.published_quirk or not n.endswith("_published"))]
+    roles = _roles(config, keep.shape[0])
+    scores = {n: [] for n in names}
+    targets = []
+    for t_ids, s_ids in roles:
+        for name, s in attack_scores(signals, keep, t_ids, s_ids, names).items():
+            scores[name].append(s)
+        targets += t_ids
+    scores = {n: np.concatenate(v) for n, v in scores.items()}
+    members = keep[targets]
+    attacks = {n: attack_metrics(s, members, FPRS) for n, s in scores.items()}
+    missing = [n for n in REQUIRED_ATTACKS if n not in attacks]
+    plot_rocs(scores, members, os.path.join(folder, "roc.png"),
+              title=f"{config.dataset}, {len(targets)} targets, {keep.shape[0] - (1 if config.leave_one_out else len(targets))} shadows")
+    write_npz(os.path.join(folder, "scores.npz"), targets=np.array(targets), members=members, **scores)
+    acc_in = [a["in"] for a in accuracy or []]
+    acc_out = [a["out"] for a in accuracy or [] if a["out"] is not None]
+    results = {
+        "settings": {**config_dict(config), "augment_used": config.resolved_augment(), "views_used": list(config.resolved_views())},
+        "population": {"samples": int(keep.shape[1]), "models": int(keep.shape[0]), "targets": targets,
+                       "in_fraction": float(keep.mean())},
+        "accuracy": {"train_mean": float(np.mean(acc_in)) if acc_in else None, "heldout_mean": float(np.mean(acc_out)) if acc_out else None,
+                     "per_model": accuracy},
+        "attacks": attacks,
+        "not_computed": missing,
+        "notes": "balanced_accuracy picks its threshold on the evaluated target itself (optimistic). "
+                 f"TPR at FPR below {1 / max(1, (~members).sum(1).min()):.2g} rests on fewer than one non-member.",
+        "seconds": {"train": round(train_seconds, 1), "signals": round(signal_seconds, 1),
+                    "total": round(time.perf_counter() - t0, 1)},
+    }
+    return results
