@@ -11,7 +11,6 @@ import json
 import os
 import sys
 
-import torch
 
 from . import __version__
 
@@ -85,20 +84,6 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-def add_threads_argument(parser: argparse.ArgumentParser) -> None:
-    """``--threads``: torch's intra-op CPU threads (shared by the pipeline commands)."""
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice; 1 is fastest for tiny models on a busy machine)")
-
-
-def apply_threads(args) -> None:
-    """Set torch's thread count from ``args.threads`` (None keeps torch's choice)."""
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1 (got {args.threads})")
-        torch.set_num_threads(args.threads)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``curvfast`` parser: the core commands, then one generated sub-command per pipeline."""
     parser = argparse.ArgumentParser(prog="curvfast", description="Per-sample input loss curvature for PyTorch models.")
@@ -165,11 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .pipelines.common import contract
 
     for command in COMMANDS:
-        module = importlib.import_module(f"curvfast.pipelines.{command}")
-        if hasattr(module, "Config"):
-            contract.register(sub, command, module)
-        else:  # not yet on the contract
-            importlib.import_module(f"curvfast.pipelines.{command}.cli").register(sub)
+        contract.register(sub, command, importlib.import_module(f"curvfast.pipelines.{command}"))
     return parser
 
 

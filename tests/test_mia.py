@@ -320,27 +320,8 @@ def test_checkpoints_load_in_natural_order_and_count_must_match(tmp_path):
         _models_from_checkpoints(cfg, make, 20)
 
 
-def test_crop_flip_translates_and_mirrors_each_image():
-    from curvfast.pipelines.mia.pipeline import crop_flip
-
-    x = torch.arange(2 * 3 * 1 * 16 * 16, dtype=torch.float32).reshape(2, 3, 1, 16, 16)  # (M, B, C, H, W)
-    out = crop_flip(x, torch.Generator().manual_seed(0))
-    again = crop_flip(x, torch.Generator().manual_seed(0))
-    assert out.shape == x.shape and torch.equal(out, again)
-    padded = torch.nn.functional.pad(x.reshape(6, 1, 16, 16), (2, 2, 2, 2), mode="reflect")
-    flips = 0
-    for img, src in zip(out.reshape(6, 1, 16, 16), padded):
-        windows = [(r, c, f) for r in range(5) for c in range(5) for f in (False, True)
-                   if torch.equal(img, src[:, r:r + 16, c:c + 16].flip(-1) if f else src[:, r:r + 16, c:c + 16])]
-        assert len(windows) == 1  # each output is one 16x16 window of the reflect-padded image, maybe mirrored
-        flips += windows[0][2]
-    assert 0 < flips < 6
-    big = crop_flip(torch.rand(400, 1, 8, 8), torch.Generator().manual_seed(1), flip=False)
-    assert not torch.equal(big, crop_flip(torch.rand(400, 1, 8, 8), torch.Generator().manual_seed(1), flip=False))
-
-
 def test_augment_auto_uses_crop_flip_for_natural_images_only(tmp_path, monkeypatch):
-    assert Config(dataset="cifar10").resolved_augment() == "crop_flip"
+    assert Config(dataset="cifar10").resolved_augment() == "crop-flip"
     assert Config(dataset="digits").resolved_augment() == "none"
     assert Config(dataset="cifar10", dp_epsilon=4.0).resolved_augment() == "none"
     with pytest.raises(ValueError, match="augment must be one of"):
@@ -355,9 +336,9 @@ def test_augment_auto_uses_crop_flip_for_natural_images_only(tmp_path, monkeypat
         return real(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "train_subset_models", spy)
-    cfg = Config(pool_size=40, shadows=4, targets=1, epochs=1, width=4, augment="crop_flip", signals=("loss",), quiet=True)
+    cfg = Config(pool_size=40, shadows=4, targets=1, epochs=1, width=4, augment="crop-flip", signals=("loss",), quiet=True)
     results = run(cfg, out=tmp_path / "run")
-    assert seen["augment"] is not None and results["settings"]["augment_used"] == "crop_flip"
+    assert seen["augment"] is not None and results["settings"]["augment_used"] == "crop-flip"
 
 
 # --- members and non-members: a swapped member set must fail ----------------------------------------------

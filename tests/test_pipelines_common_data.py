@@ -9,14 +9,21 @@ from curvfast.pipelines.common.augment import batch_transform, crop_flip, image_
 from curvfast.pipelines.common.data import DataOptions, build_network, load_split, loader
 
 
-def test_crop_is_a_translation_within_the_reflected_border():
-    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
-    gen = torch.Generator().manual_seed(0)
-    out = crop_flip(x, gen, flip=False)
-    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
-    for b in range(2):  # every output is one of the 9 windows of the padded image
-        windows = [padded[b, :, r:r + 8, c:c + 8] for r in range(3) for c in range(3)]
-        assert any(torch.equal(out[b], w) for w in windows)
+def test_crop_flip_translates_and_mirrors_each_image():
+    x = torch.arange(2 * 3 * 1 * 16 * 16, dtype=torch.float32).reshape(2, 3, 1, 16, 16)  # (M, B, C, H, W)
+    out = crop_flip(x, torch.Generator().manual_seed(0))
+    again = crop_flip(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and torch.equal(out, again)
+    padded = torch.nn.functional.pad(x.reshape(6, 1, 16, 16), (2, 2, 2, 2), mode="reflect")
+    flips = 0
+    for img, src in zip(out.reshape(6, 1, 16, 16), padded):
+        windows = [(r, c, f) for r in range(5) for c in range(5) for f in (False, True)
+                   if torch.equal(img, src[:, r:r + 16, c:c + 16].flip(-1) if f else src[:, r:r + 16, c:c + 16])]
+        assert len(windows) == 1  # each output is one 16x16 window of the reflect-padded image, maybe mirrored
+        flips += windows[0][2]
+    assert 0 < flips < 6
+    big = crop_flip(torch.rand(400, 1, 8, 8), torch.Generator().manual_seed(1), flip=False)
+    assert not torch.equal(big, crop_flip(torch.rand(400, 1, 8, 8), torch.Generator().manual_seed(1), flip=False))
 
 
 def test_flip_mirrors_about_half_the_images_and_draws_repeat():

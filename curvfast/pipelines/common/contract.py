@@ -47,7 +47,7 @@ COMMON_HELP = {
     "device": "cpu, cuda or cuda:N",
     "batch_size": "training mini-batch size",
     "workers": "DataLoader worker processes",
-    "image_size": "resize and centre-crop images to this size (default: as stored)",
+    "image_size": "resize and centre-crop images to this size (unset: as stored)",
     "normalize": "input normalisation inside the model: none, cifar10, imagenet or MEAN/STD (per channel, comma-separated)",
     "augment": "training augmentation: none, crop (reflect-pad H/8, random crop) or crop-flip (and a horizontal flip)",
     "seed": "random seed (data order, initialisation, probes)",
@@ -64,8 +64,8 @@ class RunFailed(RuntimeError):
 
 
 def option(default=dataclasses.MISSING, help: str | None = None, *, choices=None):  # noqa: A002 (argparse's word)
-    """A ``Config`` field: its default, one line of help (omit it for a :data:`COMMON_HELP` name) and,
-    optionally, the allowed values (for a tuple field: of each element)."""
+    """A ``Config`` field: its default, one line of help (for a :data:`COMMON_HELP` name: omitted, or a
+    note appended to the common help) and, optionally, the allowed values (for a tuple field: of each element)."""
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
 
 
@@ -153,14 +153,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
     hints = typing.get_type_hints(config_cls)
     for f in dataclasses.fields(config_cls):
         flag, tp = _flag(f.name), _unwrap_optional(hints[f.name])
-        help_text = f.metadata.get("help") or COMMON_HELP.get(f.name)
+        own, common = f.metadata.get("help"), COMMON_HELP.get(f.name)
+        help_text = f"{common}; {own}" if common and own else common or own  # a common name keeps its meaning
         if not help_text:
             raise TypeError(f"{config_cls.__qualname__}.{f.name} has no help: declare it with option(default, help)")
         choices = f.metadata.get("choices")
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         kwargs: dict = {"dest": f.name, "help": help_text, "required": required, "default": argparse.SUPPRESS}
-        if not required and tp is not bool:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = None if required else f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if default is not None and tp is not bool:
             kwargs["help"] += f" (default: {','.join(map(str, default)) if isinstance(default, tuple) else default})"
         if tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction

@@ -34,6 +34,7 @@ def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cosine_similarity(a, b) -> float:
+    """aᵀb / (‖a‖ ‖b‖) of two score vectors."""
     a, b = _pair(a, b)
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 

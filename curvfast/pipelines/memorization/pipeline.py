@@ -49,7 +49,8 @@ class Config:
     dataset: str = option("digits")
     root: str | None = option(None)
     model: str = option("mlp")
-    width: int | None = option(None, "model width (mlp: hidden units, small_cnn: channels); None: the model's default, mlp 256, small_cnn 32")
+    width: int | None = option(None, "model width (mlp: hidden units, small_cnn: channels); "
+                                     "unset: the model's default, mlp 256, small_cnn 32")
     models: int = option(64, "subset models for the Feldman memorization estimate")
     fraction: float = option(0.7, "subset fraction per model")
     # no early stop: long enough to fit (memorize) the flipped labels, the papers' premise
@@ -200,9 +201,11 @@ def _stages(config: Config, out: str) -> dict:
               flipped=flipped, cleanlab_issue=cl_issues, pred_probs=pred_probs, **mis_scores)
     scatter_plot(curv_avg, est.mem, os.path.join(out, "curvature_vs_memorization.png"), yerr=(est.mem - est.ci_low, est.ci_high - est.mem),
                  xlabel="input-loss curvature (trace), averaged over epochs", ylabel="memorization mem(i) (95% CI)",
-                 title=f"{config.dataset}: Pearson {correlation['pearson']:.3f}, Spearman {correlation['spearman']:.3f}, cosine {correlation['cosine']:.3f}")
+                 title=f"{config.dataset}: Pearson {correlation['pearson']:.3f}, Spearman {correlation['spearman']:.3f}, "
+                       f"cosine {correlation['cosine']:.3f}")
     histograms([("memorization mem(i)", {"all": est.mem}, False), ("curvature averaged over epochs", {"all": curv_avg}, True),
-                ("mislabel run: curvature", {"clean": mis_scores["curvature"][~flipped], "flipped": mis_scores["curvature"][flipped]}, True)],
+                ("mislabel run: curvature",
+                 {"clean": mis_scores["curvature"][~flipped], "flipped": mis_scores["curvature"][flipped]}, True)],
                os.path.join(out, "histograms.png"))
     top_mem = np.argsort(-np.nan_to_num(est.mem, nan=-2))[: config.top]
     _grid(images, top_mem, [f"#{i} y={int(targets[i])}\nmem={est.mem[i]:.2f} c={curv_avg[i]:.2g}" for i in top_mem],

@@ -101,9 +101,9 @@ def curvature_trajectory(make_model, images, targets, keep, *, epochs: int, meth
     curv, loss = [], []
 
     def on_epoch(_, models):
-        c, l = curvature_per_model(models, images, targets, method=method, probes=probes, seed=score_seed)
+        c, losses = curvature_per_model(models, images, targets, method=method, probes=probes, seed=score_seed)
         curv.append(c)
-        loss.append(l)
+        loss.append(losses)
 
     models = train_with_checkpoints(make_model, images, targets, keep, epochs=epochs, on_epoch=on_epoch, **train_kwargs)
     return CurvatureTrajectory(np.stack(curv), np.stack(loss), np.asarray(keep, dtype=bool), models)

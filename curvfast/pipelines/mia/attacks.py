@@ -130,6 +130,7 @@ def _lira_fit(shadow, mask, variance):
 
 
 def gaussian_logpdf(x, mean, std) -> np.ndarray:
+    """log N(x; mean, std²), elementwise."""
     z = (x - mean) / std
     return -0.5 * z * z - np.log(std) - 0.5 * math.log(2 * math.pi)
 

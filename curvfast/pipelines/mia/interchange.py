@@ -58,7 +58,8 @@ def import_lira(path: str) -> tuple[np.ndarray, np.ndarray]:
     """Read LiRA's layout: ``(keep (M, N) bool, scores (M, N, V))``, models in experiment order."""
     folders = glob.glob(os.path.join(path, "experiment-*"))
     if not folders:
-        raise FileNotFoundError(f"no experiment-*/ folders under {path!r}; expected LiRA's layout (experiment-{{m}}_{{M}}/keep.npy, scores/*.npy)")
+        raise FileNotFoundError(f"no experiment-*/ folders under {path!r}; "
+                                "expected LiRA's layout (experiment-{m}_{M}/keep.npy, scores/*.npy)")
     order = sorted(folders, key=lambda f: int(re.match(r"experiment-(\d+)", os.path.basename(f)).group(1)))
     keeps, scores = [], []
     for folder in order:

@@ -32,6 +32,7 @@ import torch
 from curvfast.data import get_dataset
 from curvfast.io import load_checkpoint, save_checkpoint, write_json, write_npz
 from curvfast.models import build_model
+from curvfast.pipelines.common.augment import AUGMENTATIONS, image_augmentation
 from curvfast.pipelines.common.contract import RunFailed, config_dict, option, run_folder, write_results
 from curvfast.pipelines.common.dp import dp_compatible, train_dp_model
 from curvfast.pipelines.common.multitrain import train_subset_models
@@ -40,9 +41,9 @@ from curvfast.pipelines.mia.attacks import check_membership
 from curvfast.pipelines.mia.evaluate import ATTACKS, FPRS, REQUIRED_ATTACKS, attack_metrics, attack_scores, plot_rocs
 from curvfast.pipelines.mia.signals import FLIP_SAFE, SIGNALS, VIEWS, compute_signals
 
-__all__ = ["Config", "run", "summary", "balanced_keep", "crop_flip", "load_population", "natural_order"]
+__all__ = ["Config", "run", "summary", "balanced_keep", "load_population", "natural_order"]
 
-AUGMENTS = ("auto", "none", "crop", "crop_flip")
+AUGMENTS = ("auto", *AUGMENTATIONS)
 # shadows and targets share the DP recipe; BatchNorm becomes the identity so curv_exact stays exact
 DP_BATCHNORM = "identity"
 
@@ -67,8 +68,7 @@ class Config:
     seed: int = option(0)
     views: tuple[str, ...] = option(("auto",), f"views of each sample; auto: hflip too for {', '.join(FLIP_SAFE)}",
                                     choices=VIEWS + ("auto",))
-    augment: str = option("auto", f"training augmentation of shadows and targets; auto: crop_flip for {', '.join(FLIP_SAFE)} "
-                                  "(reflect-pad H/8, random crop, horizontal flip), none otherwise and under DP-SGD",
+    augment: str = option("auto", f"auto: crop-flip for {', '.join(FLIP_SAFE)}, none otherwise and under DP-SGD",
                           choices=AUGMENTS)
     signals: tuple[str, ...] = option(SIGNALS, "membership signals to compute", choices=SIGNALS)
     probes: int = option(10, "zo / fd probes (published: 10)")
@@ -126,7 +126,7 @@ class Config:
             raise ValueError(f"--augment must be one of {', '.join(AUGMENTS)} (got {self.augment!r})")
         if self.augment != "auto":
             return self.augment
-        return "crop_flip" if self.dataset.lower() in FLIP_SAFE and self.dp_epsilon is None else "none"
+        return "crop-flip" if self.dataset.lower() in FLIP_SAFE and self.dp_epsilon is None else "none"
 
     def training_key(self) -> dict:
         keys = ("dataset", "split", "pool_size", "model", "width", "shadows", "targets", "leave_one_out", "epochs", "batch_size", "lr",
@@ -162,30 +162,6 @@ def experiment_keep(config: Config, num_samples: int) -> np.ndarray:
     if config.leave_one_out:
         return balanced_keep(config.targets + config.shadows, num_samples, config.seed)
     return np.vstack([balanced_keep(config.targets, num_samples, config.seed), balanced_keep(config.shadows, num_samples, config.seed + 1)])
-
-
-def crop_flip(x: torch.Tensor, gen: torch.Generator, *, flip: bool = True, pad: int | None = None) -> torch.Tensor:
-    """Random-translation crop (reflect padding by ``pad`` pixels, default H // 8: 4 for 32x32 as in
-    Carlini et al.'s and Curvature Clues' training) and, with ``flip``, a horizontal flip with
-    probability ½, drawn independently per image of a batch (..., C, H, W)."""
-    shape = x.shape
-    x = x.reshape(-1, *shape[-3:])
-    n, _, h, w = x.shape
-    pad = max(1, h // 8) if pad is None else pad
-    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
-    dr = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    dc = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    rows = (dr[:, None] + torch.arange(h))[:, :, None]  # (n, h, 1)
-    cols = (dc[:, None] + torch.arange(w))[:, None, :]  # (n, 1, w)
-    out = padded.permute(0, 2, 3, 1)[torch.arange(n)[:, None, None], rows, cols].permute(0, 3, 1, 2)
-    if flip:
-        mirror = torch.rand(n, generator=gen) < 0.5
-        out = torch.where(mirror[:, None, None, None], out.flip(-1), out)
-    return out.reshape(shape).contiguous()
-
-
-def _augment_fn(name: str):
-    return {"none": None, "crop": lambda x, g: crop_flip(x, g, flip=False), "crop_flip": crop_flip}[name]
 
 
 def load_population(config: Config):
@@ -272,7 +248,7 @@ def _train(config: Config, folder: str, make_model, images, labels, keep):
     else:
         models = train_subset_models(make_model, images, labels, keep, epochs=config.epochs, batch_size=config.batch_size,
                                      lr=config.lr, weight_decay=config.weight_decay, seed=config.seed,
-                                     augment=_augment_fn(config.resolved_augment()), progress=config.progress)
+                                     augment=image_augmentation(config.resolved_augment()), progress=config.progress)
     seconds = time.perf_counter() - start
     for f, model in zip(files, models):
         save_checkpoint(f, model, model=config.model)
