@@ -256,6 +256,8 @@ def test_torchvision_backbones_are_streams_with_exits_and_macs(backbone):
     x = torch.randn(2, 3, 2, 32, 32)
     assert streams["mv"](x[:, :, :2]).shape == (2, 5)
     macs = exit_macs(streams, exits, 32, 3)
-    assert (np.diff(macs["cumulative"]) > 0).all() and macs["standalone"][3] < macs["standalone"][11]
+    assert (np.diff(macs["cumulative"]) > 0).all()
+    heavier = macs["standalone"][11] / macs["standalone"][3]  # I-frame head vs residual head
+    assert heavier > 1.5 if backbone == "coviar" else heavier == 1
     with pytest.raises(ValueError, match="backbone"):
         build_streams(5, backbone="resnet9000")
