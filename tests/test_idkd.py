@@ -84,16 +84,22 @@ def test_dirichlet_partition_reproducible_and_skewed():
 
 
 def test_public_set_is_disjoint_from_private_and_holds_photos():
-    data = build_data(public_fraction=0.25, seed=0)
-    pub_digits = data.public_x[data.public_is_digit]
+    from curvfast.pipelines.idkd import Config
+
+    data = build_data(Config(), public_fraction=0.25, seed=0)
+    public_x, private_x = data.public_images(Config()), data.private_images(np.arange(len(data.private_y)), Config())
+    pub_digits = public_x[data.public_is_digit]
     assert len(pub_digits) == round(0.25 * 1347) and (~data.public_is_digit).sum() == len(pub_digits)
-    assert len(data.private_y) + len(pub_digits) == 1347
+    assert len(data.private_y) + len(pub_digits) == 1347 and len(private_x) == len(data.private_y)
+    assert not set(data.private_idx) & set(data.public_idx)
     # held-out digits are never private samples (compare exact pixel rows; sklearn digits contain no duplicates
     # across this split at the float level other than by identity)
-    private_rows = {row.numpy().tobytes() for row in data.private_x.flatten(1)}
+    private_rows = {row.numpy().tobytes() for row in private_x.flatten(1)}
     assert not any(row.numpy().tobytes() in private_rows for row in pub_digits.flatten(1))
-    photos = data.public_x[~data.public_is_digit]
+    photos = public_x[~data.public_is_digit]
     assert photos.shape[1:] == (1, 8, 8) and float(photos.min()) >= 0 and float(photos.max()) <= 1
+    shard = data.private_images([5, 2], Config())  # a node loads only its own samples, in its order
+    torch.testing.assert_close(shard, private_x[[5, 2]])
 
 
 def test_calibrated_threshold_and_selection():
