@@ -353,3 +353,64 @@ def test_under_an_outer_torchrun_every_process_runs_its_node(tmp_path):
     assert not (out / "config.json").exists()  # nothing was launched
     printed = proc.stdout.count(f'"dsgd": {res["methods"]["dsgd"]["mean_accuracy"]}')
     assert printed == 2, proc.stdout
+
+
+def test_smoke_run_on_a_cifar_shaped_folder_with_normalisation_and_augmentation(cifar_folder, tmp_path, capsys):
+    """The issue's done-when command on a generated CIFAR-shaped folder: RGB 32x32 shards, normalisation inside
+    the model, crop-flip, an IID split; results.json records the resolved config."""
+    from curvfast.cli import main
+
+    out = tmp_path / "run"
+    rc = main(["idkd", "--preset", "smoke", "--dataset", "imagefolder", "--root", str(cifar_folder), "--normalize", "cifar10",
+               "--augment", "crop-flip", "--device", "cpu", "--partition", "iid", "--out", str(out), "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    res = json.loads((out / "results.json").read_text())
+    s = res["settings"]
+    assert (s["dataset"], s["normalize"], s["augment"], s["device"], s["nodes"], s["partition"]) == (
+        "imagefolder", "cifar10", "crop-flip", "cpu", 2, "iid")
+    assert res["data"] == {"private": 225, "public_digits": 75, "public_photos": 50, "test": 100}
+    assert [n["num_private"] for n in res["nodes"]] == [113, 112]  # the IID split: equal shards
+    for m in res["methods"].values():
+        assert len(m["node_accuracy"]) == 2 and all(0.0 <= a <= 1.0 for a in m["node_accuracy"])
+    assert (out / "accuracy.png").stat().st_size > 0
+
+
+def test_exchange_every_relabels_and_resends_during_fine_tuning(tmp_path, capsys):
+    """--exchange-every 1 with 2 fine-tuning epochs: two label exchanges per node, each costing the same bytes."""
+    rc, out = _run_cli(tmp_path, "--nodes", "2", "--methods", "vanilla_kd", "--finetune-epochs", "2",
+                       "--exchange-every", "1", "--epochs", "1")
+    assert rc == 0, capsys.readouterr().err
+    res = json.load(open(os.path.join(out, "results.json")))
+    public = res["data"]["public_digits"] + res["data"]["public_photos"]
+    assert [n["methods"]["vanilla_kd"]["exchanges"] for n in res["nodes"]] == [2, 2]
+    assert res["methods"]["vanilla_kd"]["label_bytes"] == 2 * 2 * (8 + public * (4 + 10 * 4))
+
+
+def test_finetune_rounds_split_the_steps_between_exchanges():
+    from curvfast.pipelines.idkd.worker import _finetune_rounds
+
+    assert _finetune_rounds(30, 10, 0) == [30]
+    assert _finetune_rounds(30, 10, 1) == [10, 10, 10]
+    assert _finetune_rounds(30, 10, 2) == [20, 10]
+    assert _finetune_rounds(30, 10, 5) == [30]
+    assert _finetune_rounds(0, 10, 1) == [0]
+
+
+def test_device_and_data_options_are_checked_before_launch(cifar_folder, tmp_path, capsys):
+    from curvfast.cli import main
+
+    assert main(["idkd", "--out", str(tmp_path), "--device", "tpu"]) == 2
+    assert "--device" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["idkd", "--out", str(tmp_path), "--device", "cuda:0"]) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err
+    assert main(["idkd", "--out", str(tmp_path), "--public-dataset", "cifar100"]) == 2
+    assert "--public-root" in capsys.readouterr().err
+    assert main(["idkd", "--out", str(tmp_path), "--normalize", "bogus"]) == 2
+    assert main(["idkd", "--out", str(tmp_path), "--dataset", "imagefolder", "--root", str(tmp_path / "none"), "--quiet"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "only_train").mkdir()
+    (tmp_path / "only_train" / "train").symlink_to(cifar_folder / "train")  # a folder without test/ is refused
+    assert main(["idkd", "--out", str(tmp_path), "--dataset", "imagefolder", "--root", str(tmp_path / "only_train"),
+                 "--quiet"]) == 2
+    assert "no 'test' split" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 
 from curvfast.pipelines.common.contract import option, run_folder
-from curvfast.pipelines.common.data import DataOptions
+from curvfast.pipelines.common.data import DataOptions, load_split
 from curvfast.pipelines.idkd.detectors import DETECTORS
 from curvfast.pipelines.idkd.launch import launch
 from curvfast.pipelines.idkd.optim import ALGORITHMS
@@ -157,6 +157,8 @@ def run(config: Config, out: str | None = None) -> dict:
                 raise ValueError(f"--nodes {config.nodes} differs from torchrun's WORLD_SIZE {os.environ['WORLD_SIZE']}")
             results = run_process(config, folder)
         else:
+            for split in ("train", "test"):  # a missing dataset or split fails here, before any node starts
+                load_split(config, split)
             results = launch(config, folder)
     if not config.quiet and int(os.environ.get("RANK", 0)) == 0:
         print(format_table(results))
