@@ -305,6 +305,10 @@ def test_pkd_smoke_run_on_a_ucf101_layout_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("CURVFAST_CACHE", str(tmp_path / "cache"))
     root = _ucf_layout(tmp_path / "ucf", True)
     out = tmp_path / "run"
+    assert main(["pkd", "--preset", "smoke", "--dataset", "videofolder", "--root", str(root), "--prepare-only",
+                 "--workers", "2", "--out", str(tmp_path / "prep"), "--quiet"]) == 0  # the cache, in 2 processes
+    prepared = json.loads((tmp_path / "prep" / "results.json").read_text())
+    assert prepared["prepared_only"] and (prepared["num_train"], prepared["num_test"]) == (9, 3)
     assert main(["pkd", "--preset", "smoke", "--dataset", "videofolder", "--root", str(root), "--device", "cpu",
                  "--out", str(out), "--threads", "1", "--quiet"]) == 0
     res = json.loads((out / "results.json").read_text())

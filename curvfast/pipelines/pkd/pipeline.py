@@ -79,6 +79,8 @@ class Config:
     boundaries: tuple[float, ...] = option(PUBLISHED_BOUNDARIES, "PKD teacher schedule: fractions of the IC epochs taught by the MV head, then by the residual head")
     device: str = option("cpu")
     workers: int = option(0)
+    prepare_only: bool = option(False, "prepare the clip cache ($CURVFAST_CACHE) and stop: no training (a CPU job with PyAV, "
+                                       "before training on a GPU node)")
     seed: int = option(0)
     quiet: bool = option(False)
 
@@ -175,6 +177,11 @@ def run(config: Config, out: str | None = None) -> dict:
     train_clips, test_clips = load_clips(config, progress)
     train_clips, wise_clips = _hold_out(train_clips, config)
     timing["data_s"] = time.perf_counter() - start
+    if config.prepare_only:
+        with run_folder(out) as folder:
+            return write_results(folder, {"settings": config_dict(config), "prepared_only": True, "classes": train_clips.classes,
+                                          "num_train": len(train_clips), "num_test": len(test_clips),
+                                          "timing": {k: round(v, 2) for k, v in timing.items()}})
     num_classes = len(train_clips.classes)
     log(f"data: {len(train_clips)} train / {len(test_clips)} test clips, {num_classes} classes; WISE fitted on "
         + (f"{len(wise_clips)} held-out clips" if config.wise_holdout > 0 else "the training clips"))
@@ -241,6 +248,9 @@ def run(config: Config, out: str | None = None) -> dict:
 
 
 def summary(results: dict) -> dict:
-    """What ``curvfast pkd`` prints: IC accuracies, WISE at the chosen threshold, the plain ensemble, the gains."""
+    """What ``curvfast pkd`` prints: IC accuracies, WISE at the chosen threshold, the plain ensemble, the gains
+    (with ``--prepare-only``: the clip counts)."""
+    if results.get("prepared_only"):
+        return {k: results[k] for k in ("num_train", "num_test", "timing")}
     return {"ic_accuracy": results["ic_accuracy"], "wise": {k: results["wise"][k] for k in ("tau", "accuracy", "macs")},
             "plain_ensemble_accuracy": results["plain_ensemble_accuracy"], "gains": results["gains"]}
