@@ -39,6 +39,8 @@ def dataset_labels(dataset) -> np.ndarray:
 
 @dataclass(frozen=True)
 class DecentralizedData:
+    """Indices and labels of a run's private, public and test data; images are loaded on request."""
+
     train: Dataset  # the training split, read lazily
     test: Dataset
     private_idx: np.ndarray  # (N,) indices into ``train`` of the private samples

@@ -228,6 +228,7 @@ def run_process(cfg: Config, out: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m curvfast.pipelines.idkd.worker CONFIG.json``: run this torchrun process's node."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m curvfast.pipelines.idkd.worker CONFIG.json  (started by torchrun)", file=sys.stderr)

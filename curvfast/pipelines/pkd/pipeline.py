@@ -76,7 +76,8 @@ class Config:
     exit_relu: bool = option(False, "put a ReLU inside the internal classifiers (the published ICs have none)")
     tau: float = option(0.999999, "WISE early-exit confidence threshold")
     wise_holdout: float = option(0.0, "fraction of training clips kept out of training to fit WISE on (0: fit on training logits)")
-    boundaries: tuple[float, ...] = option(PUBLISHED_BOUNDARIES, "PKD teacher schedule: fractions of the IC epochs taught by the MV head, then by the residual head")
+    boundaries: tuple[float, ...] = option(PUBLISHED_BOUNDARIES, "PKD teacher schedule: fractions of the IC epochs taught "
+                                                                 "by the MV head, then by the residual head")
     device: str = option("cpu")
     workers: int = option(0)
     prepare_only: bool = option(False, "prepare the clip cache ($CURVFAST_CACHE) and stop: no training (a CPU job with PyAV, "
