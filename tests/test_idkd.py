@@ -376,14 +376,20 @@ def test_smoke_run_on_a_cifar_shaped_folder_with_normalisation_and_augmentation(
 
 
 def test_exchange_every_relabels_and_resends_during_fine_tuning(tmp_path, capsys):
-    """--exchange-every 1 with 2 fine-tuning epochs: two label exchanges per node, each costing the same bytes."""
-    rc, out = _run_cli(tmp_path, "--nodes", "2", "--methods", "vanilla_kd", "--finetune-epochs", "2",
+    """--exchange-every 1 with 2 fine-tuning epochs: two label exchanges per node; the second re-sends the labels
+    the node aggregated in the first (the published rule), not its own selection again."""
+    rc, out = _run_cli(tmp_path, "--nodes", "2", "--methods", "vanilla_kd,idkd", "--finetune-epochs", "2",
                        "--exchange-every", "1", "--epochs", "1")
     assert rc == 0, capsys.readouterr().err
     res = json.load(open(os.path.join(out, "results.json")))
     public = res["data"]["public_digits"] + res["data"]["public_photos"]
     assert [n["methods"]["vanilla_kd"]["exchanges"] for n in res["nodes"]] == [2, 2]
     assert res["methods"]["vanilla_kd"]["label_bytes"] == 2 * 2 * (8 + public * (4 + 10 * 4))
+    per = [n["methods"]["idkd"] for n in res["nodes"]]  # one neighbour each: 8 + k (4 + 4 C) bytes per message
+    own = [p["own_accepted_digits"] + p["own_accepted_photos"] for p in per]
+    aggregated = [p["num_targets"] for p in per]  # on a 2-node ring: the union of both selections, on both nodes
+    assert aggregated[0] == aggregated[1] >= max(own)
+    assert res["methods"]["idkd"]["label_bytes"] == sum(2 * 8 + (k + a) * 44 for k, a in zip(own, aggregated))
 
 
 def test_finetune_rounds_split_the_steps_between_exchanges():
@@ -407,6 +413,8 @@ def test_device_and_data_options_are_checked_before_launch(cifar_folder, tmp_pat
     assert main(["idkd", "--out", str(tmp_path), "--public-dataset", "cifar100"]) == 2
     assert "--public-root" in capsys.readouterr().err
     assert main(["idkd", "--out", str(tmp_path), "--normalize", "bogus"]) == 2
+    assert main(["idkd", "--out", str(tmp_path), "--public-fraction", "0", "--public-photos", "0"]) == 2
+    assert "public set empty" in capsys.readouterr().err
     assert main(["idkd", "--out", str(tmp_path), "--dataset", "imagefolder", "--root", str(tmp_path / "none"), "--quiet"]) == 2
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "only_train").mkdir()
@@ -414,3 +422,18 @@ def test_device_and_data_options_are_checked_before_launch(cifar_folder, tmp_pat
     assert main(["idkd", "--out", str(tmp_path), "--dataset", "imagefolder", "--root", str(tmp_path / "only_train"),
                  "--quiet"]) == 2
     assert "no 'test' split" in capsys.readouterr().err
+
+
+def test_public_set_from_a_second_dataset_without_held_out_images(cifar_folder):
+    """--public-fraction 0 --public-dataset: every training image is private, the public set is the other dataset
+    (the published recipe: CIFAR private data, Tiny ImageNet public data), all of it foreign for the reports."""
+    from curvfast.pipelines.idkd import Config
+
+    options = Config(dataset="imagefolder", root=str(cifar_folder))
+    data = build_data(options, public_fraction=0.0, public_photos=0, public_dataset="imagefolder",
+                      public_root=str(cifar_folder))
+    assert len(data.private_y) == 300 and len(data.public_idx) == 0
+    public = data.public_images(options)
+    assert public.shape == (300, 3, 32, 32) and not data.public_is_digit.any()
+    with pytest.raises(ValueError, match="public set is empty"):
+        build_data(options, public_fraction=0.0, public_photos=0)

@@ -67,7 +67,8 @@ class DecentralizedData:
 
     def public_images(self, options) -> torch.Tensor:
         """The whole public set: held-out images, then the foreign ones."""
-        parts = [_stack(Subset(self.train, self.public_idx.tolist()), options), self.photos]
+        parts = [self.photos] if len(self.public_idx) == 0 else [_stack(Subset(self.train, self.public_idx.tolist()), options),
+                                                                  self.photos]
         return torch.cat(parts + ([_stack(self.extra, options)] if self.extra is not None else []))
 
 
@@ -83,21 +84,27 @@ def build_data(options, public_fraction: float = 0.25, public_photos: int | None
     ``public_photos=None`` adds as many photo patches as held-out images."""
     from sklearn.model_selection import train_test_split
 
-    if not 0.0 < public_fraction < 1.0:
-        raise ValueError(f"public_fraction must be in (0, 1) (got {public_fraction!r})")
+    if not 0.0 <= public_fraction < 1.0:
+        raise ValueError(f"public_fraction must be in [0, 1) (got {public_fraction!r})")
     if public_photos is not None and public_photos < 0:
         raise ValueError(f"public_photos must be >= 0 (got {public_photos!r})")
     train, info = load_split(options, "train")
     test, _ = load_split(options, "test")
     labels = dataset_labels(train)
-    private_idx, public_idx = train_test_split(np.arange(len(labels)), test_size=public_fraction, random_state=seed,
-                                               stratify=labels)
-    private_idx, public_idx = np.sort(private_idx), np.sort(public_idx)
+    if public_fraction > 0:
+        private_idx, public_idx = train_test_split(np.arange(len(labels)), test_size=public_fraction, random_state=seed,
+                                                   stratify=labels)
+        private_idx, public_idx = np.sort(private_idx), np.sort(public_idx)
+    else:
+        private_idx, public_idx = np.arange(len(labels)), np.zeros(0, np.int64)
     shape = tuple(train[0][0].shape)
     if shape[-1] != shape[-2]:
         raise ValueError(f"the photo patches are square; the images are {shape[-2]}x{shape[-1]}: pass --image-size")
-    photos = photo_patches(len(public_idx) if public_photos is None else public_photos, size=shape[-1], seed=seed)
+    num_photos = len(public_idx) if public_photos is None else public_photos
+    photos = photo_patches(num_photos, size=shape[-1], seed=seed)
     extra = None
+    if len(public_idx) + num_photos == 0 and public_dataset is None:
+        raise ValueError("the public set is empty: give --public-fraction > 0, --public-photos or --public-dataset")
     if public_dataset is not None:
         extra, _ = get_dataset(public_dataset, "train", root=public_root, image_size=options.image_size)
         if tuple(extra[0][0].shape) != shape:

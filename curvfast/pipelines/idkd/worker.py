@@ -148,12 +148,8 @@ def run_node(cfg: Config, out: str) -> dict:
            "initial training", show, fail)
     phase1 = {"accuracy": evaluate(model, data.test), "bytes": comm.bytes_sent}
 
-    def scores():
-        """(public logits, public scores, calibrated threshold) of the current model."""
-        logits, calib_scores, public_scores = node_scores(cfg.detector, model, x_train, x_calib, x_pub, cfg.knn_k)
-        return logits, public_scores, calibrated_threshold(calib_scores, cfg.tpr)
-
-    public_logits, public_scores, threshold = scores()
+    public_logits, calib_scores, public_scores = node_scores(cfg.detector, model, x_train, x_calib, x_pub, cfg.knn_k)
+    threshold = calibrated_threshold(calib_scores, cfg.tpr)
     snapshot = (copy.deepcopy(model.state_dict()), opt.state_dict())
 
     epoch_steps = math.ceil((len(data.private_y) + num_public) / (world * cfg.batch_size))
@@ -176,19 +172,20 @@ def run_node(cfg: Config, out: str) -> dict:
         rounds = _finetune_rounds(steps2, epoch_steps, cfg.exchange_every if method != "dsgd" else 0)
         for round_, steps in enumerate(rounds):
             if method != "dsgd":
-                if round_ > 0:  # relabel with the current model, as the published code re-sends its labels
-                    public_logits, public_scores, threshold = scores()
+                if round_ == 0:  # the node's own labels of the public samples its filter accepts
+                    own_idx, own_labels = select_public(
+                        public_logits, public_scores, threshold if method == "idkd" else None, cfg.temperature)
+                    accepted = data.public_is_digit[own_idx]
+                    stats = {"own_accepted_digits": int(accepted.sum()), "own_accepted_photos": int((~accepted).sum())}
+                else:  # as published: re-send the aggregated labels, so labels travel one more hop per exchange
+                    own_idx, own_labels = keep, targets
                 before = comm.bytes_sent
-                own_idx, own_labels = select_public(
-                    public_logits, public_scores, threshold if method == "idkd" else None, cfg.temperature)
                 received = comm.exchange_labels(own_idx, own_labels)
                 label_bytes += comm.bytes_sent - before
                 contributions = [(comm.self_weight, own_idx, own_labels)]
                 contributions += [(comm.weights[j], *received[j]) for j in comm.neighbours]
                 keep, targets = aggregate_labels(num_public, contributions)
-                accepted = data.public_is_digit[own_idx]
-                stats = {"own_accepted_digits": int(accepted.sum()), "own_accepted_photos": int((~accepted).sum()),
-                         **label_quality(keep, targets, data.public_y)}
+                stats.update(label_quality(keep, targets, data.public_y))
             x_ft = torch.cat([x_mine, x_pub[keep]])
             t_ft = torch.cat([t_mine, targets])
             _train(model, opt, x_ft, t_ft, steps, cfg, gen, f"fine-tuning ({method})", show)
