@@ -6,9 +6,10 @@ conv 3x3 + BN + ReLU + adaptive average pool to 4x4 + linear (docs/pkd.md); the 
 exit. Inputs carry a segment axis, (B, S, C, H, W); every exit's logits are averaged over the S
 segments (TSN consensus), so a clip's exit logits are the mean of its segments' logits.
 
-Backbones (``BACKBONES``, ``--backbone``): ``coviar`` is CoViAR's choice, torchvision's ResNet-50 for
-I-frames and ResNet-18 for motion vectors and residuals (randomly initialised: nothing is downloaded;
-the 2-channel MV stream gets its own first convolution); ``resnet18`` uses ResNet-18 for all three;
+Backbones (``BACKBONES``, ``--backbone``): ``coviar``: torchvision's ResNet-50 for I-frames and
+ResNet-18 for motion vectors and residuals, the roles of CoViAR's streams (its public code uses a
+ResNet-152 for I-frames), randomly initialised (nothing is downloaded; the 2-channel MV stream gets
+its own first convolution); ``resnet18`` uses ResNet-18 for all three;
 ``small`` (the default, sized for a CPU) plays the same roles with a deeper/wider I-frame ResNet and
 two thinner ones (``STREAM_SPECS``).
 """
