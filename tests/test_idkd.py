@@ -375,7 +375,7 @@ def test_smoke_run_on_a_cifar_shaped_folder_with_normalisation_and_augmentation(
     assert (out / "accuracy.png").stat().st_size > 0
 
 
-def test_exchange_every_relabels_and_resends_during_fine_tuning(tmp_path, capsys):
+def test_exchange_every_resends_the_aggregated_labels_during_fine_tuning(tmp_path, capsys):
     """--exchange-every 1 with 2 fine-tuning epochs: two label exchanges per node; the second re-sends the labels
     the node aggregated in the first (the published rule), not its own selection again."""
     rc, out = _run_cli(tmp_path, "--nodes", "2", "--methods", "vanilla_kd,idkd", "--finetune-epochs", "2",
