@@ -241,6 +241,15 @@ def test_idkd_pipeline_on_device(device, tmp_path):
     assert {"dsgd", "vanilla_kd", "idkd"} <= set(res["methods"])
 
 
+def test_pkd_pipeline_on_device(device, tmp_path, monkeypatch):
+    """`curvfast pkd --device`: streams, ICs, logits and MACs on the device; a cache prepared once serves both runs."""
+    pytest.importorskip("av")
+    monkeypatch.setenv("CURVFAST_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "pkd"
+    assert _main(["pkd", "--preset", "smoke", "--out", str(out), "--device", str(device), "--workers", "1", "--quiet"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["settings"]["device"] == str(device) and len(res["ic_accuracy"]["pkd"]) == 12
+
 def test_gpu_check_refuses_at_once_without_a_gpu(tmp_path):
     """`make gpu-check` on a machine without a (visible) GPU stops with the reason, building nothing."""
     import os

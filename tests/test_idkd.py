@@ -84,16 +84,22 @@ def test_dirichlet_partition_reproducible_and_skewed():
 
 
 def test_public_set_is_disjoint_from_private_and_holds_photos():
-    data = build_data(public_fraction=0.25, seed=0)
-    pub_digits = data.public_x[data.public_is_digit]
+    from curvfast.pipelines.idkd import Config
+
+    data = build_data(Config(), public_fraction=0.25, seed=0)
+    public_x, private_x = data.public_images(Config()), data.private_images(np.arange(len(data.private_y)), Config())
+    pub_digits = public_x[data.public_is_digit]
     assert len(pub_digits) == round(0.25 * 1347) and (~data.public_is_digit).sum() == len(pub_digits)
-    assert len(data.private_y) + len(pub_digits) == 1347
+    assert len(data.private_y) + len(pub_digits) == 1347 and len(private_x) == len(data.private_y)
+    assert not set(data.private_idx) & set(data.public_idx)
     # held-out digits are never private samples (compare exact pixel rows; sklearn digits contain no duplicates
     # across this split at the float level other than by identity)
-    private_rows = {row.numpy().tobytes() for row in data.private_x.flatten(1)}
+    private_rows = {row.numpy().tobytes() for row in private_x.flatten(1)}
     assert not any(row.numpy().tobytes() in private_rows for row in pub_digits.flatten(1))
-    photos = data.public_x[~data.public_is_digit]
+    photos = public_x[~data.public_is_digit]
     assert photos.shape[1:] == (1, 8, 8) and float(photos.min()) >= 0 and float(photos.max()) <= 1
+    shard = data.private_images([5, 2], Config())  # a node loads only its own samples, in its order
+    torch.testing.assert_close(shard, private_x[[5, 2]])
 
 
 def test_calibrated_threshold_and_selection():
@@ -347,3 +353,87 @@ def test_under_an_outer_torchrun_every_process_runs_its_node(tmp_path):
     assert not (out / "config.json").exists()  # nothing was launched
     printed = proc.stdout.count(f'"dsgd": {res["methods"]["dsgd"]["mean_accuracy"]}')
     assert printed == 2, proc.stdout
+
+
+def test_smoke_run_on_a_cifar_shaped_folder_with_normalisation_and_augmentation(cifar_folder, tmp_path, capsys):
+    """The issue's done-when command on a generated CIFAR-shaped folder: RGB 32x32 shards, normalisation inside
+    the model, crop-flip, an IID split; results.json records the resolved config."""
+    from curvfast.cli import main
+
+    out = tmp_path / "run"
+    rc = main(["idkd", "--preset", "smoke", "--dataset", "imagefolder", "--root", str(cifar_folder), "--normalize", "cifar10",
+               "--augment", "crop-flip", "--device", "cpu", "--partition", "iid", "--out", str(out), "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    res = json.loads((out / "results.json").read_text())
+    s = res["settings"]
+    assert (s["dataset"], s["normalize"], s["augment"], s["device"], s["nodes"], s["partition"]) == (
+        "imagefolder", "cifar10", "crop-flip", "cpu", 2, "iid")
+    assert res["data"] == {"private": 225, "public_digits": 75, "public_photos": 50, "test": 100}
+    assert [n["num_private"] for n in res["nodes"]] == [113, 112]  # the IID split: equal shards
+    for m in res["methods"].values():
+        assert len(m["node_accuracy"]) == 2 and all(0.0 <= a <= 1.0 for a in m["node_accuracy"])
+    assert (out / "accuracy.png").stat().st_size > 0
+
+
+def test_exchange_every_resends_the_aggregated_labels_during_fine_tuning(tmp_path, capsys):
+    """--exchange-every 1 with 2 fine-tuning epochs: two label exchanges per node; the second re-sends the labels
+    the node aggregated in the first (the published rule), not its own selection again."""
+    rc, out = _run_cli(tmp_path, "--nodes", "2", "--methods", "vanilla_kd,idkd", "--finetune-epochs", "2",
+                       "--exchange-every", "1", "--epochs", "1")
+    assert rc == 0, capsys.readouterr().err
+    res = json.load(open(os.path.join(out, "results.json")))
+    public = res["data"]["public_digits"] + res["data"]["public_photos"]
+    assert [n["methods"]["vanilla_kd"]["exchanges"] for n in res["nodes"]] == [2, 2]
+    assert res["methods"]["vanilla_kd"]["label_bytes"] == 2 * 2 * (8 + public * (4 + 10 * 4))
+    per = [n["methods"]["idkd"] for n in res["nodes"]]  # one neighbour each: 8 + k (4 + 4 C) bytes per message
+    own = [p["own_accepted_digits"] + p["own_accepted_photos"] for p in per]
+    aggregated = [p["num_targets"] for p in per]  # on a 2-node ring: the union of both selections, on both nodes
+    assert aggregated[0] == aggregated[1] >= max(own)
+    assert res["methods"]["idkd"]["label_bytes"] == sum(2 * 8 + (k + a) * 44 for k, a in zip(own, aggregated))
+
+
+def test_finetune_rounds_split_the_steps_between_exchanges():
+    from curvfast.pipelines.idkd.worker import _finetune_rounds
+
+    assert _finetune_rounds(30, 10, 0) == [30]
+    assert _finetune_rounds(30, 10, 1) == [10, 10, 10]
+    assert _finetune_rounds(30, 10, 2) == [20, 10]
+    assert _finetune_rounds(30, 10, 5) == [30]
+    assert _finetune_rounds(0, 10, 1) == [0]
+
+
+def test_device_and_data_options_are_checked_before_launch(cifar_folder, tmp_path, capsys):
+    from curvfast.cli import main
+
+    assert main(["idkd", "--out", str(tmp_path), "--device", "tpu"]) == 2
+    assert "--device" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["idkd", "--out", str(tmp_path), "--device", "cuda:0"]) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err
+    assert main(["idkd", "--out", str(tmp_path), "--public-dataset", "cifar100"]) == 2
+    assert "--public-root" in capsys.readouterr().err
+    assert main(["idkd", "--out", str(tmp_path), "--normalize", "bogus"]) == 2
+    assert main(["idkd", "--out", str(tmp_path), "--public-fraction", "0", "--public-photos", "0"]) == 2
+    assert "public set empty" in capsys.readouterr().err
+    assert main(["idkd", "--out", str(tmp_path), "--dataset", "imagefolder", "--root", str(tmp_path / "none"), "--quiet"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "only_train").mkdir()
+    (tmp_path / "only_train" / "train").symlink_to(cifar_folder / "train")  # a folder without test/ is refused
+    assert main(["idkd", "--out", str(tmp_path), "--dataset", "imagefolder", "--root", str(tmp_path / "only_train"),
+                 "--quiet"]) == 2
+    assert "no 'test' split" in capsys.readouterr().err
+
+
+def test_public_set_from_a_second_dataset_without_held_out_images(cifar_folder):
+    """--public-fraction 0 --public-dataset: every training image is private, the public set is the other dataset
+    (the published recipe: CIFAR private data, Tiny ImageNet public data), all of it foreign for the reports."""
+    from curvfast.pipelines.idkd import Config
+
+    options = Config(dataset="imagefolder", root=str(cifar_folder))
+    data = build_data(options, public_fraction=0.0, public_photos=0, public_dataset="imagefolder",
+                      public_root=str(cifar_folder))
+    assert len(data.private_y) == 300 and len(data.public_idx) == 0
+    public = data.public_images(options)
+    assert public.shape == (300, 3, 32, 32) and not data.public_is_digit.any()
+    with pytest.raises(ValueError, match="public set is empty"):
+        build_data(options, public_fraction=0.0, public_photos=0)

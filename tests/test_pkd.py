@@ -242,3 +242,22 @@ def test_run_without_a_folder_repeats_the_cli_run(tmp_path, monkeypatch):
     assert main(["pkd", "--out", str(tmp_path / "run"), *argv, "--quiet"]) == 0
     written = json.loads((tmp_path / "run" / "results.json").read_text())
     assert summary(written) == summary(results) and written["history"] == results["history"]
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "coviar"])
+def test_torchvision_backbones_are_streams_with_exits_and_macs(backbone):
+    """--backbone resnet18 / coviar: torchvision ResNets (ResNet-50 for CoViAR's I-frames) behind the same
+    stream interface: 2-channel MV input, stage widths for the ICs, segment-averaged logits, MACs per exit."""
+    torch.manual_seed(0)
+    streams = build_streams(5, backbone=backbone)
+    assert streams["iframe"].widths == ((256, 512, 1024, 2048) if backbone == "coviar" else (64, 128, 256, 512))
+    assert streams["mv"].widths == (64, 128, 256, 512) and streams["mv"].stem[0].in_channels == 2
+    exits = build_exits(streams, 5)
+    x = torch.randn(2, 3, 2, 32, 32)
+    assert streams["mv"](x[:, :, :2]).shape == (2, 5)
+    macs = exit_macs(streams, exits, 32, 3)
+    assert (np.diff(macs["cumulative"]) > 0).all()
+    heavier = macs["standalone"][11] / macs["standalone"][3]  # I-frame head vs residual head
+    assert heavier > 1.5 if backbone == "coviar" else heavier == 1
+    with pytest.raises(ValueError, match="backbone"):
+        build_streams(5, backbone="resnet9000")

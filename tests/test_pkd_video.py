@@ -223,3 +223,103 @@ def test_bad_video_files_get_clear_errors(tmp_path):
         encode_clip(np.zeros((3, 15, 16, 3), np.uint8), str(tmp_path / "odd.mp4"))
     with pytest.raises(ValueError, match="uint8"):
         encode_clip(np.zeros((3, 16, 16, 3), np.float32), str(tmp_path / "float.mp4"))
+
+
+def _ucf_layout(root, with_split_folders: bool, classes=(0, 5, 10), train=3, test=1, frames=14, size=16):
+    """A UCF-101-layout folder of short real-codec videos rendered by the synthetic generator: either
+    ``train/`` and ``test/`` folders of ``<class>/<clip>.avi``, or ``<class>/<clip>.mp4`` with split lists."""
+    from curvfast.pipelines.pkd.video import render_clip
+    from curvfast.pipelines.pkd.video.synthetic import class_names
+
+    config = SyntheticConfig(size=size, frames=frames)
+    names, lists = class_names(), {"train": [], "test": []}
+    for c in classes:
+        name = names[c].replace("/", "_")
+        for i in range(train + test):
+            split = "train" if i < train else "test"
+            rel = f"{name}/v_{name}_g{i:02d}.{'avi' if with_split_folders else 'mp4'}"
+            frames_ = render_clip(c, config, np.random.default_rng([c, i]))
+            encode_clip(frames_, str(root / split / rel) if with_split_folders else str(root / rel))
+            lists[split].append(rel)
+    if not with_split_folders:
+        for split, rels in lists.items():
+            (root / f"{split}.txt").write_text("".join(f"{r} 1\n" for r in rels))
+    return root
+
+
+@pytest.mark.parametrize("with_split_folders", [True, False], ids=["train-test-folders", "split-lists"])
+def test_videofolder_lists_both_layouts_and_names_a_missing_split(tmp_path, with_split_folders):
+    from curvfast.pipelines.pkd.video import videofolder_clips
+
+    root = _ucf_layout(tmp_path / "ucf", with_split_folders)
+    paths, labels, classes = videofolder_clips(str(root), "train")
+    assert classes == ["left_shape", "right_slow_digit", "rotate_cw_digit"]
+    assert len(paths) == 9 and np.bincount(labels).tolist() == [3, 3, 3] and all(os.path.isfile(p) for p in paths)
+    test_paths, test_labels, _ = videofolder_clips(str(root), "test")
+    assert len(test_paths) == 3 and sorted(test_labels.tolist()) == [0, 1, 2]
+    assert not set(paths) & set(test_paths)
+    if with_split_folders:
+        (root / "test").rename(root / "held")
+    else:
+        (root / "test.txt").unlink()
+    with pytest.raises(FileNotFoundError, match="looked for the folder .*test.* and the split lists .*test.txt"):
+        videofolder_clips(str(root), "test")
+
+
+def test_clips_are_cached_once_on_disk_resumably_and_read_lazily(tmp_path):
+    """cache_clips writes one folder per clip; a rerun prepares only what is missing; reads are memory-mapped."""
+    import shutil
+
+    from curvfast.pipelines.pkd.video import ClipFiles, cache_clips, read_frames, read_representation, videofolder_clips
+
+    root = _ucf_layout(tmp_path / "ucf", True, classes=(0, 5), train=2, test=0)
+    paths, labels, classes = videofolder_clips(str(root), "train")
+    cache = tmp_path / "cache"
+    clips = cache_clips(paths, str(cache), size=16)  # whole clips: all 14 frames
+    assert isinstance(clips, ClipFiles) and len(clips) == 4 and sorted(os.listdir(cache)) == sorted(
+        os.path.basename(f) for f in clips.folders)
+    rep = clips[0]
+    assert isinstance(rep.mv, np.memmap) and rep.mv.shape == (14, 2, 16, 16) and rep.iframes.shape == (2, 3, 16, 16)
+    direct = compressed_representation(decode_compressed(encode_clip(read_frames(paths[0], 16),
+                                                                     str(tmp_path / "direct.mp4"))))
+    np.testing.assert_array_equal(rep.residual, direct.residual)  # the cache holds what the codec path gives
+    stamps = {f: os.path.getmtime(os.path.join(f, "mv.npy")) for f in clips.folders}
+    shutil.rmtree(clips.folders[2])  # an interrupted run: one clip missing
+    again = cache_clips(paths, str(cache), size=16)
+    assert again.folders == clips.folders and os.path.isdir(clips.folders[2])
+    assert all(os.path.getmtime(os.path.join(f, "mv.npy")) == stamps[f] for i, f in enumerate(clips.folders) if i != 2)
+    assert not [f for f in os.listdir(cache) if ".tmp-" in f]  # no half-written folder left
+    np.testing.assert_array_equal(read_representation(clips.folders[1], mmap=False).mv, clips[1].mv)
+    subset = ClipSet(clips, labels, classes).subset(labels == 1)
+    assert isinstance(subset.reps, ClipFiles) and subset.reps.folders == clips.folders[2:]
+
+
+def test_pkd_smoke_run_on_a_ucf101_layout_folder(tmp_path, monkeypatch):
+    """The issue's done-when command: `curvfast pkd --preset smoke --dataset videofolder --root DIR --device cpu`."""
+    import json
+
+    import torch
+
+    from curvfast.cli import main
+
+    monkeypatch.setenv("CURVFAST_CACHE", str(tmp_path / "cache"))
+    root = _ucf_layout(tmp_path / "ucf", True)
+    out = tmp_path / "run"
+    assert main(["pkd", "--preset", "smoke", "--dataset", "videofolder", "--root", str(root), "--prepare-only",
+                 "--workers", "2", "--out", str(tmp_path / "prep"), "--quiet"]) == 0  # the cache, in 2 processes
+    prepared = json.loads((tmp_path / "prep" / "results.json").read_text())
+    assert prepared["prepared_only"] and (prepared["num_train"], prepared["num_test"]) == (9, 3)
+    assert main(["pkd", "--preset", "smoke", "--dataset", "videofolder", "--root", str(root), "--device", "cpu",
+                 "--out", str(out), "--threads", "1", "--quiet"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["settings"]["dataset"] == "videofolder" and res["settings"]["device"] == "cpu"
+    assert res["settings"]["frames"] == 13 and res["settings"]["backbone"] == "small"  # the smoke preset, resolved
+    assert res["num_train"] == 9 and res["num_test"] == 3 and res["classes"] == ["left_shape", "right_slow_digit", "rotate_cw_digit"]
+    assert len(res["ic_accuracy"]["pkd"]) == 12 and 0 <= res["wise"]["accuracy"] <= 1
+    cached = os.listdir(tmp_path / "cache" / "compressed" / "16px-13f")
+    assert len(cached) == 12
+    assert main(["pkd", "--preset", "smoke", "--dataset", "videofolder", "--root", str(tmp_path / "nope"),
+                 "--out", str(out)]) == 2
+    assert main(["pkd", "--preset", "smoke", "--out", str(out), "--device", "tpu"]) == 2
+    if not torch.cuda.is_available():
+        assert main(["pkd", "--preset", "smoke", "--out", str(out), "--device", "cuda:0"]) == 2

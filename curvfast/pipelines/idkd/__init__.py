@@ -1,6 +1,6 @@
 """Decentralized learning with in-distribution knowledge distillation (torchrun) -> run folder (docs/idkd.md).
 
-Trains --nodes models on a graph (QGM gossip, Dirichlet non-IID digits), then compares fine-tuning
+Trains --nodes models on a graph (QGM gossip, Dirichlet non-IID shards of --dataset: digits by default), then compares fine-tuning
 with IDKD (in-distribution-filtered public labels from neighbours), vanilla KD and plain
 decentralized SGD. Nodes are torch.distributed processes (gloo on CPU, NCCL on GPU) that exchange
 parameters and labels with their graph neighbours only; standalone, the command starts them with
@@ -13,14 +13,14 @@ from curvfast.pipelines.idkd.detectors import DETECTORS, calibrated_threshold, k
 from curvfast.pipelines.idkd.labels import aggregate_labels, select_public
 from curvfast.pipelines.idkd.launch import launch
 from curvfast.pipelines.idkd.optim import ALGORITHMS, DecentralizedSGD
-from curvfast.pipelines.idkd.partition import class_histogram, dirichlet_partition
-from curvfast.pipelines.idkd.pipeline import METHODS, Config, run, summary
+from curvfast.pipelines.idkd.partition import PARTITIONS, class_histogram, dirichlet_partition, iid_partition
+from curvfast.pipelines.idkd.pipeline import METHODS, PRESETS, Config, run, summary
 from curvfast.pipelines.idkd.topology import TOPOLOGIES, Topology, build_topology, metropolis_hastings
 
 __all__ = [
-    "Config", "run", "summary",
+    "Config", "PRESETS", "run", "summary",
     "NeighbourComm", "NeighbourError", "METHODS", "DecentralizedData", "build_data", "DETECTORS",
     "calibrated_threshold", "knn_score", "msp", "aggregate_labels", "select_public", "launch",
-    "ALGORITHMS", "DecentralizedSGD", "class_histogram", "dirichlet_partition", "TOPOLOGIES", "Topology",
+    "ALGORITHMS", "DecentralizedSGD", "PARTITIONS", "class_histogram", "dirichlet_partition", "iid_partition", "TOPOLOGIES", "Topology",
     "build_topology", "metropolis_hastings",
 ]

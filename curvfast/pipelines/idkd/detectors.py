@@ -21,7 +21,8 @@ DETECTORS = ("msp", "knn")
 
 @torch.no_grad()
 def forward_with_features(model: nn.Module, x: torch.Tensor, batch_size: int = 512):
-    """``(logits, features)`` on the CPU in eval mode; features are the input of the model's last ``nn.Linear``."""
+    """``(logits, features)`` on the CPU in eval mode; features are the input of the model's last ``nn.Linear``.
+    ``x`` may live anywhere: each batch runs on the model's device."""
     head = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not head:
         raise TypeError("the model has no nn.Linear layer to take penultimate features from; use detector 'msp'")
@@ -30,7 +31,8 @@ def forward_with_features(model: nn.Module, x: torch.Tensor, batch_size: int = 5
     was_training = model.training
     model.eval()
     try:
-        logits = torch.cat([model(x[i : i + batch_size]).float().cpu() for i in range(0, len(x), batch_size)])
+        device = next(model.parameters()).device
+        logits = torch.cat([model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
     finally:
         hook.remove()
         model.train(was_training)

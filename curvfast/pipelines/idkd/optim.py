@@ -25,6 +25,8 @@ ALGORITHMS = ("qgm", "dsgdm")
 
 
 class DecentralizedSGD:
+    """DSGDm or QGM (module docstring) over ``model``'s trainable parameters, gossiping through ``comm``."""
+
     def __init__(self, model: nn.Module, comm: NeighbourComm, lr: float, momentum: float = 0.9,
                  weight_decay: float = 5e-4, algorithm: str = "qgm"):
         if algorithm not in ALGORITHMS:

@@ -1,4 +1,4 @@
-"""Non-IID splits of a labelled set across nodes: Dirichlet(alpha) per class.
+"""Splits of a labelled set across nodes: non-IID by Dirichlet(alpha) per class, or IID (``iid_partition``).
 
 For every class k a share vector q_k ~ Dirichlet(alpha * 1_n) is drawn and the class-k samples
 (shuffled) are cut into n consecutive pieces of sizes proportional to q_k. Small alpha gives
@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["dirichlet_partition", "class_histogram"]
+__all__ = ["PARTITIONS", "dirichlet_partition", "iid_partition", "class_histogram"]
+
+PARTITIONS = ("dirichlet", "iid")
 
 
 def dirichlet_partition(labels, num_nodes: int, alpha: float, seed: int = 0, min_size: int = 10,
@@ -21,7 +23,7 @@ def dirichlet_partition(labels, num_nodes: int, alpha: float, seed: int = 0, min
         raise ValueError(f"alpha must be a positive finite number (got {alpha!r}); 0.1 is strongly non-IID")
     if num_nodes < 1 or num_nodes * min_size > len(labels):
         raise ValueError(f"cannot give {num_nodes} nodes {min_size} samples each from {len(labels)} samples; "
-                         "lower --nodes or min_size")
+                         "lower --nodes or --min-samples")
     rng = np.random.default_rng(seed)
     classes = np.unique(labels)
     for _ in range(max_tries):
@@ -43,3 +45,12 @@ def class_histogram(labels, parts, num_classes: int) -> np.ndarray:
     """``(num_nodes, num_classes)`` sample counts per node and class."""
     labels = np.asarray(labels)
     return np.stack([np.bincount(labels[p], minlength=num_classes) for p in parts])
+
+
+def iid_partition(num_samples: int, num_nodes: int, seed: int = 0, min_size: int = 10) -> list[np.ndarray]:
+    """A uniformly random split of ``range(num_samples)`` into ``num_nodes`` sorted parts whose sizes differ by at most one."""
+    if num_nodes < 1 or num_nodes * min_size > num_samples:
+        raise ValueError(f"cannot give {num_nodes} nodes {min_size} samples each from {num_samples} samples; "
+                         "lower --nodes or --min-samples")
+    perm = np.random.default_rng(seed).permutation(num_samples)
+    return [np.sort(part) for part in np.array_split(perm, num_nodes)]

@@ -40,7 +40,7 @@ def run_summary(cfg, topology, nodes: list[dict], steps: tuple[int, int], data) 
         "topology": {"name": topology.name, "nodes": topology.num_nodes, "spectral_gap": topology.spectral_gap(),
                      "neighbours": [list(n) for n in topology.neighbours], "weights": topology.weights.tolist()},
         "data": {"private": len(data.private_y), "public_digits": public_digits,
-                 "public_photos": len(data.public_y) - public_digits, "test": len(data.test_y)},
+                 "public_photos": len(data.public_y) - public_digits, "test": len(data.test)},
         "steps": {"initial": steps[0], "finetune": steps[1]},
         "initial": {"mean_accuracy": float(np.mean([n["initial_accuracy"] for n in nodes])),
                     "node_accuracy": [n["initial_accuracy"] for n in nodes]},

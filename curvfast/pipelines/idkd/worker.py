@@ -29,21 +29,20 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from curvfast.io import write_json
 from curvfast.metrics import auroc
-from curvfast.models import build_model
 from curvfast.pipelines.common.contract import write_results
+from curvfast.pipelines.common.data import build_network
 from curvfast.pipelines.common.training import evaluate, fit
 from curvfast.pipelines.idkd.comm import NeighbourComm, NeighbourError
 from curvfast.pipelines.idkd.data import build_data
 from curvfast.pipelines.idkd.detectors import calibrated_threshold, node_scores
 from curvfast.pipelines.idkd.labels import aggregate_labels, label_quality, select_public
 from curvfast.pipelines.idkd.optim import DecentralizedSGD
-from curvfast.pipelines.idkd.partition import dirichlet_partition
-from curvfast.pipelines.idkd.pipeline import Config
+from curvfast.pipelines.idkd.partition import dirichlet_partition, iid_partition
+from curvfast.pipelines.idkd.pipeline import WIDTH_MODELS, Config
 from curvfast.pipelines.idkd.report import accuracy_figure, run_summary
 from curvfast.pipelines.idkd.topology import build_topology
 
@@ -65,31 +64,49 @@ def _soft_cross_entropy(model, x, targets):
     return -(targets * F.log_softmax(model(x), 1)).sum(1).mean()
 
 
-def _train(model, opt: DecentralizedSGD, x, targets, steps: int, batch_size: int, gen, desc: str, show: bool,
+def _train(model, opt: DecentralizedSGD, x, targets, steps: int, cfg: Config, gen, desc: str, show: bool,
            fail: int | None = None) -> None:
     """Minimise the soft cross-entropy -sum_c t_c log softmax(f(x))_c with decentralized SGD for ``steps``
-    mini-batches (one pass of :func:`fit` over them; every optimiser step gossips with the neighbours)."""
+    mini-batches of ``x`` (on the CPU; :func:`fit` moves each batch to the model's device after the
+    ``--augment`` transform; every optimiser step gossips with the neighbours)."""
     def batches():
-        for step, idx in enumerate(tqdm(_batches(len(x), batch_size, steps, gen), total=steps, desc=desc,
+        for step, idx in enumerate(tqdm(_batches(len(x), cfg.batch_size, steps, gen), total=steps, desc=desc,
                                         disable=not show, leave=False)):
             if step == fail:
                 raise RuntimeError(f"injected failure on node {opt.comm.rank} at step {step} (fail_node)")
             yield x[idx], targets[idx]
 
-    fit(model, batches(), epochs=1, optimizer=opt, schedule="constant", loss_fn=_soft_cross_entropy, device=x.device)
+    fit(model, batches(), epochs=1, optimizer=opt, schedule="constant", loss_fn=_soft_cross_entropy,
+        batch_transform=cfg.batch_transform(int(gen.initial_seed())), device=next(model.parameters()).device)
 
 
 def _device_and_backend(cfg: Config) -> tuple[torch.device, str]:
-    """CPU: gloo. CUDA: NCCL when every local process gets its own GPU, else gloo staged through the host."""
-    if cfg.device == "cpu":
-        return torch.device("cpu"), "gloo"
+    """CPU: gloo. ``cuda``: GPU ``LOCAL_RANK mod #GPUs``, NCCL when every local process gets its own GPU, else
+    gloo staged through the host. ``cuda:N``: GPU N for every local process (NCCL only for one process per host)."""
+    device = torch.device(cfg.device)
+    if device.type == "cpu":
+        return device, "gloo"
     if not torch.cuda.is_available():
-        raise ValueError("--device cuda was requested but no GPU is visible; use --device cpu")
+        raise ValueError(f"--device {cfg.device} was requested but no GPU is visible; use --device cpu")
     count = torch.cuda.device_count()
     local_rank, local_world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    device = torch.device("cuda", local_rank % count)
+    if device.index is None:
+        device, own_gpu = torch.device("cuda", local_rank % count), local_world <= count
+    elif device.index >= count:
+        raise ValueError(f"--device {cfg.device}: this host has {count} GPU(s) (cuda:0 .. cuda:{count - 1})")
+    else:
+        own_gpu = local_world == 1
     torch.cuda.set_device(device)
-    return device, "nccl" if local_world <= count else "gloo"
+    return device, "nccl" if own_gpu else "gloo"
+
+
+def _finetune_rounds(steps: int, steps_per_epoch: int, every: int) -> list[int]:
+    """Fine-tuning steps between label exchanges: all ``steps`` after one exchange (``every`` = 0), else
+    ``every`` epochs' worth per exchange (the last round takes the rest)."""
+    chunk = every * steps_per_epoch
+    if every == 0 or chunk >= steps:
+        return [steps]
+    return [chunk] * (steps // chunk) + ([steps % chunk] if steps % chunk else [])
 
 
 def run_node(cfg: Config, out: str) -> dict:
@@ -105,65 +122,76 @@ def run_node(cfg: Config, out: str) -> dict:
     start = time.perf_counter()
 
     topology = build_topology(cfg.topology, world)
-    data = build_data(cfg.public_fraction, cfg.public_photos, cfg.seed)
-    parts = dirichlet_partition(data.private_y.numpy(), world, cfg.dirichlet_alpha, cfg.seed)
+    data = build_data(cfg, cfg.public_fraction, cfg.public_photos, cfg.seed, cfg.public_dataset, cfg.public_root)
+    if cfg.partition == "iid":
+        parts = iid_partition(len(data.private_y), world, cfg.seed, cfg.min_samples)
+    else:
+        parts = dirichlet_partition(data.private_y.numpy(), world, cfg.dirichlet_alpha, cfg.seed, cfg.min_samples)
     mine = torch.from_numpy(parts[rank])
     perm = torch.randperm(len(mine), generator=torch.Generator().manual_seed(cfg.seed * 7919 + rank))
     n_calib = max(2, round(cfg.calib_fraction * len(mine)))
-    calib, train_idx = mine[perm[:n_calib]], mine[perm[n_calib:]]
-    onehot = F.one_hot(data.private_y, data.num_classes).float()
-    x_priv, t_priv = data.private_x.to(device), onehot.to(device)
-    test = TensorDataset(data.test_x, data.test_y)
-    num_public = len(data.public_x)
+    x_mine = data.private_images(mine, cfg)  # this node's shard only
+    t_mine = F.one_hot(data.private_y[mine], data.num_classes).float()
+    x_calib, x_train, t_train = x_mine[perm[:n_calib]], x_mine[perm[n_calib:]], t_mine[perm[n_calib:]]
+    x_pub = data.public_images(cfg)
+    num_public = len(x_pub)
 
     torch.manual_seed(cfg.seed)  # identical initial model on every node
-    model = build_model("small_cnn", data.num_classes, 1, width=cfg.width).to(device)
+    extra = {"width": cfg.width} if cfg.model in WIDTH_MODELS else {}
+    model = build_network(cfg, cfg.model, data, data.input_shape, **extra).to(device)
     comm = NeighbourComm(topology, rank, cfg.timeout, comm_device)
     opt = DecentralizedSGD(model, comm, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.algorithm)
 
     steps1 = cfg.epochs * math.ceil(len(data.private_y) / (world * cfg.batch_size))
     fail = cfg.fail_step if cfg.fail_node == rank else None
-    _train(model, opt, x_priv[train_idx.to(device)], t_priv[train_idx.to(device)], steps1, cfg.batch_size,
-           torch.Generator().manual_seed(cfg.seed * 7919 + rank + 1), "initial training", show, fail)
-    phase1 = {"accuracy": evaluate(model, test), "bytes": comm.bytes_sent}
-    public_logits, calib_scores, public_scores = node_scores(
-        cfg.detector, model, x_priv[train_idx.to(device)], x_priv[calib.to(device)], data.public_x.to(device), cfg.knn_k)
+    _train(model, opt, x_train, t_train, steps1, cfg, torch.Generator().manual_seed(cfg.seed * 7919 + rank + 1),
+           "initial training", show, fail)
+    phase1 = {"accuracy": evaluate(model, data.test), "bytes": comm.bytes_sent}
+
+    public_logits, calib_scores, public_scores = node_scores(cfg.detector, model, x_train, x_calib, x_pub, cfg.knn_k)
     threshold = calibrated_threshold(calib_scores, cfg.tpr)
     snapshot = (copy.deepcopy(model.state_dict()), opt.state_dict())
 
-    x_mine, t_mine, x_pub = x_priv[mine.to(device)], t_priv[mine.to(device)], data.public_x.to(device)
-    steps2 = cfg.finetune_epochs * math.ceil((len(data.private_y) + num_public) / (world * cfg.batch_size))
+    epoch_steps = math.ceil((len(data.private_y) + num_public) / (world * cfg.batch_size))
+    steps2 = cfg.finetune_epochs * epoch_steps
     node = {"node": rank, "neighbours": list(topology.neighbours[rank]), "num_private": len(mine),
             "class_counts": np.bincount(data.private_y[mine].numpy(), minlength=data.num_classes).tolist(),
             "threshold": threshold, "initial_accuracy": phase1["accuracy"], "methods": {},
-            # how well this node's score separates public digits (positive) from photo patches; reporting only
+            # how well this node's score separates held-out public images (positive) from foreign ones; reporting only
             "detector_auroc_digits_vs_photos": auroc(public_scores.numpy(), data.public_is_digit.numpy(), positive=True)
             if 0 < int(data.public_is_digit.sum()) < num_public else None}
     for method in cfg.methods:
         model.load_state_dict(snapshot[0])
         opt.load_state_dict(snapshot[1])
         opt.lr = cfg.finetune_lr
-        comm.bytes_sent = 0
+        comm.bytes_sent = label_bytes = 0
         stats: dict = {}
         keep = torch.empty(0, dtype=torch.int64)
         targets = torch.empty(0, data.num_classes)
-        if method != "dsgd":
-            own_idx, own_labels = select_public(
-                public_logits, public_scores, threshold if method == "idkd" else None, cfg.temperature)
-            received = comm.exchange_labels(own_idx, own_labels)
-            contributions = [(comm.self_weight, own_idx, own_labels)]
-            contributions += [(comm.weights[j], *received[j]) for j in comm.neighbours]
-            keep, targets = aggregate_labels(num_public, contributions)
-            accepted = data.public_is_digit[own_idx]
-            stats = {"own_accepted_digits": int(accepted.sum()),
-                     "own_accepted_photos": int((~accepted).sum()), **label_quality(keep, targets, data.public_y)}
-        label_bytes = comm.bytes_sent
-        x_ft = torch.cat([x_mine, x_pub[keep.to(device)]])
-        t_ft = torch.cat([t_mine, targets.to(device)])
-        _train(model, opt, x_ft, t_ft, steps2, cfg.batch_size, torch.Generator().manual_seed(cfg.seed * 7919 + rank + 2),
-               f"fine-tuning ({method})", show)
-        node["methods"][method] = {"accuracy": evaluate(model, test), "label_bytes": label_bytes,
-                                   "comm_bytes": phase1["bytes"] + comm.bytes_sent, **stats}
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + rank + 2)
+        rounds = _finetune_rounds(steps2, epoch_steps, cfg.exchange_every if method != "dsgd" else 0)
+        for round_, steps in enumerate(rounds):
+            if method != "dsgd":
+                if round_ == 0:  # the node's own labels of the public samples its filter accepts
+                    own_idx, own_labels = select_public(
+                        public_logits, public_scores, threshold if method == "idkd" else None, cfg.temperature)
+                    accepted = data.public_is_digit[own_idx]
+                    stats = {"own_accepted_digits": int(accepted.sum()), "own_accepted_photos": int((~accepted).sum())}
+                else:  # as published: re-send the aggregated labels, so labels travel one more hop per exchange
+                    own_idx, own_labels = keep, targets
+                before = comm.bytes_sent
+                received = comm.exchange_labels(own_idx, own_labels)
+                label_bytes += comm.bytes_sent - before
+                contributions = [(comm.self_weight, own_idx, own_labels)]
+                contributions += [(comm.weights[j], *received[j]) for j in comm.neighbours]
+                keep, targets = aggregate_labels(num_public, contributions)
+                stats.update(label_quality(keep, targets, data.public_y))
+            x_ft = torch.cat([x_mine, x_pub[keep]])
+            t_ft = torch.cat([t_mine, targets])
+            _train(model, opt, x_ft, t_ft, steps, cfg, gen, f"fine-tuning ({method})", show)
+        node["methods"][method] = {"accuracy": evaluate(model, data.test), "label_bytes": label_bytes,
+                                   "comm_bytes": phase1["bytes"] + comm.bytes_sent, "exchanges": len(rounds)
+                                   if method != "dsgd" else 0, **stats}
     node["seconds"] = round(time.perf_counter() - start, 2)
     gathered = [None] * world
     dist.all_gather_object(gathered, node)
@@ -197,6 +225,7 @@ def run_process(cfg: Config, out: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m curvfast.pipelines.idkd.worker CONFIG.json``: run this torchrun process's node."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m curvfast.pipelines.idkd.worker CONFIG.json  (started by torchrun)", file=sys.stderr)

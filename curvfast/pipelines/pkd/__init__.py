@@ -10,15 +10,17 @@ per-prefix weights with L1 and the thresholded early exit; ``macs``: compute per
 ``video``: the compressed-domain data; ``pipeline``: the whole experiment (:class:`Config`, :func:`run`).
 """
 from curvfast.pipelines.pkd.macs import count_macs, exit_macs
-from curvfast.pipelines.pkd.networks import STREAM_ORDER, InternalClassifier, StreamNet, build_exits, build_streams
-from curvfast.pipelines.pkd.pipeline import EXIT_NAMES, Config, run, summary
+from curvfast.pipelines.pkd.networks import (BACKBONES, STREAM_ORDER, InternalClassifier, StreamNet, TorchvisionStream,
+                                             build_exits, build_streams)
+from curvfast.pipelines.pkd.pipeline import EXIT_NAMES, PRESETS, Config, run, summary
 from curvfast.pipelines.pkd.pkd import PUBLISHED_BOUNDARIES, pkd_teacher, soft_cross_entropy, train_exits
 from curvfast.pipelines.pkd.training import collect_exit_logits, train_streams
 from curvfast.pipelines.pkd.wise import fit_prefix_weights, fit_wise, wise_early_exit, wise_objective, wise_sweep
 
 __all__ = [
-    "Config", "run", "summary",
-    "count_macs", "exit_macs", "STREAM_ORDER", "InternalClassifier", "StreamNet", "build_exits", "build_streams",
+    "Config", "PRESETS", "run", "summary",
+    "count_macs", "exit_macs", "STREAM_ORDER", "BACKBONES", "InternalClassifier", "StreamNet", "TorchvisionStream",
+    "build_exits", "build_streams",
     "EXIT_NAMES", "PUBLISHED_BOUNDARIES", "pkd_teacher", "soft_cross_entropy", "train_exits",
     "collect_exit_logits", "train_streams", "fit_prefix_weights", "fit_wise", "wise_early_exit", "wise_objective",
     "wise_sweep",

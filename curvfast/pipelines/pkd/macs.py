@@ -37,7 +37,7 @@ def exit_macs(streams: nn.ModuleDict, exits: nn.ModuleDict, frame_size: int, seg
         net, ics = streams[name], exits[name]
         modes = [(m, m.training) for m in (net, ics)]
         net.eval(), ics.eval()
-        h = torch.zeros(1, STREAM_CHANNELS[name], frame_size, frame_size)
+        h = torch.zeros(1, STREAM_CHANNELS[name], frame_size, frame_size, device=next(net.parameters()).device)
         backbone = 0
         with torch.no_grad():
             for k, layer in enumerate(net.layers):

@@ -17,40 +17,56 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from curvfast.engine import parse_device
 from curvfast.io import save_checkpoint, write_npz
 from curvfast.pipelines.common.contract import config_dict, option, run_folder, write_results
 from curvfast.pipelines.pkd.macs import exit_macs
-from curvfast.pipelines.pkd.networks import STREAM_ORDER, build_exits, build_streams
+from curvfast.pipelines.pkd.networks import BACKBONES, STREAM_ORDER, build_exits, build_streams
 from curvfast.pipelines.pkd.pkd import PUBLISHED_BOUNDARIES, train_exits
 from curvfast.pipelines.pkd.plots import accuracy_vs_macs_plot, exit_accuracy_plot
 from curvfast.pipelines.pkd.training import collect_exit_logits, train_streams
 from curvfast.pipelines.pkd.video import (CompressedVideoDataset, SyntheticConfig, folder_clipset, hmdb51_clips,
-                                          stratified_split, synthetic_actions, ucf101_clips)
+                                          stratified_split, synthetic_actions, ucf101_clips, videofolder_clips)
 from curvfast.pipelines.pkd.video.synthetic import cache_root
 from curvfast.pipelines.pkd.wise import fit_wise, wise_sweep
 
-__all__ = ["Config", "run", "summary", "load_clips", "EXIT_NAMES", "TAU_GRID", "DATASETS"]
+__all__ = ["Config", "PRESETS", "run", "summary", "load_clips", "EXIT_NAMES", "TAU_GRID", "DATASETS"]
 
 EXIT_NAMES = [f"{s}/{e}" for s in STREAM_ORDER for e in ("ic1", "ic2", "ic3", "head")]
 TAU_GRID = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1 - 1e-4, 1 - 1e-5, 1 - 1e-6, 1 - 1e-8, 1 - 1e-10, 1.0)
-DATASETS = ("synthetic", "ucf101", "hmdb51")
+DATASETS = ("synthetic", "videofolder", "ucf101", "hmdb51")
+SYNTHETIC_FRAMES = 24
+LISTERS = {"videofolder": videofolder_clips, "ucf101": ucf101_clips, "hmdb51": hmdb51_clips}
+
+PRESETS = {
+    "smoke": {"clips_per_class": 2, "size": 16, "frames": 13, "stream_epochs": 1, "exit_epochs": 1, "batch_size": 8},
+    # The published setting: UCF-101 split 1, whole clips at 224 x 224, 3 TSN segments, ResNet-50 I-frame and
+    # ResNet-18 MV / residual streams, trained 510 epochs at batch 80 as in CoViAR's UCF-101 commands, and PKD's
+    # 300 IC epochs. The streams start from random weights here (CoViAR: ImageNet-pretrained).
+    "paper": {"dataset": "ucf101", "fold": 1, "size": 224, "frames": None, "segments": 3, "backbone": "coviar",
+              "stream_epochs": 510, "exit_epochs": 300, "batch_size": 80, "device": "cuda", "workers": 8},
+}
 
 
 @dataclass
 class Config:
-    """Settings of one run. ``dataset``: "synthetic" (bundled, generated offline), "ucf101" or
-    "hmdb51" (a folder the user already has, ``root``; re-encoded at ``size`` x ``size``, first
-    ``frames`` frames). ``wise_holdout``: 0 fits WISE on the training clips' logits (published);
+    """Settings of one run. ``dataset``: "synthetic" (bundled, generated offline), "videofolder" (a
+    UCF-101-layout folder ``root``: ``<class>/<clip>`` videos with split lists, or ``train/`` and
+    ``test/`` folders), "ucf101" or "hmdb51" (the official layouts and split lists); a folder is
+    re-encoded at ``size`` x ``size`` (whole clips unless ``frames``) and cached on disk once.
+    ``wise_holdout``: 0 fits WISE on the training clips' logits (published);
     a fraction in (0, 1) keeps that stratified part of the training clips out of stream and IC
     training and fits WISE on its logits instead (weights not fooled by overfit training logits)."""
 
     dataset: str = option("synthetic", choices=DATASETS)
     root: str | None = option(None)
-    fold: int = option(1, "official split 1-3 (UCF-101 / HMDB-51)")
+    fold: int = option(1, "official split 1-3 (UCF-101 / HMDB-51; videofolder: its <split>list0N.txt)")
     clips_per_class: int = option(32, "synthetic dataset size")
     size: int = option(32, "frame side in pixels (a multiple of 16)")
-    frames: int = option(24, "frames per clip (GOP 12)")
+    frames: int | None = option(None, f"first frames of each clip (GOP 12; default: whole clips; synthetic: {SYNTHETIC_FRAMES})")
     segments: int = option(3, "TSN segments per clip")
+    backbone: str = option("small", "stream networks: small (CPU-sized ResNets), resnet18 (all three), coviar "
+                                    "(ResNet-50 I-frames, ResNet-18 MV and residual)", choices=tuple(BACKBONES))
     stream_epochs: int = option(15, "training epochs of the three streams")
     exit_epochs: int = option(12, "training epochs of the internal classifiers (CE and PKD sets together)")
     batch_size: int = option(32)
@@ -60,15 +76,32 @@ class Config:
     exit_relu: bool = option(False, "put a ReLU inside the internal classifiers (the published ICs have none)")
     tau: float = option(0.999999, "WISE early-exit confidence threshold")
     wise_holdout: float = option(0.0, "fraction of training clips kept out of training to fit WISE on (0: fit on training logits)")
-    boundaries: tuple[float, ...] = option(PUBLISHED_BOUNDARIES, "PKD teacher schedule: fractions of the IC epochs taught by the MV head, then by the residual head")
+    boundaries: tuple[float, ...] = option(PUBLISHED_BOUNDARIES, "PKD teacher schedule: fractions of the IC epochs taught "
+                                                                 "by the MV head, then by the residual head")
+    device: str = option("cpu")
+    workers: int = option(0)
+    prepare_only: bool = option(False, "prepare the clip cache ($CURVFAST_CACHE) and stop: no training (a CPU job with PyAV, "
+                                       "before training on a GPU node)")
     seed: int = option(0)
     quiet: bool = option(False)
 
     def validate(self) -> None:
+        """Check every setting (``ValueError`` naming the option); resolve the synthetic set's ``frames``."""
         if self.dataset not in DATASETS:
             raise ValueError(f"--dataset must be one of {', '.join(DATASETS)} (got {self.dataset!r})")
         if self.dataset != "synthetic" and self.root is None:
             raise ValueError(f"dataset {self.dataset!r} needs --root <folder holding it>; curvfast never downloads videos")
+        if self.dataset == "synthetic" and self.frames is None:
+            self.frames = SYNTHETIC_FRAMES
+        if self.frames is not None and self.frames < 2:
+            raise ValueError(f"--frames must be >= 2 (got {self.frames}); leave it out for whole clips")
+        if self.size < 16 or self.size % 16:
+            raise ValueError(f"--size must be a multiple of 16 (whole macroblocks), >= 16 (got {self.size})")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"--backbone must be one of {', '.join(BACKBONES)} (got {self.backbone!r})")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise ValueError(f"--workers must be an int >= 0 (got {self.workers!r})")
+        parse_device(self.device)
         for name in ("segments", "stream_epochs", "exit_epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
@@ -85,20 +118,23 @@ class Config:
 
 
 def load_clips(config: Config, progress: bool = False):
-    """``(train, test)`` ClipSets for the configured dataset."""
+    """``(train, test)`` ClipSets for the configured dataset: a folder's clips are prepared once into the
+    cache (``$CURVFAST_CACHE``, in ``workers`` processes, resumable) and read lazily from there."""
     if config.dataset == "synthetic":
         return synthetic_actions(SyntheticConfig(config.clips_per_class, config.size, config.frames, seed=config.seed),
                                  progress=progress)
-    lister = ucf101_clips if config.dataset == "ucf101" else hmdb51_clips
-    cache = os.path.join(cache_root(), config.dataset, f"{config.size}px-{config.frames}f")
-    return tuple(folder_clipset(*lister(config.root, split, config.fold), cache, config.size, config.frames)
-                 for split in ("train", "test"))
+    cache = os.path.join(cache_root(), "compressed", f"{config.size}px-{config.frames or 'all'}f")
+    lists = [LISTERS[config.dataset](config.root, split, config.fold) for split in ("train", "test")]  # both splits checked first
+    return tuple(folder_clipset(*listed, cache, config.size, config.frames, config.workers, progress) for listed in lists)
 
 
 def _loader(clips, config: Config, train: bool) -> DataLoader:
+    """Batches of ``clips`` in ``workers`` processes (not persistent: each epoch's workers see ``set_epoch``),
+    pinned for a GPU, shuffled by ``seed``."""
     data = CompressedVideoDataset(clips, config.segments, train=train, seed=config.seed)
     gen = torch.Generator().manual_seed(config.seed)
-    return DataLoader(data, batch_size=config.batch_size, shuffle=train, generator=gen if train else None)
+    return DataLoader(data, batch_size=config.batch_size, shuffle=train, generator=gen if train else None,
+                      num_workers=config.workers, pin_memory=parse_device(config.device).type == "cuda")
 
 
 def _accuracies(logits: np.ndarray, labels: np.ndarray) -> list[float]:
@@ -142,14 +178,21 @@ def run(config: Config, out: str | None = None) -> dict:
     train_clips, test_clips = load_clips(config, progress)
     train_clips, wise_clips = _hold_out(train_clips, config)
     timing["data_s"] = time.perf_counter() - start
+    if config.prepare_only:
+        with run_folder(out) as folder:
+            return write_results(folder, {"settings": config_dict(config), "prepared_only": True, "classes": train_clips.classes,
+                                          "num_train": len(train_clips), "num_test": len(test_clips),
+                                          "timing": {k: round(v, 2) for k, v in timing.items()}})
     num_classes = len(train_clips.classes)
     log(f"data: {len(train_clips)} train / {len(test_clips)} test clips, {num_classes} classes; WISE fitted on "
         + (f"{len(wise_clips)} held-out clips" if config.wise_holdout > 0 else "the training clips"))
 
     torch.manual_seed(config.seed)
-    streams = build_streams(num_classes)
+    streams = build_streams(num_classes, backbone=config.backbone)
     ce_exits = build_exits(streams, num_classes, relu=config.exit_relu)
     pkd_exits = copy.deepcopy(ce_exits)  # both IC sets start from the same weights
+    device = parse_device(config.device)
+    streams, ce_exits, pkd_exits = streams.to(device), ce_exits.to(device), pkd_exits.to(device)
     train_loader = _loader(train_clips, config, train=True)
     t0 = time.perf_counter()
     stream_history = train_streams(streams, train_loader, config.stream_epochs, config.lr, progress=progress)
@@ -198,7 +241,7 @@ def run(config: Config, out: str | None = None) -> dict:
         write_npz(os.path.join(folder, "logits.npz"), fit_labels=fit_labels, test_labels=test_labels, **logits)
         save_checkpoint(os.path.join(folder, "models.pt"),
                         nn.ModuleDict({"streams": streams, "ce": ce_exits, "pkd": pkd_exits}),
-                        num_classes=num_classes, dataset=config.dataset)
+                        num_classes=num_classes, dataset=config.dataset, backbone=config.backbone)
         accuracy_vs_macs_plot(os.path.join(folder, "accuracy_vs_macs.png"), EXIT_NAMES, macs["standalone"], ic_accuracy,
                               {k: wise[k]["sweep"] for k in wise}, wise["pkd"], (plain, float(macs["cumulative"][-1])))
         exit_accuracy_plot(os.path.join(folder, "ic_accuracy.png"), EXIT_NAMES, ic_accuracy)
@@ -206,6 +249,9 @@ def run(config: Config, out: str | None = None) -> dict:
 
 
 def summary(results: dict) -> dict:
-    """What ``curvfast pkd`` prints: IC accuracies, WISE at the chosen threshold, the plain ensemble, the gains."""
+    """What ``curvfast pkd`` prints: IC accuracies, WISE at the chosen threshold, the plain ensemble, the gains
+    (with ``--prepare-only``: the clip counts)."""
+    if results.get("prepared_only"):
+        return {k: results[k] for k in ("num_train", "num_test", "timing")}
     return {"ic_accuracy": results["ic_accuracy"], "wise": {k: results["wise"][k] for k in ("tau", "accuracy", "macs")},
             "plain_ensemble_accuracy": results["plain_ensemble_accuracy"], "gains": results["gains"]}

@@ -49,16 +49,16 @@ def _device(module: nn.Module) -> torch.device:
 @torch.no_grad()
 def collect_exit_logits(streams: nn.ModuleDict, exits: nn.ModuleDict, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
     """Eval-mode clip logits of the 12 exits in ``STREAM_ORDER`` (IC1-3 then head, per stream):
-    returns ``(logits (N, 12, C) float64, labels (N,))``."""
+    returns ``(logits (N, 12, C) float64, labels (N,))`` on the CPU (the batches run on the streams' device)."""
     streams.eval(), exits.eval()
-    segments = loader.dataset.num_segments
+    segments, device = loader.dataset.num_segments, _device(streams)
     out, labels = [], []
     for batch, y in loader:
         per_exit = []
         for name in STREAM_ORDER:
-            feats = streams[name].features(batch[name].flatten(0, 1))
+            feats = streams[name].features(batch[name].to(device, non_blocking=True).flatten(0, 1))
             per_exit += exit_logits_from_features(feats, exits[name], segments)
             per_exit.append(segment_mean(streams[name].head(feats[-1]), segments))
-        out.append(torch.stack(per_exit, 1).double())
+        out.append(torch.stack(per_exit, 1).double().cpu())
         labels.append(y)
     return torch.cat(out).numpy(), torch.cat(labels).numpy()

@@ -68,6 +68,7 @@ def class_names() -> list[str]:
 
 
 def cache_root() -> str:
+    """The cache folder: ``$CURVFAST_CACHE``, else ``~/.cache/curvfast``."""
     return os.environ.get("CURVFAST_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "curvfast")
 
 
