@@ -20,27 +20,37 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from curvfast.data import get_dataset
+from curvfast.engine import parse_device
 from curvfast.io import save_checkpoint, write_npz
 from curvfast.linalg import ROUTES
-from curvfast.models import build_model
 from curvfast.pipelines.common.contract import config_dict, option, run_folder, write_results
+from curvfast.pipelines.common.data import DataOptions, build_network, load_split, loader
 from curvfast.pipelines.common.training import evaluate, fit
 from curvfast.pipelines.verifix.noise import NOISE_TYPES, add_label_noise
 from curvfast.pipelines.verifix.projector import PUBLISHED_ALPHAS
-from curvfast.pipelines.verifix.selection import SELECTION_METHODS, select_verified
+from curvfast.pipelines.verifix.selection import SELECTION_METHODS, dataset_labels, select_verified
 from curvfast.pipelines.verifix.spectra import PUBLISHED_MAX_ROWS
 from curvfast.pipelines.verifix.verifix import verifix
 
-__all__ = ["Config", "run", "summary", "Relabeled"]
+__all__ = ["Config", "PRESETS", "run", "summary", "Relabeled"]
+
+PRESETS = {
+    # the tests' settings: seconds on a laptop CPU
+    "smoke": {"epochs": 2, "verified_size": 20, "selection": "random", "alphas": (1e4, 1e5), "seeds": (0,)},
+    # Kodge et al. 2024, CIFAR-10 (example_scripts/{train,verifix}_cifar_example.sh of their code):
+    # ResNet-18, 350 epochs of SGD at lr 0.01, batch 64, 25% symmetric noise, 10% validation split,
+    # 1000 verified samples ranked by curvature, alpha in {1e4, 3e4, 1e5, 3e5, 1e6} (the default grid),
+    # random crop + flip and the CIFAR-10 normalisation. docs/verifix.md lists what differs.
+    "paper": {"dataset": "cifar10", "model": "cifar_resnet18", "noise": 0.25, "epochs": 350, "lr": 0.01,
+              "batch_size": 64, "val_fraction": 0.1, "verified_size": 1000, "selection": "fd",
+              "normalize": "cifar10", "augment": "crop-flip", "device": "cuda"},
+}
 
 
 @dataclass
-class Config:
+class Config(DataOptions):
     """The experiment's settings (defaults: the published recipe on 8x8 digits)."""
 
-    dataset: str = option("digits")
-    root: str | None = option(None)
     model: str = option("small_cnn")
     noise: float = option(0.25, "fraction of training labels flipped (label noise rate, in [0, 1))")
     noise_type: str = option("symmetric", "symmetric (uniform over the other classes) or asymmetric (pair flip c -> c+1)",
@@ -62,6 +72,8 @@ class Config:
 
     def validate(self) -> None:
         """Fail before training on settings that would only be rejected after it."""
+        self.check_data_options()
+        parse_device(self.device)
         if not 0.0 <= float(self.noise) < 1.0:
             raise ValueError(f"noise rate must be in [0, 1) (got {self.noise!r})")
         if self.noise_type not in NOISE_TYPES:
@@ -101,12 +113,6 @@ class Relabeled(Dataset):
         return self.base[i][0], int(self.labels[i])
 
 
-def _targets(dataset) -> torch.Tensor:
-    if hasattr(dataset, "targets"):
-        return torch.as_tensor(dataset.targets, dtype=torch.int64)
-    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
-
-
 def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train part, validation part) of range(n), each sorted; the validation part has round(fraction·n)."""
     perm = np.random.default_rng(seed).permutation(n)
@@ -114,13 +120,13 @@ def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(perm[cut:]), np.sort(perm[:cut])
 
 
-def _run_seed(config: Config, seed: int, out: str, say) -> dict:
-    """One seed of the experiment; writes results.json, verified.npz and model.pt to ``out`` and returns the results."""
+def _run_seed(config: Config, seed: int, data: tuple, out: str, say) -> dict:
+    """One seed of the experiment on ``data`` = (train split, test split, DatasetInfo); writes results.json,
+    verified.npz and model.pt to ``out`` and returns the results."""
     progress = False if config.quiet else None
     timings, t0 = {}, time.perf_counter()
-    train_full, info = get_dataset(config.dataset, "train", root=config.root)
-    test_set, _ = get_dataset(config.dataset, "test", root=config.root)
-    clean = _targets(train_full)
+    train_full, test_set, info = data
+    clean = torch.as_tensor(dataset_labels(train_full))
     noisy, flipped = add_label_noise(clean, config.noise, info.num_classes, kind=config.noise_type, seed=seed)
     train_idx, val_idx = _split(len(clean), config.val_fraction, seed)
     train_set = Relabeled(Subset(train_full, train_idx.tolist()), noisy[train_idx])
@@ -129,8 +135,10 @@ def _run_seed(config: Config, seed: int, out: str, say) -> dict:
 
     t = time.perf_counter()
     torch.manual_seed(seed)  # the initialisation too, not only the training order
-    net = fit(build_model(config.model, info.num_classes, info.in_channels), train_set, epochs=config.epochs,
-              batch_size=config.batch_size, lr=config.lr, seed=seed, device=config.device)
+    net = build_network(config, config.model, info, tuple(train_full[0][0].shape))
+    net = fit(net, loader(train_set, config, batch_size=config.batch_size, device=config.device, shuffle=True, seed=seed),
+              epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=seed, device=config.device,
+              batch_transform=config.batch_transform(seed))
     timings["train"] = time.perf_counter() - t
     say(f"seed {seed}: trained {config.model} on {len(train_set)} samples with {config.noise:.0%} {config.noise_type} noise "
         f"({timings['train']:.1f} s)")
@@ -169,7 +177,7 @@ def _run_seed(config: Config, seed: int, out: str, say) -> dict:
     )
     save_checkpoint(
         os.path.join(out, "model.pt"), corrected, model=config.model, num_classes=info.num_classes,
-        in_channels=info.in_channels, alpha=report.alpha if report.alpha is not None else 0.0,
+        in_channels=info.in_channels, normalize=config.normalize, alpha=report.alpha if report.alpha is not None else 0.0,
     )
     return write_results(out, result)
 
@@ -186,10 +194,13 @@ def run(config: Config, out: str | None = None) -> dict:
     config.validate()
     say = (lambda _msg: None) if config.quiet else print
     seeds = list(config.seeds)
+    train_full, info = load_split(config, "train")
+    test_set, _ = load_split(config, "test")  # the real test split: a folder without one is refused here
+    data = (train_full, test_set, info)
     with run_folder(out) as folder:
         if len(seeds) == 1:
-            return _run_seed(config, seeds[0], folder, say)
-        runs = [_run_seed(config, s, os.path.join(folder, f"seed_{s}"), say) for s in seeds]
+            return _run_seed(config, seeds[0], data, folder, say)
+        runs = [_run_seed(config, s, data, os.path.join(folder, f"seed_{s}"), say) for s in seeds]
         results = {"seeds": seeds, "settings": {k: v for k, v in runs[0]["settings"].items() if k != "seed"}}
         for key in ("accuracy_before", "accuracy_after", "verified_clean_fraction"):
             results[key], results[f"{key}_std"] = _mean_std([r[key] for r in runs])
