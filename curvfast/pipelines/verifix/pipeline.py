@@ -145,7 +145,7 @@ def _run_seed(config: Config, seed: int, data: tuple, out: str, say) -> dict:
 
     t = time.perf_counter()
     sel = select_verified(net, train_set, config.verified_size, method=config.selection, seed=seed, device=config.device,
-                          progress=progress)
+                          num_workers=config.workers, progress=progress)
     timings["selection"] = time.perf_counter() - t
     corrected, report = verifix(
         net, Subset(train_set, sel.indices.tolist()), val_set, alphas=config.alphas, max_rows=config.max_rows or None,

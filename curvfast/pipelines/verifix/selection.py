@@ -63,9 +63,10 @@ def _balanced_quota(counts: np.ndarray, size: int) -> np.ndarray:
 
 def select_verified(
     model: nn.Module, dataset, size: int, *, method: str = "auto", probes: int | None = None, seed: int = 0,
-    batch_size: int = 128, device=None, progress: bool | None = None,
+    batch_size: int = 128, device=None, num_workers: int = 0, progress: bool | None = None,
 ) -> Selection:
-    """Class-balanced ``size`` samples of ``dataset`` with the lowest curvature per class."""
+    """Class-balanced ``size`` samples of ``dataset`` with the lowest curvature per class (scored in
+    batches of ``batch_size`` read by ``num_workers`` DataLoader workers)."""
     if method not in SELECTION_METHODS:
         raise ValueError(f"selection method must be one of {SELECTION_METHODS} (got {method!r})")
     labels = dataset_labels(dataset)
@@ -77,7 +78,8 @@ def select_verified(
         rng = np.random.default_rng(seed)
         key, scores, used = rng.random(len(labels)), None, "random"
     else:
-        res = score(model, dataset, method=method, probes=probes, seed=seed, batch_size=batch_size, device=device, progress=progress)
+        res = score(model, dataset, method=method, probes=probes, seed=seed, batch_size=batch_size, device=device,
+                    num_workers=num_workers, progress=progress)
         key, scores, used = res.score, res.score, res.settings["method"]
     chosen = [np.flatnonzero(labels == c)[np.argsort(key[labels == c], kind="stable")[:q]] for c, q in zip(classes, quota)]
     return Selection(np.sort(np.concatenate(chosen)), scores, used)
