@@ -24,7 +24,8 @@ def test_smoke_preset_on_a_cifar_shaped_folder_with_normalisation_and_augmentati
     assert (settings["dataset"], settings["normalize"], settings["augment"], settings["device"]) == \
         ("imagefolder", "cifar10", "crop-flip", "cpu")
     assert settings["models"] == ["small_cnn", "small_cnn@1", "small_cnn+in1"] and settings["n_test"] == 16  # the preset
-    assert all(0.0 <= m["test_accuracy"] <= 1.0 for m in res["models"])
+    assert all(0.0 <= m["test_accuracy"] <= 1.0 and m["seconds"] > 0 for m in res["models"])
+    assert set(res["timings"]) == {"attack_sweep", "ensemble_attacks"}
     ckpt = load_checkpoint(str(out / "models" / "small_cnn+in1.pt"))
     assert (ckpt["normalize"], ckpt["augment"], ckpt["root"]) == ("cifar10", "crop-flip", str(cifar_folder))
     assert any(k.endswith("mean") for k in ckpt["state_dict"])  # the normalisation is inside the model

@@ -254,16 +254,18 @@ def _study(config: Config, resolved: dict, data: tuple, folder: str) -> dict:
     train_set, test_set, info = data
     x, y, test_index = _tensors(test_set, resolved["n_test"], seed, config)
     x, y = x.to(device), y.to(device)
-    nets, model_info = [], []
+    nets, model_info, timings = [], [], {}
     for spec in tqdm(specs, desc="train", disable=quiet):
+        began = time.perf_counter()
         net, minfo = load_or_train(spec, train_set, test_set, info.num_classes, epochs=config.epochs, dataset=config.dataset,
                                    folder=os.path.join(folder, "models"), device=device, options=config,
                                    batch_size=config.batch_size)
         for p in net.parameters():
             p.requires_grad_(False)
         nets.append(net)
-        model_info.append({"name": spec.name, **spec.factors(), **minfo})
+        model_info.append({"name": spec.name, **spec.factors(), **minfo, "seconds": round(time.perf_counter() - began, 2)})
 
+    began = time.perf_counter()
     clean = predictions_under_attack(nets, [x])[0]                       # (M, N)
     labels = y.cpu().numpy()
     correct = clean == labels
@@ -279,6 +281,7 @@ def _study(config: Config, resolved: dict, data: tuple, folder: str) -> dict:
                 kept[s, e] = adv
             bar.update()
     bar.close()
+    timings["attack_sweep"] = time.perf_counter() - began
 
     n_st, n_ss, pool = pair_counts(correct, preds != labels)
     metric, fits_st, fits_ss = transfer_matrix(sweep, n_st, n_ss, pool, metric_eps)
@@ -302,6 +305,7 @@ def _study(config: Config, resolved: dict, data: tuple, folder: str) -> dict:
                    for s in range(len(nets))},
         "ensembles": {},
     }
+    began = time.perf_counter()
     bar = tqdm(total=len(ens) * len(rules) * len(robust_index), desc="ensemble attacks", disable=quiet)
     for ens_name, idx in ens.items():
         entry = _ensemble_robustness(
@@ -311,6 +315,7 @@ def _study(config: Config, resolved: dict, data: tuple, folder: str) -> dict:
         member_acc = [float(np.mean([robust["single"][names[i]][attack_name][r] for i in idx])) for r in range(len(robust_index))]
         robust["ensembles"][ens_name] = {"members": [names[i] for i in idx], f"mean_member_{attack_name}": member_acc, **entry}
     bar.close()
+    timings["ensemble_attacks"] = time.perf_counter() - began
 
     pair = [(s, t) for s in range(len(names)) for t in range(len(names))]
     results = {
@@ -329,6 +334,7 @@ def _study(config: Config, resolved: dict, data: tuple, folder: str) -> dict:
         "selection": {"select_index": test_index[select].tolist(), "evaluation_index": test_index[held].tolist(),
                       "note": "indices into the test split; 'selected' is chosen from transfer counts and clean accuracies "
                               "on select_index, every robust accuracy is measured on evaluation_index"},
+        "timings": {k: round(v, 2) for k, v in timings.items()},
         "seconds": round(time.perf_counter() - start, 1),
     }
     write_npz(os.path.join(folder, "transfer.npz"), eps=sweep, labels=labels, clean_predictions=clean, predictions=preds,
