@@ -74,3 +74,20 @@ def test_labels_are_read_without_decoding_images():
     assert dataset_labels(Subset(noisy, [2, 0])).tolist() == [0, 1]
     assert dataset_labels(TensorDataset(x, y)).tolist() == y.tolist()  # no label attribute: item by item
     assert dataset_labels(TensorDataset(x, y)).dtype == np.int64
+
+
+def test_a_rerun_corrects_the_saved_noisy_model_instead_of_training_again(cifar_folder, tmp_path, capsys):
+    common = ["verifix", "--preset", "smoke", "--dataset", "imagefolder", "--root", str(cifar_folder), "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "first")]) == 0
+    first = json.loads((tmp_path / "first" / "results.json").read_text())
+    trained = str(tmp_path / "first" / "trained.pt")
+    assert main([*common, "--checkpoint", trained, "--alphas", "1e4", "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert again["accuracy_before"] == first["accuracy_before"]  # the same model, not a retrained one
+    assert again["train_accuracy_noisy_labels"] == first["train_accuracy_noisy_labels"]
+    assert again["settings"]["checkpoint"] == trained and not (tmp_path / "again" / "trained.pt").exists()
+    # other noise or another seed would pair the model with labels it was not trained on: refused
+    assert main([*common, "--checkpoint", trained, "--noise", "0.4", "--out", str(tmp_path / "bad")]) == 2
+    assert "noise: 0.25 there, 0.4 here" in capsys.readouterr().err
+    assert main([*common, "--checkpoint", trained, "--seeds", "1", "--out", str(tmp_path / "bad")]) == 2
+    assert "seed: 0 there, 1 here" in capsys.readouterr().err and not (tmp_path / "bad").exists()

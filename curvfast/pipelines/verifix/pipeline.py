@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from curvfast.engine import parse_device
-from curvfast.io import save_checkpoint, write_npz
+from curvfast.io import load_checkpoint, save_checkpoint, write_npz
 from curvfast.linalg import ROUTES
 from curvfast.pipelines.common.contract import config_dict, option, run_folder, write_results
 from curvfast.pipelines.common.data import DataOptions, build_network, load_split, loader
@@ -67,6 +67,8 @@ class Config(DataOptions):
     route: str = option("auto", "spectrum route: exact Gram, randomized, or by size", choices=ROUTES)
     rank: int | None = option(None, "truncated rank allowed for the randomized route")
     seeds: tuple[int, ...] = option((0,), "training seeds; results are mean and std over them")
+    checkpoint: str | None = option(None, "correct this noisy-label model instead of training one: the trained.pt of an "
+                                          "earlier run with the same data, model, noise, split and seed")
     device: str = option("cpu")
     quiet: bool = option(False)
 
@@ -96,6 +98,8 @@ class Config(DataOptions):
             raise ValueError(f"rank must be >= 1 (got {self.rank})")
         if not self.seeds:
             raise ValueError("seeds must name at least one seed")
+        if self.checkpoint is not None and len(self.seeds) != 1:
+            raise ValueError(f"a checkpoint holds the model of one seed; give one seed with it (got seeds={list(self.seeds)})")
 
 
 class Relabeled(Dataset):
@@ -120,9 +124,39 @@ def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(perm[cut:]), np.sort(perm[:cut])
 
 
-def _run_seed(config: Config, seed: int, data: tuple, out: str, say) -> dict:
-    """One seed of the experiment on ``data`` = (train split, test split, DatasetInfo); writes results.json,
-    verified.npz and model.pt to ``out`` and returns the results."""
+# what a trained model depends on: a checkpoint is reused only when all of these match the run
+_TRAINED_WITH = ("dataset", "image_size", "model", "normalize", "noise", "noise_type", "val_fraction")
+
+
+def _checked_checkpoint(config: Config, seed: int) -> dict:
+    """The state dict of ``config.checkpoint``, refused unless it was trained with this run's data, model,
+    noise, split and seed (other labels would make the correction meaningless)."""
+    ckpt = load_checkpoint(config.checkpoint)
+    wanted = {k: getattr(config, k) for k in _TRAINED_WITH} | {"seed": seed}
+    differ = {k: (ckpt.get(k, "missing"), v) for k, v in wanted.items() if ckpt.get(k, "missing") != v}
+    if differ:
+        raise ValueError(f"checkpoint {config.checkpoint!r} was trained with other settings than this run "
+                         f"({', '.join(f'{k}: {a!r} there, {b!r} here' for k, (a, b) in differ.items())}); "
+                         "give the same options, or no checkpoint to train a model")
+    return ckpt["state_dict"]
+
+
+def _trained_model(config: Config, seed: int, info, input_shape: tuple[int, ...], train_set, state: dict | None):
+    """The model trained on the noisy labels: ``state`` (a checked checkpoint's weights) or trained here."""
+    torch.manual_seed(seed)  # the initialisation too, not only the training order
+    net = build_network(config, config.model, info, input_shape)
+    if state is not None:
+        net.load_state_dict(state)
+        return net.to(config.device).eval()
+    data = loader(train_set, config, batch_size=config.batch_size, device=config.device, shuffle=True, seed=seed)
+    return fit(net, data, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=seed,
+               device=config.device, batch_transform=config.batch_transform(seed))
+
+
+def _run_seed(config: Config, seed: int, data: tuple, out: str, say, state: dict | None = None) -> dict:
+    """One seed of the experiment on ``data`` = (train split, test split, DatasetInfo), starting from the
+    trained weights ``state`` if given; writes results.json, verified.npz, trained.pt and model.pt to
+    ``out`` and returns the results."""
     progress = False if config.quiet else None
     timings, t0 = {}, time.perf_counter()
     train_full, test_set, info = data
@@ -134,14 +168,14 @@ def _run_seed(config: Config, seed: int, data: tuple, out: str, say) -> dict:
     timings["data_and_noise"] = time.perf_counter() - t0
 
     t = time.perf_counter()
-    torch.manual_seed(seed)  # the initialisation too, not only the training order
-    net = build_network(config, config.model, info, tuple(train_full[0][0].shape))
-    net = fit(net, loader(train_set, config, batch_size=config.batch_size, device=config.device, shuffle=True, seed=seed),
-              epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=seed, device=config.device,
-              batch_transform=config.batch_transform(seed))
+    net = _trained_model(config, seed, info, tuple(train_full[0][0].shape), train_set, state)
     timings["train"] = time.perf_counter() - t
-    say(f"seed {seed}: trained {config.model} on {len(train_set)} samples with {config.noise:.0%} {config.noise_type} noise "
-        f"({timings['train']:.1f} s)")
+    say(f"seed {seed}: {'loaded' if config.checkpoint else 'trained'} {config.model} on {len(train_set)} samples with "
+        f"{config.noise:.0%} {config.noise_type} noise ({timings['train']:.1f} s)")
+    os.makedirs(out, exist_ok=True)
+    if config.checkpoint is None:  # the model before correction, for reruns with other selections or alphas
+        save_checkpoint(os.path.join(out, "trained.pt"), net, num_classes=info.num_classes, in_channels=info.in_channels,
+                        seed=seed, epochs=config.epochs, **{k: getattr(config, k) for k in _TRAINED_WITH})
 
     t = time.perf_counter()
     sel = select_verified(net, train_set, config.verified_size, method=config.selection, seed=seed, device=config.device,
@@ -169,7 +203,6 @@ def _run_seed(config: Config, seed: int, data: tuple, out: str, say) -> dict:
     }
     say(f"seed {seed}: test accuracy {before:.4f} -> {after:.4f} (alpha={report.alpha}, "
         f"verified clean {result['verified_clean_fraction']:.3f})")
-    os.makedirs(out, exist_ok=True)
     write_npz(
         os.path.join(out, "verified.npz"), train_index=train_idx, validation_index=val_idx, verified=sel.indices,
         curvature=sel.scores if sel.scores is not None else np.full(len(train_idx), np.nan),
@@ -188,8 +221,9 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def run(config: Config, out: str | None = None) -> dict:
     """Run the experiment once per seed and write ``out``: ``results.json``, ``verified.npz`` (split
-    indices, verified indices, curvature, noisy/clean labels, flip mask) and ``model.pt`` (the
-    corrected model); with several seeds each seed's run goes to ``out/seed_<k>/`` and
+    indices, verified indices, curvature, noisy/clean labels, flip mask), ``trained.pt`` (the model
+    trained on the noisy labels, which ``checkpoint`` takes back: unless it came from one) and
+    ``model.pt`` (the corrected model); with several seeds each seed's run goes to ``out/seed_<k>/`` and
     ``out/results.json`` holds mean ± sample std of the accuracies. Returns the results."""
     config.validate()
     say = (lambda _msg: None) if config.quiet else print
@@ -197,9 +231,10 @@ def run(config: Config, out: str | None = None) -> dict:
     train_full, info = load_split(config, "train")
     test_set, _ = load_split(config, "test")  # the real test split: a folder without one is refused here
     data = (train_full, test_set, info)
+    state = None if config.checkpoint is None else _checked_checkpoint(config, seeds[0])  # validate() allows one seed
     with run_folder(out) as folder:
         if len(seeds) == 1:
-            return _run_seed(config, seeds[0], data, folder, say)
+            return _run_seed(config, seeds[0], data, folder, say, state)
         runs = [_run_seed(config, s, data, os.path.join(folder, f"seed_{s}"), say) for s in seeds]
         results = {"seeds": seeds, "settings": {k: v for k, v in runs[0]["settings"].items() if k != "seed"}}
         for key in ("accuracy_before", "accuracy_after", "verified_clean_fraction"):
