@@ -12,7 +12,7 @@ ensemble attack as a torchattacks ``Attack`` (needs torchattacks).
 from curvfast.pipelines.transfer.attacks import ENSEMBLE_RULES, SINGLE_ATTACKS, attack, ensemble_direction, ensemble_pgd
 from curvfast.pipelines.transfer.ensemble import MajorityVote, majority_vote, mutual_transfer, select_members, vote_scores
 from curvfast.pipelines.transfer.members import MemberSpec, build_member, load_or_train, parse_spec, train_member
-from curvfast.pipelines.transfer.pipeline import Config, run, summary
+from curvfast.pipelines.transfer.pipeline import PRESETS, Config, run, summary
 from curvfast.pipelines.transfer.quantize import (
     DoReFaActivation, DoReFaWeight, Halftone, InputQuantized, InputQuantizer, dorefa, halftone, quantize_uniform,
     sharpen_halftone, straight_through,
@@ -20,7 +20,7 @@ from curvfast.pipelines.transfer.quantize import (
 from curvfast.pipelines.transfer.transfer import Fit, fit_saturating, pair_counts, pair_groups, saturating, transfer_matrix, transfer_metric
 
 __all__ = [
-    "Config", "run", "summary",
+    "Config", "PRESETS", "run", "summary",
     "ENSEMBLE_RULES", "SINGLE_ATTACKS", "attack", "ensemble_direction", "ensemble_pgd",
     "MajorityVote", "majority_vote", "mutual_transfer", "select_members", "vote_scores",
     "MemberSpec", "build_member", "load_or_train", "parse_spec", "train_member",

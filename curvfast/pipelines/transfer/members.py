@@ -10,11 +10,12 @@ quantisation, written as short strings, e.g.
     small_cnn+w2a4       DoReFa 2-bit weights, 4-bit activations (w.. and a.. may come alone)
     mlp2                 the zoo's 2-hidden-layer ReLU perceptron (architecture mismatch)
 
-Any zoo or torchvision name of ``curvfast.models.build_model`` is an architecture too.
+Any zoo or torchvision name of ``curvfast.models.build_model`` is an architecture too. A member
+sees images in [0, 1]: its input quantiser comes first, then the input normalisation (inside the
+model), then the network.
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -22,8 +23,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from curvfast.data import DatasetInfo
 from curvfast.io import load_checkpoint, save_checkpoint
-from curvfast.models import build_model
+from curvfast.pipelines.common.data import DataOptions, build_network, loader
 from curvfast.pipelines.common.training import evaluate, fit
 from curvfast.pipelines.transfer.quantize import Halftone, InputQuantized, InputQuantizer, dorefa
 
@@ -104,11 +106,11 @@ def parse_spec(text: str) -> MemberSpec:
     return MemberSpec(**fields)
 
 
-def build_member(spec: MemberSpec, num_classes: int, input_shape: tuple[int, ...]) -> nn.Module:
-    """Randomly initialised model for ``spec`` (seeded by ``spec.seed``), quantisers attached."""
+def build_member(spec: MemberSpec, num_classes: int, input_shape: tuple[int, ...], normalize: str = "none") -> nn.Module:
+    """Randomly initialised model for ``spec`` (seeded by ``spec.seed``): the network inside the
+    ``normalize`` normalisation (``none``, ``cifar10``, ``imagenet``, ``MEAN/STD``), quantisers attached."""
     torch.manual_seed(spec.seed)
-    kwargs = {"in_features": math.prod(input_shape)} if spec.arch in ("mlp", "mlp2") else {}
-    model = build_model(spec.arch, num_classes, input_shape[0], **kwargs)
+    model = build_network(DataOptions(normalize=normalize), spec.arch, DatasetInfo(num_classes, input_shape[0]), input_shape)
     if spec.weight_bits is not None or spec.activation_bits is not None:
         model = dorefa(model, spec.weight_bits, spec.activation_bits)
     if spec.halftone is not None:
@@ -119,23 +121,30 @@ def build_member(spec: MemberSpec, num_classes: int, input_shape: tuple[int, ...
 
 
 def train_member(
-    model: nn.Module, spec: MemberSpec, train_set, *, epochs: int = 20, batch_size: int = 64, device: str = "cpu"
+    model: nn.Module, spec: MemberSpec, train_set, *, epochs: int = 20, batch_size: int = 64, device: str = "cpu",
+    options: DataOptions | None = None,
 ) -> nn.Module:
     """Train in place: SGD (lr 0.05, momentum 0.9) or Adam (lr 1e-3), weight decay 5e-4, cosine schedule;
-    data order seeded by ``spec.seed``. Quantised members train through their straight-through gradients."""
-    return fit(model, train_set, epochs=max(1, epochs), batch_size=batch_size, seed=spec.seed, optimizer=spec.optimizer,
-               device=device)
+    data order seeded by ``spec.seed``, loader workers and training augmentation from ``options``.
+    Quantised members train through their straight-through gradients."""
+    options = options or DataOptions()
+    data = loader(train_set, options, batch_size=batch_size, device=device, shuffle=True, seed=spec.seed)
+    return fit(model, data, epochs=max(1, epochs), batch_size=batch_size, seed=spec.seed, optimizer=spec.optimizer,
+               device=device, batch_transform=options.batch_transform(spec.seed))
 
 
 def load_or_train(
     spec: MemberSpec, train_set, test_set, num_classes: int, *, epochs: int, dataset: str,
-    folder: str | None = None, device: str = "cpu",
+    folder: str | None = None, device: str = "cpu", options: DataOptions | None = None, batch_size: int = 64,
 ) -> tuple[nn.Module, dict]:
     """Build and train ``spec``, or load ``folder/<name>.pt`` when it was trained with the same
-    spec, dataset and epochs. Returns the eval-mode model and its info (accuracies, checkpoint)."""
+    spec, dataset (name, root, image size), normalisation, augmentation, batch size and epochs.
+    Returns the eval-mode model and its info (accuracies, checkpoint)."""
+    options = options or DataOptions(dataset=dataset)
     input_shape = tuple(train_set[0][0].shape)
-    model = build_member(spec, num_classes, input_shape)
-    meta = {"spec": spec.name, "dataset": dataset, "epochs": epochs}
+    model = build_member(spec, num_classes, input_shape, options.normalize)
+    meta = {"spec": spec.name, "dataset": dataset, "root": options.root, "image_size": options.image_size,
+            "normalize": options.normalize, "augment": options.augment, "batch_size": batch_size, "epochs": epochs}
     path = None if folder is None else os.path.join(folder, spec.name.replace("@", "_seed") + ".pt")
     if path is not None and os.path.isfile(path):
         ckpt = load_checkpoint(path)
@@ -143,8 +152,9 @@ def load_or_train(
             model.load_state_dict(ckpt["state_dict"])
             info = {k: ckpt[k] for k in ("spec", "dataset", "epochs", "train_accuracy", "test_accuracy")}
             return model.to(device).eval(), {**info, "checkpoint": path, "trained": False}
-    train_member(model, spec, train_set, epochs=epochs, device=device)
-    info = {**meta, "train_accuracy": evaluate(model, train_set), "test_accuracy": evaluate(model, test_set)}
+    train_member(model, spec, train_set, epochs=epochs, batch_size=batch_size, device=device, options=options)
+    info = {"spec": spec.name, "dataset": dataset, "epochs": epochs,
+            "train_accuracy": evaluate(model, train_set), "test_accuracy": evaluate(model, test_set)}
     if path is not None:
-        save_checkpoint(path, model, **info)
+        save_checkpoint(path, model, **(meta | info))
     return model.eval(), {**info, "checkpoint": path, "trained": True}

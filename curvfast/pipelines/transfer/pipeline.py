@@ -18,27 +18,39 @@ from fractions import Fraction
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import Subset
 
-from curvfast.data import get_dataset
+from curvfast.engine import parse_device
 from curvfast.io import write_npz
 from curvfast.pipelines.common.contract import config_dict, option, run_folder, write_results
+from curvfast.pipelines.common.data import DataOptions, load_split, loader
 from curvfast.pipelines.transfer.attacks import ENSEMBLE_RULES, SINGLE_ATTACKS, attack, ensemble_pgd
 from curvfast.pipelines.transfer.ensemble import majority_vote, select_members
 from curvfast.pipelines.transfer.figures import fit_curves, transfer_heatmap
 from curvfast.pipelines.transfer.members import MemberSpec, load_or_train, parse_spec
 from curvfast.pipelines.transfer.transfer import pair_counts, pair_groups, predictions_under_attack, transfer_matrix
 
-__all__ = ["Config", "run", "summary"]
+__all__ = ["Config", "PRESETS", "run", "summary"]
+
+_TREND_ZOO = tuple(f"cifar_resnet18{suffix}" for suffix in ("", "@1", "@2", "+adam", "+in1", "+in2", "+halftone", "+w2a2"))
+PRESETS = {
+    # the tests' settings: seconds on a laptop CPU
+    "smoke": {"models": ("small_cnn", "small_cnn@1", "small_cnn+in1"), "eps": ("0", "16/255", "48/255"),
+              "metric_eps": "16/255", "robust_eps": ("32/255",), "steps": 2, "step": 0.05, "epochs": 1, "n_test": "16",
+              "ensemble_size": 2, "accuracy_margin": 1.0},
+    # TREND (Ravikumar et al. 2022) on CIFAR-10: a ResNet-18 zoo differing in one factor at a time plus an
+    # architecture mismatch, PGD L-inf 40 x 0.01 (the default), metric at 8/255. What the sources we have
+    # do not state (training epochs, the attacked image count) is listed in docs/transfer.md.
+    "paper": {"dataset": "cifar10", "models": (*_TREND_ZOO, "vgg11_bn"), "metric_eps": "8/255", "n_test": "all",
+              "normalize": "cifar10", "augment": "crop-flip", "device": "cuda"},
+}
 
 
 @dataclass
-class Config:
+class Config(DataOptions):
     """The study's settings (defaults: the published PGD recipe on 8x8 digits). Radii are numbers or
     fractions such as ``"8/255"`` (strings, so that the command line takes fractions; floats work too)."""
 
-    dataset: str = option("digits")
-    root: str | None = option(None)
     models: tuple[str, ...] = option(
         ("small_cnn", "small_cnn@1", "small_cnn@2", "small_cnn+adam", "small_cnn+in1", "small_cnn+in2",
          "small_cnn+halftone", "small_cnn+w2a2", "mlp2"),
@@ -51,6 +63,7 @@ class Config:
     steps: int = option(40, "attack steps")
     step: float = option(0.01, "attack step size")
     epochs: int = option(15, "training epochs of each network")
+    batch_size: int = option(64)
     n_test: str = option("200", "attack a seeded random subset of this many test images, or all")
     ensemble_size: int = option(3, "members of the automatic ensembles")
     ensemble: str = option("", "extra ensembles NAME=MODEL,MODEL,... (several: separated by ;)")
@@ -105,14 +118,17 @@ def _parse_ensembles(text: str) -> dict[str, list[str]]:
 
 def _resolve(config: Config) -> dict:
     """The parsed settings: model specs, the sorted sweep (eps and robust_eps), radii, n_test, ensembles."""
+    config.check_data_options()
+    parse_device(config.device)
     specs = [parse_spec(m) for m in config.models]
     names = [s.name for s in specs]
     if len(set(names)) != len(names) or len(names) < 2:
         raise ValueError(f"models must name at least two distinct specs (got {names})")
     if config.attack not in SINGLE_ATTACKS:
         raise ValueError(f"attack must be one of {SINGLE_ATTACKS} (got {config.attack!r})")
-    if config.steps < 1 or config.epochs < 1 or config.ensemble_size < 1:
-        raise ValueError(f"steps, epochs and ensemble_size must be >= 1 (got {config.steps}, {config.epochs}, {config.ensemble_size})")
+    if config.steps < 1 or config.epochs < 1 or config.ensemble_size < 1 or config.batch_size < 1:
+        raise ValueError(f"steps, epochs, ensemble_size and batch_size must be >= 1 (got {config.steps}, {config.epochs}, "
+                         f"{config.ensemble_size}, {config.batch_size})")
     eps, robust_eps = _radii(config.eps, "eps"), _radii(config.robust_eps, "robust_eps")
     metric_eps = _radii(config.metric_eps, "metric_eps")
     if len(metric_eps) != 1:
@@ -134,15 +150,16 @@ def _finite(value):
     return value if math.isfinite(value) else None
 
 
-def _tensors(dataset, n: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """Images, labels and their indices in ``dataset`` (all, or ``n`` drawn at random)."""
-    x, y = map(torch.cat, zip(*DataLoader(dataset, batch_size=512)))
-    keep = torch.arange(len(y))
+def _tensors(dataset, n: int | None, seed: int, options: DataOptions) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Images, labels and their indices in ``dataset`` (all, or ``n`` drawn at random): only the chosen
+    images are read, so memory grows with ``n``, not with the test split."""
+    keep = torch.arange(len(dataset))
     if n is not None:
-        if not 2 <= n <= len(y):
-            raise ValueError(f"n_test must be in [2, {len(y)}] (got {n})")
-        keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-    return x[keep], y[keep], keep.numpy()
+        if not 2 <= n <= len(dataset):
+            raise ValueError(f"n_test must be in [2, {len(dataset)}] (got {n})")
+        keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    x, y = map(torch.cat, zip(*loader(Subset(dataset, keep.tolist()), options, batch_size=512)))
+    return x, y, keep.numpy()
 
 
 def _selection_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -219,12 +236,14 @@ def run(config: Config, out: str | None = None) -> dict:
     to it); ``ensembles`` adds named ensembles to the automatic ones.
     """
     resolved = _resolve(config)
+    train_set, info = load_split(config, "train")
+    test_set, _ = load_split(config, "test")  # a missing split is refused before the run folder is made
     with run_folder(out) as folder:
-        return _study(config, resolved, folder)
+        return _study(config, resolved, (train_set, test_set, info), folder)
 
 
-def _study(config: Config, resolved: dict, folder: str) -> dict:
-    """The study of :func:`run`, checkpoints and outputs in ``folder``."""
+def _study(config: Config, resolved: dict, data: tuple, folder: str) -> dict:
+    """The study of :func:`run` on ``data`` = (train split, test split, DatasetInfo), checkpoints and outputs in ``folder``."""
     from tqdm.auto import tqdm
 
     specs, names, sweep, robust_eps = resolved["specs"], resolved["names"], resolved["sweep"], resolved["robust_eps"]
@@ -232,19 +251,21 @@ def _study(config: Config, resolved: dict, folder: str) -> dict:
     steps, step, seed, device = config.steps, config.step, config.seed, config.device
     quiet = True if config.quiet else None  # None: tqdm shows bars on a terminal only
     start = time.perf_counter()
-    train_set, info = get_dataset(config.dataset, "train", root=config.root)
-    test_set, _ = get_dataset(config.dataset, "test", root=config.root)
-    x, y, test_index = _tensors(test_set, resolved["n_test"], seed)
+    train_set, test_set, info = data
+    x, y, test_index = _tensors(test_set, resolved["n_test"], seed, config)
     x, y = x.to(device), y.to(device)
-    nets, model_info = [], []
+    nets, model_info, timings = [], [], {}
     for spec in tqdm(specs, desc="train", disable=quiet):
+        began = time.perf_counter()
         net, minfo = load_or_train(spec, train_set, test_set, info.num_classes, epochs=config.epochs, dataset=config.dataset,
-                                   folder=os.path.join(folder, "models"), device=device)
+                                   folder=os.path.join(folder, "models"), device=device, options=config,
+                                   batch_size=config.batch_size)
         for p in net.parameters():
             p.requires_grad_(False)
         nets.append(net)
-        model_info.append({"name": spec.name, **spec.factors(), **minfo})
+        model_info.append({"name": spec.name, **spec.factors(), **minfo, "seconds": round(time.perf_counter() - began, 2)})
 
+    began = time.perf_counter()
     clean = predictions_under_attack(nets, [x])[0]                       # (M, N)
     labels = y.cpu().numpy()
     correct = clean == labels
@@ -260,6 +281,7 @@ def _study(config: Config, resolved: dict, folder: str) -> dict:
                 kept[s, e] = adv
             bar.update()
     bar.close()
+    timings["attack_sweep"] = time.perf_counter() - began
 
     n_st, n_ss, pool = pair_counts(correct, preds != labels)
     metric, fits_st, fits_ss = transfer_matrix(sweep, n_st, n_ss, pool, metric_eps)
@@ -283,6 +305,7 @@ def _study(config: Config, resolved: dict, folder: str) -> dict:
                    for s in range(len(nets))},
         "ensembles": {},
     }
+    began = time.perf_counter()
     bar = tqdm(total=len(ens) * len(rules) * len(robust_index), desc="ensemble attacks", disable=quiet)
     for ens_name, idx in ens.items():
         entry = _ensemble_robustness(
@@ -292,6 +315,7 @@ def _study(config: Config, resolved: dict, folder: str) -> dict:
         member_acc = [float(np.mean([robust["single"][names[i]][attack_name][r] for i in idx])) for r in range(len(robust_index))]
         robust["ensembles"][ens_name] = {"members": [names[i] for i in idx], f"mean_member_{attack_name}": member_acc, **entry}
     bar.close()
+    timings["ensemble_attacks"] = time.perf_counter() - began
 
     pair = [(s, t) for s in range(len(names)) for t in range(len(names))]
     results = {
@@ -310,6 +334,7 @@ def _study(config: Config, resolved: dict, folder: str) -> dict:
         "selection": {"select_index": test_index[select].tolist(), "evaluation_index": test_index[held].tolist(),
                       "note": "indices into the test split; 'selected' is chosen from transfer counts and clean accuracies "
                               "on select_index, every robust accuracy is measured on evaluation_index"},
+        "timings": {k: round(v, 2) for k, v in timings.items()},
         "seconds": round(time.perf_counter() - start, 1),
     }
     write_npz(os.path.join(folder, "transfer.npz"), eps=sweep, labels=labels, clean_predictions=clean, predictions=preds,

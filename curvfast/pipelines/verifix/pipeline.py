@@ -20,27 +20,37 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from curvfast.data import get_dataset
-from curvfast.io import save_checkpoint, write_npz
+from curvfast.engine import parse_device
+from curvfast.io import load_checkpoint, save_checkpoint, write_npz
 from curvfast.linalg import ROUTES
-from curvfast.models import build_model
 from curvfast.pipelines.common.contract import config_dict, option, run_folder, write_results
+from curvfast.pipelines.common.data import DataOptions, build_network, load_split, loader
 from curvfast.pipelines.common.training import evaluate, fit
 from curvfast.pipelines.verifix.noise import NOISE_TYPES, add_label_noise
 from curvfast.pipelines.verifix.projector import PUBLISHED_ALPHAS
-from curvfast.pipelines.verifix.selection import SELECTION_METHODS, select_verified
+from curvfast.pipelines.verifix.selection import SELECTION_METHODS, dataset_labels, select_verified
 from curvfast.pipelines.verifix.spectra import PUBLISHED_MAX_ROWS
 from curvfast.pipelines.verifix.verifix import verifix
 
-__all__ = ["Config", "run", "summary", "Relabeled"]
+__all__ = ["Config", "PRESETS", "run", "summary", "Relabeled"]
+
+PRESETS = {
+    # the tests' settings: seconds on a laptop CPU
+    "smoke": {"epochs": 2, "verified_size": 20, "selection": "random", "alphas": (1e4, 1e5), "seeds": (0,)},
+    # Kodge et al. 2024, CIFAR-10 (example_scripts/{train,verifix}_cifar_example.sh of their code):
+    # ResNet-18, 350 epochs of SGD at lr 0.01, batch 64, 25% symmetric noise, 10% validation split,
+    # 1000 verified samples ranked by curvature, alpha in {1e4, 3e4, 1e5, 3e5, 1e6} (the default grid),
+    # random crop + flip and the CIFAR-10 normalisation. docs/verifix.md lists what differs.
+    "paper": {"dataset": "cifar10", "model": "cifar_resnet18", "noise": 0.25, "epochs": 350, "lr": 0.01,
+              "batch_size": 64, "val_fraction": 0.1, "verified_size": 1000, "selection": "fd",
+              "normalize": "cifar10", "augment": "crop-flip", "device": "cuda"},
+}
 
 
 @dataclass
-class Config:
+class Config(DataOptions):
     """The experiment's settings (defaults: the published recipe on 8x8 digits)."""
 
-    dataset: str = option("digits")
-    root: str | None = option(None)
     model: str = option("small_cnn")
     noise: float = option(0.25, "fraction of training labels flipped (label noise rate, in [0, 1))")
     noise_type: str = option("symmetric", "symmetric (uniform over the other classes) or asymmetric (pair flip c -> c+1)",
@@ -57,11 +67,15 @@ class Config:
     route: str = option("auto", "spectrum route: exact Gram, randomized, or by size", choices=ROUTES)
     rank: int | None = option(None, "truncated rank allowed for the randomized route")
     seeds: tuple[int, ...] = option((0,), "training seeds; results are mean and std over them")
+    checkpoint: str | None = option(None, "correct this noisy-label model instead of training one: the trained.pt of an "
+                                          "earlier run with the same data, model, noise, split and seed")
     device: str = option("cpu")
     quiet: bool = option(False)
 
     def validate(self) -> None:
         """Fail before training on settings that would only be rejected after it."""
+        self.check_data_options()
+        parse_device(self.device)
         if not 0.0 <= float(self.noise) < 1.0:
             raise ValueError(f"noise rate must be in [0, 1) (got {self.noise!r})")
         if self.noise_type not in NOISE_TYPES:
@@ -84,6 +98,8 @@ class Config:
             raise ValueError(f"rank must be >= 1 (got {self.rank})")
         if not self.seeds:
             raise ValueError("seeds must name at least one seed")
+        if self.checkpoint is not None and len(self.seeds) != 1:
+            raise ValueError(f"a checkpoint holds the model of one seed; give one seed with it (got seeds={list(self.seeds)})")
 
 
 class Relabeled(Dataset):
@@ -101,12 +117,6 @@ class Relabeled(Dataset):
         return self.base[i][0], int(self.labels[i])
 
 
-def _targets(dataset) -> torch.Tensor:
-    if hasattr(dataset, "targets"):
-        return torch.as_tensor(dataset.targets, dtype=torch.int64)
-    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
-
-
 def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train part, validation part) of range(n), each sorted; the validation part has round(fraction·n)."""
     perm = np.random.default_rng(seed).permutation(n)
@@ -114,13 +124,43 @@ def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(perm[cut:]), np.sort(perm[:cut])
 
 
-def _run_seed(config: Config, seed: int, out: str, say) -> dict:
-    """One seed of the experiment; writes results.json, verified.npz and model.pt to ``out`` and returns the results."""
+# what a trained model depends on: a checkpoint is reused only when all of these match the run
+_TRAINED_WITH = ("dataset", "image_size", "model", "normalize", "noise", "noise_type", "val_fraction")
+
+
+def _checked_checkpoint(config: Config, seed: int) -> dict:
+    """The state dict of ``config.checkpoint``, refused unless it was trained with this run's data, model,
+    noise, split and seed (other labels would make the correction meaningless)."""
+    ckpt = load_checkpoint(config.checkpoint)
+    wanted = {k: getattr(config, k) for k in _TRAINED_WITH} | {"seed": seed}
+    differ = {k: (ckpt.get(k, "missing"), v) for k, v in wanted.items() if ckpt.get(k, "missing") != v}
+    if differ:
+        raise ValueError(f"checkpoint {config.checkpoint!r} was trained with other settings than this run "
+                         f"({', '.join(f'{k}: {a!r} there, {b!r} here' for k, (a, b) in differ.items())}); "
+                         "give the same options, or no checkpoint to train a model")
+    return ckpt["state_dict"]
+
+
+def _trained_model(config: Config, seed: int, info, input_shape: tuple[int, ...], train_set, state: dict | None):
+    """The model trained on the noisy labels: ``state`` (a checked checkpoint's weights) or trained here."""
+    torch.manual_seed(seed)  # the initialisation too, not only the training order
+    net = build_network(config, config.model, info, input_shape)
+    if state is not None:
+        net.load_state_dict(state)
+        return net.to(config.device).eval()
+    data = loader(train_set, config, batch_size=config.batch_size, device=config.device, shuffle=True, seed=seed)
+    return fit(net, data, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=seed,
+               device=config.device, batch_transform=config.batch_transform(seed))
+
+
+def _run_seed(config: Config, seed: int, data: tuple, out: str, say, state: dict | None = None) -> dict:
+    """One seed of the experiment on ``data`` = (train split, test split, DatasetInfo), starting from the
+    trained weights ``state`` if given; writes results.json, verified.npz, trained.pt and model.pt to
+    ``out`` and returns the results."""
     progress = False if config.quiet else None
     timings, t0 = {}, time.perf_counter()
-    train_full, info = get_dataset(config.dataset, "train", root=config.root)
-    test_set, _ = get_dataset(config.dataset, "test", root=config.root)
-    clean = _targets(train_full)
+    train_full, test_set, info = data
+    clean = torch.as_tensor(dataset_labels(train_full))
     noisy, flipped = add_label_noise(clean, config.noise, info.num_classes, kind=config.noise_type, seed=seed)
     train_idx, val_idx = _split(len(clean), config.val_fraction, seed)
     train_set = Relabeled(Subset(train_full, train_idx.tolist()), noisy[train_idx])
@@ -128,16 +168,18 @@ def _run_seed(config: Config, seed: int, out: str, say) -> dict:
     timings["data_and_noise"] = time.perf_counter() - t0
 
     t = time.perf_counter()
-    torch.manual_seed(seed)  # the initialisation too, not only the training order
-    net = fit(build_model(config.model, info.num_classes, info.in_channels), train_set, epochs=config.epochs,
-              batch_size=config.batch_size, lr=config.lr, seed=seed, device=config.device)
+    net = _trained_model(config, seed, info, tuple(train_full[0][0].shape), train_set, state)
     timings["train"] = time.perf_counter() - t
-    say(f"seed {seed}: trained {config.model} on {len(train_set)} samples with {config.noise:.0%} {config.noise_type} noise "
-        f"({timings['train']:.1f} s)")
+    say(f"seed {seed}: {'loaded' if config.checkpoint else 'trained'} {config.model} on {len(train_set)} samples with "
+        f"{config.noise:.0%} {config.noise_type} noise ({timings['train']:.1f} s)")
+    os.makedirs(out, exist_ok=True)
+    if config.checkpoint is None:  # the model before correction, for reruns with other selections or alphas
+        save_checkpoint(os.path.join(out, "trained.pt"), net, num_classes=info.num_classes, in_channels=info.in_channels,
+                        seed=seed, epochs=config.epochs, **{k: getattr(config, k) for k in _TRAINED_WITH})
 
     t = time.perf_counter()
     sel = select_verified(net, train_set, config.verified_size, method=config.selection, seed=seed, device=config.device,
-                          progress=progress)
+                          num_workers=config.workers, progress=progress)
     timings["selection"] = time.perf_counter() - t
     corrected, report = verifix(
         net, Subset(train_set, sel.indices.tolist()), val_set, alphas=config.alphas, max_rows=config.max_rows or None,
@@ -161,7 +203,6 @@ def _run_seed(config: Config, seed: int, out: str, say) -> dict:
     }
     say(f"seed {seed}: test accuracy {before:.4f} -> {after:.4f} (alpha={report.alpha}, "
         f"verified clean {result['verified_clean_fraction']:.3f})")
-    os.makedirs(out, exist_ok=True)
     write_npz(
         os.path.join(out, "verified.npz"), train_index=train_idx, validation_index=val_idx, verified=sel.indices,
         curvature=sel.scores if sel.scores is not None else np.full(len(train_idx), np.nan),
@@ -169,7 +210,7 @@ def _run_seed(config: Config, seed: int, out: str, say) -> dict:
     )
     save_checkpoint(
         os.path.join(out, "model.pt"), corrected, model=config.model, num_classes=info.num_classes,
-        in_channels=info.in_channels, alpha=report.alpha if report.alpha is not None else 0.0,
+        in_channels=info.in_channels, normalize=config.normalize, alpha=report.alpha if report.alpha is not None else 0.0,
     )
     return write_results(out, result)
 
@@ -180,16 +221,21 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def run(config: Config, out: str | None = None) -> dict:
     """Run the experiment once per seed and write ``out``: ``results.json``, ``verified.npz`` (split
-    indices, verified indices, curvature, noisy/clean labels, flip mask) and ``model.pt`` (the
-    corrected model); with several seeds each seed's run goes to ``out/seed_<k>/`` and
+    indices, verified indices, curvature, noisy/clean labels, flip mask), ``trained.pt`` (the model
+    trained on the noisy labels, which ``checkpoint`` takes back: unless it came from one) and
+    ``model.pt`` (the corrected model); with several seeds each seed's run goes to ``out/seed_<k>/`` and
     ``out/results.json`` holds mean ± sample std of the accuracies. Returns the results."""
     config.validate()
     say = (lambda _msg: None) if config.quiet else print
     seeds = list(config.seeds)
+    train_full, info = load_split(config, "train")
+    test_set, _ = load_split(config, "test")  # the real test split: a folder without one is refused here
+    data = (train_full, test_set, info)
+    state = None if config.checkpoint is None else _checked_checkpoint(config, seeds[0])  # validate() allows one seed
     with run_folder(out) as folder:
         if len(seeds) == 1:
-            return _run_seed(config, seeds[0], folder, say)
-        runs = [_run_seed(config, s, os.path.join(folder, f"seed_{s}"), say) for s in seeds]
+            return _run_seed(config, seeds[0], data, folder, say, state)
+        runs = [_run_seed(config, s, data, os.path.join(folder, f"seed_{s}"), say) for s in seeds]
         results = {"seeds": seeds, "settings": {k: v for k, v in runs[0]["settings"].items() if k != "seed"}}
         for key in ("accuracy_before", "accuracy_after", "verified_clean_fraction"):
             results[key], results[f"{key}_std"] = _mean_std([r[key] for r in runs])

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Subset
 
 from curvfast.engine import score
 
-__all__ = ["Selection", "select_verified", "SELECTION_METHODS"]
+__all__ = ["Selection", "select_verified", "dataset_labels", "SELECTION_METHODS"]
 
 SELECTION_METHODS = ("auto", "exact", "sampled", "hutchinson", "fd", "zo", "random")
 
@@ -28,6 +29,20 @@ class Selection:
     indices: np.ndarray
     scores: np.ndarray | None
     method: str
+
+
+def dataset_labels(dataset) -> np.ndarray:
+    """The integer label of every item of ``dataset``, read without decoding its images where the
+    dataset keeps them: a ``labels`` or ``targets`` sequence of the dataset's length (torchvision
+    sets, image folders, file lists, :class:`~curvfast.pipelines.verifix.Relabeled`), through
+    ``Subset`` s; otherwise item by item. (A ``target_transform`` is not applied to such a sequence.)"""
+    if isinstance(dataset, Subset):
+        return dataset_labels(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
+    for name in ("labels", "targets"):
+        values = getattr(dataset, name, None)
+        if values is not None and not isinstance(values, str) and len(values) == len(dataset):
+            return np.asarray(values, dtype=np.int64)
+    return np.asarray([int(dataset[i][1]) for i in range(len(dataset))], dtype=np.int64)
 
 
 def _balanced_quota(counts: np.ndarray, size: int) -> np.ndarray:
@@ -48,12 +63,13 @@ def _balanced_quota(counts: np.ndarray, size: int) -> np.ndarray:
 
 def select_verified(
     model: nn.Module, dataset, size: int, *, method: str = "auto", probes: int | None = None, seed: int = 0,
-    batch_size: int = 128, device=None, progress: bool | None = None,
+    batch_size: int = 128, device=None, num_workers: int = 0, progress: bool | None = None,
 ) -> Selection:
-    """Class-balanced ``size`` samples of ``dataset`` with the lowest curvature per class."""
+    """Class-balanced ``size`` samples of ``dataset`` with the lowest curvature per class (scored in
+    batches of ``batch_size`` read by ``num_workers`` DataLoader workers)."""
     if method not in SELECTION_METHODS:
         raise ValueError(f"selection method must be one of {SELECTION_METHODS} (got {method!r})")
-    labels = np.asarray([int(dataset[i][1]) for i in range(len(dataset))])
+    labels = dataset_labels(dataset)
     if not isinstance(size, int) or not 1 <= size <= len(labels):
         raise ValueError(f"verified size must be an int in [1, {len(labels)}] (the dataset size) (got {size!r})")
     classes, counts = np.unique(labels, return_counts=True)
@@ -62,7 +78,8 @@ def select_verified(
         rng = np.random.default_rng(seed)
         key, scores, used = rng.random(len(labels)), None, "random"
     else:
-        res = score(model, dataset, method=method, probes=probes, seed=seed, batch_size=batch_size, device=device, progress=progress)
+        res = score(model, dataset, method=method, probes=probes, seed=seed, batch_size=batch_size, device=device,
+                    num_workers=num_workers, progress=progress)
         key, scores, used = res.score, res.score, res.settings["method"]
     chosen = [np.flatnonzero(labels == c)[np.argsort(key[labels == c], kind="stable")[:q]] for c, q in zip(classes, quota)]
     return Selection(np.sort(np.concatenate(chosen)), scores, used)

@@ -1,0 +1,85 @@
+"""``curvfast transfer`` at any scale: the common data options, presets, checkpoints keyed by them."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from curvfast.cli import main
+from curvfast.io import load_checkpoint
+from curvfast.models import Normalized
+from curvfast.pipelines.transfer import Config, InputQuantized, build_member, parse_spec, run
+
+pytest.importorskip("torchattacks", reason="transfer's attacks need torchattacks")
+
+
+def test_smoke_preset_on_a_cifar_shaped_folder_with_normalisation_and_augmentation(cifar_folder, tmp_path):
+    out = tmp_path / "run"
+    assert main(["transfer", "--preset", "smoke", "--dataset", "imagefolder", "--root", str(cifar_folder),
+                 "--normalize", "cifar10", "--augment", "crop-flip", "--device", "cpu", "--out", str(out), "--quiet"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    settings = res["settings"]
+    assert (settings["dataset"], settings["normalize"], settings["augment"], settings["device"]) == \
+        ("imagefolder", "cifar10", "crop-flip", "cpu")
+    assert settings["models"] == ["small_cnn", "small_cnn@1", "small_cnn+in1"] and settings["n_test"] == 16  # the preset
+    assert all(0.0 <= m["test_accuracy"] <= 1.0 and m["seconds"] > 0 for m in res["models"])
+    assert set(res["timings"]) == {"attack_sweep", "ensemble_attacks"}
+    ckpt = load_checkpoint(str(out / "models" / "small_cnn+in1.pt"))
+    assert (ckpt["normalize"], ckpt["augment"], ckpt["root"]) == ("cifar10", "crop-flip", str(cifar_folder))
+    assert any(k.endswith("mean") for k in ckpt["state_dict"])  # the normalisation is inside the model
+
+
+def test_a_folder_without_a_test_split_is_refused_before_anything_runs(cifar_folder, tmp_path, capsys):
+    root = tmp_path / "classes_only"
+    shutil.copytree(cifar_folder / "train", root)
+    out = tmp_path / "run"
+    assert main(["transfer", "--preset", "smoke", "--dataset", "imagefolder", "--root", str(root), "--out", str(out),
+                 "--quiet"]) == 2
+    assert "no 'test' split" in capsys.readouterr().err and not out.exists()
+
+
+def test_members_quantise_the_raw_image_then_normalise():
+    net = build_member(parse_spec("small_cnn+in1"), 10, (3, 32, 32), normalize="cifar10")
+    assert isinstance(net, InputQuantized) and isinstance(net.model, Normalized)
+    plain = build_member(parse_spec("small_cnn"), 10, (3, 32, 32))
+    assert not isinstance(plain, Normalized)
+    x = torch.rand(2, 3, 32, 32)
+    inner = build_member(parse_spec("small_cnn"), 10, (3, 32, 32), normalize="cifar10")
+    torch.testing.assert_close(inner(x), plain((x - inner.mean) / inner.std))  # same seed, same weights
+
+
+def test_checkpoints_are_not_reused_across_normalisations(cifar_folder, tmp_path):
+    from torch.utils.data import Subset
+
+    from curvfast.data import get_dataset
+    from curvfast.pipelines.common.data import DataOptions
+    from curvfast.pipelines.transfer import load_or_train
+
+    train, _ = get_dataset("imagefolder", "train", root=str(cifar_folder))
+    train = Subset(train, range(0, 300, 10))
+    spec = parse_spec("small_cnn")
+    kw = dict(epochs=1, dataset="imagefolder", folder=str(tmp_path))
+    _, first = load_or_train(spec, train, train, 10, options=DataOptions(normalize="cifar10"), **kw)
+    _, again = load_or_train(spec, train, train, 10, options=DataOptions(normalize="cifar10"), **kw)
+    _, other = load_or_train(spec, train, train, 10, options=DataOptions(normalize="none"), **kw)
+    assert first["trained"] and not again["trained"] and other["trained"]
+
+
+def test_explicit_options_override_the_paper_preset():
+    from curvfast.pipelines.common.contract import preset_config
+    import curvfast.pipelines.transfer as transfer
+
+    paper = preset_config(transfer, "paper", epochs=2, device="cpu")
+    assert paper.dataset == "cifar10" and "cifar_resnet18+halftone" in paper.models and paper.metric_eps == "8/255"
+    assert (paper.epochs, paper.device, paper.steps, paper.step) == (2, "cpu", 40, 0.01)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("device", "cuda:0" if not torch.cuda.is_available() else "tpu", "cuda|device"), ("normalize", "cifar11", "normalize"),
+    ("augment", "rotate", "augment"), ("batch_size", 0, "batch_size"),
+])
+def test_data_and_device_options_are_checked_before_any_data_is_read(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        run(Config(dataset="imagefolder", root="/nonexistent", **{field: value}))
