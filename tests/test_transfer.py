@@ -211,7 +211,8 @@ def test_dorefa_wrapper_keeps_first_and_last_layers_full_precision():
 
 def test_spec_strings_round_trip_and_bad_specs_are_explained():
     assert parse_spec("small_cnn+halftone").halftone == "sharpen" and parse_spec("small_cnn+halftonefs").halftone == "floyd_steinberg"
-    for text in ["small_cnn", "small_cnn@1", "small_cnn+in2", "small_cnn+halftone@3", "small_cnn+halftonefs", "small_cnn+w2a4+adam", "mlp2+a8"]:
+    for text in ["small_cnn", "small_cnn@1", "small_cnn+in2", "small_cnn+halftone@3", "small_cnn+halftonefs", "small_cnn+w2a4+adam",
+                 "mlp2+a8"]:
         assert parse_spec(text).name == text
     assert parse_spec("small_cnn+in1@2") == MemberSpec("small_cnn", seed=2, input_bits=1)
     for bad, match in [("small_cnn+in9", "1..8"), ("small_cnn+foo", "unknown option"), ("small_cnn@x", "seed"),

@@ -188,7 +188,8 @@ def _default_ensembles(specs: list[MemberSpec], metric: np.ndarray, accuracy: np
     siblings = [i for i, s in enumerate(specs) if s.factors() | {"seed": 0} == base.factors() | {"seed": 0}]
     if len(siblings) >= 2:
         out["seeds"] = siblings[:k]
-    wanted = [MemberSpec(base.arch), MemberSpec(base.arch, input_bits=1), MemberSpec(base.arch, input_bits=2), MemberSpec(base.arch, halftone="sharpen")]
+    wanted = [MemberSpec(base.arch), MemberSpec(base.arch, input_bits=1), MemberSpec(base.arch, input_bits=2),
+              MemberSpec(base.arch, halftone="sharpen")]
     if all(w in specs for w in wanted):
         out["trend"] = [specs.index(w) for w in wanted]
     candidates = [i for i in range(len(specs)) if accuracy[i] >= accuracy.max() - margin]
@@ -301,7 +302,8 @@ def _study(config: Config, resolved: dict, data: tuple, folder: str) -> dict:
     robust = {
         "eps": [float(sweep[i]) for i in robust_index], "attack": attack_name, "ensemble_attacks": list(rules),
         "images": "evaluation half of the test images (index in results.selection)",
-        "single": {names[s]: {"clean": float(accuracy[s]), attack_name: [float((preds[s, e, s, held] == labels[held]).mean()) for e in robust_index]}
+        "single": {names[s]: {"clean": float(accuracy[s]),
+                              attack_name: [float((preds[s, e, s, held] == labels[held]).mean()) for e in robust_index]}
                    for s in range(len(nets))},
         "ensembles": {},
     }

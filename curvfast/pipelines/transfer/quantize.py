@@ -235,13 +235,15 @@ def dorefa(model: nn.Module, weight_bits: int | None = None, activation_bits: in
     if weight_bits is not None:
         layers = [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
         if len(layers) < 3:
-            raise ValueError(f"weight quantisation keeps the first and last layers in full precision; the model has only {len(layers)} conv/linear layers")
+            raise ValueError("weight quantisation keeps the first and last layers in full precision; "
+                             f"the model has only {len(layers)} conv/linear layers")
         for layer in layers[1:-1]:
             parametrize.register_parametrization(layer, "weight", DoReFaWeight(weight_bits))
     if activation_bits is not None:
         relus = [(parent, name) for parent in model.modules() for name, child in parent.named_children() if isinstance(child, nn.ReLU)]
         if not relus:
-            raise ValueError("activation quantisation replaces nn.ReLU modules, and the model has none (functional relu cannot be replaced)")
+            raise ValueError("activation quantisation replaces nn.ReLU modules, and the model has none "
+                             "(functional relu cannot be replaced)")
         for parent, name in relus:
             setattr(parent, name, DoReFaActivation(activation_bits))
     return model
