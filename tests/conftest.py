@@ -123,3 +123,19 @@ def write_image_folder(root, classes: int = 10, per_class: int = 30, test_per_cl
 def cifar_folder(tmp_path_factory):
     """A generated CIFAR-shaped image folder (10 classes, 30 train + 10 test 32x32 JPEGs each)."""
     return write_image_folder(tmp_path_factory.mktemp("cifar_like"))
+
+
+def run_smoke_on_folder(command: str, root, out, *extra: str) -> dict:
+    """``curvfast <command> --preset smoke`` on an image folder with CIFAR normalisation and crop-flip on the
+    CPU (issue 18's done-when command); checks the exit status and the recorded data options, returns results.json."""
+    import json
+
+    from curvfast.cli import main
+
+    assert main([command, "--preset", "smoke", "--dataset", "imagefolder", "--root", str(root), "--normalize", "cifar10",
+                 "--augment", "crop-flip", "--device", "cpu", "--out", str(out), "--quiet", *extra]) == 0
+    results = json.loads((out / "results.json").read_text())
+    settings = results["settings"]
+    assert (settings["dataset"], settings["normalize"], settings["augment"]) == ("imagefolder", "cifar10", "crop-flip")
+    assert settings.get("device", "cpu") == "cpu"
+    return results

@@ -15,6 +15,7 @@ from curvfast.pipelines.ood import (
 )
 from curvfast.pipelines.ood.overhead import count_parameters, inference_flops, state_bytes, train_step_cost
 from curvfast.cli import main
+from tests.conftest import run_smoke_on_folder
 
 TOL = 1e-12  # float64 closed forms
 
@@ -302,12 +303,8 @@ def test_api_errors_name_the_fix():
 def test_cli_runs_on_a_cifar_shaped_folder_with_normalisation_and_augmentation(cifar_folder, tmp_path):
     """Paper-scale path on the CPU: an RGB image folder, normalisation inside the model, crop-flip training."""
     out = tmp_path / "ood"
-    rc = main(["ood", "--preset", "smoke", "--dataset", "imagefolder", "--root", str(cifar_folder), "--normalize", "cifar10",
-               "--augment", "crop-flip", "--device", "cpu", "--epochs", "2", "--model", "small_cnn", "--quiet", "--out", str(out)])
-    assert rc == 0
-    res = json.loads((out / "results.json").read_text())
+    res = run_smoke_on_folder("ood", cifar_folder, out, "--epochs", "2")
     settings = res["settings"]
-    assert (settings["dataset"], settings["normalize"], settings["augment"]) == ("imagefolder", "cifar10", "crop-flip")
     assert settings["seeds"] == [0]
     assert settings["heldout_classes"] == [6, 7, 8, 9] and settings["id_test"] == 60 and settings["heldout_test"] == 40
     assert 0.0 <= res["detectors"]["msp"]["auroc"] <= 1.0 and (out / "ood_examples.png").stat().st_size > 0

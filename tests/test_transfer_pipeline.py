@@ -1,13 +1,13 @@
 """``curvfast transfer`` at any scale: the common data options, presets, checkpoints keyed by them."""
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
 import torch
 
 from curvfast.cli import main
+from tests.conftest import run_smoke_on_folder
 from curvfast.io import load_checkpoint
 from curvfast.models import Normalized
 from curvfast.pipelines.transfer import Config, InputQuantized, build_member, parse_spec, run
@@ -17,12 +17,8 @@ pytest.importorskip("torchattacks", reason="transfer's attacks need torchattacks
 
 def test_smoke_preset_on_a_cifar_shaped_folder_with_normalisation_and_augmentation(cifar_folder, tmp_path):
     out = tmp_path / "run"
-    assert main(["transfer", "--preset", "smoke", "--dataset", "imagefolder", "--root", str(cifar_folder),
-                 "--normalize", "cifar10", "--augment", "crop-flip", "--device", "cpu", "--out", str(out), "--quiet"]) == 0
-    res = json.loads((out / "results.json").read_text())
+    res = run_smoke_on_folder("transfer", cifar_folder, out)
     settings = res["settings"]
-    assert (settings["dataset"], settings["normalize"], settings["augment"], settings["device"]) == \
-        ("imagefolder", "cifar10", "crop-flip", "cpu")
     assert settings["models"] == ["small_cnn", "small_cnn@1", "small_cnn+in1"] and settings["n_test"] == 16  # the preset
     assert all(0.0 <= m["test_accuracy"] <= 1.0 and m["seconds"] > 0 for m in res["models"])
     assert set(res["timings"]) == {"attack_sweep", "ensemble_attacks"}

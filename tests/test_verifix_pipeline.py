@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Subset, TensorDataset
 
 from curvfast.cli import main
+from tests.conftest import run_smoke_on_folder
 from curvfast.io import load_checkpoint
 from curvfast.pipelines.verifix import Config, Relabeled, run
 from curvfast.pipelines.verifix.selection import dataset_labels
@@ -17,12 +18,8 @@ from curvfast.pipelines.verifix.selection import dataset_labels
 
 def test_smoke_preset_on_a_cifar_shaped_folder_with_normalisation_and_augmentation(cifar_folder, tmp_path):
     out = tmp_path / "run"
-    assert main(["verifix", "--preset", "smoke", "--dataset", "imagefolder", "--root", str(cifar_folder),
-                 "--normalize", "cifar10", "--augment", "crop-flip", "--device", "cpu", "--out", str(out), "--quiet"]) == 0
-    res = json.loads((out / "results.json").read_text())
+    res = run_smoke_on_folder("verifix", cifar_folder, out)
     settings = res["settings"]
-    assert (settings["dataset"], settings["normalize"], settings["augment"], settings["device"]) == \
-        ("imagefolder", "cifar10", "crop-flip", "cpu")
     assert settings["epochs"] == 2 and settings["verified_size"] == 20  # the smoke preset, resolved
     # accuracy is measured on the 100 images of test/, never on the 300 training images
     assert settings["test_size"] == 100 and settings["train_size"] + settings["validation_size"] == 300
