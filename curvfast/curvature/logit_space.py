@@ -86,11 +86,9 @@ def _class_vjps(logits: torch.Tensor, xg: torch.Tensor, cot: torch.Tensor, width
     dim = xg[0].numel()
     block = max(1, BLOCK_ELEMENTS // (batch * dim) // width) * width
     for b0 in range(0, num, block):
-        out = xg.new_empty(batch, min(block, num - b0), dim)
-        for k0 in range(b0, b0 + out.shape[1], width):
-            n = min(width, num - k0)
-            out[:, k0 - b0 : k0 - b0 + n] = _vjp_pass(logits, xg, cot[k0 : k0 + n], last=k0 + n >= num).reshape(n, batch, dim).transpose(0, 1)
-        yield b0, out
+        passes = [(k0, min(width, num - k0)) for k0 in range(b0, min(b0 + block, num), width)]
+        vs = [_vjp_pass(logits, xg, cot[k0 : k0 + n], last=k0 + n >= num).reshape(n, batch, dim).transpose(0, 1) for k0, n in passes]
+        yield b0, vs[0] if len(vs) == 1 else torch.cat(vs, dim=1)
 
 
 def _vjp_pass(logits: torch.Tensor, xg: torch.Tensor, cot: torch.Tensor, last: bool) -> torch.Tensor:
