@@ -27,14 +27,15 @@ zo estimators as published.
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import statistics
 import time
 
 import torch
 
 import curvfast
-from curvfast.curvature.batching import VJP_PLANNER
 from benchmarks.baselines.func_hutchinson import func_hutchinson
 from benchmarks.baselines.naive_hutchinson import naive_hutchinson_probe
 from benchmarks.baselines.published_fd import published_fd
@@ -45,7 +46,9 @@ from benchmarks.environment import environment, results_dir, write_results
 MEDIAN_ABS_NORMAL = 0.6745
 DEFAULT_BATCH = {"digits_cnn": 64, "gelu_mlp_digits": 16, "vgg_c10": 32, "vit_c10": 8, "resnet18_c10": 16, "resnet18_c100": 16,
                  "resnet50_c1000": 2}
-CASE_LIMITS = {"resnet50_c1000": {"probes": 2, "repeats": 2, "pair_repeats": 3}, "resnet18_c100": {"pair_repeats": 5}}  # ImageNet-size on a CPU: a few HVPs, few repeats
+# ImageNet-size on a CPU: a few HVPs, few repeats; millisecond-scale calls: many interleaved pairs
+CASE_LIMITS = {"resnet50_c1000": {"probes": 2, "repeats": 2, "pair_repeats": 3}, "digits_cnn": {"pair_repeats": 61},
+               "vgg_c10": {"pair_repeats": 21}, "resnet18_c100": {"pair_repeats": 11}}
 NO_NAIVE_LOOP = ("resnet50_c1000",)
 PAIR_REPEATS = 7  # exact vs its plain loop (and sampled vs its loop), interleaved: the ratio the issue bounds by 1.0
 
@@ -69,19 +72,23 @@ def timed(fn, repeats: int, device):
 
 
 def timed_interleaved(fns: dict, repeats: int, device) -> dict:
-    """Warm every function up, then alternate them ``repeats`` times (a, b, a, b, ...): on a shared
-    machine the compared sides see the same load. Median and minimum seconds per function."""
+    """Warm every function up, then alternate them ``repeats`` times, in reversed order every
+    other round (a b, b a, a b, ...): on a shared machine the compared sides see the same load
+    and the same positions. Median and minimum seconds per function, of the wall clock and of
+    this process's CPU time (which other processes' load inflates less; one thread here)."""
     for fn in fns.values():
         fn()
-    times = {key: [] for key in fns}
-    for _ in range(repeats):
-        for key, fn in fns.items():
+    wall, cpu = {key: [] for key in fns}, {key: [] for key in fns}
+    for i in range(repeats):
+        for key in (list(fns) if i % 2 == 0 else list(fns)[::-1]):
             _sync(device)
-            start = time.perf_counter()
-            fn()
+            start, start_cpu = time.perf_counter(), time.process_time()
+            fns[key]()
             _sync(device)
-            times[key].append(time.perf_counter() - start)
-    return {key: {"median_s": statistics.median(v), "min_s": min(v), "repeats": repeats} for key, v in times.items()}
+            wall[key].append(time.perf_counter() - start)
+            cpu[key].append(time.process_time() - start_cpu)
+    return {key: {"median_s": statistics.median(wall[key]), "min_s": min(wall[key]), "cpu_median_s": statistics.median(cpu[key]),
+                  "cpu_min_s": min(cpu[key]), "repeats": repeats} for key in fns}
 
 
 def _rel_err(estimate, reference) -> float:
@@ -148,16 +155,29 @@ def run_case(name: str, *, batch: int, subset: int, probes: int, repeats: int, d
                 torch.autograd.grad(logits[:, c].sum(), xg, retain_graph=c < count - 1)
         return run
 
+    def loop_trace():  # the loop a user would write for exact's result: tr(H_b) = Σ_c p_c ‖J_bᵀ(e_c − p_b)‖²
+        xg = x.detach().requires_grad_(True)
+        logits = model(xg)
+        p = logits.detach().softmax(1)
+        trace = torch.zeros(batch, dtype=torch.float64, device=device)
+        for c in range(C):
+            u = -p
+            u[:, c] += 1
+            (v,) = torch.autograd.grad(logits, xg, u, retain_graph=c < C - 1)
+            trace += p[:, c].double() * v.flatten(1).double().square().sum(1)
+        return trace
+
     top = min(10, C)
     pair_repeats = CASE_LIMITS.get(name, {}).get("pair_repeats", max(repeats, PAIR_REPEATS))
     if not smooth and C <= 100:
         exact_fn = lambda: curvfast.input_curvature(model, x, y, method="exact")  # noqa: E731
-        key = (tuple(x.shape), C - 1, x.dtype, str(x.device))
-        exact_fn()  # the one-time pass-width calibration (VJP_PLANNER) happens in this first call
-        pair = timed_interleaved({"loop": plain_vjps(C), "exact": exact_fn}, pair_repeats, device)
-        add("forward_plus_C_vjps", pair["loop"], note=f"1 forward + {C} VJPs, plain torch; interleaved with exact")
-        add("curvfast_exact", pair["exact"], exact_fn().value, ref_trace,
-            note=f"pass width {VJP_PLANNER.choice(model, key)} (calibrated)")
+        res = exact_fn()  # the one-time pass-width calibration (VJP_PLANNER) happens in this first call
+        same = ((res.value.double() - loop_trace()).abs().max() / res.value.double().abs().max()).item()
+        pair = timed_interleaved({"loop": loop_trace, "exact": exact_fn}, pair_repeats, device)
+        add("forward_plus_C_vjps", pair["loop"], note=f"1 forward + {C} VJPs of e_c − p and Σ_c p_c‖v_c‖², plain torch; "
+                                                     "interleaved with exact")
+        add("curvfast_exact", pair["exact"], res.value, ref_trace,
+            note=f"pass width {res.pass_width} (calibrated); loop's trace within {same:.1e} x the largest")
     if not smooth:
         sampled = lambda: curvfast.input_curvature(model, x, y, method="sampled", top_classes=top, probes=10, sample_ids=ids)  # noqa: E731
         if C > 100:
@@ -228,6 +248,9 @@ def ratios(case: dict) -> dict:
     if "curvfast_exact" in r:
         out["exact_vs_best_baseline_at_1pct"] = min(trace_baselines) / r["curvfast_exact"]["median_s"]
         out["exact_over_plain_loop_of_C_vjps"] = r["curvfast_exact"]["median_s"] / r["forward_plus_C_vjps"]["median_s"]
+        if "cpu_median_s" in r["curvfast_exact"]:
+            out["exact_over_plain_loop_min"] = r["curvfast_exact"]["min_s"] / r["forward_plus_C_vjps"]["min_s"]
+            out["exact_over_plain_loop_cpu_time"] = r["curvfast_exact"]["cpu_median_s"] / r["forward_plus_C_vjps"]["cpu_median_s"]
     if "forward_plus_20_vjps" in r:
         out["sampled_over_forward_plus_20_vjps"] = r["curvfast_sampled"]["median_s"] / r["forward_plus_20_vjps"]["median_s"]
         out["sampled_over_input_gradient"] = r["curvfast_sampled"]["cost"]
@@ -250,8 +273,9 @@ def markdown(result: dict) -> str:
     lines = [f"Device: {env['device']}, torch {env['torch']}, {env['threads']} threads, native ops {env['native_ops']}.", ""]
     for case in result["cases"]:
         c = case["case"]
+        run = f" Run {case['run']['date']} (load average {case['run']['load_average'][0]:.1f})." if "run" in case else ""
         lines += [f"### {c['name']}: input {'x'.join(map(str, c['input']))}, C={c['classes']}, batch {c['batch']}, {c['device']}",
-                  "", f"Weights: {c['weights']}. Reference: {c['reference']}.", "",
+                  "", f"Weights: {c['weights']}. Reference: {c['reference']}.{run}", "",
                   "| method | median s | min s | images/s | cost (input-grad passes) | median rel. err | time to 1% (s) | note |",
                   "|---|---|---|---|---|---|---|---|"]
         for key, row in case["rows"].items():
@@ -275,18 +299,30 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", default=None, help="default benchmarks/results/<device>/")
+    parser.add_argument("--merge", action="store_true",
+                        help="replace only these cases in the folder's existing estimators.json (each case keeps its run's date and settings)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    out = args.out or results_dir(device)
     cases = []
     for name in args.cases:
         case = run_case(name, batch=args.batch or DEFAULT_BATCH[name], subset=args.subset, probes=args.probes,
                         repeats=args.repeats, device=device)
         case["ratios"] = ratios(case)
+        case["run"] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "settings": vars(args),
+                       "load_average": environment(device)["load_average"]}
         cases.append(case)
         print(f"{name}: " + ", ".join(f"{k}={v:.3g}" for k, v in case["ratios"].items()), flush=True)
     result = {"environment": environment(device), "settings": vars(args), "cases": cases}
-    write_results(args.out or results_dir(device), "estimators", result, markdown(result))
+    old_path = os.path.join(out, "estimators.json")
+    if args.merge and os.path.exists(old_path):
+        with open(old_path) as f:
+            old = json.load(f)
+        new = {c["case"]["name"]: c for c in cases}
+        kept = [new.pop(c["case"]["name"], c) for c in old["cases"]]
+        result = {**old, "cases": kept + list(new.values())}
+    write_results(out, "estimators", result, markdown(result))
     return result
 
 

@@ -4,6 +4,7 @@ The dataset index range [0, N) is cut into chunks of ``S`` samples; chunk ``k`` 
 [k·S, min((k+1)·S, N)). Layout of a run folder::
 
     manifest.json          run id, settings, model + data fingerprints, chunk size, status,
+                           the class-pass widths every rank and resumed run uses (engine),
                            and (once complete) every chunk's SHA-256
     chunks/000042.npz      the arrays of chunk 42, written atomically (temp file + fsync + rename)
     chunks/000042.json     its commit record {"run", "chunk", "start", "stop", "sha256", "used"},
@@ -155,6 +156,7 @@ class RunFolder:
             "format": FORMAT, "run": self.run, "identity": self.identity, "status": "running",
             "size": self.size, "chunk_size": self.chunk_size, "num_chunks": self.num_chunks,
             "created": old["created"] if old else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **({"pass_widths": old["pass_widths"]} if old and "pass_widths" in old else {}),
         })
         for folder in [self.out, self.chunk_dir] + [os.path.join(self.out, str(m)) for m in self.identity.get("models", {})]:
             for tmp in glob.glob(os.path.join(glob.escape(folder), ".tmp-*")):
@@ -169,7 +171,8 @@ class RunFolder:
                 for path in self._paths(k):
                     if os.path.exists(path):
                         os.unlink(path)
-        return {"todo": todo, "done": self.num_chunks - len(todo), "corrupt": corrupt}
+        return {"todo": todo, "done": self.num_chunks - len(todo), "corrupt": corrupt,
+                "pass_widths": old.get("pass_widths") if old else None}
 
     def _read_manifest(self, path: str) -> dict | None:
         if not os.path.exists(path):
@@ -243,9 +246,13 @@ class RunFolder:
             )
         return self._load(k)
 
-    def finish(self, checksums: dict[int, str], extra: dict) -> None:
-        """Mark the run complete and list every chunk's checksum in the manifest."""
+    def record(self, **fields) -> None:
+        """Add ``fields`` to the manifest (atomically; from one process)."""
         path = os.path.join(self.out, MANIFEST)
         manifest = self._read_manifest(path) or {}
-        manifest.update(status="complete", chunks={f"{k:06d}": checksums[k] for k in sorted(checksums)}, **extra)
+        manifest.update(fields)
         write_json(path, manifest)
+
+    def finish(self, checksums: dict[int, str], extra: dict) -> None:
+        """Mark the run complete and list every chunk's checksum in the manifest."""
+        self.record(status="complete", chunks={f"{k:06d}": checksums[k] for k in sorted(checksums)}, **extra)

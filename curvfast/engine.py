@@ -5,8 +5,11 @@ dataset → index chunks → this rank's chunks → batches (DataLoader workers)
 
 - **Determinism.** Each batch passes its samples' dataset indices as probe keys, and batches
   never straddle a chunk boundary, so a sample lands in the same batch whatever the number of
-  processes: a run under ``torchrun --nproc_per_node=N`` gives bit-identical results to one
-  process on the same device.
+  processes. The class-pass width of the logit-space estimators, which the estimator picks by
+  timing, is measured once per run on rank 0 (on the dataset's first batch), pinned for every
+  batch and rank, and recorded in the manifest for resumed runs and in ``settings["pass_widths"]``.
+  So a run under ``torchrun --nproc_per_node=N`` gives bit-identical results to one process on
+  the same device with the same widths.
 - **Sharding.** Chunk ``k`` covers samples [k·S, (k+1)·S); the chunks still to do are dealt
   round-robin to the ranks. Without ``chunk_size`` the unit is one batch and nothing is
   written until the end.
@@ -21,6 +24,7 @@ dataset → index chunks → this rank's chunks → batches (DataLoader workers)
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -33,10 +37,13 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import default_collate
 
 from . import __version__, distributed, ops
 from .chunks import RunFolder
 from .curvature import input_curvature
+from .curvature.batching import VJP_PLANNER
+from .curvature.model import unwrap_model
 from .fingerprint import dataset_fingerprint, model_fingerprint
 from .io import write_json, write_npz
 
@@ -169,20 +176,52 @@ def _scalar_kwargs(kwargs: dict) -> dict:
             for k, v in sorted(kwargs.items())}
 
 
-def _score_batches(models, loader, device, sizes: list[int], show: bool, estimator: dict) -> Iterator[tuple[int, dict, dict]]:
+def _on_device(batch, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(index, x on device, y)`` of a collated ``(index, x, y)`` batch."""
+    idx, x, y = batch
+    if not torch.is_tensor(x):
+        raise TypeError("dataset items must be (tensor, label); add a ToTensor() transform")
+    return torch.as_tensor(idx), x.to(device, non_blocking=True), torch.as_tensor(y)
+
+
+def _calibrate(models, dataset, batch_size: int, device, estimator: dict, first: dict) -> dict:
+    """Score the dataset's first batch with every model; return ``{name: class-pass width}``
+    (None for estimators without class passes).
+
+    The estimator measures its pass width on this first call (``batching.PassPlanner``); the run
+    then pins it for every batch, on every rank and in resumed runs, so that the bits do not
+    depend on which process timed what. Runs on rank 0; its results are kept in ``first`` (keyed
+    by the batch's indices) and reused when that batch comes up."""
+    idx, x, y = _on_device(default_collate([_Indexed(dataset)[i] for i in range(min(batch_size, len(dataset)))]), device)
+    results = {name: input_curvature(model, x, y, sample_ids=idx, **estimator) for name, model in models.items()}
+    first[tuple(idx.tolist())] = results
+    return {name: res.pass_width for name, res in results.items()}
+
+
+def _pinned(models: dict, widths: dict) -> contextlib.ExitStack:
+    """Pin each model's class-pass width (``widths[name]``, None: nothing to pin) for the run."""
+    stack = contextlib.ExitStack()
+    for name, model in models.items():
+        if widths.get(name) is not None:
+            stack.enter_context(VJP_PLANNER.pinned(unwrap_model(model), widths[name]))
+    return stack
+
+
+def _score_batches(models, loader, device, sizes: list[int], show: bool, estimator: dict,
+                   first: dict) -> Iterator[tuple[int, dict, dict]]:
     """Yield ``(unit position, arrays, used)`` each time the batches of one unit (``sizes[pos]``
-    samples, or all the loader yields for ``None``) are done. ``arrays``: index, label, and per model ``<name>/score|stderr|loss``."""
+    samples, or all the loader yields for ``None``) are done. ``arrays``: index, label, and per
+    model ``<name>/score|stderr|loss``. ``first``: results already computed, by batch indices."""
     from tqdm.auto import tqdm
 
     pos, parts, used = 0, {}, {}
-    for idx, x, y in tqdm(loader, desc="curvature", unit="batch", disable=not show, dynamic_ncols=True):
-        if not torch.is_tensor(x):
-            raise TypeError("dataset items must be (tensor, label); add a ToTensor() transform")
-        x, idx, y = x.to(device, non_blocking=True), torch.as_tensor(idx), torch.as_tensor(y)
+    for batch in tqdm(loader, desc="curvature", unit="batch", disable=not show, dynamic_ncols=True):
+        idx, x, y = _on_device(batch, device)
         parts.setdefault("index", []).append(idx.numpy())
         parts.setdefault("label", []).append(y.numpy())
+        done = first.pop(tuple(idx.tolist()), {})
         for name, model in models.items():
-            res = input_curvature(model, x, y, sample_ids=idx, **estimator)
+            res = done[name] if name in done else input_curvature(model, x, y, sample_ids=idx, **estimator)
             used.setdefault(name, {"method": res.method, "statistic": res.statistic})
             parts.setdefault(f"{name}/score", []).append(res.value.double().cpu().numpy())
             parts.setdefault(f"{name}/loss", []).append(res.loss.double().cpu().numpy())
@@ -289,6 +328,16 @@ def _score(models, data, single: bool, *, method, statistic, probes, seed, batch
     else:
         plan = {"todo": list(range(-(-n // unit))) if custom is None else [0], "done": 0, "corrupt": []}
     try:  # the run folder's lock is held until the end, whatever happens
+        widths, first = plan.get("pass_widths"), {}
+        if widths is None:  # a new run: measured once, on rank 0, and recorded
+            def calibrate():
+                measured = _calibrate(models, dataset, batch_size, device, estimator, first)
+                if folder is not None:
+                    folder.record(pass_widths=measured)
+                return measured
+
+            widths = ctx.on_main("measuring the class-pass width", calibrate)
+        report["settings"]["pass_widths"] = widths
         mine = plan["todo"][ctx.rank::ctx.world_size]
         if custom is None:
             ranges = [(k * unit, min((k + 1) * unit, n)) for k in mine]
@@ -299,12 +348,13 @@ def _score(models, data, single: bool, *, method, statistic, probes, seed, batch
             sizes = [None]
 
         kept, used = {}, {}
-        for pos, arrays, unit_used in (_score_batches(models, loader, device, sizes, show, estimator) if mine else ()):
-            used.update(unit_used)
-            if folder is not None:
-                folder.write(mine[pos], arrays, unit_used)
-            else:
-                kept[mine[pos]] = arrays
+        with _pinned(models, widths):
+            for pos, arrays, unit_used in (_score_batches(models, loader, device, sizes, show, estimator, first) if mine else ()):
+                used.update(unit_used)
+                if folder is not None:
+                    folder.write(mine[pos], arrays, unit_used)
+                else:
+                    kept[mine[pos]] = arrays
         ctx.barrier("their chunks")
         run = {"world_size": ctx.world_size, "chunks": len(plan["todo"]) + plan["done"], "chunks_reused": plan["done"],
                "chunks_computed": len(plan["todo"]), "chunks_corrupt": len(plan["corrupt"])}

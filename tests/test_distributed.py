@@ -161,3 +161,58 @@ def test_a_stuck_rank_is_a_clear_error_not_a_hang(setup):
         stuck.wait()
     assert main.returncode != 0
     assert "another rank died or is stuck" in main.stderr, main.stderr[-3000:]
+
+
+CALIBRATED_RUN = """
+import json, os, sys, torch
+import curvfast
+from curvfast import engine
+from curvfast.curvature import batching
+from curvfast.data.streaming import FileListDataset
+from curvfast.models import build_model
+rank = int(os.environ.get("RANK", "0"))
+wide = rank > 0 or os.environ.get("PREFER_WIDE") == "1"
+batching._seconds = lambda trial, w, device: 1.0 if wide else float(w)  # rank 0: width 1 is fastest; others: the widest
+used, real = set(), engine.input_curvature
+def recording(*args, **kwargs):
+    res = real(*args, **kwargs)
+    used.add(res.pass_width)
+    return res
+engine.input_curvature = recording
+torch.manual_seed(0)
+model = build_model("small_cnn", 10, 3).eval()
+curvfast.score(model, FileListDataset(sys.argv[1]), method="exact", batch_size=8, out=sys.argv[2], chunk_size=8, timeout=120)
+with open(os.path.join(sys.argv[2], f"used-{rank}.json"), "w") as f:
+    json.dump(sorted(used), f)
+"""
+
+
+def test_every_rank_and_a_resumed_run_use_the_pass_width_rank_0_measured(setup, tmp_path):
+    """The class-pass width is chosen by timing. With timings that make rank 1 (and, later, a
+    resumed run) prefer another width than rank 0, every rank must still compute with rank 0's
+    width, recorded in the manifest, and the scores must equal a one-process run bit for bit."""
+    root, _ = setup
+    script = tmp_path / "calibrated.py"
+    script.write_text(CALIBRATED_RUN)
+
+    def run(out, nproc, **env):
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else [sys.executable]
+        repo = os.path.dirname(os.path.dirname(curvfast.__file__))  # the script imports this checkout's curvfast
+        done = subprocess.run(launcher + [str(script), str(root / "list.txt"), str(out)], env=dict(_env(), PYTHONPATH=repo, **env),
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    run(one, 1)
+    run(two, 2)
+    for out in (one, two):
+        assert json.loads((out / "manifest.json").read_text())["pass_widths"] == {"model": 1}
+    assert json.loads((two / "used-0.json").read_text()) == json.loads((two / "used-1.json").read_text()) == [1]
+    np.testing.assert_array_equal(np.load(one / "scores.npz")["score"], np.load(two / "scores.npz")["score"])
+
+    for suffix in ("npz", "json"):  # lose one chunk; the resumed run's own timings prefer the widest passes
+        os.unlink(two / "chunks" / f"000005.{suffix}")
+    run(two, 2, PREFER_WIDE="1")
+    used = [json.loads((two / f"used-{r}.json").read_text()) for r in (0, 1)]
+    assert sorted(used) == [[], [1]], "one rank computed the lost chunk, with the recorded width"
+    np.testing.assert_array_equal(np.load(one / "scores.npz")["score"], np.load(two / "scores.npz")["score"])

@@ -70,3 +70,51 @@ def test_empty_dataset_is_refused(digits_model):
 def test_cuda_device_without_gpu_is_a_clear_error(digits_model, digits_small):
     with pytest.raises(ValueError, match="no CUDA GPU"):
         curvfast.score(digits_model, digits_small, device="cuda")
+
+
+def _timings_that_change_their_mind(monkeypatch):
+    """Fake pass timings: the first calibration finds width 1 fastest, every later one the widest."""
+    from curvfast.curvature import batching
+
+    calls = {"warmups": 0}
+    real_width = batching.PassPlanner._width
+
+    def width(self, *args, **kwargs):
+        calls["warmups"] += 1
+        return real_width(self, *args, **kwargs)
+
+    monkeypatch.setattr(batching.PassPlanner, "_width", width)
+    monkeypatch.setattr(batching, "_seconds", lambda trial, w, device: float(w) if calls["warmups"] <= 1 else 1.0)
+
+
+def test_pass_width_is_measured_once_and_pinned_for_every_batch(digits_model, digits_small, monkeypatch, tmp_path):
+    """A run measures the class-pass width on its first batch and uses it for every batch (the
+    last, smaller batch has another shape, which the planner would otherwise time afresh), records
+    it in the manifest, and a resumed run reuses the recorded width whatever its own timings say."""
+    from curvfast import engine
+
+    _timings_that_change_their_mind(monkeypatch)
+    used = []
+    real = engine.input_curvature
+
+    def recording(*args, **kwargs):
+        res = real(*args, **kwargs)
+        used.append(res.pass_width)
+        return res
+
+    monkeypatch.setattr(engine, "input_curvature", recording)
+    out = tmp_path / "run"
+    res = curvfast.score(digits_model, digits_small, method="exact", batch_size=40, out=str(out), chunk_size=40)
+    assert used == [1, 1, 1], "3 batches (40, 40, 16), each scored once, all with the measured width"
+    assert res.settings["pass_widths"] == {"model": 1}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["pass_widths"] == {"model": 1}
+
+    for suffix in ("npz", "json"):  # lose the last chunk, then resume in a fresh planner state
+        os.unlink(out / "chunks" / f"000002.{suffix}")
+    monkeypatch.setattr(engine, "VJP_PLANNER", type(engine.VJP_PLANNER)())
+    monkeypatch.setattr("curvfast.curvature.logit_space.VJP_PLANNER", engine.VJP_PLANNER)
+    used.clear()
+    again = curvfast.score(digits_model, digits_small, method="exact", batch_size=40, out=str(out), chunk_size=40)
+    assert again.run["chunks_computed"] == 1 and used == [1]
+    np.testing.assert_array_equal(again.score, res.score)

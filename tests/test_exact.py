@@ -129,3 +129,61 @@ def test_sampled_reports_a_stderr_that_covers_the_error():
     res = curvfast.input_curvature(model, x, y, method="sampled", top_classes=5, probes=20, seed=1)
     assert res.stderr is not None and (res.stderr > 0).all()
     assert ((res.value - exact).abs() <= 5 * res.stderr).all()
+
+
+class _Scaled(nn.Module):
+    """A ReLU MLP whose logits are multiplied by a plain float attribute."""
+
+    def __init__(self):
+        super().__init__()
+        self.net, self.scale = make_model("pl_mlp", 10), 1.0
+
+    def forward(self, x):
+        return self.net(x) * self.scale
+
+
+def _fresh(model, x, y):
+    """The exact trace from a deep copy: a new model object, so no per-model cache applies."""
+    import copy
+
+    return curvfast.input_curvature(copy.deepcopy(model), x, y, method="exact").value
+
+
+def test_reused_scoring_copy_follows_every_change_to_the_model():
+    """The scoring copy is reused across calls (it aliases the weights); every kind of change to
+    the caller's model must still show in the next result, exactly as with a fresh model."""
+    from curvfast.curvature.model import _cached_copy
+
+    model = _Scaled()
+    x, y = make_batch(4, 10)
+    first = curvfast.input_curvature(model, x, y, method="exact").value
+    assert _cached_copy(model) is _cached_copy(model), "the copy of an unchanged model is reused"
+
+    def changed(step):
+        before = curvfast.input_curvature(model, x, y, method="exact").value
+        step()
+        after = curvfast.input_curvature(model, x, y, method="exact").value
+        assert not torch.equal(before, after), "the change must show"
+        assert torch.equal(after, _fresh(model, x, y))
+
+    changed(lambda: setattr(model, "scale", 2.0))  # a plain attribute
+    with torch.no_grad():
+        changed(lambda: model.net[1].weight.mul_(1.5))  # in place (an optimizer step)
+    changed(lambda: setattr(model.net[1], "weight", nn.Parameter(model.net[1].weight.detach() * 0.5)))  # a new parameter
+    changed(lambda: model.load_state_dict({k: v * 1.1 for k, v in model.state_dict().items()}))
+    changed(lambda: setattr(model.net[1].weight, "data", model.net[1].weight.detach() * 2))  # through .data
+    changed(lambda: model.net.__setitem__(3, nn.Linear(32, 32).double()))  # a new submodule
+    changed(lambda: model.net[2].register_forward_hook(lambda m, i, out: out * 3))  # a hook
+    model.train()
+    assert torch.equal(curvfast.input_curvature(model, x, y, method="exact").value, _fresh(model.eval(), x, y))
+    assert not torch.equal(first, _fresh(model, x, y))
+
+
+def test_finite_weights_check_reruns_after_an_in_place_change():
+    model = make_model("pl_mlp", 10)
+    x, y = make_batch(4, 10)
+    curvfast.input_curvature(model, x, y, method="exact")  # passes, and is remembered
+    with torch.no_grad():
+        model[1].weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN or Inf in 1\.weight"):
+        curvfast.input_curvature(model, x, y, method="exact")

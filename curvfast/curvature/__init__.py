@@ -33,7 +33,7 @@ from .checks import check_batch, check_labels, is_missing_second_derivative, is_
 from .deflated import deflated_curvature
 from .finite_difference import fd_curvature, zo_curvature
 from .hutchinson import HVP_MODES, hutchinson_curvature
-from .logit_space import GRAM_STATISTICS, logit_space_curvature
+from .logit_space import GRAM_STATISTICS, Forward, logit_space_curvature
 from .model import LogitFn, check_finite_model, scoring_model, unwrap_model, without_wrapper_hooks
 
 __all__ = ["input_curvature", "CurvatureResult", "METHODS", "STATISTICS", "resolve_method", "is_piecewise_linear"]
@@ -41,19 +41,23 @@ __all__ = ["input_curvature", "CurvatureResult", "METHODS", "STATISTICS", "resol
 METHODS = ("auto", "exact", "sampled", "hutchinson", "deflated", "fd", "zo")
 STATISTICS = ("trace",) + GRAM_STATISTICS
 EXACT_MAX_CLASSES = 100
+LOGIT_SPACE_METHODS = ("auto", "exact", "sampled", "deflated")  # they start from the batch's logits and their graph
 DEFAULT_PROBES = {"hutchinson": 100, "deflated": 30, "fd": 10, "zo": 10, "sampled": 10}
 
 
 @dataclass
 class CurvatureResult:
     """``value``: (B,) per-sample curvature ((B, K) eigenvalues, descending, for ``"spectrum"``).
-    ``stderr``: (B,) standard error for random methods, else None. ``loss``: (B,) cross-entropy."""
+    ``stderr``: (B,) standard error for random methods, else None. ``loss``: (B,) cross-entropy.
+    ``pass_width``: classes per backward pass of the logit-space VJPs (exact, sampled, deflated's
+    Gauss-Newton part), else None."""
 
     value: torch.Tensor
     stderr: torch.Tensor | None
     loss: torch.Tensor
     method: str
     statistic: str
+    pass_width: int | None = None
 
 
 def _natural_statistic(method: str, statistic: str | None) -> str:
@@ -147,11 +151,8 @@ def input_curvature(
     sample_ids = _sample_ids(sample_ids, x)
     with without_wrapper_hooks(wrapper), scoring_model(model) as scored, full_precision(x.device):
         logit_fn = LogitFn(scored, output_transform, owner=model)
-        try:
-            with torch.no_grad():
-                num_classes = logit_fn(x[:1]).shape[1]
-        except RuntimeError as err:
-            raise ValueError(f"the model cannot take x of shape {tuple(x.shape)}: {str(err).splitlines()[0]}") from err
+        forward = _forward(logit_fn, x, graph=method in LOGIT_SPACE_METHODS)
+        num_classes = forward.logits.shape[1]
         check_labels(y, num_classes)
         try:
             needs_check = method in ("auto", "exact", "sampled")
@@ -159,7 +160,9 @@ def input_curvature(
             method = resolve_method(method, piecewise, num_classes, accept_gauss_newton, statistic)
             statistic = _natural_statistic(method, statistic)
             nprobes = _probe_count(method, probes)
-            value, stderr, loss = _estimate(logit_fn, x, y, sample_ids, method, statistic, nprobes, seed, top_classes,
+            if method not in LOGIT_SPACE_METHODS:
+                forward = None  # free its graph: this method runs its own passes
+            value, stderr, loss, width = _estimate(logit_fn, x, forward, y, sample_ids, method, statistic, nprobes, seed, top_classes,
                                             num_classes, distribution, step, hvp, chunk_size)
         except (RuntimeError, NotImplementedError) as err:
             if not is_missing_second_derivative(err):
@@ -170,38 +173,53 @@ def input_curvature(
                 "accept_gauss_newton=True if the model is piecewise linear)"
             ) from err
     _check_finite(value, loss, method)
-    return CurvatureResult(value.detach(), None if stderr is None else stderr.detach(), loss.detach(), method, statistic)
+    return CurvatureResult(value.detach(), None if stderr is None else stderr.detach(), loss.detach(), method, statistic, width)
 
 
-def _estimate(logit_fn, x, y, sample_ids, method, statistic, nprobes, seed, top_classes, num_classes, distribution, step,
-              hvp, chunk_size):
-    """``(value, stderr, loss)`` of a concrete method."""
+def _forward(logit_fn: LogitFn, x: torch.Tensor, graph: bool) -> Forward:
+    """The batch's forward with its graph when the method works from the logits (the logit-space
+    methods' C VJPs reuse it), else the logits of one sample (for the class count only)."""
+    try:
+        if graph:
+            xg = x.detach().requires_grad_(True)
+            with torch.enable_grad():
+                return Forward(xg, logit_fn(xg))
+        with torch.no_grad():
+            return Forward(x[:1], logit_fn(x[:1]))
+    except RuntimeError as err:
+        raise ValueError(f"the model cannot take x of shape {tuple(x.shape)}: {str(err).splitlines()[0]}") from err
+
+
+def _estimate(logit_fn, x, forward, y, sample_ids, method, statistic, nprobes, seed, top_classes, num_classes, distribution,
+              step, hvp, chunk_size):
+    """``(value, stderr, loss, pass width or None)`` of a concrete method; ``forward``: the batch's
+    forward (logit-space methods)."""
     if method in ("exact", "sampled"):
         if method == "sampled" and (isinstance(top_classes, bool) or not isinstance(top_classes, int) or top_classes < 0):
             raise ValueError(f"top_classes must be an int >= 0, the classes kept exactly (got {top_classes!r})")
         num_exact = num_classes if method == "exact" else top_classes
         return logit_space_curvature(
-            logit_fn, x, y, sample_ids, statistic=statistic, num_exact=num_exact,
+            forward, y, sample_ids, owner=logit_fn.owner, statistic=statistic, num_exact=num_exact,
             num_tail=nprobes if method == "sampled" else 0, seed=seed, chunk_size=chunk_size,
-        )
+        )[:4]
     if method == "hutchinson":
-        return hutchinson_curvature(
+        return *hutchinson_curvature(
             logit_fn, x, y, sample_ids, statistic=statistic, probes=nprobes, seed=seed,
             distribution=distribution, hvp=hvp, chunk_size=chunk_size,
-        )
+        ), None
     if method == "deflated":
         exact_gn = num_classes <= EXACT_MAX_CLASSES
         return deflated_curvature(
-            logit_fn, x, y, sample_ids, probes=nprobes, rank=top_classes, num_exact=num_classes if exact_gn else top_classes,
+            logit_fn, forward, y, sample_ids, probes=nprobes, rank=top_classes, num_exact=num_classes if exact_gn else top_classes,
             num_tail=0 if exact_gn else DEFAULT_PROBES["sampled"], seed=seed, distribution=distribution, hvp=hvp,
             chunk_size=chunk_size,
         )
     if method == "fd":
-        return fd_curvature(logit_fn, x, y, sample_ids, probes=nprobes, seed=seed, step=step, chunk_size=chunk_size)
-    return zo_curvature(
+        return *fd_curvature(logit_fn, x, y, sample_ids, probes=nprobes, seed=seed, step=step, chunk_size=chunk_size), None
+    return *zo_curvature(
         lambda xb, yb: F.cross_entropy(logit_fn(xb), yb, reduction="none"), x, y, sample_ids,
         probes=nprobes, seed=seed, step=step, chunk_size=chunk_size,
-    )
+    ), None
 
 
 def full_precision(device: torch.device):
@@ -219,6 +237,8 @@ def full_precision(device: torch.device):
 
 def _check_finite(value: torch.Tensor, loss: torch.Tensor, method: str) -> None:
     """Refuse NaN or infinite scores or losses (the model overflows at these inputs)."""
+    if bool(torch.isfinite(value).all() & torch.isfinite(loss).all()):
+        return
     bad = ~(torch.isfinite(value.reshape(value.shape[0], -1)).all(dim=1) & torch.isfinite(loss))
     if bad.any():
         raise ValueError(

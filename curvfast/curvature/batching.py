@@ -17,6 +17,7 @@ key times each candidate width on its own graph, and the run keeps the fastest.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import weakref
@@ -61,11 +62,34 @@ class PassPlanner:
 
     def __init__(self):
         self._choices: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+        self._pinned: "weakref.WeakKeyDictionary[object, int]" = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()  # one calibration per key, also when threads score at once
 
     def width(self, owner, key: tuple, total: int, largest: int, trial, device: torch.device) -> int:
         with self._lock:
+            if owner in self._pinned:
+                return max(1, min(self._pinned[owner], total))
             return self._width(owner, key, total, largest, trial, device)
+
+    @contextlib.contextmanager
+    def pinned(self, owner, width: int):
+        """Within the block, every pass for ``owner`` has ``width`` items (fewer when there are
+        fewer), whatever the key, and nothing is calibrated. A dataset scoring run pins the width
+        that its first batch measured on rank 0 (or that its manifest recorded), so that every
+        batch, rank and resumed run computes with the same width, hence the same bits."""
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ValueError(f"width must be a positive int (got {width!r})")
+        with self._lock:
+            previous = self._pinned.get(owner)
+            self._pinned[owner] = width
+        try:
+            yield
+        finally:
+            with self._lock:
+                if previous is None:
+                    self._pinned.pop(owner, None)
+                else:
+                    self._pinned[owner] = previous
 
     def _width(self, owner, key: tuple, total: int, largest: int, trial, device: torch.device) -> int:
         choices = self._choices.setdefault(owner, {})

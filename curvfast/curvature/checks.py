@@ -33,8 +33,8 @@ def check_batch(x, y, model: nn.Module | None = None) -> tuple[torch.Tensor, tor
         raise ValueError(f"x must be batched with shape (B, ...), got shape {tuple(x.shape)}; add a batch dim with x.unsqueeze(0)")
     if x.shape[0] == 0:
         raise ValueError("x is an empty batch (B = 0); pass at least one sample")
-    bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
-    if bad.any():
+    if not bool(torch.isfinite(x).all()):
+        bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
         raise ValueError(f"x contains NaN or Inf in sample(s) {bad.nonzero().flatten()[:10].tolist()}; clean the inputs first")
     if not isinstance(y, torch.Tensor):
         y = torch.as_tensor(y)

@@ -40,7 +40,7 @@ import torch
 
 from .. import ops
 from .hutchinson import hvp_passes
-from .logit_space import logit_space_curvature
+from .logit_space import Forward, logit_space_curvature
 from .model import LogitFn
 
 __all__ = ["deflated_curvature"]
@@ -65,7 +65,7 @@ def gauss_newton_basis(factor: torch.Tensor, rank: int) -> torch.Tensor:
 
 def deflated_curvature(
     logit_fn: LogitFn,
-    x: torch.Tensor,
+    forward: Forward,
     y: torch.Tensor,
     sample_ids: torch.Tensor,
     *,
@@ -78,9 +78,12 @@ def deflated_curvature(
     hvp: str,
     chunk_size: int | None,
 ):
-    """Return ``(trace, stderr or None, loss)``; stderr is None when the result is exact."""
-    gn_trace, gn_stderr, loss, factor, logits = logit_space_curvature(
-        logit_fn, x, y, sample_ids, statistic="trace", num_exact=num_exact, num_tail=num_tail, seed=seed,
+    """Return ``(trace, stderr or None, loss, pass width of the Gauss-Newton part's VJPs)``;
+    stderr is None when the result is exact. ``forward``: the batch's forward, whose graph the
+    Gauss-Newton part's VJPs reuse."""
+    x = forward.x.detach()
+    gn_trace, gn_stderr, loss, width, factor, logits = logit_space_curvature(
+        forward, y, sample_ids, owner=logit_fn.owner, statistic="trace", num_exact=num_exact, num_tail=num_tail, seed=seed,
         chunk_size=chunk_size, return_factor=True,
     )
     batch, dim = x.shape[0], x[0].numel()
@@ -114,8 +117,8 @@ def deflated_curvature(
         if k < v.shape[1]:
             mean, m2 = ops.probe_moments(v[:, k:], hv[:, k:], mean, m2, max(0, p0 - num_basis))
     if exact:
-        return value.to(x.dtype), gn_stderr, loss
+        return value.to(x.dtype), gn_stderr, loss, width
     var = m2[:, 0] / (probes * (probes - 1)) if probes > 1 else torch.full_like(m2[:, 0], float("nan"))
     if gn_stderr is not None:
         var = var + gn_stderr.double().square()
-    return (value + mean[:, 0]).to(x.dtype), var.sqrt().to(x.dtype), loss
+    return (value + mean[:, 0]).to(x.dtype), var.sqrt().to(x.dtype), loss, width

@@ -25,41 +25,70 @@ strata, each weighted P_tail / t: an unbiased estimate of the trace.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
 from .. import ops
 from .batching import VJP_PLANNER
 from .batching import pass_size
-from .model import LogitFn
 
-__all__ = ["logit_space_curvature", "GRAM_STATISTICS"]
+__all__ = ["logit_space_curvature", "Forward", "LogitSpaceResult", "GRAM_STATISTICS"]
 
 GRAM_STATISTICS = ("frobenius", "top_eigenvalue", "spectrum")
+BLOCK_ELEMENTS = 2**24  # VJP results (64 MiB in fp32) gathered before they are reduced
 
 
-def _class_vjps(logits: torch.Tensor, xg: torch.Tensor, cotangents: torch.Tensor, chunk_size: int | None, owner):
-    """Yield ``(k0, V)`` with V[b, k] = J_bᵀ cotangents[b, k0 + k] flattened to (B, k, D).
+class Forward(NamedTuple):
+    """A batch's forward: inputs ``x`` (B, ...) requiring grad and their ``logits`` (B, C) with the graph."""
+
+    x: torch.Tensor
+    logits: torch.Tensor
+
+
+class LogitSpaceResult(NamedTuple):
+    """``value`` (B,) or (B, K) for ``"spectrum"``, ``stderr`` (B,) or None, ``loss`` (B,), the
+    classes per backward pass used, and (``return_factor`` only) the factor and the logits."""
+
+    value: torch.Tensor
+    stderr: torch.Tensor | None
+    loss: torch.Tensor
+    pass_width: int
+    factor: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+
+def _pass_width(logits: torch.Tensor, xg: torch.Tensor, cot: torch.Tensor, chunk_size: int | None, owner) -> int:
+    """Classes per backward pass for the cotangents ``cot`` (num, B, C): ``chunk_size`` when
+    given, else the fastest measured by :data:`batching.VJP_PLANNER` for this model, shape and
+    device (the first call times each candidate on this graph; a pinned width is used as it is)."""
+    num, batch = cot.shape[:2]
+    dim = xg[0].numel()
+    if chunk_size is not None:
+        return pass_size(chunk_size, num, batch, dim, xg.device)
+    key = (tuple(xg.shape), num, xg.dtype, str(xg.device))
+    return VJP_PLANNER.width(owner, key, num, pass_size(None, num, batch, dim, xg.device),
+                             lambda w: _vjp_pass(logits, xg, cot[:w], last=False), xg.device)
+
+
+def _class_vjps(logits: torch.Tensor, xg: torch.Tensor, cot: torch.Tensor, width: int):
+    """Yield ``(k0, V)`` with V[b, k] = J_bᵀ cot[k0 + k, b] flattened to (B, k, D), for the
+    cotangents ``cot`` (num, B, C), in backward passes of ``width`` classes.
 
     All VJPs reuse the graph of one forward. A pass of width 1 is a plain ``autograd.grad``; a
     wider pass batches the backward over classes (``is_grads_batched``, not ``vmap`` over
     ``torch.func.vjp``, which measured slower on this CPU: ResNet-18, batch 16, 9 classes in passes
-    of 2 took 0.95 s against 1.26 s). The width is
-    ``chunk_size`` when given, else the fastest measured by :data:`batching.VJP_PLANNER` for
-    this model, shape and device (the first call times each candidate on this graph).
+    of 2 took 0.95 s against 1.26 s). Passes are gathered into blocks of up to ``BLOCK_ELEMENTS``
+    numbers, so that the caller's reductions run once per block, not once per pass (on small
+    models their fixed cost per call is of the order of a backward pass).
     """
-    batch, num = cotangents.shape[:2]
-    cot = cotangents.transpose(0, 1).contiguous()  # (num, B, C)
+    num, batch = cot.shape[:2]
     dim = xg[0].numel()
-    if chunk_size is not None:
-        width = pass_size(chunk_size, num, batch, dim, xg.device)
-    else:
-        key = (tuple(xg.shape), num, xg.dtype, str(xg.device))
-        width = VJP_PLANNER.width(owner, key, num, pass_size(None, num, batch, dim, xg.device),
-                                  lambda w: _vjp_pass(logits, xg, cot[:w], last=False), xg.device)
-    for k0 in range(0, num, width):
-        n = min(width, num - k0)
-        yield k0, _vjp_pass(logits, xg, cot[k0 : k0 + n], last=k0 + n >= num).reshape(n, batch, dim).transpose(0, 1)
+    block = max(1, BLOCK_ELEMENTS // (batch * dim) // width) * width
+    for b0 in range(0, num, block):
+        passes = [(k0, min(width, num - k0)) for k0 in range(b0, min(b0 + block, num), width)]
+        vs = [_vjp_pass(logits, xg, cot[k0 : k0 + n], last=k0 + n >= num).reshape(n, batch, dim).transpose(0, 1) for k0, n in passes]
+        yield b0, vs[0] if len(vs) == 1 else torch.cat(vs, dim=1)
 
 
 def _vjp_pass(logits: torch.Tensor, xg: torch.Tensor, cot: torch.Tensor, last: bool) -> torch.Tensor:
@@ -71,15 +100,15 @@ def _vjp_pass(logits: torch.Tensor, xg: torch.Tensor, cot: torch.Tensor, last: b
         except RuntimeError:
             pass
     rows = [torch.autograd.grad(logits, xg, c, retain_graph=not (last and k == cot.shape[0] - 1))[0] for k, c in enumerate(cot)]
-    return torch.stack(rows)
+    return rows[0].unsqueeze(0) if len(rows) == 1 else torch.stack(rows)
 
 
 def logit_space_curvature(
-    logit_fn: LogitFn,
-    x: torch.Tensor,
+    forward: Forward,
     y: torch.Tensor,
     sample_ids: torch.Tensor,
     *,
+    owner,
     statistic: str,
     num_exact: int,
     num_tail: int,
@@ -87,14 +116,13 @@ def logit_space_curvature(
     chunk_size: int | None,
     return_factor: bool = False,
 ):
-    """Return ``(value, stderr or None, loss)``; ``value`` is (B,) or (B, K) for ``"spectrum"``.
+    """Return a :class:`LogitSpaceResult`.
 
-    With ``return_factor`` (trace only) also return the factor ``M`` (B, K, D) with rows
-    √w_c v_c, so that the Gauss-Newton matrix is MᵀM (estimated, for the sampled tail), and the
-    logits (B, C), detached."""
-    xg = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        logits = logit_fn(xg)
+    All VJPs pull back through the graph of ``forward`` (its last pass frees it); ``owner`` (the
+    caller's model) keys the pass-width calibration. With ``return_factor`` (trace only) also
+    return the factor ``M`` (B, K, D) with rows √w_c v_c, so that the Gauss-Newton matrix is MᵀM
+    (estimated, for the sampled tail), and the logits (B, C), detached."""
+    xg, logits = forward
     factor_dtype = logits.dtype if logits.dtype in (torch.float32, torch.float64) else torch.float32
     cot, weights, _, loss = ops.logit_factor(
         logits.detach().to(factor_dtype), y, sample_ids, num_exact=num_exact, num_tail=num_tail, seed=seed
@@ -104,31 +132,34 @@ def logit_space_curvature(
     if exact:
         cot, weights, w_top = _drop_top_class(cot, weights)
     batch, num = weights.shape
-    dim = x[0].numel()
+    dim = xg[0].numel()
     need_gram = statistic in GRAM_STATISTICS or return_factor
 
-    terms = torch.empty_like(weights)
-    scaled = []
-    pulled = x.new_zeros(batch, dim) if exact else None  # Σ_{c≠r} p_c v_c
-    for k0, v in _class_vjps(logits, xg, cot, chunk_size, logit_fn.owner):
+    terms, scaled = [], []
+    pulled = None  # Σ_{c≠r} p_c v_c, (B, 1, D)
+    cot = cot.transpose(0, 1).contiguous()  # (num, B, C)
+    width = _pass_width(logits, xg, cot, chunk_size, owner)
+    for k0, v in _class_vjps(logits, xg, cot, width):
         w = weights[:, k0 : k0 + v.shape[1]].to(v.dtype)
-        terms[:, k0 : k0 + v.shape[1]] = ops.weighted_sq_norms(v, w).to(terms.dtype)
+        terms.append(ops.weighted_sq_norms(v, w))
         if exact:
-            pulled.unsqueeze_(1).baddbmm_(w.unsqueeze(1), v).squeeze_(1)
+            step = torch.bmm(w.unsqueeze(1), v)
+            pulled = step if pulled is None else pulled + step
         if need_gram:
             scaled.append(v * w.sqrt().unsqueeze(-1))
     if exact:  # the top class: v_r = −pulled / p_r
-        v_top = (-pulled / w_top.unsqueeze(1).to(pulled.dtype)).unsqueeze(1)
-        w_top = w_top.unsqueeze(1).to(v_top.dtype)
-        terms = torch.cat([terms, ops.weighted_sq_norms(v_top, w_top).to(terms.dtype)], dim=1)
+        w_top = w_top.to(pulled.dtype).view(batch, 1)
+        v_top = -pulled / w_top.unsqueeze(-1)
+        terms.append(ops.weighted_sq_norms(v_top, w_top))
         if need_gram:
             scaled.append(v_top * w_top.sqrt().unsqueeze(-1))
+    terms = torch.cat(terms, dim=1).to(weights.dtype)
 
     vs = torch.cat(scaled, dim=1) if need_gram else None
     if statistic == "trace":
         value = terms.sum(dim=1)
         stderr = None if exact else _tail_stderr(terms[:, num - num_tail :])
-        return (value, stderr, loss, vs, logits.detach()) if return_factor else (value, stderr, loss)
+        return LogitSpaceResult(value, stderr, loss, width, vs, logits.detach() if return_factor else None)
 
     gram = torch.bmm(vs, vs.transpose(1, 2))
     if statistic == "frobenius":
@@ -136,7 +167,7 @@ def logit_space_curvature(
     else:
         eig = torch.linalg.eigvalsh(gram).flip(-1).clamp_min(0)
         value = eig[:, 0] if statistic == "top_eigenvalue" else eig
-    return value, None, loss
+    return LogitSpaceResult(value, None, loss, width)
 
 
 def _drop_top_class(cot: torch.Tensor, weights: torch.Tensor):
@@ -144,8 +175,8 @@ def _drop_top_class(cot: torch.Tensor, weights: torch.Tensor):
     the others); return the C − 1 remaining cotangents and weights, and p_r."""
     batch, num, classes = cot.shape
     top = weights.argmax(dim=1, keepdim=True)
-    rest = torch.arange(num, device=cot.device).expand(batch, num)
-    rest = rest[rest != top].view(batch, num - 1)
+    rest = torch.arange(num - 1, device=cot.device).expand(batch, num - 1)
+    rest = rest + (rest >= top)  # 0 .. num-1 without top, ascending
     return cot.gather(1, rest.unsqueeze(-1).expand(batch, num - 1, classes)), weights.gather(1, rest), weights.gather(1, top).squeeze(1)
 
 

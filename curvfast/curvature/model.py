@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import threading
+import types
+import weakref
 from typing import Callable, Iterator
 
 import torch
@@ -96,24 +99,109 @@ def _shared_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
+_COPIES: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()  # model -> (names, copied modules)
+_COPIES_LOCK = threading.Lock()
+# Values that deepcopy keeps as they are (classes, functions) or copies by value (numbers ...)
+_PLAIN = (bool, int, float, str, type(None), torch.dtype, torch.device, torch.Size, type, types.FunctionType,
+          types.BuiltinFunctionType)
+
+
+def _plain(value) -> bool:
+    """Numbers, strings, dtypes, classes, functions and tuples or lists of them: compared with ``==``."""
+    if isinstance(value, (tuple, list, set, frozenset)):
+        return all(_plain(v) for v in value)
+    return isinstance(value, _PLAIN)
+
+
+def _cacheable(module: nn.Module) -> bool:
+    """Whether every attribute is a tensor, a plain value, a container of parameters, buffers or
+    submodules, or an empty hook dict: what :func:`_same_state` can compare with a copy."""
+    return all(k in ("_parameters", "_buffers", "_modules") or isinstance(v, torch.Tensor) or _plain(v)
+               or (isinstance(v, dict) and not v) for k, v in vars(module).items())
+
+
+def _alias(t, a) -> bool:
+    if t is None or a is None:
+        return t is a
+    return (a.data_ptr() == t.data_ptr() and a.shape == t.shape and a.stride() == t.stride() and a.dtype == t.dtype
+            and a.device == t.device)
+
+
+def _same_state(module: nn.Module, copied: nn.Module) -> bool:
+    """Whether ``copied`` (a ``_shared_copy`` of a cacheable module) still computes what ``module``
+    does in eval mode: same class and attributes, plain values equal, tensors aliasing the same
+    memory, the same submodule slots, no hooks."""
+    mine, theirs = vars(module), vars(copied)
+    if type(module) is not type(copied) or mine.keys() != theirs.keys():
+        return False
+    for k, v in mine.items():
+        w = theirs[k]
+        if k == "training":
+            continue
+        if k in ("_parameters", "_buffers"):
+            if v.keys() != w.keys() or not all(_alias(t, w[n]) for n, t in v.items()):
+                return False
+        elif k == "_modules":
+            if v.keys() != w.keys() or any((m is None) != (w[n] is None) for n, m in v.items()):
+                return False
+        elif isinstance(v, torch.Tensor):
+            if not isinstance(w, torch.Tensor) or not _alias(v, w):
+                return False
+        elif isinstance(v, dict):
+            if v or w:
+                return False
+        elif not (_plain(v) and type(v) is type(w) and v == w):
+            return False
+    return True
+
+
+def _cached_copy(model: nn.Module) -> nn.Module:
+    """``_shared_copy(model)``, reused from the previous call while it still matches the model
+    (see ``_same_state``; checking costs a fraction of copying). Models with other kinds of
+    attributes (hooks, arbitrary objects) are copied afresh on every call."""
+    named = list(model.named_modules())
+    with _COPIES_LOCK:
+        cached = _COPIES.get(model)
+    if cached is not None and cached[0] == [n for n, _ in named] and all(
+            _same_state(m, c) for (_, m), c in zip(named, cached[1])):
+        return cached[1][0]
+    scored = _shared_copy(model).eval()
+    if all(_cacheable(m) for _, m in named):
+        with _COPIES_LOCK:
+            _COPIES[model] = ([n for n, _ in named], [m for _, m in scored.named_modules()])
+    return scored
+
+
 @contextlib.contextmanager
 def scoring_model(model: nn.Module) -> Iterator[nn.Module]:
     """The model to score with: an eval-mode copy sharing the caller's weights (see
-    ``_shared_copy``), so the caller's train/eval flags, ``requires_grad`` flags and BatchNorm
-    statistics are never touched and concurrent calls (threads, re-entrant hooks) on one model
-    do not interfere. A model with an attribute that cannot be deep-copied (a lock, an open
-    file ...) is scored in place under ``scoring_mode``, one call at a time."""
+    ``_shared_copy``; reused across calls, see ``_cached_copy``), so the caller's train/eval
+    flags, ``requires_grad`` flags and BatchNorm statistics are never touched and concurrent
+    calls (threads, re-entrant hooks) on one model do not interfere. A model with an attribute
+    that cannot be deep-copied (a lock, an open file ...) is scored in place under
+    ``scoring_mode``, one call at a time."""
     try:
-        scored = _shared_copy(model)
+        scored = _cached_copy(model)
     except (TypeError, RuntimeError, copy.Error):  # what deepcopy raises for such attributes
         with _IN_PLACE_LOCK, scoring_mode(model):
             yield model
         return
-    yield scored.eval()
+    yield scored
+
+
+_FINITE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()  # model -> tensors checked finite
 
 
 def check_finite_model(model: nn.Module) -> None:
-    """Refuse a model with a NaN or infinite parameter or buffer, naming the first one."""
+    """Refuse a model with a NaN or infinite parameter or buffer, naming the first one.
+
+    A model that passed is not scanned again while each of its parameters and buffers is the same
+    tensor, at the same address and in-place version (an optimizer step, ``load_state_dict`` or
+    ``.to()`` makes it scan again). Writes through ``.data`` keep the version; a NaN they bring in
+    is still refused, by the check of the scores."""
+    state = tuple((id(t), t.data_ptr(), t._version) for t in itertools.chain(model.parameters(), model.buffers()))
+    if _FINITE.get(model) == state:
+        return
     tensors = [*model.named_parameters(), *model.named_buffers()]
     floating = [(name, t) for name, t in tensors if t.is_floating_point() and not t.is_meta]
     if not floating:
@@ -125,6 +213,7 @@ def check_finite_model(model: nn.Module) -> None:
             f"the model holds NaN or Inf in {', '.join(bad[:5])}: the checkpoint is corrupt or its training "
             "diverged; retrain or load other weights"
         )
+    _FINITE[model] = state
 
 
 _TF32_LOCK = threading.Lock()
