@@ -127,7 +127,7 @@ def test_deflated_float32_accurate_at_tiny_loss():
     got = curvfast.input_curvature(m32, x.float(), y, method="deflated", probes=64).value.double()
     rel = ((got - ref.value).abs() / ref.value.abs())[keep]
     assert rel.max() < 1e-3, rel
-    hut = curvfast.input_curvature(m32, x.float(), y, method="hutchinson", probes=64, chunk_size=64).value.double()
+    hut = curvfast.input_curvature(m32, x.float(), y, method="hutchinson", probes=64, pass_size=64).value.double()
     assert (((hut - ref.value).abs() / ref.value.abs())[keep] > 0.1).any()
 
 
@@ -165,6 +165,6 @@ def test_exact_gives_the_same_bits_on_every_call():
 def test_exact_pass_width_does_not_change_the_value():
     model = make_model("pl_residual", 10)
     x, y = make_batch(4, 10)
-    one = curvfast.input_curvature(model, x, y, method="exact", chunk_size=1).value
-    three = curvfast.input_curvature(model, x, y, method="exact", chunk_size=3).value
+    one = curvfast.input_curvature(model, x, y, method="exact", pass_size=1).value
+    three = curvfast.input_curvature(model, x, y, method="exact", pass_size=3).value
     torch.testing.assert_close(one, three, rtol=1e-12, atol=0)

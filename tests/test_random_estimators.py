@@ -40,8 +40,8 @@ def test_hutchinson_hvp_modes_agree_exactly_per_probe():
 def test_hutchinson_chunking_does_not_change_the_estimate():
     model = make_model("gelu", 10)
     x, y = make_batch(3, 10)
-    a = curvfast.input_curvature(model, x, y, method="hutchinson", probes=12, seed=2, chunk_size=12)
-    b = curvfast.input_curvature(model, x, y, method="hutchinson", probes=12, seed=2, chunk_size=5)
+    a = curvfast.input_curvature(model, x, y, method="hutchinson", probes=12, seed=2, pass_size=12)
+    b = curvfast.input_curvature(model, x, y, method="hutchinson", probes=12, seed=2, pass_size=5)
     torch.testing.assert_close(a.value, b.value, rtol=1e-10, atol=1e-14)
     torch.testing.assert_close(a.stderr, b.stderr, rtol=1e-8, atol=1e-14)
 

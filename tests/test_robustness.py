@@ -163,7 +163,7 @@ API_CASES = {
                     ValueError, "meta"),
     "probes=True": (_curv("gelu", method="hutchinson", probes=True), ValueError, "probes must be a positive int"),
     "top_classes=-1": (_curv(method="sampled", top_classes=-1), ValueError, "top_classes must be an int"),
-    "chunk_size=0": (_curv(method="exact", chunk_size=0), ValueError, "chunk_size must be a positive int"),
+    "pass_size=0": (_curv(method="exact", pass_size=0), ValueError, "pass_size must be a positive int"),
     "seed=-1": (_curv("gelu", method="hutchinson", probes=2, seed=-1), ValueError, "seed must be >= 0"),
     "labels of another shape": (_curv(batch=(make_batch(3)[0], torch.zeros(2, dtype=torch.long))), ValueError,
                                 r"y must have shape \(B,\)"),

@@ -6,7 +6,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..curvature import _sample_ids as sample_ids_for  # dataset indices keying the probes; default 0..B-1
+from ..curvature import sample_ids_for  # dataset indices keying the probes; default 0..B-1
 from ..curvature import input_curvature, is_piecewise_linear
 from ..curvature.checks import check_batch
 from ..curvature.model import LogitFn, scoring_mode, unwrap_model

@@ -39,7 +39,7 @@ def modified_entropy(prob: torch.Tensor, labels: torch.Tensor, eps: float = 1e-9
     return -(1 - p_y) * torch.log(p_y) - (others * torch.log(1 - others + eps)).sum(1)
 
 
-def _zo_scores(net, batch_data, batch_labels, h, niter, temp, seed, sample_ids, exact, chunk_size, compute_curvature=True):
+def _zo_scores(net, batch_data, batch_labels, h, niter, temp, seed, sample_ids, exact, pass_size, compute_curvature=True):
     model, x, y = prepare(net, batch_data, batch_labels, h, niter)
     transform = scaled_logits(temp)
     seed, ids = draw_seed(seed), sample_ids_for(sample_ids, x)
@@ -55,14 +55,14 @@ def _zo_scores(net, batch_data, batch_labels, h, niter, temp, seed, sample_ids, 
         logit_fn = LogitFn(model)
         with scoring_mode(model):
             curv, _, _ = zo_curvature(lambda xb, yb: F.cross_entropy(logit_fn(xb), yb, reduction="none"), x, y, ids,
-                                      probes=niter, seed=seed, step=h, chunk_size=chunk_size)
+                                      probes=niter, seed=seed, step=h, pass_size=pass_size)
     return curv, loss, prob, y
 
 
 def get_curvature_for_batch_zo_v2(
     net: nn.Module, batch_data: torch.Tensor, batch_labels: torch.Tensor, h: float = 1e-3, niter: int = 10,
     temp: float = 1, device: str = "cpu", *, seed: int | None = None, sample_ids: torch.Tensor | None = None,
-    exact: bool = False, chunk_size: int | None = None,
+    exact: bool = False, pass_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(curv, loss, max_prob)``, each (B,): the zero-order curvature (higher = more curved), the
     cross-entropy of ``logits / temp`` and the maximum softmax probability.
@@ -70,20 +70,20 @@ def get_curvature_for_batch_zo_v2(
     Same positional arguments as the published function (``device`` is accepted and unused, as
     there). Keyword-only: ``seed`` (default: drawn from torch's global generator, so each call gets
     fresh probes), ``sample_ids`` (dataset indices: with a fixed seed, scores do not depend on
-    batching), ``exact`` (h·‖H‖_F instead of the estimate), ``chunk_size`` (probes per batched pass).
+    batching), ``exact`` (h·‖H‖_F instead of the estimate), ``pass_size`` (probes per batched pass).
     """
-    curv, loss, prob, _ = _zo_scores(net, batch_data, batch_labels, h, niter, temp, seed, sample_ids, exact, chunk_size)
+    curv, loss, prob, _ = _zo_scores(net, batch_data, batch_labels, h, niter, temp, seed, sample_ids, exact, pass_size)
     return curv, loss, prob.max(1).values
 
 
 def get_curvature_for_batch_zo(
     net: nn.Module, batch_data: torch.Tensor, batch_labels: torch.Tensor, h: float = 1e-3, niter: int = 10,
     temp: float = 1, device: str = "cpu", compute_curvature: bool = True, *, seed: int | None = None,
-    sample_ids: torch.Tensor | None = None, exact: bool = False, chunk_size: int | None = None,
+    sample_ids: torch.Tensor | None = None, exact: bool = False, pass_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(curv, loss, max_prob, m_entropy)``: as :func:`get_curvature_for_batch_zo_v2` plus Song &
     Mittal's modified entropy of the softmax; ``compute_curvature=False`` skips the probes and
     returns zeros for ``curv``, as published."""
     curv, loss, prob, y = _zo_scores(net, batch_data, batch_labels, h, niter, temp, seed, sample_ids, exact,
-                                     chunk_size, compute_curvature)
+                                     pass_size, compute_curvature)
     return curv, loss, prob.max(1).values, modified_entropy(prob, y)

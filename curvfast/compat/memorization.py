@@ -37,7 +37,7 @@ __all__ = ["CurveScore", "get_regularized_curvature_for_batch", "fd_scores"]
 def fd_scores(
     net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, h: float = 1e-3, niter: int = 10, temp: float = 1,
     pred_labels: bool = False, seed: int | None = None, sample_ids=None, exact: bool = False,
-    batch_mean: bool = False, chunk_size: int | None = None,
+    batch_mean: bool = False, pass_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(curv, eig)`` (B,) on the CPU, as in the module docstring. ``pred_labels`` scores against the
     model's own predictions instead of ``y``."""
@@ -53,7 +53,7 @@ def fd_scores(
             curv = h * hessian_statistic(model, x, y, "frobenius", transform, seed, ids)
             eig = h * h * hessian_statistic(model, x, y, "trace", transform, seed, ids)
         else:
-            norms, directional, _ = fd_probe_terms(logit_fn, x, y, ids, probes=niter, seed=seed, step=h, chunk_size=chunk_size)
+            norms, directional, _ = fd_probe_terms(logit_fn, x, y, ids, probes=niter, seed=seed, step=h, pass_size=pass_size)
             curv, eig = norms.mean(1), directional.mean(1)
     scale = x.shape[0] if batch_mean else 1
     return (curv / scale).detach().cpu(), (eig / scale).detach().cpu()
@@ -62,7 +62,7 @@ def fd_scores(
 def get_regularized_curvature_for_batch(
     net: nn.Module, batch_data: torch.Tensor, batch_labels: torch.Tensor, h: float = 1e-3, niter: int = 10,
     temp: float = 1, *, seed: int | None = None, sample_ids=None, exact: bool = False, batch_mean: bool = False,
-    chunk_size: int | None = None,
+    pass_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(eig_estimate, curv_estimate)`` (B,) on the CPU, in the published order.
 
@@ -71,7 +71,7 @@ def get_regularized_curvature_for_batch(
     Keyword-only options as in :func:`fd_scores`.
     """
     curv, eig = fd_scores(net, batch_data, batch_labels, h=h, niter=niter, temp=temp, seed=seed, sample_ids=sample_ids,
-                          exact=exact, batch_mean=batch_mean, chunk_size=chunk_size)
+                          exact=exact, batch_mean=batch_mean, pass_size=pass_size)
     return eig, curv
 
 
@@ -80,12 +80,12 @@ class CurveScore:
 
     ``dataset`` has ``num_classes``, ``train_loader`` (unshuffled, yielding ``(inputs, targets)``),
     ``test_loader`` and ``train_length``. Keyword-only: ``seed`` (default: drawn from torch's global
-    generator once per call), ``exact``, ``batch_mean`` (the published 1/B scaling), ``chunk_size``.
+    generator once per call), ``exact``, ``batch_mean`` (the published 1/B scaling), ``pass_size``.
     Whole-dataset scoring keys the probes by dataset position, so it does not depend on the batch size.
     """
 
     def __init__(self, dataset, model: nn.Module, device, temp: float, *, seed: int | None = None, exact: bool = False,
-                 batch_mean: bool = False, chunk_size: int | None = None):
+                 batch_mean: bool = False, pass_size: int | None = None):
         self.model = model
         self.dataset = dataset
         self.num_classes = dataset.num_classes
@@ -94,7 +94,7 @@ class CurveScore:
         self.test_loader = dataset.test_loader
         self.device = device
         self.temp = temp
-        self.options = dict(exact=exact, batch_mean=batch_mean, chunk_size=chunk_size)
+        self.options = dict(exact=exact, batch_mean=batch_mean, pass_size=pass_size)
         self.seed = seed
 
     def find_z(self, net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, h: float) -> tuple[torch.Tensor, float]:

@@ -12,8 +12,8 @@ Class VJPs are not sized by a fixed rule: whether batching the backward over cla
 depends on the model, the input size and the device. One thread on this CPU, 9 class VJPs from
 one forward: CIFAR ResNet-18 at batch 16 took 0.87 s as a plain loop and 0.95 / 1.38 / 1.41 s in
 batched passes of 2 / 3 / 9; the digits CNN at batch 16 took 4.4 ms looped and 4.7 ms in passes
-of 3 or 9, while at batch 64 passes of 4 measured faster than the loop. :class:`PassPlanner` measures instead: the first call for a (model, shape, dtype, device)
-key times each candidate width on its own graph, and the run keeps the fastest.
+of 3 or 9, while at batch 64 passes of 4 measured faster than the loop. :class:`PassPlanner` measures
+instead: the first call for a (model, shape, dtype, device) key times each candidate width on its own graph, and the run keeps the fastest.
 """
 from __future__ import annotations
 
@@ -29,11 +29,11 @@ CPU_ELEMENTS_PER_PASS = {"vjp": 16 * 3 * 32 * 32, "hvp": 80 * 3 * 32 * 32}
 GPU_ELEMENTS_PER_PASS = 2**26
 
 
-def pass_size(requested: int | None, total: int, batch: int, dim: int, device: torch.device, kind: str = "vjp") -> int:
+def choose_pass_size(requested: int | None, total: int, batch: int, dim: int, device: torch.device, kind: str = "vjp") -> int:
     """``requested`` if given, else a default for the device and the pass ``kind`` ("vjp" or "hvp"); in [1, total]."""
     if requested is not None:
         if not isinstance(requested, int) or requested < 1:
-            raise ValueError(f"chunk_size must be a positive int (got {requested!r})")
+            raise ValueError(f"pass_size must be a positive int (got {requested!r})")
         return min(requested, max(1, total))
     budget = CPU_ELEMENTS_PER_PASS[kind] if device.type == "cpu" else GPU_ELEMENTS_PER_PASS
     size = budget // max(1, batch * dim)

@@ -52,6 +52,7 @@ def check_batch(x, y, model: nn.Module | None = None) -> tuple[torch.Tensor, tor
 
 
 def check_labels(y: torch.Tensor, num_classes: int) -> None:
+    """Refuse labels outside [0, num_classes), naming the range found."""
     if y.min() < 0 or y.max() >= num_classes:
         raise ValueError(
             f"labels must lie in [0, {num_classes}) for a model with {num_classes} outputs; "

@@ -76,7 +76,7 @@ def deflated_curvature(
     seed: int,
     distribution: str,
     hvp: str,
-    chunk_size: int | None,
+    pass_size: int | None,
 ):
     """Return ``(trace, stderr or None, loss, pass width of the Gauss-Newton part's VJPs)``;
     stderr is None when the result is exact. ``forward``: the batch's forward, whose graph the
@@ -84,7 +84,7 @@ def deflated_curvature(
     x = forward.x.detach()
     gn_trace, gn_stderr, loss, width, factor, logits = logit_space_curvature(
         forward, y, sample_ids, owner=logit_fn.owner, statistic="trace", num_exact=num_exact, num_tail=num_tail, seed=seed,
-        chunk_size=chunk_size, return_factor=True,
+        pass_size=pass_size, return_factor=True,
     )
     batch, dim = x.shape[0], x[0].numel()
     rank = min(rank, factor.shape[1], logits.shape[1] - 1)
@@ -111,7 +111,7 @@ def deflated_curvature(
     value = gn_trace.double()
     mean = torch.zeros(batch, 2, dtype=torch.float64, device=x.device)
     m2 = torch.zeros_like(mean)
-    for p0, v, hv in hvp_passes(logit_fn, x, objective, directions, num_basis + num_probes, hvp=hvp, chunk_size=chunk_size):
+    for p0, v, hv in hvp_passes(logit_fn, x, objective, directions, num_basis + num_probes, hvp=hvp, pass_size=pass_size):
         k = max(0, min(num_basis - p0, v.shape[1]))  # this pass's basis rows
         value = value + (v[:, :k] * hv[:, :k]).sum(dim=(1, 2)).double()
         if k < v.shape[1]:

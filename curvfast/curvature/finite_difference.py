@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
-from .batching import pass_size
+from .batching import choose_pass_size
 from .model import LogitFn, no_tf32
 
 __all__ = ["fd_curvature", "fd_probe_terms", "zo_curvature"]
@@ -43,7 +43,7 @@ def _mean_and_stderr(samples: torch.Tensor):
     return samples.mean(dim=1), stderr
 
 
-def fd_probe_terms(logit_fn: LogitFn, x, y, sample_ids, *, probes: int, seed: int, step: float, chunk_size: int | None):
+def fd_probe_terms(logit_fn: LogitFn, x, y, sample_ids, *, probes: int, seed: int, step: float, pass_size: int | None):
     """Per-probe terms of the Garg et al. estimator on per-sample losses, with g_k = ∇L(x + h r_k):
 
     ``norms`` (B, n): ‖g_k − g_0‖ ≈ h‖H r_k‖;  ``directional`` (B, n): (h r_k)ᵀ(g_k − g_0) ≈ h² r_kᵀH r_k,
@@ -51,7 +51,7 @@ def fd_probe_terms(logit_fn: LogitFn, x, y, sample_ids, *, probes: int, seed: in
     """
     _check_step(step)
     batch, dim = x.shape[0], x[0].numel()
-    chunk = pass_size(chunk_size, probes, batch, dim, x.device)
+    chunk = choose_pass_size(pass_size, probes, batch, dim, x.device)
     x = x.detach()
     with no_tf32(), torch.enable_grad():
         x0 = x.clone().requires_grad_(True)
@@ -70,9 +70,9 @@ def fd_probe_terms(logit_fn: LogitFn, x, y, sample_ids, *, probes: int, seed: in
     return torch.cat(norms, dim=1), torch.cat(directional, dim=1), loss.detach()
 
 
-def fd_curvature(logit_fn: LogitFn, x, y, sample_ids, *, probes: int, seed: int, step: float, chunk_size: int | None):
+def fd_curvature(logit_fn: LogitFn, x, y, sample_ids, *, probes: int, seed: int, step: float, pass_size: int | None):
     """Return ``(value, stderr, loss)`` of the Garg et al. estimator on per-sample losses."""
-    norms, _, loss = fd_probe_terms(logit_fn, x, y, sample_ids, probes=probes, seed=seed, step=step, chunk_size=chunk_size)
+    norms, _, loss = fd_probe_terms(logit_fn, x, y, sample_ids, probes=probes, seed=seed, step=step, pass_size=pass_size)
     value, stderr = _mean_and_stderr(norms)
     return value, stderr, loss
 
@@ -86,7 +86,7 @@ def zo_curvature(
     probes: int,
     seed: int,
     step: float,
-    chunk_size: int | None,
+    pass_size: int | None,
 ):
     """Return ``(value, stderr, loss)``; ``loss_fn(x, y)`` returns per-sample losses (B,)."""
     _check_step(step)
@@ -94,7 +94,7 @@ def zo_curvature(
     # probes per pass; each stencil point is its own pass of B x num inputs. One pass over all four
     # points (4B inputs) ran at 0.76x the published loop's speed on the CPU, four passes at parity
     # (0.99x-1.09x; benchmarks/compat.py, CIFAR ResNet-18, B = 16, one thread).
-    chunk = pass_size(chunk_size, probes, batch, dim, x.device)
+    chunk = choose_pass_size(pass_size, probes, batch, dim, x.device)
     stencil = ((1.0, 1.0, 1.0), (-1.0, 1.0, -1.0), (1.0, -1.0, -1.0), (-1.0, -1.0, 1.0))  # (sign v, sign u, coefficient)
     x = x.detach()
     samples = []

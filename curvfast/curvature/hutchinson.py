@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
-from .batching import pass_size
+from .batching import choose_pass_size
 from .model import LogitFn
 
 __all__ = ["hutchinson_curvature", "HVP_MODES"]
@@ -82,12 +82,12 @@ def _hvp_auto(logit_fn: LogitFn, x: torch.Tensor, objective, v: torch.Tensor):
         return _hvp_double_backward(logit_fn, x, objective, v), _hvp_double_backward
 
 
-def hvp_passes(logit_fn: LogitFn, x: torch.Tensor, objective, directions, total: int, *, hvp: str, chunk_size: int | None):
+def hvp_passes(logit_fn: LogitFn, x: torch.Tensor, objective, directions, total: int, *, hvp: str, pass_size: int | None):
     """Yield ``(p0, v, Hv)`` for directions ``p0 .. p0 + n`` in passes; ``directions(p0, n)``
     returns them as (B, n, D) and Hv comes back in the same shape."""
     batch, dim = x.shape[0], x[0].numel()
     hvp_fn = {"double_backward": _hvp_double_backward, "forward_over_reverse": _hvp_forward_over_reverse}.get(hvp)
-    chunk = pass_size(chunk_size, total, batch, dim, x.device, kind="hvp")
+    chunk = choose_pass_size(pass_size, total, batch, dim, x.device, kind="hvp")
     x = x.detach()
     for p0 in range(0, total, chunk):
         v = directions(p0, min(chunk, total - p0))
@@ -110,7 +110,7 @@ def hutchinson_curvature(
     seed: int,
     distribution: str,
     hvp: str,
-    chunk_size: int | None,
+    pass_size: int | None,
 ):
     """Return ``(value, stderr, loss)`` with per-sample Hutchinson estimates."""
     batch, dim = x.shape[0], x[0].numel()
@@ -123,7 +123,7 @@ def hutchinson_curvature(
     def objective(logits, rows):
         return F.cross_entropy(logits, y[rows], reduction="sum")
 
-    for p0, v, hv in hvp_passes(logit_fn, x, objective, directions, probes, hvp=hvp, chunk_size=chunk_size):
+    for p0, v, hv in hvp_passes(logit_fn, x, objective, directions, probes, hvp=hvp, pass_size=pass_size):
         mean, m2 = ops.probe_moments(v, hv, mean, m2, p0)
     with torch.no_grad():
         loss = F.cross_entropy(logit_fn(x), y, reduction="none")

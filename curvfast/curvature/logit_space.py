@@ -31,7 +31,7 @@ import torch
 
 from .. import ops
 from .batching import VJP_PLANNER
-from .batching import pass_size
+from .batching import choose_pass_size
 
 __all__ = ["logit_space_curvature", "Forward", "LogitSpaceResult", "GRAM_STATISTICS"]
 
@@ -58,16 +58,16 @@ class LogitSpaceResult(NamedTuple):
     logits: torch.Tensor | None = None
 
 
-def _pass_width(logits: torch.Tensor, xg: torch.Tensor, cot: torch.Tensor, chunk_size: int | None, owner) -> int:
-    """Classes per backward pass for the cotangents ``cot`` (num, B, C): ``chunk_size`` when
+def _pass_width(logits: torch.Tensor, xg: torch.Tensor, cot: torch.Tensor, pass_size: int | None, owner) -> int:
+    """Classes per backward pass for the cotangents ``cot`` (num, B, C): ``pass_size`` when
     given, else the fastest measured by :data:`batching.VJP_PLANNER` for this model, shape and
     device (the first call times each candidate on this graph; a pinned width is used as it is)."""
     num, batch = cot.shape[:2]
     dim = xg[0].numel()
-    if chunk_size is not None:
-        return pass_size(chunk_size, num, batch, dim, xg.device)
+    if pass_size is not None:
+        return choose_pass_size(pass_size, num, batch, dim, xg.device)
     key = (tuple(xg.shape), num, xg.dtype, str(xg.device))
-    return VJP_PLANNER.width(owner, key, num, pass_size(None, num, batch, dim, xg.device),
+    return VJP_PLANNER.width(owner, key, num, choose_pass_size(None, num, batch, dim, xg.device),
                              lambda w: _vjp_pass(logits, xg, cot[:w], last=False), xg.device)
 
 
@@ -113,7 +113,7 @@ def logit_space_curvature(
     num_exact: int,
     num_tail: int,
     seed: int,
-    chunk_size: int | None,
+    pass_size: int | None,
     return_factor: bool = False,
 ):
     """Return a :class:`LogitSpaceResult`.
@@ -132,13 +132,12 @@ def logit_space_curvature(
     if exact:
         cot, weights, w_top = _drop_top_class(cot, weights)
     batch, num = weights.shape
-    dim = xg[0].numel()
     need_gram = statistic in GRAM_STATISTICS or return_factor
 
     terms, scaled = [], []
     pulled = None  # Σ_{c≠r} p_c v_c, (B, 1, D)
     cot = cot.transpose(0, 1).contiguous()  # (num, B, C)
-    width = _pass_width(logits, xg, cot, chunk_size, owner)
+    width = _pass_width(logits, xg, cot, pass_size, owner)
     for k0, v in _class_vjps(logits, xg, cot, width):
         w = weights[:, k0 : k0 + v.shape[1]].to(v.dtype)
         terms.append(ops.weighted_sq_norms(v, w))
