@@ -68,6 +68,7 @@ def train_subset_models(
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     device: str | torch.device = "cpu",
     stack: bool | None = None,
+    on_group: Callable[[list[int], list[nn.Module]], None] | None = None,
     progress: bool | None = False,
 ) -> list[nn.Module]:
     """Train ``keep.shape[0]`` models, model m on ``images[keep[m]]``; return them in eval mode on CPU.
@@ -75,7 +76,12 @@ def train_subset_models(
     ``make_model()`` builds one fresh model; model m is initialised under ``torch.manual_seed(seed + m)``,
     so a model's weights do not depend on how many others train beside it. ``models_per_pass``
     bounds memory: groups of that many models are trained together. ``augment(x, generator)``
-    (optional) transforms each step's stacked batch (M, B, ...).
+    (optional) transforms each step's stacked batch (M, B, ...). ``images`` are moved to ``device``
+    whole (N·C·H·W·4 bytes for float32): each step gathers one batch per model from them.
+
+    ``on_group(ids, models)`` (optional) receives each group as soon as it is trained (on ``device``,
+    eval mode), and the group is then dropped: the call returns ``[]`` and never holds more than
+    ``models_per_pass`` models, which is what hundreds of large models need.
 
     ``stack=True`` runs the group as one ``vmap`` over stacked weights, ``False`` loops over the
     models inside each step; ``None`` stacks on CUDA only. On this project's 2-core CPU, 8 digits
@@ -99,7 +105,10 @@ def train_subset_models(
         batches = subset_batches(keep[ids], batch_size, epochs, seed, model_ids=ids)
         group = train_group(make_model, images, targets, batches, ids, epochs=epochs, lr=lr,
                             weight_decay=weight_decay, seed=seed, augment=augment)
-        models += [m.eval().cpu() for m in group]
+        if on_group is None:
+            models += [m.eval().cpu() for m in group]
+        else:
+            on_group(ids, [m.eval() for m in group])
         bar.update(len(ids))
     bar.close()
     return models
