@@ -170,7 +170,6 @@ def _stages(config: Config, out: str) -> dict:
     est = memorization_scores(correct, keep, config.confidence)
     with np.errstate(invalid="ignore", divide="ignore"):  # NaN for samples never IN or never OUT
         soft_mem = np.where(keep, p_label, 0).sum(0) / keep.sum(0) - np.where(~keep, p_label, 0).sum(0) / (~keep).sum(0)
-    del p_label
     seconds["memorization"] = time.perf_counter() - t
 
     # 2. curvature averaged over training epochs

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
 from torch.utils.data import Subset
 
 from curvfast.engine import parse_device
