@@ -6,8 +6,10 @@ First Principles", S&P 2022). Each is trained once on its subset ``keep[m]``
 (:func:`curvfast.pipelines.common.multitrain.train_subset_models`, or DP-SGD with Opacus when
 ``dp_epsilon`` is set: :func:`curvfast.pipelines.common.dp.train_dp_model`) and saved under
 ``out/models/``, or loaded from existing checkpoints with a given keep matrix, or the signals are
-imported from a LiRA / ML Privacy Meter layout (:mod:`.interchange`). Signals are cached in
+imported from a LiRA / ML Privacy Meter layout (:mod:`.interchange`). Signals are computed in one
+pass over a DataLoader of the population (one batch in memory at a time, on ``device``), cached in
 ``out/signals.npz`` with the settings that produced them, and reused when the settings match.
+Training alone holds the population as one float32 tensor (each step gathers a batch per model).
 
 Outputs in ``out``: ``results.json`` (settings, model accuracies, and ``attacks``: per attack AUROC,
 balanced accuracy and TPR at 1%/0.1%/0.01% FPR, mean and std over targets), ``signals.npz``
