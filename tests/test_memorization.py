@@ -251,3 +251,60 @@ def test_cli_dp_flags_have_the_common_names(tmp_path, capsys, old):
     with pytest.raises(SystemExit):
         main(["memorization", "--out", str(tmp_path), old, "1"])
     assert f"unrecognized arguments: {old}" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- paper scale: any dataset, device, presets, streaming
+
+def test_smoke_preset_on_a_cifar_shaped_folder_with_normalisation_and_augmentation(tmp_path, cifar_folder):
+    from curvfast.cli import main
+
+    out = tmp_path / "run"
+    assert main(["memorization", "--preset", "smoke", "--dataset", "imagefolder", "--root", str(cifar_folder), "--normalize",
+                 "cifar10", "--augment", "crop-flip", "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    s = res["settings"]
+    assert (s["dataset"], s["normalize"], s["augment"], s["device"], s["models"], s["epochs"]) == \
+        ("imagefolder", "cifar10", "crop-flip", "cpu", 4, 2)
+    assert res["settings"]["train_size"] == 300 and res["memorization"]["samples"] == 300
+    assert 0.0 <= res["memorization"]["subset_model_test_accuracy"] <= 1.0
+    with np.load(out / "scores.npz") as z:
+        assert z["memorization"].shape == (300,) and np.isfinite(z["curvature"]).all()
+
+
+def test_streamed_label_predictions_match_the_probabilities(digits):
+    """label_predictions over a dataset (any batch size) = argmax / label column of predict's (M, N, C)."""
+    from torch.utils.data import TensorDataset
+
+    from curvfast.pipelines.memorization.feldman import label_predictions
+
+    x, y = digits[0][:50], digits[1][:50]
+    make = model_factory("mlp", 10, (1, 8, 8), 16, normalize="0.3/0.2")
+    models = [make(), make()]
+    probs = predict(models, x)
+    correct, p_label = label_predictions(models, TensorDataset(x, y), batch_size=7)
+    np.testing.assert_array_equal(correct, probs.argmax(-1) == y.numpy()[None])
+    np.testing.assert_allclose(p_label, probs[:, np.arange(50), y.numpy()], rtol=1e-5)  # batch size changes float rounding
+    np.testing.assert_allclose(predict(models, TensorDataset(x, y), batch_size=7), probs, rtol=1e-5)
+
+
+def test_on_group_hands_each_group_over_and_keeps_none(digits):
+    x, y = digits[0][:64], digits[1][:64]
+    keep = random_subsets(5, 64, 0.5, seed=1)
+    make = model_factory("mlp", 10, (1, 8, 8), 8)
+    kw = dict(epochs=1, batch_size=16, seed=3, models_per_pass=2, stack=False)
+    whole = train_subset_models(make, x, y, keep, **kw)
+    seen = []
+    assert train_subset_models(make, x, y, keep, on_group=lambda ids, group: seen.append((ids, group)), **kw) == []
+    assert [ids for ids, _ in seen] == [[0, 1], [2, 3], [4]]
+    for ids, group in seen:
+        for i, model in zip(ids, group):
+            for a, b in zip(model.state_dict().values(), whole[i].state_dict().values()):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_cuda_device_without_a_gpu_is_refused(tmp_path, capsys, monkeypatch):
+    from curvfast.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["memorization", "--device", "cuda:0", "--out", str(tmp_path)]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err

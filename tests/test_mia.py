@@ -414,3 +414,59 @@ def test_non_finite_auroc_fails_the_run_after_writing_results(tmp_path, monkeypa
     assert main(["mia", "--import-matrices", str(tmp_path / "mpm"), "--targets", "2", "--out", str(tmp_path / "r")]) == 1
     assert "no finite AUROC" in capsys.readouterr().err
     assert json.loads((tmp_path / "r" / "results.json").read_text())["attacks"]
+
+
+# --- paper scale: any dataset, device, presets, streaming --------------------------------------------------
+
+def test_smoke_preset_on_a_cifar_shaped_folder_with_normalisation_and_augmentation(tmp_path, cifar_folder):
+    from curvfast.cli import main
+
+    out = tmp_path / "run"
+    assert main(["mia", "--preset", "smoke", "--dataset", "imagefolder", "--root", str(cifar_folder), "--normalize", "cifar10",
+                 "--augment", "crop-flip", "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    s = res["settings"]
+    assert (s["dataset"], s["normalize"], s["augment"], s["device"], s["split"]) == ("imagefolder", "cifar10", "crop-flip", "cpu", "train")
+    assert (s["shadows"], s["pool_size"], s["augment_used"], s["views_used"]) == (4, 100, "crop-flip", ["identity", "hflip"])
+    assert res["population"] == {**res["population"], "samples": 100, "models": 5}
+    for name in ("loss", "lira_online", "curv_zo_nll", "curv_zo_lr"):
+        assert 0.0 <= res["attacks"][name]["auroc"] <= 1.0
+    from curvfast.io import load_checkpoint
+
+    state = load_checkpoint(str(out / "models" / "model_000.pt"))["state_dict"]
+    assert "mean" in state and "std" in state  # the normalisation lives inside the saved model
+    assert 0.0 <= res["accuracy"]["train_mean"] <= 1.0
+
+
+def test_streamed_signals_match_the_whole_tensor_and_accuracy(digits_small):
+    """compute_signals over a DataLoader (any batch size) equals the per-model tensor path; correct[m]
+    is the plain-image accuracy of model m."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from curvfast.models import build_model
+    from curvfast.pipelines.mia.signals import compute_signals
+
+    x, y = digits_small.dataset.images[:30], digits_small.dataset.targets[:30]
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(build_model("small_cnn", 10, 1, width=8).eval())
+    ids = torch.arange(50, 80)
+    kw = dict(signals=("loss", "conf", "curv_exact"), views=("hflip",), probes=2, indices=ids)
+    streamed, correct = compute_signals(models, DataLoader(TensorDataset(x, y), batch_size=7), **kw)
+    for m, model in enumerate(models):
+        alone = model_signals(model, x, y, batch_size=30, **kw)
+        for k in alone:
+            np.testing.assert_allclose(streamed[k][m], alone[k], rtol=1e-5, atol=1e-6)
+        with torch.no_grad():
+            np.testing.assert_array_equal(correct[m], (model(x).argmax(1) == y).numpy())
+    with pytest.raises(ValueError, match="indices has 30 entries"):
+        compute_signals(models, TensorDataset(x[:20], y[:20]), **kw)
+
+
+def test_a_cuda_device_without_a_gpu_is_refused(tmp_path, capsys, monkeypatch):
+    from curvfast.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["mia", "--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err

@@ -78,14 +78,15 @@ def train_dp_model(
     lr: float = 1e-3,
     seed: int = 0,
     batchnorm: str = "groupnorm",
+    device: str | torch.device = "cpu",
 ) -> tuple[nn.Module, float | None]:
     """Train ``dp_compatible(make_model(), batchnorm)`` on (images, targets) with DP-SGD at (ε, δ)
     (``epsilon=inf``: the same recipe without clipping or noise; see the module docstring).
 
     The model is built, its batches drawn and its noise sampled under ``torch.manual_seed(seed)``.
-    Returns ``(model, spent ε)``: the trained network in eval mode, taken out of Opacus'
-    ``GradSampleModule`` with its per-sample-gradient hooks removed, and the accountant's ε
-    (None without DP).
+    Training runs on ``device`` (batches moved there by :func:`fit`). Returns ``(model, spent ε)``:
+    the trained network in eval mode on the CPU, taken out of Opacus' ``GradSampleModule`` with its
+    per-sample-gradient hooks removed, and the accountant's ε (None without DP).
     """
     if not (epsilon > 0):
         raise ValueError(f"epsilon must be > 0, or inf for no privacy (got {epsilon})")
@@ -93,14 +94,14 @@ def train_dp_model(
         if not (value > 0):
             raise ValueError(f"{name} must be > 0 (got {value})")
     torch.manual_seed(seed)
-    model = dp_compatible(make_model(), batchnorm)
+    model = dp_compatible(make_model(), batchnorm).to(device)
     model.train()
     loader = DataLoader(TensorDataset(images, targets), batch_size=batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed))
     optimizer = torch.optim.RMSprop(model.parameters(), lr=lr)
     if not math.isfinite(epsilon):
-        fit(model, loader, epochs=epochs, optimizer=optimizer, schedule="constant")
-        return model, None
+        fit(model, loader, epochs=epochs, optimizer=optimizer, schedule="constant", device=device)
+        return model.cpu(), None
     from opacus import PrivacyEngine
 
     engine = PrivacyEngine(accountant="rdp")
@@ -108,6 +109,6 @@ def train_dp_model(
         module=model, optimizer=optimizer, data_loader=loader, target_epsilon=epsilon, target_delta=delta,
         epochs=epochs, max_grad_norm=max_grad_norm,
     )
-    fit(net, _NonEmptyBatches(loader), epochs=epochs, optimizer=optimizer, schedule="constant")
+    fit(net, _NonEmptyBatches(loader), epochs=epochs, optimizer=optimizer, schedule="constant", device=device)
     net.remove_hooks()
-    return model.eval(), engine.get_epsilon(delta)
+    return model.eval().cpu(), engine.get_epsilon(delta)

@@ -68,6 +68,7 @@ def train_subset_models(
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     device: str | torch.device = "cpu",
     stack: bool | None = None,
+    on_group: Callable[[list[int], list[nn.Module]], None] | None = None,
     progress: bool | None = False,
 ) -> list[nn.Module]:
     """Train ``keep.shape[0]`` models, model m on ``images[keep[m]]``; return them in eval mode on CPU.
@@ -75,7 +76,12 @@ def train_subset_models(
     ``make_model()`` builds one fresh model; model m is initialised under ``torch.manual_seed(seed + m)``,
     so a model's weights do not depend on how many others train beside it. ``models_per_pass``
     bounds memory: groups of that many models are trained together. ``augment(x, generator)``
-    (optional) transforms each step's stacked batch (M, B, ...).
+    (optional) transforms each step's stacked batch (M, B, ...). ``images`` are moved to ``device``
+    whole (N·C·H·W·4 bytes for float32): each step gathers one batch per model from them.
+
+    ``on_group(ids, models)`` (optional) receives each group as soon as it is trained (on ``device``,
+    eval mode), and the group is then dropped: the call returns ``[]`` and never holds more than
+    ``models_per_pass`` models, which is what hundreds of large models need.
 
     ``stack=True`` runs the group as one ``vmap`` over stacked weights, ``False`` loops over the
     models inside each step; ``None`` stacks on CUDA only. On this project's 2-core CPU, 8 digits
@@ -91,6 +97,8 @@ def train_subset_models(
         raise ValueError(f"models_per_pass must be >= 1 (got {models_per_pass})")
     device = torch.device(device)
     images, targets = images.to(device), targets.to(device)
+    if augment is not None and device.type != "cpu":
+        augment = _on_cpu(augment)
     train_group = _train_stacked if (device.type == "cuda" if stack is None else stack) else _train_looped
     models: list[nn.Module] = []
     bar = tqdm(total=keep.shape[0], desc="training models", unit="model", disable=not progress if progress is not None else None)
@@ -99,10 +107,20 @@ def train_subset_models(
         batches = subset_batches(keep[ids], batch_size, epochs, seed, model_ids=ids)
         group = train_group(make_model, images, targets, batches, ids, epochs=epochs, lr=lr,
                             weight_decay=weight_decay, seed=seed, augment=augment)
-        models += [m.eval().cpu() for m in group]
+        if on_group is None:
+            models += [m.eval().cpu() for m in group]
+        else:
+            on_group(ids, [m.eval() for m in group])
         bar.update(len(ids))
     bar.close()
     return models
+
+
+def _on_cpu(augment):
+    """``augment`` applied to a CPU copy of the batch: the augmentations draw from a CPU generator and
+    mix its draws with the batch (``torch.where`` needs one device), which also keeps a seed's crops and
+    flips the same on every device."""
+    return lambda x, gen: augment(x.cpu(), gen).to(x.device, non_blocking=True)
 
 
 def _fresh_models(make_model, ids, seed, device):

@@ -6,16 +6,16 @@ cleanlab) and DP-SGD (Opacus) against the Unveiling bounds; results.json, scores
 mislabel.npz and figures in --out (``curvfast memorization``: :class:`Config`, :func:`run`).
 """
 from curvfast.pipelines.memorization.agreement import agreement, cosine_similarity, top_k_overlap
-from curvfast.pipelines.memorization.feldman import (MemorizationEstimate, memorization_scores, newcombe_interval, predict,
-                                                      random_subsets, wilson_interval)
+from curvfast.pipelines.memorization.feldman import (MemorizationEstimate, label_predictions, memorization_scores,
+                                                      newcombe_interval, predict, random_subsets, wilson_interval)
 from curvfast.pipelines.memorization.mislabel import cleanlab_scores, cross_val_pred_probs, mislabel_report, flip_labels
-from curvfast.pipelines.memorization.pipeline import Config, run, summary
+from curvfast.pipelines.memorization.pipeline import PRESETS, Config, run, summary
 from curvfast.pipelines.memorization.trajectory import (CurvatureTrajectory, curvature_per_model, curvature_trajectory,
                                                          train_with_checkpoints)
 
 __all__ = [
-    "Config", "run", "summary",
+    "Config", "PRESETS", "run", "summary",
     "agreement", "cosine_similarity", "top_k_overlap", "MemorizationEstimate", "memorization_scores", "newcombe_interval",
-    "predict", "random_subsets", "wilson_interval", "cleanlab_scores", "cross_val_pred_probs", "mislabel_report",
+    "predict", "label_predictions", "random_subsets", "wilson_interval", "cleanlab_scores", "cross_val_pred_probs", "mislabel_report",
     "flip_labels", "CurvatureTrajectory", "curvature_trajectory", "curvature_per_model", "train_with_checkpoints",
 ]

@@ -32,24 +32,22 @@ import math
 
 import numpy as np
 import torch
+from torch.utils.data import TensorDataset
 
 from curvfast.metrics import auroc
 from curvfast.pipelines.common.dp import train_dp_model
-from curvfast.pipelines.memorization.feldman import memorization_scores, predict, random_subsets
+from curvfast.pipelines.memorization.feldman import label_predictions, memorization_scores, random_subsets
 from curvfast.pipelines.memorization.trajectory import curvature_per_model
 
 __all__ = ["dp_sweep", "fit_unveiling_bounds"]
 
 
-def _accuracy(probs: np.ndarray, targets: torch.Tensor) -> np.ndarray:
-    return (probs.argmax(-1) == targets.numpy()[None]).mean(1)
-
-
-def dp_sweep(make_model, images, targets, test_images, test_targets, *, epsilons=(1, 2, 4, 8, 16, 50), models: int = 8,
+def dp_sweep(make_model, images, targets, test_data, *, epsilons=(1, 2, 4, 8, 16, 50), models: int = 8,
              fraction: float = 0.5, delta: float = 1e-5, epochs: int = 20, batch_size: int = 64, lr: float = 1e-3,
              max_grad_norm: float = 1.0, method: str = "auto", probes: int | None = None, seed: int = 0,
-             progress: bool | None = False) -> list[dict]:
-    """One row per ε (then ``epsilon: None`` for no DP); see the module docstring for the columns."""
+             score_batch_size: int = 512, device: str | torch.device = "cpu", progress: bool | None = False) -> list[dict]:
+    """One row per ε (then ``epsilon: None`` for no DP); see the module docstring for the columns.
+    ``images``/``targets``: the training tensors; ``test_data``: a dataset of ``(image, label)``, streamed."""
     from tqdm.auto import tqdm
 
     keep = random_subsets(models, len(images), fraction, seed)
@@ -62,16 +60,18 @@ def dp_sweep(make_model, images, targets, test_images, test_targets, *, epsilons
             member = torch.from_numpy(keep[m])
             model, used = train_dp_model(make_model, images[member], targets[member], epsilon=math.inf if eps is None else eps,
                                          delta=delta, epochs=epochs, batch_size=batch_size, lr=lr,
-                                         max_grad_norm=max_grad_norm, seed=seed + 1000 * m, batchnorm="groupnorm")
+                                         max_grad_norm=max_grad_norm, seed=seed + 1000 * m, batchnorm="groupnorm",
+                                         device=device)
             trained.append(model)
             spent.append(used)
             bar.update(1)
-        curv, loss = curvature_per_model(trained, images, targets, method=method, probes=probes, seed=seed)
-        correct = predict(trained, images).argmax(-1) == targets.numpy()[None]
+        curv, loss = curvature_per_model(trained, TensorDataset(images, targets), method=method, probes=probes, seed=seed,
+                                         batch_size=score_batch_size, device=device)
+        correct, _ = label_predictions(trained, images, targets, device=device)
         mem = memorization_scores(correct, keep)
         rows.append({
             "epsilon": eps, "spent_epsilon": None if eps is None else float(np.mean(spent)), "delta": delta if eps else None,
-            "accuracy": float(_accuracy(predict(trained, test_images), test_targets).mean()),
+            "accuracy": float(label_predictions(trained, test_data, device=device)[0].mean()),
             "train_accuracy": float(correct[keep].mean()),
             "mean_curvature": float(curv[keep].mean()), "mean_curvature_nonmembers": float(curv[~keep].mean()),
             "mean_memorization": float(np.nanmean(mem.mem)),

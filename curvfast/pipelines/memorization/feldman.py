@@ -29,8 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy.stats import norm
+from torch.utils.data import DataLoader
 
-__all__ = ["random_subsets", "predict", "MemorizationEstimate", "memorization_scores", "wilson_interval", "newcombe_interval"]
+__all__ = ["random_subsets", "predict", "label_predictions", "MemorizationEstimate", "memorization_scores", "wilson_interval", "newcombe_interval"]
 
 
 def random_subsets(models: int, samples: int, fraction: float, seed: int = 0) -> np.ndarray:
@@ -42,16 +43,46 @@ def random_subsets(models: int, samples: int, fraction: float, seed: int = 0) ->
     return np.random.default_rng(seed).random((models, samples)) < fraction
 
 
+def _batches(data, batch_size: int):
+    """Batches ``(x, y or None)`` of an image tensor (N, ...) or a map-style dataset of ``(image, label)``."""
+    if torch.is_tensor(data):
+        return ((data[i:i + batch_size], None) for i in range(0, len(data), batch_size))
+    return iter(DataLoader(data, batch_size=batch_size))
+
+
 @torch.no_grad()
-def predict(models, images: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
-    """Softmax probabilities (M, N, C) of each model (eval mode, caller's mode restored) on ``images``."""
-    out = []
-    for model in models:
-        was_training = model.training
-        model.eval()
-        out.append(torch.cat([model(images[i:i + batch_size]).softmax(1) for i in range(0, len(images), batch_size)]))
-        model.train(was_training)
-    return torch.stack(out).double().numpy()
+def _probabilities(models, data, batch_size: int, device):
+    """Yield ``(softmax probabilities (M, B, C), labels (B,) or None)`` batch by batch (eval mode, modes restored)."""
+    device = torch.device(device)
+    modes = [m.training for m in models]
+    try:
+        models = [m.to(device).eval() for m in models]
+        for x, y in _batches(data, batch_size):
+            x = x.to(device, non_blocking=True)
+            yield torch.stack([m(x).softmax(1) for m in models]).double().cpu(), y
+    finally:
+        for model, mode in zip(models, modes):
+            model.train(mode)
+
+
+def predict(models, data, batch_size: int = 1024, device: str | torch.device = "cpu") -> np.ndarray:
+    """Softmax probabilities (M, N, C) of each model on ``data``: an image tensor (N, ...) or a dataset
+    of ``(image, label)`` streamed in batches."""
+    return torch.cat([p for p, _ in _probabilities(models, data, batch_size, device)], 1).numpy()
+
+
+def label_predictions(models, data, labels=None, batch_size: int = 1024,
+                      device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """``(correct (M, N) bool, p_label (M, N))``: whether model m predicts sample i's label, and the
+    probability it gives that label, streamed over ``data`` (a dataset of ``(image, label)``, or an
+    image tensor with ``labels``). Memory: one batch and the two (M, N) results, never (M, N, C)."""
+    correct, p_label, start = [], [], 0
+    for probs, y in _probabilities(models, data, batch_size, device):
+        y = torch.as_tensor(labels[start:start + probs.shape[1]] if labels is not None else y)
+        start += probs.shape[1]
+        correct.append((probs.argmax(-1) == y).numpy())
+        p_label.append(probs.gather(2, y.expand(probs.shape[0], -1)[..., None]).squeeze(2).numpy())
+    return np.concatenate(correct, 1), np.concatenate(p_label, 1)
 
 
 def wilson_interval(successes: np.ndarray, trials: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:

@@ -51,7 +51,7 @@ def cross_val_pred_probs(make_model, images: torch.Tensor, labels: torch.Tensor,
     fold = np.random.default_rng(seed).permutation(len(images)) % folds
     keep = fold[None, :] != np.arange(folds)[:, None]
     models = train_subset_models(make_model, images, labels, keep, seed=seed, **train_kwargs)
-    probs = predict(models, images)  # (K, N, C)
+    probs = predict(models, images, device=train_kwargs.get("device", "cpu"))  # (K, N, C)
     return probs[fold, np.arange(len(images))]
 
 

@@ -9,15 +9,20 @@ from __future__ import annotations
 import math
 from functools import partial
 
-from curvfast.models import build_model
+from curvfast.models import build_model, normalized
 
 __all__ = ["model_factory"]
 
 
-def model_factory(name: str, num_classes: int, input_shape: tuple[int, ...], width: int | None = None):
-    """A zero-argument callable building a fresh model of a zoo / torchvision name (``mlp``: width 256 by default)."""
+def _build(name, num_classes, in_channels, normalize, kwargs):
+    return normalized(build_model(name, num_classes, in_channels, **kwargs), normalize)
+
+
+def model_factory(name: str, num_classes: int, input_shape: tuple[int, ...], width: int | None = None, normalize: str = "none"):
+    """A zero-argument callable building a fresh model of a zoo / torchvision name (``mlp``: width 256 by
+    default) inside the input normalisation ``normalize`` (:func:`curvfast.models.normalized`)."""
     kwargs = {"width": width} if width is not None and name in ("small_cnn", "mlp", "mlp2") else {}
     if name in ("mlp", "mlp2"):
         kwargs["in_features"] = math.prod(input_shape)
-    build_model(name, num_classes, input_shape[0], **kwargs)  # fail now, with build_model's message, on a bad name
-    return partial(build_model, name, num_classes, input_shape[0], **kwargs)
+    _build(name, num_classes, input_shape[0], normalize, kwargs)  # fail now, with build_model's message, on a bad name
+    return partial(_build, name, num_classes, input_shape[0], normalize, kwargs)

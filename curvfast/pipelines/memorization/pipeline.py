@@ -26,28 +26,40 @@ import torch
 
 from curvfast import __version__
 from curvfast.curvature import METHODS
-from curvfast.data import get_dataset
+from curvfast.engine import parse_device
 from curvfast.io import write_npz
 from curvfast.pipelines.common.contract import config_dict, option, run_folder, write_results
+from curvfast.pipelines.common.data import DataOptions, load_split, loader
 from curvfast.pipelines.common.multitrain import train_subset_models
 from curvfast.pipelines.common.plots import image_grid
 from curvfast.pipelines.memorization.agreement import agreement
 from curvfast.pipelines.memorization.dp import dp_sweep, fit_unveiling_bounds
-from curvfast.pipelines.memorization.feldman import memorization_scores, predict, random_subsets
+from curvfast.pipelines.memorization.feldman import label_predictions, memorization_scores, random_subsets
 from curvfast.pipelines.memorization.figures import dp_plot, histograms, scatter_plot
 from curvfast.pipelines.memorization.mislabel import cleanlab_scores, cross_val_pred_probs, flip_labels, mislabel_report
 from curvfast.pipelines.memorization.models import model_factory
 from curvfast.pipelines.memorization.trajectory import curvature_trajectory
 
-__all__ = ["Config", "run", "summary"]
+__all__ = ["Config", "PRESETS", "run", "summary"]
+
+CIFAR100_NORMALIZATION = "0.5071,0.4865,0.4409/0.2673,0.2564,0.2762"  # CIFAR-100 training set's channel mean / std
+
+PRESETS = {
+    # the tests' settings: seconds on a laptop CPU
+    "smoke": {"models": 4, "epochs": 2, "width": 16, "proxy_models": 1, "folds": 2, "top": 8, "dp_models": 2, "dp_epochs": 1,
+              "dp_epsilons": (8.0,)},
+    # Garg et al. / Feldman & Zhang on CIFAR-100: ResNet-18 with crop-flip on 70% subsets, thousands of subset models
+    # (see docs/memorization.md, "Paper scale", for which numbers are the papers' and which are this preset's choice)
+    "paper": {"dataset": "cifar100", "model": "cifar_resnet18", "normalize": CIFAR100_NORMALIZATION, "augment": "crop-flip",
+              "models": 2000, "fraction": 0.7, "epochs": 200, "batch_size": 128, "lr": 0.1, "weight_decay": 5e-4,
+              "models_per_pass": 8, "proxy_models": 2, "device": "cuda", "workers": 4},
+}
 
 
 @dataclass
-class Config:
+class Config(DataOptions):
     """The pipeline's settings (defaults: the digits recipe of docs/memorization.md)."""
 
-    dataset: str = option("digits")
-    root: str | None = option(None)
     model: str = option("mlp")
     width: int | None = option(None, "model width (mlp: hidden units, small_cnn: channels); "
                                      "unset: the model's default, mlp 256, small_cnn 32")
@@ -79,12 +91,16 @@ class Config:
     dp_max_grad_norm: float = option(1.0)
     top: int = option(32, "images in the top-memorized / top-curvature grids")
     seed: int = option(0)
+    score_batch_size: int = option(512, "samples per batch when scoring curvature")
+    device: str = option("cpu")
     quiet: bool = option(False)
 
     def validate(self) -> None:
         """Refuse settings that cannot run, naming the option (ValueError)."""
+        self.check_data_options()
+        parse_device(self.device)
         for name in ("models", "epochs", "batch_size", "proxy_models", "folds", "dp_models", "dp_epochs", "dp_batch_size",
-                     "top", "models_per_pass"):
+                     "top", "models_per_pass", "score_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
         if self.models < 2:
@@ -98,11 +114,11 @@ class Config:
             raise ValueError(f"--method must be one of {', '.join(METHODS)} (got {self.method!r})")
 
 
-def _tensors(dataset):
-    if hasattr(dataset, "images") and hasattr(dataset, "targets"):
-        return dataset.images.float(), torch.as_tensor(dataset.targets).long()
-    items = [dataset[i] for i in range(len(dataset))]
-    return torch.stack([x for x, _ in items]).float(), torch.tensor([int(y) for _, y in items])
+def _training_tensors(config: Config, dataset):
+    """The training split as (N, C, H, W) float32 images and (N,) labels: what training many models on
+    random subsets needs (each step gathers one batch per model); N·C·H·W·4 bytes."""
+    images, labels = zip(*loader(dataset, config, batch_size=config.score_batch_size))
+    return torch.cat(images).float(), torch.cat(labels).long()
 
 
 def _grid(images, order, titles, path, suptitle):
@@ -129,34 +145,38 @@ def summary(results: dict) -> dict:
 def _stages(config: Config, out: str) -> dict:
     progress = False if config.quiet else None
     start = time.perf_counter()
-    train, info = get_dataset(config.dataset, "train", root=config.root)
-    test, _ = get_dataset(config.dataset, "test", root=config.root)
-    images, targets = _tensors(train)
-    test_images, test_targets = _tensors(test)
+    train, info = load_split(config, "train")
+    test, _ = load_split(config, "test")  # streamed from its source whenever it is read
+    images, targets = _training_tensors(config, train)
     n = len(targets)
-    make = model_factory(config.model, info.num_classes, tuple(images.shape[1:]), config.width)
+    make = model_factory(config.model, info.num_classes, tuple(images.shape[1:]), config.width, config.normalize)
     common = dict(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, weight_decay=config.weight_decay,
-                  models_per_pass=config.models_per_pass, stack=not config.loop)
+                  models_per_pass=config.models_per_pass, stack=not config.loop, augment=config.augmentation(),
+                  device=config.device)
+    predictions = dict(device=config.device)  # batches of 1024 samples
     seconds = {}
 
-    # 1. Feldman memorization
+    # 1. Feldman memorization: each group of models is scored as soon as it is trained, then dropped
     t = time.perf_counter()
     keep = random_subsets(config.models, n, config.fraction, config.seed)
-    models = train_subset_models(make, images, targets, keep, seed=config.seed, progress=progress, **common)
-    probs = predict(models, images)
-    correct = probs.argmax(-1) == targets.numpy()[None]
+    correct, p_label = np.empty(keep.shape, dtype=bool), np.empty(keep.shape)
+    test_acc = np.empty(config.models)
+
+    def score_group(ids, group):
+        correct[ids], p_label[ids] = label_predictions(group, images, targets, **predictions)
+        test_acc[ids] = label_predictions(group, test, **predictions)[0].mean(1)
+
+    train_subset_models(make, images, targets, keep, seed=config.seed, progress=progress, on_group=score_group, **common)
     est = memorization_scores(correct, keep, config.confidence)
-    p_label = probs[:, np.arange(n), targets.numpy()]
     with np.errstate(invalid="ignore", divide="ignore"):  # NaN for samples never IN or never OUT
         soft_mem = np.where(keep, p_label, 0).sum(0) / keep.sum(0) - np.where(~keep, p_label, 0).sum(0) / (~keep).sum(0)
-    test_acc = (predict(models, test_images).argmax(-1) == test_targets.numpy()[None]).mean(1)
-    del models, probs
     seconds["memorization"] = time.perf_counter() - t
 
     # 2. curvature averaged over training epochs
     t = time.perf_counter()
     full = np.ones((config.proxy_models, n), dtype=bool)
-    traj = curvature_trajectory(make, images, targets, full, method=config.method, probes=config.probes, score_seed=config.seed,
+    scoring = dict(method=config.method, probes=config.probes, score_seed=config.seed, score_batch_size=config.score_batch_size)
+    traj = curvature_trajectory(make, images, targets, full, **scoring,
                                 seed=config.seed + 10_000, progress=progress, **common)
     curv_avg, curv_final, loss_avg = traj.averaged(), traj.final(), traj.averaged("loss")
     seconds["curvature_trajectory"] = time.perf_counter() - t
@@ -167,14 +187,14 @@ def _stages(config: Config, out: str) -> dict:
     # 3. mislabel detection
     t = time.perf_counter()
     noisy, flipped = flip_labels(targets, config.noise, info.num_classes, config.seed)
-    ntraj = curvature_trajectory(make, images, noisy, full, method=config.method, probes=config.probes, score_seed=config.seed,
+    ntraj = curvature_trajectory(make, images, noisy, full, **scoring,
                                  seed=config.seed + 20_000, progress=progress, **common)
     pred_probs = cross_val_pred_probs(make, images, noisy, folds=config.folds, seed=config.seed + 30_000, progress=progress, **common)
     cl_score, cl_issues = cleanlab_scores(noisy.numpy(), pred_probs)
     mis_scores = {"curvature": ntraj.averaged(), "loss": ntraj.averaged("loss"), "cleanlab": cl_score,
                   "curvature_final_epoch": ntraj.final(), "loss_final_epoch": ntraj.final("loss")}
     mislabel = mislabel_report(mis_scores, flipped, cl_issues)
-    fits_noisy = (predict(ntraj.models, images).argmax(-1) == noisy.numpy()[None]).mean(0)  # (N,) over proxy models
+    fits_noisy = label_predictions(ntraj.models, images, noisy, **predictions)[0].mean(0)  # (N,) over proxy models
     mislabel["final_fit_of_noisy_labels"] = {"flipped": float(fits_noisy[flipped].mean()), "clean": float(fits_noisy[~flipped].mean())}
     shuffled = np.random.default_rng(config.seed).permutation(mis_scores["curvature"])
     mislabel["trivial_baselines"] = {"constant": 0.5, "shuffled_curvature": mislabel_report({"s": shuffled}, flipped)["auroc"]["s"]}
@@ -184,10 +204,10 @@ def _stages(config: Config, out: str) -> dict:
     dp_rows, bounds = None, None
     if config.dp:
         t = time.perf_counter()
-        dp_rows = dp_sweep(make, images, targets, test_images, test_targets, epsilons=config.dp_epsilons, models=config.dp_models,
+        dp_rows = dp_sweep(make, images, targets, test, epsilons=config.dp_epsilons, models=config.dp_models,
                            fraction=config.dp_fraction, delta=config.dp_delta, epochs=config.dp_epochs, batch_size=config.dp_batch_size,
                            lr=config.dp_lr, max_grad_norm=config.dp_max_grad_norm, method=config.method, probes=config.probes,
-                           seed=config.seed + 40_000, progress=progress)
+                           seed=config.seed + 40_000, score_batch_size=config.score_batch_size, device=config.device, progress=progress)
         bounds = fit_unveiling_bounds(dp_rows)
         dp_plot(dp_rows, bounds, os.path.join(out, "dp.png"))
         seconds["dp"] = time.perf_counter() - t

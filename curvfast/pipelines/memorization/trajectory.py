@@ -26,19 +26,21 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from curvfast.engine import score
+from curvfast.engine import score_models
 from curvfast.pipelines.common.multitrain import train_subset_models
 
 __all__ = ["curvature_per_model", "train_with_checkpoints", "CurvatureTrajectory", "curvature_trajectory"]
 
 
-def curvature_per_model(models, images: torch.Tensor, labels: torch.Tensor, *, method: str = "auto", probes: int | None = None,
-                 seed: int = 0, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """Per-model, per-sample curvature and cross-entropy loss, both (M, N), with labels ``labels``."""
-    data = TensorDataset(images, labels)
-    results = [score(m, data, method=method, probes=probes, seed=seed, batch_size=batch_size, device="cpu", progress=False)
-               for m in models]
-    return np.stack([r.score for r in results]), np.stack([r.loss for r in results])
+def curvature_per_model(models, data, *, method: str = "auto", probes: int | None = None, seed: int = 0,
+                        batch_size: int = 512, device: str | torch.device = "cpu",
+                        workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-model, per-sample curvature and cross-entropy loss, both (M, N), of the dataset ``data``
+    of ``(image, label)``: one pass over it in batches (:func:`curvfast.engine.score_models`, on
+    ``device`` with ``workers`` loader processes), all models per batch; probes keyed by dataset index."""
+    results = score_models(list(models), data, method=method, probes=probes, seed=seed, batch_size=batch_size, device=device,
+                           num_workers=workers, progress=False)
+    return np.stack([r.score for r in results.values()]), np.stack([r.loss for r in results.values()])
 
 
 def train_with_checkpoints(
@@ -96,12 +98,16 @@ class CurvatureTrajectory:
 
 
 def curvature_trajectory(make_model, images, targets, keep, *, epochs: int, method: str = "auto", probes: int | None = None,
-                         score_seed: int = 0, **train_kwargs) -> CurvatureTrajectory:
-    """Train with per-epoch checkpoints and score every checkpoint on all ``images`` with ``targets``."""
+                         score_seed: int = 0, score_batch_size: int = 512, **train_kwargs) -> CurvatureTrajectory:
+    """Train with per-epoch checkpoints and score every checkpoint on all ``images`` with ``targets``
+    (streamed in batches from the training tensor, on ``train_kwargs["device"]``)."""
     curv, loss = [], []
 
+    device = train_kwargs.get("device", "cpu")
+
     def on_epoch(_, models):
-        c, losses = curvature_per_model(models, images, targets, method=method, probes=probes, seed=score_seed)
+        c, losses = curvature_per_model(models, TensorDataset(images, targets), method=method, probes=probes, seed=score_seed,
+                                        batch_size=score_batch_size, device=device)
         curv.append(c)
         loss.append(losses)
 

@@ -15,10 +15,10 @@ signals, run the attacks and write results.json, signals.npz, scores.npz and roc
 from curvfast.pipelines.mia.attacks import (
     curvature_lr, curvature_nll, lira_offline, lira_online, loss_attack, modified_entropy, sablayrolles, watson, ye,
 )
-from curvfast.pipelines.mia.pipeline import Config, balanced_keep, run, summary
+from curvfast.pipelines.mia.pipeline import PRESETS, Config, balanced_keep, run, summary
 
 __all__ = [
-    "Config", "run", "summary",
+    "Config", "PRESETS", "run", "summary",
     "loss_attack", "modified_entropy", "lira_online", "lira_offline", "curvature_nll", "curvature_lr", "sablayrolles",
     "watson", "ye", "balanced_keep",
 ]

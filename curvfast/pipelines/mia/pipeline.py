@@ -6,8 +6,10 @@ First Principles", S&P 2022). Each is trained once on its subset ``keep[m]``
 (:func:`curvfast.pipelines.common.multitrain.train_subset_models`, or DP-SGD with Opacus when
 ``dp_epsilon`` is set: :func:`curvfast.pipelines.common.dp.train_dp_model`) and saved under
 ``out/models/``, or loaded from existing checkpoints with a given keep matrix, or the signals are
-imported from a LiRA / ML Privacy Meter layout (:mod:`.interchange`). Signals are cached in
+imported from a LiRA / ML Privacy Meter layout (:mod:`.interchange`). Signals are computed in one
+pass over a DataLoader of the population (one batch in memory at a time, on ``device``), cached in
 ``out/signals.npz`` with the settings that produced them, and reused when the settings match.
+Training alone holds the population as one float32 tensor (each step gathers a batch per model).
 
 Outputs in ``out``: ``results.json`` (settings, model accuracies, and ``attacks``: per attack AUROC,
 balanced accuracy and TPR at 1%/0.1%/0.01% FPR, mean and std over targets), ``signals.npz``
@@ -18,6 +20,7 @@ is not finite fails the run (:class:`~curvfast.pipelines.common.contract.RunFail
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import math
@@ -28,12 +31,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.utils.data import Subset
 
-from curvfast.data import get_dataset
+from curvfast.engine import parse_device
 from curvfast.io import load_checkpoint, save_checkpoint, write_json, write_npz
-from curvfast.models import build_model
 from curvfast.pipelines.common.augment import AUGMENTATIONS, image_augmentation
 from curvfast.pipelines.common.contract import RunFailed, config_dict, option, run_folder, write_results
+from curvfast.pipelines.common.data import DataOptions, build_network, load_split, loader
 from curvfast.pipelines.common.dp import dp_compatible, train_dp_model
 from curvfast.pipelines.common.multitrain import train_subset_models
 from curvfast.pipelines.mia import interchange
@@ -41,20 +45,32 @@ from curvfast.pipelines.mia.attacks import check_membership
 from curvfast.pipelines.mia.evaluate import ATTACKS, FPRS, REQUIRED_ATTACKS, attack_metrics, attack_scores, plot_rocs
 from curvfast.pipelines.mia.signals import FLIP_SAFE, SIGNALS, VIEWS, compute_signals
 
-__all__ = ["Config", "run", "summary", "balanced_keep", "load_population", "natural_order"]
+__all__ = ["Config", "PRESETS", "run", "summary", "balanced_keep", "load_population", "natural_order"]
 
 AUGMENTS = ("auto", *AUGMENTATIONS)
 # shadows and targets share the DP recipe; BatchNorm becomes the identity so curv_exact stays exact
 DP_BATCHNORM = "identity"
 
+PRESETS = {
+    # the tests' settings: seconds on a laptop CPU (the training split: every dataset has one)
+    # (curv_exact is left out: on 32x32 RGB it costs about 13 ms per sample, model and view on this CPU)
+    "smoke": {"split": "train", "pool_size": 100, "width": 8, "shadows": 4, "targets": 1, "epochs": 2, "probes": 2,
+              "signals": ("loss", "conf", "curv_zo")},
+    # Curvature Clues (and LiRA): CIFAR-10's 50k training images, ResNet-18 with crop-flip for 100 epochs,
+    # 64 models on random halves (leave-one-out: each is a target, the others its shadows), 10 zo probes
+    "paper": {"dataset": "cifar10", "split": "train", "model": "cifar_resnet18", "normalize": "cifar10", "augment": "crop-flip",
+              "shadows": 63, "targets": 1, "leave_one_out": True, "epochs": 100, "batch_size": 256, "lr": 0.1,
+              "probes": 10, "device": "cuda", "workers": 4},
+}
+
 
 @dataclass
-class Config:
+class Config(DataOptions):
     """The experiment's settings (defaults: the digits recipe of docs/mia.md)."""
 
-    dataset: str = option("digits")
-    split: str = option("all", "the attacked population (default: every sample of the dataset)")
-    root: str | None = option(None)
+    augment: str = option("auto", f"auto: crop-flip for {', '.join(FLIP_SAFE)}, none otherwise and under DP-SGD",
+                          choices=AUGMENTS)
+    split: str = option("all", "the attacked population: train, test or all (every sample; digits and split-less folders)")
     pool_size: int | None = option(None, "attack a random subset of this many samples (size sweeps)")
     model: str = option("small_cnn")
     width: int = option(16, "small_cnn channel width")
@@ -68,8 +84,6 @@ class Config:
     seed: int = option(0)
     views: tuple[str, ...] = option(("auto",), f"views of each sample; auto: hflip too for {', '.join(FLIP_SAFE)}",
                                     choices=VIEWS + ("auto",))
-    augment: str = option("auto", f"auto: crop-flip for {', '.join(FLIP_SAFE)}, none otherwise and under DP-SGD",
-                          choices=AUGMENTS)
     signals: tuple[str, ...] = option(SIGNALS, "membership signals to compute", choices=SIGNALS)
     probes: int = option(10, "zo / fd probes (published: 10)")
     score_batch_size: int = option(512, "samples per batch when computing signals")
@@ -88,10 +102,13 @@ class Config:
                                              choices=tuple(ATTACKS))
     published_quirk: bool = option(False, "also run the curvature attacks as the published code does "
                                           "(variance as std; LR: ratio of summed likelihoods)")
+    device: str = option("cpu")
     quiet: bool = option(False)
 
     def validate(self) -> None:
         """Refuse settings that cannot run, naming the option (ValueError)."""
+        parse_device(self.device)
+        dataclasses.replace(self, augment=self.resolved_augment()).check_data_options()
         for name, allowed in (("signals", SIGNALS), ("views", VIEWS + ("auto",)), ("attacks", tuple(ATTACKS))):
             values = getattr(self, name)
             if values is None and name == "attacks":
@@ -129,7 +146,7 @@ class Config:
         return "crop-flip" if self.dataset.lower() in FLIP_SAFE and self.dp_epsilon is None else "none"
 
     def training_key(self) -> dict:
-        keys = ("dataset", "split", "pool_size", "model", "width", "shadows", "targets", "leave_one_out", "epochs", "batch_size", "lr",
+        keys = ("dataset", "split", "image_size", "normalize", "pool_size", "model", "width", "shadows", "targets", "leave_one_out", "epochs", "batch_size", "lr",
                 "weight_decay", "seed", "dp_epsilon", "dp_delta", "dp_max_grad_norm", "dp_lr", "checkpoints", "keep")
         return {**{k: getattr(self, k) for k in keys}, "augment": self.resolved_augment()}
 
@@ -164,30 +181,42 @@ def experiment_keep(config: Config, num_samples: int) -> np.ndarray:
     return np.vstack([balanced_keep(config.targets, num_samples, config.seed), balanced_keep(config.shadows, num_samples, config.seed + 1)])
 
 
+def _labels(dataset) -> torch.Tensor:
+    """The (N,) labels, read from the dataset's label list when it has one (no image is decoded)."""
+    for attr in ("targets", "labels"):
+        values = getattr(dataset, attr, None)
+        if values is not None and len(values) == len(dataset):
+            return torch.as_tensor(np.asarray(values), dtype=torch.int64)
+    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.int64)
+
+
 def load_population(config: Config):
-    """``(images (N, C, H, W), labels (N,), dataset indices (N,), num_classes)`` of the attacked population."""
-    dataset, info = get_dataset(config.dataset, config.split, root=config.root)
-    if hasattr(dataset, "images") and hasattr(dataset, "targets") and torch.is_tensor(dataset.images):
-        images, labels = dataset.images, dataset.targets
-    else:
-        items = [dataset[i] for i in range(len(dataset))]
-        images = torch.stack([x for x, _ in items])
-        labels = torch.tensor([int(y) for _, y in items], dtype=torch.int64)
+    """``(population, labels (N,), dataset indices (N,), DatasetInfo)``: the attacked samples as a
+    dataset read lazily (the split, or a random ``pool_size`` subset of it, in index order)."""
+    dataset, info = load_split(config, config.split)
+    labels = _labels(dataset)
     index = np.arange(len(labels))
     if config.pool_size is not None:
         if not 2 <= config.pool_size <= len(labels):
             raise ValueError(f"pool_size must be between 2 and the dataset size {len(labels)} (got {config.pool_size})")
         index = np.sort(np.random.default_rng([config.seed, 1]).choice(len(labels), config.pool_size, replace=False))
-    sel = torch.from_numpy(index)
-    return images[sel].contiguous(), labels[sel].contiguous(), index, info.num_classes
+        dataset = Subset(dataset, index.tolist())
+    return dataset, labels[torch.from_numpy(index)].contiguous(), index, info
 
 
-def _make_model(config: Config, num_classes: int, in_channels: int):
-    """A zero-argument model factory; under DP-SGD its BatchNorm layers are replaced (:data:`DP_BATCHNORM`)."""
+def _materialise(config: Config, population) -> torch.Tensor:
+    """The population's images as one (N, C, H, W) float32 tensor: what training many models on
+    random subsets needs (each step gathers one batch per model); N·C·H·W·4 bytes."""
+    return torch.cat([x for x, _ in loader(population, config, batch_size=config.score_batch_size)])
+
+
+def _make_model(config: Config, info, input_shape):
+    """A zero-argument model factory (normalisation inside); under DP-SGD its BatchNorm layers are
+    replaced (:data:`DP_BATCHNORM`)."""
     kwargs = {"width": config.width} if config.model == "small_cnn" else {}
     if config.dp_epsilon is not None:
-        return lambda: dp_compatible(build_model(config.model, num_classes, in_channels, **kwargs), DP_BATCHNORM)
-    return lambda: build_model(config.model, num_classes, in_channels, **kwargs)
+        return lambda: dp_compatible(build_network(config, config.model, info, input_shape, **kwargs), DP_BATCHNORM)
+    return lambda: build_network(config, config.model, info, input_shape, **kwargs)
 
 
 def _train_dp_models(config: Config, make_model, images, labels, keep) -> list:
@@ -200,7 +229,7 @@ def _train_dp_models(config: Config, make_model, images, labels, keep) -> list:
         rows = torch.from_numpy(np.flatnonzero(keep[m]))
         model, _ = train_dp_model(make_model, images[rows], labels[rows], epsilon=config.dp_epsilon, delta=config.dp_delta,
                                   max_grad_norm=config.dp_max_grad_norm, epochs=config.epochs, batch_size=config.batch_size,
-                                  lr=config.dp_lr, seed=config.seed + m, batchnorm=DP_BATCHNORM)
+                                  lr=config.dp_lr, seed=config.seed + m, batchnorm=DP_BATCHNORM, device=config.device)
         models.append(model)
     return models
 
@@ -231,7 +260,7 @@ def _models_from_checkpoints(config: Config, make_model, num_samples):
     return models, keep
 
 
-def _train(config: Config, folder: str, make_model, images, labels, keep):
+def _train(config: Config, folder: str, make_model, population, labels, keep):
     model_dir = os.path.join(folder, "models")
     files = [os.path.join(model_dir, f"model_{m:03d}.pt") for m in range(keep.shape[0])]
     key = config.training_key()
@@ -243,12 +272,15 @@ def _train(config: Config, folder: str, make_model, images, labels, keep):
             models.append(model.eval())
         return models, 0.0
     start = time.perf_counter()
+    images = _materialise(config, population)
     if config.dp_epsilon is not None:
         models = _train_dp_models(config, make_model, images, labels, keep)
     else:
         models = train_subset_models(make_model, images, labels, keep, epochs=config.epochs, batch_size=config.batch_size,
                                      lr=config.lr, weight_decay=config.weight_decay, seed=config.seed,
-                                     augment=image_augmentation(config.resolved_augment()), progress=config.progress)
+                                     augment=image_augmentation(config.resolved_augment()), device=config.device,
+                                     progress=config.progress)
+    del images
     seconds = time.perf_counter() - start
     for f, model in zip(files, models):
         save_checkpoint(f, model, model=config.model)
@@ -272,12 +304,10 @@ def _cached_signals(path, key):
         return {k: z[k] for k in z.files}
 
 
-@torch.no_grad()
-def _accuracies(models, images, labels, keep):
+def _accuracies(correct, keep):
     acc = []
-    for model, row in zip(models, keep):
-        correct = (model(images).argmax(1) == labels).numpy()
-        acc.append({"in": float(correct[row].mean()), "out": float(correct[~row].mean()) if (~row).any() else None})
+    for c, row in zip(correct, keep):
+        acc.append({"in": float(c[row].mean()), "out": float(c[~row].mean()) if (~row).any() else None})
     return acc
 
 
@@ -292,8 +322,8 @@ def _roles(config: Config, num_models: int):
 def _experiment(config: Config, folder: str) -> dict:
     """Train (or load) the models, compute (or reuse) the signals in ``folder``, attack."""
     t0 = time.perf_counter()
-    images, labels, index, num_classes = load_population(config)
-    make_model = _make_model(config, num_classes, images.shape[1])
+    population, labels, index, info = load_population(config)
+    make_model = _make_model(config, info, tuple(population[0][0].shape))
     train_seconds = 0.0
     if config.checkpoints is not None:
         models, keep = _models_from_checkpoints(config, make_model, len(labels))
@@ -310,13 +340,14 @@ def _experiment(config: Config, folder: str) -> dict:
         keep, accuracy = cached["keep"], json.loads(str(cached["accuracy"]))
     else:
         if models is None:
-            models, train_seconds = _train(config, folder, make_model, images, labels, keep)
+            models, train_seconds = _train(config, folder, make_model, population, labels, keep)
         start = time.perf_counter()
-        signals = compute_signals(models, images, labels, signals=config.signals, views=config.resolved_views(),
-                                  probes=config.probes, seed=config.seed, batch_size=config.score_batch_size,
-                                  indices=torch.from_numpy(index), progress=config.progress)
+        data = loader(population, config, batch_size=config.score_batch_size, device=config.device)
+        signals, correct = compute_signals(models, data, signals=config.signals, views=config.resolved_views(),
+                                           probes=config.probes, seed=config.seed, indices=torch.from_numpy(index),
+                                           device=config.device, progress=config.progress)
         signal_seconds = time.perf_counter() - start
-        accuracy = _accuracies(models, images, labels, keep)
+        accuracy = _accuracies(correct, keep)
         write_npz(signal_path, keep=keep, index=index, label=labels.numpy(), accuracy=json.dumps(accuracy),
                   settings=json.dumps(config.signal_key()), **signals)
     return _attack_and_report(config, folder, signals, keep, accuracy, t0, train_seconds, signal_seconds)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from curvfast.curvature import input_curvature
 
@@ -77,55 +78,85 @@ def _check_names(names, allowed, what):
 def _output_signals(model: nn.Module, x, y):
     logits = model(x)
     return {"loss": F.cross_entropy(logits, y, reduction="none"), "conf": logit_confidence(logits, y),
-            "mentr": modified_entropy(logits, y)}
+            "mentr": modified_entropy(logits, y), "correct": logits.argmax(1) == y}
 
 
-def model_signals(
-    model: nn.Module,
-    images: torch.Tensor,
-    targets: torch.Tensor,
+def _batch_signals(model, x, y, ids, signals, views, probes, seed):
+    """``{name: (B, V)}`` and the (B,) correctness of the plain image, for one batch on the model's device."""
+    out, correct = {}, None
+    for view in views:
+        xv = apply_view(x, view)
+        values = _output_signals(model, xv, y)
+        if view == "identity":
+            correct = values["correct"]
+        for name in signals:
+            if name in CURVATURE_SIGNALS:
+                method = CURVATURE_SIGNALS[name]
+                values[name] = input_curvature(model, xv, y, method=method, probes=None if method == "exact" else probes,
+                                               seed=seed, sample_ids=ids).value
+            out.setdefault(name, []).append(values[name])
+    if correct is None:
+        with torch.no_grad():
+            correct = model(x).argmax(1) == y
+    return {name: torch.stack(v, 1) for name, v in out.items()}, correct
+
+
+def compute_signals(
+    models,
+    data,
     *,
     signals=SIGNALS,
     views=("identity",),
     batch_size: int = 256,
     probes: int = 10,
     seed: int = 0,
-    indices: torch.Tensor | None = None,
-) -> dict[str, np.ndarray]:
-    """One model's signals: ``{name: (N, V) float64}`` over ``images`` (N, C, H, W) and ``views``.
+    indices=None,
+    device: str | torch.device = "cpu",
+    progress: bool | None = False,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every model's signals in one streamed pass over ``data``: ``({name: (M, N, V) float64}, correct (M, N))``.
 
-    ``indices`` (default ``arange(N)``) are the samples' dataset indices that key the random
-    probes of ``curv_zo`` and ``curv_fd``.
+    ``data``: a map-style dataset of ``(image, label)`` (read in order in batches of ``batch_size``)
+    or an iterable of ``(x, y)`` batches in sample order (a DataLoader without shuffling). Only one
+    batch and the (M, N, V) results are held in memory. ``correct[m, i]``: model m classifies the
+    plain image i right. ``indices`` (default ``0..N-1``) are the samples' dataset indices that key
+    the random probes of ``curv_zo`` and ``curv_fd``. Models run on ``device`` in eval mode (their
+    mode is restored; they stay on ``device``).
     """
-    signals = _check_names(signals, SIGNALS, "signals")
-    views = _check_names(views, VIEWS, "views")
-    indices = torch.arange(len(images)) if indices is None else torch.as_tensor(indices)
-    out = {name: np.empty((len(images), len(views))) for name in signals}
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(images), batch_size):
-            sl = slice(start, start + batch_size)
-            y, ids = targets[sl], indices[sl]
-            for v, view in enumerate(views):
-                x = apply_view(images[sl], view)
-                values = _output_signals(model, x, y)
-                for name in signals:
-                    if name in CURVATURE_SIGNALS:
-                        method = CURVATURE_SIGNALS[name]
-                        res = input_curvature(model, x, y, method=method, probes=None if method == "exact" else probes,
-                                              seed=seed, sample_ids=ids)
-                        values[name] = res.value
-                    out[name][sl, v] = values[name].double().cpu().numpy()
-    finally:
-        model.train(was_training)
-    return out
-
-
-def compute_signals(models, images, targets, *, progress=False, **kwargs) -> dict[str, np.ndarray]:
-    """Signals of every model: ``{name: (M, N, V)}``; ``kwargs`` go to :func:`model_signals`."""
     from tqdm.auto import tqdm
 
-    per_model = [model_signals(m, images, targets, **kwargs)
-                 for m in tqdm(models, desc="signals", unit="model", disable=not progress if progress is not None else None)]
-    return {name: np.stack([s[name] for s in per_model]) for name in per_model[0]}
+    signals = _check_names(signals, SIGNALS, "signals")
+    views = _check_names(views, VIEWS, "views")
+    if isinstance(data, Dataset):
+        data = DataLoader(data, batch_size=batch_size)
+    device = torch.device(device)
+    modes = [m.training for m in models]
+    models = [m.to(device).eval() for m in models]
+    rows: list[dict] = [{name: [] for name in signals} | {"correct": []} for _ in models]
+    start = 0
+    try:
+        for x, y in tqdm(data, desc="signals", unit="batch", disable=not progress if progress is not None else None):
+            x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device, non_blocking=True)
+            ids = torch.arange(start, start + len(y)) if indices is None else torch.as_tensor(indices[start:start + len(y)])
+            if len(ids) != len(y):
+                raise ValueError(f"indices has {len(indices)} entries but data holds more samples")
+            start += len(y)
+            for row, model in zip(rows, models):
+                values, correct = _batch_signals(model, x, y, ids, signals, views, probes, seed)
+                for name in signals:
+                    row[name].append(values[name].double().cpu().numpy())
+                row["correct"].append(correct.cpu().numpy())
+    finally:
+        for model, mode in zip(models, modes):
+            model.train(mode)
+    if indices is not None and start != len(indices):
+        raise ValueError(f"indices has {len(indices)} entries but data holds {start} samples")
+    out = {name: np.stack([np.concatenate(row[name]) for row in rows]) for name in signals}
+    return out, np.stack([np.concatenate(row["correct"]) for row in rows])
+
+
+def model_signals(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, **kwargs) -> dict[str, np.ndarray]:
+    """One model's signals ``{name: (N, V)}`` over the tensors ``images`` (N, C, H, W) and ``targets``;
+    ``kwargs`` go to :func:`compute_signals`."""
+    signals, _ = compute_signals([model], TensorDataset(images, targets), **kwargs)
+    return {name: v[0] for name, v in signals.items()}
