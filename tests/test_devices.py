@@ -263,3 +263,13 @@ def test_gpu_check_refuses_at_once_without_a_gpu(tmp_path):
     assert out.returncode != 0
     assert "no CUDA GPU is visible" in out.stderr and "run it on a machine with a GPU" in out.stderr
     assert "building" not in out.stdout + out.stderr
+
+
+def test_crop_flip_on_device_draws_what_the_cpu_draws(device):
+    """The augmentation's draws come from a CPU generator and move to the batch: the same crops and flips on every device."""
+    from curvfast.pipelines.common.augment import crop_flip
+
+    x = torch.rand(6, 2, 3, 16, 16)
+    on_cpu = crop_flip(x, torch.Generator().manual_seed(5))
+    on_device = crop_flip(x.to(device), torch.Generator().manual_seed(5))
+    assert on_device.device.type == device.type and torch.equal(on_device.cpu(), on_cpu)

@@ -18,19 +18,20 @@ AUGMENTATIONS = ("none", "crop", "crop-flip")
 
 def crop_flip(x: torch.Tensor, gen: torch.Generator, *, flip: bool = True, pad: int | None = None) -> torch.Tensor:
     """Random-translation crop (reflect padding by ``pad`` pixels, default H // 8) and, with ``flip``, a
-    horizontal flip with probability ½, drawn independently per image of a batch (..., C, H, W)."""
+    horizontal flip with probability ½, drawn independently per image of a batch (..., C, H, W). The draws
+    come from ``gen`` (a CPU generator: the same draws on every device) and move to the batch's device."""
     shape = x.shape
     x = x.reshape(-1, *shape[-3:])
     n, _, h, w = x.shape
     pad = max(1, h // 8) if pad is None else pad
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
-    dr = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    dc = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    rows = (dr[:, None] + torch.arange(h))[:, :, None]  # (n, h, 1)
-    cols = (dc[:, None] + torch.arange(w))[:, None, :]  # (n, 1, w)
-    out = padded.permute(0, 2, 3, 1)[torch.arange(n)[:, None, None], rows, cols].permute(0, 3, 1, 2)
+    dr = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    dc = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    rows = (dr[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (n, h, 1)
+    cols = (dc[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (n, 1, w)
+    out = padded.permute(0, 2, 3, 1)[torch.arange(n, device=x.device)[:, None, None], rows, cols].permute(0, 3, 1, 2)
     if flip:
-        mirror = torch.rand(n, generator=gen) < 0.5
+        mirror = (torch.rand(n, generator=gen) < 0.5).to(x.device)
         out = torch.where(mirror[:, None, None, None], out.flip(-1), out)
     return out.reshape(shape).contiguous()
 

@@ -97,8 +97,6 @@ def train_subset_models(
         raise ValueError(f"models_per_pass must be >= 1 (got {models_per_pass})")
     device = torch.device(device)
     images, targets = images.to(device), targets.to(device)
-    if augment is not None and device.type != "cpu":
-        augment = _on_cpu(augment)
     train_group = _train_stacked if (device.type == "cuda" if stack is None else stack) else _train_looped
     models: list[nn.Module] = []
     bar = tqdm(total=keep.shape[0], desc="training models", unit="model", disable=not progress if progress is not None else None)
@@ -114,13 +112,6 @@ def train_subset_models(
         bar.update(len(ids))
     bar.close()
     return models
-
-
-def _on_cpu(augment):
-    """``augment`` applied to a CPU copy of the batch: the augmentations draw from a CPU generator and
-    mix its draws with the batch (``torch.where`` needs one device), which also keeps a seed's crops and
-    flips the same on every device."""
-    return lambda x, gen: augment(x.cpu(), gen).to(x.device, non_blocking=True)
 
 
 def _fresh_models(make_model, ids, seed, device):
