@@ -216,7 +216,7 @@ def test_cli_writes_required_schema(tmp_path):
     from curvfast.cli import main
 
     out = tmp_path / "run"
-    rc = main(["memorization", "--dataset", "digits", "--out", str(out), "--models", "4", "--epochs", "1", "--width", "16",
+    rc = main(["memorization", "--dataset", "digits", "--out", str(out), "--subset-models", "4", "--epochs", "1", "--width", "16",
                "--proxy-models", "1", "--folds", "2", "--dp", "--dp-epsilons", "8", "--dp-models", "2", "--dp-epochs", "1",
                "--dp-max-grad-norm", "2", "--dp-delta", "1e-4", "--top", "8", "--quiet"])
     assert rc == 0
@@ -235,7 +235,7 @@ def test_cli_writes_required_schema(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--fraction", "1.5"], "--fraction must be in (0, 1)"),
     (["--dp-epsilons", "1,0"], "--dp-epsilons needs positive values"),
-    (["--models", "1"], "--models must be >= 2"),
+    (["--subset-models", "1"], "--subset-models must be >= 2"),
 ])
 def test_cli_bad_argument_exits_2(tmp_path, capsys, argv, message):
     from curvfast.cli import main
@@ -263,7 +263,7 @@ def test_smoke_preset_on_a_cifar_shaped_folder_with_normalisation_and_augmentati
                  "cifar10", "--augment", "crop-flip", "--device", "cpu", "--quiet", "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
     s = res["settings"]
-    assert (s["dataset"], s["normalize"], s["augment"], s["device"], s["models"], s["epochs"]) == \
+    assert (s["dataset"], s["normalize"], s["augment"], s["device"], s["subset_models"], s["epochs"]) == \
         ("imagefolder", "cifar10", "crop-flip", "cpu", 4, 2)
     assert res["settings"]["train_size"] == 300 and res["memorization"]["samples"] == 300
     assert 0.0 <= res["memorization"]["subset_model_test_accuracy"] <= 1.0

@@ -46,12 +46,12 @@ CIFAR100_NORMALIZATION = "0.5071,0.4865,0.4409/0.2673,0.2564,0.2762"  # CIFAR-10
 
 PRESETS = {
     # the tests' settings: seconds on a laptop CPU
-    "smoke": {"models": 4, "epochs": 2, "width": 16, "proxy_models": 1, "folds": 2, "top": 8, "dp_models": 2, "dp_epochs": 1,
+    "smoke": {"subset_models": 4, "epochs": 2, "width": 16, "proxy_models": 1, "folds": 2, "top": 8, "dp_models": 2, "dp_epochs": 1,
               "dp_epsilons": (8.0,)},
     # Garg et al. / Feldman & Zhang on CIFAR-100: ResNet-18 with crop-flip on 70% subsets, thousands of subset models
     # (see docs/memorization.md, "Paper scale", for which numbers are the papers' and which are this preset's choice)
     "paper": {"dataset": "cifar100", "model": "cifar_resnet18", "normalize": CIFAR100_NORMALIZATION, "augment": "crop-flip",
-              "models": 2000, "fraction": 0.7, "epochs": 200, "batch_size": 128, "lr": 0.1, "weight_decay": 5e-4,
+              "subset_models": 2000, "fraction": 0.7, "epochs": 200, "batch_size": 128, "lr": 0.1, "weight_decay": 5e-4,
               "models_per_pass": 8, "proxy_models": 2, "device": "cuda", "workers": 4},
 }
 
@@ -63,7 +63,7 @@ class Config(DataOptions):
     model: str = option("mlp")
     width: int | None = option(None, "model width (mlp: hidden units, small_cnn: channels); "
                                      "unset: the model's default, mlp 256, small_cnn 32")
-    models: int = option(64, "subset models for the Feldman memorization estimate")
+    subset_models: int = option(64, "subset models for the Feldman memorization estimate")
     fraction: float = option(0.7, "subset fraction per model")
     # no early stop: long enough to fit (memorize) the flipped labels, the papers' premise
     epochs: int = option(100, "training epochs of the subset, proxy and mislabel models")
@@ -99,12 +99,12 @@ class Config(DataOptions):
         """Refuse settings that cannot run, naming the option (ValueError)."""
         self.check_data_options()
         parse_device(self.device)
-        for name in ("models", "epochs", "batch_size", "proxy_models", "folds", "dp_models", "dp_epochs", "dp_batch_size",
+        for name in ("subset_models", "epochs", "batch_size", "proxy_models", "folds", "dp_models", "dp_epochs", "dp_batch_size",
                      "top", "models_per_pass", "score_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
-        if self.models < 2:
-            raise ValueError(f"--models must be >= 2 so every sample has IN and OUT models (got {self.models})")
+        if self.subset_models < 2:
+            raise ValueError(f"--subset-models must be >= 2 so every sample has IN and OUT models (got {self.subset_models})")
         for name in ("fraction", "dp_fraction", "confidence"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ValueError(f"--{name.replace('_', '-')} must be in (0, 1) (got {getattr(self, name)})")
@@ -158,9 +158,9 @@ def _stages(config: Config, out: str) -> dict:
 
     # 1. Feldman memorization: each group of models is scored as soon as it is trained, then dropped
     t = time.perf_counter()
-    keep = random_subsets(config.models, n, config.fraction, config.seed)
+    keep = random_subsets(config.subset_models, n, config.fraction, config.seed)
     correct, p_label = np.empty(keep.shape, dtype=bool), np.empty(keep.shape)
-    test_acc = np.empty(config.models)
+    test_acc = np.empty(config.subset_models)
 
     def score_group(ids, group):
         correct[ids], p_label[ids] = label_predictions(group, images, targets, **predictions)
