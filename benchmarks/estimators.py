@@ -218,7 +218,8 @@ def run_case(name: str, *, batch: int, subset: int, probes: int, repeats: int, d
     if name not in NO_NAIVE_LOOP:
         naive = naive_loop()
         sd_naive = (torch.stack(naive_samples)[:, sub].double().std(0) / ref_trace.abs()).median().item()
-        add("naive_hutchinson_loop", t(naive_loop), naive, ref_trace, sd_naive, probes, note="1 probe at a time, double backward, host sync")
+        add("naive_hutchinson_loop", t(naive_loop), naive, ref_trace, sd_naive, probes,
+            note="1 probe at a time, double backward, host sync")
         func_note = "same estimator as the naive loop; its variance"
     else:  # same Rademacher estimator as curvfast's Hutchinson: its spread
         sd_naive, func_note = rows["curvfast_hutchinson"]["per_probe_rel_sd"], "same estimator as curvfast hutchinson; its variance"
@@ -228,7 +229,8 @@ def run_case(name: str, *, batch: int, subset: int, probes: int, repeats: int, d
     if ref_frob is not None:
         h = 1e-3
         fd = curvfast.input_curvature(model, x, y, method="fd", sample_ids=ids).value
-        add("curvfast_fd", t(lambda: curvfast.input_curvature(model, x, y, method="fd", sample_ids=ids)), fd, h * ref_frob, note="target h·‖H‖_F")
+        add("curvfast_fd", t(lambda: curvfast.input_curvature(model, x, y, method="fd", sample_ids=ids)), fd, h * ref_frob,
+            note="target h·‖H‖_F")
         pfd = lambda: published_fd(model, x, y, generator=gen.manual_seed(3)) * batch  # undo the mean-reduced loss  # noqa: E731
         add("published_fd", t(pfd), pfd(), h * ref_frob, note="target h·‖H‖_F; scores ×B (mean-reduced loss)")
         zo_target = h * math.sqrt(2 / math.pi) * ref_frob
@@ -284,7 +286,8 @@ def markdown(result: dict) -> str:
             if "probes_for_1pct" in row:
                 t1 += f" ({row['probes_for_1pct']} probes)"
             ips = f"{row['images_per_s']:.1f}" if "images_per_s" in row else ""
-            lines.append(f"| {key} | {row['median_s']:.4g} | {row['min_s']:.4g} | {ips} | {row['cost']:.1f} | {err} | {t1} | {row.get('note', '')} |")
+            lines.append(f"| {key} | {row['median_s']:.4g} | {row['min_s']:.4g} | {ips} | {row['cost']:.1f} | {err} | {t1} "
+                         f"| {row.get('note', '')} |")
         lines += ["", "Ratios: " + ", ".join(f"{k} = {v:.3g}" for k, v in case["ratios"].items()), ""]
     return "\n".join(lines)
 
@@ -300,7 +303,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", default=None, help="default benchmarks/results/<device>/")
     parser.add_argument("--merge", action="store_true",
-                        help="replace only these cases in the folder's existing estimators.json (each case keeps its run's date and settings)")
+                        help="replace only these cases in the folder's existing estimators.json "
+                             "(each case keeps its run's date and settings)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -196,7 +196,8 @@ def test_every_rank_and_a_resumed_run_use_the_pass_width_rank_0_measured(setup, 
     script.write_text(CALIBRATED_RUN)
 
     def run(out, nproc, **env):
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else [sys.executable]
+        launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1
+                    else [sys.executable])
         repo = os.path.dirname(os.path.dirname(curvfast.__file__))  # the script imports this checkout's curvfast
         done = subprocess.run(launcher + [str(script), str(root / "list.txt"), str(out)], env=dict(_env(), PYTHONPATH=repo, **env),
                               capture_output=True, text=True, timeout=300)

@@ -31,7 +31,8 @@ import torch
 from scipy.stats import norm
 from torch.utils.data import DataLoader
 
-__all__ = ["random_subsets", "predict", "label_predictions", "MemorizationEstimate", "memorization_scores", "wilson_interval", "newcombe_interval"]
+__all__ = ["random_subsets", "predict", "label_predictions", "MemorizationEstimate", "memorization_scores", "wilson_interval",
+           "newcombe_interval"]
 
 
 def random_subsets(models: int, samples: int, fraction: float, seed: int = 0) -> np.ndarray:

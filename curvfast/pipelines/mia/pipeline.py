@@ -146,8 +146,9 @@ class Config(DataOptions):
         return "crop-flip" if self.dataset.lower() in FLIP_SAFE and self.dp_epsilon is None else "none"
 
     def training_key(self) -> dict:
-        keys = ("dataset", "split", "image_size", "normalize", "pool_size", "model", "width", "shadows", "targets", "leave_one_out", "epochs", "batch_size", "lr",
-                "weight_decay", "seed", "dp_epsilon", "dp_delta", "dp_max_grad_norm", "dp_lr", "checkpoints", "keep")
+        keys = ("dataset", "split", "image_size", "normalize", "pool_size", "model", "width", "shadows", "targets",
+                "leave_one_out", "epochs", "batch_size", "lr", "weight_decay", "seed", "dp_epsilon", "dp_delta",
+                "dp_max_grad_norm", "dp_lr", "checkpoints", "keep")
         return {**{k: getattr(self, k) for k in keys}, "augment": self.resolved_augment()}
 
     def signal_key(self) -> dict:
