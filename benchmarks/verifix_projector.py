@@ -58,8 +58,8 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def save(folder: str, name: str, projector: torch.Tensor) -> None:
-    torch.save(projector.float(), os.path.join(folder, f"{name}.pt"))
+def save(folder: str, name: str, projector: torch.Tensor, dtype: torch.dtype = torch.float32) -> None:
+    torch.save(projector.to(dtype), os.path.join(folder, f"{name}.pt"))
 
 
 @torch.no_grad()
@@ -84,13 +84,49 @@ def materialise(model, convs, x, max_rows: int | None, seed: int, out: str) -> N
         h.remove()
 
 
-def stream(model, convs, x, args, out: str) -> None:
+def stream(model, convs, x, args, out: str) -> dict:
+    """curvfast; returns each layer's seconds (activations, sketch, result) and projector seconds."""
     spectra = iter_layer_spectra(
         model, x, layers=convs, max_rows=args.max_rows, route=args.route, rank=args.rank, batch_size=args.batch,
         seed=args.seed, state_budget=args.state_budget, progress=False,
     )
-    for name, spectrum in spectra:
-        save(out, name, soft_projector(spectrum.spectrum, ALPHA))
+    layers = {}
+    for name, layer in spectra:
+        start = time.perf_counter()
+        save(out, name, soft_projector(layer.spectrum, ALPHA))
+        layers[name] = {"route": layer.spectrum.route, "sketch_seconds": layer.seconds, "projector_seconds": time.perf_counter() - start}
+        del layer  # only the current group's state stays alive
+    return layers
+
+
+@torch.no_grad()
+def reference(model, convs, x, args, out: str) -> None:
+    """Exact float64 projectors (not timed): every layer's Gram matrix from unfolded patches in float64,
+    ``--batch`` samples at a time, then ``eigh`` and U diag(λ) Uᵀ (the same subset of rows as both sides)."""
+    modules = dict(model.named_modules())
+    grams, energies, offset = {}, {}, [0]
+
+    def hook_for(i, name):
+        def hook(module, args_):
+            rows, positions = layer_rows(module, args_[0].double())
+            keep = RowSampler(len(x), positions, args.max_rows, args.seed + 7919 * i).local(offset[0], len(args_[0]))
+            rows = rows if keep is None else rows[:, keep]
+            if name not in grams:
+                grams[name], energies[name] = 0, 0
+            grams[name] = grams[name] + rows.mT @ rows
+            energies[name] = energies[name] + rows.square().sum((1, 2))
+
+        return hook
+
+    handles = [modules[n].register_forward_pre_hook(hook_for(i, n)) for i, n in enumerate(convs)]
+    for offset[0] in range(0, len(x), args.batch):
+        model(x[offset[0] : offset[0] + args.batch])
+    for h in handles:
+        h.remove()
+    for name in convs:
+        evals, evecs = torch.linalg.eigh(grams.pop(name))
+        spectrum = SpectrumResult(evecs.flip(-1), evals.flip(-1).clamp_min(0).sqrt(), energies[name], 0, "reference")
+        save(out, name, soft_projector(spectrum, ALPHA), dtype=torch.float64)
 
 
 def child(args) -> None:
@@ -101,13 +137,16 @@ def child(args) -> None:
     out = os.path.join(args.tmp, args.child)
     os.makedirs(out)
     start = time.perf_counter()
+    layers = None
     if args.child == "materialise":
         materialise(model, convs, x, args.max_rows, args.seed, out)
+    elif args.child == "stream":
+        layers = stream(model, convs, x, args, out)
     else:
-        stream(model, convs, x, args, out)
+        reference(model, convs, x, args, out)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"seconds": seconds, "start_rss": start_rss, "peak_rss": peak, "peak_above_start": peak - start_rss}))
+    print(json.dumps({"seconds": seconds, "start_rss": start_rss, "peak_rss": peak, "peak_above_start": peak - start_rss, "layers": layers}))
 
 
 def run_routes(sides, args, tmp: str) -> dict:
@@ -133,20 +172,22 @@ def run_routes(sides, args, tmp: str) -> dict:
 
 
 @torch.no_grad()
-def agreement(args, tmp: str) -> dict:
+def agreement(args, tmp: str, sides) -> dict:
+    """Relative Frobenius distances between the sides' projectors (per layer and the max over layers)
+    and the top-1 agreement of the corrected models on held-out crops."""
     model, convs, _ = build(args.samples, args.seed)
-    base, ours = ({n: torch.load(os.path.join(tmp, side, f"{n}.pt")) for n in convs} for side in ("materialise", "stream"))
+    projectors = {side: {n: torch.load(os.path.join(tmp, side, f"{n}.pt")).double() for n in convs} for side in sides}
     held_out = photo_crops(args.eval_samples, 32, args.seed + 1)
-    rel = {n: (torch.linalg.matrix_norm(ours[n] - base[n]) / torch.linalg.matrix_norm(base[n])).max().item() for n in convs}
-    preds = {}
-    for key, projectors in (("original", None), ("materialise", base), ("stream", ours)):
-        m = model if projectors is None else apply_projectors(build(args.samples, args.seed)[0], projectors)
-        preds[key] = m(held_out).argmax(1)
-    return {
-        "projector_rel_frobenius_max": max(rel.values()), "projector_rel_frobenius": rel,
-        "top1_agreement_stream_vs_materialise": (preds["stream"] == preds["materialise"]).float().mean().item(),
-        "top1_agreement_materialise_vs_original": (preds["materialise"] == preds["original"]).float().mean().item(),
-    }
+    preds = {"original": model(held_out).argmax(1)}
+    preds |= {side: apply_projectors(build(args.samples, args.seed)[0], p)(held_out).argmax(1) for side, p in projectors.items()}
+    out = {"top1_agreement_materialise_vs_original": (preds["materialise"] == preds["original"]).float().mean().item()}
+    for a, b in (("stream", "materialise"), ("stream", "reference"), ("materialise", "reference")):
+        if a in projectors and b in projectors:
+            rel = {n: (torch.linalg.matrix_norm(projectors[a][n] - projectors[b][n]) / torch.linalg.matrix_norm(projectors[b][n])).max().item() for n in convs}
+            out[f"projector_rel_frobenius_{a}_vs_{b}"] = rel
+            out[f"projector_rel_frobenius_max_{a}_vs_{b}"] = max(rel.values())
+            out[f"top1_agreement_{a}_vs_{b}"] = (preds[a] == preds[b]).float().mean().item()
+    return out
 
 
 def main(argv=None) -> dict | None:
@@ -163,24 +204,32 @@ def main(argv=None) -> dict | None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-samples", type=int, default=500)
-    parser.add_argument("--child", choices=("materialise", "stream"), default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--no-reference", dest="reference", action="store_false", help="skip the exact float64 projectors (untimed)")
+    parser.add_argument("--child", choices=("materialise", "stream", "reference"), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--tmp", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child(args)
         return None
     sides = ("materialise", "stream") if args.sides == "both" else ("stream",)
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         routes = run_routes(sides, args, tmp)
-        agree = agreement(args, tmp) if args.sides == "both" else None
+        agree = None
+        if args.sides == "both":
+            if args.reference:
+                args.concurrent = False
+                routes |= run_routes(("reference",), args, tmp)
+            agree = agreement(args, tmp, ("materialise", "stream", "reference") if args.reference else sides)
     settings = {k: v for k, v in vars(args).items() if k not in ("child", "tmp")} | {"alpha": ALPHA, "layers": 20}
-    result = {"settings": settings, "environment": environment(torch.device("cpu")), "routes": routes, "agreement": agree}
+    result = {"settings": settings, "environment": environment(torch.device("cpu")), "routes": routes, "agreement": agree,
+              "load_average_start": load_start}
     gib = 2**30
     ours = routes["stream"]
     rows = "all rows" if args.max_rows is None else f"at most {args.max_rows} rows per layer"
     lines = [
         f"Verifix projectors, all 20 conv layers of a CIFAR-stem ResNet-18, {args.samples} photo crops 32x32, {rows}, "
-        f"CPU ({args.threads} threads, load average {result['environment']['load_average'][0]:.1f}), torch {torch.__version__}", "",
+        f"CPU ({args.threads} threads), torch {torch.__version__}", "",
         "| route | seconds | peak memory above start (GiB) |", "|---|---|---|",
     ]
     if agree is not None:
@@ -192,10 +241,22 @@ def main(argv=None) -> dict | None:
         f"| curvfast no-unfold streaming ({args.route}{'' if args.rank is None else f', rank {args.rank}'}, batch {args.batch}, "
         f"state budget {args.state_budget / 2**20:.0f} MiB) | {ours['seconds']:.1f} | {ours['peak_above_start'] / gib:.3f} |"
     )
+    if ours["layers"]:
+        sketch = sum(layer["sketch_seconds"] for layer in ours["layers"].values())
+        factor = sum(layer["projector_seconds"] for layer in ours["layers"].values())
+        lines += ["", f"curvfast's time: {sketch:.1f} s in the layers' sketches (their activations' products and results), "
+                  f"{factor:.1f} s forming the projectors, the rest in the forward passes"]
     if agree is not None:
-        lines += ["", f"time ratio {result['time_ratio']:.3f}, memory ratio {result['memory_ratio']:.3f}; max relative Frobenius "
-                  f"distance of the projectors {agree['projector_rel_frobenius_max']:.1e}; top-1 agreement of the corrected models on "
-                  f"{args.eval_samples} held-out crops {agree['top1_agreement_stream_vs_materialise']:.3f}"]
+        distance = lambda a, b: f"{agree[f'projector_rel_frobenius_max_{a}_vs_{b}']:.1e}"
+        lines += ["", f"time ratio {result['time_ratio']:.3f}, memory ratio {result['memory_ratio']:.3f}; max over layers of the relative "
+                  f"Frobenius distance of the projectors: curvfast vs baseline {distance('stream', 'materialise')}"]
+        if args.reference:
+            lines[-1] += (f", curvfast vs exact float64 {distance('stream', 'reference')}, baseline vs exact float64 "
+                          f"{distance('materialise', 'reference')}")
+        lines += [f"top-1 agreement of the corrected models on {args.eval_samples} held-out crops: curvfast vs baseline "
+                  f"{agree['top1_agreement_stream_vs_materialise']:.3f}"
+                  + (f", curvfast vs exact {agree['top1_agreement_stream_vs_reference']:.3f}" if args.reference else "")]
+    lines += ["", f"load average (1 min) {load_start:.1f} at the start, {result['environment']['load_average'][0]:.1f} at the end"]
     write_results(results_dir(torch.device("cpu")), args.name, result, "\n".join(lines + [""]))
     return result
 
