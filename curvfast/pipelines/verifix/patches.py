@@ -81,11 +81,11 @@ def layer_rows(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
 FLOAT32_POSITIONS_PER_SUM = 256
 # Layers whose products are computed in float64 whatever the input's dtype: narrow ones (d <= 256:
 # a ResNet's stem and 1x1 shortcuts, where float64 costs < 0.01 s per 50 images and raw pixels'
-# large common mean cost float32 5e-5 of projector accuracy) and those with <= 16 output positions
-# per sample (a ResNet's last stage, where float64 measured as fast as float32 in 256-position
-# chunks: oneDNN's float32 weight gradient gains little on a 4x4 output).
+# large common mean cost float32 5e-5 of projector accuracy) and those with <= 64 output positions
+# per sample (a CIFAR ResNet's last two stages, where float64 measured within 1.25x of float32 in
+# 256-position chunks: oneDNN's float32 weight gradient gains little on an 8x8 or 4x4 output).
 FLOAT64_MAX_DIM = 256
-FLOAT64_MAX_POSITIONS = 16
+FLOAT64_MAX_POSITIONS = 64
 
 
 class ConvPatches:

@@ -54,9 +54,10 @@ def soft_projector(spectrum: SpectrumResult | GramSpectrum, alpha: float) -> tor
 def _projector_from_gram(gram: torch.Tensor, energy: torch.Tensor, alpha: float) -> torch.Tensor:
     """α/(α−1) (I − M⁻¹) with M = I + (α−1) G/E, overwriting one d x d buffer (M, its factor, M⁻¹)."""
     _check_alpha(alpha)
+    inverse_energy = torch.where(energy > 0, 1.0 / energy, 0.0)[:, None, None]  # no rows: G = 0, P = 0
     if alpha == 1:  # λ(r) = r: P = G/E
-        return gram / energy.clamp_min(torch.finfo(gram.dtype).tiny)[:, None, None]
-    m = gram * ((alpha - 1.0) / energy.clamp_min(torch.finfo(gram.dtype).tiny))[:, None, None]
+        return gram * inverse_energy
+    m = gram * ((alpha - 1.0) * inverse_energy)
     m.diagonal(dim1=-2, dim2=-1).add_(1.0)
     info = torch.empty(m.shape[:-2], dtype=torch.int32, device=m.device)
     torch.linalg.cholesky_ex(m, out=(m, info))
