@@ -11,14 +11,17 @@ random subset of at most ``--max-rows`` rows per layer):
   at a time under ``--state-budget`` bytes of sketch state; a conv's patches are never formed: its
   Gram matrix is accumulated in float64 from weight-gradient convolutions of the input's shifted
   views (or the randomized route's sketch by conv forward + weight gradient, ``--route randomized
-  --rank k``), then ``eigh``.
+  --rank k``), then the projector from the Gram matrix by one Cholesky factorisation.
+- **reference** (not timed, skipped with ``--no-reference``): exact float64 projectors from the
+  float64 Gram matrices of the unfolded patches and ``eigh``, to tell which side's rounding a
+  distance between the two comes from.
 
 Each route runs in its own process, which writes each layer's projector to disk as soon as it
 exists (neither route holds all 20), so that its peak resident memory (``ru_maxrss``) is its own.
-Reported: wall time of the computation, peak RSS above the process's RSS before it (model and
-inputs already built), and agreement: relative Frobenius distance of the projectors and the top-1
-agreement of the two corrected models on held-out inputs. ``--sides stream`` runs curvfast alone
-(where the baseline cannot fit in memory). The weights are random (no CIFAR weights exist offline)
+Reported: wall time of the computation (curvfast's per layer too), peak RSS above the process's RSS
+before it (model and inputs already built), and agreement: relative Frobenius distances of the
+projectors (pairwise among the sides) and the top-1 agreement of the corrected models on held-out
+inputs. ``--sides stream`` runs curvfast alone (where the baseline cannot fit in memory). The weights are random (no CIFAR weights exist offline)
 and the inputs are 32x32 crops of sklearn's bundled photos.
 
     python -m benchmarks.verifix_projector [--samples 1000] [--max-rows N] [--batch 50] [--threads 2] [--name verifix_projector]

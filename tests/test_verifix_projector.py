@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import curvfast.pipelines.verifix.patches as patches
 from curvfast.linalg import GramSpectrum, SpectrumResult, StreamingGram, StreamingRandomizedSVD
 from curvfast.pipelines.verifix import (
     apply_projectors, layer_rows, layer_spectra, projectors_for, soft_projector, soft_scaling, target_layers, verifix,

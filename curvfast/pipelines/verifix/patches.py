@@ -98,7 +98,7 @@ class ConvPatches:
 
     def __init__(self, module: nn.Conv2d, x: torch.Tensor, keep: torch.Tensor | None = None):
         self.x = _padded(module, x.unsqueeze(0) if x.ndim == 3 else x)
-        batch, channels, height, width = self.x.shape
+        batch, _, height, width = self.x.shape
         self.kernel, self.stride, self.dilation = module.kernel_size, module.stride, module.dilation
         self.groups, self.dim = module.groups, module.weight[0].numel()
         self.out_size = tuple(
