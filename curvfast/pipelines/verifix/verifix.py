@@ -104,7 +104,7 @@ def verifix(
     ):
         summaries.append(_layer_summary(spectrum))
         for alpha, candidate in candidates.items():
-            apply_projectors(candidate, projectors_for({name: spectrum}, alpha))
+            apply_projectors(candidate, {name: soft_projector(spectrum.spectrum, alpha)})
         del spectrum  # only the current group's spectra are alive
     seconds["spectra"] = time.perf_counter() - start  # spectra and the projectors of every α
     start = time.perf_counter()
