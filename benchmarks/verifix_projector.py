@@ -42,6 +42,7 @@ import torch
 from benchmarks.cases import photo_crops
 from benchmarks.environment import environment, results_dir, write_results
 from curvfast.pipelines.verifix import apply_projectors, iter_layer_spectra, layer_rows, soft_projector, target_layers
+from curvfast.pipelines.verifix.patches import layer_operator
 from curvfast.pipelines.verifix.spectra import DEFAULT_STATE_BUDGET, RowSampler
 from curvfast.linalg import SpectrumResult
 from curvfast.models import cifar_resnet18
@@ -193,6 +194,46 @@ def agreement(args, tmp: str, sides) -> dict:
     return out
 
 
+@torch.no_grad()
+def gram_rates(args) -> None:
+    """The rate of the no-unfold Gram products (2 n d² flops per batch of n rows, all of G counted)
+    next to a dense GEMM's in the same dtype, for one layer per stage on one batch (best of 3): the
+    ceiling a native fused patch-sketch kernel would have to beat."""
+    torch.set_num_threads(args.threads)
+    model, convs, x = build(args.batch, args.seed)
+    layers = ("layer1.0.conv2", "layer2.1.conv1", "layer3.1.conv1", "layer4.1.conv1")
+    inputs = {}
+    modules = dict(model.named_modules())
+    handles = [modules[n].register_forward_pre_hook(lambda _, a, n=n: inputs.__setitem__(n, a[0])) for n in layers]
+    model(x)
+    for h in handles:
+        h.remove()
+
+    def best(f):
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    rows, out = [], {}
+    for dtype in (torch.float32, torch.float64):
+        a = torch.randn(2048, 2048, dtype=dtype)
+        out[f"gemm_{dtype}"] = 2 * 2048**3 / best(lambda a=a: a @ a) / 1e9
+        rows.append(f"| dense GEMM 2048² ({dtype}) | | | {out[f'gemm_{dtype}']:.1f} |")
+    for name in layers:
+        op = layer_operator(modules[name], inputs[name])[0]
+        gram = torch.zeros(op.groups, op.dim, op.dim, dtype=torch.float64)
+        seconds = best(lambda op=op, gram=gram: op.add_gram_to(gram))
+        out[name] = {"dtype": str(op.x.dtype), "dim": op.dim, "rows": op.rows, "seconds": seconds, "gflops": 2 * op.rows * op.dim**2 / seconds / 1e9}
+        rows.append(f"| {name} Gram, no unfold ({op.x.dtype}) | {op.dim} | {op.rows} | {out[name]['gflops']:.1f} |")
+    load = os.getloadavg()[0]
+    lines = [f"No-unfold Gram products vs dense GEMM, {args.batch} photo crops, {args.threads} thread(s), load average {load:.1f}, "
+             f"torch {torch.__version__}", "", "| product | d | rows | GFLOP/s (2 n d², all of G) |", "|---|---|---|---|", *rows, ""]
+    write_results(results_dir(torch.device("cpu")), f"{args.name}_rates", {"settings": vars(args), "rates": out, "load_average": load}, "\n".join(lines))
+
+
 def main(argv=None) -> dict | None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=1000)
@@ -210,7 +251,11 @@ def main(argv=None) -> dict | None:
     parser.add_argument("--no-reference", dest="reference", action="store_false", help="skip the exact float64 projectors (untimed)")
     parser.add_argument("--child", choices=("materialise", "stream", "reference"), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--tmp", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--gram-rates", action="store_true", help="only the Gram products' GFLOP/s vs GEMM (NAME_rates)")
     args = parser.parse_args(argv)
+    if args.gram_rates:
+        gram_rates(args)
+        return None
     if args.child:
         child(args)
         return None
