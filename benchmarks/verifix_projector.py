@@ -97,7 +97,7 @@ def stream(model, convs, x, args, out: str) -> dict:
     layers = {}
     for name, layer in spectra:
         start = time.perf_counter()
-        save(out, name, soft_projector(layer.spectrum, ALPHA))
+        save(out, name, soft_projector(layer.spectrum, ALPHA, overwrite=True), dtype=torch.float64)  # no d x d copies
         layers[name] = {"route": layer.spectrum.route, "sketch_seconds": layer.seconds, "projector_seconds": time.perf_counter() - start}
         del layer  # only the current group's state stays alive
     return layers

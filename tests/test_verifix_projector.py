@@ -246,6 +246,7 @@ def test_projector_from_the_gram_equals_the_eigendecomposition(alpha):
     assert torch.allclose(got.s, s, rtol=0, atol=1e-10 * s.max())  # eigenvalues on demand
     u = got.u[:2, :, :8]  # eigenvectors on demand: the same subspaces as the SVD's
     assert torch.allclose(u @ u.mT, vh[:2, :8].mT @ vh[:2, :8], atol=1e-8)
+    assert torch.equal(soft_projector(got, alpha, overwrite=True), p) and not torch.equal(got.gram, gram)  # in place
 
 
 def test_projector_from_the_gram_refuses_non_finite_activations():

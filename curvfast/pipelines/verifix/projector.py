@@ -42,22 +42,26 @@ def soft_scaling(r: torch.Tensor, alpha: float) -> torch.Tensor:
     return alpha * r / ((alpha - 1.0) * r + 1.0)
 
 
-def soft_projector(spectrum: SpectrumResult | GramSpectrum, alpha: float) -> torch.Tensor:
+def soft_projector(spectrum: SpectrumResult | GramSpectrum, alpha: float, *, overwrite: bool = False) -> torch.Tensor:
     """P_α (g, d, d) in the spectrum's dtype: U diag(λ(r)) Uᵀ for singular pairs, by one Cholesky
-    factorisation of M = I + (α−1) G/E for a ``GramSpectrum`` (the same matrix, exactly)."""
+    factorisation of M = I + (α−1) G/E for a ``GramSpectrum`` (the same matrix, exactly).
+    ``overwrite=True`` lets a ``GramSpectrum``'s Gram matrix become the projector (no d x d copy;
+    the spectrum is unusable afterwards): for a caller that needs one α only."""
     if isinstance(spectrum, GramSpectrum):
-        return _projector_from_gram(spectrum.gram, spectrum.energy, alpha)
+        return _projector_from_gram(spectrum.gram, spectrum.energy, alpha, overwrite)
     lam = soft_scaling(spectrum.energy_fraction, alpha)
     return (spectrum.u * lam.unsqueeze(-2)) @ spectrum.u.mT
 
 
-def _projector_from_gram(gram: torch.Tensor, energy: torch.Tensor, alpha: float) -> torch.Tensor:
-    """α/(α−1) (I − M⁻¹) with M = I + (α−1) G/E, overwriting one d x d buffer (M, its factor, M⁻¹)."""
+def _projector_from_gram(gram: torch.Tensor, energy: torch.Tensor, alpha: float, overwrite: bool) -> torch.Tensor:
+    """α/(α−1) (I − M⁻¹) with M = I + (α−1) G/E in one d x d buffer (M, its factor, M⁻¹): a copy of
+    G, or G itself with ``overwrite``."""
     _check_alpha(alpha)
     inverse_energy = torch.where(energy > 0, 1.0 / energy, 0.0)[:, None, None]  # no rows: G = 0, P = 0
+    m = gram.mul_(inverse_energy) if overwrite else gram * inverse_energy
     if alpha == 1:  # λ(r) = r: P = G/E
-        return gram * inverse_energy
-    m = gram * ((alpha - 1.0) * inverse_energy)
+        return m
+    m.mul_(alpha - 1.0)
     m.diagonal(dim1=-2, dim2=-1).add_(1.0)
     info = torch.empty(m.shape[:-2], dtype=torch.int32, device=m.device)
     torch.linalg.cholesky_ex(m, out=(m, info))
