@@ -200,7 +200,7 @@ def gram_rates(args) -> None:
     next to a dense GEMM's in the same dtype, for one layer per stage on one batch (best of 3): the
     ceiling a native fused patch-sketch kernel would have to beat."""
     torch.set_num_threads(args.threads)
-    model, convs, x = build(args.batch, args.seed)
+    model, _, x = build(args.batch, args.seed)
     layers = ("layer1.0.conv2", "layer2.1.conv1", "layer3.1.conv1", "layer4.1.conv1")
     inputs = {}
     modules = dict(model.named_modules())
