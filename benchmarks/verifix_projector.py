@@ -11,14 +11,17 @@ random subset of at most ``--max-rows`` rows per layer):
   at a time under ``--state-budget`` bytes of sketch state; a conv's patches are never formed: its
   Gram matrix is accumulated in float64 from weight-gradient convolutions of the input's shifted
   views (or the randomized route's sketch by conv forward + weight gradient, ``--route randomized
-  --rank k``), then ``eigh``.
+  --rank k``), then the projector from the Gram matrix by one Cholesky factorisation.
+- **reference** (not timed, skipped with ``--no-reference``): exact float64 projectors from the
+  float64 Gram matrices of the unfolded patches and ``eigh``, to tell which side's rounding a
+  distance between the two comes from.
 
 Each route runs in its own process, which writes each layer's projector to disk as soon as it
 exists (neither route holds all 20), so that its peak resident memory (``ru_maxrss``) is its own.
-Reported: wall time of the computation, peak RSS above the process's RSS before it (model and
-inputs already built), and agreement: relative Frobenius distance of the projectors and the top-1
-agreement of the two corrected models on held-out inputs. ``--sides stream`` runs curvfast alone
-(where the baseline cannot fit in memory). The weights are random (no CIFAR weights exist offline)
+Reported: wall time of the computation (curvfast's per layer too), peak RSS above the process's RSS
+before it (model and inputs already built), and agreement: relative Frobenius distances of the
+projectors (pairwise among the sides) and the top-1 agreement of the corrected models on held-out
+inputs. ``--sides stream`` runs curvfast alone (where the baseline cannot fit in memory). The weights are random (no CIFAR weights exist offline)
 and the inputs are 32x32 crops of sklearn's bundled photos.
 
     python -m benchmarks.verifix_projector [--samples 1000] [--max-rows N] [--batch 50] [--threads 2] [--name verifix_projector]
@@ -39,6 +42,7 @@ import torch
 from benchmarks.cases import photo_crops
 from benchmarks.environment import environment, results_dir, write_results
 from curvfast.pipelines.verifix import apply_projectors, iter_layer_spectra, layer_rows, soft_projector, target_layers
+from curvfast.pipelines.verifix.patches import layer_operator
 from curvfast.pipelines.verifix.spectra import DEFAULT_STATE_BUDGET, RowSampler
 from curvfast.linalg import SpectrumResult
 from curvfast.models import cifar_resnet18
@@ -58,8 +62,8 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def save(folder: str, name: str, projector: torch.Tensor) -> None:
-    torch.save(projector.float(), os.path.join(folder, f"{name}.pt"))
+def save(folder: str, name: str, projector: torch.Tensor, dtype: torch.dtype = torch.float32) -> None:
+    torch.save(projector.to(dtype), os.path.join(folder, f"{name}.pt"))
 
 
 @torch.no_grad()
@@ -84,13 +88,49 @@ def materialise(model, convs, x, max_rows: int | None, seed: int, out: str) -> N
         h.remove()
 
 
-def stream(model, convs, x, args, out: str) -> None:
+def stream(model, convs, x, args, out: str) -> dict:
+    """curvfast; returns each layer's seconds (activations, sketch, result) and projector seconds."""
     spectra = iter_layer_spectra(
         model, x, layers=convs, max_rows=args.max_rows, route=args.route, rank=args.rank, batch_size=args.batch,
         seed=args.seed, state_budget=args.state_budget, progress=False,
     )
-    for name, spectrum in spectra:
-        save(out, name, soft_projector(spectrum.spectrum, ALPHA))
+    layers = {}
+    for name, layer in spectra:
+        start = time.perf_counter()
+        save(out, name, soft_projector(layer.spectrum, ALPHA, overwrite=True), dtype=torch.float64)  # no d x d copies
+        layers[name] = {"route": layer.spectrum.route, "sketch_seconds": layer.seconds, "projector_seconds": time.perf_counter() - start}
+        del layer  # only the current group's state stays alive
+    return layers
+
+
+@torch.no_grad()
+def reference(model, convs, x, args, out: str) -> None:
+    """Exact float64 projectors (not timed): every layer's Gram matrix from unfolded patches in float64,
+    ``--batch`` samples at a time, then ``eigh`` and U diag(λ) Uᵀ (the same subset of rows as both sides)."""
+    modules = dict(model.named_modules())
+    grams, energies, offset = {}, {}, [0]
+
+    def hook_for(i, name):
+        def hook(module, args_):
+            rows, positions = layer_rows(module, args_[0].double())
+            keep = RowSampler(len(x), positions, args.max_rows, args.seed + 7919 * i).local(offset[0], len(args_[0]))
+            rows = rows if keep is None else rows[:, keep]
+            if name not in grams:
+                grams[name], energies[name] = 0, 0
+            grams[name] = grams[name] + rows.mT @ rows
+            energies[name] = energies[name] + rows.square().sum((1, 2))
+
+        return hook
+
+    handles = [modules[n].register_forward_pre_hook(hook_for(i, n)) for i, n in enumerate(convs)]
+    for offset[0] in range(0, len(x), args.batch):
+        model(x[offset[0] : offset[0] + args.batch])
+    for h in handles:
+        h.remove()
+    for name in convs:
+        evals, evecs = torch.linalg.eigh(grams.pop(name))
+        spectrum = SpectrumResult(evecs.flip(-1), evals.flip(-1).clamp_min(0).sqrt(), energies[name], 0, "reference")
+        save(out, name, soft_projector(spectrum, ALPHA), dtype=torch.float64)
 
 
 def child(args) -> None:
@@ -101,13 +141,16 @@ def child(args) -> None:
     out = os.path.join(args.tmp, args.child)
     os.makedirs(out)
     start = time.perf_counter()
+    layers = None
     if args.child == "materialise":
         materialise(model, convs, x, args.max_rows, args.seed, out)
+    elif args.child == "stream":
+        layers = stream(model, convs, x, args, out)
     else:
-        stream(model, convs, x, args, out)
+        reference(model, convs, x, args, out)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"seconds": seconds, "start_rss": start_rss, "peak_rss": peak, "peak_above_start": peak - start_rss}))
+    print(json.dumps({"seconds": seconds, "start_rss": start_rss, "peak_rss": peak, "peak_above_start": peak - start_rss, "layers": layers}))
 
 
 def run_routes(sides, args, tmp: str) -> dict:
@@ -133,20 +176,62 @@ def run_routes(sides, args, tmp: str) -> dict:
 
 
 @torch.no_grad()
-def agreement(args, tmp: str) -> dict:
+def agreement(args, tmp: str, sides) -> dict:
+    """Relative Frobenius distances between the sides' projectors (per layer and the max over layers)
+    and the top-1 agreement of the corrected models on held-out crops."""
     model, convs, _ = build(args.samples, args.seed)
-    base, ours = ({n: torch.load(os.path.join(tmp, side, f"{n}.pt")) for n in convs} for side in ("materialise", "stream"))
+    projectors = {side: {n: torch.load(os.path.join(tmp, side, f"{n}.pt")).double() for n in convs} for side in sides}
     held_out = photo_crops(args.eval_samples, 32, args.seed + 1)
-    rel = {n: (torch.linalg.matrix_norm(ours[n] - base[n]) / torch.linalg.matrix_norm(base[n])).max().item() for n in convs}
-    preds = {}
-    for key, projectors in (("original", None), ("materialise", base), ("stream", ours)):
-        m = model if projectors is None else apply_projectors(build(args.samples, args.seed)[0], projectors)
-        preds[key] = m(held_out).argmax(1)
-    return {
-        "projector_rel_frobenius_max": max(rel.values()), "projector_rel_frobenius": rel,
-        "top1_agreement_stream_vs_materialise": (preds["stream"] == preds["materialise"]).float().mean().item(),
-        "top1_agreement_materialise_vs_original": (preds["materialise"] == preds["original"]).float().mean().item(),
-    }
+    preds = {"original": model(held_out).argmax(1)}
+    preds |= {side: apply_projectors(build(args.samples, args.seed)[0], p)(held_out).argmax(1) for side, p in projectors.items()}
+    out = {"top1_agreement_materialise_vs_original": (preds["materialise"] == preds["original"]).float().mean().item()}
+    for a, b in (("stream", "materialise"), ("stream", "reference"), ("materialise", "reference")):
+        if a in projectors and b in projectors:
+            rel = {n: (torch.linalg.matrix_norm(projectors[a][n] - projectors[b][n]) / torch.linalg.matrix_norm(projectors[b][n])).max().item() for n in convs}
+            out[f"projector_rel_frobenius_{a}_vs_{b}"] = rel
+            out[f"projector_rel_frobenius_max_{a}_vs_{b}"] = max(rel.values())
+            out[f"top1_agreement_{a}_vs_{b}"] = (preds[a] == preds[b]).float().mean().item()
+    return out
+
+
+@torch.no_grad()
+def gram_rates(args) -> None:
+    """The rate of the no-unfold Gram products (2 n d² flops per batch of n rows, all of G counted)
+    next to a dense GEMM's in the same dtype, for one layer per stage on one batch (best of 3): the
+    ceiling a native fused patch-sketch kernel would have to beat."""
+    torch.set_num_threads(args.threads)
+    model, _, x = build(args.batch, args.seed)
+    layers = ("layer1.0.conv2", "layer2.1.conv1", "layer3.1.conv1", "layer4.1.conv1")
+    inputs = {}
+    modules = dict(model.named_modules())
+    handles = [modules[n].register_forward_pre_hook(lambda _, a, n=n: inputs.__setitem__(n, a[0])) for n in layers]
+    model(x)
+    for h in handles:
+        h.remove()
+
+    def best(f):
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    rows, out = [], {}
+    for dtype in (torch.float32, torch.float64):
+        a = torch.randn(2048, 2048, dtype=dtype)
+        out[f"gemm_{dtype}"] = 2 * 2048**3 / best(lambda a=a: a @ a) / 1e9
+        rows.append(f"| dense GEMM 2048² ({dtype}) | | | {out[f'gemm_{dtype}']:.1f} |")
+    for name in layers:
+        op = layer_operator(modules[name], inputs[name])[0]
+        gram = torch.zeros(op.groups, op.dim, op.dim, dtype=torch.float64)
+        seconds = best(lambda op=op, gram=gram: op.add_gram_to(gram))
+        out[name] = {"dtype": str(op.x.dtype), "dim": op.dim, "rows": op.rows, "seconds": seconds, "gflops": 2 * op.rows * op.dim**2 / seconds / 1e9}
+        rows.append(f"| {name} Gram, no unfold ({op.x.dtype}) | {op.dim} | {op.rows} | {out[name]['gflops']:.1f} |")
+    load = os.getloadavg()[0]
+    lines = [f"No-unfold Gram products vs dense GEMM, {args.batch} photo crops, {args.threads} thread(s), load average {load:.1f}, "
+             f"torch {torch.__version__}", "", "| product | d | rows | GFLOP/s (2 n d², all of G) |", "|---|---|---|---|", *rows, ""]
+    write_results(results_dir(torch.device("cpu")), f"{args.name}_rates", {"settings": vars(args), "rates": out, "load_average": load}, "\n".join(lines))
 
 
 def main(argv=None) -> dict | None:
@@ -163,24 +248,36 @@ def main(argv=None) -> dict | None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-samples", type=int, default=500)
-    parser.add_argument("--child", choices=("materialise", "stream"), default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--no-reference", dest="reference", action="store_false", help="skip the exact float64 projectors (untimed)")
+    parser.add_argument("--child", choices=("materialise", "stream", "reference"), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--tmp", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--gram-rates", action="store_true", help="only the Gram products' GFLOP/s vs GEMM (NAME_rates)")
     args = parser.parse_args(argv)
+    if args.gram_rates:
+        gram_rates(args)
+        return None
     if args.child:
         child(args)
         return None
     sides = ("materialise", "stream") if args.sides == "both" else ("stream",)
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         routes = run_routes(sides, args, tmp)
-        agree = agreement(args, tmp) if args.sides == "both" else None
+        agree = None
+        if args.sides == "both":
+            if args.reference:
+                args.concurrent = False
+                routes |= run_routes(("reference",), args, tmp)
+            agree = agreement(args, tmp, ("materialise", "stream", "reference") if args.reference else sides)
     settings = {k: v for k, v in vars(args).items() if k not in ("child", "tmp")} | {"alpha": ALPHA, "layers": 20}
-    result = {"settings": settings, "environment": environment(torch.device("cpu")), "routes": routes, "agreement": agree}
+    result = {"settings": settings, "environment": environment(torch.device("cpu")), "routes": routes, "agreement": agree,
+              "load_average_start": load_start}
     gib = 2**30
     ours = routes["stream"]
     rows = "all rows" if args.max_rows is None else f"at most {args.max_rows} rows per layer"
     lines = [
         f"Verifix projectors, all 20 conv layers of a CIFAR-stem ResNet-18, {args.samples} photo crops 32x32, {rows}, "
-        f"CPU ({args.threads} threads, load average {result['environment']['load_average'][0]:.1f}), torch {torch.__version__}", "",
+        f"CPU ({args.threads} threads), torch {torch.__version__}", "",
         "| route | seconds | peak memory above start (GiB) |", "|---|---|---|",
     ]
     if agree is not None:
@@ -192,10 +289,22 @@ def main(argv=None) -> dict | None:
         f"| curvfast no-unfold streaming ({args.route}{'' if args.rank is None else f', rank {args.rank}'}, batch {args.batch}, "
         f"state budget {args.state_budget / 2**20:.0f} MiB) | {ours['seconds']:.1f} | {ours['peak_above_start'] / gib:.3f} |"
     )
+    if ours["layers"]:
+        sketch = sum(layer["sketch_seconds"] for layer in ours["layers"].values())
+        factor = sum(layer["projector_seconds"] for layer in ours["layers"].values())
+        lines += ["", f"curvfast's time: {sketch:.1f} s in the layers' sketches (their activations' products and results), "
+                  f"{factor:.1f} s forming the projectors, the rest in the forward passes"]
     if agree is not None:
-        lines += ["", f"time ratio {result['time_ratio']:.3f}, memory ratio {result['memory_ratio']:.3f}; max relative Frobenius "
-                  f"distance of the projectors {agree['projector_rel_frobenius_max']:.1e}; top-1 agreement of the corrected models on "
-                  f"{args.eval_samples} held-out crops {agree['top1_agreement_stream_vs_materialise']:.3f}"]
+        distance = lambda a, b: f"{agree[f'projector_rel_frobenius_max_{a}_vs_{b}']:.1e}"
+        lines += ["", f"time ratio {result['time_ratio']:.3f}, memory ratio {result['memory_ratio']:.3f}; max over layers of the relative "
+                  f"Frobenius distance of the projectors: curvfast vs baseline {distance('stream', 'materialise')}"]
+        if args.reference:
+            lines[-1] += (f", curvfast vs exact float64 {distance('stream', 'reference')}, baseline vs exact float64 "
+                          f"{distance('materialise', 'reference')}")
+        lines += [f"top-1 agreement of the corrected models on {args.eval_samples} held-out crops: curvfast vs baseline "
+                  f"{agree['top1_agreement_stream_vs_materialise']:.3f}"
+                  + (f", curvfast vs exact {agree['top1_agreement_stream_vs_reference']:.3f}" if args.reference else "")]
+    lines += ["", f"load average (1 min) {load_start:.1f} at the start, {result['environment']['load_average'][0]:.1f} at the end"]
     write_results(results_dir(torch.device("cpu")), args.name, result, "\n".join(lines + [""]))
     return result
 

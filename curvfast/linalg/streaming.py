@@ -8,8 +8,10 @@ the total energy ‖X‖_F² = Σ σ². Memory never depends on n.
 
 Two routes:
 
-- ``StreamingGram`` ("gram"): accumulate G exactly (d x d per group, one pass), then ``eigh``.
-  Exact; cost 2 n d² for the products + O(d³) for the eigendecomposition.
+- ``StreamingGram`` ("gram"): accumulate G exactly (d x d per group, one pass). Its result is the
+  ``GramSpectrum``, which keeps G itself: a function of G (a projector f(G)) can then be computed
+  by one Cholesky factorisation instead of an eigendecomposition, and ``u``/``s`` are computed by
+  ``eigh`` / ``eigvalsh`` only when asked for. Exact; cost 2 n d² for the products.
 - ``StreamingRandomizedSVD`` ("randomized"): randomized subspace iteration on G without forming
   it. Pass 0 sketches Z = G Ω = Σ_b X_bᵀ (X_b Ω) for an orthonormalised Gaussian Ω (d x l,
   l = rank + oversample); each further pass (one per power iteration) re-orthonormalises
@@ -27,25 +29,28 @@ a convolution's patches, computed by convolutions without forming the patch matr
 ``choose_route`` picks the cheaper one from a cost model whose constants were measured on the
 development machine (2 CPU threads, float64): "randomized" when a truncated rank is acceptable
 (``rank`` given) or when there are fewer rows than dimensions (then it is exact), and its passes
-cost less than Gram + eigh.
+cost less than the Gram products + the factorisations of G its result is used through.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
 from .randomized import gaussian_sketch, orthonormalize
 
-__all__ = ["SpectrumResult", "DenseRows", "StreamingGram", "StreamingRandomizedSVD", "make_sketch", "choose_route", "ROUTES"]
+__all__ = ["SpectrumResult", "GramSpectrum", "DenseRows", "StreamingGram", "StreamingRandomizedSVD", "make_sketch", "choose_route", "ROUTES"]
 
 ROUTES = ("auto", "gram", "randomized")
 
 # Measured with torch 2.14 on the 2-thread development CPU, float64 (see docs/verifix.md):
-# a GEMM runs at ~80 GFLOP/s; eigh of a d x d matrix takes ~2.5e-10 · d³ s (3.1 s at d = 2304);
-# a reduced QR of a d x l matrix ~1e-10 · d l² s.
+# a GEMM runs at ~80 GFLOP/s; a reduced QR of a d x l matrix ~1e-10 · d l² s. A Gram result is used
+# through its eigenvalues (``eigvalsh``, ~4e-11 · d³ s) and a matrix function per call such as a
+# projector (Cholesky + inverse, ~3e-11 · d³ s, 2.8 s at d = 4608 on 1 thread; ``eigh`` takes 25 s
+# there): counted as eigenvalues + 5 factorisations (Verifix's α grid), ~2e-10 · d³ s.
 _SECONDS_PER_FLOP = 1.25e-11
-_EIGH_SECONDS_PER_D3 = 2.5e-10
+_FACTOR_SECONDS_PER_D3 = 2e-10
 _QR_SECONDS_PER_DL2 = 1.0e-10
 
 
@@ -64,6 +69,29 @@ class SpectrumResult:
     def energy_fraction(self) -> torch.Tensor:
         """r_i = σ_i² / ‖X‖_F² (g, k); sums to 1 for the exact route, to the captured fraction otherwise."""
         return self.s.square() / self.energy.clamp_min(torch.finfo(self.s.dtype).tiny).unsqueeze(-1)
+
+
+@dataclass
+class GramSpectrum:
+    """The exact spectrum held as the Gram matrix ``gram`` = G = XᵀX (g, d, d) itself, with the exact
+    total energy ``energy`` (g,) = trace G and the number of rows: ``s`` (σ_i = √eig_i(G), descending,
+    by ``eigvalsh``, cached) and ``u`` (the eigenvectors, by ``eigh``, not cached: d² memory) are
+    computed when asked for, so that a caller needing only f(G) never pays for the eigenvectors."""
+
+    gram: torch.Tensor
+    energy: torch.Tensor
+    rows: int
+    route: str = "gram"
+
+    @cached_property
+    def s(self) -> torch.Tensor:
+        return torch.linalg.eigvalsh(self.gram).flip(-1).clamp_min(0).sqrt()
+
+    @property
+    def u(self) -> torch.Tensor:
+        return torch.linalg.eigh(self.gram)[1].flip(-1)
+
+    energy_fraction = SpectrumResult.energy_fraction
 
 
 class DenseRows:
@@ -130,7 +158,7 @@ class _Sketch:
 
 
 class StreamingGram(_Sketch):
-    """Exact route: G = Σ_b X_bᵀ X_b accumulated in ``dtype`` (float64 by default), then ``eigh``."""
+    """Exact route: G = Σ_b X_bᵀ X_b accumulated in ``dtype`` (float64 by default)."""
 
     route = "gram"
 
@@ -142,11 +170,10 @@ class StreamingGram(_Sketch):
         """Add the rows of ``x`` ((g, n_b, d) or (n_b, d) for one group, or a row operator)."""
         self._prepare(x).add_gram_to(self.gram)
 
-    def result(self) -> SpectrumResult:
+    def result(self) -> GramSpectrum:
+        """The Gram matrix itself (not copied: the sketch is done with it)."""
         self._check_result()
-        evals, evecs = torch.linalg.eigh(self.gram)
-        s = evals.flip(-1).clamp_min(0).sqrt()
-        return SpectrumResult(evecs.flip(-1), s, self.energy.clone(), self.rows, self.route)
+        return GramSpectrum(self.gram, self.energy.clone(), self.rows, self.route)
 
 
 class StreamingRandomizedSVD(_Sketch):
@@ -204,12 +231,12 @@ def choose_route(dim: int, rows: int, rank: int | None, *, oversample: int = 10,
     """The cheaper route by the measured cost model. With ``rank=None`` (exact spectrum asked) the
     randomized route is still exact when there are fewer rows than dimensions (rank(X) <= rows <=
     l), so it is chosen there if cheaper; otherwise "gram". With a truncated ``rank`` the cheaper
-    of (1 + q) randomized passes + QRs and the Gram products + eigh wins."""
+    of (1 + q) randomized passes + QRs and the Gram products + factorisations wins."""
     target = min(dim if rank is None else rank, rows)
     width = min(target + oversample, dim)
     if width >= dim or (rank is None and rows > target):
         return "gram"
-    gram = 2.0 * rows * dim * dim * _SECONDS_PER_FLOP + _EIGH_SECONDS_PER_D3 * dim**3
+    gram = 2.0 * rows * dim * dim * _SECONDS_PER_FLOP + _FACTOR_SECONDS_PER_D3 * dim**3
     passes = 1 + power_iters
     randomized = passes * (4.0 * rows * dim * width * _SECONDS_PER_FLOP + _QR_SECONDS_PER_DL2 * dim * width**2)
     return "randomized" if randomized < gram else "gram"

@@ -79,24 +79,34 @@ def layer_rows(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
 # with the number of positions summed; partial sums over at most this many positions are added in
 # float64 (docs/verifix.md, "Precision": 51 200 positions per sum put projectors 3.6e-3 off, 1 024 ~1e-4).
 FLOAT32_POSITIONS_PER_SUM = 256
+# Layers whose products are computed in float64 whatever the input's dtype: narrow ones (d <= 256:
+# a ResNet's stem and 1x1 shortcuts, where float64 costs < 0.01 s per 50 images and raw pixels'
+# large common mean cost float32 5e-5 of projector accuracy) and those with <= 64 output positions
+# per sample (a CIFAR ResNet's last two stages, where float64 measured within 1.25x of float32 in
+# 256-position chunks: oneDNN's float32 weight gradient gains little on an 8x8 or 4x4 output).
+FLOAT64_MAX_DIM = 256
+FLOAT64_MAX_POSITIONS = 64
 
 
 class ConvPatches:
     """Row operator (``curvfast.linalg`` protocol) of a Conv2d's patch matrix X (g, B·L, d) on the
-    input ``x``, computed with convolutions in ``x``'s dtype and never materialised. ``keep``: the
-    indices of the rows (sample-major, then output position) to use; None for all. Products are
-    added into the caller's (float64) accumulator; below float64 they are computed in chunks of at
-    most ``FLOAT32_POSITIONS_PER_SUM`` output positions (whole samples)."""
+    input ``x``, computed with convolutions and never materialised. ``keep``: the indices of the rows
+    (sample-major, then output position) to use; None for all. Products are added into the caller's
+    (float64) accumulator. The convolutions run in ``x``'s dtype, or in float64 for the layers of
+    ``FLOAT64_MAX_DIM`` / ``FLOAT64_MAX_POSITIONS``; below float64 they are computed in chunks of
+    at most ``FLOAT32_POSITIONS_PER_SUM`` output positions (whole samples)."""
 
     def __init__(self, module: nn.Conv2d, x: torch.Tensor, keep: torch.Tensor | None = None):
         self.x = _padded(module, x.unsqueeze(0) if x.ndim == 3 else x)
-        batch, channels, height, width = self.x.shape
+        batch, _, height, width = self.x.shape
         self.kernel, self.stride, self.dilation = module.kernel_size, module.stride, module.dilation
         self.groups, self.dim = module.groups, module.weight[0].numel()
         self.out_size = tuple(
             (n - d * (k - 1) - 1) // s + 1 for n, k, s, d in zip((height, width), self.kernel, self.stride, self.dilation)
         )
         positions = self.out_size[0] * self.out_size[1]
+        if self.dim <= FLOAT64_MAX_DIM or positions <= FLOAT64_MAX_POSITIONS:
+            self.x = self.x.double()
         if keep is None:
             mask = torch.ones(batch * positions, dtype=self.x.dtype, device=self.x.device)
         else:
@@ -128,16 +138,23 @@ class ConvPatches:
 
     def add_gram_to(self, gram: torch.Tensor) -> None:
         """G += Xᵀ diag(m) X, one kernel offset (a, b) at a time: the rows of G at that offset are the
-        weight gradient for the grad-output V_ab, the input's strided view under that offset."""
+        weight gradient for the grad-output V_ab, the input's strided view under that offset. G is
+        symmetric, so only the columns at kernel rows a' >= a are computed (a weight gradient of the
+        input cropped by a rows, for the kernel's last kh - a rows: (kh+1)/(2kh) of the products) and
+        the blocks at a' > a are also added transposed."""
         kh, kw = self.kernel
         (sh, sw), (dh, dw), (oh, ow) = self.stride, self.dilation, self.out_size
-        blocks = gram.view(self.groups, -1, kh * kw, self.dim)  # row (c, a, b) of each group's G
+        cg = self.x.shape[1] // self.groups
+        blocks = gram.view(self.groups, cg, kh, kw, cg, kh, kw)  # G[(c, a, b), (c', a', b')] per group
         for x, m in self._chunks():
             for a in range(kh):
                 for b in range(kw):
                     view = x[:, :, a * dh : a * dh + sh * (oh - 1) + 1 : sh, b * dw : b * dw + sw * (ow - 1) + 1 : sw]
-                    rows = self._weight_grad(x, view * m).mT  # (g, C_in/g, d): G[(c, a, b), :]
-                    blocks[:, :, a * kw + b].add_(rows.to(gram.dtype))
+                    shape = (self.groups * cg, cg, kh - a, kw)
+                    w = conv2d_weight(x[:, :, a * dh :], shape, view * m, stride=self.stride, dilation=self.dilation, groups=self.groups)
+                    w = w.view(self.groups, cg, cg, kh - a, kw).to(gram.dtype)  # G[(c, a, b), (c', a' >= a, b')]
+                    blocks[:, :, a, b, :, a:].add_(w)
+                    blocks[:, :, a + 1 :, :, :, a, b].add_(w[:, :, :, 1:].permute(0, 2, 3, 4, 1))
 
     def add_gram_times_to(self, z: torch.Tensor, q: torch.Tensor) -> None:
         """Z += Xᵀ diag(m) (X Q): Q (g, d, l) as g·l filters, one conv forward and one weight gradient."""

@@ -224,8 +224,10 @@ def _group_spectra(model, group, loader, samples, order, label, progress, *, max
             h.remove()
     for name, module in group.items():
         start = time.perf_counter()
-        spectrum = sketches.pop(name).result()  # free each sketch as soon as its spectrum exists
-        seconds[name] += time.perf_counter() - start
-        yield name, LayerSpectrum(
-            name, type(module).__name__, layer_dim(module), layer_groups(module), samplers[name].total, spectrum, seconds[name]
+        layer = LayerSpectrum(  # pop: this frame keeps no reference once the caller drops the spectrum
+            name, type(module).__name__, layer_dim(module), layer_groups(module), samplers[name].total,
+            sketches.pop(name).result(), 0.0,
         )
+        layer.seconds = seconds[name] + time.perf_counter() - start
+        yield name, layer
+        del layer

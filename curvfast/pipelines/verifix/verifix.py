@@ -4,7 +4,11 @@
     for α in the grid:   model_α = model with W ← W · P_α(spectrum) for every layer
     keep the α with the best validation accuracy, or the original model if none beats it.
 
-The spectra are computed once; each α only costs d x d products and one validation pass.
+The spectra are computed once, a few layers at a time (``iter_layer_spectra``); as each layer's
+spectrum arrives, its projector for every α is applied to that α's copy of the model and the
+spectrum is freed. So what stays alive is one copy of the model per α (a layer's weight,
+C_out x d in float32, is smaller than its d x d float64 spectrum whenever C_out < 2d), not every
+layer's spectrum. Each α then costs one validation pass.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from torch import nn
 from curvfast.curvature.model import unwrap_model
 from curvfast.pipelines.common.training import evaluate
 from curvfast.pipelines.verifix.projector import PUBLISHED_ALPHAS, apply_projectors, soft_projector
-from curvfast.pipelines.verifix.spectra import PUBLISHED_MAX_ROWS, LayerSpectrum, layer_spectra
+from curvfast.pipelines.verifix.spectra import PUBLISHED_MAX_ROWS, LayerSpectrum, iter_layer_spectra
 
 __all__ = ["verifix", "VerifixReport"]
 
@@ -92,22 +96,25 @@ def verifix(
     base = unwrap_model(model)
     seconds = {}
     start = time.perf_counter()
-    spectra = layer_spectra(
+    candidates = {alpha: copy.deepcopy(base) for alpha in alphas}
+    summaries = []
+    for name, spectrum in iter_layer_spectra(
         base, verified, layers=layers, max_rows=max_rows, route=route, rank=rank, power_iters=power_iters,
         batch_size=batch_size, seed=seed, device=device, progress=progress,
-    )
-    seconds["spectra"] = time.perf_counter() - start
+    ):
+        summaries.append(_layer_summary(spectrum))
+        for alpha, candidate in candidates.items():
+            apply_projectors(candidate, {name: soft_projector(spectrum.spectrum, alpha)})
+        del spectrum  # only the current group's spectra are alive
+    seconds["spectra"] = time.perf_counter() - start  # spectra and the projectors of every α
     start = time.perf_counter()
     before = evaluate(base, validation, batch_size=batch_size)
     by_alpha, best_alpha, best_acc, best_model = {}, None, before, None
-    for alpha in alphas:
-        candidate = apply_projectors(copy.deepcopy(base), projectors_for(spectra, alpha))
+    for alpha, candidate in candidates.items():
         by_alpha[alpha] = evaluate(candidate, validation, batch_size=batch_size)
         if by_alpha[alpha] > best_acc:
             best_alpha, best_acc, best_model = alpha, by_alpha[alpha], candidate
+    del candidates
     seconds["alpha_search"] = time.perf_counter() - start
-    report = VerifixReport(
-        best_alpha, before, best_acc, by_alpha, [_layer_summary(s) for s in spectra.values()],
-        {k: round(v, 4) for k, v in seconds.items()},
-    )
+    report = VerifixReport(best_alpha, before, best_acc, by_alpha, summaries, {k: round(v, 4) for k, v in seconds.items()})
     return (best_model if best_model is not None else copy.deepcopy(base)), report
