@@ -21,8 +21,8 @@ exists (neither route holds all 20), so that its peak resident memory (``ru_maxr
 Reported: wall time of the computation (curvfast's per layer too), peak RSS above the process's RSS
 before it (model and inputs already built), and agreement: relative Frobenius distances of the
 projectors (pairwise among the sides) and the top-1 agreement of the corrected models on held-out
-inputs. ``--sides stream`` runs curvfast alone (where the baseline cannot fit in memory). The weights are random (no CIFAR weights exist offline)
-and the inputs are 32x32 crops of sklearn's bundled photos.
+inputs. ``--sides stream`` runs curvfast alone (where the baseline cannot fit in memory). The weights
+are random (no CIFAR weights exist offline) and the inputs are 32x32 crops of sklearn's bundled photos.
 
     python -m benchmarks.verifix_projector [--samples 1000] [--max-rows N] [--batch 50] [--threads 2] [--name verifix_projector]
 """
@@ -150,7 +150,8 @@ def child(args) -> None:
         reference(model, convs, x, args, out)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"seconds": seconds, "start_rss": start_rss, "peak_rss": peak, "peak_above_start": peak - start_rss, "layers": layers}))
+    print(json.dumps({"seconds": seconds, "start_rss": start_rss, "peak_rss": peak, "peak_above_start": peak - start_rss,
+                      "layers": layers}))
 
 
 def run_routes(sides, args, tmp: str) -> dict:
@@ -187,7 +188,8 @@ def agreement(args, tmp: str, sides) -> dict:
     out = {"top1_agreement_materialise_vs_original": (preds["materialise"] == preds["original"]).float().mean().item()}
     for a, b in (("stream", "materialise"), ("stream", "reference"), ("materialise", "reference")):
         if a in projectors and b in projectors:
-            rel = {n: (torch.linalg.matrix_norm(projectors[a][n] - projectors[b][n]) / torch.linalg.matrix_norm(projectors[b][n])).max().item() for n in convs}
+            rel = {n: (torch.linalg.matrix_norm(projectors[a][n] - projectors[b][n])
+                       / torch.linalg.matrix_norm(projectors[b][n])).max().item() for n in convs}
             out[f"projector_rel_frobenius_{a}_vs_{b}"] = rel
             out[f"projector_rel_frobenius_max_{a}_vs_{b}"] = max(rel.values())
             out[f"top1_agreement_{a}_vs_{b}"] = (preds[a] == preds[b]).float().mean().item()
@@ -226,12 +228,14 @@ def gram_rates(args) -> None:
         op = layer_operator(modules[name], inputs[name])[0]
         gram = torch.zeros(op.groups, op.dim, op.dim, dtype=torch.float64)
         seconds = best(lambda op=op, gram=gram: op.add_gram_to(gram))
-        out[name] = {"dtype": str(op.x.dtype), "dim": op.dim, "rows": op.rows, "seconds": seconds, "gflops": 2 * op.rows * op.dim**2 / seconds / 1e9}
+        out[name] = {"dtype": str(op.x.dtype), "dim": op.dim, "rows": op.rows, "seconds": seconds,
+                     "gflops": 2 * op.rows * op.dim**2 / seconds / 1e9}
         rows.append(f"| {name} Gram, no unfold ({op.x.dtype}) | {op.dim} | {op.rows} | {out[name]['gflops']:.1f} |")
     load = os.getloadavg()[0]
     lines = [f"No-unfold Gram products vs dense GEMM, {args.batch} photo crops, {args.threads} thread(s), load average {load:.1f}, "
              f"torch {torch.__version__}", "", "| product | d | rows | GFLOP/s (2 n d², all of G) |", "|---|---|---|---|", *rows, ""]
-    write_results(results_dir(torch.device("cpu")), f"{args.name}_rates", {"settings": vars(args), "rates": out, "load_average": load}, "\n".join(lines))
+    write_results(results_dir(torch.device("cpu")), f"{args.name}_rates", {"settings": vars(args), "rates": out, "load_average": load},
+                  "\n".join(lines))
 
 
 def main(argv=None) -> dict | None:
@@ -284,7 +288,8 @@ def main(argv=None) -> dict | None:
         base = routes["materialise"]
         result["time_ratio"] = ours["seconds"] / base["seconds"]
         result["memory_ratio"] = ours["peak_above_start"] / base["peak_above_start"]
-        lines.append(f"| materialise all unfold patches + torch.linalg.svd (float32) | {base['seconds']:.1f} | {base['peak_above_start'] / gib:.2f} |")
+        lines.append(f"| materialise all unfold patches + torch.linalg.svd (float32) | {base['seconds']:.1f} "
+                     f"| {base['peak_above_start'] / gib:.2f} |")
     lines.append(
         f"| curvfast no-unfold streaming ({args.route}{'' if args.rank is None else f', rank {args.rank}'}, batch {args.batch}, "
         f"state budget {args.state_budget / 2**20:.0f} MiB) | {ours['seconds']:.1f} | {ours['peak_above_start'] / gib:.3f} |"
@@ -295,7 +300,9 @@ def main(argv=None) -> dict | None:
         lines += ["", f"curvfast's time: {sketch:.1f} s in the layers' sketches (their activations' products and results), "
                   f"{factor:.1f} s forming the projectors, the rest in the forward passes"]
     if agree is not None:
-        distance = lambda a, b: f"{agree[f'projector_rel_frobenius_max_{a}_vs_{b}']:.1e}"
+        def distance(a, b):
+            return f"{agree[f'projector_rel_frobenius_max_{a}_vs_{b}']:.1e}"
+
         lines += ["", f"time ratio {result['time_ratio']:.3f}, memory ratio {result['memory_ratio']:.3f}; max over layers of the relative "
                   f"Frobenius distance of the projectors: curvfast vs baseline {distance('stream', 'materialise')}"]
         if args.reference:

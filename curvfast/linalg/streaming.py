@@ -40,7 +40,8 @@ import torch
 
 from .randomized import gaussian_sketch, orthonormalize
 
-__all__ = ["SpectrumResult", "GramSpectrum", "DenseRows", "StreamingGram", "StreamingRandomizedSVD", "make_sketch", "choose_route", "ROUTES"]
+__all__ = ["SpectrumResult", "GramSpectrum", "DenseRows", "StreamingGram", "StreamingRandomizedSVD", "make_sketch", "choose_route",
+           "ROUTES"]
 
 ROUTES = ("auto", "gram", "randomized")
 
@@ -255,6 +256,7 @@ def make_sketch(
         if rank is None and rows >= dim:
             raise ValueError("route='randomized' needs a target rank; pass rank=k (or use route='gram' for the exact spectrum)")
         return StreamingRandomizedSVD(
-            dim, max(1, min(dim if rank is None else rank, rows, dim)), oversample=oversample, power_iters=power_iters, groups=groups, seed=seed, dtype=dtype, device=device
+            dim, max(1, min(dim if rank is None else rank, rows, dim)), oversample=oversample, power_iters=power_iters, groups=groups,
+            seed=seed, dtype=dtype, device=device
         )
     return StreamingGram(dim, groups=groups, dtype=dtype, device=device)

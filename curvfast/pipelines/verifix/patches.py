@@ -34,12 +34,14 @@ from torch.nn.grad import conv2d_weight
 
 from curvfast.linalg import DenseRows
 
-__all__ = ["SUPPORTED_LAYERS", "ConvPatches", "layer_operator", "layer_groups", "layer_dim", "layer_rows", "flat_weight", "set_flat_weight", "target_layers"]
+__all__ = ["SUPPORTED_LAYERS", "ConvPatches", "layer_operator", "layer_groups", "layer_dim", "layer_rows", "flat_weight",
+           "set_flat_weight", "target_layers"]
 
 SUPPORTED_LAYERS = (nn.Conv2d, nn.Linear)
 
 
 def layer_groups(module: nn.Module) -> int:
+    """The layer's weight groups: a Conv2d's ``groups`` (each group has its own patch matrix), 1 for Linear."""
     return module.groups if isinstance(module, nn.Conv2d) else 1
 
 
@@ -182,6 +184,7 @@ def flat_weight(module: nn.Module) -> torch.Tensor:
 
 
 def set_flat_weight(module: nn.Module, w: torch.Tensor) -> None:
+    """Write ``w`` (groups, out/groups, d), the layout of :func:`flat_weight`, back into the layer's weight."""
     with torch.no_grad():
         module.weight.copy_(w.reshape(module.weight.shape).to(module.weight.dtype))
 
