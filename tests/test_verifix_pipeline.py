@@ -13,7 +13,7 @@ from curvfast.cli import main
 from tests.conftest import run_smoke_on_folder
 from curvfast.io import load_checkpoint
 from curvfast.pipelines.verifix import Config, Relabeled, run
-from curvfast.pipelines.verifix.selection import dataset_labels
+from curvfast.pipelines.common.data import dataset_labels
 
 
 def test_smoke_preset_on_a_cifar_shaped_folder_with_normalisation_and_augmentation(cifar_folder, tmp_path):

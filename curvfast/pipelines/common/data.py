@@ -9,15 +9,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from curvfast.data import get_dataset
 from curvfast.models import build_model, normalized, parse_normalization
 from curvfast.pipelines.common.augment import AUGMENTATIONS, batch_transform, image_augmentation
 from curvfast.pipelines.common.contract import option
 
-__all__ = ["DataOptions", "load_split", "loader", "build_network"]
+__all__ = ["DataOptions", "load_split", "loader", "build_network", "dataset_labels"]
 
 
 @dataclass
@@ -67,3 +68,17 @@ def build_network(options: DataOptions, name: str, info, input_shape: tuple[int,
     if name in ("mlp", "mlp2"):
         kwargs.setdefault("in_features", math.prod(input_shape))
     return normalized(build_model(name, info.num_classes, info.in_channels, **kwargs), options.normalize)
+
+
+def dataset_labels(dataset) -> np.ndarray:
+    """The integer label of every item of ``dataset``, read without decoding its images where the
+    dataset keeps them: a ``labels`` or ``targets`` sequence of the dataset's length (torchvision
+    sets, image folders, file lists, relabelled views), through
+    ``Subset`` s; otherwise item by item. (A ``target_transform`` is not applied to such a sequence.)"""
+    if isinstance(dataset, Subset):
+        return dataset_labels(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
+    for name in ("labels", "targets"):
+        values = getattr(dataset, name, None)
+        if values is not None and not isinstance(values, str) and len(values) == len(dataset):
+            return np.asarray(values, dtype=np.int64)
+    return np.asarray([int(dataset[i][1]) for i in range(len(dataset))], dtype=np.int64)

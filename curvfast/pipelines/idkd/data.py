@@ -23,18 +23,9 @@ from torch.utils.data import Dataset, Subset
 
 from curvfast.data import get_dataset
 from curvfast.data.photos import photo_patches
-from curvfast.pipelines.common.data import load_split, loader
+from curvfast.pipelines.common.data import dataset_labels, load_split, loader
 
-__all__ = ["DecentralizedData", "build_data", "dataset_labels"]
-
-
-def dataset_labels(dataset) -> np.ndarray:
-    """Every label of ``dataset`` as int64: its ``targets`` (or SVHN's ``labels``) when it has them, else
-    read sample by sample (which decodes every image once)."""
-    for attr in ("targets", "labels"):
-        if hasattr(dataset, attr):
-            return np.asarray(getattr(dataset, attr), np.int64)
-    return np.asarray([dataset[i][1] for i in range(len(dataset))], np.int64)
+__all__ = ["DecentralizedData", "build_data"]
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from curvfast.engine import parse_device
 from curvfast.io import load_checkpoint, save_checkpoint, write_json, write_npz
 from curvfast.pipelines.common.augment import AUGMENTATIONS, image_augmentation
 from curvfast.pipelines.common.contract import RunFailed, config_dict, option, run_folder, write_results
-from curvfast.pipelines.common.data import DataOptions, build_network, load_split, loader
+from curvfast.pipelines.common.data import DataOptions, build_network, dataset_labels, load_split, loader
 from curvfast.pipelines.common.dp import dp_compatible, train_dp_model
 from curvfast.pipelines.common.multitrain import train_subset_models
 from curvfast.pipelines.mia import interchange
@@ -182,20 +182,11 @@ def experiment_keep(config: Config, num_samples: int) -> np.ndarray:
     return np.vstack([balanced_keep(config.targets, num_samples, config.seed), balanced_keep(config.shadows, num_samples, config.seed + 1)])
 
 
-def _labels(dataset) -> torch.Tensor:
-    """The (N,) labels, read from the dataset's label list when it has one (no image is decoded)."""
-    for attr in ("targets", "labels"):
-        values = getattr(dataset, attr, None)
-        if values is not None and len(values) == len(dataset):
-            return torch.as_tensor(np.asarray(values), dtype=torch.int64)
-    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.int64)
-
-
 def load_population(config: Config):
     """``(population, labels (N,), dataset indices (N,), DatasetInfo)``: the attacked samples as a
     dataset read lazily (the split, or a random ``pool_size`` subset of it, in index order)."""
     dataset, info = load_split(config, config.split)
-    labels = _labels(dataset)
+    labels = torch.as_tensor(dataset_labels(dataset))
     index = np.arange(len(labels))
     if config.pool_size is not None:
         if not 2 <= config.pool_size <= len(labels):

@@ -3,18 +3,9 @@ from __future__ import annotations
 
 import torch
 
+from curvfast.pipelines.common.data import dataset_labels
 
-__all__ = ["dataset_labels", "ClassSubset", "stack_images"]
-
-
-def dataset_labels(dataset) -> torch.Tensor:
-    """Every sample's label without decoding images: the dataset's ``targets`` (torchvision, image folders,
-    digits) or ``labels`` (SVHN), else read one by one."""
-    for name in ("targets", "labels"):
-        labels = getattr(dataset, name, None)
-        if labels is not None:
-            return torch.as_tensor(labels, dtype=torch.long)
-    return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
+__all__ = ["ClassSubset", "stack_images"]
 
 
 class ClassSubset(torch.utils.data.Dataset):
@@ -23,7 +14,7 @@ class ClassSubset(torch.utils.data.Dataset):
 
     def __init__(self, dataset, classes):
         classes = list(classes)
-        labels = dataset_labels(dataset)
+        labels = torch.as_tensor(dataset_labels(dataset))
         relabel = torch.full((int(labels.max()) + 1,), -1, dtype=torch.long)
         relabel[torch.as_tensor(classes)] = torch.arange(len(classes))
         self.dataset = dataset

@@ -14,7 +14,8 @@ from curvfast.pipelines.verifix.noise import NOISE_TYPES, add_label_noise
 from curvfast.pipelines.verifix.patches import layer_rows, target_layers
 from curvfast.pipelines.verifix.pipeline import PRESETS, Config, Relabeled, run, summary
 from curvfast.pipelines.verifix.projector import PUBLISHED_ALPHAS, apply_projectors, soft_projector, soft_scaling
-from curvfast.pipelines.verifix.selection import SELECTION_METHODS, Selection, dataset_labels, select_verified
+from curvfast.pipelines.common.data import dataset_labels
+from curvfast.pipelines.verifix.selection import SELECTION_METHODS, Selection, select_verified
 from curvfast.pipelines.verifix.spectra import PUBLISHED_MAX_ROWS, LayerSpectrum, iter_layer_spectra, layer_spectra
 from curvfast.pipelines.verifix.verifix import VerifixReport, projectors_for, verifix
 

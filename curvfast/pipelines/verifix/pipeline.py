@@ -24,11 +24,11 @@ from curvfast.engine import parse_device
 from curvfast.io import load_checkpoint, save_checkpoint, write_npz
 from curvfast.linalg import ROUTES
 from curvfast.pipelines.common.contract import config_dict, option, run_folder, write_results
-from curvfast.pipelines.common.data import DataOptions, build_network, load_split, loader
+from curvfast.pipelines.common.data import DataOptions, build_network, dataset_labels, load_split, loader
 from curvfast.pipelines.common.training import evaluate, fit
 from curvfast.pipelines.verifix.noise import NOISE_TYPES, add_label_noise
 from curvfast.pipelines.verifix.projector import PUBLISHED_ALPHAS
-from curvfast.pipelines.verifix.selection import SELECTION_METHODS, dataset_labels, select_verified
+from curvfast.pipelines.verifix.selection import SELECTION_METHODS, select_verified
 from curvfast.pipelines.verifix.spectra import PUBLISHED_MAX_ROWS
 from curvfast.pipelines.verifix.verifix import verifix
 

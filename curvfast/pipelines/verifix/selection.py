@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from torch import nn
-from torch.utils.data import Subset
 
 from curvfast.engine import score
+from curvfast.pipelines.common.data import dataset_labels
 
-__all__ = ["Selection", "select_verified", "dataset_labels", "SELECTION_METHODS"]
+__all__ = ["Selection", "select_verified", "SELECTION_METHODS"]
 
 SELECTION_METHODS = ("auto", "exact", "sampled", "hutchinson", "fd", "zo", "random")
 
@@ -28,20 +28,6 @@ class Selection:
     indices: np.ndarray
     scores: np.ndarray | None
     method: str
-
-
-def dataset_labels(dataset) -> np.ndarray:
-    """The integer label of every item of ``dataset``, read without decoding its images where the
-    dataset keeps them: a ``labels`` or ``targets`` sequence of the dataset's length (torchvision
-    sets, image folders, file lists, :class:`~curvfast.pipelines.verifix.Relabeled`), through
-    ``Subset`` s; otherwise item by item. (A ``target_transform`` is not applied to such a sequence.)"""
-    if isinstance(dataset, Subset):
-        return dataset_labels(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
-    for name in ("labels", "targets"):
-        values = getattr(dataset, name, None)
-        if values is not None and not isinstance(values, str) and len(values) == len(dataset):
-            return np.asarray(values, dtype=np.int64)
-    return np.asarray([int(dataset[i][1]) for i in range(len(dataset))], dtype=np.int64)
 
 
 def _balanced_quota(counts: np.ndarray, size: int) -> np.ndarray:
