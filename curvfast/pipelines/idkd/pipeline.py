@@ -13,8 +13,8 @@ import json
 import os
 from dataclasses import asdict, dataclass, fields
 
-import torch
 
+from curvfast.engine import parse_device
 from curvfast.pipelines.common.contract import option, run_folder
 from curvfast.pipelines.common.data import DataOptions, load_split
 from curvfast.pipelines.idkd.detectors import DETECTORS
@@ -127,13 +127,9 @@ class Config(DataOptions):
         if not 0 < self.calib_fraction < 1:
             raise ValueError(f"--calib-fraction must be in (0, 1) (got {self.calib_fraction})")
         try:
-            device = torch.device(self.device)
-        except (RuntimeError, TypeError):
-            device = None
-        if device is None or device.type not in ("cpu", "cuda"):
-            raise ValueError(f"--device must be cpu, cuda (GPU LOCAL_RANK mod #GPUs per node) or cuda:N (got {self.device!r})")
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--device {self.device} was requested but no CUDA GPU is available here; use --device cpu")
+            parse_device(self.device)  # cuda: each node takes GPU LOCAL_RANK mod the node's GPUs
+        except ValueError as err:
+            raise ValueError(f"--device: {err}") from None
         if self.fail_node is not None and not 0 <= self.fail_node < self.nodes:
             raise ValueError(f"--fail-node must name a node in [0, {self.nodes}) (got {self.fail_node})")
         return self

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from curvfast.data import DatasetInfo
 from curvfast.data.photos import photo_manifest, photo_patches
+from curvfast.engine import parse_device
 from curvfast.io import write_npz
 from curvfast.pipelines.common.contract import config_dict, option, run_folder, write_results
 from curvfast.pipelines.common.data import DataOptions, build_network, load_split
@@ -92,8 +93,7 @@ class Config(DataOptions):
             raise ValueError("id_classes must leave at least one class out for the heldout_classes OoD set")
         if not self.seeds:
             raise ValueError("seeds must name at least one seed")
-        if str(self.device).startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device={self.device!r} but no CUDA GPU is available; use --device cpu")
+        parse_device(self.device)
         if self.norm_statistic not in NORM_STATISTICS:
             raise ValueError(f"norm_statistic must be one of {NORM_STATISTICS} (got {self.norm_statistic!r})")
         _posthoc_detectors(self)  # the constructors check k, T and eps
