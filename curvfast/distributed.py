@@ -14,6 +14,7 @@ not arrive. Every collective has a timeout; a rank that died or hangs turns into
 """
 from __future__ import annotations
 
+import atexit
 import datetime
 import math
 import os
@@ -135,6 +136,9 @@ def setup(device: torch.device, timeout: float = DEFAULT_TIMEOUT) -> tuple[Conte
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout))
+        # the group curvfast opened is closed before the interpreter exits: left to static destruction,
+        # its threads can abort the process ("terminate called without an active exception")
+        atexit.register(shutdown)
     if dist.get_backend() == "gloo":
         group = None
     else:  # one gloo side group per default group, created collectively by every rank
