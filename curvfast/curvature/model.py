@@ -12,8 +12,8 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-__all__ = ["unwrap_model", "scoring_mode", "scoring_model", "check_finite_model", "without_wrapper_hooks", "LogitFn",
-           "no_tf32"]
+__all__ = ["unwrap_model", "scoring_mode", "scoring_model", "shared_copy", "reused_copy", "check_finite_model",
+           "without_wrapper_hooks", "LogitFn", "no_tf32"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -84,7 +84,7 @@ def scoring_mode(model: nn.Module) -> Iterator[nn.Module]:
 _IN_PLACE_LOCK = threading.RLock()  # re-entered by the piecewise-linearity check
 
 
-def _shared_copy(model: nn.Module) -> nn.Module:
+def shared_copy(model: nn.Module) -> nn.Module:
     """New module objects whose parameters, buffers and other tensor attributes are detached
     aliases of the caller's (same storage, ``requires_grad=False``): no tensor data is copied."""
     memo = {}
@@ -101,6 +101,7 @@ def _shared_copy(model: nn.Module) -> nn.Module:
 
 _COPIES: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()  # model -> (names, copied modules)
 _COPIES_LOCK = threading.Lock()
+_REUSED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()  # the copies in _COPIES
 # Values that deepcopy keeps as they are (classes, functions) or copies by value (numbers ...)
 _PLAIN = (bool, int, float, str, type(None), torch.dtype, torch.device, torch.Size, type, types.FunctionType,
           types.BuiltinFunctionType)
@@ -128,7 +129,7 @@ def _alias(t, a) -> bool:
 
 
 def _same_state(module: nn.Module, copied: nn.Module) -> bool:
-    """Whether ``copied`` (a ``_shared_copy`` of a cacheable module) still computes what ``module``
+    """Whether ``copied`` (a ``shared_copy`` of a cacheable module) still computes what ``module``
     does in eval mode: same class and attributes, plain values equal, tensors aliasing the same
     memory, the same submodule slots, no hooks."""
     mine, theirs = vars(module), vars(copied)
@@ -156,7 +157,7 @@ def _same_state(module: nn.Module, copied: nn.Module) -> bool:
 
 
 def _cached_copy(model: nn.Module) -> nn.Module:
-    """``_shared_copy(model)``, reused from the previous call while it still matches the model
+    """``shared_copy(model)``, reused from the previous call while it still matches the model
     (see ``_same_state``; checking costs a fraction of copying). Models with other kinds of
     attributes (hooks, arbitrary objects) are copied afresh on every call."""
     named = list(model.named_modules())
@@ -165,17 +166,25 @@ def _cached_copy(model: nn.Module) -> nn.Module:
     if cached is not None and cached[0] == [n for n, _ in named] and all(
             _same_state(m, c) for (_, m), c in zip(named, cached[1])):
         return cached[1][0]
-    scored = _shared_copy(model).eval()
+    scored = shared_copy(model).eval()
     if all(_cacheable(m) for _, m in named):
         with _COPIES_LOCK:
             _COPIES[model] = ([n for n, _ in named], [m for _, m in scored.named_modules()])
+            _REUSED.add(scored)
     return scored
+
+
+def reused_copy(model: nn.Module) -> bool:
+    """Whether ``model`` is a scoring copy that ``scoring_model`` reuses across calls: plain
+    modules only (no hooks, no arbitrary attributes), so per-copy caches may key on it."""
+    with _COPIES_LOCK:
+        return model in _REUSED
 
 
 @contextlib.contextmanager
 def scoring_model(model: nn.Module) -> Iterator[nn.Module]:
     """The model to score with: an eval-mode copy sharing the caller's weights (see
-    ``_shared_copy``; reused across calls, see ``_cached_copy``), so the caller's train/eval
+    ``shared_copy``; reused across calls, see ``_cached_copy``), so the caller's train/eval
     flags, ``requires_grad`` flags and BatchNorm statistics are never touched and concurrent
     calls (threads, re-entrant hooks) on one model do not interfere. A model with an attribute
     that cannot be deep-copied (a lock, an open file ...) is scored in place under

@@ -1,0 +1,156 @@
+"""Folding eval BatchNorm into the layer feeding it (curvature/folding.py): which pairs fold, that
+the folded model is the same function, and that the estimators stay exact with it."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import curvfast
+from conftest import reference_hessians
+from curvfast.curvature.folding import fold_plan
+from curvfast.curvature.model import scoring_model
+
+
+class Mixed(nn.Module):
+    """Pairs that fold (stem, block, linear head) next to ones that must not: a conv output also used
+    by a skip, a conv called twice, a ReLU between conv and BatchNorm."""
+
+    def __init__(self, classes: int = 5):
+        super().__init__()
+        self.stem, self.stem_bn = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.block = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4))
+        self.skip, self.skip_bn = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+        self.shared, self.shared_bn = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.late, self.late_bn = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+        self.fc, self.fc_bn = nn.Linear(4 * 4 * 4, 8), nn.BatchNorm1d(8)
+        self.head = nn.Linear(8, classes)
+
+    def forward(self, x):
+        h = F.relu(self.stem_bn(self.stem(x)))
+        h = F.relu(self.block(h) + h)
+        u = self.skip(h)
+        h = F.relu(self.skip_bn(u) + u)            # u also feeds the sum: must not fold
+        h = self.shared_bn(self.shared(self.shared(h)))  # called twice: must not fold
+        h = self.late_bn(F.relu(self.late(h)))      # a ReLU in between
+        h = F.max_pool2d(h, 2)
+        return self.head(F.relu(self.fc_bn(self.fc(h.flatten(1)))))
+
+
+def _mixed(seed: int = 0) -> nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    model = Mixed().double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.5)
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+                m.running_mean.copy_(torch.randn(m.num_features, generator=gen, dtype=torch.float64) * 0.3)
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen, dtype=torch.float64) + 0.3)
+    return model.eval()
+
+
+def _x(batch: int = 4, seed: int = 1) -> torch.Tensor:
+    return torch.randn(batch, 1, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _plan(model, x):
+    with scoring_model(model) as scored:
+        return scored, fold_plan(scored, x)
+
+
+def test_only_layers_feeding_nothing_but_their_batchnorm_fold():
+    model = _mixed()
+    _, plan = _plan(model, _x())
+    assert plan.pairs == (("stem", "stem_bn"), ("block.0", "block.1"), ("fc", "fc_bn"))
+    assert plan.norm_elements == 4 * 64 + 4 * 64 + 8
+    assert plan.weights == (4 * 9 + 4) + (4 * 4 * 9 + 4) + (64 * 8 + 8)
+    assert plan.classes == 5
+
+
+def test_a_batchnorm_on_batch_statistics_does_not_fold():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False), nn.Flatten()).double().eval()
+    _, plan = _plan(model, _x())
+    assert plan is None
+
+
+def test_the_folded_copy_is_the_same_function_and_the_model_is_untouched():
+    model, x = _mixed(), _x()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    scored, plan = _plan(model, x)
+    folded = plan.apply(scored)
+    assert isinstance(folded.stem_bn, nn.Identity) and isinstance(folded.block[1], nn.Identity)
+    assert isinstance(folded.skip_bn, nn.BatchNorm2d) and folded.block[0].bias is not None
+    torch.testing.assert_close(folded(x), model(x), rtol=1e-12, atol=1e-12)
+    assert isinstance(model.stem_bn, nn.BatchNorm2d) and model.block[0].bias is None
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def _batch_norm_calls(monkeypatch) -> list:
+    calls, real = [], F.batch_norm
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "batch_norm", counting)
+    return calls
+
+
+def test_exact_folds_and_stays_exact(monkeypatch):
+    """exact on the folded copy equals the float64 torch.func Hessian trace of the unfolded model,
+    and its forward runs only the BatchNorms that cannot fold (3 of 6 stock ones)."""
+    model, x = _mixed(), _x()
+    y = torch.tensor([0, 1, 2, 3])
+    curvfast.input_curvature(model, x, y, method="exact")  # finds the plan
+    calls = _batch_norm_calls(monkeypatch)
+    trace = curvfast.input_curvature(model, x, y, method="exact").value
+    assert len(calls) == 3  # skip_bn, shared_bn, late_bn
+    hess = reference_hessians(model, x, y)
+    torch.testing.assert_close(trace, hess.diagonal(dim1=1, dim2=2).sum(-1), rtol=1e-10, atol=0)
+
+
+def test_folded_weights_follow_writes_that_keep_the_version(monkeypatch):
+    """The fold is recomputed from the current weights on every call: a write through ``.data``
+    (which keeps the parameter's version counter) changes the next result exactly as it should."""
+    model, x = _mixed(), _x()
+    y = torch.tensor([4, 3, 2, 1])
+    curvfast.input_curvature(model, x, y, method="exact")
+    with torch.no_grad():
+        model.stem.weight.data.mul_(1.7)
+        model.stem_bn.running_var.data.mul_(3.0)
+        model.block[1].weight.data.add_(0.25)
+        model.fc_bn.running_mean.data.sub_(0.5)
+    trace = curvfast.input_curvature(model, x, y, method="exact").value
+    hess = reference_hessians(model, x, y)
+    torch.testing.assert_close(trace, hess.diagonal(dim1=1, dim2=2).sum(-1), rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("method", ["hutchinson", "deflated"])
+def test_probe_estimators_agree_with_and_without_folding(method):
+    """Same probes, same Hessian: the folded and the unfolded model give the same estimate."""
+    model, x = _mixed(), _x()
+    y = torch.tensor([0, 1, 2, 3])
+    folded = curvfast.input_curvature(model, x, y, method=method, probes=20).value
+    model.register_forward_hook(lambda *args: None)  # a hooked model is never folded
+    plain = curvfast.input_curvature(model, x, y, method=method, probes=20).value
+    torch.testing.assert_close(folded, plain, rtol=1e-9, atol=1e-12)
+
+
+def test_folding_is_skipped_when_it_costs_more_than_it_saves(monkeypatch):
+    """One sample, two classes (one backward pass) through wide layers on a 1x1 input: rewriting
+    the weights would cost more than the BatchNorm backward it saves, so the model is scored as it is."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, 2)).double().eval()
+    x, y = torch.randn(1, 512, dtype=torch.float64), torch.tensor([1])
+    with scoring_model(model) as scored:
+        plan = fold_plan(scored, x)
+    assert plan.pairs == (("1", "2"),) and not plan.pays(1, 1) and plan.pays(4096, 1)
+    xs, ys = x.repeat(4096, 1), y.repeat(4096)
+    for args in ((x, y), (xs, ys)):  # first calls: plan and piecewise-linearity check
+        curvfast.input_curvature(model, *args, method="exact")
+    calls = _batch_norm_calls(monkeypatch)
+    curvfast.input_curvature(model, x, y, method="exact")
+    assert calls == [(1, 512)], "one sample: the BatchNorm runs, not folded"
+    calls.clear()
+    curvfast.input_curvature(model, xs, ys, method="exact")
+    assert not calls, "a large batch folds"
