@@ -27,7 +27,7 @@ is the operator of an explicit row tensor; ``curvfast.pipelines.verifix.patches.
 a convolution's patches, computed by convolutions without forming the patch matrix.
 
 ``choose_route`` picks the cheaper one from a cost model whose constants were measured on the
-development machine (2 CPU threads, float64): "randomized" when a truncated rank is acceptable
+development machine (one CPU thread, float64): "randomized" when a truncated rank is acceptable
 (``rank`` given) or when there are fewer rows than dimensions (then it is exact), and its passes
 cost less than the Gram products + the factorisations of G its result is used through.
 """
@@ -45,14 +45,20 @@ __all__ = ["SpectrumResult", "GramSpectrum", "DenseRows", "StreamingGram", "Stre
 
 ROUTES = ("auto", "gram", "randomized")
 
-# Measured with torch 2.14 on the 2-thread development CPU, float64 (see docs/verifix.md):
-# a GEMM runs at ~80 GFLOP/s; a reduced QR of a d x l matrix ~1e-10 · d l² s. A Gram result is used
-# through its eigenvalues (``eigvalsh``, ~4e-11 · d³ s) and a matrix function per call such as a
-# projector (Cholesky + inverse, ~3e-11 · d³ s, 2.8 s at d = 4608 on 1 thread; ``eigh`` takes 25 s
-# there): counted as eigenvalues + 5 factorisations (Verifix's α grid), ~2e-10 · d³ s.
-_SECONDS_PER_FLOP = 1.25e-11
-_FACTOR_SECONDS_PER_D3 = 2e-10
-_QR_SECONDS_PER_DL2 = 1.0e-10
+# Measured with torch 2.14 on one thread of the 2-core development CPU, float64, for a CIFAR
+# ResNet-18's last-stage layers (``python -m benchmarks.verifix_routes``; docs/verifix.md): the Gram
+# products (2 n d², half of them computed, by symmetry) run at ~3e-11 s per counted flop; the
+# sketch products (4 n d l: a convolution with l filters and its weight gradient, slow on 4x4
+# maps) at ~6e-11; a reduced QR of d x l ~1.6e-10 · d l² s per pass, the Nyström result (a
+# triangular solve and an SVD of d x l) ~3e-10 · d l². A result is used through 5 projectors
+# (Verifix's α grid): from a Gram matrix eigenvalues + 5 Cholesky factorisations and inverses,
+# ~3.5e-10 · d³ s (32 s at d = 4608); from l singular pairs 5 products U f(s) Uᵀ, ~2.5e-10 · d² l s.
+_GRAM_SECONDS_PER_FLOP = 3e-11
+_SKETCH_SECONDS_PER_FLOP = 6e-11
+_FACTOR_SECONDS_PER_D3 = 3.5e-10
+_QR_SECONDS_PER_DL2 = 1.6e-10
+_NYSTROM_SECONDS_PER_DL2 = 3e-10
+_LOWRANK_PROJECTOR_SECONDS_PER_D2L = 2.5e-10
 
 
 @dataclass
@@ -232,14 +238,16 @@ def choose_route(dim: int, rows: int, rank: int | None, *, oversample: int = 10,
     """The cheaper route by the measured cost model. With ``rank=None`` (exact spectrum asked) the
     randomized route is still exact when there are fewer rows than dimensions (rank(X) <= rows <=
     l), so it is chosen there if cheaper; otherwise "gram". With a truncated ``rank`` the cheaper
-    of (1 + q) randomized passes + QRs and the Gram products + factorisations wins."""
+    of (1 + q) randomized passes + QRs + the Nyström result + low-rank projectors and the Gram
+    products + factorisations wins."""
     target = min(dim if rank is None else rank, rows)
     width = min(target + oversample, dim)
     if width >= dim or (rank is None and rows > target):
         return "gram"
-    gram = 2.0 * rows * dim * dim * _SECONDS_PER_FLOP + _FACTOR_SECONDS_PER_D3 * dim**3
+    gram = 2.0 * rows * dim * dim * _GRAM_SECONDS_PER_FLOP + _FACTOR_SECONDS_PER_D3 * dim**3
     passes = 1 + power_iters
-    randomized = passes * (4.0 * rows * dim * width * _SECONDS_PER_FLOP + _QR_SECONDS_PER_DL2 * dim * width**2)
+    randomized = (passes * (4.0 * rows * dim * width * _SKETCH_SECONDS_PER_FLOP + _QR_SECONDS_PER_DL2 * dim * width**2)
+                  + _NYSTROM_SECONDS_PER_DL2 * dim * width**2 + _LOWRANK_PROJECTOR_SECONDS_PER_D2L * dim * dim * width)
     return "randomized" if randomized < gram else "gram"
 
 
