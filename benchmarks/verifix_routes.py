@@ -56,7 +56,9 @@ def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     load = [os.getloadavg()[0]]
-    rows_out, lines = [], ["| cin | d | rows | gram s (median, min) | randomized s (median, min) | faster | auto picks |", "|---|---|---|---|---|---|---|"]
+    rows_out = []
+    lines = ["| cin | d | rows | gram s (median, min) | randomized s (median, min) | faster | auto picks |",
+             "|---|---|---|---|---|---|---|"]
     for cin in args.cin:
         conv = nn.Conv2d(cin, 512, 3, padding=1, bias=False)
         batches = [torch.randn(50, cin, 4, 4) for _ in range(max(1, args.images // 50))]

@@ -73,6 +73,15 @@ def test_a_batchnorm_on_batch_statistics_does_not_fold():
     assert plan is None
 
 
+def test_half_precision_weights_do_not_fold():
+    """Folding would round s ⊙ W once more, at 2⁻⁸ in bfloat16: such layers are scored as they are."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten()).eval()
+    _, plan = _plan(model, _x().float())
+    assert plan.pairs == (("0", "1"),)
+    _, plan = _plan(model.bfloat16(), _x().bfloat16())
+    assert plan is None
+
+
 def test_the_folded_copy_is_the_same_function_and_the_model_is_untouched():
     model, x = _mixed(), _x()
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -14,8 +14,8 @@ unfolded model by more than one pass in C.
 The pairs are found once per scoring copy (``model.reused_copy``) and input shape, by one
 forward of one sample through a private copy with hooks: the BatchNorm (running statistics,
 the stock forward) reads the output of exactly that layer (the stock forward, no
-parametrization), each module runs once, and in the autograd graph of the logits that output
-feeds only the BatchNorm. The folded weights are recomputed from the current weights on every
+parametrization, float32 or float64 weights), each module runs once, and in the autograd
+graph of the logits that output feeds only the BatchNorm. The folded weights are recomputed from the current weights on every
 call (one pass over them; nothing stale after an in-place or ``.data`` update), so folding is
 done only when the backward work it saves is larger (:meth:`FoldPlan.pays`).
 """
@@ -106,8 +106,10 @@ def fold_plan(model: nn.Module, x: torch.Tensor, output_transform: Callable | No
 
 
 def _stock_layer(m: nn.Module) -> bool:
+    """A stock conv / linear layer with float32 or float64 weights (a half-precision weight would
+    take one more rounding, at 2⁻⁸ in bfloat16, when the scale is folded into it)."""
     return (isinstance(m, _LAYERS) and type(m).forward in _STOCK_FORWARD and "forward" not in vars(m)
-            and not parametrize.is_parametrized(m))
+            and not parametrize.is_parametrized(m) and m.weight.dtype in (torch.float32, torch.float64))
 
 
 def _stock_norm(m: nn.Module) -> bool:
