@@ -14,7 +14,7 @@ from torch import nn
 from curvfast.curvature.checks import check_batch, check_labels, is_missing_second_derivative, is_piecewise_linear
 from curvfast.curvature.deflated import deflated_curvature
 from curvfast.curvature.finite_difference import fd_curvature, zo_curvature
-from curvfast.curvature.folding import fold_plan
+from curvfast.curvature.folding import fold_batchnorms, foldable_pairs
 from curvfast.curvature.hutchinson import HVP_MODES, hutchinson_curvature
 from curvfast.curvature.logit_space import GRAM_STATISTICS, Forward, logit_space_curvature
 from curvfast.curvature.model import LogitFn, check_finite_model, scoring_model, unwrap_model, without_wrapper_hooks
@@ -133,9 +133,9 @@ def input_curvature(
     check_finite_model(model)
     sample_ids = sample_ids_for(sample_ids, x)
     with without_wrapper_hooks(wrapper), scoring_model(model) as scored, full_precision(x.device):
-        plan = fold_plan(scored, x, output_transform)
-        if plan is not None and plan.pays(x.shape[0], _backward_passes(method, plan.classes, probes, top_classes)):
-            scored = plan.apply(scored)  # eval BatchNorms folded into the layers feeding them
+        pairs = foldable_pairs(scored, x, output_transform)
+        if pairs:
+            scored = fold_batchnorms(scored, pairs)  # eval BatchNorms folded into the layers feeding them
         logit_fn = LogitFn(scored, output_transform, owner=model)
         forward = _forward(logit_fn, x, graph=method in LOGIT_SPACE_METHODS)
         num_classes = forward.logits.shape[1]
@@ -242,18 +242,6 @@ def _zo_oracle(loss_fn, x, y, statistic, probes, seed, sample_ids, step, pass_si
     )
     _check_finite(value, loss, "zo")
     return CurvatureResult(value, stderr, loss, "zo", statistic)
-
-
-def _backward_passes(method: str, num_classes: int, probes, top_classes) -> int:
-    """About how many backward passes over the batch ``method`` will run (for the folding trade-off;
-    arguments not yet validated count as their defaults)."""
-    probes = probes if isinstance(probes, int) and probes > 0 else DEFAULT_PROBES.get(method, DEFAULT_PROBES["sampled"])
-    top = top_classes if isinstance(top_classes, int) and top_classes >= 0 else 10
-    if method in ("exact", "auto") and num_classes <= EXACT_MAX_CLASSES:
-        return max(num_classes - 1, 1)
-    if method in ("exact", "sampled", "auto"):
-        return top + probes
-    return probes
 
 
 def _probe_count(method: str, probes: int | None) -> int:
