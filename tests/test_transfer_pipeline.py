@@ -79,3 +79,30 @@ def test_explicit_options_override_the_paper_preset():
 def test_data_and_device_options_are_checked_before_any_data_is_read(field, value, message):
     with pytest.raises(ValueError, match=message):
         run(Config(dataset="imagefolder", root="/nonexistent", **{field: value}))
+
+
+def test_attack_batch_bounds_every_forward_after_training_and_changes_no_result(monkeypatch, tmp_path):
+    """--attack-batch reaches the attacks, the ensemble attacks, the predictions and the ensemble votes:
+    no network sees more images at once, and the study is the same as with one batch for all."""
+    import curvfast.pipelines.transfer.pipeline as pipeline
+
+    seen = []
+    trained = pipeline.load_or_train
+
+    def watched(*args, **kwargs):
+        net, info = trained(*args, **kwargs)
+        net.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].shape[0]))
+        return net, info
+
+    monkeypatch.setattr(pipeline, "load_or_train", watched)
+    common = dict(models=("small_cnn", "mlp2"), eps=(0, 16 / 255, 32 / 255), robust_eps=(32 / 255,), steps=2, step=0.05,
+                  epochs=1, n_test=20, ensemble="both=small_cnn,mlp2", quiet=True)
+    small = run(Config(attack_batch=3, **common), out=str(tmp_path / "small"))
+    assert seen and max(seen) == 3
+    seen.clear()
+    whole = run(Config(**common), out=str(tmp_path / "whole"))
+    assert max(seen) == 20
+    for key in ("transfer_matrix", "robust_accuracy", "metric"):
+        assert small[key] == whole[key], key
+    with pytest.raises(ValueError, match="attack_batch"):
+        run(Config(attack_batch=0, **common))

@@ -64,6 +64,7 @@ class Config(DataOptions):
     step: float = option(0.01, "attack step size")
     epochs: int = option(15, "training epochs of each network")
     batch_size: int = option(64)
+    attack_batch: int = option(512, "images per attack and prediction batch (lower it for large models or inputs)")
     n_test: str = option("200", "attack a seeded random subset of this many test images, or all")
     ensemble_size: int = option(3, "members of the automatic ensembles")
     ensemble: str = option("", "extra ensembles NAME=MODEL,MODEL,... (several: separated by ;)")
@@ -126,9 +127,9 @@ def _resolve(config: Config) -> dict:
         raise ValueError(f"models must name at least two distinct specs (got {names})")
     if config.attack not in SINGLE_ATTACKS:
         raise ValueError(f"attack must be one of {SINGLE_ATTACKS} (got {config.attack!r})")
-    if config.steps < 1 or config.epochs < 1 or config.ensemble_size < 1 or config.batch_size < 1:
-        raise ValueError(f"steps, epochs, ensemble_size and batch_size must be >= 1 (got {config.steps}, {config.epochs}, "
-                         f"{config.ensemble_size}, {config.batch_size})")
+    if min(config.steps, config.epochs, config.ensemble_size, config.batch_size, config.attack_batch) < 1:
+        raise ValueError(f"steps, epochs, ensemble_size, batch_size and attack_batch must be >= 1 (got {config.steps}, {config.epochs}, "
+                         f"{config.ensemble_size}, {config.batch_size}, {config.attack_batch})")
     eps, robust_eps = _radii(config.eps, "eps"), _radii(config.robust_eps, "robust_eps")
     metric_eps = _radii(config.metric_eps, "metric_eps")
     if len(metric_eps) != 1:
@@ -150,7 +151,7 @@ def _finite(value):
     return value if math.isfinite(value) else None
 
 
-def _tensors(dataset, n: int | None, seed: int, options: DataOptions) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+def _tensors(dataset, n: int | None, seed: int, options: Config) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """Images, labels and their indices in ``dataset`` (all, or ``n`` drawn at random): only the chosen
     images are read, so memory grows with ``n``, not with the test split."""
     keep = torch.arange(len(dataset))
@@ -158,7 +159,7 @@ def _tensors(dataset, n: int | None, seed: int, options: DataOptions) -> tuple[t
         if not 2 <= n <= len(dataset):
             raise ValueError(f"n_test must be in [2, {len(dataset)}] (got {n})")
         keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-    x, y = map(torch.cat, zip(*loader(Subset(dataset, keep.tolist()), options, batch_size=512)))
+    x, y = map(torch.cat, zip(*loader(Subset(dataset, keep.tolist()), options, batch_size=options.attack_batch)))
     return x, y, keep.numpy()
 
 
@@ -207,20 +208,21 @@ def _summary(values) -> dict:
     return {"mean_metric": float(finite.mean()), "min_metric": float(finite.min()), "max_metric": float(finite.max())}
 
 
-def _ensemble_robustness(members, x, y, radii, transfers, rules, *, step, steps, seed, bar) -> dict:
+def _ensemble_robustness(members, x, y, radii, transfers, rules, *, step, steps, seed, batch, bar) -> dict:
     """Majority-vote accuracy of ``members``: clean, under ``ensemble_pgd`` with each rule at each
     radius, under the strongest single-model transfer (``transfers[r]``: every zoo model's own
     attack at radius r), and the worst of those per radius."""
 
     @torch.no_grad()
     def vote_accuracy(inputs: torch.Tensor) -> float:
-        return float((majority_vote([m(inputs) for m in members]) == y).float().mean())
+        votes = torch.cat([majority_vote([m(xb) for m in members]) for xb in inputs.split(batch)])
+        return float((votes == y).float().mean())
 
     entry = {"clean": vote_accuracy(x)}
     for rule in rules:
         entry[rule] = []
         for radius in radii:
-            adv = ensemble_pgd(members, x, y, rule=rule, eps=radius, step=step, steps=steps, seed=seed)
+            adv = ensemble_pgd(members, x, y, rule=rule, eps=radius, step=step, steps=steps, seed=seed, batch_size=batch)
             entry[rule].append(vote_accuracy(adv))
             bar.update()
     entry["worst_single_source_transfer"] = [min(vote_accuracy(adv) for adv in advs) for advs in transfers]
@@ -267,7 +269,8 @@ def _study(config: Config, resolved: dict, data: tuple, folder: str) -> dict:
         model_info.append({"name": spec.name, **spec.factors(), **minfo, "seconds": round(time.perf_counter() - began, 2)})
 
     began = time.perf_counter()
-    clean = predictions_under_attack(nets, [x])[0]                       # (M, N)
+    batch = config.attack_batch
+    clean = predictions_under_attack(nets, [x], batch)[0]                # (M, N)
     labels = y.cpu().numpy()
     correct = clean == labels
     robust_index = [int(np.argmin(abs(sweep - e))) for e in robust_eps]
@@ -276,8 +279,8 @@ def _study(config: Config, resolved: dict, data: tuple, folder: str) -> dict:
     bar = tqdm(total=len(nets) * len(sweep), desc=f"{attack_name} sweep", disable=quiet)
     for s, net in enumerate(nets):
         for e, radius in enumerate(sweep):
-            adv = attack(net, x, y, name=attack_name, eps=float(radius), step=step, steps=steps, seed=seed)
-            preds[s, e] = predictions_under_attack(nets, [adv])[0]
+            adv = attack(net, x, y, name=attack_name, eps=float(radius), step=step, steps=steps, seed=seed, batch_size=batch)
+            preds[s, e] = predictions_under_attack(nets, [adv], batch)[0]
             if e in robust_index:
                 kept[s, e] = adv
             bar.update()
@@ -312,7 +315,8 @@ def _study(config: Config, resolved: dict, data: tuple, folder: str) -> dict:
     for ens_name, idx in ens.items():
         entry = _ensemble_robustness(
             [nets[i] for i in idx], x[held], y[held], [float(sweep[e]) for e in robust_index],
-            [[kept[s, e][held] for s in range(len(nets))] for e in robust_index], rules, step=step, steps=steps, seed=seed, bar=bar,
+            [[kept[s, e][held] for s in range(len(nets))] for e in robust_index], rules, step=step, steps=steps, seed=seed,
+            batch=batch, bar=bar,
         )
         member_acc = [float(np.mean([robust["single"][names[i]][attack_name][r] for i in idx])) for r in range(len(robust_index))]
         robust["ensembles"][ens_name] = {"members": [names[i] for i in idx], f"mean_member_{attack_name}": member_acc, **entry}
