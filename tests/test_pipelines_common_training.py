@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from curvfast.pipelines.common.training import fit
+from curvfast.pipelines.common.training import evaluate, fit
 
 
 def _data(n=64, seed=0):
@@ -65,3 +65,22 @@ def test_bad_settings_are_named(kwargs, message):
 def test_divergence_is_reported():
     with pytest.raises(FloatingPointError, match="diverged"):
         fit(_net(), _data(), epochs=1, loss_fn=lambda m, x, y: m(x).sum() * float("inf"))
+
+
+class _LabelIsWorker(torch.utils.data.Dataset):
+    """Label 1 when read in a DataLoader worker process, 0 in the main process."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return torch.zeros(2), int(torch.utils.data.get_worker_info() is not None)
+
+
+def test_evaluate_reads_through_the_workers_it_is_given():
+    always_one = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        always_one.weight.zero_()
+        always_one.bias.copy_(torch.tensor([0.0, 1.0]))
+    assert evaluate(always_one, _LabelIsWorker()) == 0.0
+    assert evaluate(always_one, _LabelIsWorker(), workers=2) == 1.0

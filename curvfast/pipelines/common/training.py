@@ -19,13 +19,13 @@ __all__ = ["train_model", "fit", "evaluate"]
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset, batch_size: int = 256) -> float:
-    """Top-1 accuracy in eval mode (the caller's mode is restored)."""
+def evaluate(model: torch.nn.Module, dataset, batch_size: int = 256, workers: int = 0) -> float:
+    """Top-1 accuracy in eval mode (the caller's mode is restored); ``workers`` loader processes."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     correct = 0
-    for x, y in DataLoader(dataset, batch_size=batch_size):
+    for x, y in DataLoader(dataset, batch_size=batch_size, num_workers=workers):
         correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
     model.train(was_training)
     return correct / len(dataset)

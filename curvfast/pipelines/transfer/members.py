@@ -154,7 +154,8 @@ def load_or_train(
             return model.to(device).eval(), {**info, "checkpoint": path, "trained": False}
     train_member(model, spec, train_set, epochs=epochs, batch_size=batch_size, device=device, options=options)
     info = {"spec": spec.name, "dataset": dataset, "epochs": epochs,
-            "train_accuracy": evaluate(model, train_set), "test_accuracy": evaluate(model, test_set)}
+            "train_accuracy": evaluate(model, train_set, workers=options.workers),
+            "test_accuracy": evaluate(model, test_set, workers=options.workers)}
     if path is not None:
         save_checkpoint(path, model, **(meta | info))
     return model.eval(), {**info, "checkpoint": path, "trained": True}
