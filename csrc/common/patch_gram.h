@@ -1,0 +1,112 @@
+// The fused patch Gram / patch sketch shared by the CPU and CUDA kernels of curvfast::patch_gram
+// and curvfast::patch_gram_add_ (host code; the device-specific part is the im2col of one tile).
+//
+// For the (padded) input x (B, C, H, W) of a convolution with kernel (kh, kw), stride, dilation
+// and g groups, X_j is group j's patch matrix: one row per output position (b, oy, ox), the
+// d = C/g · kh · kw entries x[b, j·C/g + c, oy·sh + a·dh, ox·sw + e·dw] in (c, a, e) order (the
+// layout of W.reshape(C_out, -1)). With the weights m over the output positions,
+//
+//     acc_j += X_jᵀ diag(m) X_j          (omega undefined; the Gram matrix)
+//     acc_j += X_jᵀ diag(m) (X_j Ω_j)    (omega (g, d, l); the range finder's sketch)
+//
+// without forming X: the positions with m != 0 are taken kTileRows at a time, one tile's rows are
+// written into a (g, tile, d) buffer by `im2col` and multiplied by at::mm / at::bmm (BLAS on the
+// CPU, cuBLAS on CUDA). Products run in x's dtype; a float32 tile's product (a sum over at most
+// kTileRows32 positions) is added into the float64 accumulator, a float64 tile's is accumulated
+// in place. The Gram matrix is symmetric: d is cut into column blocks and only the blocks on and
+// above the diagonal are multiplied ((nb + 1) / (2 nb) of the products for nb blocks); each block
+// above is also added transposed below. Memory: the tile buffers (2 · g · tile · d) and one block
+// product, never B · L · d.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "checks.h"
+
+namespace curvfast {
+
+/// Positions per float32 tile: each float32 product sums at most this many positions before it
+/// is added in float64 (as the conv route's 256-position chunks).
+constexpr int64_t kTileRows32 = 256;
+/// Positions per float64 tile (accumulated in place: the size only trades memory for BLAS speed).
+constexpr int64_t kTileRows64 = 512;
+/// Target width of the Gram's column blocks.
+constexpr int64_t kGramBlock = 384;
+
+/// Writes the patch rows of the flat output positions idx[0 .. t) (b · H_out · W_out + oy · W_out
+/// + ox) into buf[:, 0 .. t, :] of the (g, tile, d) buffer `buf`.
+using Im2colTile = void (*)(const at::Tensor& x, const at::Tensor& idx, const PatchGeometry& geo,
+                            at::Tensor& buf);
+
+/// acc += a @ b: in place for float64 factors, else through a product in their dtype.
+inline void add_product(at::Tensor acc, const at::Tensor& a, const at::Tensor& b) {
+  if (a.scalar_type() == at::kDouble) {
+    acc.addmm_(a, b);
+  } else {
+    acc.add_(at::mm(a, b));
+  }
+}
+
+/// acc_j += rowsᵀ weighted (both (t, d)) for the blocks on and above the diagonal; the blocks
+/// above are added transposed below too.
+inline void add_gram_blocks(at::Tensor acc, const at::Tensor& rows, const at::Tensor& weighted) {
+  const int64_t d = rows.size(1);
+  const int64_t nb = (d + kGramBlock - 1) / kGramBlock;
+  const int64_t width = (d + nb - 1) / nb;
+  for (int64_t i0 = 0; i0 < d; i0 += width) {
+    const int64_t ni = std::min(width, d - i0);
+    const at::Tensor left = weighted.narrow(1, i0, ni).t();
+    add_product(acc.narrow(0, i0, ni).narrow(1, i0, ni), left, rows.narrow(1, i0, ni));
+    for (int64_t j0 = i0 + ni; j0 < d; j0 += width) {
+      const int64_t nj = std::min(width, d - j0);
+      const at::Tensor block = at::mm(left, rows.narrow(1, j0, nj));
+      acc.narrow(0, i0, ni).narrow(1, j0, nj).add_(block);
+      acc.narrow(0, j0, nj).narrow(1, i0, ni).add_(block.t());
+    }
+  }
+}
+
+/// The shared driver: acc (g, d, d or l), float64, contiguous, checked by the caller.
+inline void patch_gram_accumulate(at::Tensor& acc, const at::Tensor& x_in, const at::Tensor& mask,
+                                  const c10::optional<at::Tensor>& omega, const PatchGeometry& geo,
+                                  Im2colTile im2col) {
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor flat = mask.reshape({-1});
+  const at::Tensor idx = flat.nonzero().squeeze(1);  // the positions that count
+  const int64_t n = idx.size(0);
+  if (n == 0 || geo.dim == 0) return;
+  const at::Tensor weights = flat.index_select(0, idx);
+  const int64_t tile =
+      std::min(n, x.scalar_type() == at::kDouble ? kTileRows64 : kTileRows32);
+  at::Tensor buf = at::empty({geo.groups, tile, geo.dim}, x.options());
+  at::Tensor om;
+  if (omega.has_value()) om = omega->to(x.scalar_type()).contiguous();
+  for (int64_t start = 0; start < n; start += tile) {
+    const int64_t t = std::min(tile, n - start);
+    im2col(x, idx.narrow(0, start, t), geo, buf);
+    const at::Tensor rows = buf.narrow(1, 0, t);  // (g, t, d)
+    const at::Tensor w = weights.narrow(0, start, t).view({1, t, 1});
+    if (om.defined()) {
+      const at::Tensor sketch = at::bmm(rows, om).mul_(w);  // diag(m) X Ω, (g, t, l)
+      for (int64_t j = 0; j < geo.groups; ++j) add_product(acc[j], rows[j].t(), sketch[j]);
+    } else {
+      const at::Tensor weighted = rows * w;
+      for (int64_t j = 0; j < geo.groups; ++j) add_gram_blocks(acc[j], rows[j], weighted[j]);
+    }
+  }
+}
+
+/// The functional op: a new float64 accumulator (g, d, d or l) filled by patch_gram_accumulate.
+inline at::Tensor patch_gram_new(const at::Tensor& x, const at::Tensor& mask,
+                                 const c10::optional<at::Tensor>& omega, const PatchGeometry& geo,
+                                 Im2colTile im2col) {
+  const int64_t cols = omega.has_value() ? omega->size(2) : geo.dim;
+  at::Tensor acc = at::zeros({geo.groups, geo.dim, cols}, x.options().dtype(at::kDouble));
+  patch_gram_accumulate(acc, x, mask, omega, geo, im2col);
+  return acc;
+}
+
+}  // namespace curvfast
