@@ -10,7 +10,7 @@
 //     acc_j += X_jᵀ diag(m) (X_j Ω_j)    (omega (g, d, l); the range finder's sketch)
 //
 // without forming X: the positions with m != 0 are taken kTileRows at a time, one tile's rows are
-// written into a (g, tile, d) buffer by `im2col` and multiplied by at::mm / at::bmm (BLAS on the
+// written into a (g, tile, d) buffer (rows padded) by `im2col` and multiplied by at::mm / at::bmm (BLAS on the
 // CPU, cuBLAS on CUDA). Products run in x's dtype; a float32 tile's product (a sum over at most
 // kTileRows32 positions) is added into the float64 accumulator, a float64 tile's is accumulated
 // in place. The Gram matrix is symmetric: d is cut into column blocks and only the blocks on and
@@ -32,12 +32,15 @@ namespace curvfast {
 /// is added in float64 (as the conv route's 256-position chunks).
 constexpr int64_t kTileRows32 = 256;
 /// Positions per float64 tile (accumulated in place: the size only trades memory for BLAS speed).
-constexpr int64_t kTileRows64 = 512;
+constexpr int64_t kTileRows64 = 256;
 /// Target width of the Gram's column blocks.
 constexpr int64_t kGramBlock = 384;
+/// Padding of the tile buffer's rows (entries): a row stride that is a multiple of 4 KiB (d = 4608
+/// in float64) would map the rows written together to one cache set.
+constexpr int64_t kRowPad = 16;
 
 /// Writes the patch rows of the flat output positions idx[0 .. t) (b · H_out · W_out + oy · W_out
-/// + ox) into buf[:, 0 .. t, :] of the (g, tile, d) buffer `buf`.
+/// + ox) into buf[:, 0 .. t, :] of the (g, tile, d) buffer `buf` (strides (g-stride, row stride, 1)).
 using Im2colTile = void (*)(const at::Tensor& x, const at::Tensor& idx, const PatchGeometry& geo,
                             at::Tensor& buf);
 
@@ -81,7 +84,7 @@ inline void patch_gram_accumulate(at::Tensor& acc, const at::Tensor& x_in, const
   const at::Tensor weights = flat.index_select(0, idx);
   const int64_t tile =
       std::min(n, x.scalar_type() == at::kDouble ? kTileRows64 : kTileRows32);
-  at::Tensor buf = at::empty({geo.groups, tile, geo.dim}, x.options());
+  at::Tensor buf = at::empty({geo.groups, tile, geo.dim + kRowPad}, x.options()).narrow(2, 0, geo.dim);
   at::Tensor om;
   if (omega.has_value()) om = omega->to(x.scalar_type()).contiguous();
   for (int64_t start = 0; start < n; start += tile) {

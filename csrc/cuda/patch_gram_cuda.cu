@@ -16,10 +16,10 @@ namespace curvfast {
 namespace {
 
 /// buf[j, r, k] for k = (c, a, e): x[b, j·cg + c, oy·sh + a·dh, ox·sw + e·dw] with (b, oy, ox)
-/// the flat position pos[r]; entries r < t of each group, group stride tile · d.
+/// the flat position pos[r]; entries r < t of each group (group stride gs, row stride ld).
 template <typename scalar_t>
 __global__ void im2col_tile_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ pos,
-                                   int64_t t, int64_t tile, PatchGeometry geo,
+                                   int64_t t, int64_t gs, int64_t ld, PatchGeometry geo,
                                    scalar_t* __restrict__ buf) {
   const int64_t khw = geo.kh * geo.kw, cg = geo.channels / geo.groups;
   const int64_t per_sample = geo.out_h * geo.out_w, total = geo.groups * t * geo.dim;
@@ -30,7 +30,7 @@ __global__ void im2col_tile_kernel(const scalar_t* __restrict__ x, const int64_t
     const int64_t p = pos[r], b = p / per_sample, oy = (p % per_sample) / geo.out_w,
                   ox = p % geo.out_w;
     const int64_t y = oy * geo.sh + a * geo.dh, xx = ox * geo.sw + e * geo.dw;
-    buf[(j * tile + r) * geo.dim + k] =
+    buf[j * gs + r * ld + k] =
         x[((b * geo.channels + j * cg + c) * geo.height + y) * geo.width + xx];
   }
 }
@@ -38,13 +38,13 @@ __global__ void im2col_tile_kernel(const scalar_t* __restrict__ x, const int64_t
 void im2col_tile_cuda(const at::Tensor& x, const at::Tensor& idx, const PatchGeometry& geo,
                       at::Tensor& buf) {
   const at::Tensor positions = idx.contiguous();
-  const int64_t t = positions.size(0), tile = buf.size(1);
+  const int64_t t = positions.size(0);
   const int64_t total = geo.groups * t * geo.dim;
   if (total == 0) return;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "curvfast_patch_gram_im2col_cuda", [&] {
     im2col_tile_kernel<scalar_t><<<num_blocks(total), kThreads, 0,
                                    c10::cuda::getCurrentCUDAStream()>>>(
-        x.data_ptr<scalar_t>(), positions.data_ptr<int64_t>(), t, tile, geo,
+        x.data_ptr<scalar_t>(), positions.data_ptr<int64_t>(), t, buf.stride(0), buf.stride(1), geo,
         buf.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
