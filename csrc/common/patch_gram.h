@@ -13,10 +13,10 @@
 // written into a (g, tile, d) buffer (rows padded) by `im2col` and multiplied by at::mm / at::bmm (BLAS on the
 // CPU, cuBLAS on CUDA). Products run in x's dtype; a float32 tile's product (a sum over at most
 // kTileRows32 positions) is added into the float64 accumulator, a float64 tile's is accumulated
-// in place. The Gram matrix is symmetric: d is cut into column blocks and only the blocks on and
-// above the diagonal are multiplied ((nb + 1) / (2 nb) of the products for nb blocks); each block
-// above is also added transposed below. Memory: the tile buffers (2 · g · tile · d) and one block
-// product, never B · L · d.
+// in place. The Gram matrix is symmetric: d is cut into nb column blocks and only the block rows
+// from the diagonal rightwards are multiplied ((nb + 1) / (2 nb) of the products); the blocks below
+// get the transpose of their mirror's gain once per call. Memory: the tile buffers (2 · g · tile · d)
+// and one float32 product, never B · L · d.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -32,7 +32,7 @@ namespace curvfast {
 /// is added in float64 (as the conv route's 256-position chunks).
 constexpr int64_t kTileRows32 = 256;
 /// Positions per float64 tile (accumulated in place: the size only trades memory for BLAS speed).
-constexpr int64_t kTileRows64 = 256;
+constexpr int64_t kTileRows64 = 512;
 /// Target width of the Gram's column blocks.
 constexpr int64_t kGramBlock = 384;
 /// Padding of the tile buffer's rows (entries): a row stride that is a multiple of 4 KiB (d = 4608
@@ -53,22 +53,31 @@ inline void add_product(at::Tensor acc, const at::Tensor& a, const at::Tensor& b
   }
 }
 
-/// acc_j += rowsᵀ weighted (both (t, d)) for the blocks on and above the diagonal; the blocks
-/// above are added transposed below too.
-inline void add_gram_blocks(at::Tensor acc, const at::Tensor& rows, const at::Tensor& weighted) {
-  const int64_t d = rows.size(1);
+/// The Gram's column blocks: nb = ceil(d / kGramBlock) blocks of width ceil(d / nb).
+inline int64_t gram_block_width(int64_t d) {
   const int64_t nb = (d + kGramBlock - 1) / kGramBlock;
-  const int64_t width = (d + nb - 1) / nb;
+  return (d + nb - 1) / nb;
+}
+
+/// f(upper block, lower block) of the square matrix m for every pair of blocks above / below the
+/// diagonal (block (i, j), j > i, and its mirror (j, i)).
+template <typename F>
+void for_each_block_pair(const at::Tensor& m, F f) {
+  const int64_t d = m.size(0), width = gram_block_width(d);
+  for (int64_t i0 = 0; i0 < d; i0 += width)
+    for (int64_t j0 = i0 + width; j0 < d; j0 += width) {
+      const int64_t ni = std::min(width, d - i0), nj = std::min(width, d - j0);
+      f(m.narrow(0, i0, ni).narrow(1, j0, nj), m.narrow(0, j0, nj).narrow(1, i0, ni));
+    }
+}
+
+/// acc += weightedᵀ rows (both (t, d)) on the diagonal blocks and the blocks above them only.
+inline void add_gram_upper(at::Tensor acc, const at::Tensor& rows, const at::Tensor& weighted) {
+  const int64_t d = rows.size(1), width = gram_block_width(d);
   for (int64_t i0 = 0; i0 < d; i0 += width) {
     const int64_t ni = std::min(width, d - i0);
     const at::Tensor left = weighted.narrow(1, i0, ni).t();
-    add_product(acc.narrow(0, i0, ni).narrow(1, i0, ni), left, rows.narrow(1, i0, ni));
-    for (int64_t j0 = i0 + ni; j0 < d; j0 += width) {
-      const int64_t nj = std::min(width, d - j0);
-      const at::Tensor block = at::mm(left, rows.narrow(1, j0, nj));
-      acc.narrow(0, i0, ni).narrow(1, j0, nj).add_(block);
-      acc.narrow(0, j0, nj).narrow(1, i0, ni).add_(block.t());
-    }
+    add_product(acc.narrow(0, i0, ni).narrow(1, i0, d - i0), left, rows.narrow(1, i0, d - i0));
   }
 }
 
@@ -87,6 +96,13 @@ inline void patch_gram_accumulate(at::Tensor& acc, const at::Tensor& x_in, const
   at::Tensor buf = at::empty({geo.groups, tile, geo.dim + kRowPad}, x.options()).narrow(2, 0, geo.dim);
   at::Tensor om;
   if (omega.has_value()) om = omega->to(x.scalar_type()).contiguous();
+  // Gram: the tiles add into the blocks on and above the diagonal only; each block below holds
+  // (below - aboveᵀ) meanwhile and gets the final aboveᵀ back at the end, so it gains the
+  // transpose of what its mirror gained (acc need not be symmetric).
+  const auto lower_minus_upper = [](const at::Tensor& up, at::Tensor low) { low.sub_(up.t()); };
+  const auto lower_plus_upper = [](const at::Tensor& up, at::Tensor low) { low.add_(up.t()); };
+  if (!om.defined())
+    for (int64_t j = 0; j < geo.groups; ++j) for_each_block_pair(acc[j], lower_minus_upper);
   for (int64_t start = 0; start < n; start += tile) {
     const int64_t t = std::min(tile, n - start);
     im2col(x, idx.narrow(0, start, t), geo, buf);
@@ -97,9 +113,11 @@ inline void patch_gram_accumulate(at::Tensor& acc, const at::Tensor& x_in, const
       for (int64_t j = 0; j < geo.groups; ++j) add_product(acc[j], rows[j].t(), sketch[j]);
     } else {
       const at::Tensor weighted = rows * w;
-      for (int64_t j = 0; j < geo.groups; ++j) add_gram_blocks(acc[j], rows[j], weighted[j]);
+      for (int64_t j = 0; j < geo.groups; ++j) add_gram_upper(acc[j], rows[j], weighted[j]);
     }
   }
+  if (!om.defined())
+    for (int64_t j = 0; j < geo.groups; ++j) for_each_block_pair(acc[j], lower_plus_upper);
 }
 
 /// The functional op: a new float64 accumulator (g, d, d or l) filled by patch_gram_accumulate.
