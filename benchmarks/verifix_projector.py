@@ -327,7 +327,7 @@ def main(argv=None) -> dict | None:
         lines.append(f"| materialise all unfold patches + torch.linalg.svd (float32) | {base['seconds']:.1f} "
                      f"| {base['peak_above_start'] / gib:.2f} |")
     lines.append(
-        f"| curvfast no-unfold streaming ({args.route}{'' if args.rank is None else f', rank {args.rank}'}, batch {args.batch}, "
+        f"| curvfast no-unfold streaming ({args.route}{'' if args.rank is None else f', rank {args.rank}'}, kernel {args.kernel}, batch {args.batch}, "
         f"state budget {args.state_budget / 2**20:.0f} MiB) | {ours['seconds']:.1f} | {ours['peak_above_start'] / gib:.3f} |"
     )
     if ours["layers"]:
