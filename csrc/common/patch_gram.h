@@ -120,14 +120,26 @@ inline void patch_gram_accumulate(at::Tensor& acc, const at::Tensor& x_in, const
     for (int64_t j = 0; j < geo.groups; ++j) for_each_block_pair(acc[j], lower_plus_upper);
 }
 
-/// The functional op: a new float64 accumulator (g, d, d or l) filled by patch_gram_accumulate.
-inline at::Tensor patch_gram_new(const at::Tensor& x, const at::Tensor& mask,
-                                 const c10::optional<at::Tensor>& omega, const PatchGeometry& geo,
-                                 Im2colTile im2col) {
+/// curvfast::patch_gram with the device's im2col: the checks, then a new float64 accumulator
+/// (g, d, d or l) filled by patch_gram_accumulate.
+inline at::Tensor patch_gram_op(const at::Tensor& x, const at::Tensor& mask, at::IntArrayRef kernel,
+                                at::IntArrayRef stride, at::IntArrayRef dilation, int64_t groups,
+                                const c10::optional<at::Tensor>& omega, Im2colTile im2col) {
+  const PatchGeometry geo = check_patch_gram(x, mask, kernel, stride, dilation, groups, omega);
   const int64_t cols = omega.has_value() ? omega->size(2) : geo.dim;
   at::Tensor acc = at::zeros({geo.groups, geo.dim, cols}, x.options().dtype(at::kDouble));
   patch_gram_accumulate(acc, x, mask, omega, geo, im2col);
   return acc;
+}
+
+/// curvfast::patch_gram_add_ with the device's im2col: the checks, then acc += the product.
+inline void patch_gram_add_op(at::Tensor& acc, const at::Tensor& x, const at::Tensor& mask,
+                              at::IntArrayRef kernel, at::IntArrayRef stride,
+                              at::IntArrayRef dilation, int64_t groups,
+                              const c10::optional<at::Tensor>& omega, Im2colTile im2col) {
+  const PatchGeometry geo = check_patch_gram(x, mask, kernel, stride, dilation, groups, omega);
+  check_patch_gram_acc(acc, geo, x, omega);
+  patch_gram_accumulate(acc, x, mask, omega, geo, im2col);
 }
 
 }  // namespace curvfast

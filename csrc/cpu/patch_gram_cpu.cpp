@@ -58,16 +58,13 @@ void im2col_tile_cpu(const at::Tensor& x, const at::Tensor& idx, const PatchGeom
 at::Tensor patch_gram_cpu(const at::Tensor& x, const at::Tensor& mask, at::IntArrayRef kernel,
                           at::IntArrayRef stride, at::IntArrayRef dilation, int64_t groups,
                           const c10::optional<at::Tensor>& omega) {
-  const PatchGeometry geo = check_patch_gram(x, mask, kernel, stride, dilation, groups, omega);
-  return patch_gram_new(x, mask, omega, geo, &im2col_tile_cpu);
+  return patch_gram_op(x, mask, kernel, stride, dilation, groups, omega, &im2col_tile_cpu);
 }
 
 void patch_gram_add_cpu(at::Tensor& acc, const at::Tensor& x, const at::Tensor& mask,
                         at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef dilation,
                         int64_t groups, const c10::optional<at::Tensor>& omega) {
-  const PatchGeometry geo = check_patch_gram(x, mask, kernel, stride, dilation, groups, omega);
-  check_patch_gram_acc(acc, geo, x, omega);
-  patch_gram_accumulate(acc, x, mask, omega, geo, &im2col_tile_cpu);
+  patch_gram_add_op(acc, x, mask, kernel, stride, dilation, groups, omega, &im2col_tile_cpu);
 }
 
 }  // namespace

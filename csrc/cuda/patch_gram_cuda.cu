@@ -4,7 +4,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
+#include <c10/core/DeviceGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
@@ -53,18 +53,15 @@ void im2col_tile_cuda(const at::Tensor& x, const at::Tensor& idx, const PatchGeo
 at::Tensor patch_gram_cuda(const at::Tensor& x, const at::Tensor& mask, at::IntArrayRef kernel,
                            at::IntArrayRef stride, at::IntArrayRef dilation, int64_t groups,
                            const c10::optional<at::Tensor>& omega) {
-  const PatchGeometry geo = check_patch_gram(x, mask, kernel, stride, dilation, groups, omega);
-  const c10::cuda::CUDAGuard guard(x.device());
-  return patch_gram_new(x, mask, omega, geo, &im2col_tile_cuda);
+  const c10::OptionalDeviceGuard guard(x.device());  // no-op for a CPU x: the checks then refuse the mix
+  return patch_gram_op(x, mask, kernel, stride, dilation, groups, omega, &im2col_tile_cuda);
 }
 
 void patch_gram_add_cuda(at::Tensor& acc, const at::Tensor& x, const at::Tensor& mask,
                          at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef dilation,
                          int64_t groups, const c10::optional<at::Tensor>& omega) {
-  const PatchGeometry geo = check_patch_gram(x, mask, kernel, stride, dilation, groups, omega);
-  check_patch_gram_acc(acc, geo, x, omega);
-  const c10::cuda::CUDAGuard guard(x.device());
-  patch_gram_accumulate(acc, x, mask, omega, geo, &im2col_tile_cuda);
+  const c10::OptionalDeviceGuard guard(x.device());  // no-op for a CPU x: the checks then refuse the mix
+  patch_gram_add_op(acc, x, mask, kernel, stride, dilation, groups, omega, &im2col_tile_cuda);
 }
 
 }  // namespace
