@@ -140,7 +140,7 @@ class ConvPatches:
 
     def _native_add(self, acc: torch.Tensor, omega: torch.Tensor | None = None) -> None:
         """acc += Xᵀ diag(m) X (Ω) by the fused native op (into acc itself when it is float64 and contiguous)."""
-        args = (self.x, self.mask[:, 0], self.kernel, self.stride, self.dilation, self.groups, omega)
+        args = (self.x.detach(), self.mask[:, 0], self.kernel, self.stride, self.dilation, self.groups, omega)
         if acc.dtype == torch.float64 and acc.is_contiguous():
             ops.patch_gram_add_(acc, *args)
         else:
