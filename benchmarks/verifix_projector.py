@@ -25,7 +25,8 @@ projectors (pairwise among the sides) and the top-1 agreement of the corrected m
 inputs. ``--sides stream`` runs curvfast alone (where the baseline cannot fit in memory). The weights
 are random (no CIFAR weights exist offline) and the inputs are 32x32 crops of sklearn's bundled photos.
 
-    python -m benchmarks.verifix_projector [--samples 1000] [--max-rows N] [--batch 50] [--threads 2] [--kernel auto] [--name verifix_projector]
+    python -m benchmarks.verifix_projector [--samples 1000] [--max-rows N] [--batch 50] [--threads 2] [--kernel auto]
+        [--name verifix_projector]
     python -m benchmarks.verifix_projector --gram-rates --threads 1 --name NAME   # conv vs native kernel per layer
 """
 from __future__ import annotations
@@ -244,7 +245,8 @@ def gram_rates(args) -> None:
         results = {k: (torch.zeros(g, d, d, dtype=torch.float64), torch.zeros(g, d, width, dtype=torch.float64)) for k in ops_}
         products = {
             "Gram": (2 * n * d * d, {k: lambda o=o, r=results[k]: o.add_gram_to(r[0]) for k, o in ops_.items()}),
-            f"sketch (l = {width})": (4 * n * d * width, {k: lambda o=o, r=results[k]: o.add_gram_times_to(r[1], q) for k, o in ops_.items()}),
+            f"sketch (l = {width})": (4 * n * d * width,
+                                      {k: lambda o=o, r=results[k]: o.add_gram_times_to(r[1], q) for k, o in ops_.items()}),
         }
         out[name] = {"dtype": str(op.x.dtype), "dim": d, "rows": n}
         for i, (product, (flops, calls)) in enumerate(products.items()):
@@ -327,7 +329,8 @@ def main(argv=None) -> dict | None:
         lines.append(f"| materialise all unfold patches + torch.linalg.svd (float32) | {base['seconds']:.1f} "
                      f"| {base['peak_above_start'] / gib:.2f} |")
     lines.append(
-        f"| curvfast no-unfold streaming ({args.route}{'' if args.rank is None else f', rank {args.rank}'}, kernel {args.kernel}, batch {args.batch}, "
+        f"| curvfast no-unfold streaming ({args.route}{'' if args.rank is None else f', rank {args.rank}'}, kernel {args.kernel}, "
+        f"batch {args.batch}, "
         f"state budget {args.state_budget / 2**20:.0f} MiB) | {ours['seconds']:.1f} | {ours['peak_above_start'] / gib:.3f} |"
     )
     if ours["layers"]:
