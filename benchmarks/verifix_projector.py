@@ -11,7 +11,8 @@ random subset of at most ``--max-rows`` rows per layer):
   at a time under ``--state-budget`` bytes of sketch state; a conv's patches are never formed: its
   Gram matrix is accumulated in float64 from weight-gradient convolutions of the input's shifted
   views (or the randomized route's sketch by conv forward + weight gradient, ``--route randomized
-  --rank k``), then the projector from the Gram matrix by one Cholesky factorisation.
+  --rank k``), or by the fused native op (``--kernel native``; ``auto``, the default, uses it for
+  the layers computed in float64), then the projector from the Gram matrix by one Cholesky factorisation.
 - **reference** (not timed, skipped with ``--no-reference``): exact float64 projectors from the
   float64 Gram matrices of the unfolded patches and ``eigh``, to tell which side's rounding a
   distance between the two comes from.
@@ -24,7 +25,9 @@ projectors (pairwise among the sides) and the top-1 agreement of the corrected m
 inputs. ``--sides stream`` runs curvfast alone (where the baseline cannot fit in memory). The weights
 are random (no CIFAR weights exist offline) and the inputs are 32x32 crops of sklearn's bundled photos.
 
-    python -m benchmarks.verifix_projector [--samples 1000] [--max-rows N] [--batch 50] [--threads 2] [--name verifix_projector]
+    python -m benchmarks.verifix_projector [--samples 1000] [--max-rows N] [--batch 50] [--threads 2] [--kernel auto]
+        [--name verifix_projector]
+    python -m benchmarks.verifix_projector --gram-rates --threads 1 --name NAME   # conv vs native kernel per layer
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -92,7 +96,7 @@ def stream(model, convs, x, args, out: str) -> dict:
     """curvfast; returns each layer's seconds (activations, sketch, result) and projector seconds."""
     spectra = iter_layer_spectra(
         model, x, layers=convs, max_rows=args.max_rows, route=args.route, rank=args.rank, batch_size=args.batch,
-        seed=args.seed, state_budget=args.state_budget, progress=False,
+        seed=args.seed, state_budget=args.state_budget, kernel=args.kernel, progress=False,
     )
     layers = {}
     for name, layer in spectra:
@@ -159,7 +163,7 @@ def run_routes(sides, args, tmp: str) -> dict:
     both see the same machine load; the side that finishes first frees the CPU for the other)."""
     def start(side):
         cmd = [sys.executable, "-m", "benchmarks.verifix_projector", "--child", side, "--tmp", tmp]
-        for key in ("samples", "max_rows", "batch", "threads", "seed", "route", "rank", "state_budget"):
+        for key in ("samples", "max_rows", "batch", "threads", "seed", "route", "rank", "state_budget", "kernel"):
             if getattr(args, key) is not None:
                 cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -198,12 +202,16 @@ def agreement(args, tmp: str, sides) -> dict:
 
 @torch.no_grad()
 def gram_rates(args) -> None:
-    """The rate of the no-unfold Gram products (2 n d² flops per batch of n rows, all of G counted)
-    next to a dense GEMM's in the same dtype, for one layer per stage on one batch (best of 3): the
-    ceiling a native fused patch-sketch kernel would have to beat."""
+    """The no-unfold products of one layer per stage on one batch, by the framework's convolutions
+    (``kernel="conv"``) and by the fused native op (``"native"``), on the same rows: the Gram
+    G += Xᵀ X (2 n d² flops, all of G counted) and the sketch Z += Xᵀ (X Q) for Q of ``--width``
+    columns (4 n d l flops). Warm-up, then ``--repeats`` interleaved repetitions; median and min
+    seconds, GFLOP/s at the median, the largest relative difference of the two kernels' results,
+    and a dense GEMM's rate in the same dtype as the ceiling."""
     torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()[0]
     model, _, x = build(args.batch, args.seed)
-    layers = ("layer1.0.conv2", "layer2.1.conv1", "layer3.1.conv1", "layer4.1.conv1")
+    layers = ("conv1", "layer1.0.conv2", "layer2.1.conv1", "layer3.1.conv1", "layer4.1.conv1")
     inputs = {}
     modules = dict(model.named_modules())
     handles = [modules[n].register_forward_pre_hook(lambda _, a, n=n: inputs.__setitem__(n, a[0])) for n in layers]
@@ -211,30 +219,56 @@ def gram_rates(args) -> None:
     for h in handles:
         h.remove()
 
-    def best(f):
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
+    def timed(calls: dict) -> dict:
+        """{kernel: [seconds]}: one warm-up call each, then the kernels in turn ``--repeats`` times."""
+        for f in calls.values():
             f()
-            times.append(time.perf_counter() - start)
-        return min(times)
+        times = {k: [] for k in calls}
+        for _ in range(args.repeats):
+            for k, f in calls.items():
+                start = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - start)
+        return times
 
     rows, out = [], {}
     for dtype in (torch.float32, torch.float64):
         a = torch.randn(2048, 2048, dtype=dtype)
-        out[f"gemm_{dtype}"] = 2 * 2048**3 / best(lambda a=a: a @ a) / 1e9
-        rows.append(f"| dense GEMM 2048² ({dtype}) | | | {out[f'gemm_{dtype}']:.1f} |")
+        gemm = timed({"gemm": lambda a=a: a @ a})["gemm"]
+        out[f"gemm_{dtype}"] = 2 * 2048**3 / statistics.median(gemm) / 1e9
+        rows.append(f"| dense GEMM 2048² | | | {dtype} | | {out[f'gemm_{dtype}']:.1f} | | | |")
     for name in layers:
-        op = layer_operator(modules[name], inputs[name])[0]
-        gram = torch.zeros(op.groups, op.dim, op.dim, dtype=torch.float64)
-        seconds = best(lambda op=op, gram=gram: op.add_gram_to(gram))
-        out[name] = {"dtype": str(op.x.dtype), "dim": op.dim, "rows": op.rows, "seconds": seconds,
-                     "gflops": 2 * op.rows * op.dim**2 / seconds / 1e9}
-        rows.append(f"| {name} Gram, no unfold ({op.x.dtype}) | {op.dim} | {op.rows} | {out[name]['gflops']:.1f} |")
-    load = os.getloadavg()[0]
-    lines = [f"No-unfold Gram products vs dense GEMM, {args.batch} photo crops, {args.threads} thread(s), load average {load:.1f}, "
-             f"torch {torch.__version__}", "", "| product | d | rows | GFLOP/s (2 n d², all of G) |", "|---|---|---|---|", *rows, ""]
-    write_results(results_dir(torch.device("cpu")), f"{args.name}_rates", {"settings": vars(args), "rates": out, "load_average": load},
+        ops_ = {k: layer_operator(modules[name], inputs[name], kernel=k)[0] for k in ("conv", "native")}
+        op = ops_["conv"]
+        g, d, n, width = op.groups, op.dim, op.rows, args.width
+        q = torch.randn(g, d, width, dtype=torch.float64)
+        results = {k: (torch.zeros(g, d, d, dtype=torch.float64), torch.zeros(g, d, width, dtype=torch.float64)) for k in ops_}
+        products = {
+            "Gram": (2 * n * d * d, {k: lambda o=o, r=results[k]: o.add_gram_to(r[0]) for k, o in ops_.items()}),
+            f"sketch (l = {width})": (4 * n * d * width,
+                                      {k: lambda o=o, r=results[k]: o.add_gram_times_to(r[1], q) for k, o in ops_.items()}),
+        }
+        out[name] = {"dtype": str(op.x.dtype), "dim": d, "rows": n}
+        for i, (product, (flops, calls)) in enumerate(products.items()):
+            times = timed(calls)
+            want, got = results["conv"][i], results["native"][i]  # both summed the same rows 1 + repeats times
+            diff = ((got - want).abs().max() / want.abs().max()).item()
+            stats = {k: {"median_s": statistics.median(t), "min_s": min(t), "gflops_median": flops / statistics.median(t) / 1e9,
+                         "seconds": t} for k, t in times.items()}
+            ratio = stats["native"]["median_s"] / stats["conv"]["median_s"]
+            out[name][product] = stats | {"native_over_conv_median": ratio, "max_rel_difference": diff}
+            rows.append(f"| {name} | {product} | {d} x {n} rows | {op.x.dtype} | "
+                        f"{stats['conv']['median_s']:.3f} / {stats['conv']['min_s']:.3f} | {stats['conv']['gflops_median']:.1f} | "
+                        f"{stats['native']['median_s']:.3f} / {stats['native']['min_s']:.3f} | {stats['native']['gflops_median']:.1f} | "
+                        f"{ratio:.2f} |")
+    load_end = os.getloadavg()[0]
+    lines = [f"No-unfold products, conv primitives vs the fused native op (curvfast::patch_gram_add_), {args.batch} photo crops, "
+             f"{args.threads} thread(s), {args.repeats} interleaved repeats after a warm-up, load average {load_start:.1f} at the start, "
+             f"{load_end:.1f} at the end, torch {torch.__version__}", "",
+             "| layer | product | d x rows | dtype | conv s (median / min) | conv GFLOP/s | native s (median / min) | native GFLOP/s "
+             "| native / conv |", "|---|---|---|---|---|---|---|---|---|", *rows, ""]
+    write_results(results_dir(torch.device("cpu")), f"{args.name}_rates",
+                  {"settings": vars(args), "rates": out, "load_average_start": load_start, "load_average_end": load_end},
                   "\n".join(lines))
 
 
@@ -255,7 +289,11 @@ def main(argv=None) -> dict | None:
     parser.add_argument("--no-reference", dest="reference", action="store_false", help="skip the exact float64 projectors (untimed)")
     parser.add_argument("--child", choices=("materialise", "stream", "reference"), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--tmp", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--gram-rates", action="store_true", help="only the Gram products' GFLOP/s vs GEMM (NAME_rates)")
+    parser.add_argument("--kernel", default="auto", choices=("auto", "conv", "native"), help="how curvfast computes conv products")
+    parser.add_argument("--gram-rates", action="store_true",
+                        help="only the no-unfold products' times, conv vs native kernel, and GEMM's rate (NAME_rates)")
+    parser.add_argument("--repeats", type=int, default=5, help="--gram-rates: timed repetitions per kernel")
+    parser.add_argument("--width", type=int, default=64, help="--gram-rates: columns l of the sketch's Q")
     args = parser.parse_args(argv)
     if args.gram_rates:
         gram_rates(args)
@@ -291,7 +329,8 @@ def main(argv=None) -> dict | None:
         lines.append(f"| materialise all unfold patches + torch.linalg.svd (float32) | {base['seconds']:.1f} "
                      f"| {base['peak_above_start'] / gib:.2f} |")
     lines.append(
-        f"| curvfast no-unfold streaming ({args.route}{'' if args.rank is None else f', rank {args.rank}'}, batch {args.batch}, "
+        f"| curvfast no-unfold streaming ({args.route}{'' if args.rank is None else f', rank {args.rank}'}, kernel {args.kernel}, "
+        f"batch {args.batch}, "
         f"state budget {args.state_budget / 2**20:.0f} MiB) | {ours['seconds']:.1f} | {ours['peak_above_start'] / gib:.3f} |"
     )
     if ours["layers"]:

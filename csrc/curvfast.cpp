@@ -64,6 +64,23 @@ std::tuple<at::Tensor, at::Tensor> probe_moments_meta(const at::Tensor& probes,
           at::empty({probes.size(0), 2}, mean.options())};
 }
 
+at::Tensor patch_gram_meta(const at::Tensor& x, const at::Tensor& mask, at::IntArrayRef kernel,
+                           at::IntArrayRef stride, at::IntArrayRef dilation, int64_t groups,
+                           const c10::optional<at::Tensor>& omega) {
+  const curvfast::PatchGeometry geo =
+      curvfast::check_patch_gram(x, mask, kernel, stride, dilation, groups, omega);
+  const int64_t cols = omega.has_value() ? omega->size(2) : geo.dim;
+  return at::empty({geo.groups, geo.dim, cols}, x.options().dtype(at::kDouble));
+}
+
+void patch_gram_add_meta(at::Tensor& acc, const at::Tensor& x, const at::Tensor& mask,
+                         at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef dilation,
+                         int64_t groups, const c10::optional<at::Tensor>& omega) {
+  const curvfast::PatchGeometry geo =
+      curvfast::check_patch_gram(x, mask, kernel, stride, dilation, groups, omega);
+  curvfast::check_patch_gram_acc(acc, geo, x, omega);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(curvfast, m) {
@@ -77,6 +94,12 @@ TORCH_LIBRARY(curvfast, m) {
   m.def(
       "probe_moments(Tensor probes, Tensor hvp, Tensor mean, Tensor m2, int count) "
       "-> (Tensor, Tensor)");
+  m.def(
+      "patch_gram(Tensor x, Tensor mask, int[2] kernel, int[2] stride, int[2] dilation, "
+      "int groups, Tensor? omega=None) -> Tensor");
+  m.def(
+      "patch_gram_add_(Tensor(a!) acc, Tensor x, Tensor mask, int[2] kernel, int[2] stride, "
+      "int[2] dilation, int groups, Tensor? omega=None) -> ()");
   m.def("cuda_compiled() -> bool", &cuda_compiled);
 }
 
@@ -85,4 +108,6 @@ TORCH_LIBRARY_IMPL(curvfast, Meta, m) {
   m.impl("logit_factor", &logit_factor_meta);
   m.impl("weighted_sq_norms", &weighted_sq_norms_meta);
   m.impl("probe_moments", &probe_moments_meta);
+  m.impl("patch_gram", &patch_gram_meta);
+  m.impl("patch_gram_add_", &patch_gram_add_meta);
 }

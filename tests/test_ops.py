@@ -229,11 +229,96 @@ def test_probe_moments_float32_state_and_empty_batch():
     assert ops.probe_moments(e, e, torch.zeros(0, 2), torch.zeros(0, 2), 0)[0].shape == (0, 2)
 
 
+# ----------------------------------------------------------------------------- patch_gram
+
+# (C, H, W, kernel, stride, dilation, groups): every conv geometry the Verifix layers meet.
+PATCH_GEOMETRIES = [
+    (3, 8, 8, (3, 3), (1, 1), (1, 1), 1),
+    (4, 9, 7, (3, 3), (2, 2), (1, 1), 1),
+    (4, 10, 10, (3, 3), (1, 1), (2, 2), 2),
+    (6, 9, 11, (2, 3), (2, 1), (1, 2), 3),
+    (4, 6, 6, (1, 1), (1, 1), (1, 1), 1),
+    (8, 7, 7, (1, 1), (2, 2), (1, 1), 4),
+    (4, 6, 6, (3, 3), (1, 1), (1, 1), 4),  # depthwise
+    (2, 5, 9, (5, 1), (1, 3), (1, 1), 1),
+    (5, 40, 30, (3, 3), (1, 1), (1, 1), 1),  # 2128 positions: several row tiles
+    (48, 6, 6, (3, 3), (1, 1), (1, 1), 1),  # d = 432: two column blocks of the Gram (mirrored)
+]
+
+
+def _patch_case(C, H, W, kernel, stride, dilation, groups, mask_kind, dtype=torch.float64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(2, C, H, W, generator=gen, dtype=torch.float64) + 0.5).to(dtype)
+    out = [(n - dl * (k - 1) - 1) // s + 1 for n, k, s, dl in zip((H, W), kernel, stride, dilation)]
+    mask = {"ones": torch.ones(2, *out, dtype=torch.float64),
+            "subset": (torch.rand(2, *out, generator=gen, dtype=torch.float64) < 0.4).double(),
+            "weights": torch.rand(2, *out, generator=gen, dtype=torch.float64),
+            "zero": torch.zeros(2, *out, dtype=torch.float64)}[mask_kind].to(dtype)
+    dim = C // groups * kernel[0] * kernel[1]
+    omega = torch.randn(groups, dim, 5, generator=gen, dtype=torch.float64)
+    return x, mask, omega
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
+
+
+@native
+@pytest.mark.parametrize("mask_kind", ["ones", "subset", "weights", "zero"])
+@pytest.mark.parametrize("geometry", PATCH_GEOMETRIES, ids=str)
+def test_patch_gram_equals_reference(geometry, mask_kind, device):
+    """float64: Gram, sketch and the in-place accumulation equal the unfold reference to 1e-10."""
+    C, H, W, kernel, stride, dilation, groups = geometry
+    x, mask, omega = _patch_case(*geometry, mask_kind)
+    geo = (kernel, stride, dilation, groups)
+    for om in (None, omega):
+        want = ref.patch_gram(x, mask, *geo, om)
+        got = ops.patch_gram(x.to(device), mask.to(device), *geo, om if om is None else om.to(device))
+        assert got.dtype == torch.float64 and got.shape == want.shape
+        if mask_kind == "zero":
+            assert torch.equal(got.cpu(), torch.zeros_like(want))
+            continue
+        assert _rel(got.cpu(), want) < 1e-10
+        start = torch.randn(want.shape, dtype=torch.float64)  # not symmetric: the mirrored blocks must add, not copy
+        acc = start.clone().to(device)
+        ops.patch_gram_add_(acc, x.to(device), mask.to(device), *geo, om if om is None else om.to(device))
+        assert _rel(acc.cpu() - start, want) < 1e-10
+    gram = ops.patch_gram(x, mask, *geo)
+    if mask_kind != "zero":
+        torch.testing.assert_close(gram, gram.mT, rtol=1e-12, atol=1e-12)
+
+
+@native
+@pytest.mark.parametrize("geometry", PATCH_GEOMETRIES, ids=str)
+def test_patch_gram_float32_input(geometry, device):
+    """float32 input: tiles of <= 256 rows multiplied in float32 and added in float64, relative
+    Frobenius error <= 1e-5 against the float64 reference of the same (rounded) input."""
+    C, H, W, kernel, stride, dilation, groups = geometry
+    x, mask, omega = _patch_case(*geometry, "subset", dtype=torch.float32)
+    geo = (kernel, stride, dilation, groups)
+    for om in (None, omega):
+        got = ops.patch_gram(x.to(device), mask.to(device), *geo, om if om is None else om.to(device))
+        assert got.dtype == torch.float64
+        assert _rel(got.cpu(), ref.patch_gram(x, mask, *geo, om)) < 1e-5
+
+
+def test_patch_gram_reference_is_the_patch_matrix_product():
+    """The reference's rows are the layer's patches in W.reshape(C_out, -1) order: for each group j,
+    Σ_i w_i G_j w_iᵀ (w_i the group's filters) is the squared norm of the group's conv output."""
+    x, mask, _ = _patch_case(6, 9, 11, (2, 3), (2, 1), (1, 2), 3, "ones")
+    conv = torch.nn.Conv2d(6, 9, (2, 3), stride=(2, 1), dilation=(1, 2), groups=3, bias=False).double()
+    gram = ref.patch_gram(x, mask, (2, 3), (2, 1), (1, 2), 3)
+    w = conv.weight.detach().reshape(3, 3, -1)
+    y = conv(x).reshape(2, 3, 3, -1)
+    torch.testing.assert_close(torch.einsum("gid,gde,gie->g", w, gram, w), y.square().sum((0, 2, 3)))
+
+
 # ----------------------------------------------------------------------------- op registration
 
 def _op_samples(device="cpu"):
     z, y, ids = (t.to(device) for t in _logits(3, 6, torch.float64))
     v = torch.randn(2, 3, 5, dtype=torch.float64, device=device)
+    px, pm, pomega = (t.to(device) for t in _patch_case(6, 9, 11, (2, 3), (2, 1), (1, 2), 3, "subset"))
     return [
         ("probes", (ids, 5, 2, 3, 9, "rademacher", torch.float32)),
         ("probes", (ids, 5, 2, 3, 9, "gaussian", torch.float64)),
@@ -242,6 +327,12 @@ def _op_samples(device="cpu"):
         ("weighted_sq_norms", (v, torch.rand(2, 3, dtype=torch.float64, device=device))),
         ("probe_moments", (v, v * 2, torch.zeros(2, 2, dtype=torch.float64, device=device),
                            torch.zeros(2, 2, dtype=torch.float64, device=device), 0)),
+        ("patch_gram", (px, pm, [2, 3], [2, 1], [1, 2], 3, None)),
+        ("patch_gram", (px.float(), pm.float(), [2, 3], [2, 1], [1, 2], 3, pomega)),
+        ("patch_gram_add_", (torch.zeros(3, 12, 12, dtype=torch.float64, device=device), px, pm, [2, 3], [2, 1],
+                             [1, 2], 3, None)),
+        ("patch_gram_add_", (torch.zeros(3, 12, 5, dtype=torch.float64, device=device), px, pm, [2, 3], [2, 1],
+                             [1, 2], 3, pomega)),
     ]
 
 
@@ -259,9 +350,10 @@ def test_opcheck(index, device):
 def test_cuda_compiled_matches_build():
     """cuda_compiled() is true exactly when the extension registered CUDA kernels."""
     has_cuda = [torch._C._dispatch_has_kernel_for_dispatch_key(f"curvfast::{name}", "CUDA")
-                for name in ("probes", "logit_factor", "weighted_sq_norms", "probe_moments")]
+                for name in ("probes", "logit_factor", "weighted_sq_norms", "probe_moments", "patch_gram",
+                             "patch_gram_add_")]
     assert ops.cuda_compiled() == bool(torch.ops.curvfast.cuda_compiled())
-    assert has_cuda == [ops.cuda_compiled()] * 4
+    assert has_cuda == [ops.cuda_compiled()] * 6
 
 
 def test_disable_native_env_var_falls_back():
@@ -281,6 +373,10 @@ def _bad_calls():
     w = torch.rand(3, 2)
     m = torch.zeros(3, 2, dtype=torch.float64)
     lf = dict(num_exact=5)
+    px, pm, pomega = _patch_case(6, 9, 11, (2, 3), (2, 1), (1, 2), 3, "subset")
+    pgeo = ([2, 3], [2, 1], [1, 2], 3)
+    acc = torch.zeros(3, 12, 12, dtype=torch.float64)
+    pg = torch.ops.curvfast.patch_gram
     return [
         # (wrapper call, raw op call)
         (lambda: ops.probes(ids[:, None], 2, 3, seed=0),
@@ -349,6 +445,24 @@ def _bad_calls():
          lambda: torch.ops.curvfast.probe_moments(v, v, m.long(), m.long(), 0)),
         (lambda: ops.probe_moments(v, v, m, m, -1),
          lambda: torch.ops.curvfast.probe_moments(v, v, m, m, -1)),
+        (lambda: ops.patch_gram(px[0], pm, *pgeo), lambda: pg(px[0], pm, *pgeo)),
+        (lambda: ops.patch_gram(px.long(), pm, *pgeo), lambda: pg(px.long(), pm, *pgeo)),
+        (lambda: ops.patch_gram(px, pm.float(), *pgeo), lambda: pg(px, pm.float(), *pgeo)),
+        (lambda: ops.patch_gram(px, pm[:, 1:], *pgeo), lambda: pg(px, pm[:, 1:], *pgeo)),
+        (lambda: ops.patch_gram(px, pm, [2, 3], [2, 1], [1, 2], 4), lambda: pg(px, pm, [2, 3], [2, 1], [1, 2], 4)),
+        (lambda: ops.patch_gram(px, pm, [2, 3], [2, 1], [1, 2], 0), lambda: pg(px, pm, [2, 3], [2, 1], [1, 2], 0)),
+        (lambda: ops.patch_gram(px, pm, [2, 0], [2, 1], [1, 2], 3), lambda: pg(px, pm, [2, 0], [2, 1], [1, 2], 3)),
+        (lambda: ops.patch_gram(px, pm, [2, 3], [2, 1], [1, 9], 3), lambda: pg(px, pm, [2, 3], [2, 1], [1, 9], 3)),
+        (lambda: ops.patch_gram(px, pm, *pgeo, pomega[:, 1:]), lambda: pg(px, pm, *pgeo, pomega[:, 1:])),
+        (lambda: ops.patch_gram(px, pm, *pgeo, pomega.long()), lambda: pg(px, pm, *pgeo, pomega.long())),
+        (lambda: ops.patch_gram(px.clone().requires_grad_(), pm, *pgeo),
+         lambda: pg(px.clone().requires_grad_(), pm, *pgeo)),
+        (lambda: ops.patch_gram_add_(acc.float(), px, pm, *pgeo),
+         lambda: torch.ops.curvfast.patch_gram_add_(acc.float(), px, pm, *pgeo)),
+        (lambda: ops.patch_gram_add_(acc[:, :5], px, pm, *pgeo),
+         lambda: torch.ops.curvfast.patch_gram_add_(acc[:, :5], px, pm, *pgeo)),
+        (lambda: ops.patch_gram_add_(acc.mT, px, pm, *pgeo, pomega),
+         lambda: torch.ops.curvfast.patch_gram_add_(acc.mT, px, pm, *pgeo, pomega)),
     ]
 
 

@@ -71,6 +71,14 @@ NATIVE_CASES = {
         lambda: C.probe_moments(torch.ones(1, 2, 3), torch.ones(1, 2, 3).requires_grad_(),
                                 torch.zeros(1, 2, dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64), 0),
         "requires grad"),
+    "patch_gram dilation overflowing int64": (
+        lambda: C.patch_gram(torch.randn(1, 2, 5, 5), torch.ones(1, 3, 3), [3, 3], [1, 1], [2**62, 1], 1, None),
+        "does not fit"),
+    "patch_gram mask on meta": (
+        lambda: C.patch_gram(torch.randn(1, 2, 5, 5), _meta(1, 3, 3), [3, 3], [1, 1], [1, 1], 1, None), "mask is on meta"),
+    "patch_gram_add_ accumulator requiring grad": (
+        lambda: C.patch_gram_add_(torch.zeros(1, 18, 18, dtype=torch.float64, requires_grad=True), torch.randn(1, 2, 5, 5),
+                                  torch.ones(1, 3, 3), [3, 3], [1, 1], [1, 1], 1, None), "requires grad"),
     "logit_factor logits requiring grad": (
         lambda: C.logit_factor(torch.randn(3, 5).requires_grad_(), torch.zeros(3, dtype=torch.long), IDS, 5, 0, 0),
         "requires grad"),
@@ -94,6 +102,8 @@ def test_meta_kernels_give_the_real_shapes():
     assert [(t.shape, t.dtype) for t in real] == [(t.shape, t.dtype) for t in fake]
     assert all(t.is_meta for t in fake)
     assert C.probes(ids.to("meta"), 0, 1, 4, 5, "gaussian", torch.float64).shape == (3, 4, 5)
+    gram = C.patch_gram(_meta(2, 6, 9, 11), _meta(2, 4, 7), [2, 3], [2, 1], [1, 2], 3, _meta(3, 12, 5))
+    assert gram.shape == (3, 12, 5) and gram.dtype == torch.float64 and gram.is_meta
 
 
 HANG_SCRIPTS = {  # each used to run forever

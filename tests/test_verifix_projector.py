@@ -8,12 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from curvfast import ops
 from curvfast.linalg import GramSpectrum, SpectrumResult, StreamingGram, StreamingRandomizedSVD
 from curvfast.pipelines.verifix import (
     apply_projectors, layer_rows, layer_spectra, projectors_for, soft_projector, soft_scaling, target_layers, verifix,
 )
 from curvfast.pipelines.verifix.patches import ConvPatches, layer_operator
-from curvfast.pipelines.verifix.spectra import RowSampler, _layer_groups
+from curvfast.pipelines.verifix.spectra import RowSampler, _layer_groups, iter_layer_spectra
 
 F64 = torch.float64
 
@@ -52,20 +53,27 @@ def test_conv_rows_reproduce_the_convolution(geometry):
     assert torch.allclose(pred, out, atol=1e-12)
 
 
+native = pytest.mark.skipif(not ops.native_available(), reason=f"native ops unavailable: {ops.load_error()}")
+KERNEL_PARAMS = ["conv", pytest.param("native", marks=native)]
+
+
 @pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
+@pytest.mark.parametrize("kernel", KERNEL_PARAMS)
 @pytest.mark.parametrize("subset", [False, True])
 @pytest.mark.parametrize("geometry", CONV_GEOMETRIES, ids=GEOMETRY_IDS)
-def test_conv_patches_equal_unfold_rows(geometry, subset):
+def test_conv_patches_equal_unfold_rows(geometry, subset, kernel):
     """The no-unfold operator gives the unfold rows' XᵀX, Xᵀ(XQ), ‖X‖² and row count (float64, 1e-10
-    relative), for every geometry and for a row subset (a mask on the output positions)."""
+    relative), for every geometry, for a row subset (a mask on the output positions) and with the
+    framework's convolutions or the fused native op computing the products."""
     torch.manual_seed(4)
     conv = nn.Conv2d(4, 8, **geometry).double()
     x = torch.randn(3, 4, 11, 10, dtype=F64)
     rows, positions = layer_rows(conv, x)
     keep = torch.randperm(rows.shape[1], generator=torch.Generator().manual_seed(1))[: rows.shape[1] // 3].sort().values if subset else None
     ref = rows if keep is None else rows[:, keep]
-    op, op_positions = layer_operator(conv, x, keep)
+    op, op_positions = layer_operator(conv, x, keep, kernel=kernel)
     assert isinstance(op, ConvPatches) and op_positions == positions and op.rows == ref.shape[1]
+    assert op.native == (kernel == "native")
     g, d = ref.shape[0], ref.shape[2]
     gram = torch.zeros(g, d, d, dtype=F64)
     op.add_gram_to(gram)
@@ -78,8 +86,38 @@ def test_conv_patches_equal_unfold_rows(geometry, subset):
     assert torch.allclose(op.energy(), ref.square().sum((1, 2)), rtol=1e-12, atol=0)
 
 
+@native
+@pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
+@pytest.mark.parametrize("geometry", CONV_GEOMETRIES, ids=GEOMETRY_IDS)
+def test_native_kernel_equals_conv_kernel(geometry):
+    """ConvPatches(kernel="native") = kernel="conv": float64 Gram and sketch to 1e-10 (relative to
+    the largest entry); float32 input of a wide layer (float32 products, 256-position sums) to 1e-6."""
+    torch.manual_seed(7)
+    conv = nn.Conv2d(4, 8, **geometry).double()
+    x = torch.randn(2, 4, 12, 11, dtype=F64)
+    d, g = conv.weight[0].numel(), conv.groups
+    q = torch.randn(g, d, 3, dtype=F64)
+    out = {}
+    for kernel in ("conv", "native"):
+        op = layer_operator(conv, x, kernel=kernel)[0]
+        gram, z = torch.zeros(g, d, d, dtype=F64), torch.zeros(g, d, 3, dtype=F64)
+        op.add_gram_to(gram)
+        op.add_gram_times_to(z, q)
+        out[kernel] = gram, z
+    for a, b in zip(out["native"], out["conv"]):
+        assert (a - b).abs().max() <= 1e-10 * b.abs().max()
+    wide = nn.Conv2d(32, 4, 3, padding=1)
+    x32 = torch.rand(6, 32, 9, 9)
+    assert _float32_gram_error(wide, x32, "native") <= 1e-6
+    assert not ConvPatches(wide, x32, kernel="auto").native  # float32 products: the conv route
+    assert ConvPatches(conv, x, kernel="auto").native  # d = 36 <= 256: float64 products, native
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        ConvPatches(conv, x, kernel="unfold")
+
+
+@pytest.mark.parametrize("kernel", KERNEL_PARAMS)
 @pytest.mark.parametrize("geometry", [CONV_GEOMETRIES[2], CONV_GEOMETRIES[-3]], ids=[GEOMETRY_IDS[2], GEOMETRY_IDS[-3]])
-def test_randomized_sketch_by_convolutions_equals_unfold(geometry):
+def test_randomized_sketch_by_convolutions_equals_unfold(geometry, kernel):
     """Truncated randomized route (rank 4 of d, 2 power iterations): the same Nyström spectrum
     whether its products come from convolutions or from unfold rows; tolerance 1e-8 on U diag(s²) Uᵀ
     relative to its norm (the two differ only by the rounding of the products)."""
@@ -91,7 +129,7 @@ def test_randomized_sketch_by_convolutions_equals_unfold(geometry):
         sketch = StreamingRandomizedSVD(conv.weight[0].numel(), 4, oversample=3, power_iters=2, groups=conv.groups, seed=2)
         while not sketch.done:
             for x in xs:
-                sketch.update(layer_operator(conv, x)[0] if by_conv else layer_rows(conv, x)[0])
+                sketch.update(layer_operator(conv, x, kernel=kernel)[0] if by_conv else layer_rows(conv, x)[0])
             sketch.end_pass()
         res = sketch.result()
         results.append((res.u * res.s.square().unsqueeze(-2)) @ res.u.mT)
@@ -164,6 +202,20 @@ def test_streamed_projector_equals_one_shot(max_rows, route):
         assert spectra["fc"].spectrum.route == ("randomized" if route == "auto" else "gram")
         if max_rows is not None:
             assert all(s.spectrum.rows == min(max_rows, s.total_rows) for s in spectra.values())
+
+
+@native
+def test_spectra_with_native_kernel_equal_conv_kernel():
+    """iter_layer_spectra(kernel=...) reaches every conv layer's products: native = conv (float64)."""
+    torch.manual_seed(3)
+    model = Net().double().eval()
+    x = torch.randn(9, 2, 16, 16, dtype=F64)
+    got = {k: projectors_for(layer_spectra(model, x, route="gram", kernel=k, batch_size=4, progress=False), 1e4)
+           for k in ("conv", "native")}
+    for name in got["conv"]:
+        assert torch.allclose(got["native"][name], got["conv"][name], atol=1e-10), name
+    with pytest.raises(ValueError, match="kernel"):
+        next(iter_layer_spectra(model, x, kernel="fused"))
 
 
 def test_layers_in_groups_under_a_state_budget_give_the_same_spectra():
@@ -257,16 +309,17 @@ def test_projector_from_the_gram_refuses_non_finite_activations():
         soft_projector(GramSpectrum(torch.eye(3, dtype=F64)[None], torch.ones(1, dtype=F64), 5), 0.5)
 
 
-def _float32_gram_error(conv, x):
+def _float32_gram_error(conv, x, kernel="auto"):
     """Relative max error of the no-unfold Gram from float32 inputs vs the float64 Gram of the same values."""
     rows = layer_rows(conv, x.double())[0]
     want = rows.mT @ rows
     gram = torch.zeros_like(want)
-    layer_operator(conv, x)[0].add_gram_to(gram)
+    layer_operator(conv, x, kernel=kernel)[0].add_gram_to(gram)
     return ((gram - want).abs().max() / want.abs().max()).item()
 
 
-def test_float32_inputs_of_narrow_and_last_stage_layers_are_summed_in_float64():
+@pytest.mark.parametrize("kernel", KERNEL_PARAMS)
+def test_float32_inputs_of_narrow_and_last_stage_layers_are_summed_in_float64(kernel):
     """A stem conv on raw pixels (large common mean, d = 27) and a layer with <= 64 output positions
     per sample compute in float64 (1e-13); a wide layer with many positions in float32 chunks of
     256 positions (1e-6). With float32 products everywhere the stem's error is 8e-8 here (6e-7 on a
@@ -274,11 +327,11 @@ def test_float32_inputs_of_narrow_and_last_stage_layers_are_summed_in_float64():
     torch.manual_seed(8)
     pixels = torch.rand(8, 3, 32, 32) * 0.2 + 0.6
     stem = nn.Conv2d(3, 4, 3, padding=1)
-    assert _float32_gram_error(stem, pixels) <= 1e-13
+    assert _float32_gram_error(stem, pixels, kernel) <= 1e-13
     last = nn.Conv2d(32, 4, 3, padding=1)
-    assert _float32_gram_error(last, torch.rand(6, 32, 8, 8)) <= 1e-13
+    assert _float32_gram_error(last, torch.rand(6, 32, 8, 8), kernel) <= 1e-13
     wide = nn.Conv2d(32, 4, 3, padding=1)
-    error = _float32_gram_error(wide, torch.rand(6, 32, 9, 9))
+    error = _float32_gram_error(wide, torch.rand(6, 32, 9, 9), kernel)
     assert 0 < error <= 1e-6  # float32 products: not exact, within the stated tolerance
 
 

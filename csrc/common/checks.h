@@ -7,6 +7,7 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
+#include <c10/util/Optional.h>
 
 #include <cstdint>
 #include <initializer_list>
@@ -155,6 +156,85 @@ inline void check_probe_moments(const at::Tensor& probes, const at::Tensor& hvp,
               mean.scalar_type(), " and ", m2.scalar_type());
   TORCH_CHECK(count >= 0 && count <= INT64_MAX - probes.size(1),
               "probe_moments: count must lie in [0, 2^63 - 1 - P], got ", count);
+}
+
+/// Geometry of a patch-matrix op: the (already padded) input's channels, the kernel window, the
+/// output grid and d, one group's patch length (C/groups · kh · kw).
+struct PatchGeometry {
+  int64_t batch, channels, groups, dim;
+  int64_t kh, kw, sh, sw, dh, dw, height, width, out_h, out_w;
+};
+
+inline int64_t pair_entry(at::IntArrayRef v, const char* name, int64_t i) {
+  TORCH_CHECK(v.size() == 2, "patch_gram: ", name, " must have 2 entries (rows, columns), got ",
+              v.size());
+  TORCH_CHECK(v[i] >= 1, "patch_gram: ", name, " entries must be >= 1, got ", v);
+  return v[i];
+}
+
+/// Checks patch_gram's arguments (x (B, C, H, W) already padded, mask (B, H_out, W_out) in x's
+/// dtype, omega (groups, d, l) or undefined); returns the geometry.
+inline PatchGeometry check_patch_gram(const at::Tensor& x, const at::Tensor& mask,
+                                      at::IntArrayRef kernel, at::IntArrayRef stride,
+                                      at::IntArrayRef dilation, int64_t groups,
+                                      const c10::optional<at::Tensor>& omega) {
+  TORCH_CHECK(x.dim() == 4, "patch_gram: x must be 4-D (B, C, H, W), got ", x.dim(), "-D");
+  TORCH_CHECK(is_float_or_double(x), "patch_gram: x must be float32 or float64, got ",
+              x.scalar_type());
+  PatchGeometry g{};
+  g.kh = pair_entry(kernel, "kernel", 0);
+  g.kw = pair_entry(kernel, "kernel", 1);
+  g.sh = pair_entry(stride, "stride", 0);
+  g.sw = pair_entry(stride, "stride", 1);
+  g.dh = pair_entry(dilation, "dilation", 0);
+  g.dw = pair_entry(dilation, "dilation", 1);
+  g.batch = x.size(0);
+  g.channels = x.size(1);
+  g.height = x.size(2);
+  g.width = x.size(3);
+  TORCH_CHECK(groups >= 1 && g.channels % groups == 0, "patch_gram: groups must be >= 1 and divide ",
+              "x's ", g.channels, " channels, got groups=", groups);
+  g.groups = groups;
+  // kernel extents: (k - 1) * dilation + 1 <= size, compared without overflow
+  TORCH_CHECK((g.kh - 1) <= (g.height - 1) / g.dh && (g.kw - 1) <= (g.width - 1) / g.dw &&
+                  g.height >= 1 && g.width >= 1,
+              "patch_gram: the dilated kernel (", kernel, " with dilation ", dilation,
+              ") does not fit in x's ", g.height, "x", g.width, " (padded) image");
+  g.out_h = (g.height - g.dh * (g.kh - 1) - 1) / g.sh + 1;
+  g.out_w = (g.width - g.dw * (g.kw - 1) - 1) / g.sw + 1;
+  g.dim = g.channels / groups * g.kh * g.kw;
+  TORCH_CHECK(mask.dim() == 3 && mask.size(0) == g.batch && mask.size(1) == g.out_h &&
+                  mask.size(2) == g.out_w,
+              "patch_gram: mask must have shape (B, H_out, W_out) = (", g.batch, ", ", g.out_h, ", ",
+              g.out_w, "), got ", mask.sizes());
+  TORCH_CHECK(mask.scalar_type() == x.scalar_type(), "patch_gram: mask must have x's dtype ",
+              x.scalar_type(), ", got ", mask.scalar_type());
+  if (omega.has_value()) {
+    const at::Tensor& o = *omega;
+    check_inputs("patch_gram", {{"x", x}, {"mask", mask}, {"omega", o}});
+    TORCH_CHECK(o.dim() == 3 && o.size(0) == groups && o.size(1) == g.dim,
+                "patch_gram: omega must have shape (groups, d, l) = (", groups, ", ", g.dim,
+                ", l), got ", o.sizes());
+    TORCH_CHECK(is_float_or_double(o), "patch_gram: omega must be float32 or float64, got ",
+                o.scalar_type());
+  } else {
+    check_inputs("patch_gram", {{"x", x}, {"mask", mask}});
+  }
+  return g;
+}
+
+/// Checks patch_gram_add_'s accumulator: float64, contiguous, (groups, d, d) or (groups, d, l).
+inline void check_patch_gram_acc(const at::Tensor& acc, const PatchGeometry& g,
+                                 const at::Tensor& x, const c10::optional<at::Tensor>& omega) {
+  check_inputs("patch_gram_add_", {{"x", x}, {"acc", acc}});
+  const int64_t cols = omega.has_value() ? omega->size(2) : g.dim;
+  TORCH_CHECK(acc.dim() == 3 && acc.size(0) == g.groups && acc.size(1) == g.dim &&
+                  acc.size(2) == cols,
+              "patch_gram_add_: acc must have shape (groups, d, ", omega.has_value() ? "l" : "d",
+              ") = (", g.groups, ", ", g.dim, ", ", cols, "), got ", acc.sizes());
+  TORCH_CHECK(acc.scalar_type() == at::kDouble, "patch_gram_add_: acc must be float64, got ",
+              acc.scalar_type());
+  TORCH_CHECK(acc.is_contiguous(), "patch_gram_add_: acc must be contiguous; pass acc.contiguous()");
 }
 
 }  // namespace curvfast

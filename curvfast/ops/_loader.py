@@ -11,7 +11,7 @@ import os
 
 import torch
 
-OP_NAMES = ("probes", "logit_factor", "weighted_sq_norms", "probe_moments")
+OP_NAMES = ("probes", "logit_factor", "weighted_sq_norms", "probe_moments", "patch_gram", "patch_gram_add_")
 
 
 def _load() -> tuple[bool, bool, str | None]:

@@ -14,7 +14,7 @@ import torch
 from curvfast.ops import _loader, reference
 
 __all__ = ["native_available", "cuda_compiled", "load_error", "probes", "logit_factor",
-           "weighted_sq_norms", "probe_moments"]
+           "weighted_sq_norms", "probe_moments", "patch_gram", "patch_gram_add_"]
 
 _FLOATS = (torch.float32, torch.float64)
 
@@ -216,3 +216,77 @@ def probe_moments(probes: torch.Tensor, hvp: torch.Tensor, mean: torch.Tensor, m
     if _use_native(probes.device):
         return torch.ops.curvfast.probe_moments(probes, hvp, mean, m2, count)
     return reference.probe_moments(probes, hvp, mean, m2, count)
+
+
+def _pair(name: str, value) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pair):
+        raise ValueError(f"{name} must be a positive int or a pair of positive ints (got {value!r})")
+    return pair
+
+
+def _check_patch_gram(x, mask, kernel, stride, dilation, groups, omega):
+    """Validates patch_gram's arguments; returns (kernel, stride, dilation) as pairs."""
+    _tensor("x", x, 4, _FLOATS, "; convert with x.float()")
+    kernel, stride, dilation = _pair("kernel", kernel), _pair("stride", stride), _pair("dilation", dilation)
+    _int("groups", groups, 1)
+    batch, channels, height, width = x.shape
+    if channels % groups:
+        raise ValueError(f"groups={groups} must divide x's {channels} channels (the layer's groups)")
+    extent = [dl * (k - 1) + 1 for k, dl in zip(kernel, dilation)]
+    if extent[0] > height or extent[1] > width:
+        raise ValueError(f"the dilated kernel spans {extent[0]}x{extent[1]} but x is {height}x{width}; "
+                         "pass the input padded like the layer pads it")
+    out = tuple((n - e) // s + 1 for n, e, s in zip((height, width), extent, stride))
+    _tensor("mask", mask, 3, (x.dtype,), f"; convert with mask.to({x.dtype})")
+    if tuple(mask.shape) != (batch, *out):
+        raise ValueError(f"mask must have shape (B, H_out, W_out) = {(batch, *out)} (got {tuple(mask.shape)})")
+    if omega is None:
+        _same_device(x=x, mask=mask)
+    else:
+        dim = channels // groups * kernel[0] * kernel[1]
+        _tensor("omega", omega, 3, _FLOATS, "; convert with omega.double()")
+        if tuple(omega.shape[:2]) != (groups, dim):
+            raise ValueError(f"omega must have shape (groups, d, l) = ({groups}, {dim}, l) (got {tuple(omega.shape)})")
+        _same_device(x=x, mask=mask, omega=omega)
+    return kernel, stride, dilation
+
+
+def patch_gram(x: torch.Tensor, mask: torch.Tensor, kernel, stride=1, dilation=1, groups: int = 1,
+               omega: torch.Tensor | None = None) -> torch.Tensor:
+    """Per group j, X_jᵀ diag(m) X_j (g, d, d), or X_jᵀ diag(m) X_j Ω_j (g, d, l) for ``omega``
+    (g, d, l), in float64, without materialising the patch matrix.
+
+    X_j is group j's im2col matrix of the already padded input ``x`` (B, C, H, W) under a
+    convolution with ``kernel``, ``stride`` and ``dilation`` (ints or pairs) and ``groups`` groups:
+    one row per output position (b, oy, ox), row-major, whose d = C/g · kh · kw entries are
+    x[b, j·C/g + c, oy·s_h + a·δ_h, ox·s_w + e·δ_w] in (c, a, e) order (the order of
+    ``W.reshape(C_out, -1)``). ``mask`` (B, H_out, W_out), in x's dtype, weighs the rows (0/1
+    selects a subset). The native kernels im2col tiles of the rows with m != 0 and multiply them
+    in x's dtype (float32 tiles of 256 rows, added in float64). Memory: the tiles and the output.
+    """
+    kernel, stride, dilation = _check_patch_gram(x, mask, kernel, stride, dilation, groups, omega)
+    if _use_native(x.device):
+        return torch.ops.curvfast.patch_gram(x, mask, kernel, stride, dilation, groups, omega)
+    return reference.patch_gram(x, mask, kernel, stride, dilation, groups, omega)
+
+
+def patch_gram_add_(acc: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, kernel, stride=1, dilation=1,
+                    groups: int = 1, omega: torch.Tensor | None = None) -> torch.Tensor:
+    """``acc += patch_gram(x, mask, ...)`` in place, without a second output-sized tensor (the
+    native kernels add each tile's product into ``acc``); ``acc``: float64, contiguous, of
+    patch_gram's output shape. Returns ``acc``."""
+    kernel, stride, dilation = _check_patch_gram(x, mask, kernel, stride, dilation, groups, omega)
+    _tensor("acc", acc, 3, (torch.float64,), "; accumulate in a float64 tensor")
+    dim = x.shape[1] // groups * kernel[0] * kernel[1]
+    shape = (groups, dim, dim if omega is None else omega.shape[2])
+    if tuple(acc.shape) != shape:
+        raise ValueError(f"acc must have shape {shape} (got {tuple(acc.shape)})")
+    if not acc.is_contiguous():
+        raise ValueError("acc must be contiguous; accumulate into acc.contiguous() and copy back")
+    _same_device(acc=acc, x=x)
+    if _use_native(x.device):
+        torch.ops.curvfast.patch_gram_add_(acc, x, mask, kernel, stride, dilation, groups, omega)
+    else:
+        acc.add_(reference.patch_gram(x, mask, kernel, stride, dilation, groups, omega))
+    return acc

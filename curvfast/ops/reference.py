@@ -192,3 +192,14 @@ def probe_moments(probes, hvp, mean, m2, count):
     new_mean = mean.double() + delta * P / n
     new_m2 = m2.double() + m2b + delta * delta * count * P / n
     return new_mean.to(mean.dtype), new_m2.to(mean.dtype)
+
+
+def patch_gram(x, mask, kernel, stride, dilation, groups, omega=None):
+    """Reference for :func:`curvfast.ops.patch_gram`: the unfolded patches (float64), materialised."""
+    patches = torch.nn.functional.unfold(x.double(), kernel, dilation=dilation, stride=stride)  # (B, C·kh·kw, L)
+    batch, _, positions = patches.shape
+    rows = patches.view(batch, groups, -1, positions).permute(1, 0, 3, 2).reshape(groups, batch * positions, -1)
+    weighted = rows * mask.reshape(1, -1, 1).double()
+    if omega is None:
+        return weighted.mT @ rows
+    return weighted.mT @ (rows @ omega.double())

@@ -24,6 +24,12 @@ stream exactly these sketches):
 where V_ab = x[:, :, a·δ_h :: s_h, b·δ_w :: s_w] (cropped to the output size) is the column block
 of X at kernel offset (a, b), a strided view of the input. A row subset is a 0/1 mask on the output
 positions (Xᵀ diag(m) X). Extra memory is one output-sized tensor per call, never B·L·d.
+
+``kernel="native"`` computes the same two products with the fused native op
+(``curvfast.ops.patch_gram_add_``: im2col of 256/512-row tiles into a small buffer, then BLAS GEMMs
+on the tile, only the Gram's blocks on and above the diagonal), in memory O(tile·d). Which is
+faster depends on the layer (docs/verifix.md, "Native fused op"): the framework's convolutions
+for the float32 layers, the native op for the float64 ones on a CPU core, which ``kernel="auto"`` picks.
 """
 from __future__ import annotations
 
@@ -32,9 +38,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.grad import conv2d_weight
 
+from curvfast import ops
 from curvfast.linalg import DenseRows
 
-__all__ = ["SUPPORTED_LAYERS", "ConvPatches", "layer_operator", "layer_groups", "layer_dim", "layer_rows", "flat_weight",
+__all__ = ["SUPPORTED_LAYERS", "KERNELS", "ConvPatches", "layer_operator", "layer_groups", "layer_dim", "layer_rows", "flat_weight",
            "set_flat_weight", "target_layers"]
 
 SUPPORTED_LAYERS = (nn.Conv2d, nn.Linear)
@@ -88,6 +95,9 @@ FLOAT32_POSITIONS_PER_SUM = 256
 # 256-position chunks: oneDNN's float32 weight gradient gains little on an 8x8 or 4x4 output).
 FLOAT64_MAX_DIM = 256
 FLOAT64_MAX_POSITIONS = 64
+# How ConvPatches computes its products: per layer the one measured faster on a CPU core (native
+# for the float64 layers, conv for float32), the framework's convolutions, or the fused native op.
+KERNELS = ("auto", "conv", "native")
 
 
 class ConvPatches:
@@ -96,9 +106,14 @@ class ConvPatches:
     (sample-major, then output position) to use; None for all. Products are added into the caller's
     (float64) accumulator. The convolutions run in ``x``'s dtype, or in float64 for the layers of
     ``FLOAT64_MAX_DIM`` / ``FLOAT64_MAX_POSITIONS``; below float64 they are computed in chunks of
-    at most ``FLOAT32_POSITIONS_PER_SUM`` output positions (whole samples)."""
+    at most ``FLOAT32_POSITIONS_PER_SUM`` output positions (whole samples). ``kernel``: "conv"
+    (the framework's convolutions), "native" (the fused ``curvfast.ops.patch_gram_add_``, which
+    tiles float32 rows by 256 itself) or "auto" (native when the products run in float64 on the CPU
+    and the extension is loaded, else conv)."""
 
-    def __init__(self, module: nn.Conv2d, x: torch.Tensor, keep: torch.Tensor | None = None):
+    def __init__(self, module: nn.Conv2d, x: torch.Tensor, keep: torch.Tensor | None = None, kernel: str = "auto"):
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS} (got {kernel!r})")
         self.x = _padded(module, x.unsqueeze(0) if x.ndim == 3 else x)
         batch, _, height, width = self.x.shape
         self.kernel, self.stride, self.dilation = module.kernel_size, module.stride, module.dilation
@@ -118,6 +133,18 @@ class ConvPatches:
         self.rows = batch * positions if keep is None else len(keep)
         exact = self.x.dtype == torch.float64
         self.chunk = batch if exact else max(1, FLOAT32_POSITIONS_PER_SUM // positions)
+        # auto: native where it measured faster (float64 products on a CPU core); the conv route elsewhere
+        # (float32, CUDA: not measured) and when the extension is not loaded (the op's fallback unfolds)
+        cpu_native = exact and self.x.device.type == "cpu" and ops.native_available()
+        self.native = kernel == "native" or (kernel == "auto" and cpu_native)
+
+    def _native_add(self, acc: torch.Tensor, omega: torch.Tensor | None = None) -> None:
+        """acc += Xᵀ diag(m) X (Ω) by the fused native op (into acc itself when it is float64 and contiguous)."""
+        args = (self.x.detach(), self.mask[:, 0], self.kernel, self.stride, self.dilation, self.groups, omega)
+        if acc.dtype == torch.float64 and acc.is_contiguous():
+            ops.patch_gram_add_(acc, *args)
+        else:
+            acc.add_(ops.patch_gram(*args).to(acc.dtype))
 
     def _chunks(self):
         """(input, mask) of consecutive sample chunks."""
@@ -143,7 +170,10 @@ class ConvPatches:
         weight gradient for the grad-output V_ab, the input's strided view under that offset. G is
         symmetric, so only the columns at kernel rows a' >= a are computed (a weight gradient of the
         input cropped by a rows, for the kernel's last kh - a rows: (kh+1)/(2kh) of the products) and
-        the blocks at a' > a are also added transposed."""
+        the blocks at a' > a are also added transposed. With the native kernel: ``_native_add``."""
+        if self.native:
+            self._native_add(gram)
+            return
         kh, kw = self.kernel
         (sh, sw), (dh, dw), (oh, ow) = self.stride, self.dilation, self.out_size
         cg = self.x.shape[1] // self.groups
@@ -159,18 +189,23 @@ class ConvPatches:
                     blocks[:, :, a + 1 :, :, :, a, b].add_(w[:, :, :, 1:].permute(0, 2, 3, 4, 1))
 
     def add_gram_times_to(self, z: torch.Tensor, q: torch.Tensor) -> None:
-        """Z += Xᵀ diag(m) (X Q): Q (g, d, l) as g·l filters, one conv forward and one weight gradient."""
+        """Z += Xᵀ diag(m) (X Q): Q (g, d, l) as g·l filters, one conv forward and one weight gradient
+        (with the native kernel: ``_native_add`` with Ω = Q)."""
+        if self.native:
+            self._native_add(z, q)
+            return
         filters = q.mT.reshape(-1, self.x.shape[1] // self.groups, *self.kernel).to(self.x.dtype)
         for x, m in self._chunks():
             z.add_(self._weight_grad(x, self._conv(x, filters) * m).to(z.dtype))
 
 
-def layer_operator(module: nn.Module, x: torch.Tensor, keep: torch.Tensor | None = None, dtype: torch.dtype = torch.float64):
+def layer_operator(module: nn.Module, x: torch.Tensor, keep: torch.Tensor | None = None, dtype: torch.dtype = torch.float64,
+                   kernel: str = "auto"):
     """The row operator of the layer's input ``x`` without unfold, restricted to the rows ``keep``
-    (None: all) and the rows per sample L: ``ConvPatches`` (convolutions in ``x``'s dtype) for a
-    Conv2d, ``DenseRows`` of the input vectors in ``dtype`` for a Linear layer."""
+    (None: all) and the rows per sample L: ``ConvPatches`` (products in ``x``'s dtype by ``kernel``)
+    for a Conv2d, ``DenseRows`` of the input vectors in ``dtype`` for a Linear layer."""
     if isinstance(module, nn.Conv2d):
-        op = ConvPatches(module, x, keep)
+        op = ConvPatches(module, x, keep, kernel)
         return op, op.out_size[0] * op.out_size[1]
     rows, positions = layer_rows(module, x)
     rows = rows if keep is None else rows[:, keep.to(rows.device)]

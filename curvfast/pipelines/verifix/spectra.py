@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from curvfast.curvature.model import unwrap_model
 from curvfast.linalg import SpectrumResult, make_sketch
-from curvfast.pipelines.verifix.patches import layer_dim, layer_groups, layer_operator, target_layers
+from curvfast.pipelines.verifix.patches import KERNELS, layer_dim, layer_groups, layer_operator, target_layers
 
 __all__ = ["LayerSpectrum", "RowSampler", "layer_spectra", "iter_layer_spectra", "PUBLISHED_MAX_ROWS", "DEFAULT_STATE_BUDGET"]
 
@@ -131,6 +131,7 @@ def iter_layer_spectra(
     dtype: torch.dtype = torch.float64,
     device: str | torch.device | None = None,
     state_budget: int | None = DEFAULT_STATE_BUDGET,
+    kernel: str = "auto",
     progress: bool | None = None,
 ) -> Iterator[tuple[str, LayerSpectrum]]:
     """Stream ``data`` (a Dataset of (x, y) or a tensor of inputs) through ``model`` in eval mode and
@@ -140,11 +141,14 @@ def iter_layer_spectra(
     Layers are processed in groups whose sketch state fits ``state_budget`` bytes (None: all at
     once); each group streams the data (1 + ``power_iters`` passes for the randomized route), then
     its spectra are yielded and its sketches freed before the next group starts. Conv2d patches
-    are never materialised (``ConvPatches``). Argument errors are raised at the first ``next()``."""
+    are never materialised (``ConvPatches``, products by ``kernel``: "auto", "conv" or "native").
+    Argument errors are raised at the first ``next()``."""
     if max_rows is not None and (not isinstance(max_rows, int) or max_rows < 1):
         raise ValueError(f"max_rows must be a positive int or None for all rows (got {max_rows!r})")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int (got {batch_size!r})")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS} (got {kernel!r})")
     if state_budget is not None and (not isinstance(state_budget, int) or state_budget < 1):
         raise ValueError(f"state_budget must be a positive number of bytes or None for all layers at once (got {state_budget!r})")
     model = unwrap_model(model)
@@ -162,13 +166,13 @@ def iter_layer_spectra(
             yield from _group_spectra(
                 model, {n: targets[n] for n in group}, loader, samples, order, f"layers {number + 1}/{len(groups)}",
                 progress, max_rows=max_rows, route=route, rank=rank, oversample=oversample, power_iters=power_iters,
-                seed=seed, dtype=dtype, device=device,
+                seed=seed, dtype=dtype, device=device, kernel=kernel,
             )
     finally:
         model.train(was_training)
 
 
-def _group_spectra(model, group, loader, samples, order, label, progress, *, max_rows, seed, device, **sketch_args):
+def _group_spectra(model, group, loader, samples, order, label, progress, *, max_rows, seed, device, kernel, **sketch_args):
     """Stream the data through ``model`` until every sketch of ``group`` is done; yield its spectra."""
     state = {"offset": 0, "batch": 0, "seen": set()}
     samplers: dict[str, RowSampler] = {}
@@ -192,7 +196,7 @@ def _group_spectra(model, group, loader, samples, order, label, progress, *, max
                         **sketch_args,
                     )
                 keep = samplers[name].local(state["offset"], state["batch"])
-                sketches[name].update(layer_operator(module, x, keep, sketch_args["dtype"])[0])
+                sketches[name].update(layer_operator(module, x, keep, sketch_args["dtype"], kernel)[0])
                 seconds[name] += time.perf_counter() - start
 
         return hook
