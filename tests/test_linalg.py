@@ -111,8 +111,8 @@ def test_route_choice_by_size():
     assert make_sketch(20, 100, route="randomized", rank=5).route == "randomized"
     assert choose_route(4608, 640, None) == "randomized"  # fewer rows than d: rank(X) <= rows, still exact
     # 100 CIFAR images at a ResNet-18's last stage (16 rows each; benchmarks/verifix_routes.py, one thread):
-    # d = 2304 measured gram 5.2 s vs randomized 12.3 s (the old GEMM-rate model picked randomized),
-    # d = 4608 gram 32.4 s vs randomized 15.8 s (the d³ factorisations of the projectors dominate).
+    # d = 2304 measured gram 2.5 s vs randomized 5.8 s (the old GEMM-rate model picked randomized),
+    # d = 4608 gram 17.6 s vs randomized 13.6 s (the d³ factorisations of the projectors dominate).
     assert choose_route(2304, 1600, None) == "gram"
     assert choose_route(4608, 1600, None) == "randomized"
     assert make_sketch(300, 40).rank == 40
