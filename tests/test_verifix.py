@@ -143,3 +143,30 @@ def test_config_refuses_bad_settings_before_training(field, value, message):
 
     with pytest.raises(ValueError, match=message):
         run(Config(**{field: value}))
+
+
+class _OnesInWorkers(torch.utils.data.Dataset):
+    """Inputs of ones when read in a DataLoader worker process, zeros in the main process."""
+
+    def __len__(self):
+        return 6
+
+    def __getitem__(self, i):
+        value = float(torch.utils.data.get_worker_info() is not None)
+        return torch.full((4,), value), 0
+
+
+def test_spectra_and_accuracies_read_through_the_workers_they_are_given():
+    from curvfast.pipelines.verifix import layer_spectra
+
+    net = nn.Sequential(nn.Linear(4, 2))  # class 0 on ones, class 1 on zeros
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0] * 4, [0.0] * 4]))
+        net[0].bias.copy_(torch.tensor([0.0, 0.5]))
+    energy = {w: float(layer_spectra(net, _OnesInWorkers(), workers=w)["0"].spectrum.energy.sum()) for w in (0, 2)}
+    assert energy == {0: 0.0, 2: 24.0}  # six rows of four ones
+    with pytest.raises(ValueError, match="workers"):
+        layer_spectra(net, _OnesInWorkers(), workers=-1)
+    for workers, accuracy in ((0, 0.0), (2, 1.0)):
+        _, report = verifix(net, _OnesInWorkers(), _OnesInWorkers(), alphas=(10.0,), workers=workers)
+        assert report.validation_before == accuracy

@@ -183,12 +183,12 @@ def _run_seed(config: Config, seed: int, data: tuple, out: str, say, state: dict
     timings["selection"] = time.perf_counter() - t
     corrected, report = verifix(
         net, Subset(train_set, sel.indices.tolist()), val_set, alphas=config.alphas, max_rows=config.max_rows or None,
-        route=config.route, rank=config.rank, seed=seed, device=config.device, progress=progress,
+        route=config.route, rank=config.rank, seed=seed, device=config.device, workers=config.workers, progress=progress,
     )
     timings.update({f"verifix_{k}": v for k, v in report.seconds.items()})
 
     t = time.perf_counter()
-    before, after = evaluate(net, test_set), evaluate(corrected, test_set)
+    before, after = evaluate(net, test_set, workers=config.workers), evaluate(corrected, test_set, workers=config.workers)
     timings["evaluate"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     verified_flipped = flipped[train_idx][sel.indices]
@@ -196,7 +196,7 @@ def _run_seed(config: Config, seed: int, data: tuple, out: str, say, state: dict
         "accuracy_before": before, "accuracy_after": after, "alpha": report.alpha, "verified_size": int(len(sel.indices)),
         "verified_clean_fraction": float(1.0 - verified_flipped.float().mean()),
         "train_noise_rate": float(flipped[train_idx].float().mean()), "selection_method": sel.method,
-        "train_accuracy_noisy_labels": evaluate(net, train_set), "verifix": report.to_dict(),
+        "train_accuracy_noisy_labels": evaluate(net, train_set, workers=config.workers), "verifix": report.to_dict(),
         "seconds": {k: round(v, 3) for k, v in timings.items()},
         "settings": config_dict(config) | {"seed": seed, "train_size": len(train_set), "validation_size": len(val_set),
                                            "test_size": len(test_set)},

@@ -72,14 +72,14 @@ class RowSampler:
         return self.ids[a:b] - lo
 
 
-def _loader(data, batch_size: int) -> DataLoader:
+def _loader(data, batch_size: int, workers: int) -> DataLoader:
     if isinstance(data, torch.Tensor):
         data = torch.utils.data.TensorDataset(data)
     if not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
         raise TypeError(f"data must be a tensor of inputs or a map-style Dataset (got {type(data).__name__})")
     if len(data) == 0:
         raise ValueError("the dataset for the activation spectra is empty")
-    return DataLoader(data, batch_size=batch_size, shuffle=False)
+    return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers, persistent_workers=workers > 0)
 
 
 def _inputs(item) -> torch.Tensor:
@@ -132,6 +132,7 @@ def iter_layer_spectra(
     device: str | torch.device | None = None,
     state_budget: int | None = DEFAULT_STATE_BUDGET,
     kernel: str = "auto",
+    workers: int = 0,
     progress: bool | None = None,
 ) -> Iterator[tuple[str, LayerSpectrum]]:
     """Stream ``data`` (a Dataset of (x, y) or a tensor of inputs) through ``model`` in eval mode and
@@ -142,19 +143,21 @@ def iter_layer_spectra(
     once); each group streams the data (1 + ``power_iters`` passes for the randomized route), then
     its spectra are yielded and its sketches freed before the next group starts. Conv2d patches
     are never materialised (``ConvPatches``, products by ``kernel``: "auto", "conv" or "native").
-    Argument errors are raised at the first ``next()``."""
+    ``workers``: DataLoader processes reading ``data`` (kept across the passes). Argument errors are raised at the first ``next()``."""
     if max_rows is not None and (not isinstance(max_rows, int) or max_rows < 1):
         raise ValueError(f"max_rows must be a positive int or None for all rows (got {max_rows!r})")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int (got {batch_size!r})")
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS} (got {kernel!r})")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers must be an int >= 0 (got {workers!r})")
     if state_budget is not None and (not isinstance(state_budget, int) or state_budget < 1):
         raise ValueError(f"state_budget must be a positive number of bytes or None for all layers at once (got {state_budget!r})")
     model = unwrap_model(model)
     targets = target_layers(model, layers)
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    loader = _loader(data, batch_size)
+    loader = _loader(data, batch_size, workers)
     samples = len(loader.dataset)
     order = {name: i for i, name in enumerate(targets)}
     itemsize = torch.empty((), dtype=dtype).element_size()

@@ -81,6 +81,7 @@ def verifix(
     batch_size: int = 128,
     seed: int = 0,
     device=None,
+    workers: int = 0,
     progress: bool | None = None,
 ) -> tuple[nn.Module, VerifixReport]:
     """Return ``(corrected_model, report)``; ``model`` itself is not modified.
@@ -88,7 +89,8 @@ def verifix(
     ``verified``: Dataset of (x, y) (or a tensor of inputs) whose activations define the
     projectors. ``validation``: Dataset of (x, y) on which α is chosen from ``alphas``. The
     corrected model is a deep copy; when no α beats the original validation accuracy, the copy
-    is the unchanged original and ``report.alpha`` is None.
+    is the unchanged original and ``report.alpha`` is None. ``workers``: DataLoader processes for
+    the spectra and the validation accuracies.
     """
     alphas = tuple(float(a) for a in alphas)
     if not alphas or any(not a >= 1 for a in alphas):
@@ -100,7 +102,7 @@ def verifix(
     summaries = []
     for name, spectrum in iter_layer_spectra(
         base, verified, layers=layers, max_rows=max_rows, route=route, rank=rank, power_iters=power_iters,
-        batch_size=batch_size, seed=seed, device=device, progress=progress,
+        batch_size=batch_size, seed=seed, device=device, workers=workers, progress=progress,
     ):
         summaries.append(_layer_summary(spectrum))
         for alpha, candidate in candidates.items():
@@ -108,10 +110,10 @@ def verifix(
         del spectrum  # only the current group's spectra are alive
     seconds["spectra"] = time.perf_counter() - start  # spectra and the projectors of every α
     start = time.perf_counter()
-    before = evaluate(base, validation, batch_size=batch_size)
+    before = evaluate(base, validation, batch_size=batch_size, workers=workers)
     by_alpha, best_alpha, best_acc, best_model = {}, None, before, None
     for alpha, candidate in candidates.items():
-        by_alpha[alpha] = evaluate(candidate, validation, batch_size=batch_size)
+        by_alpha[alpha] = evaluate(candidate, validation, batch_size=batch_size, workers=workers)
         if by_alpha[alpha] > best_acc:
             best_alpha, best_acc, best_model = alpha, by_alpha[alpha], candidate
     del candidates
