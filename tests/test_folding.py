@@ -70,6 +70,40 @@ def test_a_batchnorm_on_batch_statistics_does_not_fold():
     assert pairs == ()
 
 
+class ReadsItsBatchNorm(nn.Module):
+    """A forward that uses a BatchNorm's attribute besides calling it: folding would break it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Linear(2 * 36, 3)
+
+    def forward(self, x):
+        return self.fc(self.bn(self.conv(x)).flatten(1)) * self.bn.weight.sum()
+
+
+class UsesTheConvOutputDetached(nn.Module):
+    """The conv output also enters the logits through ``.detach()``: invisible in the graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Linear(2 * 36, 3)
+
+    def forward(self, x):
+        u = self.conv(x)
+        return self.fc((self.bn(u) + u.detach()).flatten(1))
+
+
+@pytest.mark.parametrize("cls", [ReadsItsBatchNorm, UsesTheConvOutputDetached])
+def test_a_fold_that_would_change_the_logits_is_refused(cls):
+    torch.manual_seed(0)
+    model = cls().double().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-1, 1)
+        model.bn.running_var.uniform_(0.2, 2)
+    _, pairs = _pairs(model, _x())
+    assert pairs == ()
+
+
 def test_half_precision_weights_do_not_fold():
     """Folding would round s ⊙ W once more, at 2⁻⁸ in bfloat16: such layers are scored as they are."""
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten()).eval()
