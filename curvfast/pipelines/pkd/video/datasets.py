@@ -298,13 +298,16 @@ def cache_clips(paths: list[str], cache_dir: str, size: int = 64, max_frames: in
                 progress: bool = False) -> ClipFiles:
     """Prepare every video of ``paths`` not cached yet (keyed by its absolute path, ``size`` and
     ``max_frames``; None: the whole clip) in ``workers`` processes, and return the cached clips.
-    Resumable: an interrupted run keeps every clip it finished and the next run prepares the rest."""
+    Resumable: an interrupted run keeps every clip it finished and the next run prepares the rest.
+    The workers are spawned, not forked: a fork copies the parent's FFmpeg and OpenMP thread state,
+    and a forked decoding worker segfaulted once in a long test session (never when run alone)."""
     from tqdm.auto import tqdm
 
     folders = [_clip_folder(cache_dir, p, size, max_frames) for p in paths]
     jobs = [(p, f) for p, f in zip(paths, folders) if not os.path.isdir(f)]
     if jobs:
-        loader = DataLoader(_Pending(jobs, size, max_frames), batch_size=None, num_workers=workers)
+        loader = DataLoader(_Pending(jobs, size, max_frames), batch_size=None, num_workers=workers,
+                            multiprocessing_context="spawn" if workers else None)
         for _ in tqdm(loader, total=len(jobs), desc="caching clips", disable=not progress):
             pass
     return ClipFiles(folders)
