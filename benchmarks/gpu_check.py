@@ -4,8 +4,9 @@ With the Python it is given (no venv, nothing installed) it
 1. refuses at once, with the reason, where no CUDA GPU is visible;
 2. builds the extension in place against that Python's torch, for the GPU present;
 3. runs the CUDA half of the test matrix (``pytest -m cuda``);
-4. runs the estimator suite's quick cases and the op suite on CUDA, and ResNet-50 at 224x224 with
-   C=1000 (``sampled``: top 10 classes + 10 tail samples) in fp32 and under bf16 autocast;
+4. runs the estimator suite's quick cases and the op suite on CUDA, Verifix's no-unfold products
+   by cuDNN against the fused ``patch_gram`` op (``verifix_projector --gram-rates``), and ResNet-50
+   at 224x224 with C=1000 (``sampled``: top 10 classes + 10 tail samples) in fp32 and under bf16 autocast;
 5. writes ``benchmarks/results/<gpu>/gpu_check.{json,md}`` (next to ``estimators`` and ``ops``)
    and prints a one-screen summary.
 
@@ -200,6 +201,9 @@ def main(argv=None) -> int:
     steps["estimators_quick"] = _run([sys.executable, "-m", "benchmarks.estimators", "--device", "cuda", "--cases",
                                       "digits_cnn", "resnet18_c10"], os.path.join(folder, "gpu_estimators.log"), 600)
     steps["ops"] = _run([sys.executable, "-m", "benchmarks.ops", "--device", "cuda"], os.path.join(folder, "gpu_ops.log"), 300)
+    steps["verifix_products"] = _run([sys.executable, "-m", "benchmarks.verifix_projector", "--gram-rates", "--device", "cuda",
+                                      "--repeats", "5", "--name", "verifix_projector"],
+                                     os.path.join(folder, "gpu_verifix_products.log"), 300)
     result = {"gpu": gpu, "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
               "folder": folder, "steps": steps}
     t0 = time.perf_counter()

@@ -200,6 +200,11 @@ def agreement(args, tmp: str, sides) -> dict:
     return out
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 @torch.no_grad()
 def gram_rates(args) -> None:
     """The no-unfold products of one layer per stage on one batch, by the framework's convolutions
@@ -207,10 +212,13 @@ def gram_rates(args) -> None:
     G += Xᵀ X (2 n d² flops, all of G counted) and the sketch Z += Xᵀ (X Q) for Q of ``--width``
     columns (4 n d l flops). Warm-up, then ``--repeats`` interleaved repetitions; median and min
     seconds, GFLOP/s at the median, the largest relative difference of the two kernels' results,
-    and a dense GEMM's rate in the same dtype as the ceiling."""
+    and a dense GEMM's rate in the same dtype as the ceiling. ``--device cuda``: the same on the GPU
+    (cuDNN's convolutions against the op's CUDA im2col + cuBLAS), synchronised around each call."""
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()[0]
+    device = torch.device(args.device)
     model, _, x = build(args.batch, args.seed)
+    model, x = model.to(device), x.to(device)
     layers = ("conv1", "layer1.0.conv2", "layer2.1.conv1", "layer3.1.conv1", "layer4.1.conv1")
     inputs = {}
     modules = dict(model.named_modules())
@@ -226,14 +234,16 @@ def gram_rates(args) -> None:
         times = {k: [] for k in calls}
         for _ in range(args.repeats):
             for k, f in calls.items():
+                _sync(device)
                 start = time.perf_counter()
                 f()
+                _sync(device)
                 times[k].append(time.perf_counter() - start)
         return times
 
     rows, out = [], {}
     for dtype in (torch.float32, torch.float64):
-        a = torch.randn(2048, 2048, dtype=dtype)
+        a = torch.randn(2048, 2048, dtype=dtype, device=device)
         gemm = timed({"gemm": lambda a=a: a @ a})["gemm"]
         out[f"gemm_{dtype}"] = 2 * 2048**3 / statistics.median(gemm) / 1e9
         rows.append(f"| dense GEMM 2048² | | | {dtype} | | {out[f'gemm_{dtype}']:.1f} | | | |")
@@ -241,8 +251,9 @@ def gram_rates(args) -> None:
         ops_ = {k: layer_operator(modules[name], inputs[name], kernel=k)[0] for k in ("conv", "native")}
         op = ops_["conv"]
         g, d, n, width = op.groups, op.dim, op.rows, args.width
-        q = torch.randn(g, d, width, dtype=torch.float64)
-        results = {k: (torch.zeros(g, d, d, dtype=torch.float64), torch.zeros(g, d, width, dtype=torch.float64)) for k in ops_}
+        q = torch.randn(g, d, width, dtype=torch.float64, device=device)
+        results = {k: (torch.zeros(g, d, d, dtype=torch.float64, device=device),
+                       torch.zeros(g, d, width, dtype=torch.float64, device=device)) for k in ops_}
         products = {
             "Gram": (2 * n * d * d, {k: lambda o=o, r=results[k]: o.add_gram_to(r[0]) for k, o in ops_.items()}),
             f"sketch (l = {width})": (4 * n * d * width,
@@ -263,11 +274,12 @@ def gram_rates(args) -> None:
                         f"{ratio:.2f} |")
     load_end = os.getloadavg()[0]
     lines = [f"No-unfold products, conv primitives vs the fused native op (curvfast::patch_gram_add_), {args.batch} photo crops, "
-             f"{args.threads} thread(s), {args.repeats} interleaved repeats after a warm-up, load average {load_start:.1f} at the start, "
+             f"{device.type} ({args.threads} CPU thread(s)), {args.repeats} interleaved repeats after a warm-up, "
+             f"load average {load_start:.1f} at the start, "
              f"{load_end:.1f} at the end, torch {torch.__version__}", "",
              "| layer | product | d x rows | dtype | conv s (median / min) | conv GFLOP/s | native s (median / min) | native GFLOP/s "
              "| native / conv |", "|---|---|---|---|---|---|---|---|---|", *rows, ""]
-    write_results(results_dir(torch.device("cpu")), f"{args.name}_rates",
+    write_results(results_dir(device), f"{args.name}_rates",
                   {"settings": vars(args), "rates": out, "load_average_start": load_start, "load_average_end": load_end},
                   "\n".join(lines))
 
@@ -294,6 +306,7 @@ def main(argv=None) -> dict | None:
                         help="only the no-unfold products' times, conv vs native kernel, and GEMM's rate (NAME_rates)")
     parser.add_argument("--repeats", type=int, default=5, help="--gram-rates: timed repetitions per kernel")
     parser.add_argument("--width", type=int, default=64, help="--gram-rates: columns l of the sketch's Q")
+    parser.add_argument("--device", default="cpu", help="--gram-rates: cpu or cuda (the full runs are CPU-only)")
     args = parser.parse_args(argv)
     if args.gram_rates:
         gram_rates(args)
