@@ -41,7 +41,7 @@ bench: $(VENV)/.curvfast
 
 # On a GPU machine, with the Python it is given and nothing installed (e.g. `make gpu-check
 # PYTHON=python3`): build in place for the GPU present, run the CUDA half of the tests, the quick
-# estimator cases, the op suite and ResNet-50 at 224x224 / C=1000 in fp32 and bf16, and write
+# estimator cases, the op suite, Verifix's conv products (cuDNN vs patch_gram) and ResNet-50 at 224x224 / C=1000 in fp32 and bf16, and write
 # benchmarks/results/<gpu>/. Without a GPU it stops at once, saying so.
 gpu-check:
 	$(PYTHON) -m benchmarks.gpu_check
