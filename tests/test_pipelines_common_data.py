@@ -64,3 +64,18 @@ def test_generated_cifar_folder_feeds_a_normalised_network(cifar_folder):
     net = build_network(options, "small_cnn", info, tuple(x.shape[1:]), width=8)
     assert isinstance(net, Normalized) and net(x).shape == (16, 10)
     assert build_network(DataOptions(), "mlp", info, (3, 32, 32), width=8)(x).shape == (16, 10)
+
+
+def test_materialise_packs_8_bit_images_as_uint8_and_restores_them_bit_for_bit(cifar_folder):
+    from curvfast.data import DigitsDataset
+    from curvfast.pipelines.common.data import as_float, materialise
+
+    options = DataOptions(dataset="imagefolder", root=str(cifar_folder))
+    train, _ = load_split(options, "train")
+    floats = torch.cat([x for x, _ in loader(train, options, batch_size=64)])
+    packed = materialise(train, options, batch_size=64)
+    assert packed.dtype == torch.uint8 and packed.shape == floats.shape
+    assert torch.equal(as_float(packed), floats)
+    digits = DigitsDataset("train")  # values k/16: not 8-bit, kept in float32
+    kept = materialise(digits, DataOptions(dataset="digits"), batch_size=500)
+    assert kept.dtype == torch.float32 and torch.equal(kept, digits.images)

@@ -49,6 +49,16 @@ def test_matches_one_by_one(data, stack):
     assert not models[2].training
 
 
+def test_uint8_images_train_the_same_models_as_their_floats(data):
+    """materialise's uint8 images (decoded per gathered batch as q / 255) give bit-identical models."""
+    _, y, keep = data
+    q = torch.randint(0, 256, (len(y), 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    runs = [train_subset_models(_make, x, y, keep, epochs=1, batch_size=16, stack=False) for x in (q, q.float() / 255)]
+    for a, b in zip(*runs):
+        for (name, u), v in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(u, v), name
+
+
 def test_batches_stay_in_subset_and_cover_it():
     keep = np.zeros((2, 50), dtype=bool)
     keep[0, :20] = True

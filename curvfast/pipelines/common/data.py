@@ -18,7 +18,7 @@ from curvfast.models import build_model, normalized, parse_normalization
 from curvfast.pipelines.common.augment import AUGMENTATIONS, batch_transform, image_augmentation
 from curvfast.pipelines.common.contract import option
 
-__all__ = ["DataOptions", "load_split", "loader", "build_network", "dataset_labels"]
+__all__ = ["DataOptions", "load_split", "loader", "build_network", "dataset_labels", "materialise", "as_float"]
 
 
 @dataclass
@@ -60,6 +60,29 @@ def loader(dataset, options: DataOptions, *, batch_size: int, device: str | torc
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=options.workers, pin_memory=on_gpu,
                       generator=torch.Generator().manual_seed(seed) if shuffle else None,
                       persistent_workers=options.workers > 0)
+
+
+def materialise(dataset, options: DataOptions, *, batch_size: int) -> torch.Tensor:
+    """The dataset's inputs as one (N, ...) tensor, for training many models on subsets (each step
+    gathers one batch per model): uint8 q when every value is exactly q / 255 in float32 (decoded
+    8-bit images, as ``ToTensor`` makes them: a quarter of float32's memory, 154 MB instead of 614
+    MB for CIFAR-10's training split), else float32. :func:`as_float` restores the values bit for bit."""
+    chunks, packed = [], True
+    for x, _ in loader(dataset, options, batch_size=batch_size):
+        x = x.float()
+        if packed:
+            q = (x * 255).round_()
+            if bool(((q >= 0) & (q <= 255)).all()) and torch.equal(q / 255, x):
+                chunks.append(q.to(torch.uint8))
+                continue
+            packed, chunks = False, [as_float(c) for c in chunks]
+        chunks.append(x)
+    return torch.cat(chunks)
+
+
+def as_float(x: torch.Tensor) -> torch.Tensor:
+    """Inputs from :func:`materialise` as float32: q / 255 for uint8, else ``x`` itself."""
+    return x.float().div_(255) if x.dtype == torch.uint8 else x
 
 
 def build_network(options: DataOptions, name: str, info, input_shape: tuple[int, ...], **kwargs) -> torch.nn.Module:

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
+from curvfast.pipelines.common.data import as_float
+
 __all__ = ["train_subset_models", "subset_batches"]
 
 
@@ -76,8 +78,10 @@ def train_subset_models(
     ``make_model()`` builds one fresh model; model m is initialised under ``torch.manual_seed(seed + m)``,
     so a model's weights do not depend on how many others train beside it. ``models_per_pass``
     bounds memory: groups of that many models are trained together. ``augment(x, generator)``
-    (optional) transforms each step's stacked batch (M, B, ...). ``images`` are moved to ``device``
-    whole (N·C·H·W·4 bytes for float32): each step gathers one batch per model from them.
+    (optional) transforms each step's stacked batch (M, B, ...). ``images`` (float, or uint8 from
+    ``common.data.materialise``: each gathered batch is turned into float32 q / 255) are moved to
+    ``device`` whole (N·C·H·W bytes for uint8, 4x that for float32): each step gathers one batch per
+    model from them.
 
     ``on_group(ids, models)`` (optional) receives each group as soon as it is trained (on ``device``,
     eval mode), and the group is then dropped: the call returns ``[]`` and never holds more than
@@ -132,7 +136,7 @@ def _run_steps(batches, epochs, images, targets, augment, gen, end_epoch, step_f
     steps_per_epoch = len(batches) // epochs
     for step, idx in enumerate(batches):
         idx = torch.from_numpy(idx).to(images.device)
-        x, y = images[idx], targets[idx]
+        x, y = as_float(images[idx]), targets[idx]
         if augment is not None:
             x = augment(x, gen)
         step_fn(x, y)

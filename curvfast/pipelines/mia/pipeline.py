@@ -37,7 +37,7 @@ from curvfast.engine import parse_device
 from curvfast.io import load_checkpoint, save_checkpoint, write_json, write_npz
 from curvfast.pipelines.common.augment import AUGMENTATIONS, image_augmentation
 from curvfast.pipelines.common.contract import RunFailed, config_dict, option, run_folder, write_results
-from curvfast.pipelines.common.data import DataOptions, build_network, dataset_labels, load_split, loader
+from curvfast.pipelines.common.data import DataOptions, as_float, build_network, dataset_labels, load_split, loader, materialise
 from curvfast.pipelines.common.dp import dp_compatible, train_dp_model
 from curvfast.pipelines.common.multitrain import train_subset_models
 from curvfast.pipelines.mia import interchange
@@ -196,12 +196,6 @@ def load_population(config: Config):
     return dataset, labels[torch.from_numpy(index)].contiguous(), index, info
 
 
-def _materialise(config: Config, population) -> torch.Tensor:
-    """The population's images as one (N, C, H, W) float32 tensor: what training many models on
-    random subsets needs (each step gathers one batch per model); N·C·H·W·4 bytes."""
-    return torch.cat([x for x, _ in loader(population, config, batch_size=config.score_batch_size)])
-
-
 def _make_model(config: Config, info, input_shape):
     """A zero-argument model factory (normalisation inside); under DP-SGD its BatchNorm layers are
     replaced (:data:`DP_BATCHNORM`)."""
@@ -219,7 +213,7 @@ def _train_dp_models(config: Config, make_model, images, labels, keep) -> list:
     for m in tqdm(range(keep.shape[0]), desc=f"DP-SGD eps={config.dp_epsilon:g}", unit="model",
                   disable=not config.progress if config.progress is not None else None):
         rows = torch.from_numpy(np.flatnonzero(keep[m]))
-        model, _ = train_dp_model(make_model, images[rows], labels[rows], epsilon=config.dp_epsilon, delta=config.dp_delta,
+        model, _ = train_dp_model(make_model, as_float(images[rows]), labels[rows], epsilon=config.dp_epsilon, delta=config.dp_delta,
                                   max_grad_norm=config.dp_max_grad_norm, epochs=config.epochs, batch_size=config.batch_size,
                                   lr=config.dp_lr, seed=config.seed + m, batchnorm=DP_BATCHNORM, device=config.device)
         models.append(model)
@@ -264,7 +258,7 @@ def _train(config: Config, folder: str, make_model, population, labels, keep):
             models.append(model.eval())
         return models, 0.0
     start = time.perf_counter()
-    images = _materialise(config, population)
+    images = materialise(population, config, batch_size=config.score_batch_size)  # uint8 for 8-bit images
     if config.dp_epsilon is not None:
         models = _train_dp_models(config, make_model, images, labels, keep)
     else:
