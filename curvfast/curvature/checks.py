@@ -9,7 +9,7 @@ from torch import nn
 
 from .model import LogitFn, scoring_model
 
-__all__ = ["check_batch", "check_labels", "is_piecewise_linear"]
+__all__ = ["check_batch", "check_labels", "is_piecewise_linear", "graph_nodes"]
 
 
 def check_batch(x, y, model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,12 +141,7 @@ def _graph_answer(logit_fn: LogitFn, x: torch.Tensor) -> bool | None:
     xs = x.detach().requires_grad_(True)
     with scoring_model(logit_fn.model) as frozen, torch.enable_grad():  # only x may be a live leaf
         z = LogitFn(frozen, logit_fn.output_transform)(xs)
-    stack, seen = [z.grad_fn], set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
+    for node in graph_nodes(z.grad_fn):
         name = type(node).__name__
         live = [fn is not None for fn, _ in node.next_functions]
         if name.rstrip("0123456789") not in PL_NODES:
@@ -156,8 +151,19 @@ def _graph_answer(logit_fn: LogitFn, x: torch.Tensor) -> bool | None:
             return False
         if getattr(node, "_saved_training", False):
             return False
-        stack.extend(fn for fn, _ in node.next_functions)
     return True
+
+
+def graph_nodes(root):
+    """Every autograd node reachable from ``root`` (a ``grad_fn``; None: none), each once, depth first."""
+    stack, seen = [root], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        yield node
+        stack.extend(fn for fn, _ in node.next_functions)
 
 
 def _vanishing_second_derivative(logit_fn: LogitFn, x: torch.Tensor) -> bool:

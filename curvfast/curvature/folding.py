@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .checks import graph_nodes
 from .model import LogitFn, reused_copy, shared_copy
 
 __all__ = ["foldable_pairs", "fold_batchnorms"]
@@ -126,16 +127,7 @@ def _find_pairs(model: nn.Module, x1: torch.Tensor, output_transform: Callable |
     finally:
         for h in handles:
             h.remove()
-    consumers, stack, seen = Counter(), [logits.grad_fn], set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        for fn, _ in node.next_functions:
-            if fn is not None:
-                consumers[fn] += 1
-                stack.append(fn)
+    consumers = Counter(fn for node in graph_nodes(logits.grad_fn) for fn, _ in node.next_functions if fn is not None)
     pairs = []
     for norm, node in read_by.items():
         layer = made_by.get(node)
