@@ -54,6 +54,31 @@ def test_known_translation_yields_that_motion_vector(translating):
     assert correct.mean() >= 0.9, f"only {correct.mean():.2f} of interior blocks carry the true motion"
 
 
+def test_decoding_leaves_no_pyav_objects_for_a_later_garbage_collection(tmp_path):
+    """PyAV frames with motion-vector side data form reference cycles. Left to the garbage collector,
+    they were freed in a forked DataLoader worker, whose copy of their swscale context has no slice
+    threads: the worker hung in pthread_cond_destroy (a CI run of test_devices' pkd case) or crashed.
+    The decoder collects them itself, in the process that made them."""
+    import gc
+
+    path = encode_clip(_translating_clip(2, -1), str(tmp_path / "shift.mp4"), qscale=2)
+    gc.collect()
+    gc.disable()
+    try:
+        before = _pyav_objects()
+        decode_compressed(path)
+        left = _pyav_objects() - before
+    finally:
+        gc.enable()
+    assert left == 0
+
+
+def _pyav_objects() -> int:
+    import gc
+
+    return sum(str(getattr(type(o), "__module__", "")).startswith("av.") for o in gc.get_objects())
+
+
 def test_residual_reconstructs_decoded_frame(translating):
     fields, residuals = frame_residuals(translating)
     frames = translating.frames.astype(np.float32)

@@ -12,6 +12,7 @@ so content that moves by ``(+dx, +dy)`` per frame has ``motion / scale = (-dx, -
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -96,6 +97,26 @@ def _mv_rows(frame) -> np.ndarray:
     return np.stack([raw[name].astype(np.int32) for name in MV_FIELDS], axis=1)
 
 
+def _decode_frames(av, path: str, max_frames: int | None):
+    """(frames, picture types, motion-vector rows) of ``path``; every PyAV object is dropped on return."""
+    frames, types, mvs = [], [], []
+    with av.open(path) as container:
+        if not container.streams.video:
+            raise ValueError(f"video file {path!r} has no video stream")
+        stream = container.streams.video[0]
+        stream.codec_context.options = {"flags2": "+export_mvs"}
+        for frame in container.decode(stream):
+            ptype = int(frame.pict_type)
+            if ptype == _PICT_B:
+                raise ValueError(f"video file {path!r} has B-frames; re-encode it with curvfast.pipelines.pkd.video.reencode")
+            frames.append(frame.to_ndarray(format="rgb24"))
+            types.append(_PICT_I if frame.key_frame or ptype == _PICT_I else _PICT_P)
+            mvs.append(_mv_rows(frame) if types[-1] == _PICT_P else np.zeros((0, len(MV_FIELDS)), np.int32))
+            if max_frames is not None and len(frames) >= max_frames:
+                break
+    return frames, types, mvs
+
+
 def decode_compressed(path: str, max_frames: int | None = None) -> DecodedVideo:
     """Decode ``path`` with motion-vector export. Raises FileNotFoundError for a missing file and
     ValueError (naming the file) for anything FFmpeg cannot decode as video, or for B-frames
@@ -103,25 +124,16 @@ def decode_compressed(path: str, max_frames: int | None = None) -> DecodedVideo:
     av = require_av()
     if not os.path.isfile(path):
         raise FileNotFoundError(f"video file {path!r} does not exist")
-    frames, types, mvs = [], [], []
     try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                raise ValueError(f"video file {path!r} has no video stream")
-            stream = container.streams.video[0]
-            stream.codec_context.options = {"flags2": "+export_mvs"}
-            for frame in container.decode(stream):
-                ptype = int(frame.pict_type)
-                if ptype == _PICT_B:
-                    raise ValueError(f"video file {path!r} has B-frames; re-encode it with curvfast.pipelines.pkd.video.reencode")
-                frames.append(frame.to_ndarray(format="rgb24"))
-                types.append(_PICT_I if frame.key_frame or ptype == _PICT_I else _PICT_P)
-                mvs.append(_mv_rows(frame) if types[-1] == _PICT_P else np.zeros((0, len(MV_FIELDS)), np.int32))
-                if max_frames is not None and len(frames) >= max_frames:
-                    break
+        frames, types, mvs = _decode_frames(av, path, max_frames)
     except av.error.FFmpegError as err:
         raise ValueError(f"video file {path!r} could not be decoded ({type(err).__name__}: {err}); "
                          "it is corrupt, truncated or not a video") from err
+    finally:
+        # frames with motion-vector side data form reference cycles; freed later by the garbage
+        # collector of a process forked meanwhile (a DataLoader worker), their swscale contexts wait
+        # forever for slice threads that the fork did not copy. Free them here, where they were made.
+        gc.collect()
     if not frames:
         raise ValueError(f"video file {path!r} holds no decodable video frames")
     if types[0] != _PICT_I:
