@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-__all__ = ["Context", "PeerError", "setup", "shutdown", "launched_by_torchrun"]
+__all__ = ["Context", "PeerError", "setup", "shutdown", "launched_by_torchrun", "init_process_group"]
 
 DEFAULT_TIMEOUT = 1800.0  # seconds; torch's own default for gloo
 _FORWARDED = {e.__name__: e for e in (ValueError, TypeError, FileNotFoundError)}  # user-fixable: same type on every rank
@@ -122,6 +122,20 @@ def _rank_device(device: torch.device, local_rank: int) -> torch.device:
 _GLOO_SIDE_GROUPS: dict[int, Any] = {}
 
 
+def init_process_group(backend: str, timeout: float) -> None:
+    """``dist.init_process_group(backend, timeout=timeout s)`` that :func:`shutdown` can really close.
+
+    ``torch._dynamo`` is imported first. Imported after the group exists (``torch.func`` imports it on first
+    use, torchvision on import), it keeps references to the default group that ``destroy_process_group`` cannot
+    drop: the group and gloo's worker threads then outlive it into interpreter shutdown, where a thread freeing
+    a finished collective's tensors waits for the GIL, is cancelled and aborts the process ("terminate called
+    without an active exception"; seen in about 1 of 12 runs of a two-node IDKD run)."""
+    import torch._dynamo  # noqa: F401  (see above: must precede the group)
+
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout))
+
+
+
 def setup(device: torch.device, timeout: float = DEFAULT_TIMEOUT) -> tuple[Context, torch.device]:
     """Join (or reuse) the process group when several ranks run; return the context and the
     device this rank scores on. A single process gets ``Context()`` and ``device`` unchanged."""
@@ -135,7 +149,7 @@ def setup(device: torch.device, timeout: float = DEFAULT_TIMEOUT) -> tuple[Conte
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout))
+        init_process_group(backend, timeout)
         # the group curvfast opened is closed before the interpreter exits: left to static destruction,
         # its threads can abort the process ("terminate called without an active exception")
         atexit.register(shutdown)

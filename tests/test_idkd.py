@@ -437,3 +437,23 @@ def test_public_set_from_a_second_dataset_without_held_out_images(cifar_folder):
     assert public.shape == (300, 3, 32, 32) and not data.public_is_digit.any()
     with pytest.raises(ValueError, match="public set is empty"):
         build_data(options, public_fraction=0.0, public_photos=0)
+
+
+def test_a_node_killed_by_a_signal_is_reported_with_the_end_of_the_quiet_log(tmp_path, monkeypatch):
+    """A process that dies without recording an error (here SIGKILL after some output): the quiet run's error
+    carries the end of torchrun.log instead of only asking for a rerun."""
+    import importlib
+    import sys
+
+    from curvfast.pipelines.common.contract import RunFailed
+    from curvfast.pipelines.idkd.pipeline import Config
+
+    launch_module = importlib.import_module("curvfast.pipelines.idkd.launch")
+
+    killer = "import os, signal; print('last words of the node', flush=True); os.kill(os.getpid(), signal.SIGKILL)"
+    monkeypatch.setattr(launch_module, "torchrun_command", lambda nodes, path: [sys.executable, "-c", killer])
+    with pytest.raises(RunFailed) as err:
+        launch_module.launch(Config(quiet=True), str(tmp_path))
+    message = str(err.value)
+    assert f"exited with code {-9}" in message and "no node recorded an error" in message
+    assert "last words of the node" in message and "torchrun.log" in message

@@ -19,16 +19,27 @@ def torchrun_command(nodes: int, config_path: str) -> list[str]:
             "--max-restarts=0", "--monitor-interval=0.5", "-m", "curvfast.pipelines.idkd.worker", config_path]
 
 
+def _log_tail(path: str, lines: int = 40) -> str:
+    """The last ``lines`` lines of the quiet run's ``torchrun.log`` ("" when there is none)."""
+    if not os.path.exists(path):
+        return ""
+    with open(path, errors="replace") as f:
+        return "".join(f.readlines()[-lines:])
+
+
 def diagnose_failure(out: str, returncode: int) -> str:
     """One message from the ``errors/rank<r>.json`` files: the first node that failed for a reason of its own
-    (not a lost neighbour), else the first to fail at all."""
+    (not a lost neighbour), else the first to fail at all. When no node recorded an error (a process killed
+    by a signal, a failed rendezvous), the message ends with the tail of a quiet run's ``torchrun.log``."""
     errors = []
     for path in glob.glob(os.path.join(out, "errors", "rank*.json")):
         with open(path) as f:
             errors.append(json.load(f))
     if not errors:
-        return (f"torchrun exited with code {returncode} and no node recorded an error "
-                "(killed by a signal or out of memory?); rerun without --quiet to see its output")
+        log = os.path.join(out, "torchrun.log")
+        tail = _log_tail(log)
+        where = f"; the end of {log}:\n{tail}" if tail else "; rerun without --quiet to see its output"
+        return f"torchrun exited with code {returncode} and no node recorded an error (killed by a signal or out of memory?){where}"
     errors.sort(key=lambda e: (e["lost_neighbour"], e["time"]))
     root = errors[0]
     message = f"node {root['node']} failed: {root['type']}: {root['message']}"

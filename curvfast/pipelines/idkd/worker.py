@@ -23,7 +23,6 @@ import os
 import sys
 import time
 import traceback
-from datetime import timedelta
 
 import numpy as np
 import torch
@@ -31,6 +30,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from curvfast.distributed import init_process_group
 from curvfast.io import write_json
 from curvfast.metrics import auroc
 from curvfast.pipelines.common.contract import write_results
@@ -214,7 +214,7 @@ def run_process(cfg: Config, out: str) -> dict:
     A failure is recorded in ``out/errors/rank<r>.json`` and re-raised."""
     try:
         _, backend = _device_and_backend(cfg)
-        dist.init_process_group(backend, timeout=timedelta(seconds=cfg.timeout))
+        init_process_group(backend, cfg.timeout)
         return run_node(cfg, out)
     except BaseException as err:
         _record_failure(out, err)
