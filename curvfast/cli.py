@@ -84,8 +84,24 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``curvfast`` parser: the core commands, then one generated sub-command per pipeline."""
+CORE_COMMANDS = ("doctor", "train", "score", "demo")
+
+
+def _pipelines_for(argv: list[str] | None) -> tuple[str, ...]:
+    """The pipelines whose sub-command parsing ``argv`` needs: the one named, none for a core command, every one
+    otherwise (``--help``, no command, a misspelt one: the choices are listed). Importing a pipeline costs up to a
+    second (pytorch-ood, Opacus...), paid by every torchrun rank of ``curvfast score``."""
+    first = next((a for a in argv if not a.startswith("-")), None) if argv is not None else None
+    if first in CORE_COMMANDS:
+        return ()
+    from .pipelines import COMMANDS
+
+    return (first,) if first in COMMANDS else COMMANDS
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``curvfast`` parser: the core commands, then one generated sub-command per pipeline (only what
+    parsing ``argv`` needs when it is given; every command when it is None)."""
     parser = argparse.ArgumentParser(prog="curvfast", description="Per-sample input loss curvature for PyTorch models.")
     parser.add_argument("--version", action="version", version=f"curvfast {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -146,10 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=24)
     p.set_defaults(func=_cmd_demo)
 
-    from .pipelines import COMMANDS
     from .pipelines.common import contract
 
-    for command in COMMANDS:
+    for command in _pipelines_for(argv):
         contract.register(sub, command, importlib.import_module(f"curvfast.pipelines.{command}"))
     return parser
 
@@ -166,7 +181,8 @@ def expected_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv``, run the command; a user-fixable failure prints one ``error:`` line and returns 2."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     try:
         return args.func(args)
     except expected_errors() as err:

@@ -145,3 +145,23 @@ def test_option_prefixes_are_not_guessed(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["ood", "--out", "o", "--epoch", "3"])
     assert "unrecognized arguments: --epoch" in capsys.readouterr().err
+
+
+def test_the_parser_builds_only_the_pipeline_a_command_line_names():
+    """A command line imports the one pipeline it runs (none for a core command): every torchrun rank of
+    `curvfast score` used to import all seven, pytorch-ood and Opacus included. --help still lists every command."""
+    import subprocess
+    import sys
+
+    from curvfast.cli import CORE_COMMANDS
+
+    assert set(_subparsers()) == set(CORE_COMMANDS) | set(COMMANDS)
+    probe = ("import sys; from curvfast.cli import build_parser; build_parser(sys.argv[1:]); "
+             "print(sorted({m.split('.')[2] for m in sys.modules if m.startswith('curvfast.pipelines.')} - {'common'}))")
+    for argv, expected in ((["score", "--method", "exact"], []), (["ood", "--out", "o"], ["ood"]),
+                           (["mia", "--help"], ["mia"]), (["--help"], sorted(COMMANDS)), (["nonsense"], sorted(COMMANDS))):
+        proc = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.strip() == str(expected), (argv, proc.stdout)
+    help_text = subprocess.run([sys.executable, "-m", "curvfast", "--help"], capture_output=True, text=True, timeout=120).stdout
+    assert all(command in help_text for command in (*CORE_COMMANDS, *COMMANDS))
