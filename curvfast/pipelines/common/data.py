@@ -11,14 +11,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from curvfast.data import get_dataset
 from curvfast.models import build_model, normalized, parse_normalization
 from curvfast.pipelines.common.augment import AUGMENTATIONS, batch_transform, image_augmentation
 from curvfast.pipelines.common.contract import option
 
-__all__ = ["DataOptions", "load_split", "loader", "build_network", "dataset_labels", "materialise", "as_float"]
+__all__ = ["DataOptions", "load_split", "loader", "build_network", "dataset_labels", "materialise", "as_float", "PackedDataset"]
 
 
 @dataclass
@@ -83,6 +83,22 @@ def materialise(dataset, options: DataOptions, *, batch_size: int) -> torch.Tens
 def as_float(x: torch.Tensor) -> torch.Tensor:
     """Inputs from :func:`materialise` as float32: q / 255 for uint8, else ``x`` itself."""
     return x.float().div_(255) if x.dtype == torch.uint8 else x
+
+
+class PackedDataset(Dataset):
+    """``(as_float(images[i]), targets[i])``: a ``TensorDataset`` over :func:`materialise`'s inputs that
+    restores each item's float32 values as it is read (the packed tensor stays packed)."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor):
+        if len(images) != len(targets):
+            raise ValueError(f"{len(images)} inputs but {len(targets)} targets")
+        self.images, self.targets = images, targets
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return as_float(self.images[i]), self.targets[i]
 
 
 def build_network(options: DataOptions, name: str, info, input_shape: tuple[int, ...], **kwargs) -> torch.nn.Module:

@@ -32,7 +32,7 @@ import math
 
 import numpy as np
 import torch
-from torch.utils.data import TensorDataset
+from curvfast.pipelines.common.data import PackedDataset, as_float
 
 from curvfast.metrics import auroc
 from curvfast.pipelines.common.dp import train_dp_model
@@ -58,14 +58,14 @@ def dp_sweep(make_model, images, targets, test_data, *, epsilons=(1, 2, 4, 8, 16
         trained, spent = [], []
         for m in range(models):
             member = torch.from_numpy(keep[m])
-            model, used = train_dp_model(make_model, images[member], targets[member], epsilon=math.inf if eps is None else eps,
+            model, used = train_dp_model(make_model, as_float(images[member]), targets[member], epsilon=math.inf if eps is None else eps,
                                          delta=delta, epochs=epochs, batch_size=batch_size, lr=lr,
                                          max_grad_norm=max_grad_norm, seed=seed + 1000 * m, batchnorm="groupnorm",
                                          device=device)
             trained.append(model)
             spent.append(used)
             bar.update(1)
-        curv, loss = curvature_per_model(trained, TensorDataset(images, targets), method=method, probes=probes, seed=seed,
+        curv, loss = curvature_per_model(trained, PackedDataset(images, targets), method=method, probes=probes, seed=seed,
                                          batch_size=score_batch_size, device=device)
         correct, _ = label_predictions(trained, images, targets, device=device)
         mem = memorization_scores(correct, keep)

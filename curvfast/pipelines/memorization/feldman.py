@@ -31,6 +31,8 @@ import torch
 from scipy.stats import norm
 from torch.utils.data import DataLoader
 
+from curvfast.pipelines.common.data import as_float
+
 __all__ = ["random_subsets", "predict", "label_predictions", "MemorizationEstimate", "memorization_scores", "wilson_interval",
            "newcombe_interval"]
 
@@ -45,9 +47,10 @@ def random_subsets(models: int, samples: int, fraction: float, seed: int = 0) ->
 
 
 def _batches(data, batch_size: int):
-    """Batches ``(x, y or None)`` of an image tensor (N, ...) or a map-style dataset of ``(image, label)``."""
+    """Batches ``(x, y or None)`` of an image tensor (N, ...; uint8 from ``common.data.materialise`` is restored
+    to float32) or a map-style dataset of ``(image, label)``."""
     if torch.is_tensor(data):
-        return ((data[i:i + batch_size], None) for i in range(0, len(data), batch_size))
+        return ((as_float(data[i:i + batch_size]), None) for i in range(0, len(data), batch_size))
     return iter(DataLoader(data, batch_size=batch_size))
 
 

@@ -29,7 +29,7 @@ from curvfast.curvature import METHODS
 from curvfast.engine import parse_device
 from curvfast.io import write_npz
 from curvfast.pipelines.common.contract import config_dict, option, run_folder, write_results
-from curvfast.pipelines.common.data import DataOptions, load_split, loader
+from curvfast.pipelines.common.data import DataOptions, as_float, dataset_labels, load_split, materialise
 from curvfast.pipelines.common.multitrain import train_subset_models
 from curvfast.pipelines.common.plots import image_grid
 from curvfast.pipelines.memorization.agreement import agreement
@@ -115,14 +115,15 @@ class Config(DataOptions):
 
 
 def _training_tensors(config: Config, dataset):
-    """The training split as (N, C, H, W) float32 images and (N,) labels: what training many models on
-    random subsets needs (each step gathers one batch per model); N·C·H·W·4 bytes."""
-    images, labels = zip(*loader(dataset, config, batch_size=config.score_batch_size))
-    return torch.cat(images).float(), torch.cat(labels).long()
+    """The training split as (N, C, H, W) images and (N,) labels: what training many models on random
+    subsets needs (each step gathers one batch per model). 8-bit images are held as uint8 (N·C·H·W bytes;
+    ``common.data.materialise``), every consumer restores their float32 values bit for bit."""
+    images = materialise(dataset, config, batch_size=config.score_batch_size)
+    return images, torch.from_numpy(dataset_labels(dataset))
 
 
 def _grid(images, order, titles, path, suptitle):
-    image_grid(images[order].numpy(), titles, path, suptitle=suptitle)
+    image_grid(as_float(images[order]).numpy(), titles, path, suptitle=suptitle)
 
 
 def run(config: Config, out: str | None = None) -> dict:

@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
+from curvfast.pipelines.common.data import PackedDataset
 
 from curvfast.engine import score_models
 from curvfast.pipelines.common.multitrain import train_subset_models
@@ -106,7 +106,7 @@ def curvature_trajectory(make_model, images, targets, keep, *, epochs: int, meth
     device = train_kwargs.get("device", "cpu")
 
     def on_epoch(_, models):
-        c, losses = curvature_per_model(models, TensorDataset(images, targets), method=method, probes=probes, seed=score_seed,
+        c, losses = curvature_per_model(models, PackedDataset(images, targets), method=method, probes=probes, seed=score_seed,
                                         batch_size=score_batch_size, device=device)
         curv.append(c)
         loss.append(losses)
