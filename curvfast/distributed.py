@@ -135,7 +135,6 @@ def init_process_group(backend: str, timeout: float) -> None:
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout))
 
 
-
 def setup(device: torch.device, timeout: float = DEFAULT_TIMEOUT) -> tuple[Context, torch.device]:
     """Join (or reuse) the process group when several ranks run; return the context and the
     device this rank scores on. A single process gets ``Context()`` and ``device`` unchanged."""

@@ -32,9 +32,9 @@ import math
 
 import numpy as np
 import torch
-from curvfast.pipelines.common.data import PackedDataset, as_float
 
 from curvfast.metrics import auroc
+from curvfast.pipelines.common.data import PackedDataset, as_float
 from curvfast.pipelines.common.dp import train_dp_model
 from curvfast.pipelines.memorization.feldman import label_predictions, memorization_scores, random_subsets
 from curvfast.pipelines.memorization.trajectory import curvature_per_model

@@ -24,9 +24,9 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
-from curvfast.pipelines.common.data import PackedDataset
 
 from curvfast.engine import score_models
+from curvfast.pipelines.common.data import PackedDataset
 from curvfast.pipelines.common.multitrain import train_subset_models
 
 __all__ = ["curvature_per_model", "train_with_checkpoints", "CurvatureTrajectory", "curvature_trajectory"]
