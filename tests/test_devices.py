@@ -241,6 +241,24 @@ def test_idkd_pipeline_on_device(device, tmp_path):
     assert {"dsgd", "vanilla_kd", "idkd"} <= set(res["methods"])
 
 
+def test_mia_pipeline_on_device(device, tmp_path):
+    """`curvfast mia --device`: subset training from the packed population, signals (curvature included) and attacks."""
+    out = tmp_path / "mia"
+    assert _main(["mia", "--preset", "smoke", "--device", str(device), "--out", str(out), "--quiet"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["settings"]["device"] == str(device)
+    assert all(0.0 <= a["auroc"] <= 1.0 for a in res["attacks"].values()) and "curv_zo_lr" in res["attacks"]
+
+
+def test_memorization_pipeline_on_device(device, tmp_path):
+    """`curvfast memorization --dp --device`: stacked subset training, curvature trajectories and DP-SGD (Opacus) on the device."""
+    out = tmp_path / "mem"
+    assert _main(["memorization", "--preset", "smoke", "--dp", "--device", str(device), "--out", str(out), "--quiet"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["settings"]["device"] == str(device) and res["memorization"]["estimable"] > 0
+    assert all(np.isfinite(row["mean_curvature"]) and 0.0 <= row["accuracy"] <= 1.0 for row in res["dp"])
+
+
 def test_pkd_pipeline_on_device(device, tmp_path, monkeypatch):
     """`curvfast pkd --device`: streams, ICs, logits and MACs on the device; a cache prepared once serves both runs."""
     pytest.importorskip("av")
