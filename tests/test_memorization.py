@@ -128,6 +128,31 @@ def test_agreement_reports_constant_and_shuffled_baselines():
     assert res["cosine"] > 0.99 > shuf["cosine"]
 
 
+def test_a_cosine_with_a_zero_vector_is_undefined_not_nan():
+    """Seen in a CIFAR-shaped smoke run: results.json held `"cosine": NaN` (not JSON) in the shuffled baseline's top-k,
+    with a RuntimeWarning, because a few permutations put only zero curvatures among the top samples. A cosine with a
+    zero vector is undefined (None); a baseline averages the permutations where it is defined."""
+    import warnings
+
+    assert cosine_similarity([0.0, 0.0, 0.0], [1.0, 2.0, 3.0]) is None
+    a = np.array([0.0] * 6 + [1.0, 2.0, 3.0, 4.0])  # the 3 samples with the highest b have a = 0
+    b = np.array([9.0, 8.0, 7.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = agreement(a, b, top_fractions=(0.3,), permutations=50, seed=1)
+    assert res["top_k"][0]["cosine"] is None
+    shuffled = res["baselines"]["shuffled"]["top_k"][0]["cosine"]
+    defined = []
+    rng = np.random.default_rng(1)  # the baseline's draws
+    for _ in range(50):
+        p = rng.permutation(a)
+        top = np.argsort(-b, kind="stable")[:3]
+        if np.linalg.norm(p[top]) > 0:
+            defined.append(p[top] @ b[top] / (np.linalg.norm(p[top]) * np.linalg.norm(b[top])))
+    assert 0 < len(defined) < 50
+    assert shuffled == pytest.approx(np.mean(defined))
+
+
 # ---------------------------------------------------------------- per-epoch curvature
 
 def test_checkpoint_training_reuses_shared_trainer(digits):

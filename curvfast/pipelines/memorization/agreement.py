@@ -33,10 +33,11 @@ def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
     return a[ok], b[ok]
 
 
-def cosine_similarity(a, b) -> float:
-    """aᵀb / (‖a‖ ‖b‖) of two score vectors."""
+def cosine_similarity(a, b) -> float | None:
+    """aᵀb / (‖a‖ ‖b‖) of two score vectors; None (undefined) when either is the zero vector."""
     a, b = _pair(a, b)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+    norms = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / norms) if norms > 0 else None
 
 
 def top_k_overlap(a, b, k: int) -> float:
@@ -69,13 +70,17 @@ def _measures(a, b, top_fractions) -> dict:
 
 
 def _mean_of(dicts: list[dict]):
-    """Element-wise mean of equally shaped measure dicts (None stays None)."""
+    """Element-wise mean of equally shaped measure dicts: a float measure is averaged over the dicts where it is
+    defined (None where it is defined in none); other values are the first dict's."""
     first = dicts[0]
     if isinstance(first, dict):
         return {k: _mean_of([d[k] for d in dicts]) for k in first}
     if isinstance(first, list):
         return [_mean_of([d[i] for d in dicts]) for i in range(len(first))]
-    return None if first is None else type(first)(np.mean(dicts)) if isinstance(first, float) else first
+    defined = [v for v in dicts if isinstance(v, float)]
+    if defined:
+        return float(np.mean(defined))
+    return None if first is None else first
 
 
 def agreement(a, b, top_fractions=(0.01, 0.05, 0.1), permutations: int = 20, seed: int = 0) -> dict:

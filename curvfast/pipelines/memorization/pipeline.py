@@ -222,8 +222,9 @@ def _stages(config: Config, out: str) -> dict:
               flipped=flipped, cleanlab_issue=cl_issues, pred_probs=pred_probs, **mis_scores)
     scatter_plot(curv_avg, est.mem, os.path.join(out, "curvature_vs_memorization.png"), yerr=(est.mem - est.ci_low, est.ci_high - est.mem),
                  xlabel="input-loss curvature (trace), averaged over epochs", ylabel="memorization mem(i) (95% CI)",
-                 title=f"{config.dataset}: Pearson {correlation['pearson']:.3f}, Spearman {correlation['spearman']:.3f}, "
-                       f"cosine {correlation['cosine']:.3f}")
+                 title=f"{config.dataset}: " + ", ".join(
+                     f"{name.capitalize()} " + ("undefined" if correlation[name] is None else f"{correlation[name]:.3f}")
+                     for name in ("pearson", "spearman", "cosine")))
     histograms([("memorization mem(i)", {"all": est.mem}, False), ("curvature averaged over epochs", {"all": curv_avg}, True),
                 ("mislabel run: curvature",
                  {"clean": mis_scores["curvature"][~flipped], "flipped": mis_scores["curvature"][flipped]}, True)],
