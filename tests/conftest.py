@@ -125,16 +125,27 @@ def cifar_folder(tmp_path_factory):
     return write_image_folder(tmp_path_factory.mktemp("cifar_like"))
 
 
-def run_smoke_on_folder(command: str, root, out, *extra: str) -> dict:
-    """``curvfast <command> --preset smoke`` on an image folder with CIFAR normalisation and crop-flip on the
-    CPU (issue 18's done-when command); checks the exit status and the recorded data options, returns results.json."""
+def read_results(out) -> dict:
+    """``out/results.json``, which must be strict JSON: NaN and Infinity are not JSON (jq and JavaScript reject
+    them); a run writes null for an undefined value."""
     import json
 
+    def not_json(constant):
+        raise AssertionError(f"{out}/results.json holds {constant}, which is not JSON (write null for an undefined value)")
+
+    with open(f"{out}/results.json") as f:
+        return json.loads(f.read(), parse_constant=not_json)
+
+
+def run_smoke_on_folder(command: str, root, out, *extra: str) -> dict:
+    """``curvfast <command> --preset smoke`` on an image folder with CIFAR normalisation and crop-flip on the
+    CPU (issue 18's done-when command); checks the exit status and the recorded data options, returns results.json,
+    read by :func:`read_results`."""
     from curvfast.cli import main
 
     assert main([command, "--preset", "smoke", "--dataset", "imagefolder", "--root", str(root), "--normalize", "cifar10",
                  "--augment", "crop-flip", "--device", "cpu", "--out", str(out), "--quiet", *extra]) == 0
-    results = json.loads((out / "results.json").read_text())
+    results = read_results(out)
     settings = results["settings"]
     assert (settings["dataset"], settings["normalize"], settings["augment"]) == ("imagefolder", "cifar10", "crop-flip")
     assert settings.get("device", "cpu") == "cpu"

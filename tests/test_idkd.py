@@ -21,6 +21,7 @@ from curvfast.pipelines.idkd.detectors import calibrated_threshold, knn_score, m
 from curvfast.pipelines.idkd.labels import aggregate_labels, select_public
 from curvfast.pipelines.idkd.partition import class_histogram, dirichlet_partition
 from curvfast.pipelines.idkd.topology import build_topology, metropolis_hastings
+from conftest import read_results
 
 TOPOLOGY_CASES = [("ring", 2), ("ring", 3), ("ring", 16), ("torus", 4), ("torus", 9), ("torus", 12), ("torus", 7),
                   ("social", 15), ("full", 2), ("full", 6)]
@@ -364,7 +365,7 @@ def test_smoke_run_on_a_cifar_shaped_folder_with_normalisation_and_augmentation(
     rc = main(["idkd", "--preset", "smoke", "--dataset", "imagefolder", "--root", str(cifar_folder), "--normalize", "cifar10",
                "--augment", "crop-flip", "--device", "cpu", "--partition", "iid", "--out", str(out), "--quiet"])
     assert rc == 0, capsys.readouterr().err
-    res = json.loads((out / "results.json").read_text())
+    res = read_results(out)
     s = res["settings"]
     assert (s["dataset"], s["normalize"], s["augment"], s["device"], s["nodes"], s["partition"]) == (
         "imagefolder", "cifar10", "crop-flip", "cpu", 2, "iid")

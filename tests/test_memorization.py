@@ -17,6 +17,7 @@ from curvfast.pipelines.memorization.mislabel import cleanlab_scores, cross_val_
 from curvfast.pipelines.memorization.models import model_factory
 from curvfast.pipelines.memorization.pipeline import Config
 from curvfast.pipelines.common.multitrain import train_subset_models
+from conftest import read_results
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +287,7 @@ def test_smoke_preset_on_a_cifar_shaped_folder_with_normalisation_and_augmentati
     out = tmp_path / "run"
     assert main(["memorization", "--preset", "smoke", "--dataset", "imagefolder", "--root", str(cifar_folder), "--normalize",
                  "cifar10", "--augment", "crop-flip", "--device", "cpu", "--quiet", "--out", str(out)]) == 0
-    res = json.loads((out / "results.json").read_text())
+    res = read_results(out)
     s = res["settings"]
     assert (s["dataset"], s["normalize"], s["augment"], s["device"], s["subset_models"], s["epochs"]) == \
         ("imagefolder", "cifar10", "crop-flip", "cpu", 4, 2)

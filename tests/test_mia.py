@@ -16,6 +16,7 @@ from curvfast.pipelines.mia import interchange
 from curvfast.pipelines.mia.evaluate import REQUIRED_ATTACKS, attack_metrics, attack_scores
 from curvfast.pipelines.mia.pipeline import Config, balanced_keep, run
 from curvfast.pipelines.mia.signals import logit_confidence, model_signals
+from conftest import read_results
 
 
 def gaussian_world(num_shadows=400, num_samples=3000, d=1.0, views=1, seed=0):
@@ -424,7 +425,7 @@ def test_smoke_preset_on_a_cifar_shaped_folder_with_normalisation_and_augmentati
     out = tmp_path / "run"
     assert main(["mia", "--preset", "smoke", "--dataset", "imagefolder", "--root", str(cifar_folder), "--normalize", "cifar10",
                  "--augment", "crop-flip", "--device", "cpu", "--quiet", "--out", str(out)]) == 0
-    res = json.loads((out / "results.json").read_text())
+    res = read_results(out)
     s = res["settings"]
     assert (s["dataset"], s["normalize"], s["augment"], s["device"], s["split"]) == ("imagefolder", "cifar10", "crop-flip", "cpu", "train")
     assert (s["shadows"], s["pool_size"], s["augment_used"], s["views_used"]) == (4, 100, "crop-flip", ["identity", "hflip"])

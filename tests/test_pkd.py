@@ -16,6 +16,7 @@ from curvfast.pipelines.pkd import (
     wise_sweep,
 )
 from curvfast.pipelines.pkd.video import ClipSet, CompressedRepresentation, CompressedVideoDataset
+from conftest import read_results
 
 TINY = {  # streams small enough for a unit test
     "iframe": {"widths": (4, 8, 8, 16), "blocks": (1, 1, 1, 1), "stem_stride": 2},
@@ -214,7 +215,7 @@ def test_cli_pkd_writes_results_and_plots(tmp_path, monkeypatch):
     rc = main(["pkd", "--out", str(out), "--clips-per-class", "2", "--size", "16", "--frames", "13",
                "--stream-epochs", "1", "--exit-epochs", "1", "--threads", "1", "--quiet"])
     assert rc == 0
-    res = json.loads((out / "results.json").read_text())
+    res = read_results(out)
     assert len(res["ic_accuracy"]["ce"]) == len(res["ic_accuracy"]["pkd"]) == 12 == len(res["exits"])
     assert res["ic_accuracy"]["ce"][3] == res["ic_accuracy"]["pkd"][3]  # heads are shared
     assert 0 <= res["wise"]["accuracy"] <= 1 and res["wise"]["macs"] <= res["macs"]["cumulative"][-1]

@@ -34,11 +34,12 @@ def ood_metrics(id_scores, ood_scores) -> dict[str, float]:
     }
 
 
-def gains(method: dict, reference: dict) -> dict[str, dict[str, float]]:
+def gains(method: dict, reference: dict) -> dict[str, dict[str, float | None]]:
     """Change of ``method`` over ``reference`` (each ``{metric: value}``) per metric, in absolute
-    percentage points and relative percent: (m - r) / r * 100 (negative FPR95 change = better)."""
+    percentage points and relative percent: (m - r) / r * 100 (negative FPR95 change = better);
+    the relative change from r = 0 is undefined (None)."""
     return {
         m: {"points": 100 * (method[m] - reference[m]),
-            "relative_percent": 100 * (method[m] - reference[m]) / reference[m] if reference[m] else float("nan")}
+            "relative_percent": 100 * (method[m] - reference[m]) / reference[m] if reference[m] else None}
         for m in METRIC_NAMES
     }
