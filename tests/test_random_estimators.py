@@ -120,3 +120,18 @@ def test_hvp_auto_falls_back_to_double_backward():
     auto = curvfast.input_curvature(model, x, y, method="hutchinson", probes=4, seed=2)
     ref = curvfast.input_curvature(model, x, y, method="hutchinson", probes=4, seed=2, hvp="double_backward")
     torch.testing.assert_close(auto.value, ref.value)
+
+
+def test_forward_over_reverse_prints_no_warning_from_torch_internals():
+    """Reported: `curvfast score --method hutchinson` printed torch's FutureWarning "`torch.jit.script` is deprecated"
+    (torch.func.jvp imports a module that calls it on first use). In a fresh process with warnings as errors, the
+    first forward-over-reverse estimate runs."""
+    import subprocess
+    import sys
+
+    code = ("import torch, curvfast\n"
+            "model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU(), torch.nn.Linear(8, 3)).double()\n"
+            "x, y = torch.randn(2, 4, dtype=torch.float64), torch.tensor([0, 2])\n"
+            "print(curvfast.input_curvature(model, x, y, method='hutchinson', probes=4, hvp='forward_over_reverse').value)\n")
+    proc = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -20,8 +20,10 @@ Per-sample running mean and variance over probes give the estimate and its stand
 """
 from __future__ import annotations
 
+import functools
 import re
 import threading
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +57,18 @@ def _hvp_double_backward(logit_fn: LogitFn, x: torch.Tensor, objective, v: torch
     return hv.reshape(v.shape)
 
 
+@functools.cache
+def _load_jvp_decompositions() -> None:
+    """Import what ``torch.func.jvp`` imports on its first call (``torch._decomp.decompositions_for_jvp``) with the
+    FutureWarning of its deprecated ``torch.jit.script`` call silenced: otherwise every forward-over-reverse run
+    printed torch's deprecation warning about code the user never wrote."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+        import torch._decomp.decompositions_for_jvp  # noqa: F401
+
+
 def _hvp_forward_over_reverse(logit_fn: LogitFn, x: torch.Tensor, objective, v: torch.Tensor) -> torch.Tensor:
+    _load_jvp_decompositions()
     rows = torch.arange(x.shape[0], device=x.device)
     grad_fn = torch.func.grad(lambda inp: objective(logit_fn(inp), rows))
 
