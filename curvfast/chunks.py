@@ -34,6 +34,7 @@ import time
 
 import numpy as np
 
+from .errors import ChunkError, RunFolderBusy
 from .io import atomic_write_bytes, write_json
 
 __all__ = ["RunFolder", "ChunkError", "RunFolderBusy", "run_id"]
@@ -41,14 +42,6 @@ __all__ = ["RunFolder", "ChunkError", "RunFolderBusy", "run_id"]
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 FORMAT = 1
-
-
-class ChunkError(RuntimeError):
-    """A chunk file is missing, truncated, altered, or belongs to another run."""
-
-
-class RunFolderBusy(RuntimeError):
-    """Another process holds the run folder's lock."""
 
 
 def run_id(identity: dict) -> str:

@@ -24,14 +24,12 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from .errors import PeerError
+
 __all__ = ["Context", "PeerError", "setup", "shutdown", "launched_by_torchrun", "init_process_group"]
 
 DEFAULT_TIMEOUT = 1800.0  # seconds; torch's own default for gloo
 _FORWARDED = {e.__name__: e for e in (ValueError, TypeError, FileNotFoundError)}  # user-fixable: same type on every rank
-
-
-class PeerError(RuntimeError):
-    """A collective failed: another rank died, closed its connection or timed out."""
 
 
 def launched_by_torchrun() -> bool:

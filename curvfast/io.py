@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import tempfile
 
 import numpy as np
 import torch
+
+from .errors import NonFiniteError
 
 __all__ = ["atomic_write_bytes", "write_json", "write_npz", "save_checkpoint", "load_checkpoint"]
 
@@ -37,8 +40,37 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
 
 
 def write_json(path: str, obj) -> None:
-    """Write ``obj`` as indented, key-sorted JSON to ``path`` atomically."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    """Write ``obj`` as indented, key-sorted, strict JSON to ``path`` atomically.
+
+    Strict JSON has no NaN or Infinity (``jq``, JavaScript and most readers refuse them). A result
+    that is undefined is written as ``None`` (``null``) by its producer; a setting that is infinite
+    (mia's ``--dp-epsilon inf``: no DP) is written as the string ``"inf"``.
+
+    Args:
+        path: the file to write (its folder is created).
+        obj: anything :func:`json.dumps` takes, with finite floats only.
+
+    Raises:
+        NonFiniteError: ``obj`` holds a NaN or infinite float; the message names where.
+    """
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)
+    except ValueError as err:
+        raise NonFiniteError(f"cannot write {path!r}: {_non_finite_path(obj) or 'a value'} is not finite "
+                             "(write an undefined result as None, an infinite setting as the string 'inf')") from err
+    atomic_write_bytes(path, (text + "\n").encode())
+
+
+def _non_finite_path(obj, prefix: str = "") -> str | None:
+    """The JSON path (``a.b[2]``) of the first NaN or infinite float in ``obj``, or None."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return prefix or "the value"
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for key, value in items:
+        found = _non_finite_path(value, f"{prefix}.{key}" if isinstance(key, str) else f"{prefix}[{key}]")
+        if found:
+            return found.lstrip(".")
+    return None
 
 
 def write_npz(path: str, **arrays) -> None:

@@ -78,8 +78,21 @@ def preset_config(pipeline, preset: str = "default", **overrides):
 
 
 def config_dict(config) -> dict:
-    """The resolved config as plain JSON values (what ``results.json`` records)."""
-    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    """The resolved config as plain JSON values (what ``results.json`` records).
+
+    An infinite float setting (``--dp-epsilon inf``: no DP) is recorded as the string ``"inf"`` or
+    ``"-inf"``, so that ``results.json`` stays strict JSON (:func:`curvfast.io.write_json`).
+    """
+    def plain(value):
+        if isinstance(value, float) and math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return json.loads(json.dumps(plain(dataclasses.asdict(config)), default=str))
 
 
 @contextlib.contextmanager
