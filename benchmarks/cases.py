@@ -106,7 +106,7 @@ def build_case(name: str, batch: int, seed: int = 0):
     torch.manual_seed(seed)
     if name == "digits_cnn":
         from curvfast.data import get_dataset
-        from curvfast.pipelines.common.training import train_model
+        from curvfast.training import train_model
 
         model, trained = train_model("small_cnn", "digits", epochs=10, seed=seed, log=None)
         train_set, _ = get_dataset("digits", "train")
@@ -115,7 +115,7 @@ def build_case(name: str, batch: int, seed: int = 0):
         return model.eval(), x, y, {"input": [1, 8, 8], "classes": 10, "weights": note}
     if name == "gelu_mlp_digits":
         from curvfast.data import get_dataset
-        from curvfast.pipelines.common.training import evaluate, fit
+        from curvfast.training import evaluate, fit
 
         train_set, _ = get_dataset("digits", "train")
         model = fit(gelu_mlp(10), train_set, epochs=10, optimizer="adam", seed=seed)

@@ -10,7 +10,7 @@ import time
 import torch
 
 from curvfast.pipelines.common.data import DataOptions, build_network, load_split
-from curvfast.pipelines.common.training import fit
+from curvfast.training import fit
 from tests.conftest import write_image_folder
 
 

@@ -34,7 +34,7 @@ def _cmd_doctor(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .pipelines.common.training import train_model
+    from .training import train_model
 
     _, info = train_model(
         args.model, args.dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,

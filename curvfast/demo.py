@@ -6,8 +6,8 @@ import os
 
 from curvfast.data import get_dataset
 from curvfast.engine import score
-from curvfast.pipelines.common.plots import image_grid
-from curvfast.pipelines.common.training import train_model
+from curvfast.plots import image_grid
+from curvfast.training import train_model
 
 __all__ = ["run_demo"]
 

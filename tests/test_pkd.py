@@ -12,10 +12,11 @@ from torch.utils.data import DataLoader
 
 from curvfast.pipelines.pkd import (
     EXIT_NAMES, STREAM_ORDER, StreamNet, build_exits, build_streams, collect_exit_logits, count_macs, exit_macs,
-    fit_prefix_weights, fit_wise, pkd_teacher, soft_cross_entropy, train_exits, wise_early_exit, wise_objective,
+    fit_prefix_weights, fit_wise, pkd_teacher, train_exits, wise_early_exit, wise_objective,
     wise_sweep,
 )
 from curvfast.pipelines.pkd.video import ClipSet, CompressedRepresentation, CompressedVideoDataset
+from curvfast.training import soft_cross_entropy
 from conftest import read_results
 
 TINY = {  # streams small enough for a unit test

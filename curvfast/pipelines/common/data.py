@@ -44,7 +44,7 @@ class DataOptions:
         return image_augmentation(self.augment)
 
     def batch_transform(self, seed: int):
-        """``batch_transform(x, y, rng)`` for :func:`curvfast.pipelines.common.training.fit`, or None."""
+        """``batch_transform(x, y, rng)`` for :func:`curvfast.training.fit`, or None."""
         return batch_transform(self.augment, seed)
 
 

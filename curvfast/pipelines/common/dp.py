@@ -9,7 +9,7 @@ recipe is the Unveiling experiments' (Ravikumar et al., "Unveiling Privacy, Memo
 Input Curvature Links", ICML 2024): RMSprop, constant learning rate 1e-3, C = 1, δ = 1e-5.
 ``epsilon=inf`` trains the same model with the same optimiser and epochs on shuffled batches of
 ``batch_size``, without clipping or noise: the non-private reference. The steps run in the
-pipelines' one loop, :func:`curvfast.pipelines.common.training.fit`, with Opacus' optimizer and
+pipelines' one loop, :func:`curvfast.training.fit`, with Opacus' optimizer and
 Poisson loader.
 
 Per-sample clipping is undefined through BatchNorm, which mixes the samples of a batch, so every
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from curvfast.pipelines.common.training import fit
+from curvfast.training import fit
 
 __all__ = ["BATCHNORM_REPLACEMENTS", "dp_compatible", "train_dp_model"]
 

@@ -6,7 +6,7 @@ other wastes the small-model regime: each step is too small to keep the cores bu
 models' parameters and buffers are stacked (``torch.func.stack_module_state``) and one step
 runs ``vmap(grad(loss))`` over the stack, so M models advance in one call.
 
-Each model follows the same recipe as :func:`curvfast.pipelines.common.training.train_model`: SGD with momentum
+Each model follows the same recipe as :func:`curvfast.training.train_model`: SGD with momentum
 0.9, weight decay, a cosine schedule, mini-batches drawn without replacement from its own
 subset (a fresh permutation of ``S_m`` each epoch, cycled when ``|S_m|`` is not a multiple of
 the batch size). The update of model m depends only on model m's data: the stacked SGD is

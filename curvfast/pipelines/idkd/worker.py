@@ -35,7 +35,7 @@ from curvfast.io import write_json
 from curvfast.metrics import auroc
 from curvfast.pipelines.common.contract import write_results
 from curvfast.pipelines.common.data import build_network
-from curvfast.pipelines.common.training import evaluate, fit
+from curvfast.training import evaluate, fit, soft_cross_entropy
 from curvfast.pipelines.idkd.comm import NeighbourComm, NeighbourError
 from curvfast.pipelines.idkd.data import build_data
 from curvfast.pipelines.idkd.detectors import calibrated_threshold, node_scores
@@ -61,7 +61,7 @@ def _batches(n: int, batch_size: int, steps: int, gen: torch.Generator):
 
 
 def _soft_cross_entropy(model, x, targets):
-    return -(targets * F.log_softmax(model(x), 1)).sum(1).mean()
+    return soft_cross_entropy(model(x), targets)
 
 
 def _train(model, opt: DecentralizedSGD, x, targets, steps: int, cfg: Config, gen, desc: str, show: bool,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from curvfast.pipelines.common.plots import pyplot, save_png
+from curvfast.plots import pyplot, save_png
 
 __all__ = ["scatter_plot", "histograms", "dp_plot"]
 

@@ -31,7 +31,7 @@ from curvfast.io import write_npz
 from curvfast.pipelines.common.contract import config_dict, option, run_folder, write_results
 from curvfast.pipelines.common.data import DataOptions, as_float, dataset_labels, load_split, materialise
 from curvfast.pipelines.common.multitrain import train_subset_models
-from curvfast.pipelines.common.plots import image_grid
+from curvfast.plots import image_grid
 from curvfast.pipelines.memorization.agreement import agreement
 from curvfast.pipelines.memorization.dp import dp_sweep, fit_unveiling_bounds
 from curvfast.pipelines.memorization.feldman import label_predictions, memorization_scores, random_subsets

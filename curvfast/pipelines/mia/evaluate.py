@@ -15,7 +15,7 @@ from functools import partial
 import numpy as np
 
 from curvfast import metrics
-from curvfast.pipelines.common.plots import pyplot, save_png
+from curvfast.plots import pyplot, save_png
 from curvfast.pipelines.mia import attacks as A
 
 __all__ = ["ATTACKS", "REQUIRED_ATTACKS", "FPRS", "attack_scores", "attack_metrics", "mean_roc", "plot_rocs"]

@@ -41,7 +41,7 @@ from curvfast.pipelines.ood.norm_scaling import SOURCES, NORM_STATISTICS, NormSc
 from curvfast.pipelines.ood.overhead import count_parameters, inference_flops, state_bytes, train_step_cost
 from curvfast.pipelines.ood.pytorch_ood import PytorchOODDetector
 from curvfast.pipelines.ood.report import examples_figure, markdown_table, roc_figure
-from curvfast.pipelines.common.training import fit
+from curvfast.training import fit
 from curvfast.pipelines.ood.training import ClassSubset, stack_images
 from curvfast.pipelines.ood.vrm import VRM, VRMTransform, vrm_batch
 

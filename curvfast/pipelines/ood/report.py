@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from curvfast import metrics
-from curvfast.pipelines.common.plots import pyplot, save_png
+from curvfast.plots import pyplot, save_png
 
 __all__ = ["markdown_table", "roc_figure", "examples_figure"]
 

@@ -13,7 +13,7 @@ from curvfast.pipelines.pkd.macs import count_macs, exit_macs
 from curvfast.pipelines.pkd.networks import (BACKBONES, STREAM_ORDER, InternalClassifier, StreamNet, TorchvisionStream,
                                              build_exits, build_streams)
 from curvfast.pipelines.pkd.pipeline import EXIT_NAMES, PRESETS, Config, run, summary
-from curvfast.pipelines.pkd.pkd import PUBLISHED_BOUNDARIES, pkd_teacher, soft_cross_entropy, train_exits
+from curvfast.pipelines.pkd.pkd import PUBLISHED_BOUNDARIES, pkd_teacher, train_exits
 from curvfast.pipelines.pkd.training import collect_exit_logits, train_streams
 from curvfast.pipelines.pkd.wise import fit_prefix_weights, fit_wise, wise_early_exit, wise_objective, wise_sweep
 
@@ -21,7 +21,7 @@ __all__ = [
     "Config", "PRESETS", "run", "summary",
     "count_macs", "exit_macs", "STREAM_ORDER", "BACKBONES", "InternalClassifier", "StreamNet", "TorchvisionStream",
     "build_exits", "build_streams",
-    "EXIT_NAMES", "PUBLISHED_BOUNDARIES", "pkd_teacher", "soft_cross_entropy", "train_exits",
+    "EXIT_NAMES", "PUBLISHED_BOUNDARIES", "pkd_teacher", "train_exits",
     "collect_exit_logits", "train_streams", "fit_prefix_weights", "fit_wise", "wise_early_exit", "wise_objective",
     "wise_sweep",
 ]

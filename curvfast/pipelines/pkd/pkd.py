@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from curvfast.pipelines.common.training import fit
+from curvfast.training import fit, soft_cross_entropy
 from curvfast.pipelines.pkd.networks import STREAM_ORDER, segment_mean
 
-__all__ = ["PUBLISHED_BOUNDARIES", "pkd_teacher", "soft_cross_entropy", "exit_logits_from_features", "train_exits"]
+__all__ = ["PUBLISHED_BOUNDARIES", "pkd_teacher", "exit_logits_from_features", "train_exits"]
 
 PUBLISHED_BOUNDARIES = (50 / 300, 100 / 300)
 
@@ -41,11 +41,6 @@ def pkd_teacher(epoch: int, epochs: int, stream: str, boundaries: tuple[float, f
     if epoch < round(boundaries[1] * epochs):
         return "residual"
     return stream
-
-
-def soft_cross_entropy(logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of -sum_c q_c log softmax(logits)_c."""
-    return -(teacher_probs * F.log_softmax(logits, dim=1)).sum(1).mean()
 
 
 def exit_logits_from_features(features: list[torch.Tensor], ics: nn.ModuleList, segments: int) -> list[torch.Tensor]:

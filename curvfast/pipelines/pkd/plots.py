@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from curvfast.pipelines.common.plots import pyplot, save_png
+from curvfast.plots import pyplot, save_png
 
 __all__ = ["accuracy_vs_macs_plot", "exit_accuracy_plot"]
 

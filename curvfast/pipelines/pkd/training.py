@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from curvfast.pipelines.common.training import fit
+from curvfast.training import fit
 from curvfast.pipelines.pkd.networks import STREAM_ORDER, segment_mean
 from curvfast.pipelines.pkd.pkd import exit_logits_from_features
 

@@ -26,7 +26,7 @@ from torch import nn
 from curvfast.data import DatasetInfo
 from curvfast.io import load_checkpoint, save_checkpoint
 from curvfast.pipelines.common.data import DataOptions, build_network, loader
-from curvfast.pipelines.common.training import evaluate, fit
+from curvfast.training import evaluate, fit
 from curvfast.pipelines.transfer.quantize import Halftone, InputQuantized, InputQuantizer, dorefa
 
 __all__ = ["MemberSpec", "parse_spec", "build_member", "train_member", "load_or_train"]

@@ -25,7 +25,7 @@ from curvfast.io import load_checkpoint, save_checkpoint, write_npz
 from curvfast.linalg import ROUTES
 from curvfast.pipelines.common.contract import config_dict, option, run_folder, write_results
 from curvfast.pipelines.common.data import DataOptions, build_network, dataset_labels, load_split, loader
-from curvfast.pipelines.common.training import evaluate, fit
+from curvfast.training import evaluate, fit
 from curvfast.pipelines.verifix.noise import NOISE_TYPES, add_label_noise
 from curvfast.pipelines.verifix.projector import PUBLISHED_ALPHAS
 from curvfast.pipelines.verifix.selection import SELECTION_METHODS, select_verified

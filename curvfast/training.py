@@ -1,4 +1,6 @@
-"""The pipelines' one training loop (:func:`fit`), evaluation, and ``curvfast train`` (:func:`train_model`)."""
+"""The one training loop (:func:`fit`), evaluation, the soft cross-entropy, and ``curvfast train`` (:func:`train_model`).
+
+The library's own, so that ``curvfast train`` and every pipeline train the same way."""
 from __future__ import annotations
 
 import math
@@ -15,7 +17,7 @@ from curvfast.data import get_dataset
 from curvfast.io import save_checkpoint
 from curvfast.models import build_model, normalized
 
-__all__ = ["train_model", "fit", "evaluate"]
+__all__ = ["train_model", "fit", "evaluate", "soft_cross_entropy", "SCHEDULES"]
 
 
 @torch.no_grad()
@@ -53,6 +55,21 @@ def _to(batch, device):
 
 def _cross_entropy(model, x, y):
     return F.cross_entropy(model(x), y)
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    r"""Mean cross-entropy against probability vectors (distillation targets).
+
+    .. math:: \ell = -\frac{1}{B}\sum_b \sum_c q_{bc} \log \operatorname{softmax}(z_b)_c
+
+    Args:
+        logits: ``(B, C)`` student logits :math:`z`.
+        targets: ``(B, C)`` teacher probabilities :math:`q` (rows sum to 1).
+
+    Returns:
+        The scalar loss.
+    """
+    return -(targets * F.log_softmax(logits, dim=1)).sum(1).mean()
 
 
 def fit(

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from curvfast.pipelines.common.training import evaluate, fit
+from curvfast.training import evaluate, fit
 
 
 def _data(n=64, seed=0):
