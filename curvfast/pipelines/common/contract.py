@@ -35,7 +35,7 @@ import torch
 
 from curvfast.io import write_json
 
-__all__ = ["COMMON_HELP", "RunFailed", "option", "config_dict", "preset_config", "run_folder", "write_results",
+__all__ = ["COMMON_HELP", "RunFailed", "option", "field_choices", "config_dict", "preset_config", "run_folder", "write_results",
            "add_config_arguments", "register", "main_for"]
 
 COMMON_HELP = {
@@ -65,8 +65,18 @@ class RunFailed(RuntimeError):
 
 def option(default=dataclasses.MISSING, help: str | None = None, *, choices=None):  # noqa: A002 (argparse's word)
     """A ``Config`` field: its default, one line of help (for a :data:`COMMON_HELP` name: omitted, or a
-    note appended to the common help) and, optionally, the allowed values (for a tuple field: of each element)."""
+    note appended to the common help) and, optionally, the allowed values (for a tuple field: of each element).
+
+    ``choices`` may be a tuple or a function returning one, called each time a parser is built: a list read
+    from a registry (``lambda: curvfast.curvature.METHODS``) then includes whatever was registered since.
+    """
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def field_choices(config_cls, name: str) -> tuple | None:
+    """The allowed values of ``config_cls``'s field ``name`` now (None: any), resolving a registry function."""
+    choices = next(f for f in dataclasses.fields(config_cls) if f.name == name).metadata.get("choices")
+    return tuple(choices()) if callable(choices) else choices
 
 
 def preset_config(pipeline, preset: str = "default", **overrides):
@@ -170,7 +180,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
         help_text = f"{common}; {own}" if common and own else common or own  # a common name keeps its meaning
         if not help_text:
             raise TypeError(f"{config_cls.__qualname__}.{f.name} has no help: declare it with option(default, help)")
-        choices = f.metadata.get("choices")
+        choices = field_choices(config_cls, f.name)
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         kwargs: dict = {"dest": f.name, "help": help_text, "required": required, "default": argparse.SUPPRESS}
         default = None if required else f.default if f.default is not dataclasses.MISSING else f.default_factory()
