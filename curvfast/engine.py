@@ -39,7 +39,8 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset, RandomSampler, Sampler, SequentialSampler
 from torch.utils.data import default_collate
 
-from . import __version__, distributed, ops
+from . import distributed, ops
+from ._version import __version__
 from .chunks import RunFolder
 from .curvature import input_curvature
 from .curvature.batching import VJP_PLANNER
