@@ -59,7 +59,7 @@ def _natural_statistic(method: str, statistic: str | None) -> str:
     statistic = statistic or estimator.statistics[0]
     if statistic not in estimator.statistics:
         others = [e.name for e in ESTIMATORS.values() if statistic in e.statistics]
-        raise ConfigError(f"method={method!r} estimates {', '.join(map(repr, estimator.statistics))} only, not "
+        raise ConfigError(f"method={method!r} estimates {' or '.join(estimator.statistics)} only, not "
                           f"{statistic!r}; use method={' or '.join(map(repr, others)) or 'exact'} for it")
     return statistic
 
@@ -103,24 +103,53 @@ def input_curvature(
 ) -> CurvatureResult:
     """Per-sample input loss curvature of a batch.
 
+    For the cross-entropy :math:`L_b = \\ell(f(x_b), y_b)` of each sample :math:`b`, the statistic of its
+    input Hessian
+
+    .. math:: H_b = \\frac{\\partial^2 L_b}{\\partial x_b^2},
+
+    e.g. :math:`\\operatorname{tr} H_b`, computed by the registered estimator ``method`` (docs/estimators.md
+    gives each one's math; for piecewise-linear nets ``exact`` uses
+    :math:`H_b = J_b^\\top (\\operatorname{diag}(p_b) - p_b p_b^\\top) J_b`, with :math:`J_b` the logits'
+    input Jacobian and :math:`p_b` the softmax). Higher = more curved.
+
     Args:
         model: an ``nn.Module`` returning logits (wrappers from DDP, Opacus and torch.compile are
             unwrapped; it is scored in eval mode and its mode is restored), or, for ``method="zo"``
             only, a loss oracle ``loss_fn(x, y) -> per-sample losses (B,)``.
-        x: inputs (B, ...), floating point. y: integer labels (B,).
-        method: see the module docstring. statistic: ``"trace"`` (default), ``"frobenius"``,
-            ``"top_eigenvalue"``, ``"spectrum"``; fd and zo return their own quantity.
-        probes: Hutchinson / deflated / fd / zo probes, or sampled tail classes (defaults 100 / 30 / 10 / 10 / 10).
-        seed, sample_ids: key the random probes; ``sample_ids`` defaults to ``arange(B)``; pass
-            dataset indices to make results independent of batching.
+        x: inputs (B, ...), floating point.
+        y: integer labels (B,).
+        method: a registered estimator (:data:`~curvfast.curvature.METHODS`) or ``"auto"``: exact
+            (piecewise linear, C ≤ 100), sampled (piecewise linear, C > 100), deflated otherwise
+            (hutchinson for a smooth model's Frobenius norm).
+        statistic: ``"trace"`` (default), ``"frobenius"``, ``"top_eigenvalue"``, ``"spectrum"``;
+            fd and zo return their own quantity.
+        probes: probes (or sampled tail classes) of a random method; default: the estimator's
+            (:data:`~curvfast.curvature.DEFAULT_PROBES`).
+        seed: keys the random probes together with ``sample_ids``.
+        sample_ids: the samples' ids (B,), default ``arange(B)``; pass dataset indices to make results
+            independent of batching.
         top_classes: classes kept exactly by ``"sampled"``; for ``"deflated"``, the number of
             Gauss-Newton directions deflated (and the exact head of its Gauss-Newton part when C > 100).
         distribution: Hutchinson probes, ``"rademacher"`` or ``"gaussian"``.
         step: finite-difference step h for fd and zo.
         hvp: Hutchinson HVP route: ``"auto"`` (forward-over-reverse, double backward where forward
             mode is missing), ``"double_backward"`` or ``"forward_over_reverse"``.
+        output_transform: maps the model's output (a tuple, a dict) to the logits.
         accept_gauss_newton: allow exact/sampled on smooth models (returns tr(JᵀAJ)).
         pass_size: classes or probes per batched pass (default: sized from the input).
+
+    Returns:
+        A :class:`CurvatureResult`: ``value`` (B,) ((B, K) for a spectrum), ``stderr`` for random
+        methods, ``loss`` (B,), the concrete ``method`` and ``statistic``.
+
+    Raises:
+        UnknownNameError: an unregistered method, statistic, HVP route or distribution.
+        ConfigError: a statistic the method does not estimate, or bad probes / sample ids.
+        NotPiecewiseLinearError: ``exact`` / ``sampled`` on a smooth model without ``accept_gauss_newton``.
+        UnsupportedModelError: the model lacks second derivatives, or its outputs or layers do not fit.
+        DataError: ``x`` or ``y`` do not fit the model.
+        NonFiniteError: a NaN or infinite weight, input, score or loss.
     """
     if hvp not in HVP_MODES:
         raise UnknownNameError(f"hvp must be one of {HVP_MODES} (got {hvp!r})")
