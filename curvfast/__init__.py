@@ -11,5 +11,6 @@ from .curvature import CurvatureResult, input_curvature  # noqa: E402
 from .engine import ScoreResult, parse_device, score, score_models  # noqa: E402
 from . import errors  # noqa: E402
 
-__all__ = ["input_curvature", "CurvatureResult", "score", "score_models", "ScoreResult", "parse_device", "errors", "ops",
+__all__ = ["input_curvature", "CurvatureResult", "score", "score_models", "ScoreResult", "parse_device", "errors",
+           "ops",
            "__version__"]

@@ -36,7 +36,8 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import (BatchSampler, DataLoader, Dataset, IterableDataset, RandomSampler, Sampler,
+                              SequentialSampler)
 from torch.utils.data import default_collate
 
 from . import distributed, ops
@@ -69,8 +70,10 @@ class _Indexed(Dataset):
 
 
 class _ChunkBatches(Sampler):
-    """Batches of consecutive indices that never straddle a chunk: for each ``(start, stop)``,
-    ``[start, start+B), [start+B, start+2B), …`` up to ``stop``."""
+    """Batches of consecutive indices that never straddle a chunk.
+
+    For each ``(start, stop)``: ``[start, start+B), [start+B, start+2B), …`` up to ``stop``.
+    """
 
     def __init__(self, ranges: Sequence[tuple[int, int]], batch_size: int):
         self.ranges, self.batch_size = list(ranges), batch_size
@@ -86,9 +89,18 @@ class _ChunkBatches(Sampler):
 
 @dataclass
 class ScoreResult:
-    """Arrays sorted by dataset index: ``index`` (N,), ``score`` (N,) or (N, K) for a spectrum,
-    ``stderr`` (N,) or None, ``loss`` and ``label`` (N,). ``run``: processes, chunks reused /
-    computed / found corrupt."""
+    """A scoring run's per-sample arrays, sorted by dataset index, with its settings.
+
+    Attributes:
+        index: dataset indices (N,).
+        score: curvature (N,), or (N, K) eigenvalues for a spectrum; higher = more curved.
+        stderr: standard errors (N,) of a random method, else None.
+        loss: cross-entropy (N,).
+        label: labels (N,).
+        settings: the resolved estimator and run settings.
+        seconds: wall time of the run.
+        run: processes, chunks reused / computed / found corrupt.
+    """
 
     index: np.ndarray
     score: np.ndarray
@@ -100,8 +112,12 @@ class ScoreResult:
     run: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
-        """Count, mean, median, min, max and std of the scores (the top eigenvalue for a spectrum), the mean
-        loss, the seconds taken and the samples per second."""
+        """Summary statistics of the run.
+
+        Returns:
+            Count, mean, median, min, max and std of the scores (the top eigenvalue for a spectrum),
+            the mean loss, the seconds taken and the samples per second.
+        """
         s = self.score if self.score.ndim == 1 else self.score[:, 0]
         return {
             "count": int(len(s)),
@@ -136,7 +152,8 @@ def parse_device(device: str | torch.device) -> torch.device:
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as err:
-        raise ConfigError(f"device {device!r} is not a device name; use 'cpu' or 'cuda' ('cuda:N' for one GPU)") from err
+        raise ConfigError(f"device {device!r} is not a device name; use 'cpu' or 'cuda' ('cuda:N' for one "
+                          "GPU)") from err
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"device {str(device)!r} cannot run the models; use 'cpu' or 'cuda' ('cuda:N' for one GPU)")
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -166,18 +183,22 @@ def _named_models(models) -> dict[str, nn.Module]:
 
 
 def _unpack(data, batch_size: int, num_workers: int):
-    """``(dataset, batch_size, loader options, custom batch sampler or None)`` from a Dataset or
-    DataLoader. A DataLoader's sequential or shuffled order changes nothing (every index is
-    scored once, keyed by index); any other sampler selects samples and is kept as is."""
+    """``(dataset, batch_size, loader options, custom batch sampler or None)`` from a Dataset or DataLoader.
+
+    A DataLoader's sequential or shuffled order changes nothing (every index is scored once, keyed by index); any other
+    sampler selects samples and is kept as is.
+    """
     if isinstance(data, DataLoader):
         ds = data.dataset
         if isinstance(ds, IterableDataset) or not hasattr(ds, "__getitem__"):
-            raise TypeError("score() needs a map-style dataset (with __getitem__ and __len__) to know each sample's index")
+            raise TypeError("score() needs a map-style dataset (with __getitem__ and __len__) to know each sample's "
+                            "index")
         opts = {"num_workers": data.num_workers, "pin_memory": data.pin_memory}
         bs = data.batch_sampler
         plain = type(bs) is BatchSampler and not bs.drop_last and (
             isinstance(bs.sampler, SequentialSampler)
-            or (isinstance(bs.sampler, RandomSampler) and not bs.sampler.replacement and bs.sampler.num_samples == len(ds))
+            or (isinstance(bs.sampler,
+                           RandomSampler) and not bs.sampler.replacement and bs.sampler.num_samples == len(ds))
         )
         return ds, (bs.batch_size if type(bs) is BatchSampler else batch_size), opts, (None if plain else bs)
     if isinstance(data, IterableDataset) or not hasattr(data, "__getitem__") or not hasattr(data, "__len__"):
@@ -187,7 +208,8 @@ def _unpack(data, batch_size: int, num_workers: int):
 
 def _scalar_kwargs(kwargs: dict) -> dict:
     """Estimator options as JSON: numbers and strings as they are, callables by name."""
-    return {k: (v if isinstance(v, (int, float, str, bool, type(None))) else getattr(v, "__qualname__", type(v).__name__))
+    return {k: (v if isinstance(v, (int, float, str, bool, type(None))) else getattr(v, "__qualname__",
+                                                                                     type(v).__name__))
             for k, v in sorted(kwargs.items())}
 
 
@@ -200,14 +222,15 @@ def _on_device(batch, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def _calibrate(models, dataset, batch_size: int, device, estimator: dict, first: dict) -> dict:
-    """Score the dataset's first batch with every model; return ``{name: class-pass width}``
-    (None for estimators without class passes).
+    """Score the dataset's first batch with every model; return ``{name: class-pass width or None}``.
 
     The estimator measures its pass width on this first call (``batching.PassPlanner``); the run
     then pins it for every batch, on every rank and in resumed runs, so that the bits do not
     depend on which process timed what. Runs on rank 0; its results are kept in ``first`` (keyed
-    by the batch's indices) and reused when that batch comes up."""
-    idx, x, y = _on_device(default_collate([_Indexed(dataset)[i] for i in range(min(batch_size, len(dataset)))]), device)
+    by the batch's indices) and reused when that batch comes up.
+    """
+    first_batch = default_collate([_Indexed(dataset)[i] for i in range(min(batch_size, len(dataset)))])
+    idx, x, y = _on_device(first_batch, device)
     results = {name: input_curvature(model, x, y, sample_ids=idx, **estimator) for name, model in models.items()}
     first[tuple(idx.tolist())] = results
     return {name: res.pass_width for name, res in results.items()}
@@ -215,8 +238,10 @@ def _calibrate(models, dataset, batch_size: int, device, estimator: dict, first:
 
 def _measured_widths(ctx, folder: RunFolder | None, models, dataset, batch_size: int, device, estimator: dict,
                      first: dict) -> dict:
-    """A new run's class-pass widths: measured once, on rank 0 (:func:`_calibrate`), recorded in the run
-    folder's manifest, and shared with every rank."""
+    """A new run's class-pass widths, measured once and shared with every rank.
+
+    Measured on rank 0 (:func:`_calibrate`) and recorded in the run folder's manifest.
+    """
     def calibrate():
         measured = _calibrate(models, dataset, batch_size, device, estimator, first)
         if folder is not None:
@@ -237,9 +262,11 @@ def _pinned(models: dict, widths: dict) -> contextlib.ExitStack:
 
 def _score_batches(models, loader, device, sizes: list[int], show: bool, estimator: dict,
                    first: dict) -> Iterator[tuple[int, dict, dict]]:
-    """Yield ``(unit position, arrays, used)`` each time the batches of one unit (``sizes[pos]``
-    samples, or all the loader yields for ``None``) are done. ``arrays``: index, label, and per
-    model ``<name>/score|stderr|loss``. ``first``: results already computed, by batch indices."""
+    """Yield ``(unit position, arrays, used)`` each time the batches of one unit are done.
+
+    A unit is ``sizes[pos]`` samples, or all the loader yields for ``None``. ``arrays``: index, label,
+    and per model ``<name>/score|stderr|loss``. ``first``: results already computed, by batch indices.
+    """
     from tqdm.auto import tqdm
 
     pos, parts, used = 0, {}, {}
@@ -278,23 +305,30 @@ def _merge(units: Iterator[dict]) -> dict[str, np.ndarray]:
 def _results(merged: dict, used: dict, report: dict, seconds: float, run: dict) -> dict[str, ScoreResult]:
     out = {}
     for name, info in report["models"].items():
-        settings = {**used.get(name, {}), **report["settings"], "model": info["type"], "model_fingerprint": info["sha256"]}
+        settings = {**used.get(name, {}), **report["settings"], "model": info["type"],
+                    "model_fingerprint": info["sha256"]}
         stderr = merged.get(f"{name}/stderr")
-        out[name] = ScoreResult(merged["index"], merged[f"{name}/score"], stderr, merged[f"{name}/loss"], merged["label"],
+        out[name] = ScoreResult(merged["index"], merged[f"{name}/score"], stderr, merged[f"{name}/loss"],
+                                merged["label"],
                                 settings, seconds, run)
     return out
 
 
 def _write_results(out: str, results: dict[str, ScoreResult], single: bool) -> None:
-    """Merged files: ``out/scores.npz`` + ``out/results.json`` for one model; for several,
-    ``out/<name>/scores.npz`` + ``out/<name>/results.json`` and an index ``out/results.json``."""
+    """Write the merged files.
+
+    ``out/scores.npz`` + ``out/results.json`` for one model; for several, ``out/<name>/scores.npz`` +
+    ``out/<name>/results.json`` and an index ``out/results.json``.
+    """
     for name, res in results.items():
         folder = out if single else os.path.join(out, name)
         write_npz(os.path.join(folder, "scores.npz"), **res.arrays())
-        write_json(os.path.join(folder, "results.json"), {"settings": res.settings, "summary": res.summary(), "run": res.run})
+        write_json(os.path.join(folder, "results.json"), {"settings": res.settings, "summary": res.summary(),
+                                                          "run": res.run})
     if not single:
         write_json(os.path.join(out, "results.json"), {
-            "models": {n: {"settings": r.settings, "summary": r.summary(), "files": f"{n}/scores.npz"} for n, r in results.items()},
+            "models": {n: {"settings": r.settings, "summary": r.summary(), "files": f"{n}/scores.npz"}
+                       for n, r in results.items()},
             "run": next(iter(results.values())).run,
         })
 
@@ -312,14 +346,17 @@ def _check_run_options(batch_size, chunk_size, out) -> None:
 
 
 def _identity(models: dict, dataset, settings: dict, ctx, fingerprinted: bool) -> dict:
-    """Everything that determines the numbers: settings, models and data (fingerprinted for a resumable or
-    sharded run, where every rank must hold the same ones)."""
+    """Everything that determines the numbers: settings, models and data.
+
+    Models and data are fingerprinted for a resumable or sharded run, where every rank must hold the same ones.
+    """
     n = settings["dataset_size"]
     identity = {"settings": settings, "models": {}, "data": {"size": n, "type": type(dataset).__qualname__}}
     if not fingerprinted:
         identity["models"] = {name: {"type": type(m).__name__, "sha256": None} for name, m in models.items()}
         return identity
-    identity["models"] = {name: {"type": type(m).__name__, "sha256": model_fingerprint(m)} for name, m in models.items()}
+    identity["models"] = {name: {"type": type(m).__name__, "sha256": model_fingerprint(m)}
+                          for name, m in models.items()}
     identity["data"] = dataset_fingerprint(dataset)
     views = ctx.all_gather("comparing models and data across ranks", identity)
     for r, view in enumerate(views):
@@ -332,8 +369,11 @@ def _identity(models: dict, dataset, settings: dict, ctx, fingerprinted: bool) -
 
 
 def _this_ranks_loader(dataset, todo: list[int], unit: int, batch_size: int, custom, loader_opts: dict):
-    """``(loader, unit sizes)`` over the chunks ``todo`` (``unit`` samples each, batches never straddling one),
-    or over the caller's own sampler (one unit of unknown size)."""
+    """``(loader, unit sizes)`` of this rank's share of the data.
+
+    Over the chunks ``todo`` (``unit`` samples each, batches never straddling one), or over the caller's own
+    sampler (one unit of unknown size).
+    """
     if custom is not None:
         return DataLoader(_Indexed(dataset), batch_sampler=custom, **loader_opts), [None]
     n = len(dataset)
@@ -342,7 +382,8 @@ def _this_ranks_loader(dataset, todo: list[int], unit: int, batch_size: int, cus
     return loader, [stop - start for start, stop in ranges]
 
 
-def _gathered_results(ctx, kept: dict, used: dict, report: dict, start_time: float, run: dict) -> dict[str, ScoreResult]:
+def _gathered_results(ctx, kept: dict, used: dict, report: dict, start_time: float,
+                      run: dict) -> dict[str, ScoreResult]:
     """An in-memory run's results: every rank's units gathered, merged and sorted by index."""
     gathered = ctx.all_gather("gathering scores", (kept, used))
     for _, part_used in gathered:
@@ -354,8 +395,10 @@ def _gathered_results(ctx, kept: dict, used: dict, report: dict, start_time: flo
 
 def _merged_chunks(folder: RunFolder, used: dict, report: dict, start_time: float,
                    run: dict) -> tuple[dict[str, ScoreResult], dict[int, str]]:
-    """A resumable run's results (every chunk file read back, checksums verified, merged and sorted) and the
-    chunks' checksums."""
+    """A resumable run's results and the chunks' checksums.
+
+    Every chunk file is read back (checksums verified), merged and sorted by index.
+    """
     checksums = {}
 
     def chunks():
@@ -398,7 +441,8 @@ def _score(models, data, single: bool, *, method, statistic, probes, seed, batch
         **_scalar_kwargs(estimator_kwargs),
     }
     identity = _identity(models, dataset, settings, ctx, fingerprinted=chunk_size is not None or ctx.world_size > 1)
-    report = {"settings": {**settings, "world_size": ctx.world_size, "curvfast": __version__, "torch": torch.__version__,
+    report = {"settings": {**settings, "world_size": ctx.world_size, "curvfast": __version__,
+                           "torch": torch.__version__,
                            "native_ops": ops.native_available()}, "models": identity["models"]}
 
     unit = chunk_size or batch_size
@@ -485,8 +529,19 @@ def score_models(
 
     Args:
         models: a dict ``name -> nn.Module`` (or a list, named ``model0, model1, …``); names are folder names.
-        data, method, statistic, probes, seed, batch_size, device, num_workers, chunk_size, overwrite, timeout,
-            progress, **estimator_kwargs: as for :func:`score`.
+        data: as for :func:`score`.
+        method: as for :func:`score`.
+        statistic: as for :func:`score`.
+        probes: as for :func:`score`.
+        seed: as for :func:`score`.
+        batch_size: as for :func:`score`.
+        device: as for :func:`score`.
+        num_workers: as for :func:`score`.
+        chunk_size: as for :func:`score`.
+        overwrite: as for :func:`score`.
+        timeout: as for :func:`score`.
+        progress: as for :func:`score`.
+        **estimator_kwargs: as for :func:`score`.
         out: run folder; the files are ``out/<name>/{scores.npz, results.json}`` plus an index
             ``out/results.json``.
 
@@ -521,7 +576,7 @@ def score(
     progress: bool | None = None,
     **estimator_kwargs,
 ) -> ScoreResult:
-    """Score every sample of ``data`` (a Dataset, or a DataLoader whose batch size and workers are kept).
+    r"""Score every sample of ``data`` (a Dataset, or a DataLoader whose batch size and workers are kept).
 
     Each sample :math:`i` gets the curvature of its loss at its input, e.g. with the default statistic
 
@@ -563,9 +618,11 @@ def score(
         NonFiniteError: a sample's score or loss is not finite.
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module returning logits (got {type(model).__name__}); use score_models() for several")
+        raise TypeError(f"model must be an nn.Module returning logits (got {type(model).__name__}); use score_models() "
+                        "for several")
     results = _score(
-        {"model": model}, data, True, method=method, statistic=statistic, probes=probes, seed=seed, batch_size=batch_size,
+        {"model": model}, data, True, method=method, statistic=statistic, probes=probes, seed=seed,
+        batch_size=batch_size,
         device=device, num_workers=num_workers, out=out, chunk_size=chunk_size, overwrite=overwrite, timeout=timeout,
         progress=progress, **estimator_kwargs,
     )

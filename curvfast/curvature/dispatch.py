@@ -1,6 +1,7 @@
 """``input_curvature``: validate the call, choose the method, run its estimator in full precision.
 
-The methods and their math are listed in :mod:`curvfast.curvature`."""
+The methods and their math are listed in :mod:`curvfast.curvature`.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -20,7 +21,8 @@ from curvfast.curvature.logit_space import GRAM_STATISTICS, Forward, logit_space
 from curvfast.curvature.model import LogitFn, check_finite_model, scoring_model, unwrap_model, without_wrapper_hooks
 from curvfast.curvature.registry import (AUTO, DEFAULT_PROBES, ESTIMATORS, METHODS, Estimate, EstimateCall, Estimator,
                                          get_estimator, register_estimator)
-from curvfast.errors import ConfigError, DataError, NonFiniteError, NotPiecewiseLinearError, UnknownNameError, UnsupportedModelError
+from curvfast.errors import (ConfigError, DataError, NonFiniteError, NotPiecewiseLinearError, UnknownNameError,
+                             UnsupportedModelError)
 
 __all__ = ["input_curvature", "CurvatureResult", "METHODS", "STATISTICS", "DEFAULT_PROBES", "resolve_method",
            "sample_ids_for"]
@@ -32,9 +34,10 @@ EXACT_MAX_CLASSES = 100
 @dataclass
 class CurvatureResult:
     """``value``: (B,) per-sample curvature ((B, K) eigenvalues, descending, for ``"spectrum"``).
-    ``stderr``: (B,) standard error for random methods, else None. ``loss``: (B,) cross-entropy.
-    ``pass_width``: classes per backward pass of the logit-space VJPs (exact, sampled, deflated's
-    Gauss-Newton part), else None."""
+
+    ``stderr``: (B,) standard error for random methods, else None. ``loss``: (B,) cross-entropy. ``pass_width``:
+    classes per backward pass of the logit-space VJPs (exact, sampled, deflated's Gauss-Newton part), else None.
+    """
 
     value: torch.Tensor
     stderr: torch.Tensor | None
@@ -101,7 +104,7 @@ def input_curvature(
     accept_gauss_newton: bool = False,
     pass_size: int | None = None,
 ) -> CurvatureResult:
-    """Per-sample input loss curvature of a batch.
+    r"""Per-sample input loss curvature of a batch.
 
     For the cross-entropy :math:`L_b = \\ell(f(x_b), y_b)` of each sample :math:`b`, the statistic of its
     input Hessian
@@ -157,7 +160,8 @@ def input_curvature(
         raise UnknownNameError(f"distribution must be 'rademacher' or 'gaussian' (got {distribution!r})")
     if not isinstance(model, nn.Module):
         if method != "zo" or not callable(model):
-            raise TypeError("model must be an nn.Module returning logits (a plain loss callable works with method='zo' only)")
+            raise TypeError("model must be an nn.Module returning logits (a plain loss callable works with method='zo' "
+                            "only)")
         return _zo_oracle(model, x, y, statistic, probes, seed, sample_ids, step, pass_size)
     wrapper, model = model, unwrap_model(model)
     x, y = check_batch(x, y, model)
@@ -198,8 +202,11 @@ def input_curvature(
 
 
 def _forward(logit_fn: LogitFn, x: torch.Tensor, graph: bool) -> Forward:
-    """The batch's forward with its graph when the method works from the logits (the logit-space
-    methods' C VJPs reuse it), else the logits of one sample (for the class count only)."""
+    """The batch's forward with its graph, or the logits of one sample.
+
+    The graph is kept when the method works from the logits (the logit-space methods' C VJPs reuse it);
+    otherwise one sample's logits give the class count.
+    """
     try:
         if graph:
             xg = x.detach().requires_grad_(True)
@@ -312,7 +319,8 @@ def _zo_oracle(loss_fn, x, y, statistic, probes, seed, sample_ids, step, pass_si
     x, y = check_batch(x, y)
     statistic = _natural_statistic("zo", statistic)
     value, stderr, loss = zo_curvature(
-        loss_fn, x, y, sample_ids_for(sample_ids, x), probes=_probe_count("zo", probes), seed=seed, step=step, pass_size=pass_size
+        loss_fn, x, y, sample_ids_for(sample_ids, x), probes=_probe_count("zo", probes), seed=seed, step=step,
+        pass_size=pass_size
     )
     _check_finite(value, loss, "zo")
     return CurvatureResult(value, stderr, loss, "zo", statistic)
@@ -330,15 +338,27 @@ def _probe_count(method: str, probes: int | None) -> int:
 
 
 def sample_ids_for(sample_ids, x: torch.Tensor) -> torch.Tensor:
-    """The samples' ids keying their random probes: ``sample_ids`` checked (int64, one per sample, >= 0), or
-    0..B-1 when None."""
+    """The samples' ids keying their random probes.
+
+    Args:
+        sample_ids: int dataset indices (B,), non-negative, or None for ``0..B-1``.
+        x: the batch (B, ...), for B and the device.
+
+    Returns:
+        int64 ids (B,) on ``x``'s device.
+
+    Raises:
+        TypeError: the ids are not integers.
+        ConfigError: wrong shape or negative ids.
+    """
     if sample_ids is None:
         return torch.arange(x.shape[0], device=x.device)
     ids = torch.as_tensor(sample_ids)
     if ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
         raise TypeError(f"sample_ids must hold int64 dataset indices (got {ids.dtype}); convert with sample_ids.long()")
     if ids.shape != (x.shape[0],):
-        raise ConfigError(f"sample_ids must be integer indices of shape (B,) = ({x.shape[0]},); got {ids.dtype} {tuple(ids.shape)}")
+        raise ConfigError(f"sample_ids must be integer indices of shape (B,) = ({x.shape[0]},); got {ids.dtype} "
+                          f"{tuple(ids.shape)}")
     if (ids < 0).any():
         raise ConfigError("sample_ids must be non-negative dataset indices")
     return ids.to(device=x.device, dtype=torch.int64)

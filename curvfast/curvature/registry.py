@@ -1,4 +1,4 @@
-"""The estimator registry: one :class:`Estimator` per method name, the one list every other list reads.
+r"""The estimator registry: one :class:`Estimator` per method name, the one list every other list reads.
 
 The CLI's ``--method`` choices (``curvfast score`` and every pipeline), verifix's ranking methods, the
 docs' method table and :func:`curvfast.input_curvature`'s dispatch all read :data:`ESTIMATORS`, so
@@ -36,7 +36,8 @@ import torch
 
 from curvfast.errors import ConfigError, UnknownNameError
 
-__all__ = ["Estimator", "EstimateCall", "Estimate", "ESTIMATORS", "METHODS", "DEFAULT_PROBES", "AUTO", "register_estimator",
+__all__ = ["Estimator", "EstimateCall", "Estimate", "ESTIMATORS", "METHODS", "DEFAULT_PROBES", "AUTO",
+           "register_estimator",
            "unregister_estimator", "get_estimator"]
 
 AUTO = "auto"  # not an estimator: input_curvature resolves it to one (see resolve_method)
@@ -82,8 +83,14 @@ class EstimateCall:
 
 
 class Estimate(NamedTuple):
-    """What an estimator returns: ``value`` (B,) (or (B, K) for a spectrum), ``stderr`` (B,) or None,
-    ``loss`` (B,), and ``pass_width`` (classes per backward pass of logit-space VJPs) or None."""
+    """What an estimator returns.
+
+    Attributes:
+        value: per-sample values (B,), or (B, K) for a spectrum.
+        stderr: standard errors (B,) of a random estimator, else None.
+        loss: per-sample cross-entropy (B,).
+        pass_width: classes per backward pass of logit-space VJPs, or None.
+    """
 
     value: torch.Tensor
     stderr: torch.Tensor | None
@@ -209,7 +216,8 @@ def register_estimator(estimator: Estimator, *, replace: bool = False) -> Estima
     if not isinstance(estimator, Estimator):
         raise ConfigError(f"register_estimator takes an Estimator (got {type(estimator).__name__})")
     if estimator.name in ESTIMATORS and not replace:
-        raise ConfigError(f"an estimator named {estimator.name!r} is already registered; pass replace=True to replace it")
+        raise ConfigError(f"an estimator named {estimator.name!r} is already registered; "
+                          "pass replace=True to replace it")
     ESTIMATORS[estimator.name] = estimator
     return estimator
 
