@@ -97,6 +97,16 @@ def digits_small():
     return Subset(DigitsDataset("train"), range(96))
 
 
+@pytest.fixture
+def digits48():
+    """The first 48 training digits as a dataset (three 16-sample chunks)."""
+    from torch.utils.data import Subset
+
+    from curvfast.data import DigitsDataset
+
+    return Subset(DigitsDataset("train"), range(48))
+
+
 def write_image_folder(root, classes: int = 10, per_class: int = 30, test_per_class: int = 10, size: int = 32, seed: int = 0):
     """A CIFAR-shaped image folder: ``root/{train,test}/<class>/<i>.jpg``, RGB ``size`` x ``size`` JPEGs.
 

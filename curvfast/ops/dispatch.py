@@ -40,6 +40,12 @@ def _use_native(device: torch.device) -> bool:
     return device.type == "cpu" or (device.type == "cuda" and _loader.CUDA_COMPILED)
 
 
+def _check_values(device: torch.device) -> bool:
+    """Whether to check the inputs' values (not just shapes) here: always, except while torch.compile traces a call
+    that runs the native kernel, which checks them again at run time (reading a value would break the graph)."""
+    return not (torch.compiler.is_compiling() and _use_native(device))
+
+
 def _tensor(name: str, t, ndim: int, dtypes: tuple, fix: str = "") -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor (got {type(t).__name__})")
@@ -103,7 +109,7 @@ def probes(sample_ids: torch.Tensor, num_probes: int, dim: int, *, seed: int, pr
         raise ValueError(f"distribution must be 'rademacher' or 'gaussian' (got {distribution!r})")
     if dtype not in _FLOATS:
         raise TypeError(f"dtype must be torch.float32 or torch.float64 (got {dtype})")
-    if sample_ids.numel() and int(sample_ids.min()) < 0:
+    if sample_ids.numel() and _check_values(sample_ids.device) and int(sample_ids.min()) < 0:
         raise ValueError("sample_ids must be non-negative (they index the dataset)")
     if _use_native(sample_ids.device):
         return torch.ops.curvfast.probes(sample_ids, seed, probe_offset, num_probes, dim,
@@ -144,7 +150,7 @@ def logit_factor(logits: torch.Tensor, labels: torch.Tensor, sample_ids: torch.T
     if num_exact < C and num_tail < 1:
         raise ValueError(f"num_exact={num_exact} < C={C} samples the remaining classes, so "
                          "num_tail must be >= 1 (or set num_exact >= C for the exact factor)")
-    if B:
+    if B and _check_values(logits.device):
         bad_label_lo, bad_label_hi, bad_id, non_finite = torch.stack([
             labels.min() < 0, labels.max() >= C, sample_ids.min() < 0,
             ~torch.isfinite(logits).all()]).tolist()
