@@ -17,7 +17,8 @@ import torch.multiprocessing as mp
 
 from curvfast.pipelines.idkd.comm import NeighbourComm, NeighbourError
 from curvfast.pipelines.idkd.data import build_data
-from curvfast.pipelines.idkd.detectors import calibrated_threshold, knn_score, msp
+from curvfast.errors import ConfigError, DataError
+from curvfast.pipelines.idkd.detectors import calibrated_threshold, node_scores
 from curvfast.pipelines.idkd.labels import aggregate_labels, select_public
 from curvfast.pipelines.idkd.partition import class_histogram, dirichlet_partition
 from curvfast.pipelines.idkd.topology import build_topology, metropolis_hastings
@@ -106,7 +107,7 @@ def test_public_set_is_disjoint_from_private_and_holds_photos():
 def test_calibrated_threshold_and_selection():
     gen = torch.Generator().manual_seed(0)
     calib = torch.randn(200, 10, generator=gen) * 3
-    scores = msp(calib)
+    scores = torch.softmax(calib, 1).amax(1)  # MSP
     thr = calibrated_threshold(scores, tpr=0.95)
     assert 0.95 <= (scores >= thr).double().mean() < 0.97  # what was asked, not much more
     idx, soft = select_public(calib, scores, thr)
@@ -114,20 +115,39 @@ def test_calibrated_threshold_and_selection():
     torch.testing.assert_close(soft.sum(1), torch.ones(len(idx)))
     torch.testing.assert_close(soft, torch.softmax(calib[idx], 1))
     assert len(select_public(calib, None, None)[0]) == 200  # vanilla KD: no filter
-    with pytest.raises(ValueError, match="calibration set is empty"):
+    with pytest.raises(DataError, match="calibration set is empty"):
         calibrated_threshold(torch.empty(0))
+    with pytest.raises(ConfigError, match="tpr must be in"):
+        calibrated_threshold(scores, tpr=0.0)
 
 
-def test_knn_score_matches_brute_force():
+def test_node_scores_are_negated_curvfast_ood_scores():
+    """msp: max softmax probability; knn: minus the distance to the k-th nearest normalised training feature
+    (k capped at the reference set), both through curvfast.ood's detectors and feature hook."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3)).eval()
     gen = torch.Generator().manual_seed(2)
-    ref, query = torch.randn(30, 6, generator=gen), torch.randn(7, 6, generator=gen)
-    got = knn_score(ref, query, k=3)
-    r = ref.double() / ref.double().norm(dim=1, keepdim=True)
-    for i, q in enumerate(query.double()):
-        d = sorted(float((q / q.norm() - row).norm()) for row in r)
-        assert got[i].item() == pytest.approx(-d[2], abs=1e-6)
-    assert knn_score(ref, ref[:3], k=1).abs().max() < 1e-6  # a reference point is its own nearest neighbour
-    assert torch.equal(knn_score(ref[:2], query, k=5), knn_score(ref[:2], query, k=2))  # k capped
+    ref, calib, public = (torch.randn(n, 6, generator=gen) for n in (30, 4, 7))
+    y = torch.arange(30) % 3
+    logits, calib_s, public_s = node_scores("msp", model, ref, y, calib, public)
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(public))
+        torch.testing.assert_close(public_s, torch.softmax(model(public), 1).amax(1))
+        feats = model[:-1]
+        r = feats(ref).double()
+        r = r / r.norm(dim=1, keepdim=True)
+        q = feats(public).double()
+        q = q / q.norm(dim=1, keepdim=True)
+    _, _, got = node_scores("knn", model, ref, y, calib, public, k=3)
+    expected = -torch.cdist(q, r).kthvalue(3, dim=1).values.float()
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    _, _, capped = node_scores("knn", model, ref[:2], y[:2], calib, public, k=5)
+    torch.testing.assert_close(capped, node_scores("knn", model, ref[:2], y[:2], calib, public, k=2)[2])
+    from curvfast.errors import UnknownNameError
+    from curvfast.pipelines.idkd import Config
+
+    with pytest.raises(UnknownNameError, match="--detector must be one of"):
+        Config(detector="nope").validate()
 
 
 def test_label_aggregation_weighted_and_never_empty():

@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from curvfast.pipelines.ood import (
-    KNN, MSP, ODIN, VRM, Energy, Mahalanobis, MaxLogit, NormScaling, OutputExtractor, collect_outputs,
-    ood_metrics, per_class_statistic, vrm_batch,
+from curvfast.errors import ConfigError, DataError, NonFiniteError, UnknownNameError
+from curvfast.ood import (
+    KNN, MSP, ODIN, VRM, Energy, Mahalanobis, MaxLogit, ModelNotSetError, NormScaling, NormScalingFeatures,
+    OutputExtractor, RequiresFittingError, collect_outputs, ood_metrics, per_class_statistic, vrm_batch,
 )
 from curvfast.pipelines.ood.overhead import count_parameters, inference_flops, state_bytes, train_step_cost
 from curvfast.cli import main
@@ -63,17 +64,17 @@ def test_ood_metrics_direction():
 def test_logit_detectors_closed_forms():
     z = torch.tensor([[10.0, 0.0, 0.0], [1.0, 1.0, 1.0], [2.0, -1.0, 0.5]], dtype=torch.float64)
     p = torch.exp(z) / torch.exp(z).sum(1, keepdim=True)
-    torch.testing.assert_close(MSP().score_outputs(logits=z), -p.max(1).values, atol=TOL, rtol=0)
-    torch.testing.assert_close(MaxLogit().score_outputs(logits=z), torch.tensor([-10.0, -1.0, -2.0], dtype=torch.float64))
-    torch.testing.assert_close(Energy(2.0).score_outputs(logits=z), -2.0 * torch.log(torch.exp(z / 2).sum(1)), atol=TOL, rtol=0)
-    assert MSP().score_outputs(logits=z)[1] == pytest.approx(-1 / 3)  # uniform logits: the most OoD
-    assert MSP().score_outputs(logits=z).argmax() == 1
+    torch.testing.assert_close(MSP().predict_logits(z), -p.max(1).values, atol=TOL, rtol=0)
+    torch.testing.assert_close(MaxLogit().predict_logits(z), torch.tensor([-10.0, -1.0, -2.0], dtype=torch.float64))
+    torch.testing.assert_close(Energy(None, 2.0).predict_logits(z), -2.0 * torch.log(torch.exp(z / 2).sum(1)), atol=TOL, rtol=0)
+    assert MSP().predict_logits(z)[1] == pytest.approx(-1 / 3)  # uniform logits: the most OoD
+    assert MSP().predict_logits(z).argmax() == 1
 
 
 def test_odin_perturbation_matches_manual_gradient():
     model = _linear_model()
     x = torch.randn(6, 1, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    det = ODIN(temperature=10.0, eps=0.05).attach(model)
+    det = ODIN(model, temperature=10.0, eps=0.05)
 
     def ce(xi):
         z = model(xi.unsqueeze(0)) / 10.0
@@ -82,11 +83,11 @@ def test_odin_perturbation_matches_manual_gradient():
     grads = torch.stack([torch.func.grad(ce)(xi) for xi in x])
     x_tilde = x - 0.05 * grads.sign()
     expected = -torch.softmax(model(x_tilde) / 10.0, 1).max(1).values
-    torch.testing.assert_close(det.score(x), expected, atol=TOL, rtol=0)
+    torch.testing.assert_close(det.predict(x), expected, atol=TOL, rtol=0)
     # the perturbation raises the (tempered) top softmax score, i.e. lowers the OoD score
-    assert (det.score(x) <= ODIN(10.0, 0.0).attach(model).score(x) + 1e-12).all()
+    assert (det.predict(x) <= ODIN(model, 10.0, 0.0).predict(x) + 1e-12).all()
     # on saved logits ODIN is temperature-scaled MSP
-    torch.testing.assert_close(ODIN(10.0).score_outputs(logits=model(x)), -torch.softmax(model(x) / 10, 1).max(1).values)
+    torch.testing.assert_close(ODIN(None, 10.0).predict_logits(model(x)), -torch.softmax(model(x) / 10, 1).max(1).values)
     assert not model.training and all(p.requires_grad for p in model.parameters())
 
 
@@ -97,27 +98,27 @@ def test_mahalanobis_matches_numpy():
     a = np.array([[1.0, 0.3, 0.0], [0.0, 0.5, 0.2], [0.0, 0.0, 2.0]])
     y = np.repeat([0, 1], 200)
     h = mus[y] + rng.normal(size=(400, 3)) @ a
-    det = Mahalanobis().fit_features(features=torch.from_numpy(h), labels=torch.from_numpy(y))
+    det = Mahalanobis().fit_features(torch.from_numpy(h), torch.from_numpy(y))
     cen = h - np.stack([h[y == c].mean(0) for c in range(2)])[y]
     prec = np.linalg.inv(cen.T @ cen / 400)
     q = rng.normal(size=(7, 3)) * 3
     means = np.stack([h[y == c].mean(0) for c in range(2)])
     ref = np.min([np.einsum("nd,de,ne->n", q - m, prec, q - m) for m in means], axis=0)
-    np.testing.assert_allclose(det.score_outputs(features=torch.from_numpy(q)).numpy(), ref, rtol=1e-10)
-    assert det.score_outputs(features=torch.from_numpy(means)).abs().max() < 1e-10  # a class mean is at distance 0
+    np.testing.assert_allclose(det.predict_features(torch.from_numpy(q)).numpy(), ref, rtol=1e-10)
+    assert det.predict_features(torch.from_numpy(means)).abs().max() < 1e-10  # a class mean is at distance 0
 
 
 def test_knn_matches_brute_force():
     rng = np.random.default_rng(1)
     bank, q = rng.normal(size=(50, 4)), rng.normal(size=(9, 4))
-    det = KNN(k=5).fit_features(features=torch.from_numpy(bank))
+    det = KNN(k=5).fit_features(torch.from_numpy(bank))
     u = q / np.linalg.norm(q, axis=1, keepdims=True)
     b = bank / np.linalg.norm(bank, axis=1, keepdims=True)
     ref = np.sort(np.linalg.norm(u[:, None] - b[None], axis=2), axis=1)[:, 4]
-    np.testing.assert_allclose(det.score_outputs(features=torch.from_numpy(q)).numpy(), ref, atol=1e-7)
-    assert det.score_outputs(features=torch.from_numpy(bank[:1] * 7.0))[0] < ref.max()  # scale-invariant
-    with pytest.raises(ValueError, match="k=60"):
-        KNN(k=60).fit_features(features=torch.from_numpy(bank))
+    np.testing.assert_allclose(det.predict_features(torch.from_numpy(q)).numpy(), ref, atol=1e-7)
+    assert det.predict_features(torch.from_numpy(bank[:1] * 7.0))[0] < ref.max()  # scale-invariant
+    with pytest.raises(DataError, match="k=60"):
+        KNN(k=60).fit_features(torch.from_numpy(bank))
 
 
 # -- norm-scaling ------------------------------------------------------------------------------
@@ -130,11 +131,11 @@ def test_norm_scaling_statistic_is_per_class():
     torch.testing.assert_close(per_class_statistic(z, y, "max"), torch.tensor([4.0, 30.0], dtype=torch.float64))
     torch.testing.assert_close(per_class_statistic(z, y, "rms"), torch.tensor([10.0**0.5, 500.0**0.5], dtype=torch.float64))
     torch.testing.assert_close(per_class_statistic(z, y, "std"), torch.tensor([1.0, 10.0], dtype=torch.float64))
-    det = NormScaling("mean").fit_features(logits=z, labels=y)
+    det = NormScaling(None, "mean").fit_logits(z, y)
     q = torch.tensor([[3.0, 20.0], [6.0, 0.0]], dtype=torch.float64)
     # z~_c = z_c * s_bar / s_c with s = (3, 20), s_bar = 11.5: a "typical" logit of each class becomes equal
-    torch.testing.assert_close(det.scaled_logits(logits=q), torch.tensor([[11.5, 11.5], [23.0, 0.0]], dtype=torch.float64))
-    assert det.score_outputs(logits=q)[0] == pytest.approx(-0.5)
+    torch.testing.assert_close(det.scaled_logits(q), torch.tensor([[11.5, 11.5], [23.0, 0.0]], dtype=torch.float64))
+    assert det.predict_logits(q)[0] == pytest.approx(-0.5)
 
 
 def test_norm_scaling_none_is_msp_and_weight_norm_reads_the_classifier():
@@ -142,27 +143,33 @@ def test_norm_scaling_none_is_msp_and_weight_norm_reads_the_classifier():
     x = torch.randn(30, 1, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     y = torch.arange(30) % 3
     data = torch.utils.data.TensorDataset(x, y)
-    none = NormScaling("none").fit(model, data)
-    torch.testing.assert_close(none.score(x), MSP().attach(model).score(x), atol=TOL, rtol=0)
-    wn = NormScaling("weight_norm").fit(model, data)
+    none = NormScaling(model, "none").fit(data)
+    torch.testing.assert_close(none.predict(x), MSP(model).predict(x), atol=TOL, rtol=0)
+    wn = NormScaling(model, "weight_norm").fit(data)
     torch.testing.assert_close(wn.scale, model[-1].weight.detach().norm(dim=1))
-    cm = NormScaling("weight_norm", source="class_means").fit(model, data)
+    cm = NormScalingFeatures(model, "weight_norm").fit(data)
     h = model[:-1](x).detach()
     means = torch.stack([h[y == c].mean(0) for c in range(3)])
-    torch.testing.assert_close(cm.similarity(features=h), h @ means.T)
+    torch.testing.assert_close(cm.similarity(h), h @ means.T)
     torch.testing.assert_close(cm.scale, means.norm(dim=1))
 
 
 def test_norm_scaling_errors():
-    with pytest.raises(ValueError, match="statistic"):
-        NormScaling("median")
+    with pytest.raises(UnknownNameError, match="statistic"):
+        NormScaling(None, "median")
     z = torch.tensor([[-1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
-    with pytest.raises(ValueError, match="<= 0 for classes \\[0\\]"):
-        NormScaling("mean").fit_features(logits=z, labels=torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match="class 1 has no"):
-        NormScaling("mean").fit_features(logits=z, labels=torch.tensor([0, 0]))
-    with pytest.raises(RuntimeError, match="not fitted"):
-        NormScaling().attach(_linear_model()).score(torch.zeros(1, 1, 4, dtype=torch.float64))
+    with pytest.raises(DataError, match="<= 0 for classes \\[0\\]"):
+        NormScaling(None, "mean").fit_logits(z, torch.tensor([0, 1]))
+    with pytest.raises(DataError, match="class 1 has no"):
+        NormScaling(None, "mean").fit_logits(z, torch.tensor([0, 0]))
+    with pytest.raises(DataError, match="class indices >= 0"):
+        NormScaling(None, "mean").fit_logits(z, torch.tensor([0, -1]))
+    with pytest.raises(RequiresFittingError, match="not fitted"):
+        NormScaling(_linear_model()).predict(torch.zeros(1, 1, 4, dtype=torch.float64))
+    with pytest.raises(NonFiniteError, match="temperature must be finite"):
+        NormScaling(None, temperature=float("nan"))
+    with pytest.raises(ConfigError, match="temperature must be > 0"):
+        Energy(None, temperature=0.0)
 
 
 # -- VRM -----------------------------------------------------------------------------------------
@@ -190,16 +197,16 @@ def test_vrm_batch_mixes_within_class_and_labels_aux():
     noise = (vb.inputs[b:] - mu.view(-1, 1, 1, 1) * x[src]) / (1 - mu).view(-1, 1, 1, 1)
     noise = noise[keep].flatten()
     assert abs(noise.mean().item() - 0.5) < 0.05 and abs(noise.std().item() - 0.2) < 0.04  # ~400 draws: 4+ sigma
-    with pytest.raises(ValueError, match="labels must lie"):
+    with pytest.raises(DataError, match="labels must lie"):
         vrm_batch(x, y + 1, k, np.random.default_rng(0))
 
 
 def test_vrm_scores():
     z = torch.tensor([[5.0, 0.0, 0.0], [0.0, 0.0, 5.0]], dtype=torch.float64)  # K = 2 real classes + aux
     p = torch.softmax(z, 1)
-    torch.testing.assert_close(VRM("aux").score_outputs(logits=z), p[:, 2])
-    torch.testing.assert_close(VRM("msp").score_outputs(logits=z), -p[:, :2].max(1).values)
-    assert VRM().score_outputs(logits=z).argmax() == 1
+    torch.testing.assert_close(VRM(None, "aux").predict_logits(z), p[:, 2])
+    torch.testing.assert_close(VRM(None, "msp").predict_logits(z), -p[:, :2].max(1).values)
+    assert VRM().predict_logits(z).argmax() == 1
     assert VRM.predict_class(z).tolist() == [0, 0]
 
 
@@ -214,12 +221,13 @@ def test_fit_on_model_equals_fit_on_saved_outputs(digits_small):
     assert extractor.feature_layer == "fc"
     logits, feats, labels = collect_outputs(extractor, loader)
     x = torch.stack([digits_small[i][0] for i in range(10)])
+    z, h = (t.detach() for t in extractor(x))
     # untrained: own-class logits are not positive on average, so norm-scaling uses "rms" here
-    for make in (Mahalanobis, KNN, lambda: NormScaling("rms"), lambda: NormScaling("mean", "class_means")):
-        fitted = make().fit(model, loader)
-        offline = make().fit_features(logits=logits, features=feats, labels=labels)
-        z, h = extractor(x)
-        torch.testing.assert_close(fitted.predict(x), offline.score_outputs(logits=z.detach(), features=h.detach()))
+    for make in (Mahalanobis, KNN, lambda m: NormScalingFeatures(m, "mean")):
+        fitted = make(model).fit(loader)
+        torch.testing.assert_close(fitted.predict(x), make(None).fit_features(feats, labels).predict_features(h))
+    fitted = NormScaling(model, "rms").fit(loader)
+    torch.testing.assert_close(fitted.predict(x), NormScaling(None, "rms").fit_logits(logits, labels).predict_logits(z))
 
 
 def test_overhead_counters():
@@ -234,9 +242,9 @@ def test_overhead_counters():
     c_base, c_vrm = train_step_cost(base, x, y), train_step_cost(aux, vb.inputs, vb.targets)
     assert c_vrm["flops"] / c_base["flops"] == pytest.approx(24 / 16, rel=0.01)  # FLOPs scale with the batch
     assert c_vrm["activation_bytes"] / c_base["activation_bytes"] == pytest.approx(24 / 16, rel=0.05)
-    msp, odin = MSP().attach(base.eval()), ODIN().attach(base.eval())
+    msp, odin = MSP(base.eval()), ODIN(base.eval())
     assert inference_flops(odin, x) == pytest.approx(3 * inference_flops(msp, x), rel=0.01)  # fwd + bwd (2x) + fwd
-    assert state_bytes(KNN(k=2).fit_features(features=torch.rand(20, 8))) == 20 * 8 * 8
+    assert state_bytes(KNN(k=2).fit_features(torch.rand(20, 8))) == 20 * 8 * 8
 
 
 def test_cli_end_to_end(tmp_path):
@@ -248,7 +256,8 @@ def test_cli_end_to_end(tmp_path):
     assert [p["source"] for p in photos][:3] == ["sklearn.datasets.load_sample_image('china.jpg')",
                                                  "sklearn.datasets.load_sample_image('flower.jpg')", "skimage.data.astronaut()"]
     assert len(photos) == 10 and all(len(p["sha256"]) == 64 for p in photos)
-    for name in ("msp", "max_logit", "energy", "odin", "mahalanobis", "knn", "norm_scaling", "vrm", "vrm_msp"):
+    for name in ("msp", "max_logit", "energy", "odin", "mahalanobis", "knn", "norm_scaling", "norm_scaling_features",
+                 "vrm", "vrm_msp"):
         entry = res["detectors"][name]
         assert set(entry["per_set"]) == {"heldout_classes", "photo_patches", "uniform_noise", "inverted", "shuffled"}
         for metric in ("auroc", "aupr_in", "aupr_out", "fpr95"):
@@ -271,33 +280,36 @@ def test_detectors_agree_with_pytorch_ood():
     model = _linear_model(k=4).float()
     gen = torch.Generator().manual_seed(5)
     x, y = torch.randn(40, 1, 4, generator=gen), torch.arange(40) % 4
-    for ours, theirs in ((MSP(), pood.MaxSoftmax(model)), (MaxLogit(), pood.MaxLogit(model)), (Energy(), pood.EnergyBased(model))):
-        torch.testing.assert_close(ours.attach(model).score(x).float(), theirs.predict(x), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(ODIN(1000.0, 0.01).attach(model).score(x).float(), pood.ODIN(model, eps=0.01).predict(x),
+    for ours, theirs in ((MSP(model), pood.MaxSoftmax(model)), (MaxLogit(model), pood.MaxLogit(model)),
+                         (Energy(model), pood.EnergyBased(model))):
+        torch.testing.assert_close(ours.predict(x).float(), theirs.predict(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ODIN(model, 1000.0, 0.01).predict(x).float(), pood.ODIN(model, eps=0.01).predict(x),
                                atol=1e-6, rtol=1e-4)
     h = model[:-1](x).detach()
     theirs = pood.Mahalanobis(None).fit_features(h, y).predict_features(h)
-    ours = Mahalanobis().fit_features(features=h, labels=y).score_outputs(features=h)
+    ours = Mahalanobis().fit_features(h, y).predict_features(h)
     # pytorch-ood sums the centred outer products without dividing by N and scores 0.5 d^2: theirs = d^2 / (2N)
     torch.testing.assert_close(ours.float() / (2 * 40), theirs, atol=1e-6, rtol=1e-3)
 
 
 def test_api_errors_name_the_fix():
     model = _linear_model()
-    with pytest.raises(ValueError, match="feature_layer='nope' is not a module"):
-        Mahalanobis().fit(model, feature_layer="nope")
-    with pytest.raises(ValueError, match="needs id_loader"):
-        KNN().fit(model)
-    with pytest.raises(RuntimeError, match="has no model"):
-        MSP().score(torch.zeros(1, 1, 4, dtype=torch.float64))
-    with pytest.raises(ValueError, match="needs features"):
-        Mahalanobis().fit_features(logits=torch.zeros(3, 2), labels=torch.zeros(3))
-    with pytest.raises(ValueError, match="labels"):
-        Mahalanobis().fit_features(features=torch.zeros(3, 2))
-    with pytest.raises(ValueError, match="K \\+ 1 >= 3"):
-        VRM().score_outputs(logits=torch.zeros(2, 2))
-    with pytest.raises(TypeError, match="DataLoader or a map-style Dataset"):
-        KNN().fit(model, [1, 2, 3])
+    with pytest.raises(ConfigError, match="feature_layer='nope' is not a module"):
+        Mahalanobis(model, feature_layer="nope")
+    with pytest.raises(ModelNotSetError, match="needs the model"):
+        KNN().fit(torch.utils.data.TensorDataset(torch.zeros(3, 1, 4), torch.zeros(3)))
+    with pytest.raises(ModelNotSetError, match="needs the model"):
+        MSP().predict(torch.zeros(1, 1, 4, dtype=torch.float64))
+    with pytest.raises(DataError, match="needs features"):
+        Mahalanobis().fit_features(None, torch.zeros(3))
+    with pytest.raises(DataError, match="labels"):
+        Mahalanobis().fit_features(torch.zeros(3, 2))
+    with pytest.raises(DataError, match="K \\+ 1 >= 3"):
+        VRM().predict_logits(torch.zeros(2, 2))
+    with pytest.raises(DataError, match="DataLoader or a map-style Dataset"):
+        KNN(model).fit([1, 2, 3])
+    with pytest.raises(ConfigError, match="k must be a positive int"):
+        KNN(model, k=0)
 
 
 def test_cli_runs_on_a_cifar_shaped_folder_with_normalisation_and_augmentation(cifar_folder, tmp_path):

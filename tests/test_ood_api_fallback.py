@@ -1,5 +1,5 @@
-"""Without pytorch-ood installed (as on the GPU machines), the pytorch-ood-shaped detectors keep
-their API, so ``curvfast ood`` runs unchanged."""
+"""Without pytorch-ood installed (as on the GPU machines), curvfast.ood's detectors keep their
+pytorch-ood-shaped API, so ``curvfast ood`` runs unchanged."""
 import os
 import subprocess
 import sys
@@ -9,7 +9,7 @@ import sys
 sys.modules["pytorch_ood"] = None  # importing pytorch_ood now raises ImportError
 import torch
 from torch.utils.data import DataLoader, TensorDataset
-from curvfast.pipelines.ood.pytorch_ood import NormScaling, RequiresFittingException
+from curvfast.ood import NormScaling, RequiresFittingError
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
 with torch.no_grad():
@@ -20,7 +20,7 @@ det = NormScaling(model)
 try:
     det(x)
     raise SystemExit("predict before fit must raise")
-except RequiresFittingException:
+except RequiresFittingError:
     pass
 scores = det.fit(DataLoader(TensorDataset(x, y), batch_size=8))(x)
 assert scores.shape == (30,) and torch.isfinite(scores).all()

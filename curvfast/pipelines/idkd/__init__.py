@@ -9,7 +9,7 @@ accuracy.png and config.json to --out.
 """
 from curvfast.pipelines.idkd.comm import NeighbourComm, NeighbourError
 from curvfast.pipelines.idkd.data import DecentralizedData, build_data
-from curvfast.pipelines.idkd.detectors import DETECTORS, calibrated_threshold, knn_score, msp
+from curvfast.pipelines.idkd.detectors import calibrated_threshold, node_scores
 from curvfast.pipelines.idkd.labels import aggregate_labels, select_public
 from curvfast.pipelines.idkd.launch import launch
 from curvfast.pipelines.idkd.optim import ALGORITHMS, DecentralizedSGD
@@ -19,8 +19,8 @@ from curvfast.pipelines.idkd.topology import TOPOLOGIES, Topology, build_topolog
 
 __all__ = [
     "Config", "PRESETS", "run", "summary",
-    "NeighbourComm", "NeighbourError", "METHODS", "DecentralizedData", "build_data", "DETECTORS",
-    "calibrated_threshold", "knn_score", "msp", "aggregate_labels", "select_public", "launch",
+    "NeighbourComm", "NeighbourError", "METHODS", "DecentralizedData", "build_data",
+    "calibrated_threshold", "node_scores", "aggregate_labels", "select_public", "launch",
     "ALGORITHMS", "DecentralizedSGD", "PARTITIONS", "class_histogram", "dirichlet_partition", "iid_partition", "TOPOLOGIES", "Topology",
     "build_topology", "metropolis_hastings",
 ]

@@ -36,13 +36,13 @@ from curvfast.metrics import auroc
 from curvfast.pipelines.common.contract import write_results
 from curvfast.pipelines.common.data import build_network
 from curvfast.training import evaluate, fit, soft_cross_entropy
+from curvfast.pipelines.idkd.config import WIDTH_MODELS, Config
 from curvfast.pipelines.idkd.comm import NeighbourComm, NeighbourError
 from curvfast.pipelines.idkd.data import build_data
 from curvfast.pipelines.idkd.detectors import calibrated_threshold, node_scores
 from curvfast.pipelines.idkd.labels import aggregate_labels, label_quality, select_public
 from curvfast.pipelines.idkd.optim import DecentralizedSGD
 from curvfast.pipelines.idkd.partition import dirichlet_partition, iid_partition
-from curvfast.pipelines.idkd.pipeline import WIDTH_MODELS, Config
 from curvfast.pipelines.idkd.report import accuracy_figure, run_summary
 from curvfast.pipelines.idkd.topology import build_topology
 
@@ -148,7 +148,8 @@ def run_node(cfg: Config, out: str) -> dict:
            "initial training", show, fail)
     phase1 = {"accuracy": evaluate(model, data.test), "bytes": comm.bytes_sent}
 
-    public_logits, calib_scores, public_scores = node_scores(cfg.detector, model, x_train, x_calib, x_pub, cfg.knn_k)
+    public_logits, calib_scores, public_scores = node_scores(cfg.detector, model, x_train, t_train.argmax(1),
+                                                             x_calib, x_pub, cfg.knn_k)
     threshold = calibrated_threshold(calib_scores, cfg.tpr)
     snapshot = (copy.deepcopy(model.state_dict()), opt.state_dict())
 

@@ -25,9 +25,9 @@ def count_parameters(model: torch.nn.Module) -> int:
 
 
 def inference_flops(detector, x: torch.Tensor) -> float:
-    """FLOPs per sample of ``detector.score(x)`` (forward passes, ODIN's backward, distance products)."""
+    """FLOPs per sample of ``detector.predict(x)`` (forward passes, ODIN's backward, distance products)."""
     with FlopCounterMode(display=False) as counter:
-        detector.score(x)
+        detector.predict(x)
     return counter.get_total_flops() / len(x)
 
 

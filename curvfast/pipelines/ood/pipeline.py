@@ -34,16 +34,15 @@ from curvfast import parse_device
 from curvfast.io import write_npz
 from curvfast.pipelines.common.contract import config_dict, option, run_folder, write_results
 from curvfast.pipelines.common.data import DataOptions, build_network, load_split
-from curvfast.pipelines.ood.evaluation import METRIC_NAMES, gains, ood_metrics
-from curvfast.pipelines.ood.feature_detectors import KNN, Mahalanobis
-from curvfast.pipelines.ood.logit_detectors import MSP, ODIN, Energy, MaxLogit
-from curvfast.pipelines.ood.norm_scaling import SOURCES, NORM_STATISTICS, NormScaling
+from curvfast.errors import ConfigError, DataError
+from curvfast.ood import (
+    DETECTORS, METRIC_NAMES, NORM_STATISTICS, VRM, NormScaling, NormScalingFeatures, VRMTransform, gains, ood_metrics,
+    vrm_batch,
+)
 from curvfast.pipelines.ood.overhead import count_parameters, inference_flops, state_bytes, train_step_cost
-from curvfast.pipelines.ood.pytorch_ood import PytorchOODDetector
 from curvfast.pipelines.ood.report import examples_figure, markdown_table, roc_figure
-from curvfast.training import fit
 from curvfast.pipelines.ood.training import ClassSubset, stack_images
-from curvfast.pipelines.ood.vrm import VRM, VRMTransform, vrm_batch
+from curvfast.training import fit
 
 __all__ = ["Config", "PRESETS", "run", "summary", "ood_sets", "OOD_SETS"]
 
@@ -56,9 +55,7 @@ PRESETS = {
               "batch_size": 128, "lr": 0.1, "knn_k": 50, "device": "cuda", "workers": 4},
 }
 
-HEADLINE = ("msp", "max_logit", "energy", "odin", "mahalanobis", "knn", "norm_scaling", "vrm", "vrm_msp")
-
-BASELINES = ("msp", "max_logit", "energy", "odin", "mahalanobis", "knn")
+PROPOSED = ("norm_scaling", "norm_scaling_features", "vrm", "vrm_msp")  # the methods under study; the rest are baselines
 OOD_SETS = ("heldout_classes", "photo_patches", "uniform_noise", "inverted", "shuffled")
 
 
@@ -88,15 +85,13 @@ class Config(DataOptions):
         self.check_data_options()
         ids = list(self.id_classes)
         if len(ids) < 2 or len(set(ids)) != len(ids) or not all(0 <= c < num_classes for c in ids):
-            raise ValueError(f"id_classes must be at least 2 distinct classes in 0..{num_classes - 1} (got {ids})")
+            raise ConfigError(f"id_classes must be at least 2 distinct classes in 0..{num_classes - 1} (got {ids})")
         if len(ids) == num_classes:
-            raise ValueError("id_classes must leave at least one class out for the heldout_classes OoD set")
+            raise ConfigError("id_classes must leave at least one class out for the heldout_classes OoD set")
         if not self.seeds:
-            raise ValueError("seeds must name at least one seed")
+            raise ConfigError("seeds must name at least one seed")
         parse_device(self.device)
-        if self.norm_statistic not in NORM_STATISTICS:
-            raise ValueError(f"norm_statistic must be one of {NORM_STATISTICS} (got {self.norm_statistic!r})")
-        _posthoc_detectors(self)  # the constructors check k, T and eps
+        _posthoc_detectors(self, None)  # the constructors check the statistic, k, T and eps
         VRMTransform(len(ids), self.vrm_alpha, self.vrm_aux_fraction, self.vrm_noise_mean, self.vrm_noise_std)
 
 
@@ -115,20 +110,28 @@ def ood_sets(id_test: torch.Tensor, heldout: torch.Tensor, seed: int = 0) -> dic
     }
 
 
-def _posthoc_detectors(config: Config) -> dict:
-    return {
-        "msp": MSP(),
-        "max_logit": MaxLogit(),
-        "energy": Energy(),
-        "odin": ODIN(config.odin_temperature, config.odin_eps),
-        "mahalanobis": Mahalanobis(),
-        "knn": KNN(config.knn_k),
-        "norm_scaling": NormScaling(config.norm_statistic, "logits"),
-    }
+def _detector_settings(config: Config) -> dict[str, dict]:
+    """The constructor arguments the benchmark's options set, by detector name (the others run with defaults)."""
+    return {"odin": {"temperature": config.odin_temperature, "eps": config.odin_eps}, "knn": {"k": config.knn_k},
+            "norm_scaling": {"statistic": config.norm_statistic},
+            "norm_scaling_features": {"statistic": config.norm_statistic}}
 
 
-def _ablation_detectors() -> dict:
-    return {f"norm_scaling[{src},{stat}]": NormScaling(stat, src) for src in SOURCES for stat in NORM_STATISTICS}
+def _posthoc_detectors(config: Config, model) -> dict:
+    """Every registered detector of a K-class classifier (``curvfast.ood.DETECTORS``), reading ``model``."""
+    settings = _detector_settings(config)
+    return {name: cls(model, **settings.get(name, {})) for name, cls in DETECTORS.items() if not cls.auxiliary_class}
+
+
+def _auxiliary_detectors(model) -> dict:
+    """Every registered detector of a (K+1)-output network, reading ``model``, and VRM's MSP variant."""
+    dets = {name: cls(model) for name, cls in DETECTORS.items() if cls.auxiliary_class}
+    return dets | {"vrm_msp": VRM(model, "msp")}
+
+
+def _ablation_detectors(model) -> dict:
+    return {f"norm_scaling[{src},{stat}]": make(model, stat) for src, make in
+            (("logits", NormScaling), ("class_means", NormScalingFeatures)) for stat in NORM_STATISTICS}
 
 
 def _aggregate(per_seed: list[dict]) -> dict:
@@ -233,20 +236,19 @@ def run(config: Config, out: str | None = None) -> dict:
             timings.setdefault(f"train_{net_name}_s", []).append(train_info[net_name]["seconds"])
         say(f"seed {seed}: ID test accuracy baseline {accuracy['baseline'][-1]:.4f}, vrm {accuracy['vrm'][-1]:.4f}")
 
-        detectors = [(name, det, base) for name, det in (_posthoc_detectors(config) | _ablation_detectors()).items()]
-        detectors += [("vrm", VRM("aux"), vrm_net), ("vrm_msp", VRM("msp"), vrm_net)]
+        detectors = [(name, det, base) for name, det in (_posthoc_detectors(config, base) | _ablation_detectors(base)).items()]
+        detectors += [(name, det, vrm_net) for name, det in _auxiliary_detectors(vrm_net).items()]
         for name, det, net in detectors:
             t0 = time.perf_counter()
-            api = PytorchOODDetector(det, net)  # every detector runs through pytorch-ood's API
             try:
-                api.fit(DataLoader(id_train, batch_size=256))
-            except ValueError as err:  # an ablation statistic undefined for this model (e.g. a mean <= 0)
+                det.fit(DataLoader(id_train, batch_size=256))
+            except DataError as err:  # an ablation statistic undefined for this model (e.g. a mean <= 0)
                 if not name.startswith("norm_scaling["):
                     raise
                 failures.setdefault(name, []).append(f"seed {seed}: {err}")
                 continue
             fit_s = time.perf_counter() - t0
-            scores = {s: api.predict(x).cpu().numpy() for s, x in sets.items()}
+            scores = {s: det.predict(x).cpu().numpy() for s, x in sets.items()}
             per_seed.setdefault(name, []).append({s: ood_metrics(scores["id"], scores[s]) for s in OOD_SETS})
             timings.setdefault(f"fit_{name}_s", []).append(fit_s)
             if seed == config.seeds[0]:
@@ -261,7 +263,7 @@ def run(config: Config, out: str | None = None) -> dict:
             overhead_training = _training_overhead(config, id_train, base, vrm_net, transform, seed)
 
     detectors = {name: _aggregate(runs) for name, runs in per_seed.items() if not name.startswith("norm_scaling[")}
-    best = max(BASELINES, key=lambda n: detectors[n]["auroc"])
+    best = max((n for n in detectors if n not in PROPOSED), key=lambda n: detectors[n]["auroc"])
     comparison = {"best_baseline": best} | {
         f"{m}_vs_{ref}": gains(detectors[m], detectors[r])
         for m in ("norm_scaling", "vrm") for ref, r in (("msp", "msp"), ("best_baseline", best))
@@ -293,7 +295,7 @@ def run(config: Config, out: str | None = None) -> dict:
                         os.path.join(folder, "ood_examples.png"))
         write_results(folder, results)
     if not config.quiet:
-        headline = {n: detectors[n] for n in HEADLINE}
+        headline = detectors
         for metric in ("auroc", "fpr95"):
             print(f"\n{metric} (%), mean ± std over seeds {list(config.seeds)}\n" + markdown_table(headline, metric))
     return results

@@ -15,13 +15,21 @@ import numpy as np
 
 from curvfast import metrics
 
-__all__ = ["ood_metrics", "METRIC_NAMES"]
+__all__ = ["ood_metrics", "gains", "METRIC_NAMES"]
 
 METRIC_NAMES = ("auroc", "aupr_in", "aupr_out", "fpr95")
 
 
 def ood_metrics(id_scores, ood_scores) -> dict[str, float]:
-    """``{"auroc", "aupr_in", "aupr_out", "fpr95"}`` for ID scores vs OoD scores (higher = more OoD)."""
+    """The four OoD metrics of ID scores against OoD scores.
+
+    Args:
+        id_scores: Scores of in-distribution samples (higher = more OoD).
+        ood_scores: Scores of OoD samples.
+
+    Returns:
+        ``{"auroc", "aupr_in", "aupr_out", "fpr95"}`` (see the module docstring).
+    """
     id_scores = np.asarray(id_scores, dtype=np.float64).reshape(-1)
     ood_scores = np.asarray(ood_scores, dtype=np.float64).reshape(-1)
     s = np.concatenate([id_scores, ood_scores])
@@ -35,9 +43,16 @@ def ood_metrics(id_scores, ood_scores) -> dict[str, float]:
 
 
 def gains(method: dict, reference: dict) -> dict[str, dict[str, float | None]]:
-    """Change of ``method`` over ``reference`` (each ``{metric: value}``) per metric, in absolute
-    percentage points and relative percent: (m - r) / r * 100 (negative FPR95 change = better);
-    the relative change from r = 0 is undefined (None)."""
+    """Change of ``method`` over ``reference`` per metric.
+
+    Args:
+        method: ``{metric: value}`` of the method.
+        reference: ``{metric: value}`` of the reference.
+
+    Returns:
+        ``{metric: {"points": 100 (m - r), "relative_percent": (m - r) / r * 100}}`` (a negative FPR95
+        change is better); the relative change from r = 0 is undefined (None).
+    """
     return {
         m: {"points": 100 * (method[m] - reference[m]),
             "relative_percent": 100 * (method[m] - reference[m]) / reference[m] if reference[m] else None}

@@ -20,21 +20,31 @@ Predictions for the K real classes are argmax_{c < K} z_c.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
-from curvfast.pipelines.ood.base import Detector, require
+from curvfast.errors import ConfigError, DataError, NonFiniteError, UnknownNameError
+from curvfast.ood.base import LogitsDetector, register_detector, require
 
 __all__ = ["VRMBatch", "vrm_batch", "VRMTransform", "VRM"]
 
 
 @dataclass
 class VRMBatch:
-    """``inputs`` (B + M, ...), ``targets`` (B + M, K + 1) probabilities; the first B rows are the
-    intra-class mixes (``partner`` (B,), ``lam`` (B,)), the last M the noise mixes of batch rows
-    ``noise_source`` (M,) with image weights ``noise_lam`` (M,)."""
+    """One VRM training batch: the first B rows are the intra-class mixes, the last M the noise mixes.
+
+    Attributes:
+        inputs: The mixed inputs (B + M, ...).
+        targets: Their soft targets (B + M, K + 1), probabilities.
+        partner: The same-class partner j(i) of each of the first B rows (B,).
+        lam: Their mixing weights lambda_i (B,).
+        noise_source: The batch rows the M noise mixes start from (M,).
+        noise_lam: Their image weights mu_m (M,).
+    """
 
     inputs: torch.Tensor
     targets: torch.Tensor
@@ -53,8 +63,11 @@ def _within_class_partners(y: np.ndarray, rng: np.random.Generator) -> np.ndarra
 
 
 def _check_args(alpha: float, aux_fraction: float, noise_std: float) -> None:
+    if not all(math.isfinite(v) for v in (alpha, aux_fraction, noise_std)):
+        raise NonFiniteError(f"VRM's alpha, aux_fraction and noise_std must be finite (got alpha={alpha}, "
+                             f"aux_fraction={aux_fraction}, noise_std={noise_std})")
     if alpha <= 0 or not 0 <= aux_fraction <= 1 or noise_std < 0:
-        raise ValueError(
+        raise ConfigError(
             f"VRM needs alpha > 0, 0 <= aux_fraction <= 1 and noise_std >= 0 (got alpha={alpha}, "
             f"aux_fraction={aux_fraction}, noise_std={noise_std})"
         )
@@ -71,11 +84,30 @@ def vrm_batch(
     noise_mean: float = 0.5,
     noise_std: float = 0.5,
 ) -> VRMBatch:
-    """Build one VRM training batch from ``(x, y)`` with labels in 0..K-1 (see the module docstring)."""
+    """Build one VRM training batch from ``(x, y)`` (see the module docstring).
+
+    Args:
+        x: Inputs (B, ...).
+        y: Labels (B,) in 0..K-1.
+        num_classes: K, the number of real classes.
+        rng: The generator of partners, mixing weights and noise.
+        alpha: The Beta(alpha, alpha) parameter of the mixing weights, > 0.
+        aux_fraction: M / B, in [0, 1].
+        noise_mean: The mean of the Gaussian noise.
+        noise_std: Its standard deviation, >= 0.
+
+    Returns:
+        The :class:`VRMBatch`.
+
+    Raises:
+        ConfigError: A setting is out of range.
+        NonFiniteError: A setting is not finite.
+        DataError: A label is outside 0..K-1.
+    """
     _check_args(alpha, aux_fraction, noise_std)
     y_np = torch.as_tensor(y).long().numpy()
     if y_np.size and (y_np.min() < 0 or y_np.max() >= num_classes):
-        raise ValueError(f"labels must lie in 0..{num_classes - 1} (the K real classes); got {y_np.min()}..{y_np.max()}")
+        raise DataError(f"labels must lie in 0..{num_classes - 1} (the K real classes); got {y_np.min()}..{y_np.max()}")
     b = len(y_np)
     shape = (-1,) + (1,) * (x.dim() - 1)
     partner = _within_class_partners(y_np, rng)
@@ -97,37 +129,89 @@ def vrm_batch(
 
 
 class VRMTransform:
-    """``(x, y, rng) -> (inputs, soft targets)``: the batch transform for ``fit``."""
+    """``(x, y, rng) -> (inputs, soft targets)``: :func:`vrm_batch` as a batch transform for training.
+
+    Args:
+        num_classes: K, the number of real classes.
+        alpha: See :func:`vrm_batch`.
+        aux_fraction: See :func:`vrm_batch`.
+        noise_mean: See :func:`vrm_batch`.
+        noise_std: See :func:`vrm_batch`.
+
+    Raises:
+        ConfigError: A setting is out of range.
+        NonFiniteError: A setting is not finite.
+    """
 
     def __init__(self, num_classes: int, alpha: float = 1.0, aux_fraction: float = 0.5, noise_mean: float = 0.5, noise_std: float = 0.5):
         _check_args(alpha, aux_fraction, noise_std)
         self.num_classes = num_classes
         self.kwargs = dict(alpha=alpha, aux_fraction=aux_fraction, noise_mean=noise_mean, noise_std=noise_std)
 
-    def __call__(self, x, y, rng):
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """One transformed batch.
+
+        Args:
+            x: Inputs (B, ...).
+            y: Labels (B,) in 0..K-1.
+            rng: The generator of partners, mixing weights and noise.
+
+        Returns:
+            ``(inputs (B + M, ...), soft targets (B + M, K + 1))``.
+        """
         batch = vrm_batch(x, y, self.num_classes, rng, **self.kwargs)
         return batch.inputs, batch.targets
 
 
-class VRM(Detector):
-    """OoD score of a (K+1)-output VRM network: the auxiliary-class probability (or MSP over real classes)."""
+@register_detector("vrm")
+class VRM(LogitsDetector):
+    """OoD score of a (K+1)-output VRM network: the auxiliary-class probability (or MSP over real classes).
 
-    name = "vrm"
+    .. math:: s_{aux}(x) = \\operatorname{softmax}(z)_K, \\quad s_{msp}(x) = -\\max_{c < K} \\operatorname{softmax}(z)_c
 
-    def __init__(self, variant: str = "aux"):
-        super().__init__()
+    Args:
+        model: The (K+1)-output network (None for :meth:`predict_logits` only).
+        variant: ``"aux"`` or ``"msp"``.
+        **outputs: ``feature_layer`` / ``output_transform``, see :class:`~curvfast.ood.Detector`.
+
+    Raises:
+        UnknownNameError: ``variant`` is neither.
+    """
+
+    auxiliary_class = True
+
+    def __init__(self, model: nn.Module | None = None, variant: str = "aux", **outputs):
+        super().__init__(model, **outputs)
         if variant not in ("aux", "msp"):
-            raise ValueError(f"variant must be 'aux' or 'msp' (got {variant!r})")
+            raise UnknownNameError(f"variant must be 'aux' or 'msp' (got {variant!r})")
         self.variant = variant
 
-    def score_outputs(self, logits=None, features=None):
+    def predict_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """VRM scores (B,), float64.
+
+        Args:
+            logits: Logits (B, K + 1), the last class auxiliary.
+
+        Returns:
+            The scores.
+
+        Raises:
+            DataError: Logits missing, not 2-D, or with fewer than 3 classes.
+        """
         z = require(logits, "logits", "VRM").double()
         if z.shape[1] < 3:
-            raise ValueError(f"VRM needs logits of K + 1 >= 3 classes, the last one auxiliary (got {z.shape[1]})")
+            raise DataError(f"VRM needs logits of K + 1 >= 3 classes, the last one auxiliary (got {z.shape[1]})")
         p = torch.softmax(z, dim=1)
         return p[:, -1] if self.variant == "aux" else -p[:, :-1].amax(1)
 
     @staticmethod
     def predict_class(logits: torch.Tensor) -> torch.Tensor:
-        """The real-class prediction argmax_{c < K} z_c."""
+        """The real-class prediction argmax_{c < K} z_c.
+
+        Args:
+            logits: Logits (B, K + 1).
+
+        Returns:
+            Class indices (B,).
+        """
         return logits[:, :-1].argmax(1)
