@@ -10,10 +10,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from curvfast.attacks import attack, ensemble_direction, ensemble_pgd, majority_vote
 from curvfast.pipelines.transfer import (
-    DoReFaActivation, DoReFaWeight, Fit, Halftone, InputQuantizer, MemberSpec, attack, build_member, dorefa,
-    ensemble_direction, ensemble_pgd, fit_saturating, halftone, majority_vote, pair_counts, pair_groups, parse_spec,
-    quantize_uniform, saturating, select_members, sharpen_halftone, transfer_metric,
+    DoReFaActivation, DoReFaWeight, Fit, Halftone, InputQuantizer, MemberSpec, build_member, dorefa, fit_saturating,
+    halftone, pair_counts, pair_groups, parse_spec, quantize_uniform, saturating, select_members, sharpen_halftone,
+    transfer_metric,
 )
 from curvfast.cli import main
 from curvfast.models import SmallCNN

@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from torch.utils.data import Subset
 
+from curvfast.attacks import ENSEMBLE_RULES, SINGLE_ATTACKS, attack, ensemble_pgd, majority_vote
 from curvfast.engine import parse_device
 from curvfast.io import write_npz
 from curvfast.pipelines.common.contract import config_dict, option, run_folder, write_results
 from curvfast.pipelines.common.data import DataOptions, load_split, loader
-from curvfast.pipelines.transfer.attacks import ENSEMBLE_RULES, SINGLE_ATTACKS, attack, ensemble_pgd
-from curvfast.pipelines.transfer.ensemble import majority_vote, select_members
+from curvfast.pipelines.transfer.ensemble import select_members
 from curvfast.pipelines.transfer.figures import fit_curves, transfer_heatmap
 from curvfast.pipelines.transfer.members import MemberSpec, load_or_train, parse_spec
 from curvfast.pipelines.transfer.transfer import pair_counts, pair_groups, predictions_under_attack, transfer_matrix
