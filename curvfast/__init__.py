@@ -8,6 +8,6 @@ __version__ = "0.1.0"
 
 from . import ops  # noqa: E402  (native ops or their pure-torch references)
 from .curvature import CurvatureResult, input_curvature  # noqa: E402
-from .engine import ScoreResult, score  # noqa: E402
+from .engine import ScoreResult, parse_device, score  # noqa: E402
 
-__all__ = ["input_curvature", "CurvatureResult", "score", "ScoreResult", "ops", "__version__"]
+__all__ = ["input_curvature", "CurvatureResult", "score", "ScoreResult", "parse_device", "ops", "__version__"]

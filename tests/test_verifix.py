@@ -105,7 +105,7 @@ def test_cli_writes_results(tmp_path, capsys):
 
     out = tmp_path / "run"
     args = ["verifix", "--dataset", "digits", "--noise", "0.25", "--epochs", "2", "--verified-size", "50",
-            "--selection", "random", "--alphas", "1e4,1e5", "--out", str(out), "--quiet"]
+            "--method", "random", "--alphas", "1e4,1e5", "--out", str(out), "--quiet"]
     assert main(args) == 0
     res = json.loads((out / "results.json").read_text())
     for key in ("accuracy_before", "accuracy_after", "alpha", "verified_size", "seconds"):
@@ -123,7 +123,7 @@ def test_cli_writes_results(tmp_path, capsys):
 def test_several_seeds_write_one_folder_each_and_mean_std(tmp_path):
     from curvfast.pipelines.verifix import Config, run, summary
 
-    config = Config(epochs=1, verified_size=20, selection="random", alphas=(1e4,), seeds=(0, 1), quiet=True)
+    config = Config(epochs=1, verified_size=20, method="random", alphas=(1e4,), seeds=(0, 1), quiet=True)
     res = run(config, out=str(tmp_path))
     seeds = [json.loads((tmp_path / f"seed_{s}" / "results.json").read_text()) for s in (0, 1)]
     assert res == json.loads((tmp_path / "results.json").read_text()) and res["seeds"] == [0, 1]
