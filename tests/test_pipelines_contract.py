@@ -85,6 +85,7 @@ class _Toy:
     kinds: tuple[str, ...] = option(("a",), "kinds", choices=("a", "b"))
     mode: str = option("x", "a mode", choices=("x", "y"))
     name: str | None = option(None, "an optional name")
+    limit: int | None = option(4, "an optional number")
     flag: bool = option(False, "a switch")
     seed: int = option(0)
 
@@ -98,8 +99,10 @@ def _parse(argv):
 def test_generated_options_parse_types_lists_choices_and_bools():
     assert _parse([]) == _Toy()
     cfg = _parse(["--size", "5", "--rates", "1,inf", "--kinds", "b,a", "--mode", "y", "--name", "n", "--flag", "--seed", "2"])
-    assert cfg == _Toy(5, (1.0, float("inf")), ("b", "a"), "y", "n", True, 2)
+    assert cfg == _Toy(5, (1.0, float("inf")), ("b", "a"), "y", "n", 4, True, 2)
     assert _parse(["--no-flag"]).flag is False
+    assert _parse(["--limit", "none"]).limit is None and _parse(["--limit", "7"]).limit == 7  # an optional number unsets
+    assert _parse(["--name", "none"]).name == "none"  # a string keeps the word (normalize none is a value)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -137,12 +137,27 @@ def test_several_seeds_write_one_folder_each_and_mean_std(tmp_path):
 @pytest.mark.parametrize("field, value, message", [
     ("epochs", 0, "epochs must be >= 1"), ("max_rows", -1, "max_rows must be >= 0"), ("alphas", (0.5,), "alphas"),
     ("val_fraction", 1.0, "val_fraction"), ("seeds", (), "at least one seed"), ("verified_size", 0, "verified_size"),
+    ("method", "curviness", "--method must be one of auto, exact"),
 ])
 def test_config_refuses_bad_settings_before_training(field, value, message):
+    from curvfast.errors import ConfigError
     from curvfast.pipelines.verifix import Config, run
 
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         run(Config(**{field: value}))
+
+
+def test_every_registered_estimator_can_rank_the_verified_set_and_selection_is_refused():
+    """--method reads curvfast.curvature.METHODS (deflated included), and the old --selection is gone."""
+    from curvfast.cli import main
+    from curvfast.curvature import METHODS
+    from curvfast.pipelines.common.contract import field_choices
+    from curvfast.pipelines.verifix import Config
+
+    assert field_choices(Config, "method") == (*METHODS, "random") and "deflated" in METHODS
+    Config(method="deflated").validate()
+    with pytest.raises(SystemExit):
+        main(["verifix", "--selection", "random", "--out", "unused"])
 
 
 class _OnesInWorkers(torch.utils.data.Dataset):

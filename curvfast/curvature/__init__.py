@@ -22,6 +22,7 @@ pass the samples' dataset indices as ``sample_ids`` and results do not depend on
 from curvfast.curvature.checks import is_piecewise_linear
 from curvfast.curvature.dispatch import (DEFAULT_PROBES, METHODS, STATISTICS, CurvatureResult, input_curvature, resolve_method,
                                          sample_ids_for)
+from curvfast.curvature.model import LogitFn, scoring_mode, unwrap_model
 
 __all__ = ["input_curvature", "CurvatureResult", "METHODS", "STATISTICS", "DEFAULT_PROBES", "resolve_method",
-           "is_piecewise_linear", "sample_ids_for"]
+           "is_piecewise_linear", "sample_ids_for", "unwrap_model", "scoring_mode", "LogitFn"]

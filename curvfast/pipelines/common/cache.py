@@ -34,8 +34,8 @@ def differences(recorded: dict | None, wanted: dict) -> dict[str, tuple]:
 
 
 def describe(diff: dict[str, tuple], there: str = "there", here: str = "here") -> str:
-    """``"key: a there, b here; ..."`` for the result of :func:`differences`."""
-    return "; ".join(f"{k}: {a!r} {there}, {b!r} {here}" for k, (a, b) in diff.items())
+    """``"key: a there, b here, ..."`` for the result of :func:`differences`."""
+    return ", ".join(f"{k}: {a!r} {there}, {b!r} {here}" for k, (a, b) in diff.items())
 
 
 def cached(path: str, settings: dict, compute: Callable[[], T], *, load: Callable[[str], tuple[dict, T]],
