@@ -4,7 +4,7 @@
 classes; 2,000 and 8,000 training images by default) and measures, each in a fresh Python
 process, the peak resident set size (``getrusage(RUSAGE_SELF).ru_maxrss``) of
 
-- ``mia``: ``curvfast mia --checkpoints --keep`` on the folder: 5 saved small CNNs (1 target, 4
+- ``mia``: ``curvfast mia --checkpoint --keep`` on the folder: 5 saved small CNNs (1 target, 4
   shadows), signals loss, conf and curv_zo streamed through a DataLoader, then the attacks, the
   ROC figure and the files (everything the command does after training);
 - ``memorization scoring``: what the pipeline computes for each trained model, on the folder read
@@ -76,7 +76,7 @@ def _child(task: str, root: str) -> dict:
     data = os.path.join(root, "data")
     common = ["--dataset", "imagefolder", "--root", data, "--device", "cpu", "--quiet", "--out", os.path.join(root, f"out-{task}")]
     if task == "mia":
-        argv = ["mia", "--checkpoints", os.path.join(root, "models"), "--keep", os.path.join(root, "keep.npy"), "--split", "train",
+        argv = ["mia", "--checkpoint", os.path.join(root, "models"), "--keep", os.path.join(root, "keep.npy"), "--split", "train",
                 "--targets", "1", "--width", "8", "--signals", "loss,conf,curv_zo", "--probes", "2", "--views", "identity", *common]
     elif task == "memorization_run":
         argv = ["memorization", "--preset", "smoke", *common]

@@ -11,6 +11,7 @@ import pytest
 import torch
 from scipy.stats import norm
 
+from curvfast.errors import ConfigError
 from curvfast.pipelines.mia import attacks as A
 from curvfast.pipelines.mia import interchange
 from curvfast.pipelines.mia.evaluate import REQUIRED_ATTACKS, attack_metrics, attack_scores
@@ -217,6 +218,8 @@ def test_bad_keep_and_shapes_raise_clear_errors():
     (["--views", "identity,rotate"], "--views takes a comma-separated subset of identity, hflip, auto"),
     (["--attacks", "loss,oracle"], "--attacks takes a comma-separated subset of loss"),
     (["--dp-clip", "1"], "unrecognized arguments: --dp-clip"),
+    (["--pool-size", "10"], "unrecognized arguments: --pool-size"),  # now --subset-size
+    (["--checkpoints", "x"], "unrecognized arguments: --checkpoints"),  # now --checkpoint (the folder)
 ])
 def test_cli_refuses_bad_lists_and_old_flags(tmp_path, capsys, argv, message):
     from curvfast.cli import main
@@ -227,7 +230,7 @@ def test_cli_refuses_bad_lists_and_old_flags(tmp_path, capsys, argv, message):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--checkpoints", "{tmp}"], "no *.pt checkpoints"),
+    (["--checkpoint", "{tmp}"], "no *.pt checkpoints"),
     (["--views", "auto,hflip"], "--views auto stands alone"),
     (["--dp-epsilon", "0"], "--dp-epsilon must be > 0 or inf"),
     (["--import-lira", "{tmp}", "--import-matrices", "{tmp}"], "pass one of --import-lira and --import-matrices"),
@@ -272,7 +275,7 @@ def test_lira_and_matrix_round_trips(tmp_path):
 # --- end to end ------------------------------------------------------------------------------------------
 
 def test_end_to_end_small_digits_pool(tmp_path):
-    cfg = Config(pool_size=80, shadows=4, targets=1, epochs=1, width=8, signals=("loss", "conf", "curv_exact", "curv_zo"),
+    cfg = Config(subset_size=80, shadows=4, targets=1, epochs=1, width=8, signals=("loss", "conf", "curv_exact", "curv_zo"),
                  probes=2, quiet=True)
     results = run(cfg, out=tmp_path / "run")
     with open(tmp_path / "run" / "results.json") as f:
@@ -292,6 +295,24 @@ def test_end_to_end_small_digits_pool(tmp_path):
     assert again["attacks"]["loss"]["auroc"] == results["attacks"]["loss"]["auroc"]
     with np.load(tmp_path / "run" / "signals.npz") as z:
         np.testing.assert_array_equal(z["curv_exact"], first)
+    (tmp_path / "run" / "signals.npz").write_bytes(b"truncated")  # a corrupt cache: recomputed from the saved models
+    third = run(cfg, out=tmp_path / "run")
+    assert third["seconds"]["train"] == 0.0 and third["seconds"]["signals"] > 0.0
+    assert third["attacks"]["loss"]["auroc"] == results["attacks"]["loss"]["auroc"]
+    with np.load(tmp_path / "run" / "signals.npz") as z:
+        np.testing.assert_array_equal(z["curv_exact"], first)
+
+
+def test_every_registered_estimator_is_a_curvature_signal_with_its_attacks():
+    from curvfast.curvature import METHODS
+    from curvfast.pipelines.common.contract import field_choices
+    from curvfast.pipelines.mia.evaluate import attack_table
+    from curvfast.pipelines.mia.signals import curvature_signals
+
+    assert curvature_signals() == {f"curv_{m}": m for m in METHODS}
+    assert set(field_choices(Config, "signals")) == {"loss", "conf", "mentr", *curvature_signals()}
+    assert {f"curv_{m}_{kind}" for m in METHODS for kind in ("nll", "lr")} <= set(field_choices(Config, "attacks"))
+    assert attack_table()["curv_deflated_lr"][0] == "curv_deflated"
 
 
 # --- checkpoints, augmentation ----------------------------------------------------------------------------
@@ -310,14 +331,14 @@ def test_checkpoints_load_in_natural_order_and_count_must_match(tmp_path):
         save_checkpoint(str(folder / f"model_{m}.pt"), net, model="small_cnn")
     keep = balanced_keep(5, 20, 0)
     np.save(tmp_path / "keep.npy", keep)
-    cfg = Config(checkpoints=str(folder), keep=str(tmp_path / "keep.npy"), width=4)
+    cfg = Config(checkpoint=str(folder), keep=str(tmp_path / "keep.npy"), width=4)
     make = lambda: build_model("small_cnn", 10, 1, width=4)  # noqa: E731
     models, loaded_keep = _models_from_checkpoints(cfg, make, 20)
     assert [float(next(iter(m.state_dict().values())).flatten()[0]) for m in models] == [0.0, 1.0, 2.0, 10.0, 11.0]
     np.testing.assert_array_equal(loaded_keep, keep)
     np.save(tmp_path / "keep4.npy", keep[:4])
     cfg.keep = str(tmp_path / "keep4.npy")
-    with pytest.raises(ValueError, match="4 rows but .* holds 5 checkpoints"):
+    with pytest.raises(ConfigError, match="4 rows but .* holds 5 checkpoints"):
         _models_from_checkpoints(cfg, make, 20)
 
 
@@ -337,7 +358,7 @@ def test_augment_auto_uses_crop_flip_for_natural_images_only(tmp_path, monkeypat
         return real(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "train_subset_models", spy)
-    cfg = Config(pool_size=40, shadows=4, targets=1, epochs=1, width=4, augment="crop-flip", signals=("loss",), quiet=True)
+    cfg = Config(subset_size=40, shadows=4, targets=1, epochs=1, width=4, augment="crop-flip", signals=("loss",), quiet=True)
     results = run(cfg, out=tmp_path / "run")
     assert seen["augment"] is not None and results["settings"]["augment_used"] == "crop-flip"
 
@@ -366,7 +387,7 @@ def test_evaluation_scores_members_as_members(tmp_path):
 def test_end_to_end_attacks_find_members_of_an_overfit_target(tmp_path):
     """160 digits, models on 80 each for 30 epochs (train 100%, held-out ~83%): LOSS, LiRA and Mentr
     are clearly above chance for the true members. Swapping members and non-members fails this."""
-    cfg = Config(pool_size=160, shadows=8, targets=2, epochs=30, width=16, signals=("loss", "conf", "mentr", "curv_exact"),
+    cfg = Config(subset_size=160, shadows=8, targets=2, epochs=30, width=16, signals=("loss", "conf", "mentr", "curv_exact"),
                  quiet=True)
     results = run(cfg, out=tmp_path / "run")
     assert results["accuracy"]["train_mean"] > 0.95 and results["accuracy"]["heldout_mean"] < 0.9
@@ -381,7 +402,7 @@ def test_end_to_end_attacks_find_members_of_an_overfit_target(tmp_path):
 def test_dp_run_trains_batchnorm_free_models_and_keeps_curv_exact(tmp_path):
     """Under --dp-epsilon every model is trained by common.dp with BatchNorm replaced by the identity, so the
     exact curvature signal stays available; the resolved config is recorded."""
-    cfg = Config(pool_size=40, shadows=4, targets=1, epochs=1, width=4, signals=("loss", "curv_exact"), dp_epsilon=8.0, quiet=True)
+    cfg = Config(subset_size=40, shadows=4, targets=1, epochs=1, width=4, signals=("loss", "curv_exact"), dp_epsilon=8.0, quiet=True)
     results = run(cfg, out=tmp_path / "run")
     assert results["settings"]["dp_epsilon"] == 8.0 and results["settings"]["dp_max_grad_norm"] == 1.0
     assert results["settings"]["augment_used"] == "none" and results["settings"]["views_used"] == ["identity"]
@@ -428,7 +449,7 @@ def test_smoke_preset_on_a_cifar_shaped_folder_with_normalisation_and_augmentati
     res = read_results(out)
     s = res["settings"]
     assert (s["dataset"], s["normalize"], s["augment"], s["device"], s["split"]) == ("imagefolder", "cifar10", "crop-flip", "cpu", "train")
-    assert (s["shadows"], s["pool_size"], s["augment_used"], s["views_used"]) == (4, 100, "crop-flip", ["identity", "hflip"])
+    assert (s["shadows"], s["subset_size"], s["augment_used"], s["views_used"]) == (4, 100, "crop-flip", ["identity", "hflip"])
     assert res["population"] == {**res["population"], "samples": 100, "models": 5}
     for name in ("loss", "lira_online", "curv_zo_nll", "curv_zo_lr"):
         assert 0.0 <= res["attacks"][name]["auroc"] <= 1.0

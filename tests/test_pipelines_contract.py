@@ -14,12 +14,16 @@ import pytest
 
 from curvfast.cli import build_parser, main
 from curvfast.pipelines import COMMANDS
-from curvfast.pipelines.common.contract import COMMON_HELP, add_config_arguments, option
+from curvfast.curvature import METHODS
+from curvfast.pipelines.common.contract import COMMON_HELP, add_config_arguments, field_choices, option
 
 PIPELINES = pathlib.Path(__file__).resolve().parents[1] / "curvfast" / "pipelines"
 # names a pipeline once used for an idea that now has one common name
 ALIASES = {"--dp-clip": "--dp-max-grad-norm", "--max-grad-norm": "--dp-max-grad-norm", "--delta": "--dp-delta",
-           "--epsilon": "--dp-epsilon", "--num-workers": "--workers", "--arch": "--model"}
+           "--epsilon": "--dp-epsilon", "--num-workers": "--workers", "--arch": "--model",
+           "--selection": "--method", "--estimator": "--method", "--checkpoints": "--checkpoint",
+           "--pool-size": "--subset-size", "--n-test": "--subset-size", "--attack-batch": "--score-batch-size",
+           "--eval-batch-size": "--score-batch-size"}
 
 
 def _subparsers():
@@ -68,6 +72,10 @@ def test_an_option_has_one_name_and_one_meaning_across_pipelines():
     for name, text in COMMON_HELP.items():
         flag = "--" + name.replace("_", "-")
         assert all(h.startswith(text) for h in helps.get(flag, ())), f"{flag} has several meanings: {helps[flag]}"
+    for command in COMMANDS:  # a list of curvature estimators is read from the registry, not copied by hand
+        config = importlib.import_module(f"curvfast.pipelines.{command}").Config
+        if "method" in {f.name for f in dataclasses.fields(config)}:
+            assert set(METHODS) <= set(field_choices(config, "method")), f"curvfast {command} --method misses estimators"
 
 
 @dataclasses.dataclass
@@ -77,6 +85,7 @@ class _Toy:
     kinds: tuple[str, ...] = option(("a",), "kinds", choices=("a", "b"))
     mode: str = option("x", "a mode", choices=("x", "y"))
     name: str | None = option(None, "an optional name")
+    limit: int | None = option(4, "an optional number")
     flag: bool = option(False, "a switch")
     seed: int = option(0)
 
@@ -90,8 +99,10 @@ def _parse(argv):
 def test_generated_options_parse_types_lists_choices_and_bools():
     assert _parse([]) == _Toy()
     cfg = _parse(["--size", "5", "--rates", "1,inf", "--kinds", "b,a", "--mode", "y", "--name", "n", "--flag", "--seed", "2"])
-    assert cfg == _Toy(5, (1.0, float("inf")), ("b", "a"), "y", "n", True, 2)
+    assert cfg == _Toy(5, (1.0, float("inf")), ("b", "a"), "y", "n", 4, True, 2)
     assert _parse(["--no-flag"]).flag is False
+    assert _parse(["--limit", "none"]).limit is None and _parse(["--limit", "7"]).limit == 7  # an optional number unsets
+    assert _parse(["--name", "none"]).name == "none"  # a string keeps the word (normalize none is a value)
 
 
 @pytest.mark.parametrize("argv, message", [

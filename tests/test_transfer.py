@@ -10,12 +10,14 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from curvfast.attacks import attack, ensemble_direction, ensemble_pgd, majority_vote
 from curvfast.pipelines.transfer import (
-    DoReFaActivation, DoReFaWeight, Fit, Halftone, InputQuantizer, MemberSpec, attack, build_member, dorefa,
-    ensemble_direction, ensemble_pgd, fit_saturating, halftone, majority_vote, pair_counts, pair_groups, parse_spec,
-    quantize_uniform, saturating, select_members, sharpen_halftone, transfer_metric,
+    DoReFaActivation, DoReFaWeight, Fit, Halftone, InputQuantizer, MemberSpec, build_member, dorefa, fit_saturating,
+    halftone, pair_counts, pair_groups, parse_spec, quantize_uniform, saturating, select_members, sharpen_halftone,
+    transfer_metric,
 )
 from curvfast.cli import main
+from curvfast.errors import ConfigError
 from curvfast.models import SmallCNN
 
 
@@ -422,7 +424,7 @@ def test_l2_study_skips_the_linf_ensemble_attacks(tmp_path):
     from curvfast.pipelines.transfer import Config, run
 
     config = Config(models=("small_cnn", "mlp2"), eps=(0, 0.5, 1.0, 2.0), robust_eps=(1.0,), attack="pgdl2", steps=2,
-                    step=0.5, epochs=1, n_test=16, ensemble="both=small_cnn,mlp2", quiet=True)
+                    step=0.5, epochs=1, subset_size=16, ensemble="both=small_cnn,mlp2", quiet=True)
     res = run(config)  # numbers work as radii from Python; no out: a temporary run folder
     robust = res["robust_accuracy"]
     assert robust["ensemble_attacks"] == [] and set(robust["single"]["mlp2"]) == {"clean", "pgdl2"}
@@ -432,18 +434,19 @@ def test_l2_study_skips_the_linf_ensemble_attacks(tmp_path):
     assert res["settings"]["eps"] == [0.0, 0.5, 1.0, 2.0] and res["settings"]["ensembles"] == {"both": ["small_cnn", "mlp2"]}
 
 
-def test_config_radii_ensembles_and_n_test_are_parsed_and_checked():
+def test_config_radii_ensembles_and_subset_size_are_parsed_and_checked():
     from curvfast.pipelines.transfer import Config
     from curvfast.pipelines.transfer.pipeline import _resolve
 
-    r = _resolve(Config(eps=("0", "8/255", " 0.5"), robust_eps=("8/255",), metric_eps="1/255", n_test="all",
+    r = _resolve(Config(eps=("0", "8/255", " 0.5"), robust_eps=("8/255",), metric_eps="1/255", subset_size=None,
                         ensemble="a=small_cnn,mlp2; b=small_cnn@1,small_cnn@2,", models=Config().models))
-    assert r["sweep"].tolist() == [0.0, 8 / 255, 0.5] and r["metric_eps"] == 1 / 255 and r["n_test"] is None
+    assert r["sweep"].tolist() == [0.0, 8 / 255, 0.5] and r["metric_eps"] == 1 / 255
     assert r["ensembles"] == {"a": ["small_cnn", "mlp2"], "b": ["small_cnn@1", "small_cnn@2"]}
     for bad, message in [({"ensemble": "mine"}, "NAME=MODEL"), ({"ensemble": "x=small_cnn,resnet9"}, "not among the models"),
-                         ({"metric_eps": "1/0"}, "metric_eps takes numbers"), ({"n_test": "1.5"}, "n_test takes"),
+                         ({"metric_eps": "1/0"}, "metric_eps takes numbers"), ({"subset_size": 1.5}, "subset-size takes an integer"),
+                         ({"subset_size": 1}, "subset-size takes an integer >= 2"),
                          ({"models": ("small_cnn", "small_cnn@0")}, "two distinct"), ({"epochs": 0}, "must be >= 1")]:
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(ConfigError, match=message):
             Config(**bad).validate()
 
 
@@ -470,5 +473,10 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
     assert "eps takes numbers or fractions" in capsys.readouterr().err
     assert main(["transfer", "--out", str(tmp_path), "--eps", "0,8/255", "--robust-eps", "8/255"]) == 2
     assert "two values" in capsys.readouterr().err
-    assert main(["transfer", "--out", str(tmp_path), "--n-test", "many"]) == 2
-    assert "n_test" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["transfer", "--out", str(tmp_path), "--subset-size", "many"])
+    assert "--subset-size takes an integer" in capsys.readouterr().err
+    for old in ("--n-test", "--attack-batch"):  # the old names of subset_size and score_batch_size are refused
+        with pytest.raises(SystemExit):
+            main(["transfer", "--out", str(tmp_path), old, "16"])
+        assert f"unrecognized arguments: {old}" in capsys.readouterr().err

@@ -19,7 +19,7 @@ def test_smoke_preset_on_a_cifar_shaped_folder_with_normalisation_and_augmentati
     out = tmp_path / "run"
     res = run_smoke_on_folder("transfer", cifar_folder, out)
     settings = res["settings"]
-    assert settings["models"] == ["small_cnn", "small_cnn@1", "small_cnn+in1"] and settings["n_test"] == 16  # the preset
+    assert settings["models"] == ["small_cnn", "small_cnn@1", "small_cnn+in1"] and settings["subset_size"] == 16  # the preset
     assert all(0.0 <= m["test_accuracy"] <= 1.0 and m["seconds"] > 0 for m in res["models"])
     assert set(res["timings"]) == {"attack_sweep", "ensemble_attacks"}
     ckpt = load_checkpoint(str(out / "models" / "small_cnn+in1.pt"))
@@ -81,8 +81,8 @@ def test_data_and_device_options_are_checked_before_any_data_is_read(field, valu
         run(Config(dataset="imagefolder", root="/nonexistent", **{field: value}))
 
 
-def test_attack_batch_bounds_every_forward_after_training_and_changes_no_result(monkeypatch, tmp_path):
-    """--attack-batch reaches the attacks, the ensemble attacks, the predictions and the ensemble votes:
+def test_score_batch_size_bounds_every_forward_after_training_and_changes_no_result(monkeypatch, tmp_path):
+    """--score-batch-size reaches the attacks, the ensemble attacks, the predictions and the ensemble votes:
     no network sees more images at once, and the study is the same as with one batch for all."""
     import curvfast.pipelines.transfer.pipeline as pipeline
 
@@ -96,13 +96,13 @@ def test_attack_batch_bounds_every_forward_after_training_and_changes_no_result(
 
     monkeypatch.setattr(pipeline, "load_or_train", watched)
     common = dict(models=("small_cnn", "mlp2"), eps=(0, 16 / 255, 32 / 255), robust_eps=(32 / 255,), steps=2, step=0.05,
-                  epochs=1, n_test=20, ensemble="both=small_cnn,mlp2", quiet=True)
-    small = run(Config(attack_batch=3, **common), out=str(tmp_path / "small"))
+                  epochs=1, subset_size=20, ensemble="both=small_cnn,mlp2", quiet=True)
+    small = run(Config(score_batch_size=3, **common), out=str(tmp_path / "small"))
     assert seen and max(seen) == 3
     seen.clear()
     whole = run(Config(**common), out=str(tmp_path / "whole"))
     assert max(seen) == 20
     for key in ("transfer_matrix", "robust_accuracy", "metric"):
         assert small[key] == whole[key], key
-    with pytest.raises(ValueError, match="attack_batch"):
-        run(Config(attack_batch=0, **common))
+    with pytest.raises(ValueError, match="score_batch_size"):
+        run(Config(score_batch_size=0, **common))

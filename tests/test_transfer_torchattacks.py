@@ -5,8 +5,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 torchattacks = pytest.importorskip("torchattacks")
-from curvfast.pipelines.transfer import MajorityVote, ensemble_pgd  # noqa: E402
-from curvfast.pipelines.transfer.torchattacks_api import EnsemblePGD  # noqa: E402
+from curvfast.attacks import EnsemblePGD, MajorityVote, ensemble_pgd  # noqa: E402
 
 MEAN, STD = [0.4], [0.25]
 
@@ -119,3 +118,14 @@ def test_save_writes_the_adversarial_set(data, tmp_path):
     saved = torch.load(tmp_path / "adv.pt", weights_only=True)
     assert saved["adv_inputs"].shape == x.shape and torch.equal(saved["labels"], y)
     assert (saved["adv_inputs"] - x).abs().max() <= 0.1 + 1e-6
+
+
+def test_the_library_face_imports_torchattacks_only_for_EnsemblePGD():
+    """``curvfast.attacks`` is core: importing it needs neither torchattacks nor the application layer."""
+    import subprocess
+    import sys
+
+    code = ("import sys, curvfast.attacks as a; assert 'torchattacks' not in sys.modules; "
+            "assert not any(m.startswith('curvfast.pipelines') for m in sys.modules), 'core imports pipelines'; "
+            "a.EnsemblePGD; assert 'torchattacks' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -105,7 +105,7 @@ def test_cli_writes_results(tmp_path, capsys):
 
     out = tmp_path / "run"
     args = ["verifix", "--dataset", "digits", "--noise", "0.25", "--epochs", "2", "--verified-size", "50",
-            "--selection", "random", "--alphas", "1e4,1e5", "--out", str(out), "--quiet"]
+            "--method", "random", "--alphas", "1e4,1e5", "--out", str(out), "--quiet"]
     assert main(args) == 0
     res = json.loads((out / "results.json").read_text())
     for key in ("accuracy_before", "accuracy_after", "alpha", "verified_size", "seconds"):
@@ -123,7 +123,7 @@ def test_cli_writes_results(tmp_path, capsys):
 def test_several_seeds_write_one_folder_each_and_mean_std(tmp_path):
     from curvfast.pipelines.verifix import Config, run, summary
 
-    config = Config(epochs=1, verified_size=20, selection="random", alphas=(1e4,), seeds=(0, 1), quiet=True)
+    config = Config(epochs=1, verified_size=20, method="random", alphas=(1e4,), seeds=(0, 1), quiet=True)
     res = run(config, out=str(tmp_path))
     seeds = [json.loads((tmp_path / f"seed_{s}" / "results.json").read_text()) for s in (0, 1)]
     assert res == json.loads((tmp_path / "results.json").read_text()) and res["seeds"] == [0, 1]
@@ -137,12 +137,27 @@ def test_several_seeds_write_one_folder_each_and_mean_std(tmp_path):
 @pytest.mark.parametrize("field, value, message", [
     ("epochs", 0, "epochs must be >= 1"), ("max_rows", -1, "max_rows must be >= 0"), ("alphas", (0.5,), "alphas"),
     ("val_fraction", 1.0, "val_fraction"), ("seeds", (), "at least one seed"), ("verified_size", 0, "verified_size"),
+    ("method", "curviness", "--method must be one of auto, exact"),
 ])
 def test_config_refuses_bad_settings_before_training(field, value, message):
+    from curvfast.errors import ConfigError
     from curvfast.pipelines.verifix import Config, run
 
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         run(Config(**{field: value}))
+
+
+def test_every_registered_estimator_can_rank_the_verified_set_and_selection_is_refused():
+    """--method reads curvfast.curvature.METHODS (deflated included), and the old --selection is gone."""
+    from curvfast.cli import main
+    from curvfast.curvature import METHODS
+    from curvfast.pipelines.common.contract import field_choices
+    from curvfast.pipelines.verifix import Config
+
+    assert field_choices(Config, "method") == (*METHODS, "random") and "deflated" in METHODS
+    Config(method="deflated").validate()
+    with pytest.raises(SystemExit):
+        main(["verifix", "--selection", "random", "--out", "unused"])
 
 
 class _OnesInWorkers(torch.utils.data.Dataset):

@@ -14,9 +14,9 @@ A pipeline is a package ``curvfast.pipelines.<command>`` that exposes
 
 The command line is generated from ``Config`` (:func:`register`): field ``batch_size`` becomes
 ``--batch-size``; a ``bool`` becomes ``--x`` / ``--no-x``; a ``tuple`` a comma-separated list;
-``choices`` are checked. The command itself adds ``--out`` (the run folder) and ``--threads``
-(torch's CPU threads, a process setting, so not part of a config). Defaults therefore live in one
-place: the dataclass.
+``choices`` are checked; an optional number (``int | None``) takes ``none`` for None. The command
+itself adds ``--out`` (the run folder) and ``--threads`` (torch's CPU threads, a process setting,
+so not part of a config). Defaults therefore live in one place: the dataclass.
 """
 from __future__ import annotations
 
@@ -51,6 +51,9 @@ COMMON_HELP = {
     "normalize": "input normalisation inside the model: none, cifar10, imagenet or MEAN/STD (per channel, comma-separated)",
     "augment": "training augmentation: none, crop (reflect-pad H/8, random crop) or crop-flip (and a horizontal flip)",
     "seed": "random seed (data order, initialisation, probes)",
+    "method": "curvature estimator (a name of curvfast.curvature.METHODS)",
+    "subset_size": "attack or score a seeded random subset of this many samples; unset or none: all",
+    "score_batch_size": "samples per batch in passes that do not train: scoring, attacks, predictions",
     "quiet": "no progress bars or log lines",
     "dp_epsilon": "train with DP-SGD (Opacus) at this privacy budget ε (inf: the same recipe without noise)",
     "dp_delta": "DP-SGD's δ",
@@ -145,6 +148,14 @@ def _scalar_parser(tp, flag: str):
     return parse
 
 
+def _none_or(parse):
+    """argparse ``type=`` of an optional number: ``none`` (any case) is None, anything else what ``parse`` makes of it."""
+    def parse_optional(text: str):
+        return None if text.strip().lower() == "none" else parse(text)
+
+    return parse_optional
+
+
 def _list_parser(element, flag: str, choices):
     """argparse ``type=`` for a comma-separated tuple of ``element`` values, each in ``choices``."""
     one = _scalar_parser(element, flag)
@@ -193,6 +204,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
             kwargs["metavar"] = "A,B,..."
         else:
             kwargs["type"] = _scalar_parser(tp, flag)
+            if tp in (int, float) and tp is not hints[f.name]:  # an optional number: "none" unsets it
+                kwargs["type"] = _none_or(kwargs["type"])
             if choices is not None:
                 kwargs["choices"] = choices
         parser.add_argument(flag, **kwargs)

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from curvfast import __version__
-from curvfast.curvature import METHODS
-from curvfast import parse_device
+import curvfast.curvature as curvature
+from curvfast import __version__, parse_device
+from curvfast.errors import ConfigError
 from curvfast.io import write_npz
-from curvfast.pipelines.common.contract import config_dict, option, run_folder, write_results
+from curvfast.pipelines.common.contract import config_dict, field_choices, option, run_folder, write_results
 from curvfast.pipelines.common.data import DataOptions, as_float, dataset_labels, load_split, materialise
 from curvfast.pipelines.common.multitrain import train_subset_models
 from curvfast.plots import image_grid
@@ -75,7 +75,7 @@ class Config(DataOptions):
     # stacked vmap training: measured faster than looping for the MLP on this CPU
     loop: bool = option(False, "train models one by one per step instead of stacked (vmap)")
     proxy_models: int = option(2, "full-data runs whose per-epoch curvature is averaged")
-    method: str = option("auto", "curvature estimator", choices=METHODS)
+    method: str = option("auto", choices=lambda: curvature.METHODS)
     probes: int | None = option(None, "probes of the random curvature estimators; None: the estimator's default")
     confidence: float = option(0.95, "confidence level of the memorization intervals")
     noise: float = option(0.1, "fraction of labels flipped for mislabel detection")
@@ -91,7 +91,7 @@ class Config(DataOptions):
     dp_max_grad_norm: float = option(1.0)
     top: int = option(32, "images in the top-memorized / top-curvature grids")
     seed: int = option(0)
-    score_batch_size: int = option(512, "samples per batch when scoring curvature")
+    score_batch_size: int = option(512, "here: scoring curvature")
     device: str = option("cpu")
     quiet: bool = option(False)
 
@@ -102,16 +102,16 @@ class Config(DataOptions):
         for name in ("subset_models", "epochs", "batch_size", "proxy_models", "folds", "dp_models", "dp_epochs", "dp_batch_size",
                      "top", "models_per_pass", "score_batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
         if self.subset_models < 2:
-            raise ValueError(f"--subset-models must be >= 2 so every sample has IN and OUT models (got {self.subset_models})")
+            raise ConfigError(f"--subset-models must be >= 2 so every sample has IN and OUT models (got {self.subset_models})")
         for name in ("fraction", "dp_fraction", "confidence"):
             if not 0.0 < getattr(self, name) < 1.0:
-                raise ValueError(f"--{name.replace('_', '-')} must be in (0, 1) (got {getattr(self, name)})")
+                raise ConfigError(f"--{name.replace('_', '-')} must be in (0, 1) (got {getattr(self, name)})")
         if not self.dp_epsilons or not all(e > 0 for e in self.dp_epsilons):
-            raise ValueError(f"--dp-epsilons needs positive values such as 1,2,4,8 (got {self.dp_epsilons})")
-        if self.method not in METHODS:
-            raise ValueError(f"--method must be one of {', '.join(METHODS)} (got {self.method!r})")
+            raise ConfigError(f"--dp-epsilons needs positive values such as 1,2,4,8 (got {self.dp_epsilons})")
+        if self.method not in field_choices(Config, "method"):
+            raise ConfigError(f"--method must be one of {', '.join(field_choices(Config, 'method'))} (got {self.method!r})")
 
 
 def _training_tensors(config: Config, dataset):

@@ -17,13 +17,14 @@ import numpy as np
 from curvfast import metrics
 from curvfast.plots import pyplot, save_png
 from curvfast.pipelines.mia import attacks as A
+from curvfast.pipelines.mia.signals import curvature_signals
 
-__all__ = ["ATTACKS", "REQUIRED_ATTACKS", "FPRS", "attack_scores", "attack_metrics", "mean_roc", "plot_rocs"]
+__all__ = ["attack_table", "REQUIRED_ATTACKS", "FPRS", "attack_scores", "attack_metrics", "mean_roc", "plot_rocs"]
 
 FPRS = (0.01, 0.001, 0.0001)
 
-# name -> (signal it reads, function(target, shadow, keep) -> scores)
-ATTACKS = {
+# name -> (signal it reads, function(target, shadow, keep) -> scores); the curvature attacks: attack_table()
+_OUTPUT_ATTACKS = {
     "loss": ("loss", lambda t, s, k: A.loss_attack(t)),
     "mentr": ("mentr", lambda t, s, k: A.modified_entropy(t)),
     "lira_online": ("conf", A.lira_online),
@@ -34,11 +35,21 @@ ATTACKS = {
     "watson": ("loss", A.watson),
     "ye": ("loss", A.ye),
 }
-for _sig in ("zo", "exact", "fd"):
-    ATTACKS[f"curv_{_sig}_nll"] = (f"curv_{_sig}", A.curvature_nll)
-    ATTACKS[f"curv_{_sig}_lr"] = (f"curv_{_sig}", A.curvature_lr)
-    ATTACKS[f"curv_{_sig}_nll_published"] = (f"curv_{_sig}", partial(A.curvature_nll, published_quirk=True))
-    ATTACKS[f"curv_{_sig}_lr_published"] = (f"curv_{_sig}", partial(A.curvature_lr, published_quirk=True))
+
+
+def attack_table() -> dict:
+    """``{attack: (signal it reads, function(target, shadow, keep) -> scores)}``: the attacks on the output
+    signals, then four per curvature signal ``curv_<estimator>`` (:func:`~.signals.curvature_signals`, read now):
+    ``<signal>_nll``, ``<signal>_lr`` and their ``_published`` variants."""
+    table = dict(_OUTPUT_ATTACKS)
+    for signal in curvature_signals():
+        table[f"{signal}_nll"] = (signal, A.curvature_nll)
+        table[f"{signal}_lr"] = (signal, A.curvature_lr)
+        table[f"{signal}_nll_published"] = (signal, partial(A.curvature_nll, published_quirk=True))
+        table[f"{signal}_lr_published"] = (signal, partial(A.curvature_lr, published_quirk=True))
+    return table
+
+
 REQUIRED_ATTACKS = ("loss", "lira_online", "lira_offline", "curv_zo_nll", "curv_zo_lr", "curv_exact_nll")
 
 
@@ -52,13 +63,14 @@ def attack_scores(signals: dict, keep: np.ndarray, targets, shadows, names=None)
         raise ValueError(f"targets and shadows must be different models (both contain {sorted(set(targets) & set(shadows))})")
     if not targets or not shadows:
         raise ValueError("need at least one target and one shadow model")
-    names = [n for n in ATTACKS if ATTACKS[n][0] in signals and not n.endswith("_published")] if names is None else list(names)
-    unknown = [n for n in names if n not in ATTACKS]
+    table = attack_table()
+    names = [n for n in table if table[n][0] in signals and not n.endswith("_published")] if names is None else list(names)
+    unknown = [n for n in names if n not in table]
     if unknown:
-        raise ValueError(f"unknown attacks {unknown}; choose from {sorted(ATTACKS)}")
+        raise ValueError(f"unknown attacks {unknown}; choose from {sorted(table)}")
     out = {}
     for name in names:
-        signal, fn = ATTACKS[name]
+        signal, fn = table[name]
         if signal not in signals:
             raise ValueError(f"attack {name!r} needs signal {signal!r}, which was not computed")
         values = signals[signal]

@@ -34,16 +34,18 @@ import torch
 from torch.utils.data import Subset
 
 from curvfast import parse_device
+from curvfast.errors import ConfigError
 from curvfast.io import load_checkpoint, save_checkpoint, write_json, write_npz
 from curvfast.pipelines.common.augment import AUGMENTATIONS, image_augmentation
-from curvfast.pipelines.common.contract import RunFailed, config_dict, option, run_folder, write_results
+from curvfast.pipelines.common.cache import cached, differences
+from curvfast.pipelines.common.contract import RunFailed, config_dict, field_choices, option, run_folder, write_results
 from curvfast.pipelines.common.data import DataOptions, as_float, build_network, dataset_labels, load_split, loader, materialise
 from curvfast.pipelines.common.dp import dp_compatible, train_dp_model
 from curvfast.pipelines.common.multitrain import train_subset_models
 from curvfast.pipelines.mia import interchange
 from curvfast.pipelines.mia.attacks import check_membership
-from curvfast.pipelines.mia.evaluate import ATTACKS, FPRS, REQUIRED_ATTACKS, attack_metrics, attack_scores, plot_rocs
-from curvfast.pipelines.mia.signals import FLIP_SAFE, SIGNALS, VIEWS, compute_signals
+from curvfast.pipelines.mia.evaluate import FPRS, REQUIRED_ATTACKS, attack_metrics, attack_scores, attack_table, plot_rocs
+from curvfast.pipelines.mia.signals import FLIP_SAFE, SIGNALS, VIEWS, compute_signals, signal_choices
 
 __all__ = ["Config", "PRESETS", "run", "summary", "balanced_keep", "load_population", "natural_order"]
 
@@ -54,7 +56,7 @@ DP_BATCHNORM = "identity"
 PRESETS = {
     # the tests' settings: seconds on a laptop CPU (the training split: every dataset has one)
     # (curv_exact is left out: on 32x32 RGB it costs about 13 ms per sample, model and view on this CPU)
-    "smoke": {"split": "train", "pool_size": 100, "width": 8, "shadows": 4, "targets": 1, "epochs": 2, "probes": 2,
+    "smoke": {"split": "train", "subset_size": 100, "width": 8, "shadows": 4, "targets": 1, "epochs": 2, "probes": 2,
               "signals": ("loss", "conf", "curv_zo")},
     # Curvature Clues (and LiRA): CIFAR-10's 50k training images, ResNet-18 with crop-flip for 100 epochs,
     # 64 models on random halves (leave-one-out: each is a target, the others its shadows), 10 zo probes
@@ -71,11 +73,11 @@ class Config(DataOptions):
     augment: str = option("auto", f"auto: crop-flip for {', '.join(FLIP_SAFE)}, none otherwise and under DP-SGD",
                           choices=AUGMENTS)
     split: str = option("all", "the attacked population: train, test or all (every sample; digits and split-less folders)")
-    pool_size: int | None = option(None, "attack a random subset of this many samples (size sweeps)")
+    subset_size: int | None = option(None, "of the split, the population attacked (size sweeps)")
     model: str = option("small_cnn")
     width: int = option(16, "small_cnn channel width")
     shadows: int = option(16, "shadow models")
-    targets: int = option(4, "target models (the first --targets checkpoints with --checkpoints)")
+    targets: int = option(4, "target models (the first --targets checkpoints with --checkpoint)")
     leave_one_out: bool = option(False, "every model is a target in turn, the others its shadows")
     epochs: int = option(20, "training epochs of every model")
     batch_size: int = option(64)
@@ -84,49 +86,50 @@ class Config(DataOptions):
     seed: int = option(0)
     views: tuple[str, ...] = option(("auto",), f"views of each sample; auto: hflip too for {', '.join(FLIP_SAFE)}",
                                     choices=VIEWS + ("auto",))
-    signals: tuple[str, ...] = option(SIGNALS, "membership signals to compute", choices=SIGNALS)
+    signals: tuple[str, ...] = option(SIGNALS, "membership signals to compute (curv_<estimator>: the input-loss curvature "
+                                               "by that estimator)", choices=signal_choices)
     probes: int = option(10, "zo / fd probes (published: 10)")
-    score_batch_size: int = option(512, "samples per batch when computing signals")
+    score_batch_size: int = option(512, "here: computing the signals")
     dp_epsilon: float | None = option(None)
     dp_delta: float = option(1e-5)
     dp_max_grad_norm: float = option(1.0)
     dp_lr: float = option(1e-3, "RMSprop learning rate of DP-SGD (constant, no schedule)")
-    checkpoints: str | None = option(None, "folder of existing *.pt checkpoints (natural name order, model_2 before model_10; "
-                                           "the first --targets are targets)")
-    keep: str | None = option(None, "(models x samples) membership .npy for --checkpoints")
+    checkpoint: str | None = option(None, "here a FOLDER of such *.pt checkpoints, one per model (natural name order, "
+                                          "model_2 before model_10; the first --targets are targets)")
+    keep: str | None = option(None, "(models x samples) membership .npy for --checkpoint")
     import_lira: str | None = option(None, "attack a LiRA experiment folder (experiment-*/keep.npy, scores/*.npy)")
     import_matrices: str | None = option(None, "attack ML Privacy Meter style memberships.npy + signals_*.npy")
     export_lira: str | None = option(None, "also write the confidence signal in LiRA's layout here")
     export_matrices: str | None = option(None, "also write samples x models signal / membership matrices here")
     attacks: tuple[str, ...] | None = option(None, "attacks to run (None: every attack whose signal exists)",
-                                             choices=tuple(ATTACKS))
+                                             choices=lambda: tuple(attack_table()))
     published_quirk: bool = option(False, "also run the curvature attacks as the published code does "
                                           "(variance as std; LR: ratio of summed likelihoods)")
     device: str = option("cpu")
     quiet: bool = option(False)
 
     def validate(self) -> None:
-        """Refuse settings that cannot run, naming the option (ValueError)."""
+        """Refuse settings that cannot run, naming the option (:class:`~curvfast.errors.ConfigError`)."""
         parse_device(self.device)
         dataclasses.replace(self, augment=self.resolved_augment()).check_data_options()
-        for name, allowed in (("signals", SIGNALS), ("views", VIEWS + ("auto",)), ("attacks", tuple(ATTACKS))):
-            values = getattr(self, name)
+        for name in ("signals", "views", "attacks"):
+            values, allowed = getattr(self, name), field_choices(Config, name)
             if values is None and name == "attacks":
                 continue
             if not values or any(v not in allowed for v in values):
-                raise ValueError(f"--{name} takes a comma-separated subset of {', '.join(allowed)} (got {values!r})")
+                raise ConfigError(f"--{name} takes a comma-separated subset of {', '.join(allowed)} (got {values!r})")
         if "auto" in self.views and len(self.views) > 1:
-            raise ValueError(f"--views auto stands alone (got {','.join(self.views)})")
+            raise ConfigError(f"--views auto stands alone (got {','.join(self.views)})")
         if self.dp_epsilon is not None and not (self.dp_epsilon > 0):
-            raise ValueError(f"--dp-epsilon must be > 0 or inf (got {self.dp_epsilon})")
-        if self.checkpoints is None and (self.shadows < 1 or self.targets < 1):
-            raise ValueError(f"need --shadows >= 1 and --targets >= 1 (got {self.shadows}, {self.targets})")
+            raise ConfigError(f"--dp-epsilon must be > 0 or inf (got {self.dp_epsilon})")
+        if self.checkpoint is None and (self.shadows < 1 or self.targets < 1):
+            raise ConfigError(f"need --shadows >= 1 and --targets >= 1 (got {self.shadows}, {self.targets})")
         if self.epochs < 1:
-            raise ValueError(f"--epochs must be >= 1 (got {self.epochs})")
+            raise ConfigError(f"--epochs must be >= 1 (got {self.epochs})")
         if self.import_lira and self.import_matrices:
-            raise ValueError("pass one of --import-lira and --import-matrices, not both")
+            raise ConfigError("pass one of --import-lira and --import-matrices, not both")
         if self.export_lira and not (self.import_lira or self.import_matrices) and "conf" not in self.signals:
-            raise ValueError("--export-lira writes the confidence signal; include conf in --signals")
+            raise ConfigError("--export-lira writes the confidence signal; include conf in --signals")
         self.resolved_augment()
 
     def resolved_views(self) -> tuple[str, ...]:
@@ -140,18 +143,21 @@ class Config(DataOptions):
         training), nothing for digits-like data (a flip changes the digit; an 8x8 digit has no margin
         to crop). DP-SGD training takes no augmentation."""
         if self.augment not in AUGMENTS:
-            raise ValueError(f"--augment must be one of {', '.join(AUGMENTS)} (got {self.augment!r})")
+            raise ConfigError(f"--augment must be one of {', '.join(AUGMENTS)} (got {self.augment!r})")
         if self.augment != "auto":
             return self.augment
         return "crop-flip" if self.dataset.lower() in FLIP_SAFE and self.dp_epsilon is None else "none"
 
     def training_key(self) -> dict:
-        keys = ("dataset", "split", "image_size", "normalize", "pool_size", "model", "width", "shadows", "targets",
+        """What the trained models depend on, as JSON values (the models/settings.json they are reused by)."""
+        plain = config_dict(self)
+        keys = ("dataset", "split", "image_size", "normalize", "subset_size", "model", "width", "shadows", "targets",
                 "leave_one_out", "epochs", "batch_size", "lr", "weight_decay", "seed", "dp_epsilon", "dp_delta",
-                "dp_max_grad_norm", "dp_lr", "checkpoints", "keep")
-        return {**{k: getattr(self, k) for k in keys}, "augment": self.resolved_augment()}
+                "dp_max_grad_norm", "dp_lr", "checkpoint", "keep")
+        return {**{k: plain[k] for k in keys}, "augment": self.resolved_augment()}
 
     def signal_key(self) -> dict:
+        """What the signals depend on (recorded in signals.npz, which is reused when it matches)."""
         return {**self.training_key(), "views": list(self.resolved_views()), "signals": list(self.signals), "probes": self.probes}
 
     @property
@@ -184,14 +190,14 @@ def experiment_keep(config: Config, num_samples: int) -> np.ndarray:
 
 def load_population(config: Config):
     """``(population, labels (N,), dataset indices (N,), DatasetInfo)``: the attacked samples as a
-    dataset read lazily (the split, or a random ``pool_size`` subset of it, in index order)."""
+    dataset read lazily (the split, or a random ``subset_size`` subset of it, in index order)."""
     dataset, info = load_split(config, config.split)
     labels = torch.as_tensor(dataset_labels(dataset))
     index = np.arange(len(labels))
-    if config.pool_size is not None:
-        if not 2 <= config.pool_size <= len(labels):
-            raise ValueError(f"pool_size must be between 2 and the dataset size {len(labels)} (got {config.pool_size})")
-        index = np.sort(np.random.default_rng([config.seed, 1]).choice(len(labels), config.pool_size, replace=False))
+    if config.subset_size is not None:
+        if not 2 <= config.subset_size <= len(labels):
+            raise ConfigError(f"--subset-size must be between 2 and the dataset size {len(labels)} (got {config.subset_size})")
+        index = np.sort(np.random.default_rng([config.seed, 1]).choice(len(labels), config.subset_size, replace=False))
         dataset = Subset(dataset, index.tolist())
     return dataset, labels[torch.from_numpy(index)].contiguous(), index, info
 
@@ -229,14 +235,15 @@ def natural_order(paths) -> list[str]:
 
 
 def _models_from_checkpoints(config: Config, make_model, num_samples):
-    files = natural_order(glob.glob(os.path.join(config.checkpoints, "*.pt")))
+    files = natural_order(glob.glob(os.path.join(config.checkpoint, "*.pt")))
     if not files:
-        raise FileNotFoundError(f"no *.pt checkpoints in --checkpoints {config.checkpoints!r}")
+        raise FileNotFoundError(f"no *.pt checkpoints in the --checkpoint folder {config.checkpoint!r}")
     if config.keep is None:
-        raise ValueError("--checkpoints needs --keep FILE.npy: the (models x samples) membership matrix of those checkpoints")
+        raise ConfigError("--checkpoint FOLDER needs --keep FILE.npy: the (models x samples) membership matrix of those "
+                          "checkpoints")
     keep = check_membership(np.load(config.keep), num_samples, need_in=0, need_out=0)
     if keep.shape[0] != len(files):
-        raise ValueError(f"--keep has {keep.shape[0]} rows but {config.checkpoints!r} holds {len(files)} checkpoints: row m of --keep "
+        raise ConfigError(f"--keep has {keep.shape[0]} rows but {config.checkpoint!r} holds {len(files)} checkpoints: row m of --keep "
                          "must describe the m-th checkpoint in natural name order (model_2.pt before model_10.pt)")
     models = []
     for f in files:
@@ -250,7 +257,7 @@ def _train(config: Config, folder: str, make_model, population, labels, keep):
     model_dir = os.path.join(folder, "models")
     files = [os.path.join(model_dir, f"model_{m:03d}.pt") for m in range(keep.shape[0])]
     key = config.training_key()
-    if all(map(os.path.isfile, files)) and _read_json(os.path.join(model_dir, "settings.json")) == key:
+    if all(map(os.path.isfile, files)) and not differences(_read_json(os.path.join(model_dir, "settings.json")), key):
         models = []
         for f in files:
             model = make_model()
@@ -275,19 +282,23 @@ def _train(config: Config, folder: str, make_model, population, labels, keep):
 
 
 def _read_json(path):
-    if not os.path.isfile(path):
+    """The JSON object in ``path``; None when there is none or it is unreadable (a cache miss)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
         return None
-    with open(path) as f:
-        return json.load(f)
 
 
-def _cached_signals(path, key):
-    if not os.path.isfile(path):
-        return None
+def _load_signals(path):
+    """``(recorded settings, arrays)`` of a signals.npz."""
     with np.load(path) as z:
-        if "settings" not in z or json.loads(str(z["settings"])) != key:
-            return None
-        return {k: z[k] for k in z.files}
+        data = {k: z[k] for k in z.files}
+    return json.loads(str(data.pop("settings"))), data
+
+
+def _save_signals(path, data, settings):
+    write_npz(path, settings=json.dumps(settings), **data)
 
 
 def _accuracies(correct, keep):
@@ -301,7 +312,7 @@ def _roles(config: Config, num_models: int):
     if config.leave_one_out:
         return [([t], [m for m in range(num_models) if m != t]) for t in range(num_models)]
     if not 1 <= config.targets < num_models:
-        raise ValueError(f"targets must be between 1 and the number of models - 1 = {num_models - 1} (got {config.targets})")
+        raise ConfigError(f"--targets must be between 1 and the number of models - 1 = {num_models - 1} (got {config.targets})")
     return [(list(range(config.targets)), list(range(config.targets, num_models)))]
 
 
@@ -310,33 +321,33 @@ def _experiment(config: Config, folder: str) -> dict:
     t0 = time.perf_counter()
     population, labels, index, info = load_population(config)
     make_model = _make_model(config, info, tuple(population[0][0].shape))
-    train_seconds = 0.0
-    if config.checkpoints is not None:
+    if config.checkpoint is not None:
         models, keep = _models_from_checkpoints(config, make_model, len(labels))
     else:
         keep = experiment_keep(config, len(labels))
         models = None
     for _, shadow_ids in _roles(config, keep.shape[0]):
         check_membership(keep[shadow_ids], need_in=2, need_out=2)
-    signal_path = os.path.join(folder, "signals.npz")
-    cached = _cached_signals(signal_path, config.signal_key())
-    signal_seconds = 0.0
-    if cached is not None:
-        signals = {s: cached[s] for s in config.signals}
-        keep, accuracy = cached["keep"], json.loads(str(cached["accuracy"]))
-    else:
-        if models is None:
-            models, train_seconds = _train(config, folder, make_model, population, labels, keep)
+    seconds = {"train": 0.0, "signals": 0.0}
+
+    def compute():
+        trained = models
+        if trained is None:
+            trained, seconds["train"] = _train(config, folder, make_model, population, labels, keep)
         start = time.perf_counter()
         data = loader(population, config, batch_size=config.score_batch_size, device=config.device)
-        signals, correct = compute_signals(models, data, signals=config.signals, views=config.resolved_views(),
+        signals, correct = compute_signals(trained, data, signals=config.signals, views=config.resolved_views(),
                                            probes=config.probes, seed=config.seed, indices=torch.from_numpy(index),
                                            device=config.device, progress=config.progress)
-        signal_seconds = time.perf_counter() - start
-        accuracy = _accuracies(correct, keep)
-        write_npz(signal_path, keep=keep, index=index, label=labels.numpy(), accuracy=json.dumps(accuracy),
-                  settings=json.dumps(config.signal_key()), **signals)
-    return _attack_and_report(config, folder, signals, keep, accuracy, t0, train_seconds, signal_seconds)
+        seconds["signals"] = time.perf_counter() - start
+        return {"keep": keep, "index": index, "label": labels.numpy(), "accuracy": json.dumps(_accuracies(correct, keep)),
+                **signals}
+
+    stored, _ = cached(os.path.join(folder, "signals.npz"), config.signal_key(), compute, load=_load_signals,
+                       save=_save_signals)
+    signals = {s: stored[s] for s in config.signals}
+    return _attack_and_report(config, folder, signals, stored["keep"], json.loads(str(stored["accuracy"])), t0,
+                              seconds["train"], seconds["signals"])
 
 
 def _imported(config: Config, folder: str) -> dict:
@@ -355,7 +366,7 @@ def _imported(config: Config, folder: str) -> dict:
 def _export(config: Config, folder: str) -> None:
     """``--export-lira`` / ``--export-matrices``: the run's signals in the other tools' layouts."""
     with np.load(os.path.join(folder, "signals.npz")) as z:
-        signals = {k: z[k] for k in SIGNALS if k in z.files}
+        signals = {k: z[k] for k in signal_choices() if k in z.files}
         keep = z["keep"]
     if config.export_lira:
         if "conf" not in signals:
@@ -391,7 +402,7 @@ def summary(results: dict) -> dict:
 def _attack_and_report(config: Config, folder: str, signals, keep, accuracy, t0, train_seconds, signal_seconds) -> dict:
     names = config.attacks
     if names is None:
-        names = [n for n, (sig, _) in ATTACKS.items() if sig in signals and (config.published_quirk or not n.endswith("_published"))]
+        names = [n for n, (sig, _) in attack_table().items() if sig in signals and (config.published_quirk or not n.endswith("_published"))]
     roles = _roles(config, keep.shape[0])
     scores = {n: [] for n in names}
     targets = []

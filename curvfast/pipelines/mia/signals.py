@@ -10,11 +10,12 @@ For model m, sample i with label y_i and view v (the image itself, or its horizo
   Mentr = −(1 − p_y) log p_y − Σ_{c≠y} p_c log(1 − p_c), low for confidently right predictions;
   log(1 − p_c) is taken as log(−expm1(log p_c)), and for the most probable class as
   logsumexp_{k≠c} z_k − logsumexp z, so it stays finite where p_c rounds to 1.
-- ``curv_exact``: tr(H), the exact input-Hessian trace of ℓ (white box; exact for piecewise-
-  linear nets; README, "Why it is fast and exact"), ``input_curvature(method="exact")``.
-- ``curv_zo``: the Curvature Clues zero-order estimator from loss values only (black box),
-  ``input_curvature(method="zo")``, published h = 1e-3, n = 10 probes.
-- ``curv_fd``: Garg et al.'s finite difference of gradients, ``input_curvature(method="fd")``.
+- ``curv_<estimator>``: the input-loss curvature of ℓ by any estimator registered in
+  ``curvfast.curvature.METHODS`` (read when asked: :func:`curvature_signals`), e.g.
+  ``curv_exact``: tr(H), the exact input-Hessian trace (white box; exact for piecewise-linear nets;
+  README, "Why it is fast and exact"); ``curv_zo``: the Curvature Clues zero-order estimator from
+  loss values only (black box), published h = 1e-3, n = 10 probes; ``curv_fd``: Garg et al.'s finite
+  difference of gradients. These three are the default set (:data:`SIGNALS`).
 
 Random probes are keyed by (seed, dataset index, probe index), so a sample's probes are the
 same for every model and view: the signal differences between models are the models'.
@@ -27,13 +28,24 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from curvfast.curvature import input_curvature
+import curvfast.curvature as curvature
+from curvfast.curvature import DEFAULT_PROBES, input_curvature
 
-__all__ = ["SIGNALS", "CURVATURE_SIGNALS", "VIEWS", "apply_view", "logit_confidence", "modified_entropy",
-           "model_signals", "compute_signals"]
+__all__ = ["SIGNALS", "OUTPUT_SIGNALS", "curvature_signals", "signal_choices", "VIEWS", "apply_view", "logit_confidence",
+           "modified_entropy", "model_signals", "compute_signals"]
 
-CURVATURE_SIGNALS = {"curv_exact": "exact", "curv_zo": "zo", "curv_fd": "fd"}
-SIGNALS = ("loss", "conf", "mentr") + tuple(CURVATURE_SIGNALS)
+OUTPUT_SIGNALS = ("loss", "conf", "mentr")  # read from the logits
+SIGNALS = OUTPUT_SIGNALS + ("curv_exact", "curv_zo", "curv_fd")  # the default set: the estimators of the papers
+
+
+def curvature_signals() -> dict[str, str]:
+    """``{signal: estimator}``: ``curv_<name>`` for every estimator in ``curvfast.curvature.METHODS`` now."""
+    return {f"curv_{method}": method for method in curvature.METHODS}
+
+
+def signal_choices() -> tuple[str, ...]:
+    """Every membership signal that can be computed now: :data:`OUTPUT_SIGNALS`, then one per estimator."""
+    return OUTPUT_SIGNALS + tuple(curvature_signals())
 VIEWS = ("identity", "hflip")
 FLIP_SAFE = ("cifar10", "cifar100", "imagefolder")  # natural images; flipping a digit or a letter changes its meaning
 
@@ -83,16 +95,16 @@ def _output_signals(model: nn.Module, x, y):
 
 def _batch_signals(model, x, y, ids, signals, views, probes, seed):
     """``{name: (B, V)}`` and the (B,) correctness of the plain image, for one batch on the model's device."""
-    out, correct = {}, None
+    out, correct, estimators = {}, None, curvature_signals()
     for view in views:
         xv = apply_view(x, view)
         values = _output_signals(model, xv, y)
         if view == "identity":
             correct = values["correct"]
         for name in signals:
-            if name in CURVATURE_SIGNALS:
-                method = CURVATURE_SIGNALS[name]
-                values[name] = input_curvature(model, xv, y, method=method, probes=None if method == "exact" else probes,
+            if name in estimators:  # probes for the random estimators only
+                method = estimators[name]
+                values[name] = input_curvature(model, xv, y, method=method, probes=probes if method in DEFAULT_PROBES else None,
                                                seed=seed, sample_ids=ids).value
             out.setdefault(name, []).append(values[name])
     if correct is None:
@@ -120,12 +132,12 @@ def compute_signals(
     or an iterable of ``(x, y)`` batches in sample order (a DataLoader without shuffling). Only one
     batch and the (M, N, V) results are held in memory. ``correct[m, i]``: model m classifies the
     plain image i right. ``indices`` (default ``0..N-1``) are the samples' dataset indices that key
-    the random probes of ``curv_zo`` and ``curv_fd``. Models run on ``device`` in eval mode (their
+    the random probes of the random estimators (``curv_zo``, ``curv_fd``, ...). Models run on ``device`` in eval mode (their
     mode is restored; they stay on ``device``).
     """
     from tqdm.auto import tqdm
 
-    signals = _check_names(signals, SIGNALS, "signals")
+    signals = _check_names(signals, signal_choices(), "signals")
     views = _check_names(views, VIEWS, "views")
     if isinstance(data, Dataset):
         data = DataLoader(data, batch_size=batch_size)

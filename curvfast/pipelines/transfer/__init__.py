@@ -6,11 +6,10 @@ counts, reports N_hat_s->t / N_hat_s->s at --metric-eps, and attacks majority-vo
 
 The command is :class:`Config` + :func:`run`. Building blocks: quantised models with
 straight-through (BPDA) gradients, attacks, transfer counts and the fitted transfer metric,
-majority-vote ensembles; ``curvfast.pipelines.transfer.torchattacks_api.EnsemblePGD`` is the
-ensemble attack as a torchattacks ``Attack`` (needs torchattacks).
+majority-vote ensembles. The attacks and the majority vote are the library's (:mod:`curvfast.attacks`;
+``curvfast.attacks.EnsemblePGD`` is the ensemble attack as a torchattacks ``Attack``).
 """
-from curvfast.pipelines.transfer.attacks import ENSEMBLE_RULES, SINGLE_ATTACKS, attack, ensemble_direction, ensemble_pgd
-from curvfast.pipelines.transfer.ensemble import MajorityVote, majority_vote, mutual_transfer, select_members, vote_scores
+from curvfast.pipelines.transfer.ensemble import mutual_transfer, select_members
 from curvfast.pipelines.transfer.members import MemberSpec, build_member, load_or_train, parse_spec, train_member
 from curvfast.pipelines.transfer.pipeline import PRESETS, Config, run, summary
 from curvfast.pipelines.transfer.quantize import (
@@ -21,8 +20,7 @@ from curvfast.pipelines.transfer.transfer import Fit, fit_saturating, pair_count
 
 __all__ = [
     "Config", "PRESETS", "run", "summary",
-    "ENSEMBLE_RULES", "SINGLE_ATTACKS", "attack", "ensemble_direction", "ensemble_pgd",
-    "MajorityVote", "majority_vote", "mutual_transfer", "select_members", "vote_scores",
+    "mutual_transfer", "select_members",
     "MemberSpec", "build_member", "load_or_train", "parse_spec", "train_member",
     "DoReFaActivation", "DoReFaWeight", "Halftone", "InputQuantized", "InputQuantizer", "dorefa", "halftone",
     "quantize_uniform", "sharpen_halftone", "straight_through",

@@ -25,6 +25,7 @@ from torch import nn
 
 from curvfast.data import DatasetInfo
 from curvfast.io import load_checkpoint, save_checkpoint
+from curvfast.pipelines.common.cache import cached
 from curvfast.pipelines.common.data import DataOptions, build_network, loader
 from curvfast.training import evaluate, fit
 from curvfast.pipelines.transfer.quantize import Halftone, InputQuantized, InputQuantizer, dorefa
@@ -146,16 +147,25 @@ def load_or_train(
     meta = {"spec": spec.name, "dataset": dataset, "root": options.root, "image_size": options.image_size,
             "normalize": options.normalize, "augment": options.augment, "batch_size": batch_size, "epochs": epochs}
     path = None if folder is None else os.path.join(folder, spec.name.replace("@", "_seed") + ".pt")
-    if path is not None and os.path.isfile(path):
-        ckpt = load_checkpoint(path)
-        if all(ckpt.get(k) == v for k, v in meta.items()):
-            model.load_state_dict(ckpt["state_dict"])
-            info = {k: ckpt[k] for k in ("spec", "dataset", "epochs", "train_accuracy", "test_accuracy")}
-            return model.to(device).eval(), {**info, "checkpoint": path, "trained": False}
-    train_member(model, spec, train_set, epochs=epochs, batch_size=batch_size, device=device, options=options)
-    info = {"spec": spec.name, "dataset": dataset, "epochs": epochs,
-            "train_accuracy": evaluate(model, train_set, workers=options.workers),
-            "test_accuracy": evaluate(model, test_set, workers=options.workers)}
-    if path is not None:
-        save_checkpoint(path, model, **(meta | info))
-    return model.eval(), {**info, "checkpoint": path, "trained": True}
+
+    def load(file: str) -> tuple[dict, tuple[dict, dict]]:
+        ckpt = load_checkpoint(file)
+        return ckpt, ({k: ckpt[k] for k in ("spec", "dataset", "epochs", "train_accuracy", "test_accuracy")}, ckpt["state_dict"])
+
+    def train() -> tuple[dict, None]:
+        train_member(model, spec, train_set, epochs=epochs, batch_size=batch_size, device=device, options=options)
+        return {"spec": spec.name, "dataset": dataset, "epochs": epochs,
+                "train_accuracy": evaluate(model, train_set, workers=options.workers),
+                "test_accuracy": evaluate(model, test_set, workers=options.workers)}, None
+
+    def save(file: str, value: tuple[dict, None], settings: dict) -> None:
+        save_checkpoint(file, model, **(settings | value[0]))
+
+    if path is None:
+        (info, state), reused = train(), False
+    else:
+        (info, state), reused = cached(path, meta, train, load=load, save=save)
+    if reused:
+        model.load_state_dict(state)
+        model.to(device)
+    return model.eval(), {**info, "checkpoint": path, "trained": not reused}

@@ -20,12 +20,13 @@ import numpy as np
 import torch
 from torch.utils.data import Subset
 
+from curvfast.attacks import ENSEMBLE_RULES, SINGLE_ATTACKS, attack, ensemble_pgd, majority_vote
 from curvfast import parse_device
+from curvfast.errors import ConfigError
 from curvfast.io import write_npz
 from curvfast.pipelines.common.contract import config_dict, option, run_folder, write_results
 from curvfast.pipelines.common.data import DataOptions, load_split, loader
-from curvfast.pipelines.transfer.attacks import ENSEMBLE_RULES, SINGLE_ATTACKS, attack, ensemble_pgd
-from curvfast.pipelines.transfer.ensemble import majority_vote, select_members
+from curvfast.pipelines.transfer.ensemble import select_members
 from curvfast.pipelines.transfer.figures import fit_curves, transfer_heatmap
 from curvfast.pipelines.transfer.members import MemberSpec, load_or_train, parse_spec
 from curvfast.pipelines.transfer.transfer import pair_counts, pair_groups, predictions_under_attack, transfer_matrix
@@ -36,12 +37,12 @@ _TREND_ZOO = tuple(f"cifar_resnet18{suffix}" for suffix in ("", "@1", "@2", "+ad
 PRESETS = {
     # the tests' settings: seconds on a laptop CPU
     "smoke": {"models": ("small_cnn", "small_cnn@1", "small_cnn+in1"), "eps": ("0", "16/255", "48/255"),
-              "metric_eps": "16/255", "robust_eps": ("32/255",), "steps": 2, "step": 0.05, "epochs": 1, "n_test": "16",
+              "metric_eps": "16/255", "robust_eps": ("32/255",), "steps": 2, "step": 0.05, "epochs": 1, "subset_size": 16,
               "ensemble_size": 2, "accuracy_margin": 1.0},
     # TREND (Ravikumar et al. 2022) on CIFAR-10: a ResNet-18 zoo differing in one factor at a time plus an
     # architecture mismatch, PGD L-inf 40 x 0.01 (the default), metric at 8/255. What the sources we have
     # do not state (training epochs, the attacked image count) is listed in docs/transfer.md.
-    "paper": {"dataset": "cifar10", "models": (*_TREND_ZOO, "vgg11_bn"), "metric_eps": "8/255", "n_test": "all",
+    "paper": {"dataset": "cifar10", "models": (*_TREND_ZOO, "vgg11_bn"), "metric_eps": "8/255", "subset_size": None,
               "normalize": "cifar10", "augment": "crop-flip", "device": "cuda"},
 }
 
@@ -64,8 +65,8 @@ class Config(DataOptions):
     step: float = option(0.01, "attack step size")
     epochs: int = option(15, "training epochs of each network")
     batch_size: int = option(64)
-    attack_batch: int = option(512, "images per attack and prediction batch (lower it for large models or inputs)")
-    n_test: str = option("200", "attack a seeded random subset of this many test images, or all")
+    score_batch_size: int = option(512, "lower it for large models or inputs")
+    subset_size: int | None = option(200, "of the test images")
     ensemble_size: int = option(3, "members of the automatic ensembles")
     ensemble: str = option("", "extra ensembles NAME=MODEL,MODEL,... (several: separated by ;)")
     accuracy_margin: float = option(0.03, "selected ensemble members are within this of the best clean accuracy")
@@ -85,23 +86,10 @@ def _radii(values, name: str) -> list[float]:
     try:
         radii = [float(Fraction(v.strip() if isinstance(v, str) else v)) for v in values]
     except (ValueError, TypeError, ZeroDivisionError):
-        raise ValueError(f"{name} takes numbers or fractions such as 0,4/255,8/255 (got {list(values)})") from None
+        raise ConfigError(f"{name} takes numbers or fractions such as 0,4/255,8/255 (got {list(values)})") from None
     if not radii:
-        raise ValueError(f"{name} is empty; give radii such as 0,4/255,8/255")
+        raise ConfigError(f"{name} is empty; give radii such as 0,4/255,8/255")
     return radii
-
-
-def _n_test(value) -> int | None:
-    """``all`` -> None, else a positive integer."""
-    if value == "all":
-        return None
-    try:
-        n = int(value)
-    except (ValueError, TypeError):
-        raise ValueError(f"n_test takes a positive integer or 'all' (got {value!r})") from None
-    if n != float(value) or n < 1:
-        raise ValueError(f"n_test takes a positive integer or 'all' (got {value!r})")
-    return n
 
 
 def _parse_ensembles(text: str) -> dict[str, list[str]]:
@@ -112,35 +100,37 @@ def _parse_ensembles(text: str) -> dict[str, list[str]]:
             continue
         name, sep, members = item.partition("=")
         if not sep or not name.strip() or not members.strip():
-            raise ValueError(f"ensembles take NAME=MODEL,MODEL,... such as 'mine=small_cnn,mlp2,small_cnn+in1' (got {item!r})")
+            raise ConfigError(f"ensembles take NAME=MODEL,MODEL,... such as 'mine=small_cnn,mlp2,small_cnn+in1' (got {item!r})")
         out[name.strip()] = [m.strip() for m in members.split(",") if m.strip()]
     return out
 
 
 def _resolve(config: Config) -> dict:
-    """The parsed settings: model specs, the sorted sweep (eps and robust_eps), radii, n_test, ensembles."""
+    """The parsed settings: model specs, the sorted sweep (eps and robust_eps), radii, ensembles."""
     config.check_data_options()
     parse_device(config.device)
     specs = [parse_spec(m) for m in config.models]
     names = [s.name for s in specs]
     if len(set(names)) != len(names) or len(names) < 2:
-        raise ValueError(f"models must name at least two distinct specs (got {names})")
+        raise ConfigError(f"models must name at least two distinct specs (got {names})")
     if config.attack not in SINGLE_ATTACKS:
-        raise ValueError(f"attack must be one of {SINGLE_ATTACKS} (got {config.attack!r})")
-    if min(config.steps, config.epochs, config.ensemble_size, config.batch_size, config.attack_batch) < 1:
-        raise ValueError(f"steps, epochs, ensemble_size, batch_size and attack_batch must be >= 1 (got {config.steps}, {config.epochs}, "
-                         f"{config.ensemble_size}, {config.batch_size}, {config.attack_batch})")
+        raise ConfigError(f"attack must be one of {SINGLE_ATTACKS} (got {config.attack!r})")
+    if min(config.steps, config.epochs, config.ensemble_size, config.batch_size, config.score_batch_size) < 1:
+        raise ConfigError(f"steps, epochs, ensemble_size, batch_size and score_batch_size must be >= 1 (got {config.steps}, "
+                          f"{config.epochs}, {config.ensemble_size}, {config.batch_size}, {config.score_batch_size})")
+    if config.subset_size is not None and (type(config.subset_size) is not int or config.subset_size < 2):
+        raise ConfigError(f"--subset-size takes an integer >= 2 (got {config.subset_size!r}); unset it to attack every test image")
     eps, robust_eps = _radii(config.eps, "eps"), _radii(config.robust_eps, "robust_eps")
     metric_eps = _radii(config.metric_eps, "metric_eps")
     if len(metric_eps) != 1:
-        raise ValueError(f"metric_eps takes one radius (got {config.metric_eps!r})")
+        raise ConfigError(f"metric_eps takes one radius (got {config.metric_eps!r})")
     ensembles = _parse_ensembles(config.ensemble)
     for ens_name, members in ensembles.items():
         unknown = [m for m in members if parse_spec(m).name not in names]
         if unknown or not members:
-            raise ValueError(f"ensemble {ens_name!r}: members {unknown or members} are not among the models {names}")
+            raise ConfigError(f"ensemble {ens_name!r}: members {unknown or members} are not among the models {names}")
     return {"specs": specs, "names": names, "sweep": _check_eps(eps, metric_eps[0], robust_eps), "metric_eps": metric_eps[0],
-            "robust_eps": robust_eps, "n_test": _n_test(config.n_test), "ensembles": ensembles}
+            "robust_eps": robust_eps, "ensembles": ensembles}
 
 
 def _finite(value):
@@ -157,9 +147,9 @@ def _tensors(dataset, n: int | None, seed: int, options: Config) -> tuple[torch.
     keep = torch.arange(len(dataset))
     if n is not None:
         if not 2 <= n <= len(dataset):
-            raise ValueError(f"n_test must be in [2, {len(dataset)}] (got {n})")
+            raise ConfigError(f"--subset-size must be in [2, {len(dataset)}] (the test split's size) (got {n})")
         keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-    x, y = map(torch.cat, zip(*loader(Subset(dataset, keep.tolist()), options, batch_size=options.attack_batch)))
+    x, y = map(torch.cat, zip(*loader(Subset(dataset, keep.tolist()), options, batch_size=options.score_batch_size)))
     return x, y, keep.numpy()
 
 
@@ -255,7 +245,7 @@ def _study(config: Config, resolved: dict, data: tuple, folder: str) -> dict:
     quiet = True if config.quiet else None  # None: tqdm shows bars on a terminal only
     start = time.perf_counter()
     train_set, test_set, info = data
-    x, y, test_index = _tensors(test_set, resolved["n_test"], seed, config)
+    x, y, test_index = _tensors(test_set, config.subset_size, seed, config)
     x, y = x.to(device), y.to(device)
     nets, model_info, timings = [], [], {}
     for spec in tqdm(specs, desc="train", disable=quiet):
@@ -269,7 +259,7 @@ def _study(config: Config, resolved: dict, data: tuple, folder: str) -> dict:
         model_info.append({"name": spec.name, **spec.factors(), **minfo, "seconds": round(time.perf_counter() - began, 2)})
 
     began = time.perf_counter()
-    batch = config.attack_batch
+    batch = config.score_batch_size
     clean = predictions_under_attack(nets, [x], batch)[0]                # (M, N)
     labels = y.cpu().numpy()
     correct = clean == labels
@@ -327,7 +317,7 @@ def _study(config: Config, resolved: dict, data: tuple, folder: str) -> dict:
     results = {
         "settings": config_dict(config) | {
             "models": names, "eps": sweep.tolist(), "metric_eps": metric_eps, "robust_eps": robust_eps,
-            "empirical_eps": float(sweep[at]), "n_test": len(labels), "ensembles": resolved["ensembles"],
+            "empirical_eps": float(sweep[at]), "subset_size": len(labels), "ensembles": resolved["ensembles"],
             "torch": torch.__version__,
         },
         "models": model_info,

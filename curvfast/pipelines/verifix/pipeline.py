@@ -21,14 +21,16 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from curvfast import parse_device
+from curvfast.errors import CheckpointError, ConfigError
 from curvfast.io import load_checkpoint, save_checkpoint, write_npz
 from curvfast.linalg import ROUTES
-from curvfast.pipelines.common.contract import config_dict, option, run_folder, write_results
+from curvfast.pipelines.common.cache import describe, differences
+from curvfast.pipelines.common.contract import config_dict, field_choices, option, run_folder, write_results
 from curvfast.pipelines.common.data import DataOptions, build_network, dataset_labels, load_split, loader
 from curvfast.training import evaluate, fit
 from curvfast.pipelines.verifix.noise import NOISE_TYPES, add_label_noise
 from curvfast.pipelines.verifix.projector import PUBLISHED_ALPHAS
-from curvfast.pipelines.verifix.selection import SELECTION_METHODS, select_verified
+from curvfast.pipelines.verifix.selection import select_verified, selection_methods
 from curvfast.pipelines.verifix.spectra import PUBLISHED_MAX_ROWS
 from curvfast.pipelines.verifix.verifix import verifix
 
@@ -36,13 +38,13 @@ __all__ = ["Config", "PRESETS", "run", "summary", "Relabeled"]
 
 PRESETS = {
     # the tests' settings: seconds on a laptop CPU
-    "smoke": {"epochs": 2, "verified_size": 20, "selection": "random", "alphas": (1e4, 1e5), "seeds": (0,)},
+    "smoke": {"epochs": 2, "verified_size": 20, "method": "random", "alphas": (1e4, 1e5), "seeds": (0,)},
     # Kodge et al. 2024, CIFAR-10 (example_scripts/{train,verifix}_cifar_example.sh of their code):
     # ResNet-18, 350 epochs of SGD at lr 0.01, batch 64, 25% symmetric noise, 10% validation split,
     # 1000 verified samples ranked by curvature, alpha in {1e4, 3e4, 1e5, 3e5, 1e6} (the default grid),
     # random crop + flip and the CIFAR-10 normalisation. docs/verifix.md lists what differs.
     "paper": {"dataset": "cifar10", "model": "cifar_resnet18", "noise": 0.25, "epochs": 350, "lr": 0.01,
-              "batch_size": 64, "val_fraction": 0.1, "verified_size": 1000, "selection": "fd",
+              "batch_size": 64, "val_fraction": 0.1, "verified_size": 1000, "method": "fd",
               "normalize": "cifar10", "augment": "crop-flip", "device": "cuda"},
 }
 
@@ -61,7 +63,7 @@ class Config(DataOptions):
     val_fraction: float = option(0.2, "part of the train split held out to choose alpha")
     clean_validation: bool = option(False, "validation split with clean labels (a trusted set); default: noisy")
     verified_size: int = option(200, "class-balanced verified set size")
-    selection: str = option("auto", "curvature estimator ranking the verified set, or random", choices=SELECTION_METHODS)
+    method: str = option("auto", "ranking the verified set, or random", choices=selection_methods)
     alphas: tuple[float, ...] = option(PUBLISHED_ALPHAS, "soft projector strengths alpha tried on the validation split")
     max_rows: int = option(PUBLISHED_MAX_ROWS, "rows (patches) per layer, 0 for all")
     route: str = option("auto", "spectrum route: exact Gram, randomized, or by size", choices=ROUTES)
@@ -77,29 +79,29 @@ class Config(DataOptions):
         self.check_data_options()
         parse_device(self.device)
         if not 0.0 <= float(self.noise) < 1.0:
-            raise ValueError(f"noise rate must be in [0, 1) (got {self.noise!r})")
+            raise ConfigError(f"noise rate must be in [0, 1) (got {self.noise!r})")
         if self.noise_type not in NOISE_TYPES:
-            raise ValueError(f"noise_type must be one of {NOISE_TYPES} (got {self.noise_type!r})")
+            raise ConfigError(f"noise_type must be one of {NOISE_TYPES} (got {self.noise_type!r})")
         if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1 (got {self.epochs})")
+            raise ConfigError(f"epochs must be >= 1 (got {self.epochs})")
         if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1) (got {self.val_fraction!r})")
+            raise ConfigError(f"val_fraction must be in (0, 1) (got {self.val_fraction!r})")
         if not isinstance(self.verified_size, int) or self.verified_size < 1:
-            raise ValueError(f"verified_size must be a positive int (got {self.verified_size!r})")
-        if self.selection not in SELECTION_METHODS:
-            raise ValueError(f"selection must be one of {SELECTION_METHODS} (got {self.selection!r})")
+            raise ConfigError(f"verified_size must be a positive int (got {self.verified_size!r})")
+        if self.method not in field_choices(Config, "method"):
+            raise ConfigError(f"--method must be one of {', '.join(field_choices(Config, 'method'))} (got {self.method!r})")
         if len(self.alphas) == 0 or any(not float(a) >= 1 for a in self.alphas):
-            raise ValueError(f"alphas must be a non-empty list of values >= 1 (got {list(self.alphas)})")
+            raise ConfigError(f"alphas must be a non-empty list of values >= 1 (got {list(self.alphas)})")
         if self.max_rows < 0:
-            raise ValueError(f"max_rows must be >= 0 (0 = all rows) (got {self.max_rows})")
+            raise ConfigError(f"max_rows must be >= 0 (0 = all rows) (got {self.max_rows})")
         if self.route not in ROUTES:
-            raise ValueError(f"route must be one of {ROUTES} (got {self.route!r})")
+            raise ConfigError(f"route must be one of {ROUTES} (got {self.route!r})")
         if self.rank is not None and self.rank < 1:
-            raise ValueError(f"rank must be >= 1 (got {self.rank})")
+            raise ConfigError(f"rank must be >= 1 (got {self.rank})")
         if not self.seeds:
-            raise ValueError("seeds must name at least one seed")
+            raise ConfigError("seeds must name at least one seed")
         if self.checkpoint is not None and len(self.seeds) != 1:
-            raise ValueError(f"a checkpoint holds the model of one seed; give one seed with it (got seeds={list(self.seeds)})")
+            raise ConfigError(f"a checkpoint holds the model of one seed; give one seed with it (got seeds={list(self.seeds)})")
 
 
 class Relabeled(Dataset):
@@ -132,12 +134,10 @@ def _checked_checkpoint(config: Config, seed: int) -> dict:
     """The state dict of ``config.checkpoint``, refused unless it was trained with this run's data, model,
     noise, split and seed (other labels would make the correction meaningless)."""
     ckpt = load_checkpoint(config.checkpoint)
-    wanted = {k: getattr(config, k) for k in _TRAINED_WITH} | {"seed": seed}
-    differ = {k: (ckpt.get(k, "missing"), v) for k, v in wanted.items() if ckpt.get(k, "missing") != v}
+    differ = differences(ckpt, {k: getattr(config, k) for k in _TRAINED_WITH} | {"seed": seed})
     if differ:
-        raise ValueError(f"checkpoint {config.checkpoint!r} was trained with other settings than this run "
-                         f"({', '.join(f'{k}: {a!r} there, {b!r} here' for k, (a, b) in differ.items())}); "
-                         "give the same options, or no checkpoint to train a model")
+        raise CheckpointError(f"checkpoint {config.checkpoint!r} was trained with other settings than this run "
+                              f"({describe(differ)}); give the same options, or no checkpoint to train a model")
     return ckpt["state_dict"]
 
 
@@ -178,7 +178,7 @@ def _run_seed(config: Config, seed: int, data: tuple, out: str, say, state: dict
                         seed=seed, epochs=config.epochs, **{k: getattr(config, k) for k in _TRAINED_WITH})
 
     t = time.perf_counter()
-    sel = select_verified(net, train_set, config.verified_size, method=config.selection, seed=seed, device=config.device,
+    sel = select_verified(net, train_set, config.verified_size, method=config.method, seed=seed, device=config.device,
                           num_workers=config.workers, progress=progress)
     timings["selection"] = time.perf_counter() - t
     corrected, report = verifix(

@@ -3,8 +3,8 @@
 Published recipe (docs/verifix.md, step 1): per class, the samples with the *lowest* input-loss
 curvature under the model trained on the noisy labels; memorised (flipped) labels sit in
 high-curvature regions, so low curvature ≈ clean. Any curvfast estimator can rank them
-(``method``: "auto"/"exact" trace, "hutchinson", "fd" as published, "zo", ...); "random" picks a
-class-balanced random subset (the published ablation). Classes come from the dataset's labels.
+(``method``: any name of ``curvfast.curvature.METHODS``: "auto"/"exact" trace, "hutchinson", "fd" as
+published, "zo", ...); "random" picks a class-balanced random subset (the published ablation). Classes come from the dataset's labels.
 """
 from __future__ import annotations
 
@@ -13,12 +13,17 @@ from dataclasses import dataclass
 import numpy as np
 from torch import nn
 
+import curvfast.curvature as curvature
 from curvfast.engine import score
+from curvfast.errors import ConfigError
 from curvfast.pipelines.common.data import dataset_labels
 
-__all__ = ["Selection", "select_verified", "SELECTION_METHODS"]
+__all__ = ["Selection", "select_verified", "selection_methods"]
 
-SELECTION_METHODS = ("auto", "exact", "sampled", "hutchinson", "fd", "zo", "random")
+
+def selection_methods() -> tuple[str, ...]:
+    """What can rank the verified set now: every estimator in ``curvfast.curvature.METHODS``, and ``random``."""
+    return (*curvature.METHODS, "random")
 
 
 @dataclass
@@ -52,8 +57,8 @@ def select_verified(
 ) -> Selection:
     """Class-balanced ``size`` samples of ``dataset`` with the lowest curvature per class (scored in
     batches of ``batch_size`` read by ``num_workers`` DataLoader workers)."""
-    if method not in SELECTION_METHODS:
-        raise ValueError(f"selection method must be one of {SELECTION_METHODS} (got {method!r})")
+    if method not in selection_methods():
+        raise ConfigError(f"selection method must be one of {', '.join(selection_methods())} (got {method!r})")
     labels = dataset_labels(dataset)
     if not isinstance(size, int) or not 1 <= size <= len(labels):
         raise ValueError(f"verified size must be an int in [1, {len(labels)}] (the dataset size) (got {size!r})")

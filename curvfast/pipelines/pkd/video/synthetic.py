@@ -19,7 +19,6 @@ generator version and its parameters; a second call loads it instead of regenera
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -29,6 +28,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from curvfast.io import atomic_write_bytes, write_json
+from curvfast.pipelines.common.cache import cached, settings_hash
 from curvfast.pipelines.pkd.video.codec import GOP_SIZE, decode_compressed, encode_clip
 from curvfast.pipelines.pkd.video.datasets import ClipSet, stratified_split
 from curvfast.pipelines.pkd.video.motion import CompressedRepresentation, compressed_representation
@@ -161,9 +161,28 @@ def render_clip(label: int, config: SyntheticConfig, rng: np.random.Generator, p
     return out
 
 
+def _settings(config: SyntheticConfig) -> dict:
+    """What the generated clips depend on (their cache folder is named by its hash)."""
+    return {"version": _VERSION, **asdict(config)}
+
+
 def _cache_dir(config: SyntheticConfig) -> str:
-    key = hashlib.sha256(json.dumps({"version": _VERSION, **asdict(config)}, sort_keys=True).encode()).hexdigest()[:12]
-    return os.path.join(cache_root(), "synthetic_actions", f"v{_VERSION}-{key}")
+    return os.path.join(cache_root(), "synthetic_actions", f"v{_VERSION}-{settings_hash(_settings(config))}")
+
+
+def _load(path: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """The cached clips and the settings recorded beside them (``config.json``)."""
+    with open(os.path.join(os.path.dirname(path), "config.json")) as f:
+        recorded = json.load(f)
+    with np.load(path) as f:
+        return recorded, {k: f[k] for k in f.files}
+
+
+def _save(path: str, data: dict[str, np.ndarray], settings: dict) -> None:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **data)
+    atomic_write_bytes(path, buf.getvalue())
+    write_json(os.path.join(os.path.dirname(path), "config.json"), {**settings, "classes": class_names()})
 
 
 def _generate(config: SyntheticConfig, progress: bool) -> dict[str, np.ndarray]:
@@ -188,17 +207,9 @@ def synthetic_actions(config: SyntheticConfig = SyntheticConfig(), progress: boo
     import sys
 
     config.validate()
-    folder = _cache_dir(config)
-    path = os.path.join(folder, "representations.npz")
-    if os.path.isfile(path):
-        with np.load(path) as f:
-            data = {k: f[k] for k in f.files}
-    else:
-        data = _generate(config, sys.stderr.isatty() if progress is None else progress)
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **data)
-        atomic_write_bytes(path, buf.getvalue())
-        write_json(os.path.join(folder, "config.json"), {"version": _VERSION, **asdict(config), "classes": class_names()})
+    path = os.path.join(_cache_dir(config), "representations.npz")
+    data, _ = cached(path, _settings(config), lambda: _generate(config, sys.stderr.isatty() if progress is None else progress),
+                     load=_load, save=_save)
     reps = [CompressedRepresentation(data["iframes"][i], data["mv"][i], data["residual"][i], data["iframe_mask"][i])
             for i in range(len(data["labels"]))]
     labels, is_test = data["labels"].astype(np.int64), data["is_test"]

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SINGLE_ATTACKS", "ENSEMBLE_RULES", "attack", "ensemble_pgd", "ensemble_direction", "pgd_linf"]
+__all__ = ["SINGLE_ATTACKS", "ENSEMBLE_RULES", "attack", "ensemble_pgd", "ensemble_direction", "pgd_linf", "input_grads",
+           "check_pgd_settings"]
 
 SINGLE_ATTACKS = ("pgd", "fgsm", "pgdl2", "cw")
 ENSEMBLE_RULES = ("sum", "vote", "agree")
@@ -36,7 +37,12 @@ def _check_images(x: torch.Tensor, y: torch.Tensor) -> None:
         raise ValueError(f"labels must have shape ({x.shape[0]},) (got {tuple(y.shape)})")
 
 
-def _check_eps(eps: float, step: float, steps: int) -> None:
+def check_pgd_settings(eps: float, step: float, steps: int) -> None:
+    """Refuse a PGD radius below 0, a step size that is not positive or fewer than one step.
+
+    Raises:
+        ValueError: naming the bad value.
+    """
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0 (got {eps})")
     if not step > 0 or steps < 1:
@@ -56,7 +62,7 @@ def attack(
     if name not in SINGLE_ATTACKS:
         raise ValueError(f"attack must be one of {SINGLE_ATTACKS} (got {name!r})")
     _check_images(x, y)
-    _check_eps(eps, step, steps)
+    check_pgd_settings(eps, step, steps)
     if eps == 0:
         return x.clone()
     if name == "pgd":
@@ -93,8 +99,18 @@ def ensemble_direction(grads: list[torch.Tensor], rule: str) -> torch.Tensor:
     return torch.where(agree, signs[0], torch.zeros_like(signs[0]))
 
 
-def _input_grads(members, x: torch.Tensor, y: torch.Tensor, sign: float = 1.0) -> list[torch.Tensor]:
-    """g_m = d (sign · CE(f_m(x), y)) / dx for each member (any callables returning logits)."""
+def input_grads(members, x: torch.Tensor, y: torch.Tensor, sign: float = 1.0) -> list[torch.Tensor]:
+    """The members' input gradients of the cross-entropy, :math:`g_m = \\partial (s \\cdot CE(f_m(x), y)) / \\partial x`.
+
+    Args:
+        members: callables returning logits (modules or wrapped modules).
+        x: the inputs (B, ...); a detached copy is differentiated.
+        y: the labels (B,).
+        sign: ``s``; -1 descends the loss (a targeted attack).
+
+    Returns:
+        One gradient per member, each shaped like ``x``.
+    """
     x = x.detach().requires_grad_(True)
     return [torch.autograd.grad(sign * F.cross_entropy(m(x), y), x)[0] for m in members]
 
@@ -117,11 +133,11 @@ def ensemble_pgd(
 ) -> torch.Tensor:
     """L-inf PGD against several models at once, each step along ``ensemble_direction(rule)``.
     Members are run in eval mode (their modes are restored); the random start is seeded by ``seed``.
-    As a torchattacks attack: ``curvfast.pipelines.transfer.torchattacks_api.EnsemblePGD``."""
+    As a torchattacks attack: ``curvfast.attacks.EnsemblePGD``."""
     if not members:
         raise ValueError("ensemble_pgd needs at least one member")
     _check_images(x, y)
-    _check_eps(eps, step, steps)
+    check_pgd_settings(eps, step, steps)
     ensemble_direction([x[:1]], rule)  # validates the rule before any work
     if eps == 0:
         return x.clone()
@@ -133,7 +149,7 @@ def ensemble_pgd(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
-                direction = lambda adv, yb=yb: ensemble_direction(_input_grads(members, adv, yb), rule)  # noqa: E731
+                direction = lambda adv, yb=yb: ensemble_direction(input_grads(members, adv, yb), rule)  # noqa: E731
                 out.append(pgd_linf(xb, direction, eps=eps, step=step, steps=steps, random_start=random_start))
     finally:
         for m, mode in zip(members, modes):

@@ -2,7 +2,7 @@
 
 Used like any torchattacks attack::
 
-    from curvfast.pipelines.transfer.torchattacks_api import EnsemblePGD
+    from curvfast.attacks import EnsemblePGD
     atk = EnsemblePGD([full_precision, one_bit, two_bit, halftone], eps=8/255, alpha=2/255, steps=10, rule="vote")
     atk.set_normalization_used(mean, std)          # members take normalised inputs
     adv = atk(images, labels)
@@ -12,7 +12,7 @@ handling (``set_model_training_mode``; eval by default), device, targeted modes
 (``set_mode_targeted_*``) and ``save`` work as for a single model; after each call every member is
 back in the mode its owner left it in. Each step follows
 ``ensemble_direction(rule)`` of the members' input gradients (``sum``, ``vote`` or ``agree``, see
-:mod:`curvfast.pipelines.transfer.attacks`), in torchattacks' PGD iteration; with one member every rule is
+:mod:`curvfast.attacks`), in torchattacks' PGD iteration; with one member every rule is
 exactly ``torchattacks.PGD``. Defaults are torchattacks' PGD defaults (the TREND study uses
 alpha = 0.01, steps = 40).
 """
@@ -24,8 +24,8 @@ import torch
 from torchattacks.attack import Attack
 from torch import nn
 
-from curvfast.pipelines.transfer.attacks import _check_eps, _input_grads, ensemble_direction, pgd_linf
-from curvfast.pipelines.transfer.ensemble import MajorityVote
+from .pgd import check_pgd_settings, ensemble_direction, input_grads, pgd_linf
+from .vote import MajorityVote
 
 __all__ = ["EnsemblePGD"]
 
@@ -37,7 +37,7 @@ class EnsemblePGD(Attack):
                  steps: int = 10, random_start: bool = True, rule: str = "sum"):
         model = members if isinstance(members, MajorityVote) else MajorityVote(list(members))
         super().__init__("EnsemblePGD", model)
-        _check_eps(eps, alpha, steps)
+        check_pgd_settings(eps, alpha, steps)
         ensemble_direction([torch.zeros(1)], rule)  # validates the rule
         self.eps, self.alpha, self.steps, self.random_start, self.rule = eps, alpha, steps, random_start, rule
         self.supported_mode = ["default", "targeted"]
@@ -67,6 +67,6 @@ class EnsemblePGD(Attack):
         members = [self._member_logits(m) for m in self.model.members]
 
         def direction(adv: torch.Tensor) -> torch.Tensor:
-            return ensemble_direction(_input_grads(members, adv, labels, sign), self.rule)
+            return ensemble_direction(input_grads(members, adv, labels, sign), self.rule)
 
         return pgd_linf(images, direction, eps=self.eps, step=self.alpha, steps=self.steps, random_start=self.random_start)
