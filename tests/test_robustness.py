@@ -25,6 +25,7 @@ from conftest import make_batch, make_model, reference_hessians
 from curvfast import ops
 from curvfast.cli import main
 from curvfast.data import DigitsDataset
+from curvfast.errors import NonFiniteError
 
 native = pytest.mark.skipif(not ops.native_available(), reason="native extension not built")
 C = torch.ops.curvfast if ops.native_available() else None
@@ -157,10 +158,11 @@ API_CASES = {
     "zo step 0": (_curv("gelu", method="zo", step=0.0), ValueError, "step must be a positive"),
     "fd step nan": (_curv("gelu", method="fd", step=float("nan")), ValueError, "step must be a positive"),
     "zo step -1e-3": (_curv("gelu", method="zo", step=-1e-3), ValueError, "step must be a positive"),
-    "NaN weight, hutchinson": (_curv(model=_nan_weight_model(), method="hutchinson", probes=2), ValueError,
+    "NaN weight, hutchinson": (_curv(model=_nan_weight_model(), method="hutchinson", probes=2), NonFiniteError,
                                "NaN or Inf in fc.weight"),
-    "NaN weight, fd": (_curv(model=_nan_weight_model(), method="fd"), ValueError, "NaN or Inf in fc.weight"),
-    "NaN weight, auto (not 'smooth pieces')": (_curv(model=_nan_weight_model()), ValueError, "NaN or Inf in fc.weight"),
+    "NaN weight, fd": (_curv(model=_nan_weight_model(), method="fd"), NonFiniteError, "NaN or Inf in fc.weight"),
+    "NaN weight, auto (not 'smooth pieces')": (_curv(model=_nan_weight_model()), NonFiniteError,
+                                               "NaN or Inf in fc.weight"),
     "float16 inputs and model": (_curv(model=make_model("pl_mlp", 10, dtype=torch.float16),
                                        batch=make_batch(3, dtype=torch.float16)), TypeError, "x is torch.float16"),
     "bfloat16 inputs and model": (_curv(model=make_model("pl_mlp", 10, dtype=torch.bfloat16),

@@ -24,6 +24,8 @@ import weakref
 
 import torch
 
+from ..errors import ConfigError
+
 MEASUREMENTS = 2
 CPU_ELEMENTS_PER_PASS = {"vjp": 16 * 3 * 32 * 32, "hvp": 80 * 3 * 32 * 32}
 GPU_ELEMENTS_PER_PASS = 2**26
@@ -33,7 +35,7 @@ def choose_pass_size(requested: int | None, total: int, batch: int, dim: int, de
     """``requested`` if given, else a default for the device and the pass ``kind`` ("vjp" or "hvp"); in [1, total]."""
     if requested is not None:
         if not isinstance(requested, int) or requested < 1:
-            raise ValueError(f"pass_size must be a positive int (got {requested!r})")
+            raise ConfigError(f"pass_size must be a positive int (got {requested!r})")
         return min(requested, max(1, total))
     budget = CPU_ELEMENTS_PER_PASS[kind] if device.type == "cpu" else GPU_ELEMENTS_PER_PASS
     size = budget // max(1, batch * dim)
@@ -78,7 +80,7 @@ class PassPlanner:
         that its first batch measured on rank 0 (or that its manifest recorded), so that every
         batch, rank and resumed run computes with the same width, hence the same bits."""
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise ValueError(f"width must be a positive int (got {width!r})")
+            raise ConfigError(f"width must be a positive int (got {width!r})")
         with self._lock:
             previous = self._pinned.get(owner)
             self._pinned[owner] = width

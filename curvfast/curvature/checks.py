@@ -7,9 +7,11 @@ import weakref
 import torch
 from torch import nn
 
+from ..errors import BatchDependentModelError, DataError, NonFiniteError, NotPiecewiseLinearError
 from .model import LogitFn, scoring_model
 
-__all__ = ["check_batch", "check_labels", "is_piecewise_linear", "graph_nodes"]
+__all__ = ["check_batch", "check_batch_independent", "check_labels", "is_piecewise_linear", "require_piecewise_linear",
+           "graph_nodes"]
 
 
 def check_batch(x, y, model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,34 +29,47 @@ def check_batch(x, y, model: nn.Module | None = None) -> tuple[torch.Tensor, tor
             "derivatives); convert with x = x.float() and model.float()"
         )
     if x.device.type == "meta":
-        raise ValueError("x is a meta tensor (a shape without data); pass real inputs on the cpu or a cuda device")
+        raise DataError("x is a meta tensor (a shape without data); pass real inputs on the cpu or a cuda device")
     x = x.detach()  # derivatives are taken with respect to x here, never through the caller's graph
     if x.dim() < 2:
-        raise ValueError(f"x must be batched with shape (B, ...), got shape {tuple(x.shape)}; add a batch dim with x.unsqueeze(0)")
+        raise DataError(f"x must be batched with shape (B, ...), got shape {tuple(x.shape)}; add a batch dim with x.unsqueeze(0)")
     if x.shape[0] == 0:
-        raise ValueError("x is an empty batch (B = 0); pass at least one sample")
+        raise DataError("x is an empty batch (B = 0); pass at least one sample")
     if not bool(torch.isfinite(x).all()):
         bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
-        raise ValueError(f"x contains NaN or Inf in sample(s) {bad.nonzero().flatten()[:10].tolist()}; clean the inputs first")
+        raise NonFiniteError(f"x contains NaN or Inf in sample(s) {bad.nonzero().flatten()[:10].tolist()}; clean the inputs first")
     if not isinstance(y, torch.Tensor):
         y = torch.as_tensor(y)
     if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
         raise TypeError(f"y must hold integer class labels (got {y.dtype}); convert with y.long()")
     if y.shape != (x.shape[0],):
-        raise ValueError(f"y must have shape (B,) = ({x.shape[0]},) to match x, got {tuple(y.shape)}")
+        raise DataError(f"y must have shape (B,) = ({x.shape[0]},) to match x, got {tuple(y.shape)}")
     if model is not None:
         param = next(model.parameters(), None)
         if param is not None and param.is_floating_point() and param.dtype != x.dtype:
             raise TypeError(f"x is {x.dtype} but the model's parameters are {param.dtype}; cast one to match (e.g. model.to({x.dtype}))")
         if param is not None and param.device != x.device:
-            raise ValueError(f"x is on {x.device} but the model is on {param.device}; move one with .to()")
+            raise DataError(f"x is on {x.device} but the model is on {param.device}; move one with .to()")
+        check_batch_independent(model)
     return x, y.to(device=x.device, dtype=torch.int64)
+
+
+def check_batch_independent(model: nn.Module) -> None:
+    """Refuse a model whose output for one sample depends on the rest of its batch (in eval mode)."""
+    bad = [f"{name} ({type(m).__name__})" for name, m in model.named_modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.running_mean is None or m.running_var is None)]
+    if bad:
+        raise BatchDependentModelError(
+            f"the model normalises with the batch's own statistics in {', '.join(bad[:5])}: a BatchNorm without "
+            "running statistics does so even in eval mode, so a sample's curvature would depend on the rest of its "
+            "batch; build it with track_running_stats=True (and train it), or use GroupNorm / LayerNorm"
+        )
 
 
 def check_labels(y: torch.Tensor, num_classes: int) -> None:
     """Refuse labels outside [0, num_classes), naming the range found."""
     if y.min() < 0 or y.max() >= num_classes:
-        raise ValueError(
+        raise DataError(
             f"labels must lie in [0, {num_classes}) for a model with {num_classes} outputs; "
             f"got labels from {int(y.min())} to {int(y.max())}"
         )
@@ -90,6 +105,17 @@ _FACTORS = {"MulBackward0": (0, 1), "MmBackward0": (0, 1), "BmmBackward0": (0, 1
 
 _DECIDED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()  # model -> (structure, answer)
 _DECIDED_LOCK = threading.Lock()
+
+
+def require_piecewise_linear(method: str, piecewise_linear: bool, accept_gauss_newton: bool = False) -> None:
+    """Refuse an estimator exact only for piecewise-linear nets on a smooth model, unless accepted."""
+    if not piecewise_linear and not accept_gauss_newton:
+        raise NotPiecewiseLinearError(
+            f"method={method!r} is exact only for piecewise-linear networks, and this model has smooth pieces "
+            "(GELU, SiLU, tanh, sigmoid, LayerNorm, attention ...): it would return the Gauss-Newton term "
+            "JᵀAJ, not the input Hessian. Use method='deflated' or 'hutchinson' for the true Hessian, or pass "
+            "accept_gauss_newton=True to get the Gauss-Newton value knowingly."
+        )
 
 
 def _structure(model: nn.Module) -> tuple:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
+from ..errors import ConfigError, UnsupportedModelError
 from .batching import choose_pass_size
 from .model import LogitFn, no_tf32
 
@@ -33,7 +34,7 @@ __all__ = ["fd_curvature", "fd_probe_terms", "zo_curvature"]
 
 def _check_step(step) -> None:
     if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step) or step <= 0:
-        raise ValueError(f"step must be a positive finite number, the finite-difference step h (got {step!r}); "
+        raise ConfigError(f"step must be a positive finite number, the finite-difference step h (got {step!r}); "
                          "the published estimators use 1e-3")
 
 
@@ -116,7 +117,7 @@ def zo_curvature(
 def _checked_losses(loss_fn, x, y) -> torch.Tensor:
     out = loss_fn(x, y)
     if not isinstance(out, torch.Tensor) or out.shape != (x.shape[0],):
-        raise ValueError(
+        raise UnsupportedModelError(
             "the loss oracle must return per-sample losses of shape (B,) "
             f"= ({x.shape[0]},); got {getattr(out, 'shape', type(out).__name__)}"
         )

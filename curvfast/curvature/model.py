@@ -12,6 +12,8 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from ..errors import NonFiniteError, UnsupportedModelError
+
 __all__ = ["unwrap_model", "scoring_mode", "scoring_model", "shared_copy", "reused_copy", "check_finite_model",
            "without_wrapper_hooks", "LogitFn", "no_tf32"]
 
@@ -218,7 +220,7 @@ def check_finite_model(model: nn.Module) -> None:
     finite = torch.stack([torch.isfinite(t).all().to(floating[0][1].device) for _, t in floating]).tolist()
     bad = [name for (name, _), ok in zip(floating, finite) if not ok]
     if bad:
-        raise ValueError(
+        raise NonFiniteError(
             f"the model holds NaN or Inf in {', '.join(bad[:5])}: the checkpoint is corrupt or its training "
             "diverged; retrain or load other weights"
         )
@@ -264,13 +266,13 @@ class LogitFn:
         if self.output_transform is not None:
             out = self.output_transform(out)
         if not isinstance(out, torch.Tensor):
-            raise TypeError(
+            raise UnsupportedModelError(
                 f"the model returned a {type(out).__name__}, not a logits tensor; pass "
                 "output_transform=... that picks the logits (e.g. output_transform=lambda out: out[0] "
                 "or lambda out: out['logits'])"
             )
         if out.dim() != 2 or out.shape[0] != x.shape[0]:
-            raise ValueError(
+            raise UnsupportedModelError(
                 f"the model must return logits of shape (B, C) = ({x.shape[0]}, C); got {tuple(out.shape)}. "
                 "Use output_transform to reshape or select them."
             )
