@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import curvfast
+from curvfast.errors import NonFiniteError
 from conftest import make_batch, make_model
 
 
@@ -27,10 +28,11 @@ API_CASES = {
     "zo step 0": (_curv("gelu", method="zo", step=0.0), ValueError, "step must be a positive"),
     "fd step nan": (_curv("gelu", method="fd", step=float("nan")), ValueError, "step must be a positive"),
     "zo step -1e-3": (_curv("gelu", method="zo", step=-1e-3), ValueError, "step must be a positive"),
-    "NaN weight, hutchinson": (_curv(model=_nan_weight_model(), method="hutchinson", probes=2), ValueError,
+    "NaN weight, hutchinson": (_curv(model=_nan_weight_model(), method="hutchinson", probes=2), NonFiniteError,
                                "NaN or Inf in fc.weight"),
-    "NaN weight, fd": (_curv(model=_nan_weight_model(), method="fd"), ValueError, "NaN or Inf in fc.weight"),
-    "NaN weight, auto (not 'smooth pieces')": (_curv(model=_nan_weight_model()), ValueError, "NaN or Inf in fc.weight"),
+    "NaN weight, fd": (_curv(model=_nan_weight_model(), method="fd"), NonFiniteError, "NaN or Inf in fc.weight"),
+    "NaN weight, auto (not 'smooth pieces')": (_curv(model=_nan_weight_model()), NonFiniteError,
+                                               "NaN or Inf in fc.weight"),
     "float16 inputs and model": (_curv(model=make_model("pl_mlp", 10, dtype=torch.float16),
                                        batch=make_batch(3, dtype=torch.float16)), TypeError, "x is torch.float16"),
     "bfloat16 inputs and model": (_curv(model=make_model("pl_mlp", 10, dtype=torch.bfloat16),

@@ -5,6 +5,8 @@ from torch import nn
 
 import curvfast
 from conftest import make_batch, make_model, reference_hessians
+from curvfast.curvature.checks import require_piecewise_linear
+from curvfast.errors import NonFiniteError, NotPiecewiseLinearError
 
 
 @pytest.mark.parametrize("kind", ["pl_residual", "pl_mlp"])
@@ -81,8 +83,12 @@ def test_fp32_double_backward_is_the_inaccurate_baseline():
 def test_exact_refuses_smooth_models_unless_gauss_newton_accepted(kind):
     model = make_model(kind, 10)
     x, y = make_batch(3, 10)
-    with pytest.raises(ValueError, match="accept_gauss_newton"):
+    with pytest.raises(NotPiecewiseLinearError, match="accept_gauss_newton"):
         curvfast.input_curvature(model, x, y, method="exact")
+    with pytest.raises(NotPiecewiseLinearError, match="accept_gauss_newton=True"):
+        require_piecewise_linear("exact", piecewise_linear=False)
+    require_piecewise_linear("exact", piecewise_linear=False, accept_gauss_newton=True)
+    require_piecewise_linear("exact", piecewise_linear=True)
     gn = curvfast.input_curvature(model, x, y, method="exact", accept_gauss_newton=True).value
     # Gauss-Newton reference: tr(Jᵀ A J) from the full Jacobian.
     jac = torch.func.vmap(torch.func.jacrev(lambda xb: model(xb.unsqueeze(0))[0]))(x).reshape(3, 10, -1)
@@ -185,5 +191,5 @@ def test_finite_weights_check_reruns_after_an_in_place_change():
     curvfast.input_curvature(model, x, y, method="exact")  # passes, and is remembered
     with torch.no_grad():
         model[1].weight[0, 0] = float("nan")
-    with pytest.raises(ValueError, match=r"NaN or Inf in 1\.weight"):
+    with pytest.raises(NonFiniteError, match=r"NaN or Inf in 1\.weight"):
         curvfast.input_curvature(model, x, y, method="exact")

@@ -9,6 +9,7 @@ import curvfast
 from conftest import reference_hessians
 from curvfast.curvature.folding import fold_batchnorms, foldable_pairs
 from curvfast.curvature.model import scoring_model
+from curvfast.errors import BatchDependentModelError
 
 
 class Mixed(nn.Module):
@@ -68,6 +69,14 @@ def test_a_batchnorm_on_batch_statistics_does_not_fold():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False), nn.Flatten()).double().eval()
     _, pairs = _pairs(model, _x())
     assert pairs == ()
+
+
+@pytest.mark.parametrize("method", ["auto", "hutchinson", "fd"])
+def test_a_model_normalising_with_batch_statistics_is_refused(method):
+    # eval mode does not help: without running statistics BatchNorm always uses the batch's own
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, track_running_stats=False), nn.Flatten()).double().eval()
+    with pytest.raises(BatchDependentModelError, match=r"1 \(BatchNorm2d\).*track_running_stats=True"):
+        curvfast.input_curvature(model, _x(), torch.zeros(4, dtype=torch.long), method=method, probes=2)
 
 
 class ReadsItsBatchNorm(nn.Module):

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 import curvfast
 from conftest import make_batch, make_model, reference_hessians
+from curvfast.errors import ConfigError, UnsupportedModelError
 
 
 @pytest.mark.parametrize("kind", ["gelu", "tanh"])
@@ -85,6 +86,22 @@ def test_fd_and_zo_refuse_to_call_themselves_the_trace():
     x, y = make_batch(2, 10)
     with pytest.raises(ValueError, match="not 'trace'"):
         curvfast.input_curvature(model, x, y, method="fd", statistic="trace")
+
+
+@pytest.mark.parametrize("method", ["fd", "zo"])
+def test_out_of_range_step_and_pass_size_are_config_errors(method):
+    model = make_model("gelu", 10)
+    x, y = make_batch(2, 10)
+    with pytest.raises(ConfigError, match="step must be a positive finite number"):
+        curvfast.input_curvature(model, x, y, method=method, step=0.0)
+    with pytest.raises(ConfigError, match="pass_size must be a positive int"):
+        curvfast.input_curvature(model, x, y, method=method, pass_size=0)
+
+
+def test_a_loss_oracle_with_the_wrong_shape_is_an_unsupported_model():
+    x, y = make_batch(2, 10)
+    with pytest.raises(UnsupportedModelError, match=r"per-sample losses of shape \(B,\)"):
+        curvfast.input_curvature(lambda xb, yb: xb.sum(), x, y, method="zo")
 
 
 def test_fd_crosses_relu_kinks():

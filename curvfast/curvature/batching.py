@@ -13,7 +13,8 @@ depends on the model, the input size and the device. One thread on this CPU, 9 c
 one forward: CIFAR ResNet-18 at batch 16 took 0.87 s as a plain loop and 0.95 / 1.38 / 1.41 s in
 batched passes of 2 / 3 / 9; the digits CNN at batch 16 took 4.4 ms looped and 4.7 ms in passes
 of 3 or 9, while at batch 64 passes of 4 measured faster than the loop. :class:`PassPlanner` measures
-instead: the first call for a (model, shape, dtype, device) key times each candidate width on its own graph, and the run keeps the fastest.
+instead: the first call for a (model, shape, dtype, device) key times each candidate width on its own
+graph, and the run keeps the fastest.
 """
 from __future__ import annotations
 
@@ -21,19 +22,39 @@ import contextlib
 import threading
 import time
 import weakref
+from typing import Callable, Iterator
 
 import torch
+
+from ..errors import ConfigError
 
 MEASUREMENTS = 2
 CPU_ELEMENTS_PER_PASS = {"vjp": 16 * 3 * 32 * 32, "hvp": 80 * 3 * 32 * 32}
 GPU_ELEMENTS_PER_PASS = 2**26
 
 
-def choose_pass_size(requested: int | None, total: int, batch: int, dim: int, device: torch.device, kind: str = "vjp") -> int:
-    """``requested`` if given, else a default for the device and the pass ``kind`` ("vjp" or "hvp"); in [1, total]."""
+def choose_pass_size(requested: int | None, total: int, batch: int, dim: int, device: torch.device,
+                     kind: str = "vjp") -> int:
+    """How many classes or probes go through one batched pass.
+
+    Args:
+        requested: the caller's ``pass_size``; None: a default from the element budget of the device
+            (``CPU_ELEMENTS_PER_PASS[kind]`` or ``GPU_ELEMENTS_PER_PASS``) over ``batch * dim``.
+        total: the classes or probes to pass in all.
+        batch: samples in the batch B.
+        dim: input elements per sample D.
+        device: where the passes run.
+        kind: ``"vjp"`` (class VJPs, fd and zo probes) or ``"hvp"`` (Hessian-vector products).
+
+    Returns:
+        The pass size, in ``[1, max(1, total)]``.
+
+    Raises:
+        ConfigError: ``requested`` is not a positive int.
+    """
     if requested is not None:
         if not isinstance(requested, int) or requested < 1:
-            raise ValueError(f"pass_size must be a positive int (got {requested!r})")
+            raise ConfigError(f"pass_size must be a positive int (got {requested!r})")
         return min(requested, max(1, total))
     budget = CPU_ELEMENTS_PER_PASS[kind] if device.type == "cpu" else GPU_ELEMENTS_PER_PASS
     size = budget // max(1, batch * dim)
@@ -52,12 +73,11 @@ def _candidates(largest: int) -> list[int]:
 class PassPlanner:
     """Choose a pass width by measurement, once per key, and remember it for the run.
 
-    ``width(owner, key, total, largest, trial, device)``: on the first call for ``key``, runs
-    ``trial(w)`` (one pass of width w on the caller's real graph, result discarded) once to warm
-    up, then twice for each candidate width 1, 4, 16, ... up to ``largest`` and ``total``, and keeps
-    the width with the least seconds per item (the smaller of its two timings). Later calls reuse
-    it, so every call of a run computes with the same width and gives the same bits. ``owner``
-    (the model) is held weakly.
+    On the first :meth:`width` call for a key, runs ``trial(w)`` (one pass of width w on the caller's
+    real graph, result discarded) once to warm up, then twice for each candidate width 1, 4, 16, ... up
+    to ``largest`` and ``total``, and keeps the width with the least seconds per item (the smaller of
+    its two timings). Later calls reuse it, so every call of a run computes with the same width and
+    gives the same bits. ``owner`` (the model) is held weakly.
     """
 
     def __init__(self):
@@ -65,20 +85,47 @@ class PassPlanner:
         self._pinned: "weakref.WeakKeyDictionary[object, int]" = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()  # one calibration per key, also when threads score at once
 
-    def width(self, owner, key: tuple, total: int, largest: int, trial, device: torch.device) -> int:
+    def width(self, owner: object, key: tuple, total: int, largest: int, trial: Callable[[int], object],
+              device: torch.device) -> int:
+        """The pass width for ``key``: pinned, settled earlier, or measured now.
+
+        Args:
+            owner: the caller's model (held weakly): what choices and pins belong to.
+            key: what the best width depends on, e.g. (input shape, classes, dtype, device).
+            total: the items (classes) to pass in all.
+            largest: the widest candidate (the element budget of :func:`choose_pass_size`).
+            trial: runs one pass of the width it is given, on the caller's real graph.
+            device: where the passes run (CUDA is synchronised around each timing).
+
+        Returns:
+            The width, in ``[1, max(1, total)]``.
+        """
         with self._lock:
             if owner in self._pinned:
                 return max(1, min(self._pinned[owner], total))
             return self._width(owner, key, total, largest, trial, device)
 
     @contextlib.contextmanager
-    def pinned(self, owner, width: int):
-        """Within the block, every pass for ``owner`` has ``width`` items (fewer when there are
-        fewer), whatever the key, and nothing is calibrated. A dataset scoring run pins the width
-        that its first batch measured on rank 0 (or that its manifest recorded), so that every
-        batch, rank and resumed run computes with the same width, hence the same bits."""
+    def pinned(self, owner: object, width: int) -> Iterator[None]:
+        """Within the block, every pass for ``owner`` has ``width`` items, and nothing is calibrated.
+
+        Fewer items when there are fewer, whatever the key. A dataset scoring run pins the width that
+        its first batch measured on rank 0 (or that its manifest recorded), so that every batch, rank
+        and resumed run computes with the same width, hence the same bits. Blocks nest: the previous
+        pin comes back on exit.
+
+        Args:
+            owner: the caller's model (held weakly).
+            width: items per pass.
+
+        Yields:
+            None, with the width pinned.
+
+        Raises:
+            ConfigError: ``width`` is not a positive int.
+        """
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise ValueError(f"width must be a positive int (got {width!r})")
+            raise ConfigError(f"width must be a positive int (got {width!r})")
         with self._lock:
             previous = self._pinned.get(owner)
             self._pinned[owner] = width
@@ -91,7 +138,8 @@ class PassPlanner:
                 else:
                     self._pinned[owner] = previous
 
-    def _width(self, owner, key: tuple, total: int, largest: int, trial, device: torch.device) -> int:
+    def _width(self, owner: object, key: tuple, total: int, largest: int, trial: Callable[[int], object],
+               device: torch.device) -> int:
         choices = self._choices.setdefault(owner, {})
         if key not in choices:
             widths = _candidates(max(1, min(largest, total)))
@@ -103,12 +151,20 @@ class PassPlanner:
                 choices[key] = widths[0]
         return choices[key]
 
-    def choice(self, owner, key: tuple) -> int | None:
-        """The width settled on for ``key``, or None before its first use."""
+    def choice(self, owner: object, key: tuple) -> int | None:
+        """The width settled on for ``key``.
+
+        Args:
+            owner: the caller's model.
+            key: as given to :meth:`width`.
+
+        Returns:
+            The width measured for ``key``, or None before its first use (pins are not choices).
+        """
         return self._choices.get(owner, {}).get(key)
 
 
-def _seconds(trial, width: int, device: torch.device) -> float:
+def _seconds(trial: Callable[[int], object], width: int, device: torch.device) -> float:
     _sync(device)
     start = time.perf_counter()
     trial(width)

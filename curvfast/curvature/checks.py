@@ -3,17 +3,39 @@ from __future__ import annotations
 
 import threading
 import weakref
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 
+from ..errors import BatchDependentModelError, DataError, NonFiniteError, NotPiecewiseLinearError
 from .model import LogitFn, scoring_model
 
-__all__ = ["check_batch", "check_labels", "is_piecewise_linear", "graph_nodes"]
+__all__ = ["check_batch", "check_batch_independent", "check_labels", "is_piecewise_linear", "require_piecewise_linear",
+           "graph_nodes"]
 
 
-def check_batch(x, y, model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate a batch; return ``(x, y)`` with ``y`` as int64 on ``x``'s device."""
+def check_batch(x: torch.Tensor, y: torch.Tensor | Sequence[int],
+                model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate a batch of inputs and labels (and that it fits ``model``).
+
+    Args:
+        x: inputs (B, ...), float32 or float64, finite, on a real device.
+        y: integer class labels (B,), a tensor or anything ``torch.as_tensor`` takes.
+        model: the model the batch is for: its parameters' dtype and device must match ``x``, and it must not
+            normalise with batch statistics (see :func:`check_batch_independent`). None: not checked.
+
+    Returns:
+        ``(x, y)``: ``x`` detached, ``y`` as int64 on ``x``'s device.
+
+    Raises:
+        TypeError: ``x`` is not a floating-point tensor of float32 / float64, ``y`` does not hold integers, or
+            the model's parameters have another dtype.
+        DataError: ``x`` is a meta tensor, unbatched or empty, ``y`` has another length, or the model is on
+            another device.
+        NonFiniteError: ``x`` holds NaN or Inf (the message names the samples).
+        BatchDependentModelError: the model normalises with the batch's own statistics.
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor of inputs (B, ...), got {type(x).__name__}")
     if not x.is_floating_point():
@@ -27,34 +49,69 @@ def check_batch(x, y, model: nn.Module | None = None) -> tuple[torch.Tensor, tor
             "derivatives); convert with x = x.float() and model.float()"
         )
     if x.device.type == "meta":
-        raise ValueError("x is a meta tensor (a shape without data); pass real inputs on the cpu or a cuda device")
+        raise DataError("x is a meta tensor (a shape without data); pass real inputs on the cpu or a cuda device")
     x = x.detach()  # derivatives are taken with respect to x here, never through the caller's graph
     if x.dim() < 2:
-        raise ValueError(f"x must be batched with shape (B, ...), got shape {tuple(x.shape)}; add a batch dim with x.unsqueeze(0)")
+        raise DataError(f"x must be batched with shape (B, ...), got shape {tuple(x.shape)}; "
+                        "add a batch dim with x.unsqueeze(0)")
     if x.shape[0] == 0:
-        raise ValueError("x is an empty batch (B = 0); pass at least one sample")
+        raise DataError("x is an empty batch (B = 0); pass at least one sample")
     if not bool(torch.isfinite(x).all()):
         bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
-        raise ValueError(f"x contains NaN or Inf in sample(s) {bad.nonzero().flatten()[:10].tolist()}; clean the inputs first")
+        raise NonFiniteError(f"x contains NaN or Inf in sample(s) {bad.nonzero().flatten()[:10].tolist()}; "
+                             "clean the inputs first")
     if not isinstance(y, torch.Tensor):
         y = torch.as_tensor(y)
     if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
         raise TypeError(f"y must hold integer class labels (got {y.dtype}); convert with y.long()")
     if y.shape != (x.shape[0],):
-        raise ValueError(f"y must have shape (B,) = ({x.shape[0]},) to match x, got {tuple(y.shape)}")
+        raise DataError(f"y must have shape (B,) = ({x.shape[0]},) to match x, got {tuple(y.shape)}")
     if model is not None:
         param = next(model.parameters(), None)
         if param is not None and param.is_floating_point() and param.dtype != x.dtype:
-            raise TypeError(f"x is {x.dtype} but the model's parameters are {param.dtype}; cast one to match (e.g. model.to({x.dtype}))")
+            raise TypeError(f"x is {x.dtype} but the model's parameters are {param.dtype}; cast one to match "
+                            f"(e.g. model.to({x.dtype}))")
         if param is not None and param.device != x.device:
-            raise ValueError(f"x is on {x.device} but the model is on {param.device}; move one with .to()")
+            raise DataError(f"x is on {x.device} but the model is on {param.device}; move one with .to()")
+        check_batch_independent(model)
     return x, y.to(device=x.device, dtype=torch.int64)
 
 
+def check_batch_independent(model: nn.Module) -> None:
+    """Refuse a model whose output for one sample depends on the rest of its batch.
+
+    Models are scored in eval mode, where a BatchNorm with running statistics is a fixed affine map per
+    channel; one built with ``track_running_stats=False`` has none and normalises with the batch's own
+    mean and variance even then.
+
+    Args:
+        model: the (unwrapped) model to score.
+
+    Raises:
+        BatchDependentModelError: a BatchNorm has no running statistics (the message names up to five).
+    """
+    bad = [f"{name} ({type(m).__name__})" for name, m in model.named_modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.running_mean is None or m.running_var is None)]
+    if bad:
+        raise BatchDependentModelError(
+            f"the model normalises with the batch's own statistics in {', '.join(bad[:5])}: a BatchNorm without "
+            "running statistics does so even in eval mode, so a sample's curvature would depend on the rest of its "
+            "batch; build it with track_running_stats=True (and train it), or use GroupNorm / LayerNorm"
+        )
+
+
 def check_labels(y: torch.Tensor, num_classes: int) -> None:
-    """Refuse labels outside [0, num_classes), naming the range found."""
+    """Refuse labels outside ``[0, num_classes)``.
+
+    Args:
+        y: integer class labels (B,).
+        num_classes: the model's number of logits C.
+
+    Raises:
+        DataError: a label lies outside ``[0, num_classes)`` (the message names the range found).
+    """
     if y.min() < 0 or y.max() >= num_classes:
-        raise ValueError(
+        raise DataError(
             f"labels must lie in [0, {num_classes}) for a model with {num_classes} outputs; "
             f"got labels from {int(y.min())} to {int(y.max())}"
         )
@@ -92,14 +149,39 @@ _DECIDED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDiction
 _DECIDED_LOCK = threading.Lock()
 
 
+def require_piecewise_linear(method: str, piecewise_linear: bool, accept_gauss_newton: bool = False) -> None:
+    r"""Refuse an estimator that is exact only for piecewise-linear networks on a smooth model.
+
+    Such estimators (``exact``, ``sampled``) compute the Gauss-Newton term of the input Hessian; on a
+    smooth model they would miss the residual :math:`\sum_c g_c \nabla_x^2 z_c` (see :mod:`.deflated`).
+
+    Args:
+        method: the estimator's name, for the message.
+        piecewise_linear: the answer of :func:`is_piecewise_linear` for the model.
+        accept_gauss_newton: the caller asked for the Gauss-Newton value knowingly: nothing is refused.
+
+    Raises:
+        NotPiecewiseLinearError: the model is smooth and ``accept_gauss_newton`` is False.
+    """
+    if not piecewise_linear and not accept_gauss_newton:
+        raise NotPiecewiseLinearError(
+            f"method={method!r} is exact only for piecewise-linear networks, and this model has smooth pieces "
+            "(GELU, SiLU, tanh, sigmoid, LayerNorm, attention ...): it would return the Gauss-Newton term "
+            "JᵀAJ, not the input Hessian. Use method='deflated' or 'hutchinson' for the true Hessian, or pass "
+            "accept_gauss_newton=True to get the Gauss-Newton value knowingly."
+        )
+
+
 def _structure(model: nn.Module) -> tuple:
-    """What the decision depends on besides the weights: every submodule's name, object and
-    class, and any forward replaced on an instance."""
+    """What the decision depends on besides the weights.
+
+    Every submodule's name, object and class, and any forward replaced on an instance.
+    """
     return tuple((name, id(m), type(m), id(m.__dict__.get("forward"))) for name, m in model.named_modules())
 
 
 def is_piecewise_linear(logit_fn: LogitFn, x: torch.Tensor, model: nn.Module | None = None) -> bool:
-    """True when the logits' second derivative w.r.t. the input vanishes at every sample of ``x``.
+    """Whether the logits' second derivative w.r.t. the input vanishes at every sample of ``x``.
 
     The model is judged in eval mode. Decided, in order, by:
 
@@ -117,6 +199,18 @@ def is_piecewise_linear(logit_fn: LogitFn, x: torch.Tensor, model: nn.Module | N
     ``logit_fn.model``) until its modules change; "piecewise linear" from 3 holds for these
     samples only and is re-checked on every batch. Not seen: an op reached only through Python
     control flow that depends on the input values and that this batch does not take.
+
+    Args:
+        logit_fn: the logits of the model to judge.
+        x: the batch (B, ...) the answer is for.
+        model: the model the answer is remembered for; default ``logit_fn.model``.
+
+    Returns:
+        True when the network is piecewise linear at every sample of ``x`` (so the input Hessian of the
+        cross-entropy is exactly the Gauss-Newton matrix and ``exact`` applies), False otherwise.
+
+    Raises:
+        RuntimeError: the model fails on ``x`` for another reason than a missing double-backward formula.
     """
     model = logit_fn.model if model is None else model
     structure = _structure(model)
@@ -135,9 +229,11 @@ def is_piecewise_linear(logit_fn: LogitFn, x: torch.Tensor, model: nn.Module | N
 
 
 def _graph_answer(logit_fn: LogitFn, x: torch.Tensor) -> bool | None:
-    """True if every autograd node between ``x`` and the logits is piecewise linear in x,
-    False for a product of x-dependent factors or training-mode BatchNorm, None for a node
-    outside ``PL_NODES`` (undecided)."""
+    """Judge the autograd graph from ``x`` to the logits (step 2 of :func:`is_piecewise_linear`).
+
+    True if every node is piecewise linear in x, False for a product of x-dependent factors or
+    training-mode BatchNorm, None for a node outside ``PL_NODES`` (undecided).
+    """
     xs = x.detach().requires_grad_(True)
     with scoring_model(logit_fn.model) as frozen, torch.enable_grad():  # only x may be a live leaf
         z = LogitFn(frozen, logit_fn.output_transform)(xs)
@@ -154,8 +250,15 @@ def _graph_answer(logit_fn: LogitFn, x: torch.Tensor) -> bool | None:
     return True
 
 
-def graph_nodes(root):
-    """Every autograd node reachable from ``root`` (a ``grad_fn``; None: none), each once, depth first."""
+def graph_nodes(root: torch.autograd.graph.Node | None) -> Iterator[torch.autograd.graph.Node]:
+    """Every autograd node reachable from ``root``, each once, depth first.
+
+    Args:
+        root: a ``grad_fn`` (None: a tensor without a graph, no nodes).
+
+    Yields:
+        Each node reachable through ``next_functions``, ``root`` first.
+    """
     stack, seen = [root], set()
     while stack:
         node = stack.pop()
@@ -167,8 +270,10 @@ def graph_nodes(root):
 
 
 def _vanishing_second_derivative(logit_fn: LogitFn, x: torch.Tensor) -> bool:
-    """Whether ∇²(uᵀz)·v is exactly zero at every sample of ``x`` (random u, v; step 3 of
-    :func:`is_piecewise_linear`); False when an op has no double-backward formula."""
+    """Whether ∇²(uᵀz)·v is exactly zero at every sample of ``x``.
+
+    Random u, v (step 3 of :func:`is_piecewise_linear`); False when an op has no double-backward formula.
+    """
     gen = torch.Generator().manual_seed(0)
     xs = x.detach().clone().requires_grad_(True)
     try:
@@ -188,5 +293,12 @@ def _vanishing_second_derivative(logit_fn: LogitFn, x: torch.Tensor) -> bool:
 
 
 def is_missing_second_derivative(err: BaseException) -> bool:
-    """Whether ``err`` is autograd's "derivative for <op> is not implemented"."""
+    """Whether ``err`` is autograd's "derivative for <op> is not implemented".
+
+    Args:
+        err: an exception raised while differentiating.
+
+    Returns:
+        True when it says an op has no (double-)backward formula.
+    """
     return "derivative for" in str(err) and "not implemented" in str(err)

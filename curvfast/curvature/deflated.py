@@ -1,22 +1,28 @@
-"""Smooth models: the exact Gauss-Newton trace plus the residual's trace, deflated on the
-Gauss-Newton range (the ``"deflated"`` method, what ``auto`` runs for smooth models).
+r"""Smooth models: the exact Gauss-Newton trace plus the residual's trace, deflated on the Gauss-Newton range.
 
-For any twice-differentiable network the input Hessian of the cross-entropy splits as
+This is the ``"deflated"`` method, what ``auto`` runs for smooth models. For any twice-differentiable
+network the input Hessian of the cross-entropy splits as
 
-    H = JᵀAJ + R,   R = Σ_c g_c ∇²_x z_c,   g = ∂L/∂z = p − e_y  (held fixed).
+.. math::
 
-1. tr(JᵀAJ) comes exactly from the logit-space factor (C − 1 VJPs; for C > 100 the top classes
-   exactly and a sampled tail), which also yields the factor M with JᵀAJ = MᵀM.
-2. Q (D x K, orthonormal) spans the top-K eigendirections of JᵀAJ, from the K x K Gram MMᵀ (no
-   extra pass). For any orthonormal Q, with P = I − QQᵀ,
+    H = J^\top A J + R, \qquad R = \sum_c g_c \nabla_x^2 z_c, \qquad
+    g = \frac{\partial L}{\partial z} = p - e_y \quad \text{(held fixed).}
 
-       tr(R) = tr(QᵀRQ) + tr(PRP):
+1. :math:`\operatorname{tr}(J^\top A J)` comes exactly from the logit-space factor (C − 1 VJPs; for
+   C > 100 the top classes exactly and a sampled tail), which also yields the factor M with
+   :math:`J^\top A J = M^\top M`.
+2. Q (D x K, orthonormal) spans the top-K eigendirections of :math:`J^\top A J`, from the K x K Gram
+   :math:`M M^\top` (no extra pass). For any orthonormal Q, with :math:`P = I - Q Q^\top`,
 
-   the first term exactly from K HVPs of R, the second by Hutchinson (1970) with projected
-   probes w = Pω (E[wwᵀ] = P for Rademacher or Gaussian ω), whose sample variance gives the
-   standard error. Q does not depend on ω, so the estimate is unbiased (as in Hutch++, Meyer
-   et al. 2021, which deflates with a random sketch of H; here the sketch is the Gauss-Newton
-   range, which costs VJPs instead of HVPs).
+   .. math::
+
+       \operatorname{tr}(R) = \operatorname{tr}(Q^\top R Q) + \operatorname{tr}(P R P):
+
+   the first term exactly from K HVPs of R, the second by Hutchinson (1989) with projected
+   probes :math:`w = P\omega` (:math:`\mathbb{E}[w w^\top] = P` for Rademacher or Gaussian ω), whose
+   sample variance gives the standard error. Q does not depend on ω, so the estimate is unbiased (as
+   in Hutch++, Meyer, Musco, Musco and Woodruff, SOSA 2021, which deflates with a random sketch of H;
+   here the sketch is the Gauss-Newton range, which costs VJPs instead of HVPs).
 3. When D ≤ K + probes the same identity is used with Q = I: D HVPs, no probes, exact.
 
 Why this split: on a GELU / LayerNorm / tanh MLP trained on digits (float64 Hessians of 6
@@ -29,8 +35,8 @@ loss). At high loss, e.g. an untrained model, R can dominate and partly cancel J
 split's spread can equal or exceed plain Hutchinson's at equal HVPs (seen on the tests' random
 attention model at loss ≈ 2.7). The standard error reports it either way.
 
-HVPs of R are HVPs of s(x) = Σ_b g_bᵀ z_b(x) with g detached and formed through log-softmax
-(g_y = expm1(log p_y)); with the Gauss-Newton part from log-softmax too, fp32 keeps its relative
+HVPs of R are HVPs of :math:`s(x) = \sum_b g_b^\top z_b(x)` with g detached and formed through log-softmax
+(:math:`g_y = \operatorname{expm1}(\log p_y)`); with the Gauss-Newton part from log-softmax too, fp32 keeps its relative
 accuracy at tiny loss, where an fp32 HVP of the loss itself rounds p_y to 1 and cancels. For a
 piecewise-linear net autograd gives R = 0 exactly, and the result equals ``exact``.
 """
@@ -47,7 +53,20 @@ __all__ = ["deflated_curvature"]
 
 
 def loss_gradient_logits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """g = ∂L/∂z = softmax(z) − e_y with g_y = expm1(log p_y), accurate when p_y ≈ 1."""
+    r"""The cross-entropy's gradient in logit space, accurate when :math:`p_y \approx 1`.
+
+    .. math::
+
+        g = \frac{\partial L}{\partial z} = \operatorname{softmax}(z) - e_y, \qquad
+        g_y = \operatorname{expm1}(\log p_y).
+
+    Args:
+        logits: the logits z (B, C).
+        y: int64 labels (B,).
+
+    Returns:
+        g (B, C), in the logits' dtype (computed in float64).
+    """
     log_p = torch.log_softmax(logits.double(), dim=1)
     g = log_p.exp()
     g.scatter_(1, y[:, None], torch.expm1(log_p.gather(1, y[:, None])))
@@ -55,7 +74,17 @@ def loss_gradient_logits(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def gauss_newton_basis(factor: torch.Tensor, rank: int) -> torch.Tensor:
-    """Orthonormal (B, K, D) rows spanning the top-``rank`` eigendirections of MᵀM, M = ``factor``."""
+    r"""An orthonormal basis of the top eigendirections of the Gauss-Newton matrix :math:`M^\top M`.
+
+    Computed from the small Gram matrix :math:`M M^\top`: no pass through the model.
+
+    Args:
+        factor: M (B, n, D), one row :math:`\sqrt{w_c} v_c` per class (see :mod:`.logit_space`).
+        rank: K, the eigendirections kept (at most n).
+
+    Returns:
+        Orthonormal rows (B, K, D) spanning the top-K eigendirections of :math:`M^\top M`.
+    """
     gram = torch.bmm(factor, factor.transpose(1, 2))
     _, vecs = torch.linalg.eigh(gram)
     top = vecs[:, :, -rank:]  # (B, n, K): eigenvectors of the K largest eigenvalues
@@ -77,14 +106,41 @@ def deflated_curvature(
     distribution: str,
     hvp: str,
     pass_size: int | None,
-):
-    """Return ``(trace, stderr or None, loss, pass width of the Gauss-Newton part's VJPs)``;
-    stderr is None when the result is exact. ``forward``: the batch's forward, whose graph the
-    Gauss-Newton part's VJPs reuse."""
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int]:
+    r"""The trace of the input Hessian: exact Gauss-Newton part plus deflated Hutchinson residual.
+
+    .. math::
+
+        \operatorname{tr}(H) = \operatorname{tr}(J^\top A J) + \operatorname{tr}(Q^\top R Q)
+        + \operatorname{tr}(P R P), \qquad P = I - Q Q^\top,
+
+    the first two terms exact, the last by Hutchinson with projected probes (see the module docstring).
+
+    Args:
+        logit_fn: the model's logits (the HVPs of R run through it).
+        forward: the batch's forward, whose graph the Gauss-Newton part's VJPs reuse (and free).
+        y: int64 labels (B,).
+        sample_ids: dataset indices (B,) keying the probes and the sampled tail.
+        probes: Hutchinson probes of the residual.
+        rank: Gauss-Newton directions K deflated (at most C − 1).
+        num_exact: classes of the Gauss-Newton part kept exactly (all of them for C ≤ ``num_exact``).
+        num_tail: tail classes sampled for the Gauss-Newton part when C > ``num_exact``.
+        seed: seeds the probes and the tail.
+        distribution: ``"rademacher"`` or ``"gaussian"`` residual probes.
+        hvp: the HVP route, one of :data:`.hutchinson.HVP_MODES`.
+        pass_size: classes or directions per pass (None: sized from the input or measured).
+
+    Returns:
+        ``(trace, stderr, loss, width)``: the estimate (B,), its standard error (B,) or None when the result
+        is exact, the per-sample loss (B,), and the classes per pass of the Gauss-Newton part's VJPs.
+
+    Raises:
+        ConfigError: ``pass_size`` is not a positive int.
+    """
     x = forward.x.detach()
     gn_trace, gn_stderr, loss, width, factor, logits = logit_space_curvature(
-        forward, y, sample_ids, owner=logit_fn.owner, statistic="trace", num_exact=num_exact, num_tail=num_tail, seed=seed,
-        pass_size=pass_size, return_factor=True,
+        forward, y, sample_ids, owner=logit_fn.owner, statistic="trace", num_exact=num_exact, num_tail=num_tail,
+        seed=seed, pass_size=pass_size, return_factor=True,
     )
     batch, dim = x.shape[0], x[0].numel()
     rank = min(rank, factor.shape[1], logits.shape[1] - 1)
@@ -104,14 +160,16 @@ def deflated_curvature(
         parts = [basis[:, p0 : min(num_basis, p0 + num)]]
         if p0 + num > num_basis:
             r0 = max(p0, num_basis) - num_basis
-            w = ops.probes(sample_ids, p0 + num - num_basis - r0, dim, seed=seed, probe_offset=r0, distribution=distribution, dtype=x.dtype)
+            w = ops.probes(sample_ids, p0 + num - num_basis - r0, dim, seed=seed, probe_offset=r0,
+                           distribution=distribution, dtype=x.dtype)
             parts.append(w - torch.bmm(torch.bmm(w, basis.transpose(1, 2)), basis))
         return torch.cat(parts, dim=1)
 
     value = gn_trace.double()
     mean = torch.zeros(batch, 2, dtype=torch.float64, device=x.device)
     m2 = torch.zeros_like(mean)
-    for p0, v, hv in hvp_passes(logit_fn, x, objective, directions, num_basis + num_probes, hvp=hvp, pass_size=pass_size):
+    passes = hvp_passes(logit_fn, x, objective, directions, num_basis + num_probes, hvp=hvp, pass_size=pass_size)
+    for p0, v, hv in passes:
         k = max(0, min(num_basis - p0, v.shape[1]))  # this pass's basis rows
         value = value + (v[:, :k] * hv[:, :k]).sum(dim=(1, 2)).double()
         if k < v.shape[1]:

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from curvfast.curvature.checks import check_batch, check_labels, is_missing_second_derivative, is_piecewise_linear
+from curvfast.curvature.checks import (check_batch, check_labels, is_missing_second_derivative, is_piecewise_linear,
+                                      require_piecewise_linear)
 from curvfast.curvature.deflated import deflated_curvature
 from curvfast.curvature.finite_difference import fd_curvature, zo_curvature
 from curvfast.curvature.folding import fold_batchnorms, foldable_pairs
@@ -21,8 +22,7 @@ from curvfast.curvature.logit_space import GRAM_STATISTICS, Forward, logit_space
 from curvfast.curvature.model import LogitFn, check_finite_model, scoring_model, unwrap_model, without_wrapper_hooks
 from curvfast.curvature.registry import (AUTO, DEFAULT_PROBES, ESTIMATORS, METHODS, Estimate, EstimateCall, Estimator,
                                          get_estimator, register_estimator)
-from curvfast.errors import (ConfigError, DataError, NonFiniteError, NotPiecewiseLinearError, UnknownNameError,
-                             UnsupportedModelError)
+from curvfast.errors import ConfigError, DataError, NonFiniteError, UnknownNameError, UnsupportedModelError
 
 __all__ = ["input_curvature", "CurvatureResult", "METHODS", "STATISTICS", "DEFAULT_PROBES", "resolve_method",
            "sample_ids_for"]
@@ -76,13 +76,8 @@ def resolve_method(method: str, piecewise_linear: bool, num_classes: int, accept
         if not piecewise_linear:
             return "deflated" if statistic in (None, "trace") else "hutchinson"
         return "exact" if num_classes <= EXACT_MAX_CLASSES else "sampled"
-    if get_estimator(method).needs_piecewise_linear and not piecewise_linear and not accept_gauss_newton:
-        raise NotPiecewiseLinearError(
-            f"method={method!r} is exact only for piecewise-linear networks, and this model has smooth pieces "
-            "(GELU, SiLU, tanh, sigmoid, LayerNorm, attention ...): it would return the Gauss-Newton term "
-            "JᵀAJ, not the input Hessian. Use method='deflated' or 'hutchinson' for the true Hessian, or pass "
-            "accept_gauss_newton=True to get the Gauss-Newton value knowingly."
-        )
+    if get_estimator(method).needs_piecewise_linear:
+        require_piecewise_linear(method, piecewise_linear, accept_gauss_newton)
     return method
 
 

@@ -1,17 +1,26 @@
-"""The published gradient-free and finite-difference curvature estimators.
+r"""The published gradient-free and finite-difference curvature estimators.
 
-``fd`` (Garg et al.): with Rademacher r_k, h = 1e-3, n = 10,
+``fd`` (Garg, Ravikumar and Roy, "Memorization Through the Lens of Curvature of Loss Function Around
+Samples", ICML 2024): with Rademacher :math:`r_k`, :math:`h = 10^{-3}`, :math:`n = 10`,
 
-    fd(x) = mean_k ‖∇L(x + h r_k) − ∇L(x)‖ ≈ h·‖H‖_F        (not the trace).
+.. math::
+
+    \mathrm{fd}(x) = \frac{1}{n} \sum_{k=1}^{n} \lVert \nabla L(x + h r_k) - \nabla L(x) \rVert
+    \approx h \lVert H \rVert_F \qquad \text{(not the trace).}
 
 The published code differentiates the batch-mean loss, which divides every score by the batch
 size and rescales the last batch; curvfast differentiates per-sample (sum-reduced) losses, so
 its values are the published ones times the published batch size.
 
-``zo`` (Curvature Clues), from loss values only, with Rademacher u_k, v_k:
+``zo`` (Ravikumar, Soufleri, Hashemi and Roy, "Curvature Clues: Decoding Deep Learning Privacy with
+Input Loss Curvature", NeurIPS 2024), from loss values only, with Rademacher :math:`u_k, v_k`:
 
-    zo(x) = mean_k |L(x+hv+hu) − L(x−hv+hu) − L(x+hv−hu) + L(x−hv−hu)| / (4h)
-          ≈ h·|vᵀHu|,   E ≈ h·√(2/π)·‖H‖_F.
+.. math::
+
+    \mathrm{zo}(x) = \frac{1}{n} \sum_{k=1}^{n} \frac{\lvert L(x + h v_k + h u_k) - L(x - h v_k + h u_k)
+    - L(x + h v_k - h u_k) + L(x - h v_k - h u_k) \rvert}{4h}
+    \approx h \lvert v_k^\top H u_k \rvert, \qquad
+    \mathbb{E}\, \mathrm{zo}(x) \approx h \sqrt{2/\pi}\, \lVert H \rVert_F.
 
 Both run with TF32 off: TF32 rounds at about the size of an h = 1e-3 step. On ReLU/max-pool
 networks the steps cross activation kinks, so neither tracks the autograd Hessian there.
@@ -25,29 +34,54 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
+from ..errors import ConfigError, UnsupportedModelError
 from .batching import choose_pass_size
 from .model import LogitFn, no_tf32
 
 __all__ = ["fd_curvature", "fd_probe_terms", "zo_curvature"]
 
 
-def _check_step(step) -> None:
+def _check_step(step: float) -> None:
     if isinstance(step, bool) or not isinstance(step, (int, float)) or not math.isfinite(step) or step <= 0:
-        raise ValueError(f"step must be a positive finite number, the finite-difference step h (got {step!r}); "
+        raise ConfigError(f"step must be a positive finite number, the finite-difference step h (got {step!r}); "
                          "the published estimators use 1e-3")
 
 
-def _mean_and_stderr(samples: torch.Tensor):
+def _mean_and_stderr(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     num = samples.shape[1]
     stderr = samples.std(dim=1, correction=1) / num**0.5 if num > 1 else torch.full_like(samples[:, 0], float("nan"))
     return samples.mean(dim=1), stderr
 
 
-def fd_probe_terms(logit_fn: LogitFn, x, y, sample_ids, *, probes: int, seed: int, step: float, pass_size: int | None):
-    """Per-probe terms of the Garg et al. estimator on per-sample losses, with g_k = ∇L(x + h r_k):
+def fd_probe_terms(logit_fn: LogitFn, x: torch.Tensor, y: torch.Tensor, sample_ids: torch.Tensor, *, probes: int,
+                   seed: int, step: float,
+                   pass_size: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Per-probe terms of the Garg et al. estimator on per-sample losses.
 
-    ``norms`` (B, n): ‖g_k − g_0‖ ≈ h‖H r_k‖;  ``directional`` (B, n): (h r_k)ᵀ(g_k − g_0) ≈ h² r_kᵀH r_k,
-    whose mean estimates h²·tr(H) (the published code's "eigs"). Returns ``(norms, directional, loss)``.
+    With :math:`g_k = \nabla L(x + h r_k)` and :math:`g_0 = \nabla L(x)`:
+
+    .. math::
+
+        \mathrm{norms}_k = \lVert g_k - g_0 \rVert \approx h \lVert H r_k \rVert, \qquad
+        \mathrm{directional}_k = (h r_k)^\top (g_k - g_0) \approx h^2 r_k^\top H r_k,
+
+    whose mean estimates :math:`h^2 \operatorname{tr}(H)` (the published code's "eigs").
+
+    Args:
+        logit_fn: the model's logits.
+        x: inputs (B, ...).
+        y: int64 labels (B,).
+        sample_ids: dataset indices (B,) keying the Rademacher probes :math:`r_k`.
+        probes: probes n per sample.
+        seed: seeds the probes.
+        step: the finite-difference step h, positive and finite.
+        pass_size: probes per batched pass (None: sized from the input).
+
+    Returns:
+        ``(norms, directional, loss)``: the two (B, n) terms and the per-sample losses (B,).
+
+    Raises:
+        ConfigError: ``step`` is not a positive finite number, or ``pass_size`` not a positive int.
     """
     _check_step(step)
     batch, dim = x.shape[0], x[0].numel()
@@ -70,53 +104,96 @@ def fd_probe_terms(logit_fn: LogitFn, x, y, sample_ids, *, probes: int, seed: in
     return torch.cat(norms, dim=1), torch.cat(directional, dim=1), loss.detach()
 
 
-def fd_curvature(logit_fn: LogitFn, x, y, sample_ids, *, probes: int, seed: int, step: float, pass_size: int | None):
-    """Return ``(value, stderr, loss)`` of the Garg et al. estimator on per-sample losses."""
-    norms, _, loss = fd_probe_terms(logit_fn, x, y, sample_ids, probes=probes, seed=seed, step=step, pass_size=pass_size)
+def fd_curvature(logit_fn: LogitFn, x: torch.Tensor, y: torch.Tensor, sample_ids: torch.Tensor, *, probes: int,
+                 seed: int, step: float, pass_size: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The Garg et al. finite-difference estimator on per-sample losses (see the module docstring).
+
+    Args:
+        logit_fn: the model's logits.
+        x: inputs (B, ...).
+        y: int64 labels (B,).
+        sample_ids: dataset indices (B,) keying the probes.
+        probes: probes n per sample.
+        seed: seeds the probes.
+        step: the finite-difference step h.
+        pass_size: probes per batched pass (None: sized from the input).
+
+    Returns:
+        ``(value, stderr, loss)``, each (B,): the mean of the n gradient-difference norms, its standard
+        error (NaN for one probe), the per-sample losses.
+
+    Raises:
+        ConfigError: ``step`` is not a positive finite number, or ``pass_size`` not a positive int.
+    """
+    norms, _, loss = fd_probe_terms(logit_fn, x, y, sample_ids, probes=probes, seed=seed, step=step,
+                                    pass_size=pass_size)
     value, stderr = _mean_and_stderr(norms)
     return value, stderr, loss
 
 
 def zo_curvature(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    x,
-    y,
-    sample_ids,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    sample_ids: torch.Tensor,
     *,
     probes: int,
     seed: int,
     step: float,
     pass_size: int | None,
-):
-    """Return ``(value, stderr, loss)``; ``loss_fn(x, y)`` returns per-sample losses (B,)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The Curvature Clues zero-order estimator, from loss values only (see the module docstring).
+
+    Args:
+        loss_fn: the loss oracle, a black box: ``loss_fn(x, y)`` returns per-sample losses (B,).
+        x: inputs (B, ...).
+        y: int64 labels (B,).
+        sample_ids: dataset indices (B,) keying the Rademacher probes :math:`u_k, v_k`.
+        probes: probes n per sample.
+        seed: seeds the probes.
+        step: the finite-difference step h.
+        pass_size: probes per batched pass (None: sized from the input).
+
+    Returns:
+        ``(value, stderr, loss)``, each (B,): the mean of the n stencil values, its standard error (NaN
+        for one probe), the losses at ``x``.
+
+    Raises:
+        ConfigError: ``step`` is not a positive finite number, or ``pass_size`` not a positive int.
+        UnsupportedModelError: ``loss_fn`` does not return a tensor of shape (B,).
+    """
     _check_step(step)
     batch, dim = x.shape[0], x[0].numel()
     # probes per pass; each stencil point is its own pass of B x num inputs. One pass over all four
     # points (4B inputs) ran at 0.76x the published loop's speed on the CPU, four passes at parity
     # (0.99x-1.09x; benchmarks/compat.py, CIFAR ResNet-18, B = 16, one thread).
     chunk = choose_pass_size(pass_size, probes, batch, dim, x.device)
-    stencil = ((1.0, 1.0, 1.0), (-1.0, 1.0, -1.0), (1.0, -1.0, -1.0), (-1.0, -1.0, 1.0))  # (sign v, sign u, coefficient)
+    # (sign v, sign u, coefficient)
+    stencil = ((1.0, 1.0, 1.0), (-1.0, 1.0, -1.0), (1.0, -1.0, -1.0), (-1.0, -1.0, 1.0))
     x = x.detach()
     samples = []
     with no_tf32(), torch.no_grad():
         loss = _checked_losses(loss_fn, x, y)
         for p0 in range(0, probes, chunk):
             num = min(chunk, probes - p0)
-            r = ops.probes(sample_ids, 2 * num, dim, seed=seed, probe_offset=2 * p0, distribution="rademacher", dtype=x.dtype)
+            r = ops.probes(sample_ids, 2 * num, dim, seed=seed, probe_offset=2 * p0, distribution="rademacher",
+                           dtype=x.dtype)
             v, u = r[:, 0::2], r[:, 1::2]  # (B, num, D) each
             second = torch.zeros(batch, num, dtype=torch.float64, device=x.device)
             for sv, su, coef in stencil:
                 pts = (x.reshape(batch, 1, dim) + step * (sv * v + su * u)).reshape(batch * num, *x.shape[1:])
-                second += coef * _checked_losses(loss_fn, pts, y.repeat_interleave(num)).reshape(batch, num).to(torch.float64)
+                losses = _checked_losses(loss_fn, pts, y.repeat_interleave(num))
+                second += coef * losses.reshape(batch, num).to(torch.float64)
             samples.append(second.abs() / (4 * step))
     value, stderr = _mean_and_stderr(torch.cat(samples, dim=1))
     return value.to(x.dtype), stderr.to(x.dtype), loss
 
 
-def _checked_losses(loss_fn, x, y) -> torch.Tensor:
+def _checked_losses(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
+                    y: torch.Tensor) -> torch.Tensor:
     out = loss_fn(x, y)
     if not isinstance(out, torch.Tensor) or out.shape != (x.shape[0],):
-        raise ValueError(
+        raise UnsupportedModelError(
             "the loss oracle must return per-sample losses of shape (B,) "
             f"= ({x.shape[0]},); got {getattr(out, 'shape', type(out).__name__)}"
         )

@@ -1,10 +1,13 @@
-"""Fold eval-mode BatchNorm into the convolution or linear layer that feeds it.
+r"""Fold eval-mode BatchNorm into the convolution or linear layer that feeds it.
 
-In eval mode a BatchNorm is an affine map per channel, y = s ⊙ (u − μ) + β with
-s = γ / √(σ² + ε) and the running statistics μ, σ². When u = W ∗ x + b is the output of a
-convolution (or of a linear layer on (B, features) inputs) that feeds nothing else,
+In eval mode a BatchNorm is an affine map per channel, :math:`y = s \odot (u - \mu) + \beta` with
+:math:`s = \gamma / \sqrt{\sigma^2 + \epsilon}` and the running statistics :math:`\mu, \sigma^2`. When
+:math:`u = W * x + b` is the output of a convolution (or of a linear layer on (B, features) inputs)
+that feeds nothing else,
 
-    y = (s ⊙ W) ∗ x + s ⊙ (b − μ) + β,
+.. math::
+
+    y = (s \odot W) * x + s \odot (b - \mu) + \beta,
 
 the same function with one op fewer. Every backward pass of the estimators then skips the
 BatchNorm's backward: on a CIFAR ResNet-18 (batch 16, one CPU thread) a class pass costs ~10%
@@ -44,8 +47,17 @@ Pairs = tuple[tuple[str, str], ...]  # (layer name, BatchNorm name)
 
 
 def fold_batchnorms(model: nn.Module, pairs: Pairs) -> nn.Module:
-    """A copy of ``model`` (sharing every tensor it does not rewrite) in which each pair's layer
-    carries W' = s ⊙ W, b' = s ⊙ (b − μ) + β and its BatchNorm is an ``nn.Identity``."""
+    r"""Fold each pair's BatchNorm into its layer, in a copy of ``model``.
+
+    Args:
+        model: an eval-mode scoring copy.
+        pairs: (layer name, BatchNorm name) pairs, from :func:`foldable_pairs`.
+
+    Returns:
+        A copy (sharing every tensor it does not rewrite) in which each pair's layer carries
+        :math:`W' = s \odot W`, :math:`b' = s \odot (b - \mu) + \beta`, computed from the current weights,
+        and its BatchNorm is an ``nn.Identity``.
+    """
     folded = shared_copy(model)
     modules = dict(folded.named_modules())
     with torch.no_grad():
@@ -69,9 +81,19 @@ _PAIRS_LOCK = threading.Lock()
 
 
 def foldable_pairs(model: nn.Module, x: torch.Tensor, output_transform: Callable | None = None) -> Pairs:
-    """The (layer, BatchNorm) pairs of a reused scoring copy that fold for inputs like ``x`` (found
-    on first use, then remembered while the copy lives); empty when ``model`` is not a reused copy
-    (hooks, unusual attributes), has no such pair, or fails on one sample (its own call says why)."""
+    """The (layer, BatchNorm) pairs of a reused scoring copy that fold for inputs like ``x``.
+
+    Found on first use, then remembered while the copy lives (see the module docstring for the rules).
+
+    Args:
+        model: the scoring copy that :func:`.model.scoring_model` yielded.
+        x: a batch (B, ...): its sample shape, dtype and device key the answer; one sample of it is run.
+        output_transform: picks the logits out of the model's output, as in :class:`.model.LogitFn`.
+
+    Returns:
+        The pairs, empty when ``model`` is not a reused copy (hooks, unusual attributes), has no such pair,
+        or fails on one sample (its own call says why).
+    """
     if not reused_copy(model):
         return ()
     key = (tuple(x.shape[1:]), x.dtype, str(x.device))
@@ -89,20 +111,25 @@ def foldable_pairs(model: nn.Module, x: torch.Tensor, output_transform: Callable
 
 
 def _stock_layer(m: nn.Module) -> bool:
-    """A stock conv / linear layer with float32 or float64 weights (a half-precision weight would
-    take one more rounding, at 2⁻⁸ in bfloat16, when the scale is folded into it)."""
+    """A stock conv / linear layer with float32 or float64 weights.
+
+    A half-precision weight would take one more rounding, at 2⁻⁸ in bfloat16, when the scale is folded into it.
+    """
     return (isinstance(m, _LAYERS) and type(m).forward in _STOCK_FORWARD and "forward" not in vars(m)
             and not parametrize.is_parametrized(m) and m.weight.dtype in (torch.float32, torch.float64))
 
 
 def _stock_norm(m: nn.Module) -> bool:
-    return (isinstance(m, nn.modules.batchnorm._BatchNorm) and type(m).forward is nn.modules.batchnorm._BatchNorm.forward
-            and "forward" not in vars(m) and not m.training and m.running_mean is not None and m.running_var is not None)
+    batchnorm = nn.modules.batchnorm._BatchNorm
+    return (isinstance(m, batchnorm) and type(m).forward is batchnorm.forward and "forward" not in vars(m)
+            and not m.training and m.running_mean is not None and m.running_var is not None)
 
 
 def _find_pairs(model: nn.Module, x1: torch.Tensor, output_transform: Callable | None) -> Pairs:
-    """Run one sample through a private copy with hooks and keep the (layer, BatchNorm) pairs
-    whose fold leaves the logits' function unchanged (see the module docstring)."""
+    """Run one sample through a private copy with hooks and keep the pairs whose fold leaves the logits unchanged.
+
+    See the module docstring for the rules.
+    """
     probe = shared_copy(model)
     names = {m: n for n, m in probe.named_modules()}
     calls, made_by, read_by = Counter(), {}, {}
@@ -120,7 +147,8 @@ def _find_pairs(model: nn.Module, x1: torch.Tensor, output_transform: Callable |
     norms = [m for m in probe.modules() if _stock_norm(m)]
     if not layers or not norms:
         return ()
-    handles = [m.register_forward_hook(after_layer) for m in layers] + [m.register_forward_pre_hook(before_norm) for m in norms]
+    handles = ([m.register_forward_hook(after_layer) for m in layers]
+               + [m.register_forward_pre_hook(before_norm) for m in norms])
     try:
         with torch.enable_grad():
             logits = LogitFn(probe, output_transform)(x1.detach().requires_grad_(True))
@@ -131,16 +159,19 @@ def _find_pairs(model: nn.Module, x1: torch.Tensor, output_transform: Callable |
     pairs = []
     for norm, node in read_by.items():
         layer = made_by.get(node)
-        if (node is not None and layer is not None and calls[layer] == 1 and calls[norm] == 1 and consumers[node] == 1
-                and layer.weight.shape[0] == norm.num_features):
+        if (node is not None and layer is not None and calls[layer] == 1 and calls[norm] == 1
+                and consumers[node] == 1 and layer.weight.shape[0] == norm.num_features):
             pairs.append((names[layer], names[norm]))
     return tuple(pairs) if pairs and _same_logits(model, tuple(pairs), x1, logits.detach(), output_transform) else ()
 
 
-def _same_logits(model: nn.Module, pairs: Pairs, x1: torch.Tensor, logits: torch.Tensor, output_transform) -> bool:
-    """Whether the folded model runs and gives the logits of ``model`` on ``x1`` to within the
-    rounding of folding: a last check for what the graph cannot show (a forward that reads a
-    BatchNorm's attributes, a use of the layer's output through ``.detach()``)."""
+def _same_logits(model: nn.Module, pairs: Pairs, x1: torch.Tensor, logits: torch.Tensor,
+                 output_transform: Callable | None) -> bool:
+    """Whether the folded model runs and gives the logits of ``model`` on ``x1`` to within the rounding of folding.
+
+    A last check for what the graph cannot show (a forward that reads a BatchNorm's attributes, a use
+    of the layer's output through ``.detach()``).
+    """
     try:
         with torch.no_grad():
             folded = LogitFn(fold_batchnorms(model, pairs), output_transform)(x1)

@@ -12,14 +12,24 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from ..errors import NonFiniteError, UnsupportedModelError
+
 __all__ = ["unwrap_model", "scoring_mode", "scoring_model", "shared_copy", "reused_copy", "check_finite_model",
            "without_wrapper_hooks", "LogitFn", "no_tf32"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """Strip DDP / DataParallel (``.module``), Opacus GradSampleModule (``._module``) and
-    ``torch.compile`` (``._orig_mod``) wrappers, which add hooks or graph capture that
-    per-sample input derivatives do not need."""
+    """Strip the wrappers that add hooks or graph capture per-sample input derivatives do not need.
+
+    DDP / DataParallel (``.module``), Opacus GradSampleModule (``._module``) and ``torch.compile``
+    (``._orig_mod``), nested in any order.
+
+    Args:
+        model: a model, wrapped or not.
+
+    Returns:
+        The innermost module (``model`` itself when it is not wrapped).
+    """
     while True:
         if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             model = model.module
@@ -32,24 +42,32 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def _is_opacus_wrapper(model: nn.Module) -> bool:
-    return all(callable(getattr(model, name, None)) for name in ("add_hooks", "remove_hooks")) and hasattr(model, "_module")
+    hooks = all(callable(getattr(model, name, None)) for name in ("add_hooks", "remove_hooks"))
+    return hooks and hasattr(model, "_module")
 
 
 @contextlib.contextmanager
 def without_wrapper_hooks(model: nn.Module) -> Iterator[None]:
-    """Take an Opacus ``GradSampleModule``'s per-sample-gradient hooks off its inner layers while
-    scoring, and put them back (enabled or disabled, as they were) afterwards.
+    """Take an Opacus ``GradSampleModule``'s per-sample-gradient hooks off its inner layers while scoring.
 
-    Unwrapping alone is not enough: the hooks live on the inner layers. Live, they fire during the
-    input backward passes and corrupt Opacus' activation stacks; disabled, they still wrap the
-    layers in a ``BackwardHook`` autograd function that ``torch.func`` cannot differentiate.
+    They are put back (enabled or disabled, as they were) afterwards. Unwrapping alone is not enough:
+    the hooks live on the inner layers. Live, they fire during the input backward passes and corrupt
+    Opacus' activation stacks; disabled, they still wrap the layers in a ``BackwardHook`` autograd
+    function that ``torch.func`` cannot differentiate.
+
+    Args:
+        model: the caller's model, possibly wrapped (every ``GradSampleModule`` in its chain of wrappers counts).
+
+    Yields:
+        None, with the hooks removed.
     """
     wrappers = []
     current = model
     while isinstance(current, nn.Module):
         if _is_opacus_wrapper(current) and hasattr(current, "autograd_grad_sample_hooks"):
             wrappers.append((current, getattr(current, "hooks_enabled", True)))
-        nxt = getattr(current, "_module", None) or getattr(current, "module", None) or getattr(current, "_orig_mod", None)
+        nxt = (getattr(current, "_module", None) or getattr(current, "module", None)
+               or getattr(current, "_orig_mod", None))
         current = nxt if isinstance(nxt, nn.Module) else None
     for wrapper, _ in wrappers:
         wrapper.remove_hooks()
@@ -65,8 +83,17 @@ def without_wrapper_hooks(model: nn.Module) -> Iterator[None]:
 
 @contextlib.contextmanager
 def scoring_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode (BatchNorm uses running statistics, so samples in a batch are independent) and
-    parameters frozen, both restored on exit exactly as the caller had them."""
+    """Put ``model`` itself in eval mode with its parameters frozen, both restored on exit.
+
+    Eval mode makes BatchNorm use its running statistics, so samples in a batch are independent;
+    train/eval flags and ``requires_grad`` flags come back exactly as the caller had them.
+
+    Args:
+        model: the model to score in place.
+
+    Yields:
+        ``model``, in eval mode and frozen.
+    """
     modes = [(m, m.training) for m in model.modules()]
     frozen = [p for p in model.parameters() if p.requires_grad]
     model.eval()
@@ -85,8 +112,21 @@ _IN_PLACE_LOCK = threading.RLock()  # re-entered by the piecewise-linearity chec
 
 
 def shared_copy(model: nn.Module) -> nn.Module:
-    """New module objects whose parameters, buffers and other tensor attributes are detached
-    aliases of the caller's (same storage, ``requires_grad=False``): no tensor data is copied."""
+    """Copy the module tree, sharing every tensor with the caller's model.
+
+    Parameters, buffers and other tensor attributes of the copy are detached aliases of the caller's
+    (same storage, ``requires_grad=False``): no tensor data is copied.
+
+    Args:
+        model: the model to copy.
+
+    Returns:
+        New module objects computing what ``model`` computes.
+
+    Raises:
+        TypeError: an attribute cannot be deep-copied (a lock, an open file ...); also ``RuntimeError``
+            or ``copy.Error``, whatever ``copy.deepcopy`` raises for it.
+    """
     memo = {}
     for m in model.modules():
         for t in vars(m).values():  # e.g. the weight that torch.nn.utils.weight_norm recomputes
@@ -115,8 +155,11 @@ def _plain(value) -> bool:
 
 
 def _cacheable(module: nn.Module) -> bool:
-    """Whether every attribute is a tensor, a plain value, a container of parameters, buffers or
-    submodules, or an empty hook dict: what :func:`_same_state` can compare with a copy."""
+    """Whether :func:`_same_state` can compare ``module`` with a copy.
+
+    True when every attribute is a tensor, a plain value, a container of parameters, buffers or
+    submodules, or an empty hook dict.
+    """
     return all(k in ("_parameters", "_buffers", "_modules") or isinstance(v, torch.Tensor) or _plain(v)
                or (isinstance(v, dict) and not v) for k, v in vars(module).items())
 
@@ -129,9 +172,11 @@ def _alias(t, a) -> bool:
 
 
 def _same_state(module: nn.Module, copied: nn.Module) -> bool:
-    """Whether ``copied`` (a ``shared_copy`` of a cacheable module) still computes what ``module``
-    does in eval mode: same class and attributes, plain values equal, tensors aliasing the same
-    memory, the same submodule slots, no hooks."""
+    """Whether ``copied`` (a ``shared_copy`` of a cacheable module) still computes what ``module`` does in eval mode.
+
+    Same class and attributes, plain values equal, tensors aliasing the same memory, the same
+    submodule slots, no hooks.
+    """
     mine, theirs = vars(module), vars(copied)
     if type(module) is not type(copied) or mine.keys() != theirs.keys():
         return False
@@ -157,9 +202,11 @@ def _same_state(module: nn.Module, copied: nn.Module) -> bool:
 
 
 def _cached_copy(model: nn.Module) -> nn.Module:
-    """``shared_copy(model)``, reused from the previous call while it still matches the model
-    (see ``_same_state``; checking costs a fraction of copying). Models with other kinds of
-    attributes (hooks, arbitrary objects) are copied afresh on every call."""
+    """``shared_copy(model)``, reused from the previous call while it still matches the model.
+
+    See ``_same_state``; checking costs a fraction of copying. Models with other kinds of
+    attributes (hooks, arbitrary objects) are copied afresh on every call.
+    """
     named = list(model.named_modules())
     with _COPIES_LOCK:
         cached = _COPIES.get(model)
@@ -175,20 +222,35 @@ def _cached_copy(model: nn.Module) -> nn.Module:
 
 
 def reused_copy(model: nn.Module) -> bool:
-    """Whether ``model`` is a scoring copy that ``scoring_model`` reuses across calls: plain
-    modules only (no hooks, no arbitrary attributes), so per-copy caches may key on it."""
+    """Whether ``model`` is a scoring copy that :func:`scoring_model` reuses across calls.
+
+    Such copies hold plain modules only (no hooks, no arbitrary attributes), so per-copy caches may key on them.
+
+    Args:
+        model: a module, typically the one :func:`scoring_model` yielded.
+
+    Returns:
+        True for a reused scoring copy.
+    """
     with _COPIES_LOCK:
         return model in _REUSED
 
 
 @contextlib.contextmanager
 def scoring_model(model: nn.Module) -> Iterator[nn.Module]:
-    """The model to score with: an eval-mode copy sharing the caller's weights (see
-    ``shared_copy``; reused across calls, see ``_cached_copy``), so the caller's train/eval
-    flags, ``requires_grad`` flags and BatchNorm statistics are never touched and concurrent
-    calls (threads, re-entrant hooks) on one model do not interfere. A model with an attribute
-    that cannot be deep-copied (a lock, an open file ...) is scored in place under
-    ``scoring_mode``, one call at a time."""
+    """The model to score with: an eval-mode copy sharing the caller's weights.
+
+    The copy (see :func:`shared_copy`; reused across calls, see ``_cached_copy``) leaves the caller's
+    train/eval flags, ``requires_grad`` flags and BatchNorm statistics untouched, and concurrent calls
+    (threads, re-entrant hooks) on one model do not interfere. A model with an attribute that cannot be
+    deep-copied (a lock, an open file ...) is scored in place under :func:`scoring_mode`, one call at a time.
+
+    Args:
+        model: the caller's (unwrapped) model.
+
+    Yields:
+        The eval-mode, frozen model to differentiate through.
+    """
     try:
         scored = _cached_copy(model)
     except (TypeError, RuntimeError, copy.Error):  # what deepcopy raises for such attributes
@@ -202,12 +264,19 @@ _FINITE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictiona
 
 
 def check_finite_model(model: nn.Module) -> None:
-    """Refuse a model with a NaN or infinite parameter or buffer, naming the first one.
+    """Refuse a model with a NaN or infinite parameter or buffer.
 
     A model that passed is not scanned again while each of its parameters and buffers is the same
     tensor, at the same address and in-place version (an optimizer step, ``load_state_dict`` or
     ``.to()`` makes it scan again). Writes through ``.data`` keep the version; a NaN they bring in
-    is still refused, by the check of the scores."""
+    is still refused, by the check of the scores.
+
+    Args:
+        model: the model to score.
+
+    Raises:
+        NonFiniteError: a floating-point parameter or buffer holds NaN or Inf (the message names up to five).
+    """
     state = tuple((id(t), t.data_ptr(), t._version) for t in itertools.chain(model.parameters(), model.buffers()))
     if _FINITE.get(model) == state:
         return
@@ -218,7 +287,7 @@ def check_finite_model(model: nn.Module) -> None:
     finite = torch.stack([torch.isfinite(t).all().to(floating[0][1].device) for _, t in floating]).tolist()
     bad = [name for (name, _), ok in zip(floating, finite) if not ok]
     if bad:
-        raise ValueError(
+        raise NonFiniteError(
             f"the model holds NaN or Inf in {', '.join(bad[:5])}: the checkpoint is corrupt or its training "
             "diverged; retrain or load other weights"
         )
@@ -231,11 +300,15 @@ _TF32_USERS = [0, None]  # active no_tf32 blocks in any thread, and the settings
 
 @contextlib.contextmanager
 def no_tf32() -> Iterator[None]:
-    """Full fp32 matmuls and convolutions: TF32 rounds at about the size of an h=1e-3 step.
+    """Full fp32 matmuls and convolutions within the block: TF32 rounds at about the size of an h=1e-3 step.
 
     The settings are process-wide: the first of overlapping blocks (in any thread) saves them
     and the last one restores them. Only the backend flags are read and written: torch's generic
-    ``get_float32_matmul_precision`` raises once a user has mixed its old and new TF32 APIs."""
+    ``get_float32_matmul_precision`` raises once a user has mixed its old and new TF32 APIs.
+
+    Yields:
+        None, with TF32 off for CUDA matmuls and cuDNN convolutions.
+    """
     with _TF32_LOCK:
         if _TF32_USERS[0] == 0:
             _TF32_USERS[1] = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
@@ -252,7 +325,15 @@ def no_tf32() -> Iterator[None]:
 
 
 class LogitFn:
-    """``x -> logits (B, C)`` for a model, applying ``output_transform`` and checking the result."""
+    """``x -> logits (B, C)`` for a model, applying ``output_transform`` and checking the result.
+
+    Args:
+        model: the module to call (typically the scoring copy).
+        output_transform: picks the logits out of the model's output (a tuple, a dict ...); None: the
+            output is the logits.
+        owner: the caller's model, what per-model caches (pass widths, piecewise linearity) key on;
+            default ``model``.
+    """
 
     def __init__(self, model: nn.Module, output_transform: Callable | None = None, owner: nn.Module | None = None):
         self.model = model
@@ -260,17 +341,29 @@ class LogitFn:
         self.owner = model if owner is None else owner  # the caller's model: what per-model caches key on
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits of ``x``.
+
+        Args:
+            x: inputs (B, ...).
+
+        Returns:
+            The logits (B, C), with the graph from ``x`` when ``x`` requires grad.
+
+        Raises:
+            UnsupportedModelError: the (transformed) output is not a tensor, or not of shape (B, C); the
+                message names ``output_transform`` as the fix.
+        """
         out = self.model(x)
         if self.output_transform is not None:
             out = self.output_transform(out)
         if not isinstance(out, torch.Tensor):
-            raise TypeError(
+            raise UnsupportedModelError(
                 f"the model returned a {type(out).__name__}, not a logits tensor; pass "
                 "output_transform=... that picks the logits (e.g. output_transform=lambda out: out[0] "
                 "or lambda out: out['logits'])"
             )
         if out.dim() != 2 or out.shape[0] != x.shape[0]:
-            raise ValueError(
+            raise UnsupportedModelError(
                 f"the model must return logits of shape (B, C) = ({x.shape[0]}, C); got {tuple(out.shape)}. "
                 "Use output_transform to reshape or select them."
             )
