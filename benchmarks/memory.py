@@ -82,9 +82,7 @@ def _child(task: str, root: str) -> dict:
         argv = ["memorization", "--preset", "smoke", *common]
     else:
         from curvfast.pipelines.common.data import DataOptions, load_split
-        from curvfast.pipelines.memorization.feldman import label_predictions
-        from curvfast.pipelines.memorization.models import model_factory
-        from curvfast.pipelines.memorization.trajectory import curvature_per_model
+        from curvfast.pipelines.memorization import curvature_per_model, label_predictions, model_factory
 
         options = DataOptions(dataset="imagefolder", root=data)
         train, info = load_split(options, "train")

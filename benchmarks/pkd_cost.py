@@ -23,12 +23,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from curvfast.pipelines.pkd.networks import build_exits, build_streams
-from curvfast.pipelines.pkd.pkd import train_exits
-from curvfast.pipelines.pkd.training import train_streams
+from curvfast.pipelines.pkd import build_exits, build_streams, train_exits, train_streams
 from curvfast.pipelines.pkd.video import (GOP_SIZE, ClipSet, CompressedRepresentation, CompressedVideoDataset, SyntheticConfig,
-                                          encode_clip, read_representation, render_clip)
-from curvfast.pipelines.pkd.video.datasets import _prepare_clip
+                                          encode_clip, prepare_clip, read_representation, render_clip)
 
 
 def main(argv=None) -> dict:
@@ -56,7 +53,7 @@ def main(argv=None) -> dict:
             frames = render_clip(0, SyntheticConfig(size=64, frames=args.frames), np.random.default_rng(0))
             source = encode_clip(frames, os.path.join(tmp, "source.avi"))
             start = time.perf_counter()
-            folder = _prepare_clip(source, os.path.join(tmp, "clip"), args.size, None)
+            folder = prepare_clip(source, os.path.join(tmp, "clip"), args.size, None)
             prepare_s = round(time.perf_counter() - start, 2)
             cache_bytes = round(sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)) / 1e6, 2)
             rep = read_representation(folder, mmap=False)

@@ -45,9 +45,8 @@ import torch
 
 from benchmarks.cases import photo_crops
 from benchmarks.environment import environment, results_dir, write_results
-from curvfast.pipelines.verifix import apply_projectors, iter_layer_spectra, layer_rows, soft_projector, target_layers
-from curvfast.pipelines.verifix.patches import layer_operator
-from curvfast.pipelines.verifix.spectra import DEFAULT_STATE_BUDGET, RowSampler
+from curvfast.pipelines.verifix import (DEFAULT_STATE_BUDGET, RowSampler, apply_projectors, iter_layer_spectra, layer_operator,
+                                        layer_rows, soft_projector, target_layers)
 from curvfast.linalg import SpectrumResult
 from curvfast.models import cifar_resnet18
 

@@ -22,8 +22,7 @@ from torch import nn
 
 from benchmarks.environment import environment, results_dir, write_results
 from curvfast.linalg import choose_route, make_sketch
-from curvfast.pipelines.verifix.patches import ConvPatches
-from curvfast.pipelines.verifix.projector import soft_projector
+from curvfast.pipelines.verifix import ConvPatches, soft_projector
 
 ROUTES = ("gram", "randomized")
 ALPHAS = (3.0, 10.0, 100.0, 1e3, 1e4)

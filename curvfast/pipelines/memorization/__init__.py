@@ -9,6 +9,7 @@ from curvfast.pipelines.memorization.agreement import agreement, cosine_similari
 from curvfast.pipelines.memorization.feldman import (MemorizationEstimate, label_predictions, memorization_scores,
                                                       newcombe_interval, predict, random_subsets, wilson_interval)
 from curvfast.pipelines.memorization.mislabel import cleanlab_scores, cross_val_pred_probs, mislabel_report, flip_labels
+from curvfast.pipelines.memorization.models import model_factory
 from curvfast.pipelines.memorization.pipeline import PRESETS, Config, run, summary
 from curvfast.pipelines.memorization.trajectory import (CurvatureTrajectory, curvature_per_model, curvature_trajectory,
                                                          train_with_checkpoints)
@@ -17,5 +18,5 @@ __all__ = [
     "Config", "PRESETS", "run", "summary",
     "agreement", "cosine_similarity", "top_k_overlap", "MemorizationEstimate", "memorization_scores", "newcombe_interval",
     "predict", "label_predictions", "random_subsets", "wilson_interval", "cleanlab_scores", "cross_val_pred_probs", "mislabel_report",
-    "flip_labels", "CurvatureTrajectory", "curvature_trajectory", "curvature_per_model", "train_with_checkpoints",
+    "flip_labels", "CurvatureTrajectory", "curvature_trajectory", "curvature_per_model", "train_with_checkpoints", "model_factory",
 ]

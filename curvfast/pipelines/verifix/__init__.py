@@ -11,17 +11,19 @@ The command is :class:`Config` + :func:`run`. ``verifix(model, verified, validat
 (streamed per-layer activation spectra), ``soft_projector`` / ``apply_projectors``.
 """
 from curvfast.pipelines.verifix.noise import NOISE_TYPES, add_label_noise
-from curvfast.pipelines.verifix.patches import layer_rows, target_layers
+from curvfast.pipelines.verifix.patches import ConvPatches, layer_operator, layer_rows, target_layers
 from curvfast.pipelines.verifix.pipeline import PRESETS, Config, Relabeled, run, summary
 from curvfast.pipelines.verifix.projector import PUBLISHED_ALPHAS, apply_projectors, soft_projector, soft_scaling
 from curvfast.pipelines.common.data import dataset_labels
 from curvfast.pipelines.verifix.selection import Selection, select_verified, selection_methods
-from curvfast.pipelines.verifix.spectra import PUBLISHED_MAX_ROWS, LayerSpectrum, iter_layer_spectra, layer_spectra
+from curvfast.pipelines.verifix.spectra import (DEFAULT_STATE_BUDGET, PUBLISHED_MAX_ROWS, LayerSpectrum, RowSampler,
+                                              iter_layer_spectra, layer_spectra)
 from curvfast.pipelines.verifix.verifix import VerifixReport, projectors_for, verifix
 
 __all__ = [
     "Config", "PRESETS", "run", "summary", "Relabeled", "dataset_labels",
     "verifix", "VerifixReport", "projectors_for", "add_label_noise", "NOISE_TYPES", "select_verified", "Selection",
     "selection_methods", "layer_spectra", "iter_layer_spectra", "LayerSpectrum", "layer_rows", "target_layers", "soft_projector",
-    "soft_scaling", "apply_projectors", "PUBLISHED_ALPHAS", "PUBLISHED_MAX_ROWS",
+    "soft_scaling", "apply_projectors", "PUBLISHED_ALPHAS", "PUBLISHED_MAX_ROWS", "ConvPatches", "layer_operator",
+    "RowSampler", "DEFAULT_STATE_BUDGET",
 ]

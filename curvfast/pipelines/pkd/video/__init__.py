@@ -7,16 +7,20 @@ and read lazily (``datasets``), and a bundled synthetic action dataset
 (``synthetic``). PyAV is imported only when a video is encoded or decoded.
 """
 from curvfast.pipelines.pkd.video.codec import GOP_SIZE, DecodedVideo, decode_compressed, encode_clip, require_av
-from curvfast.pipelines.pkd.video.datasets import (NORMALIZATION, VIDEO_EXTENSIONS, ClipFiles, ClipSet, CompressedVideoDataset,
-                                                   cache_clips, folder_clipset, hmdb51_clips, read_frames, read_representation,
+from curvfast.pipelines.pkd.video.datasets import (prepare_clip, NORMALIZATION, VIDEO_EXTENSIONS, ClipFiles, ClipSet,
+                                                   CompressedVideoDataset,
+                                                   cache_clips, folder_clipset, hmdb51_clips, read_frames,
+                                                       read_representation,
                                                    reencode, stratified_split, ucf101_clips, videofolder_clips,
                                                    write_representation)
-from curvfast.pipelines.pkd.video.motion import (CompressedRepresentation, accumulate, compressed_representation, displacement_field,
+from curvfast.pipelines.pkd.video.motion import (CompressedRepresentation, accumulate, compressed_representation,
+                                                 displacement_field,
                      frame_residuals, motion_compensate)
 from curvfast.pipelines.pkd.video.sampling import sample_frames, segment_positions
 from curvfast.pipelines.pkd.video.synthetic import SyntheticConfig, class_names, render_clip, synthetic_actions
 
 __all__ = [
+    "prepare_clip",
     "GOP_SIZE", "DecodedVideo", "decode_compressed", "encode_clip", "require_av", "NORMALIZATION", "VIDEO_EXTENSIONS",
     "ClipFiles", "ClipSet", "CompressedVideoDataset", "cache_clips", "folder_clipset", "hmdb51_clips", "read_frames",
     "read_representation", "reencode", "stratified_split", "ucf101_clips", "videofolder_clips", "write_representation",

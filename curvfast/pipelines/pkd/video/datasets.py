@@ -27,7 +27,7 @@ from curvfast.pipelines.pkd.video.codec import GOP_SIZE, decode_compressed, enco
 from curvfast.pipelines.pkd.video.motion import CompressedRepresentation, compressed_representation
 from curvfast.pipelines.pkd.video.sampling import sample_frames
 
-__all__ = ["ClipSet", "ClipFiles", "stratified_split", "CompressedVideoDataset", "NORMALIZATION", "read_frames", "reencode",
+__all__ = ["prepare_clip", "ClipSet", "ClipFiles", "stratified_split", "CompressedVideoDataset", "NORMALIZATION", "read_frames", "reencode",
            "ucf101_clips", "hmdb51_clips", "videofolder_clips", "VIDEO_EXTENSIONS", "cache_clips", "folder_clipset",
            "write_representation", "read_representation"]
 
@@ -272,7 +272,7 @@ def _clip_folder(cache_dir: str, path: str, size: int, max_frames: int | None) -
     return os.path.join(cache_dir, hashlib.sha256(key.encode()).hexdigest()[:16])
 
 
-def _prepare_clip(path: str, folder: str, size: int, max_frames: int | None) -> str:
+def prepare_clip(path: str, folder: str, size: int, max_frames: int | None) -> str:
     """Re-encode ``path`` (CoViAR's codec settings), decode it with its motion vectors and write its
     compressed representation to ``folder``."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -291,7 +291,7 @@ class _Pending(Dataset):
         return len(self.jobs)
 
     def __getitem__(self, i: int) -> str:
-        return _prepare_clip(*self.jobs[i], self.size, self.max_frames)
+        return prepare_clip(*self.jobs[i], self.size, self.max_frames)
 
 
 def cache_clips(paths: list[str], cache_dir: str, size: int = 64, max_frames: int | None = None, workers: int = 0,
