@@ -5,6 +5,7 @@ import os
 import re
 
 from curvfast.data import get_dataset
+from curvfast.errors import CheckpointError
 from curvfast.io import load_checkpoint
 from curvfast.models import build_model, normalized
 
@@ -17,13 +18,13 @@ def load_model(checkpoint: str, model_name: str | None, dataset: str, root: str 
     ckpt = load_checkpoint(checkpoint)
     name = model_name or ckpt.get("model")
     if not isinstance(name, str):
-        raise ValueError(f"checkpoint {checkpoint!r} does not name its model; pass --model")
+        raise CheckpointError(f"checkpoint {checkpoint!r} does not name its model; pass --model")
     sizes = {}
     for key in ("num_classes", "in_channels"):
         value = ckpt.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"checkpoint {checkpoint!r} records {key}={value!r}, which is not a positive int; "
-                             "fix the checkpoint's metadata or re-save it with save_checkpoint")
+            raise CheckpointError(f"checkpoint {checkpoint!r} records {key}={value!r}, which is not a positive int; "
+                                  "fix the checkpoint's metadata or re-save it with save_checkpoint")
         sizes[key] = value
     if None in sizes.values():  # not recorded: the dataset's
         _, info = get_dataset(dataset, "train", root=root)
@@ -33,7 +34,7 @@ def load_model(checkpoint: str, model_name: str | None, dataset: str, root: str 
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:
-        raise ValueError(f"checkpoint {checkpoint!r} does not fit model {name!r}: {str(err).splitlines()[0]}") from err
+        raise CheckpointError(f"checkpoint {checkpoint!r} does not fit model {name!r}: {str(err).splitlines()[0]}") from err
     return model
 
 

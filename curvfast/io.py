@@ -10,7 +10,7 @@ import tempfile
 import numpy as np
 import torch
 
-from .errors import NonFiniteError
+from .errors import CheckpointError, NonFiniteError
 
 __all__ = ["atomic_write_bytes", "write_json", "write_npz", "save_checkpoint", "load_checkpoint"]
 
@@ -97,7 +97,7 @@ def load_checkpoint(path: str) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(
+        raise CheckpointError(
             f"checkpoint {path!r} could not be read as a PyTorch state_dict ({type(err).__name__}: {err}); "
             "it is corrupt, truncated, or not a weights-only checkpoint"
         ) from err
@@ -105,4 +105,4 @@ def load_checkpoint(path: str) -> dict:
         return obj
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return {"state_dict": obj}
-    raise ValueError(f"checkpoint {path!r} holds a {type(obj).__name__}, not a state_dict")
+    raise CheckpointError(f"checkpoint {path!r} holds a {type(obj).__name__}, not a state_dict")

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from curvfast.data import get_dataset
+from curvfast.errors import ConfigError, TrainingDivergedError, UnknownNameError
 from curvfast.io import save_checkpoint
 from curvfast.models import build_model, normalized
 
@@ -107,17 +108,17 @@ def fit(
     ``FloatingPointError``. The caller seeds the initialisation.
     """
     if epochs < 1 or batch_size < 1:
-        raise ValueError(f"need epochs >= 1 and batch_size >= 1 (got epochs={epochs}, batch_size={batch_size})")
+        raise ConfigError(f"need epochs >= 1 and batch_size >= 1 (got epochs={epochs}, batch_size={batch_size})")
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0):
-        raise ValueError(f"lr must be a positive finite learning rate (got {lr!r})")
+        raise ConfigError(f"lr must be a positive finite learning rate (got {lr!r})")
     if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)} (got {schedule!r})")
+        raise UnknownNameError(f"schedule must be one of {', '.join(SCHEDULES)} (got {schedule!r})")
     from tqdm.auto import tqdm
 
     model.to(device)
     if isinstance(optimizer, str):
         if optimizer not in _OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(_OPTIMIZERS)} or a torch optimizer (got {optimizer!r})")
+            raise UnknownNameError(f"optimizer must be one of {', '.join(_OPTIMIZERS)} or a torch optimizer (got {optimizer!r})")
         cls, default_lr, extra = _OPTIMIZERS[optimizer]
         params = [p for p in model.parameters() if p.requires_grad]
         opt = cls(params, lr=default_lr if lr is None else lr, weight_decay=weight_decay, **extra)
@@ -146,8 +147,8 @@ def fit(
             total, batches = total + loss.detach(), batches + 1
         mean = total.item() / max(batches, 1)
         if not math.isfinite(mean):
-            raise FloatingPointError(f"the training loss became NaN or Inf in epoch {epoch + 1}: training diverged; "
-                                     "lower the learning rate or check the data")
+            raise TrainingDivergedError(f"the training loss became NaN or Inf in epoch {epoch + 1}: training diverged; "
+                                        "lower the learning rate or check the data")
         if schedule == "cosine":
             sched.step()
         if on_epoch_end is not None:

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from curvfast.errors import ConfigError, TrainingDivergedError, UnknownNameError
 from curvfast.training import evaluate, fit
 
 
@@ -52,18 +53,19 @@ def test_a_given_optimizer_custom_loss_and_step_schedule():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # annealed to 0 over the 8 steps
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"optimizer": "lbfgs"}, "optimizer must be one of"),
-    ({"schedule": "step"}, "schedule must be one of"),
-    ({"lr": float("nan")}, "lr must be a positive finite"),
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"optimizer": "lbfgs"}, UnknownNameError, "optimizer must be one of"),
+    ({"schedule": "step"}, UnknownNameError, "schedule must be one of"),
+    ({"lr": float("nan")}, ConfigError, "lr must be a positive finite"),
+    ({"batch_size": 0}, ConfigError, "batch_size >= 1"),
 ])
-def test_bad_settings_are_named(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_settings_are_named(kwargs, error, message):
+    with pytest.raises(error, match=message):
         fit(_net(), _data(), epochs=1, **kwargs)
 
 
 def test_divergence_is_reported():
-    with pytest.raises(FloatingPointError, match="diverged"):
+    with pytest.raises(TrainingDivergedError, match="diverged"):
         fit(_net(), _data(), epochs=1, loss_fn=lambda m, x, y: m(x).sum() * float("inf"))
 
 

@@ -10,6 +10,7 @@ from ..curvature import sample_ids_for  # dataset indices keying the probes; def
 from ..curvature import input_curvature, is_piecewise_linear
 from ..curvature.checks import check_batch
 from ..curvature.model import LogitFn, scoring_mode, unwrap_model
+from ..errors import ConfigError
 
 __all__ = ["draw_seed", "sample_ids_for", "scaled_logits", "hessian_statistic", "prepare"]
 
@@ -20,14 +21,14 @@ def draw_seed(seed: int | None) -> int:
     if seed is None:
         return int(torch.randint(0, 2**62, (1,)))
     if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int or None (got {seed!r})")
+        raise ConfigError(f"seed must be a non-negative int or None (got {seed!r})")
     return seed
 
 
 def scaled_logits(temp: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """The published ``outputs / temp``."""
     if not temp > 0:
-        raise ValueError(f"temp must be > 0 (got {temp!r})")
+        raise ConfigError(f"temp must be > 0 (got {temp!r})")
     return lambda z: z / temp
 
 
@@ -36,9 +37,9 @@ def prepare(net: nn.Module, x, y, h: float, niter: int):
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be an nn.Module returning logits (got {type(net).__name__})")
     if not h > 0:
-        raise ValueError(f"h must be > 0 (got {h!r})")
+        raise ConfigError(f"h must be > 0 (got {h!r})")
     if not isinstance(niter, int) or niter < 1:
-        raise ValueError(f"niter must be a positive int (got {niter!r})")
+        raise ConfigError(f"niter must be a positive int (got {niter!r})")
     model = unwrap_model(net)
     x, y = check_batch(x.detach(), y, model)
     return model, x, y

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from curvfast.errors import ConfigError, MissingDependencyError
+
 __all__ = ["PHOTOS", "photo_manifest", "photo_patches", "photo_sources"]
 
 PHOTOS = (
@@ -33,8 +35,8 @@ def _load(package: str, name: str) -> np.ndarray:
     try:
         import skimage.data
     except ImportError as err:
-        raise ImportError(f"the pinned photo list needs scikit-image for skimage.data.{name}: pip install scikit-image "
-                          "(the patches would otherwise differ between machines)") from err
+        raise MissingDependencyError(f"the pinned photo list needs scikit-image for skimage.data.{name}: pip install scikit-image "
+                                     "(the patches would otherwise differ between machines)") from err
     return np.asarray(getattr(skimage.data, name)())
 
 
@@ -62,7 +64,7 @@ def photo_sources() -> list[np.ndarray]:
 def photo_patches(n: int, size: int = 8, seed: int = 0) -> torch.Tensor:
     """``n`` real-photo patches, shape ``(n, 1, size, size)``, float32 in [0, 1], reproducible by ``seed``."""
     if n < 0 or size < 1:
-        raise ValueError(f"need n >= 0 and size >= 1 (got n={n}, size={size})")
+        raise ConfigError(f"need n >= 0 and size >= 1 (got n={n}, size={size})")
     rng = np.random.default_rng(seed)
     photos = photo_sources()
     out = torch.empty(n, 1, size, size)

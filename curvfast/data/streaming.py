@@ -26,6 +26,8 @@ from array import array
 import numpy as np
 from torch.utils.data import Dataset
 
+from curvfast.errors import DataError
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -143,13 +145,13 @@ class FileListDataset(_PathLabelDataset):
                     continue
                 path, label = line.rsplit(None, 1) if len(line.split()) > 1 else (b"", line)
                 if not label.isdigit():
-                    raise ValueError(f"{list_file}:{lineno}: expected '<path> <non-negative integer label>', got {line!r}")
+                    raise DataError(f"{list_file}:{lineno}: expected '<path> <non-negative integer label>', got {line!r}")
                 if not allow_outside_root and _outside(path):
-                    raise ValueError(f"{list_file}:{lineno}: {path.decode(errors='replace')!r} lies outside the root folder; "
-                                     "list paths relative to it, or pass allow_outside_root=True (--allow-outside-root)")
+                    raise DataError(f"{list_file}:{lineno}: {path.decode(errors='replace')!r} lies outside the root folder; "
+                                    "list paths relative to it, or pass allow_outside_root=True (--allow-outside-root)")
                 catalogue.add(path, int(label))
         if not len(catalogue):
-            raise ValueError(f"file list {list_file!r} lists no images")
+            raise DataError(f"file list {list_file!r} lists no images")
         root = os.path.dirname(os.path.abspath(list_file)) if root is None else root
         super().__init__(root, catalogue, transform, image_size, mode)
 
@@ -163,7 +165,7 @@ class StreamingImageFolder(_PathLabelDataset):
             raise FileNotFoundError(f"image folder {root!r} does not exist")
         self.classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
         if len(self.classes) < 2:
-            raise ValueError(f"image folder {root!r} has {len(self.classes)} class folder(s); need at least 2")
+            raise DataError(f"image folder {root!r} has {len(self.classes)} class folder(s); need at least 2")
         catalogue = _Catalogue()
         for label, cls in enumerate(self.classes):
             for folder, _, files in sorted(os.walk(os.path.join(root, cls), followlinks=True)):
@@ -172,7 +174,7 @@ class StreamingImageFolder(_PathLabelDataset):
                     if name.lower().endswith(IMAGE_EXTENSIONS):
                         catalogue.add(os.path.join(rel, name).encode(), label)
         if not len(catalogue):
-            raise ValueError(f"image folder {root!r} holds no images with extensions {IMAGE_EXTENSIONS}")
+            raise DataError(f"image folder {root!r} holds no images with extensions {IMAGE_EXTENSIONS}")
         super().__init__(root, catalogue, transform, image_size, mode)
 
     @property

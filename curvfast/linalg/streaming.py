@@ -39,6 +39,7 @@ from functools import cached_property
 import torch
 
 from .randomized import gaussian_sketch, orthonormalize
+from ..errors import ConfigError, DataError, UnknownNameError
 
 __all__ = ["SpectrumResult", "GramSpectrum", "DenseRows", "StreamingGram", "StreamingRandomizedSVD", "make_sketch", "choose_route",
            "ROUTES"]
@@ -107,7 +108,7 @@ class DenseRows:
     def __init__(self, x: torch.Tensor):
         self.x = x.unsqueeze(0) if x.ndim == 2 else x
         if self.x.ndim != 3:
-            raise ValueError(f"rows must have shape (groups, rows, dim) or (rows, dim) (got {tuple(x.shape)})")
+            raise DataError(f"rows must have shape (groups, rows, dim) or (rows, dim) (got {tuple(x.shape)})")
         self.groups, self.rows, self.dim = self.x.shape
 
     def energy(self) -> torch.Tensor:
@@ -125,9 +126,9 @@ class _Sketch:
 
     def __init__(self, dim: int, groups: int, dtype: torch.dtype, device, passes: int):
         if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive int (got {dim!r})")
+            raise ConfigError(f"dim must be a positive int (got {dim!r})")
         if not isinstance(groups, int) or groups < 1:
-            raise ValueError(f"groups must be a positive int (got {groups!r})")
+            raise ConfigError(f"groups must be a positive int (got {groups!r})")
         self.dim, self.groups, self.dtype, self.device = dim, groups, dtype, torch.device(device or "cpu")
         self.passes = passes
         self.passes_done = 0
@@ -147,7 +148,7 @@ class _Sketch:
         if isinstance(x, torch.Tensor):
             x = DenseRows(x.to(device=self.device, dtype=self.dtype))
         if x.groups != self.groups or x.dim != self.dim:
-            raise ValueError(f"batch must have shape (groups={self.groups}, rows, dim={self.dim}) (got groups={x.groups}, dim={x.dim})")
+            raise DataError(f"batch must have shape (groups={self.groups}, rows, dim={self.dim}) (got groups={x.groups}, dim={x.dim})")
         if self.passes_done == 0:
             self.rows += x.rows
             self.energy += x.energy().to(self.energy)
@@ -156,7 +157,7 @@ class _Sketch:
     def end_pass(self) -> None:
         """Close the current pass over the data."""
         if self.passes_done == 0 and self.rows == 0:
-            raise ValueError("no rows were streamed into the sketch; the data is empty")
+            raise DataError("no rows were streamed into the sketch; the data is empty")
         self.passes_done += 1
 
     def _check_result(self) -> None:
@@ -193,11 +194,11 @@ class StreamingRandomizedSVD(_Sketch):
         dtype: torch.dtype = torch.float64, device=None,
     ):
         if not isinstance(rank, int) or not 1 <= rank <= dim:
-            raise ValueError(f"rank must be an int in [1, dim={dim}] (got {rank!r})")
+            raise ConfigError(f"rank must be an int in [1, dim={dim}] (got {rank!r})")
         if not isinstance(oversample, int) or oversample < 0:
-            raise ValueError(f"oversample must be an int >= 0 (got {oversample!r})")
+            raise ConfigError(f"oversample must be an int >= 0 (got {oversample!r})")
         if not isinstance(power_iters, int) or power_iters < 0:
-            raise ValueError(f"power_iters must be an int >= 0 (got {power_iters!r})")
+            raise ConfigError(f"power_iters must be an int >= 0 (got {power_iters!r})")
         super().__init__(dim, groups, dtype, device, passes=1 + power_iters)
         self.rank = rank
         self.width = min(rank + oversample, dim)
@@ -257,12 +258,12 @@ def make_sketch(
 ) -> StreamingGram | StreamingRandomizedSVD:
     """A sketch for ``rows`` expected rows of dimension ``dim``; ``route="auto"`` uses ``choose_route``."""
     if route not in ROUTES:
-        raise ValueError(f"route must be one of {ROUTES} (got {route!r})")
+        raise UnknownNameError(f"route must be one of {ROUTES} (got {route!r})")
     if route == "auto":
         route = choose_route(dim, rows, rank, oversample=oversample, power_iters=power_iters)
     if route == "randomized":
         if rank is None and rows >= dim:
-            raise ValueError("route='randomized' needs a target rank; pass rank=k (or use route='gram' for the exact spectrum)")
+            raise ConfigError("route='randomized' needs a target rank; pass rank=k (or use route='gram' for the exact spectrum)")
         return StreamingRandomizedSVD(
             dim, max(1, min(dim if rank is None else rank, rows, dim)), oversample=oversample, power_iters=power_iters, groups=groups,
             seed=seed, dtype=dtype, device=device

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from curvfast.ops import _loader, reference
+from curvfast.errors import ConfigError, DataError, NonFiniteError, UnknownNameError
 
 __all__ = ["native_available", "cuda_compiled", "load_error", "probes", "logit_factor",
            "weighted_sq_norms", "probe_moments", "patch_gram", "patch_gram_add_"]
@@ -44,34 +45,34 @@ def _tensor(name: str, t, ndim: int, dtypes: tuple, fix: str = "") -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor (got {type(t).__name__})")
     if t.dim() != ndim:
-        raise ValueError(f"{name} must be {ndim}-D (got shape {tuple(t.shape)})")
+        raise ConfigError(f"{name} must be {ndim}-D (got shape {tuple(t.shape)})")
     if t.dtype not in dtypes:
         names = " or ".join(str(d).replace("torch.", "") for d in dtypes)
         raise TypeError(f"{name} must be {names} (got {t.dtype}){fix}")
     if t.requires_grad:
-        raise ValueError(f"{name} must not require grad: curvfast ops are not differentiable; "
-                         f"pass {name}.detach()")
+        raise ConfigError(f"{name} must not require grad: curvfast ops are not differentiable; "
+                          f"pass {name}.detach()")
 
 
 def _int(name: str, value, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int (got {type(value).__name__})")
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum} (got {value})")
+        raise ConfigError(f"{name} must be >= {minimum} (got {value})")
 
 
 def _same_device(**tensors: torch.Tensor) -> None:
     devices = {name: t.device for name, t in tensors.items()}
     if len(set(devices.values())) > 1:
         listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
-        raise ValueError(f"tensors must be on one device (got {listing}); move them with .to()")
+        raise ConfigError(f"tensors must be on one device (got {listing}); move them with .to()")
 
 
 def _check_sample_ids(sample_ids, batch: int | None) -> None:
     _tensor("sample_ids", sample_ids, 1, (torch.int64,),
             "; convert with sample_ids.long()")
     if batch is not None and sample_ids.shape[0] != batch:
-        raise ValueError(f"sample_ids must have length B={batch} (got {sample_ids.shape[0]})")
+        raise ConfigError(f"sample_ids must have length B={batch} (got {sample_ids.shape[0]})")
 
 
 def probes(sample_ids: torch.Tensor, num_probes: int, dim: int, *, seed: int, probe_offset: int = 0,
@@ -95,16 +96,16 @@ def probes(sample_ids: torch.Tensor, num_probes: int, dim: int, *, seed: int, pr
     _int("seed", seed, 0)
     _int("probe_offset", probe_offset, 0)
     if seed >= 2**63:
-        raise ValueError(f"seed must be < 2**63 (got {seed})")
+        raise ConfigError(f"seed must be < 2**63 (got {seed})")
     if probe_offset + num_probes > 2**32:
-        raise ValueError(f"probe_offset + num_probes must be <= 2**32 (got {probe_offset} + "
-                         f"{num_probes}); probe indices are 32-bit")
+        raise ConfigError(f"probe_offset + num_probes must be <= 2**32 (got {probe_offset} + "
+                          f"{num_probes}); probe indices are 32-bit")
     if distribution not in ("rademacher", "gaussian"):
-        raise ValueError(f"distribution must be 'rademacher' or 'gaussian' (got {distribution!r})")
+        raise UnknownNameError(f"distribution must be 'rademacher' or 'gaussian' (got {distribution!r})")
     if dtype not in _FLOATS:
         raise TypeError(f"dtype must be torch.float32 or torch.float64 (got {dtype})")
     if sample_ids.numel() and int(sample_ids.min()) < 0:
-        raise ValueError("sample_ids must be non-negative (they index the dataset)")
+        raise DataError("sample_ids must be non-negative (they index the dataset)")
     if _use_native(sample_ids.device):
         return torch.ops.curvfast.probes(sample_ids, seed, probe_offset, num_probes, dim,
                                          distribution, dtype)
@@ -132,28 +133,28 @@ def logit_factor(logits: torch.Tensor, labels: torch.Tensor, sample_ids: torch.T
     _tensor("logits", logits, 2, _FLOATS, "; convert with logits.float()")
     B, C = logits.shape
     if C < 2:
-        raise ValueError(f"logits need at least 2 classes (got shape {tuple(logits.shape)})")
+        raise ConfigError(f"logits need at least 2 classes (got shape {tuple(logits.shape)})")
     _tensor("labels", labels, 1, (torch.int64,), "; convert with labels.long()")
     if labels.shape[0] != B:
-        raise ValueError(f"labels must have length B={B} (got {labels.shape[0]})")
+        raise ConfigError(f"labels must have length B={B} (got {labels.shape[0]})")
     _check_sample_ids(sample_ids, B)
     _same_device(logits=logits, labels=labels, sample_ids=sample_ids)
     _int("num_exact", num_exact, 0)
     _int("num_tail", num_tail, 0)
     _int("seed", seed, 0)
     if num_exact < C and num_tail < 1:
-        raise ValueError(f"num_exact={num_exact} < C={C} samples the remaining classes, so "
-                         "num_tail must be >= 1 (or set num_exact >= C for the exact factor)")
+        raise ConfigError(f"num_exact={num_exact} < C={C} samples the remaining classes, so "
+                          "num_tail must be >= 1 (or set num_exact >= C for the exact factor)")
     if B:
         bad_label_lo, bad_label_hi, bad_id, non_finite = torch.stack([
             labels.min() < 0, labels.max() >= C, sample_ids.min() < 0,
             ~torch.isfinite(logits).all()]).tolist()
         if bad_label_lo or bad_label_hi:
-            raise ValueError(f"labels must lie in [0, C={C})")
+            raise DataError(f"labels must lie in [0, C={C})")
         if bad_id:
-            raise ValueError("sample_ids must be non-negative (they index the dataset)")
+            raise DataError("sample_ids must be non-negative (they index the dataset)")
         if non_finite:
-            raise ValueError("logits must be finite (got NaN or inf)")
+            raise NonFiniteError("logits must be finite (got NaN or inf)")
     if _use_native(logits.device):
         return torch.ops.curvfast.logit_factor(logits, labels, sample_ids, num_exact, num_tail,
                                                seed)
@@ -170,8 +171,8 @@ def weighted_sq_norms(vjp: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     _tensor("vjp", vjp, 3, _FLOATS, "; convert with vjp.float()")
     _tensor("weights", weights, 2, _FLOATS, "; convert with weights.to(vjp.dtype)")
     if tuple(weights.shape) != tuple(vjp.shape[:2]):
-        raise ValueError(f"weights must have shape (B, K) = {tuple(vjp.shape[:2])} "
-                         f"(got {tuple(weights.shape)})")
+        raise ConfigError(f"weights must have shape (B, K) = {tuple(vjp.shape[:2])} "
+                          f"(got {tuple(weights.shape)})")
     if weights.dtype != vjp.dtype:
         raise TypeError(f"weights must have vjp's dtype {vjp.dtype} (got {weights.dtype}); "
                         "convert with weights.to(vjp.dtype)")
@@ -196,19 +197,19 @@ def probe_moments(probes: torch.Tensor, hvp: torch.Tensor, mean: torch.Tensor, m
     _tensor("probes", probes, 3, _FLOATS, "; convert with probes.float()")
     _tensor("hvp", hvp, 3, _FLOATS, "; convert with hvp.to(probes.dtype)")
     if hvp.shape != probes.shape:
-        raise ValueError(f"hvp must have probes' shape {tuple(probes.shape)} "
-                         f"(got {tuple(hvp.shape)})")
+        raise ConfigError(f"hvp must have probes' shape {tuple(probes.shape)} "
+                          f"(got {tuple(hvp.shape)})")
     if hvp.dtype != probes.dtype:
         raise TypeError(f"hvp must have probes' dtype {probes.dtype} (got {hvp.dtype}); "
                         "convert with hvp.to(probes.dtype)")
     if probes.shape[1] < 1:
-        raise ValueError("probes must hold at least one probe (P >= 1)")
+        raise ConfigError("probes must hold at least one probe (P >= 1)")
     B = probes.shape[0]
     _tensor("mean", mean, 2, _FLOATS, "; convert with mean.double()")
     _tensor("m2", m2, 2, _FLOATS, "; convert with m2.double()")
     if tuple(mean.shape) != (B, 2) or tuple(m2.shape) != (B, 2):
-        raise ValueError(f"mean and m2 must have shape (B, 2) = ({B}, 2) "
-                         f"(got {tuple(mean.shape)} and {tuple(m2.shape)})")
+        raise ConfigError(f"mean and m2 must have shape (B, 2) = ({B}, 2) "
+                          f"(got {tuple(mean.shape)} and {tuple(m2.shape)})")
     if m2.dtype != mean.dtype:
         raise TypeError(f"m2 must have mean's dtype {mean.dtype} (got {m2.dtype})")
     _same_device(probes=probes, hvp=hvp, mean=mean, m2=m2)
@@ -221,7 +222,7 @@ def probe_moments(probes: torch.Tensor, hvp: torch.Tensor, mean: torch.Tensor, m
 def _pair(name: str, value) -> tuple[int, int]:
     pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
     if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pair):
-        raise ValueError(f"{name} must be a positive int or a pair of positive ints (got {value!r})")
+        raise ConfigError(f"{name} must be a positive int or a pair of positive ints (got {value!r})")
     return pair
 
 
@@ -232,22 +233,22 @@ def _check_patch_gram(x, mask, kernel, stride, dilation, groups, omega):
     _int("groups", groups, 1)
     batch, channels, height, width = x.shape
     if channels % groups:
-        raise ValueError(f"groups={groups} must divide x's {channels} channels (the layer's groups)")
+        raise ConfigError(f"groups={groups} must divide x's {channels} channels (the layer's groups)")
     extent = [dl * (k - 1) + 1 for k, dl in zip(kernel, dilation)]
     if extent[0] > height or extent[1] > width:
-        raise ValueError(f"the dilated kernel spans {extent[0]}x{extent[1]} but x is {height}x{width}; "
-                         "pass the input padded like the layer pads it")
+        raise ConfigError(f"the dilated kernel spans {extent[0]}x{extent[1]} but x is {height}x{width}; "
+                          "pass the input padded like the layer pads it")
     out = tuple((n - e) // s + 1 for n, e, s in zip((height, width), extent, stride))
     _tensor("mask", mask, 3, (x.dtype,), f"; convert with mask.to({x.dtype})")
     if tuple(mask.shape) != (batch, *out):
-        raise ValueError(f"mask must have shape (B, H_out, W_out) = {(batch, *out)} (got {tuple(mask.shape)})")
+        raise ConfigError(f"mask must have shape (B, H_out, W_out) = {(batch, *out)} (got {tuple(mask.shape)})")
     if omega is None:
         _same_device(x=x, mask=mask)
     else:
         dim = channels // groups * kernel[0] * kernel[1]
         _tensor("omega", omega, 3, _FLOATS, "; convert with omega.double()")
         if tuple(omega.shape[:2]) != (groups, dim):
-            raise ValueError(f"omega must have shape (groups, d, l) = ({groups}, {dim}, l) (got {tuple(omega.shape)})")
+            raise ConfigError(f"omega must have shape (groups, d, l) = ({groups}, {dim}, l) (got {tuple(omega.shape)})")
         _same_device(x=x, mask=mask, omega=omega)
     return kernel, stride, dilation
 
@@ -281,9 +282,9 @@ def patch_gram_add_(acc: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, kern
     dim = x.shape[1] // groups * kernel[0] * kernel[1]
     shape = (groups, dim, dim if omega is None else omega.shape[2])
     if tuple(acc.shape) != shape:
-        raise ValueError(f"acc must have shape {shape} (got {tuple(acc.shape)})")
+        raise ConfigError(f"acc must have shape {shape} (got {tuple(acc.shape)})")
     if not acc.is_contiguous():
-        raise ValueError("acc must be contiguous; accumulate into acc.contiguous() and copy back")
+        raise ConfigError("acc must be contiguous; accumulate into acc.contiguous() and copy back")
     _same_device(acc=acc, x=x)
     if _use_native(x.device):
         torch.ops.curvfast.patch_gram_add_(acc, x, mask, kernel, stride, dilation, groups, omega)
