@@ -14,8 +14,6 @@ import sys
 
 from . import __version__
 
-METHOD_CHOICES = ("auto", "exact", "sampled", "hutchinson", "deflated", "fd", "zo")
-STAT_CHOICES = ("trace", "frobenius", "top_eigenvalue", "spectrum", "fd", "zo")
 
 
 def _cmd_doctor(args) -> int:
@@ -139,8 +137,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--allow-outside-root", action="store_true",
                    help="let a file list name images outside its folder (absolute paths, '..')")
-    p.add_argument("--method", choices=METHOD_CHOICES, default="auto")
-    p.add_argument("--statistic", choices=STAT_CHOICES, default=None)
+    from .curvature import ESTIMATORS, METHODS, STATISTICS
+
+    own = tuple(e.name for e in ESTIMATORS.values() if e.own_statistic)  # fd, zo: their published quantity
+    p.add_argument("--method", choices=tuple(METHODS), default="auto", help="curvature estimator (default: auto)")
+    p.add_argument("--statistic", choices=(*STATISTICS, *own), default=None,
+                   help="trace (default), frobenius, top_eigenvalue, spectrum; fd and zo return their own quantity")
     p.add_argument("--probes", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)

@@ -12,7 +12,8 @@ def report() -> dict:
     """Versions, whether the native extension loaded, whether it has CUDA kernels, GPUs present."""
     import torchvision
 
-    from curvfast import __version__, ops
+    from curvfast import ops
+    from curvfast._version import __version__
 
     gpu = torch.cuda.is_available()
     return {

@@ -39,11 +39,13 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset, RandomSampler, Sampler, SequentialSampler
 from torch.utils.data import default_collate
 
-from . import __version__, distributed, ops
+from . import distributed, ops
+from ._version import __version__
 from .chunks import RunFolder
 from .curvature import input_curvature
 from .curvature.batching import VJP_PLANNER
 from .curvature.model import unwrap_model
+from .errors import ConfigError, DataError
 from .fingerprint import dataset_fingerprint, model_fingerprint
 from .io import write_json, write_npz
 
@@ -98,6 +100,8 @@ class ScoreResult:
     run: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
+        """Count, mean, median, min, max and std of the scores (the top eigenvalue for a spectrum), the mean
+        loss, the seconds taken and the samples per second."""
         s = self.score if self.score.ndim == 1 else self.score[:, 0]
         return {
             "count": int(len(s)),
@@ -112,20 +116,31 @@ class ScoreResult:
         }
 
     def arrays(self) -> dict[str, np.ndarray]:
+        """The per-sample arrays as ``scores.npz`` holds them (``stderr`` only for random methods)."""
         out = {"index": self.index, "score": self.score, "loss": self.loss, "label": self.label}
         return out if self.stderr is None else {**out, "stderr": self.stderr}
 
 
-def parse_device(device) -> torch.device:
-    """``device`` as a ``torch.device`` that can run models here: cpu, or cuda when a GPU exists."""
+def parse_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` that can run models here: cpu, or cuda when a GPU exists.
+
+    Args:
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a ``torch.device``.
+
+    Returns:
+        The parsed device.
+
+    Raises:
+        ConfigError: not a device name, a device type other than cpu/cuda, or cuda without a GPU.
+    """
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device {device!r} is not a device name; use 'cpu' or 'cuda' ('cuda:N' for one GPU)") from err
+        raise ConfigError(f"device {device!r} is not a device name; use 'cpu' or 'cuda' ('cuda:N' for one GPU)") from err
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {str(device)!r} cannot run the models; use 'cpu' or 'cuda' ('cuda:N' for one GPU)")
+        raise ConfigError(f"device {str(device)!r} cannot run the models; use 'cpu' or 'cuda' ('cuda:N' for one GPU)")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} was requested but no CUDA GPU is available here; use device='cpu'")
+        raise ConfigError(f"device {str(device)!r} was requested but no CUDA GPU is available here; use device='cpu'")
     return device
 
 
@@ -141,12 +156,12 @@ def _named_models(models) -> dict[str, nn.Module]:
         raise TypeError("score_models() takes several models (a dict name -> model, or a list); use score() for one")
     named = dict(models) if isinstance(models, Mapping) else {f"model{i}": m for i, m in enumerate(models)}
     if not named:
-        raise ValueError("models is empty; pass at least one model")
+        raise ConfigError("models is empty; pass at least one model")
     for name, m in named.items():
         if not isinstance(m, nn.Module):
             raise TypeError(f"model {name!r} is a {type(m).__name__}, not an nn.Module returning logits")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(name)):
-            raise ValueError(f"model name {name!r} must be a plain folder name (letters, digits, '_', '.', '-')")
+            raise ConfigError(f"model name {name!r} must be a plain folder name (letters, digits, '_', '.', '-')")
     return named
 
 
@@ -198,6 +213,19 @@ def _calibrate(models, dataset, batch_size: int, device, estimator: dict, first:
     return {name: res.pass_width for name, res in results.items()}
 
 
+def _measured_widths(ctx, folder: RunFolder | None, models, dataset, batch_size: int, device, estimator: dict,
+                     first: dict) -> dict:
+    """A new run's class-pass widths: measured once, on rank 0 (:func:`_calibrate`), recorded in the run
+    folder's manifest, and shared with every rank."""
+    def calibrate():
+        measured = _calibrate(models, dataset, batch_size, device, estimator, first)
+        if folder is not None:
+            folder.record(pass_widths=measured)
+        return measured
+
+    return ctx.on_main("measuring the class-pass width", calibrate)
+
+
 def _pinned(models: dict, widths: dict) -> contextlib.ExitStack:
     """Pin each model's class-pass width (``widths[name]``, None: nothing to pin) for the run."""
     stack = contextlib.ExitStack()
@@ -233,7 +261,7 @@ def _score_batches(models, loader, device, sizes: list[int], show: bool, estimat
     if parts and sizes[pos] is None:  # a caller's sampler: the unit ends with the loader
         yield pos, {k: np.concatenate(v) for k, v in parts.items()}, used
     elif parts or pos != len(sizes):
-        raise RuntimeError(f"the data loader stopped inside unit {pos}; did the dataset change length while scoring?")
+        raise DataError(f"the data loader stopped inside unit {pos}; did the dataset change length while scoring?")
 
 
 def _merge(units: Iterator[dict]) -> dict[str, np.ndarray]:
@@ -271,27 +299,91 @@ def _write_results(out: str, results: dict[str, ScoreResult], single: bool) -> N
         })
 
 
-def _score(models, data, single: bool, *, method, statistic, probes, seed, batch_size, device, num_workers, out, chunk_size,
-           overwrite, timeout, progress, **estimator_kwargs) -> dict[str, ScoreResult]:
+def _check_run_options(batch_size, chunk_size, out) -> None:
+    """Refuse a batch size, chunk size or run folder that cannot make a run."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive int (got {batch_size!r})")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ConfigError(f"chunk_size must be a positive int or None (got {chunk_size!r})")
+    if chunk_size is not None and out is None:
+        raise ConfigError("chunk_size makes a resumable run on disk and needs out=<run folder>")
+    if out is not None and os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"out={out!r} is a file, not a folder; name a run folder (new or existing)")
+
+
+def _identity(models: dict, dataset, settings: dict, ctx, fingerprinted: bool) -> dict:
+    """Everything that determines the numbers: settings, models and data (fingerprinted for a resumable or
+    sharded run, where every rank must hold the same ones)."""
+    n = settings["dataset_size"]
+    identity = {"settings": settings, "models": {}, "data": {"size": n, "type": type(dataset).__qualname__}}
+    if not fingerprinted:
+        identity["models"] = {name: {"type": type(m).__name__, "sha256": None} for name, m in models.items()}
+        return identity
+    identity["models"] = {name: {"type": type(m).__name__, "sha256": model_fingerprint(m)} for name, m in models.items()}
+    identity["data"] = dataset_fingerprint(dataset)
+    views = ctx.all_gather("comparing models and data across ranks", identity)
+    for r, view in enumerate(views):
+        if view != views[0]:
+            raise ConfigError(
+                f"rank {r} holds other models, data or settings than rank 0; every rank must load the same "
+                "checkpoints and dataset (seed any random initialisation, or load a checkpoint)"
+            )
+    return identity
+
+
+def _this_ranks_loader(dataset, todo: list[int], unit: int, batch_size: int, custom, loader_opts: dict):
+    """``(loader, unit sizes)`` over the chunks ``todo`` (``unit`` samples each, batches never straddling one),
+    or over the caller's own sampler (one unit of unknown size)."""
+    if custom is not None:
+        return DataLoader(_Indexed(dataset), batch_sampler=custom, **loader_opts), [None]
+    n = len(dataset)
+    ranges = [(k * unit, min((k + 1) * unit, n)) for k in todo]
+    loader = DataLoader(_Indexed(dataset), batch_sampler=_ChunkBatches(ranges, batch_size), **loader_opts)
+    return loader, [stop - start for start, stop in ranges]
+
+
+def _gathered_results(ctx, kept: dict, used: dict, report: dict, start_time: float, run: dict) -> dict[str, ScoreResult]:
+    """An in-memory run's results: every rank's units gathered, merged and sorted by index."""
+    gathered = ctx.all_gather("gathering scores", (kept, used))
+    for _, part_used in gathered:
+        for name, info in part_used.items():
+            used.setdefault(name, info)
+    merged = _merge(a for _, a in sorted((k, a) for part, _ in gathered for k, a in part.items()))
+    return _results(merged, used, report, time.perf_counter() - start_time, run)
+
+
+def _merged_chunks(folder: RunFolder, used: dict, report: dict, start_time: float,
+                   run: dict) -> tuple[dict[str, ScoreResult], dict[int, str]]:
+    """A resumable run's results (every chunk file read back, checksums verified, merged and sorted) and the
+    chunks' checksums."""
+    checksums = {}
+
+    def chunks():
+        for k in range(folder.num_chunks):
+            arrays, record = folder.read(k)
+            checksums[k] = record["sha256"]
+            for name, info in record["used"].items():
+                used.setdefault(name, info)
+            yield arrays
+
+    results = _results(_merge(chunks()), used, report, time.perf_counter() - start_time, run)
+    return results, checksums
+
+
+def _score(models, data, single: bool, *, method, statistic, probes, seed, batch_size, device, num_workers, out,
+           chunk_size, overwrite, timeout, progress, **estimator_kwargs) -> dict[str, ScoreResult]:
     """The body of :func:`score` and :func:`score_models`; ``single`` picks the one-model file layout."""
     start_time = time.perf_counter()
     models = _named_models(models)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int (got {batch_size!r})")
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int or None (got {chunk_size!r})")
-    if chunk_size is not None and out is None:
-        raise ValueError("chunk_size makes a resumable run on disk and needs out=<run folder>")
-    if out is not None and os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"out={out!r} is a file, not a folder; name a run folder (new or existing)")
+    _check_run_options(batch_size, chunk_size, out)
     dataset, batch_size, loader_opts, custom = _unpack(data, batch_size, num_workers)
     n = len(dataset)
     if n == 0:
-        raise ValueError("the dataset is empty; nothing to score")
+        raise DataError("the dataset is empty; nothing to score")
     device = _resolve_device(device, next(iter(models.values())))
     ctx, device = distributed.setup(device, timeout)
     if custom is not None and (chunk_size is not None or ctx.world_size > 1):
-        raise ValueError(
+        raise ConfigError(
             "a DataLoader with a custom sampler or drop_last cannot be sharded or resumed by index; "
             "pass a torch.utils.data.Subset of the dataset (or the DataLoader without its sampler) instead"
         )
@@ -300,24 +392,12 @@ def _score(models, data, single: bool, *, method, statistic, probes, seed, batch
     if loader_opts["pin_memory"] is None:
         loader_opts["pin_memory"] = device.type == "cuda"
     show = ctx.is_main and (sys.stderr.isatty() if progress is None else progress)
-
     settings = {
         "requested_method": method, "requested_statistic": statistic, "probes": probes, "seed": seed,
-        "batch_size": batch_size, "chunk_size": chunk_size, "device": device.type, "dataset_size": n, **_scalar_kwargs(estimator_kwargs),
+        "batch_size": batch_size, "chunk_size": chunk_size, "device": device.type, "dataset_size": n,
+        **_scalar_kwargs(estimator_kwargs),
     }
-    identity = {"settings": settings, "models": {}, "data": {"size": n, "type": type(dataset).__qualname__}}
-    if chunk_size is not None or ctx.world_size > 1:  # fingerprints: resume checks, and every rank must agree
-        identity["models"] = {name: {"type": type(m).__name__, "sha256": model_fingerprint(m)} for name, m in models.items()}
-        identity["data"] = dataset_fingerprint(dataset)
-        views = ctx.all_gather("comparing models and data across ranks", identity)
-        for r, view in enumerate(views):
-            if view != views[0]:
-                raise ValueError(
-                    f"rank {r} holds other models, data or settings than rank 0; every rank must load the same "
-                    "checkpoints and dataset (seed any random initialisation, or load a checkpoint)"
-                )
-    else:
-        identity["models"] = {name: {"type": type(m).__name__, "sha256": None} for name, m in models.items()}
+    identity = _identity(models, dataset, settings, ctx, fingerprinted=chunk_size is not None or ctx.world_size > 1)
     report = {"settings": {**settings, "world_size": ctx.world_size, "curvfast": __version__, "torch": torch.__version__,
                            "native_ops": ops.native_available()}, "models": identity["models"]}
 
@@ -328,28 +408,17 @@ def _score(models, data, single: bool, *, method, statistic, probes, seed, batch
     else:
         plan = {"todo": list(range(-(-n // unit))) if custom is None else [0], "done": 0, "corrupt": []}
     try:  # the run folder's lock is held until the end, whatever happens
-        widths, first = plan.get("pass_widths"), {}
-        if widths is None:  # a new run: measured once, on rank 0, and recorded
-            def calibrate():
-                measured = _calibrate(models, dataset, batch_size, device, estimator, first)
-                if folder is not None:
-                    folder.record(pass_widths=measured)
-                return measured
-
-            widths = ctx.on_main("measuring the class-pass width", calibrate)
+        first: dict = {}  # the calibration batch's results, reused when that batch comes up
+        widths = plan.get("pass_widths")
+        if widths is None:  # a new run
+            widths = _measured_widths(ctx, folder, models, dataset, batch_size, device, estimator, first)
         report["settings"]["pass_widths"] = widths
         mine = plan["todo"][ctx.rank::ctx.world_size]
-        if custom is None:
-            ranges = [(k * unit, min((k + 1) * unit, n)) for k in mine]
-            loader = DataLoader(_Indexed(dataset), batch_sampler=_ChunkBatches(ranges, batch_size), **loader_opts)
-            sizes = [stop - start for start, stop in ranges]
-        else:  # one process, the caller's own sampler: one unit, whatever it yields
-            loader = DataLoader(_Indexed(dataset), batch_sampler=custom, **loader_opts)
-            sizes = [None]
-
+        loader, sizes = _this_ranks_loader(dataset, mine, unit, batch_size, custom, loader_opts)
         kept, used = {}, {}
         with _pinned(models, widths):
-            for pos, arrays, unit_used in (_score_batches(models, loader, device, sizes, show, estimator, first) if mine else ()):
+            for pos, arrays, unit_used in (_score_batches(models, loader, device, sizes, show, estimator, first)
+                                           if mine else ()):
                 used.update(unit_used)
                 if folder is not None:
                     folder.write(mine[pos], arrays, unit_used)
@@ -358,32 +427,16 @@ def _score(models, data, single: bool, *, method, statistic, probes, seed, batch
         ctx.barrier("their chunks")
         run = {"world_size": ctx.world_size, "chunks": len(plan["todo"]) + plan["done"], "chunks_reused": plan["done"],
                "chunks_computed": len(plan["todo"]), "chunks_corrupt": len(plan["corrupt"])}
-
         if folder is None:
-            gathered = ctx.all_gather("gathering scores", (kept, used))
-            for _, part_used in gathered:
-                for name, info in part_used.items():
-                    used.setdefault(name, info)
-            merged = _merge(a for _, a in sorted((k, a) for part, _ in gathered for k, a in part.items()))
-            results = _results(merged, used, report, time.perf_counter() - start_time, run)
+            results = _gathered_results(ctx, kept, used, report, start_time, run)
             if out is not None and ctx.is_main:
                 _write_results(out, results, single)
             return results
-
         main_results = {}
 
         def merge_chunks() -> None:
-            checksums = {}
-
-            def chunks():
-                for k in range(folder.num_chunks):
-                    arrays, record = folder.read(k)
-                    checksums[k] = record["sha256"]
-                    for name, info in record["used"].items():
-                        used.setdefault(name, info)
-                    yield arrays
-
-            main_results.update(_results(_merge(chunks()), used, report, time.perf_counter() - start_time, run))
+            results, checksums = _merged_chunks(folder, used, report, start_time, run)
+            main_results.update(results)
             _write_results(out, main_results, single)
             folder.finish(checksums, {"last_run": run})
 
@@ -426,11 +479,22 @@ def score_models(
     progress: bool | None = None,
     **estimator_kwargs,
 ) -> dict[str, ScoreResult]:
-    """Score every sample of ``data`` with several models in one pass over the data.
+    """Score every sample of ``data`` with several models (shadow models) in one pass over the data.
 
-    ``models``: a dict ``name -> nn.Module`` (or a list, named ``model0, model1, …``).
-    Returns ``{name: ScoreResult}`` on every rank. Options are those of :func:`score`; with
-    ``out`` the files are ``out/<name>/{scores.npz, results.json}`` plus ``out/results.json``.
+    The data are read and decoded once; each batch is scored by every model as it arrives.
+
+    Args:
+        models: a dict ``name -> nn.Module`` (or a list, named ``model0, model1, …``); names are folder names.
+        data, method, statistic, probes, seed, batch_size, device, num_workers, chunk_size, overwrite, timeout,
+            progress, **estimator_kwargs: as for :func:`score`.
+        out: run folder; the files are ``out/<name>/{scores.npz, results.json}`` plus an index
+            ``out/results.json``.
+
+    Returns:
+        ``{name: ScoreResult}`` on every rank.
+
+    Raises:
+        ConfigError, DataError, RunFolderBusy, PeerError, NonFiniteError: as for :func:`score`.
     """
     return _score(
         models, data, False, method=method, statistic=statistic, probes=probes, seed=seed, batch_size=batch_size,
@@ -459,22 +523,44 @@ def score(
 ) -> ScoreResult:
     """Score every sample of ``data`` (a Dataset, or a DataLoader whose batch size and workers are kept).
 
-    Runs unchanged under ``torchrun --nproc_per_node=N``: samples are sharded by index, and
-    every rank returns the full result (identical to one process).
+    Each sample :math:`i` gets the curvature of its loss at its input, e.g. with the default statistic
+
+    .. math:: s_i = \\operatorname{tr} \\nabla_x^2 \\, \\ell(f(x_i), y_i),
+
+    computed by :func:`curvfast.input_curvature` batch by batch, with random probes keyed by
+    ``(seed, i)`` so that the scores do not depend on batching, order or the number of processes.
+    Runs unchanged under ``torchrun --nproc_per_node=N``: samples are sharded by index, and every
+    rank returns the full result (identical to one process).
 
     Args:
-        method, statistic, probes, seed, **estimator_kwargs: passed to ``input_curvature``;
-            probes are keyed by (seed, dataset index).
-        batch_size, num_workers: DataLoader settings (pinned memory on CUDA).
+        model: an ``nn.Module`` returning logits (scored in eval mode; its mode is restored).
+        data: a map-style Dataset of ``(x, y)``, or a DataLoader over one.
+        method: a registered estimator (:data:`curvfast.curvature.METHODS`), default ``"auto"``.
+        statistic: ``"trace"`` (default), ``"frobenius"``, ``"top_eigenvalue"`` or ``"spectrum"``.
+        probes: probes of a random method (default: the estimator's).
+        seed: keys the probes with the dataset index.
+        batch_size: samples per batch (a DataLoader's own batch size wins).
         device: ``"cuda"`` means ``cuda:LOCAL_RANK`` under torchrun; default: the model's device.
+        num_workers: DataLoader worker processes (pinned memory on CUDA).
         out: run folder; writes ``scores.npz`` (``index``, ``score``, ``loss``, ``label``, and
             ``stderr`` for random methods) and ``results.json`` (settings, summary) atomically.
         chunk_size: samples per chunk; makes the run resumable (needs ``out``): calling again
             computes only missing or corrupt chunks. A multiple of ``batch_size`` keeps the
             batches of an unchunked run.
-        overwrite: discard a run folder that was started with other settings, model or data
-            (otherwise that is refused with ``ValueError``).
+        overwrite: discard a run folder that was started with other settings, model or data.
         timeout: seconds any collective may wait for the other ranks before raising.
+        progress: show a progress bar (None: when stderr is a terminal).
+        **estimator_kwargs: further :func:`curvfast.input_curvature` options (``top_classes``, ``step``...).
+
+    Returns:
+        A :class:`ScoreResult`, arrays sorted by dataset index.
+
+    Raises:
+        ConfigError: a bad option, or a run folder started with other settings (without ``overwrite``).
+        DataError: an empty dataset, or items that are not ``(tensor, label)``.
+        RunFolderBusy: another process holds the run folder.
+        PeerError: another rank failed or timed out.
+        NonFiniteError: a sample's score or loss is not finite.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module returning logits (got {type(model).__name__}); use score_models() for several")

@@ -1,6 +1,7 @@
 """Per-sample input loss curvature: ``input_curvature(model, x, y, method=..., statistic=...)``.
 
-H_b = ∂²L_b/∂x_b² for the cross-entropy L_b of sample b. Methods:
+H_b = ∂²L_b/∂x_b² for the cross-entropy L_b of sample b. The methods are the registered estimators
+(:data:`ESTIMATORS`, :func:`register_estimator`; docs/estimators.md gives their math):
 
 ========== ============================================ ==============================
 method     what it returns                              when it is exact
@@ -20,8 +21,11 @@ Higher values mean more curved. Random probes are keyed by (seed, sample id, pro
 pass the samples' dataset indices as ``sample_ids`` and results do not depend on batching.
 """
 from curvfast.curvature.checks import is_piecewise_linear
-from curvfast.curvature.dispatch import (DEFAULT_PROBES, METHODS, STATISTICS, CurvatureResult, input_curvature, resolve_method,
-                                         sample_ids_for)
+from curvfast.curvature.dispatch import STATISTICS, CurvatureResult, input_curvature, resolve_method, sample_ids_for
+from curvfast.curvature.model import LogitFn, scoring_mode, unwrap_model
+from curvfast.curvature.registry import (DEFAULT_PROBES, ESTIMATORS, METHODS, Estimate, EstimateCall, Estimator,
+                                         get_estimator, register_estimator, unregister_estimator)
 
 __all__ = ["input_curvature", "CurvatureResult", "METHODS", "STATISTICS", "DEFAULT_PROBES", "resolve_method",
-           "is_piecewise_linear", "sample_ids_for"]
+           "is_piecewise_linear", "sample_ids_for", "ESTIMATORS", "Estimator", "EstimateCall", "Estimate",
+           "register_estimator", "unregister_estimator", "get_estimator", "unwrap_model", "scoring_mode", "LogitFn"]

@@ -18,14 +18,15 @@ from curvfast.curvature.folding import fold_batchnorms, foldable_pairs
 from curvfast.curvature.hutchinson import HVP_MODES, hutchinson_curvature
 from curvfast.curvature.logit_space import GRAM_STATISTICS, Forward, logit_space_curvature
 from curvfast.curvature.model import LogitFn, check_finite_model, scoring_model, unwrap_model, without_wrapper_hooks
+from curvfast.curvature.registry import (AUTO, DEFAULT_PROBES, ESTIMATORS, METHODS, Estimate, EstimateCall, Estimator,
+                                         get_estimator, register_estimator)
+from curvfast.errors import ConfigError, DataError, NonFiniteError, NotPiecewiseLinearError, UnknownNameError, UnsupportedModelError
 
-__all__ = ["input_curvature", "CurvatureResult", "METHODS", "STATISTICS", "DEFAULT_PROBES", "resolve_method", "sample_ids_for"]
+__all__ = ["input_curvature", "CurvatureResult", "METHODS", "STATISTICS", "DEFAULT_PROBES", "resolve_method",
+           "sample_ids_for"]
 
-METHODS = ("auto", "exact", "sampled", "hutchinson", "deflated", "fd", "zo")
 STATISTICS = ("trace",) + GRAM_STATISTICS
 EXACT_MAX_CLASSES = 100
-LOGIT_SPACE_METHODS = ("auto", "exact", "sampled", "deflated")  # they start from the batch's logits and their graph
-DEFAULT_PROBES = {"hutchinson": 100, "deflated": 30, "fd": 10, "zo": 10, "sampled": 10}
 
 
 @dataclass
@@ -44,35 +45,36 @@ class CurvatureResult:
 
 
 def _natural_statistic(method: str, statistic: str | None) -> str:
-    if method in ("fd", "zo"):
+    """The statistic ``method`` computes for the request ``statistic`` (None: the estimator's default)."""
+    estimator = get_estimator(method)
+    if estimator.own_statistic:
         if statistic not in (None, method):
-            raise ValueError(
+            raise ConfigError(
                 f"method={method!r} estimates its published quantity (≈ h·‖H‖_F up to a constant), not "
                 f"{statistic!r}; leave statistic=None, or use method='exact'/'hutchinson' for the trace"
             )
         return method
-    statistic = statistic or "trace"
-    if statistic not in STATISTICS:
-        raise ValueError(f"statistic must be one of {STATISTICS} (got {statistic!r})")
-    if method in ("sampled", "deflated") and statistic != "trace":
-        raise ValueError(f"method={method!r} estimates the trace only; use method='exact' (piecewise-linear nets) or "
-                         f"'hutchinson' (any model) for {statistic!r}")
-    if method == "hutchinson" and statistic not in ("trace", "frobenius"):
-        raise ValueError(f"method='hutchinson' estimates 'trace' or 'frobenius', not {statistic!r}; use method='exact'")
+    if statistic is not None and statistic not in STATISTICS:
+        raise UnknownNameError(f"statistic must be one of {STATISTICS} (got {statistic!r})")
+    statistic = statistic or estimator.statistics[0]
+    if statistic not in estimator.statistics:
+        others = [e.name for e in ESTIMATORS.values() if statistic in e.statistics]
+        raise ConfigError(f"method={method!r} estimates {' or '.join(estimator.statistics)} only, not "
+                          f"{statistic!r}; use method={' or '.join(map(repr, others)) or 'exact'} for it")
     return statistic
 
 
 def resolve_method(method: str, piecewise_linear: bool, num_classes: int, accept_gauss_newton: bool,
                    statistic: str | None = None) -> str:
     """Turn ``"auto"`` into a concrete method and refuse the Gauss-Newton value on smooth models."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS} (got {method!r})")
-    if method == "auto":
+    if method != AUTO:
+        get_estimator(method)  # UnknownNameError, naming the registered ones
+    if method == AUTO:
         if not piecewise_linear:
             return "deflated" if statistic in (None, "trace") else "hutchinson"
         return "exact" if num_classes <= EXACT_MAX_CLASSES else "sampled"
-    if method in ("exact", "sampled") and not piecewise_linear and not accept_gauss_newton:
-        raise ValueError(
+    if get_estimator(method).needs_piecewise_linear and not piecewise_linear and not accept_gauss_newton:
+        raise NotPiecewiseLinearError(
             f"method={method!r} is exact only for piecewise-linear networks, and this model has smooth pieces "
             "(GELU, SiLU, tanh, sigmoid, LayerNorm, attention ...): it would return the Gauss-Newton term "
             "JᵀAJ, not the input Hessian. Use method='deflated' or 'hutchinson' for the true Hessian, or pass "
@@ -101,29 +103,58 @@ def input_curvature(
 ) -> CurvatureResult:
     """Per-sample input loss curvature of a batch.
 
+    For the cross-entropy :math:`L_b = \\ell(f(x_b), y_b)` of each sample :math:`b`, the statistic of its
+    input Hessian
+
+    .. math:: H_b = \\frac{\\partial^2 L_b}{\\partial x_b^2},
+
+    e.g. :math:`\\operatorname{tr} H_b`, computed by the registered estimator ``method`` (docs/estimators.md
+    gives each one's math; for piecewise-linear nets ``exact`` uses
+    :math:`H_b = J_b^\\top (\\operatorname{diag}(p_b) - p_b p_b^\\top) J_b`, with :math:`J_b` the logits'
+    input Jacobian and :math:`p_b` the softmax). Higher = more curved.
+
     Args:
         model: an ``nn.Module`` returning logits (wrappers from DDP, Opacus and torch.compile are
             unwrapped; it is scored in eval mode and its mode is restored), or, for ``method="zo"``
             only, a loss oracle ``loss_fn(x, y) -> per-sample losses (B,)``.
-        x: inputs (B, ...), floating point. y: integer labels (B,).
-        method: see the module docstring. statistic: ``"trace"`` (default), ``"frobenius"``,
-            ``"top_eigenvalue"``, ``"spectrum"``; fd and zo return their own quantity.
-        probes: Hutchinson / deflated / fd / zo probes, or sampled tail classes (defaults 100 / 30 / 10 / 10 / 10).
-        seed, sample_ids: key the random probes; ``sample_ids`` defaults to ``arange(B)``; pass
-            dataset indices to make results independent of batching.
+        x: inputs (B, ...), floating point.
+        y: integer labels (B,).
+        method: a registered estimator (:data:`~curvfast.curvature.METHODS`) or ``"auto"``: exact
+            (piecewise linear, C ≤ 100), sampled (piecewise linear, C > 100), deflated otherwise
+            (hutchinson for a smooth model's Frobenius norm).
+        statistic: ``"trace"`` (default), ``"frobenius"``, ``"top_eigenvalue"``, ``"spectrum"``;
+            fd and zo return their own quantity.
+        probes: probes (or sampled tail classes) of a random method; default: the estimator's
+            (:data:`~curvfast.curvature.DEFAULT_PROBES`).
+        seed: keys the random probes together with ``sample_ids``.
+        sample_ids: the samples' ids (B,), default ``arange(B)``; pass dataset indices to make results
+            independent of batching.
         top_classes: classes kept exactly by ``"sampled"``; for ``"deflated"``, the number of
             Gauss-Newton directions deflated (and the exact head of its Gauss-Newton part when C > 100).
         distribution: Hutchinson probes, ``"rademacher"`` or ``"gaussian"``.
         step: finite-difference step h for fd and zo.
         hvp: Hutchinson HVP route: ``"auto"`` (forward-over-reverse, double backward where forward
             mode is missing), ``"double_backward"`` or ``"forward_over_reverse"``.
+        output_transform: maps the model's output (a tuple, a dict) to the logits.
         accept_gauss_newton: allow exact/sampled on smooth models (returns tr(JᵀAJ)).
         pass_size: classes or probes per batched pass (default: sized from the input).
+
+    Returns:
+        A :class:`CurvatureResult`: ``value`` (B,) ((B, K) for a spectrum), ``stderr`` for random
+        methods, ``loss`` (B,), the concrete ``method`` and ``statistic``.
+
+    Raises:
+        UnknownNameError: an unregistered method, statistic, HVP route or distribution.
+        ConfigError: a statistic the method does not estimate, or bad probes / sample ids.
+        NotPiecewiseLinearError: ``exact`` / ``sampled`` on a smooth model without ``accept_gauss_newton``.
+        UnsupportedModelError: the model lacks second derivatives, or its outputs or layers do not fit.
+        DataError: ``x`` or ``y`` do not fit the model.
+        NonFiniteError: a NaN or infinite weight, input, score or loss.
     """
     if hvp not in HVP_MODES:
-        raise ValueError(f"hvp must be one of {HVP_MODES} (got {hvp!r})")
+        raise UnknownNameError(f"hvp must be one of {HVP_MODES} (got {hvp!r})")
     if distribution not in ("rademacher", "gaussian"):
-        raise ValueError(f"distribution must be 'rademacher' or 'gaussian' (got {distribution!r})")
+        raise UnknownNameError(f"distribution must be 'rademacher' or 'gaussian' (got {distribution!r})")
     if not isinstance(model, nn.Module):
         if method != "zo" or not callable(model):
             raise TypeError("model must be an nn.Module returning logits (a plain loss callable works with method='zo' only)")
@@ -137,29 +168,33 @@ def input_curvature(
         if pairs:
             scored = fold_batchnorms(scored, pairs)  # eval BatchNorms folded into the layers feeding them
         logit_fn = LogitFn(scored, output_transform, owner=model)
-        forward = _forward(logit_fn, x, graph=method in LOGIT_SPACE_METHODS)
+        forward = _forward(logit_fn, x, graph=method == AUTO or get_estimator(method).logit_space)
         num_classes = forward.logits.shape[1]
         check_labels(y, num_classes)
         try:
-            needs_check = method in ("auto", "exact", "sampled")
+            needs_check = method == AUTO or get_estimator(method).needs_piecewise_linear
             piecewise = is_piecewise_linear(logit_fn, x, model) if needs_check else False
             method = resolve_method(method, piecewise, num_classes, accept_gauss_newton, statistic)
-            statistic = _natural_statistic(method, statistic)
-            nprobes = _probe_count(method, probes)
-            if method not in LOGIT_SPACE_METHODS:
-                forward = None  # free its graph: this method runs its own passes
-            value, stderr, loss, width = _estimate(logit_fn, x, forward, y, sample_ids, method, statistic, nprobes, seed, top_classes,
-                                            num_classes, distribution, step, hvp, pass_size)
+            estimator = get_estimator(method)
+            call = EstimateCall(
+                logit_fn=logit_fn, x=x, y=y, sample_ids=sample_ids, forward=forward if estimator.logit_space else None,
+                statistic=_natural_statistic(method, statistic), probes=_probe_count(method, probes), seed=seed,
+                num_classes=num_classes, top_classes=top_classes, distribution=distribution, step=step, hvp=hvp,
+                pass_size=pass_size,
+            )
+            del forward  # a method outside logit space frees the batch's graph: it runs its own passes
+            estimate = Estimate(*estimator.fn(call))
         except (RuntimeError, NotImplementedError) as err:
             if not is_missing_second_derivative(err):
                 raise
-            raise ValueError(
+            raise UnsupportedModelError(
                 f"method={method!r} needs second derivatives, and the model uses an op without one ({err}); use "
                 "method='fd' or method='zo', which need first derivatives or losses only (or method='exact' with "
                 "accept_gauss_newton=True if the model is piecewise linear)"
             ) from err
-    _check_finite(value, loss, method)
-    return CurvatureResult(value.detach(), None if stderr is None else stderr.detach(), loss.detach(), method, statistic, width)
+    _check_finite(estimate.value, estimate.loss, method)
+    return CurvatureResult(estimate.value.detach(), None if estimate.stderr is None else estimate.stderr.detach(),
+                           estimate.loss.detach(), method, call.statistic, estimate.pass_width)
 
 
 def _forward(logit_fn: LogitFn, x: torch.Tensor, graph: bool) -> Forward:
@@ -173,39 +208,78 @@ def _forward(logit_fn: LogitFn, x: torch.Tensor, graph: bool) -> Forward:
         with torch.no_grad():
             return Forward(x[:1], logit_fn(x[:1]))
     except RuntimeError as err:
-        raise ValueError(f"the model cannot take x of shape {tuple(x.shape)}: {str(err).splitlines()[0]}") from err
+        raise DataError(f"the model cannot take x of shape {tuple(x.shape)}: {str(err).splitlines()[0]}") from err
 
 
-def _estimate(logit_fn, x, forward, y, sample_ids, method, statistic, nprobes, seed, top_classes, num_classes, distribution,
-              step, hvp, pass_size):
-    """``(value, stderr, loss, pass width or None)`` of a concrete method; ``forward``: the batch's
-    forward (logit-space methods)."""
-    if method in ("exact", "sampled"):
-        if method == "sampled" and (isinstance(top_classes, bool) or not isinstance(top_classes, int) or top_classes < 0):
-            raise ValueError(f"top_classes must be an int >= 0, the classes kept exactly (got {top_classes!r})")
-        num_exact = num_classes if method == "exact" else top_classes
-        return logit_space_curvature(
-            forward, y, sample_ids, owner=logit_fn.owner, statistic=statistic, num_exact=num_exact,
-            num_tail=nprobes if method == "sampled" else 0, seed=seed, pass_size=pass_size,
-        )[:4]
-    if method == "hutchinson":
-        return *hutchinson_curvature(
-            logit_fn, x, y, sample_ids, statistic=statistic, probes=nprobes, seed=seed,
-            distribution=distribution, hvp=hvp, pass_size=pass_size,
-        ), None
-    if method == "deflated":
-        exact_gn = num_classes <= EXACT_MAX_CLASSES
-        return deflated_curvature(
-            logit_fn, forward, y, sample_ids, probes=nprobes, rank=top_classes, num_exact=num_classes if exact_gn else top_classes,
-            num_tail=0 if exact_gn else DEFAULT_PROBES["sampled"], seed=seed, distribution=distribution, hvp=hvp,
-            pass_size=pass_size,
-        )
-    if method == "fd":
-        return *fd_curvature(logit_fn, x, y, sample_ids, probes=nprobes, seed=seed, step=step, pass_size=pass_size), None
-    return *zo_curvature(
-        lambda xb, yb: F.cross_entropy(logit_fn(xb), yb, reduction="none"), x, y, sample_ids,
-        probes=nprobes, seed=seed, step=step, pass_size=pass_size,
-    ), None
+def _exact(call: EstimateCall) -> Estimate:
+    """All C classes in logit space: exact for piecewise-linear nets (:mod:`~curvfast.curvature.logit_space`)."""
+    return Estimate(*logit_space_curvature(
+        call.forward, call.y, call.sample_ids, owner=call.logit_fn.owner, statistic=call.statistic,
+        num_exact=call.num_classes, num_tail=0, seed=call.seed, pass_size=call.pass_size,
+    )[:4])
+
+
+def _sampled(call: EstimateCall) -> Estimate:
+    """The top ``top_classes`` classes exactly plus ``probes`` stratified tail classes (unbiased)."""
+    top = call.top_classes
+    if isinstance(top, bool) or not isinstance(top, int) or top < 0:
+        raise ConfigError(f"top_classes must be an int >= 0, the classes kept exactly (got {top!r})")
+    return Estimate(*logit_space_curvature(
+        call.forward, call.y, call.sample_ids, owner=call.logit_fn.owner, statistic=call.statistic, num_exact=top,
+        num_tail=call.probes, seed=call.seed, pass_size=call.pass_size,
+    )[:4])
+
+
+def _hutchinson(call: EstimateCall) -> Estimate:
+    """Hutchinson's estimator from exact HVPs (:mod:`~curvfast.curvature.hutchinson`)."""
+    return Estimate(*hutchinson_curvature(
+        call.logit_fn, call.x, call.y, call.sample_ids, statistic=call.statistic, probes=call.probes, seed=call.seed,
+        distribution=call.distribution, hvp=call.hvp, pass_size=call.pass_size,
+    ))
+
+
+def _deflated(call: EstimateCall) -> Estimate:
+    """Exact Gauss-Newton trace plus a deflated Hutchinson residual (:mod:`~curvfast.curvature.deflated`)."""
+    exact_gn = call.num_classes <= EXACT_MAX_CLASSES
+    return Estimate(*deflated_curvature(
+        call.logit_fn, call.forward, call.y, call.sample_ids, probes=call.probes, rank=call.top_classes,
+        num_exact=call.num_classes if exact_gn else call.top_classes,
+        num_tail=0 if exact_gn else DEFAULT_PROBES["sampled"], seed=call.seed, distribution=call.distribution,
+        hvp=call.hvp, pass_size=call.pass_size,
+    ))
+
+
+def _fd(call: EstimateCall) -> Estimate:
+    """Garg et al.'s finite difference of input gradients (:mod:`~curvfast.curvature.finite_difference`)."""
+    return Estimate(*fd_curvature(call.logit_fn, call.x, call.y, call.sample_ids, probes=call.probes, seed=call.seed,
+                                  step=call.step, pass_size=call.pass_size))
+
+
+def _zo(call: EstimateCall) -> Estimate:
+    """Curvature Clues' zero-order estimator from loss values (:mod:`~curvfast.curvature.finite_difference`)."""
+    def losses(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(call.logit_fn(xb), yb, reduction="none")
+
+    return Estimate(*zo_curvature(losses, call.x, call.y, call.sample_ids, probes=call.probes, seed=call.seed,
+                                  step=call.step, pass_size=call.pass_size))
+
+
+for _estimator in (
+    Estimator("exact", _exact, STATISTICS, logit_space=True, needs_piecewise_linear=True,
+              summary="tr(H), ‖H‖_F, top eigenvalue, spectrum", exact_when="piecewise-linear nets (C VJPs)"),
+    Estimator("sampled", _sampled, ("trace",), default_probes=10, logit_space=True, needs_piecewise_linear=True,
+              summary="tr(H): top-m classes + stratified p-tail", exact_when="unbiased, for large C"),
+    Estimator("hutchinson", _hutchinson, ("trace", "frobenius"), default_probes=100,
+              summary="tr(H) or ‖H‖_F from exact HVPs, with stderr", exact_when="unbiased, any smooth model"),
+    Estimator("deflated", _deflated, ("trace",), default_probes=30, logit_space=True,
+              summary="tr(H) = exact Gauss-Newton trace + deflated residual",
+              exact_when="unbiased, with stderr; exact when D ≤ top_classes + probes"),
+    Estimator("fd", _fd, ("fd",), default_probes=10, own_statistic=True,
+              summary="Garg et al.: mean‖∇L(x+hr)−∇L(x)‖ ≈ h‖H‖_F", exact_when="published estimator"),
+    Estimator("zo", _zo, ("zo",), default_probes=10, own_statistic=True,
+              summary="Curvature Clues, loss values only ≈ h√(2/π)‖H‖_F", exact_when="published estimator"),
+):
+    register_estimator(_estimator)
 
 
 def full_precision(device: torch.device):
@@ -227,7 +301,7 @@ def _check_finite(value: torch.Tensor, loss: torch.Tensor, method: str) -> None:
         return
     bad = ~(torch.isfinite(value.reshape(value.shape[0], -1)).all(dim=1) & torch.isfinite(loss))
     if bad.any():
-        raise ValueError(
+        raise NonFiniteError(
             f"method={method!r}: the curvature or loss of sample(s) {bad.nonzero().flatten()[:10].tolist()} is not "
             "finite (NaN or Inf): the model's logits or derivatives overflow at these inputs; check the inputs' scale "
             "and the model"
@@ -245,11 +319,13 @@ def _zo_oracle(loss_fn, x, y, statistic, probes, seed, sample_ids, step, pass_si
 
 
 def _probe_count(method: str, probes: int | None) -> int:
-    if method == "exact":
+    """The probe count of ``method``: 0 for a deterministic one, else ``probes`` or its default, checked."""
+    default = get_estimator(method).default_probes
+    if default is None:
         return 0
-    count = DEFAULT_PROBES[method] if probes is None else probes
+    count = default if probes is None else probes
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"probes must be a positive int for method={method!r} (got {probes!r})")
+        raise ConfigError(f"probes must be a positive int for method={method!r} (got {probes!r})")
     return count
 
 
@@ -262,7 +338,7 @@ def sample_ids_for(sample_ids, x: torch.Tensor) -> torch.Tensor:
     if ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
         raise TypeError(f"sample_ids must hold int64 dataset indices (got {ids.dtype}); convert with sample_ids.long()")
     if ids.shape != (x.shape[0],):
-        raise ValueError(f"sample_ids must be integer indices of shape (B,) = ({x.shape[0]},); got {ids.dtype} {tuple(ids.shape)}")
+        raise ConfigError(f"sample_ids must be integer indices of shape (B,) = ({x.shape[0]},); got {ids.dtype} {tuple(ids.shape)}")
     if (ids < 0).any():
-        raise ValueError("sample_ids must be non-negative dataset indices")
+        raise ConfigError("sample_ids must be non-negative dataset indices")
     return ids.to(device=x.device, dtype=torch.int64)

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from curvfast.data import get_dataset
-from curvfast.data.photos import photo_patches
+from curvfast.data import photo_patches
 from curvfast.pipelines.common.data import dataset_labels, load_split, loader
 
 __all__ = ["DecentralizedData", "build_data"]

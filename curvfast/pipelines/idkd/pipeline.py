@@ -14,7 +14,7 @@ import os
 from dataclasses import asdict, dataclass, fields
 
 
-from curvfast.engine import parse_device
+from curvfast import parse_device
 from curvfast.pipelines.common.contract import option, run_folder
 from curvfast.pipelines.common.data import DataOptions, load_split
 from curvfast.pipelines.idkd.detectors import DETECTORS

@@ -26,7 +26,7 @@ import torch
 
 from curvfast import __version__
 from curvfast.curvature import METHODS
-from curvfast.engine import parse_device
+from curvfast import parse_device
 from curvfast.io import write_npz
 from curvfast.pipelines.common.contract import config_dict, option, run_folder, write_results
 from curvfast.pipelines.common.data import DataOptions, as_float, dataset_labels, load_split, materialise

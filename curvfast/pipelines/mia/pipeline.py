@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Subset
 
-from curvfast.engine import parse_device
+from curvfast import parse_device
 from curvfast.io import load_checkpoint, save_checkpoint, write_json, write_npz
 from curvfast.pipelines.common.augment import AUGMENTATIONS, image_augmentation
 from curvfast.pipelines.common.contract import RunFailed, config_dict, option, run_folder, write_results

@@ -29,8 +29,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from curvfast.data import DatasetInfo
-from curvfast.data.photos import photo_manifest, photo_patches
-from curvfast.engine import parse_device
+from curvfast.data import photo_manifest, photo_patches
+from curvfast import parse_device
 from curvfast.io import write_npz
 from curvfast.pipelines.common.contract import config_dict, option, run_folder, write_results
 from curvfast.pipelines.common.data import DataOptions, build_network, load_split

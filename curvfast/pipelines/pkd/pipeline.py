@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from curvfast.engine import parse_device
+from curvfast import parse_device
 from curvfast.io import save_checkpoint, write_npz
 from curvfast.pipelines.common.contract import config_dict, option, run_folder, write_results
 from curvfast.pipelines.pkd.macs import exit_macs

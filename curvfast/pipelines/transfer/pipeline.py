@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Subset
 
-from curvfast.engine import parse_device
+from curvfast import parse_device
 from curvfast.io import write_npz
 from curvfast.pipelines.common.contract import config_dict, option, run_folder, write_results
 from curvfast.pipelines.common.data import DataOptions, load_split, loader

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from curvfast.engine import parse_device
+from curvfast import parse_device
 from curvfast.io import load_checkpoint, save_checkpoint, write_npz
 from curvfast.linalg import ROUTES
 from curvfast.pipelines.common.contract import config_dict, option, run_folder, write_results

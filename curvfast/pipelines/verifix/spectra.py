@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from curvfast.curvature.model import unwrap_model
+from curvfast.curvature import unwrap_model
 from curvfast.linalg import SpectrumResult, make_sketch
 from curvfast.pipelines.verifix.patches import KERNELS, layer_dim, layer_groups, layer_operator, target_layers
 

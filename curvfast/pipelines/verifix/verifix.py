@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from curvfast.curvature.model import unwrap_model
+from curvfast.curvature import unwrap_model
 from curvfast.training import evaluate
 from curvfast.pipelines.verifix.projector import PUBLISHED_ALPHAS, apply_projectors, soft_projector
 from curvfast.pipelines.verifix.spectra import PUBLISHED_MAX_ROWS, LayerSpectrum, iter_layer_spectra
