@@ -25,6 +25,7 @@ from conftest import make_batch, make_model, reference_hessians
 from curvfast import ops
 from curvfast.cli import main
 from curvfast.data import DigitsDataset
+from curvfast.errors import NonFiniteError
 
 native = pytest.mark.skipif(not ops.native_available(), reason="native extension not built")
 C = torch.ops.curvfast if ops.native_available() else None
@@ -208,7 +209,7 @@ class Overflowing(nn.Module):
 @pytest.mark.parametrize("method", ["exact", "hutchinson", "fd", "zo"])
 def test_non_finite_scores_are_an_error(method):
     x = torch.full((2, 1, 4, 4), 10.0, dtype=torch.float64)
-    with pytest.raises(ValueError, match="finite"):
+    with pytest.raises(NonFiniteError, match="finite"):
         curvfast.input_curvature(Overflowing(), x, torch.tensor([0, 1]), method=method, probes=2, accept_gauss_newton=True)
 
 
