@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from curvfast.data.streaming import FileListDataset, StreamingImageFolder, _image_transform, load_image
 from curvfast.errors import ConfigError, DataError, UnknownNameError
 
 __all__ = ["DigitsDataset", "get_dataset", "DatasetInfo", "available_datasets"]
@@ -54,13 +55,6 @@ class DigitsDataset(Dataset):
 
     def __getitem__(self, i: int):
         return self.images[i], int(self.targets[i])
-
-
-def _image_transform(image_size: int | None):
-    from torchvision import transforms
-
-    steps = [] if image_size is None else [transforms.Resize(image_size), transforms.CenterCrop(image_size)]
-    return transforms.Compose(steps + [transforms.ToTensor()])
 
 
 _TORCHVISION = {  # name -> (class name, num_classes, channels, uses `train=` rather than `split=`)
@@ -129,8 +123,6 @@ def get_dataset(name: str, split: str = "train", root: str | None = None, image_
     if key == "imagefolder":
         from torchvision.datasets import ImageFolder
 
-        from curvfast.data.streaming import load_image
-
         root = _require_root(name, root)
         folder = _split_folder(root, split, name)
         ds = ImageFolder(folder, transform=_image_transform(image_size), loader=load_image)
@@ -138,8 +130,6 @@ def get_dataset(name: str, split: str = "train", root: str | None = None, image_
             raise DataError(f"image folder {folder!r} has {len(ds.classes)} class folder(s); need at least 2")
         return ds, DatasetInfo(num_classes=len(ds.classes), in_channels=3)
     if key == "filelist":
-        from curvfast.data.streaming import FileListDataset, StreamingImageFolder
-
         if root is not None and os.path.isfile(root):
             ds = FileListDataset(root, image_size=image_size, allow_outside_root=allow_outside_root)
         elif root is not None and os.path.isfile(os.path.join(root, f"{split}.txt")):

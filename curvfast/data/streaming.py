@@ -27,6 +27,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from curvfast.errors import DataError
+from curvfast.io import atomic_write_bytes
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -57,6 +58,14 @@ class _Catalogue:
         return np.frombuffer(bytes(self.buffer), dtype=np.uint8), offsets, np.frombuffer(self.labels, dtype=np.int64).copy()
 
 
+def _image_transform(image_size: int | None):
+    """``ToTensor``, after ``Resize(image_size) + CenterCrop(image_size)`` when ``image_size`` is given."""
+    from torchvision import transforms
+
+    steps = [] if image_size is None else [transforms.Resize(image_size), transforms.CenterCrop(image_size)]
+    return transforms.Compose(steps + [transforms.ToTensor()])
+
+
 def load_image(path: str, mode: str = "RGB", what: str = "image ") -> "Image.Image":
     """Decode the regular file ``path`` with PIL; any failure is an OSError naming the file.
     Anything but a regular file (a FIFO, a device, a folder) is refused before it is opened,
@@ -81,8 +90,6 @@ class _PathLabelDataset(Dataset):
     """Paths (one byte buffer + offsets) and labels; loads ``root/path`` with PIL on access."""
 
     def __init__(self, root: str, catalogue: "_Catalogue", transform=None, image_size: int | None = None, mode: str = "RGB"):
-        from curvfast.data.datasets import _image_transform
-
         self._buffer, self._offsets, self.targets = catalogue.arrays()
         self.root = root
         self.mode = mode
@@ -116,8 +123,6 @@ class _PathLabelDataset(Dataset):
     def write_filelist(self, path: str) -> None:
         """Write this catalogue as a file list (``<path> <label>`` lines, relative to ``root``),
         atomically, so later runs skip the folder scan."""
-        from curvfast.io import atomic_write_bytes
-
         lines = (f"{self._buffer[self._offsets[i]:self._offsets[i + 1]].tobytes().decode()} {self.targets[i]}\n"
                  for i in range(len(self)))
         atomic_write_bytes(path, "".join(lines).encode())
