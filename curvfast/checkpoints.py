@@ -13,8 +13,8 @@ __all__ = ["load_model", "folder_name"]
 
 
 def load_model(checkpoint: str, model_name: str | None, dataset: str, root: str | None):
-    """Build the checkpoint's model (or ``model_name``), inside its recorded input normalisation, and load its
-    weights (weights_only)."""
+    """Build the checkpoint's model (or ``model_name``), inside its recorded input normalisation, and load its weights (weights_only).
+    """
     ckpt = load_checkpoint(checkpoint)
     name = model_name or ckpt.get("model")
     if not isinstance(name, str):
@@ -39,7 +39,9 @@ def load_model(checkpoint: str, model_name: str | None, dataset: str, root: str 
 
 
 def folder_name(checkpoint: str) -> str:
-    """A model's folder name from its checkpoint's file name: characters other than letters,
-    digits, '_', '.' and '-' become '_' (so any file name works)."""
+    """A model's folder name from its checkpoint's file name.
+
+    Characters other than letters, digits, '_', '.' and '-' become '_' (so any file name works).
+    """
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.splitext(os.path.basename(checkpoint))[0])
     return stem if re.match(r"[A-Za-z0-9]", stem) else f"m{stem}"

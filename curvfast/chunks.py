@@ -90,9 +90,8 @@ class RunFolder:
 
     # -- start of a run (one process) -------------------------------------------------------
     def open(self, overwrite: bool = False) -> dict:
-        """Take the folder's lock, check or create the manifest, drop stale temp files and bad
-        chunks, and return ``{"todo": [chunk ids], "done": n, "corrupt": [chunk ids]}``. Call from
-        one process, and ``close()`` when the run ends."""
+        """Take the folder's lock, check or create the manifest, drop stale temp files and bad chunks, and return ``{"todo": [chunk ids], "done": n, "corrupt": [chunk ids]}``. Call from one process, and ``close()`` when the run ends.
+        """
         self._lock()
         try:
             return self._open(overwrite)

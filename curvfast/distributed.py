@@ -73,8 +73,10 @@ class Context:
             raise self._failed(f"waiting for all ranks to finish {what}", err) from err
 
     def on_main(self, what: str, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` on rank 0 and hand its result to every rank. An exception on rank 0 is
-        re-raised on every rank (same type and message), so no rank waits for a dead peer."""
+        """Run ``fn`` on rank 0 and hand its result to every rank.
+
+        An exception on rank 0 is re-raised on every rank (same type and message), so no rank waits for a dead peer.
+        """
         if self.world_size == 1:
             return fn()
         payload = [None]
@@ -144,15 +146,18 @@ def init_process_group(backend: str, timeout: float) -> None:
     use, torchvision on import), it keeps references to the default group that ``destroy_process_group`` cannot
     drop: the group and gloo's worker threads then outlive it into interpreter shutdown, where a thread freeing
     a finished collective's tensors waits for the GIL, is cancelled and aborts the process ("terminate called
-    without an active exception"; seen in about 1 of 12 runs of a two-node IDKD run)."""
+    without an active exception"; seen in about 1 of 12 runs of a two-node IDKD run).
+    """
     import torch._dynamo  # noqa: F401  (see above: must precede the group)
 
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout))
 
 
 def setup(device: torch.device, timeout: float = DEFAULT_TIMEOUT) -> tuple[Context, torch.device]:
-    """Join (or reuse) the process group when several ranks run; return the context and the
-    device this rank scores on. A single process gets ``Context()`` and ``device`` unchanged."""
+    """Join (or reuse) the process group when several ranks run.
+
+    Return the context and the device this rank scores on. A single process gets ``Context()`` and ``device`` unchanged.
+    """
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
         raise ConfigError(f"timeout must be a positive number of seconds (got {timeout!r})")
     if not dist.is_available() or not (dist.is_initialized() or launched_by_torchrun()):

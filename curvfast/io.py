@@ -19,8 +19,10 @@ os.umask(_UMASK)
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to a temp file in the same folder, fsync, then rename over ``path``:
-    readers see the old file or the whole new one, never half of it."""
+    """Write ``data`` to a temp file in the same folder, fsync, then rename over ``path``.
+
+    Readers see the old file or the whole new one, never half of it.
+    """
     if os.path.isdir(path):
         raise IsADirectoryError(f"cannot write {path!r}: it is a folder; name a file")
     folder = os.path.dirname(os.path.abspath(path))
@@ -88,8 +90,10 @@ def save_checkpoint(path: str, net: torch.nn.Module, /, **meta) -> None:
 
 
 def load_checkpoint(path: str) -> dict:
-    """Load a checkpoint with ``weights_only=True``. Returns a dict with a ``state_dict`` key
-    (a bare state_dict file is wrapped)."""
+    """Load a checkpoint with ``weights_only=True``.
+
+    Returns a dict with a ``state_dict`` key (a bare state_dict file is wrapped).
+    """
     if os.path.isdir(path):
         raise IsADirectoryError(f"checkpoint {path!r} is a folder; name the checkpoint file inside it")
     if not os.path.isfile(path):

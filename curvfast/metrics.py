@@ -55,8 +55,10 @@ def roc_curve(scores, labels, positive=1) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def auroc(scores, labels, positive=1) -> float:
-    """Area under the ROC curve (trapezoid rule over :func:`roc_curve`): the probability that a random
-    positive scores above a random negative, ties counting one half."""
+    """Area under the ROC curve (trapezoid rule over :func:`roc_curve`).
+
+    The probability that a random positive scores above a random negative, ties counting one half.
+    """
     fpr, tpr, _ = roc_curve(scores, labels, positive)
     return float(np.trapezoid(tpr, fpr))
 

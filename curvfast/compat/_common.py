@@ -16,8 +16,11 @@ __all__ = ["draw_seed", "sample_ids_for", "scaled_logits", "hessian_statistic", 
 
 
 def draw_seed(seed: int | None) -> int:
-    """``seed``, or one drawn from torch's global generator: like the published code's
-    ``torch.randint_like`` probes, every call then gets fresh probes, reproducible under ``torch.manual_seed``."""
+    """``seed``, or one drawn from torch's global generator.
+
+    Like the published code's ``torch.randint_like`` probes, every call then gets fresh probes, reproducible under
+    ``torch.manual_seed``.
+    """
     if seed is None:
         return int(torch.randint(0, 2**62, (1,)))
     if not isinstance(seed, int) or seed < 0:
@@ -46,8 +49,11 @@ def prepare(net: nn.Module, x, y, h: float, niter: int):
 
 
 def hessian_statistic(model: nn.Module, x, y, statistic: str, transform, seed: int, sample_ids) -> torch.Tensor:
-    """tr(H) or ‖H‖_F of the per-sample loss CE(transform(f(x)), y): exact (C VJPs) for piecewise-linear
-    networks; for smooth ones Hutchinson with exact HVPs (100 probes, unbiased, not exact)."""
+    """tr(H) or ‖H‖_F of the per-sample loss CE(transform(f(x)), y).
+
+    Exact (C VJPs) for piecewise-linear networks; for smooth ones Hutchinson with exact HVPs (100 probes, unbiased, not
+    exact).
+    """
     with scoring_mode(model):
         piecewise = is_piecewise_linear(LogitFn(model, transform), x)
     method = "exact" if piecewise else "hutchinson"

@@ -83,9 +83,12 @@ _SPLIT_NAMES = ("train", "test", "val", "validation")
 
 
 def _split_folder(root: str, split: str, name: str) -> str:
-    """The folder of ``split`` under ``root``: ``root/<split>`` when it exists; a ``root`` without split
-    folders (only class folders) is the training split (``train`` or ``all``). Any other missing split
-    is an error naming the folder looked for, never a silent fallback to the training images."""
+    """The folder of ``split`` under ``root``.
+
+    ``root/<split>`` when it exists; a ``root`` without split folders (only class folders) is the training split
+    (``train`` or ``all``). Any other missing split is an error naming the folder looked for, never a silent fallback to
+    the training images.
+    """
     folder = os.path.join(root, split)
     if os.path.isdir(folder):
         return folder

@@ -1,8 +1,9 @@
-"""Real-photo patches, offline: a pinned list of natural images bundled with scikit-learn and
-scikit-image (:data:`PHOTOS`), cut into random grayscale crops and resized to the digits' scale.
-The list never depends on what is installed: a missing package is an error naming the fix, so the
-patches are the same on every machine; :func:`photo_manifest` records each photo's source and
-the SHA-256 of its pixels for ``results.json``.
+"""Real-photo patches, offline.
+
+A pinned list of natural images bundled with scikit-learn and scikit-image (:data:`PHOTOS`), cut into random grayscale
+crops and resized to the digits' scale. The list never depends on what is installed: a missing package is an error
+naming the fix, so the patches are the same on every machine; :func:`photo_manifest` records each photo's source and the
+SHA-256 of its pixels for ``results.json``.
 
 They serve as "far" out-of-distribution data and as the natural-image part of public
 unlabeled sets. A crop of side ``crop`` (random in [16, 64] pixels) at a random place in a random

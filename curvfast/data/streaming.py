@@ -67,9 +67,11 @@ def _image_transform(image_size: int | None):
 
 
 def load_image(path: str, mode: str = "RGB", what: str = "image ") -> "Image.Image":
-    """Decode the regular file ``path`` with PIL; any failure is an OSError naming the file.
-    Anything but a regular file (a FIFO, a device, a folder) is refused before it is opened,
-    since reading one can block forever."""
+    """Decode the regular file ``path`` with PIL.
+
+    Any failure is an OSError naming the file. Anything but a regular file (a FIFO, a device, a folder) is refused
+    before it is opened, since reading one can block forever.
+    """
     from PIL import Image
 
     try:
@@ -121,8 +123,8 @@ class _PathLabelDataset(Dataset):
         return int(self.targets.max()) + 1 if len(self.targets) else 0
 
     def write_filelist(self, path: str) -> None:
-        """Write this catalogue as a file list (``<path> <label>`` lines, relative to ``root``),
-        atomically, so later runs skip the folder scan."""
+        """Write this catalogue as a file list (``<path> <label>`` lines, relative to ``root``), atomically, so later runs skip the folder scan.
+        """
         lines = (f"{self._buffer[self._offsets[i]:self._offsets[i + 1]].tobytes().decode()} {self.targets[i]}\n"
                  for i in range(len(self)))
         atomic_write_bytes(path, "".join(lines).encode())
@@ -162,8 +164,10 @@ class FileListDataset(_PathLabelDataset):
 
 
 class StreamingImageFolder(_PathLabelDataset):
-    """``root/<class>/<image>`` scanned once into the compact catalogue; labels are the sorted
-    class folders' positions (``self.classes``), as in torchvision's ImageFolder."""
+    """``root/<class>/<image>`` scanned once into the compact catalogue.
+
+    Labels are the sorted class folders' positions (``self.classes``), as in torchvision's ImageFolder.
+    """
 
     def __init__(self, root: str, transform=None, image_size: int | None = None, mode: str = "RGB"):
         if not os.path.isdir(root):

@@ -64,8 +64,8 @@ _LOWRANK_PROJECTOR_SECONDS_PER_D2L = 2.5e-10
 
 @dataclass
 class SpectrumResult:
-    """Right singular vectors ``u`` (g, d, k), singular values ``s`` (g, k) descending, the exact
-    total energy ``energy`` (g,) = ‖X‖_F² per group, the number of rows seen and the route used."""
+    """Right singular vectors ``u`` (g, d, k), singular values ``s`` (g, k) descending, the exact total energy ``energy`` (g,) = ‖X‖_F² per group, the number of rows seen and the route used.
+    """
 
     u: torch.Tensor
     s: torch.Tensor
@@ -81,10 +81,8 @@ class SpectrumResult:
 
 @dataclass
 class GramSpectrum:
-    """The exact spectrum held as the Gram matrix ``gram`` = G = XᵀX (g, d, d) itself, with the exact
-    total energy ``energy`` (g,) = trace G and the number of rows: ``s`` (σ_i = √eig_i(G), descending,
-    by ``eigvalsh``, cached) and ``u`` (the eigenvectors, by ``eigh``, not cached: d² memory) are
-    computed when asked for, so that a caller needing only f(G) never pays for the eigenvectors."""
+    """The exact spectrum held as the Gram matrix ``gram`` = G = XᵀX (g, d, d) itself, with the exact total energy ``energy`` (g,) = trace G and the number of rows: ``s`` (σ_i = √eig_i(G), descending, by ``eigvalsh``, cached) and ``u`` (the eigenvectors, by ``eigh``, not cached: d² memory) are computed when asked for, so that a caller needing only f(G) never pays for the eigenvectors.
+    """
 
     gram: torch.Tensor
     energy: torch.Tensor
@@ -141,8 +139,10 @@ class _Sketch:
         return self.passes_done >= self.passes
 
     def _prepare(self, x):
-        """The batch as a row operator (a tensor becomes ``DenseRows`` in the sketch's dtype); the
-        first pass also counts its rows and energy."""
+        """The batch as a row operator (a tensor becomes ``DenseRows`` in the sketch's dtype).
+
+        The first pass also counts its rows and energy.
+        """
         if self.done:
             raise RuntimeError(f"all {self.passes} pass(es) of this {self.route} sketch are complete; call result()")
         if isinstance(x, torch.Tensor):
@@ -236,11 +236,13 @@ class StreamingRandomizedSVD(_Sketch):
 
 
 def choose_route(dim: int, rows: int, rank: int | None, *, oversample: int = 10, power_iters: int = 1) -> str:
-    """The cheaper route by the measured cost model. With ``rank=None`` (exact spectrum asked) the
-    randomized route is still exact when there are fewer rows than dimensions (rank(X) <= rows <=
-    l), so it is chosen there if cheaper; otherwise "gram". With a truncated ``rank`` the cheaper
-    of (1 + q) randomized passes + QRs + the Nyström result + low-rank projectors and the Gram
-    products + factorisations wins."""
+    """The cheaper route by the measured cost model.
+
+    With ``rank=None`` (exact spectrum asked) the randomized route is still exact when there are fewer rows than
+    dimensions (rank(X) <= rows <= l), so it is chosen there if cheaper; otherwise "gram". With a truncated ``rank`` the
+    cheaper of (1 + q) randomized passes + QRs + the Nyström result + low-rank projectors and the Gram products +
+    factorisations wins.
+    """
     target = min(dim if rank is None else rank, rows)
     width = min(target + oversample, dim)
     if width >= dim or (rank is None and rows > target):

@@ -22,8 +22,11 @@ NORMALIZATIONS = {  # name -> (per-channel mean, per-channel std) of the trainin
 
 
 def parse_normalization(spec: str | None) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """``none`` (or None) -> None; ``cifar10`` / ``imagenet`` -> their statistics; ``M1,M2,M3/S1,S2,S3``
-    -> explicit per-channel mean and std (one value each for grey images)."""
+    """``none`` (or None) -> None.
+
+    ``cifar10`` / ``imagenet`` -> their statistics; ``M1,M2,M3/S1,S2,S3`` -> explicit per-channel mean and std (one
+    value each for grey images).
+    """
     if spec is None or spec == "none":
         return None
     if spec in NORMALIZATIONS:

@@ -71,7 +71,7 @@ class MLP(nn.Module):
 
 
 def cifar_resnet18(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
-    """torchvision ResNet-18 with the CIFAR stem: 3x3 stride-1 first conv, no max-pool."""
+    """Torchvision ResNet-18 with the CIFAR stem: 3x3 stride-1 first conv, no max-pool."""
     from torchvision.models import resnet18
 
     model = resnet18(weights=None, num_classes=num_classes)
@@ -106,7 +106,8 @@ def available_models() -> list[str]:
 def build_model(name: str, num_classes: int, in_channels: int = 3, **kwargs) -> nn.Module:
     """Build a zoo model or a torchvision model (``resnet50``, ``vgg11_bn``...) by name, randomly initialised.
 
-    ``kwargs`` go to zoo models: ``width`` (small_cnn, mlp, mlp2) and ``in_features`` (mlp, mlp2: C*H*W)."""
+    ``kwargs`` go to zoo models: ``width`` (small_cnn, mlp, mlp2) and ``in_features`` (mlp, mlp2: C*H*W).
+    """
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ConfigError(f"num_classes must be an int >= 2 (got {num_classes!r})")
     if name in _ZOO:
