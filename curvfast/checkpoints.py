@@ -13,7 +13,19 @@ __all__ = ["load_model", "folder_name"]
 
 
 def load_model(checkpoint: str, model_name: str | None, dataset: str, root: str | None):
-    """Build the checkpoint's model (or ``model_name``), inside its recorded input normalisation, and load its weights (weights_only).
+    """Rebuild a checkpoint's model and load its weights (``weights_only``).
+
+    Args:
+        checkpoint: the checkpoint file.
+        model_name: the architecture, or None for the one the checkpoint records.
+        dataset: the dataset whose classes and channels are used when the checkpoint does not record them.
+        root: the dataset's folder.
+
+    Returns:
+        The model (``model_name`` or the recorded one) inside its recorded input normalisation.
+
+    Raises:
+        CheckpointError: the checkpoint names no model, records bad sizes, or does not fit the model.
     """
     ckpt = load_checkpoint(checkpoint)
     name = model_name or ckpt.get("model")

@@ -90,7 +90,19 @@ class RunFolder:
 
     # -- start of a run (one process) -------------------------------------------------------
     def open(self, overwrite: bool = False) -> dict:
-        """Take the folder's lock, check or create the manifest, drop stale temp files and bad chunks, and return ``{"todo": [chunk ids], "done": n, "corrupt": [chunk ids]}``. Call from one process, and ``close()`` when the run ends.
+        """Take the folder's lock, check or create the manifest, drop stale temp files and bad chunks.
+
+        Call from one process, and ``close()`` when the run ends.
+
+        Args:
+            overwrite: discard a previous run with other settings instead of refusing.
+
+        Returns:
+            ``{"todo": [chunk ids], "done": n, "corrupt": [chunk ids], "pass_widths": ...}``.
+
+        Raises:
+            RunFolderBusy: another process holds the folder's lock.
+            ConfigError: the folder holds another run (or unchunked results) and ``overwrite`` is False.
         """
         self._lock()
         try:

@@ -123,7 +123,10 @@ class _PathLabelDataset(Dataset):
         return int(self.targets.max()) + 1 if len(self.targets) else 0
 
     def write_filelist(self, path: str) -> None:
-        """Write this catalogue as a file list (``<path> <label>`` lines, relative to ``root``), atomically, so later runs skip the folder scan.
+        """Write this catalogue as a file list, atomically, so later runs skip the folder scan.
+
+        Args:
+            path: the list file to write: ``<path> <label>`` lines, relative to ``root``.
         """
         lines = (f"{self._buffer[self._offsets[i]:self._offsets[i + 1]].tobytes().decode()} {self.targets[i]}\n"
                  for i in range(len(self)))

@@ -64,7 +64,14 @@ _LOWRANK_PROJECTOR_SECONDS_PER_D2L = 2.5e-10
 
 @dataclass
 class SpectrumResult:
-    """Right singular vectors ``u`` (g, d, k), singular values ``s`` (g, k) descending, the exact total energy ``energy`` (g,) = ‖X‖_F² per group, the number of rows seen and the route used.
+    """A truncated spectrum of X per group.
+
+    Attributes:
+        u: right singular vectors (g, d, k).
+        s: singular values (g, k), descending.
+        energy: the exact total energy ‖X‖_F² per group (g,).
+        rows: the number of rows seen.
+        route: the route used.
     """
 
     u: torch.Tensor
@@ -81,7 +88,16 @@ class SpectrumResult:
 
 @dataclass
 class GramSpectrum:
-    """The exact spectrum held as the Gram matrix ``gram`` = G = XᵀX (g, d, d) itself, with the exact total energy ``energy`` (g,) = trace G and the number of rows: ``s`` (σ_i = √eig_i(G), descending, by ``eigvalsh``, cached) and ``u`` (the eigenvectors, by ``eigh``, not cached: d² memory) are computed when asked for, so that a caller needing only f(G) never pays for the eigenvectors.
+    """The exact spectrum, held as the Gram matrix G = XᵀX itself.
+
+    ``s`` and ``u`` are computed when asked for, so that a caller needing only f(G) never pays for the
+    eigenvectors.
+
+    Attributes:
+        gram: G (g, d, d).
+        energy: the exact total energy trace G (g,).
+        rows: the number of rows seen.
+        route: ``"gram"``.
     """
 
     gram: torch.Tensor
@@ -91,10 +107,12 @@ class GramSpectrum:
 
     @cached_property
     def s(self) -> torch.Tensor:
+        """σ_i = √eig_i(G) (g, d), descending, by ``eigvalsh`` (cached)."""
         return torch.linalg.eigvalsh(self.gram).flip(-1).clamp_min(0).sqrt()
 
     @property
     def u(self) -> torch.Tensor:
+        """The eigenvectors of G (g, d, d), by ``eigh`` (not cached: d² memory)."""
         return torch.linalg.eigh(self.gram)[1].flip(-1)
 
     energy_fraction = SpectrumResult.energy_fraction
@@ -110,12 +128,15 @@ class DenseRows:
         self.groups, self.rows, self.dim = self.x.shape
 
     def energy(self) -> torch.Tensor:
+        """‖X_b‖_F² per group (g,)."""
         return self.x.square().sum(dim=(1, 2))
 
     def add_gram_to(self, gram: torch.Tensor) -> None:
+        """G += X_bᵀ X_b, in place."""
         gram.baddbmm_(self.x.mT, self.x)
 
     def add_gram_times_to(self, z: torch.Tensor, q: torch.Tensor) -> None:
+        """Z += X_bᵀ (X_b Q), in place."""
         z.baddbmm_(self.x.mT, self.x @ q)
 
 
@@ -210,6 +231,7 @@ class StreamingRandomizedSVD(_Sketch):
         self._prepare(x).add_gram_times_to(self.z, self.q)
 
     def end_pass(self) -> None:
+        """Close the current pass; between passes, one power iteration (Q = orth(Z), Z = 0)."""
         super().end_pass()
         if not self.done:  # one power iteration: re-orthonormalise and stream G Q again
             self.q = orthonormalize(self.z)
