@@ -5,6 +5,7 @@ import os
 import re
 
 from curvfast.data import get_dataset
+from curvfast.errors import CheckpointError
 from curvfast.io import load_checkpoint
 from curvfast.models import build_model, normalized
 
@@ -12,18 +13,30 @@ __all__ = ["load_model", "folder_name"]
 
 
 def load_model(checkpoint: str, model_name: str | None, dataset: str, root: str | None):
-    """Build the checkpoint's model (or ``model_name``), inside its recorded input normalisation, and load its
-    weights (weights_only)."""
+    """Rebuild a checkpoint's model and load its weights (``weights_only``).
+
+    Args:
+        checkpoint: the checkpoint file.
+        model_name: the architecture, or None for the one the checkpoint records.
+        dataset: the dataset whose classes and channels are used when the checkpoint does not record them.
+        root: the dataset's folder.
+
+    Returns:
+        The model (``model_name`` or the recorded one) inside its recorded input normalisation.
+
+    Raises:
+        CheckpointError: the checkpoint names no model, records bad sizes, or does not fit the model.
+    """
     ckpt = load_checkpoint(checkpoint)
     name = model_name or ckpt.get("model")
     if not isinstance(name, str):
-        raise ValueError(f"checkpoint {checkpoint!r} does not name its model; pass --model")
+        raise CheckpointError(f"checkpoint {checkpoint!r} does not name its model; pass --model")
     sizes = {}
     for key in ("num_classes", "in_channels"):
         value = ckpt.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"checkpoint {checkpoint!r} records {key}={value!r}, which is not a positive int; "
-                             "fix the checkpoint's metadata or re-save it with save_checkpoint")
+            raise CheckpointError(f"checkpoint {checkpoint!r} records {key}={value!r}, which is not a positive int; "
+                                  "fix the checkpoint's metadata or re-save it with save_checkpoint")
         sizes[key] = value
     if None in sizes.values():  # not recorded: the dataset's
         _, info = get_dataset(dataset, "train", root=root)
@@ -33,12 +46,14 @@ def load_model(checkpoint: str, model_name: str | None, dataset: str, root: str 
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:
-        raise ValueError(f"checkpoint {checkpoint!r} does not fit model {name!r}: {str(err).splitlines()[0]}") from err
+        raise CheckpointError(f"checkpoint {checkpoint!r} does not fit model {name!r}: {str(err).splitlines()[0]}") from err
     return model
 
 
 def folder_name(checkpoint: str) -> str:
-    """A model's folder name from its checkpoint's file name: characters other than letters,
-    digits, '_', '.' and '-' become '_' (so any file name works)."""
+    """A model's folder name from its checkpoint's file name.
+
+    Characters other than letters, digits, '_', '.' and '-' become '_' (so any file name works).
+    """
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.splitext(os.path.basename(checkpoint))[0])
     return stem if re.match(r"[A-Za-z0-9]", stem) else f"m{stem}"

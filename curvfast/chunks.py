@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 
-from .errors import ChunkError, RunFolderBusy
+from .errors import ChunkError, ConfigError, RunFolderBusy
 from .io import atomic_write_bytes, write_json
 
 __all__ = ["RunFolder", "ChunkError", "RunFolderBusy", "run_id"]
@@ -71,7 +71,7 @@ class RunFolder:
 
     def __init__(self, out: str, identity: dict, size: int, chunk_size: int):
         if not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive int (got {chunk_size!r})")
+            raise ConfigError(f"chunk_size must be a positive int (got {chunk_size!r})")
         self.out = out
         self.identity = identity
         self.size = size
@@ -90,9 +90,20 @@ class RunFolder:
 
     # -- start of a run (one process) -------------------------------------------------------
     def open(self, overwrite: bool = False) -> dict:
-        """Take the folder's lock, check or create the manifest, drop stale temp files and bad
-        chunks, and return ``{"todo": [chunk ids], "done": n, "corrupt": [chunk ids]}``. Call from
-        one process, and ``close()`` when the run ends."""
+        """Take the folder's lock, check or create the manifest, drop stale temp files and bad chunks.
+
+        Call from one process, and ``close()`` when the run ends.
+
+        Args:
+            overwrite: discard a previous run with other settings instead of refusing.
+
+        Returns:
+            ``{"todo": [chunk ids], "done": n, "corrupt": [chunk ids], "pass_widths": ...}``.
+
+        Raises:
+            RunFolderBusy: another process holds the folder's lock.
+            ConfigError: the folder holds another run (or unchunked results) and ``overwrite`` is False.
+        """
         self._lock()
         try:
             return self._open(overwrite)
@@ -129,14 +140,14 @@ class RunFolder:
         if rebuild:
             old = None
         if old is None and not rebuild and os.path.exists(os.path.join(self.out, "results.json")) and not overwrite:
-            raise ValueError(
+            raise ConfigError(
                 f"run folder {self.out!r} holds scores from a run without a manifest (not resumable); "
                 "pass overwrite=True (--overwrite) to replace them, or choose another out folder"
             )
         if old is not None and old.get("run") != self.run:
             if not overwrite:
                 diffs = _differences(old.get("identity", {}), self.identity) or ["format or run id"]
-                raise ValueError(
+                raise ConfigError(
                     f"run folder {self.out!r} was started with different settings, model or data "
                     f"({'; '.join(diffs[:6])}{' …' if len(diffs) > 6 else ''}); rerun the original command to "
                     "resume it, choose another out folder, or pass overwrite=True (--overwrite) to discard it"

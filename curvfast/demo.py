@@ -1,5 +1,8 @@
-"""``curvfast demo`` (``make demo``): train a small CNN on the bundled digits, score every training digit
-with the exact input-Hessian trace, and plot the most curved ones."""
+"""``curvfast demo`` (``make demo``).
+
+Train a small CNN on the bundled digits, score every training digit with the exact input-Hessian trace, and plot the
+most curved ones.
+"""
 from __future__ import annotations
 
 import os
@@ -13,8 +16,10 @@ __all__ = ["run_demo"]
 
 
 def run_demo(out: str = "runs/demo", *, epochs: int = 30, seed: int = 0, top: int = 24, log=print) -> dict:
-    """Write ``out/model.pt``, ``out/scores.npz``, ``out/results.json`` and ``out/top_curvature.png``;
-    return the scores' summary."""
+    """Write ``out/model.pt``, ``out/scores.npz``, ``out/results.json`` and ``out/top_curvature.png``.
+
+    Return the scores' summary.
+    """
     os.makedirs(out, exist_ok=True)
     log(f"[1/3] training small_cnn on digits ({epochs} epochs)")
     model, info = train_model("small_cnn", "digits", epochs=epochs, seed=seed, out=os.path.join(out, "model.pt"))

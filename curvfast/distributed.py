@@ -24,12 +24,15 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from .errors import PeerError
+from . import errors
+from .errors import ConfigError, PeerError
 
 __all__ = ["Context", "PeerError", "setup", "shutdown", "launched_by_torchrun", "init_process_group"]
 
 DEFAULT_TIMEOUT = 1800.0  # seconds; torch's own default for gloo
-_FORWARDED = {e.__name__: e for e in (ValueError, TypeError, FileNotFoundError)}  # user-fixable: same type on every rank
+# user-fixable: re-raised with the same type on every rank (the builtins and curvfast's typed errors)
+_FORWARDED = {e.__name__: e for e in (ValueError, TypeError, FileNotFoundError,
+                                      *(getattr(errors, name) for name in errors.__all__))}
 
 
 def launched_by_torchrun() -> bool:
@@ -70,8 +73,10 @@ class Context:
             raise self._failed(f"waiting for all ranks to finish {what}", err) from err
 
     def on_main(self, what: str, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` on rank 0 and hand its result to every rank. An exception on rank 0 is
-        re-raised on every rank (same type and message), so no rank waits for a dead peer."""
+        """Run ``fn`` on rank 0 and hand its result to every rank.
+
+        An exception on rank 0 is re-raised on every rank (same type and message), so no rank waits for a dead peer.
+        """
         if self.world_size == 1:
             return fn()
         payload = [None]
@@ -89,8 +94,7 @@ class Context:
         if status == "error":
             if self.is_main:
                 raise error
-            kind = _FORWARDED.get(value[0], RuntimeError)
-            raise kind(value[1] if kind is not RuntimeError else f"rank 0: {value[0]}: {value[1]}")
+            raise _forwarded_error(*value)
         return value
 
     def all_gather(self, what: str, obj: Any) -> list:
@@ -105,12 +109,27 @@ class Context:
         return out
 
 
+def _forwarded_error(name: str, message: str) -> Exception:
+    """The exception rank 0 raised, rebuilt on another rank from its class name and message.
+
+    Args:
+        name: the class name of rank 0's exception.
+        message: its message.
+
+    Returns:
+        An exception of the same class and message when it is user-fixable (``ValueError``, ``TypeError``,
+        ``FileNotFoundError`` or one of :mod:`curvfast.errors`), else a ``RuntimeError`` naming the class.
+    """
+    kind = _FORWARDED.get(name, RuntimeError)
+    return kind(message if kind is not RuntimeError else f"rank 0: {name}: {message}")
+
+
 def _rank_device(device: torch.device, local_rank: int) -> torch.device:
     """One GPU per rank: a bare ``cuda`` means ``cuda:LOCAL_RANK``."""
     if device.type != "cuda" or device.index is not None:
         return device
     if local_rank >= torch.cuda.device_count():
-        raise ValueError(
+        raise ConfigError(
             f"LOCAL_RANK={local_rank} but this node has {torch.cuda.device_count()} GPU(s); "
             "start at most one process per GPU (torchrun --nproc_per_node=<number of GPUs>)"
         )
@@ -127,17 +146,20 @@ def init_process_group(backend: str, timeout: float) -> None:
     use, torchvision on import), it keeps references to the default group that ``destroy_process_group`` cannot
     drop: the group and gloo's worker threads then outlive it into interpreter shutdown, where a thread freeing
     a finished collective's tensors waits for the GIL, is cancelled and aborts the process ("terminate called
-    without an active exception"; seen in about 1 of 12 runs of a two-node IDKD run)."""
+    without an active exception"; seen in about 1 of 12 runs of a two-node IDKD run).
+    """
     import torch._dynamo  # noqa: F401  (see above: must precede the group)
 
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout))
 
 
 def setup(device: torch.device, timeout: float = DEFAULT_TIMEOUT) -> tuple[Context, torch.device]:
-    """Join (or reuse) the process group when several ranks run; return the context and the
-    device this rank scores on. A single process gets ``Context()`` and ``device`` unchanged."""
+    """Join (or reuse) the process group when several ranks run.
+
+    Return the context and the device this rank scores on. A single process gets ``Context()`` and ``device`` unchanged.
+    """
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
-        raise ValueError(f"timeout must be a positive number of seconds (got {timeout!r})")
+        raise ConfigError(f"timeout must be a positive number of seconds (got {timeout!r})")
     if not dist.is_available() or not (dist.is_initialized() or launched_by_torchrun()):
         return Context(timeout=float(timeout)), device
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

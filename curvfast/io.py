@@ -10,7 +10,7 @@ import tempfile
 import numpy as np
 import torch
 
-from .errors import NonFiniteError
+from .errors import CheckpointError, NonFiniteError
 
 __all__ = ["atomic_write_bytes", "write_json", "write_npz", "save_checkpoint", "load_checkpoint"]
 
@@ -19,8 +19,10 @@ os.umask(_UMASK)
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to a temp file in the same folder, fsync, then rename over ``path``:
-    readers see the old file or the whole new one, never half of it."""
+    """Write ``data`` to a temp file in the same folder, fsync, then rename over ``path``.
+
+    Readers see the old file or the whole new one, never half of it.
+    """
     if os.path.isdir(path):
         raise IsADirectoryError(f"cannot write {path!r}: it is a folder; name a file")
     folder = os.path.dirname(os.path.abspath(path))
@@ -88,8 +90,10 @@ def save_checkpoint(path: str, net: torch.nn.Module, /, **meta) -> None:
 
 
 def load_checkpoint(path: str) -> dict:
-    """Load a checkpoint with ``weights_only=True``. Returns a dict with a ``state_dict`` key
-    (a bare state_dict file is wrapped)."""
+    """Load a checkpoint with ``weights_only=True``.
+
+    Returns a dict with a ``state_dict`` key (a bare state_dict file is wrapped).
+    """
     if os.path.isdir(path):
         raise IsADirectoryError(f"checkpoint {path!r} is a folder; name the checkpoint file inside it")
     if not os.path.isfile(path):
@@ -97,7 +101,7 @@ def load_checkpoint(path: str) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(
+        raise CheckpointError(
             f"checkpoint {path!r} could not be read as a PyTorch state_dict ({type(err).__name__}: {err}); "
             "it is corrupt, truncated, or not a weights-only checkpoint"
         ) from err
@@ -105,4 +109,4 @@ def load_checkpoint(path: str) -> dict:
         return obj
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return {"state_dict": obj}
-    raise ValueError(f"checkpoint {path!r} holds a {type(obj).__name__}, not a state_dict")
+    raise CheckpointError(f"checkpoint {path!r} holds a {type(obj).__name__}, not a state_dict")

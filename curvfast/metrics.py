@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from curvfast.errors import ConfigError, DataError, NonFiniteError
+
 __all__ = ["roc_curve", "auroc", "tpr_at_fpr", "balanced_accuracy", "aupr", "fpr_at_tpr", "detection_report"]
 
 
@@ -23,12 +25,12 @@ def _binary(scores, labels, positive) -> tuple[np.ndarray, np.ndarray]:
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     lab = np.asarray(labels).reshape(-1)
     if s.shape != lab.shape:
-        raise ValueError(f"scores and labels must have the same length (got {s.size} and {lab.size})")
+        raise DataError(f"scores and labels must have the same length (got {s.size} and {lab.size})")
     if not np.all(np.isfinite(s)):
-        raise ValueError(f"scores contain {int((~np.isfinite(s)).sum())} NaN/inf values; drop or fix them first")
+        raise NonFiniteError(f"scores contain {int((~np.isfinite(s)).sum())} NaN/inf values; drop or fix them first")
     pos = lab == positive
     if pos.all() or not pos.any():
-        raise ValueError(
+        raise DataError(
             f"need both classes: {int(pos.sum())} samples have the positive label {positive!r} and "
             f"{int((~pos).sum())} do not; check `positive` and `labels`"
         )
@@ -53,8 +55,10 @@ def roc_curve(scores, labels, positive=1) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def auroc(scores, labels, positive=1) -> float:
-    """Area under the ROC curve (trapezoid rule over :func:`roc_curve`): the probability that a random
-    positive scores above a random negative, ties counting one half."""
+    """Area under the ROC curve (trapezoid rule over :func:`roc_curve`).
+
+    The probability that a random positive scores above a random negative, ties counting one half.
+    """
     fpr, tpr, _ = roc_curve(scores, labels, positive)
     return float(np.trapezoid(tpr, fpr))
 
@@ -62,7 +66,7 @@ def auroc(scores, labels, positive=1) -> float:
 def tpr_at_fpr(scores, labels, fpr: float, positive=1) -> float:
     """Largest TPR among ROC points with FPR <= ``fpr``."""
     if not 0.0 <= fpr <= 1.0:
-        raise ValueError(f"fpr must be in [0, 1] (got {fpr})")
+        raise ConfigError(f"fpr must be in [0, 1] (got {fpr})")
     f, t, _ = roc_curve(scores, labels, positive)
     return float(t[f <= fpr].max())
 
@@ -84,7 +88,7 @@ def aupr(scores, labels, positive=1) -> float:
 def fpr_at_tpr(scores, labels, tpr: float = 0.95, positive=1) -> float:
     """Smallest FPR among ROC points with TPR >= ``tpr`` (FPR95 for ``tpr=0.95``)."""
     if not 0.0 < tpr <= 1.0:
-        raise ValueError(f"tpr must be in (0, 1] (got {tpr})")
+        raise ConfigError(f"tpr must be in (0, 1] (got {tpr})")
     f, t, _ = roc_curve(scores, labels, positive)
     return float(f[t >= tpr - 1e-12].min())
 

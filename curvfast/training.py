@@ -1,11 +1,14 @@
-"""The one training loop (:func:`fit`), evaluation, the soft cross-entropy, and ``curvfast train`` (:func:`train_model`).
+"""The one training loop (:func:`fit`), its recipe (:class:`TrainRecipe`), evaluation, the soft cross-entropy.
 
-The library's own, so that ``curvfast train`` and every pipeline train the same way."""
+Also ``curvfast train`` (:func:`train_model`). The library's own, so that ``curvfast train`` and every pipeline
+train the same way.
+"""
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -14,15 +17,26 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from curvfast.data import get_dataset
+from curvfast.errors import ConfigError, TrainingDivergedError, UnknownNameError
 from curvfast.io import save_checkpoint
 from curvfast.models import build_model, normalized
 
-__all__ = ["train_model", "fit", "evaluate", "soft_cross_entropy", "SCHEDULES"]
+__all__ = ["TrainRecipe", "train_model", "fit", "evaluate", "soft_cross_entropy", "SCHEDULES"]
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset, batch_size: int = 256, workers: int = 0) -> float:
-    """Top-1 accuracy in eval mode (the caller's mode is restored); ``workers`` loader processes."""
+    """Top-1 accuracy of ``model`` on ``dataset``, in eval mode (the caller's mode is restored).
+
+    Args:
+        model: a classifier returning logits; its first parameter's device is used.
+        dataset: a map-style dataset of ``(x, label)`` pairs.
+        batch_size: samples per forward pass.
+        workers: DataLoader worker processes.
+
+    Returns:
+        The fraction of samples whose arg-max logit is the label.
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -40,6 +54,70 @@ _OPTIMIZERS = {  # name -> (class, default lr, extra arguments): the recipes the
     "rmsprop": (torch.optim.RMSprop, 1e-3, {}),
 }
 SCHEDULES = ("cosine", "cosine-step", "constant")
+
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainRecipe:
+    """What :func:`fit` and :func:`train_model` train with: the preferred way to pass a recipe.
+
+    Validated when built, so a recipe that exists can be trained with.
+
+    Attributes:
+        epochs: passes over the data (>= 1).
+        batch_size: samples per step when the data is a map-style dataset (>= 1).
+        lr: the learning rate; None takes the optimizer's default (sgd 0.05, the others 1e-3).
+        weight_decay: L2 penalty of a named optimizer.
+        optimizer: ``"sgd"`` (momentum 0.9), ``"adam"``, ``"adamw"``, ``"rmsprop"``, or a ready
+            ``torch.optim.Optimizer`` over the model's parameters (Opacus' DP optimizer, decentralized SGD).
+        schedule: cosine annealing of the learning rate to 0 stepped per epoch (``"cosine"``) or per step
+            (``"cosine-step"``), or ``"constant"``.
+        seed: seeds the shuffle of a map-style dataset and the ``batch_transform`` generator.
+
+    Raises:
+        ConfigError: ``epochs`` or ``batch_size`` < 1, or ``lr`` not a positive finite number.
+        UnknownNameError: ``optimizer`` or ``schedule`` is not a known name.
+    """
+
+    epochs: int
+    batch_size: int = 64
+    lr: float | None = None
+    weight_decay: float = 5e-4
+    optimizer: str | torch.optim.Optimizer = "sgd"
+    schedule: str = "cosine"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Check every field (see Raises above)."""
+        epochs, batch_size, lr = self.epochs, self.batch_size, self.lr
+        if epochs < 1 or batch_size < 1:
+            raise ConfigError(f"need epochs >= 1 and batch_size >= 1 (got epochs={epochs}, batch_size={batch_size})")
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr)
+                               or lr <= 0):
+            raise ConfigError(f"lr must be a positive finite learning rate (got {lr!r})")
+        if self.schedule not in SCHEDULES:
+            raise UnknownNameError(f"schedule must be one of {', '.join(SCHEDULES)} (got {self.schedule!r})")
+        if isinstance(self.optimizer, str) and self.optimizer not in _OPTIMIZERS:
+            raise UnknownNameError(f"optimizer must be one of {', '.join(_OPTIMIZERS)} or a torch optimizer "
+                                   f"(got {self.optimizer!r})")
+
+
+_RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(TrainRecipe))
+
+
+def _recipe(recipe: TrainRecipe | None, spelled: dict[str, Any], defaults: dict[str, Any], caller: str) -> TrainRecipe:
+    """The recipe given, or one built from the keywords ``spelled`` (None: not given) over ``defaults``."""
+    given = {k: v for k, v in spelled.items() if v is not None}
+    if recipe is None:
+        if "epochs" not in given and "epochs" not in defaults:
+            raise ConfigError(f"{caller} needs a TrainRecipe or epochs=")
+        return TrainRecipe(**{**defaults, **given})
+    if not isinstance(recipe, TrainRecipe):
+        raise TypeError(f"recipe must be a TrainRecipe (got {type(recipe).__name__})")
+    if given:
+        raise ConfigError(f"{caller}: give the recipe or its fields ({', '.join(given)}), not both; "
+                          "use dataclasses.replace(recipe, ...) to change a field")
+    return recipe
 
 
 def _to(batch, device):
@@ -74,15 +152,16 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 
 def fit(
     model: torch.nn.Module,
-    data,
+    data: Any,
+    recipe: TrainRecipe | None = None,
     *,
-    epochs: int,
-    batch_size: int = 64,
+    epochs: int | None = None,
+    batch_size: int | None = None,
     lr: float | None = None,
-    weight_decay: float = 5e-4,
-    seed: int = 0,
-    optimizer: str | torch.optim.Optimizer = "sgd",
-    schedule: str = "cosine",
+    weight_decay: float | None = None,
+    seed: int | None = None,
+    optimizer: str | torch.optim.Optimizer | None = None,
+    schedule: str | None = None,
     batch_transform: Callable | None = None,
     loss_fn: Callable | None = None,
     device: str | torch.device = "cpu",
@@ -90,46 +169,65 @@ def fit(
     on_epoch_end: Callable[[int, float], None] | None = None,
     progress: bool | None = False,
 ) -> torch.nn.Module:
-    """The pipelines' one training loop; trains ``model`` in place and returns it in eval mode.
+    """The one training loop; trains ``model`` in place and returns it in eval mode.
 
-    ``data``: a map-style dataset, cut into mini-batches of ``batch_size`` reshuffled each epoch
-    (order seeded by ``seed``), or any iterable of ``(x, y)`` batches used as it is (a DataLoader,
-    e.g. Opacus' Poisson-sampled one). ``optimizer``: ``"sgd"`` (momentum 0.9, default lr 0.05),
-    ``"adam"``, ``"adamw"`` or ``"rmsprop"`` (default lr 1e-3) over ``model``'s trainable parameters
-    with ``weight_decay``, or a ready optimizer (Opacus' DP optimizer, decentralized SGD). ``schedule``:
-    cosine annealing of the learning rate to 0 stepped per epoch (``"cosine"``) or per step
-    (``"cosine-step"``), or ``"constant"``. Each step minimises ``loss_fn(model, x, y)`` (default: the
-    cross-entropy of ``model(x)`` against ``y``, class indices or probability vectors), after
-    ``batch_transform(x, y, rng)`` (numpy Generator seeded by ``seed``) if given: the augmentation
-    hook. Batches (tensors, or dicts / tuples of tensors) are moved to ``device``.
-    ``on_epoch_start(epoch)`` and ``on_epoch_end(epoch, mean_loss)`` run around each epoch (0-based
-    and 1-based). A NaN or Inf loss, checked once per epoch (no GPU sync per step), raises
-    ``FloatingPointError``. The caller seeds the initialisation.
+    The recipe is preferably given as a :class:`TrainRecipe`; its fields as keywords (``epochs=...``) build one
+    (the defaults are :class:`TrainRecipe`'s), for callers written before it. Each step minimises
+    ``loss_fn(model, x, y)`` over a mini-batch, after ``batch_transform(x, y, rng)`` if given (the augmentation
+    hook; ``rng`` a numpy Generator seeded by the recipe's seed). A NaN or Inf loss is checked once per epoch
+    (no GPU sync per step). The caller seeds the initialisation.
+
+    Args:
+        model: the network; moved to ``device``.
+        data: a map-style dataset, cut into mini-batches of ``recipe.batch_size`` reshuffled each epoch (order
+            seeded by ``recipe.seed``), or any iterable of ``(x, y)`` batches used as it is (a DataLoader, e.g.
+            Opacus' Poisson-sampled one).
+        recipe: epochs, batch size, learning rate, weight decay, optimizer, schedule and seed.
+        epochs: recipe field, when no ``recipe`` is given.
+        batch_size: recipe field, when no ``recipe`` is given.
+        lr: recipe field, when no ``recipe`` is given.
+        weight_decay: recipe field, when no ``recipe`` is given.
+        seed: recipe field, when no ``recipe`` is given.
+        optimizer: recipe field, when no ``recipe`` is given.
+        schedule: recipe field, when no ``recipe`` is given.
+        batch_transform: ``(x, y, rng) -> (x, y)`` applied to each batch before it is moved to ``device``.
+        loss_fn: ``(model, x, y) -> scalar loss``; default the cross-entropy of ``model(x)`` against ``y``
+            (class indices or probability vectors).
+        device: where the model and the batches (tensors, or dicts / tuples of tensors) go.
+        on_epoch_start: called with the 0-based epoch before it runs.
+        on_epoch_end: called with the 1-based epoch and its mean loss after it ran.
+        progress: a tqdm bar over the epochs (None: only on a terminal).
+
+    Returns:
+        ``model``, trained, in eval mode.
+
+    Raises:
+        ConfigError: a bad recipe field, no recipe and no ``epochs``, or a recipe together with recipe keywords.
+        UnknownNameError: an unknown optimizer or schedule name.
+        TrainingDivergedError: the mean loss of an epoch is NaN or Inf.
     """
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"need epochs >= 1 and batch_size >= 1 (got epochs={epochs}, batch_size={batch_size})")
-    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0):
-        raise ValueError(f"lr must be a positive finite learning rate (got {lr!r})")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)} (got {schedule!r})")
+    recipe = _recipe(recipe, {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+                              "seed": seed, "optimizer": optimizer, "schedule": schedule}, {}, "fit")
     from tqdm.auto import tqdm
 
     model.to(device)
-    if isinstance(optimizer, str):
-        if optimizer not in _OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(_OPTIMIZERS)} or a torch optimizer (got {optimizer!r})")
-        cls, default_lr, extra = _OPTIMIZERS[optimizer]
+    if isinstance(recipe.optimizer, str):
+        cls, default_lr, extra = _OPTIMIZERS[recipe.optimizer]
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = cls(params, lr=default_lr if lr is None else lr, weight_decay=weight_decay, **extra)
+        opt = cls(params, lr=default_lr if recipe.lr is None else recipe.lr, weight_decay=recipe.weight_decay,
+                  **extra)
     else:
-        opt = optimizer
+        opt = recipe.optimizer
     if hasattr(data, "__getitem__") and not isinstance(data, (DataLoader, list, tuple)):  # a map-style dataset
-        data = DataLoader(data, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
-    steps = epochs * len(data) if schedule == "cosine-step" else epochs
+        data = DataLoader(data, batch_size=recipe.batch_size, shuffle=True,
+                          generator=torch.Generator().manual_seed(recipe.seed))
+    schedule = recipe.schedule
+    steps = recipe.epochs * len(data) if schedule == "cosine-step" else recipe.epochs
     sched = None if schedule == "constant" else torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     loss_fn = loss_fn or _cross_entropy
-    rng = np.random.default_rng(seed)
-    for epoch in tqdm(range(epochs), desc="train", unit="epoch", disable=not progress if progress is not None else None):
+    rng = np.random.default_rng(recipe.seed)
+    bar = tqdm(range(recipe.epochs), desc="train", unit="epoch", disable=not progress if progress is not None else None)
+    for epoch in bar:
         if on_epoch_start is not None:
             on_epoch_start(epoch)
         model.train()
@@ -146,8 +244,8 @@ def fit(
             total, batches = total + loss.detach(), batches + 1
         mean = total.item() / max(batches, 1)
         if not math.isfinite(mean):
-            raise FloatingPointError(f"the training loss became NaN or Inf in epoch {epoch + 1}: training diverged; "
-                                     "lower the learning rate or check the data")
+            raise TrainingDivergedError(f"the training loss became NaN or Inf in epoch {epoch + 1}: training diverged; "
+                                        "lower the learning rate or check the data")
         if schedule == "cosine":
             sched.step()
         if on_epoch_end is not None:
@@ -155,43 +253,75 @@ def fit(
     return model.eval()
 
 
+
+
 def train_model(
     model_name: str = "small_cnn",
     dataset: str = "digits",
+    recipe: TrainRecipe | None = None,
     *,
-    epochs: int = 30,
-    batch_size: int = 64,
-    lr: float = 0.05,
-    weight_decay: float = 5e-4,
-    seed: int = 0,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    weight_decay: float | None = None,
+    seed: int | None = None,
     root: str | None = None,
     normalize: str = "none",
     device: str = "cpu",
     out: str | None = None,
-    log=print,
-):
-    """SGD with momentum 0.9 and a cosine schedule. Returns ``(model, info)``; with ``out``
-    writes a weights-only checkpoint holding the model name and its build arguments. ``normalize``
-    (``none``, ``cifar10``, ``imagenet``, ``MEAN/STD``) puts the input normalisation inside the model."""
+    log: Callable[[str], Any] | None = print,
+) -> tuple[torch.nn.Module, dict]:
+    """``curvfast train``: build a model by name and train it on a registered dataset with :func:`fit`.
+
+    The recipe is preferably given as a :class:`TrainRecipe`; without one, the keywords override the default
+    recipe of ``curvfast train``: 30 epochs of SGD with momentum 0.9, lr 0.05, batch 64, weight decay 5e-4,
+    cosine schedule, seed 0. The recipe's seed also seeds the initialisation.
+
+    Args:
+        model_name: a zoo or torchvision model name (:func:`curvfast.models.build_model`).
+        dataset: a registered dataset name (:func:`curvfast.data.get_dataset`).
+        recipe: the training recipe.
+        epochs: recipe field, when no ``recipe`` is given.
+        batch_size: recipe field, when no ``recipe`` is given.
+        lr: recipe field, when no ``recipe`` is given.
+        weight_decay: recipe field, when no ``recipe`` is given.
+        seed: recipe field, when no ``recipe`` is given.
+        root: the folder holding the dataset (not needed for the bundled digits).
+        normalize: ``none``, ``cifar10``, ``imagenet`` or ``MEAN/STD``: the input normalisation, put inside the
+            model.
+        device: where to train (``cpu``, ``cuda``, ``cuda:1``...).
+        out: if given, a weights-only checkpoint is written there, holding the model name and build arguments.
+        log: called with a test-accuracy line five times during training (None: silent).
+
+    Returns:
+        ``(model, info)``: the trained model in eval mode and a JSON-ready dict of the model, dataset, recipe
+        epochs and seed, train and test accuracy and seconds.
+
+    Raises:
+        ConfigError: a bad recipe field, or a recipe together with recipe keywords.
+        UnknownNameError: an unknown model, dataset or normalisation name.
+        TrainingDivergedError: the training loss became NaN or Inf.
+    """
     from curvfast.engine import parse_device
 
+    recipe = _recipe(recipe, {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+                              "seed": seed}, {"epochs": 30, "lr": 0.05}, "train_model")
     device = parse_device(device)
-    torch.manual_seed(seed)
+    torch.manual_seed(recipe.seed)
     train_set, info = get_dataset(dataset, "train", root=root)
     test_set, _ = get_dataset(dataset, "test", root=root)
     model = normalized(build_model(model_name, info.num_classes, info.in_channels), normalize).to(device)
 
     def report(epoch: int, _loss: float) -> None:
-        if log and epoch % max(1, epochs // 5) == 0:
-            log(f"epoch {epoch}/{epochs}: test accuracy {evaluate(model, test_set):.4f}")
+        if log and epoch % max(1, recipe.epochs // 5) == 0:
+            log(f"epoch {epoch}/{recipe.epochs}: test accuracy {evaluate(model, test_set):.4f}")
 
     start = time.perf_counter()
-    fit(model, train_set, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
-        device=device, on_epoch_end=report)
+    fit(model, train_set, recipe, device=device, on_epoch_end=report)
     result = {
         "model": model_name, "dataset": dataset, "num_classes": info.num_classes, "in_channels": info.in_channels,
         "normalize": normalize,
-        "epochs": epochs, "seed": seed, "train_accuracy": evaluate(model, train_set),
+        "epochs": recipe.epochs, "seed": recipe.seed, "train_accuracy": evaluate(model, train_set),
         "test_accuracy": evaluate(model, test_set), "seconds": round(time.perf_counter() - start, 2),
     }
     if out is not None:

@@ -6,7 +6,7 @@ from torch import nn
 import curvfast
 from conftest import make_batch, make_model
 from curvfast.curvature.model import unwrap_model
-from curvfast.errors import NonFiniteError, UnsupportedModelError
+from curvfast.errors import CheckpointError, NonFiniteError, UnsupportedModelError
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def test_missing_and_corrupt_checkpoint(tmp_path):
         load_checkpoint(str(tmp_path / "nope.pt"))
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"\x80\x02 definitely not a checkpoint")
-    with pytest.raises(ValueError, match="corrupt"):
+    with pytest.raises(CheckpointError, match="corrupt"):
         load_checkpoint(str(bad))
 
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from curvfast import ops
+from curvfast.errors import ConfigError
 from curvfast.compat import (
     CurveScore, get_curvature_for_batch_zo, get_curvature_for_batch_zo_v2, get_regularized_curvature_for_batch,
 )
@@ -223,7 +224,7 @@ def test_find_z_matches_published(batch):
 
 def test_bad_arguments_are_named(batch):
     net, (x, y) = smooth_net(), batch
-    with pytest.raises(ValueError, match="h must be > 0"):
+    with pytest.raises(ConfigError, match="h must be > 0"):
         get_curvature_for_batch_zo_v2(net, x, y, h=0)
     with pytest.raises(ValueError, match="niter"):
         get_regularized_curvature_for_batch(net, x, y, niter=0)

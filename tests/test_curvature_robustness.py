@@ -80,7 +80,7 @@ class Overflowing(nn.Module):
 @pytest.mark.parametrize("method", ["exact", "hutchinson", "fd", "zo"])
 def test_non_finite_scores_are_an_error(method):
     x = torch.full((2, 1, 4, 4), 10.0, dtype=torch.float64)
-    with pytest.raises(ValueError, match="finite"):
+    with pytest.raises(NonFiniteError, match="finite"):
         curvfast.input_curvature(Overflowing(), x, torch.tensor([0, 1]), method=method, probes=2, accept_gauss_newton=True)
 
 

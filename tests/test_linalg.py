@@ -3,6 +3,7 @@ well-conditioned, rank-deficient and ill-conditioned matrices; streaming = one-s
 import pytest
 import torch
 
+from curvfast.errors import ConfigError, DataError, UnknownNameError
 from curvfast.linalg import StreamingGram, StreamingRandomizedSVD, choose_route, make_sketch, randomized_svd
 
 
@@ -119,16 +120,18 @@ def test_route_choice_by_size():
 
 
 def test_bad_input_is_refused_clearly():
-    with pytest.raises(ValueError, match="rank"):
+    with pytest.raises(ConfigError, match="rank"):
         randomized_svd(torch.randn(5, 4, dtype=torch.float64), 6)
     with pytest.raises(TypeError, match="floating-point"):
         randomized_svd(torch.ones(4, 4, dtype=torch.int64), 2)
     sketch = StreamingGram(4)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(DataError, match="shape"):
         sketch.update(torch.randn(3, 5))
     with pytest.raises(RuntimeError, match="more pass"):
         sketch.result()
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(DataError, match="empty"):
         sketch.end_pass()
-    with pytest.raises(ValueError, match="needs a target rank"):
+    with pytest.raises(ConfigError, match="needs a target rank"):
         make_sketch(10, 10, route="randomized")
+    with pytest.raises(UnknownNameError, match="route must be one of"):
+        make_sketch(10, 10, route="nystrom")

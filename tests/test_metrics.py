@@ -4,6 +4,7 @@ import pytest
 from sklearn import metrics as skm
 
 from curvfast import metrics
+from curvfast.errors import ConfigError, DataError, NonFiniteError
 
 
 @pytest.fixture(params=[0, 1, 2])
@@ -52,11 +53,11 @@ def test_perfect_and_inverted_detectors():
 
 
 def test_bad_input_is_named():
-    with pytest.raises(ValueError, match="both classes"):
+    with pytest.raises(DataError, match="both classes"):
         metrics.auroc([1.0, 2.0], [1, 1])
-    with pytest.raises(ValueError, match="same length"):
+    with pytest.raises(DataError, match="same length"):
         metrics.auroc([1.0, 2.0], [1, 0, 1])
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(NonFiniteError, match="NaN"):
         metrics.auroc([np.nan, 2.0], [1, 0])
-    with pytest.raises(ValueError, match="fpr"):
+    with pytest.raises(ConfigError, match="fpr"):
         metrics.tpr_at_fpr([1.0, 2.0], [1, 0], 2.0)

@@ -7,6 +7,7 @@ import torch
 import curvfast
 from curvfast.curvature.checks import is_piecewise_linear
 from curvfast.curvature.model import LogitFn
+from curvfast.errors import ConfigError, DataError, UnknownNameError
 from curvfast.models import MLP, Normalized, build_model, normalized, parse_normalization
 from tests.conftest import make_batch, make_model, reference_hessians
 
@@ -43,19 +44,19 @@ def test_named_and_explicit_normalisations():
     assert wrapped(torch.rand(2, 3, 8, 8)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("cifar", "normalize must be none, cifar10, imagenet or MEAN/STD"),
-    ("0.5,0.5/0.2", "as many finite means as stds"),
-    ("0.5/0", "every std > 0"),
-    ("0.5/x", "MEAN/STD"),
+@pytest.mark.parametrize("spec, error, message", [
+    ("cifar", UnknownNameError, "normalize must be none, cifar10, imagenet or MEAN/STD"),
+    ("0.5,0.5/0.2", ConfigError, "as many finite means as stds"),
+    ("0.5/0", ConfigError, "every std > 0"),
+    ("0.5/x", ConfigError, "MEAN/STD"),
 ])
-def test_bad_normalisations_are_named(spec, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_normalisations_are_named(spec, error, message):
+    with pytest.raises(error, match=message):
         parse_normalization(spec)
 
 
 def test_channel_mismatch_is_a_clear_error():
-    with pytest.raises(ValueError, match="one mean and std per input channel"):
+    with pytest.raises(DataError, match="one mean and std per input channel"):
         normalized(build_model("small_cnn", 10, 1, width=4), "cifar10")(torch.rand(2, 1, 8, 8))
 
 
@@ -63,5 +64,7 @@ def test_zoo_mlps():
     one, two = build_model("mlp", 10, 1, in_features=64), build_model("mlp2", 10, 1, in_features=64, width=16)
     assert isinstance(one, MLP) and sum(isinstance(m, torch.nn.Linear) for m in one.modules()) == 2
     assert sum(isinstance(m, torch.nn.Linear) for m in two.modules()) == 3 and two.net[1].out_features == 16
-    with pytest.raises(ValueError, match="in_features"):
+    with pytest.raises(ConfigError, match="in_features"):
         build_model("mlp", 10, 1)
+    with pytest.raises(UnknownNameError, match="unknown model 'mlp3'; choose one of"):
+        build_model("mlp3", 10, 1)

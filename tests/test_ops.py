@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import curvfast.ops as ops
+from curvfast.errors import ConfigError, DataError, NonFiniteError
 from curvfast.ops import reference as ref
 
 native = pytest.mark.skipif(not ops.native_available(),
@@ -471,7 +472,8 @@ BAD = _bad_calls()
 
 @pytest.mark.parametrize("index", range(len(BAD)))
 def test_bad_input_wrapper(index):
-    with pytest.raises((ValueError, TypeError), match=r"\w"):
+    """A wrong Python or tensor type is a TypeError; every other bad input one of curvfast's typed errors."""
+    with pytest.raises((ConfigError, DataError, NonFiniteError, TypeError), match=r"\w"):
         BAD[index][0]()
 
 
@@ -486,5 +488,9 @@ def test_bad_input_messages_name_argument_and_fix():
     z, y, ids = _logits(3, 5, torch.float32)
     with pytest.raises(TypeError, match=r"labels must be int64 \(got torch.int32\); convert with labels.long\(\)"):
         ops.logit_factor(z, y.int(), ids, num_exact=5)
-    with pytest.raises(ValueError, match="must not require grad"):
+    with pytest.raises(ConfigError, match="must not require grad"):
         ops.weighted_sq_norms(torch.randn(2, 3, 4, requires_grad=True), torch.rand(2, 3))
+    with pytest.raises(DataError, match=r"labels must lie in \[0, C=5\)"):
+        ops.logit_factor(z, y + 5, ids, num_exact=5)
+    with pytest.raises(NonFiniteError, match="logits must be finite"):
+        ops.logit_factor(z * float("nan"), y, ids, num_exact=5)

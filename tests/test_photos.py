@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from curvfast.data.photos import PHOTOS, photo_manifest, photo_patches
+from curvfast.errors import MissingDependencyError
 
 
 def test_patches_are_reproducible_real_images():
@@ -27,5 +28,5 @@ def test_photo_list_is_pinned_and_never_shrinks_silently(monkeypatch):
     assert manifest[0]["shape"] == [427, 640, 3]
     monkeypatch.setitem(sys.modules, "skimage", None)
     monkeypatch.setitem(sys.modules, "skimage.data", None)
-    with pytest.raises(ImportError, match="pip install scikit-image"):
+    with pytest.raises(MissingDependencyError, match="pip install scikit-image"):
         photo_patches(4, seed=0)

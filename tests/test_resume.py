@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import curvfast
+from curvfast.distributed import _forwarded_error
 from curvfast.engine import score_models
+from curvfast.errors import CheckpointError, ConfigError, UnknownNameError
 from curvfast.models import SmallCNN
 
 KW = {"method": "zo", "probes": 2, "seed": 5, "batch_size": 16}  # random probes: checks index keying
@@ -78,7 +80,7 @@ def test_restart_with_other_settings_or_model_is_refused_unless_overwrite(refere
     data, ref = reference
     out = str(tmp_path / "run")
     curvfast.score(_model(), data, out=out, chunk_size=32, **KW)
-    with pytest.raises(ValueError, match=r"different settings.*seed: 5 -> 6.*overwrite"):
+    with pytest.raises(ConfigError, match=r"different settings.*seed: 5 -> 6.*overwrite"):
         curvfast.score(_model(), data, out=out, chunk_size=32, **{**KW, "seed": 6})
     with pytest.raises(ValueError, match=r"different settings.*models\.model\.sha256"):
         curvfast.score(_model(seed=1), data, out=out, chunk_size=32, **KW)
@@ -94,7 +96,7 @@ def test_restart_with_other_settings_or_model_is_refused_unless_overwrite(refere
 def test_unchunked_results_in_a_folder_are_not_silently_mixed(reference, tmp_path):
     data, _ = reference
     curvfast.score(_model(), data, out=str(tmp_path), **KW)
-    with pytest.raises(ValueError, match="without a manifest"):
+    with pytest.raises(ConfigError, match="without a manifest"):
         curvfast.score(_model(), data, out=str(tmp_path), chunk_size=32, **KW)
 
 
@@ -108,3 +110,15 @@ def test_shadow_models_in_one_pass_equal_separate_runs(reference, tmp_path):
     assert set(index["models"]) == {"target", "shadow1"}
     disk = np.load(tmp_path / "shadow1" / "scores.npz")
     np.testing.assert_array_equal(disk["score"], res["shadow1"].score)
+
+
+@pytest.mark.parametrize("error", [ConfigError, UnknownNameError, CheckpointError, ValueError, FileNotFoundError])
+def test_an_error_on_rank_0_is_raised_with_its_type_on_every_rank(error):
+    """A multi-rank run re-raises rank 0's user-fixable error on the other ranks with the same class and message."""
+    again = _forwarded_error(error.__name__, "checkpoint 'm.pt' does not name its model; pass --model")
+    assert type(again) is error and str(again) == "checkpoint 'm.pt' does not name its model; pass --model"
+
+
+def test_any_other_error_on_rank_0_is_a_runtime_error_naming_it():
+    again = _forwarded_error("KeyError", "'x'")
+    assert type(again) is RuntimeError and str(again) == "rank 0: KeyError: 'x'"

@@ -6,6 +6,7 @@ import torch
 import curvfast
 from curvfast.data import get_dataset
 from curvfast.data.streaming import FileListDataset, StreamingImageFolder
+from curvfast.errors import DataError, UnknownNameError
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def test_file_list_round_trip_comments_spaces_and_errors(folder, tmp_path):
     torch.testing.assert_close(again[4][0], ds[4][0], rtol=0, atol=0)
     bad = tmp_path / "bad.txt"
     bad.write_text("n01/a.png 0\nn01/b.png cat\n")
-    with pytest.raises(ValueError, match=r"bad.txt:2: expected"):
+    with pytest.raises(DataError, match=r"bad.txt:2: expected"):
         FileListDataset(str(bad))
     relabelled = tmp_path / "relabelled.txt"
     relabelled.write_text(listing.read_text().replace(" 2\n", " 1\n"))
@@ -102,3 +103,8 @@ def test_class_folders_alone_are_the_training_split_only(tmp_path, name):
     assert len(get_dataset(name, "train", root=str(tmp_path))[0]) == 4
     with pytest.raises(FileNotFoundError, match="class folders only"):
         get_dataset(name, "test", root=str(tmp_path))
+
+
+def test_an_unknown_dataset_name_is_named():
+    with pytest.raises(UnknownNameError, match="unknown dataset 'imagenette'; choose one of"):
+        get_dataset("imagenette")

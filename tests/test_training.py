@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from curvfast.training import evaluate, fit
+from curvfast.errors import ConfigError, TrainingDivergedError, UnknownNameError
+from curvfast.training import TrainRecipe, evaluate, fit, train_model
 
 
 def _data(n=64, seed=0):
@@ -52,19 +53,51 @@ def test_a_given_optimizer_custom_loss_and_step_schedule():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # annealed to 0 over the 8 steps
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"optimizer": "lbfgs"}, "optimizer must be one of"),
-    ({"schedule": "step"}, "schedule must be one of"),
-    ({"lr": float("nan")}, "lr must be a positive finite"),
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"optimizer": "lbfgs"}, UnknownNameError, "optimizer must be one of"),
+    ({"schedule": "step"}, UnknownNameError, "schedule must be one of"),
+    ({"lr": float("nan")}, ConfigError, "lr must be a positive finite"),
+    ({"batch_size": 0}, ConfigError, "batch_size >= 1"),
 ])
-def test_bad_settings_are_named(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_settings_are_named(kwargs, error, message):
+    with pytest.raises(error, match=message):
         fit(_net(), _data(), epochs=1, **kwargs)
 
 
 def test_divergence_is_reported():
-    with pytest.raises(FloatingPointError, match="diverged"):
+    with pytest.raises(TrainingDivergedError, match="diverged"):
         fit(_net(), _data(), epochs=1, loss_fn=lambda m, x, y: m(x).sum() * float("inf"))
+
+
+def test_a_recipe_and_its_keywords_train_identically():
+    """fit(model, data, TrainRecipe(...)) (preferred) and the keywords it replaces give bit-identical weights."""
+    a, b = _net(), _net()
+    fit(a, _data(), TrainRecipe(epochs=2, batch_size=16, lr=0.02, weight_decay=1e-3, optimizer="adam",
+                                schedule="cosine-step", seed=4))
+    fit(b, _data(), epochs=2, batch_size=16, lr=0.02, weight_decay=1e-3, optimizer="adam", schedule="cosine-step",
+        seed=4)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    c = fit(_net(), _data(), recipe=TrainRecipe(epochs=2, batch_size=16, seed=5))
+    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
+
+
+def test_train_model_takes_a_recipe_or_its_keywords():
+    net_a, info_a = train_model("small_cnn", "digits", TrainRecipe(epochs=1, lr=0.05, seed=2), log=None)
+    net_b, info_b = train_model("small_cnn", "digits", epochs=1, seed=2, log=None)
+    assert all(torch.equal(p, q) for p, q in zip(net_a.state_dict().values(), net_b.state_dict().values()))
+    assert {k: v for k, v in info_a.items() if k != "seconds"} == {k: v for k, v in info_b.items() if k != "seconds"}
+    assert info_a["epochs"] == 1 and info_a["seed"] == 2
+
+
+def test_a_recipe_is_checked_when_built_and_not_mixed_with_keywords():
+    with pytest.raises(ConfigError, match="epochs >= 1"):
+        TrainRecipe(epochs=0)
+    with pytest.raises(UnknownNameError, match="optimizer must be one of"):
+        TrainRecipe(epochs=1, optimizer="lbfgs")
+    with pytest.raises(ConfigError, match=r"give the recipe or its fields \(lr\), not both"):
+        fit(_net(), _data(), TrainRecipe(epochs=1), lr=0.1)
+    with pytest.raises(ConfigError, match="needs a TrainRecipe or epochs="):
+        fit(_net(), _data())
 
 
 class _LabelIsWorker(torch.utils.data.Dataset):

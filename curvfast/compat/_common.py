@@ -10,24 +10,28 @@ from ..curvature import sample_ids_for  # dataset indices keying the probes; def
 from ..curvature import input_curvature, is_piecewise_linear
 from ..curvature.checks import check_batch
 from ..curvature.model import LogitFn, scoring_mode, unwrap_model
+from ..errors import ConfigError
 
 __all__ = ["draw_seed", "sample_ids_for", "scaled_logits", "hessian_statistic", "prepare"]
 
 
 def draw_seed(seed: int | None) -> int:
-    """``seed``, or one drawn from torch's global generator: like the published code's
-    ``torch.randint_like`` probes, every call then gets fresh probes, reproducible under ``torch.manual_seed``."""
+    """``seed``, or one drawn from torch's global generator.
+
+    Like the published code's ``torch.randint_like`` probes, every call then gets fresh probes, reproducible under
+    ``torch.manual_seed``.
+    """
     if seed is None:
         return int(torch.randint(0, 2**62, (1,)))
     if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int or None (got {seed!r})")
+        raise ConfigError(f"seed must be a non-negative int or None (got {seed!r})")
     return seed
 
 
 def scaled_logits(temp: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """The published ``outputs / temp``."""
     if not temp > 0:
-        raise ValueError(f"temp must be > 0 (got {temp!r})")
+        raise ConfigError(f"temp must be > 0 (got {temp!r})")
     return lambda z: z / temp
 
 
@@ -36,17 +40,20 @@ def prepare(net: nn.Module, x, y, h: float, niter: int):
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be an nn.Module returning logits (got {type(net).__name__})")
     if not h > 0:
-        raise ValueError(f"h must be > 0 (got {h!r})")
+        raise ConfigError(f"h must be > 0 (got {h!r})")
     if not isinstance(niter, int) or niter < 1:
-        raise ValueError(f"niter must be a positive int (got {niter!r})")
+        raise ConfigError(f"niter must be a positive int (got {niter!r})")
     model = unwrap_model(net)
     x, y = check_batch(x.detach(), y, model)
     return model, x, y
 
 
 def hessian_statistic(model: nn.Module, x, y, statistic: str, transform, seed: int, sample_ids) -> torch.Tensor:
-    """tr(H) or ‖H‖_F of the per-sample loss CE(transform(f(x)), y): exact (C VJPs) for piecewise-linear
-    networks; for smooth ones Hutchinson with exact HVPs (100 probes, unbiased, not exact)."""
+    """tr(H) or ‖H‖_F of the per-sample loss CE(transform(f(x)), y).
+
+    Exact (C VJPs) for piecewise-linear networks; for smooth ones Hutchinson with exact HVPs (100 probes, unbiased, not
+    exact).
+    """
     with scoring_mode(model):
         piecewise = is_piecewise_linear(LogitFn(model, transform), x)
     method = "exact" if piecewise else "hutchinson"

@@ -32,8 +32,10 @@ __all__ = ["get_curvature_for_batch_zo_v2", "get_curvature_for_batch_zo", "modif
 
 
 def modified_entropy(prob: torch.Tensor, labels: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
-    """Song & Mittal (2021) modified prediction entropy, as the published scorer computes it:
-    −(1 − p_y) log p_y − Σ_{c≠y} p_c log(1 − p_c + eps)."""
+    """Song & Mittal (2021) modified prediction entropy, as the published scorer computes it.
+
+    −(1 − p_y) log p_y − Σ_{c≠y} p_c log(1 − p_c + eps).
+    """
     p_y = prob.gather(1, labels.unsqueeze(1)).squeeze(1)
     others = prob.scatter(1, labels.unsqueeze(1), 0.0)
     return -(1 - p_y) * torch.log(p_y) - (others * torch.log(1 - others + eps)).sum(1)
@@ -64,8 +66,10 @@ def get_curvature_for_batch_zo_v2(
     temp: float = 1, device: str = "cpu", *, seed: int | None = None, sample_ids: torch.Tensor | None = None,
     exact: bool = False, pass_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(curv, loss, max_prob)``, each (B,): the zero-order curvature (higher = more curved), the
-    cross-entropy of ``logits / temp`` and the maximum softmax probability.
+    """``(curv, loss, max_prob)``, each (B,).
+
+    The zero-order curvature (higher = more curved), the cross-entropy of ``logits / temp`` and the maximum softmax
+    probability.
 
     Same positional arguments as the published function (``device`` is accepted and unused, as
     there). Keyword-only: ``seed`` (default: drawn from torch's global generator, so each call gets
@@ -81,9 +85,11 @@ def get_curvature_for_batch_zo(
     temp: float = 1, device: str = "cpu", compute_curvature: bool = True, *, seed: int | None = None,
     sample_ids: torch.Tensor | None = None, exact: bool = False, pass_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(curv, loss, max_prob, m_entropy)``: as :func:`get_curvature_for_batch_zo_v2` plus Song &
-    Mittal's modified entropy of the softmax; ``compute_curvature=False`` skips the probes and
-    returns zeros for ``curv``, as published."""
+    """``(curv, loss, max_prob, m_entropy)``.
+
+    As :func:`get_curvature_for_batch_zo_v2` plus Song & Mittal's modified entropy of the softmax;
+    ``compute_curvature=False`` skips the probes and returns zeros for ``curv``, as published.
+    """
     curv, loss, prob, y = _zo_scores(net, batch_data, batch_labels, h, niter, temp, seed, sample_ids, exact,
                                      pass_size, compute_curvature)
     return curv, loss, prob.max(1).values, modified_entropy(prob, y)

@@ -1,6 +1,7 @@
-"""Drop-in replacements for the finite-difference curvature of the memorization papers
-(Garg et al., "Memorization Through the Lens of Curvature of Loss Function Around Samples", ICML 2024;
-Ravikumar et al., "Unveiling Privacy, Memorization, and Input Curvature Links", ICML 2024).
+"""Drop-in replacements for the finite-difference curvature of the memorization papers.
+
+Garg et al., "Memorization Through the Lens of Curvature of Loss Function Around Samples", ICML 2024;
+Ravikumar et al., "Unveiling Privacy, Memorization, and Input Curvature Links", ICML 2024.
 
 Published as the ``CurveScore`` class (DeepakTatachar/Privacy-Memorization-Curvature,
 ``utils/loss_curve_score.py``) and ``get_regularized_curvature_for_batch`` (purdue-nrl/
@@ -39,8 +40,10 @@ def fd_scores(
     pred_labels: bool = False, seed: int | None = None, sample_ids=None, exact: bool = False,
     batch_mean: bool = False, pass_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(curv, eig)`` (B,) on the CPU, as in the module docstring. ``pred_labels`` scores against the
-    model's own predictions instead of ``y``."""
+    """``(curv, eig)`` (B,) on the CPU, as in the module docstring.
+
+    ``pred_labels`` scores against the model's own predictions instead of ``y``.
+    """
     model, x, y = prepare(net, x, y, h, niter)
     transform = scaled_logits(temp)
     seed, ids = draw_seed(seed), sample_ids_for(sample_ids, x)
@@ -98,8 +101,21 @@ class CurveScore:
         self.seed = seed
 
     def find_z(self, net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, h: float) -> tuple[torch.Tensor, float]:
-        """CURE's direction z = h·(sign g + 1e-7) / (‖sign g‖ + 1e-7) per sample, with g the input gradient
-        of the loss of the raw logits, and ‖g‖ over the whole batch (mean loss with ``batch_mean``)."""
+        """CURE's direction z = h·(sign g + 1e-7) / (‖sign g‖ + 1e-7) per sample.
+
+        g is the input gradient of the loss of the raw logits (Moosavi-Dezfooli et al., "Robustness via curvature
+        regularization, and vice versa", CVPR 2019), and ‖g‖ is over the whole batch (mean loss with
+        ``batch_mean``).
+
+        Args:
+            net: the model.
+            inputs: the batch x.
+            targets: its labels.
+            h: the step length.
+
+        Returns:
+            ``(z, ‖g‖)``.
+        """
         model, x, y = prepare(net, inputs, targets, h, 1)
         with scoring_mode(model), torch.enable_grad():
             x = x.clone().requires_grad_(True)

@@ -1,5 +1,8 @@
-"""Data: the dataset registry (bundled digits, image folders, file lists, torchvision sets on a user's
-root; never downloaded), streaming image loading and the bundled real photos."""
+"""Data.
+
+The dataset registry (bundled digits, image folders, file lists, torchvision sets on a user's root; never downloaded),
+streaming image loading and the bundled real photos.
+"""
 from curvfast.data.datasets import DatasetInfo, DigitsDataset, available_datasets, get_dataset
 from curvfast.data.photos import PHOTOS, photo_manifest, photo_patches, photo_sources
 

@@ -12,6 +12,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from curvfast.data.streaming import FileListDataset, StreamingImageFolder, _image_transform, load_image
+from curvfast.errors import ConfigError, DataError, UnknownNameError
+
 __all__ = ["DigitsDataset", "get_dataset", "DatasetInfo", "available_datasets"]
 
 
@@ -37,7 +40,7 @@ class DigitsDataset(Dataset):
         from sklearn.model_selection import train_test_split
 
         if split not in ("train", "test", "all"):
-            raise ValueError(f"split must be 'train', 'test' or 'all' (got {split!r})")
+            raise DataError(f"split must be 'train', 'test' or 'all' (got {split!r})")
         digits = load_digits()
         images = digits.images.astype(np.float32) / 16.0
         index = np.arange(len(images))
@@ -52,13 +55,6 @@ class DigitsDataset(Dataset):
 
     def __getitem__(self, i: int):
         return self.images[i], int(self.targets[i])
-
-
-def _image_transform(image_size: int | None):
-    from torchvision import transforms
-
-    steps = [] if image_size is None else [transforms.Resize(image_size), transforms.CenterCrop(image_size)]
-    return transforms.Compose(steps + [transforms.ToTensor()])
 
 
 _TORCHVISION = {  # name -> (class name, num_classes, channels, uses `train=` rather than `split=`)
@@ -77,7 +73,7 @@ def available_datasets() -> list[str]:
 
 def _require_root(name: str, root: str | None) -> str:
     if root is None:
-        raise ValueError(f"dataset {name!r} needs root=<folder that already holds it>; curvfast never downloads data")
+        raise ConfigError(f"dataset {name!r} needs root=<folder that already holds it>; curvfast never downloads data")
     if not os.path.isdir(root):
         raise FileNotFoundError(f"dataset root {root!r} for {name!r} does not exist; pass the folder that holds the data")
     return root
@@ -87,9 +83,12 @@ _SPLIT_NAMES = ("train", "test", "val", "validation")
 
 
 def _split_folder(root: str, split: str, name: str) -> str:
-    """The folder of ``split`` under ``root``: ``root/<split>`` when it exists; a ``root`` without split
-    folders (only class folders) is the training split (``train`` or ``all``). Any other missing split
-    is an error naming the folder looked for, never a silent fallback to the training images."""
+    """The folder of ``split`` under ``root``.
+
+    ``root/<split>`` when it exists; a ``root`` without split folders (only class folders) is the training split
+    (``train`` or ``all``). Any other missing split is an error naming the folder looked for, never a silent fallback to
+    the training images.
+    """
     folder = os.path.join(root, split)
     if os.path.isdir(folder):
         return folder
@@ -118,26 +117,22 @@ def get_dataset(name: str, split: str = "train", root: str | None = None, image_
     """
     key = name.lower()
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
-        raise ValueError(f"image_size must be a positive int (got {image_size!r})")
+        raise ConfigError(f"image_size must be a positive int (got {image_size!r})")
     if key == "digits":
         if image_size not in (None, 8):
-            raise ValueError(f"the digits are 8x8 images and are not resized (got image_size={image_size}); drop --image-size")
+            raise ConfigError(f"the digits are 8x8 images and are not resized (got image_size={image_size}); drop --image-size")
         ds = DigitsDataset(split)
         return ds, ds.info
     if key == "imagefolder":
         from torchvision.datasets import ImageFolder
 
-        from curvfast.data.streaming import load_image
-
         root = _require_root(name, root)
         folder = _split_folder(root, split, name)
         ds = ImageFolder(folder, transform=_image_transform(image_size), loader=load_image)
         if len(ds.classes) < 2:
-            raise ValueError(f"image folder {folder!r} has {len(ds.classes)} class folder(s); need at least 2")
+            raise DataError(f"image folder {folder!r} has {len(ds.classes)} class folder(s); need at least 2")
         return ds, DatasetInfo(num_classes=len(ds.classes), in_channels=3)
     if key == "filelist":
-        from curvfast.data.streaming import FileListDataset, StreamingImageFolder
-
         if root is not None and os.path.isfile(root):
             ds = FileListDataset(root, image_size=image_size, allow_outside_root=allow_outside_root)
         elif root is not None and os.path.isfile(os.path.join(root, f"{split}.txt")):
@@ -153,11 +148,11 @@ def get_dataset(name: str, split: str = "train", root: str | None = None, image_
         cls_name, num_classes, channels, uses_train = _TORCHVISION[key]
         root = _require_root(name, root)
         if split not in ("train", "test"):
-            raise ValueError(f"split for {name!r} must be 'train' or 'test' (got {split!r})")
+            raise DataError(f"split for {name!r} must be 'train' or 'test' (got {split!r})")
         kwargs = {"train": split == "train"} if uses_train else {"split": split}
         try:
             ds = getattr(tvd, cls_name)(root, download=False, transform=_image_transform(image_size), **kwargs)
         except RuntimeError as err:
             raise FileNotFoundError(f"{cls_name} not found under {root!r} ({err}); curvfast never downloads data") from err
         return ds, DatasetInfo(num_classes=num_classes, in_channels=channels)
-    raise ValueError(f"unknown dataset {name!r}; choose one of {available_datasets()}")
+    raise UnknownNameError(f"unknown dataset {name!r}; choose one of {available_datasets()}")

@@ -1,8 +1,9 @@
-"""Real-photo patches, offline: a pinned list of natural images bundled with scikit-learn and
-scikit-image (:data:`PHOTOS`), cut into random grayscale crops and resized to the digits' scale.
-The list never depends on what is installed: a missing package is an error naming the fix, so the
-patches are the same on every machine; :func:`photo_manifest` records each photo's source and
-the SHA-256 of its pixels for ``results.json``.
+"""Real-photo patches, offline.
+
+A pinned list of natural images bundled with scikit-learn and scikit-image (:data:`PHOTOS`), cut into random grayscale
+crops and resized to the digits' scale. The list never depends on what is installed: a missing package is an error
+naming the fix, so the patches are the same on every machine; :func:`photo_manifest` records each photo's source and the
+SHA-256 of its pixels for ``results.json``.
 
 They serve as "far" out-of-distribution data and as the natural-image part of public
 unlabeled sets. A crop of side ``crop`` (random in [16, 64] pixels) at a random place in a random
@@ -16,6 +17,8 @@ import hashlib
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from curvfast.errors import ConfigError, MissingDependencyError
 
 __all__ = ["PHOTOS", "photo_manifest", "photo_patches", "photo_sources"]
 
@@ -33,8 +36,8 @@ def _load(package: str, name: str) -> np.ndarray:
     try:
         import skimage.data
     except ImportError as err:
-        raise ImportError(f"the pinned photo list needs scikit-image for skimage.data.{name}: pip install scikit-image "
-                          "(the patches would otherwise differ between machines)") from err
+        raise MissingDependencyError(f"the pinned photo list needs scikit-image for skimage.data.{name}: pip install scikit-image "
+                                     "(the patches would otherwise differ between machines)") from err
     return np.asarray(getattr(skimage.data, name)())
 
 
@@ -62,7 +65,7 @@ def photo_sources() -> list[np.ndarray]:
 def photo_patches(n: int, size: int = 8, seed: int = 0) -> torch.Tensor:
     """``n`` real-photo patches, shape ``(n, 1, size, size)``, float32 in [0, 1], reproducible by ``seed``."""
     if n < 0 or size < 1:
-        raise ValueError(f"need n >= 0 and size >= 1 (got n={n}, size={size})")
+        raise ConfigError(f"need n >= 0 and size >= 1 (got n={n}, size={size})")
     rng = np.random.default_rng(seed)
     photos = photo_sources()
     out = torch.empty(n, 1, size, size)

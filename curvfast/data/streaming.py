@@ -26,6 +26,9 @@ from array import array
 import numpy as np
 from torch.utils.data import Dataset
 
+from curvfast.errors import DataError
+from curvfast.io import atomic_write_bytes
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -55,10 +58,20 @@ class _Catalogue:
         return np.frombuffer(bytes(self.buffer), dtype=np.uint8), offsets, np.frombuffer(self.labels, dtype=np.int64).copy()
 
 
+def _image_transform(image_size: int | None):
+    """``ToTensor``, after ``Resize(image_size) + CenterCrop(image_size)`` when ``image_size`` is given."""
+    from torchvision import transforms
+
+    steps = [] if image_size is None else [transforms.Resize(image_size), transforms.CenterCrop(image_size)]
+    return transforms.Compose(steps + [transforms.ToTensor()])
+
+
 def load_image(path: str, mode: str = "RGB", what: str = "image ") -> "Image.Image":
-    """Decode the regular file ``path`` with PIL; any failure is an OSError naming the file.
-    Anything but a regular file (a FIFO, a device, a folder) is refused before it is opened,
-    since reading one can block forever."""
+    """Decode the regular file ``path`` with PIL.
+
+    Any failure is an OSError naming the file. Anything but a regular file (a FIFO, a device, a folder) is refused
+    before it is opened, since reading one can block forever.
+    """
     from PIL import Image
 
     try:
@@ -79,8 +92,6 @@ class _PathLabelDataset(Dataset):
     """Paths (one byte buffer + offsets) and labels; loads ``root/path`` with PIL on access."""
 
     def __init__(self, root: str, catalogue: "_Catalogue", transform=None, image_size: int | None = None, mode: str = "RGB"):
-        from curvfast.data.datasets import _image_transform
-
         self._buffer, self._offsets, self.targets = catalogue.arrays()
         self.root = root
         self.mode = mode
@@ -112,10 +123,11 @@ class _PathLabelDataset(Dataset):
         return int(self.targets.max()) + 1 if len(self.targets) else 0
 
     def write_filelist(self, path: str) -> None:
-        """Write this catalogue as a file list (``<path> <label>`` lines, relative to ``root``),
-        atomically, so later runs skip the folder scan."""
-        from curvfast.io import atomic_write_bytes
+        """Write this catalogue as a file list, atomically, so later runs skip the folder scan.
 
+        Args:
+            path: the list file to write: ``<path> <label>`` lines, relative to ``root``.
+        """
         lines = (f"{self._buffer[self._offsets[i]:self._offsets[i + 1]].tobytes().decode()} {self.targets[i]}\n"
                  for i in range(len(self)))
         atomic_write_bytes(path, "".join(lines).encode())
@@ -143,27 +155,29 @@ class FileListDataset(_PathLabelDataset):
                     continue
                 path, label = line.rsplit(None, 1) if len(line.split()) > 1 else (b"", line)
                 if not label.isdigit():
-                    raise ValueError(f"{list_file}:{lineno}: expected '<path> <non-negative integer label>', got {line!r}")
+                    raise DataError(f"{list_file}:{lineno}: expected '<path> <non-negative integer label>', got {line!r}")
                 if not allow_outside_root and _outside(path):
-                    raise ValueError(f"{list_file}:{lineno}: {path.decode(errors='replace')!r} lies outside the root folder; "
-                                     "list paths relative to it, or pass allow_outside_root=True (--allow-outside-root)")
+                    raise DataError(f"{list_file}:{lineno}: {path.decode(errors='replace')!r} lies outside the root folder; "
+                                    "list paths relative to it, or pass allow_outside_root=True (--allow-outside-root)")
                 catalogue.add(path, int(label))
         if not len(catalogue):
-            raise ValueError(f"file list {list_file!r} lists no images")
+            raise DataError(f"file list {list_file!r} lists no images")
         root = os.path.dirname(os.path.abspath(list_file)) if root is None else root
         super().__init__(root, catalogue, transform, image_size, mode)
 
 
 class StreamingImageFolder(_PathLabelDataset):
-    """``root/<class>/<image>`` scanned once into the compact catalogue; labels are the sorted
-    class folders' positions (``self.classes``), as in torchvision's ImageFolder."""
+    """``root/<class>/<image>`` scanned once into the compact catalogue.
+
+    Labels are the sorted class folders' positions (``self.classes``), as in torchvision's ImageFolder.
+    """
 
     def __init__(self, root: str, transform=None, image_size: int | None = None, mode: str = "RGB"):
         if not os.path.isdir(root):
             raise FileNotFoundError(f"image folder {root!r} does not exist")
         self.classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
         if len(self.classes) < 2:
-            raise ValueError(f"image folder {root!r} has {len(self.classes)} class folder(s); need at least 2")
+            raise DataError(f"image folder {root!r} has {len(self.classes)} class folder(s); need at least 2")
         catalogue = _Catalogue()
         for label, cls in enumerate(self.classes):
             for folder, _, files in sorted(os.walk(os.path.join(root, cls), followlinks=True)):
@@ -172,7 +186,7 @@ class StreamingImageFolder(_PathLabelDataset):
                     if name.lower().endswith(IMAGE_EXTENSIONS):
                         catalogue.add(os.path.join(rel, name).encode(), label)
         if not len(catalogue):
-            raise ValueError(f"image folder {root!r} holds no images with extensions {IMAGE_EXTENSIONS}")
+            raise DataError(f"image folder {root!r} holds no images with extensions {IMAGE_EXTENSIONS}")
         super().__init__(root, catalogue, transform, image_size, mode)
 
     @property

@@ -1,6 +1,8 @@
-"""Randomized and streaming SVD: ``randomized_svd`` for dense matrices (Halko-Martinsson-Tropp),
-``StreamingGram`` / ``StreamingRandomizedSVD`` for tall matrices streamed row-batch by row-batch,
-``make_sketch`` / ``choose_route`` to pick the cheaper route by size."""
+"""Randomized and streaming SVD.
+
+``randomized_svd`` for dense matrices (Halko-Martinsson-Tropp), ``StreamingGram`` / ``StreamingRandomizedSVD`` for tall
+matrices streamed row-batch by row-batch, ``make_sketch`` / ``choose_route`` to pick the cheaper route by size.
+"""
 from .randomized import gaussian_sketch, orthonormalize, randomized_svd
 from .streaming import ROUTES, DenseRows, GramSpectrum, SpectrumResult, StreamingGram, StreamingRandomizedSVD, choose_route, make_sketch
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import ConfigError
+
 __all__ = ["orthonormalize", "gaussian_sketch", "randomized_svd"]
 
 
@@ -31,13 +33,13 @@ def gaussian_sketch(shape: tuple[int, ...], seed: int, dtype: torch.dtype, devic
 
 def _check_rank(rank: int, oversample: int, power_iters: int, m: int, n: int) -> int:
     if not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"rank must be a positive int (got {rank!r})")
+        raise ConfigError(f"rank must be a positive int (got {rank!r})")
     if rank > min(m, n):
-        raise ValueError(f"rank={rank} exceeds min(m, n)={min(m, n)} of the matrix; use rank <= {min(m, n)}")
+        raise ConfigError(f"rank={rank} exceeds min(m, n)={min(m, n)} of the matrix; use rank <= {min(m, n)}")
     if not isinstance(oversample, int) or oversample < 0:
-        raise ValueError(f"oversample must be an int >= 0 (got {oversample!r})")
+        raise ConfigError(f"oversample must be an int >= 0 (got {oversample!r})")
     if not isinstance(power_iters, int) or power_iters < 0:
-        raise ValueError(f"power_iters must be an int >= 0 (got {power_iters!r})")
+        raise ConfigError(f"power_iters must be an int >= 0 (got {power_iters!r})")
     return min(rank + oversample, m, n)
 
 

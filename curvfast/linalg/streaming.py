@@ -39,6 +39,7 @@ from functools import cached_property
 import torch
 
 from .randomized import gaussian_sketch, orthonormalize
+from ..errors import ConfigError, DataError, UnknownNameError
 
 __all__ = ["SpectrumResult", "GramSpectrum", "DenseRows", "StreamingGram", "StreamingRandomizedSVD", "make_sketch", "choose_route",
            "ROUTES"]
@@ -63,8 +64,15 @@ _LOWRANK_PROJECTOR_SECONDS_PER_D2L = 2.5e-10
 
 @dataclass
 class SpectrumResult:
-    """Right singular vectors ``u`` (g, d, k), singular values ``s`` (g, k) descending, the exact
-    total energy ``energy`` (g,) = ‖X‖_F² per group, the number of rows seen and the route used."""
+    """A truncated spectrum of X per group.
+
+    Attributes:
+        u: right singular vectors (g, d, k).
+        s: singular values (g, k), descending.
+        energy: the exact total energy ‖X‖_F² per group (g,).
+        rows: the number of rows seen.
+        route: the route used.
+    """
 
     u: torch.Tensor
     s: torch.Tensor
@@ -80,10 +88,17 @@ class SpectrumResult:
 
 @dataclass
 class GramSpectrum:
-    """The exact spectrum held as the Gram matrix ``gram`` = G = XᵀX (g, d, d) itself, with the exact
-    total energy ``energy`` (g,) = trace G and the number of rows: ``s`` (σ_i = √eig_i(G), descending,
-    by ``eigvalsh``, cached) and ``u`` (the eigenvectors, by ``eigh``, not cached: d² memory) are
-    computed when asked for, so that a caller needing only f(G) never pays for the eigenvectors."""
+    """The exact spectrum, held as the Gram matrix G = XᵀX itself.
+
+    ``s`` and ``u`` are computed when asked for, so that a caller needing only f(G) never pays for the
+    eigenvectors.
+
+    Attributes:
+        gram: G (g, d, d).
+        energy: the exact total energy trace G (g,).
+        rows: the number of rows seen.
+        route: ``"gram"``.
+    """
 
     gram: torch.Tensor
     energy: torch.Tensor
@@ -92,10 +107,12 @@ class GramSpectrum:
 
     @cached_property
     def s(self) -> torch.Tensor:
+        """σ_i = √eig_i(G) (g, d), descending, by ``eigvalsh`` (cached)."""
         return torch.linalg.eigvalsh(self.gram).flip(-1).clamp_min(0).sqrt()
 
     @property
     def u(self) -> torch.Tensor:
+        """The eigenvectors of G (g, d, d), by ``eigh`` (not cached: d² memory)."""
         return torch.linalg.eigh(self.gram)[1].flip(-1)
 
     energy_fraction = SpectrumResult.energy_fraction
@@ -107,16 +124,19 @@ class DenseRows:
     def __init__(self, x: torch.Tensor):
         self.x = x.unsqueeze(0) if x.ndim == 2 else x
         if self.x.ndim != 3:
-            raise ValueError(f"rows must have shape (groups, rows, dim) or (rows, dim) (got {tuple(x.shape)})")
+            raise DataError(f"rows must have shape (groups, rows, dim) or (rows, dim) (got {tuple(x.shape)})")
         self.groups, self.rows, self.dim = self.x.shape
 
     def energy(self) -> torch.Tensor:
+        """‖X_b‖_F² per group (g,)."""
         return self.x.square().sum(dim=(1, 2))
 
     def add_gram_to(self, gram: torch.Tensor) -> None:
+        """G += X_bᵀ X_b, in place."""
         gram.baddbmm_(self.x.mT, self.x)
 
     def add_gram_times_to(self, z: torch.Tensor, q: torch.Tensor) -> None:
+        """Z += X_bᵀ (X_b Q), in place."""
         z.baddbmm_(self.x.mT, self.x @ q)
 
 
@@ -125,9 +145,9 @@ class _Sketch:
 
     def __init__(self, dim: int, groups: int, dtype: torch.dtype, device, passes: int):
         if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive int (got {dim!r})")
+            raise ConfigError(f"dim must be a positive int (got {dim!r})")
         if not isinstance(groups, int) or groups < 1:
-            raise ValueError(f"groups must be a positive int (got {groups!r})")
+            raise ConfigError(f"groups must be a positive int (got {groups!r})")
         self.dim, self.groups, self.dtype, self.device = dim, groups, dtype, torch.device(device or "cpu")
         self.passes = passes
         self.passes_done = 0
@@ -140,14 +160,16 @@ class _Sketch:
         return self.passes_done >= self.passes
 
     def _prepare(self, x):
-        """The batch as a row operator (a tensor becomes ``DenseRows`` in the sketch's dtype); the
-        first pass also counts its rows and energy."""
+        """The batch as a row operator (a tensor becomes ``DenseRows`` in the sketch's dtype).
+
+        The first pass also counts its rows and energy.
+        """
         if self.done:
             raise RuntimeError(f"all {self.passes} pass(es) of this {self.route} sketch are complete; call result()")
         if isinstance(x, torch.Tensor):
             x = DenseRows(x.to(device=self.device, dtype=self.dtype))
         if x.groups != self.groups or x.dim != self.dim:
-            raise ValueError(f"batch must have shape (groups={self.groups}, rows, dim={self.dim}) (got groups={x.groups}, dim={x.dim})")
+            raise DataError(f"batch must have shape (groups={self.groups}, rows, dim={self.dim}) (got groups={x.groups}, dim={x.dim})")
         if self.passes_done == 0:
             self.rows += x.rows
             self.energy += x.energy().to(self.energy)
@@ -156,7 +178,7 @@ class _Sketch:
     def end_pass(self) -> None:
         """Close the current pass over the data."""
         if self.passes_done == 0 and self.rows == 0:
-            raise ValueError("no rows were streamed into the sketch; the data is empty")
+            raise DataError("no rows were streamed into the sketch; the data is empty")
         self.passes_done += 1
 
     def _check_result(self) -> None:
@@ -193,11 +215,11 @@ class StreamingRandomizedSVD(_Sketch):
         dtype: torch.dtype = torch.float64, device=None,
     ):
         if not isinstance(rank, int) or not 1 <= rank <= dim:
-            raise ValueError(f"rank must be an int in [1, dim={dim}] (got {rank!r})")
+            raise ConfigError(f"rank must be an int in [1, dim={dim}] (got {rank!r})")
         if not isinstance(oversample, int) or oversample < 0:
-            raise ValueError(f"oversample must be an int >= 0 (got {oversample!r})")
+            raise ConfigError(f"oversample must be an int >= 0 (got {oversample!r})")
         if not isinstance(power_iters, int) or power_iters < 0:
-            raise ValueError(f"power_iters must be an int >= 0 (got {power_iters!r})")
+            raise ConfigError(f"power_iters must be an int >= 0 (got {power_iters!r})")
         super().__init__(dim, groups, dtype, device, passes=1 + power_iters)
         self.rank = rank
         self.width = min(rank + oversample, dim)
@@ -209,6 +231,7 @@ class StreamingRandomizedSVD(_Sketch):
         self._prepare(x).add_gram_times_to(self.z, self.q)
 
     def end_pass(self) -> None:
+        """Close the current pass; between passes, one power iteration (Q = orth(Z), Z = 0)."""
         super().end_pass()
         if not self.done:  # one power iteration: re-orthonormalise and stream G Q again
             self.q = orthonormalize(self.z)
@@ -235,11 +258,13 @@ class StreamingRandomizedSVD(_Sketch):
 
 
 def choose_route(dim: int, rows: int, rank: int | None, *, oversample: int = 10, power_iters: int = 1) -> str:
-    """The cheaper route by the measured cost model. With ``rank=None`` (exact spectrum asked) the
-    randomized route is still exact when there are fewer rows than dimensions (rank(X) <= rows <=
-    l), so it is chosen there if cheaper; otherwise "gram". With a truncated ``rank`` the cheaper
-    of (1 + q) randomized passes + QRs + the Nyström result + low-rank projectors and the Gram
-    products + factorisations wins."""
+    """The cheaper route by the measured cost model.
+
+    With ``rank=None`` (exact spectrum asked) the randomized route is still exact when there are fewer rows than
+    dimensions (rank(X) <= rows <= l), so it is chosen there if cheaper; otherwise "gram". With a truncated ``rank`` the
+    cheaper of (1 + q) randomized passes + QRs + the Nyström result + low-rank projectors and the Gram products +
+    factorisations wins.
+    """
     target = min(dim if rank is None else rank, rows)
     width = min(target + oversample, dim)
     if width >= dim or (rank is None and rows > target):
@@ -257,12 +282,12 @@ def make_sketch(
 ) -> StreamingGram | StreamingRandomizedSVD:
     """A sketch for ``rows`` expected rows of dimension ``dim``; ``route="auto"`` uses ``choose_route``."""
     if route not in ROUTES:
-        raise ValueError(f"route must be one of {ROUTES} (got {route!r})")
+        raise UnknownNameError(f"route must be one of {ROUTES} (got {route!r})")
     if route == "auto":
         route = choose_route(dim, rows, rank, oversample=oversample, power_iters=power_iters)
     if route == "randomized":
         if rank is None and rows >= dim:
-            raise ValueError("route='randomized' needs a target rank; pass rank=k (or use route='gram' for the exact spectrum)")
+            raise ConfigError("route='randomized' needs a target rank; pass rank=k (or use route='gram' for the exact spectrum)")
         return StreamingRandomizedSVD(
             dim, max(1, min(dim if rank is None else rank, rows, dim)), oversample=oversample, power_iters=power_iters, groups=groups,
             seed=seed, dtype=dtype, device=device

@@ -1,5 +1,8 @@
-"""Models by name: the zoo (small_cnn, cifar_resnet18, mlp, mlp2) and every torchvision classifier,
-and input normalisation inside the model."""
+"""Models by name.
+
+The zoo (small_cnn, cifar_resnet18, mlp, mlp2) and every torchvision classifier, and input normalisation inside the
+model.
+"""
 from curvfast.models.normalize import NORMALIZATIONS, Normalized, normalized, parse_normalization
 from curvfast.models.zoo import MLP, SmallCNN, available_models, build_model, cifar_resnet18
 

@@ -11,6 +11,8 @@ import math
 import torch
 from torch import nn
 
+from curvfast.errors import ConfigError, DataError, UnknownNameError
+
 __all__ = ["NORMALIZATIONS", "Normalized", "parse_normalization", "normalized"]
 
 NORMALIZATIONS = {  # name -> (per-channel mean, per-channel std) of the training images in [0, 1]
@@ -20,21 +22,24 @@ NORMALIZATIONS = {  # name -> (per-channel mean, per-channel std) of the trainin
 
 
 def parse_normalization(spec: str | None) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """``none`` (or None) -> None; ``cifar10`` / ``imagenet`` -> their statistics; ``M1,M2,M3/S1,S2,S3``
-    -> explicit per-channel mean and std (one value each for grey images)."""
+    """``none`` (or None) -> None.
+
+    ``cifar10`` / ``imagenet`` -> their statistics; ``M1,M2,M3/S1,S2,S3`` -> explicit per-channel mean and std (one
+    value each for grey images).
+    """
     if spec is None or spec == "none":
         return None
     if spec in NORMALIZATIONS:
         return NORMALIZATIONS[spec]
     usage = f"normalize must be none, {', '.join(NORMALIZATIONS)} or MEAN/STD such as 0.5,0.5,0.5/0.25,0.25,0.25 (got {spec!r})"
     if spec.count("/") != 1:
-        raise ValueError(usage)
+        raise UnknownNameError(usage)
     try:
         mean, std = (tuple(float(v) for v in part.split(",")) for part in spec.split("/"))
     except ValueError:
-        raise ValueError(usage) from None
+        raise ConfigError(usage) from None
     if len(mean) != len(std) or not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
-        raise ValueError(f"{usage}: need as many finite means as stds, every std > 0")
+        raise ConfigError(f"{usage}: need as many finite means as stds, every std > 0")
     return mean, std
 
 
@@ -49,8 +54,8 @@ class Normalized(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.mean.shape[1]:
-            raise ValueError(f"normalisation has {self.mean.shape[1]} channel(s) but the input has shape {tuple(x.shape)}; "
-                             "give one mean and std per input channel")
+            raise DataError(f"normalisation has {self.mean.shape[1]} channel(s) but the input has shape {tuple(x.shape)}; "
+                            "give one mean and std per input channel")
         return self.net((x - self.mean.to(x.dtype)) / self.std.to(x.dtype))
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from curvfast.errors import ConfigError, UnknownNameError
+
 __all__ = ["SmallCNN", "MLP", "cifar_resnet18", "build_model", "available_models"]
 
 
@@ -54,8 +56,8 @@ class MLP(nn.Module):
     def __init__(self, in_features: int, num_classes: int, width: int = 256, depth: int = 1):
         super().__init__()
         if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
-            raise ValueError(f"an MLP needs in_features, the flattened input size, as a positive int (got {in_features!r}); "
-                             "pass build_model(..., in_features=C*H*W)")
+            raise ConfigError(f"an MLP needs in_features, the flattened input size, as a positive int (got {in_features!r}); "
+                              "pass build_model(..., in_features=C*H*W)")
         layers: list[nn.Module] = [nn.Flatten()]
         features = in_features
         for _ in range(depth):
@@ -69,7 +71,7 @@ class MLP(nn.Module):
 
 
 def cifar_resnet18(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
-    """torchvision ResNet-18 with the CIFAR stem: 3x3 stride-1 first conv, no max-pool."""
+    """Torchvision ResNet-18 with the CIFAR stem: 3x3 stride-1 first conv, no max-pool."""
     from torchvision.models import resnet18
 
     model = resnet18(weights=None, num_classes=num_classes)
@@ -82,7 +84,7 @@ def _torchvision(name: str, num_classes: int, in_channels: int) -> nn.Module:
     import torchvision
 
     if in_channels != 3:
-        raise ValueError(f"torchvision model {name!r} expects 3 input channels (got in_channels={in_channels})")
+        raise ConfigError(f"torchvision model {name!r} expects 3 input channels (got in_channels={in_channels})")
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
 
 
@@ -104,13 +106,14 @@ def available_models() -> list[str]:
 def build_model(name: str, num_classes: int, in_channels: int = 3, **kwargs) -> nn.Module:
     """Build a zoo model or a torchvision model (``resnet50``, ``vgg11_bn``...) by name, randomly initialised.
 
-    ``kwargs`` go to zoo models: ``width`` (small_cnn, mlp, mlp2) and ``in_features`` (mlp, mlp2: C*H*W)."""
+    ``kwargs`` go to zoo models: ``width`` (small_cnn, mlp, mlp2) and ``in_features`` (mlp, mlp2: C*H*W).
+    """
     if not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2 (got {num_classes!r})")
+        raise ConfigError(f"num_classes must be an int >= 2 (got {num_classes!r})")
     if name in _ZOO:
         return _ZOO[name](num_classes=num_classes, in_channels=in_channels, **kwargs)
     import torchvision
 
     if name in torchvision.models.list_models(module=torchvision.models):
         return _torchvision(name, num_classes, in_channels)
-    raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(_ZOO)}, or a torchvision name such as resnet50")
+    raise UnknownNameError(f"unknown model {name!r}; choose one of: {', '.join(_ZOO)}, or a torchvision name such as resnet50")

@@ -1,5 +1,7 @@
-"""curvfast's native ops: Philox probes, the logit-space Gauss-Newton factor, fused
-per-sample reductions and the fused patch Gram / sketch of a convolution's im2col rows.
+"""curvfast's native ops.
+
+Philox probes, the logit-space Gauss-Newton factor, fused per-sample reductions and the fused patch Gram / sketch
+of a convolution's im2col rows.
 
 Each op dispatches to ``torch.ops.curvfast.<op>`` (C++/CUDA, see csrc/) when the extension is loaded
 and has kernels for the input's device, else to the same-named function in

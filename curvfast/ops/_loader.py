@@ -15,7 +15,11 @@ OP_NAMES = ("probes", "logit_factor", "weighted_sq_norms", "probe_moments", "pat
 
 
 def _load() -> tuple[bool, bool, str | None]:
-    """Returns (native ops registered, CUDA kernels compiled, error message or None)."""
+    """Load the extension.
+
+    Returns:
+        (native ops registered, CUDA kernels compiled, error message or None).
+    """
     if os.environ.get("CURVFAST_DISABLE_NATIVE") == "1":
         return False, False, "native ops disabled by CURVFAST_DISABLE_NATIVE=1"
     try:
