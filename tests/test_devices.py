@@ -214,7 +214,7 @@ def test_ood_pipeline_on_device(device, tmp_path):
 def test_verifix_pipeline_on_device(device, tmp_path):
     out = tmp_path / "vf"
     assert _main(["verifix", "--dataset", "digits", "--noise", "0.25", "--epochs", "1", "--verified-size", "50",
-                  "--selection", "auto", "--alphas", "1e4", "--normalize", "0.5/0.25", "--augment", "crop-flip",
+                  "--method", "auto", "--alphas", "1e4", "--normalize", "0.5/0.25", "--augment", "crop-flip",
                   "--device", str(device), "--out", str(out), "--quiet"]) == 0
     res = json.loads((out / "results.json").read_text())
     assert 0.0 <= res["accuracy_after"] <= 1.0 and res["verified_size"] == 50
@@ -225,7 +225,7 @@ def test_transfer_pipeline_on_device(device, tmp_path):
     out = tmp_path / "tr"
     assert _main(["transfer", "--dataset", "digits", "--out", str(out), "--models", "small_cnn,mlp2",
                   "--eps", "0,16/255,48/255", "--robust-eps", "32/255", "--steps", "2", "--step", "0.05", "--epochs", "1",
-                  "--n-test", "16", "--ensemble-size", "2", "--accuracy-margin", "1", "--normalize", "0.5/0.25",
+                  "--subset-size", "16", "--ensemble-size", "2", "--accuracy-margin", "1", "--normalize", "0.5/0.25",
                   "--augment", "crop-flip", "--device", str(device), "--quiet"]) == 0
     res = json.loads((out / "results.json").read_text())
     assert np.array(res["transfer_matrix"], dtype=float).shape == (2, 2)

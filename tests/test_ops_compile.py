@@ -12,6 +12,7 @@ import torch
 
 from curvfast import ops
 from curvfast.ops import reference as ref
+from curvfast.errors import CurvfastError
 
 pytestmark = pytest.mark.skipif(
     not ops.native_available(),
@@ -124,5 +125,5 @@ def test_compiled_ops_still_refuse_bad_values(case, backend):
     compiled({**_inputs(), "ids": IDS})  # traced on good values
     with pytest.raises(RuntimeError, match=match):
         compiled(spoil({**_inputs(), "ids": IDS}))
-    with pytest.raises(ValueError, match=match):  # uncompiled: the Python check's clearer ValueError
+    with pytest.raises(CurvfastError, match=match):  # uncompiled: the Python check's clearer typed error
         fn(spoil({**_inputs(), "ids": IDS}))

@@ -387,7 +387,7 @@ def test_cli_writes_the_transfer_study(tmp_path, capsys):
     out = tmp_path / "run"
     models = "small_cnn,small_cnn@1,small_cnn+in1,mlp2"
     argv = ["transfer", "--dataset", "digits", "--out", str(out), "--models", models, "--eps", "0,16/255,48/255,96/255",
-            "--robust-eps", "32/255", "--steps", "3", "--step", "0.05", "--epochs", "1", "--n-test", "32",
+            "--robust-eps", "32/255", "--steps", "3", "--step", "0.05", "--epochs", "1", "--subset-size", "32",
             "--ensemble-size", "2", "--ensemble", "mine=small_cnn,small_cnn+in1,mlp2", "--accuracy-margin", "1", "--quiet"]
     assert main(argv) == 0
     res = json.loads((out / "results.json").read_text())

@@ -376,6 +376,17 @@ def _export(config: Config, folder: str) -> None:
         interchange.export_matrices(config.export_matrices, keep, signals)
 
 
+def _defined(value):
+    """``value`` with every NaN or infinite float replaced by None (undefined), recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _defined(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_defined(v) for v in value]
+    return value
+
+
 def run(config: Config, out: str | None = None) -> dict:
     """Run the experiment (or attack imported signals) into the run folder ``out``; returns the
     ``results.json`` content. Raises :class:`RunFailed` after writing it when an attack's AUROC is
@@ -385,8 +396,10 @@ def run(config: Config, out: str | None = None) -> dict:
         results = _imported(config, folder) if config.import_lira or config.import_matrices else _experiment(config, folder)
         if config.export_lira or config.export_matrices:
             _export(config, folder)
+        bad = [n for n, a in results["attacks"].items() if not math.isfinite(a["auroc"])]
+        for name in bad:  # undefined metrics are written as null (results.json is strict JSON)
+            results["attacks"][name] = _defined(results["attacks"][name])
         write_results(folder, results)
-    bad = [n for n, a in results["attacks"].items() if not math.isfinite(a["auroc"])]
     if bad:
         raise RunFailed(f"no finite AUROC for {', '.join(bad)}; results.json records the run")
     return results
