@@ -46,7 +46,8 @@ def load_model(checkpoint: str, model_name: str | None, dataset: str, root: str 
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:
-        raise CheckpointError(f"checkpoint {checkpoint!r} does not fit model {name!r}: {str(err).splitlines()[0]}") from err
+        raise CheckpointError(f"checkpoint {checkpoint!r} does not fit model {name!r}: "
+                              f"{str(err).splitlines()[0]}") from err
     return model
 
 

@@ -162,7 +162,8 @@ class RunFolder:
             "created": old["created"] if old else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **({"pass_widths": old["pass_widths"]} if old and "pass_widths" in old else {}),
         })
-        for folder in [self.out, self.chunk_dir] + [os.path.join(self.out, str(m)) for m in self.identity.get("models", {})]:
+        for folder in [self.out, self.chunk_dir] + [os.path.join(self.out, str(m))
+                                                    for m in self.identity.get("models", {})]:
             for tmp in glob.glob(os.path.join(glob.escape(folder), ".tmp-*")):
                 os.unlink(tmp)  # left by a process killed mid-write
         todo, corrupt = [], []
@@ -231,7 +232,8 @@ class RunFolder:
         except (OSError, ValueError) as err:
             raise ChunkError(f"chunk {k} in {self.chunk_dir!r} is unreadable ({err})") from err
         start, stop = self.bounds(k)
-        if (record.get("run"), record.get("chunk"), record.get("start"), record.get("stop")) != (self.run, k, start, stop):
+        if (record.get("run"), record.get("chunk"), record.get("start"),
+                record.get("stop")) != (self.run, k, start, stop):
             raise ChunkError(f"chunk {k} in {self.chunk_dir!r} belongs to another run or range")
         if hashlib.sha256(data).hexdigest() != record.get("sha256"):
             raise ChunkError(f"chunk {k} in {self.chunk_dir!r} fails its SHA-256 check (truncated or altered)")

@@ -68,7 +68,8 @@ class Context:
         if self.world_size == 1:
             return
         try:
-            dist.monitored_barrier(group=self.group, timeout=datetime.timedelta(seconds=self.timeout), wait_all_ranks=True)
+            dist.monitored_barrier(group=self.group, timeout=datetime.timedelta(seconds=self.timeout),
+                                   wait_all_ranks=True)
         except RuntimeError as err:
             raise self._failed(f"waiting for all ranks to finish {what}", err) from err
 

@@ -69,4 +69,5 @@ class EnsemblePGD(Attack):
         def direction(adv: torch.Tensor) -> torch.Tensor:
             return ensemble_direction(input_grads(members, adv, labels, sign), self.rule)
 
-        return pgd_linf(images, direction, eps=self.eps, step=self.alpha, steps=self.steps, random_start=self.random_start)
+        return pgd_linf(images, direction, eps=self.eps, step=self.alpha, steps=self.steps,
+                        random_start=self.random_start)

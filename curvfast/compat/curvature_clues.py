@@ -41,7 +41,8 @@ def modified_entropy(prob: torch.Tensor, labels: torch.Tensor, eps: float = 1e-9
     return -(1 - p_y) * torch.log(p_y) - (others * torch.log(1 - others + eps)).sum(1)
 
 
-def _zo_scores(net, batch_data, batch_labels, h, niter, temp, seed, sample_ids, exact, pass_size, compute_curvature=True):
+def _zo_scores(net, batch_data, batch_labels, h, niter, temp, seed, sample_ids, exact, pass_size,
+               compute_curvature=True):
     model, x, y = prepare(net, batch_data, batch_labels, h, niter)
     transform = scaled_logits(temp)
     seed, ids = draw_seed(seed), sample_ids_for(sample_ids, x)

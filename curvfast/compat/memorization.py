@@ -56,7 +56,8 @@ def fd_scores(
             curv = h * hessian_statistic(model, x, y, "frobenius", transform, seed, ids)
             eig = h * h * hessian_statistic(model, x, y, "trace", transform, seed, ids)
         else:
-            norms, directional, _ = fd_probe_terms(logit_fn, x, y, ids, probes=niter, seed=seed, step=h, pass_size=pass_size)
+            norms, directional, _ = fd_probe_terms(logit_fn, x, y, ids, probes=niter, seed=seed, step=h,
+                                                   pass_size=pass_size)
             curv, eig = norms.mean(1), directional.mean(1)
     scale = x.shape[0] if batch_mean else 1
     return (curv / scale).detach().cpu(), (eig / scale).detach().cpu()
@@ -100,7 +101,8 @@ class CurveScore:
         self.options = dict(exact=exact, batch_mean=batch_mean, pass_size=pass_size)
         self.seed = seed
 
-    def find_z(self, net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, h: float) -> tuple[torch.Tensor, float]:
+    def find_z(self, net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+               h: float) -> tuple[torch.Tensor, float]:
         """CURE's direction z = h·(sign g + 1e-7) / (‖sign g‖ + 1e-7) per sample.
 
         g is the input gradient of the loss of the raw logits (Moosavi-Dezfooli et al., "Robustness via curvature
@@ -125,8 +127,8 @@ class CurveScore:
         norms = z.reshape(z.shape[0], -1).norm(dim=1).view(-1, *([1] * (z.dim() - 1)))
         return h * (z + 1e-7) / (norms + 1e-7), grad.norm().item()
 
-    def regularizer(self, net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, pred_labels: bool, h: float = 1e-3,
-                    niter: int = 10, *, sample_ids=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def regularizer(self, net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, pred_labels: bool,
+                    h: float = 1e-3, niter: int = 10, *, sample_ids=None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(curv, eig)`` (B,) on the CPU: see the module docstring."""
         return fd_scores(net, inputs, targets, h=h, niter=niter, temp=self.temp, pred_labels=pred_labels,
                          seed=self.seed, sample_ids=sample_ids, **self.options)

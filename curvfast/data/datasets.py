@@ -75,7 +75,8 @@ def _require_root(name: str, root: str | None) -> str:
     if root is None:
         raise ConfigError(f"dataset {name!r} needs root=<folder that already holds it>; curvfast never downloads data")
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"dataset root {root!r} for {name!r} does not exist; pass the folder that holds the data")
+        raise FileNotFoundError(f"dataset root {root!r} for {name!r} does not exist; pass the folder that holds the "
+                                "data")
     return root
 
 
@@ -95,7 +96,8 @@ def _split_folder(root: str, split: str, name: str) -> str:
     has_splits = [s for s in _SPLIT_NAMES if os.path.isdir(os.path.join(root, s))]
     if not has_splits and split in ("train", "all"):
         return root
-    found = f"it has {', '.join(s + '/' for s in has_splits)}" if has_splits else "it holds class folders only (the training split)"
+    found = (f"it has {', '.join(s + '/' for s in has_splits)}" if has_splits
+             else "it holds class folders only (the training split)")
     raise FileNotFoundError(f"dataset {name!r}: no {split!r} split under {root!r}: looked for {folder!r} ({found}); "
                             f"put the {split} images in {folder}/<class>/<image> or choose another split")
 
@@ -120,7 +122,8 @@ def get_dataset(name: str, split: str = "train", root: str | None = None, image_
         raise ConfigError(f"image_size must be a positive int (got {image_size!r})")
     if key == "digits":
         if image_size not in (None, 8):
-            raise ConfigError(f"the digits are 8x8 images and are not resized (got image_size={image_size}); drop --image-size")
+            raise ConfigError(f"the digits are 8x8 images and are not resized (got image_size={image_size}); drop "
+                              "--image-size")
         ds = DigitsDataset(split)
         return ds, ds.info
     if key == "imagefolder":
@@ -153,6 +156,7 @@ def get_dataset(name: str, split: str = "train", root: str | None = None, image_
         try:
             ds = getattr(tvd, cls_name)(root, download=False, transform=_image_transform(image_size), **kwargs)
         except RuntimeError as err:
-            raise FileNotFoundError(f"{cls_name} not found under {root!r} ({err}); curvfast never downloads data") from err
+            raise FileNotFoundError(f"{cls_name} not found under {root!r} ({err}); curvfast never downloads "
+                                    "data") from err
         return ds, DatasetInfo(num_classes=num_classes, in_channels=channels)
     raise UnknownNameError(f"unknown dataset {name!r}; choose one of {available_datasets()}")

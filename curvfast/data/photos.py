@@ -36,8 +36,8 @@ def _load(package: str, name: str) -> np.ndarray:
     try:
         import skimage.data
     except ImportError as err:
-        raise MissingDependencyError(f"the pinned photo list needs scikit-image for skimage.data.{name}: pip install scikit-image "
-                                     "(the patches would otherwise differ between machines)") from err
+        raise MissingDependencyError(f"the pinned photo list needs scikit-image for skimage.data.{name}: pip install "
+                                     "scikit-image (the patches would otherwise differ between machines)") from err
     return np.asarray(getattr(skimage.data, name)())
 
 

@@ -55,7 +55,8 @@ class _Catalogue:
         """(uint8 path bytes, int64 offsets of length N+1, int64 labels)."""
         offsets = np.zeros(len(self.ends) + 1, dtype=np.int64)
         offsets[1:] = np.frombuffer(self.ends, dtype=np.int64)
-        return np.frombuffer(bytes(self.buffer), dtype=np.uint8), offsets, np.frombuffer(self.labels, dtype=np.int64).copy()
+        return np.frombuffer(bytes(self.buffer), dtype=np.uint8), offsets, np.frombuffer(self.labels,
+                                                                                         dtype=np.int64).copy()
 
 
 def _image_transform(image_size: int | None):
@@ -91,7 +92,8 @@ def _outside(path: bytes) -> bool:
 class _PathLabelDataset(Dataset):
     """Paths (one byte buffer + offsets) and labels; loads ``root/path`` with PIL on access."""
 
-    def __init__(self, root: str, catalogue: "_Catalogue", transform=None, image_size: int | None = None, mode: str = "RGB"):
+    def __init__(self, root: str, catalogue: "_Catalogue", transform=None, image_size: int | None = None,
+                 mode: str = "RGB"):
         self._buffer, self._offsets, self.targets = catalogue.arrays()
         self.root = root
         self.mode = mode
@@ -143,8 +145,8 @@ class FileListDataset(_PathLabelDataset):
         allow_outside_root: accept absolute paths and paths through ``..`` that leave ``root``.
     """
 
-    def __init__(self, list_file: str, root: str | None = None, transform=None, image_size: int | None = None, mode: str = "RGB",
-                 allow_outside_root: bool = False):
+    def __init__(self, list_file: str, root: str | None = None, transform=None, image_size: int | None = None,
+                 mode: str = "RGB", allow_outside_root: bool = False):
         if not os.path.isfile(list_file):
             raise FileNotFoundError(f"file list {list_file!r} does not exist; it holds '<path> <label>' lines")
         catalogue = _Catalogue()
@@ -155,10 +157,12 @@ class FileListDataset(_PathLabelDataset):
                     continue
                 path, label = line.rsplit(None, 1) if len(line.split()) > 1 else (b"", line)
                 if not label.isdigit():
-                    raise DataError(f"{list_file}:{lineno}: expected '<path> <non-negative integer label>', got {line!r}")
+                    raise DataError(f"{list_file}:{lineno}: expected '<path> <non-negative integer label>', got "
+                                    f"{line!r}")
                 if not allow_outside_root and _outside(path):
-                    raise DataError(f"{list_file}:{lineno}: {path.decode(errors='replace')!r} lies outside the root folder; "
-                                    "list paths relative to it, or pass allow_outside_root=True (--allow-outside-root)")
+                    raise DataError(f"{list_file}:{lineno}: {path.decode(errors='replace')!r} lies outside the root "
+                                    "folder; list paths relative to it, or pass allow_outside_root=True "
+                                    "(--allow-outside-root)")
                 catalogue.add(path, int(label))
         if not len(catalogue):
             raise DataError(f"file list {list_file!r} lists no images")

@@ -25,7 +25,8 @@ def orthonormalize(y: torch.Tensor) -> torch.Tensor:
     return q
 
 
-def gaussian_sketch(shape: tuple[int, ...], seed: int, dtype: torch.dtype, device: torch.device | str | None = None) -> torch.Tensor:
+def gaussian_sketch(shape: tuple[int, ...], seed: int, dtype: torch.dtype,
+                    device: torch.device | str | None = None) -> torch.Tensor:
     """A standard Gaussian test matrix drawn on the CPU from ``seed`` (the same on every device)."""
     gen = torch.Generator().manual_seed(int(seed))
     return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)

@@ -41,8 +41,8 @@ import torch
 from .randomized import gaussian_sketch, orthonormalize
 from ..errors import ConfigError, DataError, UnknownNameError
 
-__all__ = ["SpectrumResult", "GramSpectrum", "DenseRows", "StreamingGram", "StreamingRandomizedSVD", "make_sketch", "choose_route",
-           "ROUTES"]
+__all__ = ["SpectrumResult", "GramSpectrum", "DenseRows", "StreamingGram", "StreamingRandomizedSVD", "make_sketch",
+           "choose_route", "ROUTES"]
 
 ROUTES = ("auto", "gram", "randomized")
 
@@ -169,7 +169,8 @@ class _Sketch:
         if isinstance(x, torch.Tensor):
             x = DenseRows(x.to(device=self.device, dtype=self.dtype))
         if x.groups != self.groups or x.dim != self.dim:
-            raise DataError(f"batch must have shape (groups={self.groups}, rows, dim={self.dim}) (got groups={x.groups}, dim={x.dim})")
+            raise DataError(f"batch must have shape (groups={self.groups}, rows, dim={self.dim}) (got "
+                            f"groups={x.groups}, dim={x.dim})")
         if self.passes_done == 0:
             self.rows += x.rows
             self.energy += x.energy().to(self.energy)
@@ -183,7 +184,8 @@ class _Sketch:
 
     def _check_result(self) -> None:
         if not self.done:
-            raise RuntimeError(f"the sketch needs {self.passes - self.passes_done} more pass(es) over the data before result()")
+            raise RuntimeError(f"the sketch needs {self.passes - self.passes_done} more pass(es) over the data before "
+                               "result()")
 
 
 class StreamingGram(_Sketch):
@@ -287,9 +289,10 @@ def make_sketch(
         route = choose_route(dim, rows, rank, oversample=oversample, power_iters=power_iters)
     if route == "randomized":
         if rank is None and rows >= dim:
-            raise ConfigError("route='randomized' needs a target rank; pass rank=k (or use route='gram' for the exact spectrum)")
+            raise ConfigError("route='randomized' needs a target rank; pass rank=k (or use route='gram' for the exact "
+                              "spectrum)")
         return StreamingRandomizedSVD(
-            dim, max(1, min(dim if rank is None else rank, rows, dim)), oversample=oversample, power_iters=power_iters, groups=groups,
-            seed=seed, dtype=dtype, device=device
+            dim, max(1, min(dim if rank is None else rank, rows, dim)), oversample=oversample, power_iters=power_iters,
+            groups=groups, seed=seed, dtype=dtype, device=device
         )
     return StreamingGram(dim, groups=groups, dtype=dtype, device=device)

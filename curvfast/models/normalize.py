@@ -31,7 +31,8 @@ def parse_normalization(spec: str | None) -> tuple[tuple[float, ...], tuple[floa
         return None
     if spec in NORMALIZATIONS:
         return NORMALIZATIONS[spec]
-    usage = f"normalize must be none, {', '.join(NORMALIZATIONS)} or MEAN/STD such as 0.5,0.5,0.5/0.25,0.25,0.25 (got {spec!r})"
+    usage = (f"normalize must be none, {', '.join(NORMALIZATIONS)} or MEAN/STD such as 0.5,0.5,0.5/0.25,0.25,0.25 "
+             f"(got {spec!r})")
     if spec.count("/") != 1:
         raise UnknownNameError(usage)
     try:
@@ -54,8 +55,8 @@ class Normalized(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.mean.shape[1]:
-            raise DataError(f"normalisation has {self.mean.shape[1]} channel(s) but the input has shape {tuple(x.shape)}; "
-                            "give one mean and std per input channel")
+            raise DataError(f"normalisation has {self.mean.shape[1]} channel(s) but the input has shape "
+                            f"{tuple(x.shape)}; give one mean and std per input channel")
         return self.net((x - self.mean.to(x.dtype)) / self.std.to(x.dtype))
 
 

@@ -56,8 +56,8 @@ class MLP(nn.Module):
     def __init__(self, in_features: int, num_classes: int, width: int = 256, depth: int = 1):
         super().__init__()
         if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
-            raise ConfigError(f"an MLP needs in_features, the flattened input size, as a positive int (got {in_features!r}); "
-                              "pass build_model(..., in_features=C*H*W)")
+            raise ConfigError(f"an MLP needs in_features, the flattened input size, as a positive int (got "
+                              f"{in_features!r}); pass build_model(..., in_features=C*H*W)")
         layers: list[nn.Module] = [nn.Flatten()]
         features = in_features
         for _ in range(depth):
@@ -116,4 +116,5 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, **kwargs) -> 
 
     if name in torchvision.models.list_models(module=torchvision.models):
         return _torchvision(name, num_classes, in_channels)
-    raise UnknownNameError(f"unknown model {name!r}; choose one of: {', '.join(_ZOO)}, or a torchvision name such as resnet50")
+    raise UnknownNameError(f"unknown model {name!r}; choose one of: {', '.join(_ZOO)}, or a torchvision name such as "
+                           "resnet50")

@@ -249,7 +249,8 @@ class Detector(abc.ABC):
     def _model_extractor(self, what: str) -> OutputExtractor:
         if self.extractor is None:
             raise ModelNotSetError(f"{type(self).__name__}.{what} needs the model: pass it to the constructor, "
-                                   f"{type(self).__name__}(model, ...), or use the fit_*/predict_* methods on saved outputs")
+                                   f"{type(self).__name__}(model, ...), or use the fit_*/predict_* methods on saved "
+                                   "outputs")
         return self.extractor
 
     def _check_fitted(self) -> None:

@@ -25,7 +25,8 @@ curvfast uses ``statistic="mean"`` by default and ablates the alternatives:
 
 Two detectors, one per similarity: :class:`NormScaling` reads the logits (a_c = z_c), and
 :class:`NormScalingFeatures` the penultimate features (a_c = h . mu_c, the dot product of the
-feature with the mean ID feature of class c, the paper's "dot product of the latent representation with the mean class representation").
+feature with the mean ID feature of class c, the paper's "dot product of the latent representation with the mean
+class representation").
 """
 from __future__ import annotations
 
@@ -147,7 +148,8 @@ class NormScaling(_NormScalingMath, LogitsDetector):
         super().__init__(model, **outputs)
         self._settings(statistic, temperature)
 
-    def fit_logits(self, logits: torch.Tensor, y: torch.Tensor, class_weights: torch.Tensor | None = None) -> "NormScaling":
+    def fit_logits(self, logits: torch.Tensor, y: torch.Tensor,
+                   class_weights: torch.Tensor | None = None) -> "NormScaling":
         """Estimate s_c from ID training logits.
 
         Args:
