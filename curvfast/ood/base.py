@@ -259,8 +259,9 @@ class Detector(abc.ABC):
                                        "fit_features first")
 
     def fit(self, data_loader, device: str | torch.device | None = None) -> "Detector":
-        """Fit on in-distribution data: one pass of the model over ``data_loader`` (no-op when
-        ``requires_fit`` is False).
+        """Fit on in-distribution data: one pass of the model over ``data_loader``.
+
+        A no-op when ``requires_fit`` is False.
 
         Args:
             data_loader: A ``DataLoader`` (or map-style ``Dataset``) of in-distribution ``(x, y)`` pairs.
@@ -310,8 +311,10 @@ class Detector(abc.ABC):
 
 
 class LogitsDetector(Detector):
-    """A detector that reads the logits z (B, C): subclasses implement :meth:`predict_logits` and,
-    when ``requires_fit``, :meth:`fit_logits`."""
+    """A detector that reads the logits z (B, C).
+
+    Subclasses implement :meth:`predict_logits` and, when ``requires_fit``, :meth:`fit_logits`.
+    """
 
     def fit_logits(self, logits: torch.Tensor, y: torch.Tensor) -> "LogitsDetector":
         """Fit on saved in-distribution logits (no-op when ``requires_fit`` is False).
@@ -344,8 +347,10 @@ class LogitsDetector(Detector):
 
 
 class FeaturesDetector(Detector):
-    """A detector that reads the penultimate features h (B, D): subclasses implement
-    :meth:`predict_features` and, when ``requires_fit``, :meth:`fit_features`."""
+    """A detector that reads the penultimate features h (B, D).
+
+    Subclasses implement :meth:`predict_features` and, when ``requires_fit``, :meth:`fit_features`.
+    """
 
     @property
     def encoder(self) -> Callable[[torch.Tensor], torch.Tensor] | None:

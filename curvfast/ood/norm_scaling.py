@@ -97,8 +97,11 @@ class _NormScalingMath:
         self.statistic, self.temperature = _check_statistic(statistic), check_temperature(temperature)
 
     def _fit_scale(self, sim: torch.Tensor, labels: torch.Tensor, reps: torch.Tensor | None, missing: str) -> None:
-        """s_c from the ID similarities ``sim`` (N, K); ``reps`` (K, D) are the class representations
-        whose norms ``"weight_norm"`` reads (``missing`` says how to give them)."""
+        """Set s_c from the ID similarities ``sim`` (N, K).
+
+        ``reps`` (K, D) are the class representations whose norms ``"weight_norm"`` reads (``missing`` says how to
+        give them).
+        """
         if self.statistic == "weight_norm":
             if reps is None:
                 raise DataError(missing)
@@ -126,9 +129,9 @@ class _NormScalingMath:
 
 @register_detector("norm_scaling")
 class NormScaling(_NormScalingMath, LogitsDetector):
-    """Per-class normalised logits, then MSP: a_c = z_c (see the module docstring for the math).
+    r"""Per-class normalised logits, then MSP: a_c = z_c (see the module docstring for the math).
 
-    .. math:: s(x) = -\\max_c \\operatorname{softmax}(z_c \\bar s / (s_c T))
+    .. math:: s(x) = -\max_c \operatorname{softmax}(z_c \bar s / (s_c T))
 
     Args:
         model: The classifier (None for the ``*_logits`` methods only).

@@ -166,9 +166,9 @@ class VRMTransform:
 
 @register_detector("vrm")
 class VRM(LogitsDetector):
-    """OoD score of a (K+1)-output VRM network: the auxiliary-class probability (or MSP over real classes).
+    r"""OoD score of a (K+1)-output VRM network: the auxiliary-class probability (or MSP over real classes).
 
-    .. math:: s_{aux}(x) = \\operatorname{softmax}(z)_K, \\quad s_{msp}(x) = -\\max_{c < K} \\operatorname{softmax}(z)_c
+    .. math:: s_{aux}(x) = \operatorname{softmax}(z)_K, \quad s_{msp}(x) = -\max_{c < K} \operatorname{softmax}(z)_c
 
     Args:
         model: The (K+1)-output network (None for :meth:`predict_logits` only).
