@@ -226,7 +226,14 @@ class Detector(abc.ABC):
         self.fitted = not self.requires_fit
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Same as :meth:`predict`."""
+        """Same as :meth:`predict`.
+
+        Args:
+            x: A batch of inputs.
+
+        Returns:
+            The OOD scores, as :meth:`predict` returns them.
+        """
         return self.predict(x)
 
     def to(self, device: str | torch.device) -> "Detector":
