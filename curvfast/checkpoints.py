@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import re
 
+from torch import nn
+
 from curvfast.data import get_dataset
 from curvfast.errors import CheckpointError
 from curvfast.io import load_checkpoint
@@ -12,20 +14,22 @@ from curvfast.models import build_model, normalized
 __all__ = ["load_model", "folder_name"]
 
 
-def load_model(checkpoint: str, model_name: str | None, dataset: str, root: str | None):
+def load_model(checkpoint: str, model_name: str | None, dataset: str, root: str | None) -> nn.Module:
     """Rebuild a checkpoint's model and load its weights (``weights_only``).
 
     Args:
-        checkpoint: the checkpoint file.
-        model_name: the architecture, or None for the one the checkpoint records.
-        dataset: the dataset whose classes and channels are used when the checkpoint does not record them.
-        root: the dataset's folder.
+        checkpoint: The checkpoint file.
+        model_name: The architecture, or None for the one the checkpoint records.
+        dataset: The dataset whose classes and channels are used when the checkpoint does not record them.
+        root: The dataset's folder.
 
     Returns:
         The model (``model_name`` or the recorded one) inside its recorded input normalisation.
 
     Raises:
-        CheckpointError: the checkpoint names no model, records bad sizes, or does not fit the model.
+        CheckpointError: The checkpoint is unreadable, names no model, records bad sizes, or does not fit the model.
+        UnknownNameError: For an unknown architecture, dataset or normalisation.
+        FileNotFoundError: When the checkpoint does not exist (``IsADirectoryError`` for a folder).
     """
     ckpt = load_checkpoint(checkpoint)
     name = model_name or ckpt.get("model")
@@ -46,7 +50,8 @@ def load_model(checkpoint: str, model_name: str | None, dataset: str, root: str 
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as err:
-        raise CheckpointError(f"checkpoint {checkpoint!r} does not fit model {name!r}: {str(err).splitlines()[0]}") from err
+        raise CheckpointError(f"checkpoint {checkpoint!r} does not fit model {name!r}: "
+                              f"{str(err).splitlines()[0]}") from err
     return model
 
 
@@ -54,6 +59,13 @@ def folder_name(checkpoint: str) -> str:
     """A model's folder name from its checkpoint's file name.
 
     Characters other than letters, digits, '_', '.' and '-' become '_' (so any file name works).
+
+    Args:
+        checkpoint: The checkpoint's path.
+
+    Returns:
+        The file name without its extension, sanitised, starting with a letter or digit (``m`` is prefixed when it
+        would not).
     """
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.splitext(os.path.basename(checkpoint))[0])
     return stem if re.match(r"[A-Za-z0-9]", stem) else f"m{stem}"

@@ -45,11 +45,18 @@ FORMAT = 1
 
 
 def run_id(identity: dict) -> str:
-    """SHA-256 of the canonical JSON of everything that determines the numbers."""
+    """SHA-256 of the canonical JSON of everything that determines the numbers.
+
+    Args:
+        identity: Settings, fingerprints and chunk size (keys sorted; values not JSON-ready are written as ``str``).
+
+    Returns:
+        The hex digest, the run id.
+    """
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _differences(old, new, prefix: str = "") -> list[str]:
+def _differences(old: object, new: object, prefix: str = "") -> list[str]:
     """Human-readable leaf differences between two JSON-like objects."""
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
@@ -67,6 +74,15 @@ class RunFolder:
 
     ``identity`` is everything that determines the numbers (settings, model and data
     fingerprints, chunk size); its hash is the run id written into the manifest and every record.
+
+    Args:
+        out: The run folder (created on :meth:`open`).
+        identity: Everything that determines the numbers; hashed by :func:`run_id`.
+        size: The number of samples N.
+        chunk_size: Samples per chunk S, a positive int.
+
+    Raises:
+        ConfigError: When ``chunk_size`` is not a positive int.
     """
 
     def __init__(self, out: str, identity: dict, size: int, chunk_size: int):
@@ -82,6 +98,14 @@ class RunFolder:
         self._lock_fd = None
 
     def bounds(self, k: int) -> tuple[int, int]:
+        """The sample range of chunk ``k``.
+
+        Args:
+            k: The chunk id.
+
+        Returns:
+            ``(start, stop)`` = ``(k·S, min((k+1)·S, N))``.
+        """
         return k * self.chunk_size, min((k + 1) * self.chunk_size, self.size)
 
     def _paths(self, k: int) -> tuple[str, str]:
@@ -95,14 +119,14 @@ class RunFolder:
         Call from one process, and ``close()`` when the run ends.
 
         Args:
-            overwrite: discard a previous run with other settings instead of refusing.
+            overwrite: Discard a previous run with other settings instead of refusing.
 
         Returns:
             ``{"todo": [chunk ids], "done": n, "corrupt": [chunk ids], "pass_widths": ...}``.
 
         Raises:
-            RunFolderBusy: another process holds the folder's lock.
-            ConfigError: the folder holds another run (or unchunked results) and ``overwrite`` is False.
+            RunFolderBusy: Another process holds the folder's lock.
+            ConfigError: The folder holds another run (or unchunked results) and ``overwrite`` is False.
         """
         self._lock()
         try:
@@ -162,7 +186,8 @@ class RunFolder:
             "created": old["created"] if old else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **({"pass_widths": old["pass_widths"]} if old and "pass_widths" in old else {}),
         })
-        for folder in [self.out, self.chunk_dir] + [os.path.join(self.out, str(m)) for m in self.identity.get("models", {})]:
+        for folder in [self.out, self.chunk_dir] + [os.path.join(self.out, str(m))
+                                                    for m in self.identity.get("models", {})]:
             for tmp in glob.glob(os.path.join(glob.escape(folder), ".tmp-*")):
                 os.unlink(tmp)  # left by a process killed mid-write
         todo, corrupt = [], []
@@ -210,7 +235,16 @@ class RunFolder:
 
     # -- chunks (any process) -----------------------------------------------------------------
     def write(self, k: int, arrays: dict[str, np.ndarray], used: dict) -> str:
-        """Write chunk ``k`` atomically, then its commit record. Returns the SHA-256."""
+        """Write chunk ``k`` atomically, then its commit record.
+
+        Args:
+            k: The chunk id.
+            arrays: The chunk's arrays (saved with ``np.savez``; ``index`` must hold the chunk's sample range).
+            used: Recorded in the commit record: what computed the chunk, by model name (the engine merges it).
+
+        Returns:
+            The SHA-256 (hex) of the .npz bytes.
+        """
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         data = buf.getvalue()
@@ -231,7 +265,8 @@ class RunFolder:
         except (OSError, ValueError) as err:
             raise ChunkError(f"chunk {k} in {self.chunk_dir!r} is unreadable ({err})") from err
         start, stop = self.bounds(k)
-        if (record.get("run"), record.get("chunk"), record.get("start"), record.get("stop")) != (self.run, k, start, stop):
+        if (record.get("run"), record.get("chunk"), record.get("start"),
+                record.get("stop")) != (self.run, k, start, stop):
             raise ChunkError(f"chunk {k} in {self.chunk_dir!r} belongs to another run or range")
         if hashlib.sha256(data).hexdigest() != record.get("sha256"):
             raise ChunkError(f"chunk {k} in {self.chunk_dir!r} fails its SHA-256 check (truncated or altered)")
@@ -242,7 +277,18 @@ class RunFolder:
         return arrays, record
 
     def read(self, k: int) -> tuple[dict[str, np.ndarray], dict]:
-        """Arrays and commit record of chunk ``k``, checksum verified; ``ChunkError`` otherwise."""
+        """Arrays and commit record of chunk ``k``, checksum verified.
+
+        Args:
+            k: The chunk id.
+
+        Returns:
+            ``(arrays, record)``: the .npz arrays by name and the commit record.
+
+        Raises:
+            ChunkError: When the chunk is missing, unreadable, belongs to another run or range, fails its SHA-256
+                check or does not hold its samples.
+        """
         if not os.path.exists(self._paths(k)[1]):
             raise ChunkError(
                 f"chunk {k} is missing from {self.chunk_dir!r}; with several nodes, the out folder must be on a "
@@ -250,13 +296,22 @@ class RunFolder:
             )
         return self._load(k)
 
-    def record(self, **fields) -> None:
-        """Add ``fields`` to the manifest (atomically; from one process)."""
+    def record(self, **fields: object) -> None:
+        """Add ``fields`` to the manifest (atomically; from one process).
+
+        Args:
+            **fields: JSON-ready entries merged into the manifest.
+        """
         path = os.path.join(self.out, MANIFEST)
         manifest = self._read_manifest(path) or {}
         manifest.update(fields)
         write_json(path, manifest)
 
     def finish(self, checksums: dict[int, str], extra: dict) -> None:
-        """Mark the run complete and list every chunk's checksum in the manifest."""
+        """Mark the run complete and list every chunk's checksum in the manifest.
+
+        Args:
+            checksums: The SHA-256 of every chunk, by chunk id.
+            extra: More JSON-ready manifest entries.
+        """
         self.record(status="complete", chunks={f"{k:06d}": checksums[k] for k in sorted(checksums)}, **extra)

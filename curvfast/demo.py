@@ -6,6 +6,7 @@ most curved ones.
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 from curvfast.data import get_dataset
 from curvfast.engine import score
@@ -15,10 +16,19 @@ from curvfast.training import train_model
 __all__ = ["run_demo"]
 
 
-def run_demo(out: str = "runs/demo", *, epochs: int = 30, seed: int = 0, top: int = 24, log=print) -> dict:
+def run_demo(out: str = "runs/demo", *, epochs: int = 30, seed: int = 0, top: int = 24,
+             log: Callable[[str], object] = print) -> dict:
     """Write ``out/model.pt``, ``out/scores.npz``, ``out/results.json`` and ``out/top_curvature.png``.
 
-    Return the scores' summary.
+    Args:
+        out: The output folder (created if missing).
+        epochs: Training epochs of the small CNN.
+        seed: Seeds the training.
+        top: How many of the most curved digits the figure shows.
+        log: Receives one progress line at a time.
+
+    Returns:
+        The scores' summary (``ScoreResult.summary()``).
     """
     os.makedirs(out, exist_ok=True)
     log(f"[1/3] training small_cnn on digits ({epochs} epochs)")

@@ -36,13 +36,25 @@ _FORWARDED = {e.__name__: e for e in (ValueError, TypeError, FileNotFoundError,
 
 
 def launched_by_torchrun() -> bool:
-    """True when the environment describes more than one rank (torchrun, SLURM wrappers ...)."""
+    """True when the environment describes more than one rank (torchrun, SLURM wrappers ...).
+
+    Returns:
+        Whether ``WORLD_SIZE`` is above 1.
+    """
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 @dataclass
 class Context:
-    """This process's place in the run: ``rank`` of ``world_size``, and the control group."""
+    """This process's place in the run: ``rank`` of ``world_size``, and the control group.
+
+    Attributes:
+        rank: This process's global rank.
+        world_size: The number of ranks.
+        local_rank: This process's rank on its node (its GPU index).
+        group: The gloo group the engine's control messages travel over (None: the default group).
+        timeout: Seconds every collective waits before raising :class:`~curvfast.errors.PeerError`.
+    """
 
     rank: int = 0
     world_size: int = 1
@@ -52,6 +64,7 @@ class Context:
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0."""
         return self.rank == 0
 
     def _failed(self, what: str, err: Exception) -> "PeerError":
@@ -64,11 +77,19 @@ class Context:
         )
 
     def barrier(self, what: str) -> None:
-        """Wait for every rank; after ``timeout`` s raise, naming the ranks that never arrived."""
+        """Wait for every rank; after ``timeout`` s raise, naming the ranks that never arrived.
+
+        Args:
+            what: What the ranks are finishing, for the message.
+
+        Raises:
+            PeerError: When a rank died or did not arrive within ``timeout``.
+        """
         if self.world_size == 1:
             return
         try:
-            dist.monitored_barrier(group=self.group, timeout=datetime.timedelta(seconds=self.timeout), wait_all_ranks=True)
+            dist.monitored_barrier(group=self.group, timeout=datetime.timedelta(seconds=self.timeout),
+                                   wait_all_ranks=True)
         except RuntimeError as err:
             raise self._failed(f"waiting for all ranks to finish {what}", err) from err
 
@@ -76,6 +97,19 @@ class Context:
         """Run ``fn`` on rank 0 and hand its result to every rank.
 
         An exception on rank 0 is re-raised on every rank (same type and message), so no rank waits for a dead peer.
+
+        Args:
+            what: What ``fn`` does, for the message.
+            fn: The work, run on rank 0 only; its result must pickle.
+
+        Returns:
+            ``fn()``'s result, on every rank.
+
+        Raises:
+            PeerError: When the broadcast fails (a rank died or timed out).
+            CurvfastError: Rank 0's typed error (or ``ValueError``, ``TypeError``, ``FileNotFoundError``),
+                re-raised with its class on every rank; any other exception of rank 0 arrives on the other ranks as
+                a ``RuntimeError`` naming its class.
         """
         if self.world_size == 1:
             return fn()
@@ -98,7 +132,18 @@ class Context:
         return value
 
     def all_gather(self, what: str, obj: Any) -> list:
-        """Every rank's ``obj``, in rank order, on every rank."""
+        """Every rank's ``obj``, in rank order, on every rank.
+
+        Args:
+            what: What is gathered, for the message.
+            obj: This rank's object (must pickle).
+
+        Returns:
+            One object per rank, in rank order.
+
+        Raises:
+            PeerError: When a rank died or timed out.
+        """
         if self.world_size == 1:
             return [obj]
         out = [None] * self.world_size
@@ -147,6 +192,10 @@ def init_process_group(backend: str, timeout: float) -> None:
     drop: the group and gloo's worker threads then outlive it into interpreter shutdown, where a thread freeing
     a finished collective's tensors waits for the GIL, is cancelled and aborts the process ("terminate called
     without an active exception"; seen in about 1 of 12 runs of a two-node IDKD run).
+
+    Args:
+        backend: ``"nccl"`` or ``"gloo"``.
+        timeout: Seconds before a collective of the group raises.
     """
     import torch._dynamo  # noqa: F401  (see above: must precede the group)
 
@@ -156,7 +205,18 @@ def init_process_group(backend: str, timeout: float) -> None:
 def setup(device: torch.device, timeout: float = DEFAULT_TIMEOUT) -> tuple[Context, torch.device]:
     """Join (or reuse) the process group when several ranks run.
 
-    Return the context and the device this rank scores on. A single process gets ``Context()`` and ``device`` unchanged.
+    NCCL when scoring on CUDA (one GPU per rank, a bare ``cuda`` meaning ``cuda:LOCAL_RANK``), gloo on the CPU; the
+    engine's control messages use a gloo group. A single process gets ``Context()`` and ``device`` unchanged.
+
+    Args:
+        device: The device asked for.
+        timeout: Seconds every collective waits (a positive number).
+
+    Returns:
+        ``(context, device)``: this rank's :class:`Context` and the device it scores on.
+
+    Raises:
+        ConfigError: For a bad ``timeout``, or a ``LOCAL_RANK`` beyond this node's GPUs.
     """
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
         raise ConfigError(f"timeout must be a positive number of seconds (got {timeout!r})")
@@ -184,7 +244,7 @@ def setup(device: torch.device, timeout: float = DEFAULT_TIMEOUT) -> tuple[Conte
 
 
 def shutdown() -> None:
-    """Destroy the process group (end of a command-line run)."""
+    """Destroy the process group (end of a command-line run); a no-op when none is initialised."""
     if dist.is_available() and dist.is_initialized():
         _GLOO_SIDE_GROUPS.clear()
         dist.destroy_process_group()

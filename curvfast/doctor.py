@@ -9,7 +9,13 @@ __all__ = ["report"]
 
 
 def report() -> dict:
-    """Versions, whether the native extension loaded, whether it has CUDA kernels, GPUs present."""
+    """Versions, whether the native extension loaded, whether it has CUDA kernels, GPUs present.
+
+    Returns:
+        A JSON-ready dict: ``curvfast``, ``python``, ``torch``, ``torchvision`` and ``torch_cuda`` versions,
+        ``extension`` (loaded), ``extension_error``, ``cuda_compiled``, ``gpu_available``, ``gpu`` (the first
+        device's name) and ``threads``.
+    """
     import torchvision
 
     from curvfast import ops

@@ -132,7 +132,11 @@ class ScoreResult:
         }
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The per-sample arrays as ``scores.npz`` holds them (``stderr`` only for random methods)."""
+        """The per-sample arrays as ``scores.npz`` holds them (``stderr`` only for random methods).
+
+        Returns:
+            ``index``, ``score``, ``loss``, ``label`` (and ``stderr``) by name.
+        """
         out = {"index": self.index, "score": self.score, "loss": self.loss, "label": self.label}
         return out if self.stderr is None else {**out, "stderr": self.stderr}
 

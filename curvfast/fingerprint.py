@@ -10,18 +10,19 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Subset
+from torch.utils.data import Dataset, Subset
 
 from .curvature.model import unwrap_model
 
 __all__ = ["model_fingerprint", "dataset_fingerprint"]
 
 
-def _update(h, value) -> None:
+def _update(h: Any, value: object) -> None:
     """Feed a tensor, array, number or string into the hash, with its type and shape."""
     if torch.is_tensor(value):
         t = value.detach().cpu().contiguous().reshape(-1)
@@ -39,7 +40,17 @@ def _update(h, value) -> None:
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """SHA-256 (hex) of the unwrapped model's class and state_dict."""
+    """SHA-256 (hex) of the unwrapped model's class and state_dict.
+
+    Every state_dict entry contributes its name, dtype, shape and bytes, so any changed weight or BatchNorm
+    statistic changes the fingerprint.
+
+    Args:
+        model: The model, possibly wrapped (DataParallel, DDP, torch.compile); it is unwrapped first.
+
+    Returns:
+        The hex digest.
+    """
     model = unwrap_model(model)
     h = hashlib.sha256(type(model).__qualname__.encode())
     for name, value in sorted(model.state_dict().items()):
@@ -48,7 +59,7 @@ def model_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _structure(dataset, h) -> None:
+def _structure(dataset: Dataset, h: Any) -> None:
     h.update(f"{type(dataset).__qualname__}:{len(dataset)}".encode())
     if isinstance(dataset, Subset):
         _update(h, np.asarray(dataset.indices, dtype=np.int64))
@@ -60,8 +71,16 @@ def _structure(dataset, h) -> None:
             h.update(f"{path}\0{label}\n".encode())
 
 
-def dataset_fingerprint(dataset, probe_items: int = 8) -> dict:
-    """``{"type", "size", "sha256"}`` of a map-style dataset (see the module docstring)."""
+def dataset_fingerprint(dataset: Dataset, probe_items: int = 8) -> dict:
+    """``{"type", "size", "sha256"}`` of a map-style dataset (see the module docstring).
+
+    Args:
+        dataset: A map-style dataset of ``(x, y, ...)`` items with ``len()``.
+        probe_items: At most this many evenly spaced items are read and hashed.
+
+    Returns:
+        ``{"type": class name, "size": len(dataset), "sha256": hex digest}``.
+    """
     n = len(dataset)
     h = hashlib.sha256()
     _structure(dataset, h)

@@ -22,6 +22,13 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     """Write ``data`` to a temp file in the same folder, fsync, then rename over ``path``.
 
     Readers see the old file or the whole new one, never half of it.
+
+    Args:
+        path: The file to write (its folder is created).
+        data: The file's bytes.
+
+    Raises:
+        IsADirectoryError: When ``path`` is a folder.
     """
     if os.path.isdir(path):
         raise IsADirectoryError(f"cannot write {path!r}: it is a folder; name a file")
@@ -41,7 +48,7 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
         raise
 
 
-def write_json(path: str, obj) -> None:
+def write_json(path: str, obj: object) -> None:
     """Write ``obj`` as indented, key-sorted, strict JSON to ``path`` atomically.
 
     Strict JSON has no NaN or Infinity (``jq``, JavaScript and most readers refuse them). A result
@@ -49,11 +56,12 @@ def write_json(path: str, obj) -> None:
     (mia's ``--dp-epsilon inf``: no DP) is written as the string ``"inf"``.
 
     Args:
-        path: the file to write (its folder is created).
-        obj: anything :func:`json.dumps` takes, with finite floats only.
+        path: The file to write (its folder is created).
+        obj: Anything :func:`json.dumps` takes, with finite floats only.
 
     Raises:
         NonFiniteError: ``obj`` holds a NaN or infinite float; the message names where.
+        IsADirectoryError: When ``path`` is a folder.
     """
     try:
         text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)
@@ -63,7 +71,7 @@ def write_json(path: str, obj) -> None:
     atomic_write_bytes(path, (text + "\n").encode())
 
 
-def _non_finite_path(obj, prefix: str = "") -> str | None:
+def _non_finite_path(obj: object, prefix: str = "") -> str | None:
     """The JSON path (``a.b[2]``) of the first NaN or infinite float in ``obj``, or None."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return prefix or "the value"
@@ -75,24 +83,51 @@ def _non_finite_path(obj, prefix: str = "") -> str | None:
     return None
 
 
-def write_npz(path: str, **arrays) -> None:
-    """Write ``arrays`` (anything ``np.asarray`` takes) as an uncompressed ``.npz`` to ``path`` atomically."""
+def write_npz(path: str, **arrays: object) -> None:
+    """Write ``arrays`` (anything ``np.asarray`` takes) as an uncompressed ``.npz`` to ``path`` atomically.
+
+    Args:
+        path: The file to write (its folder is created).
+        **arrays: The arrays, by the names they get in the file.
+
+    Raises:
+        IsADirectoryError: When ``path`` is a folder.
+    """
     buf = io.BytesIO()
     np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
     atomic_write_bytes(path, buf.getvalue())
 
 
-def save_checkpoint(path: str, net: torch.nn.Module, /, **meta) -> None:
-    """Save ``{"state_dict": ..., **meta}`` (meta: plain strings / numbers) atomically."""
+def save_checkpoint(path: str, net: torch.nn.Module, /, **meta: object) -> None:
+    """Save ``{"state_dict": ..., **meta}`` (meta: plain strings / numbers) atomically.
+
+    Args:
+        path: The checkpoint file to write (its folder is created).
+        net: The model whose ``state_dict()`` is saved.
+        **meta: Plain strings and numbers (e.g. ``model``, ``num_classes``, ``normalize``) that
+            :func:`load_checkpoint` can read back with ``weights_only=True``.
+
+    Raises:
+        IsADirectoryError: When ``path`` is a folder.
+    """
     buf = io.BytesIO()
     torch.save({"state_dict": net.state_dict(), **meta}, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
 def load_checkpoint(path: str) -> dict:
-    """Load a checkpoint with ``weights_only=True``.
+    """Load a checkpoint with ``weights_only=True`` (on the CPU).
 
-    Returns a dict with a ``state_dict`` key (a bare state_dict file is wrapped).
+    Args:
+        path: The checkpoint file.
+
+    Returns:
+        A dict with a ``state_dict`` key and the saved metadata (a bare state_dict file is wrapped).
+
+    Raises:
+        IsADirectoryError: When ``path`` is a folder.
+        FileNotFoundError: When ``path`` does not exist.
+        CheckpointError: When the file cannot be read as a weights-only checkpoint, or holds no state_dict.
     """
     if os.path.isdir(path):
         raise IsADirectoryError(f"checkpoint {path!r} is a folder; name the checkpoint file inside it")

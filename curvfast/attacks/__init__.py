@@ -13,8 +13,8 @@ from .pgd import (
 )
 from .vote import MajorityVote, majority_vote, vote_scores
 
-__all__ = ["SINGLE_ATTACKS", "ENSEMBLE_RULES", "attack", "ensemble_pgd", "ensemble_direction", "pgd_linf", "input_grads",
-           "check_pgd_settings", "MajorityVote", "majority_vote", "vote_scores", "EnsemblePGD"]
+__all__ = ["SINGLE_ATTACKS", "ENSEMBLE_RULES", "attack", "ensemble_pgd", "ensemble_direction", "pgd_linf",
+           "input_grads", "check_pgd_settings", "MajorityVote", "majority_vote", "vote_scores", "EnsemblePGD"]
 
 
 def __getattr__(name: str):

@@ -17,12 +17,14 @@ from the members' input gradients g_m = d CE(f_m(x), y) / dx by one of three rul
 """
 from __future__ import annotations
 
+from typing import Callable, Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SINGLE_ATTACKS", "ENSEMBLE_RULES", "attack", "ensemble_pgd", "ensemble_direction", "pgd_linf", "input_grads",
-           "check_pgd_settings"]
+__all__ = ["SINGLE_ATTACKS", "ENSEMBLE_RULES", "attack", "ensemble_pgd", "ensemble_direction", "pgd_linf",
+           "input_grads", "check_pgd_settings"]
 
 SINGLE_ATTACKS = ("pgd", "fgsm", "pgdl2", "cw")
 ENSEMBLE_RULES = ("sum", "vote", "agree")
@@ -40,8 +42,13 @@ def _check_images(x: torch.Tensor, y: torch.Tensor) -> None:
 def check_pgd_settings(eps: float, step: float, steps: int) -> None:
     """Refuse a PGD radius below 0, a step size that is not positive or fewer than one step.
 
+    Args:
+        eps: The attack radius; must be >= 0.
+        step: The step size; must be > 0.
+        steps: The number of steps; must be >= 1.
+
     Raises:
-        ValueError: naming the bad value.
+        ValueError: Naming the bad value.
     """
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0 (got {eps})")
@@ -53,10 +60,32 @@ def attack(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, name: str = "pgd", eps: float = 8 / 255,
     step: float = 0.01, steps: int = 40, random_start: bool = True, seed: int = 0, batch_size: int = 512,
 ) -> torch.Tensor:
-    """Untargeted adversarial examples for one model with torchattacks (``pgd``: L-inf PGD,
-    ``fgsm``, ``pgdl2``: L2 PGD with ``eps`` the L2 radius, ``cw``: Carlini-Wagner L2 projected onto
-    the L2 ball of radius ``eps``). The random start is seeded by ``seed`` without touching the global
-    RNG; eps = 0 returns ``x``."""
+    """Untargeted adversarial examples for one model with torchattacks.
+
+    The attacks: ``pgd`` (L-inf PGD), ``fgsm``, ``pgdl2`` (L2 PGD with ``eps`` the L2 radius) and ``cw``
+    (Carlini-Wagner L2 projected onto the L2 ball of radius ``eps``). The random start is seeded by ``seed``
+    without touching the global RNG; eps = 0 returns ``x``.
+
+    Args:
+        model: The attacked classifier (logits out, inputs in [0, 1]).
+        x: The images (B, ...), float, in [0, 1].
+        y: The true labels (B,).
+        name: One of :data:`SINGLE_ATTACKS`.
+        eps: The attack radius (L-inf, or L2 for ``pgdl2`` and ``cw``).
+        step: The PGD step size (torchattacks' ``alpha``).
+        steps: The number of PGD (or Adam, for ``cw``) steps.
+        random_start: Start PGD at a uniform random point of the eps-ball.
+        seed: Seeds the random start.
+        batch_size: Images attacked per call of the torchattacks attack.
+
+    Returns:
+        The adversarial images, shaped like ``x``.
+
+    Raises:
+        ValueError: For an unknown ``name``, images outside [0, 1], labels of the wrong shape or bad PGD
+            settings (see :func:`check_pgd_settings`).
+        TypeError: When ``x`` is not a float tensor of at least two dimensions.
+    """
     import torchattacks
 
     if name not in SINGLE_ATTACKS:
@@ -80,14 +109,25 @@ def attack(
 
 
 def _project_l2(x: torch.Tensor, adv: torch.Tensor, radius: float) -> torch.Tensor:
-    """x + δ·min(1, radius/‖δ‖₂) per sample (the identity for radius = inf)."""
+    """Return x + δ·min(1, radius/‖δ‖₂) per sample (the identity for radius = inf)."""
     delta = adv - x
     norm = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
     return (x + delta * (radius / norm).clamp(max=1.0)).clamp(0, 1)
 
 
 def ensemble_direction(grads: list[torch.Tensor], rule: str) -> torch.Tensor:
-    """Ascent direction from the members' input gradients (see the module docstring)."""
+    """Ascent direction from the members' input gradients (see the module docstring).
+
+    Args:
+        grads: The members' input gradients, all of one shape.
+        rule: One of :data:`ENSEMBLE_RULES` (``sum``, ``vote`` or ``agree``).
+
+    Returns:
+        The direction d, shaped like one gradient, with entries in {-1, 0, 1}.
+
+    Raises:
+        ValueError: For an unknown ``rule``.
+    """
     if rule not in ENSEMBLE_RULES:
         raise ValueError(f"ensemble attack rule must be one of {ENSEMBLE_RULES} (got {rule!r})")
     if rule == "sum":
@@ -99,13 +139,16 @@ def ensemble_direction(grads: list[torch.Tensor], rule: str) -> torch.Tensor:
     return torch.where(agree, signs[0], torch.zeros_like(signs[0]))
 
 
-def input_grads(members, x: torch.Tensor, y: torch.Tensor, sign: float = 1.0) -> list[torch.Tensor]:
-    """The members' input gradients of the cross-entropy, :math:`g_m = \\partial (s \\cdot CE(f_m(x), y)) / \\partial x`.
+def input_grads(members: Iterable[Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor, y: torch.Tensor,
+                sign: float = 1.0) -> list[torch.Tensor]:
+    r"""The members' input gradients of the cross-entropy.
+
+    .. math:: g_m = \partial (s \cdot \mathrm{CE}(f_m(x), y)) / \partial x
 
     Args:
-        members: callables returning logits (modules or wrapped modules).
-        x: the inputs (B, ...); a detached copy is differentiated.
-        y: the labels (B,).
+        members: Callables returning logits (modules or wrapped modules).
+        x: The inputs (B, ...); a detached copy is differentiated.
+        y: The labels (B,).
         sign: ``s``; -1 descends the loss (a targeted attack).
 
     Returns:
@@ -115,9 +158,25 @@ def input_grads(members, x: torch.Tensor, y: torch.Tensor, sign: float = 1.0) ->
     return [torch.autograd.grad(sign * F.cross_entropy(m(x), y), x)[0] for m in members]
 
 
-def pgd_linf(x: torch.Tensor, direction, *, eps: float, step: float, steps: int, random_start: bool) -> torch.Tensor:
-    """torchattacks' L-inf PGD iteration from ``x`` with the ascent direction ``direction(adv)``:
-    a uniform random start in the eps-ball, then x <- clip_[0,1](Pi_eps(x + step * direction(x)))."""
+def pgd_linf(x: torch.Tensor, direction: Callable[[torch.Tensor], torch.Tensor], *, eps: float, step: float,
+             steps: int, random_start: bool) -> torch.Tensor:
+    r"""Torchattacks' L-inf PGD iteration from ``x`` with the ascent direction ``direction(adv)``.
+
+    A uniform random start in the eps-ball (with ``random_start``), then ``steps`` times
+
+    .. math:: x \leftarrow \mathrm{clip}_{[0,1]}(\Pi_\epsilon(x + \mathrm{step} \cdot d(x)))
+
+    Args:
+        x: The clean images (B, ...) in [0, 1].
+        direction: Maps the current adversarial images to the ascent direction d (same shape).
+        eps: The L-inf radius.
+        step: The step size.
+        steps: The number of steps.
+        random_start: Start at a uniform random point of the eps-ball.
+
+    Returns:
+        The adversarial images, detached, shaped like ``x``.
+    """
     adv = x.clone().detach()
     if random_start:
         adv = (adv + torch.empty_like(adv).uniform_(-eps, eps)).clamp(0, 1)
@@ -132,8 +191,30 @@ def ensemble_pgd(
     step: float = 0.01, steps: int = 40, random_start: bool = True, seed: int = 0, batch_size: int = 512,
 ) -> torch.Tensor:
     """L-inf PGD against several models at once, each step along ``ensemble_direction(rule)``.
+
     Members are run in eval mode (their modes are restored); the random start is seeded by ``seed``.
-    As a torchattacks attack: ``curvfast.attacks.EnsemblePGD``."""
+    As a torchattacks attack: ``curvfast.attacks.EnsemblePGD``.
+
+    Args:
+        members: The ensemble's classifiers (logits out, inputs in [0, 1]).
+        x: The images (B, ...), float, in [0, 1].
+        y: The true labels (B,).
+        rule: How the members' gradients are combined, one of :data:`ENSEMBLE_RULES`.
+        eps: The L-inf radius.
+        step: The step size.
+        steps: The number of steps.
+        random_start: Start at a uniform random point of the eps-ball.
+        seed: Seeds the random start.
+        batch_size: Images attacked at once.
+
+    Returns:
+        The adversarial images, shaped like ``x``.
+
+    Raises:
+        ValueError: With no members, an unknown ``rule``, images outside [0, 1], labels of the wrong shape or
+            bad PGD settings.
+        TypeError: When ``x`` is not a float tensor of at least two dimensions.
+    """
     if not members:
         raise ValueError("ensemble_pgd needs at least one member")
     _check_images(x, y)

@@ -18,7 +18,7 @@ alpha = 0.01, steps = 40).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torchattacks.attack import Attack
@@ -31,7 +31,19 @@ __all__ = ["EnsemblePGD"]
 
 
 class EnsemblePGD(Attack):
-    """L-inf PGD against an ensemble, each member's gradient combined by ``rule``."""
+    """L-inf PGD against an ensemble, each member's gradient combined by ``rule``.
+
+    Args:
+        members: The ensemble's classifiers, or a ready :class:`~curvfast.attacks.MajorityVote`.
+        eps: The L-inf radius.
+        alpha: The step size.
+        steps: The number of steps.
+        random_start: Start at a uniform random point of the eps-ball.
+        rule: How the members' gradients are combined: ``sum``, ``vote`` or ``agree``.
+
+    Raises:
+        ValueError: For bad PGD settings, an unknown ``rule`` or no members.
+    """
 
     def __init__(self, members: Sequence[nn.Module] | MajorityVote, eps: float = 8 / 255, alpha: float = 2 / 255,
                  steps: int = 10, random_start: bool = True, rule: str = "sum"):
@@ -43,8 +55,19 @@ class EnsemblePGD(Attack):
         self.supported_mode = ["default", "targeted"]
 
     def __call__(self, inputs: torch.Tensor, labels: torch.Tensor | None = None, *args, **kwargs) -> torch.Tensor:
-        """torchattacks' call (mode switch, normalisation), then every module's own train/eval flag
-        restored: torchattacks restores from the container's flag, which the members' owners never set."""
+        """Torchattacks' call (mode switch, normalisation), then every module's own train/eval flag restored.
+
+        Torchattacks restores from the container's flag, which the members' owners never set.
+
+        Args:
+            inputs: The images (B, ...) in [0, 1].
+            labels: The true labels (B,).
+            *args: Passed on to ``torchattacks.attack.Attack.__call__``.
+            **kwargs: Passed on to ``torchattacks.attack.Attack.__call__``.
+
+        Returns:
+            The adversarial images.
+        """
         modes = [(m, m.training) for m in self.model.modules()]
         try:
             return super().__call__(inputs, labels, *args, **kwargs)
@@ -52,13 +75,22 @@ class EnsemblePGD(Attack):
             for m, mode in modes:
                 m.training = mode
 
-    def _member_logits(self, member: nn.Module):
+    def _member_logits(self, member: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         """The member on attack-space inputs, normalised as torchattacks' ``get_logits`` does."""
         def logits(x: torch.Tensor) -> torch.Tensor:
             return member(self.normalize(x) if self._normalization_applied is False else x)
         return logits
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Run the ensemble PGD (torchattacks calls this through ``__call__``).
+
+        Args:
+            images: The images (B, ...) in [0, 1].
+            labels: The true labels (B,); in a targeted mode, torchattacks' target labels are attacked instead.
+
+        Returns:
+            The adversarial images.
+        """
         images = images.clone().detach().to(self.device)
         labels = labels.clone().detach().to(self.device)
         sign = 1.0
@@ -69,4 +101,5 @@ class EnsemblePGD(Attack):
         def direction(adv: torch.Tensor) -> torch.Tensor:
             return ensemble_direction(input_grads(members, adv, labels, sign), self.rule)
 
-        return pgd_linf(images, direction, eps=self.eps, step=self.alpha, steps=self.steps, random_start=self.random_start)
+        return pgd_linf(images, direction, eps=self.eps, step=self.alpha, steps=self.steps,
+                        random_start=self.random_start)

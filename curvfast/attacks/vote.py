@@ -13,9 +13,22 @@ __all__ = ["vote_scores", "majority_vote", "MajorityVote"]
 
 
 def vote_scores(logits: list[torch.Tensor]) -> torch.Tensor:
-    """Scores (B, C) whose arg-max is the majority vote with the documented tie-breaking:
-    votes_c + mean_m softmax(z_m)_c / 2. The second term is at most 1/2, so it never outweighs one
-    vote; ``torch.argmax`` returns the first maximum, i.e. the lowest class index on a remaining tie."""
+    r"""Scores (B, C) whose arg-max is the majority vote with the documented tie-breaking.
+
+    .. math:: s_c = \mathrm{votes}_c + \tfrac{1}{2} \operatorname{mean}_m \operatorname{softmax}(z_m)_c
+
+    The second term is at most 1/2, so it never outweighs one vote; ``torch.argmax`` returns the first maximum,
+    i.e. the lowest class index on a remaining tie.
+
+    Args:
+        logits: The members' logits, each (B, C).
+
+    Returns:
+        The scores (B, C).
+
+    Raises:
+        ValueError: With no members.
+    """
     if not logits:
         raise ValueError("majority vote needs at least one member")
     stacked = torch.stack(logits)                                            # (M, B, C)
@@ -24,13 +37,31 @@ def vote_scores(logits: list[torch.Tensor]) -> torch.Tensor:
 
 
 def majority_vote(logits: list[torch.Tensor]) -> torch.Tensor:
-    """Majority-vote labels (B,) from the members' logits (see the module docstring)."""
+    """Majority-vote labels (B,) from the members' logits (see the module docstring).
+
+    Args:
+        logits: The members' logits, each (B, C).
+
+    Returns:
+        The winning class per sample (B,).
+
+    Raises:
+        ValueError: With no members.
+    """
     return vote_scores(logits).argmax(-1)
 
 
 class MajorityVote(nn.Module):
-    """An ensemble whose forward returns ``vote_scores`` (arg-max = majority vote). Not
-    differentiable through the vote: attack it through its members (``ensemble_pgd``)."""
+    """An ensemble whose forward returns ``vote_scores`` (arg-max = majority vote).
+
+    Not differentiable through the vote: attack it through its members (``ensemble_pgd``).
+
+    Args:
+        members: The ensemble's classifiers.
+
+    Raises:
+        ValueError: With no members.
+    """
 
     def __init__(self, members: list[nn.Module]):
         super().__init__()
@@ -39,4 +70,12 @@ class MajorityVote(nn.Module):
         self.members = nn.ModuleList(members)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The vote scores of the members on ``x``.
+
+        Args:
+            x: The inputs (B, ...).
+
+        Returns:
+            :func:`vote_scores` of the members' logits (B, C).
+        """
         return vote_scores([m(x) for m in self.members])

@@ -20,6 +20,15 @@ def draw_seed(seed: int | None) -> int:
 
     Like the published code's ``torch.randint_like`` probes, every call then gets fresh probes, reproducible under
     ``torch.manual_seed``.
+
+    Args:
+        seed: A non-negative int, or None to draw one.
+
+    Returns:
+        The seed.
+
+    Raises:
+        ConfigError: For a negative or non-int seed.
     """
     if seed is None:
         return int(torch.randint(0, 2**62, (1,)))
@@ -29,14 +38,43 @@ def draw_seed(seed: int | None) -> int:
 
 
 def scaled_logits(temp: float) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The published ``outputs / temp``."""
+    """The published ``outputs / temp``.
+
+    Args:
+        temp: The temperature, > 0.
+
+    Returns:
+        The map z -> z / temp.
+
+    Raises:
+        ConfigError: For temp <= 0.
+    """
     if not temp > 0:
         raise ConfigError(f"temp must be > 0 (got {temp!r})")
     return lambda z: z / temp
 
 
-def prepare(net: nn.Module, x, y, h: float, niter: int):
-    """Validate the published arguments; return ``(unwrapped model, x detached, y)``."""
+def prepare(net: nn.Module, x: torch.Tensor, y: torch.Tensor, h: float,
+            niter: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """Validate the published arguments.
+
+    Args:
+        net: The model returning logits.
+        x: The batch (B, ...).
+        y: Its labels (B,).
+        h: The finite-difference step, > 0.
+        niter: Probes per sample, a positive int.
+
+    Returns:
+        ``(unwrapped model, x detached, y)``.
+
+    Raises:
+        TypeError: When ``net`` is not an ``nn.Module`` or the batch has the wrong dtypes.
+        ConfigError: For h <= 0 or niter < 1.
+        DataError: For a batch of the wrong shape.
+        NonFiniteError: When ``x`` holds NaN or Inf.
+        BatchDependentModelError: When the model normalises with the batch's own statistics.
+    """
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be an nn.Module returning logits (got {type(net).__name__})")
     if not h > 0:
@@ -48,11 +86,25 @@ def prepare(net: nn.Module, x, y, h: float, niter: int):
     return model, x, y
 
 
-def hessian_statistic(model: nn.Module, x, y, statistic: str, transform, seed: int, sample_ids) -> torch.Tensor:
+def hessian_statistic(model: nn.Module, x: torch.Tensor, y: torch.Tensor, statistic: str,
+                      transform: Callable[[torch.Tensor], torch.Tensor] | None, seed: int,
+                      sample_ids: torch.Tensor) -> torch.Tensor:
     """tr(H) or ‖H‖_F of the per-sample loss CE(transform(f(x)), y).
 
     Exact (C VJPs) for piecewise-linear networks; for smooth ones Hutchinson with exact HVPs (100 probes, unbiased, not
     exact).
+
+    Args:
+        model: The unwrapped model.
+        x: The batch (B, ...).
+        y: Its labels (B,).
+        statistic: ``"trace"`` or ``"frobenius"``.
+        transform: Applied to the logits before the loss (None: the raw logits).
+        seed: Seeds the probes of the Hutchinson route.
+        sample_ids: (B,) dataset indices keying the probes.
+
+    Returns:
+        The statistic per sample (B,).
     """
     with scoring_mode(model):
         piecewise = is_piecewise_linear(LogitFn(model, transform), x)

@@ -32,16 +32,26 @@ __all__ = ["get_curvature_for_batch_zo_v2", "get_curvature_for_batch_zo", "modif
 
 
 def modified_entropy(prob: torch.Tensor, labels: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
-    """Song & Mittal (2021) modified prediction entropy, as the published scorer computes it.
+    r"""Song & Mittal (2021) modified prediction entropy, as the published scorer computes it.
 
-    −(1 − p_y) log p_y − Σ_{c≠y} p_c log(1 − p_c + eps).
+    .. math:: -(1 - p_y) \log p_y - \sum_{c \ne y} p_c \log(1 - p_c + \epsilon)
+
+    Args:
+        prob: Softmax probabilities (B, C).
+        labels: The labels y (B,), int64.
+        eps: The published :math:`\epsilon` inside the log.
+
+    Returns:
+        The modified entropy per sample (B,).
     """
     p_y = prob.gather(1, labels.unsqueeze(1)).squeeze(1)
     others = prob.scatter(1, labels.unsqueeze(1), 0.0)
     return -(1 - p_y) * torch.log(p_y) - (others * torch.log(1 - others + eps)).sum(1)
 
 
-def _zo_scores(net, batch_data, batch_labels, h, niter, temp, seed, sample_ids, exact, pass_size, compute_curvature=True):
+def _zo_scores(net: nn.Module, batch_data: torch.Tensor, batch_labels: torch.Tensor, h: float, niter: int,
+               temp: float, seed: int | None, sample_ids: torch.Tensor | None, exact: bool, pass_size: int | None,
+               compute_curvature: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     model, x, y = prepare(net, batch_data, batch_labels, h, niter)
     transform = scaled_logits(temp)
     seed, ids = draw_seed(seed), sample_ids_for(sample_ids, x)
@@ -66,7 +76,7 @@ def get_curvature_for_batch_zo_v2(
     temp: float = 1, device: str = "cpu", *, seed: int | None = None, sample_ids: torch.Tensor | None = None,
     exact: bool = False, pass_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(curv, loss, max_prob)``, each (B,).
+    r"""``(curv, loss, max_prob)``, each (B,).
 
     The zero-order curvature (higher = more curved), the cross-entropy of ``logits / temp`` and the maximum softmax
     probability.
@@ -75,6 +85,31 @@ def get_curvature_for_batch_zo_v2(
     there). Keyword-only: ``seed`` (default: drawn from torch's global generator, so each call gets
     fresh probes), ``sample_ids`` (dataset indices: with a fixed seed, scores do not depend on
     batching), ``exact`` (h·‖H‖_F instead of the estimate), ``pass_size`` (probes per batched pass).
+
+    .. math:: \mathrm{curv}(x) = \frac{1}{n} \sum_k \frac{|L(x+hv+hu) - L(x-hv+hu) - L(x+hv-hu) + L(x-hv-hu)|}{4h}
+              \approx h |v^T H u|
+
+    Args:
+        net: The model returning logits.
+        batch_data: The batch x (B, ...).
+        batch_labels: Its labels (B,).
+        h: The probe step, > 0.
+        niter: Probe pairs n per sample.
+        temp: Scales the logits of the returned loss only, as published.
+        device: Accepted and unused, as in the published function.
+        seed: Seeds the probes (None: drawn from torch's global generator).
+        sample_ids: (B,) dataset indices keying the probes (default 0..B-1).
+        exact: Return h·‖H‖_F instead of the estimate.
+        pass_size: Probes per batched pass (None: automatic).
+
+    Returns:
+        ``(curv, loss, max_prob)``, each (B,).
+
+    Raises:
+        ConfigError: For h <= 0, niter < 1, temp <= 0, a negative or non-int seed, or bad ``sample_ids``.
+        TypeError: When ``net`` is not an ``nn.Module`` or the batch has the wrong dtypes.
+        DataError: For a batch of the wrong shape (labels of another length, an empty or unbatched input).
+        NonFiniteError: When the inputs hold NaN or Inf.
     """
     curv, loss, prob, _ = _zo_scores(net, batch_data, batch_labels, h, niter, temp, seed, sample_ids, exact, pass_size)
     return curv, loss, prob.max(1).values
@@ -89,6 +124,29 @@ def get_curvature_for_batch_zo(
 
     As :func:`get_curvature_for_batch_zo_v2` plus Song & Mittal's modified entropy of the softmax;
     ``compute_curvature=False`` skips the probes and returns zeros for ``curv``, as published.
+
+    Args:
+        net: The model returning logits.
+        batch_data: The batch x (B, ...).
+        batch_labels: Its labels (B,).
+        h: The probe step, > 0.
+        niter: Probe pairs n per sample.
+        temp: Scales the logits of the returned loss only, as published.
+        device: Accepted and unused, as in the published function.
+        compute_curvature: False returns zeros for ``curv`` without probing.
+        seed: Seeds the probes (None: drawn from torch's global generator).
+        sample_ids: (B,) dataset indices keying the probes (default 0..B-1).
+        exact: Return h·‖H‖_F instead of the estimate.
+        pass_size: Probes per batched pass (None: automatic).
+
+    Returns:
+        ``(curv, loss, max_prob, m_entropy)``, each (B,).
+
+    Raises:
+        ConfigError: For h <= 0, niter < 1, temp <= 0, a negative or non-int seed, or bad ``sample_ids``.
+        TypeError: When ``net`` is not an ``nn.Module`` or the batch has the wrong dtypes.
+        DataError: For a batch of the wrong shape (labels of another length, an empty or unbatched input).
+        NonFiniteError: When the inputs hold NaN or Inf.
     """
     curv, loss, prob, y = _zo_scores(net, batch_data, batch_labels, h, niter, temp, seed, sample_ids, exact,
                                      pass_size, compute_curvature)

@@ -225,6 +225,12 @@ def register_estimator(estimator: Estimator, *, replace: bool = False) -> Estima
 def unregister_estimator(name: str) -> Estimator:
     """Remove and return the estimator registered as ``name``.
 
+    Args:
+        name: The registered name.
+
+    Returns:
+        The removed estimator.
+
     Raises:
         UnknownNameError: no estimator has that name.
     """
@@ -233,6 +239,12 @@ def unregister_estimator(name: str) -> Estimator:
 
 def get_estimator(name: str) -> Estimator:
     """The estimator registered as ``name``.
+
+    Args:
+        name: The registered name.
+
+    Returns:
+        The estimator.
 
     Raises:
         UnknownNameError: no estimator has that name (the message lists those that do).

@@ -20,7 +20,12 @@ __all__ = ["DigitsDataset", "get_dataset", "DatasetInfo", "available_datasets"]
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What a model for the dataset needs: the number of classes and of input channels."""
+    """What a model for the dataset needs: the number of classes and of input channels.
+
+    Attributes:
+        num_classes: The number of classes (labels lie in [0, num_classes)).
+        in_channels: Channels of every image.
+    """
 
     num_classes: int
     in_channels: int
@@ -31,6 +36,12 @@ class DigitsDataset(Dataset):
 
     The split is fixed: a stratified 75/25 split with ``random_state=0`` gives 1347 train and
     450 test images, identical on every machine.
+
+    Args:
+        split: ``train``, ``test`` or ``all``.
+
+    Raises:
+        DataError: For another split.
     """
 
     info = DatasetInfo(num_classes=10, in_channels=1)
@@ -53,7 +64,7 @@ class DigitsDataset(Dataset):
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.images[i], int(self.targets[i])
 
 
@@ -67,7 +78,11 @@ _TORCHVISION = {  # name -> (class name, num_classes, channels, uses `train=` ra
 
 
 def available_datasets() -> list[str]:
-    """The names :func:`get_dataset` takes."""
+    """The names :func:`get_dataset` takes.
+
+    Returns:
+        ``digits``, ``imagefolder``, ``filelist`` and the torchvision names, sorted.
+    """
     return ["digits", "imagefolder", "filelist"] + sorted(_TORCHVISION)
 
 
@@ -75,7 +90,8 @@ def _require_root(name: str, root: str | None) -> str:
     if root is None:
         raise ConfigError(f"dataset {name!r} needs root=<folder that already holds it>; curvfast never downloads data")
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"dataset root {root!r} for {name!r} does not exist; pass the folder that holds the data")
+        raise FileNotFoundError(f"dataset root {root!r} for {name!r} does not exist; pass the folder that holds the "
+                                "data")
     return root
 
 
@@ -95,13 +111,14 @@ def _split_folder(root: str, split: str, name: str) -> str:
     has_splits = [s for s in _SPLIT_NAMES if os.path.isdir(os.path.join(root, s))]
     if not has_splits and split in ("train", "all"):
         return root
-    found = f"it has {', '.join(s + '/' for s in has_splits)}" if has_splits else "it holds class folders only (the training split)"
+    found = (f"it has {', '.join(s + '/' for s in has_splits)}" if has_splits
+             else "it holds class folders only (the training split)")
     raise FileNotFoundError(f"dataset {name!r}: no {split!r} split under {root!r}: looked for {folder!r} ({found}); "
                             f"put the {split} images in {folder}/<class>/<image> or choose another split")
 
 
 def get_dataset(name: str, split: str = "train", root: str | None = None, image_size: int | None = None,
-                allow_outside_root: bool = False):
+                allow_outside_root: bool = False) -> tuple[Dataset, DatasetInfo]:
     """Return ``(dataset, DatasetInfo)`` for a registered dataset name.
 
     - ``digits``: bundled, offline, fixed split.
@@ -114,13 +131,31 @@ def get_dataset(name: str, split: str = "train", root: str | None = None, image_
       inside the list's folder unless ``allow_outside_root``.
     - ``mnist``, ``fashionmnist``, ``cifar10``, ``cifar100``, ``svhn``: torchvision classes on ``root``,
       ``download=False``.
+
+    Args:
+        name: A name from :func:`available_datasets` (case-insensitive).
+        split: The split: ``train``, ``test`` (and ``all`` for the digits, ``val``... for folders).
+        root: The folder (or list file for ``filelist``) that already holds the data; not used for ``digits``.
+        image_size: Resize and centre-crop to this side (a positive int); None keeps the stored size.
+        allow_outside_root: Let a list file name images outside its folder.
+
+    Returns:
+        ``(dataset, info)``: a map-style dataset of ``(image (C, H, W) float32, int label)`` and its
+        :class:`DatasetInfo`.
+
+    Raises:
+        ConfigError: For a bad ``image_size``, resizing the digits, or a missing ``root``.
+        DataError: For a split the dataset does not have, or an image folder with fewer than 2 classes.
+        UnknownNameError: For an unknown ``name``.
+        FileNotFoundError: When ``root``, the split folder or the torchvision files are missing.
     """
     key = name.lower()
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
         raise ConfigError(f"image_size must be a positive int (got {image_size!r})")
     if key == "digits":
         if image_size not in (None, 8):
-            raise ConfigError(f"the digits are 8x8 images and are not resized (got image_size={image_size}); drop --image-size")
+            raise ConfigError(f"the digits are 8x8 images and are not resized (got image_size={image_size}); drop "
+                              "--image-size")
         ds = DigitsDataset(split)
         return ds, ds.info
     if key == "imagefolder":
@@ -153,6 +188,7 @@ def get_dataset(name: str, split: str = "train", root: str | None = None, image_
         try:
             ds = getattr(tvd, cls_name)(root, download=False, transform=_image_transform(image_size), **kwargs)
         except RuntimeError as err:
-            raise FileNotFoundError(f"{cls_name} not found under {root!r} ({err}); curvfast never downloads data") from err
+            raise FileNotFoundError(f"{cls_name} not found under {root!r} ({err}); curvfast never downloads "
+                                    "data") from err
         return ds, DatasetInfo(num_classes=num_classes, in_channels=channels)
     raise UnknownNameError(f"unknown dataset {name!r}; choose one of {available_datasets()}")

@@ -36,13 +36,20 @@ def _load(package: str, name: str) -> np.ndarray:
     try:
         import skimage.data
     except ImportError as err:
-        raise MissingDependencyError(f"the pinned photo list needs scikit-image for skimage.data.{name}: pip install scikit-image "
-                                     "(the patches would otherwise differ between machines)") from err
+        raise MissingDependencyError(f"the pinned photo list needs scikit-image for skimage.data.{name}: pip install "
+                                     "scikit-image (the patches would otherwise differ between machines)") from err
     return np.asarray(getattr(skimage.data, name)())
 
 
 def photo_manifest() -> list[dict]:
-    """``[{"source", "shape", "sha256"}]`` of the pinned photos (SHA-256 of the uint8 pixels)."""
+    """The provenance of the pinned photos, for ``results.json``.
+
+    Returns:
+        ``[{"source", "shape", "sha256"}]``, one per entry of :data:`PHOTOS` (SHA-256 of the uint8 pixels).
+
+    Raises:
+        MissingDependencyError: Without scikit-image.
+    """
     out = []
     for package, name in PHOTOS:
         im = np.ascontiguousarray(_load(package, name))
@@ -52,7 +59,16 @@ def photo_manifest() -> list[dict]:
 
 
 def photo_sources() -> list[np.ndarray]:
-    """The pinned photos (:data:`PHOTOS`) as float32 grayscale arrays in [0, 1]."""
+    """The pinned photos (:data:`PHOTOS`) as float32 grayscale arrays in [0, 1].
+
+    Colour photos are converted to luminance, 0.299 R + 0.587 G + 0.114 B (ITU-R 601).
+
+    Returns:
+        One (H, W) array per photo.
+
+    Raises:
+        MissingDependencyError: Without scikit-image.
+    """
     gray = []
     for package, name in PHOTOS:
         im = np.asarray(_load(package, name), dtype=np.float32) / 255.0
@@ -63,7 +79,20 @@ def photo_sources() -> list[np.ndarray]:
 
 
 def photo_patches(n: int, size: int = 8, seed: int = 0) -> torch.Tensor:
-    """``n`` real-photo patches, shape ``(n, 1, size, size)``, float32 in [0, 1], reproducible by ``seed``."""
+    """``n`` real-photo patches, reproducible by ``seed`` (see the module docstring for the recipe).
+
+    Args:
+        n: The number of patches (>= 0).
+        size: The side of each patch (>= 1).
+        seed: Seeds the choice of photo, crop side and crop place.
+
+    Returns:
+        The patches, ``(n, 1, size, size)`` float32, each min-max stretched to [0, 1].
+
+    Raises:
+        ConfigError: For n < 0 or size < 1.
+        MissingDependencyError: Without scikit-image.
+    """
     if n < 0 or size < 1:
         raise ConfigError(f"need n >= 0 and size >= 1 (got n={n}, size={size})")
     rng = np.random.default_rng(seed)

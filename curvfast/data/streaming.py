@@ -16,7 +16,7 @@ into every DataLoader worker by reference counting; these arrays stay shared.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 import hashlib
 import os
@@ -55,10 +55,11 @@ class _Catalogue:
         """(uint8 path bytes, int64 offsets of length N+1, int64 labels)."""
         offsets = np.zeros(len(self.ends) + 1, dtype=np.int64)
         offsets[1:] = np.frombuffer(self.ends, dtype=np.int64)
-        return np.frombuffer(bytes(self.buffer), dtype=np.uint8), offsets, np.frombuffer(self.labels, dtype=np.int64).copy()
+        return np.frombuffer(bytes(self.buffer), dtype=np.uint8), offsets, np.frombuffer(self.labels,
+                                                                                         dtype=np.int64).copy()
 
 
-def _image_transform(image_size: int | None):
+def _image_transform(image_size: int | None) -> Callable[["Image.Image"], Any]:
     """``ToTensor``, after ``Resize(image_size) + CenterCrop(image_size)`` when ``image_size`` is given."""
     from torchvision import transforms
 
@@ -69,8 +70,19 @@ def _image_transform(image_size: int | None):
 def load_image(path: str, mode: str = "RGB", what: str = "image ") -> "Image.Image":
     """Decode the regular file ``path`` with PIL.
 
-    Any failure is an OSError naming the file. Anything but a regular file (a FIFO, a device, a folder) is refused
-    before it is opened, since reading one can block forever.
+    Anything but a regular file (a FIFO, a device, a folder) is refused before it is opened, since reading one can
+    block forever.
+
+    Args:
+        path: The image file.
+        mode: The PIL mode to convert to (``"RGB"`` or ``"L"``).
+        what: How the message names the file (e.g. ``"image 7 "``).
+
+    Returns:
+        The decoded image in ``mode``.
+
+    Raises:
+        OSError: Naming the file, for any failure to read or decode it.
     """
     from PIL import Image
 
@@ -91,7 +103,9 @@ def _outside(path: bytes) -> bool:
 class _PathLabelDataset(Dataset):
     """Paths (one byte buffer + offsets) and labels; loads ``root/path`` with PIL on access."""
 
-    def __init__(self, root: str, catalogue: "_Catalogue", transform=None, image_size: int | None = None, mode: str = "RGB"):
+    def __init__(self, root: str, catalogue: "_Catalogue", transform: Callable[["Image.Image"], Any] | None = None,
+                 image_size: int | None = None,
+                 mode: str = "RGB"):
         self._buffer, self._offsets, self.targets = catalogue.arrays()
         self.root = root
         self.mode = mode
@@ -101,18 +115,29 @@ class _PathLabelDataset(Dataset):
         return len(self.targets)
 
     def path(self, i: int) -> str:
-        """Absolute path of sample ``i``."""
+        """Absolute path of sample ``i``.
+
+        Args:
+            i: The sample index.
+
+        Returns:
+            ``root`` joined with the listed path.
+        """
         lo, hi = self._offsets[i], self._offsets[i + 1]
         return os.path.join(self.root, self._buffer[lo:hi].tobytes().decode())
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> tuple[Any, int]:
         if not 0 <= i < len(self):
             raise IndexError(f"index {i} is out of range for a dataset of {len(self)} images")
         path = self.path(i)
         return self.transform(load_image(path, self.mode, f"image {i} ")), int(self.targets[i])
 
     def fingerprint(self) -> str:
-        """SHA-256 of the catalogue (paths and labels, not the pixels)."""
+        """SHA-256 of the catalogue (paths and labels, not the pixels).
+
+        Returns:
+            The hex digest.
+        """
         h = hashlib.sha256(self._buffer.tobytes())
         h.update(self._offsets.tobytes())
         h.update(self.targets.tobytes())
@@ -120,13 +145,14 @@ class _PathLabelDataset(Dataset):
 
     @property
     def num_classes(self) -> int:
+        """One more than the largest label (0 when empty)."""
         return int(self.targets.max()) + 1 if len(self.targets) else 0
 
     def write_filelist(self, path: str) -> None:
         """Write this catalogue as a file list, atomically, so later runs skip the folder scan.
 
         Args:
-            path: the list file to write: ``<path> <label>`` lines, relative to ``root``.
+            path: The list file to write: ``<path> <label>`` lines, relative to ``root``.
         """
         lines = (f"{self._buffer[self._offsets[i]:self._offsets[i + 1]].tobytes().decode()} {self.targets[i]}\n"
                  for i in range(len(self)))
@@ -137,14 +163,20 @@ class FileListDataset(_PathLabelDataset):
     """Images listed in a text file, one ``<path> <label>`` per line (see the module docstring).
 
     Args:
-        list_file: the list. root: folder the paths are relative to (default: the list's folder).
-        transform: applied to the PIL image; default ``Resize(image_size) + CenterCrop + ToTensor``.
+        list_file: The list.
+        root: Folder the paths are relative to (default: the list's folder).
+        transform: Applied to the PIL image; default ``Resize(image_size) + CenterCrop + ToTensor``.
+        image_size: Side of the default transform's resize and crop; None keeps the stored size.
         mode: PIL mode, ``"RGB"`` (3 channels) or ``"L"`` (grayscale).
-        allow_outside_root: accept absolute paths and paths through ``..`` that leave ``root``.
+        allow_outside_root: Accept absolute paths and paths through ``..`` that leave ``root``.
+
+    Raises:
+        FileNotFoundError: When ``list_file`` does not exist.
+        DataError: For a malformed line, a path outside ``root`` (without ``allow_outside_root``) or an empty list.
     """
 
-    def __init__(self, list_file: str, root: str | None = None, transform=None, image_size: int | None = None, mode: str = "RGB",
-                 allow_outside_root: bool = False):
+    def __init__(self, list_file: str, root: str | None = None, transform: Callable[["Image.Image"], Any] | None = None,
+                 image_size: int | None = None, mode: str = "RGB", allow_outside_root: bool = False):
         if not os.path.isfile(list_file):
             raise FileNotFoundError(f"file list {list_file!r} does not exist; it holds '<path> <label>' lines")
         catalogue = _Catalogue()
@@ -155,10 +187,12 @@ class FileListDataset(_PathLabelDataset):
                     continue
                 path, label = line.rsplit(None, 1) if len(line.split()) > 1 else (b"", line)
                 if not label.isdigit():
-                    raise DataError(f"{list_file}:{lineno}: expected '<path> <non-negative integer label>', got {line!r}")
+                    raise DataError(f"{list_file}:{lineno}: expected '<path> <non-negative integer label>', got "
+                                    f"{line!r}")
                 if not allow_outside_root and _outside(path):
-                    raise DataError(f"{list_file}:{lineno}: {path.decode(errors='replace')!r} lies outside the root folder; "
-                                    "list paths relative to it, or pass allow_outside_root=True (--allow-outside-root)")
+                    raise DataError(f"{list_file}:{lineno}: {path.decode(errors='replace')!r} lies outside the root "
+                                    "folder; list paths relative to it, or pass allow_outside_root=True "
+                                    "(--allow-outside-root)")
                 catalogue.add(path, int(label))
         if not len(catalogue):
             raise DataError(f"file list {list_file!r} lists no images")
@@ -170,9 +204,20 @@ class StreamingImageFolder(_PathLabelDataset):
     """``root/<class>/<image>`` scanned once into the compact catalogue.
 
     Labels are the sorted class folders' positions (``self.classes``), as in torchvision's ImageFolder.
+
+    Args:
+        root: The folder of class folders.
+        transform: Applied to the PIL image; default ``Resize(image_size) + CenterCrop + ToTensor``.
+        image_size: Side of the default transform's resize and crop; None keeps the stored size.
+        mode: PIL mode, ``"RGB"`` (3 channels) or ``"L"`` (grayscale).
+
+    Raises:
+        FileNotFoundError: When ``root`` does not exist.
+        DataError: With fewer than 2 class folders, or no images with one of :data:`IMAGE_EXTENSIONS`.
     """
 
-    def __init__(self, root: str, transform=None, image_size: int | None = None, mode: str = "RGB"):
+    def __init__(self, root: str, transform: Callable[["Image.Image"], Any] | None = None,
+                 image_size: int | None = None, mode: str = "RGB"):
         if not os.path.isdir(root):
             raise FileNotFoundError(f"image folder {root!r} does not exist")
         self.classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
@@ -191,4 +236,5 @@ class StreamingImageFolder(_PathLabelDataset):
 
     @property
     def num_classes(self) -> int:
+        """The number of class folders."""
         return len(self.classes)

@@ -4,7 +4,16 @@
 matrices streamed row-batch by row-batch, ``make_sketch`` / ``choose_route`` to pick the cheaper route by size.
 """
 from .randomized import gaussian_sketch, orthonormalize, randomized_svd
-from .streaming import ROUTES, DenseRows, GramSpectrum, SpectrumResult, StreamingGram, StreamingRandomizedSVD, choose_route, make_sketch
+from .streaming import (
+    ROUTES,
+    DenseRows,
+    GramSpectrum,
+    SpectrumResult,
+    StreamingGram,
+    StreamingRandomizedSVD,
+    choose_route,
+    make_sketch,
+)
 
 __all__ = [
     "randomized_svd", "orthonormalize", "gaussian_sketch", "StreamingGram", "StreamingRandomizedSVD", "SpectrumResult",

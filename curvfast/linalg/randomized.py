@@ -20,13 +20,31 @@ __all__ = ["orthonormalize", "gaussian_sketch", "randomized_svd"]
 
 
 def orthonormalize(y: torch.Tensor) -> torch.Tensor:
-    """Orthonormal basis of the columns of ``y`` (..., m, l) by Householder QR (stable, unlike Gram-Schmidt)."""
+    """Orthonormal basis of the columns of ``y`` (..., m, l) by Householder QR (stable, unlike Gram-Schmidt).
+
+    Args:
+        y: The matrices (..., m, l).
+
+    Returns:
+        Q (..., m, min(m, l)) with orthonormal columns spanning those of ``y``.
+    """
     q, _ = torch.linalg.qr(y, mode="reduced")
     return q
 
 
-def gaussian_sketch(shape: tuple[int, ...], seed: int, dtype: torch.dtype, device: torch.device | str | None = None) -> torch.Tensor:
-    """A standard Gaussian test matrix drawn on the CPU from ``seed`` (the same on every device)."""
+def gaussian_sketch(shape: tuple[int, ...], seed: int, dtype: torch.dtype,
+                    device: torch.device | str | None = None) -> torch.Tensor:
+    """A standard Gaussian test matrix drawn on the CPU from ``seed`` (the same on every device).
+
+    Args:
+        shape: The matrix shape (leading batch dimensions allowed).
+        seed: Seeds a fresh CPU generator (the global one is untouched).
+        dtype: The returned dtype (drawn in float64, then rounded).
+        device: Where the matrix is returned.
+
+    Returns:
+        Ω with independent N(0, 1) entries.
+    """
     gen = torch.Generator().manual_seed(int(seed))
     return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
 
@@ -46,10 +64,26 @@ def _check_rank(rank: int, oversample: int, power_iters: int, m: int, n: int) ->
 def randomized_svd(
     a: torch.Tensor, rank: int, *, oversample: int = 10, power_iters: int = 2, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rank-``rank`` truncated SVD ``a ≈ U diag(S) Vh`` by randomized subspace iteration.
+    r"""Rank-``rank`` truncated SVD ``a ≈ U diag(S) Vh`` by randomized subspace iteration.
 
-    Returns ``U`` (..., m, rank), ``S`` (..., rank) descending, ``Vh`` (..., rank, n). ``seed`` fixes
-    the Gaussian test matrix. Exact (to rounding) whenever rank(a) <= rank + oversample.
+    Halko, Martinsson & Tropp (2011), Algorithms 4.4 + 5.1 (see the module docstring); exact (to rounding) whenever
+    rank(a) <= rank + oversample. With :math:`l` = rank + oversample columns and :math:`q` = ``power_iters``:
+
+    .. math:: Q = \operatorname{orth}((A A^T)^q A \Omega), \qquad Q^T A = \tilde U \Sigma V^T, \qquad U = Q \tilde U
+
+    Args:
+        a: The matrices (..., m, n), floating point.
+        rank: The target rank k, in [1, min(m, n)].
+        oversample: Extra sketch columns p (>= 0).
+        power_iters: Power (subspace) iterations q (>= 0).
+        seed: Fixes the Gaussian test matrix.
+
+    Returns:
+        ``(U, S, Vh)``: U (..., m, rank), S (..., rank) descending, Vh (..., rank, n).
+
+    Raises:
+        TypeError: When ``a`` is not a floating-point matrix.
+        ConfigError: For a rank outside [1, min(m, n)], or a negative ``oversample`` or ``power_iters``.
     """
     if a.ndim < 2 or not a.is_floating_point():
         raise TypeError(f"a must be a floating-point matrix (..., m, n) (got {tuple(a.shape)} {a.dtype})")

@@ -35,14 +35,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import torch
 
 from .randomized import gaussian_sketch, orthonormalize
 from ..errors import ConfigError, DataError, UnknownNameError
 
-__all__ = ["SpectrumResult", "GramSpectrum", "DenseRows", "StreamingGram", "StreamingRandomizedSVD", "make_sketch", "choose_route",
-           "ROUTES"]
+__all__ = ["SpectrumResult", "GramSpectrum", "DenseRows", "StreamingGram", "StreamingRandomizedSVD", "make_sketch",
+           "choose_route", "ROUTES"]
 
 ROUTES = ("auto", "gram", "randomized")
 
@@ -82,7 +83,10 @@ class SpectrumResult:
 
     @property
     def energy_fraction(self) -> torch.Tensor:
-        """r_i = σ_i² / ‖X‖_F² (g, k); sums to 1 for the exact route, to the captured fraction otherwise."""
+        """The energy fractions r_i = σ_i² / ‖X‖_F² (g, k).
+
+        They sum to 1 for the exact route, to the captured fraction otherwise.
+        """
         return self.s.square() / self.energy.clamp_min(torch.finfo(self.s.dtype).tiny).unsqueeze(-1)
 
 
@@ -119,7 +123,14 @@ class GramSpectrum:
 
 
 class DenseRows:
-    """The row operator of an explicit row tensor ``x`` (g, n, d) (or (n, d) for one group)."""
+    """The row operator of an explicit row tensor ``x`` (g, n, d) (or (n, d) for one group).
+
+    Args:
+        x: The rows X_b, (groups, rows, dim) or (rows, dim).
+
+    Raises:
+        DataError: For another number of dimensions.
+    """
 
     def __init__(self, x: torch.Tensor):
         self.x = x.unsqueeze(0) if x.ndim == 2 else x
@@ -128,22 +139,35 @@ class DenseRows:
         self.groups, self.rows, self.dim = self.x.shape
 
     def energy(self) -> torch.Tensor:
-        """‖X_b‖_F² per group (g,)."""
+        """‖X_b‖_F² per group.
+
+        Returns:
+            The energies (g,).
+        """
         return self.x.square().sum(dim=(1, 2))
 
     def add_gram_to(self, gram: torch.Tensor) -> None:
-        """G += X_bᵀ X_b, in place."""
+        """G += X_bᵀ X_b, in place.
+
+        Args:
+            gram: G (g, d, d), updated in place.
+        """
         gram.baddbmm_(self.x.mT, self.x)
 
     def add_gram_times_to(self, z: torch.Tensor, q: torch.Tensor) -> None:
-        """Z += X_bᵀ (X_b Q), in place."""
+        """Z += X_bᵀ (X_b Q), in place.
+
+        Args:
+            z: Z (g, d, l), updated in place.
+            q: Q (g, d, l).
+        """
         z.baddbmm_(self.x.mT, self.x @ q)
 
 
 class _Sketch:
     route = ""
 
-    def __init__(self, dim: int, groups: int, dtype: torch.dtype, device, passes: int):
+    def __init__(self, dim: int, groups: int, dtype: torch.dtype, device: torch.device | str | None, passes: int):
         if not isinstance(dim, int) or dim < 1:
             raise ConfigError(f"dim must be a positive int (got {dim!r})")
         if not isinstance(groups, int) or groups < 1:
@@ -159,7 +183,7 @@ class _Sketch:
         """True once every pass over the data has been streamed."""
         return self.passes_done >= self.passes
 
-    def _prepare(self, x):
+    def _prepare(self, x: Any) -> Any:
         """The batch as a row operator (a tensor becomes ``DenseRows`` in the sketch's dtype).
 
         The first pass also counts its rows and energy.
@@ -169,50 +193,100 @@ class _Sketch:
         if isinstance(x, torch.Tensor):
             x = DenseRows(x.to(device=self.device, dtype=self.dtype))
         if x.groups != self.groups or x.dim != self.dim:
-            raise DataError(f"batch must have shape (groups={self.groups}, rows, dim={self.dim}) (got groups={x.groups}, dim={x.dim})")
+            raise DataError(f"batch must have shape (groups={self.groups}, rows, dim={self.dim}) (got "
+                            f"groups={x.groups}, dim={x.dim})")
         if self.passes_done == 0:
             self.rows += x.rows
             self.energy += x.energy().to(self.energy)
         return x
 
     def end_pass(self) -> None:
-        """Close the current pass over the data."""
+        """Close the current pass over the data.
+
+        Raises:
+            DataError: When the first pass streamed no rows.
+        """
         if self.passes_done == 0 and self.rows == 0:
             raise DataError("no rows were streamed into the sketch; the data is empty")
         self.passes_done += 1
 
     def _check_result(self) -> None:
         if not self.done:
-            raise RuntimeError(f"the sketch needs {self.passes - self.passes_done} more pass(es) over the data before result()")
+            raise RuntimeError(f"the sketch needs {self.passes - self.passes_done} more pass(es) over the data before "
+                               "result()")
 
 
 class StreamingGram(_Sketch):
-    """Exact route: G = Σ_b X_bᵀ X_b accumulated in ``dtype`` (float64 by default)."""
+    r"""Exact route: G = Σ_b X_bᵀ X_b accumulated in ``dtype`` (float64 by default).
+
+    .. math:: G = \sum_b X_b^T X_b
+
+    Args:
+        dim: The row dimension d, a positive int.
+        groups: Independent groups g, a positive int.
+        dtype: The accumulation dtype.
+        device: Where G lives (default: the CPU).
+
+    Raises:
+        ConfigError: For a non-positive ``dim`` or ``groups``.
+    """
 
     route = "gram"
 
-    def __init__(self, dim: int, *, groups: int = 1, dtype: torch.dtype = torch.float64, device=None):
+    def __init__(self, dim: int, *, groups: int = 1, dtype: torch.dtype = torch.float64,
+                 device: torch.device | str | None = None):
         super().__init__(dim, groups, dtype, device, passes=1)
         self.gram = torch.zeros(groups, dim, dim, dtype=dtype, device=self.device)
 
-    def update(self, x) -> None:
-        """Add the rows of ``x`` ((g, n_b, d) or (n_b, d) for one group, or a row operator)."""
+    def update(self, x: Any) -> None:
+        """Add the rows of ``x`` ((g, n_b, d) or (n_b, d) for one group, or a row operator).
+
+        Args:
+            x: The rows: a tensor (g, n_b, d) or (n_b, d) for one group, or a row operator (``groups``, ``rows``,
+                ``dim``, ``energy()``, ``add_gram_to``, ``add_gram_times_to``, as :class:`DenseRows`).
+
+        Raises:
+            DataError: When the batch's groups or dim differ from the sketch's.
+            RuntimeError: When every pass is already complete.
+        """
         self._prepare(x).add_gram_to(self.gram)
 
     def result(self) -> GramSpectrum:
-        """The Gram matrix itself (not copied: the sketch is done with it)."""
+        """The Gram matrix itself (not copied: the sketch is done with it).
+
+        Returns:
+            The exact spectrum, as :class:`GramSpectrum`.
+
+        Raises:
+            RuntimeError: Before the pass is closed with :meth:`end_pass`.
+        """
         self._check_result()
         return GramSpectrum(self.gram, self.energy.clone(), self.rows, self.route)
 
 
 class StreamingRandomizedSVD(_Sketch):
-    """Randomized route: rank-``rank`` eigenpairs of G = XᵀX from 1 + ``power_iters`` streamed passes."""
+    """Randomized route: rank-``rank`` eigenpairs of G = XᵀX from 1 + ``power_iters`` streamed passes.
+
+    Args:
+        dim: The row dimension d, a positive int.
+        rank: The target rank k, in [1, dim].
+        oversample: Extra sketch columns (>= 0); the sketch has l = min(rank + oversample, dim) columns.
+        power_iters: Power iterations q (>= 0), each one more pass over the data.
+        groups: Independent groups g, a positive int.
+        seed: Fixes the Gaussian test matrix.
+        dtype: The accumulation dtype.
+        device: Where the sketch lives (default: the CPU).
+
+    Raises:
+        ConfigError: For a rank outside [1, dim], a negative ``oversample`` or ``power_iters``, or a non-positive
+            ``dim`` or ``groups``.
+    """
 
     route = "randomized"
 
     def __init__(
         self, dim: int, rank: int, *, oversample: int = 10, power_iters: int = 1, groups: int = 1, seed: int = 0,
-        dtype: torch.dtype = torch.float64, device=None,
+        dtype: torch.dtype = torch.float64, device: torch.device | str | None = None,
     ):
         if not isinstance(rank, int) or not 1 <= rank <= dim:
             raise ConfigError(f"rank must be an int in [1, dim={dim}] (got {rank!r})")
@@ -226,19 +300,43 @@ class StreamingRandomizedSVD(_Sketch):
         self.q = orthonormalize(gaussian_sketch((groups, dim, self.width), seed, dtype, self.device))
         self.z = torch.zeros_like(self.q)
 
-    def update(self, x) -> None:
-        """Add the rows of ``x`` (a tensor or a row operator) to the current pass: Z += X_bᵀ (X_b Q)."""
+    def update(self, x: Any) -> None:
+        """Add the rows of ``x`` (a tensor or a row operator) to the current pass: Z += X_bᵀ (X_b Q).
+
+        Args:
+            x: The rows: a tensor (g, n_b, d) or (n_b, d) for one group, or a row operator (``groups``, ``rows``,
+                ``dim``, ``energy()``, ``add_gram_to``, ``add_gram_times_to``, as :class:`DenseRows`).
+
+        Raises:
+            DataError: When the batch's groups or dim differ from the sketch's.
+            RuntimeError: When every pass is already complete.
+        """
         self._prepare(x).add_gram_times_to(self.z, self.q)
 
     def end_pass(self) -> None:
-        """Close the current pass; between passes, one power iteration (Q = orth(Z), Z = 0)."""
+        """Close the current pass; between passes, one power iteration (Q = orth(Z), Z = 0).
+
+        Raises:
+            DataError: When the first pass streamed no rows.
+        """
         super().end_pass()
         if not self.done:  # one power iteration: re-orthonormalise and stream G Q again
             self.q = orthonormalize(self.z)
             self.z = torch.zeros_like(self.q)
 
     def result(self) -> SpectrumResult:
-        """Nyström Ĝ = Z (QᵀZ)⁺ Zᵀ with shift ν = √d · eps · ‖Z‖ (Tropp et al. 2017, Alg. 3)."""
+        r"""The Nyström approximation's leading eigenpairs (Tropp et al. 2017, Alg. 3).
+
+        .. math:: \hat G = Z (Q^T Z)^+ Z^T, \qquad \text{shift } \nu = \sqrt{d} \cdot \epsilon \cdot \lVert Z \rVert
+
+        A numerically indefinite core falls back to Rayleigh-Ritz on span(Q).
+
+        Returns:
+            The rank-``rank`` spectrum, as :class:`SpectrumResult`.
+
+        Raises:
+            RuntimeError: Before every pass is closed with :meth:`end_pass`.
+        """
         self._check_result()
         z, q = self.z, self.q
         eps = torch.finfo(self.dtype).eps
@@ -264,6 +362,16 @@ def choose_route(dim: int, rows: int, rank: int | None, *, oversample: int = 10,
     dimensions (rank(X) <= rows <= l), so it is chosen there if cheaper; otherwise "gram". With a truncated ``rank`` the
     cheaper of (1 + q) randomized passes + QRs + the Nyström result + low-rank projectors and the Gram products +
     factorisations wins.
+
+    Args:
+        dim: The row dimension d.
+        rows: The expected number of rows n.
+        rank: The target rank, or None for the exact spectrum.
+        oversample: Extra sketch columns of the randomized route.
+        power_iters: Power iterations of the randomized route.
+
+    Returns:
+        ``"gram"`` or ``"randomized"``.
     """
     target = min(dim if rank is None else rank, rows)
     width = min(target + oversample, dim)
@@ -278,18 +386,39 @@ def choose_route(dim: int, rows: int, rank: int | None, *, oversample: int = 10,
 
 def make_sketch(
     dim: int, rows: int, *, route: str = "auto", rank: int | None = None, oversample: int = 10, power_iters: int = 1,
-    groups: int = 1, seed: int = 0, dtype: torch.dtype = torch.float64, device=None,
+    groups: int = 1, seed: int = 0, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None,
 ) -> StreamingGram | StreamingRandomizedSVD:
-    """A sketch for ``rows`` expected rows of dimension ``dim``; ``route="auto"`` uses ``choose_route``."""
+    """A sketch for ``rows`` expected rows of dimension ``dim``; ``route="auto"`` uses ``choose_route``.
+
+    Args:
+        dim: The row dimension d.
+        rows: The expected number of rows n (clips the randomized rank).
+        route: One of :data:`ROUTES`.
+        rank: The target rank, or None for the exact spectrum.
+        oversample: Extra sketch columns of the randomized route.
+        power_iters: Power iterations of the randomized route.
+        groups: Independent groups g.
+        seed: Fixes the randomized route's test matrix.
+        dtype: The accumulation dtype.
+        device: Where the sketch lives (default: the CPU).
+
+    Returns:
+        A :class:`StreamingGram` or :class:`StreamingRandomizedSVD`.
+
+    Raises:
+        UnknownNameError: For an unknown ``route``.
+        ConfigError: For ``route="randomized"`` without a rank when rows >= dim, or bad sketch settings.
+    """
     if route not in ROUTES:
         raise UnknownNameError(f"route must be one of {ROUTES} (got {route!r})")
     if route == "auto":
         route = choose_route(dim, rows, rank, oversample=oversample, power_iters=power_iters)
     if route == "randomized":
         if rank is None and rows >= dim:
-            raise ConfigError("route='randomized' needs a target rank; pass rank=k (or use route='gram' for the exact spectrum)")
+            raise ConfigError("route='randomized' needs a target rank; pass rank=k (or use route='gram' for the exact "
+                              "spectrum)")
         return StreamingRandomizedSVD(
-            dim, max(1, min(dim if rank is None else rank, rows, dim)), oversample=oversample, power_iters=power_iters, groups=groups,
-            seed=seed, dtype=dtype, device=device
+            dim, max(1, min(dim if rank is None else rank, rows, dim)), oversample=oversample, power_iters=power_iters,
+            groups=groups, seed=seed, dtype=dtype, device=device
         )
     return StreamingGram(dim, groups=groups, dtype=dtype, device=device)

@@ -7,6 +7,8 @@ input-Hessian trace.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -16,7 +18,15 @@ __all__ = ["SmallCNN", "MLP", "cifar_resnet18", "build_model", "available_models
 
 
 class SmallCNN(nn.Module):
-    """conv-BN-ReLU x2 -> max-pool -> residual conv block -> global average pool -> linear."""
+    """A small residual CNN for the bundled images.
+
+    conv-BN-ReLU x2 -> max-pool -> residual conv block -> global average pool -> linear.
+
+    Args:
+        in_channels: Input image channels.
+        num_classes: Output logits.
+        width: Channels of every convolution.
+    """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32):
         super().__init__()
@@ -41,6 +51,14 @@ class SmallCNN(nn.Module):
         self.fc = nn.Linear(width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch of images.
+
+        Args:
+            x: Images (B, in_channels, H, W).
+
+        Returns:
+            Logits (B, num_classes).
+        """
         h = self.stem(x)
         h = self.relu(h + self.block(h))
         return self.fc(torch.flatten(self.pool(h), 1))
@@ -51,13 +69,22 @@ class MLP(nn.Module):
 
     Zoo names: ``mlp`` (one hidden layer, the memorization pipeline's default: hundreds of models
     train fast) and ``mlp2`` (two hidden layers, the transfer pipeline's non-convolutional member).
+
+    Args:
+        in_features: The flattened input size C*H*W, a positive int.
+        num_classes: Output logits.
+        width: Units of every hidden layer.
+        depth: Hidden layers.
+
+    Raises:
+        ConfigError: When ``in_features`` is not a positive int.
     """
 
     def __init__(self, in_features: int, num_classes: int, width: int = 256, depth: int = 1):
         super().__init__()
         if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
-            raise ConfigError(f"an MLP needs in_features, the flattened input size, as a positive int (got {in_features!r}); "
-                              "pass build_model(..., in_features=C*H*W)")
+            raise ConfigError(f"an MLP needs in_features, the flattened input size, as a positive int (got "
+                              f"{in_features!r}); pass build_model(..., in_features=C*H*W)")
         layers: list[nn.Module] = [nn.Flatten()]
         features = in_features
         for _ in range(depth):
@@ -67,11 +94,27 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of a batch.
+
+        Args:
+            x: Inputs (B, ...) with in_features entries per sample.
+
+        Returns:
+            Logits (B, num_classes).
+        """
         return self.net(x)
 
 
 def cifar_resnet18(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
-    """Torchvision ResNet-18 with the CIFAR stem: 3x3 stride-1 first conv, no max-pool."""
+    """Torchvision ResNet-18 with the CIFAR stem: 3x3 stride-1 first conv, no max-pool.
+
+    Args:
+        num_classes: Output logits.
+        in_channels: Input image channels.
+
+    Returns:
+        The randomly initialised model.
+    """
     from torchvision.models import resnet18
 
     model = resnet18(weights=None, num_classes=num_classes)
@@ -97,16 +140,32 @@ _ZOO = {
 
 
 def available_models() -> list[str]:
-    """Zoo names plus every torchvision classification model (never with pretrained weights)."""
+    """Zoo names plus every torchvision classification model (never with pretrained weights).
+
+    Returns:
+        The names :func:`build_model` accepts, zoo names first, each part sorted.
+    """
     import torchvision
 
     return sorted(_ZOO) + sorted(torchvision.models.list_models(module=torchvision.models))
 
 
-def build_model(name: str, num_classes: int, in_channels: int = 3, **kwargs) -> nn.Module:
+def build_model(name: str, num_classes: int, in_channels: int = 3, **kwargs: Any) -> nn.Module:
     """Build a zoo model or a torchvision model (``resnet50``, ``vgg11_bn``...) by name, randomly initialised.
 
-    ``kwargs`` go to zoo models: ``width`` (small_cnn, mlp, mlp2) and ``in_features`` (mlp, mlp2: C*H*W).
+    Args:
+        name: A zoo name (``small_cnn``, ``cifar_resnet18``, ``mlp``, ``mlp2``) or a torchvision model name.
+        num_classes: Output logits, an int >= 2.
+        in_channels: Input image channels (torchvision models need 3).
+        **kwargs: For zoo models: ``width`` (small_cnn, mlp, mlp2) and ``in_features`` (mlp, mlp2: C*H*W).
+
+    Returns:
+        The randomly initialised model, returning logits (B, num_classes).
+
+    Raises:
+        ConfigError: For ``num_classes`` < 2, a torchvision model with ``in_channels`` != 3 or an MLP without a
+            valid ``in_features``.
+        UnknownNameError: For a name that is neither a zoo nor a torchvision model.
     """
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ConfigError(f"num_classes must be an int >= 2 (got {num_classes!r})")
@@ -116,4 +175,5 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, **kwargs) -> 
 
     if name in torchvision.models.list_models(module=torchvision.models):
         return _torchvision(name, num_classes, in_channels)
-    raise UnknownNameError(f"unknown model {name!r}; choose one of: {', '.join(_ZOO)}, or a torchvision name such as resnet50")
+    raise UnknownNameError(f"unknown model {name!r}; choose one of: {', '.join(_ZOO)}, or a torchvision name such as "
+                           "resnet50")

@@ -226,7 +226,14 @@ class Detector(abc.ABC):
         self.fitted = not self.requires_fit
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Same as :meth:`predict`."""
+        """Same as :meth:`predict`.
+
+        Args:
+            x: A batch of inputs.
+
+        Returns:
+            The OOD scores, as :meth:`predict` returns them.
+        """
         return self.predict(x)
 
     def to(self, device: str | torch.device) -> "Detector":
@@ -249,7 +256,8 @@ class Detector(abc.ABC):
     def _model_extractor(self, what: str) -> OutputExtractor:
         if self.extractor is None:
             raise ModelNotSetError(f"{type(self).__name__}.{what} needs the model: pass it to the constructor, "
-                                   f"{type(self).__name__}(model, ...), or use the fit_*/predict_* methods on saved outputs")
+                                   f"{type(self).__name__}(model, ...), or use the fit_*/predict_* methods on saved "
+                                   "outputs")
         return self.extractor
 
     def _check_fitted(self) -> None:
@@ -258,8 +266,9 @@ class Detector(abc.ABC):
                                        "fit_features first")
 
     def fit(self, data_loader, device: str | torch.device | None = None) -> "Detector":
-        """Fit on in-distribution data: one pass of the model over ``data_loader`` (no-op when
-        ``requires_fit`` is False).
+        """Fit on in-distribution data: one pass of the model over ``data_loader``.
+
+        A no-op when ``requires_fit`` is False.
 
         Args:
             data_loader: A ``DataLoader`` (or map-style ``Dataset``) of in-distribution ``(x, y)`` pairs.
@@ -309,8 +318,10 @@ class Detector(abc.ABC):
 
 
 class LogitsDetector(Detector):
-    """A detector that reads the logits z (B, C): subclasses implement :meth:`predict_logits` and,
-    when ``requires_fit``, :meth:`fit_logits`."""
+    """A detector that reads the logits z (B, C).
+
+    Subclasses implement :meth:`predict_logits` and, when ``requires_fit``, :meth:`fit_logits`.
+    """
 
     def fit_logits(self, logits: torch.Tensor, y: torch.Tensor) -> "LogitsDetector":
         """Fit on saved in-distribution logits (no-op when ``requires_fit`` is False).
@@ -343,8 +354,10 @@ class LogitsDetector(Detector):
 
 
 class FeaturesDetector(Detector):
-    """A detector that reads the penultimate features h (B, D): subclasses implement
-    :meth:`predict_features` and, when ``requires_fit``, :meth:`fit_features`."""
+    """A detector that reads the penultimate features h (B, D).
+
+    Subclasses implement :meth:`predict_features` and, when ``requires_fit``, :meth:`fit_features`.
+    """
 
     @property
     def encoder(self) -> Callable[[torch.Tensor], torch.Tensor] | None:

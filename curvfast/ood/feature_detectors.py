@@ -71,9 +71,9 @@ def detector_labels(labels, n: int, detector: str) -> torch.Tensor:
 
 @register_detector("mahalanobis")
 class Mahalanobis(FeaturesDetector):
-    """Minimum Mahalanobis distance to a class mean under the shared (tied) covariance (Lee et al., NeurIPS 2018).
+    r"""Minimum Mahalanobis distance to a class mean under the shared (tied) covariance (Lee et al., NeurIPS 2018).
 
-    .. math:: s(x) = \\min_c (h - \\mu_c)^\\top \\Sigma^{+} (h - \\mu_c)
+    .. math:: s(x) = \min_c (h - \mu_c)^\top \Sigma^{+} (h - \mu_c)
 
     Args:
         model: The classifier (None for the ``*_features`` methods only).
@@ -131,9 +131,9 @@ class Mahalanobis(FeaturesDetector):
 
 @register_detector("knn")
 class KNN(FeaturesDetector):
-    """Distance to the k-th nearest L2-normalised ID training feature (Sun et al., ICML 2022).
+    r"""Distance to the k-th nearest L2-normalised ID training feature (Sun et al., ICML 2022).
 
-    .. math:: s(x) = \\lVert u - u_{(k)} \\rVert_2, \\quad u = h / \\lVert h \\rVert_2
+    .. math:: s(x) = \lVert u - u_{(k)} \rVert_2, \quad u = h / \lVert h \rVert_2
 
     Args:
         model: The classifier (None for the ``*_features`` methods only).

@@ -24,9 +24,9 @@ __all__ = ["MSP", "MaxLogit", "Energy", "ODIN"]
 
 @register_detector("msp")
 class MSP(LogitsDetector):
-    """Maximum softmax probability (Hendrycks & Gimpel, ICLR 2017).
+    r"""Maximum softmax probability (Hendrycks & Gimpel, ICLR 2017).
 
-    .. math:: s(x) = -\\max_c \\operatorname{softmax}(z)_c
+    .. math:: s(x) = -\max_c \operatorname{softmax}(z)_c
 
     Args:
         model: The classifier (None for :meth:`predict_logits` only).
@@ -53,9 +53,9 @@ class MSP(LogitsDetector):
 
 @register_detector("max_logit")
 class MaxLogit(LogitsDetector):
-    """Maximum logit (Hendrycks et al., ICML 2022).
+    r"""Maximum logit (Hendrycks et al., ICML 2022).
 
-    .. math:: s(x) = -\\max_c z_c
+    .. math:: s(x) = -\max_c z_c
 
     Args:
         model: The classifier (None for :meth:`predict_logits` only).
@@ -82,9 +82,9 @@ class MaxLogit(LogitsDetector):
 
 @register_detector("energy")
 class Energy(LogitsDetector):
-    """Free energy (Liu et al., NeurIPS 2020); T = 1 in the paper.
+    r"""Free energy (Liu et al., NeurIPS 2020); T = 1 in the paper.
 
-    .. math:: s(x) = -T \\log \\sum_c \\exp(z_c / T)
+    .. math:: s(x) = -T \log \sum_c \exp(z_c / T)
 
     Args:
         model: The classifier (None for :meth:`predict_logits` only).
@@ -118,11 +118,12 @@ class Energy(LogitsDetector):
 
 @register_detector("odin")
 class ODIN(LogitsDetector):
-    """ODIN (Liang et al., ICLR 2018) with the paper's defaults T = 1000, eps = 0.0014 (inputs in [0, 1],
-    no normalisation layer).
+    r"""ODIN (Liang et al., ICLR 2018) with the paper's defaults T = 1000, eps = 0.0014.
 
-    .. math:: \\tilde x = x - \\epsilon \\operatorname{sign}(\\nabla_x \\mathrm{CE}(z(x)/T, \\hat y)), \\quad
-              s(x) = -\\max_c \\operatorname{softmax}(z(\\tilde x)/T)_c
+    The defaults assume inputs in [0, 1] and no normalisation layer.
+
+    .. math:: \tilde x = x - \epsilon \operatorname{sign}(\nabla_x \mathrm{CE}(z(x)/T, \hat y)), \quad
+              s(x) = -\max_c \operatorname{softmax}(z(\tilde x)/T)_c
 
     Args:
         model: The classifier (None for :meth:`predict_logits` only).

@@ -25,7 +25,8 @@ curvfast uses ``statistic="mean"`` by default and ablates the alternatives:
 
 Two detectors, one per similarity: :class:`NormScaling` reads the logits (a_c = z_c), and
 :class:`NormScalingFeatures` the penultimate features (a_c = h . mu_c, the dot product of the
-feature with the mean ID feature of class c, the paper's "dot product of the latent representation with the mean class representation").
+feature with the mean ID feature of class c, the paper's "dot product of the latent representation with the mean
+class representation").
 """
 from __future__ import annotations
 
@@ -96,8 +97,11 @@ class _NormScalingMath:
         self.statistic, self.temperature = _check_statistic(statistic), check_temperature(temperature)
 
     def _fit_scale(self, sim: torch.Tensor, labels: torch.Tensor, reps: torch.Tensor | None, missing: str) -> None:
-        """s_c from the ID similarities ``sim`` (N, K); ``reps`` (K, D) are the class representations
-        whose norms ``"weight_norm"`` reads (``missing`` says how to give them)."""
+        """Set s_c from the ID similarities ``sim`` (N, K).
+
+        ``reps`` (K, D) are the class representations whose norms ``"weight_norm"`` reads (``missing`` says how to
+        give them).
+        """
         if self.statistic == "weight_norm":
             if reps is None:
                 raise DataError(missing)
@@ -125,9 +129,9 @@ class _NormScalingMath:
 
 @register_detector("norm_scaling")
 class NormScaling(_NormScalingMath, LogitsDetector):
-    """Per-class normalised logits, then MSP: a_c = z_c (see the module docstring for the math).
+    r"""Per-class normalised logits, then MSP: a_c = z_c (see the module docstring for the math).
 
-    .. math:: s(x) = -\\max_c \\operatorname{softmax}(z_c \\bar s / (s_c T))
+    .. math:: s(x) = -\max_c \operatorname{softmax}(z_c \bar s / (s_c T))
 
     Args:
         model: The classifier (None for the ``*_logits`` methods only).
@@ -147,7 +151,8 @@ class NormScaling(_NormScalingMath, LogitsDetector):
         super().__init__(model, **outputs)
         self._settings(statistic, temperature)
 
-    def fit_logits(self, logits: torch.Tensor, y: torch.Tensor, class_weights: torch.Tensor | None = None) -> "NormScaling":
+    def fit_logits(self, logits: torch.Tensor, y: torch.Tensor,
+                   class_weights: torch.Tensor | None = None) -> "NormScaling":
         """Estimate s_c from ID training logits.
 
         Args:

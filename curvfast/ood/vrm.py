@@ -143,7 +143,8 @@ class VRMTransform:
         NonFiniteError: A setting is not finite.
     """
 
-    def __init__(self, num_classes: int, alpha: float = 1.0, aux_fraction: float = 0.5, noise_mean: float = 0.5, noise_std: float = 0.5):
+    def __init__(self, num_classes: int, alpha: float = 1.0, aux_fraction: float = 0.5, noise_mean: float = 0.5,
+                 noise_std: float = 0.5):
         _check_args(alpha, aux_fraction, noise_std)
         self.num_classes = num_classes
         self.kwargs = dict(alpha=alpha, aux_fraction=aux_fraction, noise_mean=noise_mean, noise_std=noise_std)
@@ -165,9 +166,9 @@ class VRMTransform:
 
 @register_detector("vrm")
 class VRM(LogitsDetector):
-    """OoD score of a (K+1)-output VRM network: the auxiliary-class probability (or MSP over real classes).
+    r"""OoD score of a (K+1)-output VRM network: the auxiliary-class probability (or MSP over real classes).
 
-    .. math:: s_{aux}(x) = \\operatorname{softmax}(z)_K, \\quad s_{msp}(x) = -\\max_{c < K} \\operatorname{softmax}(z)_c
+    .. math:: s_{aux}(x) = \operatorname{softmax}(z)_K, \quad s_{msp}(x) = -\max_{c < K} \operatorname{softmax}(z)_c
 
     Args:
         model: The (K+1)-output network (None for :meth:`predict_logits` only).

@@ -54,8 +54,11 @@ def _use_native(device: torch.device) -> bool:
 
 
 def _check_values(device: torch.device) -> bool:
-    """Whether to check the inputs' values (not just shapes) here: always, except while torch.compile traces a call
-    that runs the native kernel, which checks them again at run time (reading a value would break the graph)."""
+    """Whether to check the inputs' values (not just shapes) here.
+
+    Always, except while torch.compile traces a call that runs the native kernel, which checks them again at run time
+    (reading a value would break the graph).
+    """
     return not (torch.compiler.is_compiling() and _use_native(device))
 
 

@@ -28,12 +28,26 @@ _COS_COEFS = [1.0 / 2432902008176640000.0, -1.0 / 6402373705728000.0, 1.0 / 2092
               -1.0 / 720.0, 1.0 / 24.0, -0.5]
 
 
-def philox4x32_10(c0, c1, c2, c3, k0: int, k1: int):
-    """Philox4x32-10 on broadcastable arrays of 32-bit counter words; returns 4 uint64 arrays.
+def philox4x32_10(c0: np.ndarray | int, c1: np.ndarray | int, c2: np.ndarray | int, c3: np.ndarray | int,
+                  k0: int, k1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    r"""Philox4x32-10 on broadcastable arrays of 32-bit counter words.
 
-    Round: (hi0, lo0) = 0xD2511F53 c0, (hi1, lo1) = 0xCD9E8D57 c2,
-    c' = (hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0); the key gets the Weyl increments
-    (0x9E3779B9, 0xBB67AE85) between rounds.
+    Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011. One round, with the key
+    (k0, k1) advanced by the Weyl increments (0x9E3779B9, 0xBB67AE85) between rounds:
+
+    .. math:: (h_0, l_0) = \mathtt{0xD2511F53} \cdot c_0, \quad (h_1, l_1) = \mathtt{0xCD9E8D57} \cdot c_2,
+              \quad c' = (h_1 \oplus c_1 \oplus k_0,\ l_1,\ h_0 \oplus c_3 \oplus k_1,\ l_0)
+
+    Args:
+        c0: Counter word 0 (values < 2^32), an array or an int.
+        c1: Counter word 1.
+        c2: Counter word 2.
+        c3: Counter word 3.
+        k0: Key word 0 (taken mod 2^32).
+        k1: Key word 1 (taken mod 2^32).
+
+    Returns:
+        The four output words, uint64 arrays of the broadcast shape holding 32-bit values.
     """
     c0, c1, c2, c3 = (np.array(c, dtype=np.uint64) for c in np.broadcast_arrays(c0, c1, c2, c3))
     k0, k1 = int(k0) & 0xFFFFFFFF, int(k1) & 0xFFFFFFFF
@@ -49,15 +63,23 @@ def philox4x32_10(c0, c1, c2, c3, k0: int, k1: int):
     return c0, c1, c2, c3
 
 
-def _bits53(hi, lo):
+def _bits53(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
     return (hi << np.uint64(21)) ^ (lo >> np.uint64(11))
 
 
 def portable_log(x: np.ndarray) -> np.ndarray:
-    """Natural log of positive normal float64 values, as csrc/common/portable_math.h computes it.
+    r"""Natural log of positive normal float64 values, as csrc/common/portable_math.h computes it.
 
-    x = m 2^e with m in [sqrt(1/2), sqrt(2)); log m = 2 atanh(s), s = (m - 1)/(m + 1), by the
-    odd series to s^25; log x = e ln2_hi + (log m + e ln2_lo).
+    With :math:`x = m 2^e`, :math:`m \in [\sqrt{1/2}, \sqrt{2})` and the odd atanh series to :math:`s^{25}`:
+
+    .. math:: \log m = 2 \operatorname{atanh}(s), \quad s = \frac{m - 1}{m + 1}, \qquad
+              \log x = e \ln 2_{hi} + (\log m + e \ln 2_{lo})
+
+    Args:
+        x: Positive normal values (converted to float64).
+
+    Returns:
+        log x, float64, shaped like ``x``.
     """
     x = np.asarray(x, dtype=np.float64)
     bits = x.view(np.uint64)
@@ -77,11 +99,17 @@ def portable_log(x: np.ndarray) -> np.ndarray:
     return ed * _LN2_HI + (log_m + ed * _LN2_LO)
 
 
-def portable_sincos_2pi(b: np.ndarray):
-    """(sin, cos) of 2 pi u for u = b 2^-53, b uint64 in [0, 2^53), like the native code.
+def portable_sincos_2pi(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    r"""Return (sin, cos) of :math:`2 \pi u` for :math:`u = b\, 2^{-53}`, like the native code.
 
-    4u = q + r exactly in integers (q = round(4u)), x = r pi/2 with |x| <= pi/4, Taylor series
-    to x^21 / x^20, then rotation by the quadrant q mod 4.
+    4u = q + r exactly in integers (q = round(4u)), :math:`x = r \pi / 2` with :math:`|x| \le \pi/4`, Taylor
+    series to :math:`x^{21}` / :math:`x^{20}`, then rotation by the quadrant q mod 4.
+
+    Args:
+        b: uint64 values in [0, 2^53).
+
+    Returns:
+        ``(sin, cos)``, float64 arrays shaped like ``b``.
     """
     b = np.asarray(b, dtype=np.uint64)
     q = ((b + np.uint64(1 << 50)) >> np.uint64(51)).astype(np.int64)
@@ -102,14 +130,27 @@ def portable_sincos_2pi(b: np.ndarray):
     return sin_out, cos_out
 
 
-def _split_ids(sample_ids: torch.Tensor):
+def _split_ids(sample_ids: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     ids = sample_ids.detach().cpu().numpy().astype(np.uint64)
     return ids & _MASK32, ids >> np.uint64(32)
 
 
-def probes(sample_ids, num_probes, dim, *, seed, probe_offset=0, distribution="rademacher",
-           dtype=torch.float32):
-    """Reference for :func:`curvfast.ops.probes` (same math, computed with numpy on the CPU)."""
+def probes(sample_ids: torch.Tensor, num_probes: int, dim: int, *, seed: int, probe_offset: int = 0,
+           distribution: str = "rademacher", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Reference for :func:`curvfast.ops.probes` (same math, computed with numpy on the CPU).
+
+    Args:
+        sample_ids: (B,) int64 non-negative dataset indices.
+        num_probes: Probes per sample.
+        dim: Entries per probe.
+        seed: The Philox key, in [0, 2^63).
+        probe_offset: Index of the first probe.
+        distribution: ``"rademacher"`` or ``"gaussian"``.
+        dtype: torch.float32 or torch.float64.
+
+    Returns:
+        The probes, (B, num_probes, dim) in ``dtype`` on sample_ids' device.
+    """
     s_lo, s_hi = _split_ids(sample_ids)
     s_lo, s_hi = s_lo[:, None, None], s_hi[:, None, None]
     j = (np.uint64(probe_offset) + np.arange(num_probes, dtype=np.uint64))[None, :, None]
@@ -136,8 +177,25 @@ def probes(sample_ids, num_probes, dim, *, seed, probe_offset=0, distribution="r
     return torch.from_numpy(out).to(device=sample_ids.device, dtype=dtype)
 
 
-def logit_factor(logits, labels, sample_ids, *, num_exact, num_tail=0, seed=0):
-    """Reference for :func:`curvfast.ops.logit_factor` (torch log-softmax, numpy sampling)."""
+def logit_factor(logits: torch.Tensor, labels: torch.Tensor, sample_ids: torch.Tensor, *, num_exact: int,
+                 num_tail: int = 0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""Reference for :func:`curvfast.ops.logit_factor` (torch log-softmax, numpy sampling).
+
+    The factor of the cross-entropy Hessian in logit space, with :math:`u_c = e_c - p`:
+
+    .. math:: A = \operatorname{diag}(p) - p p^T = \sum_c p_c u_c u_c^T
+
+    Args:
+        logits: (B, C) logits z.
+        labels: (B,) int64 labels in [0, C).
+        sample_ids: (B,) int64 non-negative dataset indices (key the tail draws).
+        num_exact: Classes kept exactly (>= C: the exact factor).
+        num_tail: Stratified tail draws (>= 1 when num_exact < C).
+        seed: Seed of the tail draws.
+
+    Returns:
+        ``(cotangents (B, K, C), weights (B, K), classes (B, K) int64, loss (B,))``, in the dtype of ``logits``.
+    """
     B, C = logits.shape
     device, dtype = logits.device, logits.dtype
     ls = torch.log_softmax(logits.detach().double(), dim=-1)
@@ -175,13 +233,42 @@ def logit_factor(logits, labels, sample_ids, *, num_exact, num_tail=0, seed=0):
     return cot.to(dtype), weights.to(dtype), classes, loss.to(dtype)
 
 
-def weighted_sq_norms(vjp, weights):
-    """Reference for :func:`curvfast.ops.weighted_sq_norms`."""
+def weighted_sq_norms(vjp: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    r"""Reference for :func:`curvfast.ops.weighted_sq_norms`, accumulated in float64.
+
+    .. math:: \mathrm{out}_{bk} = w_{bk} \sum_d \mathrm{vjp}_{bkd}^2
+
+    Args:
+        vjp: (B, K, D) vectors.
+        weights: (B, K) weights.
+
+    Returns:
+        (B, K) in vjp's dtype.
+    """
     return (weights.double() * vjp.double().square().sum(-1)).to(vjp.dtype)
 
 
-def probe_moments(probes, hvp, mean, m2, count):
-    """Reference for :func:`curvfast.ops.probe_moments` (two-pass batch moments)."""
+def probe_moments(probes: torch.Tensor, hvp: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor,
+                  count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Reference for :func:`curvfast.ops.probe_moments` (two-pass batch moments).
+
+    Per (b, p), :math:`q_0 = v^T H v` and :math:`q_1 = \|Hv\|^2`; with the batch mean :math:`m_b`, the sum of
+    squared deviations :math:`M_{2b}` of the P values, n = count + P and :math:`\delta = m_b - \mathrm{mean}`
+    (Chan, Golub & LeVeque, 1979):
+
+    .. math:: \mathrm{mean}' = \mathrm{mean} + \delta P / n, \qquad
+              m_2' = m_2 + M_{2b} + \delta^2 \,\mathrm{count}\, P / n
+
+    Args:
+        probes: (B, P, D) probe vectors v.
+        hvp: (B, P, D) the products Hv.
+        mean: (B, 2) running means (columns q0, q1).
+        m2: (B, 2) running sums of squared deviations.
+        count: Probes merged so far.
+
+    Returns:
+        ``(mean', m2')`` in mean's dtype.
+    """
     v, hv = probes.double(), hvp.double()
     q = torch.stack([(v * hv).sum(-1), hv.square().sum(-1)], dim=-1)  # (B, P, 2)
     P = q.shape[1]
@@ -194,8 +281,26 @@ def probe_moments(probes, hvp, mean, m2, count):
     return new_mean.to(mean.dtype), new_m2.to(mean.dtype)
 
 
-def patch_gram(x, mask, kernel, stride, dilation, groups, omega=None):
-    """Reference for :func:`curvfast.ops.patch_gram`: the unfolded patches (float64), materialised."""
+def patch_gram(x: torch.Tensor, mask: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
+               dilation: tuple[int, int], groups: int, omega: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Reference for :func:`curvfast.ops.patch_gram`: the unfolded patches (float64), materialised.
+
+    Per group j, with :math:`X_j` group j's im2col matrix of ``x``:
+
+    .. math:: G_j = X_j^T \operatorname{diag}(m) X_j, \qquad \text{or } X_j^T \operatorname{diag}(m) X_j \Omega_j
+
+    Args:
+        x: (B, C, H, W) input, already padded.
+        mask: (B, H_out, W_out) row weights.
+        kernel: Kernel size (kh, kw).
+        stride: The stride pair.
+        dilation: The dilation pair.
+        groups: The convolution's groups.
+        omega: (g, d, l) sketch matrix, or None for the Gram matrix.
+
+    Returns:
+        (g, d, d), or (g, d, l) with ``omega``, float64.
+    """
     patches = torch.nn.functional.unfold(x.double(), kernel, dilation=dilation, stride=stride)  # (B, C·kh·kw, L)
     batch, _, positions = patches.shape
     rows = patches.view(batch, groups, -1, positions).permute(1, 0, 3, 2).reshape(groups, batch * positions, -1)
