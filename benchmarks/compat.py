@@ -12,7 +12,7 @@ Per case, interleaved after one warm-up call each: the published zero-order loop
 (``CurveScore.regularizer`` / ``get_regularized_curvature_for_batch``: per probe a clean and a
 perturbed forward and one backward) against ``curvfast.compat.get_regularized_curvature_for_batch``;
 and, for C <= 100, ``exact=True`` (one forward and C backward passes). The published loops are the
-faithful re-implementations that tests/test_compat.py checks curvfast against.
+faithful re-implementations that tests/compat/test_compat.py checks curvfast against.
 
     python -m benchmarks.compat [--cases cifar imagenet] [--device cpu|cuda] [--cifar-batch 512] [--imagenet-batch 32]
 """

@@ -117,7 +117,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--normalize", default="none",
-                   help="input normalisation inside the model: none, cifar10, imagenet or MEAN/STD (per channel, comma-separated)")
+                   help="input normalisation inside the model: none, cifar10, imagenet or MEAN/STD (per channel, "
+                        "comma-separated)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="checkpoint path (.pt)")
     p.add_argument("--quiet", action="store_true")
@@ -131,7 +132,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, nargs="+",
                    help="one or several checkpoints (shadow models); several are scored in one pass over the data")
     p.add_argument("--model", default=None, help="zoo/torchvision name if the checkpoint does not record it")
-    p.add_argument("--dataset", default="digits", help="digits, imagefolder, filelist (streaming, ImageNet size), cifar10, ...")
+    p.add_argument("--dataset", default="digits",
+                   help="digits, imagefolder, filelist (streaming, ImageNet size), cifar10, ...")
     p.add_argument("--split", default="train")
     p.add_argument("--root", default=None)
     p.add_argument("--image-size", type=int, default=None)
@@ -148,7 +150,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--chunk-size", type=int, default=1024,
                    help="samples per resumable chunk file (default 1024; 0: no chunk files, not resumable)")
-    p.add_argument("--overwrite", action="store_true", help="discard a run folder started with other settings/models/data")
+    p.add_argument("--overwrite", action="store_true",
+                   help="discard a run folder started with other settings/models/data")
     p.add_argument("--timeout", type=float, default=1800.0,
                    help="seconds a rank waits for the others before failing (longer than one chunk takes)")
     p.add_argument("--device", default="cpu", help="cpu, or cuda (one GPU per rank under torchrun: cuda:LOCAL_RANK)")

@@ -1,12 +1,15 @@
 """Shared fixtures: a catalogue of small models and the float64 torch.func reference."""
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+REPO = pathlib.Path(__file__).resolve().parent.parent  # the checkout: tests/ mirrors curvfast/ below it
 NO_GPU = "no CUDA GPU: torch.cuda.is_available() is False (run `make gpu-check` on a GPU machine)"
 # The device matrix: every test that takes the ``device`` fixture runs on the CPU and, where a GPU
 # is present, on CUDA. The CUDA half carries the ``cuda`` marker, so `pytest -m cuda` runs it alone.

@@ -17,7 +17,9 @@ from curvfast.pipelines import COMMANDS
 from curvfast.curvature import METHODS
 from curvfast.pipelines.common.contract import COMMON_HELP, add_config_arguments, field_choices, option
 
-PIPELINES = pathlib.Path(__file__).resolve().parents[1] / "curvfast" / "pipelines"
+from conftest import REPO
+
+PIPELINES = REPO / "curvfast" / "pipelines"
 # names a pipeline once used for an idea that now has one common name
 ALIASES = {"--dp-clip": "--dp-max-grad-norm", "--max-grad-norm": "--dp-max-grad-norm", "--delta": "--dp-delta",
            "--epsilon": "--dp-epsilon", "--num-workers": "--workers", "--arch": "--model",

@@ -1,8 +1,9 @@
 """Without pytorch-ood installed (as on the GPU machines), curvfast.ood's detectors keep their
 pytorch-ood-shaped API, so ``curvfast ood`` runs unchanged."""
-import os
 import subprocess
 import sys
+
+from conftest import REPO
 
 CODE = """
 import sys
@@ -29,6 +30,6 @@ print("ok")
 
 
 def test_pytorch_ood_api_without_pytorch_ood():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = str(REPO)
     out = subprocess.run([sys.executable, "-c", CODE], cwd=root, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr

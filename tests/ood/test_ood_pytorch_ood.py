@@ -99,7 +99,7 @@ def test_vrm_scores_aux_probability():
 
 
 def test_knn_matches_pytorch_ood():
-    """Why KNN is not wrapped again: the same distance as pytorch-ood's own (Mahalanobis: tests/test_ood.py)."""
+    """Why KNN is not wrapped again: the same distance as pytorch-ood's own (Mahalanobis: tests/ood/test_ood.py)."""
     from pytorch_ood.detector import KNN
 
     z_train, y_train = blobs(300, 3, 0)
