@@ -106,19 +106,19 @@ def build_case(name: str, batch: int, seed: int = 0):
     torch.manual_seed(seed)
     if name == "digits_cnn":
         from curvfast.data import get_dataset
-        from curvfast.training import train_model
+        from curvfast.training import TrainRecipe, train_model
 
-        model, trained = train_model("small_cnn", "digits", epochs=10, seed=seed, log=None)
+        model, trained = train_model("small_cnn", "digits", TrainRecipe(epochs=10, lr=0.05, seed=seed), log=None)
         train_set, _ = get_dataset("digits", "train")
         x, y = train_set.images[:batch], train_set.targets[:batch]
         note = f"small_cnn trained 10 epochs on digits (test accuracy {trained['test_accuracy']:.3f}); its training images"
         return model.eval(), x, y, {"input": [1, 8, 8], "classes": 10, "weights": note}
     if name == "gelu_mlp_digits":
         from curvfast.data import get_dataset
-        from curvfast.training import evaluate, fit
+        from curvfast.training import TrainRecipe, evaluate, fit
 
         train_set, _ = get_dataset("digits", "train")
-        model = fit(gelu_mlp(10), train_set, epochs=10, optimizer="adam", seed=seed)
+        model = fit(gelu_mlp(10), train_set, TrainRecipe(epochs=10, optimizer="adam", seed=seed))
         accuracy = evaluate(model, get_dataset("digits", "test")[0])
         x, y = train_set.images[:batch], train_set.targets[:batch]
         note = f"GELU/LayerNorm/tanh MLP trained 10 epochs on digits (test accuracy {accuracy:.3f}); its training images"

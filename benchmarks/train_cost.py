@@ -10,7 +10,7 @@ import time
 import torch
 
 from curvfast.pipelines.common.data import DataOptions, build_network, load_split
-from curvfast.training import fit
+from curvfast.training import TrainRecipe, fit
 from tests.conftest import write_image_folder
 
 
@@ -28,9 +28,10 @@ def main(argv=None) -> None:
         options = DataOptions(dataset="imagefolder", root=tmp, normalize="cifar10", augment="crop-flip")
         train, info = load_split(options, "train")
         net = build_network(options, args.model, info, (3, 32, 32))
-        fit(net, train, epochs=1, batch_size=args.batch_size, lr=0.1, device=args.device)  # warm-up epoch
+        recipe = TrainRecipe(epochs=1, batch_size=args.batch_size, lr=0.1)
+        fit(net, train, recipe, device=args.device)  # warm-up epoch
         start = time.perf_counter()
-        fit(net, train, epochs=1, batch_size=args.batch_size, lr=0.1, device=args.device, batch_transform=options.batch_transform(0))
+        fit(net, train, recipe, device=args.device, batch_transform=options.batch_transform(0))
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start

@@ -32,11 +32,12 @@ def _cmd_doctor(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .training import train_model
+    from .training import TrainRecipe, train_model
 
+    recipe = TrainRecipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     _, info = train_model(
-        args.model, args.dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        root=args.root, normalize=args.normalize, device=args.device, out=args.out, log=None if args.quiet else print,
+        args.model, args.dataset, recipe, root=args.root, normalize=args.normalize, device=args.device, out=args.out,
+        log=None if args.quiet else print,
     )
     print(json.dumps(info, indent=2))
     return 0

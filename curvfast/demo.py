@@ -5,13 +5,14 @@ most curved ones.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Callable
 
 from curvfast.data import get_dataset
 from curvfast.engine import score
 from curvfast.plots import image_grid
-from curvfast.training import train_model
+from curvfast.training import CURVFAST_TRAIN, train_model
 
 __all__ = ["run_demo"]
 
@@ -32,7 +33,8 @@ def run_demo(out: str = "runs/demo", *, epochs: int = 30, seed: int = 0, top: in
     """
     os.makedirs(out, exist_ok=True)
     log(f"[1/3] training small_cnn on digits ({epochs} epochs)")
-    model, info = train_model("small_cnn", "digits", epochs=epochs, seed=seed, out=os.path.join(out, "model.pt"))
+    recipe = dataclasses.replace(CURVFAST_TRAIN, epochs=epochs, seed=seed)
+    model, info = train_model("small_cnn", "digits", recipe, out=os.path.join(out, "model.pt"))
     log(f"      train accuracy {info['train_accuracy']:.4f}, test accuracy {info['test_accuracy']:.4f}")
     dataset, _ = get_dataset("digits", "train")
     log(f"[2/3] scoring all {len(dataset)} training digits with the exact input-Hessian trace")

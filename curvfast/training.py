@@ -21,7 +21,7 @@ from curvfast.errors import ConfigError, TrainingDivergedError, UnknownNameError
 from curvfast.io import save_checkpoint
 from curvfast.models import build_model, normalized
 
-__all__ = ["TrainRecipe", "train_model", "fit", "evaluate", "soft_cross_entropy", "SCHEDULES"]
+__all__ = ["TrainRecipe", "train_model", "fit", "evaluate", "soft_cross_entropy", "SCHEDULES", "CURVFAST_TRAIN"]
 
 
 @torch.no_grad()
@@ -59,7 +59,7 @@ SCHEDULES = ("cosine", "cosine-step", "constant")
 
 @dataclasses.dataclass(frozen=True)
 class TrainRecipe:
-    """What :func:`fit` and :func:`train_model` train with: the preferred way to pass a recipe.
+    """What :func:`fit` and :func:`train_model` train with: one recipe instead of eight keywords.
 
     Validated when built, so a recipe that exists can be trained with.
 
@@ -102,24 +102,6 @@ class TrainRecipe:
                                    f"(got {self.optimizer!r})")
 
 
-_RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(TrainRecipe))
-
-
-def _recipe(recipe: TrainRecipe | None, spelled: dict[str, Any], defaults: dict[str, Any], caller: str) -> TrainRecipe:
-    """The recipe given, or one built from the keywords ``spelled`` (None: not given) over ``defaults``."""
-    given = {k: v for k, v in spelled.items() if v is not None}
-    if recipe is None:
-        if "epochs" not in given and "epochs" not in defaults:
-            raise ConfigError(f"{caller} needs a TrainRecipe or epochs=")
-        return TrainRecipe(**{**defaults, **given})
-    if not isinstance(recipe, TrainRecipe):
-        raise TypeError(f"recipe must be a TrainRecipe (got {type(recipe).__name__})")
-    if given:
-        raise ConfigError(f"{caller}: give the recipe or its fields ({', '.join(given)}), not both; "
-                          "use dataclasses.replace(recipe, ...) to change a field")
-    return recipe
-
-
 def _to(batch, device):
     """Move a tensor, or the tensors of a dict / list / tuple, to ``device``."""
     if isinstance(batch, torch.Tensor):
@@ -153,15 +135,8 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 def fit(
     model: torch.nn.Module,
     data: Any,
-    recipe: TrainRecipe | None = None,
+    recipe: TrainRecipe,
     *,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    lr: float | None = None,
-    weight_decay: float | None = None,
-    seed: int | None = None,
-    optimizer: str | torch.optim.Optimizer | None = None,
-    schedule: str | None = None,
     batch_transform: Callable | None = None,
     loss_fn: Callable | None = None,
     device: str | torch.device = "cpu",
@@ -171,11 +146,9 @@ def fit(
 ) -> torch.nn.Module:
     """The one training loop; trains ``model`` in place and returns it in eval mode.
 
-    The recipe is preferably given as a :class:`TrainRecipe`; its fields as keywords (``epochs=...``) build one
-    (the defaults are :class:`TrainRecipe`'s), for callers written before it. Each step minimises
-    ``loss_fn(model, x, y)`` over a mini-batch, after ``batch_transform(x, y, rng)`` if given (the augmentation
-    hook; ``rng`` a numpy Generator seeded by the recipe's seed). A NaN or Inf loss is checked once per epoch
-    (no GPU sync per step). The caller seeds the initialisation.
+    Each step minimises ``loss_fn(model, x, y)`` over a mini-batch, after ``batch_transform(x, y, rng)`` if given
+    (the augmentation hook; ``rng`` a numpy Generator seeded by the recipe's seed). A NaN or Inf loss is checked
+    once per epoch (no GPU sync per step). The caller seeds the initialisation.
 
     Args:
         model: the network; moved to ``device``.
@@ -183,13 +156,6 @@ def fit(
             seeded by ``recipe.seed``), or any iterable of ``(x, y)`` batches used as it is (a DataLoader, e.g.
             Opacus' Poisson-sampled one).
         recipe: epochs, batch size, learning rate, weight decay, optimizer, schedule and seed.
-        epochs: recipe field, when no ``recipe`` is given.
-        batch_size: recipe field, when no ``recipe`` is given.
-        lr: recipe field, when no ``recipe`` is given.
-        weight_decay: recipe field, when no ``recipe`` is given.
-        seed: recipe field, when no ``recipe`` is given.
-        optimizer: recipe field, when no ``recipe`` is given.
-        schedule: recipe field, when no ``recipe`` is given.
         batch_transform: ``(x, y, rng) -> (x, y)`` applied to each batch before it is moved to ``device``.
         loss_fn: ``(model, x, y) -> scalar loss``; default the cross-entropy of ``model(x)`` against ``y``
             (class indices or probability vectors).
@@ -202,12 +168,12 @@ def fit(
         ``model``, trained, in eval mode.
 
     Raises:
-        ConfigError: a bad recipe field, no recipe and no ``epochs``, or a recipe together with recipe keywords.
-        UnknownNameError: an unknown optimizer or schedule name.
+        TypeError: ``recipe`` is not a :class:`TrainRecipe`.
         TrainingDivergedError: the mean loss of an epoch is NaN or Inf.
     """
-    recipe = _recipe(recipe, {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-                              "seed": seed, "optimizer": optimizer, "schedule": schedule}, {}, "fit")
+    if not isinstance(recipe, TrainRecipe):
+        raise TypeError(f"recipe must be a TrainRecipe (got {type(recipe).__name__}): fit(model, data, "
+                        "TrainRecipe(epochs=..., lr=...))")
     from tqdm.auto import tqdm
 
     model.to(device)
@@ -253,18 +219,14 @@ def fit(
     return model.eval()
 
 
+CURVFAST_TRAIN = TrainRecipe(epochs=30, lr=0.05)  # `curvfast train`'s recipe: SGD, momentum 0.9, cosine
 
 
 def train_model(
     model_name: str = "small_cnn",
     dataset: str = "digits",
-    recipe: TrainRecipe | None = None,
+    recipe: TrainRecipe = CURVFAST_TRAIN,
     *,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    lr: float | None = None,
-    weight_decay: float | None = None,
-    seed: int | None = None,
     root: str | None = None,
     normalize: str = "none",
     device: str = "cpu",
@@ -273,19 +235,13 @@ def train_model(
 ) -> tuple[torch.nn.Module, dict]:
     """``curvfast train``: build a model by name and train it on a registered dataset with :func:`fit`.
 
-    The recipe is preferably given as a :class:`TrainRecipe`; without one, the keywords override the default
-    recipe of ``curvfast train``: 30 epochs of SGD with momentum 0.9, lr 0.05, batch 64, weight decay 5e-4,
-    cosine schedule, seed 0. The recipe's seed also seeds the initialisation.
+    The recipe's seed also seeds the initialisation.
 
     Args:
         model_name: a zoo or torchvision model name (:func:`curvfast.models.build_model`).
         dataset: a registered dataset name (:func:`curvfast.data.get_dataset`).
-        recipe: the training recipe.
-        epochs: recipe field, when no ``recipe`` is given.
-        batch_size: recipe field, when no ``recipe`` is given.
-        lr: recipe field, when no ``recipe`` is given.
-        weight_decay: recipe field, when no ``recipe`` is given.
-        seed: recipe field, when no ``recipe`` is given.
+        recipe: the training recipe; default :data:`CURVFAST_TRAIN`: 30 epochs of SGD with momentum 0.9, lr 0.05,
+            batch 64, weight decay 5e-4, cosine schedule, seed 0.
         root: the folder holding the dataset (not needed for the bundled digits).
         normalize: ``none``, ``cifar10``, ``imagenet`` or ``MEAN/STD``: the input normalisation, put inside the
             model.
@@ -298,14 +254,12 @@ def train_model(
         epochs and seed, train and test accuracy and seconds.
 
     Raises:
-        ConfigError: a bad recipe field, or a recipe together with recipe keywords.
+        TypeError: ``recipe`` is not a :class:`TrainRecipe`.
         UnknownNameError: an unknown model, dataset or normalisation name.
         TrainingDivergedError: the training loss became NaN or Inf.
     """
     from curvfast.engine import parse_device
 
-    recipe = _recipe(recipe, {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-                              "seed": seed}, {"epochs": 30, "lr": 0.05}, "train_model")
     device = parse_device(device)
     torch.manual_seed(recipe.seed)
     train_set, info = get_dataset(dataset, "train", root=root)

@@ -82,9 +82,6 @@ class Mahalanobis(FeaturesDetector):
 
     requires_fit = True
 
-    def __init__(self, model: nn.Module | None = None, **outputs):
-        super().__init__(model, **outputs)
-
     def fit_features(self, x: torch.Tensor, y: torch.Tensor | None = None) -> "Mahalanobis":
         """Class means and the pseudo-inverse of the shared covariance, in float64.
 

@@ -33,9 +33,6 @@ class MSP(LogitsDetector):
         **outputs: ``feature_layer`` / ``output_transform``, see :class:`~curvfast.ood.Detector`.
     """
 
-    def __init__(self, model: nn.Module | None = None, **outputs):
-        super().__init__(model, **outputs)
-
     def predict_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Scores -max_c p_c (B,), float64.
 
@@ -61,9 +58,6 @@ class MaxLogit(LogitsDetector):
         model: The classifier (None for :meth:`predict_logits` only).
         **outputs: ``feature_layer`` / ``output_transform``, see :class:`~curvfast.ood.Detector`.
     """
-
-    def __init__(self, model: nn.Module | None = None, **outputs):
-        super().__init__(model, **outputs)
 
     def predict_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """Scores -max_c z_c (B,), float64.

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from curvfast.training import fit
+from curvfast.training import TrainRecipe, fit
 
 __all__ = ["BATCHNORM_REPLACEMENTS", "dp_compatible", "train_dp_model"]
 
@@ -100,7 +100,7 @@ def train_dp_model(
                         generator=torch.Generator().manual_seed(seed))
     optimizer = torch.optim.RMSprop(model.parameters(), lr=lr)
     if not math.isfinite(epsilon):
-        fit(model, loader, epochs=epochs, optimizer=optimizer, schedule="constant", device=device)
+        fit(model, loader, TrainRecipe(epochs=epochs, optimizer=optimizer, schedule="constant"), device=device)
         return model.cpu(), None
     from opacus import PrivacyEngine
 
@@ -109,6 +109,6 @@ def train_dp_model(
         module=model, optimizer=optimizer, data_loader=loader, target_epsilon=epsilon, target_delta=delta,
         epochs=epochs, max_grad_norm=max_grad_norm,
     )
-    fit(net, _NonEmptyBatches(loader), epochs=epochs, optimizer=optimizer, schedule="constant", device=device)
+    fit(net, _NonEmptyBatches(loader), TrainRecipe(epochs=epochs, optimizer=optimizer, schedule="constant"), device=device)
     net.remove_hooks()
     return model.eval().cpu(), engine.get_epsilon(delta)

@@ -35,7 +35,7 @@ from curvfast.io import write_json
 from curvfast.metrics import auroc
 from curvfast.pipelines.common.contract import write_results
 from curvfast.pipelines.common.data import build_network
-from curvfast.training import evaluate, fit, soft_cross_entropy
+from curvfast.training import TrainRecipe, evaluate, fit, soft_cross_entropy
 from curvfast.pipelines.idkd.config import WIDTH_MODELS, Config
 from curvfast.pipelines.idkd.comm import NeighbourComm, NeighbourError
 from curvfast.pipelines.idkd.data import build_data
@@ -76,7 +76,7 @@ def _train(model, opt: DecentralizedSGD, x, targets, steps: int, cfg: Config, ge
                 raise RuntimeError(f"injected failure on node {opt.comm.rank} at step {step} (fail_node)")
             yield x[idx], targets[idx]
 
-    fit(model, batches(), epochs=1, optimizer=opt, schedule="constant", loss_fn=_soft_cross_entropy,
+    fit(model, batches(), TrainRecipe(epochs=1, optimizer=opt, schedule="constant"), loss_fn=_soft_cross_entropy,
         batch_transform=cfg.batch_transform(int(gen.initial_seed())), device=next(model.parameters()).device)
 
 

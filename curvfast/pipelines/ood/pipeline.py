@@ -42,7 +42,7 @@ from curvfast.ood import (
 from curvfast.pipelines.ood.overhead import count_parameters, inference_flops, state_bytes, train_step_cost
 from curvfast.pipelines.ood.report import examples_figure, markdown_table, roc_figure
 from curvfast.pipelines.ood.training import ClassSubset, stack_images
-from curvfast.training import fit
+from curvfast.training import TrainRecipe, fit
 
 __all__ = ["Config", "PRESETS", "run", "summary", "ood_sets", "OOD_SETS"]
 
@@ -153,28 +153,28 @@ def _train_pair(config: Config, id_train, shape: tuple[int, ...], seed: int, pro
     """The K-class baseline and the (K+1)-class VRM network, same recipe, augmentation and initialisation seed
     (VRM mixes the augmented batch)."""
     k = len(config.id_classes)
-    common = dict(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=seed, device=config.device,
-                  progress=sys.stderr.isatty() if progress is None else progress)
+    recipe = TrainRecipe(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=seed)
+    common = dict(device=config.device, progress=sys.stderr.isatty() if progress is None else progress)
     augment = config.batch_transform(seed)
     torch.manual_seed(seed)
     base = build_network(config, config.model, DatasetInfo(k, shape[0]), shape)
-    info_base = _timed_fit(base, id_train, batch_transform=augment, **common)
+    info_base = _timed_fit(base, id_train, recipe, batch_transform=augment, **common)
     torch.manual_seed(seed)
     vrm_net = build_network(config, config.model, DatasetInfo(k + 1, shape[0]), shape)
     transform = VRMTransform(k, config.vrm_alpha, config.vrm_aux_fraction, config.vrm_noise_mean, config.vrm_noise_std)
     # a fresh augmentation generator with the same seed: both networks see the same crops and flips
     batches = transform if augment is None else _then(config.batch_transform(seed), transform)
-    info_vrm = _timed_fit(vrm_net, id_train, batch_transform=batches, **common)
+    info_vrm = _timed_fit(vrm_net, id_train, recipe, batch_transform=batches, **common)
     return base, vrm_net, transform, {"baseline": info_base, "vrm": info_vrm}
 
 
-def _timed_fit(model, dataset, **kwargs) -> dict:
+def _timed_fit(model, dataset, recipe: TrainRecipe, **kwargs) -> dict:
     """Train with the pipelines' one loop (SGD, momentum 0.9, weight decay 5e-4, cosine schedule);
     return ``{"epochs", "steps", "seconds"}``."""
     start = time.perf_counter()
-    fit(model, dataset, **kwargs)
-    steps = kwargs["epochs"] * -(-len(dataset) // kwargs["batch_size"])
-    return {"epochs": kwargs["epochs"], "steps": steps, "seconds": round(time.perf_counter() - start, 2)}
+    fit(model, dataset, recipe, **kwargs)
+    steps = recipe.epochs * -(-len(dataset) // recipe.batch_size)
+    return {"epochs": recipe.epochs, "steps": steps, "seconds": round(time.perf_counter() - start, 2)}
 
 
 class _Stacked:

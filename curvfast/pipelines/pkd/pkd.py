@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from curvfast.training import fit, soft_cross_entropy
+from curvfast.training import TrainRecipe, fit, soft_cross_entropy
 from curvfast.pipelines.pkd.networks import STREAM_ORDER, segment_mean
 
 __all__ = ["PUBLISHED_BOUNDARIES", "pkd_teacher", "exit_logits_from_features", "train_exits"]
@@ -95,7 +95,7 @@ def train_exits(streams: nn.ModuleDict, ce_exits: nn.ModuleDict, pkd_exits: nn.M
                         "pkd_loss": totals[1].item() / batches / 9})
 
     opt = torch.optim.AdamW(list(ce_exits.parameters()) + list(pkd_exits.parameters()), lr=lr, weight_decay=weight_decay)
-    fit(nn.ModuleDict({"ce": ce_exits, "pkd": pkd_exits}), loader, epochs=epochs, optimizer=opt, schedule="cosine-step",
-        loss_fn=loss, on_epoch_start=start, on_epoch_end=end, device=next(ce_exits.parameters()).device,
-        progress=progress)
+    fit(nn.ModuleDict({"ce": ce_exits, "pkd": pkd_exits}), loader,
+        TrainRecipe(epochs=epochs, optimizer=opt, schedule="cosine-step"), loss_fn=loss, on_epoch_start=start,
+        on_epoch_end=end, device=next(ce_exits.parameters()).device, progress=progress)
     return history

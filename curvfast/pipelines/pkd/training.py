@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from curvfast.training import fit
+from curvfast.training import TrainRecipe, fit
 from curvfast.pipelines.pkd.networks import STREAM_ORDER, segment_mean
 from curvfast.pipelines.pkd.pkd import exit_logits_from_features
 
@@ -37,8 +37,8 @@ def train_streams(streams: nn.ModuleDict, loader: DataLoader, epochs: int, lr: f
         history.append({"epoch": epoch - 1, **{f"{name}_loss": totals[name] / totals["batches"] for name in STREAM_ORDER}})
 
     opt = torch.optim.AdamW(streams.parameters(), lr=lr, weight_decay=weight_decay)
-    fit(streams, loader, epochs=epochs, optimizer=opt, schedule="cosine-step", loss_fn=loss, on_epoch_start=start,
-        on_epoch_end=end, device=_device(streams), progress=progress)
+    fit(streams, loader, TrainRecipe(epochs=epochs, optimizer=opt, schedule="cosine-step"), loss_fn=loss,
+        on_epoch_start=start, on_epoch_end=end, device=_device(streams), progress=progress)
     return history
 
 

@@ -27,7 +27,7 @@ from curvfast.data import DatasetInfo
 from curvfast.io import load_checkpoint, save_checkpoint
 from curvfast.pipelines.common.cache import cached
 from curvfast.pipelines.common.data import DataOptions, build_network, loader
-from curvfast.training import evaluate, fit
+from curvfast.training import TrainRecipe, evaluate, fit
 from curvfast.pipelines.transfer.quantize import Halftone, InputQuantized, InputQuantizer, dorefa
 
 __all__ = ["MemberSpec", "parse_spec", "build_member", "train_member", "load_or_train"]
@@ -130,8 +130,8 @@ def train_member(
     Quantised members train through their straight-through gradients."""
     options = options or DataOptions()
     data = loader(train_set, options, batch_size=batch_size, device=device, shuffle=True, seed=spec.seed)
-    return fit(model, data, epochs=max(1, epochs), batch_size=batch_size, seed=spec.seed, optimizer=spec.optimizer,
-               device=device, batch_transform=options.batch_transform(spec.seed))
+    recipe = TrainRecipe(epochs=max(1, epochs), batch_size=batch_size, seed=spec.seed, optimizer=spec.optimizer)
+    return fit(model, data, recipe, device=device, batch_transform=options.batch_transform(spec.seed))
 
 
 def load_or_train(

@@ -27,7 +27,7 @@ from curvfast.linalg import ROUTES
 from curvfast.pipelines.common.cache import describe, differences
 from curvfast.pipelines.common.contract import config_dict, field_choices, option, run_folder, write_results
 from curvfast.pipelines.common.data import DataOptions, build_network, dataset_labels, load_split, loader
-from curvfast.training import evaluate, fit
+from curvfast.training import TrainRecipe, evaluate, fit
 from curvfast.pipelines.verifix.noise import NOISE_TYPES, add_label_noise
 from curvfast.pipelines.verifix.projector import PUBLISHED_ALPHAS
 from curvfast.pipelines.verifix.selection import select_verified, selection_methods
@@ -149,8 +149,8 @@ def _trained_model(config: Config, seed: int, info, input_shape: tuple[int, ...]
         net.load_state_dict(state)
         return net.to(config.device).eval()
     data = loader(train_set, config, batch_size=config.batch_size, device=config.device, shuffle=True, seed=seed)
-    return fit(net, data, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=seed,
-               device=config.device, batch_transform=config.batch_transform(seed))
+    recipe = TrainRecipe(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=seed)
+    return fit(net, data, recipe, device=config.device, batch_transform=config.batch_transform(seed))
 
 
 def _run_seed(config: Config, seed: int, data: tuple, out: str, say, state: dict | None = None) -> dict:
