@@ -93,7 +93,8 @@ class _NormScalingMath:
     temperature: float
     scale: torch.Tensor
 
-    def _settings(self, statistic: str, temperature: float) -> None:
+    def __init__(self, model: nn.Module | None = None, statistic: str = "mean", temperature: float = 1.0, **outputs):
+        super().__init__(model, **outputs)  # the detector base that follows this mixin
         self.statistic, self.temperature = _check_statistic(statistic), check_temperature(temperature)
 
     def _fit_scale(self, sim: torch.Tensor, labels: torch.Tensor, reps: torch.Tensor | None, missing: str) -> None:
@@ -146,10 +147,6 @@ class NormScaling(_NormScalingMath, LogitsDetector):
     """
 
     requires_fit = True
-
-    def __init__(self, model: nn.Module | None = None, statistic: str = "mean", temperature: float = 1.0, **outputs):
-        super().__init__(model, **outputs)
-        self._settings(statistic, temperature)
 
     def fit_logits(self, logits: torch.Tensor, y: torch.Tensor,
                    class_weights: torch.Tensor | None = None) -> "NormScaling":
@@ -221,10 +218,6 @@ class NormScalingFeatures(_NormScalingMath, FeaturesDetector):
     """
 
     requires_fit = True
-
-    def __init__(self, model: nn.Module | None = None, statistic: str = "mean", temperature: float = 1.0, **outputs):
-        super().__init__(model, **outputs)
-        self._settings(statistic, temperature)
 
     def fit_features(self, x: torch.Tensor, y: torch.Tensor | None = None) -> "NormScalingFeatures":
         """The class means mu_c, then s_c, from ID training features.
