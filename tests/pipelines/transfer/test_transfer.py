@@ -17,7 +17,7 @@ from curvfast.pipelines.transfer import (
     transfer_metric,
 )
 from curvfast.cli import main
-from curvfast.errors import ConfigError
+from curvfast.errors import ConfigError, DataError, UnknownNameError
 from curvfast.models import SmallCNN
 
 
@@ -327,7 +327,7 @@ def test_ensemble_direction_rules():
     assert ensemble_direction(g, "sum").tolist() == [1.0, -1.0, 1.0, 1.0]
     assert ensemble_direction(g, "vote").tolist() == [-1.0, -1.0, 1.0, 1.0]
     assert ensemble_direction(g, "agree").tolist() == [0.0, -1.0, 0.0, 0.0]
-    with pytest.raises(ValueError, match="rule"):
+    with pytest.raises(UnknownNameError, match="rule"):
         ensemble_direction(g, "mean")
 
 
@@ -360,7 +360,7 @@ def test_attacks_reach_quantised_models_through_bpda(tiny_nets):
         adv = ensemble_pgd(nets, x, y, rule=rule, eps=0.2, step=0.05, steps=3)
         assert (adv - x).abs().max() <= 0.2 + 1e-6
         assert sum(loss(n(adv), y) for n in nets) > sum(loss(n(x), y) for n in nets)
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+    with pytest.raises(DataError, match=r"\[0, 1\]"):
         attack(nets[0], x * 2, y)
 
 
