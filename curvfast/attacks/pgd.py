@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from curvfast.errors import ConfigError, DataError, UnknownNameError
+
 __all__ = ["SINGLE_ATTACKS", "ENSEMBLE_RULES", "attack", "ensemble_pgd", "ensemble_direction", "pgd_linf",
            "input_grads", "check_pgd_settings"]
 
@@ -34,9 +36,9 @@ def _check_images(x: torch.Tensor, y: torch.Tensor) -> None:
     if not torch.is_floating_point(x) or x.dim() < 2:
         raise TypeError(f"images must be a float tensor (B, ...) (got {x.dtype}, shape {tuple(x.shape)})")
     if x.numel() and (x.min() < 0 or x.max() > 1):
-        raise ValueError("attacks work on images in [0, 1]; rescale the inputs (normalise inside the model)")
+        raise DataError("attacks work on images in [0, 1]; rescale the inputs (normalise inside the model)")
     if y.shape != x.shape[:1]:
-        raise ValueError(f"labels must have shape ({x.shape[0]},) (got {tuple(y.shape)})")
+        raise DataError(f"labels must have shape ({x.shape[0]},) (got {tuple(y.shape)})")
 
 
 def check_pgd_settings(eps: float, step: float, steps: int) -> None:
@@ -48,12 +50,12 @@ def check_pgd_settings(eps: float, step: float, steps: int) -> None:
         steps: The number of steps; must be >= 1.
 
     Raises:
-        ValueError: Naming the bad value.
+        curvfast.errors.ConfigError: Naming the bad value.
     """
     if not eps >= 0:
-        raise ValueError(f"eps must be >= 0 (got {eps})")
+        raise ConfigError(f"eps must be >= 0 (got {eps})")
     if not step > 0 or steps < 1:
-        raise ValueError(f"step must be > 0 and steps >= 1 (got step={step}, steps={steps})")
+        raise ConfigError(f"step must be > 0 and steps >= 1 (got step={step}, steps={steps})")
 
 
 def attack(
@@ -82,14 +84,15 @@ def attack(
         The adversarial images, shaped like ``x``.
 
     Raises:
-        ValueError: For an unknown ``name``, images outside [0, 1], labels of the wrong shape or bad PGD
-            settings (see :func:`check_pgd_settings`).
+        curvfast.errors.UnknownNameError: For an unknown ``name``.
+        curvfast.errors.DataError: For images outside [0, 1] or labels of the wrong shape.
+        curvfast.errors.ConfigError: For bad PGD settings (see :func:`check_pgd_settings`).
         TypeError: When ``x`` is not a float tensor of at least two dimensions.
     """
     import torchattacks
 
     if name not in SINGLE_ATTACKS:
-        raise ValueError(f"attack must be one of {SINGLE_ATTACKS} (got {name!r})")
+        raise UnknownNameError(f"attack must be one of {SINGLE_ATTACKS} (got {name!r})")
     _check_images(x, y)
     check_pgd_settings(eps, step, steps)
     if eps == 0:
@@ -126,10 +129,10 @@ def ensemble_direction(grads: list[torch.Tensor], rule: str) -> torch.Tensor:
         The direction d, shaped like one gradient, with entries in {-1, 0, 1}.
 
     Raises:
-        ValueError: For an unknown ``rule``.
+        curvfast.errors.UnknownNameError: For an unknown ``rule``.
     """
     if rule not in ENSEMBLE_RULES:
-        raise ValueError(f"ensemble attack rule must be one of {ENSEMBLE_RULES} (got {rule!r})")
+        raise UnknownNameError(f"ensemble attack rule must be one of {ENSEMBLE_RULES} (got {rule!r})")
     if rule == "sum":
         return torch.stack(grads).sum(0).sign()
     signs = torch.stack([g.sign() for g in grads])
@@ -211,12 +214,13 @@ def ensemble_pgd(
         The adversarial images, shaped like ``x``.
 
     Raises:
-        ValueError: With no members, an unknown ``rule``, images outside [0, 1], labels of the wrong shape or
-            bad PGD settings.
+        curvfast.errors.ConfigError: With no members or bad PGD settings (an unknown ``rule``:
+            :class:`~curvfast.errors.UnknownNameError`).
+        curvfast.errors.DataError: For images outside [0, 1] or labels of the wrong shape.
         TypeError: When ``x`` is not a float tensor of at least two dimensions.
     """
     if not members:
-        raise ValueError("ensemble_pgd needs at least one member")
+        raise ConfigError("ensemble_pgd needs at least one member")
     _check_images(x, y)
     check_pgd_settings(eps, step, steps)
     ensemble_direction([x[:1]], rule)  # validates the rule before any work

@@ -42,7 +42,8 @@ class EnsemblePGD(Attack):
         rule: How the members' gradients are combined: ``sum``, ``vote`` or ``agree``.
 
     Raises:
-        ValueError: For bad PGD settings, an unknown ``rule`` or no members.
+        curvfast.errors.ConfigError: For bad PGD settings, an unknown ``rule``
+            (:class:`~curvfast.errors.UnknownNameError`) or no members.
     """
 
     def __init__(self, members: Sequence[nn.Module] | MajorityVote, eps: float = 8 / 255, alpha: float = 2 / 255,

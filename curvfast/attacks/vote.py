@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from curvfast.errors import ConfigError
+
 __all__ = ["vote_scores", "majority_vote", "MajorityVote"]
 
 
@@ -27,10 +29,10 @@ def vote_scores(logits: list[torch.Tensor]) -> torch.Tensor:
         The scores (B, C).
 
     Raises:
-        ValueError: With no members.
+        curvfast.errors.ConfigError: With no members.
     """
     if not logits:
-        raise ValueError("majority vote needs at least one member")
+        raise ConfigError("majority vote needs at least one member")
     stacked = torch.stack(logits)                                            # (M, B, C)
     votes = nn.functional.one_hot(stacked.argmax(-1), stacked.shape[-1]).sum(0).to(stacked.dtype)
     return votes + stacked.softmax(-1).mean(0) / 2
@@ -46,7 +48,7 @@ def majority_vote(logits: list[torch.Tensor]) -> torch.Tensor:
         The winning class per sample (B,).
 
     Raises:
-        ValueError: With no members.
+        curvfast.errors.ConfigError: With no members.
     """
     return vote_scores(logits).argmax(-1)
 
@@ -60,13 +62,13 @@ class MajorityVote(nn.Module):
         members: The ensemble's classifiers.
 
     Raises:
-        ValueError: With no members.
+        curvfast.errors.ConfigError: With no members.
     """
 
     def __init__(self, members: list[nn.Module]):
         super().__init__()
         if not members:
-            raise ValueError("MajorityVote needs at least one member")
+            raise ConfigError("MajorityVote needs at least one member")
         self.members = nn.ModuleList(members)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

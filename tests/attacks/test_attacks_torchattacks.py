@@ -6,6 +6,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 torchattacks = pytest.importorskip("torchattacks")
 from curvfast.attacks import EnsemblePGD, MajorityVote, ensemble_pgd  # noqa: E402
+from curvfast.errors import ConfigError, UnknownNameError  # noqa: E402
 
 MEAN, STD = [0.4], [0.25]
 
@@ -105,9 +106,9 @@ def test_plain_torchattacks_loop_fools_the_ensemble(data):
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="rule"):
+    with pytest.raises(UnknownNameError, match="rule"):
         EnsemblePGD([net(0)], rule="mean")
-    with pytest.raises(ValueError, match="step must be > 0"):
+    with pytest.raises(ConfigError, match="step must be > 0"):
         EnsemblePGD([net(0)], alpha=0)
 
 

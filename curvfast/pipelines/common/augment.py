@@ -11,6 +11,8 @@ from typing import Callable
 
 import torch
 
+from curvfast.errors import UnknownNameError
+
 __all__ = ["AUGMENTATIONS", "crop_flip", "image_augmentation", "batch_transform"]
 
 AUGMENTATIONS = ("none", "crop", "crop-flip")
@@ -39,7 +41,7 @@ def crop_flip(x: torch.Tensor, gen: torch.Generator, *, flip: bool = True, pad: 
 def image_augmentation(name: str) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None:
     """``augment(x, generator)`` for ``name`` in :data:`AUGMENTATIONS` (None for ``none``)."""
     if name not in AUGMENTATIONS:
-        raise ValueError(f"augment must be one of {', '.join(AUGMENTATIONS)} (got {name!r})")
+        raise UnknownNameError(f"augment must be one of {', '.join(AUGMENTATIONS)} (got {name!r})")
     if name == "none":
         return None
     flip = name == "crop-flip"

@@ -34,6 +34,7 @@ import typing
 import torch
 
 from curvfast.io import write_json
+from curvfast.errors import ConfigError, CurvfastError, UnknownNameError
 
 __all__ = ["COMMON_HELP", "RunFailed", "option", "field_choices", "config_dict", "preset_config", "run_folder", "write_results",
            "add_config_arguments", "register", "main_for"]
@@ -61,9 +62,9 @@ COMMON_HELP = {
 }
 
 
-class RunFailed(RuntimeError):
+class RunFailed(CurvfastError, RuntimeError):
     """The run itself failed (a node crashed, an attack produced no finite score): exit status 1,
-    where a setting the user can fix is a ``ValueError`` (exit status 2)."""
+    where a setting the user can fix is a :class:`~curvfast.errors.ConfigError` (exit status 2)."""
 
 
 def option(default=dataclasses.MISSING, help: str | None = None, *, choices=None):  # noqa: A002 (argparse's word)
@@ -86,7 +87,7 @@ def preset_config(pipeline, preset: str = "default", **overrides):
     """``pipeline.Config`` with the named preset's values over the defaults and ``overrides`` over both."""
     presets = getattr(pipeline, "PRESETS", {})
     if preset != "default" and preset not in presets:
-        raise ValueError(f"preset must be one of {', '.join(['default', *presets])} (got {preset!r})")
+        raise UnknownNameError(f"preset must be one of {', '.join(['default', *presets])} (got {preset!r})")
     return pipeline.Config(**{**presets.get(preset, {}), **overrides})
 
 
@@ -239,7 +240,7 @@ def main_for(pipeline):
         config = preset_config(pipeline, getattr(args, "preset", "default"), **explicit)
         if args.threads is not None:
             if args.threads < 1:
-                raise ValueError(f"--threads must be >= 1 (got {args.threads})")
+                raise ConfigError(f"--threads must be >= 1 (got {args.threads})")
             torch.set_num_threads(args.threads)
         try:
             results = pipeline.run(config, out=args.out)

@@ -17,6 +17,7 @@ from curvfast.data import get_dataset
 from curvfast.models import build_model, normalized, parse_normalization
 from curvfast.pipelines.common.augment import AUGMENTATIONS, batch_transform, image_augmentation
 from curvfast.pipelines.common.contract import option
+from curvfast.errors import ConfigError, DataError
 
 __all__ = ["DataOptions", "load_split", "loader", "build_network", "dataset_labels", "materialise", "as_float", "PackedDataset"]
 
@@ -37,7 +38,7 @@ class DataOptions:
         parse_normalization(self.normalize)
         image_augmentation(self.augment)
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
-            raise ValueError(f"workers must be an int >= 0 (got {self.workers!r})")
+            raise ConfigError(f"workers must be an int >= 0 (got {self.workers!r})")
 
     def augmentation(self):
         """``augment(x, generator)`` (for stacked training) or None."""
@@ -91,7 +92,7 @@ class PackedDataset(Dataset):
 
     def __init__(self, images: torch.Tensor, targets: torch.Tensor):
         if len(images) != len(targets):
-            raise ValueError(f"{len(images)} inputs but {len(targets)} targets")
+            raise DataError(f"{len(images)} inputs but {len(targets)} targets")
         self.images, self.targets = images, targets
 
     def __len__(self) -> int:

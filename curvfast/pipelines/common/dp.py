@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from curvfast.errors import ConfigError, UnknownNameError
 from curvfast.training import TrainRecipe, fit
 
 __all__ = ["BATCHNORM_REPLACEMENTS", "dp_compatible", "train_dp_model"]
@@ -41,7 +42,7 @@ def dp_compatible(model: nn.Module, batchnorm: str = "groupnorm") -> nn.Module:
     from opacus.validators import ModuleValidator
 
     if batchnorm not in BATCHNORM_REPLACEMENTS:
-        raise ValueError(f"batchnorm must be one of {', '.join(BATCHNORM_REPLACEMENTS)} (got {batchnorm!r})")
+        raise UnknownNameError(f"batchnorm must be one of {', '.join(BATCHNORM_REPLACEMENTS)} (got {batchnorm!r})")
     if batchnorm == "identity":
         for parent in list(model.modules()):
             for name, child in parent.named_children():
@@ -89,10 +90,10 @@ def train_dp_model(
     per-sample-gradient hooks removed, and the accountant's ε (None without DP).
     """
     if not (epsilon > 0):
-        raise ValueError(f"epsilon must be > 0, or inf for no privacy (got {epsilon})")
+        raise ConfigError(f"epsilon must be > 0, or inf for no privacy (got {epsilon})")
     for name, value in (("delta", delta), ("max_grad_norm", max_grad_norm), ("lr", lr)):
         if not (value > 0):
-            raise ValueError(f"{name} must be > 0 (got {value})")
+            raise ConfigError(f"{name} must be > 0 (got {value})")
     torch.manual_seed(seed)
     model = dp_compatible(make_model(), batchnorm).to(device)
     model.train()

@@ -26,6 +26,7 @@ from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
 from curvfast.pipelines.common.data import as_float
+from curvfast.errors import ConfigError, DataError
 
 __all__ = ["train_subset_models", "subset_batches"]
 
@@ -39,10 +40,10 @@ def subset_batches(keep: np.ndarray, batch_size: int, epochs: int, seed: int, mo
     """
     keep = np.asarray(keep, dtype=bool)
     if keep.ndim != 2:
-        raise ValueError(f"keep must be a (models, samples) boolean matrix (got shape {keep.shape})")
+        raise DataError(f"keep must be a (models, samples) boolean matrix (got shape {keep.shape})")
     sizes = keep.sum(1)
     if (sizes == 0).any():
-        raise ValueError(f"models {np.flatnonzero(sizes == 0).tolist()} have empty training subsets in `keep`")
+        raise DataError(f"models {np.flatnonzero(sizes == 0).tolist()} have empty training subsets in `keep`")
     steps = epochs * math.ceil(sizes.mean() / batch_size)
     out = np.empty((steps, keep.shape[0], batch_size), dtype=np.int64)
     model_ids = range(keep.shape[0]) if model_ids is None else model_ids
@@ -96,9 +97,9 @@ def train_subset_models(
 
     keep = np.asarray(keep, dtype=bool)
     if keep.shape[1] != len(images) or len(images) != len(targets):
-        raise ValueError(f"keep has {keep.shape[1]} columns, images {len(images)} rows, targets {len(targets)}: they must agree")
+        raise DataError(f"keep has {keep.shape[1]} columns, images {len(images)} rows, targets {len(targets)}: they must agree")
     if models_per_pass < 1:
-        raise ValueError(f"models_per_pass must be >= 1 (got {models_per_pass})")
+        raise ConfigError(f"models_per_pass must be >= 1 (got {models_per_pass})")
     device = torch.device(device)
     images, targets = images.to(device), targets.to(device)
     train_group = _train_stacked if (device.type == "cuda" if stack is None else stack) else _train_looped

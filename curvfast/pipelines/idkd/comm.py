@@ -13,13 +13,15 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from curvfast.errors import PeerError
 from curvfast.pipelines.idkd.topology import Topology
 
 __all__ = ["NeighbourComm", "NeighbourError"]
 
 
-class NeighbourError(RuntimeError):
-    """A point-to-point exchange with a neighbour failed or timed out."""
+class NeighbourError(PeerError):
+    """A point-to-point exchange with a neighbour failed or timed out (a :class:`~curvfast.errors.PeerError`,
+    so a ``RuntimeError`` too)."""
 
 
 class NeighbourComm:

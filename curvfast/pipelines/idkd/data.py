@@ -24,6 +24,7 @@ from torch.utils.data import Dataset, Subset
 from curvfast.data import get_dataset
 from curvfast.data import photo_patches
 from curvfast.pipelines.common.data import dataset_labels, load_split, loader
+from curvfast.errors import ConfigError, DataError
 
 __all__ = ["DecentralizedData", "build_data"]
 
@@ -65,7 +66,7 @@ class DecentralizedData:
 
 def _stack(dataset, options) -> torch.Tensor:
     if len(dataset) == 0:
-        raise ValueError("a node got no samples; lower --nodes or raise --min-samples")
+        raise DataError("a node got no samples; lower --nodes or raise --min-samples")
     return torch.cat([x for x, _ in loader(dataset, options, batch_size=256)])
 
 
@@ -76,9 +77,9 @@ def build_data(options, public_fraction: float = 0.25, public_photos: int | None
     from sklearn.model_selection import train_test_split
 
     if not 0.0 <= public_fraction < 1.0:
-        raise ValueError(f"public_fraction must be in [0, 1) (got {public_fraction!r})")
+        raise ConfigError(f"public_fraction must be in [0, 1) (got {public_fraction!r})")
     if public_photos is not None and public_photos < 0:
-        raise ValueError(f"public_photos must be >= 0 (got {public_photos!r})")
+        raise ConfigError(f"public_photos must be >= 0 (got {public_photos!r})")
     train, info = load_split(options, "train")
     test, _ = load_split(options, "test")
     labels = dataset_labels(train)
@@ -90,16 +91,16 @@ def build_data(options, public_fraction: float = 0.25, public_photos: int | None
         private_idx, public_idx = np.arange(len(labels)), np.zeros(0, np.int64)
     shape = tuple(train[0][0].shape)
     if shape[-1] != shape[-2]:
-        raise ValueError(f"the photo patches are square; the images are {shape[-2]}x{shape[-1]}: pass --image-size")
+        raise DataError(f"the photo patches are square; the images are {shape[-2]}x{shape[-1]}: pass --image-size")
     num_photos = len(public_idx) if public_photos is None else public_photos
     photos = photo_patches(num_photos, size=shape[-1], seed=seed)
     extra = None
     if len(public_idx) + num_photos == 0 and public_dataset is None:
-        raise ValueError("the public set is empty: give --public-fraction > 0, --public-photos or --public-dataset")
+        raise ConfigError("the public set is empty: give --public-fraction > 0, --public-photos or --public-dataset")
     if public_dataset is not None:
         extra, _ = get_dataset(public_dataset, "train", root=public_root, image_size=options.image_size)
         if tuple(extra[0][0].shape) != shape:
-            raise ValueError(f"--public-dataset {public_dataset} has images of shape {tuple(extra[0][0].shape)}, "
+            raise DataError(f"--public-dataset {public_dataset} has images of shape {tuple(extra[0][0].shape)}, "
                              f"the training images {shape}; pass --image-size")
     return DecentralizedData(
         train=train, test=test, private_idx=private_idx, private_y=torch.from_numpy(labels[private_idx]),

@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from curvfast.errors import DataError
+
 __all__ = ["select_public", "aggregate_labels", "label_quality"]
 
 
@@ -39,18 +41,18 @@ def aggregate_labels(num_public: int, contributions) -> tuple[torch.Tensor, torc
     """
     contributions = list(contributions)
     if not contributions:
-        raise ValueError("aggregate_labels needs at least one contributor")
+        raise DataError("aggregate_labels needs at least one contributor")
     num_classes = contributions[0][2].shape[1]
     total = torch.zeros(num_public, num_classes, dtype=torch.float64)
     mass = torch.zeros(num_public, dtype=torch.float64)
     for weight, idx, labels in contributions:
         if not weight > 0:
-            raise ValueError(f"contributor weights must be positive (got {weight!r})")
+            raise DataError(f"contributor weights must be positive (got {weight!r})")
         idx = torch.as_tensor(idx, dtype=torch.int64)
         if len(idx) != len(labels) or (len(idx) and (idx.min() < 0 or idx.max() >= num_public)):
-            raise ValueError("each contribution needs one soft label per index, indices in [0, num_public)")
+            raise DataError("each contribution needs one soft label per index, indices in [0, num_public)")
         if len(torch.unique(idx)) != len(idx):
-            raise ValueError("a contributor labelled the same public sample twice")
+            raise DataError("a contributor labelled the same public sample twice")
         total.index_add_(0, idx, weight * labels.double())
         mass.index_add_(0, idx, torch.full((len(idx),), float(weight), dtype=torch.float64))
     keep = torch.nonzero(mass > 0).flatten()

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from curvfast.pipelines.idkd.comm import NeighbourComm
+from curvfast.errors import ConfigError, UnknownNameError
 
 __all__ = ["DecentralizedSGD", "ALGORITHMS"]
 
@@ -30,9 +31,9 @@ class DecentralizedSGD:
     def __init__(self, model: nn.Module, comm: NeighbourComm, lr: float, momentum: float = 0.9,
                  weight_decay: float = 5e-4, algorithm: str = "qgm"):
         if algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALGORITHMS} (got {algorithm!r})")
+            raise UnknownNameError(f"algorithm must be one of {ALGORITHMS} (got {algorithm!r})")
         if not (lr > 0 and 0 <= momentum < 1 and weight_decay >= 0):
-            raise ValueError(f"need lr > 0, 0 <= momentum < 1, weight_decay >= 0 (got {lr}, {momentum}, {weight_decay})")
+            raise ConfigError(f"need lr > 0, 0 <= momentum < 1, weight_decay >= 0 (got {lr}, {momentum}, {weight_decay})")
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.buffers = [b for b in model.buffers() if b.is_floating_point()]
         self.comm, self.lr, self.beta, self.wd, self.algorithm = comm, lr, momentum, weight_decay, algorithm

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from curvfast.errors import ConfigError
+
 __all__ = ["PARTITIONS", "dirichlet_partition", "iid_partition", "class_histogram"]
 
 PARTITIONS = ("dirichlet", "iid")
@@ -20,9 +22,9 @@ def dirichlet_partition(labels, num_nodes: int, alpha: float, seed: int = 0, min
     """Split ``range(len(labels))`` into ``num_nodes`` disjoint sorted index arrays covering every sample."""
     labels = np.asarray(labels)
     if not (alpha > 0 and np.isfinite(alpha)):
-        raise ValueError(f"alpha must be a positive finite number (got {alpha!r}); 0.1 is strongly non-IID")
+        raise ConfigError(f"alpha must be a positive finite number (got {alpha!r}); 0.1 is strongly non-IID")
     if num_nodes < 1 or num_nodes * min_size > len(labels):
-        raise ValueError(f"cannot give {num_nodes} nodes {min_size} samples each from {len(labels)} samples; "
+        raise ConfigError(f"cannot give {num_nodes} nodes {min_size} samples each from {len(labels)} samples; "
                          "lower --nodes or --min-samples")
     rng = np.random.default_rng(seed)
     classes = np.unique(labels)
@@ -37,7 +39,7 @@ def dirichlet_partition(labels, num_nodes: int, alpha: float, seed: int = 0, min
         out = [np.sort(np.concatenate(p)) for p in parts]
         if min(len(p) for p in out) >= min_size:
             return out
-    raise ValueError(f"no Dirichlet({alpha}) split in {max_tries} draws gives every node >= {min_size} samples; "
+    raise ConfigError(f"no Dirichlet({alpha}) split in {max_tries} draws gives every node >= {min_size} samples; "
                      "raise alpha or lower --nodes")
 
 
@@ -50,7 +52,7 @@ def class_histogram(labels, parts, num_classes: int) -> np.ndarray:
 def iid_partition(num_samples: int, num_nodes: int, seed: int = 0, min_size: int = 10) -> list[np.ndarray]:
     """A uniformly random split of ``range(num_samples)`` into ``num_nodes`` sorted parts whose sizes differ by at most one."""
     if num_nodes < 1 or num_nodes * min_size > num_samples:
-        raise ValueError(f"cannot give {num_nodes} nodes {min_size} samples each from {num_samples} samples; "
+        raise ConfigError(f"cannot give {num_nodes} nodes {min_size} samples each from {num_samples} samples; "
                          "lower --nodes or --min-samples")
     perm = np.random.default_rng(seed).permutation(num_samples)
     return [np.sort(part) for part in np.array_split(perm, num_nodes)]

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from curvfast.errors import ConfigError, UnknownNameError
+
 __all__ = ["Topology", "build_topology", "metropolis_hastings", "TOPOLOGIES"]
 
 TOPOLOGIES = ("ring", "torus", "social", "full")
@@ -78,15 +80,15 @@ def _edges(name: str, n: int) -> list[tuple[int, int]]:
         graph = nx.florentine_families_graph()
         index = {name: i for i, name in enumerate(sorted(graph.nodes))}
         return [(index[a], index[b]) for a, b in graph.edges]
-    raise ValueError(f"topology must be one of {TOPOLOGIES} (got {name!r})")
+    raise UnknownNameError(f"topology must be one of {TOPOLOGIES} (got {name!r})")
 
 
 def build_topology(name: str, num_nodes: int) -> Topology:
     """The named graph on ``num_nodes`` nodes with Metropolis-Hastings mixing weights."""
     if not isinstance(num_nodes, int) or num_nodes < 2:
-        raise ValueError(f"num_nodes must be an int >= 2 (got {num_nodes!r}); decentralized learning needs neighbours")
+        raise ConfigError(f"num_nodes must be an int >= 2 (got {num_nodes!r}); decentralized learning needs neighbours")
     if name == "social" and num_nodes != SOCIAL_NODES:
-        raise ValueError(f"topology 'social' is the {SOCIAL_NODES}-node Florentine families graph; pass --nodes {SOCIAL_NODES}")
+        raise ConfigError(f"topology 'social' is the {SOCIAL_NODES}-node Florentine families graph; pass --nodes {SOCIAL_NODES}")
     w = metropolis_hastings(num_nodes, _edges(name, num_nodes))
     neighbours = tuple(tuple(int(j) for j in np.flatnonzero(w[i]) if j != i) for i in range(num_nodes))
     return Topology(name, w, neighbours)

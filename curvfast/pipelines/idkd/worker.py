@@ -45,6 +45,7 @@ from curvfast.pipelines.idkd.optim import DecentralizedSGD
 from curvfast.pipelines.idkd.partition import dirichlet_partition, iid_partition
 from curvfast.pipelines.idkd.report import accuracy_figure, run_summary
 from curvfast.pipelines.idkd.topology import build_topology
+from curvfast.errors import ConfigError
 
 __all__ = ["run_node", "run_process", "main"]
 
@@ -87,13 +88,13 @@ def _device_and_backend(cfg: Config) -> tuple[torch.device, str]:
     if device.type == "cpu":
         return device, "gloo"
     if not torch.cuda.is_available():
-        raise ValueError(f"--device {cfg.device} was requested but no GPU is visible; use --device cpu")
+        raise ConfigError(f"--device {cfg.device} was requested but no GPU is visible; use --device cpu")
     count = torch.cuda.device_count()
     local_rank, local_world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     if device.index is None:
         device, own_gpu = torch.device("cuda", local_rank % count), local_world <= count
     elif device.index >= count:
-        raise ValueError(f"--device {cfg.device}: this host has {count} GPU(s) (cuda:0 .. cuda:{count - 1})")
+        raise ConfigError(f"--device {cfg.device}: this host has {count} GPU(s) (cuda:0 .. cuda:{count - 1})")
     else:
         own_gpu = local_world == 1
     torch.cuda.set_device(device)
@@ -114,7 +115,7 @@ def run_node(cfg: Config, out: str) -> dict:
     and ``out/accuracy.png``. Returns the results (the same on every node)."""
     rank, world = dist.get_rank(), dist.get_world_size()
     if world != cfg.nodes:
-        raise ValueError(f"--nodes {cfg.nodes} but torchrun started {world} processes; make them equal")
+        raise ConfigError(f"--nodes {cfg.nodes} but torchrun started {world} processes; make them equal")
     torch.set_num_threads(cfg.node_threads)
     device, _ = _device_and_backend(cfg)
     comm_device = device if dist.get_backend() == "nccl" else torch.device("cpu")

@@ -20,16 +20,18 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
+from curvfast.errors import ConfigError, DataError
+
 __all__ = ["cosine_similarity", "top_k_overlap", "agreement"]
 
 
 def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
     a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
     if a.shape != b.shape:
-        raise ValueError(f"scores must have the same length (got {a.size} and {b.size})")
+        raise DataError(f"scores must have the same length (got {a.size} and {b.size})")
     ok = np.isfinite(a) & np.isfinite(b)
     if ok.sum() < 3:
-        raise ValueError(f"need at least 3 samples where both scores are finite (got {int(ok.sum())})")
+        raise DataError(f"need at least 3 samples where both scores are finite (got {int(ok.sum())})")
     return a[ok], b[ok]
 
 
@@ -44,7 +46,7 @@ def top_k_overlap(a, b, k: int) -> float:
     """Fraction of the k highest-scoring samples of ``a`` that are among the k highest of ``b``."""
     a, b = _pair(a, b)
     if not 1 <= k <= a.size:
-        raise ValueError(f"k must be in [1, {a.size}] (got {k})")
+        raise ConfigError(f"k must be in [1, {a.size}] (got {k})")
     top_a = np.argsort(-a, kind="stable")[:k]
     top_b = np.argsort(-b, kind="stable")[:k]
     return float(np.intersect1d(top_a, top_b).size / k)

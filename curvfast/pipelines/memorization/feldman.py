@@ -32,6 +32,7 @@ from scipy.stats import norm
 from torch.utils.data import DataLoader
 
 from curvfast.pipelines.common.data import as_float
+from curvfast.errors import ConfigError, DataError
 
 __all__ = ["random_subsets", "predict", "label_predictions", "MemorizationEstimate", "memorization_scores", "wilson_interval",
            "newcombe_interval"]
@@ -40,9 +41,9 @@ __all__ = ["random_subsets", "predict", "label_predictions", "MemorizationEstima
 def random_subsets(models: int, samples: int, fraction: float, seed: int = 0) -> np.ndarray:
     """(models, samples) boolean membership matrix: each sample kept independently with probability ``fraction``."""
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"fraction must be in (0, 1) so every sample is both IN and OUT for some models (got {fraction})")
+        raise ConfigError(f"fraction must be in (0, 1) so every sample is both IN and OUT for some models (got {fraction})")
     if models < 2:
-        raise ValueError(f"models must be >= 2 to have IN and OUT models for a sample (got {models})")
+        raise ConfigError(f"models must be >= 2 to have IN and OUT models for a sample (got {models})")
     return np.random.default_rng(seed).random((models, samples)) < fraction
 
 
@@ -144,9 +145,9 @@ def memorization_scores(correct: np.ndarray, keep: np.ndarray, confidence: float
     """Estimate mem(i) from ``correct`` (M, N) — model m predicts y_i — and ``keep`` (M, N) — i ∈ S_m."""
     correct, keep = np.asarray(correct, dtype=bool), np.asarray(keep, dtype=bool)
     if correct.shape != keep.shape or correct.ndim != 2:
-        raise ValueError(f"correct and keep must be (models, samples) matrices of one shape (got {correct.shape} and {keep.shape})")
+        raise DataError(f"correct and keep must be (models, samples) matrices of one shape (got {correct.shape} and {keep.shape})")
     if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1) (got {confidence})")
+        raise ConfigError(f"confidence must be in (0, 1) (got {confidence})")
     n_in, n_out = keep.sum(0), (~keep).sum(0)
     k_in, k_out = (correct & keep).sum(0), (correct & ~keep).sum(0)
     with np.errstate(invalid="ignore", divide="ignore"):

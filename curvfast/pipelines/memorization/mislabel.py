@@ -19,6 +19,7 @@ import torch
 from curvfast.metrics import auroc
 from curvfast.pipelines.common.multitrain import train_subset_models
 from curvfast.pipelines.memorization.feldman import predict
+from curvfast.errors import ConfigError
 
 __all__ = ["flip_labels", "cross_val_pred_probs", "cleanlab_scores", "mislabel_report"]
 
@@ -27,12 +28,12 @@ def flip_labels(targets: torch.Tensor, fraction: float, num_classes: int, seed: 
     """Flip exactly round(fraction·N) labels, chosen at random, each to a uniformly random *other*
     class. Returns (noisy targets, flipped mask (N,) bool)."""
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"noise fraction must be in (0, 1) (got {fraction})")
+        raise ConfigError(f"noise fraction must be in (0, 1) (got {fraction})")
     rng = np.random.default_rng(seed)
     n = len(targets)
     count = int(round(fraction * n))
     if count < 1:
-        raise ValueError(f"noise fraction {fraction} flips no label of {n} samples; raise it")
+        raise ConfigError(f"noise fraction {fraction} flips no label of {n} samples; raise it")
     idx = rng.choice(n, size=count, replace=False)
     noisy = targets.clone()
     shift = torch.from_numpy(rng.integers(1, num_classes, size=count))  # 1..C-1: never the true class
@@ -47,7 +48,7 @@ def cross_val_pred_probs(make_model, images: torch.Tensor, labels: torch.Tensor,
     """(N, C) out-of-sample softmax probabilities from ``folds``-fold cross-validation; the fold
     models are trained together with the shared trainer (model k trains on all folds but k)."""
     if folds < 2:
-        raise ValueError(f"folds must be >= 2 (got {folds})")
+        raise ConfigError(f"folds must be >= 2 (got {folds})")
     fold = np.random.default_rng(seed).permutation(len(images)) % folds
     keep = fold[None, :] != np.arange(folds)[:, None]
     models = train_subset_models(make_model, images, labels, keep, seed=seed, **train_kwargs)

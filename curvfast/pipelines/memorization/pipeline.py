@@ -26,7 +26,7 @@ import torch
 
 import curvfast.curvature as curvature
 from curvfast import __version__, parse_device
-from curvfast.errors import ConfigError
+from curvfast.errors import ConfigError, UnknownNameError
 from curvfast.io import write_npz
 from curvfast.pipelines.common.contract import config_dict, field_choices, option, run_folder, write_results
 from curvfast.pipelines.common.data import DataOptions, as_float, dataset_labels, load_split, materialise
@@ -96,7 +96,7 @@ class Config(DataOptions):
     quiet: bool = option(False)
 
     def validate(self) -> None:
-        """Refuse settings that cannot run, naming the option (ValueError)."""
+        """Refuse settings that cannot run, naming the option (:class:`~curvfast.errors.ConfigError`)."""
         self.check_data_options()
         parse_device(self.device)
         for name in ("subset_models", "epochs", "batch_size", "proxy_models", "folds", "dp_models", "dp_epochs", "dp_batch_size",
@@ -111,7 +111,7 @@ class Config(DataOptions):
         if not self.dp_epsilons or not all(e > 0 for e in self.dp_epsilons):
             raise ConfigError(f"--dp-epsilons needs positive values such as 1,2,4,8 (got {self.dp_epsilons})")
         if self.method not in field_choices(Config, "method"):
-            raise ConfigError(f"--method must be one of {', '.join(field_choices(Config, 'method'))} (got {self.method!r})")
+            raise UnknownNameError(f"--method must be one of {', '.join(field_choices(Config, 'method'))} (got {self.method!r})")
 
 
 def _training_tensors(config: Config, dataset):

@@ -28,6 +28,7 @@ from torch import nn
 from curvfast.engine import score_models
 from curvfast.pipelines.common.data import PackedDataset
 from curvfast.pipelines.common.multitrain import train_subset_models
+from curvfast.errors import ConfigError
 
 __all__ = ["curvature_per_model", "train_with_checkpoints", "CurvatureTrajectory", "curvature_trajectory"]
 
@@ -62,7 +63,7 @@ def train_with_checkpoints(
     from tqdm.auto import tqdm
 
     if epochs < 1:
-        raise ValueError(f"epochs must be >= 1 (got {epochs})")
+        raise ConfigError(f"epochs must be >= 1 (got {epochs})")
     models: list[nn.Module] | None = None
     for e in tqdm(range(epochs), desc="epochs (train + score)", unit="epoch", disable=not progress if progress is not None else None):
         lr_e = lr * (1.0 + math.cos(math.pi * e / epochs)) / 2.0

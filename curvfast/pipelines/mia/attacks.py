@@ -46,6 +46,8 @@ import math
 import numpy as np
 from scipy.special import log_ndtr, logsumexp
 
+from curvfast.errors import DataError, NonFiniteError, UnknownNameError
+
 __all__ = [
     "CURVATURE_EPS", "check_membership", "fit_gaussians", "gaussian_logpdf",
     "loss_attack", "lira_online", "lira_offline", "curvature_nll", "curvature_lr",
@@ -62,9 +64,9 @@ def _as_views(a: np.ndarray, ndim: int, name: str) -> np.ndarray:
     if a.ndim == ndim - 1:
         a = a[..., None]
     if a.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim - 1} or {ndim} dimensions (..., samples[, views]); got shape {a.shape}")
+        raise DataError(f"{name} must have {ndim - 1} or {ndim} dimensions (..., samples[, views]); got shape {a.shape}")
     if not np.isfinite(a).all():
-        raise ValueError(f"{name} has {int((~np.isfinite(a)).sum())} NaN/inf values")
+        raise NonFiniteError(f"{name} has {int((~np.isfinite(a)).sum())} NaN/inf values")
     return a
 
 
@@ -72,17 +74,17 @@ def check_membership(keep, num_samples: int | None = None, *, need_in: int = 1, 
     """Validate a (models, samples) keep matrix: boolean, every sample IN >= need_in and OUT >= need_out times."""
     keep = np.asarray(keep)
     if keep.ndim != 2:
-        raise ValueError(f"keep must be a (models, samples) matrix; got shape {keep.shape}")
+        raise DataError(f"keep must be a (models, samples) matrix; got shape {keep.shape}")
     if keep.dtype != bool:
         if not np.isin(keep, (0, 1)).all():
-            raise ValueError("keep must be boolean (or 0/1): keep[m, i] says whether sample i trained model m")
+            raise DataError("keep must be boolean (or 0/1): keep[m, i] says whether sample i trained model m")
         keep = keep.astype(bool)
     if num_samples is not None and keep.shape[1] != num_samples:
-        raise ValueError(f"keep has {keep.shape[1]} samples (columns) but the signals have {num_samples}")
+        raise DataError(f"keep has {keep.shape[1]} samples (columns) but the signals have {num_samples}")
     for count, need, word in ((keep.sum(0), need_in, "IN"), ((~keep).sum(0), need_out, "OUT")):
         bad = np.flatnonzero(count < need)
         if bad.size:
-            raise ValueError(
+            raise DataError(
                 f"{bad.size} samples are {word} in fewer than {need} shadow model(s) (e.g. samples {bad[:5].tolist()}); "
                 f"the attack needs every sample {word} at least {need} time(s): use more shadows, or a balanced keep "
                 "matrix (curvfast.pipelines.mia.experiment.balanced_keep)"
@@ -94,9 +96,9 @@ def _inputs(target, shadow, keep, need_in, need_out):
     shadow = _as_views(shadow, 3, "shadow")
     target = _as_views(target, 2, "target")
     if target.shape != shadow.shape[1:]:
-        raise ValueError(f"target has shape {target.shape} but the shadows' signal has (samples, views) = {shadow.shape[1:]}")
+        raise DataError(f"target has shape {target.shape} but the shadows' signal has (samples, views) = {shadow.shape[1:]}")
     if np.shape(keep)[:1] != shadow.shape[:1]:
-        raise ValueError(f"keep has {np.shape(keep)[0]} models (rows) but shadow has {shadow.shape[0]}")
+        raise DataError(f"keep has {np.shape(keep)[0]} models (rows) but shadow has {shadow.shape[0]}")
     keep = check_membership(keep, shadow.shape[1], need_in=need_in, need_out=need_out)
     return target, shadow, keep
 
@@ -109,9 +111,9 @@ def fit_gaussians(shadow: np.ndarray, mask: np.ndarray, variance: str = "per_sam
     ``shadow`` (S, N, V), ``mask`` (S, N). ``variance="global"``: one pooled σ per view.
     """
     if variance not in VARIANCES:
-        raise ValueError(f"variance must be one of {VARIANCES} (got {variance!r})")
+        raise UnknownNameError(f"variance must be one of {VARIANCES} (got {variance!r})")
     if center not in ("mean", "median"):
-        raise ValueError(f"center must be 'mean' or 'median' (got {center!r})")
+        raise UnknownNameError(f"center must be 'mean' or 'median' (got {center!r})")
     w = mask[..., None].astype(np.float64)
     n = w.sum(0)
     mean = (w * shadow).sum(0) / n
@@ -158,7 +160,7 @@ def lira_offline(target_conf, shadow_conf, keep, *, variance: str = "per_sample"
 def _log_curvature(c):
     c = np.asarray(c, dtype=np.float64)
     if (c < 0).any():
-        raise ValueError("curvature signals must be >= 0 (trace of a PSD Gauss-Newton matrix, or a norm estimate)")
+        raise DataError("curvature signals must be >= 0 (trace of a PSD Gauss-Newton matrix, or a norm estimate)")
     return np.log(c + CURVATURE_EPS)
 
 

@@ -18,6 +18,7 @@ from curvfast import metrics
 from curvfast.plots import pyplot, save_png
 from curvfast.pipelines.mia import attacks as A
 from curvfast.pipelines.mia.signals import curvature_signals
+from curvfast.errors import ConfigError, DataError, UnknownNameError
 
 __all__ = ["attack_table", "REQUIRED_ATTACKS", "FPRS", "attack_scores", "attack_metrics", "mean_roc", "plot_rocs"]
 
@@ -60,22 +61,22 @@ def attack_scores(signals: dict, keep: np.ndarray, targets, shadows, names=None)
     """
     targets, shadows = list(targets), list(shadows)
     if set(targets) & set(shadows):
-        raise ValueError(f"targets and shadows must be different models (both contain {sorted(set(targets) & set(shadows))})")
+        raise ConfigError(f"targets and shadows must be different models (both contain {sorted(set(targets) & set(shadows))})")
     if not targets or not shadows:
-        raise ValueError("need at least one target and one shadow model")
+        raise ConfigError("need at least one target and one shadow model")
     table = attack_table()
     names = [n for n in table if table[n][0] in signals and not n.endswith("_published")] if names is None else list(names)
     unknown = [n for n in names if n not in table]
     if unknown:
-        raise ValueError(f"unknown attacks {unknown}; choose from {sorted(table)}")
+        raise UnknownNameError(f"unknown attacks {unknown}; choose from {sorted(table)}")
     out = {}
     for name in names:
         signal, fn = table[name]
         if signal not in signals:
-            raise ValueError(f"attack {name!r} needs signal {signal!r}, which was not computed")
+            raise ConfigError(f"attack {name!r} needs signal {signal!r}, which was not computed")
         values = signals[signal]
         if values.shape[:2] != keep.shape:
-            raise ValueError(f"signal {signal!r} has (models, samples) = {values.shape[:2]} but keep has {keep.shape}")
+            raise DataError(f"signal {signal!r} has (models, samples) = {values.shape[:2]} but keep has {keep.shape}")
         out[name] = np.stack([fn(values[t], values[shadows], keep[shadows]) for t in targets])
     return out
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from curvfast.io import atomic_write_bytes, write_json
 from curvfast.pipelines.mia.attacks import check_membership
+from curvfast.errors import ConfigError, DataError
 
 __all__ = ["export_lira", "import_lira", "export_matrices", "import_matrices"]
 
@@ -38,7 +39,7 @@ def _check(keep, signal):
     if signal.ndim == 2:
         signal = signal[..., None]
     if keep.ndim != 2 or signal.ndim != 3 or signal.shape[:2] != keep.shape:
-        raise ValueError(f"keep (models, samples) and signal (models, samples[, views]) must agree; got {keep.shape} and {signal.shape}")
+        raise DataError(f"keep (models, samples) and signal (models, samples[, views]) must agree; got {keep.shape} and {signal.shape}")
     return keep, signal
 
 
@@ -78,7 +79,7 @@ def export_matrices(path: str, keep, signals: dict, *, view: int = 0) -> None:
     for name, signal in signals.items():
         k, s = _check(keep, signal)
         if not 0 <= view < s.shape[2]:
-            raise ValueError(f"view={view} but signal {name!r} has {s.shape[2]} view(s)")
+            raise ConfigError(f"view={view} but signal {name!r} has {s.shape[2]} view(s)")
         _save_npy(os.path.join(path, f"signals_{name}.npy"), s[:, :, view].T)
     _save_npy(os.path.join(path, "memberships.npy"), np.asarray(keep, dtype=bool).T)
     write_json(os.path.join(path, "matrices.json"), {"layout": "rows = samples, columns = models", "view": view,

@@ -173,7 +173,7 @@ def balanced_keep(num_models: int, num_samples: int, seed: int = 0) -> np.ndarra
     (for odd M, whether a sample gets the extra IN is a fair coin).
     """
     if num_models < 1 or num_samples < 1:
-        raise ValueError(f"need at least 1 model and 1 sample (got {num_models}, {num_samples})")
+        raise ConfigError(f"need at least 1 model and 1 sample (got {num_models}, {num_samples})")
     rng = np.random.default_rng(seed)
     ranks = rng.random((num_models, num_samples)).argsort(0).argsort(0)
     half = np.where(rng.random(num_samples) < 0.5, num_models // 2, (num_models + 1) // 2)
@@ -370,7 +370,7 @@ def _export(config: Config, folder: str) -> None:
         keep = z["keep"]
     if config.export_lira:
         if "conf" not in signals:
-            raise ValueError("--export-lira writes the confidence signal, and these signals have none")
+            raise ConfigError("--export-lira writes the confidence signal, and these signals have none")
         interchange.export_lira(config.export_lira, keep, signals["conf"])
     if config.export_matrices:
         interchange.export_matrices(config.export_matrices, keep, signals)

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import curvfast.curvature as curvature
 from curvfast.curvature import DEFAULT_PROBES, input_curvature
+from curvfast.errors import ConfigError, DataError, UnknownNameError
 
 __all__ = ["SIGNALS", "OUTPUT_SIGNALS", "curvature_signals", "signal_choices", "VIEWS", "apply_view", "logit_confidence",
            "modified_entropy", "model_signals", "compute_signals"]
@@ -56,7 +57,7 @@ def apply_view(x: torch.Tensor, view: str) -> torch.Tensor:
         return x
     if view == "hflip":
         return torch.flip(x, dims=(-1,))
-    raise ValueError(f"view must be one of {VIEWS} (got {view!r})")
+    raise UnknownNameError(f"view must be one of {VIEWS} (got {view!r})")
 
 
 def logit_confidence(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -82,7 +83,7 @@ def _check_names(names, allowed, what):
     names = tuple(names)
     bad = [n for n in names if n not in allowed]
     if bad or not names:
-        raise ValueError(f"{what} must be a non-empty subset of {allowed} (got {list(names)})")
+        raise ConfigError(f"{what} must be a non-empty subset of {allowed} (got {list(names)})")
     return names
 
 
@@ -151,7 +152,7 @@ def compute_signals(
             x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device, non_blocking=True)
             ids = torch.arange(start, start + len(y)) if indices is None else torch.as_tensor(indices[start:start + len(y)])
             if len(ids) != len(y):
-                raise ValueError(f"indices has {len(indices)} entries but data holds more samples")
+                raise DataError(f"indices has {len(indices)} entries but data holds more samples")
             start += len(y)
             for row, model in zip(rows, models):
                 values, correct = _batch_signals(model, x, y, ids, signals, views, probes, seed)
@@ -162,7 +163,7 @@ def compute_signals(
         for model, mode in zip(models, modes):
             model.train(mode)
     if indices is not None and start != len(indices):
-        raise ValueError(f"indices has {len(indices)} entries but data holds {start} samples")
+        raise DataError(f"indices has {len(indices)} entries but data holds {start} samples")
     out = {name: np.stack([np.concatenate(row[name]) for row in rows]) for name in signals}
     return out, np.stack([np.concatenate(row["correct"]) for row in rows])
 

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
+from curvfast.errors import ConfigError, UnknownNameError
+
 __all__ = ["StreamNet", "TorchvisionStream", "InternalClassifier", "STREAM_ORDER", "STREAM_CHANNELS", "STREAM_SPECS",
            "BACKBONES", "build_streams", "build_exits", "segment_mean"]
 
@@ -82,7 +84,7 @@ class StreamNet(_Stages):
                  stem_stride: int = 1):
         super().__init__()
         if len(widths) != 4 or len(blocks) != 4:
-            raise ValueError(f"widths and blocks need 4 entries each (got {widths}, {blocks})")
+            raise ConfigError(f"widths and blocks need 4 entries each (got {widths}, {blocks})")
         self.widths = tuple(widths)
         self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, stem_stride, 1, bias=False), nn.BatchNorm2d(widths[0]),
                                   nn.ReLU(inplace=True))
@@ -130,7 +132,7 @@ def build_streams(num_classes: int, specs: dict | None = None, backbone: str = "
     """One stream per representation, keyed "iframe", "mv", "residual": ``StreamNet(**specs[name])`` where
     ``backbone`` (see ``BACKBONES``) names none, else that torchvision ResNet."""
     if backbone not in BACKBONES:
-        raise ValueError(f"backbone must be one of {', '.join(BACKBONES)} (got {backbone!r})")
+        raise UnknownNameError(f"backbone must be one of {', '.join(BACKBONES)} (got {backbone!r})")
     specs = specs or STREAM_SPECS
     arch = BACKBONES[backbone]
     return nn.ModuleDict({name: StreamNet(STREAM_CHANNELS[name], num_classes, **specs[name]) if arch[name] is None

@@ -29,6 +29,7 @@ from curvfast.pipelines.pkd.video import (CompressedVideoDataset, SyntheticConfi
                                           stratified_split, synthetic_actions, ucf101_clips, videofolder_clips)
 from curvfast.pipelines.pkd.video.synthetic import cache_root
 from curvfast.pipelines.pkd.wise import fit_wise, wise_sweep
+from curvfast.errors import ConfigError, UnknownNameError
 
 __all__ = ["Config", "PRESETS", "run", "summary", "load_clips", "EXIT_NAMES", "TAU_GRID", "DATASETS"]
 
@@ -86,35 +87,35 @@ class Config:
     quiet: bool = option(False)
 
     def validate(self) -> None:
-        """Check every setting (``ValueError`` naming the option); resolve the synthetic set's ``frames``."""
+        """Check every setting (:class:`~curvfast.errors.ConfigError` naming the option); resolve the synthetic set's ``frames``."""
         if self.dataset not in DATASETS:
-            raise ValueError(f"--dataset must be one of {', '.join(DATASETS)} (got {self.dataset!r})")
+            raise UnknownNameError(f"--dataset must be one of {', '.join(DATASETS)} (got {self.dataset!r})")
         if self.dataset != "synthetic" and self.root is None:
-            raise ValueError(f"dataset {self.dataset!r} needs --root <folder holding it>; curvfast never downloads videos")
+            raise ConfigError(f"dataset {self.dataset!r} needs --root <folder holding it>; curvfast never downloads videos")
         if self.dataset == "synthetic" and self.frames is None:
             self.frames = SYNTHETIC_FRAMES
         if self.frames is not None and self.frames < 2:
-            raise ValueError(f"--frames must be >= 2 (got {self.frames}); leave it out for whole clips")
+            raise ConfigError(f"--frames must be >= 2 (got {self.frames}); leave it out for whole clips")
         if self.size < 16 or self.size % 16:
-            raise ValueError(f"--size must be a multiple of 16 (whole macroblocks), >= 16 (got {self.size})")
+            raise ConfigError(f"--size must be a multiple of 16 (whole macroblocks), >= 16 (got {self.size})")
         if self.backbone not in BACKBONES:
-            raise ValueError(f"--backbone must be one of {', '.join(BACKBONES)} (got {self.backbone!r})")
+            raise UnknownNameError(f"--backbone must be one of {', '.join(BACKBONES)} (got {self.backbone!r})")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
-            raise ValueError(f"--workers must be an int >= 0 (got {self.workers!r})")
+            raise ConfigError(f"--workers must be an int >= 0 (got {self.workers!r})")
         parse_device(self.device)
         for name in ("segments", "stream_epochs", "exit_epochs", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
         if not 0 < self.tau <= 1:
-            raise ValueError(f"--tau must lie in (0, 1] (got {self.tau})")
+            raise ConfigError(f"--tau must lie in (0, 1] (got {self.tau})")
         if not 0 <= self.wise_holdout < 1:
-            raise ValueError(f"--wise-holdout must lie in [0, 1) (got {self.wise_holdout})")
+            raise ConfigError(f"--wise-holdout must lie in [0, 1) (got {self.wise_holdout})")
         if self.wise_alpha < 0:
-            raise ValueError(f"--wise-alpha must be >= 0 (got {self.wise_alpha})")
+            raise ConfigError(f"--wise-alpha must be >= 0 (got {self.wise_alpha})")
         if self.wise_free_exits < 0:
-            raise ValueError(f"--wise-free-exits must be >= 0 (got {self.wise_free_exits})")
+            raise ConfigError(f"--wise-free-exits must be >= 0 (got {self.wise_free_exits})")
         if len(self.boundaries) != 2 or not 0 <= self.boundaries[0] <= self.boundaries[1] <= 1:
-            raise ValueError(f"--boundaries takes two fractions b0,b1 with 0 <= b0 <= b1 <= 1 (got {self.boundaries})")
+            raise ConfigError(f"--boundaries takes two fractions b0,b1 with 0 <= b0 <= b1 <= 1 (got {self.boundaries})")
 
 
 def load_clips(config: Config, progress: bool = False):
@@ -163,7 +164,7 @@ def _hold_out(clips, config: Config):
     train, wise = clips.subset(~held), clips.subset(held)
     missing = sorted(set(range(len(clips.classes))) - set(train.labels.tolist()))
     if missing:
-        raise ValueError(f"wise_holdout={config.wise_holdout} leaves classes {missing} without training clips; "
+        raise ConfigError(f"wise_holdout={config.wise_holdout} leaves classes {missing} without training clips; "
                          "lower --wise-holdout or use more clips per class")
     return train, wise
 

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from curvfast.training import TrainRecipe, fit, soft_cross_entropy
 from curvfast.pipelines.pkd.networks import STREAM_ORDER, segment_mean
+from curvfast.errors import ConfigError, UnknownNameError
 
 __all__ = ["PUBLISHED_BOUNDARIES", "pkd_teacher", "exit_logits_from_features", "train_exits"]
 
@@ -31,11 +32,11 @@ def pkd_teacher(epoch: int, epochs: int, stream: str, boundaries: tuple[float, f
     """The stream whose head teaches ``stream``'s ICs at ``epoch`` (0-based) of ``epochs``: "mv"
     before ``boundaries[0] * epochs``, "residual" before ``boundaries[1] * epochs``, then ``stream``."""
     if stream not in STREAM_ORDER:
-        raise ValueError(f"stream must be one of {STREAM_ORDER} (got {stream!r})")
+        raise UnknownNameError(f"stream must be one of {STREAM_ORDER} (got {stream!r})")
     if not 0 <= boundaries[0] <= boundaries[1] <= 1:
-        raise ValueError(f"boundaries must satisfy 0 <= b0 <= b1 <= 1 (got {boundaries})")
+        raise ConfigError(f"boundaries must satisfy 0 <= b0 <= b1 <= 1 (got {boundaries})")
     if not 0 <= epoch < epochs:
-        raise ValueError(f"epoch must lie in [0, {epochs}) (got {epoch})")
+        raise ConfigError(f"epoch must lie in [0, {epochs}) (got {epoch})")
     if epoch < round(boundaries[0] * epochs):
         return "mv"
     if epoch < round(boundaries[1] * epochs):

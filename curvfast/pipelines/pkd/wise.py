@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from curvfast.errors import ConfigError, DataError
+
 __all__ = ["wise_objective", "fit_prefix_weights", "fit_wise", "wise_early_exit", "wise_sweep"]
 
 
@@ -51,10 +53,10 @@ def fit_prefix_weights(logits: np.ndarray, labels: np.ndarray, alpha: float = 1e
                        tol: float = 1e-9) -> np.ndarray:
     """FISTA (with adaptive restart) for the weights of one prefix; logits (N, K, C) -> w (K,)."""
     if alpha < 0:
-        raise ValueError(f"alpha must be >= 0 (got {alpha})")
+        raise ConfigError(f"alpha must be >= 0 (got {alpha})")
     logits, labels = _centre(logits), np.asarray(labels, np.int64)
     if logits.ndim != 3 or len(labels) != len(logits):
-        raise ValueError(f"logits must be (N, K, C) with N = len(labels) (got {logits.shape}, {labels.shape})")
+        raise DataError(f"logits must be (N, K, C) with N = len(labels) (got {logits.shape}, {labels.shape})")
     gram = np.einsum("nkc,njc->kj", logits, logits) / len(labels)
     step = 1.0 / max(0.5 * np.linalg.eigvalsh(gram)[-1], 1e-12)
     w = np.zeros(logits.shape[1])
@@ -77,7 +79,7 @@ def fit_wise(logits: np.ndarray, labels: np.ndarray, alpha: float = 0.1, free_ex
     """Weights of every prefix: ``[w^(1) (1,), w^(2) (2,), ..., w^(K) (K,)]``; the prefixes of at most
     ``free_exits`` exits are fitted without the L1 term (the published schedule: 5 and 0.1)."""
     if free_exits < 0:
-        raise ValueError(f"free_exits must be >= 0 (got {free_exits})")
+        raise ConfigError(f"free_exits must be >= 0 (got {free_exits})")
     return [fit_prefix_weights(logits[:, : k + 1], labels, 0.0 if k < free_exits else alpha) for k in range(logits.shape[1])]
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from curvfast.errors import ConfigError, DataError
+
 __all__ = ["mutual_transfer", "select_members"]
 
 
@@ -12,7 +14,7 @@ def mutual_transfer(matrix: np.ndarray) -> np.ndarray:
     one model could not be fooled at all) counts as fully transferable, so it is never preferred."""
     m = np.asarray(matrix, dtype=np.float64)
     if m.ndim != 2 or m.shape[0] != m.shape[1]:
-        raise ValueError(f"transfer matrix must be square (got shape {m.shape})")
+        raise DataError(f"transfer matrix must be square (got shape {m.shape})")
     return np.nan_to_num((m + m.T) / 2, nan=1.0)
 
 
@@ -26,7 +28,7 @@ def select_members(matrix: np.ndarray, k: int, candidates: list[int] | None = No
     mutual = mutual_transfer(matrix)
     pool = list(range(len(mutual))) if candidates is None else list(candidates)
     if not 1 <= k <= len(pool):
-        raise ValueError(f"ensemble size k must be in [1, {len(pool)}] (got {k})")
+        raise ConfigError(f"ensemble size k must be in [1, {len(pool)}] (got {k})")
     if k == 1:
         return pool[:1]
     first = min(((i, j) for n, i in enumerate(pool) for j in pool[n + 1:]), key=lambda p: (mutual[p], p))

@@ -29,6 +29,7 @@ from curvfast.pipelines.common.cache import cached
 from curvfast.pipelines.common.data import DataOptions, build_network, loader
 from curvfast.training import TrainRecipe, evaluate, fit
 from curvfast.pipelines.transfer.quantize import Halftone, InputQuantized, InputQuantizer, dorefa
+from curvfast.errors import ConfigError, UnknownNameError
 
 __all__ = ["MemberSpec", "parse_spec", "build_member", "train_member", "load_or_train"]
 
@@ -72,14 +73,14 @@ class MemberSpec:
 
 
 def parse_spec(text: str) -> MemberSpec:
-    """Parse ``arch[+in<k>|+halftone|+halftonefs|+w<k>a<k>|+adam|+sgd][@seed]`` (ValueError names the bad part)."""
+    """Parse ``arch[+in<k>|+halftone|+halftonefs|+w<k>a<k>|+adam|+sgd][@seed]`` (a ConfigError names the bad part)."""
     if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"model spec must be a non-empty string such as 'small_cnn+in2@1' (got {text!r})")
+        raise ConfigError(f"model spec must be a non-empty string such as 'small_cnn+in2@1' (got {text!r})")
     body, _, seed_text = text.strip().partition("@")
     try:
         seed = int(seed_text) if seed_text else 0
     except ValueError:
-        raise ValueError(f"model spec {text!r}: the seed after '@' must be an integer") from None
+        raise ConfigError(f"model spec {text!r}: the seed after '@' must be an integer") from None
     arch, *options = body.split("+")
     fields: dict = {"arch": arch, "seed": seed}
     for opt in options:
@@ -91,19 +92,19 @@ def parse_spec(text: str) -> MemberSpec:
         elif opt.startswith("in") and opt[2:].isdigit():
             fields["input_bits"] = int(opt[2:])
             if not 1 <= fields["input_bits"] <= 8:
-                raise ValueError(f"model spec {text!r}: input quantisation takes 1..8 bits (got {opt!r})")
+                raise ConfigError(f"model spec {text!r}: input quantisation takes 1..8 bits (got {opt!r})")
         elif opt and bits:
             for key, value in zip(("weight_bits", "activation_bits"), bits.groups()):
                 if value is not None:
                     if not 1 <= int(value) <= 16:
-                        raise ValueError(f"model spec {text!r}: DoReFa takes 1..16 bits (got {opt!r})")
+                        raise ConfigError(f"model spec {text!r}: DoReFa takes 1..16 bits (got {opt!r})")
                     fields[key] = int(value)
         else:
-            raise ValueError(
+            raise UnknownNameError(
                 f"model spec {text!r}: unknown option {opt!r}; use in<1-8>, halftone, halftonefs, w<k>a<k>, adam or sgd"
             )
     if fields.get("halftone") and fields.get("input_bits") is not None:
-        raise ValueError(f"model spec {text!r}: choose either halftone or in<k>, not both")
+        raise ConfigError(f"model spec {text!r}: choose either halftone or in<k>, not both")
     return MemberSpec(**fields)
 
 

@@ -162,11 +162,11 @@ def _selection_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def _check_eps(eps, metric_eps: float, robust_eps) -> np.ndarray:
     values = np.asarray(sorted(set(float(e) for e in (*eps, *robust_eps))))
     if (values < 0).any():
-        raise ValueError(f"eps values must be >= 0 (got {list(eps)} and robust eps {list(robust_eps)})")
+        raise ConfigError(f"eps values must be >= 0 (got {list(eps)} and robust eps {list(robust_eps)})")
     if (values > 0).sum() < 2:
-        raise ValueError("the eps sweep needs at least two values > 0 to fit N(eps) = a(1 - e^{b eps})")
+        raise ConfigError("the eps sweep needs at least two values > 0 to fit N(eps) = a(1 - e^{b eps})")
     if not metric_eps > 0:
-        raise ValueError(f"metric_eps must be > 0 (got {metric_eps})")
+        raise ConfigError(f"metric_eps must be > 0 (got {metric_eps})")
     return values
 
 

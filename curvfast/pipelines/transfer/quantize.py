@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from curvfast.errors import ConfigError, DataError, UnknownNameError, UnsupportedModelError
+
 __all__ = [
     "straight_through", "quantize_uniform", "halftone", "sharpen_halftone", "HALFTONES", "InputQuantizer", "Halftone",
     "InputQuantized",
@@ -43,14 +45,14 @@ def straight_through(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 def _check_bits(bits, low: int, high: int, name: str) -> int:
     if isinstance(bits, bool) or not isinstance(bits, int) or not low <= bits <= high:
-        raise ValueError(f"{name} must be an int in [{low}, {high}] (got {bits!r})")
+        raise ConfigError(f"{name} must be an int in [{low}, {high}] (got {bits!r})")
     return bits
 
 
 def _sample_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample min and max over all non-batch dimensions, shaped to broadcast against ``x``."""
     if x.dim() < 2:
-        raise ValueError(f"input must be batched, shape (B, ...) (got shape {tuple(x.shape)})")
+        raise DataError(f"input must be batched, shape (B, ...) (got shape {tuple(x.shape)})")
     flat = x.detach().flatten(1)
     shape = (x.shape[0],) + (1,) * (x.dim() - 1)
     return flat.amin(1).view(shape), flat.amax(1).view(shape)
@@ -86,7 +88,7 @@ def halftone(x: torch.Tensor) -> torch.Tensor:
     the raster order (1/16, 5/16, 3/16, then 7/16), so the result equals the raster loop bit for bit.
     """
     if x.dim() != 4:
-        raise ValueError(f"halftone needs images of shape (B, C, H, W) (got shape {tuple(x.shape)})")
+        raise DataError(f"halftone needs images of shape (B, C, H, W) (got shape {tuple(x.shape)})")
     lo, hi = _sample_range(x)
     span = hi - lo
     value = torch.where(span > 0, (x - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(x))
@@ -116,7 +118,7 @@ SHARPEN_BIAS = 1e-3
 def _sharpen_response(x: torch.Tensor) -> torch.Tensor:
     """K∗u + 1e-3 per channel, u = (x − mean_b)/(max_b − min_b) (0 for a constant image)."""
     if x.dim() != 4:
-        raise ValueError(f"halftone needs images of shape (B, C, H, W) (got shape {tuple(x.shape)})")
+        raise DataError(f"halftone needs images of shape (B, C, H, W) (got shape {tuple(x.shape)})")
     lo, hi = _sample_range(x)
     span = hi - lo
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
@@ -156,7 +158,7 @@ class Halftone(nn.Module):
     def __init__(self, method: str = "sharpen"):
         super().__init__()
         if method not in HALFTONES:
-            raise ValueError(f"halftone method must be one of {HALFTONES} (got {method!r})")
+            raise UnknownNameError(f"halftone method must be one of {HALFTONES} (got {method!r})")
         self.method = method
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -235,14 +237,14 @@ def dorefa(model: nn.Module, weight_bits: int | None = None, activation_bits: in
     if weight_bits is not None:
         layers = [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
         if len(layers) < 3:
-            raise ValueError("weight quantisation keeps the first and last layers in full precision; "
+            raise UnsupportedModelError("weight quantisation keeps the first and last layers in full precision; "
                              f"the model has only {len(layers)} conv/linear layers")
         for layer in layers[1:-1]:
             parametrize.register_parametrization(layer, "weight", DoReFaWeight(weight_bits))
     if activation_bits is not None:
         relus = [(parent, name) for parent in model.modules() for name, child in parent.named_children() if isinstance(child, nn.ReLU)]
         if not relus:
-            raise ValueError("activation quantisation replaces nn.ReLU modules, and the model has none "
+            raise UnsupportedModelError("activation quantisation replaces nn.ReLU modules, and the model has none "
                              "(functional relu cannot be replaced)")
         for parent, name in relus:
             setattr(parent, name, DoReFaActivation(activation_bits))

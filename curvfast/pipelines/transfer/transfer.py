@@ -26,6 +26,8 @@ from itertools import combinations
 import numpy as np
 import torch
 
+from curvfast.errors import DataError
+
 __all__ = [
     "Fit", "saturating", "fit_saturating", "transfer_metric", "predictions_under_attack",
     "pair_counts", "transfer_matrix", "pair_groups",
@@ -64,9 +66,9 @@ def fit_saturating(eps, counts, pool: int | None = None) -> Fit:
     eps = np.asarray(eps, dtype=np.float64)
     counts = np.asarray(counts, dtype=np.float64)
     if eps.shape != counts.shape or eps.ndim != 1 or len(eps) < 2:
-        raise ValueError(f"eps and counts must be 1-D of the same length >= 2 (got {eps.shape} and {counts.shape})")
+        raise DataError(f"eps and counts must be 1-D of the same length >= 2 (got {eps.shape} and {counts.shape})")
     if (eps < 0).any() or not np.isfinite(counts).all() or (counts < 0).any():
-        raise ValueError("eps must be >= 0 and counts finite and >= 0")
+        raise DataError("eps must be >= 0 and counts finite and >= 0")
     cap = float(pool) if pool is not None else np.inf
     if counts.max() == 0:
         return Fit(0.0, 0.0, 0.0, -1 if pool is None else int(pool))
@@ -112,7 +114,7 @@ def pair_counts(correct: np.ndarray, fooled: np.ndarray) -> tuple[np.ndarray, np
     fooled = np.asarray(fooled, dtype=bool)
     m = correct.shape[0]
     if fooled.ndim != 4 or fooled.shape[0] != m or fooled.shape[2] != m or fooled.shape[3] != correct.shape[1]:
-        raise ValueError(f"fooled must have shape (M, E, M, N) = ({m}, E, {m}, {correct.shape[1]}) (got {fooled.shape})")
+        raise DataError(f"fooled must have shape (M, E, M, N) = ({m}, E, {m}, {correct.shape[1]}) (got {fooled.shape})")
     pool = correct[:, None, :] & correct[None, :, :]                            # (S, T, N)
     self_fooled = fooled[np.arange(m), :, np.arange(m), :]                        # (S, E, N)
     both = self_fooled[:, :, None, :] & fooled                                    # (S, E, T, N)

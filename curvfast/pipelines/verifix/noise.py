@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from curvfast.errors import ConfigError, DataError, UnknownNameError
+
 __all__ = ["NOISE_TYPES", "add_label_noise"]
 
 NOISE_TYPES = ("symmetric", "asymmetric")
@@ -22,11 +24,11 @@ def add_label_noise(
     """Return ``(noisy_targets, flipped)`` where ``flipped`` (bool, N) marks the changed labels."""
     targets = torch.as_tensor(targets, dtype=torch.int64)
     if kind not in NOISE_TYPES:
-        raise ValueError(f"noise kind must be one of {NOISE_TYPES} (got {kind!r})")
+        raise UnknownNameError(f"noise kind must be one of {NOISE_TYPES} (got {kind!r})")
     if not 0.0 <= float(rate) < 1.0:
-        raise ValueError(f"noise rate must be in [0, 1) (got {rate!r})")
+        raise ConfigError(f"noise rate must be in [0, 1) (got {rate!r})")
     if targets.ndim != 1 or (targets.numel() and (targets.min() < 0 or targets.max() >= num_classes)):
-        raise ValueError(f"targets must be a 1-D tensor of class ids in [0, {num_classes})")
+        raise DataError(f"targets must be a 1-D tensor of class ids in [0, {num_classes})")
     gen = torch.Generator().manual_seed(int(seed))
     noisy = targets.clone()
     if kind == "symmetric":
@@ -34,7 +36,7 @@ def add_label_noise(
     else:
         mapping = mapping if mapping is not None else {c: (c + 1) % num_classes for c in range(num_classes)}
         if any(not (0 <= k < num_classes and 0 <= v < num_classes and k != v) for k, v in mapping.items()):
-            raise ValueError(f"mapping must send classes in [0, {num_classes}) to a different class (got {mapping})")
+            raise ConfigError(f"mapping must send classes in [0, {num_classes}) to a different class (got {mapping})")
         candidates = torch.nonzero(torch.isin(targets, torch.tensor(sorted(mapping)))).flatten()
     count = int(round(float(rate) * len(candidates)))
     chosen = candidates[torch.randperm(len(candidates), generator=gen)[:count]]

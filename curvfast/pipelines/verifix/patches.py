@@ -40,6 +40,7 @@ from torch.nn.grad import conv2d_weight
 
 from curvfast import ops
 from curvfast.linalg import DenseRows
+from curvfast.errors import UnknownNameError, UnsupportedModelError
 
 __all__ = ["SUPPORTED_LAYERS", "KERNELS", "ConvPatches", "layer_operator", "layer_groups", "layer_dim", "layer_rows", "flat_weight",
            "set_flat_weight", "target_layers"]
@@ -113,7 +114,7 @@ class ConvPatches:
 
     def __init__(self, module: nn.Conv2d, x: torch.Tensor, keep: torch.Tensor | None = None, kernel: str = "auto"):
         if kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {KERNELS} (got {kernel!r})")
+            raise UnknownNameError(f"kernel must be one of {KERNELS} (got {kernel!r})")
         self.x = _padded(module, x.unsqueeze(0) if x.ndim == 3 else x)
         batch, _, height, width = self.x.shape
         self.kernel, self.stride, self.dilation = module.kernel_size, module.stride, module.dilation
@@ -230,9 +231,9 @@ def target_layers(model: nn.Module, names: list[str] | None = None) -> dict[str,
     layers = {name: m for name, m in model.named_modules() if isinstance(m, SUPPORTED_LAYERS)}
     if names is None:
         if not layers:
-            raise ValueError("the model has no Conv2d or Linear layer for Verifix to correct")
+            raise UnsupportedModelError("the model has no Conv2d or Linear layer for Verifix to correct")
         return layers
     missing = [n for n in names if n not in layers]
     if missing:
-        raise ValueError(f"layers {missing} are not Conv2d/Linear layers of the model; choose from {list(layers)}")
+        raise UnknownNameError(f"layers {missing} are not Conv2d/Linear layers of the model; choose from {list(layers)}")
     return {n: layers[n] for n in names}

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from curvfast import parse_device
-from curvfast.errors import CheckpointError, ConfigError
+from curvfast.errors import CheckpointError, ConfigError, DataError
 from curvfast.io import load_checkpoint, save_checkpoint, write_npz
 from curvfast.linalg import ROUTES
 from curvfast.pipelines.common.cache import describe, differences
@@ -109,7 +109,7 @@ class Relabeled(Dataset):
 
     def __init__(self, base, labels: torch.Tensor):
         if len(base) != len(labels):
-            raise ValueError(f"labels ({len(labels)}) must match the dataset length ({len(base)})")
+            raise DataError(f"labels ({len(labels)}) must match the dataset length ({len(base)})")
         self.base, self.labels = base, torch.as_tensor(labels, dtype=torch.int64)
 
     def __len__(self) -> int:

@@ -25,6 +25,7 @@ from torch import nn
 
 from curvfast.linalg import GramSpectrum, SpectrumResult
 from curvfast.pipelines.verifix.patches import flat_weight, set_flat_weight
+from curvfast.errors import ConfigError, NonFiniteError
 
 __all__ = ["PUBLISHED_ALPHAS", "soft_scaling", "soft_projector", "apply_projectors"]
 
@@ -33,7 +34,7 @@ PUBLISHED_ALPHAS = (1e4, 3e4, 1e5, 3e5, 1e6)
 
 def _check_alpha(alpha: float) -> None:
     if not alpha >= 1:
-        raise ValueError(f"alpha must be >= 1 (got {alpha!r}); the published grid is {PUBLISHED_ALPHAS}")
+        raise ConfigError(f"alpha must be >= 1 (got {alpha!r}); the published grid is {PUBLISHED_ALPHAS}")
 
 
 def soft_scaling(r: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -66,7 +67,7 @@ def _projector_from_gram(gram: torch.Tensor, energy: torch.Tensor, alpha: float,
     info = torch.empty(m.shape[:-2], dtype=torch.int32, device=m.device)
     torch.linalg.cholesky_ex(m, out=(m, info))
     if bool((info != 0).any()):
-        raise ValueError("the Gram matrix is not positive semi-definite (non-finite activations?); cannot form the projector")
+        raise NonFiniteError("the Gram matrix is not positive semi-definite (non-finite activations?); cannot form the projector")
     p = torch.cholesky_inverse(m, out=m).mul_(-alpha / (alpha - 1.0))
     p.diagonal(dim1=-2, dim2=-1).add_(alpha / (alpha - 1.0))
     return p

@@ -61,7 +61,7 @@ def select_verified(
         raise ConfigError(f"selection method must be one of {', '.join(selection_methods())} (got {method!r})")
     labels = dataset_labels(dataset)
     if not isinstance(size, int) or not 1 <= size <= len(labels):
-        raise ValueError(f"verified size must be an int in [1, {len(labels)}] (the dataset size) (got {size!r})")
+        raise ConfigError(f"verified size must be an int in [1, {len(labels)}] (the dataset size) (got {size!r})")
     classes, counts = np.unique(labels, return_counts=True)
     quota = _balanced_quota(counts, size)
     if method == "random":

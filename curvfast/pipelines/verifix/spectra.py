@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from curvfast.curvature import unwrap_model
 from curvfast.linalg import SpectrumResult, make_sketch
 from curvfast.pipelines.verifix.patches import KERNELS, layer_dim, layer_groups, layer_operator, target_layers
+from curvfast.errors import ConfigError, DataError, UnknownNameError, UnsupportedModelError
 
 __all__ = ["LayerSpectrum", "RowSampler", "layer_spectra", "iter_layer_spectra", "PUBLISHED_MAX_ROWS", "DEFAULT_STATE_BUDGET"]
 
@@ -78,7 +79,7 @@ def _loader(data, batch_size: int, workers: int) -> DataLoader:
     if not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
         raise TypeError(f"data must be a tensor of inputs or a map-style Dataset (got {type(data).__name__})")
     if len(data) == 0:
-        raise ValueError("the dataset for the activation spectra is empty")
+        raise DataError("the dataset for the activation spectra is empty")
     return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers, persistent_workers=workers > 0)
 
 
@@ -145,15 +146,15 @@ def iter_layer_spectra(
     are never materialised (``ConvPatches``, products by ``kernel``: "auto", "conv" or "native").
     ``workers``: DataLoader processes reading ``data`` (kept across the passes). Argument errors are raised at the first ``next()``."""
     if max_rows is not None and (not isinstance(max_rows, int) or max_rows < 1):
-        raise ValueError(f"max_rows must be a positive int or None for all rows (got {max_rows!r})")
+        raise ConfigError(f"max_rows must be a positive int or None for all rows (got {max_rows!r})")
     if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int (got {batch_size!r})")
+        raise ConfigError(f"batch_size must be a positive int (got {batch_size!r})")
     if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {KERNELS} (got {kernel!r})")
+        raise UnknownNameError(f"kernel must be one of {KERNELS} (got {kernel!r})")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"workers must be an int >= 0 (got {workers!r})")
+        raise ConfigError(f"workers must be an int >= 0 (got {workers!r})")
     if state_budget is not None and (not isinstance(state_budget, int) or state_budget < 1):
-        raise ValueError(f"state_budget must be a positive number of bytes or None for all layers at once (got {state_budget!r})")
+        raise ConfigError(f"state_budget must be a positive number of bytes or None for all layers at once (got {state_budget!r})")
     model = unwrap_model(model)
     targets = target_layers(model, layers)
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -185,7 +186,8 @@ def _group_spectra(model, group, loader, samples, order, label, progress, *, max
     def hook_for(name: str, module: nn.Module):
         def hook(_, args):
             if name in state["seen"]:
-                raise ValueError(f"layer {name!r} runs more than once per forward (shared weights); Verifix needs one input per layer")
+                raise UnsupportedModelError(f"layer {name!r} runs more than once per forward (shared weights); "
+                                            "Verifix needs one input per layer")
             state["seen"].add(name)
             sketch = sketches.get(name)
             if sketch is None or not sketch.done:
@@ -219,7 +221,7 @@ def _group_spectra(model, group, loader, samples, order, label, progress, *, max
                 state["offset"] += x.shape[0]
             missing = [n for n in group if n not in sketches]
             if missing:
-                raise ValueError(f"layers {missing} never ran in the forward pass; pass layers= with the layers the model uses")
+                raise ConfigError(f"layers {missing} never ran in the forward pass; pass layers= with the layers the model uses")
             for name, sketch in sketches.items():
                 if not sketch.done:
                     start = time.perf_counter()

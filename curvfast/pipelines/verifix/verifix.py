@@ -23,6 +23,7 @@ from curvfast.curvature import unwrap_model
 from curvfast.training import evaluate
 from curvfast.pipelines.verifix.projector import PUBLISHED_ALPHAS, apply_projectors, soft_projector
 from curvfast.pipelines.verifix.spectra import PUBLISHED_MAX_ROWS, LayerSpectrum, iter_layer_spectra
+from curvfast.errors import ConfigError
 
 __all__ = ["verifix", "VerifixReport"]
 
@@ -94,7 +95,7 @@ def verifix(
     """
     alphas = tuple(float(a) for a in alphas)
     if not alphas or any(not a >= 1 for a in alphas):
-        raise ValueError(f"alphas must be a non-empty list of values >= 1 (got {alphas}); published: {PUBLISHED_ALPHAS}")
+        raise ConfigError(f"alphas must be a non-empty list of values >= 1 (got {alphas}); published: {PUBLISHED_ALPHAS}")
     base = unwrap_model(model)
     seconds = {}
     start = time.perf_counter()

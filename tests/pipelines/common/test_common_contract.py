@@ -15,7 +15,8 @@ import pytest
 from curvfast.cli import build_parser, main
 from curvfast.pipelines import COMMANDS
 from curvfast.curvature import METHODS
-from curvfast.pipelines.common.contract import COMMON_HELP, add_config_arguments, field_choices, option
+from curvfast.errors import CurvfastError, UnknownNameError
+from curvfast.pipelines.common.contract import COMMON_HELP, RunFailed, add_config_arguments, field_choices, option
 
 from conftest import REPO
 
@@ -149,8 +150,13 @@ def test_presets_apply_under_explicit_options():
         args = parser.parse_args(["toy", "--out", "o", *argv])
         assert args.func(args) == 0 and seen[-1] == expected
     assert preset_config(fake, "smoke", seed=4) == _Toy(size=1, flag=True, seed=4)
-    with pytest.raises(ValueError, match="preset must be one of default, smoke"):
+    with pytest.raises(UnknownNameError, match="preset must be one of default, smoke"):
         preset_config(fake, "paper")
+
+
+def test_run_failed_is_a_curvfast_error_and_a_runtime_error():
+    """``except CurvfastError`` catches a failed run too; ``except RuntimeError`` still does."""
+    assert issubclass(RunFailed, CurvfastError) and issubclass(RunFailed, RuntimeError)
 
 
 def test_option_prefixes_are_not_guessed(capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from curvfast.errors import ConfigError, UnknownNameError
 from curvfast.models import Normalized
 from curvfast.pipelines.common.augment import batch_transform, crop_flip, image_augmentation
 from curvfast.pipelines.common.data import DataOptions, build_network, load_split, loader
@@ -41,7 +42,7 @@ def test_batch_transform_keeps_labels_and_none_is_none():
     x, y = torch.rand(5, 3, 8, 8), torch.arange(5)
     xa, ya = fn(x, y, None)
     assert xa.shape == x.shape and torch.equal(ya, y) and not torch.equal(xa, x)
-    with pytest.raises(ValueError, match="augment must be one of none, crop, crop-flip"):
+    with pytest.raises(UnknownNameError, match="augment must be one of none, crop, crop-flip"):
         image_augmentation("flip")
 
 
@@ -49,7 +50,7 @@ def test_batch_transform_keeps_labels_and_none_is_none():
     ("normalize", "cifar", "normalize must be"), ("augment", "flip", "augment must be"), ("workers", -1, "workers must be"),
 ])
 def test_bad_data_options_are_named(field, value, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         DataOptions(**{field: value}).check_data_options()
 
 

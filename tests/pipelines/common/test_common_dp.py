@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from curvfast.curvature import input_curvature, is_piecewise_linear
 from curvfast.curvature.model import LogitFn
 from curvfast.data import DigitsDataset
+from curvfast.errors import ConfigError, UnknownNameError
 from curvfast.models import build_model
 from curvfast.pipelines.common.dp import dp_compatible, train_dp_model
 
@@ -49,9 +50,9 @@ def test_identity_replacement_keeps_the_network_piecewise_linear():
 
 def test_bad_settings_name_the_argument(digits):
     x, y = digits
-    with pytest.raises(ValueError, match="batchnorm must be one of groupnorm, identity"):
+    with pytest.raises(UnknownNameError, match="batchnorm must be one of groupnorm, identity"):
         dp_compatible(_cnn(), "layernorm")
-    with pytest.raises(ValueError, match="epsilon must be > 0"):
+    with pytest.raises(ConfigError, match="epsilon must be > 0"):
         train_dp_model(_mlp, x, y, epsilon=0.0)
     with pytest.raises(ValueError, match="max_grad_norm must be > 0"):
         train_dp_model(_mlp, x, y, epsilon=1.0, max_grad_norm=0.0)

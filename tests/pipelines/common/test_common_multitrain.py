@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from curvfast.errors import DataError
 from curvfast.models import build_model
 from curvfast.pipelines.common.multitrain import subset_batches, train_subset_models
 
@@ -74,7 +75,7 @@ def test_batches_stay_in_subset_and_cover_it():
 
 def test_bad_keep_is_refused(data):
     x, y, keep = data
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(DataError, match="empty"):
         subset_batches(np.zeros((2, 5), dtype=bool), 4, 1, 0)
-    with pytest.raises(ValueError, match="columns"):
+    with pytest.raises(DataError, match="columns"):
         train_subset_models(_make, x, y, keep[:, :-1], epochs=1)

@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 
 from curvfast.pipelines.idkd.comm import NeighbourComm, NeighbourError
 from curvfast.pipelines.idkd.data import build_data
-from curvfast.errors import ConfigError, DataError
+from curvfast.errors import ConfigError, DataError, PeerError, UnknownNameError
 from curvfast.pipelines.idkd.detectors import calibrated_threshold, node_scores
 from curvfast.pipelines.idkd.labels import aggregate_labels, select_public
 from curvfast.pipelines.idkd.partition import class_histogram, dirichlet_partition
@@ -55,9 +55,9 @@ def test_topology_specifics():
     w = metropolis_hastings(4, [(0, 1), (0, 2), (0, 3), (1, 0)])
     np.testing.assert_allclose(w[0], [0.25, 0.25, 0.25, 0.25])
     np.testing.assert_allclose(w[1], [0.25, 0.75, 0, 0])
-    with pytest.raises(ValueError, match="--nodes 15"):
+    with pytest.raises(ConfigError, match="--nodes 15"):
         build_topology("social", 8)
-    with pytest.raises(ValueError, match="topology must be one of"):
+    with pytest.raises(UnknownNameError, match="topology must be one of"):
         build_topology("star", 4)
     with pytest.raises(ValueError, match="num_nodes"):
         build_topology("ring", 1)
@@ -143,7 +143,6 @@ def test_node_scores_are_negated_curvfast_ood_scores():
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
     _, _, capped = node_scores("knn", model, ref[:2], y[:2], calib, public, k=5)
     torch.testing.assert_close(capped, node_scores("knn", model, ref[:2], y[:2], calib, public, k=2)[2])
-    from curvfast.errors import UnknownNameError
     from curvfast.pipelines.idkd import Config
 
     with pytest.raises(UnknownNameError, match="--detector must be one of"):
@@ -175,9 +174,9 @@ def test_label_aggregation_weighted_and_never_empty():
     # only contributors with no labels at all: an empty target set, not zero rows
     idx_e, t_e = aggregate_labels(8, [right])
     assert len(idx_e) == 0 and t_e.shape == (0, 4)
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(DataError, match="positive"):
         aggregate_labels(8, [(0.0, torch.tensor([1]), soft(1))])
-    with pytest.raises(ValueError, match="twice"):
+    with pytest.raises(DataError, match="twice"):
         aggregate_labels(8, [(0.5, torch.tensor([1, 1]), soft(2))])
 
 
@@ -291,6 +290,11 @@ def test_gossip_and_label_exchange_over_gloo(tmp_path):
         assert sent == 2 * 5 * 4 + 2 * 8 + (2 * rank * 4 + 2 * rank * 3 * 4)
         for j, (idx, lab) in labels.items():
             assert idx == list(range(j)) and lab == [[float(j)] * 3] * j
+
+
+def test_neighbour_error_is_a_peer_error():
+    """A lost neighbour is a failed collective: ``except PeerError`` (and ``except RuntimeError``) catch it."""
+    assert issubclass(NeighbourError, PeerError) and issubclass(NeighbourError, RuntimeError)
 
 
 @pytest.mark.parametrize("mode", ["dead", "stall"])
@@ -456,7 +460,7 @@ def test_public_set_from_a_second_dataset_without_held_out_images(cifar_folder):
     assert len(data.private_y) == 300 and len(data.public_idx) == 0
     public = data.public_images(options)
     assert public.shape == (300, 3, 32, 32) and not data.public_is_digit.any()
-    with pytest.raises(ValueError, match="public set is empty"):
+    with pytest.raises(ConfigError, match="public set is empty"):
         build_data(options, public_fraction=0.0, public_photos=0)
 
 

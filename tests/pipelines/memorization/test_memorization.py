@@ -8,6 +8,7 @@ import torch
 
 from curvfast.curvature import input_curvature
 from curvfast.data import DigitsDataset
+from curvfast.errors import ConfigError, DataError, UnknownNameError
 from curvfast.pipelines.memorization import (
     agreement, cosine_similarity, curvature_trajectory, mislabel_report, flip_labels, memorization_scores,
     newcombe_interval, predict, random_subsets, top_k_overlap, train_with_checkpoints, wilson_interval,
@@ -78,10 +79,12 @@ def test_never_out_sample_is_nan_not_an_error():
 
 
 def test_bad_arguments_raise_clear_errors():
-    with pytest.raises(ValueError, match="fraction"):
+    with pytest.raises(ConfigError, match="fraction"):
         random_subsets(4, 10, 1.0)
-    with pytest.raises(ValueError, match="one shape"):
+    with pytest.raises(DataError, match="one shape"):
         memorization_scores(np.ones((2, 3)), np.ones((3, 2)))
+    with pytest.raises(UnknownNameError, match="--method must be one of"):
+        Config(method="no_such_estimator").validate()
 
 
 def test_memorization_of_a_relabelled_image_from_real_training(digits):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from curvfast.errors import ConfigError
+from curvfast.errors import ConfigError, DataError, NonFiniteError, UnknownNameError
 from curvfast.pipelines.mia import attacks as A
 from curvfast.pipelines.mia import interchange
 from curvfast.pipelines.mia.evaluate import REQUIRED_ATTACKS, attack_metrics, attack_scores
@@ -194,13 +194,13 @@ def test_bad_keep_and_shapes_raise_clear_errors():
     t, sh, keep, _, _, _ = gaussian_world(num_shadows=6, num_samples=20, seed=6)
     never_out = keep.copy()
     never_out[:, 3] = True
-    with pytest.raises(ValueError, match="OUT in fewer than"):
+    with pytest.raises(DataError, match="OUT in fewer than"):
         A.lira_online(t, sh, never_out)
     never_in = keep.copy()
     never_in[:, 5] = False
-    with pytest.raises(ValueError, match=r"IN in fewer than .*samples \[5\]"):
+    with pytest.raises(DataError, match=r"IN in fewer than .*samples \[5\]"):
         A.curvature_nll(np.exp(t), np.exp(sh), never_in)
-    with pytest.raises(ValueError, match="target has shape"):
+    with pytest.raises(DataError, match="target has shape"):
         A.lira_online(t[:10], sh, keep)
     with pytest.raises(ValueError, match="keep has 5 models"):
         A.lira_offline(t, sh, keep[:5])
@@ -209,8 +209,16 @@ def test_bad_keep_and_shapes_raise_clear_errors():
     with pytest.raises(ValueError, match="curvature signals must be >= 0"):
         A.curvature_lr(-np.exp(t), np.exp(sh), keep)
     signals = {"loss": sh[..., None] if sh.ndim == 2 else sh}
-    with pytest.raises(ValueError, match="targets and shadows must be different"):
+    with pytest.raises(ConfigError, match="targets and shadows must be different"):
         attack_scores(signals, keep, [0], [0, 1])
+    with pytest.raises(UnknownNameError, match="unknown attacks"):
+        attack_scores(signals, keep, [0], [1, 2], names=["no_such_attack"])
+    with pytest.raises(UnknownNameError, match="variance must be one of"):
+        A.lira_online(t, sh, keep, variance="pooled")
+    with_nan = t.copy()
+    with_nan[..., 0] = np.nan
+    with pytest.raises(NonFiniteError, match="NaN/inf"):
+        A.lira_online(with_nan, sh, keep)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -266,7 +274,7 @@ def test_lira_and_matrix_round_trips(tmp_path):
     np.testing.assert_array_equal(k3, keep)
     np.testing.assert_array_equal(s3["conf"][..., 0], conf[..., 1])
     np.testing.assert_array_equal(s3["loss"][..., 0], -conf[..., 1])
-    with pytest.raises(ValueError, match="view=2"):
+    with pytest.raises(ConfigError, match="view=2"):
         interchange.export_matrices(str(tmp_path / "bad"), keep, {"conf": conf}, view=2)
     with pytest.raises(FileNotFoundError, match="experiment"):
         interchange.import_lira(str(tmp_path))
@@ -346,7 +354,7 @@ def test_augment_auto_uses_crop_flip_for_natural_images_only(tmp_path, monkeypat
     assert Config(dataset="cifar10").resolved_augment() == "crop-flip"
     assert Config(dataset="digits").resolved_augment() == "none"
     assert Config(dataset="cifar10", dp_epsilon=4.0).resolved_augment() == "none"
-    with pytest.raises(ValueError, match="augment must be one of"):
+    with pytest.raises(ConfigError, match="augment must be one of"):
         Config(augment="rotate").resolved_augment()
     from curvfast.pipelines.mia import pipeline
 
@@ -483,7 +491,7 @@ def test_streamed_signals_match_the_whole_tensor_and_accuracy(digits_small):
             np.testing.assert_allclose(streamed[k][m], alone[k], rtol=1e-5, atol=1e-6)
         with torch.no_grad():
             np.testing.assert_array_equal(correct[m], (model(x).argmax(1) == y).numpy())
-    with pytest.raises(ValueError, match="indices has 30 entries"):
+    with pytest.raises(DataError, match="indices has 30 entries"):
         compute_signals(models, TensorDataset(x[:20], y[:20]), **kw)
 
 

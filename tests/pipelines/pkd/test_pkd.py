@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from curvfast.errors import ConfigError, MissingDependencyError, UnknownNameError
 from curvfast.pipelines.pkd import (
     EXIT_NAMES, STREAM_ORDER, StreamNet, build_exits, build_streams, collect_exit_logits, count_macs, exit_macs,
     fit_prefix_weights, fit_wise, pkd_teacher, train_exits, wise_early_exit, wise_objective,
@@ -42,9 +44,9 @@ def test_pkd_teacher_schedule_follows_the_published_epochs():
         assert got[:50] == ["mv"] * 50 and got[50:100] == ["residual"] * 50 and got[100:] == [stream] * 200
     assert [pkd_teacher(e, 6, "iframe") for e in range(6)] == ["mv", "residual"] + ["iframe"] * 4
     assert [pkd_teacher(e, 4, "iframe", boundaries=(0.5, 0.5)) for e in range(4)] == ["mv", "mv", "iframe", "iframe"]
-    with pytest.raises(ValueError, match="stream"):
+    with pytest.raises(UnknownNameError, match="stream"):
         pkd_teacher(0, 10, "flow")
-    with pytest.raises(ValueError, match="epoch"):
+    with pytest.raises(ConfigError, match="epoch"):
         pkd_teacher(10, 10, "mv")
 
 
@@ -161,7 +163,7 @@ def test_wise_uses_the_published_l1_schedule():
         expect = fit_prefix_weights(z[:, : k + 1], y, alpha=0.0 if k < 5 else 0.1)
         np.testing.assert_allclose(w, expect, rtol=1e-12, atol=1e-12)
     assert not np.allclose(weights[6], fit_prefix_weights(z, y, alpha=0.0), atol=1e-3)  # L1 acts after the fifth exit
-    with pytest.raises(ValueError, match="free_exits"):
+    with pytest.raises(ConfigError, match="free_exits"):
         fit_wise(z, y, free_exits=-1)
 
 
@@ -203,7 +205,7 @@ def test_stream_net_averages_segments():
     assert out.shape == (3, 6)
     per_segment = torch.stack([net(x[:, i:i + 1]) for i in range(4)], 1)
     torch.testing.assert_close(out, per_segment.mean(1))
-    with pytest.raises(ValueError, match="4 entries"):
+    with pytest.raises(ConfigError, match="4 entries"):
         StreamNet(2, 6, widths=(4, 8))
 
 
@@ -261,5 +263,14 @@ def test_torchvision_backbones_are_streams_with_exits_and_macs(backbone):
     assert (np.diff(macs["cumulative"]) > 0).all()
     heavier = macs["standalone"][11] / macs["standalone"][3]  # I-frame head vs residual head
     assert heavier > 1.5 if backbone == "coviar" else heavier == 1
-    with pytest.raises(ValueError, match="backbone"):
+    with pytest.raises(UnknownNameError, match="backbone"):
         build_streams(5, backbone="resnet9000")
+
+
+def test_missing_pyav_names_the_pip_extra(monkeypatch):
+    """Without PyAV the video code raises MissingDependencyError (still an ImportError) naming curvfast[pkd]."""
+    from curvfast.pipelines.pkd.video.codec import require_av
+
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` now raises ImportError
+    with pytest.raises(MissingDependencyError, match=r"curvfast\[pkd\]"):
+        require_av()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("av")
+from curvfast.errors import ConfigError, DataError, UnknownNameError  # noqa: E402
 
 from curvfast.pipelines.pkd.video import (  # noqa: E402
     ClipSet, CompressedVideoDataset, SyntheticConfig, accumulate, compressed_representation, decode_compressed,
@@ -173,9 +174,9 @@ def test_segment_sampling():
             assert not mask[idx].any() and len(idx) == 3
             gops = sample_frames("iframe", mask, 3, train, rng)
             assert set(gops.tolist()) <= {0, 1}
-    with pytest.raises(ValueError, match="rng"):
+    with pytest.raises(ConfigError, match="rng"):
         segment_positions(24, 3, train=True)
-    with pytest.raises(ValueError, match="representation"):
+    with pytest.raises(UnknownNameError, match="representation"):
         sample_frames("flow", mask, 3, False)
 
 
@@ -229,7 +230,7 @@ def test_ucf101_and_hmdb51_folders(tmp_path):
     assert classes == ["run", "wave"] and labels.tolist() == [0, 1] and paths[1].endswith("b.avi")
     with pytest.raises(FileNotFoundError, match="never downloads"):
         ucf101_clips(str(tmp_path / "missing"))
-    with pytest.raises(ValueError, match="split"):
+    with pytest.raises(ConfigError, match="split"):
         hmdb51_clips(str(hmdb), "val")
 
 
@@ -238,15 +239,15 @@ def test_bad_video_files_get_clear_errors(tmp_path):
         decode_compressed(str(tmp_path / "nope.mp4"))
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
-    with pytest.raises(ValueError, match="garbage.mp4"):
+    with pytest.raises(DataError, match="garbage.mp4"):
         decode_compressed(str(garbage))
     empty = tmp_path / "empty.avi"
     empty.write_bytes(b"")
-    with pytest.raises(ValueError, match="empty.avi"):
+    with pytest.raises(DataError, match="empty.avi"):
         decode_compressed(str(empty))
-    with pytest.raises(ValueError, match="even H, W"):
+    with pytest.raises(DataError, match="even H, W"):
         encode_clip(np.zeros((3, 15, 16, 3), np.uint8), str(tmp_path / "odd.mp4"))
-    with pytest.raises(ValueError, match="uint8"):
+    with pytest.raises(DataError, match="uint8"):
         encode_clip(np.zeros((3, 16, 16, 3), np.float32), str(tmp_path / "float.mp4"))
 
 

@@ -17,7 +17,7 @@ from curvfast.pipelines.transfer import (
     transfer_metric,
 )
 from curvfast.cli import main
-from curvfast.errors import ConfigError
+from curvfast.errors import ConfigError, DataError, UnknownNameError, UnsupportedModelError
 from curvfast.models import SmallCNN
 
 
@@ -162,7 +162,7 @@ def test_sharpen_halftone_is_the_published_filter_with_a_sigmoid_surrogate_gradi
     (expect,) = torch.autograd.grad((surrogate * w).sum(), xs)
     torch.testing.assert_close(grad, expect, rtol=1e-12, atol=1e-12)
     assert not torch.equal(grad, w)  # not the identity (straight-through) gradient
-    with pytest.raises(ValueError, match="halftone method"):
+    with pytest.raises(UnknownNameError, match="halftone method"):
         Halftone("ordered")
 
 
@@ -203,9 +203,9 @@ def test_dorefa_wrapper_keeps_first_and_last_layers_full_precision():
     assert sum(isinstance(m, DoReFaActivation) for m in model.modules()) == 4
     out = model.eval()(_images(2, dtype=torch.float32))
     assert out.shape == (2, 10) and torch.isfinite(out).all()
-    with pytest.raises(ValueError, match="nn.ReLU"):
+    with pytest.raises(UnsupportedModelError, match="nn.ReLU"):
         dorefa(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), activation_bits=2)
-    with pytest.raises(ValueError, match="bits"):
+    with pytest.raises(ConfigError, match="bits"):
         DoReFaWeight(17)
 
 
@@ -219,8 +219,10 @@ def test_spec_strings_round_trip_and_bad_specs_are_explained():
     assert parse_spec("small_cnn+in1@2") == MemberSpec("small_cnn", seed=2, input_bits=1)
     for bad, match in [("small_cnn+in9", "1..8"), ("small_cnn+foo", "unknown option"), ("small_cnn@x", "seed"),
                        ("small_cnn+in2+halftone", "either"), ("", "non-empty"), ("small_cnn+w20", "1..16")]:
-        with pytest.raises(ValueError, match=match):
+        with pytest.raises(ConfigError, match=match):
             parse_spec(bad)
+    with pytest.raises(UnknownNameError, match="unknown option"):
+        parse_spec("small_cnn+foo")
 
 
 def test_build_member_is_seeded_and_quantised():
@@ -261,7 +263,7 @@ def test_fit_respects_the_pool_bound_and_degenerate_counts():
     zero = fit_saturating(eps, np.zeros_like(eps), pool=10)
     assert (zero.a, zero.b) == (0.0, 0.0)
     assert math.isnan(transfer_metric(zero, zero))
-    with pytest.raises(ValueError, match="same length"):
+    with pytest.raises(DataError, match="same length"):
         fit_saturating(eps, linear[:-1])
 
 
@@ -318,7 +320,7 @@ def test_member_selection_prefers_low_mutual_transfer():
     assert select_members(t, 2) == [0, 2]                          # mutual 0.15
     assert select_members(t, 3) == [0, 2, 3]                       # max mutual to {0, 2}: 3 -> 0.55, 1 -> 0.85
     assert select_members(t, 2, candidates=[1, 3]) == [1, 3]
-    with pytest.raises(ValueError, match="ensemble size"):
+    with pytest.raises(ConfigError, match="ensemble size"):
         select_members(t, 5)
 
 
@@ -327,7 +329,7 @@ def test_ensemble_direction_rules():
     assert ensemble_direction(g, "sum").tolist() == [1.0, -1.0, 1.0, 1.0]
     assert ensemble_direction(g, "vote").tolist() == [-1.0, -1.0, 1.0, 1.0]
     assert ensemble_direction(g, "agree").tolist() == [0.0, -1.0, 0.0, 0.0]
-    with pytest.raises(ValueError, match="rule"):
+    with pytest.raises(UnknownNameError, match="rule"):
         ensemble_direction(g, "mean")
 
 
@@ -360,7 +362,7 @@ def test_attacks_reach_quantised_models_through_bpda(tiny_nets):
         adv = ensemble_pgd(nets, x, y, rule=rule, eps=0.2, step=0.05, steps=3)
         assert (adv - x).abs().max() <= 0.2 + 1e-6
         assert sum(loss(n(adv), y) for n in nets) > sum(loss(n(x), y) for n in nets)
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+    with pytest.raises(DataError, match=r"\[0, 1\]"):
         attack(nets[0], x * 2, y)
 
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
+from curvfast.errors import ConfigError, DataError, UnknownNameError
 from curvfast.pipelines.verifix import add_label_noise, select_verified, verifix
 from curvfast.pipelines.verifix.selection import _balanced_quota
 
@@ -23,8 +24,12 @@ def test_symmetric_and_asymmetric_noise():
     assert flipped.sum() == 400 and torch.all(pair[flipped] == (y[flipped] + 1) % 10)
     only, flipped = add_label_noise(y, 0.5, 10, kind="asymmetric", mapping={2: 7, 3: 8}, seed=1)
     assert flipped.sum() == 100 and set(only[flipped].tolist()) == {7, 8}
-    with pytest.raises(ValueError, match="rate"):
+    with pytest.raises(ConfigError, match="rate"):
         add_label_noise(y, 1.0, 10)
+    with pytest.raises(DataError, match="class ids in"):
+        add_label_noise(y, 0.1, 5)  # labels up to 9 for 5 classes
+    with pytest.raises(UnknownNameError, match="noise kind"):
+        add_label_noise(y, 0.1, 10, kind="pairwise")
 
 
 def test_balanced_quota():
@@ -140,7 +145,6 @@ def test_several_seeds_write_one_folder_each_and_mean_std(tmp_path):
     ("method", "curviness", "--method must be one of auto, exact"),
 ])
 def test_config_refuses_bad_settings_before_training(field, value, message):
-    from curvfast.errors import ConfigError
     from curvfast.pipelines.verifix import Config, run
 
     with pytest.raises(ConfigError, match=message):
@@ -180,7 +184,7 @@ def test_spectra_and_accuracies_read_through_the_workers_they_are_given():
         net[0].bias.copy_(torch.tensor([0.0, 0.5]))
     energy = {w: float(layer_spectra(net, _OnesInWorkers(), workers=w)["0"].spectrum.energy.sum()) for w in (0, 2)}
     assert energy == {0: 0.0, 2: 24.0}  # six rows of four ones
-    with pytest.raises(ValueError, match="workers"):
+    with pytest.raises(ConfigError, match="workers"):
         layer_spectra(net, _OnesInWorkers(), workers=-1)
     for workers, accuracy in ((0, 0.0), (2, 1.0)):
         _, report = verifix(net, _OnesInWorkers(), _OnesInWorkers(), alphas=(10.0,), workers=workers)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from curvfast import ops
+from curvfast.errors import ConfigError, NonFiniteError, UnknownNameError, UnsupportedModelError
 from curvfast.linalg import GramSpectrum, SpectrumResult, StreamingGram, StreamingRandomizedSVD
 from curvfast.pipelines.verifix import (
     apply_projectors, layer_rows, layer_spectra, projectors_for, soft_projector, soft_scaling, target_layers, verifix,
@@ -111,7 +112,7 @@ def test_native_kernel_equals_conv_kernel(geometry):
     assert _float32_gram_error(wide, x32, "native") <= 1e-6
     assert not ConvPatches(wide, x32, kernel="auto").native  # float32 products: the conv route
     assert ConvPatches(conv, x, kernel="auto").native  # d = 36 <= 256: float64 products, native
-    with pytest.raises(ValueError, match="kernel must be one of"):
+    with pytest.raises(UnknownNameError, match="kernel must be one of"):
         ConvPatches(conv, x, kernel="unfold")
 
 
@@ -146,7 +147,7 @@ def test_linear_rows_flatten_leading_dims():
 def test_target_layers_and_bad_names():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(72, 3), nn.Conv1d(1, 1, 1))
     assert list(target_layers(model)) == ["0", "3"]  # Conv1d is not a target
-    with pytest.raises(ValueError, match="not Conv2d/Linear"):
+    with pytest.raises(UnknownNameError, match="not Conv2d/Linear"):
         target_layers(model, ["1"])
 
 
@@ -232,7 +233,7 @@ def test_layers_in_groups_under_a_state_budget_give_the_same_spectra():
     each = projectors_for(layer_spectra(model, x, state_budget=1, batch_size=5, progress=False), 1e4)
     for name in one:
         assert torch.allclose(one[name], each[name], atol=1e-12), name
-    with pytest.raises(ValueError, match="state_budget"):
+    with pytest.raises(ConfigError, match="state_budget"):
         layer_spectra(model, x, state_budget=0, progress=False)
 
 
@@ -269,7 +270,7 @@ def test_apply_projectors_multiplies_flattened_weights():
 def test_shared_layer_is_refused():
     lin = nn.Linear(4, 4)
     model = nn.Sequential(lin, nn.ReLU(), lin)
-    with pytest.raises(ValueError, match="more than once"):
+    with pytest.raises(UnsupportedModelError, match="more than once"):
         layer_spectra(model, torch.randn(6, 4), progress=False)
 
 
@@ -303,9 +304,9 @@ def test_projector_from_the_gram_equals_the_eigendecomposition(alpha):
 
 def test_projector_from_the_gram_refuses_non_finite_activations():
     gram = torch.full((1, 3, 3), float("nan"), dtype=F64)
-    with pytest.raises(ValueError, match="positive semi-definite"):
+    with pytest.raises(NonFiniteError, match="positive semi-definite"):
         soft_projector(GramSpectrum(gram, torch.ones(1, dtype=F64), 5), 1e4)
-    with pytest.raises(ValueError, match="alpha"):
+    with pytest.raises(ConfigError, match="alpha"):
         soft_projector(GramSpectrum(torch.eye(3, dtype=F64)[None], torch.ones(1, dtype=F64), 5), 0.5)
 
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from curvfast.errors import ConfigError, DataError, MissingDependencyError
+
 __all__ = ["require_av", "encode_clip", "decode_compressed", "DecodedVideo", "MV_FIELDS", "GOP_SIZE"]
 
 GOP_SIZE = 12  # CoViAR's re-encoding: MPEG-4 Part 2, one I-frame every 12 frames, no B-frames
@@ -26,12 +28,13 @@ _PICT_I, _PICT_P, _PICT_B = 1, 2, 3  # AVPictureType
 
 
 def require_av():
-    """Import PyAV or raise an ImportError that says how to get it."""
+    """Import PyAV or raise a :class:`~curvfast.errors.MissingDependencyError` (an ImportError) that says how to get it."""
     try:
         import av
     except ImportError as err:  # the GPU machine has no PyAV
-        raise ImportError(
-            "the compressed-video pipeline needs PyAV (FFmpeg bindings); install it with `pip install av`"
+        raise MissingDependencyError(
+            "the compressed-video pipeline needs PyAV (FFmpeg bindings); install it with `pip install av` "
+            "(the pkd extra: `pip install curvfast[pkd]`)"
         ) from err
     return av
 
@@ -45,12 +48,12 @@ def encode_clip(frames: np.ndarray, path: str, *, gop_size: int = GOP_SIZE, fps:
     av = require_av()
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"frames must be a (T, H, W, 3) uint8 RGB array (got {frames.dtype} {frames.shape})")
+        raise DataError(f"frames must be a (T, H, W, 3) uint8 RGB array (got {frames.dtype} {frames.shape})")
     t, h, w, _ = frames.shape
     if t < 1 or h % 2 or w % 2:
-        raise ValueError(f"frames need T >= 1 and even H, W for 4:2:0 video (got T={t}, H={h}, W={w})")
+        raise DataError(f"frames need T >= 1 and even H, W for 4:2:0 video (got T={t}, H={h}, W={w})")
     if gop_size < 1:
-        raise ValueError(f"gop_size must be >= 1 (got {gop_size})")
+        raise ConfigError(f"gop_size must be >= 1 (got {gop_size})")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with av.open(path, "w") as container:
         stream = container.add_stream(codec, rate=fps)
@@ -102,13 +105,13 @@ def _decode_frames(av, path: str, max_frames: int | None):
     frames, types, mvs = [], [], []
     with av.open(path) as container:
         if not container.streams.video:
-            raise ValueError(f"video file {path!r} has no video stream")
+            raise DataError(f"video file {path!r} has no video stream")
         stream = container.streams.video[0]
         stream.codec_context.options = {"flags2": "+export_mvs"}
         for frame in container.decode(stream):
             ptype = int(frame.pict_type)
             if ptype == _PICT_B:
-                raise ValueError(f"video file {path!r} has B-frames; re-encode it with curvfast.pipelines.pkd.video.reencode")
+                raise DataError(f"video file {path!r} has B-frames; re-encode it with curvfast.pipelines.pkd.video.reencode")
             frames.append(frame.to_ndarray(format="rgb24"))
             types.append(_PICT_I if frame.key_frame or ptype == _PICT_I else _PICT_P)
             mvs.append(_mv_rows(frame) if types[-1] == _PICT_P else np.zeros((0, len(MV_FIELDS)), np.int32))
@@ -119,7 +122,7 @@ def _decode_frames(av, path: str, max_frames: int | None):
 
 def decode_compressed(path: str, max_frames: int | None = None) -> DecodedVideo:
     """Decode ``path`` with motion-vector export. Raises FileNotFoundError for a missing file and
-    ValueError (naming the file) for anything FFmpeg cannot decode as video, or for B-frames
+    :class:`~curvfast.errors.DataError` (naming the file) for anything FFmpeg cannot decode as video, or for B-frames
     (re-encode with ``encode_clip`` / ``reencode``: the pipeline follows P-frame references only)."""
     av = require_av()
     if not os.path.isfile(path):
@@ -127,7 +130,7 @@ def decode_compressed(path: str, max_frames: int | None = None) -> DecodedVideo:
     try:
         frames, types, mvs = _decode_frames(av, path, max_frames)
     except av.error.FFmpegError as err:
-        raise ValueError(f"video file {path!r} could not be decoded ({type(err).__name__}: {err}); "
+        raise DataError(f"video file {path!r} could not be decoded ({type(err).__name__}: {err}); "
                          "it is corrupt, truncated or not a video") from err
     finally:
         # frames with motion-vector side data form reference cycles; freed later by the garbage
@@ -135,7 +138,7 @@ def decode_compressed(path: str, max_frames: int | None = None) -> DecodedVideo:
         # forever for slice threads that the fork did not copy. Free them here, where they were made.
         gc.collect()
     if not frames:
-        raise ValueError(f"video file {path!r} holds no decodable video frames")
+        raise DataError(f"video file {path!r} holds no decodable video frames")
     if types[0] != _PICT_I:
-        raise ValueError(f"video file {path!r} does not start with an I-frame")
+        raise DataError(f"video file {path!r} does not start with an I-frame")
     return DecodedVideo(np.stack(frames), np.asarray(types, np.int8), mvs)

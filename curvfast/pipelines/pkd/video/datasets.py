@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from curvfast.pipelines.pkd.video.codec import GOP_SIZE, decode_compressed, encode_clip, require_av
 from curvfast.pipelines.pkd.video.motion import CompressedRepresentation, compressed_representation
 from curvfast.pipelines.pkd.video.sampling import sample_frames
+from curvfast.errors import ConfigError, DataError
 
 __all__ = ["prepare_clip", "ClipSet", "ClipFiles", "stratified_split", "CompressedVideoDataset", "NORMALIZATION", "read_frames", "reencode",
            "ucf101_clips", "hmdb51_clips", "videofolder_clips", "VIDEO_EXTENSIONS", "cache_clips", "folder_clipset",
@@ -121,7 +122,7 @@ class CompressedVideoDataset(Dataset):
 
     def __init__(self, clips: ClipSet, num_segments: int = 3, train: bool = False, seed: int = 0):
         if num_segments < 1:
-            raise ValueError(f"num_segments must be >= 1 (got {num_segments})")
+            raise ConfigError(f"num_segments must be >= 1 (got {num_segments})")
         self.clips, self.num_segments, self.train, self.seed, self.epoch = clips, num_segments, train, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -151,15 +152,15 @@ def read_frames(path: str, size: int, max_frames: int | None = None) -> np.ndarr
     try:
         with av.open(path) as container:
             if not container.streams.video:
-                raise ValueError(f"video file {path!r} has no video stream")
+                raise DataError(f"video file {path!r} has no video stream")
             for frame in container.decode(video=0):
                 frames.append(frame.reformat(width=size, height=size, format="rgb24").to_ndarray())
                 if max_frames is not None and len(frames) >= max_frames:
                     break
     except av.error.FFmpegError as err:
-        raise ValueError(f"video file {path!r} could not be decoded ({type(err).__name__}: {err})") from err
+        raise DataError(f"video file {path!r} could not be decoded ({type(err).__name__}: {err})") from err
     if len(frames) < 2:
-        raise ValueError(f"video file {path!r} has {len(frames)} decodable frame(s); need at least 2")
+        raise DataError(f"video file {path!r} has {len(frames)} decodable frame(s); need at least 2")
     return np.stack(frames)
 
 
@@ -215,9 +216,9 @@ def _check_split(root: str, split: str, fold: int) -> None:
     if not os.path.isdir(root):
         raise FileNotFoundError(f"dataset root {root!r} does not exist; curvfast never downloads videos")
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test' (got {split!r})")
+        raise ConfigError(f"split must be 'train' or 'test' (got {split!r})")
     if fold not in (1, 2, 3):
-        raise ValueError(f"fold must be 1, 2 or 3 (got {fold!r})")
+        raise ConfigError(f"fold must be 1, 2 or 3 (got {fold!r})")
 
 
 def videofolder_clips(root: str, split: str = "train", fold: int = 1):
@@ -235,7 +236,7 @@ def videofolder_clips(root: str, split: str = "train", fold: int = 1):
         classes = _class_folders(class_root if os.path.isdir(class_root) else folder)
         unknown = sorted(set(_class_folders(folder)) - set(classes))
         if unknown:
-            raise ValueError(f"video folder {folder!r} has classes {unknown} that {class_root!r} lacks")
+            raise DataError(f"video folder {folder!r} has classes {unknown} that {class_root!r} lacks")
         rel = [f"{c}/{f}" for c in _class_folders(folder) for f in sorted(os.listdir(os.path.join(folder, c)))
                if f.lower().endswith(VIDEO_EXTENSIONS)]
         base = folder
@@ -249,12 +250,12 @@ def videofolder_clips(root: str, split: str = "train", fold: int = 1):
         rel = [line.split()[0] for line in _read_lines(listed)]
         base = root
     if not rel:
-        raise ValueError(f"video folder {root!r}: the {split!r} split holds no clips ({', '.join(VIDEO_EXTENSIONS)})")
+        raise DataError(f"video folder {root!r}: the {split!r} split holds no clips ({', '.join(VIDEO_EXTENSIONS)})")
     labels = []
     for r in rel:
         name = r.replace("\\", "/").split("/")[0]
         if name not in classes:
-            raise ValueError(f"video folder {root!r}: clip {r!r} of the {split!r} split is in no class folder "
+            raise DataError(f"video folder {root!r}: clip {r!r} of the {split!r} split is in no class folder "
                              f"({', '.join(classes)})")
         labels.append(classes.index(name))
     return [os.path.join(base, r) for r in rel], np.asarray(labels, np.int64), classes
@@ -263,7 +264,7 @@ def videofolder_clips(root: str, split: str = "train", fold: int = 1):
 def _class_folders(folder: str) -> list[str]:
     classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)) and not d.startswith("."))
     if len(classes) < 2:
-        raise ValueError(f"video folder {folder!r} has {len(classes)} class folder(s); need at least 2")
+        raise DataError(f"video folder {folder!r} has {len(classes)} class folder(s); need at least 2")
     return classes
 
 

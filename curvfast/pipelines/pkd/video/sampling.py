@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from curvfast.errors import ConfigError, UnknownNameError
+
 __all__ = ["segment_positions", "sample_frames"]
 
 REPRESENTATIONS = ("iframe", "mv", "residual")
@@ -17,12 +19,12 @@ REPRESENTATIONS = ("iframe", "mv", "residual")
 def segment_positions(length: int, num_segments: int, train: bool, rng: np.random.Generator | None = None) -> np.ndarray:
     """One index in [0, length) per segment: uniform within the segment (train) or its middle (test)."""
     if length < 1 or num_segments < 1:
-        raise ValueError(f"need length >= 1 and num_segments >= 1 (got {length}, {num_segments})")
+        raise ConfigError(f"need length >= 1 and num_segments >= 1 (got {length}, {num_segments})")
     edges = np.linspace(0, length, num_segments + 1)
     lo, hi = edges[:-1], edges[1:]
     if train:
         if rng is None:
-            raise ValueError("training segment sampling needs an rng (numpy Generator)")
+            raise ConfigError("training segment sampling needs an rng (numpy Generator)")
         pos = lo + rng.random(num_segments) * (hi - lo)
     else:
         pos = (lo + hi) / 2
@@ -34,7 +36,7 @@ def sample_frames(representation: str, iframe_mask: np.ndarray, num_segments: in
     """Indices to read for one clip: GOP indices for ``"iframe"``, frame indices (never an I-frame
     when the clip has P-frames) for ``"mv"`` and ``"residual"``."""
     if representation not in REPRESENTATIONS:
-        raise ValueError(f"representation must be one of {REPRESENTATIONS} (got {representation!r})")
+        raise UnknownNameError(f"representation must be one of {REPRESENTATIONS} (got {representation!r})")
     mask = np.asarray(iframe_mask, bool)
     if representation == "iframe":
         return segment_positions(int(mask.sum()), num_segments, train, rng)

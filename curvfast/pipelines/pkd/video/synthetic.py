@@ -32,6 +32,7 @@ from curvfast.pipelines.common.cache import cached, settings_hash
 from curvfast.pipelines.pkd.video.codec import GOP_SIZE, decode_compressed, encode_clip
 from curvfast.pipelines.pkd.video.datasets import ClipSet, stratified_split
 from curvfast.pipelines.pkd.video.motion import CompressedRepresentation, compressed_representation
+from curvfast.errors import ConfigError, UnknownNameError
 
 __all__ = ["SyntheticConfig", "MOTIONS", "APPEARANCES", "class_names", "render_clip", "synthetic_actions",
            "cache_root"]
@@ -55,11 +56,11 @@ class SyntheticConfig:
 
     def validate(self) -> None:
         if self.size < 16 or self.size % 16:
-            raise ValueError(f"size must be a multiple of 16 (whole macroblocks), >= 16 (got {self.size})")
+            raise ConfigError(f"size must be a multiple of 16 (whole macroblocks), >= 16 (got {self.size})")
         if self.frames < 2 or self.clips_per_class < 2:
-            raise ValueError(f"need frames >= 2 and clips_per_class >= 2 (got {self.frames}, {self.clips_per_class})")
+            raise ConfigError(f"need frames >= 2 and clips_per_class >= 2 (got {self.frames}, {self.clips_per_class})")
         if not 0 < self.test_fraction < 1:
-            raise ValueError(f"test_fraction must lie in (0, 1) (got {self.test_fraction})")
+            raise ConfigError(f"test_fraction must lie in (0, 1) (got {self.test_fraction})")
 
 
 def class_names() -> list[str]:
@@ -127,7 +128,7 @@ def _trajectory(motion: str, frames: int, size: int, rng: np.random.Generator):
         period = rng.uniform(7, 11)
         xy[:, 0] = c0[0] + 5 * s * jitter * np.sin(2 * np.pi * t / period + rng.uniform(0, 2 * np.pi))
     else:
-        raise ValueError(f"unknown motion {motion!r}; choose one of {MOTIONS}")
+        raise UnknownNameError(f"unknown motion {motion!r}; choose one of {MOTIONS}")
     return xy, angle
 
 
