@@ -44,8 +44,8 @@ from . import distributed, ops
 from ._version import __version__
 from .chunks import RunFolder
 from .curvature import input_curvature
-from .curvature.batching import VJP_PLANNER
-from .curvature.model import unwrap_model
+from .curvature._batching import VJP_PLANNER
+from .curvature._model import unwrap_model
 from .errors import ConfigError, DataError
 from .fingerprint import dataset_fingerprint, model_fingerprint
 from .io import write_json, write_npz

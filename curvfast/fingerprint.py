@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from .curvature.model import unwrap_model
+from .curvature._model import unwrap_model
 
 __all__ = ["model_fingerprint", "dataset_fingerprint"]
 

@@ -76,8 +76,9 @@ def _exports(root: pathlib.Path, face: str) -> set[str]:
 
 
 def _is_face(root: pathlib.Path, name: str) -> bool:
-    """A core package (its ``__init__``) or a module directly under ``curvfast/``."""
-    return not _is_app(name) and (_is_package(root, name) or name.count(".") == 1)
+    """A core package (its ``__init__``) or a module directly under ``curvfast/``, neither private (``_name``)."""
+    private = any(part.startswith("_") for part in name.split("."))
+    return not _is_app(name) and not private and (_is_package(root, name) or name.count(".") == 1)
 
 
 def _face_violation(root: pathlib.Path, module: str, name: str | None) -> str | None:
@@ -185,12 +186,13 @@ def _plant(root: pathlib.Path, relative: str, code: str) -> None:
 @pytest.mark.parametrize("relative, code, message", [
     ("curvfast/metrics.py", "def _late():\n    from curvfast.pipelines.mia import Config", "core imports the application"),
     ("curvfast/engine.py", "def _late():\n    from .pipelines.common import contract", "core imports the application"),
-    ("curvfast/pipelines/mia/attacks.py", "from curvfast.curvature.model import unwrap_model", "core internal"),
+    ("curvfast/pipelines/mia/attacks.py", "from curvfast.curvature._model import unwrap_model", "core internal"),
     ("curvfast/pipelines/mia/attacks.py", "from curvfast.curvature import check_batch", "does not export it"),
     ("curvfast/pipelines/mia/attacks.py", "def _late():\n    from curvfast.pipelines.verifix import Config",
      "imports another pipeline"),
     ("benchmarks/__init__.py", "from curvfast.pipelines.verifix.patches import layer_operator", "pipeline internal"),
-    ("benchmarks/__init__.py", "from curvfast.curvature.dispatch import input_curvature", "core internal"),
+    ("benchmarks/__init__.py", "from curvfast.curvature._dispatch import input_curvature", "core internal"),
+    ("curvfast/pipelines/mia/attacks.py", "from curvfast._version import __version__", "core internal"),
     ("curvfast/io.py", "def _late():\n    from curvfast.engine import score", "import cycle"),
 ])
 def test_a_planted_violation_is_caught(tree, relative, code, message):

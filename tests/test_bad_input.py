@@ -5,7 +5,7 @@ from torch import nn
 
 import curvfast
 from conftest import make_batch, make_model
-from curvfast.curvature.model import unwrap_model
+from curvfast.curvature._model import unwrap_model
 from curvfast.errors import CheckpointError, NonFiniteError, UnsupportedModelError
 
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import curvfast
-from curvfast.data.streaming import FileListDataset
+from curvfast.data._streaming import FileListDataset
 from curvfast.io import save_checkpoint
 from curvfast.models import build_model
 
@@ -135,7 +135,7 @@ STUCK_RANK = """
 import os, sys, time, torch
 import torch.distributed as dist
 import curvfast
-from curvfast.data.streaming import FileListDataset
+from curvfast.data._streaming import FileListDataset
 from curvfast.models import build_model
 if os.environ["RANK"] == "1":
     dist.init_process_group("gloo")
@@ -168,7 +168,7 @@ import json, os, sys, torch
 import curvfast
 from curvfast import engine
 from curvfast.curvature import batching
-from curvfast.data.streaming import FileListDataset
+from curvfast.data._streaming import FileListDataset
 from curvfast.models import build_model
 rank = int(os.environ.get("RANK", "0"))
 wide = rank > 0 or os.environ.get("PREFER_WIDE") == "1"

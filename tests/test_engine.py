@@ -113,7 +113,7 @@ def test_pass_width_is_measured_once_and_pinned_for_every_batch(digits_model, di
     for suffix in ("npz", "json"):  # lose the last chunk, then resume in a fresh planner state
         os.unlink(out / "chunks" / f"000002.{suffix}")
     monkeypatch.setattr(engine, "VJP_PLANNER", type(engine.VJP_PLANNER)())
-    monkeypatch.setattr("curvfast.curvature.logit_space.VJP_PLANNER", engine.VJP_PLANNER)
+    monkeypatch.setattr("curvfast.curvature._logit_space.VJP_PLANNER", engine.VJP_PLANNER)
     used.clear()
     again = curvfast.score(digits_model, digits_small, method="exact", batch_size=40, out=str(out), chunk_size=40)
     assert again.run["chunks_computed"] == 1 and used == [1]

@@ -8,10 +8,10 @@
   on first use);
 - :class:`MajorityVote`, :func:`majority_vote`, :func:`vote_scores`: the majority-vote ensemble.
 """
-from .pgd import (
+from ._pgd import (
     ENSEMBLE_RULES, SINGLE_ATTACKS, attack, check_pgd_settings, ensemble_direction, ensemble_pgd, input_grads, pgd_linf,
 )
-from .vote import MajorityVote, majority_vote, vote_scores
+from ._vote import MajorityVote, majority_vote, vote_scores
 
 __all__ = ["SINGLE_ATTACKS", "ENSEMBLE_RULES", "attack", "ensemble_pgd", "ensemble_direction", "pgd_linf",
            "input_grads", "check_pgd_settings", "MajorityVote", "majority_vote", "vote_scores", "EnsemblePGD"]
@@ -20,7 +20,7 @@ __all__ = ["SINGLE_ATTACKS", "ENSEMBLE_RULES", "attack", "ensemble_pgd", "ensemb
 def __getattr__(name: str):
     """``EnsemblePGD`` subclasses a torchattacks class: torchattacks is imported only when it is asked for."""
     if name == "EnsemblePGD":
-        from .torchattacks_api import EnsemblePGD
+        from ._torchattacks_api import EnsemblePGD
 
         return EnsemblePGD
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,8 +14,8 @@ estimators. Keyword-only extras: ``seed`` / ``sample_ids`` (batch-independent pr
 (the Hessian quantity the estimator approximates), ``batch_mean=True`` (the finite-difference
 scorers' published 1/B scaling). Each module's docstring states the math and every difference.
 """
-from .curvature_clues import get_curvature_for_batch_zo, get_curvature_for_batch_zo_v2, modified_entropy
-from .memorization import CurveScore, fd_scores, get_regularized_curvature_for_batch
+from ._curvature_clues import get_curvature_for_batch_zo, get_curvature_for_batch_zo_v2, modified_entropy
+from ._memorization import CurveScore, fd_scores, get_regularized_curvature_for_batch
 
 __all__ = [
     "get_curvature_for_batch_zo_v2", "get_curvature_for_batch_zo", "modified_entropy",

@@ -8,8 +8,8 @@ from torch import nn
 
 from ..curvature import sample_ids_for  # dataset indices keying the probes; default 0..B-1
 from ..curvature import input_curvature, is_piecewise_linear
-from ..curvature.checks import check_batch
-from ..curvature.model import LogitFn, scoring_mode, unwrap_model
+from ..curvature._checks import check_batch
+from ..curvature._model import LogitFn, scoring_mode, unwrap_model
 from ..errors import ConfigError
 
 __all__ = ["draw_seed", "sample_ids_for", "scaled_logits", "hessian_statistic", "prepare"]

@@ -20,10 +20,10 @@ auto       exact (PL, C ≤ 100), sampled (PL, C > 100), deflated otherwise
 Higher values mean more curved. Random probes are keyed by (seed, sample id, probe index):
 pass the samples' dataset indices as ``sample_ids`` and results do not depend on batching.
 """
-from curvfast.curvature.checks import is_piecewise_linear
-from curvfast.curvature.dispatch import STATISTICS, CurvatureResult, input_curvature, resolve_method, sample_ids_for
-from curvfast.curvature.model import LogitFn, scoring_mode, unwrap_model
-from curvfast.curvature.registry import (DEFAULT_PROBES, ESTIMATORS, METHODS, Estimate, EstimateCall, Estimator,
+from curvfast.curvature._checks import is_piecewise_linear
+from curvfast.curvature._dispatch import STATISTICS, CurvatureResult, input_curvature, resolve_method, sample_ids_for
+from curvfast.curvature._model import LogitFn, scoring_mode, unwrap_model
+from curvfast.curvature._registry import (DEFAULT_PROBES, ESTIMATORS, METHODS, Estimate, EstimateCall, Estimator,
                                          get_estimator, register_estimator, unregister_estimator)
 
 __all__ = ["input_curvature", "CurvatureResult", "METHODS", "STATISTICS", "DEFAULT_PROBES", "resolve_method",

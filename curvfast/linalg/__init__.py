@@ -3,8 +3,8 @@
 ``randomized_svd`` for dense matrices (Halko-Martinsson-Tropp), ``StreamingGram`` / ``StreamingRandomizedSVD`` for tall
 matrices streamed row-batch by row-batch, ``make_sketch`` / ``choose_route`` to pick the cheaper route by size.
 """
-from .randomized import gaussian_sketch, orthonormalize, randomized_svd
-from .streaming import (
+from ._randomized import gaussian_sketch, orthonormalize, randomized_svd
+from ._streaming import (
     ROUTES,
     DenseRows,
     GramSpectrum,

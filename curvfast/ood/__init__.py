@@ -2,7 +2,7 @@
 
 Every detector's score is **higher = more likely OoD**, and every detector has pytorch-ood's
 (0.4.0) calling contract; with pytorch-ood installed they are its detectors too
-(:mod:`curvfast.ood.pytorch_ood`), without it nothing changes::
+(:mod:`curvfast.ood._pytorch_ood`), without it nothing changes::
 
     from curvfast.ood import DETECTORS, NormScaling, ood_metrics
     det = NormScaling(model).fit(id_train_loader)   # or NormScaling(None).fit_logits(logits, labels)
@@ -13,16 +13,16 @@ Every detector's score is **higher = more likely OoD**, and every detector has p
 :data:`DETECTORS` maps names to detector classes; :func:`register_detector` adds one, and it is then
 benchmarked by ``curvfast ood`` and offered by ``curvfast idkd --detector``.
 """
-from curvfast.ood.base import (
+from curvfast.ood._base import (
     DETECTORS, Detector, FeaturesDetector, LogitsDetector, ModelNotSetError, OutputExtractor, RequiresFittingError,
     collect_outputs, detector_class, register_detector,
 )
-from curvfast.ood.logit_detectors import MSP, ODIN, Energy, MaxLogit  # first: the registry's order
-from curvfast.ood.feature_detectors import KNN, Mahalanobis, class_means
-from curvfast.ood.evaluation import METRIC_NAMES, gains, ood_metrics
-from curvfast.ood.norm_scaling import NORM_STATISTICS, NormScaling, NormScalingFeatures, per_class_statistic
-from curvfast.ood.pytorch_ood import register_with_pytorch_ood
-from curvfast.ood.vrm import VRM, VRMBatch, VRMTransform, vrm_batch
+from curvfast.ood._logit_detectors import MSP, ODIN, Energy, MaxLogit  # first: the registry's order
+from curvfast.ood._feature_detectors import KNN, Mahalanobis, class_means
+from curvfast.ood._evaluation import METRIC_NAMES, gains, ood_metrics
+from curvfast.ood._norm_scaling import NORM_STATISTICS, NormScaling, NormScalingFeatures, per_class_statistic
+from curvfast.ood._pytorch_ood import register_with_pytorch_ood
+from curvfast.ood._vrm import VRM, VRMBatch, VRMTransform, vrm_batch
 
 __all__ = [
     "Detector", "LogitsDetector", "FeaturesDetector", "DETECTORS", "register_detector", "detector_class",

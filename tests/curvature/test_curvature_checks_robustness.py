@@ -1,4 +1,4 @@
-"""The piecewise-linearity decision behind method="exact" (curvfast.curvature.checks): smooth models that pass a
+"""The piecewise-linearity decision behind method="exact" (curvfast.curvature._checks): smooth models that pass a
 two-sample check, the autograd-graph walk, and re-checking after a module changes."""
 from __future__ import annotations
 
@@ -86,8 +86,8 @@ GRAPH_CASES = {  # model -> what the autograd-graph walk decides (None: left to 
 
 @pytest.mark.parametrize("case", list(GRAPH_CASES))
 def test_piecewise_linearity_from_the_autograd_graph(case):
-    from curvfast.curvature.checks import _graph_answer
-    from curvfast.curvature.model import LogitFn, scoring_model
+    from curvfast.curvature._checks import _graph_answer
+    from curvfast.curvature._model import LogitFn, scoring_model
 
     build, expected = GRAPH_CASES[case]
     x, y = make_batch(4)

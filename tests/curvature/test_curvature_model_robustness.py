@@ -1,4 +1,4 @@
-"""Scoring a caller's model (curvfast.curvature.model): threads give results bit-identical to sequential calls, and
+"""Scoring a caller's model (curvfast.curvature._model): threads give results bit-identical to sequential calls, and
 the model (train mode, frozen weights, parametrizations, attributes deepcopy refuses) is left untouched."""
 from __future__ import annotations
 

@@ -85,7 +85,7 @@ def test_non_finite_scores_are_an_error(method):
 
 
 def test_forward_mode_fallback_only_for_missing_forward_derivatives():
-    from curvfast.curvature.hutchinson import _forward_mode_unsupported
+    from curvfast.curvature._hutchinson import _forward_mode_unsupported
 
     assert _forward_mode_unsupported(NotImplementedError(
         "Trying to use forward AD with my_op that does not support it because it has not been implemented yet."))

@@ -7,7 +7,7 @@ from torch import nn
 
 import curvfast
 from conftest import make_batch, make_model, reference_hessians
-from curvfast.curvature.batching import PassPlanner
+from curvfast.curvature._batching import PassPlanner
 
 
 class TinyAttention(nn.Module):

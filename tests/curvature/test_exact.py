@@ -5,7 +5,7 @@ from torch import nn
 
 import curvfast
 from conftest import make_batch, make_model, reference_hessians
-from curvfast.curvature.checks import require_piecewise_linear
+from curvfast.curvature._checks import require_piecewise_linear
 from curvfast.errors import NonFiniteError, NotPiecewiseLinearError
 
 
@@ -158,7 +158,7 @@ def _fresh(model, x, y):
 def test_reused_scoring_copy_follows_every_change_to_the_model():
     """The scoring copy is reused across calls (it aliases the weights); every kind of change to
     the caller's model must still show in the next result, exactly as with a fresh model."""
-    from curvfast.curvature.model import _cached_copy
+    from curvfast.curvature._model import _cached_copy
 
     model = _Scaled()
     x, y = make_batch(4, 10)

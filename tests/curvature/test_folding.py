@@ -1,4 +1,4 @@
-"""Folding eval BatchNorm into the layer feeding it (curvature/folding.py): which pairs fold, that
+"""Folding eval BatchNorm into the layer feeding it (curvature/_folding.py): which pairs fold, that
 the folded model is the same function, and that the estimators stay exact with it."""
 import pytest
 import torch
@@ -7,8 +7,8 @@ from torch import nn
 
 import curvfast
 from conftest import reference_hessians
-from curvfast.curvature.folding import fold_batchnorms, foldable_pairs
-from curvfast.curvature.model import scoring_model
+from curvfast.curvature._folding import fold_batchnorms, foldable_pairs
+from curvfast.curvature._model import scoring_model
 from curvfast.errors import BatchDependentModelError
 
 

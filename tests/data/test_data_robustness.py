@@ -10,7 +10,7 @@ from _robust_helpers import assert_script_refuses
 HANG_SCRIPTS = {  # each used to run forever
     "file list naming a FIFO": """
         import os, sys, tempfile
-        from curvfast.data.streaming import FileListDataset
+        from curvfast.data._streaming import FileListDataset
         d = tempfile.mkdtemp()
         os.mkfifo(os.path.join(d, "pipe.jpg"))
         open(os.path.join(d, "list.txt"), "w").write("pipe.jpg 0\\n")
@@ -37,7 +37,7 @@ def _write_images(folder, names):
 
 @pytest.mark.parametrize("entry", ["../outside.png", "/abs/outside.png", "sub/../../outside.png"])
 def test_file_list_entries_outside_root_are_refused(tmp_path, entry):
-    from curvfast.data.streaming import FileListDataset
+    from curvfast.data._streaming import FileListDataset
 
     _write_images(tmp_path, ["outside.png"])
     listing = tmp_path / "root" / "list.txt"

@@ -4,7 +4,7 @@ import sys
 import pytest
 import torch
 
-from curvfast.data.photos import PHOTOS, photo_manifest, photo_patches
+from curvfast.data._photos import PHOTOS, photo_manifest, photo_patches
 from curvfast.errors import MissingDependencyError
 
 

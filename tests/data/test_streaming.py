@@ -5,7 +5,7 @@ import torch
 
 import curvfast
 from curvfast.data import get_dataset
-from curvfast.data.streaming import FileListDataset, StreamingImageFolder
+from curvfast.data._streaming import FileListDataset, StreamingImageFolder
 from curvfast.errors import DataError, UnknownNameError
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import curvfast
-from curvfast.curvature.checks import is_piecewise_linear
-from curvfast.curvature.model import LogitFn
+from curvfast.curvature._checks import is_piecewise_linear
+from curvfast.curvature._model import LogitFn
 from curvfast.errors import ConfigError, DataError, UnknownNameError
 from curvfast.models import MLP, Normalized, build_model, normalized, parse_normalization
 from tests.conftest import make_batch, make_model, reference_hessians

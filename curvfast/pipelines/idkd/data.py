@@ -4,7 +4,7 @@ From the training split of ``--dataset`` (default the bundled digits: 1347 image
 ``public_fraction`` is held out (its labels are dropped: they are kept only to *report* how good
 the distilled labels are); the rest is the private data, split across nodes (``partition``). The
 public unlabeled set is those held-out images plus foreign ones, so an OoD filter has genuinely
-foreign samples to reject: ``public_photos`` real-photo patches (``curvfast.data.photos``, grey,
+foreign samples to reject: ``public_photos`` real-photo patches (``curvfast.data._photos``, grey,
 repeated over the colour channels) and, optionally, the training split of a second dataset
 (``public_dataset`` on ``public_root``, e.g. CIFAR-100 images for a CIFAR-10 run). The test split
 measures accuracy. Public and private data are disjoint by construction.

@@ -6,7 +6,7 @@ OoD sets, shaped like the ID images, in [0, 1]:
 
 - ``heldout_classes``: test images of the other classes (digits 6-9 by default): near OoD, same
   pen, same scanner;
-- ``photo_patches``: real-photo crops (``curvfast.data.photos.photo_patches``; grey, repeated over
+- ``photo_patches``: real-photo crops (``curvfast.data._photos.photo_patches``; grey, repeated over
   the colour channels of RGB data);
 - ``uniform_noise``: i.i.d. U[0, 1] pixels;
 - ``inverted``: ID test images with 1 - x (white ink on black for digits);

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from curvfast.curvature import input_curvature, is_piecewise_linear
-from curvfast.curvature.model import LogitFn
+from curvfast.curvature._model import LogitFn
 from curvfast.data import DigitsDataset
 from curvfast.errors import ConfigError, UnknownNameError
 from curvfast.models import build_model

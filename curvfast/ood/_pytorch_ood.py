@@ -28,7 +28,7 @@ import importlib.machinery
 import sys
 from types import ModuleType
 
-from curvfast.ood.base import Detector, FeaturesDetector, LogitsDetector
+from curvfast.ood._base import Detector, FeaturesDetector, LogitsDetector
 
 __all__ = ["register_with_pytorch_ood"]
 

@@ -36,8 +36,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .checks import graph_nodes
-from .model import LogitFn, reused_copy, shared_copy
+from ._checks import graph_nodes
+from ._model import LogitFn, reused_copy, shared_copy
 
 __all__ = ["foldable_pairs", "fold_batchnorms"]
 

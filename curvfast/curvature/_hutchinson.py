@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
-from .batching import choose_pass_size
-from .model import LogitFn
+from ._batching import choose_pass_size
+from ._model import LogitFn
 
 __all__ = ["hutchinson_curvature", "hvp_passes", "HVP_MODES"]
 

@@ -24,8 +24,8 @@ import torch
 from torchattacks.attack import Attack
 from torch import nn
 
-from .pgd import check_pgd_settings, ensemble_direction, input_grads, pgd_linf
-from .vote import MajorityVote
+from ._pgd import check_pgd_settings, ensemble_direction, input_grads, pgd_linf
+from ._vote import MajorityVote
 
 __all__ = ["EnsemblePGD"]
 

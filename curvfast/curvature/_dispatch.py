@@ -12,15 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from curvfast.curvature.checks import (check_batch, check_labels, is_missing_second_derivative, is_piecewise_linear,
+from curvfast.curvature._checks import (check_batch, check_labels, is_missing_second_derivative, is_piecewise_linear,
                                       require_piecewise_linear)
-from curvfast.curvature.deflated import deflated_curvature
-from curvfast.curvature.finite_difference import fd_curvature, zo_curvature
-from curvfast.curvature.folding import fold_batchnorms, foldable_pairs
-from curvfast.curvature.hutchinson import HVP_MODES, hutchinson_curvature
-from curvfast.curvature.logit_space import GRAM_STATISTICS, Forward, logit_space_curvature
-from curvfast.curvature.model import LogitFn, check_finite_model, scoring_model, unwrap_model, without_wrapper_hooks
-from curvfast.curvature.registry import (AUTO, DEFAULT_PROBES, ESTIMATORS, METHODS, Estimate, EstimateCall, Estimator,
+from curvfast.curvature._deflated import deflated_curvature
+from curvfast.curvature._finite_difference import fd_curvature, zo_curvature
+from curvfast.curvature._folding import fold_batchnorms, foldable_pairs
+from curvfast.curvature._hutchinson import HVP_MODES, hutchinson_curvature
+from curvfast.curvature._logit_space import GRAM_STATISTICS, Forward, logit_space_curvature
+from curvfast.curvature._model import LogitFn, check_finite_model, scoring_model, unwrap_model, without_wrapper_hooks
+from curvfast.curvature._registry import (AUTO, DEFAULT_PROBES, ESTIMATORS, METHODS, Estimate, EstimateCall, Estimator,
                                          get_estimator, register_estimator)
 from curvfast.errors import ConfigError, DataError, NonFiniteError, UnknownNameError, UnsupportedModelError
 
@@ -229,7 +229,7 @@ def _forward(logit_fn: LogitFn, x: torch.Tensor, graph: bool) -> Forward:
 
 
 def _exact(call: EstimateCall) -> Estimate:
-    """All C classes in logit space: exact for piecewise-linear nets (:mod:`~curvfast.curvature.logit_space`)."""
+    """All C classes in logit space: exact for piecewise-linear nets (:mod:`~curvfast.curvature._logit_space`)."""
     return Estimate(*logit_space_curvature(
         call.forward, call.y, call.sample_ids, owner=call.logit_fn.owner, statistic=call.statistic,
         num_exact=call.num_classes, num_tail=0, seed=call.seed, pass_size=call.pass_size,
@@ -248,7 +248,7 @@ def _sampled(call: EstimateCall) -> Estimate:
 
 
 def _hutchinson(call: EstimateCall) -> Estimate:
-    """Hutchinson's estimator from exact HVPs (:mod:`~curvfast.curvature.hutchinson`)."""
+    """Hutchinson's estimator from exact HVPs (:mod:`~curvfast.curvature._hutchinson`)."""
     return Estimate(*hutchinson_curvature(
         call.logit_fn, call.x, call.y, call.sample_ids, statistic=call.statistic, probes=call.probes, seed=call.seed,
         distribution=call.distribution, hvp=call.hvp, pass_size=call.pass_size,
@@ -256,7 +256,7 @@ def _hutchinson(call: EstimateCall) -> Estimate:
 
 
 def _deflated(call: EstimateCall) -> Estimate:
-    """Exact Gauss-Newton trace plus a deflated Hutchinson residual (:mod:`~curvfast.curvature.deflated`)."""
+    """Exact Gauss-Newton trace plus a deflated Hutchinson residual (:mod:`~curvfast.curvature._deflated`)."""
     exact_gn = call.num_classes <= EXACT_MAX_CLASSES
     return Estimate(*deflated_curvature(
         call.logit_fn, call.forward, call.y, call.sample_ids, probes=call.probes, rank=call.top_classes,
@@ -267,13 +267,13 @@ def _deflated(call: EstimateCall) -> Estimate:
 
 
 def _fd(call: EstimateCall) -> Estimate:
-    """Garg et al.'s finite difference of input gradients (:mod:`~curvfast.curvature.finite_difference`)."""
+    """Garg et al.'s finite difference of input gradients (:mod:`~curvfast.curvature._finite_difference`)."""
     return Estimate(*fd_curvature(call.logit_fn, call.x, call.y, call.sample_ids, probes=call.probes, seed=call.seed,
                                   step=call.step, pass_size=call.pass_size))
 
 
 def _zo(call: EstimateCall) -> Estimate:
-    """Curvature Clues' zero-order estimator from loss values (:mod:`~curvfast.curvature.finite_difference`)."""
+    """Curvature Clues' zero-order estimator from loss values (:mod:`~curvfast.curvature._finite_difference`)."""
     def losses(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(call.logit_fn(xb), yb, reduction="none")
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import BatchDependentModelError, DataError, NonFiniteError, NotPiecewiseLinearError
-from .model import LogitFn, scoring_model
+from ._model import LogitFn, scoring_model
 
 __all__ = ["check_batch", "check_batch_independent", "check_labels", "is_piecewise_linear", "require_piecewise_linear",
            "graph_nodes"]

@@ -36,7 +36,7 @@ from typing import Iterator, NamedTuple
 import torch
 
 from .. import ops
-from .batching import VJP_PLANNER, choose_pass_size
+from ._batching import VJP_PLANNER, choose_pass_size
 
 __all__ = ["logit_space_curvature", "Forward", "LogitSpaceResult", "GRAM_STATISTICS"]
 

@@ -34,8 +34,8 @@ import torch
 from torch import nn
 
 from curvfast.errors import DataError, UnknownNameError
-from curvfast.ood.base import FeaturesDetector, LogitsDetector, check_temperature, register_detector, require
-from curvfast.ood.feature_detectors import class_means, detector_labels
+from curvfast.ood._base import FeaturesDetector, LogitsDetector, check_temperature, register_detector, require
+from curvfast.ood._feature_detectors import class_means, detector_labels
 
 __all__ = ["NormScaling", "NormScalingFeatures", "per_class_statistic", "NORM_STATISTICS"]
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from curvfast.errors import ConfigError, DataError
-from curvfast.ood.base import FeaturesDetector, register_detector, require
+from curvfast.ood._base import FeaturesDetector, register_detector, require
 
 __all__ = ["Mahalanobis", "KNN", "class_means", "detector_labels"]
 

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..curvature.finite_difference import fd_probe_terms
-from ..curvature.model import LogitFn, scoring_mode
+from ..curvature._finite_difference import fd_probe_terms
+from ..curvature._model import LogitFn, scoring_mode
 from ._common import draw_seed, hessian_statistic, prepare, sample_ids_for, scaled_logits
 
 __all__ = ["CurveScore", "get_regularized_curvature_for_batch", "fd_scores"]

@@ -15,9 +15,9 @@ import math
 import torch
 from torch import nn
 
-from curvfast.curvature.model import scoring_mode
+from curvfast.curvature._model import scoring_mode
 from curvfast.errors import ConfigError, NonFiniteError
-from curvfast.ood.base import LogitsDetector, check_temperature, register_detector, require
+from curvfast.ood._base import LogitsDetector, check_temperature, register_detector, require
 
 __all__ = ["MSP", "MaxLogit", "Energy", "ODIN"]
 

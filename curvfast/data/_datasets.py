@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from curvfast.data.streaming import FileListDataset, StreamingImageFolder, _image_transform, load_image
+from curvfast.data._streaming import FileListDataset, StreamingImageFolder, _image_transform, load_image
 from curvfast.errors import ConfigError, DataError, UnknownNameError
 
 __all__ = ["DigitsDataset", "get_dataset", "DatasetInfo", "available_datasets"]
@@ -125,7 +125,7 @@ def get_dataset(name: str, split: str = "train", root: str | None = None, image_
     - ``imagefolder``: ``root/<split>/<class>/<image>``; a ``root/<class>/<image>`` folder without split
       folders is the training split only (a missing split is an error naming the folder looked for);
       ``image_size`` resizes and centre-crops.
-    - ``filelist``: streaming (``curvfast.data.streaming``), for ImageNet-size data: ``root`` is a
+    - ``filelist``: streaming (``curvfast.data._streaming``), for ImageNet-size data: ``root`` is a
       ``<path> <label>`` list file, or a folder holding ``<split>.txt``, or an image folder
       (split folders as for ``imagefolder``). List entries must stay
       inside the list's folder unless ``allow_outside_root``.

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..curvature.finite_difference import zo_curvature
-from ..curvature.model import LogitFn, scoring_mode
+from ..curvature._finite_difference import zo_curvature
+from ..curvature._model import LogitFn, scoring_mode
 from ._common import draw_seed, hessian_statistic, prepare, sample_ids_for, scaled_logits
 
 __all__ = ["get_curvature_for_batch_zo_v2", "get_curvature_for_batch_zo", "modified_entropy"]

@@ -15,7 +15,7 @@ features h (B, D): the input of the model's last ``nn.Linear``, flattened, captu
 hook (name another module with ``feature_layer=``). Detectors are registered by name in
 :data:`DETECTORS` (:func:`register_detector`). When pytorch-ood is installed they are registered as
 virtual subclasses of its ``Detector``, ``LogitsDetector`` and ``FeaturesDetector``
-(:mod:`curvfast.ood.pytorch_ood`); curvfast does not need it.
+(:mod:`curvfast.ood._pytorch_ood`); curvfast does not need it.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from curvfast.curvature.model import LogitFn, scoring_mode, unwrap_model
+from curvfast.curvature._model import LogitFn, scoring_mode, unwrap_model
 from curvfast.errors import ConfigError, CurvfastError, DataError, NonFiniteError, UnknownNameError
 
 __all__ = ["Detector", "LogitsDetector", "FeaturesDetector", "OutputExtractor", "collect_outputs", "DETECTORS",

@@ -45,9 +45,9 @@ from __future__ import annotations
 import torch
 
 from .. import ops
-from .hutchinson import hvp_passes
-from .logit_space import Forward, logit_space_curvature
-from .model import LogitFn
+from ._hutchinson import hvp_passes
+from ._logit_space import Forward, logit_space_curvature
+from ._model import LogitFn
 
 __all__ = ["deflated_curvature"]
 

@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from .randomized import gaussian_sketch, orthonormalize
+from ._randomized import gaussian_sketch, orthonormalize
 from ..errors import ConfigError, DataError, UnknownNameError
 
 __all__ = ["SpectrumResult", "GramSpectrum", "DenseRows", "StreamingGram", "StreamingRandomizedSVD", "make_sketch",

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from curvfast.errors import ConfigError, DataError, NonFiniteError, UnknownNameError
-from curvfast.ood.base import LogitsDetector, register_detector, require
+from curvfast.ood._base import LogitsDetector, register_detector, require
 
 __all__ = ["VRMBatch", "vrm_batch", "VRMTransform", "VRM"]
 
