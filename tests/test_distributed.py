@@ -167,7 +167,7 @@ CALIBRATED_RUN = """
 import json, os, sys, torch
 import curvfast
 from curvfast import engine
-from curvfast.curvature import batching
+from curvfast.curvature import _batching as batching
 from curvfast.data._streaming import FileListDataset
 from curvfast.models import build_model
 rank = int(os.environ.get("RANK", "0"))

@@ -74,7 +74,7 @@ def test_cuda_device_without_gpu_is_a_clear_error(digits_model, digits_small):
 
 def _timings_that_change_their_mind(monkeypatch):
     """Fake pass timings: the first calibration finds width 1 fastest, every later one the widest."""
-    from curvfast.curvature import batching
+    from curvfast.curvature import _batching as batching
 
     calls = {"warmups": 0}
     real_width = batching.PassPlanner._width
