@@ -6,13 +6,14 @@ import json
 import math
 import os
 import tempfile
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from .errors import CheckpointError, NonFiniteError
 
-__all__ = ["atomic_write_bytes", "write_json", "write_npz", "save_checkpoint", "load_checkpoint"]
+__all__ = ["atomic_write_bytes", "write_json", "map_floats", "write_npz", "save_checkpoint", "load_checkpoint"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -69,6 +70,25 @@ def write_json(path: str, obj: object) -> None:
         raise NonFiniteError(f"cannot write {path!r}: {_non_finite_path(obj) or 'a value'} is not finite "
                              "(write an undefined result as None, an infinite setting as the string 'inf')") from err
     atomic_write_bytes(path, (text + "\n").encode())
+
+
+def map_floats(obj: Any, fn: Callable[[float], Any]) -> Any:
+    """``obj`` with ``fn`` applied to every float in it, through dicts, lists and tuples (tuples become lists).
+
+    Args:
+        obj: a JSON-like value.
+        fn: maps one float to its replacement (e.g. a non-finite value to None before :func:`write_json`).
+
+    Returns:
+        The mapped copy; ``obj`` itself is not changed.
+    """
+    if isinstance(obj, float):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: map_floats(v, fn) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [map_floats(v, fn) for v in obj]
+    return obj
 
 
 def _non_finite_path(obj: object, prefix: str = "") -> str | None:

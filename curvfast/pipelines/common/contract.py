@@ -33,7 +33,7 @@ import typing
 
 import torch
 
-from curvfast.io import write_json
+from curvfast.io import map_floats, write_json
 from curvfast.errors import ConfigError, CurvfastError, UnknownNameError
 
 __all__ = ["COMMON_HELP", "RunFailed", "option", "field_choices", "config_dict", "preset_config", "run_folder", "write_results",
@@ -97,16 +97,10 @@ def config_dict(config) -> dict:
     An infinite float setting (``--dp-epsilon inf``: no DP) is recorded as the string ``"inf"`` or
     ``"-inf"``, so that ``results.json`` stays strict JSON (:func:`curvfast.io.write_json`).
     """
-    def plain(value):
-        if isinstance(value, float) and math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
+    def plain(value: float):
+        return ("inf" if value > 0 else "-inf") if math.isinf(value) else value
 
-    return json.loads(json.dumps(plain(dataclasses.asdict(config)), default=str))
+    return json.loads(json.dumps(map_floats(dataclasses.asdict(config), plain), default=str))
 
 
 @contextlib.contextmanager

@@ -35,7 +35,7 @@ from torch.utils.data import Subset
 
 from curvfast import parse_device
 from curvfast.errors import ConfigError
-from curvfast.io import load_checkpoint, save_checkpoint, write_json, write_npz
+from curvfast.io import load_checkpoint, map_floats, save_checkpoint, write_json, write_npz
 from curvfast.pipelines.common.augment import AUGMENTATIONS, image_augmentation
 from curvfast.pipelines.common.cache import cached, differences
 from curvfast.pipelines.common.contract import RunFailed, config_dict, field_choices, option, run_folder, write_results
@@ -376,17 +376,6 @@ def _export(config: Config, folder: str) -> None:
         interchange.export_matrices(config.export_matrices, keep, signals)
 
 
-def _defined(value):
-    """``value`` with every NaN or infinite float replaced by None (undefined), recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _defined(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_defined(v) for v in value]
-    return value
-
-
 def run(config: Config, out: str | None = None) -> dict:
     """Run the experiment (or attack imported signals) into the run folder ``out``; returns the
     ``results.json`` content. Raises :class:`RunFailed` after writing it when an attack's AUROC is
@@ -398,7 +387,7 @@ def run(config: Config, out: str | None = None) -> dict:
             _export(config, folder)
         bad = [n for n, a in results["attacks"].items() if not math.isfinite(a["auroc"])]
         for name in bad:  # undefined metrics are written as null (results.json is strict JSON)
-            results["attacks"][name] = _defined(results["attacks"][name])
+            results["attacks"][name] = map_floats(results["attacks"][name], lambda v: v if math.isfinite(v) else None)
         write_results(folder, results)
     if bad:
         raise RunFailed(f"no finite AUROC for {', '.join(bad)}; results.json records the run")
