@@ -10,12 +10,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
-from curvfast.data._streaming import FileListDataset, StreamingImageFolder, _image_transform, load_image
+from curvfast.data._files import check_split
+from curvfast.data._streaming import FileListDataset, StreamingImageFolder, _image_transform, _PathLabelDataset
 from curvfast.errors import ConfigError, DataError, UnknownNameError
 
-__all__ = ["DigitsDataset", "get_dataset", "DatasetInfo", "available_datasets"]
+__all__ = ["DigitsDataset", "get_dataset", "DatasetInfo", "available_datasets", "sample_paths", "class_names"]
 
 
 @dataclass(frozen=True)
@@ -124,28 +125,36 @@ def get_dataset(name: str, split: str = "train", root: str | None = None, image_
     - ``digits``: bundled, offline, fixed split.
     - ``imagefolder``: ``root/<split>/<class>/<image>``; a ``root/<class>/<image>`` folder without split
       folders is the training split only (a missing split is an error naming the folder looked for);
-      ``image_size`` resizes and centre-crops.
+      ``image_size`` resizes and centre-crops. Symlinks are followed inside the split folder only (resolved
+      paths) unless ``allow_outside_root``; a symlink loop is refused.
     - ``filelist``: streaming (``curvfast.data._streaming``), for ImageNet-size data: ``root`` is a
       ``<path> <label>`` list file, or a folder holding ``<split>.txt``, or an image folder
-      (split folders as for ``imagefolder``). List entries must stay
-      inside the list's folder unless ``allow_outside_root``.
+      (split folders and symlinks as for ``imagefolder``). List entries must stay
+      inside the list's folder (as text, and resolved when read) unless ``allow_outside_root``.
+
+    Without ``image_size`` the folder and list datasets require one image size: reading an image of another size than
+    image 0 is a DataError naming both files and ``--image-size``.
     - ``mnist``, ``fashionmnist``, ``cifar10``, ``cifar100``, ``svhn``: torchvision classes on ``root``,
       ``download=False``.
 
     Args:
         name: A name from :func:`available_datasets` (case-insensitive).
-        split: The split: ``train``, ``test`` (and ``all`` for the digits, ``val``... for folders).
+        split: The split: ``train``, ``test`` (and ``all`` for the digits); for folders and lists any split folder name
+            (``val`` for an ImageNet layout).
         root: The folder (or list file for ``filelist``) that already holds the data; not used for ``digits``.
         image_size: Resize and centre-crop to this side (a positive int); None keeps the stored size.
-        allow_outside_root: Let a list file name images outside its folder.
+        allow_outside_root: Let a list file name images outside its folder, and folder scans follow symlinks out of
+            the folder.
 
     Returns:
         ``(dataset, info)``: a map-style dataset of ``(image (C, H, W) float32, int label)`` and its
         :class:`DatasetInfo`.
 
     Raises:
-        ConfigError: For a bad ``image_size``, resizing the digits, or a missing ``root``.
-        DataError: For a split the dataset does not have, or an image folder with fewer than 2 classes.
+        ConfigError: For a bad ``image_size``, resizing the digits, a missing ``root``, or a split that is not a plain
+            folder name.
+        DataError: For a split the dataset does not have, an image folder with fewer than 2 classes, a symlink loop or
+            a symlink out of the folder.
         UnknownNameError: For an unknown ``name``.
         FileNotFoundError: When ``root``, the split folder or the torchvision files are missing.
     """
@@ -158,12 +167,14 @@ def get_dataset(name: str, split: str = "train", root: str | None = None, image_
                               "--image-size")
         ds = DigitsDataset(split)
         return ds, ds.info
+    if key in ("imagefolder", "filelist"):
+        check_split(split)
     if key == "imagefolder":
-        from torchvision.datasets import ImageFolder
+        from curvfast.data._imagefolder import CheckedImageFolder
 
         root = _require_root(name, root)
         folder = _split_folder(root, split, name)
-        ds = ImageFolder(folder, transform=_image_transform(image_size), loader=load_image)
+        ds = CheckedImageFolder(folder, image_size=image_size, allow_outside_root=allow_outside_root)
         if len(ds.classes) < 2:
             raise DataError(f"image folder {folder!r} has {len(ds.classes)} class folder(s); need at least 2")
         return ds, DatasetInfo(num_classes=len(ds.classes), in_channels=3)
@@ -175,7 +186,8 @@ def get_dataset(name: str, split: str = "train", root: str | None = None, image_
                                  allow_outside_root=allow_outside_root)
         else:
             root = _require_root(name, root)
-            ds = StreamingImageFolder(_split_folder(root, split, name), image_size=image_size)
+            ds = StreamingImageFolder(_split_folder(root, split, name), image_size=image_size,
+                                      allow_outside_root=allow_outside_root)
         return ds, DatasetInfo(num_classes=ds.num_classes, in_channels=3)
     if key in _TORCHVISION:
         import torchvision.datasets as tvd
@@ -192,3 +204,46 @@ def get_dataset(name: str, split: str = "train", root: str | None = None, image_
                                     "data") from err
         return ds, DatasetInfo(num_classes=num_classes, in_channels=channels)
     raise UnknownNameError(f"unknown dataset {name!r}; choose one of {available_datasets()}")
+
+
+def sample_paths(dataset: Dataset) -> list[str] | None:
+    """The file of every sample of an image folder or file list dataset, in index order.
+
+    Works through ``torch.utils.data.Subset`` (the subset's order). Paths are absolute when the dataset's root is; a
+    name that is not UTF-8 holds surrogate escapes (``os.fsdecode``): open it as it is, show it with
+    :func:`printable_path`.
+
+    Args:
+        dataset: A dataset from :func:`get_dataset` (``imagefolder``, ``filelist``), a
+            ``torchvision.datasets.DatasetFolder``, or a ``Subset`` of one.
+
+    Returns:
+        One path per sample, or None for a dataset without files (the digits, tensors, torchvision's CIFAR...).
+    """
+    from torchvision.datasets import DatasetFolder
+
+    if isinstance(dataset, Subset):
+        inner = sample_paths(dataset.dataset)
+        return None if inner is None else [inner[int(i)] for i in dataset.indices]
+    if isinstance(dataset, _PathLabelDataset):
+        return [dataset.path(i) for i in range(len(dataset))]
+    if isinstance(dataset, DatasetFolder):
+        return [str(path) for path, _ in dataset.samples]
+    return None
+
+
+def class_names(dataset: Dataset) -> list[str] | None:
+    """The name of each class, indexed by label: the class folders of an image folder, torchvision's ``classes``.
+
+    Args:
+        dataset: Any dataset, or a ``Subset`` of one.
+
+    Returns:
+        ``names[label]``, or None where the dataset names no classes (file lists, the digits, tensors).
+    """
+    if isinstance(dataset, Subset):
+        return class_names(dataset.dataset)
+    classes = getattr(dataset, "classes", None)
+    if isinstance(classes, (list, tuple)) and classes and all(isinstance(c, str) for c in classes):
+        return list(classes)
+    return None

@@ -1,7 +1,7 @@
 """Streaming image datasets for ImageNet-size scoring: file lists and image folders.
 
 Images are decoded one at a time in ``__getitem__`` (inside DataLoader workers), never held.
-The catalogue itself is compact and fork-friendly: all paths live in one UTF-8 byte buffer
+The catalogue itself is compact and fork-friendly: all paths live in one byte buffer (the file system's bytes)
 with int64 offsets and the labels in an int64 array, three numpy arrays in all (57.7 MiB for
 1,281,167 ImageNet-style paths, measured; a Python list of (path, label) tuples: 216.7 MiB),
 built without one Python string per path. Python objects would also be copied page by page
@@ -9,10 +9,15 @@ into every DataLoader worker by reference counting; these arrays stay shared.
 
 - ``FileListDataset``: a text file of ``<relative/path> <integer label>`` lines (ImageNet
   ``train.txt``/``val.txt`` style, ``#`` comments, paths relative to ``root``). Paths that
-  leave ``root`` (absolute, or through ``..``) are refused unless ``allow_outside_root=True``.
+  leave ``root`` (absolute, or through ``..``, or resolving outside it through a symlink, checked as each image is
+  read) are refused unless ``allow_outside_root=True``.
 - ``StreamingImageFolder``: ``root/<class>/<image>`` (ImageNet layout). Classes are the sorted
   folder names and samples are sorted within each class, so indices and labels match
-  ``torchvision.datasets.ImageFolder`` on the same folder.
+  ``torchvision.datasets.ImageFolder`` on the same folder; symlinks are followed inside ``root`` only
+  (``curvfast.data._files``).
+
+Without a resize (``image_size`` None, the default transform) every image must have image 0's size; another size is
+one error naming both files and ``--image-size``.
 """
 from __future__ import annotations
 
@@ -20,21 +25,22 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import hashlib
 import os
-import stat
 from array import array
 
 import numpy as np
 from torch.utils.data import Dataset
 
+from curvfast.data._files import (IMAGE_EXTENSIONS, SizeCheck, folder_classes, folder_images, inside, load_image,
+                                  printable_path)
 from curvfast.errors import DataError
 from curvfast.io import atomic_write_bytes
 
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["FileListDataset", "StreamingImageFolder", "IMAGE_EXTENSIONS"]
+__all__ = ["FileListDataset", "StreamingImageFolder", "IMAGE_EXTENSIONS", "MAX_LABEL"]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+MAX_LABEL = 2**24 - 1  # a model gets max label + 1 outputs: 16.8M classes is far past any real label set
 
 
 class _Catalogue:
@@ -67,40 +73,12 @@ def _image_transform(image_size: int | None) -> Callable[["Image.Image"], Any]:
     return transforms.Compose(steps + [transforms.ToTensor()])
 
 
-def load_image(path: str, mode: str = "RGB", what: str = "image ") -> "Image.Image":
-    """Decode the regular file ``path`` with PIL.
-
-    Anything but a regular file (a FIFO, a device, a folder) is refused before it is opened, since reading one can
-    block forever.
-
-    Args:
-        path: The image file.
-        mode: The PIL mode to convert to (``"RGB"`` or ``"L"``).
-        what: How the message names the file (e.g. ``"image 7 "``).
-
-    Returns:
-        The decoded image in ``mode``.
-
-    Raises:
-        OSError: Naming the file, for any failure to read or decode it.
-    """
-    from PIL import Image
-
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise OSError("not a regular file")
-        with Image.open(path) as img:
-            return img.convert(mode)
-    except OSError as err:
-        raise OSError(f"cannot read {what}{path!r}: {err}") from err
-
-
 def _outside(path: bytes) -> bool:
-    """Whether a list entry leaves the folder it is relative to (absolute, or up through '..')."""
+    """Whether a list entry's text leaves the folder it is relative to (absolute, or up through '..')."""
     return os.path.isabs(path) or os.path.normpath(path).split(os.sep.encode())[0] == b".."
 
 
-class _PathLabelDataset(Dataset):
+class _PathLabelDataset(SizeCheck, Dataset):
     """Paths (one byte buffer + offsets) and labels; loads ``root/path`` with PIL on access."""
 
     def __init__(self, root: str, catalogue: "_Catalogue", transform: Callable[["Image.Image"], Any] | None = None,
@@ -109,10 +87,14 @@ class _PathLabelDataset(Dataset):
         self._buffer, self._offsets, self.targets = catalogue.arrays()
         self.root = root
         self.mode = mode
+        self.check_sizes = transform is None and image_size is None
         self.transform = transform if transform is not None else _image_transform(image_size)
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def _entry(self, i: int) -> bytes:
+        return self._buffer[self._offsets[i]:self._offsets[i + 1]].tobytes()
 
     def path(self, i: int) -> str:
         """Absolute path of sample ``i``.
@@ -121,16 +103,21 @@ class _PathLabelDataset(Dataset):
             i: The sample index.
 
         Returns:
-            ``root`` joined with the listed path.
+            ``root`` joined with the listed path (bytes that are not UTF-8 as ``os.fsdecode`` gives them; show it
+            with :func:`curvfast.data.printable_path`).
         """
-        lo, hi = self._offsets[i], self._offsets[i + 1]
-        return os.path.join(self.root, self._buffer[lo:hi].tobytes().decode())
+        return os.path.join(self.root, os.fsdecode(self._entry(i)))
+
+    sample_path = path
+
+    def _checked_path(self, i: int) -> str:
+        return self.path(i)
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
         if not 0 <= i < len(self):
             raise IndexError(f"index {i} is out of range for a dataset of {len(self)} images")
-        path = self.path(i)
-        return self.transform(load_image(path, self.mode, f"image {i} ")), int(self.targets[i])
+        image = self.checked(load_image(self._checked_path(i), self.mode, f"image {i} "), i)
+        return self.transform(image), int(self.targets[i])
 
     def fingerprint(self) -> str:
         """SHA-256 of the catalogue (paths and labels, not the pixels).
@@ -152,11 +139,19 @@ class _PathLabelDataset(Dataset):
         """Write this catalogue as a file list, atomically, so later runs skip the folder scan.
 
         Args:
-            path: The list file to write: ``<path> <label>`` lines, relative to ``root``.
+            path: The list file to write: ``<path> <label>`` lines, relative to ``root``, the names' bytes as stored.
+
+        Raises:
+            DataError: For a file name with a line break or surrounding white space, which a list cannot hold.
         """
-        lines = (f"{self._buffer[self._offsets[i]:self._offsets[i + 1]].tobytes().decode()} {self.targets[i]}\n"
-                 for i in range(len(self)))
-        atomic_write_bytes(path, "".join(lines).encode())
+        lines = []
+        for i in range(len(self)):
+            entry = self._entry(i)
+            if entry != entry.strip() or b"\n" in entry or b"\r" in entry:
+                raise DataError(f"image {i} '{printable_path(self.path(i))}' has a line break or surrounding white "
+                                "space in its name, which a file list cannot hold; rename it")
+            lines.append(b"%s %d\n" % (entry, self.targets[i]))
+        atomic_write_bytes(path, b"".join(lines))
 
 
 class FileListDataset(_PathLabelDataset):
@@ -168,17 +163,20 @@ class FileListDataset(_PathLabelDataset):
         transform: Applied to the PIL image; default ``Resize(image_size) + CenterCrop + ToTensor``.
         image_size: Side of the default transform's resize and crop; None keeps the stored size.
         mode: PIL mode, ``"RGB"`` (3 channels) or ``"L"`` (grayscale).
-        allow_outside_root: Accept absolute paths and paths through ``..`` that leave ``root``.
+        allow_outside_root: Accept paths that leave ``root``: absolute, through ``..`` or through symlinks.
 
     Raises:
         FileNotFoundError: When ``list_file`` does not exist.
-        DataError: For a malformed line, a path outside ``root`` (without ``allow_outside_root``) or an empty list.
+        DataError: For a malformed line, a label over :data:`MAX_LABEL`, a path outside ``root`` (without
+            ``allow_outside_root``) or an empty list. An entry whose resolved path leaves ``root`` is refused when
+            its image is read (a DataError naming it).
     """
 
     def __init__(self, list_file: str, root: str | None = None, transform: Callable[["Image.Image"], Any] | None = None,
                  image_size: int | None = None, mode: str = "RGB", allow_outside_root: bool = False):
+        shown = printable_path(list_file)
         if not os.path.isfile(list_file):
-            raise FileNotFoundError(f"file list {list_file!r} does not exist; it holds '<path> <label>' lines")
+            raise FileNotFoundError(f"file list '{shown}' does not exist; it holds '<path> <label>' lines")
         catalogue = _Catalogue()
         with open(list_file, "rb") as f:
             for lineno, raw in enumerate(f, 1):
@@ -187,51 +185,65 @@ class FileListDataset(_PathLabelDataset):
                     continue
                 path, label = line.rsplit(None, 1) if len(line.split()) > 1 else (b"", line)
                 if not label.isdigit():
-                    raise DataError(f"{list_file}:{lineno}: expected '<path> <non-negative integer label>', got "
-                                    f"{line!r}")
+                    raise DataError(f"{shown}:{lineno}: expected '<path> <non-negative integer label>', got "
+                                    f"'{printable_path(line)}'")
+                if int(label) > MAX_LABEL:
+                    raise DataError(f"{shown}:{lineno}: label {int(label)} is too large: labels are class indices "
+                                    f"0..{MAX_LABEL} (a model gets one output per class); number the classes from 0")
                 if not allow_outside_root and _outside(path):
-                    raise DataError(f"{list_file}:{lineno}: {path.decode(errors='replace')!r} lies outside the root "
-                                    "folder; list paths relative to it, or pass allow_outside_root=True "
-                                    "(--allow-outside-root)")
+                    raise DataError(f"{shown}:{lineno}: '{printable_path(path)}' lies outside the root folder; list "
+                                    "paths relative to it, or pass allow_outside_root=True (--allow-outside-root)")
                 catalogue.add(path, int(label))
         if not len(catalogue):
-            raise DataError(f"file list {list_file!r} lists no images")
+            raise DataError(f"file list '{shown}' lists no images")
         root = os.path.dirname(os.path.abspath(list_file)) if root is None else root
+        self.allow_outside_root = allow_outside_root
+        self._real_root = os.path.realpath(root)
         super().__init__(root, catalogue, transform, image_size, mode)
+
+    def _checked_path(self, i: int) -> str:
+        """``path(i)``, refused when its resolved path leaves ``root`` (a symlink out), unless allowed."""
+        path = self.path(i)
+        real = os.path.realpath(path)
+        if not self.allow_outside_root and not inside(real, self._real_root):
+            raise DataError(f"image {i} '{printable_path(path)}' resolves to '{printable_path(real)}', outside the "
+                            f"list's folder '{printable_path(self.root)}' (a symlink leads out); list files inside "
+                            "it, or pass allow_outside_root=True (--allow-outside-root)")
+        return path
 
 
 class StreamingImageFolder(_PathLabelDataset):
     """``root/<class>/<image>`` scanned once into the compact catalogue.
 
-    Labels are the sorted class folders' positions (``self.classes``), as in torchvision's ImageFolder.
+    Labels are the sorted class folders' positions (``self.classes``), as in torchvision's ImageFolder. Symlinks are
+    followed while they stay inside ``root`` (resolved paths); a loop is refused.
 
     Args:
         root: The folder of class folders.
         transform: Applied to the PIL image; default ``Resize(image_size) + CenterCrop + ToTensor``.
         image_size: Side of the default transform's resize and crop; None keeps the stored size.
         mode: PIL mode, ``"RGB"`` (3 channels) or ``"L"`` (grayscale).
+        allow_outside_root: Follow symlinks that lead outside ``root``.
 
     Raises:
         FileNotFoundError: When ``root`` does not exist.
-        DataError: With fewer than 2 class folders, or no images with one of :data:`IMAGE_EXTENSIONS`.
+        DataError: With fewer than 2 class folders, no images with one of :data:`IMAGE_EXTENSIONS`, a symlink loop or
+            a symlink out of ``root`` (without ``allow_outside_root``).
     """
 
     def __init__(self, root: str, transform: Callable[["Image.Image"], Any] | None = None,
-                 image_size: int | None = None, mode: str = "RGB"):
+                 image_size: int | None = None, mode: str = "RGB", allow_outside_root: bool = False):
         if not os.path.isdir(root):
-            raise FileNotFoundError(f"image folder {root!r} does not exist")
-        self.classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+            raise FileNotFoundError(f"image folder '{printable_path(root)}' does not exist")
+        self.classes = folder_classes(root, allow_outside_root)
         if len(self.classes) < 2:
-            raise DataError(f"image folder {root!r} has {len(self.classes)} class folder(s); need at least 2")
+            raise DataError(f"image folder '{printable_path(root)}' has {len(self.classes)} class folder(s); need at "
+                            "least 2")
         catalogue = _Catalogue()
-        for label, cls in enumerate(self.classes):
-            for folder, _, files in sorted(os.walk(os.path.join(root, cls), followlinks=True)):
-                rel = os.path.relpath(folder, root)
-                for name in sorted(files):
-                    if name.lower().endswith(IMAGE_EXTENSIONS):
-                        catalogue.add(os.path.join(rel, name).encode(), label)
+        for rel, label in folder_images(root, self.classes, allow_outside_root):
+            catalogue.add(os.fsencode(rel), label)
         if not len(catalogue):
-            raise DataError(f"image folder {root!r} holds no images with extensions {IMAGE_EXTENSIONS}")
+            raise DataError(f"image folder '{printable_path(root)}' holds no images with extensions {IMAGE_EXTENSIONS}")
         super().__init__(root, catalogue, transform, image_size, mode)
 
     @property
