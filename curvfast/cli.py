@@ -36,8 +36,9 @@ def _cmd_train(args) -> int:
 
     recipe = TrainRecipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     _, info = train_model(
-        args.model, args.dataset, recipe, root=args.root, normalize=args.normalize, device=args.device, out=args.out,
-        log=None if args.quiet else print,
+        args.model, args.dataset, recipe, root=args.root, image_size=args.image_size, train_split=args.train_split,
+        test_split=args.test_split, allow_outside_root=args.allow_outside_root, normalize=args.normalize,
+        device=args.device, out=args.out, log=None if args.quiet else print,
     )
     print(json.dumps(info, indent=2))
     return 0
@@ -98,6 +99,14 @@ def _pipelines_for(argv: list[str] | None) -> tuple[str, ...]:
     return (first,) if first in COMMANDS else COMMANDS
 
 
+def _data_arguments(p: argparse.ArgumentParser) -> None:
+    """``--image-size`` and ``--allow-outside-root``, as train and score take them."""
+    p.add_argument("--image-size", type=int, default=None,
+                   help="resize and centre-crop images to this size (unset: as stored; mixed sizes need it)")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="let a file list name images outside its folder and folder scans follow symlinks out of it")
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The ``curvfast`` parser: the core commands, then one generated sub-command per pipeline (only what
     parsing ``argv`` needs when it is given; every command when it is None)."""
@@ -113,6 +122,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--model", default="small_cnn")
     p.add_argument("--dataset", default="digits")
     p.add_argument("--root", default=None, help="folder that already holds the dataset (never downloaded)")
+    _data_arguments(p)
+    p.add_argument("--train-split", default="train", help="split folder trained on")
+    p.add_argument("--test-split", default="test", help="held-out split folder for the accuracy (val: ImageNet layout)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.05)
@@ -135,11 +147,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="zoo/torchvision name if the checkpoint does not record it")
     p.add_argument("--dataset", default="digits",
                    help="digits, imagefolder, filelist (streaming, ImageNet size), cifar10, ...")
-    p.add_argument("--split", default="train")
+    p.add_argument("--split", default="train", help="split scored: a split folder of the root (train, val, test...)")
     p.add_argument("--root", default=None)
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--allow-outside-root", action="store_true",
-                   help="let a file list name images outside its folder (absolute paths, '..')")
+    _data_arguments(p)
     from .curvature import ESTIMATORS, METHODS, STATISTICS
 
     own = tuple(e.name for e in ESTIMATORS.values() if e.own_statistic)  # fd, zo: their published quantity

@@ -228,6 +228,10 @@ def train_model(
     recipe: TrainRecipe = CURVFAST_TRAIN,
     *,
     root: str | None = None,
+    image_size: int | None = None,
+    train_split: str = "train",
+    test_split: str = "test",
+    allow_outside_root: bool = False,
     normalize: str = "none",
     device: str = "cpu",
     out: str | None = None,
@@ -243,6 +247,11 @@ def train_model(
         recipe: the training recipe; default :data:`CURVFAST_TRAIN`: 30 epochs of SGD with momentum 0.9, lr 0.05,
             batch 64, weight decay 5e-4, cosine schedule, seed 0.
         root: the folder holding the dataset (not needed for the bundled digits).
+        image_size: resize and centre-crop every image to this side (None: as stored; an image folder of mixed sizes
+            needs it).
+        train_split: the split trained on (a split folder of an image folder, e.g. ``train``).
+        test_split: the held-out split the accuracy is measured on (``val`` for an ImageNet layout).
+        allow_outside_root: let image folders and file lists read files outside ``root`` (symlinks, list entries).
         normalize: ``none``, ``cifar10``, ``imagenet`` or ``MEAN/STD``: the input normalisation, put inside the
             model.
         device: where to train (``cpu``, ``cuda``, ``cuda:1``...).
@@ -262,8 +271,9 @@ def train_model(
 
     device = parse_device(device)
     torch.manual_seed(recipe.seed)
-    train_set, info = get_dataset(dataset, "train", root=root)
-    test_set, _ = get_dataset(dataset, "test", root=root)
+    data = dict(root=root, image_size=image_size, allow_outside_root=allow_outside_root)
+    train_set, info = get_dataset(dataset, train_split, **data)
+    test_set, _ = get_dataset(dataset, test_split, **data)
     model = normalized(build_model(model_name, info.num_classes, info.in_channels), normalize).to(device)
 
     def report(epoch: int, _loss: float) -> None:
@@ -274,7 +284,7 @@ def train_model(
     fit(model, train_set, recipe, device=device, on_epoch_end=report)
     result = {
         "model": model_name, "dataset": dataset, "num_classes": info.num_classes, "in_channels": info.in_channels,
-        "normalize": normalize,
+        "normalize": normalize, "image_size": image_size, "train_split": train_split, "test_split": test_split,
         "epochs": recipe.epochs, "seed": recipe.seed, "train_accuracy": evaluate(model, train_set),
         "test_accuracy": evaluate(model, test_set), "seconds": round(time.perf_counter() - start, 2),
     }

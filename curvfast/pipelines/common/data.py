@@ -1,7 +1,7 @@
 """The data options every pipeline takes, and what they build: datasets, loaders, models.
 
-A pipeline's ``Config`` inherits :class:`DataOptions`, so ``--dataset --root --image-size
---normalize --augment --workers`` mean the same everywhere. Normalisation lives inside the model
+A pipeline's ``Config`` inherits :class:`DataOptions`, so ``--dataset --root --image-size --train-split
+--test-split --allow-outside-root --normalize --augment --workers`` mean the same everywhere. Normalisation lives inside the model
 (:class:`curvfast.models.Normalized`), so curvature, attacks and probes all see [0, 1] inputs.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from curvfast.data import get_dataset
+from curvfast.data import check_split, get_dataset
 from curvfast.models import build_model, normalized, parse_normalization
 from curvfast.pipelines.common.augment import AUGMENTATIONS, batch_transform, image_augmentation
 from curvfast.pipelines.common.contract import option
@@ -29,12 +29,18 @@ class DataOptions:
     dataset: str = option("digits")
     root: str | None = option(None)
     image_size: int | None = option(None)
+    train_split: str = option("train", "split folder of the training images")
+    test_split: str = option("test", "split folder of the held-out images (val: an ImageNet layout)")
+    allow_outside_root: bool = option(False, "let folder scans follow symlinks out of --root and file lists name "
+                                             "images outside their folder")
     normalize: str = option("none")
     augment: str = option("none", choices=AUGMENTATIONS)
     workers: int = option(0)
 
     def check_data_options(self) -> None:
-        """Fail early, naming the option, on a bad normalisation, augmentation or worker count."""
+        """Fail early, naming the option, on a bad split name, normalisation, augmentation or worker count."""
+        check_split(self.train_split, "train_split")
+        check_split(self.test_split, "test_split")
         parse_normalization(self.normalize)
         image_augmentation(self.augment)
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
@@ -50,8 +56,11 @@ class DataOptions:
 
 
 def load_split(options: DataOptions, split: str):
-    """``(dataset, DatasetInfo)`` of ``split`` (``train``, ``test``, ``all``); a missing split is an error."""
-    return get_dataset(options.dataset, split, root=options.root, image_size=options.image_size)
+    """``(dataset, DatasetInfo)`` of ``split``: ``train`` and ``test`` read the options' ``train_split`` and
+    ``test_split`` folders, another name (``all``, ``val``) that split; a missing split is an error."""
+    name = {"train": options.train_split, "test": options.test_split}.get(split, split)
+    return get_dataset(options.dataset, name, root=options.root, image_size=options.image_size,
+                       allow_outside_root=options.allow_outside_root)
 
 
 def loader(dataset, options: DataOptions, *, batch_size: int, device: str | torch.device = "cpu", shuffle: bool = False,
