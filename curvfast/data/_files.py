@@ -186,8 +186,8 @@ def folder_images(root: str, classes: list[str], allow_outside_root: bool = Fals
     """Every image under ``root/<class>/``, as ``(path relative to root, label)``.
 
     The order is torchvision's ``ImageFolder``'s: classes in the given order, each one's folders sorted by path and
-    the files sorted within each. Linked folders and files are followed inside ``root`` only (resolved paths) and
-    never into a folder that contains the link.
+    the files sorted within each. Linked folders and files are followed inside ``root`` only (resolved paths),
+    never into a folder that contains the link, and never to one folder twice within a class.
 
     Args:
         root: The folder of class folders.
@@ -198,13 +198,15 @@ def folder_images(root: str, classes: list[str], allow_outside_root: bool = Fals
         ``(relative path, label)`` per image with one of :data:`IMAGE_EXTENSIONS`.
 
     Raises:
-        DataError: For a link that leaves ``root`` (without ``allow_outside_root``) or loops.
+        DataError: For a link that leaves ``root`` (without ``allow_outside_root``), loops, or reaches a folder the
+            class already holds.
     """
     real_root = os.path.realpath(root)
     for label, cls in enumerate(classes):
         top = os.path.join(root, cls)
         real_top = os.path.realpath(top)
         stack, folders = [(cls, real_top, frozenset([real_root, real_top]))], []
+        seen = {real_top: cls}  # each folder once per class: links to one folder from many places would multiply it
         while stack:
             rel, real, chain = stack.pop()
             images = []
@@ -214,6 +216,12 @@ def folder_images(root: str, classes: list[str], allow_outside_root: bool = Fals
                     if e.is_dir():
                         sub_real = (_follow(e, sub, root, real_root, allow_outside_root, chain) if e.is_symlink()
                                     else os.path.join(real, e.name))
+                        if sub_real in seen:
+                            raise DataError(f"'{printable_path(sub)}' in image folder '{printable_path(root)}' is "
+                                            f"'{printable_path(seen[sub_real])}' again (symlinks lead to "
+                                            f"'{printable_path(sub_real)}' twice within class "
+                                            f"'{printable_path(cls)}'); remove one of the links")
+                        seen[sub_real] = sub
                         stack.append((sub, sub_real, chain | {sub_real}))
                     elif e.name.lower().endswith(IMAGE_EXTENSIONS):
                         if e.is_symlink():

@@ -46,6 +46,7 @@ LINKS = {  # case -> (link inside root, its target relative to the link's folder
     "class folder outside": ("c", "../outside", "outside the image folder"),
     "file outside": ("a/x.png", "../../outside/o.png", "outside the image folder"),
     "folder outside, deeper": ("a/deep", "../../outside", "outside the image folder"),
+    "a class's folder twice": ("a/sub/back", "../deeper", "'a/deeper' again"),
     "file inside": ("a/dup.png", "../b/0.png", None),
     "folder inside": ("a/more", "../b", None),
 }
@@ -59,6 +60,7 @@ def test_symlinks_are_followed_only_inside_the_root(tmp_path, kind, case):
     _classes(root)
     _png(tmp_path / "outside" / "o.png")
     (root / link).parent.mkdir(parents=True, exist_ok=True)
+    (root / "a" / "deeper").mkdir()
     os.symlink(target, root / link)
     if error is None:
         ds = _get(kind, root)
