@@ -96,6 +96,8 @@ def _require_root(name: str, root: str | None) -> str:
     return root
 
 
+MAX_IMAGE_SIZE = 4096  # a larger resize would not leave a batch in memory (and a typo of 10**6 would hang in PIL)
+
 _SPLIT_NAMES = ("train", "test", "val", "validation")
 
 
@@ -142,7 +144,7 @@ def get_dataset(name: str, split: str = "train", root: str | None = None, image_
         split: The split: ``train``, ``test`` (and ``all`` for the digits); for folders and lists any split folder name
             (``val`` for an ImageNet layout).
         root: The folder (or list file for ``filelist``) that already holds the data; not used for ``digits``.
-        image_size: Resize and centre-crop to this side (a positive int); None keeps the stored size.
+        image_size: Resize and centre-crop to this side (an int in 1..4096); None keeps the stored size.
         allow_outside_root: Let a list file name images outside its folder, and folder scans follow symlinks out of
             the folder.
 
@@ -159,8 +161,10 @@ def get_dataset(name: str, split: str = "train", root: str | None = None, image_
         FileNotFoundError: When ``root``, the split folder or the torchvision files are missing.
     """
     key = name.lower()
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
-        raise ConfigError(f"image_size must be a positive int (got {image_size!r})")
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
+                                   or not 1 <= image_size <= MAX_IMAGE_SIZE):
+        raise ConfigError(f"image_size must be a positive int of at most {MAX_IMAGE_SIZE} (got {image_size!r}; one "
+                          f"{MAX_IMAGE_SIZE}x{MAX_IMAGE_SIZE} RGB image is 201 MB of float32)")
     if key == "digits":
         if image_size not in (None, 8):
             raise ConfigError(f"the digits are 8x8 images and are not resized (got image_size={image_size}); drop "

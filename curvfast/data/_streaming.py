@@ -176,7 +176,8 @@ class FileListDataset(_PathLabelDataset):
                  image_size: int | None = None, mode: str = "RGB", allow_outside_root: bool = False):
         shown = printable_path(list_file)
         if not os.path.isfile(list_file):
-            raise FileNotFoundError(f"file list '{shown}' does not exist; it holds '<path> <label>' lines")
+            state = "is not a regular file" if os.path.exists(list_file) else "does not exist"
+            raise FileNotFoundError(f"file list '{shown}' {state}; pass a text file of '<path> <label>' lines")
         catalogue = _Catalogue()
         with open(list_file, "rb") as f:
             for lineno, raw in enumerate(f, 1):

@@ -251,6 +251,21 @@ def test_a_split_is_a_plain_folder_name(tmp_path, split):
         _get("imagefolder", tmp_path, split=split)
 
 
+@pytest.mark.parametrize("size", [0, 4097, 10 ** 6, True, "8"])
+def test_an_image_size_outside_1_to_4096_is_refused(tmp_path, size):
+    _classes(tmp_path)
+    with pytest.raises(ConfigError, match="image_size must be a positive int of at most 4096"):
+        _get("imagefolder", tmp_path, image_size=size)
+
+
+def test_a_file_list_that_is_not_a_file_is_named(tmp_path):
+    from curvfast.data._streaming import FileListDataset
+
+    os.mkfifo(tmp_path / "list.txt")
+    with pytest.raises(FileNotFoundError, match="list.txt' is not a regular file"):
+        FileListDataset(str(tmp_path / "list.txt"))
+
+
 # --- sample paths and class names ------------------------------------------------------------------------------------
 
 def test_sample_paths_and_class_names(tmp_path):
