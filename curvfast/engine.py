@@ -44,7 +44,7 @@ from . import distributed, ops
 from ._version import __version__
 from .chunks import RunFolder
 from .curvature import input_curvature
-from .curvature._batching import VJP_PLANNER
+from .curvature._batching import VJP_PLANNER, largest_batch
 from .curvature._model import unwrap_model
 from .errors import ConfigError, DataError
 from .fingerprint import dataset_fingerprint, model_fingerprint
@@ -53,6 +53,8 @@ from .io import write_json, write_npz
 __all__ = ["score", "score_models", "ScoreResult"]
 
 ARRAYS = ("score", "stderr", "loss")  # per model; "index" and "label" are shared
+AUTO_BATCH = "auto"
+CPU_AUTO_BATCH = 64  # a CPU runs no faster with larger batches: the class-pass width fills it (curvature._batching)
 
 
 class _Indexed(Dataset):
@@ -240,6 +242,31 @@ def _calibrate(models, dataset, batch_size: int, device, estimator: dict, first:
     return {name: res.pass_width for name, res in results.items()}
 
 
+def _auto_batch_size(models: dict, dataset, device: torch.device, estimator: dict) -> int:
+    """The largest batch that fits the device's free memory with a margin (``batch_size="auto"``).
+
+    On CUDA each trial scores the dataset's first B samples with every model and reads the allocator's peak
+    (:func:`curvature._batching.largest_batch` fits it and verifies the answer); on a CPU, where a larger batch
+    runs no faster, :data:`CPU_AUTO_BATCH`. Scores do not depend on the batch (probes are keyed by sample id).
+    """
+    n = len(dataset)
+    if device.type != "cuda":
+        return min(n, CPU_AUTO_BATCH)
+
+    def measure(b: int) -> int:
+        idx, x, y = _on_device(default_collate([_Indexed(dataset)[i] for i in range(b)]), device)
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        for model in models.values():
+            input_curvature(model, x, y, sample_ids=idx, **estimator)
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device)
+
+    torch.cuda.empty_cache()
+    free, _ = torch.cuda.mem_get_info(device)
+    return largest_batch(measure, free + torch.cuda.memory_allocated(device), limit=n)
+
+
 def _measured_widths(ctx, folder: RunFolder | None, models, dataset, batch_size: int, device, estimator: dict,
                      first: dict) -> dict:
     """A new run's class-pass widths, measured once and shared with every rank.
@@ -339,8 +366,8 @@ def _write_results(out: str, results: dict[str, ScoreResult], single: bool) -> N
 
 def _check_run_options(batch_size, chunk_size, out) -> None:
     """Refuse a batch size, chunk size or run folder that cannot make a run."""
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive int (got {batch_size!r})")
+    if batch_size != AUTO_BATCH and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ConfigError(f"batch_size must be a positive int or 'auto' (got {batch_size!r})")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ConfigError(f"chunk_size must be a positive int or None (got {chunk_size!r})")
     if chunk_size is not None and out is None:
@@ -449,6 +476,12 @@ def _score(models, data, single: bool, *, method, statistic, probes, seed, batch
                            "torch": torch.__version__,
                            "native_ops": ops.native_available()}, "models": identity["models"]}
 
+    def find_batch_size() -> int:
+        return ctx.on_main("finding the batch size", lambda: _auto_batch_size(models, dataset, device, estimator))
+
+    auto_batch = batch_size == AUTO_BATCH
+    if auto_batch and chunk_size is None:  # the batch is the unit of work: find it first
+        batch_size = find_batch_size()
     unit = chunk_size or batch_size
     folder = RunFolder(out, identity, n, unit) if chunk_size is not None else None
     if folder is not None:
@@ -456,6 +489,11 @@ def _score(models, data, single: bool, *, method, statistic, probes, seed, batch
     else:
         plan = {"todo": list(range(-(-n // unit))) if custom is None else [0], "done": 0, "corrupt": []}
     try:  # the run folder's lock is held until the end, whatever happens
+        if batch_size == AUTO_BATCH:  # a resumable run: found once, recorded in the manifest, reused on resume
+            batch_size = plan.get("batch_size") or find_batch_size()
+            if ctx.is_main:
+                folder.record(batch_size=batch_size)
+        report["settings"].update(batch_size=batch_size, batch_size_auto=auto_batch)
         first: dict = {}  # the calibration batch's results, reused when that batch comes up
         widths = plan.get("pass_widths")
         if widths is None:  # a new run
@@ -598,7 +636,9 @@ def score(
         statistic: ``"trace"`` (default), ``"frobenius"``, ``"top_eigenvalue"`` or ``"spectrum"``.
         probes: probes of a random method (default: the estimator's).
         seed: keys the probes with the dataset index.
-        batch_size: samples per batch (a DataLoader's own batch size wins).
+        batch_size: samples per batch (a DataLoader's own batch size wins), or ``"auto"``: on CUDA the largest
+            batch that fits the free memory with a 20% margin, found once per run from the peaks of trial
+            batches, recorded in ``settings`` (and the manifest, so a resumed run reuses it); 64 on a CPU.
         device: ``"cuda"`` means ``cuda:LOCAL_RANK`` under torchrun; default: the model's device.
         num_workers: DataLoader worker processes (pinned memory on CUDA).
         out: run folder; writes ``scores.npz`` (``index``, ``score``, ``loss``, ``label``, and
