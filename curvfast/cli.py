@@ -58,7 +58,8 @@ def _cmd_score(args) -> int:
                              allow_outside_root=args.allow_outside_root)
     options = dict(
         method=args.method, statistic=args.statistic, probes=args.probes, seed=args.seed, batch_size=args.batch_size,
-        precision=args.precision, device=args.device, num_workers=args.workers, out=args.out,
+        precision=args.precision, channels_last=args.channels_last, device=args.device, num_workers=args.workers,
+        out=args.out,
         chunk_size=args.chunk_size or None, overwrite=args.overwrite, timeout=args.timeout,
         progress=False if args.quiet else None,
     )
@@ -166,6 +167,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    help="samples per batch, or auto: the largest that fits the GPU's free memory (64 on a CPU)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 (TF32 off, the reference), tf32, or bf16 (exact/sampled: fp32 logits, bf16 VJPs)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="channels-last memory format for the model and 4-D inputs (faster convolutions on some GPUs)")
     p.add_argument("--chunk-size", type=int, default=1024,
                    help="samples per resumable chunk file (default 1024; 0: no chunk files, not resumable)")
     p.add_argument("--overwrite", action="store_true",
