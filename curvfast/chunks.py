@@ -42,6 +42,7 @@ __all__ = ["RunFolder", "ChunkError", "RunFolderBusy", "run_id"]
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 FORMAT = 1
+MEASURED = ("pass_widths", "batch_size")  # measured by the first run, kept by every resumed one
 
 
 def run_id(identity: dict) -> str:
@@ -122,7 +123,8 @@ class RunFolder:
             overwrite: Discard a previous run with other settings instead of refusing.
 
         Returns:
-            ``{"todo": [chunk ids], "done": n, "corrupt": [chunk ids], "pass_widths": ...}``.
+            ``{"todo": [chunk ids], "done": n, "corrupt": [chunk ids], "pass_widths": ..., "batch_size": ...}``
+            (what the run measured and recorded, None for a new one).
 
         Raises:
             RunFolderBusy: Another process holds the folder's lock.
@@ -184,7 +186,7 @@ class RunFolder:
             "format": FORMAT, "run": self.run, "identity": self.identity, "status": "running",
             "size": self.size, "chunk_size": self.chunk_size, "num_chunks": self.num_chunks,
             "created": old["created"] if old else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            **({"pass_widths": old["pass_widths"]} if old and "pass_widths" in old else {}),
+            **{key: old[key] for key in MEASURED if old and key in old},
         })
         for folder in [self.out, self.chunk_dir] + [os.path.join(self.out, str(m))
                                                     for m in self.identity.get("models", {})]:
@@ -201,7 +203,7 @@ class RunFolder:
                     if os.path.exists(path):
                         os.unlink(path)
         return {"todo": todo, "done": self.num_chunks - len(todo), "corrupt": corrupt,
-                "pass_widths": old.get("pass_widths") if old else None}
+                **{key: old.get(key) if old else None for key in MEASURED}}
 
     def _read_manifest(self, path: str) -> dict | None:
         if not os.path.exists(path):

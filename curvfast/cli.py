@@ -59,8 +59,10 @@ def _cmd_score(args) -> int:
                              allow_outside_root=args.allow_outside_root)
     options = dict(
         method=args.method, statistic=args.statistic, probes=args.probes, seed=args.seed, batch_size=args.batch_size,
-        device=args.device, num_workers=args.workers, out=args.out, chunk_size=args.chunk_size or None,
-        overwrite=args.overwrite, timeout=args.timeout, progress=False if args.quiet else None,
+        precision=args.precision, channels_last=args.channels_last, device=args.device, num_workers=args.workers,
+        out=args.out,
+        chunk_size=args.chunk_size or None, overwrite=args.overwrite, timeout=args.timeout,
+        progress=False if args.quiet else None,
     )
     try:
         if len(models) == 1:  # out/scores.npz, out/results.json
@@ -85,6 +87,19 @@ def _cmd_demo(args) -> int:
 
 
 CORE_COMMANDS = ("doctor", "train", "score", "demo")
+
+
+def _batch_size(text: str) -> int | str:
+    """``--batch-size``: a positive int or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int or 'auto' (got {text!r})")
+    return value
 
 
 def _pipelines_for(argv: list[str] | None) -> tuple[str, ...]:
@@ -150,7 +165,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", help="split scored: a split folder of the root (train, val, test...)")
     p.add_argument("--root", default=None)
     _data_arguments(p)
-    from .curvature import ESTIMATORS, METHODS, STATISTICS
+    from .curvature import ESTIMATORS, METHODS, PRECISIONS, STATISTICS
 
     own = tuple(e.name for e in ESTIMATORS.values() if e.own_statistic)  # fd, zo: their published quantity
     p.add_argument("--method", choices=tuple(METHODS), default="auto", help="curvature estimator (default: auto)")
@@ -158,7 +173,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    help="trace (default), frobenius, top_eigenvalue, spectrum; fd and zo return their own quantity")
     p.add_argument("--probes", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=_batch_size, default=64,
+                   help="samples per batch, or auto: the largest that fits the GPU's free memory (64 on a CPU)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32 (TF32 off, the reference), tf32, or bf16 (exact/sampled: fp32 logits, bf16 VJPs)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="channels-last memory format for the model and 4-D inputs (faster convolutions on some GPUs)")
     p.add_argument("--chunk-size", type=int, default=1024,
                    help="samples per resumable chunk file (default 1024; 0: no chunk files, not resumable)")
     p.add_argument("--overwrite", action="store_true",

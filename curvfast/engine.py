@@ -44,7 +44,7 @@ from . import distributed, ops
 from ._version import __version__
 from .chunks import RunFolder
 from .curvature import input_curvature
-from .curvature._batching import VJP_PLANNER
+from .curvature._batching import VJP_PLANNER, largest_batch
 from .curvature._model import unwrap_model
 from .errors import ConfigError, DataError
 from .fingerprint import dataset_fingerprint, model_fingerprint
@@ -53,6 +53,8 @@ from .io import write_json, write_npz
 __all__ = ["score", "score_models", "ScoreResult"]
 
 ARRAYS = ("score", "stderr", "loss")  # per model; "index" and "label" are shared
+AUTO_BATCH = "auto"
+CPU_AUTO_BATCH = 64  # a CPU runs no faster with larger batches: the class-pass width fills it (curvature._batching)
 
 
 class _Indexed(Dataset):
@@ -217,15 +219,46 @@ def _scalar_kwargs(kwargs: dict) -> dict:
             for k, v in sorted(kwargs.items())}
 
 
-def _on_device(batch, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(index, x on device, y)`` of a collated ``(index, x, y)`` batch."""
+def _on_device(batch, device, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(index, x on device, y)`` of a collated ``(index, x, y)`` batch (x channels-last when asked, for 4-D x)."""
     idx, x, y = batch
     if not torch.is_tensor(x):
         raise TypeError("dataset items must be (tensor, label); add a ToTensor() transform")
-    return torch.as_tensor(idx), x.to(device, non_blocking=True), torch.as_tensor(y)
+    fmt = torch.channels_last if channels_last and x.dim() == 4 else torch.preserve_format
+    return torch.as_tensor(idx), x.to(device, non_blocking=True, memory_format=fmt), torch.as_tensor(y)
 
 
-def _calibrate(models, dataset, batch_size: int, device, estimator: dict, first: dict) -> dict:
+class _DeviceClock:
+    """Seconds the device spent scoring: CUDA events around each batch's curvature, read once at the end.
+
+    The events add no host synchronisation; on a CPU nothing is recorded (None).
+    """
+
+    def __init__(self, device: torch.device):
+        self.events = [] if device.type == "cuda" else None
+
+    @contextlib.contextmanager
+    def timing(self) -> Iterator[None]:
+        if self.events is None:
+            yield
+            return
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        yield
+        end.record()
+        self.events.append((start, end))
+
+    def stats(self, wall_s: float, device: torch.device) -> dict:
+        """``{}`` on a CPU; on CUDA the scoring wall time, the device's busy seconds in it, and the peak memory."""
+        if self.events is None:
+            return {}
+        torch.cuda.synchronize(device)
+        busy = sum(start.elapsed_time(end) for start, end in self.events) / 1000
+        return {"scoring_s": round(wall_s, 3), "device_busy_s": round(busy, 3),
+                "peak_memory_bytes": torch.cuda.max_memory_allocated(device)}
+
+
+def _calibrate(models, dataset, batch_size: int, device, estimator: dict, first: dict, channels_last: bool) -> dict:
     """Score the dataset's first batch with every model; return ``{name: class-pass width or None}``.
 
     The estimator measures its pass width on this first call (``batching.PassPlanner``); the run
@@ -234,20 +267,45 @@ def _calibrate(models, dataset, batch_size: int, device, estimator: dict, first:
     by the batch's indices) and reused when that batch comes up.
     """
     first_batch = default_collate([_Indexed(dataset)[i] for i in range(min(batch_size, len(dataset)))])
-    idx, x, y = _on_device(first_batch, device)
+    idx, x, y = _on_device(first_batch, device, channels_last)
     results = {name: input_curvature(model, x, y, sample_ids=idx, **estimator) for name, model in models.items()}
     first[tuple(idx.tolist())] = results
     return {name: res.pass_width for name, res in results.items()}
 
 
+def _auto_batch_size(models: dict, dataset, device: torch.device, estimator: dict) -> int:
+    """The largest batch that fits the device's free memory with a margin (``batch_size="auto"``).
+
+    On CUDA each trial scores the dataset's first B samples with every model and reads the allocator's peak
+    (:func:`curvature._batching.largest_batch` fits it and verifies the answer); on a CPU, where a larger batch
+    runs no faster, :data:`CPU_AUTO_BATCH`. Scores do not depend on the batch (probes are keyed by sample id).
+    """
+    n = len(dataset)
+    if device.type != "cuda":
+        return min(n, CPU_AUTO_BATCH)
+
+    def measure(b: int) -> int:
+        idx, x, y = _on_device(default_collate([_Indexed(dataset)[i] for i in range(b)]), device)
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        for model in models.values():
+            input_curvature(model, x, y, sample_ids=idx, **estimator)
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device)
+
+    torch.cuda.empty_cache()
+    free, _ = torch.cuda.mem_get_info(device)
+    return largest_batch(measure, free + torch.cuda.memory_allocated(device), limit=n)
+
+
 def _measured_widths(ctx, folder: RunFolder | None, models, dataset, batch_size: int, device, estimator: dict,
-                     first: dict) -> dict:
+                     first: dict, channels_last: bool) -> dict:
     """A new run's class-pass widths, measured once and shared with every rank.
 
     Measured on rank 0 (:func:`_calibrate`) and recorded in the run folder's manifest.
     """
     def calibrate():
-        measured = _calibrate(models, dataset, batch_size, device, estimator, first)
+        measured = _calibrate(models, dataset, batch_size, device, estimator, first, channels_last)
         if folder is not None:
             folder.record(pass_widths=measured)
         return measured
@@ -265,7 +323,7 @@ def _pinned(models: dict, widths: dict) -> contextlib.ExitStack:
 
 
 def _score_batches(models, loader, device, sizes: list[int], show: bool, estimator: dict,
-                   first: dict) -> Iterator[tuple[int, dict, dict]]:
+                   first: dict, clock: _DeviceClock, channels_last: bool) -> Iterator[tuple[int, dict, dict]]:
     """Yield ``(unit position, arrays, used)`` each time the batches of one unit are done.
 
     A unit is ``sizes[pos]`` samples, or all the loader yields for ``None``. ``arrays``: index, label,
@@ -275,17 +333,17 @@ def _score_batches(models, loader, device, sizes: list[int], show: bool, estimat
 
     pos, parts, used = 0, {}, {}
     for batch in tqdm(loader, desc="curvature", unit="batch", disable=not show, dynamic_ncols=True):
-        idx, x, y = _on_device(batch, device)
+        idx, x, y = _on_device(batch, device, channels_last)
         parts.setdefault("index", []).append(idx.numpy())
         parts.setdefault("label", []).append(y.numpy())
         done = first.pop(tuple(idx.tolist()), {})
-        for name, model in models.items():
-            res = done[name] if name in done else input_curvature(model, x, y, sample_ids=idx, **estimator)
+        with clock.timing():
+            results = {name: done[name] if name in done else input_curvature(model, x, y, sample_ids=idx, **estimator)
+                       for name, model in models.items()}
+        for key, array in _to_host(results).items():
+            parts.setdefault(key, []).append(array)
+        for name, res in results.items():
             used.setdefault(name, {"method": res.method, "statistic": res.statistic})
-            parts.setdefault(f"{name}/score", []).append(res.value.double().cpu().numpy())
-            parts.setdefault(f"{name}/loss", []).append(res.loss.double().cpu().numpy())
-            if res.stderr is not None:
-                parts.setdefault(f"{name}/stderr", []).append(res.stderr.double().cpu().numpy())
         if sum(map(len, parts["index"])) == sizes[pos]:
             yield pos, {k: np.concatenate(v) for k, v in parts.items()}, used
             pos, parts, used = pos + 1, {}, {}
@@ -293,6 +351,18 @@ def _score_batches(models, loader, device, sizes: list[int], show: bool, estimat
         yield pos, {k: np.concatenate(v) for k, v in parts.items()}, used
     elif parts or pos != len(sizes):
         raise DataError(f"the data loader stopped inside unit {pos}; did the dataset change length while scoring?")
+
+
+def _to_host(results: dict) -> dict[str, np.ndarray]:
+    """Every model's ``<name>/score|loss|stderr`` arrays of one batch, as float64, in one device-to-host copy."""
+    tensors = {f"{name}/{key}": t.detach().double() for name, res in results.items()
+               for key, t in (("score", res.value), ("loss", res.loss), ("stderr", res.stderr)) if t is not None}
+    flat = torch.cat([t.reshape(-1) for t in tensors.values()]).cpu().numpy()
+    out, start = {}, 0
+    for key, t in tensors.items():
+        out[key] = flat[start:start + t.numel()].reshape(t.shape)
+        start += t.numel()
+    return out
 
 
 def _merge(units: Iterator[dict]) -> dict[str, np.ndarray]:
@@ -339,8 +409,8 @@ def _write_results(out: str, results: dict[str, ScoreResult], single: bool) -> N
 
 def _check_run_options(batch_size, chunk_size, out) -> None:
     """Refuse a batch size, chunk size or run folder that cannot make a run."""
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive int (got {batch_size!r})")
+    if batch_size != AUTO_BATCH and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ConfigError(f"batch_size must be a positive int or 'auto' (got {batch_size!r})")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise ConfigError(f"chunk_size must be a positive int or None (got {chunk_size!r})")
     if chunk_size is not None and out is None:
@@ -418,7 +488,7 @@ def _merged_chunks(folder: RunFolder, used: dict, report: dict, start_time: floa
 
 
 def _score(models, data, single: bool, *, method, statistic, probes, seed, batch_size, device, num_workers, out,
-           chunk_size, overwrite, timeout, progress, **estimator_kwargs) -> dict[str, ScoreResult]:
+           chunk_size, overwrite, timeout, progress, channels_last=False, **estimator_kwargs) -> dict[str, ScoreResult]:
     """The body of :func:`score` and :func:`score_models`; ``single`` picks the one-model file layout."""
     start_time = time.perf_counter()
     models = _named_models(models)
@@ -435,6 +505,8 @@ def _score(models, data, single: bool, *, method, statistic, probes, seed, batch
             "pass a torch.utils.data.Subset of the dataset (or the DataLoader without its sampler) instead"
         )
     models = {name: m.to(device) for name, m in models.items()}
+    if channels_last:
+        models = {name: m.to(memory_format=torch.channels_last) for name, m in models.items()}
     estimator = {"method": method, "statistic": statistic, "probes": probes, "seed": seed, **estimator_kwargs}
     if loader_opts["pin_memory"] is None:
         loader_opts["pin_memory"] = device.type == "cuda"
@@ -442,13 +514,19 @@ def _score(models, data, single: bool, *, method, statistic, probes, seed, batch
     settings = {
         "requested_method": method, "requested_statistic": statistic, "probes": probes, "seed": seed,
         "batch_size": batch_size, "chunk_size": chunk_size, "device": device.type, "dataset_size": n,
-        **_scalar_kwargs(estimator_kwargs),
+        "channels_last": channels_last, **_scalar_kwargs(estimator_kwargs),
     }
     identity = _identity(models, dataset, settings, ctx, fingerprinted=chunk_size is not None or ctx.world_size > 1)
     report = {"settings": {**settings, "world_size": ctx.world_size, "curvfast": __version__,
                            "torch": torch.__version__,
                            "native_ops": ops.native_available()}, "models": identity["models"]}
 
+    def find_batch_size() -> int:
+        return ctx.on_main("finding the batch size", lambda: _auto_batch_size(models, dataset, device, estimator))
+
+    auto_batch = batch_size == AUTO_BATCH
+    if auto_batch and chunk_size is None:  # the batch is the unit of work: find it first
+        batch_size = find_batch_size()
     unit = chunk_size or batch_size
     folder = RunFolder(out, identity, n, unit) if chunk_size is not None else None
     if folder is not None:
@@ -456,17 +534,23 @@ def _score(models, data, single: bool, *, method, statistic, probes, seed, batch
     else:
         plan = {"todo": list(range(-(-n // unit))) if custom is None else [0], "done": 0, "corrupt": []}
     try:  # the run folder's lock is held until the end, whatever happens
+        if batch_size == AUTO_BATCH:  # a resumable run: found once, recorded in the manifest, reused on resume
+            batch_size = plan.get("batch_size") or find_batch_size()
+            if ctx.is_main:
+                folder.record(batch_size=batch_size)
+        report["settings"].update(batch_size=batch_size, batch_size_auto=auto_batch)
         first: dict = {}  # the calibration batch's results, reused when that batch comes up
         widths = plan.get("pass_widths")
         if widths is None:  # a new run
-            widths = _measured_widths(ctx, folder, models, dataset, batch_size, device, estimator, first)
+            widths = _measured_widths(ctx, folder, models, dataset, batch_size, device, estimator, first, channels_last)
         report["settings"]["pass_widths"] = widths
         mine = plan["todo"][ctx.rank::ctx.world_size]
         loader, sizes = _this_ranks_loader(dataset, mine, unit, batch_size, custom, loader_opts)
         kept, used = {}, {}
+        clock, scoring_start = _DeviceClock(device), time.perf_counter()
         with _pinned(models, widths):
-            for pos, arrays, unit_used in (_score_batches(models, loader, device, sizes, show, estimator, first)
-                                           if mine else ()):
+            batches = _score_batches(models, loader, device, sizes, show, estimator, first, clock, channels_last)
+            for pos, arrays, unit_used in (batches if mine else ()):
                 used.update(unit_used)
                 if folder is not None:
                     folder.write(mine[pos], arrays, unit_used)
@@ -474,7 +558,8 @@ def _score(models, data, single: bool, *, method, statistic, probes, seed, batch
                     kept[mine[pos]] = arrays
         ctx.barrier("their chunks")
         run = {"world_size": ctx.world_size, "chunks": len(plan["todo"]) + plan["done"], "chunks_reused": plan["done"],
-               "chunks_computed": len(plan["todo"]), "chunks_corrupt": len(plan["corrupt"])}
+               "chunks_computed": len(plan["todo"]), "chunks_corrupt": len(plan["corrupt"]),
+               **clock.stats(time.perf_counter() - scoring_start, device)}
         if folder is None:
             results = _gathered_results(ctx, kept, used, report, start_time, run)
             if out is not None and ctx.is_main:
@@ -598,7 +683,9 @@ def score(
         statistic: ``"trace"`` (default), ``"frobenius"``, ``"top_eigenvalue"`` or ``"spectrum"``.
         probes: probes of a random method (default: the estimator's).
         seed: keys the probes with the dataset index.
-        batch_size: samples per batch (a DataLoader's own batch size wins).
+        batch_size: samples per batch (a DataLoader's own batch size wins), or ``"auto"``: on CUDA the largest
+            batch that fits the free memory with a 20% margin, found once per run from the peaks of trial
+            batches, recorded in ``settings`` (and the manifest, so a resumed run reuses it); 64 on a CPU.
         device: ``"cuda"`` means ``cuda:LOCAL_RANK`` under torchrun; default: the model's device.
         num_workers: DataLoader worker processes (pinned memory on CUDA).
         out: run folder; writes ``scores.npz`` (``index``, ``score``, ``loss``, ``label``, and
@@ -609,10 +696,13 @@ def score(
         overwrite: discard a run folder that was started with other settings, model or data.
         timeout: seconds any collective may wait for the other ranks before raising.
         progress: show a progress bar (None: when stderr is a terminal).
-        **estimator_kwargs: further :func:`curvfast.input_curvature` options (``top_classes``, ``step``...).
+        **estimator_kwargs: further :func:`curvfast.input_curvature` options (``top_classes``, ``step``,
+            ``precision``...), and ``channels_last=True``: the model and 4-D inputs in channels-last memory format.
 
     Returns:
-        A :class:`ScoreResult`, arrays sorted by dataset index.
+        A :class:`ScoreResult`, arrays sorted by dataset index; ``run`` holds the scoring seconds and, on CUDA,
+        ``scoring_s`` (the batches' wall time), ``device_busy_s`` (CUDA-event time of the curvature passes in it)
+        and ``peak_memory_bytes``.
 
     Raises:
         ConfigError: a bad option, or a run folder started with other settings (without ``overwrite``).

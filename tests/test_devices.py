@@ -291,3 +291,36 @@ def test_crop_flip_on_device_draws_what_the_cpu_draws(device):
     on_cpu = crop_flip(x, torch.Generator().manual_seed(5))
     on_device = crop_flip(x.to(device), torch.Generator().manual_seed(5))
     assert on_device.device.type == device.type and torch.equal(on_device.cpu(), on_cpu)
+
+
+# ----------------------------------------------------------------------------- batch auto and precision policies
+
+def test_auto_batch_on_cuda_fits_and_changes_no_score(device, digits_small):
+    """batch_size='auto' measures real peaks on the GPU; the scores equal those of a fixed batch."""
+    _cuda_only(device)
+    from curvfast.models import SmallCNN
+
+    torch.manual_seed(0)
+    model = SmallCNN(10).to(device).eval()
+    data = torch.utils.data.Subset(digits_small, range(64))
+    fixed = curvfast.score(model, data, method="sampled", top_classes=3, probes=3, batch_size=8, device=device)
+    auto = curvfast.score(model, data, method="sampled", top_classes=3, probes=3, batch_size="auto", device=device)
+    assert auto.settings["batch_size_auto"] and 8 <= auto.settings["batch_size"] <= 64
+    assert auto.run["peak_memory_bytes"] > 0 and 0 < auto.run["device_busy_s"] <= auto.run["scoring_s"] * 1.05
+    torch.testing.assert_close(torch.as_tensor(auto.score), torch.as_tensor(fixed.score), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_precision_policies_on_the_device(device, precision):
+    """tf32 and bf16 within a few percent of fp32; the TF32 flags come back as they were."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(512, 10)).to(device).eval()
+    x, y = make_batch(16, 10, dtype=torch.float32)
+    x, y = x.to(device), y.to(device)
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    full = curvfast.input_curvature(model, x, y, method="exact").value
+    low = curvfast.input_curvature(model, x, y, method="exact", precision=precision).value
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == flags
+    rel = ((low - full) / full).abs()
+    assert rel.median() < (0.02 if precision == "bf16" else 0.01), rel

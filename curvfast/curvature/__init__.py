@@ -23,9 +23,11 @@ pass the samples' dataset indices as ``sample_ids`` and results do not depend on
 from curvfast.curvature._checks import is_piecewise_linear
 from curvfast.curvature._dispatch import STATISTICS, CurvatureResult, input_curvature, resolve_method, sample_ids_for
 from curvfast.curvature._model import LogitFn, scoring_mode, unwrap_model
+from curvfast.curvature._precision import PRECISIONS
 from curvfast.curvature._registry import (DEFAULT_PROBES, ESTIMATORS, METHODS, Estimate, EstimateCall, Estimator,
                                          get_estimator, register_estimator, unregister_estimator)
 
 __all__ = ["input_curvature", "CurvatureResult", "METHODS", "STATISTICS", "DEFAULT_PROBES", "resolve_method",
            "is_piecewise_linear", "sample_ids_for", "ESTIMATORS", "Estimator", "EstimateCall", "Estimate",
-           "register_estimator", "unregister_estimator", "get_estimator", "unwrap_model", "scoring_mode", "LogitFn"]
+           "register_estimator", "unregister_estimator", "get_estimator", "unwrap_model", "scoring_mode", "LogitFn",
+           "PRECISIONS"]

@@ -178,3 +178,70 @@ def _sync(device: torch.device) -> None:
 
 
 VJP_PLANNER = PassPlanner()
+
+
+def largest_batch(measure: Callable[[int], int], capacity: int, *, limit: int, margin: float = 0.2,
+                  cap: int = 4096) -> int:
+    r"""The largest batch whose peak memory fits ``(1 - margin) * capacity``.
+
+    Peak memory is close to affine in the batch B: :math:`m(B) = a + sB` (weights and workspace, plus each
+    sample's activations, class VJPs and factor). It is measured at two batches :math:`B_1 < B_2` and solved
+    for the largest :math:`B \le` ``limit``, ``cap`` with :math:`a + sB \le (1 - \text{margin})\,\text{capacity}`,
+    rounded down to a multiple of 8 (when at least 8). That batch is then run once; a peak over the budget or an
+    out-of-memory error halves it until one fits. Only the batch changes, never a score: probes are keyed by
+    sample id.
+
+    Args:
+        measure: runs one batch of the size it is given and returns its peak memory in bytes (raising
+            ``torch.OutOfMemoryError`` when it does not fit).
+        capacity: bytes the run may hold at its peak (free memory plus what it holds already).
+        limit: the most samples worth batching (the dataset's size).
+        margin: the fraction of ``capacity`` kept free.
+        cap: the largest batch tried.
+
+    Returns:
+        The batch size, at least 1.
+
+    Raises:
+        ConfigError: a bad margin, capacity or limit, or not even a batch of 1 fits.
+    """
+    if not 0 <= margin < 1:
+        raise ConfigError(f"margin must be in [0, 1) (got {margin!r})")
+    if capacity <= 0 or limit < 1:
+        raise ConfigError(f"capacity ({capacity}) and limit ({limit}) must be positive")
+    budget = (1 - margin) * capacity
+    top = min(limit, cap)
+    small, large = min(2, top), min(8, top)
+    fits = _fits(measure, small, budget)
+    if fits is None:
+        if small > 1 and _fits(measure, 1, budget) is not None:
+            return 1
+        raise ConfigError(f"even a batch of 1 does not fit in {capacity / 2**30:.2f} GiB with a {margin:.0%} margin; "
+                          "free device memory, or score a smaller model or input size")
+    if large == small:
+        return small
+    peak_large = _fits(measure, large, budget)
+    if peak_large is None:
+        return _halve_until_fits(measure, large // 2, budget, floor=small)
+    slope = max((peak_large - fits) / (large - small), 1.0)
+    batch = int(min(top, small + (budget - fits) / slope))
+    batch -= batch % 8
+    return _halve_until_fits(measure, batch, budget, floor=large) if batch > large else large
+
+
+def _halve_until_fits(measure: Callable[[int], int], batch: int, budget: float, floor: int) -> int:
+    """``batch``, halved until its measured peak fits ``budget``; ``floor`` (known to fit) at worst."""
+    while batch > floor:
+        if _fits(measure, batch, budget) is not None:
+            return batch
+        batch //= 2
+    return floor
+
+
+def _fits(measure: Callable[[int], int], batch: int, budget: float) -> int | None:
+    """The peak of ``measure(batch)`` when it fits ``budget``; None when over it or out of memory."""
+    try:
+        peak = measure(batch)
+    except torch.OutOfMemoryError:
+        return None
+    return peak if peak <= budget else None

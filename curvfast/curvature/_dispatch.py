@@ -1,10 +1,9 @@
-"""``input_curvature``: validate the call, choose the method, run its estimator in full precision.
+"""``input_curvature``: validate the call, choose the method, run its estimator under a precision policy.
 
 The methods and their math are listed in :mod:`curvfast.curvature`.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,6 +18,7 @@ from curvfast.curvature._finite_difference import fd_curvature, zo_curvature
 from curvfast.curvature._folding import fold_batchnorms, foldable_pairs
 from curvfast.curvature._hutchinson import HVP_MODES, hutchinson_curvature
 from curvfast.curvature._logit_space import GRAM_STATISTICS, Forward, logit_space_curvature
+from curvfast.curvature._precision import autocast_dtype, check_precision, precision_policy
 from curvfast.curvature._model import LogitFn, check_finite_model, scoring_model, unwrap_model, without_wrapper_hooks
 from curvfast.curvature._registry import (AUTO, DEFAULT_PROBES, ESTIMATORS, METHODS, Estimate, EstimateCall, Estimator,
                                          get_estimator, register_estimator)
@@ -113,6 +113,7 @@ def input_curvature(
     output_transform: Callable | None = None,
     accept_gauss_newton: bool = False,
     pass_size: int | None = None,
+    precision: str = "fp32",
 ) -> CurvatureResult:
     r"""Per-sample input loss curvature of a batch.
 
@@ -151,14 +152,18 @@ def input_curvature(
         output_transform: maps the model's output (a tuple, a dict) to the logits.
         accept_gauss_newton: allow exact/sampled on smooth models (returns tr(JᵀAJ)).
         pass_size: classes or probes per batched pass (default: sized from the input).
+        precision: ``"fp32"`` (TF32 off, the reference), ``"tf32"`` (TF32 matmuls and convolutions on CUDA) or
+            ``"bf16"`` (exact / sampled only: fp32 logits and factor, class VJPs through a bf16-autocast graph);
+            the caller's autocast is off either way. docs/native-ops.md gives each policy's measured error.
 
     Returns:
         A :class:`CurvatureResult`: ``value`` (B,) ((B, K) for a spectrum), ``stderr`` for random
         methods, ``loss`` (B,), the concrete ``method`` and ``statistic``.
 
     Raises:
-        UnknownNameError: an unregistered method, statistic, HVP route or distribution.
-        ConfigError: a statistic the method does not estimate, or bad probes / sample ids.
+        UnknownNameError: an unregistered method, statistic, HVP route, distribution or precision.
+        ConfigError: a statistic the method does not estimate, bad probes / sample ids, or a precision the
+            method cannot use.
         NotPiecewiseLinearError: ``exact`` / ``sampled`` on a smooth model without ``accept_gauss_newton``.
         UnsupportedModelError: the model lacks second derivatives, or its outputs or layers do not fit.
         DataError: ``x`` or ``y`` do not fit the model.
@@ -168,27 +173,31 @@ def input_curvature(
         raise UnknownNameError(f"hvp must be one of {HVP_MODES} (got {hvp!r})")
     if distribution not in ("rademacher", "gaussian"):
         raise UnknownNameError(f"distribution must be 'rademacher' or 'gaussian' (got {distribution!r})")
+    check_precision(precision, "exact")  # the name; the method is checked once it is resolved
     if not isinstance(model, nn.Module):
         if method != "zo" or not callable(model):
             raise TypeError("model must be an nn.Module returning logits (a plain loss callable works with method='zo' "
                             "only)")
+        check_precision(precision, "zo")
         return _zo_oracle(model, x, y, statistic, probes, seed, sample_ids, step, pass_size)
     wrapper, model = model, unwrap_model(model)
     x, y = check_batch(x, y, model)
     check_finite_model(model)
     sample_ids = sample_ids_for(sample_ids, x)
-    with without_wrapper_hooks(wrapper), scoring_model(model) as scored, full_precision(x.device):
+    with without_wrapper_hooks(wrapper), scoring_model(model) as scored, precision_policy(precision, x.device):
         pairs = foldable_pairs(scored, x, output_transform)
         if pairs:
             scored = fold_batchnorms(scored, pairs)  # eval BatchNorms folded into the layers feeding them
         logit_fn = LogitFn(scored, output_transform, owner=model)
-        forward = _forward(logit_fn, x, graph=method == AUTO or get_estimator(method).logit_space)
+        forward = _forward(logit_fn, x, graph=method == AUTO or get_estimator(method).logit_space,
+                           low_precision=autocast_dtype(precision))
         num_classes = forward.logits.shape[1]
         check_labels(y, num_classes)
         try:
             needs_check = method == AUTO or get_estimator(method).needs_piecewise_linear
             piecewise = is_piecewise_linear(logit_fn, x, model) if needs_check else False
             method = resolve_method(method, piecewise, num_classes, accept_gauss_newton, statistic)
+            check_precision(precision, method)
             estimator = get_estimator(method)
             call = EstimateCall(
                 logit_fn=logit_fn, x=x, y=y, sample_ids=sample_ids, forward=forward if estimator.logit_space else None,
@@ -211,17 +220,25 @@ def input_curvature(
                            estimate.loss.detach(), method, call.statistic, estimate.pass_width)
 
 
-def _forward(logit_fn: LogitFn, x: torch.Tensor, graph: bool) -> Forward:
+def _forward(logit_fn: LogitFn, x: torch.Tensor, graph: bool, low_precision: torch.dtype | None = None) -> Forward:
     """The batch's forward with its graph, or the logits of one sample.
 
     The graph is kept when the method works from the logits (the logit-space methods' C VJPs reuse it);
-    otherwise one sample's logits give the class count.
+    otherwise one sample's logits give the class count. With ``low_precision`` (the bf16 policy), the graph
+    comes from a forward under autocast in that dtype and the factor's logits from a second one in full
+    precision, without a graph (:mod:`~curvfast.curvature._precision` says why).
     """
     try:
         if graph:
             xg = x.detach().requires_grad_(True)
-            with torch.enable_grad():
-                return Forward(xg, logit_fn(xg))
+            if low_precision is None:
+                with torch.enable_grad():
+                    return Forward(xg, logit_fn(xg))
+            with torch.no_grad():
+                exact_logits = logit_fn(x)
+            with torch.enable_grad(), torch.autocast(device_type=x.device.type, dtype=low_precision):
+                low = logit_fn(xg)
+            return Forward(xg, low.to(exact_logits.dtype), exact_logits)
         with torch.no_grad():
             return Forward(x[:1], logit_fn(x[:1]))
     except RuntimeError as err:
@@ -297,25 +314,6 @@ for _estimator in (
               summary="Curvature Clues, loss values only ≈ h√(2/π)‖H‖_F", exact_when="published estimator"),
 ):
     register_estimator(_estimator)
-
-
-def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast off while curvature is computed: the model runs in its own dtype.
-
-    Under bf16 autocast on an H100, ResNet-50 (C=1000) gave exact traces 500% and sampled traces
-    154% (median) away from fp32, while two fp32 seeds agreed to 6e-8
-    (benchmarks/results/NVIDIA-H100-80GB-HBM3/gpu_check.md): the curvature is a small difference
-    of large terms that bf16 cannot resolve.
-
-    Args:
-        device: The device the curvature is computed on.
-
-    Returns:
-        A context manager disabling autocast there (a no-op context on other device types).
-    """
-    if device.type not in ("cpu", "cuda"):
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, enabled=False)
 
 
 def _check_finite(value: torch.Tensor, loss: torch.Tensor, method: str) -> None:

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from .. import ops
 from ..errors import ConfigError, UnsupportedModelError
 from ._batching import choose_pass_size
-from ._model import LogitFn, no_tf32
+from ._model import LogitFn
+from ._precision import no_tf32
 
 __all__ = ["fd_curvature", "fd_probe_terms", "zo_curvature"]
 

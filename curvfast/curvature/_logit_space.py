@@ -45,10 +45,15 @@ BLOCK_ELEMENTS = 2**24  # VJP results (64 MiB in fp32) gathered before they are 
 
 
 class Forward(NamedTuple):
-    """A batch's forward: inputs ``x`` (B, ...) requiring grad and their ``logits`` (B, C) with the graph."""
+    """A batch's forward: inputs ``x`` (B, ...) requiring grad and their ``logits`` (B, C) with the graph.
+
+    ``factor_logits``: the same logits computed in full precision (no graph) when the graph was built in low
+    precision (the bf16 policy); the factor is formed from them. None: from ``logits``.
+    """
 
     x: torch.Tensor
     logits: torch.Tensor
+    factor_logits: torch.Tensor | None = None
 
 
 class LogitSpaceResult(NamedTuple):
@@ -164,10 +169,11 @@ def logit_space_curvature(
     Raises:
         ConfigError: ``pass_size`` is not a positive int.
     """
-    xg, logits = forward
-    factor_dtype = logits.dtype if logits.dtype in (torch.float32, torch.float64) else torch.float32
+    xg, logits, factor_logits = forward
+    source = (logits if factor_logits is None else factor_logits).detach()
+    factor_dtype = source.dtype if source.dtype in (torch.float32, torch.float64) else torch.float32
     cot, weights, _, loss = ops.logit_factor(
-        logits.detach().to(factor_dtype), y, sample_ids, num_exact=num_exact, num_tail=num_tail, seed=seed
+        source.to(factor_dtype), y, sample_ids, num_exact=num_exact, num_tail=num_tail, seed=seed
     )
     cot = cot.to(logits.dtype).detach()
     exact = num_exact >= logits.shape[1]
@@ -200,7 +206,7 @@ def logit_space_curvature(
     if statistic == "trace":
         value = terms.sum(dim=1)
         stderr = None if exact else _tail_stderr(terms[:, num - num_tail :])
-        return LogitSpaceResult(value, stderr, loss, width, vs, logits.detach() if return_factor else None)
+        return LogitSpaceResult(value, stderr, loss, width, vs, source if return_factor else None)
 
     gram = torch.bmm(vs, vs.transpose(1, 2))
     if statistic == "frobenius":

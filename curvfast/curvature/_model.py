@@ -15,7 +15,7 @@ from torch import nn
 from ..errors import NonFiniteError, UnsupportedModelError
 
 __all__ = ["unwrap_model", "scoring_mode", "scoring_model", "shared_copy", "reused_copy", "check_finite_model",
-           "without_wrapper_hooks", "LogitFn", "no_tf32"]
+           "without_wrapper_hooks", "LogitFn"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -292,36 +292,6 @@ def check_finite_model(model: nn.Module) -> None:
             "diverged; retrain or load other weights"
         )
     _FINITE[model] = state
-
-
-_TF32_LOCK = threading.Lock()
-_TF32_USERS = [0, None]  # active no_tf32 blocks in any thread, and the settings to restore
-
-
-@contextlib.contextmanager
-def no_tf32() -> Iterator[None]:
-    """Full fp32 matmuls and convolutions within the block: TF32 rounds at about the size of an h=1e-3 step.
-
-    The settings are process-wide: the first of overlapping blocks (in any thread) saves them
-    and the last one restores them. Only the backend flags are read and written: torch's generic
-    ``get_float32_matmul_precision`` raises once a user has mixed its old and new TF32 APIs.
-
-    Yields:
-        None, with TF32 off for CUDA matmuls and cuDNN convolutions.
-    """
-    with _TF32_LOCK:
-        if _TF32_USERS[0] == 0:
-            _TF32_USERS[1] = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = False
-        _TF32_USERS[0] += 1
-    try:
-        yield
-    finally:
-        with _TF32_LOCK:
-            _TF32_USERS[0] -= 1
-            if _TF32_USERS[0] == 0:
-                torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = _TF32_USERS[1]
 
 
 class LogitFn:
