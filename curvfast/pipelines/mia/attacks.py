@@ -12,7 +12,8 @@ spread of the per-sample means — curvfast pools within samples).
 The LiRA attacks fit their Gaussians as Carlini et al.'s reference code does: μ the **median**
 of the shadow values and σ the population standard deviation (ddof = 0). The curvature attacks
 use the mean and the sample standard deviation (ddof = 1), the unbiased variance for the few
-(8-32) values per sample a shadow pool gives.
+(8-32) values per sample a shadow pool gives; under ``published_quirk`` they use the population
+variance (ddof = 0), as the published notebooks' ``np.nanvar`` does.
 
 Attacks (ℓ loss, φ = log(p_y/(1−p_y)), c a curvature, s = log(c + 1e-22), means over views):
 
@@ -25,10 +26,11 @@ Attacks (ℓ loss, φ = log(p_y/(1−p_y)), c a curvature, s = log(c + 1e-22), m
 - ``curvature_lr`` (Curvature Clues "LR"): log Σ_v N(s_v; μ_in, σ_in²) / N(s_v; μ_out, σ_out²), the
   likelihood ratios summed over views (in log space). The default sums per-view ratios, so each
   view is tested against its own IN/OUT pair and one view with a broad likelihood cannot dominate
-  the sums (docs/mia.md gives the measured difference); with one view both rules are the same.
+  the sums (not yet measured with two views: docs/mia.md); with one view both rules are the same.
   ``published_quirk=True`` reproduces the published code: the ratio of the summed likelihoods,
   log Σ_v N(s_v; μ_in, σ_in) − log Σ_v N(s_v; μ_out, σ_out), with the variance σ² passed where
-  the standard deviation belongs (a Gaussian of standard deviation σ², also in the NLL rule).
+  the standard deviation belongs (a Gaussian of standard deviation σ², also in the NLL rule) and the
+  variance fitted with ddof = 0 (``np.nanvar``).
 - ``modified_entropy`` (Song & Mittal 2021, the "Mentr" baseline of the published tables): −Mentr,
   Mentr = −(1 − p_y) log p_y − Σ_{c≠y} p_c log(1 − p_c), mean over views (no shadows).
 - ``sablayrolles`` (per-sample threshold): −(ℓ − τ_i), τ_i = (mean_in ℓ + mean_out ℓ)/2.
@@ -167,7 +169,8 @@ def _log_curvature(c):
 def _curvature_fits(target_curv, shadow_curv, keep, variance, published_quirk, need_out):
     t, sh, keep = _inputs(target_curv, shadow_curv, keep, 2 if variance == "per_sample" else 1, need_out)
     t, sh = _log_curvature(t), _log_curvature(sh)
-    (mi, si), (mo, so) = fit_gaussians(sh, keep, variance), fit_gaussians(sh, ~keep, variance)
+    ddof = 0 if published_quirk else 1  # the published notebooks fit np.nanvar: the population variance
+    (mi, si), (mo, so) = fit_gaussians(sh, keep, variance, ddof=ddof), fit_gaussians(sh, ~keep, variance, ddof=ddof)
     if published_quirk:  # the published code passes the variance where the standard deviation belongs
         si, so = np.maximum(si**2, STD_FLOOR), np.maximum(so**2, STD_FLOOR)
     return t, mi, si, mo, so
