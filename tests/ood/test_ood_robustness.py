@@ -106,5 +106,5 @@ def test_detectors_refuse(case):
 def test_ood_labels_are_dropped_not_refused():
     """-1 (and any negative label) marks an OoD sample, as in pytorch-ood: dropped from the fit, not an error."""
     y = torch.cat([LABELS, torch.tensor([-1, -5])])
-    for det in (NormScaling(_model()), Mahalanobis(_model()), KNN(_model(), k=2), NormScalingFeatures(_model())):
+    for det in (NormScaling(_model(), "rms"), Mahalanobis(_model()), KNN(_model(), k=2), NormScalingFeatures(_model())):
         assert torch.isfinite(det.fit(_loader(y)).predict(torch.randn(3, 4))).all()
