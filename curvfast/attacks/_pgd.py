@@ -34,14 +34,16 @@ SINGLE_ATTACKS = ("pgd", "fgsm", "pgdl2", "cw")
 ENSEMBLE_RULES = ("sum", "vote", "agree")
 
 
-def check_attack_inputs(x: torch.Tensor, y, models: Sequence[nn.Module], names: Sequence[str]) -> torch.Tensor:
+def check_attack_inputs(x: torch.Tensor, y, models: Sequence[nn.Module], names: Sequence[str], *,
+                        same_device: bool = True) -> torch.Tensor:
     """Refuse images and labels an attack cannot use as given; return the labels as int64.
 
     Args:
-        x: The images (B, ...): floating point, finite, in [0, 1], of the models' dtype and device.
+        x: The images (B, ...): floating point, finite, in [0, 1], of the models' dtype (and device).
         y: Integer class labels (B,), a tensor or anything ``torch.as_tensor`` takes.
         models: The attacked models (the dtype and device of their first parameter are checked).
         names: How each model is named in a message (``"the model"``, ``"member 0"`` ...).
+        same_device: Refuse images on another device than a model (False: the caller moves them).
 
     Returns:
         ``y`` as an int64 tensor on ``x``'s device.
@@ -50,8 +52,8 @@ def check_attack_inputs(x: torch.Tensor, y, models: Sequence[nn.Module], names: 
         TypeError: ``x`` is not a floating-point tensor, ``y`` does not hold integers, or a model's
             parameters have another dtype than ``x``.
         curvfast.errors.NonFiniteError: ``x`` holds NaN or Inf (the message names the samples).
-        curvfast.errors.DataError: ``x`` is unbatched, empty or outside [0, 1], ``y`` has another length,
-            or a model is on another device.
+        curvfast.errors.DataError: ``x`` is unbatched, empty or outside [0, 1], ``y`` is missing or has
+            another length, or a model is on another device.
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
@@ -69,6 +71,8 @@ def check_attack_inputs(x: torch.Tensor, y, models: Sequence[nn.Module], names: 
             f"attacks work on images in [0, 1] (got values from {low:.4g} to {high:.4g}); rescale the images and "
             "normalise inside the model, or with the attack's set_normalization_used (then pass normalised images)"
         )
+    if y is None:
+        raise DataError("the attack needs labels (B,): the true classes (the targets, in a targeted mode)")
     y = torch.as_tensor(y)
     if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
         raise TypeError(f"labels must hold integer class labels (got {y.dtype}); convert with y.long()")
@@ -79,7 +83,7 @@ def check_attack_inputs(x: torch.Tensor, y, models: Sequence[nn.Module], names: 
         if param is not None and param.dtype != x.dtype:
             raise TypeError(f"images are {x.dtype} but {name}'s parameters are {param.dtype}; cast one to match "
                             f"(x.to({param.dtype}) or model.to({x.dtype}))")
-        if param is not None and param.device != x.device:
+        if same_device and param is not None and param.device != x.device:
             raise DataError(f"images are on {x.device} but {name} is on {param.device}; move one with .to()")
     return y.to(device=x.device, dtype=torch.int64)
 
@@ -159,8 +163,8 @@ def attack(
 
     if name not in SINGLE_ATTACKS:
         raise UnknownNameError(f"attack must be one of {SINGLE_ATTACKS} (got {name!r})")
-    y = check_attack_inputs(x, y, [model], ["the model"])
-    check_labels_fit([model], [model], x, y)
+    y = check_attack_inputs(x, y, [model], ["the model"], same_device=False)  # torchattacks moves x to the model
+    check_labels_fit([model], [model], x.to(next(model.parameters(), x).device), y)
     check_pgd_settings(eps, step, steps)
     if eps == 0:
         return x.clone()

@@ -150,9 +150,9 @@ class EnsemblePGD(Attack):
                 attack cannot use (see :func:`~curvfast.attacks.ensemble_pgd`).
         """
         modules = list(self.model.members)
-        labels = check_attack_inputs(images, labels, modules, [f"member {i}" for i in range(len(modules))])
         images = images.clone().detach().to(self.device)
-        labels = labels.to(self.device)
+        labels = check_attack_inputs(images, None if labels is None else torch.as_tensor(labels).to(self.device),
+                                     modules, [f"member {i}" for i in range(len(modules))])
         members = [self._member_logits(m) for m in modules]
         sign = 1.0
         if self.targeted:  # descend the loss of the target class

@@ -77,3 +77,8 @@ def test_adversarials_stay_in_the_eps_ball_with_normalisation():
     assert (adv - X).abs().max() <= 8 / 255 + 1e-6
     with pytest.raises(DataError, match="set_normalization_used"):
         atk(X, Y)  # raw images given to a normalising attack: (x * std + mean) leaves [0, 1]
+
+
+def test_missing_labels_are_refused():
+    with pytest.raises(DataError, match="needs labels"):
+        EnsemblePGD(MEMBERS, eps=0.1, alpha=0.02, steps=1)(X)
