@@ -17,28 +17,98 @@ from the members' input gradients g_m = d CE(f_m(x), y) / dx by one of three rul
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from curvfast.errors import ConfigError, DataError, UnknownNameError
+from curvfast.curvature._checks import check_labels
+from curvfast.curvature._model import scoring_mode
+from curvfast.errors import ConfigError, DataError, NonFiniteError, UnknownNameError, UnsupportedModelError
 
 __all__ = ["SINGLE_ATTACKS", "ENSEMBLE_RULES", "attack", "ensemble_pgd", "ensemble_direction", "pgd_linf",
-           "input_grads", "check_pgd_settings"]
+           "input_grads", "check_pgd_settings", "check_attack_inputs", "check_labels_fit"]
 
 SINGLE_ATTACKS = ("pgd", "fgsm", "pgdl2", "cw")
 ENSEMBLE_RULES = ("sum", "vote", "agree")
 
 
-def _check_images(x: torch.Tensor, y: torch.Tensor) -> None:
-    if not torch.is_floating_point(x) or x.dim() < 2:
-        raise TypeError(f"images must be a float tensor (B, ...) (got {x.dtype}, shape {tuple(x.shape)})")
-    if x.numel() and (x.min() < 0 or x.max() > 1):
-        raise DataError("attacks work on images in [0, 1]; rescale the inputs (normalise inside the model)")
-    if y.shape != x.shape[:1]:
-        raise DataError(f"labels must have shape ({x.shape[0]},) (got {tuple(y.shape)})")
+def check_attack_inputs(x: torch.Tensor, y, models: Sequence[nn.Module], names: Sequence[str], *,
+                        same_device: bool = True) -> torch.Tensor:
+    """Refuse images and labels an attack cannot use as given; return the labels as int64.
+
+    Args:
+        x: The images (B, ...): floating point, finite, in [0, 1], of the models' dtype (and device).
+        y: Integer class labels (B,), a tensor or anything ``torch.as_tensor`` takes.
+        models: The attacked models (the dtype and device of their first parameter are checked).
+        names: How each model is named in a message (``"the model"``, ``"member 0"`` ...).
+        same_device: Refuse images on another device than a model (False: the caller moves them).
+
+    Returns:
+        ``y`` as an int64 tensor on ``x``'s device.
+
+    Raises:
+        TypeError: ``x`` is not a floating-point tensor, ``y`` does not hold integers, or a model's
+            parameters have another dtype than ``x``.
+        curvfast.errors.NonFiniteError: ``x`` holds NaN or Inf (the message names the samples).
+        curvfast.errors.DataError: ``x`` is unbatched, empty or outside [0, 1], ``y`` is missing or has
+            another length, or a model is on another device.
+    """
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        raise TypeError(f"images must be a floating-point tensor (got {got}); convert integer images first, "
+                        "e.g. x = x.float() / 255")
+    if x.dim() < 2 or x.shape[0] == 0:
+        raise DataError(f"images must be a non-empty batch (B, ...) (got shape {tuple(x.shape)})")
+    finite = torch.isfinite(x.flatten(1)).all(1)
+    if not bool(finite.all()):
+        raise NonFiniteError(f"images hold NaN or Inf in sample(s) {(~finite).nonzero().flatten()[:10].tolist()}; "
+                             "clean the inputs first")
+    low, high = float(x.min()), float(x.max())
+    if low < 0 or high > 1:
+        raise DataError(
+            f"attacks work on images in [0, 1] (got values from {low:.4g} to {high:.4g}); rescale the images and "
+            "normalise inside the model, or with the attack's set_normalization_used (then pass normalised images)"
+        )
+    if y is None:
+        raise DataError("the attack needs labels (B,): the true classes (the targets, in a targeted mode)")
+    y = torch.as_tensor(y)
+    if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+        raise TypeError(f"labels must hold integer class labels (got {y.dtype}); convert with y.long()")
+    if y.shape != (x.shape[0],):
+        raise DataError(f"labels must have shape (B,) = ({x.shape[0]},) to match the images (got {tuple(y.shape)})")
+    for model, name in zip(models, names):
+        param = next((p for p in model.parameters() if p.is_floating_point()), None)
+        if param is not None and param.dtype != x.dtype:
+            raise TypeError(f"images are {x.dtype} but {name}'s parameters are {param.dtype}; cast one to match "
+                            f"(x.to({param.dtype}) or model.to({x.dtype}))")
+        if same_device and param is not None and param.device != x.device:
+            raise DataError(f"images are on {x.device} but {name} is on {param.device}; move one with .to()")
+    return y.to(device=x.device, dtype=torch.int64)
+
+
+def check_labels_fit(models: Sequence[nn.Module], logits: Sequence[Callable[[torch.Tensor], torch.Tensor]],
+                     x: torch.Tensor, y: torch.Tensor) -> None:
+    """Refuse labels outside ``[0, C)`` of any model, C read from its output on one sample (eval mode).
+
+    Args:
+        models: The attacked modules, put in eval mode for the check (their modes are restored).
+        logits: The callables the attack differentiates, one per model (normalisation applied).
+        x: The images (B, ...).
+        y: The labels (B,), int64.
+
+    Raises:
+        curvfast.errors.UnsupportedModelError: A model's output is not logits (B, C).
+        curvfast.errors.DataError: A label lies outside ``[0, C)``.
+    """
+    for model, fn in zip(models, logits):
+        with torch.no_grad(), scoring_mode(model):
+            z = fn(x[:1])
+        if not isinstance(z, torch.Tensor) or z.dim() != 2:
+            raise UnsupportedModelError(f"an attacked model must return logits (B, C) (got "
+                                        f"{tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__})")
+        check_labels(y, z.shape[1])
 
 
 def check_pgd_settings(eps: float, step: float, steps: int) -> None:
@@ -85,15 +155,16 @@ def attack(
 
     Raises:
         curvfast.errors.UnknownNameError: For an unknown ``name``.
-        curvfast.errors.DataError: For images outside [0, 1] or labels of the wrong shape.
         curvfast.errors.ConfigError: For bad PGD settings (see :func:`check_pgd_settings`).
-        TypeError: When ``x`` is not a float tensor of at least two dimensions.
+        TypeError, curvfast.errors.DataError, curvfast.errors.NonFiniteError: For images or labels the
+            attack cannot use (see :func:`check_attack_inputs` and :func:`check_labels_fit`).
     """
     import torchattacks
 
     if name not in SINGLE_ATTACKS:
         raise UnknownNameError(f"attack must be one of {SINGLE_ATTACKS} (got {name!r})")
-    _check_images(x, y)
+    y = check_attack_inputs(x, y, [model], ["the model"], same_device=False)  # torchattacks moves x to the model
+    check_labels_fit([model], [model], x.to(next(model.parameters(), x).device), y)
     check_pgd_settings(eps, step, steps)
     if eps == 0:
         return x.clone()
@@ -157,8 +228,9 @@ def input_grads(members: Iterable[Callable[[torch.Tensor], torch.Tensor]], x: to
     Returns:
         One gradient per member, each shaped like ``x``.
     """
-    x = x.detach().requires_grad_(True)
-    return [torch.autograd.grad(sign * F.cross_entropy(m(x), y), x)[0] for m in members]
+    with torch.enable_grad():  # also inside a caller's no_grad block
+        x = x.detach().requires_grad_(True)
+        return [torch.autograd.grad(sign * F.cross_entropy(m(x), y), x)[0] for m in members]
 
 
 def pgd_linf(x: torch.Tensor, direction: Callable[[torch.Tensor], torch.Tensor], *, eps: float, step: float,
@@ -216,12 +288,13 @@ def ensemble_pgd(
     Raises:
         curvfast.errors.ConfigError: With no members or bad PGD settings (an unknown ``rule``:
             :class:`~curvfast.errors.UnknownNameError`).
-        curvfast.errors.DataError: For images outside [0, 1] or labels of the wrong shape.
-        TypeError: When ``x`` is not a float tensor of at least two dimensions.
+        TypeError, curvfast.errors.DataError, curvfast.errors.NonFiniteError: For images or labels the
+            attack cannot use (see :func:`check_attack_inputs` and :func:`check_labels_fit`).
     """
     if not members:
         raise ConfigError("ensemble_pgd needs at least one member")
-    _check_images(x, y)
+    y = check_attack_inputs(x, y, members, [f"member {i}" for i in range(len(members))])
+    check_labels_fit(members, members, x, y)
     check_pgd_settings(eps, step, steps)
     ensemble_direction([x[:1]], rule)  # validates the rule before any work
     if eps == 0:

@@ -7,34 +7,67 @@ Used like any torchattacks attack::
     atk.set_normalization_used(mean, std)          # members take normalised inputs
     adv = atk(images, labels)
 
-The attack's ``model`` is the majority-vote ensemble (``MajorityVote``), so torchattacks' model-mode
-handling (``set_model_training_mode``; eval by default), device, targeted modes
-(``set_mode_targeted_*``) and ``save`` work as for a single model; after each call every member is
-back in the mode its owner left it in. Each step follows
-``ensemble_direction(rule)`` of the members' input gradients (``sum``, ``vote`` or ``agree``, see
-:mod:`curvfast.attacks`), in torchattacks' PGD iteration; with one member every rule is
-exactly ``torchattacks.PGD``. Defaults are torchattacks' PGD defaults (the TREND study uses
-alpha = 0.01, steps = 40).
+The attack's ``model`` is the majority-vote ensemble (:class:`~curvfast.attacks.MajorityVote`), one per list
+of members (attacks built on the same members share it, as ``torchattacks.MultiAttack`` requires), whose
+forward returns logits (the log vote shares), so torchattacks' ``get_logits``, ``MultiAttack``, ``save``,
+device and targeted modes (``set_mode_targeted_*``) work as for a single model. Model modes follow
+torchattacks (eval during the attack by default, ``set_model_training_mode`` to change it), and after
+``__call__``, ``save`` and ``get_output_with_eval_nograd`` every module of every member is back in the mode
+its owner left it in. Each step follows ``ensemble_direction(rule)`` of the members' input gradients
+(``sum``, ``vote`` or ``agree``, see :mod:`curvfast.attacks`), in torchattacks' PGD iteration; with one member
+every rule is exactly ``torchattacks.PGD``. Defaults are torchattacks' PGD defaults (the TREND study uses
+alpha = 0.01, steps = 40). Images and labels are checked as :func:`~curvfast.attacks.ensemble_pgd` checks
+them (after torchattacks has inverted a normalisation set with ``set_normalization_used``).
 """
 from __future__ import annotations
 
+import weakref
 from typing import Callable, Sequence
 
 import torch
 from torchattacks.attack import Attack
 from torch import nn
 
-from ._pgd import check_pgd_settings, ensemble_direction, input_grads, pgd_linf
+from curvfast.curvature._model import scoring_mode
+from curvfast.errors import ConfigError
+
+from ._pgd import check_attack_inputs, check_labels_fit, check_pgd_settings, ensemble_direction, input_grads, pgd_linf
 from ._vote import MajorityVote
 
 __all__ = ["EnsemblePGD"]
+
+_ENSEMBLES: "weakref.WeakValueDictionary[tuple[int, ...], MajorityVote]" = weakref.WeakValueDictionary()
+
+
+def _ensemble_of(members) -> MajorityVote:
+    """The one :class:`MajorityVote` of these members (same modules, same order), built on first use.
+
+    A live ensemble holds its members, so their ids in the key cannot be reused while it exists.
+    """
+    if isinstance(members, MajorityVote):
+        return members
+    if isinstance(members, nn.Module) and not isinstance(members, nn.ModuleList):
+        raise ConfigError(
+            f"EnsemblePGD takes a list of models, the ensemble's members; got one {type(members).__name__}, "
+            "whose layers are not an ensemble: pass [model] for a one-member ensemble (or use torchattacks.PGD)"
+        )
+    members = list(members)
+    for i, m in enumerate(members):
+        if not isinstance(m, nn.Module):
+            raise ConfigError(f"EnsemblePGD's members must be nn.Modules; member {i} is a {type(m).__name__}")
+    key = tuple(id(m) for m in members)
+    ensemble = _ENSEMBLES.get(key)
+    if ensemble is None:
+        ensemble = _ENSEMBLES[key] = MajorityVote(members)
+    return ensemble
 
 
 class EnsemblePGD(Attack):
     """L-inf PGD against an ensemble, each member's gradient combined by ``rule``.
 
     Args:
-        members: The ensemble's classifiers, or a ready :class:`~curvfast.attacks.MajorityVote`.
+        members: The ensemble's classifiers (a list or ``nn.ModuleList``), or a ready
+            :class:`~curvfast.attacks.MajorityVote`; not one model.
         eps: The L-inf radius.
         alpha: The step size.
         steps: The number of steps.
@@ -43,13 +76,13 @@ class EnsemblePGD(Attack):
 
     Raises:
         curvfast.errors.ConfigError: For bad PGD settings, an unknown ``rule``
-            (:class:`~curvfast.errors.UnknownNameError`) or no members.
+            (:class:`~curvfast.errors.UnknownNameError`), no members, one model instead of a list, or a
+            member that is not an ``nn.Module``.
     """
 
     def __init__(self, members: Sequence[nn.Module] | MajorityVote, eps: float = 8 / 255, alpha: float = 2 / 255,
                  steps: int = 10, random_start: bool = True, rule: str = "sum"):
-        model = members if isinstance(members, MajorityVote) else MajorityVote(list(members))
-        super().__init__("EnsemblePGD", model)
+        super().__init__("EnsemblePGD", _ensemble_of(members))
         check_pgd_settings(eps, alpha, steps)
         ensemble_direction([torch.zeros(1)], rule)  # validates the rule
         self.eps, self.alpha, self.steps, self.random_start, self.rule = eps, alpha, steps, random_start, rule
@@ -58,10 +91,8 @@ class EnsemblePGD(Attack):
     def __call__(self, inputs: torch.Tensor, labels: torch.Tensor | None = None, *args, **kwargs) -> torch.Tensor:
         """Torchattacks' call (mode switch, normalisation), then every module's own train/eval flag restored.
 
-        Torchattacks restores from the container's flag, which the members' owners never set.
-
         Args:
-            inputs: The images (B, ...) in [0, 1].
+            inputs: The images (B, ...) in [0, 1] (normalised, after ``set_normalization_used``).
             labels: The true labels (B,).
             *args: Passed on to ``torchattacks.attack.Attack.__call__``.
             **kwargs: Passed on to ``torchattacks.attack.Attack.__call__``.
@@ -69,12 +100,34 @@ class EnsemblePGD(Attack):
         Returns:
             The adversarial images.
         """
-        modes = [(m, m.training) for m in self.model.modules()]
-        try:
+        with scoring_mode(self.model):
             return super().__call__(inputs, labels, *args, **kwargs)
-        finally:
-            for m, mode in modes:
-                m.training = mode
+
+    def save(self, *args, **kwargs):
+        """Torchattacks' ``save`` (attack a loader, write the adversarial set), then every member's modes restored.
+
+        Args:
+            *args: Passed on to ``torchattacks.attack.Attack.save``.
+            **kwargs: Passed on to ``torchattacks.attack.Attack.save``.
+
+        Returns:
+            What torchattacks' ``save`` returns.
+        """
+        with scoring_mode(self.model):
+            return super().save(*args, **kwargs)
+
+    @torch.no_grad()
+    def get_output_with_eval_nograd(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The ensemble's logits in eval mode, every member's modes restored after.
+
+        Args:
+            inputs: The images (normalised as for ``get_logits``).
+
+        Returns:
+            The logits (B, C), the log vote shares.
+        """
+        with scoring_mode(self.model):
+            return self.get_logits(inputs)
 
     def _member_logits(self, member: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         """The member on attack-space inputs, normalised as torchattacks' ``get_logits`` does."""
@@ -91,13 +144,20 @@ class EnsemblePGD(Attack):
 
         Returns:
             The adversarial images.
+
+        Raises:
+            TypeError, curvfast.errors.DataError, curvfast.errors.NonFiniteError: For images or labels the
+                attack cannot use (see :func:`~curvfast.attacks.ensemble_pgd`).
         """
+        modules = list(self.model.members)
         images = images.clone().detach().to(self.device)
-        labels = labels.clone().detach().to(self.device)
+        labels = check_attack_inputs(images, None if labels is None else torch.as_tensor(labels).to(self.device),
+                                     modules, [f"member {i}" for i in range(len(modules))])
+        members = [self._member_logits(m) for m in modules]
         sign = 1.0
         if self.targeted:  # descend the loss of the target class
-            labels, sign = self.get_target_label(images, labels), -1.0
-        members = [self._member_logits(m) for m in self.model.members]
+            labels, sign = torch.as_tensor(self.get_target_label(images, labels)).long(), -1.0
+        check_labels_fit(modules, members, images, labels)
 
         def direction(adv: torch.Tensor) -> torch.Tensor:
             return ensemble_direction(input_grads(members, adv, labels, sign), self.rule)

@@ -54,9 +54,17 @@ def majority_vote(logits: list[torch.Tensor]) -> torch.Tensor:
 
 
 class MajorityVote(nn.Module):
-    """An ensemble whose forward returns ``vote_scores`` (arg-max = majority vote).
+    r"""An ensemble whose forward returns the log of its vote shares: logits whose arg-max is the majority vote.
 
-    Not differentiable through the vote: attack it through its members (``ensemble_pgd``).
+    .. math:: \log p_c, \quad p_c = s_c / (M + \tfrac{1}{2}), \quad s = \mathrm{vote\_scores}
+
+    The shares p sum to 1, so these are valid logits for torchattacks (``get_logits``, ``MultiAttack``,
+    ``save``'s robust accuracy, the targeted modes' class count) and for a cross-entropy. Not differentiable
+    through the votes: attack it through its members (``ensemble_pgd``, ``EnsemblePGD``).
+
+    The container has no train/eval mode of its own: ``training`` is True when every member is in training
+    mode (so torchattacks, which puts a model it found in training mode back with ``.train()``, never switches
+    an evaluating member to training), and ``train()``/``eval()`` set the members'.
 
     Args:
         members: The ensemble's classifiers.
@@ -71,13 +79,24 @@ class MajorityVote(nn.Module):
             raise ConfigError("MajorityVote needs at least one member")
         self.members = nn.ModuleList(members)
 
+    @property
+    def training(self) -> bool:
+        """Whether every member is in training mode."""
+        members = self.__dict__.get("_modules", {}).get("members")
+        return members is not None and all(m.training for m in members)
+
+    @training.setter
+    def training(self, mode: bool) -> None:
+        """No flag of its own: ``nn.Module.train`` sets the members' modes next."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The vote scores of the members on ``x``.
+        """The log vote shares of the members on ``x``.
 
         Args:
             x: The inputs (B, ...).
 
         Returns:
-            :func:`vote_scores` of the members' logits (B, C).
+            Logits (B, C): ``log(vote_scores / (M + 1/2))``.
         """
-        return vote_scores([m(x) for m in self.members])
+        scores = vote_scores([m(x) for m in self.members]) / (len(self.members) + 0.5)
+        return scores.clamp_min(torch.finfo(scores.dtype).tiny).log()

@@ -15,7 +15,7 @@ benchmarked by ``curvfast ood`` and offered by ``curvfast idkd --detector``.
 """
 from curvfast.ood._base import (
     DETECTORS, Detector, FeaturesDetector, LogitsDetector, ModelNotSetError, OutputExtractor, RequiresFittingError,
-    collect_outputs, detector_class, register_detector,
+    UnscaledClassWarning, collect_outputs, detector_class, register_detector,
 )
 from curvfast.ood._logit_detectors import MSP, ODIN, Energy, MaxLogit  # first: the registry's order
 from curvfast.ood._feature_detectors import KNN, Mahalanobis, class_means
@@ -26,7 +26,7 @@ from curvfast.ood._vrm import VRM, VRMBatch, VRMTransform, vrm_batch
 
 __all__ = [
     "Detector", "LogitsDetector", "FeaturesDetector", "DETECTORS", "register_detector", "detector_class",
-    "RequiresFittingError", "ModelNotSetError", "OutputExtractor", "collect_outputs",
+    "RequiresFittingError", "ModelNotSetError", "UnscaledClassWarning", "OutputExtractor", "collect_outputs",
     "ood_metrics", "gains", "METRIC_NAMES",
     "MSP", "MaxLogit", "Energy", "ODIN", "Mahalanobis", "KNN", "class_means",
     "NormScaling", "NormScalingFeatures", "per_class_statistic", "NORM_STATISTICS",

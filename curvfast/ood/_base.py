@@ -10,9 +10,13 @@ is pytorch-ood's (0.4.0, ``pytorch_ood.api``): the model is given at constructio
 - ``detector.predict(x)`` (also ``detector(x)``): OoD scores (B,) of a batch of inputs;
 - ``detector.predict_logits(logits)`` / ``detector.predict_features(x)``: OoD scores from saved outputs.
 
-A :class:`LogitsDetector` reads the logits z (B, C), a :class:`FeaturesDetector` the penultimate
-features h (B, D): the input of the model's last ``nn.Linear``, flattened, captured with a forward
-hook (name another module with ``feature_layer=``). Detectors are registered by name in
+A :class:`LogitsDetector` reads the logits z (B, C) and needs nothing of the model but its output (no
+``nn.Linear``, no ``feature_layer=``); a :class:`FeaturesDetector` reads the penultimate features h (B, D):
+the input of the model's last ``nn.Linear``, flattened, captured with a forward hook (name another module
+with ``feature_layer=``). As in pytorch-ood, ``fit`` drops the samples labelled < 0 (its mark of an OoD
+sample) and scores come in the dtype of the model's output (float32 for a float32 model; the detectors
+compute in float64 and round once). Inputs, logits and features holding NaN or Inf are refused
+(:class:`~curvfast.errors.NonFiniteError`), never scored. Detectors are registered by name in
 :data:`DETECTORS` (:func:`register_detector`). When pytorch-ood is installed they are registered as
 virtual subclasses of its ``Detector``, ``LogitsDetector`` and ``FeaturesDetector``
 (:mod:`curvfast.ood._pytorch_ood`); curvfast does not need it.
@@ -27,11 +31,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from curvfast.curvature._checks import check_labels
 from curvfast.curvature._model import LogitFn, scoring_mode, unwrap_model
 from curvfast.errors import ConfigError, CurvfastError, DataError, NonFiniteError, UnknownNameError
 
 __all__ = ["Detector", "LogitsDetector", "FeaturesDetector", "OutputExtractor", "collect_outputs", "DETECTORS",
-           "register_detector", "detector_class", "RequiresFittingError", "ModelNotSetError"]
+           "register_detector", "detector_class", "RequiresFittingError", "ModelNotSetError", "UnscaledClassWarning"]
 
 
 class RequiresFittingError(CurvfastError, RuntimeError):
@@ -40,6 +45,10 @@ class RequiresFittingError(CurvfastError, RuntimeError):
 
 class ModelNotSetError(ConfigError):
     """``fit(loader)`` or ``predict(x)`` was called on a detector constructed without a model."""
+
+
+class UnscaledClassWarning(UserWarning):
+    """A norm-scaling fit found no usable per-class statistic for some classes and left them unscaled."""
 
 
 def _last_linear_name(model: nn.Module) -> str:
@@ -61,20 +70,24 @@ class OutputExtractor:
             default the last ``nn.Linear``, whose input is the penultimate representation h with
             logits z = W h + b.
         output_transform: Picks the logits from the model's output (e.g. ``lambda out: out["logits"]``).
+        features: Capture the features; False (and no ``feature_layer``): logits only, any model.
 
     Raises:
-        ConfigError: The model has no ``nn.Linear`` (and no ``feature_layer`` was named), or
-            ``feature_layer`` is not one of its modules.
+        ConfigError: Features are asked for but the model has no ``nn.Linear`` (and no ``feature_layer``
+            was named), or ``feature_layer`` is not one of its modules.
     """
 
-    def __init__(self, model: nn.Module, feature_layer: str | None = None, output_transform: Callable | None = None):
+    def __init__(self, model: nn.Module, feature_layer: str | None = None, output_transform: Callable | None = None,
+                 *, features: bool = True):
         self.model = unwrap_model(model)
-        self.feature_layer = feature_layer or _last_linear_name(self.model)
-        modules = dict(self.model.named_modules())
-        if self.feature_layer not in modules:
-            raise ConfigError(f"feature_layer={self.feature_layer!r} is not a module of the model; "
-                              "pick a name from model.named_modules()")
-        self.layer = modules[self.feature_layer]
+        self.feature_layer, self.layer = None, None
+        if features or feature_layer is not None:
+            self.feature_layer = feature_layer or _last_linear_name(self.model)
+            modules = dict(self.model.named_modules())
+            if self.feature_layer not in modules:
+                raise ConfigError(f"feature_layer={self.feature_layer!r} is not a module of the model; "
+                                  "pick a name from model.named_modules()")
+            self.layer = modules[self.feature_layer]
         self.logit_fn = LogitFn(self.model, output_transform)
 
     @property
@@ -89,8 +102,10 @@ class OutputExtractor:
             x: A batch of inputs on the model's device.
 
         Returns:
-            ``(logits (B, C), features (B, D))``.
+            ``(logits (B, C), features (B, D))``; features None when they are not captured.
         """
+        if self.layer is None:
+            return self.logit_fn(x), None
         captured: list[torch.Tensor] = []
         handle = self.layer.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0]))
         try:
@@ -103,7 +118,8 @@ class OutputExtractor:
         """The rows w_c of the feature layer's weight.
 
         Returns:
-            The (K, D) weight when the feature layer is an ``nn.Linear`` classifier, else None.
+            The (K, D) weight when the feature layer is an ``nn.Linear`` classifier, else None (also
+            when no layer is read).
         """
         return self.layer.weight.detach() if isinstance(self.layer, nn.Linear) else None
 
@@ -117,7 +133,8 @@ def collect_outputs(extractor: OutputExtractor, loader) -> tuple[torch.Tensor, t
         loader: A ``DataLoader`` (or any iterable) of ``(x, y, ...)`` batches.
 
     Returns:
-        ``(logits (N, C), features (N, D), labels (N,))`` on the CPU.
+        ``(logits (N, C), features (N, D), labels (N,))`` on the CPU (features None when the extractor
+        captures none).
 
     Raises:
         DataError: The loader yielded no batches.
@@ -128,12 +145,12 @@ def collect_outputs(extractor: OutputExtractor, loader) -> tuple[torch.Tensor, t
             x, y = batch[0], batch[1]
             z, h = extractor(x.to(extractor.device))
             logits.append(z.cpu())
-            feats.append(h.cpu())
-            labels.append(torch.as_tensor(y))
+            feats.append(None if h is None else h.cpu())
+            labels.append(torch.as_tensor(y).reshape(-1))
     if not logits:
         raise DataError("the in-distribution loader yielded no batches; pass a loader over in-distribution "
                         "training data")
-    return torch.cat(logits), torch.cat(feats), torch.cat(labels)
+    return torch.cat(logits), None if feats[0] is None else torch.cat(feats), torch.cat(labels)
 
 
 def _as_loader(data, batch_size: int = 256):
@@ -203,8 +220,14 @@ class Detector(abc.ABC):
     Args:
         model: The classifier whose outputs are read; None when only ``fit_logits``/``fit_features``
             and ``predict_logits``/``predict_features`` are used.
-        feature_layer: The module whose input is the feature vector (default: the last ``nn.Linear``).
+        feature_layer: The module whose input is the feature vector (default: the last ``nn.Linear``);
+            only for detectors that read a layer (``takes_feature_layer``).
         output_transform: Picks the logits from the model's output.
+
+    Raises:
+        TypeError: ``feature_layer`` given to a detector that reads only the logits.
+        ConfigError: ``feature_layer`` is not a module of the model, or the detector reads features of a
+            model without ``nn.Linear`` and no ``feature_layer`` was named.
 
     Attributes:
         name: The detector's key in :data:`DETECTORS` and in results.
@@ -212,18 +235,28 @@ class Detector(abc.ABC):
         auxiliary_class: Whether the detector scores a (K+1)-output network whose last class is an
             auxiliary OoD class (VRM), not a plain K-class classifier.
         hyperparameter_space: pytorch-ood's hyperparameter search space (empty: none tuned).
+        takes_feature_layer: Whether the detector reads a layer of the model (``feature_layer=``).
     """
 
     name: ClassVar[str] = "detector"
     requires_fit: ClassVar[bool] = False
     auxiliary_class: ClassVar[bool] = False
     hyperparameter_space: ClassVar[dict] = {}
+    takes_feature_layer: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module | None = None, *, feature_layer: str | None = None,
                  output_transform: Callable | None = None):
+        if feature_layer is not None and not self.takes_feature_layer:
+            raise TypeError(f"{type(self).__name__} reads only the model's logits: feature_layer= does not apply "
+                            "(drop it, or use a features detector)")
         self.model = model
-        self.extractor = None if model is None else OutputExtractor(model, feature_layer, output_transform)
+        self.extractor = None if model is None else OutputExtractor(
+            model, feature_layer, output_transform, features=feature_layer is not None or self._reads_layer())
         self.fitted = not self.requires_fit
+
+    def _reads_layer(self) -> bool:
+        """Whether the extractor must capture ``feature_layer`` (features detectors; norm-scaling's weight_norm)."""
+        return False
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Same as :meth:`predict`.
@@ -287,6 +320,7 @@ class Detector(abc.ABC):
         if device is not None:
             self.to(device)
         logits, features, labels = collect_outputs(extractor, _as_loader(data_loader))
+        require(logits, "logits", type(self).__name__)
         return self._fit_outputs(logits, features, labels)
 
     @abc.abstractmethod
@@ -304,14 +338,16 @@ class Detector(abc.ABC):
             x: A batch of inputs; moved to the model's device.
 
         Returns:
-            Scores (B,); higher = more likely out-of-distribution.
+            Scores (B,) in the dtype of the model's output; higher = more likely out-of-distribution.
 
         Raises:
             ModelNotSetError: The detector has no model.
             RequiresFittingError: The detector needs a fit first.
+            NonFiniteError: ``x``, or the model's output on it, holds NaN or Inf.
         """
         extractor = self._model_extractor("predict")
         self._check_fitted()
+        check_inputs(x)
         with torch.no_grad(), scoring_mode(extractor.model):
             logits, features = extractor(x.to(extractor.device))
             return self._predict_outputs(logits, features)
@@ -343,7 +379,7 @@ class LogitsDetector(Detector):
             logits: Logits (B, C).
 
         Returns:
-            Scores (B,), float64; higher = more likely out-of-distribution.
+            Scores (B,) in the dtype of ``logits``; higher = more likely out-of-distribution.
         """
 
     def _fit_outputs(self, logits, features, labels):
@@ -358,6 +394,11 @@ class FeaturesDetector(Detector):
 
     Subclasses implement :meth:`predict_features` and, when ``requires_fit``, :meth:`fit_features`.
     """
+
+    takes_feature_layer = True
+
+    def _reads_layer(self) -> bool:
+        return True
 
     @property
     def encoder(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -384,18 +425,38 @@ class FeaturesDetector(Detector):
             x: Features (B, D).
 
         Returns:
-            Scores (B,), float64; higher = more likely out-of-distribution.
+            Scores (B,) in the dtype of ``x``; higher = more likely out-of-distribution.
         """
 
     def _fit_outputs(self, logits, features, labels):
+        if labels is not None:  # the logits tell the class count, which saved features do not
+            features, labels = id_samples(features, labels, type(self).__name__, logits.shape[1])
         return self.fit_features(features, labels)
 
     def _predict_outputs(self, logits, features):
         return self.predict_features(features)
 
 
+def _bad_rows(t: torch.Tensor) -> list[int]:
+    return (~torch.isfinite(t.reshape(t.shape[0], -1)).all(1)).nonzero().flatten()[:10].tolist()
+
+
+def check_inputs(x: torch.Tensor) -> None:
+    """Refuse a batch of floating-point inputs holding NaN or Inf (a detector cannot score them).
+
+    Args:
+        x: The inputs (B, ...).
+
+    Raises:
+        NonFiniteError: Naming the samples.
+    """
+    if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() and not bool(torch.isfinite(x).all()):
+        raise NonFiniteError(f"the inputs hold NaN or Inf in sample(s) {_bad_rows(x)}; a detector cannot score them: "
+                             "clean or drop those samples")
+
+
 def require(value: torch.Tensor | None, what: str, detector: str) -> torch.Tensor:
-    """``value`` as a 2-D tensor, or a clear error naming the missing output.
+    """``value`` as a finite 2-D tensor, or a clear error naming the missing or broken output.
 
     Args:
         value: The logits or features passed in.
@@ -407,12 +468,73 @@ def require(value: torch.Tensor | None, what: str, detector: str) -> torch.Tenso
 
     Raises:
         DataError: ``value`` is None or not 2-D.
+        NonFiniteError: ``value`` holds NaN or Inf (the message names the rows).
     """
     if value is None:
         raise DataError(f"{detector} needs {what}; pass {what} (saved model outputs) or use fit/predict with a model")
     if value.dim() != 2:
         raise DataError(f"{detector}: {what} must be 2-D (N, dim), got shape {tuple(value.shape)}")
+    if not bool(torch.isfinite(value).all()):
+        raise NonFiniteError(f"{detector}: the {what} hold NaN or Inf in row(s) {_bad_rows(value)}; check the model's "
+                             "weights and its inputs")
     return value
+
+
+def scores_like(scores: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+    """Scores computed in float64, returned in the dtype of the outputs they come from (pytorch-ood's contract).
+
+    Args:
+        scores: The scores (B,).
+        outputs: The logits or features they were computed from.
+
+    Returns:
+        ``scores`` in ``outputs``' floating dtype (float32 for integer outputs).
+    """
+    return scores.to(outputs.dtype if outputs.is_floating_point() else torch.float32)
+
+
+def id_samples(values: torch.Tensor, labels, detector: str,
+               num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The in-distribution rows a detector fits on: samples labelled < 0 dropped, labels as int64.
+
+    pytorch-ood marks OoD samples with negative labels and its ``fit`` drops them; so does every
+    curvfast detector. Float labels are accepted when they hold whole numbers (pytorch-ood's tests
+    build labels with ``torch.zeros``).
+
+    Args:
+        values: The logits or features (N, ...).
+        labels: Their labels (N,), any tensor-like, or None.
+        detector: The detector's name in the message.
+        num_classes: C, when known (the logits' width): labels must lie in ``[0, C)``.
+
+    Returns:
+        ``(values[keep], labels[keep])`` with ``keep = labels >= 0``.
+
+    Raises:
+        DataError: No labels, labels of another length, labels that are not whole numbers, no label
+            >= 0, or a label >= ``num_classes``.
+    """
+    if labels is None:
+        raise DataError(f"{detector} fits on labelled data: pass the ID training labels")
+    labels = torch.as_tensor(labels).reshape(-1)
+    if labels.numel() != values.shape[0]:
+        raise DataError(f"{detector}: {labels.numel()} labels for {values.shape[0]} samples")
+    if labels.dtype == torch.bool or labels.is_complex():
+        raise DataError(f"{detector}: labels must be whole class indices (got {labels.dtype})")
+    if labels.is_floating_point():
+        whole = torch.isfinite(labels) & (labels == labels.round())
+        if not bool(whole.all()):
+            raise DataError(f"{detector}: labels must be whole class indices (got {labels[~whole][0].item()}); "
+                            "pass integer labels (< 0 for OoD samples)")
+    labels = labels.long().to(values.device)
+    keep = labels >= 0
+    if not bool(keep.any()):
+        raise DataError(f"{detector}: no in-distribution sample to fit on: every label is negative, pytorch-ood's mark "
+                        "of an OoD sample; fit on in-distribution (training) data")
+    values, labels = values[keep], labels[keep]
+    if num_classes is not None:
+        check_labels(labels, num_classes)
+    return values, labels
 
 
 def check_temperature(temperature: float, what: str = "temperature") -> float:

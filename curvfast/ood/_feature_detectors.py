@@ -8,7 +8,10 @@
 - KNN (Sun et al. 2022): L2-normalised features u = h / ||h||, a bank of the normalised ID
   training features, s(x) = || u - u_(k) || the distance to the k-th nearest training feature.
 
-Both fit in float64; scoring uses matrix products, so FLOP counters see their cost.
+Both fit in float64 (on the samples labelled >= 0, as pytorch-ood) and score in the features' dtype;
+scoring uses matrix products, so FLOP counters see their cost. Mahalanobis compares a feature with the
+classes the fit data holds (a class without a training sample has no mean and is not one of the minimised
+terms) and needs at least two samples of one class for its covariance.
 """
 from __future__ import annotations
 
@@ -16,9 +19,9 @@ import torch
 from torch import nn
 
 from curvfast.errors import ConfigError, DataError
-from curvfast.ood._base import FeaturesDetector, register_detector, require
+from curvfast.ood._base import FeaturesDetector, id_samples, register_detector, require, scores_like
 
-__all__ = ["Mahalanobis", "KNN", "class_means", "detector_labels"]
+__all__ = ["Mahalanobis", "KNN", "class_means", "present_class_means"]
 
 
 def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:
@@ -44,29 +47,20 @@ def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int |
     return sums / counts.unsqueeze(1).to(features.dtype)
 
 
-def detector_labels(labels, n: int, detector: str) -> torch.Tensor:
-    """The training labels a detector fits on, as a flat int64 tensor.
+def present_class_means(features: torch.Tensor,
+                        labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The mean feature of each class that has a sample.
 
     Args:
-        labels: The labels (any tensor-like), or None.
-        n: The number of training samples they must label.
-        detector: The detector's name in the message.
+        features: Features (N, D).
+        labels: Their classes (N,), >= 0.
 
     Returns:
-        The labels (n,).
-
-    Raises:
-        DataError: ``labels`` is None, has the wrong length or a negative entry.
+        ``(classes (K',), means (K', D), index (N,))``: the classes present, in increasing order, their
+        means, and each sample's row in them.
     """
-    if labels is None:
-        raise DataError(f"{detector} fits on labelled data: pass the ID training labels")
-    labels = torch.as_tensor(labels).long().reshape(-1)
-    if labels.numel() != n:
-        raise DataError(f"{detector}: {labels.numel()} labels for {n} samples")
-    if labels.numel() and int(labels.min()) < 0:
-        raise DataError(f"{detector}: labels must be class indices >= 0 (got {int(labels.min())}); "
-                        "fit on in-distribution samples only")
-    return labels
+    classes, index = labels.unique(return_inverse=True)
+    return classes, class_means(features, index, len(classes)), index
 
 
 @register_detector("mahalanobis")
@@ -74,6 +68,8 @@ class Mahalanobis(FeaturesDetector):
     r"""Minimum Mahalanobis distance to a class mean under the shared (tied) covariance (Lee et al., NeurIPS 2018).
 
     .. math:: s(x) = \min_c (h - \mu_c)^\top \Sigma^{+} (h - \mu_c)
+
+    The minimum runs over the classes of the fit data (``classes``, each with its mean).
 
     Args:
         model: The classifier (None for the ``*_features`` methods only).
@@ -93,12 +89,19 @@ class Mahalanobis(FeaturesDetector):
             The fitted detector.
 
         Raises:
-            DataError: Features missing or not 2-D, labels missing or not matching, a class without samples.
+            DataError: Features missing or not 2-D, labels missing, not matching or not whole numbers, no
+                sample labelled >= 0, or no class with two samples (the covariance would be zero).
+            NonFiniteError: Features holding NaN or Inf.
         """
-        h = require(x, "features", "Mahalanobis").double()
-        labels = detector_labels(y, h.shape[0], "Mahalanobis")
-        self.means = class_means(h, labels)
-        centered = h - self.means[labels]
+        h, labels = id_samples(require(x, "features", "Mahalanobis").double(), y, "Mahalanobis")
+        self.classes, self.means, index = present_class_means(h, labels)
+        centered = h - self.means[index]
+        if not bool(centered.any()):
+            raise DataError(
+                f"Mahalanobis needs at least two samples of one class to estimate the shared covariance (got "
+                f"{h.shape[0]} sample(s) of {len(self.classes)} class(es) with no spread: the covariance is zero); "
+                "fit on more in-distribution samples"
+            )
         cov = centered.T @ centered / h.shape[0]
         self.precision = torch.linalg.pinv(cov, hermitian=True)
         self.fitted = True
@@ -111,19 +114,21 @@ class Mahalanobis(FeaturesDetector):
             x: Features (B, D).
 
         Returns:
-            The scores.
+            The scores, in the dtype of ``x``.
 
         Raises:
             RequiresFittingError: Not fitted.
             DataError: Features missing or not 2-D.
+            NonFiniteError: Features holding NaN or Inf.
         """
         self._check_fitted()
-        h = require(x, "features", "Mahalanobis").double()
+        x = require(x, "features", "Mahalanobis")
+        h = x.double()
         means, precision = self.means.to(h.device), self.precision.to(h.device)
         # (h - mu)^T P (h - mu) = h^T P h - 2 h^T P mu + mu^T P mu, for every class at once
         hp = h @ precision
         d2 = (hp * h).sum(1, keepdim=True) - 2 * hp @ means.T + ((means @ precision) * means).sum(1)
-        return d2.amin(1)
+        return scores_like(d2.amin(1), x)
 
 
 @register_detector("knn")
@@ -151,19 +156,22 @@ class KNN(FeaturesDetector):
         self.k = k
 
     def fit_features(self, x: torch.Tensor, y: torch.Tensor | None = None) -> "KNN":
-        """Keep the L2-normalised training features as the bank (labels are not used).
+        """Keep the L2-normalised training features as the bank (labels only mark OoD samples, which are dropped).
 
         Args:
             x: ID training features (N, D), N >= k.
-            y: Ignored.
+            y: Their labels (N,), or None: every sample is in-distribution.
 
         Returns:
             The fitted detector.
 
         Raises:
-            DataError: Features missing, not 2-D, or fewer than k.
+            DataError: Features missing, not 2-D, or fewer than k; labels not matching.
+            NonFiniteError: Features holding NaN or Inf.
         """
         h = require(x, "features", "KNN").double()
+        if y is not None:
+            h, _ = id_samples(h, y, "KNN")
         if h.shape[0] < self.k:
             raise DataError(f"KNN with k={self.k} needs at least k training features (got {h.shape[0]}); lower k")
         self.bank = torch.nn.functional.normalize(h, dim=1)
@@ -177,14 +185,16 @@ class KNN(FeaturesDetector):
             x: Features (B, D).
 
         Returns:
-            The scores.
+            The scores, in the dtype of ``x``.
 
         Raises:
             RequiresFittingError: Not fitted.
             DataError: Features missing or not 2-D.
+            NonFiniteError: Features holding NaN or Inf.
         """
         self._check_fitted()
-        u = torch.nn.functional.normalize(require(x, "features", "KNN").double(), dim=1)
+        x = require(x, "features", "KNN")
+        u = torch.nn.functional.normalize(x.double(), dim=1)
         sim = u @ self.bank.to(u.device).T  # ||u - b||^2 = 2 - 2 u.b for unit vectors
         kth = sim.topk(self.k, dim=1).values[:, -1]
-        return (2 - 2 * kth).clamp_min(0).sqrt()
+        return scores_like((2 - 2 * kth).clamp_min(0).sqrt(), x)

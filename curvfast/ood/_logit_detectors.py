@@ -7,6 +7,9 @@
   top softmax score, x~ = x - eps * sign(-grad_x log softmax(z(x)/T)_yhat), then
   s(x) = -max_c softmax(z(x~)/T)_c. On saved logits (no input to perturb) it reduces to
   temperature-scaled MSP.
+
+Each computes in float64 and returns the scores in the logits' dtype (pytorch-ood's float32 for a float32
+model), so -p saturates to exactly -1 for p > 1 - 6e-8 in float32, as in pytorch-ood.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from torch import nn
 
 from curvfast.curvature._model import scoring_mode
 from curvfast.errors import ConfigError, NonFiniteError
-from curvfast.ood._base import LogitsDetector, check_temperature, register_detector, require
+from curvfast.ood._base import LogitsDetector, check_inputs, check_temperature, register_detector, require, scores_like
 
 __all__ = ["MSP", "MaxLogit", "Energy", "ODIN"]
 
@@ -30,11 +33,11 @@ class MSP(LogitsDetector):
 
     Args:
         model: The classifier (None for :meth:`predict_logits` only).
-        **outputs: ``feature_layer`` / ``output_transform``, see :class:`~curvfast.ood.Detector`.
+        **outputs: ``output_transform``, see :class:`~curvfast.ood.Detector` (no ``feature_layer``: logits only).
     """
 
     def predict_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """Scores -max_c p_c (B,), float64.
+        """Scores -max_c p_c (B,), in the dtype of ``logits``.
 
         Args:
             logits: Logits (B, C).
@@ -45,7 +48,8 @@ class MSP(LogitsDetector):
         Raises:
             DataError: ``logits`` is missing or not 2-D.
         """
-        return -torch.softmax(require(logits, "logits", "MSP").double(), dim=1).amax(1)
+        z = require(logits, "logits", "MSP")
+        return scores_like(-torch.softmax(z.double(), dim=1).amax(1), z)
 
 
 @register_detector("max_logit")
@@ -56,11 +60,11 @@ class MaxLogit(LogitsDetector):
 
     Args:
         model: The classifier (None for :meth:`predict_logits` only).
-        **outputs: ``feature_layer`` / ``output_transform``, see :class:`~curvfast.ood.Detector`.
+        **outputs: ``output_transform``, see :class:`~curvfast.ood.Detector` (no ``feature_layer``: logits only).
     """
 
     def predict_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """Scores -max_c z_c (B,), float64.
+        """Scores -max_c z_c (B,), in the dtype of ``logits``.
 
         Args:
             logits: Logits (B, C).
@@ -71,7 +75,8 @@ class MaxLogit(LogitsDetector):
         Raises:
             DataError: ``logits`` is missing or not 2-D.
         """
-        return -require(logits, "logits", "MaxLogit").double().amax(1)
+        z = require(logits, "logits", "MaxLogit")
+        return scores_like(-z.double().amax(1), z)
 
 
 @register_detector("energy")
@@ -83,7 +88,7 @@ class Energy(LogitsDetector):
     Args:
         model: The classifier (None for :meth:`predict_logits` only).
         temperature: T > 0.
-        **outputs: ``feature_layer`` / ``output_transform``, see :class:`~curvfast.ood.Detector`.
+        **outputs: ``output_transform``, see :class:`~curvfast.ood.Detector` (no ``feature_layer``: logits only).
 
     Raises:
         ConfigError: ``temperature`` <= 0.
@@ -95,7 +100,7 @@ class Energy(LogitsDetector):
         self.temperature = check_temperature(temperature)
 
     def predict_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """Scores -T logsumexp(z / T) (B,), float64.
+        """Scores -T logsumexp(z / T) (B,), in the dtype of ``logits``.
 
         Args:
             logits: Logits (B, C).
@@ -106,8 +111,8 @@ class Energy(LogitsDetector):
         Raises:
             DataError: ``logits`` is missing or not 2-D.
         """
-        z = require(logits, "logits", "Energy").double()
-        return -self.temperature * torch.logsumexp(z / self.temperature, dim=1)
+        z = require(logits, "logits", "Energy")
+        return scores_like(-self.temperature * torch.logsumexp(z.double() / self.temperature, dim=1), z)
 
 
 @register_detector("odin")
@@ -123,7 +128,7 @@ class ODIN(LogitsDetector):
         model: The classifier (None for :meth:`predict_logits` only).
         temperature: T > 0.
         eps: The perturbation size, >= 0 (0: temperature-scaled MSP).
-        **outputs: ``feature_layer`` / ``output_transform``, see :class:`~curvfast.ood.Detector`.
+        **outputs: ``output_transform``, see :class:`~curvfast.ood.Detector` (no ``feature_layer``: logits only).
 
     Raises:
         ConfigError: ``temperature`` <= 0 or ``eps`` < 0.
@@ -139,7 +144,7 @@ class ODIN(LogitsDetector):
         self.temperature, self.eps = check_temperature(temperature), float(eps)
 
     def predict_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """Temperature-scaled MSP of saved logits (no input to perturb), (B,), float64.
+        """Temperature-scaled MSP of saved logits (no input to perturb), (B,), in the dtype of ``logits``.
 
         Args:
             logits: Logits (B, C).
@@ -150,8 +155,8 @@ class ODIN(LogitsDetector):
         Raises:
             DataError: ``logits`` is missing or not 2-D.
         """
-        z = require(logits, "logits", "ODIN").double()
-        return -torch.softmax(z / self.temperature, dim=1).amax(1)
+        z = require(logits, "logits", "ODIN")
+        return scores_like(-torch.softmax(z.double() / self.temperature, dim=1).amax(1), z)
 
     def perturb(self, x: torch.Tensor) -> torch.Tensor:
         """The perturbed input x - eps * sign(grad_x of the cross-entropy of z(x)/T against its own prediction).
@@ -181,12 +186,14 @@ class ODIN(LogitsDetector):
             x: A batch of inputs; moved to the model's device.
 
         Returns:
-            Scores (B,), float64; higher = more likely out-of-distribution.
+            Scores (B,) in the dtype of the model's output; higher = more likely out-of-distribution.
 
         Raises:
             ModelNotSetError: The detector has no model.
+            NonFiniteError: ``x``, or the model's output on it, holds NaN or Inf.
         """
         extractor = self._model_extractor("predict")
+        check_inputs(x)
         with scoring_mode(extractor.model):
             x = x.to(extractor.device)
             x_tilde = self.perturb(x) if self.eps > 0 else x

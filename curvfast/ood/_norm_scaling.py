@@ -8,9 +8,16 @@ in-distribution training samples *of that class*, so that a similarity of s_c me
 class c" for every c:
 
     z~_c = a_c(x) * s_bar / s_c,     s_bar = (1/K) sum_c s_c,
-    score(x) = -max_c softmax(z~ / T)_c            (higher = more OoD).
+    p(x) = max_c softmax(z~ / T)_c,     score(x) = log((1 - p) / p)      (higher = more OoD).
 
-s_bar keeps the logits on their original overall scale, so ``statistic="none"`` is exactly MSP
+The score is the log-odds of "not the top class": a strictly increasing function of MSP's -p, so every
+ranking metric (AUROC, AUPR, FPR95) is MSP's on the rescaled logits wherever -p itself resolves the
+samples; computed as logsumexp_{c != top}(z~_c / T) - z~_top / T, it never saturates. (-p does: on the
+class-mean similarities, whose scale is ||h||^2, p rounds to exactly 1 for most ID samples, in float64 and
+more so in float32, and those samples tie.) Two samples tie only when their rescaled logits have the same
+log-odds; the metrics count a tie as half (``curvfast.metrics``, as sklearn).
+
+s_bar keeps the logits on their original overall scale, so ``statistic="none"`` ranks exactly as MSP
 and the ablation isolates the per-class part. The exact published formula was not available;
 curvfast uses ``statistic="mean"`` by default and ablates the alternatives:
 
@@ -23,19 +30,30 @@ curvfast uses ``statistic="mean"`` by default and ablates the alternatives:
   (the classifier row for :class:`NormScaling`, the class-mean feature for :class:`NormScalingFeatures`);
 - ``"none"``: s_c = 1 (plain MSP).
 
+**A class without a usable statistic** (no training sample, or s_c <= 0: e.g. ``"mean"`` on a random
+network, whose own-class logits are not positive on average; s_c is a scale and must be positive) is left
+unscaled: its s_c is set to the mean of the usable statistics, so z~_c = z_c * s_bar / s_c = z_c (exactly
+so when no class has a usable statistic: plain MSP ranking). The fit warns
+(:class:`~curvfast.ood.UnscaledClassWarning`) and lists them in ``unscaled_classes``.
+
 Two detectors, one per similarity: :class:`NormScaling` reads the logits (a_c = z_c), and
 :class:`NormScalingFeatures` the penultimate features (a_c = h . mu_c, the dot product of the
 feature with the mean ID feature of class c, the paper's "dot product of the latent representation with the mean
-class representation").
+class representation"; the classes are those of the fit data).
 """
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import nn
 
-from curvfast.errors import DataError, UnknownNameError
-from curvfast.ood._base import FeaturesDetector, LogitsDetector, check_temperature, register_detector, require
-from curvfast.ood._feature_detectors import class_means, detector_labels
+from curvfast.errors import ConfigError, DataError, UnknownNameError
+from curvfast.ood._base import (
+    FeaturesDetector, LogitsDetector, UnscaledClassWarning, check_temperature, id_samples, register_detector, require,
+    scores_like,
+)
+from curvfast.ood._feature_detectors import present_class_means
 
 __all__ = ["NormScaling", "NormScalingFeatures", "per_class_statistic", "NORM_STATISTICS"]
 
@@ -53,16 +71,15 @@ def per_class_statistic(similarity: torch.Tensor, labels: torch.Tensor, statisti
 
     Args:
         similarity: Similarities a (N, K) of ID samples to each class.
-        labels: Their classes y (N,).
+        labels: Their classes y (N,), in 0..K-1.
         statistic: ``"mean"``, ``"max"``, ``"rms"`` or ``"std"`` of {a_ic : y_i = c} for each class c;
             ``"none"`` gives ones.
 
     Returns:
-        s (K,).
+        s (K,); NaN for a class without a sample.
 
     Raises:
         UnknownNameError: ``statistic`` is not one of these.
-        DataError: A class has no sample.
     """
     k = similarity.shape[1]
     if statistic == "none":
@@ -70,11 +87,11 @@ def per_class_statistic(similarity: torch.Tensor, labels: torch.Tensor, statisti
     if statistic not in ("mean", "max", "rms", "std"):
         raise UnknownNameError(f"statistic must be one of ('mean', 'max', 'rms', 'std', 'none') (got {statistic!r})")
     own = similarity.gather(1, labels.unsqueeze(1)).squeeze(1)  # a_{i, y_i}
-    out = torch.empty(k, dtype=similarity.dtype)
+    out = torch.full((k,), float("nan"), dtype=similarity.dtype)
     for c in range(k):
         vals = own[labels == c]
         if vals.numel() == 0:
-            raise DataError(f"class {c} has no in-distribution sample; norm-scaling needs every class in the fit data")
+            continue
         if statistic == "mean":
             out[c] = vals.mean()
         elif statistic == "max":
@@ -86,23 +103,33 @@ def per_class_statistic(similarity: torch.Tensor, labels: torch.Tensor, statisti
     return out
 
 
+def _log_odds(u: torch.Tensor) -> torch.Tensor:
+    """log((1 - p) / p) with p = max_c softmax(u)_c, as logsumexp over the other classes minus the top one."""
+    top, idx = u.max(1)
+    return torch.logsumexp(u.scatter(1, idx.unsqueeze(1), float("-inf")), 1) - top
+
+
 class _NormScalingMath:
     """What both norm-scaling detectors share: the settings, the fit of s_c and the score."""
 
     statistic: str
     temperature: float
     scale: torch.Tensor
+    unscaled_classes: list[int]
 
     def __init__(self, model: nn.Module | None = None, statistic: str = "mean", temperature: float = 1.0, **outputs):
-        super().__init__(model, **outputs)  # the detector base that follows this mixin
         self.statistic, self.temperature = _check_statistic(statistic), check_temperature(temperature)
+        super().__init__(model, **outputs)  # the detector base that follows this mixin
 
-    def _fit_scale(self, sim: torch.Tensor, labels: torch.Tensor, reps: torch.Tensor | None, missing: str) -> None:
-        """Set s_c from the ID similarities ``sim`` (N, K).
+    def _fit_scale(self, sim: torch.Tensor, labels: torch.Tensor, reps: torch.Tensor | None, missing: str,
+                   classes: list[int]) -> None:
+        """Set s_c from the ID similarities ``sim`` (N, K) (``classes``: the class id of each column).
 
         ``reps`` (K, D) are the class representations whose norms ``"weight_norm"`` reads (``missing`` says how to
-        give them).
+        give them). A class whose statistic is not a positive number is left unscaled (the module docstring).
         """
+        if sim.shape[1] < 2:
+            raise DataError(f"{type(self).__name__} needs at least two classes in the fit data (got {sim.shape[1]})")
         if self.statistic == "weight_norm":
             if reps is None:
                 raise DataError(missing)
@@ -111,50 +138,75 @@ class _NormScalingMath:
             scale = per_class_statistic(sim, labels, self.statistic)
         if scale.shape[0] != sim.shape[1]:
             raise DataError(f"{scale.shape[0]} per-class statistics for {sim.shape[1]} classes")
-        if not (scale > 0).all():
-            bad = torch.nonzero(scale <= 0).flatten().tolist()
-            raise DataError(
-                f"norm-scaling statistic {self.statistic!r} is <= 0 for classes {bad} (their own-class similarity is "
-                "not positive on ID data); use statistic='rms' or 'weight_norm'"
-            )
+        usable = torch.isfinite(scale) & (scale > 0)
+        self.unscaled_classes = [classes[i] for i in torch.nonzero(~usable).flatten().tolist()]
+        if self.unscaled_classes:
+            fill = scale[usable].mean() if bool(usable.any()) else torch.tensor(1.0, dtype=scale.dtype)
+            scale = torch.where(usable, scale, fill)
+            warnings.warn(UnscaledClassWarning(
+                f"{type(self).__name__}: no usable statistic {self.statistic!r} for classes {self.unscaled_classes} "
+                "(no fit sample, or a statistic <= 0: their own-class similarity is not positive on ID data); they are "
+                "left unscaled (s_c = the mean of the other statistics); statistic='rms' or 'weight_norm' is positive "
+                "for any trained network"), stacklevel=3)
         self.scale = scale
         self.fitted = True
 
     def _rescaled(self, sim: torch.Tensor) -> torch.Tensor:
+        if sim.shape[1] != self.scale.shape[0]:
+            raise DataError(f"{type(self).__name__} was fitted on {self.scale.shape[0]} classes; got similarities to "
+                            f"{sim.shape[1]}")
         scale = self.scale.to(sim.device)
         return sim * (scale.mean() / scale)
 
     def _score(self, sim: torch.Tensor) -> torch.Tensor:
-        return -torch.softmax(self._rescaled(sim) / self.temperature, dim=1).amax(1)
+        return _log_odds(self._rescaled(sim) / self.temperature)
 
 
 @register_detector("norm_scaling")
 class NormScaling(_NormScalingMath, LogitsDetector):
-    r"""Per-class normalised logits, then MSP: a_c = z_c (see the module docstring for the math).
+    r"""Per-class normalised logits, then the log-odds of MSP: a_c = z_c (the module docstring has the math).
 
-    .. math:: s(x) = -\max_c \operatorname{softmax}(z_c \bar s / (s_c T))
+    .. math:: s(x) = \log \frac{1 - p}{p}, \quad p = \max_c \operatorname{softmax}(z_c \bar s / (s_c T))
+
+    Reads only the logits (any model), except ``statistic="weight_norm"``, which reads the rows of the
+    ``nn.Linear`` classifier (the last one, or ``feature_layer``).
 
     Args:
         model: The classifier (None for the ``*_logits`` methods only).
         statistic: The per-class statistic s_c, one of :data:`NORM_STATISTICS`.
         temperature: The softmax temperature T > 0.
-        **outputs: ``feature_layer`` / ``output_transform``, see :class:`~curvfast.ood.Detector`.
+        **outputs: ``output_transform``, and ``feature_layer``: the ``nn.Linear`` classifier whose rows
+            ``"weight_norm"`` reads (see :class:`~curvfast.ood.Detector`).
 
     Raises:
         UnknownNameError: ``statistic`` is not one of :data:`NORM_STATISTICS`.
-        ConfigError: ``temperature`` <= 0.
+        ConfigError: ``temperature`` <= 0; ``"weight_norm"`` on a model whose classifier layer is not an
+            ``nn.Linear``.
         NonFiniteError: ``temperature`` is not finite.
     """
 
     requires_fit = True
+    takes_feature_layer = True
+
+    def __init__(self, model: nn.Module | None = None, statistic: str = "mean", temperature: float = 1.0, **outputs):
+        super().__init__(model, statistic, temperature, **outputs)
+        if self.extractor is not None and self._reads_layer() and self.extractor.class_weights() is None:
+            raise ConfigError(
+                f"statistic='weight_norm' reads the rows of the nn.Linear classifier; "
+                f"{self.extractor.feature_layer!r} is a {type(self.extractor.layer).__name__}: name the nn.Linear "
+                "whose output is the logits with feature_layer="
+            )
+
+    def _reads_layer(self) -> bool:
+        return self.statistic == "weight_norm"
 
     def fit_logits(self, logits: torch.Tensor, y: torch.Tensor,
                    class_weights: torch.Tensor | None = None) -> "NormScaling":
-        """Estimate s_c from ID training logits.
+        """Estimate s_c from ID training logits (samples labelled < 0 dropped).
 
         Args:
             logits: ID training logits (N, K).
-            y: Their classes (N,).
+            y: Their classes (N,), in 0..K-1 (< 0: an OoD sample, dropped).
             class_weights: The classifier rows (K, D) for ``statistic="weight_norm"``; read from the
                 model when it was given.
 
@@ -162,14 +214,17 @@ class NormScaling(_NormScalingMath, LogitsDetector):
             The fitted detector.
 
         Raises:
-            DataError: Bad logits or labels, a class without samples, a statistic <= 0, or
-                ``"weight_norm"`` without classifier rows.
+            DataError: Bad logits or labels (a label >= K), fewer than two classes, or ``"weight_norm"``
+                without classifier rows.
+            NonFiniteError: Logits holding NaN or Inf.
         """
         sim = require(logits, "logits", "NormScaling").double()
+        sim, labels = id_samples(sim, y, "NormScaling", sim.shape[1])
         if class_weights is None and self.extractor is not None:
             class_weights = self.extractor.class_weights()
-        self._fit_scale(sim, detector_labels(y, sim.shape[0], "NormScaling"), class_weights,
-                        "statistic='weight_norm' needs class_weights=<classifier weight (K, D)> or NormScaling(model)")
+        self._fit_scale(sim, labels, class_weights,
+                        "statistic='weight_norm' needs class_weights=<classifier weight (K, D)> or NormScaling(model)",
+                        list(range(sim.shape[1])))
         return self
 
     def scaled_logits(self, logits: torch.Tensor) -> torch.Tensor:
@@ -179,31 +234,39 @@ class NormScaling(_NormScalingMath, LogitsDetector):
             logits: Logits (B, K).
 
         Returns:
-            z~ (B, K), float64.
+            z~ (B, K), in the dtype of ``logits``.
         """
         self._check_fitted()
-        return self._rescaled(require(logits, "logits", "NormScaling").double())
+        z = require(logits, "logits", "NormScaling")
+        return self._rescaled(z.double()).to(z.dtype)
 
     def predict_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """Scores -max_c softmax(z~ / T)_c (B,), float64.
+        """Scores log((1 - p) / p), p = max_c softmax(z~ / T)_c.
 
         Args:
             logits: Logits (B, K).
 
         Returns:
-            The scores.
+            The scores (B,), in the dtype of ``logits``.
 
         Raises:
             RequiresFittingError: Not fitted.
-            DataError: Logits missing or not 2-D.
+            DataError: Logits missing, not 2-D, or of another class count than the fit.
+            NonFiniteError: Logits holding NaN or Inf.
         """
         self._check_fitted()
-        return self._score(require(logits, "logits", "NormScaling").double())
+        z = require(logits, "logits", "NormScaling")
+        return scores_like(self._score(z.double()), z)
 
 
 @register_detector("norm_scaling_features")
 class NormScalingFeatures(_NormScalingMath, FeaturesDetector):
-    """Norm-scaling on a_c = h . mu_c, the penultimate feature against the class-mean ID features.
+    r"""Norm-scaling on a_c = h . mu_c, the penultimate feature against the class-mean ID features.
+
+    .. math:: s(x) = \log \frac{1 - p}{p}, \quad p = \max_c \operatorname{softmax}((h \cdot \mu_c) \bar s / (s_c T))
+
+    The classes are those of the fit data (``classes``); each needs a mean, so a class without a training
+    sample is not one of the softmax's terms.
 
     Args:
         model: The classifier (None for the ``*_features`` methods only).
@@ -220,7 +283,7 @@ class NormScalingFeatures(_NormScalingMath, FeaturesDetector):
     requires_fit = True
 
     def fit_features(self, x: torch.Tensor, y: torch.Tensor | None = None) -> "NormScalingFeatures":
-        """The class means mu_c, then s_c, from ID training features.
+        """The class means mu_c, then s_c, from ID training features (samples labelled < 0 dropped).
 
         Args:
             x: ID training features (N, D).
@@ -230,38 +293,39 @@ class NormScalingFeatures(_NormScalingMath, FeaturesDetector):
             The fitted detector.
 
         Raises:
-            DataError: Bad features or labels, a class without samples, a statistic <= 0.
+            DataError: Bad features or labels, or fewer than two classes.
+            NonFiniteError: Features holding NaN or Inf.
         """
-        h = require(x, "features", "NormScalingFeatures").double()
-        labels = detector_labels(y, h.shape[0], "NormScalingFeatures")
-        self.means = class_means(h, labels)
-        self._fit_scale(h @ self.means.T, labels, self.means, "")
+        h, labels = id_samples(require(x, "features", "NormScalingFeatures").double(), y, "NormScalingFeatures")
+        self.classes, self.means, index = present_class_means(h, labels)
+        self._fit_scale(h @ self.means.T, index, self.means, "", self.classes.tolist())
         return self
 
     def similarity(self, x: torch.Tensor) -> torch.Tensor:
-        """The similarities a_c = h . mu_c.
+        """The similarities a_c = h . mu_c, one column per class of ``classes``.
 
         Args:
             x: Features (B, D).
 
         Returns:
-            a (B, K), float64.
+            a (B, K'), float64.
         """
         self._check_fitted()
         h = require(x, "features", "NormScalingFeatures").double()
         return h @ self.means.to(h.device).T
 
     def predict_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Scores -max_c softmax(a~ / T)_c (B,), float64.
+        """Scores log((1 - p) / p), p = max_c softmax(a~ / T)_c.
 
         Args:
             x: Features (B, D).
 
         Returns:
-            The scores.
+            The scores (B,), in the dtype of ``x``.
 
         Raises:
             RequiresFittingError: Not fitted.
             DataError: Features missing or not 2-D.
+            NonFiniteError: Features holding NaN or Inf.
         """
-        return self._score(self.similarity(x))
+        return scores_like(self._score(self.similarity(x)), x)

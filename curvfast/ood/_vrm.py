@@ -16,6 +16,9 @@ The network has K + 1 outputs (one extra row in the last linear layer). Scores (
   one minus the probability of *not* being auxiliary;
 - ``variant="msp"``: s(x) = -max_{c < K} softmax(z)_c, MSP over the (K+1)-way softmax.
 
+The detector learns K by ``fit`` on the ID training data (or ``num_classes=K``) and refuses a network
+without an auxiliary output.
+
 Predictions for the K real classes are argmax_{c < K} z_c.
 """
 from __future__ import annotations
@@ -27,8 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from curvfast.errors import ConfigError, DataError, NonFiniteError, UnknownNameError
-from curvfast.ood._base import LogitsDetector, register_detector, require
+from curvfast.errors import ConfigError, DataError, NonFiniteError, UnknownNameError, UnsupportedModelError
+from curvfast.ood._base import LogitsDetector, RequiresFittingError, id_samples, register_detector, require, scores_like
 
 __all__ = ["VRMBatch", "vrm_batch", "VRMTransform", "VRM"]
 
@@ -170,25 +173,83 @@ class VRM(LogitsDetector):
 
     .. math:: s_{aux}(x) = \operatorname{softmax}(z)_K, \quad s_{msp}(x) = -\max_{c < K} \operatorname{softmax}(z)_c
 
+    Logits alone cannot tell a VRM network from a plain classifier, so VRM must learn K before it scores:
+    from ``num_classes=K`` (then its logits must have K + 1 columns), or from ``fit`` on the ID training
+    data, which refuses a model whose last output is one of the data's classes (a label K' - 1 with K'
+    outputs: no auxiliary output left).
+
     Args:
-        model: The (K+1)-output network (None for :meth:`predict_logits` only).
+        model: The (K+1)-output network (None for :meth:`fit_logits` / :meth:`predict_logits` only).
         variant: ``"aux"`` or ``"msp"``.
-        **outputs: ``feature_layer`` / ``output_transform``, see :class:`~curvfast.ood.Detector`.
+        num_classes: K, the number of real classes (None: learnt by ``fit``).
+        **outputs: ``output_transform``, see :class:`~curvfast.ood.Detector` (no ``feature_layer``: logits only).
 
     Raises:
         UnknownNameError: ``variant`` is neither.
+        ConfigError: ``num_classes`` is not an int >= 2.
     """
 
     auxiliary_class = True
+    requires_fit = True
 
-    def __init__(self, model: nn.Module | None = None, variant: str = "aux", **outputs):
+    def __init__(self, model: nn.Module | None = None, variant: str = "aux", num_classes: int | None = None,
+                 **outputs):
         super().__init__(model, **outputs)
         if variant not in ("aux", "msp"):
             raise UnknownNameError(f"variant must be 'aux' or 'msp' (got {variant!r})")
-        self.variant = variant
+        if num_classes is not None and (not isinstance(num_classes, int) or isinstance(num_classes, bool)
+                                        or num_classes < 2):
+            raise ConfigError(f"num_classes must be an int >= 2, the real classes K (got {num_classes!r})")
+        self.variant, self.num_classes = variant, num_classes
+        self.fitted = num_classes is not None
+
+    def _check_fitted(self) -> None:
+        if not self.fitted:
+            raise RequiresFittingError(
+                "VRM does not know K, the number of real classes: logits alone cannot tell a VRM network from a plain "
+                "classifier; call fit(id_loader) (or fit_logits) on the ID training data, or pass num_classes=K"
+            )
+
+    def fit_logits(self, logits: torch.Tensor, y: torch.Tensor) -> "VRM":
+        """Learn K from the ID training data and check that the network has an auxiliary output.
+
+        Args:
+            logits: ID training logits (N, K + 1).
+            y: Their classes (N,), in 0..K-1 (< 0: an OoD sample, dropped).
+
+        Returns:
+            The fitted detector.
+
+        Raises:
+            UnsupportedModelError: A label names the last output (no auxiliary class), or the logits do not
+                have ``num_classes + 1`` columns.
+            DataError: Bad logits or labels.
+            NonFiniteError: Logits holding NaN or Inf.
+        """
+        z = require(logits, "logits", "VRM")
+        width = z.shape[1]
+        _, labels = id_samples(z, y, "VRM", width)
+        if int(labels.max()) >= width - 1:
+            raise UnsupportedModelError(
+                f"VRM scores a (K+1)-output network whose last output is the auxiliary class; this one has {width} "
+                f"outputs and the fit data has class {width - 1}, so it has no auxiliary output: train a K + 1 output "
+                "network with VRMTransform (curvfast ood does), or use a K-class detector (msp, ...)"
+            )
+        if self.num_classes is None:
+            self.num_classes = width - 1
+        self._check_width(width)
+        self.fitted = True
+        return self
+
+    def _check_width(self, width: int) -> None:
+        if width != self.num_classes + 1:
+            raise UnsupportedModelError(
+                f"VRM with K = {self.num_classes} real classes needs logits of K + 1 = {self.num_classes + 1} outputs "
+                f"(the last one auxiliary); got {width}: train it with VRMTransform, or give the right num_classes"
+            )
 
     def predict_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """VRM scores (B,), float64.
+        """VRM scores (B,), in the dtype of ``logits``.
 
         Args:
             logits: Logits (B, K + 1), the last class auxiliary.
@@ -197,13 +258,16 @@ class VRM(LogitsDetector):
             The scores.
 
         Raises:
-            DataError: Logits missing, not 2-D, or with fewer than 3 classes.
+            RequiresFittingError: K is not known (no fit, no ``num_classes``).
+            UnsupportedModelError: The logits do not have K + 1 columns.
+            DataError: Logits missing or not 2-D.
+            NonFiniteError: Logits holding NaN or Inf.
         """
-        z = require(logits, "logits", "VRM").double()
-        if z.shape[1] < 3:
-            raise DataError(f"VRM needs logits of K + 1 >= 3 classes, the last one auxiliary (got {z.shape[1]})")
-        p = torch.softmax(z, dim=1)
-        return p[:, -1] if self.variant == "aux" else -p[:, :-1].amax(1)
+        self._check_fitted()
+        z = require(logits, "logits", "VRM")
+        self._check_width(z.shape[1])
+        p = torch.softmax(z.double(), dim=1)
+        return scores_like(p[:, -1] if self.variant == "aux" else -p[:, :-1].amax(1), z)
 
     @staticmethod
     def predict_class(logits: torch.Tensor) -> torch.Tensor:

@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from curvfast.errors import ConfigError, DataError, NonFiniteError, UnknownNameError
+from curvfast.errors import ConfigError, DataError, NonFiniteError, UnknownNameError, UnsupportedModelError
 from curvfast.ood import (
     KNN, MSP, ODIN, VRM, Energy, Mahalanobis, MaxLogit, ModelNotSetError, NormScaling, NormScalingFeatures,
-    OutputExtractor, RequiresFittingError, collect_outputs, ood_metrics, per_class_statistic, vrm_batch,
+    OutputExtractor, RequiresFittingError, UnscaledClassWarning, collect_outputs, ood_metrics, per_class_statistic,
+    vrm_batch,
 )
 from curvfast.pipelines.ood.overhead import count_parameters, inference_flops, state_bytes, train_step_cost
 from curvfast.cli import main
@@ -135,7 +136,7 @@ def test_norm_scaling_statistic_is_per_class():
     q = torch.tensor([[3.0, 20.0], [6.0, 0.0]], dtype=torch.float64)
     # z~_c = z_c * s_bar / s_c with s = (3, 20), s_bar = 11.5: a "typical" logit of each class becomes equal
     torch.testing.assert_close(det.scaled_logits(q), torch.tensor([[11.5, 11.5], [23.0, 0.0]], dtype=torch.float64))
-    assert det.predict_logits(q)[0] == pytest.approx(-0.5)
+    assert det.predict_logits(q)[0] == pytest.approx(0.0)  # p = 1/2: the score log((1 - p) / p) is 0
 
 
 def test_norm_scaling_none_is_msp_and_weight_norm_reads_the_classifier():
@@ -143,8 +144,8 @@ def test_norm_scaling_none_is_msp_and_weight_norm_reads_the_classifier():
     x = torch.randn(30, 1, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     y = torch.arange(30) % 3
     data = torch.utils.data.TensorDataset(x, y)
-    none = NormScaling(model, "none").fit(data)
-    torch.testing.assert_close(none.predict(x), MSP(model).predict(x), atol=TOL, rtol=0)
+    none = NormScaling(model, "none").fit(data)  # its score r = log((1 - p) / p) of MSP's p: -p = -1 / (1 + e^r)
+    torch.testing.assert_close(-1 / (1 + none.predict(x).exp()), MSP(model).predict(x), atol=TOL, rtol=0)
     wn = NormScaling(model, "weight_norm").fit(data)
     torch.testing.assert_close(wn.scale, model[-1].weight.detach().norm(dim=1))
     cm = NormScalingFeatures(model, "weight_norm").fit(data)
@@ -158,12 +159,12 @@ def test_norm_scaling_errors():
     with pytest.raises(UnknownNameError, match="statistic"):
         NormScaling(None, "median")
     z = torch.tensor([[-1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
-    with pytest.raises(DataError, match="<= 0 for classes \\[0\\]"):
-        NormScaling(None, "mean").fit_logits(z, torch.tensor([0, 1]))
-    with pytest.raises(DataError, match="class 1 has no"):
-        NormScaling(None, "mean").fit_logits(z, torch.tensor([0, 0]))
-    with pytest.raises(DataError, match="class indices >= 0"):
-        NormScaling(None, "mean").fit_logits(z, torch.tensor([0, -1]))
+    with pytest.warns(UnscaledClassWarning, match="classes \\[0\\]"):  # a mean <= 0: class 0 left unscaled
+        assert NormScaling(None, "mean").fit_logits(z, torch.tensor([0, 1])).unscaled_classes == [0]
+    with pytest.warns(UnscaledClassWarning, match="classes \\[1\\]"):  # no sample of class 1 (-1: an OoD sample)
+        NormScaling(None, "mean").fit_logits(z.abs(), torch.tensor([0, -1]))
+    with pytest.raises(DataError, match="labels must lie in \\[0, 2\\)"):
+        NormScaling(None, "mean").fit_logits(z, torch.tensor([0, 2]))
     with pytest.raises(RequiresFittingError, match="not fitted"):
         NormScaling(_linear_model()).predict(torch.zeros(1, 1, 4, dtype=torch.float64))
     with pytest.raises(NonFiniteError, match="temperature must be finite"):
@@ -204,9 +205,9 @@ def test_vrm_batch_mixes_within_class_and_labels_aux():
 def test_vrm_scores():
     z = torch.tensor([[5.0, 0.0, 0.0], [0.0, 0.0, 5.0]], dtype=torch.float64)  # K = 2 real classes + aux
     p = torch.softmax(z, 1)
-    torch.testing.assert_close(VRM(None, "aux").predict_logits(z), p[:, 2])
-    torch.testing.assert_close(VRM(None, "msp").predict_logits(z), -p[:, :2].max(1).values)
-    assert VRM().predict_logits(z).argmax() == 1
+    torch.testing.assert_close(VRM(None, "aux", num_classes=2).predict_logits(z), p[:, 2])
+    torch.testing.assert_close(VRM(None, "msp").fit_logits(z, torch.tensor([0, 1])).predict_logits(z), -p[:, :2].max(1).values)
+    assert VRM(num_classes=2).predict_logits(z).argmax() == 1
     assert VRM.predict_class(z).tolist() == [0, 0]
 
 
@@ -304,8 +305,8 @@ def test_api_errors_name_the_fix():
         Mahalanobis().fit_features(None, torch.zeros(3))
     with pytest.raises(DataError, match="labels"):
         Mahalanobis().fit_features(torch.zeros(3, 2))
-    with pytest.raises(DataError, match="K \\+ 1 >= 3"):
-        VRM().predict_logits(torch.zeros(2, 2))
+    with pytest.raises(UnsupportedModelError, match="K \\+ 1 = 3"):
+        VRM(num_classes=2).predict_logits(torch.zeros(2, 2))
     with pytest.raises(DataError, match="DataLoader or a map-style Dataset"):
         KNN(model).fit([1, 2, 3])
     with pytest.raises(ConfigError, match="k must be a positive int"):

@@ -93,9 +93,9 @@ def test_vrm_scores_aux_probability():
     model = nn.Sequential(nn.Linear(8, 4)).eval()
     x = torch.randn(6, 8)
     with torch.no_grad():
-        expected = torch.softmax(model(x).double(), 1)[:, -1]
-    torch.testing.assert_close(VRM(model)(x), expected)
-    torch.testing.assert_close(VRM(None).predict_logits(model(x).detach()), expected)
+        expected = torch.softmax(model(x).double(), 1)[:, -1].float()
+    torch.testing.assert_close(VRM(model, num_classes=3)(x), expected)
+    torch.testing.assert_close(VRM(None, num_classes=3).predict_logits(model(x).detach()), expected)
 
 
 def test_knn_matches_pytorch_ood():
