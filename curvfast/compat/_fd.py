@@ -76,12 +76,13 @@ def fd_scores(batch: Batch, *, h: float, niter: int, temp: float, pred_labels: b
         def transform(z):
             return z / temp
 
-        curv = h * scale * hessian_statistic(batch, y, "frobenius", transform, seed, keys).cpu()
-        eig = h * h * scale * hessian_statistic(batch, y, "trace", transform, seed, keys).cpu()
+        curv = (h * scale * hessian_statistic(batch, y, "frobenius", transform, seed, keys)).to("cpu", curv.dtype)
+        eig = (h * h * scale * hessian_statistic(batch, y, "trace", transform, seed, keys)).to("cpu", eig.dtype)
     elif keys is not None:
         norms, directional, _ = fd_probe_terms(LogitFn(lambda z: logit_fn(z) / temp), x, y, keys, probes=niter,
                                                seed=seed, step=h, pass_size=pass_size)
-        curv, eig = scale * norms.mean(1).cpu(), scale * directional.mean(1).cpu()
+        curv = (scale * norms.mean(1)).to("cpu", curv.dtype)
+        eig = (scale * directional.mean(1)).to("cpu", eig.dtype)
     else:
         batch_size, dim = x.shape[0], x[0].numel()
         chunk = choose_pass_size(pass_size, niter, batch_size, dim, x.device)

@@ -87,12 +87,13 @@ def zo_scores(batch: Batch, *, h: float, niter: int, temp: float, compute_curvat
     prob = torch.softmax(logits, 1)
     curv = torch.zeros(x.shape[0], device=x.device)  # the published accumulator: the default dtype
     if compute_curvature and exact:
-        curv = h * hessian_statistic(batch, y, "frobenius", lambda z: z, seed, keys)
+        curv = (h * hessian_statistic(batch, y, "frobenius", lambda z: z, seed, keys)).to(curv.dtype)
     elif compute_curvature and keys is not None:
         def per_sample(xb, yb):
             return F.cross_entropy(logit_fn(xb), yb, reduction="none")
 
-        curv = zo_curvature(per_sample, x, y, keys, probes=niter, seed=seed, step=h, pass_size=pass_size)[0]
+        value = zo_curvature(per_sample, x, y, keys, probes=niter, seed=seed, step=h, pass_size=pass_size)[0]
+        curv = value.to(curv.dtype)
     else:
         if compute_curvature:
             chunk = choose_pass_size(pass_size, niter, x.shape[0], x[0].numel(), x.device)
