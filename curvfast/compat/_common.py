@@ -23,7 +23,7 @@ from ..curvature._model import LogitFn, check_finite_model, no_tf32, scoring_mod
 from ..errors import ConfigError, NonFiniteError, UnsupportedModelError
 
 __all__ = ["Batch", "prepare", "published_probe", "philox_keys", "running", "check_finite_scores", "check_h",
-           "hessian_statistic", "STEP_ULPS"]
+           "checked_logits", "hessian_statistic", "STEP_ULPS"]
 
 # The step must span this many units in the last place of the inputs' magnitude: below it x ± h·r rounds
 # the probe away and the finite differences are rounding noise (h = 1e-30 gave scores of ~1e22).

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from ..curvature._batching import choose_pass_size
 from ..curvature._finite_difference import fd_probe_terms
 from ..curvature._model import LogitFn
-from ._common import Batch, check_finite_scores, check_h, checked_logits, hessian_statistic, philox_keys, prepare
-from ._common import published_probe
+from ._common import (Batch, check_finite_scores, check_h, checked_logits, hessian_statistic, philox_keys, prepare,
+                      published_probe, running)
 
 __all__ = ["fd_scores", "find_z_direction"]
 
@@ -61,44 +61,45 @@ def fd_scores(batch: Batch, *, h: float, niter: int, temp: float, pred_labels: b
     x, y, logit_fn = batch.x, batch.y, batch.logit_fn
     keys = philox_keys(seed, sample_ids, x)
     scale = 1.0 if per_sample else 1.0 / x.shape[0]
-    with torch.enable_grad():
-        x0 = x.clone().requires_grad_(True)
-        logits = checked_logits(batch, x0)
-        if pred_labels:
-            y = logits.detach().argmax(1)
-        if exact or keys is not None:
-            logits = logits.detach()
-        else:
-            (g0,) = torch.autograd.grad(F.cross_entropy(logits / temp, y, reduction="sum") * scale, x0)
-            logits = logits.detach()
-    curv, eig = torch.zeros(x.shape[0]), torch.zeros(x.shape[0])  # the published accumulators
-    if exact:
-        def transform(z):
-            return z / temp
+    with running(batch):
+        with torch.enable_grad():
+            x0 = x.clone().requires_grad_(True)
+            logits = checked_logits(batch, x0)
+            if pred_labels:
+                y = logits.detach().argmax(1)
+            if exact or keys is not None:
+                logits = logits.detach()
+            else:
+                (g0,) = torch.autograd.grad(F.cross_entropy(logits / temp, y, reduction="sum") * scale, x0)
+                logits = logits.detach()
+        curv, eig = torch.zeros(x.shape[0]), torch.zeros(x.shape[0])  # the published accumulators
+        if exact:
+            def transform(z):
+                return z / temp
 
-        curv = (h * scale * hessian_statistic(batch, y, "frobenius", transform, seed, keys)).to("cpu", curv.dtype)
-        eig = (h * h * scale * hessian_statistic(batch, y, "trace", transform, seed, keys)).to("cpu", eig.dtype)
-    elif keys is not None:
-        norms, directional, _ = fd_probe_terms(LogitFn(lambda z: logit_fn(z) / temp), x, y, keys, probes=niter,
-                                               seed=seed, step=h, pass_size=pass_size)
-        curv = (scale * norms.mean(1)).to("cpu", curv.dtype)
-        eig = (scale * directional.mean(1)).to("cpu", eig.dtype)
-    else:
-        batch_size, dim = x.shape[0], x[0].numel()
-        chunk = choose_pass_size(pass_size, niter, batch_size, dim, x.device)
-        for p0 in range(0, niter, chunk):
-            num = min(chunk, niter - p0)
-            v = torch.stack([published_probe(x, h) for _ in range(num)])
-            with torch.enable_grad():
-                xp = (x.unsqueeze(0) + v).reshape(num * batch_size, *x.shape[1:]).requires_grad_(True)
-                lp = F.cross_entropy(logit_fn(xp) / temp, y.repeat(num), reduction="sum") * scale
-                (gp,) = torch.autograd.grad(lp, xp)
-            diff = gp.reshape(num, batch_size, dim) - g0.reshape(1, batch_size, dim)
-            norms, directional = diff.norm(dim=2).cpu(), (v.reshape(num, batch_size, dim) * diff).sum(2).cpu()
-            for k in range(num):
-                curv += norms[k]
-                eig += directional[k]
-        curv, eig = curv / niter, eig / niter
+            curv = (h * scale * hessian_statistic(batch, y, "frobenius", transform, seed, keys)).to("cpu", curv.dtype)
+            eig = (h * h * scale * hessian_statistic(batch, y, "trace", transform, seed, keys)).to("cpu", eig.dtype)
+        elif keys is not None:
+            norms, directional, _ = fd_probe_terms(LogitFn(lambda z: logit_fn(z) / temp), x, y, keys, probes=niter,
+                                                   seed=seed, step=h, pass_size=pass_size)
+            curv = (scale * norms.mean(1)).to("cpu", curv.dtype)
+            eig = (scale * directional.mean(1)).to("cpu", eig.dtype)
+        else:
+            batch_size, dim = x.shape[0], x[0].numel()
+            chunk = choose_pass_size(pass_size, niter, batch_size, dim, x.device)
+            for p0 in range(0, niter, chunk):
+                num = min(chunk, niter - p0)
+                v = torch.stack([published_probe(x, h) for _ in range(num)])
+                with torch.enable_grad():
+                    xp = (x.unsqueeze(0) + v).reshape(num * batch_size, *x.shape[1:]).requires_grad_(True)
+                    lp = F.cross_entropy(logit_fn(xp) / temp, y.repeat(num), reduction="sum") * scale
+                    (gp,) = torch.autograd.grad(lp, xp)
+                diff = gp.reshape(num, batch_size, dim) - g0.reshape(1, batch_size, dim)
+                norms, directional = diff.norm(dim=2).cpu(), (v.reshape(num, batch_size, dim) * diff).sum(2).cpu()
+                for k in range(num):
+                    curv += norms[k]
+                    eig += directional[k]
+            curv, eig = curv / niter, eig / niter
     check_finite_scores(curvature=curv, eig_value=eig)
     return curv, eig, logits
 
@@ -132,7 +133,7 @@ def find_z_direction(net, inputs: torch.Tensor, targets: torch.Tensor, h: float,
     """
     check_h(h)
     batch = prepare(net, inputs, targets, h=None, output_transform=output_transform, sets_eval=True)
-    with torch.enable_grad():
+    with running(batch), torch.enable_grad():
         x = batch.x.clone().requires_grad_(True)
         loss = F.cross_entropy(checked_logits(batch, x), batch.y, reduction="sum" if per_sample else "mean")
         (grad,) = torch.autograd.grad(loss, x)

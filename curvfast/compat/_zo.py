@@ -20,7 +20,8 @@ import torch.nn.functional as F
 
 from ..curvature._batching import choose_pass_size
 from ..curvature._finite_difference import zo_curvature
-from ._common import Batch, check_finite_scores, checked_logits, hessian_statistic, philox_keys, published_probe
+from ._common import (Batch, check_finite_scores, checked_logits, hessian_statistic, philox_keys, published_probe,
+                      running)
 
 __all__ = ["zo_scores", "modified_entropy"]
 
@@ -81,32 +82,33 @@ def zo_scores(batch: Batch, *, h: float, niter: int, temp: float, compute_curvat
     """
     x, y, logit_fn = batch.x, batch.y, batch.logit_fn
     keys = philox_keys(seed, sample_ids, x)
-    with torch.no_grad():
-        logits = checked_logits(batch, x)
-    loss = F.cross_entropy(logits / temp, y, reduction="none")
-    prob = torch.softmax(logits, 1)
-    curv = torch.zeros(x.shape[0], device=x.device)  # the published accumulator: the default dtype
-    if compute_curvature and exact:
-        curv = (h * hessian_statistic(batch, y, "frobenius", lambda z: z, seed, keys)).to(curv.dtype)
-    elif compute_curvature and keys is not None:
-        def per_sample(xb, yb):
-            return F.cross_entropy(logit_fn(xb), yb, reduction="none")
+    with running(batch):
+        with torch.no_grad():
+            logits = checked_logits(batch, x)
+        loss = F.cross_entropy(logits / temp, y, reduction="none")
+        prob = torch.softmax(logits, 1)
+        curv = torch.zeros(x.shape[0], device=x.device)  # the published accumulator: the default dtype
+        if compute_curvature and exact:
+            curv = (h * hessian_statistic(batch, y, "frobenius", lambda z: z, seed, keys)).to(curv.dtype)
+        elif compute_curvature and keys is not None:
+            def per_sample(xb, yb):
+                return F.cross_entropy(logit_fn(xb), yb, reduction="none")
 
-        value = zo_curvature(per_sample, x, y, keys, probes=niter, seed=seed, step=h, pass_size=pass_size)[0]
-        curv = value.to(curv.dtype)
-    else:
-        if compute_curvature:
-            chunk = choose_pass_size(pass_size, niter, x.shape[0], x[0].numel(), x.device)
-            shape = x.shape
+            value = zo_curvature(per_sample, x, y, keys, probes=niter, seed=seed, step=h, pass_size=pass_size)[0]
+            curv = value.to(curv.dtype)
+        else:
+            if compute_curvature:
+                chunk = choose_pass_size(pass_size, niter, x.shape[0], x[0].numel(), x.device)
+                shape = x.shape
 
-            def losses(points):
-                num = points.shape[0]
-                out = F.cross_entropy(logit_fn(points.reshape(num * shape[0], *shape[1:])), y.repeat(num),
-                                      reduction="none")
-                return out.reshape(num, shape[0])
+                def losses(points):
+                    num = points.shape[0]
+                    out = F.cross_entropy(logit_fn(points.reshape(num * shape[0], *shape[1:])), y.repeat(num),
+                                          reduction="none")
+                    return out.reshape(num, shape[0])
 
-            with torch.no_grad():
-                _published_sum(losses, x, h, niter, chunk, curv)
-        curv = curv / niter
+                with torch.no_grad():
+                    _published_sum(losses, x, h, niter, chunk, curv)
+            curv = curv / niter
     check_finite_scores(curvature=curv, loss=loss)
     return curv, loss, prob
