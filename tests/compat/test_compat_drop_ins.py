@@ -198,3 +198,19 @@ def test_output_transform_for_a_net_returning_a_tuple():
     ref, got = same_seed(lambda: published.fd_loop(inner, x.clone(), y, niter=2)[:2],
                          lambda: scorer.regularizer(net, x, y, False, niter=2))
     assert_all_close(got, ref, **F64)
+
+
+def test_script_call_sites_run_unchanged():
+    """As the scripts call them: inputs with requires_grad set, the net wrapped in DataParallel, keywords."""
+    inner, (x, y) = tiny_cnn(), batch()
+    net = nn.DataParallel(inner)
+    inputs = x.clone().requires_grad_(True)
+    ref, got = same_seed(lambda: published.zo_v2(inner, x, y, h=1e-3, niter=10),
+                         lambda: precompute_cifar10_scores.get_curvature_for_batch_zo_v2(net, inputs, y, h=1e-3,
+                                                                                        niter=10))
+    assert_all_close(got, ref, **F64)
+    ref, got = same_seed(lambda: published.fd_loop(inner, x.clone(), y, h=1e-3, niter=10, temp=1.0)[:2],
+                         lambda: calc_curv_fz_models.get_regularized_curvature_for_batch(net, inputs, y, h=1e-3,
+                                                                                         niter=10, temp=1.0))
+    assert_all_close(got, ref, **F64)
+    assert inputs.grad is None
