@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import (BatchSampler, DataLoader, Dataset, IterableDataset, RandomSampler, Sampler,
-                              SequentialSampler)
+                              SequentialSampler, Subset)
 from torch.utils.data import default_collate
 
 from . import distributed, ops
@@ -45,14 +45,15 @@ from ._version import __version__
 from .chunks import RunFolder
 from .curvature import input_curvature
 from .curvature._batching import VJP_PLANNER
-from .curvature._model import unwrap_model
-from .errors import ConfigError, DataError
+from .curvature._model import scoring_mode, unwrap_model
+from .errors import ConfigError, DataError, MissingDependencyError
 from .fingerprint import dataset_fingerprint, model_fingerprint
-from .io import write_json, write_npz
+from .io import atomic_write_bytes, write_json, write_npz
 
-__all__ = ["score", "score_models", "ScoreResult"]
+__all__ = ["score", "score_models", "ScoreResult", "write_table", "load_result"]
 
-ARRAYS = ("score", "stderr", "loss")  # per model; "index" and "label" are shared
+ARRAYS = ("score", "stderr", "loss", "prediction")  # per model; "index" and "label" are shared
+TABLE = "samples"  # the per-sample table: samples.csv (always) and samples.parquet (with pyarrow)
 
 
 class _Indexed(Dataset):
@@ -100,6 +101,11 @@ class ScoreResult:
         settings: the resolved estimator and run settings.
         seconds: wall time of the run.
         run: processes, chunks reused / computed / found corrupt.
+        prediction: the model's predicted class (N,) (None in results read from a run without one).
+        files: the image file of each row where the dataset has files, else None.
+        classes: the class names by label where the dataset has them, else None.
+        provenance: where the numbers come from: dataset, root, split, checkpoints, model, command line, curvfast
+            version (what ``results.json`` records under ``provenance``).
     """
 
     index: np.ndarray
@@ -110,6 +116,10 @@ class ScoreResult:
     settings: dict = field(default_factory=dict)
     seconds: float = 0.0
     run: dict = field(default_factory=dict)
+    prediction: np.ndarray | None = None
+    files: list[str] | None = None
+    classes: list[str] | None = None
+    provenance: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
         """Summary statistics of the run.
@@ -135,10 +145,101 @@ class ScoreResult:
         """The per-sample arrays as ``scores.npz`` holds them (``stderr`` only for random methods).
 
         Returns:
-            ``index``, ``score``, ``loss``, ``label`` (and ``stderr``) by name.
+            ``index``, ``score``, ``loss``, ``label`` (and ``prediction``, ``stderr``) by name.
         """
         out = {"index": self.index, "score": self.score, "loss": self.loss, "label": self.label}
-        return out if self.stderr is None else {**out, "stderr": self.stderr}
+        extra = {"prediction": self.prediction, "stderr": self.stderr}
+        return out | {k: v for k, v in extra.items() if v is not None}
+
+    def columns(self) -> dict[str, list]:
+        """The per-sample table, one entry per column, rows in dataset-index order.
+
+        Columns: ``index``, ``path`` (where the dataset has files), ``label``, ``class_name`` (where the dataset
+        names its classes), ``prediction``, ``score`` (a spectrum's top eigenvalue; ``score_k`` the k-th), ``stderr``
+        (random methods), ``loss``. Missing values are None.
+
+        Returns:
+            Plain Python lists by column name (what ``samples.csv`` and ``samples.parquet`` hold).
+        """
+        label = self.label.tolist()
+        cols: dict[str, list] = {"index": self.index.tolist()}
+        if self.files is not None:
+            cols["path"] = list(self.files)
+        cols["label"] = label
+        if self.classes is not None:
+            cols["class_name"] = [self.classes[y] if 0 <= y < len(self.classes) else None for y in label]
+        cols["prediction"] = None if self.prediction is None else self.prediction.tolist()
+        if self.score.ndim == 1:
+            cols["score"] = self.score.tolist()
+        else:
+            cols["score"] = self.score[:, 0].tolist()
+            cols.update({f"score_{k}": self.score[:, k].tolist() for k in range(self.score.shape[1])})
+        if self.stderr is not None:
+            cols["stderr"] = self.stderr.tolist()
+        cols["loss"] = self.loss.tolist()
+        if cols["prediction"] is None:
+            del cols["prediction"]
+        return cols
+
+    def to_frame(self):
+        """The per-sample table as a pandas DataFrame (see :meth:`columns`), indexed by dataset index.
+
+        Returns:
+            A ``pandas.DataFrame``; ``frame.nlargest(k, "score")`` is the top-k.
+
+        Raises:
+            MissingDependencyError: pandas is not installed.
+        """
+        try:
+            import pandas as pd
+        except ImportError as err:
+            raise MissingDependencyError("ScoreResult.to_frame() needs pandas: pip install pandas") from err
+        return pd.DataFrame(self.columns()).set_index("index", drop=False).rename_axis(None)
+
+    def top(self, k: int = 24) -> np.ndarray:
+        """Positions (rows) of the ``k`` highest scores, highest first (ties: lower index first).
+
+        Args:
+            k: How many rows (all when the run has fewer).
+
+        Returns:
+            Row positions into the arrays; ``result.index[rows]`` are the dataset indices.
+        """
+        s = self.score if self.score.ndim == 1 else self.score[:, 0]
+        return np.argsort(-s, kind="stable")[:max(0, int(k))]
+
+    def save_top_images(self, dataset, path: str, k: int = 24, columns: int = 8) -> None:
+        """A PNG grid of the ``k`` most curved samples, each titled with its file (or index), class and score.
+
+        Args:
+            dataset: The dataset that was scored (its items are ``(image tensor, label)``, pixels in [0, 1]).
+            path: The PNG file to write.
+            k: How many images.
+            columns: Images per row.
+
+        Raises:
+            DataError: The dataset's items are not image tensors (C, H, W) of one size.
+        """
+        from .plots import image_grid
+
+        rows = self.top(k)
+        images = []
+        for i in self.index[rows].tolist():
+            x = dataset[i][0]
+            if not torch.is_tensor(x) or x.ndim != 3:
+                raise DataError(f"sample {i} is not an image tensor (C, H, W); save_top_images draws images only")
+            images.append(x.detach().float().clamp(0, 1).cpu().numpy())
+        if len({im.shape for im in images}) > 1:
+            raise DataError("the top images differ in size; score with a fixed image size (image_size=...)")
+        titles = []
+        for r in rows.tolist():
+            name = os.path.basename(self.files[r]) if self.files is not None else f"#{int(self.index[r])}"
+            y = int(self.label[r])
+            cls = self.classes[y] if self.classes is not None and 0 <= y < len(self.classes) else str(y)
+            s = float(self.score[r] if self.score.ndim == 1 else self.score[r, 0])
+            titles.append(f"{name[:18]}\n{cls[:18]} {s:.3g}")
+        image_grid(np.stack(images), titles, path, columns=columns,
+                   suptitle=f"top {len(rows)} by input-loss curvature ({self.settings.get('method', '?')})")
 
 
 def parse_device(device: str | torch.device) -> torch.device:
@@ -282,6 +383,7 @@ def _score_batches(models, loader, device, sizes: list[int], show: bool, estimat
         for name, model in models.items():
             res = done[name] if name in done else input_curvature(model, x, y, sample_ids=idx, **estimator)
             used.setdefault(name, {"method": res.method, "statistic": res.statistic})
+            parts.setdefault(f"{name}/prediction", []).append(_predictions(model, x))
             parts.setdefault(f"{name}/score", []).append(res.value.double().cpu().numpy())
             parts.setdefault(f"{name}/loss", []).append(res.loss.double().cpu().numpy())
             if res.stderr is not None:
@@ -293,6 +395,47 @@ def _score_batches(models, loader, device, sizes: list[int], show: bool, estimat
         yield pos, {k: np.concatenate(v) for k, v in parts.items()}, used
     elif parts or pos != len(sizes):
         raise DataError(f"the data loader stopped inside unit {pos}; did the dataset change length while scoring?")
+
+
+def _predictions(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    """The predicted class of every sample of the batch ``x`` (one forward pass in eval mode, modes restored)."""
+    with scoring_mode(unwrap_model(model)) as net, torch.no_grad():
+        return net(x).argmax(1).cpu().numpy()
+
+
+def _sample_files(dataset) -> tuple[list[str] | None, list[str] | None]:
+    """``(file of each index, class names by label)`` of ``dataset``, each None where it has none.
+
+    Reads torchvision ImageFolder's ``samples`` / ``classes`` and the streaming datasets' ``path(i)`` /
+    ``classes``, through ``Subset`` s.
+    """
+    if isinstance(dataset, Subset):
+        files, classes = _sample_files(dataset.dataset)
+        return (None if files is None else [files[i] for i in dataset.indices]), classes
+    files = None
+    samples = getattr(dataset, "samples", None)
+    if isinstance(samples, Sequence) and len(samples) == len(dataset) and all(
+            isinstance(s, tuple) and isinstance(s[0], (str, os.PathLike)) for s in samples[:1]):
+        files = [os.fspath(s[0]) for s in samples]
+    elif callable(getattr(dataset, "path", None)):
+        files = [dataset.path(i) for i in range(len(dataset))]
+    classes = getattr(dataset, "classes", None)
+    classes = [str(c) for c in classes] if isinstance(classes, Sequence) and not isinstance(classes, str) else None
+    return files, classes
+
+
+def _provenance(given: Mapping | None, dataset) -> dict:
+    """What ``results.json`` records of where the numbers come from.
+
+    ``given`` (dataset name, root, split, checkpoints, model...) over the command line, the curvfast version and
+    the dataset's type.
+    """
+    import shlex
+
+    auto = {"dataset": type(dataset).__qualname__, "command_line": shlex.join([os.path.basename(sys.argv[0]),
+                                                                              *sys.argv[1:]]),
+            "curvfast": __version__}
+    return auto | dict(given or {})
 
 
 def _merge(units: Iterator[dict]) -> dict[str, np.ndarray]:
@@ -308,14 +451,63 @@ def _merge(units: Iterator[dict]) -> dict[str, np.ndarray]:
 
 def _results(merged: dict, used: dict, report: dict, seconds: float, run: dict) -> dict[str, ScoreResult]:
     out = {}
+    files, classes = report["files"]
+    rows = None if files is None else [files[i] for i in merged["index"].tolist()]
     for name, info in report["models"].items():
         settings = {**used.get(name, {}), **report["settings"], "model": info["type"],
                     "model_fingerprint": info["sha256"]}
-        stderr = merged.get(f"{name}/stderr")
-        out[name] = ScoreResult(merged["index"], merged[f"{name}/score"], stderr, merged[f"{name}/loss"],
-                                merged["label"],
-                                settings, seconds, run)
+        provenance = {**report["provenance"], **report["provenance"].get("models", {}).get(name, {})}
+        provenance.pop("models", None)
+        out[name] = ScoreResult(merged["index"], merged[f"{name}/score"], merged.get(f"{name}/stderr"),
+                                merged[f"{name}/loss"], merged["label"], settings, seconds, run,
+                                prediction=merged.get(f"{name}/prediction"), files=rows, classes=classes,
+                                provenance=provenance)
     return out
+
+
+def _csv_bytes(columns: dict[str, list]) -> bytes:
+    """The table as CSV: a header row, then one row per sample (None: an empty cell; floats exactly)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(zip(*columns.values()))
+    return buf.getvalue().encode()
+
+
+def _parquet_bytes(columns: dict[str, list]) -> bytes | None:
+    """The table as parquet, or None when pyarrow is not installed (the CSV holds the same table)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        return None
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table(columns), sink)
+    return sink.getvalue().to_pybytes()
+
+
+def write_table(folder: str, result: ScoreResult) -> list[str]:
+    """Write ``result``'s per-sample table (:meth:`ScoreResult.columns`) atomically.
+
+    ``folder/samples.csv`` always; ``folder/samples.parquet`` with pyarrow installed.
+
+    Args:
+        folder: The run folder.
+        result: The scores.
+
+    Returns:
+        The file names written.
+    """
+    columns = result.columns()
+    atomic_write_bytes(os.path.join(folder, f"{TABLE}.csv"), _csv_bytes(columns))
+    parquet = _parquet_bytes(columns)
+    if parquet is None:
+        return [f"{TABLE}.csv"]
+    atomic_write_bytes(os.path.join(folder, f"{TABLE}.parquet"), parquet)
+    return [f"{TABLE}.csv", f"{TABLE}.parquet"]
 
 
 def _write_results(out: str, results: dict[str, ScoreResult], single: bool) -> None:
@@ -327,12 +519,15 @@ def _write_results(out: str, results: dict[str, ScoreResult], single: bool) -> N
     for name, res in results.items():
         folder = out if single else os.path.join(out, name)
         write_npz(os.path.join(folder, "scores.npz"), **res.arrays())
-        write_json(os.path.join(folder, "results.json"), {"settings": res.settings, "summary": res.summary(),
-                                                          "run": res.run})
+        tables = write_table(folder, res)
+        write_json(os.path.join(folder, "results.json"), {"provenance": res.provenance, "settings": res.settings,
+                                                          "summary": res.summary(), "run": res.run,
+                                                          "files": ["scores.npz", *tables], "classes": res.classes})
     if not single:
         write_json(os.path.join(out, "results.json"), {
-            "models": {n: {"settings": r.settings, "summary": r.summary(), "files": f"{n}/scores.npz"}
-                       for n, r in results.items()},
+            "provenance": {k: v for k, v in next(iter(results.values())).provenance.items() if k != "checkpoint"},
+            "models": {n: {"settings": r.settings, "summary": r.summary(), "files": f"{n}/scores.npz",
+                           "checkpoint": r.provenance.get("checkpoint")} for n, r in results.items()},
             "run": next(iter(results.values())).run,
         })
 
@@ -418,7 +613,7 @@ def _merged_chunks(folder: RunFolder, used: dict, report: dict, start_time: floa
 
 
 def _score(models, data, single: bool, *, method, statistic, probes, seed, batch_size, device, num_workers, out,
-           chunk_size, overwrite, timeout, progress, **estimator_kwargs) -> dict[str, ScoreResult]:
+           chunk_size, overwrite, timeout, progress, provenance, **estimator_kwargs) -> dict[str, ScoreResult]:
     """The body of :func:`score` and :func:`score_models`; ``single`` picks the one-model file layout."""
     start_time = time.perf_counter()
     models = _named_models(models)
@@ -447,7 +642,8 @@ def _score(models, data, single: bool, *, method, statistic, probes, seed, batch
     identity = _identity(models, dataset, settings, ctx, fingerprinted=chunk_size is not None or ctx.world_size > 1)
     report = {"settings": {**settings, "world_size": ctx.world_size, "curvfast": __version__,
                            "torch": torch.__version__,
-                           "native_ops": ops.native_available()}, "models": identity["models"]}
+                           "native_ops": ops.native_available()}, "models": identity["models"],
+              "provenance": _provenance(provenance, dataset), "files": _sample_files(dataset)}
 
     unit = chunk_size or batch_size
     folder = RunFolder(out, identity, n, unit) if chunk_size is not None else None
@@ -497,16 +693,49 @@ def _score(models, data, single: bool, *, method, statistic, probes, seed, batch
 
 def _read_results(out: str, names: list[str], single: bool, run: dict) -> dict[str, ScoreResult]:
     """The merged results rank 0 wrote, as every other rank returns them."""
-    results = {}
-    for name in names:
-        folder = out if single else os.path.join(out, name)
-        with open(os.path.join(folder, "results.json")) as f:
-            meta = json.load(f)
-        with np.load(os.path.join(folder, "scores.npz")) as z:
-            a = {k: z[k] for k in z.files}
-        results[name] = ScoreResult(a["index"], a["score"], a.get("stderr"), a["loss"], a["label"], meta["settings"],
-                                    meta["summary"]["seconds"], run)
+    results = {name: load_result(out if single else os.path.join(out, name)) for name in names}
+    for res in results.values():
+        res.run = run
     return results
+
+
+def load_result(folder: str) -> ScoreResult:
+    """Read a one-model run folder back (``results.json``, ``scores.npz`` and the file paths of ``samples.csv``).
+
+    Args:
+        folder: The run folder of one model (``out``, or ``out/<name>`` of a several-model run).
+
+    Returns:
+        The :class:`ScoreResult` the run returned.
+
+    Raises:
+        FileNotFoundError: The folder holds no finished run (``results.json`` and ``scores.npz``).
+        DataError: ``folder`` is the index of a several-model run (its models' folders hold the results).
+    """
+    import csv
+
+    names = {k: os.path.join(folder, f) for k, f in (("meta", "results.json"), ("npz", "scores.npz"))}
+    if os.path.isfile(names["meta"]) and not os.path.isfile(names["npz"]):
+        with open(names["meta"]) as f:
+            models = json.load(f).get("models")
+        if models:
+            raise DataError(f"{folder!r} holds several models' runs; name one: "
+                            f"{', '.join(os.path.join(folder, n) for n in models)}")
+    for path in names.values():
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path!r} does not exist; is {folder!r} a finished `curvfast score` run folder?")
+    with open(names["meta"]) as f:
+        meta = json.load(f)
+    with np.load(names["npz"]) as z:
+        a = {k: z[k] for k in z.files}
+    files, table = None, os.path.join(folder, f"{TABLE}.csv")
+    if os.path.isfile(table):
+        with open(table, newline="") as f:
+            rows = list(csv.DictReader(f))
+        files = [r["path"] for r in rows] if rows and "path" in rows[0] else None
+    return ScoreResult(a["index"], a["score"], a.get("stderr"), a["loss"], a["label"], meta["settings"],
+                       meta["summary"]["seconds"], meta.get("run", {}), prediction=a.get("prediction"), files=files,
+                       classes=meta.get("classes"), provenance=meta.get("provenance", {}))
 
 
 def score_models(
@@ -525,6 +754,7 @@ def score_models(
     overwrite: bool = False,
     timeout: float = distributed.DEFAULT_TIMEOUT,
     progress: bool | None = None,
+    provenance: Mapping | None = None,
     **estimator_kwargs,
 ) -> dict[str, ScoreResult]:
     """Score every sample of ``data`` with several models (shadow models) in one pass over the data.
@@ -545,6 +775,8 @@ def score_models(
         overwrite: as for :func:`score`.
         timeout: as for :func:`score`.
         progress: as for :func:`score`.
+        provenance: as for :func:`score`; a ``"models"`` entry ``{name: {"checkpoint": ...}}`` adds per-model
+            values.
         **estimator_kwargs: as for :func:`score`.
         out: run folder; the files are ``out/<name>/{scores.npz, results.json}`` plus an index
             ``out/results.json``.
@@ -558,7 +790,7 @@ def score_models(
     return _score(
         models, data, False, method=method, statistic=statistic, probes=probes, seed=seed, batch_size=batch_size,
         device=device, num_workers=num_workers, out=out, chunk_size=chunk_size, overwrite=overwrite, timeout=timeout,
-        progress=progress, **estimator_kwargs,
+        progress=progress, provenance=provenance, **estimator_kwargs,
     )
 
 
@@ -578,6 +810,7 @@ def score(
     overwrite: bool = False,
     timeout: float = distributed.DEFAULT_TIMEOUT,
     progress: bool | None = None,
+    provenance: Mapping | None = None,
     **estimator_kwargs,
 ) -> ScoreResult:
     r"""Score every sample of ``data`` (a Dataset, or a DataLoader whose batch size and workers are kept).
@@ -601,14 +834,19 @@ def score(
         batch_size: samples per batch (a DataLoader's own batch size wins).
         device: ``"cuda"`` means ``cuda:LOCAL_RANK`` under torchrun; default: the model's device.
         num_workers: DataLoader worker processes (pinned memory on CUDA).
-        out: run folder; writes ``scores.npz`` (``index``, ``score``, ``loss``, ``label``, and
-            ``stderr`` for random methods) and ``results.json`` (settings, summary) atomically.
+        out: run folder; writes ``scores.npz`` (``index``, ``score``, ``loss``, ``label``, ``prediction``, and
+            ``stderr`` for random methods), ``results.json`` (provenance, settings, summary) and the per-sample
+            table ``samples.csv`` / ``samples.parquet`` (:meth:`ScoreResult.columns`, with file paths and class
+            names where the dataset has them) atomically.
         chunk_size: samples per chunk; makes the run resumable (needs ``out``): calling again
             computes only missing or corrupt chunks. A multiple of ``batch_size`` keeps the
             batches of an unchunked run.
         overwrite: discard a run folder that was started with other settings, model or data.
         timeout: seconds any collective may wait for the other ranks before raising.
         progress: show a progress bar (None: when stderr is a terminal).
+        provenance: what ``results.json`` records under ``provenance`` besides the command line, the curvfast
+            version and the dataset's type: e.g. ``{"dataset": "imagefolder", "root": ..., "split": "val",
+            "checkpoint": ..., "model": ...}``.
         **estimator_kwargs: further :func:`curvfast.input_curvature` options (``top_classes``, ``step``...).
 
     Returns:
@@ -628,6 +866,6 @@ def score(
         {"model": model}, data, True, method=method, statistic=statistic, probes=probes, seed=seed,
         batch_size=batch_size,
         device=device, num_workers=num_workers, out=out, chunk_size=chunk_size, overwrite=overwrite, timeout=timeout,
-        progress=progress, **estimator_kwargs,
+        progress=progress, provenance=provenance, **estimator_kwargs,
     )
     return results["model"]
