@@ -168,7 +168,8 @@ class ScoreResult:
         cols["label"] = label
         if self.classes is not None:
             cols["class_name"] = [self.classes[y] if 0 <= y < len(self.classes) else None for y in label]
-        cols["prediction"] = None if self.prediction is None else self.prediction.tolist()
+        if self.prediction is not None:
+            cols["prediction"] = self.prediction.tolist()
         if self.score.ndim == 1:
             cols["score"] = self.score.tolist()
         else:
@@ -177,8 +178,6 @@ class ScoreResult:
         if self.stderr is not None:
             cols["stderr"] = self.stderr.tolist()
         cols["loss"] = self.loss.tolist()
-        if cols["prediction"] is None:
-            del cols["prediction"]
         return cols
 
     def to_frame(self):

@@ -99,3 +99,20 @@ def test_top_prints_the_most_curved_files_and_draws_them(scored, capsys):
 def test_top_of_a_missing_run_is_one_line(tmp_path, capsys):
     assert main(["top", str(tmp_path / "nothing")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_files_follow_a_subset_and_the_streaming_folder(user_folder):
+    """The table's paths are the scored samples' own, through a Subset and for the streaming image folder too."""
+    import torch
+    from torch.utils.data import Subset
+
+    from curvfast.data import get_dataset
+    from curvfast.models import SmallCNN
+
+    torch.manual_seed(0)
+    model = SmallCNN(3, 3, width=4)
+    for name in ("imagefolder", "filelist"):
+        data, _ = get_dataset(name, "val", root=str(user_folder))
+        res = curvfast.score(model, Subset(data, [7, 2]), method="exact", batch_size=2)
+        files = [os.path.relpath(f, user_folder) for f in res.files]
+        assert files == [os.path.join("val", "fox", "fox_1.png"), os.path.join("val", "cat", "cat_2.png")], name
