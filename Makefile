@@ -9,7 +9,7 @@ PIP    := $(PY) -m pip
 # The pinned stack (newer torch needs C++20 and pulls GBs; 2.13 has no torchvision).
 STACK  := torch==2.14.1 torchvision==0.29.1
 DEPS   := numpy scikit-learn matplotlib tqdm pytest pytest-benchmark ruff ninja "setuptools>=64" wheel build \
-          scikit-image opacus cleanlab networkx av pytorch-ood
+          scikit-image opacus cleanlab networkx av pytorch-ood pandas pyarrow
 # torchattacks pins requests~=2.25 (an old release it never imports); its real needs are in DEPS.
 NODEPS := torchattacks==3.5.1
 NATIVE_SOURCES := $(shell find csrc -type f) setup.py pyproject.toml
@@ -19,12 +19,15 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 .PHONY: demo test bench doctor gpu-check clean
 
 $(VENV)/.stack: Makefile
+	@echo "Installing the pinned stack into $(VENV)/ (torch, torchvision and the pipelines' dependencies)..."
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet $(STACK) $(DEPS)
 	$(PIP) install --quiet --no-deps $(NODEPS)
 	touch $@
 
 $(VENV)/.curvfast: $(VENV)/.stack $(NATIVE_SOURCES)
+	@echo "Compiling the native extension curvfast._C (C++ ops, and CUDA kernels when a CUDA toolkit is found):"
+	@echo "several minutes the first time, with no output until it is done; later runs skip it."
 	$(PIP) install --quiet --no-build-isolation --no-deps -e ".[dev]"
 	$(PY) -m curvfast doctor
 	touch $@

@@ -43,16 +43,18 @@ from torch.utils.data import default_collate
 from . import distributed, ops
 from ._version import __version__
 from .chunks import RunFolder
+from .data import class_names, printable_path, sample_paths
 from .curvature import input_curvature
 from .curvature._batching import VJP_PLANNER, largest_batch
-from .curvature._model import unwrap_model
-from .errors import ConfigError, DataError
+from .curvature._model import scoring_mode, unwrap_model
+from .errors import ConfigError, DataError, MissingDependencyError
 from .fingerprint import dataset_fingerprint, model_fingerprint
-from .io import write_json, write_npz
+from .io import atomic_write_bytes, write_json, write_npz
 
-__all__ = ["score", "score_models", "ScoreResult"]
+__all__ = ["score", "score_models", "ScoreResult", "write_table", "load_result"]
 
-ARRAYS = ("score", "stderr", "loss")  # per model; "index" and "label" are shared
+ARRAYS = ("score", "stderr", "loss", "prediction")  # per model; "index" and "label" are shared
+TABLE = "samples"  # the per-sample table: samples.csv (always) and samples.parquet (with pyarrow)
 AUTO_BATCH = "auto"
 CPU_AUTO_BATCH = 64  # a CPU runs no faster with larger batches: the class-pass width fills it (curvature._batching)
 
@@ -102,6 +104,11 @@ class ScoreResult:
         settings: the resolved estimator and run settings.
         seconds: wall time of the run.
         run: processes, chunks reused / computed / found corrupt.
+        prediction: the model's predicted class (N,) (None in results read from a run without one).
+        files: the image file of each row where the dataset has files, else None.
+        classes: the class names by label where the dataset has them, else None.
+        provenance: where the numbers come from: dataset, root, split, checkpoints, model, command line, curvfast
+            version (what ``results.json`` records under ``provenance``).
     """
 
     index: np.ndarray
@@ -112,6 +119,10 @@ class ScoreResult:
     settings: dict = field(default_factory=dict)
     seconds: float = 0.0
     run: dict = field(default_factory=dict)
+    prediction: np.ndarray | None = None
+    files: list[str] | None = None
+    classes: list[str] | None = None
+    provenance: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
         """Summary statistics of the run.
@@ -137,10 +148,100 @@ class ScoreResult:
         """The per-sample arrays as ``scores.npz`` holds them (``stderr`` only for random methods).
 
         Returns:
-            ``index``, ``score``, ``loss``, ``label`` (and ``stderr``) by name.
+            ``index``, ``score``, ``loss``, ``label`` (and ``prediction``, ``stderr``) by name.
         """
         out = {"index": self.index, "score": self.score, "loss": self.loss, "label": self.label}
-        return out if self.stderr is None else {**out, "stderr": self.stderr}
+        extra = {"prediction": self.prediction, "stderr": self.stderr}
+        return out | {k: v for k, v in extra.items() if v is not None}
+
+    def columns(self) -> dict[str, list]:
+        """The per-sample table, one entry per column, rows in dataset-index order.
+
+        Columns: ``index``, ``path`` (where the dataset has files), ``label``, ``class_name`` (where the dataset
+        names its classes), ``prediction``, ``score`` (a spectrum's top eigenvalue; ``score_k`` the k-th), ``stderr``
+        (random methods), ``loss``. Missing values are None.
+
+        Returns:
+            Plain Python lists by column name (what ``samples.csv`` and ``samples.parquet`` hold).
+        """
+        label = self.label.tolist()
+        cols: dict[str, list] = {"index": self.index.tolist()}
+        if self.files is not None:
+            cols["path"] = list(self.files)
+        cols["label"] = label
+        if self.classes is not None:
+            cols["class_name"] = [self.classes[y] if 0 <= y < len(self.classes) else None for y in label]
+        if self.prediction is not None:
+            cols["prediction"] = self.prediction.tolist()
+        if self.score.ndim == 1:
+            cols["score"] = self.score.tolist()
+        else:
+            cols["score"] = self.score[:, 0].tolist()
+            cols.update({f"score_{k}": self.score[:, k].tolist() for k in range(self.score.shape[1])})
+        if self.stderr is not None:
+            cols["stderr"] = self.stderr.tolist()
+        cols["loss"] = self.loss.tolist()
+        return cols
+
+    def to_frame(self):
+        """The per-sample table as a pandas DataFrame (see :meth:`columns`), indexed by dataset index.
+
+        Returns:
+            A ``pandas.DataFrame``; ``frame.nlargest(k, "score")`` is the top-k.
+
+        Raises:
+            MissingDependencyError: pandas is not installed.
+        """
+        try:
+            import pandas as pd
+        except ImportError as err:
+            raise MissingDependencyError("ScoreResult.to_frame() needs pandas: pip install pandas") from err
+        return pd.DataFrame(self.columns()).set_index("index", drop=False).rename_axis(None)
+
+    def top(self, k: int = 24) -> np.ndarray:
+        """Positions (rows) of the ``k`` highest scores, highest first (ties: lower index first).
+
+        Args:
+            k: How many rows (all when the run has fewer).
+
+        Returns:
+            Row positions into the arrays; ``result.index[rows]`` are the dataset indices.
+        """
+        s = self.score if self.score.ndim == 1 else self.score[:, 0]
+        return np.argsort(-s, kind="stable")[:max(0, int(k))]
+
+    def save_top_images(self, dataset, path: str, k: int = 24, columns: int = 8) -> None:
+        """A PNG grid of the ``k`` most curved samples, each titled with its file (or index), class and score.
+
+        Args:
+            dataset: The dataset that was scored (its items are ``(image tensor, label)``, pixels in [0, 1]).
+            path: The PNG file to write.
+            k: How many images.
+            columns: Images per row.
+
+        Raises:
+            DataError: The dataset's items are not image tensors (C, H, W) of one size.
+        """
+        from .plots import image_grid
+
+        rows = self.top(k)
+        images = []
+        for i in self.index[rows].tolist():
+            x = dataset[i][0]
+            if not torch.is_tensor(x) or x.ndim != 3:
+                raise DataError(f"sample {i} is not an image tensor (C, H, W); save_top_images draws images only")
+            images.append(x.detach().float().clamp(0, 1).cpu().numpy())
+        if len({im.shape for im in images}) > 1:
+            raise DataError("the top images differ in size; score with a fixed image size (image_size=...)")
+        titles = []
+        for r in rows.tolist():
+            name = os.path.basename(self.files[r]) if self.files is not None else f"#{int(self.index[r])}"
+            y = int(self.label[r])
+            cls = self.classes[y] if self.classes is not None and 0 <= y < len(self.classes) else str(y)
+            s = float(self.score[r] if self.score.ndim == 1 else self.score[r, 0])
+            titles.append(f"{name[:18]}\n{cls[:18]} {s:.3g}")
+        image_grid(np.stack(images), titles, path, columns=columns,
+                   suptitle=f"top {len(rows)} by input-loss curvature ({self.settings.get('method', '?')})")
 
 
 def parse_device(device: str | torch.device) -> torch.device:
@@ -340,7 +441,8 @@ def _score_batches(models, loader, device, sizes: list[int], show: bool, estimat
         with clock.timing():
             results = {name: done[name] if name in done else input_curvature(model, x, y, sample_ids=idx, **estimator)
                        for name, model in models.items()}
-        for key, array in _to_host(results).items():
+            predictions = {name: _predictions(model, x) for name, model in models.items()}
+        for key, array in _to_host(results, predictions).items():
             parts.setdefault(key, []).append(array)
         for name, res in results.items():
             used.setdefault(name, {"method": res.method, "statistic": res.statistic})
@@ -353,16 +455,52 @@ def _score_batches(models, loader, device, sizes: list[int], show: bool, estimat
         raise DataError(f"the data loader stopped inside unit {pos}; did the dataset change length while scoring?")
 
 
-def _to_host(results: dict) -> dict[str, np.ndarray]:
-    """Every model's ``<name>/score|loss|stderr`` arrays of one batch, as float64, in one device-to-host copy."""
+def _to_host(results: dict, predictions: dict) -> dict[str, np.ndarray]:
+    """Every model's ``<name>/score|loss|stderr|prediction`` arrays of one batch in one device-to-host copy.
+
+    Scores, losses and standard errors as float64, predictions as int64.
+    """
     tensors = {f"{name}/{key}": t.detach().double() for name, res in results.items()
-               for key, t in (("score", res.value), ("loss", res.loss), ("stderr", res.stderr)) if t is not None}
+               for key, t in (("score", res.value), ("loss", res.loss), ("stderr", res.stderr),
+                              ("prediction", predictions[name])) if t is not None}
     flat = torch.cat([t.reshape(-1) for t in tensors.values()]).cpu().numpy()
     out, start = {}, 0
     for key, t in tensors.items():
         out[key] = flat[start:start + t.numel()].reshape(t.shape)
+        if key.endswith("/prediction"):
+            out[key] = out[key].astype(np.int64)
         start += t.numel()
     return out
+
+
+def _predictions(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The predicted class of every sample of the batch ``x`` (one forward pass in eval mode, modes restored)."""
+    with scoring_mode(unwrap_model(model)) as net, torch.no_grad():
+        return net(x).argmax(1)
+
+
+def _sample_files(dataset) -> tuple[list[str] | None, list[str] | None]:
+    """``(file of each index, class names by label)`` of ``dataset``, each None where it has none.
+
+    File names are shown as one line of UTF-8 text (``curvfast.data.printable_path``), so that any name can go
+    into the CSV and parquet tables.
+    """
+    files, classes = sample_paths(dataset), class_names(dataset)
+    return (None if files is None else [printable_path(f) for f in files]), classes
+
+
+def _provenance(given: Mapping | None, dataset) -> dict:
+    """What ``results.json`` records of where the numbers come from.
+
+    ``given`` (dataset name, root, split, checkpoints, model...) over the command line, the curvfast version and
+    the dataset's type.
+    """
+    import shlex
+
+    auto = {"dataset": type(dataset).__qualname__, "command_line": shlex.join([os.path.basename(sys.argv[0]),
+                                                                              *sys.argv[1:]]),
+            "curvfast": __version__}
+    return auto | dict(given or {})
 
 
 def _merge(units: Iterator[dict]) -> dict[str, np.ndarray]:
@@ -378,14 +516,63 @@ def _merge(units: Iterator[dict]) -> dict[str, np.ndarray]:
 
 def _results(merged: dict, used: dict, report: dict, seconds: float, run: dict) -> dict[str, ScoreResult]:
     out = {}
+    files, classes = report["files"]
+    rows = None if files is None else [files[i] for i in merged["index"].tolist()]
     for name, info in report["models"].items():
         settings = {**used.get(name, {}), **report["settings"], "model": info["type"],
                     "model_fingerprint": info["sha256"]}
-        stderr = merged.get(f"{name}/stderr")
-        out[name] = ScoreResult(merged["index"], merged[f"{name}/score"], stderr, merged[f"{name}/loss"],
-                                merged["label"],
-                                settings, seconds, run)
+        provenance = {**report["provenance"], **report["provenance"].get("models", {}).get(name, {})}
+        provenance.pop("models", None)
+        out[name] = ScoreResult(merged["index"], merged[f"{name}/score"], merged.get(f"{name}/stderr"),
+                                merged[f"{name}/loss"], merged["label"], settings, seconds, run,
+                                prediction=merged.get(f"{name}/prediction"), files=rows, classes=classes,
+                                provenance=provenance)
     return out
+
+
+def _csv_bytes(columns: dict[str, list]) -> bytes:
+    """The table as CSV: a header row, then one row per sample (None: an empty cell; floats exactly)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(zip(*columns.values()))
+    return buf.getvalue().encode()
+
+
+def _parquet_bytes(columns: dict[str, list]) -> bytes | None:
+    """The table as parquet, or None when pyarrow is not installed (the CSV holds the same table)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        return None
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table(columns), sink)
+    return sink.getvalue().to_pybytes()
+
+
+def write_table(folder: str, result: ScoreResult) -> list[str]:
+    """Write ``result``'s per-sample table (:meth:`ScoreResult.columns`) atomically.
+
+    ``folder/samples.csv`` always; ``folder/samples.parquet`` with pyarrow installed.
+
+    Args:
+        folder: The run folder.
+        result: The scores.
+
+    Returns:
+        The file names written.
+    """
+    columns = result.columns()
+    atomic_write_bytes(os.path.join(folder, f"{TABLE}.csv"), _csv_bytes(columns))
+    parquet = _parquet_bytes(columns)
+    if parquet is None:
+        return [f"{TABLE}.csv"]
+    atomic_write_bytes(os.path.join(folder, f"{TABLE}.parquet"), parquet)
+    return [f"{TABLE}.csv", f"{TABLE}.parquet"]
 
 
 def _write_results(out: str, results: dict[str, ScoreResult], single: bool) -> None:
@@ -397,12 +584,15 @@ def _write_results(out: str, results: dict[str, ScoreResult], single: bool) -> N
     for name, res in results.items():
         folder = out if single else os.path.join(out, name)
         write_npz(os.path.join(folder, "scores.npz"), **res.arrays())
-        write_json(os.path.join(folder, "results.json"), {"settings": res.settings, "summary": res.summary(),
-                                                          "run": res.run})
+        tables = write_table(folder, res)
+        write_json(os.path.join(folder, "results.json"), {"provenance": res.provenance, "settings": res.settings,
+                                                          "summary": res.summary(), "run": res.run,
+                                                          "files": ["scores.npz", *tables], "classes": res.classes})
     if not single:
         write_json(os.path.join(out, "results.json"), {
-            "models": {n: {"settings": r.settings, "summary": r.summary(), "files": f"{n}/scores.npz"}
-                       for n, r in results.items()},
+            "provenance": {k: v for k, v in next(iter(results.values())).provenance.items() if k != "checkpoint"},
+            "models": {n: {"settings": r.settings, "summary": r.summary(), "files": f"{n}/scores.npz",
+                           "checkpoint": r.provenance.get("checkpoint")} for n, r in results.items()},
             "run": next(iter(results.values())).run,
         })
 
@@ -488,7 +678,8 @@ def _merged_chunks(folder: RunFolder, used: dict, report: dict, start_time: floa
 
 
 def _score(models, data, single: bool, *, method, statistic, probes, seed, batch_size, device, num_workers, out,
-           chunk_size, overwrite, timeout, progress, channels_last=False, **estimator_kwargs) -> dict[str, ScoreResult]:
+           chunk_size, overwrite, timeout, progress, provenance, channels_last=False,
+           **estimator_kwargs) -> dict[str, ScoreResult]:
     """The body of :func:`score` and :func:`score_models`; ``single`` picks the one-model file layout."""
     start_time = time.perf_counter()
     models = _named_models(models)
@@ -519,7 +710,8 @@ def _score(models, data, single: bool, *, method, statistic, probes, seed, batch
     identity = _identity(models, dataset, settings, ctx, fingerprinted=chunk_size is not None or ctx.world_size > 1)
     report = {"settings": {**settings, "world_size": ctx.world_size, "curvfast": __version__,
                            "torch": torch.__version__,
-                           "native_ops": ops.native_available()}, "models": identity["models"]}
+                           "native_ops": ops.native_available()}, "models": identity["models"],
+              "provenance": _provenance(provenance, dataset), "files": _sample_files(dataset)}
 
     def find_batch_size() -> int:
         return ctx.on_main("finding the batch size", lambda: _auto_batch_size(models, dataset, device, estimator))
@@ -582,16 +774,49 @@ def _score(models, data, single: bool, *, method, statistic, probes, seed, batch
 
 def _read_results(out: str, names: list[str], single: bool, run: dict) -> dict[str, ScoreResult]:
     """The merged results rank 0 wrote, as every other rank returns them."""
-    results = {}
-    for name in names:
-        folder = out if single else os.path.join(out, name)
-        with open(os.path.join(folder, "results.json")) as f:
-            meta = json.load(f)
-        with np.load(os.path.join(folder, "scores.npz")) as z:
-            a = {k: z[k] for k in z.files}
-        results[name] = ScoreResult(a["index"], a["score"], a.get("stderr"), a["loss"], a["label"], meta["settings"],
-                                    meta["summary"]["seconds"], run)
+    results = {name: load_result(out if single else os.path.join(out, name)) for name in names}
+    for res in results.values():
+        res.run = run
     return results
+
+
+def load_result(folder: str) -> ScoreResult:
+    """Read a one-model run folder back (``results.json``, ``scores.npz`` and the file paths of ``samples.csv``).
+
+    Args:
+        folder: The run folder of one model (``out``, or ``out/<name>`` of a several-model run).
+
+    Returns:
+        The :class:`ScoreResult` the run returned.
+
+    Raises:
+        FileNotFoundError: The folder holds no finished run (``results.json`` and ``scores.npz``).
+        DataError: ``folder`` is the index of a several-model run (its models' folders hold the results).
+    """
+    import csv
+
+    names = {k: os.path.join(folder, f) for k, f in (("meta", "results.json"), ("npz", "scores.npz"))}
+    if os.path.isfile(names["meta"]) and not os.path.isfile(names["npz"]):
+        with open(names["meta"]) as f:
+            models = json.load(f).get("models")
+        if models:
+            raise DataError(f"{folder!r} holds several models' runs; name one: "
+                            f"{', '.join(os.path.join(folder, n) for n in models)}")
+    for path in names.values():
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path!r} does not exist; is {folder!r} a finished `curvfast score` run folder?")
+    with open(names["meta"]) as f:
+        meta = json.load(f)
+    with np.load(names["npz"]) as z:
+        a = {k: z[k] for k in z.files}
+    files, table = None, os.path.join(folder, f"{TABLE}.csv")
+    if os.path.isfile(table):
+        with open(table, newline="") as f:
+            rows = list(csv.DictReader(f))
+        files = [r["path"] for r in rows] if rows and "path" in rows[0] else None
+    return ScoreResult(a["index"], a["score"], a.get("stderr"), a["loss"], a["label"], meta["settings"],
+                       meta["summary"]["seconds"], meta.get("run", {}), prediction=a.get("prediction"), files=files,
+                       classes=meta.get("classes"), provenance=meta.get("provenance", {}))
 
 
 def score_models(
@@ -610,6 +835,7 @@ def score_models(
     overwrite: bool = False,
     timeout: float = distributed.DEFAULT_TIMEOUT,
     progress: bool | None = None,
+    provenance: Mapping | None = None,
     **estimator_kwargs,
 ) -> dict[str, ScoreResult]:
     """Score every sample of ``data`` with several models (shadow models) in one pass over the data.
@@ -630,6 +856,8 @@ def score_models(
         overwrite: as for :func:`score`.
         timeout: as for :func:`score`.
         progress: as for :func:`score`.
+        provenance: as for :func:`score`; a ``"models"`` entry ``{name: {"checkpoint": ...}}`` adds per-model
+            values.
         **estimator_kwargs: as for :func:`score`.
         out: run folder; the files are ``out/<name>/{scores.npz, results.json}`` plus an index
             ``out/results.json``.
@@ -643,7 +871,7 @@ def score_models(
     return _score(
         models, data, False, method=method, statistic=statistic, probes=probes, seed=seed, batch_size=batch_size,
         device=device, num_workers=num_workers, out=out, chunk_size=chunk_size, overwrite=overwrite, timeout=timeout,
-        progress=progress, **estimator_kwargs,
+        progress=progress, provenance=provenance, **estimator_kwargs,
     )
 
 
@@ -663,6 +891,7 @@ def score(
     overwrite: bool = False,
     timeout: float = distributed.DEFAULT_TIMEOUT,
     progress: bool | None = None,
+    provenance: Mapping | None = None,
     **estimator_kwargs,
 ) -> ScoreResult:
     r"""Score every sample of ``data`` (a Dataset, or a DataLoader whose batch size and workers are kept).
@@ -688,19 +917,24 @@ def score(
             batches, recorded in ``settings`` (and the manifest, so a resumed run reuses it); 64 on a CPU.
         device: ``"cuda"`` means ``cuda:LOCAL_RANK`` under torchrun; default: the model's device.
         num_workers: DataLoader worker processes (pinned memory on CUDA).
-        out: run folder; writes ``scores.npz`` (``index``, ``score``, ``loss``, ``label``, and
-            ``stderr`` for random methods) and ``results.json`` (settings, summary) atomically.
+        out: run folder; writes ``scores.npz`` (``index``, ``score``, ``loss``, ``label``, ``prediction``, and
+            ``stderr`` for random methods), ``results.json`` (provenance, settings, summary) and the per-sample
+            table ``samples.csv`` / ``samples.parquet`` (:meth:`ScoreResult.columns`, with file paths and class
+            names where the dataset has them) atomically.
         chunk_size: samples per chunk; makes the run resumable (needs ``out``): calling again
             computes only missing or corrupt chunks. A multiple of ``batch_size`` keeps the
             batches of an unchunked run.
         overwrite: discard a run folder that was started with other settings, model or data.
         timeout: seconds any collective may wait for the other ranks before raising.
         progress: show a progress bar (None: when stderr is a terminal).
+        provenance: what ``results.json`` records under ``provenance`` besides the command line, the curvfast
+            version and the dataset's type: e.g. ``{"dataset": "imagefolder", "root": ..., "split": "val",
+            "checkpoint": ..., "model": ...}``.
         **estimator_kwargs: further :func:`curvfast.input_curvature` options (``top_classes``, ``step``,
             ``precision``...), and ``channels_last=True``: the model and 4-D inputs in channels-last memory format.
 
     Returns:
-        A :class:`ScoreResult`, arrays sorted by dataset index; ``run`` holds the scoring seconds and, on CUDA,
+        A :class:`ScoreResult`, arrays sorted by dataset index; ``run`` holds, on CUDA,
         ``scoring_s`` (the batches' wall time), ``device_busy_s`` (CUDA-event time of the curvature passes in it)
         and ``peak_memory_bytes``.
 
@@ -718,6 +952,6 @@ def score(
         {"model": model}, data, True, method=method, statistic=statistic, probes=probes, seed=seed,
         batch_size=batch_size,
         device=device, num_workers=num_workers, out=out, chunk_size=chunk_size, overwrite=overwrite, timeout=timeout,
-        progress=progress, **estimator_kwargs,
+        progress=progress, provenance=provenance, **estimator_kwargs,
     )
     return results["model"]

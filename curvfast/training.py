@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from curvfast.data import get_dataset
 from curvfast.errors import ConfigError, TrainingDivergedError, UnknownNameError
-from curvfast.io import save_checkpoint
+from curvfast.checkpoints import model_record, save_model
 from curvfast.models import build_model, normalized
 
 __all__ = ["TrainRecipe", "train_model", "fit", "evaluate", "soft_cross_entropy", "SCHEDULES", "CURVFAST_TRAIN"]
@@ -289,5 +289,7 @@ def train_model(
         "test_accuracy": evaluate(model, test_set), "seconds": round(time.perf_counter() - start, 2),
     }
     if out is not None:
-        save_checkpoint(out, model, **result)
+        record = model_record(model_name, info.num_classes, info.in_channels, normalize=normalize,
+                              input_shape=tuple(train_set[0][0].shape))
+        save_model(out, model, record, **result)
     return model, result

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from curvfast.cli import CORE_COMMANDS
 from curvfast.curvature import METHODS
 from curvfast.pipelines import COMMANDS
 
@@ -18,7 +19,6 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 README_MAX_LINES = 150
-CORE_COMMANDS = ("doctor", "train", "score", "demo")
 PIPELINE_SECTIONS = ("What it does", "How to run", "Results", "Deviations from the published code", "Paper scale",
                      "Limits")
 LIBRARY_PAGES = ("estimators", "native-ops", "architecture", "scale-out", "results")

@@ -36,9 +36,10 @@ def test_scores_do_not_depend_on_batching_or_order(digits_model, digits_small, m
 def test_score_writes_run_folder_atomically(digits_model, digits_small, tmp_path):
     out = tmp_path / "run"
     res = curvfast.score(digits_model, digits_small, method="hutchinson", probes=4, batch_size=32, out=str(out))
-    assert sorted(os.listdir(out)) == ["results.json", "scores.npz"]  # no temp files left behind
+    assert sorted(os.listdir(out)) == ["results.json", "samples.csv", "samples.parquet",
+                                       "scores.npz"]  # no temp files left behind
     data = np.load(out / "scores.npz")
-    assert set(data.files) == {"index", "score", "stderr", "loss", "label"}
+    assert set(data.files) == {"index", "score", "stderr", "loss", "label", "prediction"}
     np.testing.assert_array_equal(data["score"], res.score)
     meta = json.loads((out / "results.json").read_text())
     assert meta["settings"]["method"] == "hutchinson" and meta["summary"]["count"] == len(digits_small)

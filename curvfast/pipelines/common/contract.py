@@ -26,6 +26,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import types
@@ -37,7 +38,8 @@ from curvfast.io import map_floats, write_json
 from curvfast.errors import ConfigError, CurvfastError, UnknownNameError
 
 __all__ = ["COMMON_HELP", "RunFailed", "option", "field_choices", "config_dict", "preset_config", "run_folder", "write_results",
-           "add_config_arguments", "register", "main_for"]
+           "add_config_arguments", "register", "main_for",
+           "plain_text", "check_model"]
 
 COMMON_HELP = {
     "dataset": "dataset name: images: digits (bundled), imagefolder, filelist, cifar10, cifar100, svhn, mnist, fashionmnist "
@@ -120,6 +122,24 @@ def write_results(out: str, results: dict) -> dict:
     return results
 
 
+def plain_text(text: str) -> str:
+    """Docstring text as help shows it: reST roles (:func:`~a.b.c` -> c, :class:`x <y>` -> x) and literals
+    (``x`` -> x) without their markup."""
+    text = re.sub(r":[a-z]+:`~?([^`<]*?)\s*<[^`>]*>`", r"\1", text)  # :role:`text <target>`
+    text = re.sub(r":[a-z]+:`~([^`]*\.)?([^`.]+)`", r"\2", text)  # :role:`~a.b.c`
+    text = re.sub(r":[a-z]+:`([^`]+)`", r"\1", text)
+    return re.sub(r"``([^`]+)``", r"\1", text)
+
+
+def check_model(name: str) -> None:
+    """Refuse an unknown model name now, before data are loaded or processes started (one
+    :class:`~curvfast.errors.UnknownNameError` line naming the choices, as building it would raise)."""
+    from curvfast.models import available_models, build_model
+
+    if name not in available_models():
+        build_model(name, 2)
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -188,7 +208,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
             raise TypeError(f"{config_cls.__qualname__}.{f.name} has no help: declare it with option(default, help)")
         choices = field_choices(config_cls, f.name)
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        kwargs: dict = {"dest": f.name, "help": help_text, "required": required, "default": argparse.SUPPRESS}
+        kwargs: dict = {"dest": f.name, "help": plain_text(help_text), "required": required, "default": argparse.SUPPRESS}
         default = None if required else f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if default is not None and tp is not bool:
             kwargs["help"] += f" (default: {','.join(map(str, default)) if isinstance(default, tuple) else default})"
@@ -209,7 +229,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
 def register(subparsers, command: str, pipeline) -> None:
     """Add ``curvfast <command>`` for the pipeline module ``pipeline``: the first line of its docstring is
     the one-line help, its first two paragraphs the description."""
-    paragraphs = (pipeline.__doc__ or command).strip().split("\n\n")
+    paragraphs = plain_text(pipeline.__doc__ or command).strip().split("\n\n")
     p = subparsers.add_parser(command, help=paragraphs[0].splitlines()[0], description="\n\n".join(paragraphs[:2]),
                               formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     add_config_arguments(p, pipeline.Config)

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from curvfast.checkpoints import remove_batchnorm
 from curvfast.errors import ConfigError, UnknownNameError
 from curvfast.training import TrainRecipe, fit
 
@@ -44,10 +45,7 @@ def dp_compatible(model: nn.Module, batchnorm: str = "groupnorm") -> nn.Module:
     if batchnorm not in BATCHNORM_REPLACEMENTS:
         raise UnknownNameError(f"batchnorm must be one of {', '.join(BATCHNORM_REPLACEMENTS)} (got {batchnorm!r})")
     if batchnorm == "identity":
-        for parent in list(model.modules()):
-            for name, child in parent.named_children():
-                if isinstance(child, nn.modules.batchnorm._BatchNorm):
-                    setattr(parent, name, nn.Identity())
+        remove_batchnorm(model)
     else:
         model = ModuleValidator.fix(model)
     errors = ModuleValidator.validate(model, strict=False)

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from curvfast import parse_device
 from curvfast.errors import ConfigError, UnknownNameError
 from curvfast.ood import DETECTORS
-from curvfast.pipelines.common.contract import option
+from curvfast.pipelines.common.contract import check_model, option
 from curvfast.pipelines.common.data import DataOptions
 from curvfast.pipelines.idkd.optim import ALGORITHMS
 from curvfast.pipelines.idkd.partition import PARTITIONS
@@ -88,6 +88,7 @@ class Config(DataOptions):
             world = os.environ.get("WORLD_SIZE")
             self.nodes = int(world) if world else DEFAULT_NODES
         self.check_data_options()
+        check_model(self.model)  # here, before the nodes start (one line, not one per node)
         if self.partition not in PARTITIONS:
             raise ConfigError(f"--partition must be one of {PARTITIONS} (got {self.partition!r})")
         if self.public_dataset is not None and self.public_root is None:

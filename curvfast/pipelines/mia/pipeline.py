@@ -35,7 +35,8 @@ from torch.utils.data import Subset
 
 from curvfast import parse_device
 from curvfast.errors import ConfigError
-from curvfast.io import load_checkpoint, map_floats, save_checkpoint, write_json, write_npz
+from curvfast.checkpoints import model_record, save_model
+from curvfast.io import load_checkpoint, map_floats, write_json, write_npz
 from curvfast.pipelines.common.augment import AUGMENTATIONS, image_augmentation
 from curvfast.pipelines.common.cache import cached, differences
 from curvfast.pipelines.common.contract import RunFailed, config_dict, field_choices, option, run_folder, write_results
@@ -203,12 +204,15 @@ def load_population(config: Config):
 
 
 def _make_model(config: Config, info, input_shape):
-    """A zero-argument model factory (normalisation inside); under DP-SGD its BatchNorm layers are
-    replaced (:data:`DP_BATCHNORM`)."""
+    """A zero-argument model factory (normalisation inside; under DP-SGD its BatchNorm layers are
+    replaced: :data:`DP_BATCHNORM`) and the checkpoint record that rebuilds its models."""
     kwargs = {"width": config.width} if config.model == "small_cnn" else {}
+    record = model_record(config.model, info.num_classes, info.in_channels, normalize=config.normalize,
+                          model_kwargs=kwargs, input_shape=input_shape,
+                          batchnorm=DP_BATCHNORM if config.dp_epsilon is not None else "batchnorm")
     if config.dp_epsilon is not None:
-        return lambda: dp_compatible(build_network(config, config.model, info, input_shape, **kwargs), DP_BATCHNORM)
-    return lambda: build_network(config, config.model, info, input_shape, **kwargs)
+        return lambda: dp_compatible(build_network(config, config.model, info, input_shape, **kwargs), DP_BATCHNORM), record
+    return lambda: build_network(config, config.model, info, input_shape, **kwargs), record
 
 
 def _train_dp_models(config: Config, make_model, images, labels, keep) -> list:
@@ -253,7 +257,7 @@ def _models_from_checkpoints(config: Config, make_model, num_samples):
     return models, keep
 
 
-def _train(config: Config, folder: str, make_model, population, labels, keep):
+def _train(config: Config, folder: str, make_model, record: dict, population, labels, keep):
     model_dir = os.path.join(folder, "models")
     files = [os.path.join(model_dir, f"model_{m:03d}.pt") for m in range(keep.shape[0])]
     key = config.training_key()
@@ -276,7 +280,7 @@ def _train(config: Config, folder: str, make_model, population, labels, keep):
     del images
     seconds = time.perf_counter() - start
     for f, model in zip(files, models):
-        save_checkpoint(f, model, model=config.model)
+        save_model(f, model, record)
     write_json(os.path.join(model_dir, "settings.json"), key)
     return models, seconds
 
@@ -320,7 +324,7 @@ def _experiment(config: Config, folder: str) -> dict:
     """Train (or load) the models, compute (or reuse) the signals in ``folder``, attack."""
     t0 = time.perf_counter()
     population, labels, index, info = load_population(config)
-    make_model = _make_model(config, info, tuple(population[0][0].shape))
+    make_model, record = _make_model(config, info, tuple(population[0][0].shape))
     if config.checkpoint is not None:
         models, keep = _models_from_checkpoints(config, make_model, len(labels))
     else:
@@ -333,7 +337,7 @@ def _experiment(config: Config, folder: str) -> dict:
     def compute():
         trained = models
         if trained is None:
-            trained, seconds["train"] = _train(config, folder, make_model, population, labels, keep)
+            trained, seconds["train"] = _train(config, folder, make_model, record, population, labels, keep)
         start = time.perf_counter()
         data = loader(population, config, batch_size=config.score_batch_size, device=config.device)
         signals, correct = compute_signals(trained, data, signals=config.signals, views=config.resolved_views(),

@@ -242,7 +242,8 @@ def run(config: Config, out: str | None = None) -> dict:
         write_npz(os.path.join(folder, "logits.npz"), fit_labels=fit_labels, test_labels=test_labels, **logits)
         save_checkpoint(os.path.join(folder, "models.pt"),
                         nn.ModuleDict({"streams": streams, "ce": ce_exits, "pkd": pkd_exits}),
-                        num_classes=num_classes, dataset=config.dataset, backbone=config.backbone)
+                        num_classes=num_classes, dataset=config.dataset, backbone=config.backbone,
+                        kind="pkd's stream networks and exits (a ModuleDict; rebuild it with pkd's build_streams)")
         accuracy_vs_macs_plot(os.path.join(folder, "accuracy_vs_macs.png"), EXIT_NAMES, macs["standalone"], ic_accuracy,
                               {k: wise[k]["sweep"] for k in wise}, wise["pkd"], (plain, float(macs["cumulative"][-1])))
         exit_accuracy_plot(os.path.join(folder, "ic_accuracy.png"), EXIT_NAMES, ic_accuracy)

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from curvfast.data import DatasetInfo
-from curvfast.io import load_checkpoint, save_checkpoint
+from curvfast.checkpoints import model_record, save_model
+from curvfast.io import load_checkpoint
 from curvfast.pipelines.common.cache import cached
 from curvfast.pipelines.common.data import DataOptions, build_network, loader
 from curvfast.training import TrainRecipe, evaluate, fit
@@ -159,8 +160,13 @@ def load_or_train(
                 "train_accuracy": evaluate(model, train_set, workers=options.workers),
                 "test_accuracy": evaluate(model, test_set, workers=options.workers)}, None
 
+    quantised = [k for k in ("input_bits", "halftone", "weight_bits", "activation_bits") if getattr(spec, k) is not None]
+    record = model_record(spec.arch, num_classes, input_shape[0], normalize=options.normalize, input_shape=input_shape)
+    if quantised:  # rebuilt by build_member only
+        record["kind"] = f"a quantised transfer member ({', '.join(quantised)}; rebuild it with transfer's build_member)"
+
     def save(file: str, value: tuple[dict, None], settings: dict) -> None:
-        save_checkpoint(file, model, **(settings | value[0]))
+        save_model(file, model, record, **(settings | value[0]))
 
     if path is None:
         (info, state), reused = train(), False

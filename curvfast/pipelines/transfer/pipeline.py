@@ -24,7 +24,7 @@ from curvfast.attacks import ENSEMBLE_RULES, SINGLE_ATTACKS, attack, ensemble_pg
 from curvfast import parse_device
 from curvfast.errors import ConfigError
 from curvfast.io import write_npz
-from curvfast.pipelines.common.contract import config_dict, option, run_folder, write_results
+from curvfast.pipelines.common.contract import check_model, config_dict, option, run_folder, write_results
 from curvfast.pipelines.common.data import DataOptions, load_split, loader
 from curvfast.pipelines.transfer.ensemble import select_members
 from curvfast.pipelines.transfer.figures import fit_curves, transfer_heatmap
@@ -110,6 +110,8 @@ def _resolve(config: Config) -> dict:
     config.check_data_options()
     parse_device(config.device)
     specs = [parse_spec(m) for m in config.models]
+    for spec in specs:  # before any member trains
+        check_model(spec.arch)
     names = [s.name for s in specs]
     if len(set(names)) != len(names) or len(names) < 2:
         raise ConfigError(f"models must name at least two distinct specs (got {names})")

@@ -22,7 +22,8 @@ from torch.utils.data import Dataset, Subset
 
 from curvfast import parse_device
 from curvfast.errors import CheckpointError, ConfigError, DataError
-from curvfast.io import load_checkpoint, save_checkpoint, write_npz
+from curvfast.checkpoints import model_record, save_model
+from curvfast.io import load_checkpoint, write_npz
 from curvfast.linalg import ROUTES
 from curvfast.pipelines.common.cache import describe, differences
 from curvfast.pipelines.common.contract import config_dict, field_choices, option, run_folder, write_results
@@ -173,9 +174,11 @@ def _run_seed(config: Config, seed: int, data: tuple, out: str, say, state: dict
     say(f"seed {seed}: {'loaded' if config.checkpoint else 'trained'} {config.model} on {len(train_set)} samples with "
         f"{config.noise:.0%} {config.noise_type} noise ({timings['train']:.1f} s)")
     os.makedirs(out, exist_ok=True)
+    record = model_record(config.model, info.num_classes, info.in_channels, normalize=config.normalize,
+                          input_shape=tuple(train_full[0][0].shape))
     if config.checkpoint is None:  # the model before correction, for reruns with other selections or alphas
-        save_checkpoint(os.path.join(out, "trained.pt"), net, num_classes=info.num_classes, in_channels=info.in_channels,
-                        seed=seed, epochs=config.epochs, **{k: getattr(config, k) for k in _TRAINED_WITH})
+        save_model(os.path.join(out, "trained.pt"), net, record, seed=seed, epochs=config.epochs,
+                   **{k: getattr(config, k) for k in _TRAINED_WITH})
 
     t = time.perf_counter()
     sel = select_verified(net, train_set, config.verified_size, method=config.method, seed=seed, device=config.device,
@@ -208,10 +211,7 @@ def _run_seed(config: Config, seed: int, data: tuple, out: str, say, state: dict
         curvature=sel.scores if sel.scores is not None else np.full(len(train_idx), np.nan),
         noisy_label=noisy.numpy(), clean_label=clean.numpy(), flipped=flipped.numpy(),
     )
-    save_checkpoint(
-        os.path.join(out, "model.pt"), corrected, model=config.model, num_classes=info.num_classes,
-        in_channels=info.in_channels, normalize=config.normalize, alpha=report.alpha if report.alpha is not None else 0.0,
-    )
+    save_model(os.path.join(out, "model.pt"), corrected, record, alpha=report.alpha if report.alpha is not None else 0.0)
     return write_results(out, result)
 
 
