@@ -1,4 +1,6 @@
 """``curvfast ood`` runs the curvature detector: its scores against a direct float64 Hessian trace."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from curvfast.pipelines.ood import pipeline
 
 
 def _direct_traces(model, x):
-    model = model.double().eval()
+    model = copy.deepcopy(model).double().eval()
     out = []
     for xi in x.double():
         label = model(xi[None]).argmax(1)
