@@ -13,7 +13,7 @@ def hessian_traces(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     for xi in x:
         label = model(xi[None]).argmax(1)
         h = torch.func.hessian(lambda v: F.cross_entropy(model(v[None]), label))(xi)
-        out.append(torch.diagonal(h.reshape(xi.numel(), xi.numel())).sum())
+        out.append(torch.diagonal(h.reshape(xi.numel(), xi.numel())).sum().detach())
     return torch.stack(out)
 
 

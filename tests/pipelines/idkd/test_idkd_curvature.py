@@ -16,7 +16,7 @@ def _direct_traces(model, x):
     for xi in x.double():
         label = model(xi[None]).argmax(1)
         h = torch.func.hessian(lambda v: F.cross_entropy(model(v[None]), label))(xi)
-        out.append(torch.diagonal(h).sum())
+        out.append(torch.diagonal(h).sum().detach())
     return torch.stack(out).float()
 
 

@@ -17,7 +17,7 @@ def _direct_traces(model, x):
     for xi in x.double():
         label = model(xi[None]).argmax(1)
         h = torch.func.hessian(lambda v: F.cross_entropy(model(v[None]), label))(xi)
-        out.append(float(torch.diagonal(h.reshape(xi.numel(), -1)).sum()))
+        out.append(float(torch.diagonal(h.reshape(xi.numel(), -1)).sum().detach()))
     return np.array(out)
 
 

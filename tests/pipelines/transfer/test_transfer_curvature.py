@@ -16,7 +16,7 @@ def _direct_traces(model, x, y):
     out = []
     for xi, yi in zip(x.double(), y):
         h = torch.func.hessian(lambda v: F.cross_entropy(model(v[None]), yi[None]))(xi)
-        out.append(float(torch.diagonal(h.reshape(xi.numel(), -1)).sum()))
+        out.append(float(torch.diagonal(h.reshape(xi.numel(), -1)).sum().detach()))
     return np.array(out)
 
 
