@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from curvfast.curvature import LogitFn, input_curvature, scoring_mode
-from curvfast.errors import DataError
+from curvfast.errors import ConfigError, DataError
 from curvfast.ood._base import Detector, ModelNotSetError, register_detector
 
 __all__ = ["InputCurvature"]
@@ -39,16 +39,24 @@ class InputCurvature(Detector):
             piecewise-linear nets, deflated otherwise).
         statistic: The Hessian statistic (``"trace"`` default, ``"frobenius"``, ``"top_eigenvalue"``).
         probes: Probes of a random method (default: the estimator's).
-        seed: Keys a random method's probes (with each sample's position in the batch).
+        seed: Keys a random method's probes (with each sample's position in the batch passed to ``predict``).
         output_transform: Picks the logits from the model's output.
+        batch_size: Samples per curvature call: ``predict`` scores a large batch in chunks of this size (the
+            scores do not depend on it), so that one autograd graph never spans the whole batch.
+
+    Raises:
+        ConfigError: ``batch_size`` < 1.
     """
 
     def __init__(self, model: nn.Module | None = None, *, method: str = "auto", statistic: str = "trace",
-                 probes: int | None = None, seed: int = 0, output_transform: Callable | None = None):
+                 probes: int | None = None, seed: int = 0, output_transform: Callable | None = None,
+                 batch_size: int = 256):
         super().__init__(None, output_transform=output_transform)
+        if int(batch_size) < 1:
+            raise ConfigError(f"batch_size must be >= 1 (got {batch_size})")
         self.model = model
         self.method, self.statistic, self.probes, self.seed = method, statistic, probes, seed
-        self.output_transform = output_transform
+        self.output_transform, self.batch_size = output_transform, int(batch_size)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Curvature scores of a batch at each sample's predicted class (float64, on the model's device).
@@ -66,11 +74,15 @@ class InputCurvature(Detector):
             raise ModelNotSetError("InputCurvature.predict needs the model: pass it to the constructor, "
                                    "InputCurvature(model)")
         x = x.to(next(self.model.parameters(), torch.empty(0)).device)
-        with torch.no_grad(), scoring_mode(self.model):
-            predicted = LogitFn(self.model, self.output_transform)(x).argmax(1)
-        result = input_curvature(self.model, x, predicted, method=self.method, statistic=self.statistic,
-                                 probes=self.probes, seed=self.seed, output_transform=self.output_transform)
-        return result.value.detach().double()
+        scores = []
+        for ids in torch.arange(len(x)).split(self.batch_size):
+            with torch.no_grad(), scoring_mode(self.model):
+                predicted = LogitFn(self.model, self.output_transform)(x[ids]).argmax(1)
+            result = input_curvature(self.model, x[ids], predicted, method=self.method, statistic=self.statistic,
+                                     probes=self.probes, seed=self.seed, sample_ids=ids,
+                                     output_transform=self.output_transform)
+            scores.append(result.value.detach().double())
+        return torch.cat(scores)
 
     def _fit_outputs(self, logits, features, labels):
         return self

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from curvfast.errors import ConfigError
 from curvfast.ood import DETECTORS, InputCurvature, ModelNotSetError, ood_metrics
 
 
@@ -30,12 +31,15 @@ def test_scores_are_the_hessian_trace_at_the_predicted_class(smooth):
     # smooth: auto = deflated, exact here since D = 4 <= the deflated Gauss-Newton directions + probes
     torch.testing.assert_close(det.predict(x), hessian_traces(model, x), rtol=1e-8, atol=1e-10)
     assert det(x).dtype == torch.float64 and det.fit(None) is det  # nothing to fit
+    torch.testing.assert_close(InputCurvature(model, batch_size=2).predict(x), det.predict(x))  # chunked alike
 
 
 def test_registered_needs_the_model_and_the_inputs():
     assert DETECTORS["curvature"] is InputCurvature and not InputCurvature.requires_fit
     with pytest.raises(ModelNotSetError, match="needs the model"):
         InputCurvature(None).predict(torch.zeros(2, 4))
+    with pytest.raises(ConfigError, match="batch_size"):
+        InputCurvature(None, batch_size=0)
 
 
 def test_inputs_near_the_decision_boundary_score_higher():
