@@ -23,6 +23,7 @@ from curvfast.ood._evaluation import METRIC_NAMES, gains, ood_metrics
 from curvfast.ood._norm_scaling import NORM_STATISTICS, NormScaling, NormScalingFeatures, per_class_statistic
 from curvfast.ood._pytorch_ood import register_with_pytorch_ood
 from curvfast.ood._vrm import VRM, VRMBatch, VRMTransform, vrm_batch
+from curvfast.ood._curvature import InputCurvature
 
 __all__ = [
     "Detector", "LogitsDetector", "FeaturesDetector", "DETECTORS", "register_detector", "detector_class",
@@ -30,5 +31,5 @@ __all__ = [
     "ood_metrics", "gains", "METRIC_NAMES",
     "MSP", "MaxLogit", "Energy", "ODIN", "Mahalanobis", "KNN", "class_means",
     "NormScaling", "NormScalingFeatures", "per_class_statistic", "NORM_STATISTICS",
-    "VRM", "VRMBatch", "VRMTransform", "vrm_batch", "register_with_pytorch_ood",
+    "VRM", "VRMBatch", "VRMTransform", "vrm_batch", "register_with_pytorch_ood", "InputCurvature",
 ]

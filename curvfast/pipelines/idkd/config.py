@@ -70,7 +70,8 @@ class Config(DataOptions):
     calib_fraction: float = option(0.2, "share of each node's data held out to calibrate its in-distribution threshold")
     detector: str = option("msp", "IDKD's in-distribution filter, a curvfast.ood detector: msp (max softmax probability, "
                                   "the paper's), knn (k-th nearest-neighbour distance to the node's own penultimate "
-                                  "features), ...", choices=lambda: tuple(DETECTORS))
+                                  "features), curvature (input loss curvature at the predicted class), ...",
+                           choices=lambda: tuple(DETECTORS))
     knn_k: int = option(5, "k of the knn detector")
     tpr: float = option(0.95, "the calibrated threshold accepts this share of a node's own held-out data")
     temperature: float = option(1.0, "soft labels are softmax(logits / T)")

@@ -7,6 +7,11 @@ feature to the node's own training features, Sun et al., ICML 2022) asks "is x c
 node's* data", which is what IDKD's filter is meant to decide, and it does not share MSP's
 over-confidence on far-away inputs.
 
+``curvature`` (:class:`curvfast.ood.InputCurvature`: the trace of the input Hessian of the loss at the
+predicted class, exact for piecewise-linear nets) asks whether x lies in a flat region of the node's loss.
+Whatever the filter, every node also measures the input curvature of the public set
+(``public_curvature``), which the run reports beside the filter's numbers.
+
 A node calibrates its threshold on its held-out private samples (``calibrated_threshold``).
 """
 from __future__ import annotations
@@ -16,9 +21,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from curvfast.errors import ConfigError, DataError
-from curvfast.ood import OutputExtractor, collect_outputs, detector_class
+from curvfast.ood import InputCurvature, OutputExtractor, collect_outputs, detector_class
 
-__all__ = ["calibrated_threshold", "node_scores"]
+__all__ = ["calibrated_threshold", "node_scores", "public_curvature"]
 
 BATCH = 512
 
@@ -46,8 +51,15 @@ def node_scores(kind: str, model: nn.Module, reference_x: torch.Tensor, referenc
     settings = {"k": min(k, len(reference_x))} if kind == "knn" else {}
     detector = detector_class(kind)(model, **settings).fit(_loader(reference_x, reference_y))
 
-    def in_distribution(x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([-detector.predict(x[i : i + BATCH]).cpu() for i in range(0, len(x), BATCH)]).float()
-
     public_logits = collect_outputs(OutputExtractor(model), _loader(public_x))[0].float()
-    return public_logits, in_distribution(calib_x), in_distribution(public_x)
+    return public_logits, -_ood_scores(detector, calib_x), -_ood_scores(detector, public_x)
+
+
+def _ood_scores(detector, x: torch.Tensor) -> torch.Tensor:
+    """``detector.predict`` over ``x`` in batches of ``BATCH`` (float32, CPU); higher = more OoD."""
+    return torch.cat([detector.predict(x[i : i + BATCH]).cpu() for i in range(0, len(x), BATCH)]).float()
+
+
+def public_curvature(model: nn.Module, public_x: torch.Tensor) -> torch.Tensor:
+    """tr of the input Hessian of the loss at the predicted class of every public sample (float32, CPU)."""
+    return _ood_scores(InputCurvature(model), public_x)

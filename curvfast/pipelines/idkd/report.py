@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
+from curvfast.metrics import auroc
 from curvfast.pipelines.common.contract import config_dict
 from curvfast.plots import pyplot, save_png
 
-__all__ = ["run_summary", "accuracy_figure", "format_table"]
+__all__ = ["run_summary", "accuracy_figure", "format_table", "curvature_stats"]
 
 _LABEL_STATS = ("num_targets", "photo_fraction", "digit_label_accuracy")
 
@@ -14,6 +16,30 @@ _LABEL_STATS = ("num_targets", "photo_fraction", "digit_label_accuracy")
 def _mean(values) -> float:
     values = [v for v in values if v == v]  # drop NaN (a node with no digit targets)
     return float(np.mean(values)) if values else float("nan")
+
+
+_CURVATURE_STATS = ("auroc_digits_vs_photos", "mean_public_digits", "mean_public_photos", "mean_accepted",
+                    "mean_rejected")
+
+
+def curvature_stats(curvature: torch.Tensor, is_digit: torch.Tensor, accepted: torch.Tensor) -> dict:
+    """One node's input curvature of the public set (tr H at the predicted class, per sample): how well low
+    curvature picks the held-out digits among the photos (AUROC, digits positive), and its mean over the public
+    digits, the photos, and the samples the node's filter accepted / rejected (None where a group is empty)."""
+    def mean(mask: torch.Tensor):
+        return float(curvature[mask].double().mean()) if mask.any() else None
+
+    both = 0 < int(is_digit.sum()) < len(is_digit)
+    return {"auroc_digits_vs_photos": auroc(-curvature.numpy(), is_digit.numpy(), positive=True) if both else None,
+            "mean_public_digits": mean(is_digit), "mean_public_photos": mean(~is_digit),
+            "mean_accepted": mean(accepted), "mean_rejected": mean(~accepted)}
+
+
+def _over_nodes(values) -> dict:
+    """Mean and standard error (sample std / sqrt(n)) over the nodes where a value is defined."""
+    values = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    return {"mean": float(values.mean()) if len(values) else None, "nodes": int(len(values)),
+            "stderr": float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None}
 
 
 def run_summary(cfg, topology, nodes: list[dict], steps: tuple[int, int], data) -> dict:
@@ -47,6 +73,9 @@ def run_summary(cfg, topology, nodes: list[dict], steps: tuple[int, int], data) 
         "methods": methods,
         "detector": {"name": cfg.detector, "mean_auroc_digits_vs_photos": _mean(
             [n["detector_auroc_digits_vs_photos"] for n in nodes if n["detector_auroc_digits_vs_photos"] is not None])},
+        "curvature": {"score": "tr of the input Hessian of the loss at the predicted class (curvfast.ood.InputCurvature)",
+                      "filter": cfg.detector,
+                      **{k: _over_nodes([n["curvature"][k] for n in nodes]) for k in _CURVATURE_STATS}},
         "nodes": nodes,
         "seconds": max(n["seconds"] for n in nodes),
     }
@@ -77,7 +106,7 @@ def accuracy_figure(summary: dict, path: str) -> None:
 def format_table(summary: dict) -> str:
     """One row per method: mean and std of the node accuracies, communication, label overhead and, for
     the KD methods, the public targets kept, their photo share and the digit targets' accuracy; then the
-    initial model's accuracy and the run time."""
+    in-distribution filter used, the public set's input curvature, the initial model's accuracy and the run time."""
     rows = [f"{'method':12s} {'mean acc':>9s} {'std':>6s} {'comm MB':>9s} {'labels %':>9s} {'public kept':>12s} "
             f"{'photos %':>9s} {'label acc':>10s}"]
     for name in summary["settings"]["methods"]:
@@ -87,6 +116,20 @@ def format_table(summary: dict) -> str:
                     f"{100 * m['label_overhead']:9.3f} "
                     + (f"{m['mean_num_targets']:12.1f} {100 * m['mean_photo_fraction']:9.2f} "
                        f"{m['mean_digit_label_accuracy']:10.4f}" if kd else f"{'-':>12s} {'-':>9s} {'-':>10s}"))
+    det, curv = summary["detector"], summary["curvature"]
+    rows.append(f"in-distribution filter: {det['name']} (AUROC held-out digits vs photos {_num(det['mean_auroc_digits_vs_photos'])})")
+    rows.append("input curvature of the public set, mean ± s.e. over nodes: digits "
+                f"{_pm(curv['mean_public_digits'])}, photos {_pm(curv['mean_public_photos'])}; accepted by the filter "
+                f"{_pm(curv['mean_accepted'])}, rejected {_pm(curv['mean_rejected'])}; curvature's AUROC digits vs "
+                f"photos {_pm(curv['auroc_digits_vs_photos'])}")
     rows.append(f"initial decentralized model: mean accuracy {summary['initial']['mean_accuracy']:.4f}; "
                 f"{summary['seconds']:.1f} s")
     return "\n".join(rows)
+
+
+def _num(value) -> str:
+    return "n/a" if value is None or value != value else f"{value:.4f}"
+
+
+def _pm(entry: dict) -> str:
+    return f"{_num(entry['mean'])} ± {_num(entry['stderr'])}"

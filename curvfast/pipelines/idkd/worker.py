@@ -6,7 +6,8 @@ Protocol of every node (Ravikumar et al., IDKD):
 1. initial decentralized training (QGM or DSGDm, gossip with neighbours every step) on the private
    shard minus a calibration hold-out;
 2. soft labels of the public set from the node's model;
-3. an in-distribution score (MSP or k-NN feature distance) and its threshold calibrated on the hold-out;
+3. an in-distribution score (any curvfast.ood detector: MSP, k-NN feature distance, input curvature...) and
+   its threshold calibrated on the hold-out; the input curvature of the public set, reported whatever the filter;
 4. the in-distribution subset of the public set (IDKD) or all of it (vanilla KD);
 5. indices + soft labels to neighbours, aggregation, then decentralized fine-tuning on private +
    labelled public samples. The ``dsgd`` baseline fine-tunes on private data only, for the same
@@ -39,11 +40,11 @@ from curvfast.training import TrainRecipe, evaluate, fit, soft_cross_entropy
 from curvfast.pipelines.idkd.config import WIDTH_MODELS, Config
 from curvfast.pipelines.idkd.comm import NeighbourComm, NeighbourError
 from curvfast.pipelines.idkd.data import build_data
-from curvfast.pipelines.idkd.detectors import calibrated_threshold, node_scores
+from curvfast.pipelines.idkd.detectors import calibrated_threshold, node_scores, public_curvature
 from curvfast.pipelines.idkd.labels import aggregate_labels, label_quality, select_public
 from curvfast.pipelines.idkd.optim import DecentralizedSGD
 from curvfast.pipelines.idkd.partition import dirichlet_partition, iid_partition
-from curvfast.pipelines.idkd.report import accuracy_figure, run_summary
+from curvfast.pipelines.idkd.report import accuracy_figure, curvature_stats, run_summary
 from curvfast.pipelines.idkd.topology import build_topology
 from curvfast.errors import ConfigError
 
@@ -152,6 +153,7 @@ def run_node(cfg: Config, out: str) -> dict:
     public_logits, calib_scores, public_scores = node_scores(cfg.detector, model, x_train, t_train.argmax(1),
                                                              x_calib, x_pub, cfg.knn_k)
     threshold = calibrated_threshold(calib_scores, cfg.tpr)
+    curvature = -public_scores if cfg.detector == "curvature" else public_curvature(model, x_pub)
     snapshot = (copy.deepcopy(model.state_dict()), opt.state_dict())
 
     epoch_steps = math.ceil((len(data.private_y) + num_public) / (world * cfg.batch_size))
@@ -161,7 +163,8 @@ def run_node(cfg: Config, out: str) -> dict:
             "threshold": threshold, "initial_accuracy": phase1["accuracy"], "methods": {},
             # how well this node's score separates held-out public images (positive) from foreign ones; reporting only
             "detector_auroc_digits_vs_photos": auroc(public_scores.numpy(), data.public_is_digit.numpy(), positive=True)
-            if 0 < int(data.public_is_digit.sum()) < num_public else None}
+            if 0 < int(data.public_is_digit.sum()) < num_public else None,
+            "curvature": curvature_stats(curvature, data.public_is_digit, public_scores >= threshold)}
     for method in cfg.methods:
         model.load_state_dict(snapshot[0])
         opt.load_state_dict(snapshot[1])

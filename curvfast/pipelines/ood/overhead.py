@@ -24,10 +24,19 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def inference_flops(detector, x: torch.Tensor) -> float:
-    """FLOPs per sample of ``detector.predict(x)`` (forward passes, ODIN's backward, distance products)."""
-    with FlopCounterMode(display=False) as counter:
-        detector.predict(x)
+def inference_flops(detector, x: torch.Tensor) -> float | None:
+    """FLOPs per sample of ``detector.predict(x)`` (forward passes, ODIN's backward, distance products).
+
+    None where ``FlopCounterMode`` cannot run the detector: its module tracker refuses ``autograd.grad``
+    w.r.t. a leaf tensor that was a module's input (torch 2.x), which the curvature engine's input
+    derivatives take."""
+    try:
+        with FlopCounterMode(display=False) as counter:
+            detector.predict(x)
+    except RuntimeError as err:
+        if "_will_engine_execute_node" not in str(err):
+            raise
+        return None
     return counter.get_total_flops() / len(x)
 
 

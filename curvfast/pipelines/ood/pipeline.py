@@ -40,7 +40,7 @@ from curvfast.ood import (
     vrm_batch,
 )
 from curvfast.pipelines.ood.overhead import count_parameters, inference_flops, state_bytes, train_step_cost
-from curvfast.pipelines.ood.report import examples_figure, markdown_table, roc_figure
+from curvfast.pipelines.ood.report import curvature_table, examples_figure, markdown_table, roc_figure
 from curvfast.pipelines.ood.training import ClassSubset, stack_images
 from curvfast.training import TrainRecipe, fit
 
@@ -55,6 +55,7 @@ PRESETS = {
               "batch_size": 128, "lr": 0.1, "knn_k": 50, "device": "cuda", "workers": 4},
 }
 
+CURVATURE = "curvature"  # curvfast.ood.InputCurvature's name: its numbers are also summarised on their own
 PROPOSED = ("norm_scaling", "norm_scaling_features", "vrm", "vrm_msp")  # the methods under study; the rest are baselines
 OOD_SETS = ("heldout_classes", "photo_patches", "uniform_noise", "inverted", "shuffled")
 
@@ -145,6 +146,26 @@ def _aggregate(per_seed: list[dict]) -> dict:
     return {m: float(np.mean(v)) for m, v in avg.items()} | {"std": {m: float(np.std(v)) for m, v in avg.items()}, "per_set": per_set}
 
 
+def _mean_stderr(values) -> dict:
+    """Mean and standard error (sample std / sqrt(n); None for one value) of per-seed numbers."""
+    values = np.asarray(values, dtype=np.float64)
+    stderr = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
+    return {"mean": float(values.mean()), "stderr": stderr}
+
+
+def _curvature_summary(means: list[dict], metrics: list[dict], seeds) -> dict:
+    """The curvature detector's numbers: mean input curvature (trace of the loss Hessian at the predicted class)
+    of each set and its AUROC / FPR95 per OoD set, each as mean and standard error over seeds."""
+    return {
+        "score": "tr of the input Hessian of the cross-entropy at the predicted class (curvfast.ood.InputCurvature, "
+                 "method auto: exact for piecewise-linear nets); higher = OoD",
+        "seeds": list(seeds),
+        "mean_curvature": {s: _mean_stderr([m[s] for m in means]) | {"per_seed": [m[s] for m in means]}
+                           for s in means[0]},
+        "metrics": {s: {k: _mean_stderr([m[s][k] for m in metrics]) for k in ("auroc", "fpr95")} for s in OOD_SETS},
+    }
+
+
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(1) == labels).double().mean())
 
@@ -226,6 +247,7 @@ def run(config: Config, out: str | None = None) -> dict:
     arrays: dict[str, np.ndarray] = {}
     overhead: dict = {}
     failures: dict[str, list] = {}
+    curvature_means: list[dict] = []
     start = time.perf_counter()
     for seed in config.seeds:
         sets = {"id": id_test.images} | ood_sets(id_test.images, heldout, seed=seed)
@@ -250,6 +272,8 @@ def run(config: Config, out: str | None = None) -> dict:
             fit_s = time.perf_counter() - t0
             scores = {s: det.predict(x).cpu().numpy() for s, x in sets.items()}
             per_seed.setdefault(name, []).append({s: ood_metrics(scores["id"], scores[s]) for s in OOD_SETS})
+            if name == CURVATURE:
+                curvature_means.append({s: float(v.mean()) for s, v in scores.items()})
             timings.setdefault(f"fit_{name}_s", []).append(fit_s)
             if seed == config.seeds[0]:
                 arrays.update({f"{name}/{s}": v for s, v in scores.items()})
@@ -281,6 +305,7 @@ def run(config: Config, out: str | None = None) -> dict:
         "id_accuracy": {m: {"mean": float(np.mean(v)), "std": float(np.std(v)), "per_seed": v} for m, v in accuracy.items()},
         "detectors": detectors,
         "comparison": comparison,
+        "curvature": _curvature_summary(curvature_means, per_seed[CURVATURE], config.seeds),
         "ablation": {"norm_scaling": {name: _aggregate(runs) for name, runs in per_seed.items() if name.startswith("norm_scaling[")},
                      "failures": failures},
         "overhead": {"detectors": overhead, "training": overhead_training},
@@ -289,7 +314,7 @@ def run(config: Config, out: str | None = None) -> dict:
     }
     with run_folder(out) as folder:
         write_npz(os.path.join(folder, "scores.npz"), **arrays)
-        roc_figure(arrays, ["msp", "energy", "odin", "mahalanobis", "knn", "norm_scaling", "vrm"], list(OOD_SETS),
+        roc_figure(arrays, ["msp", "energy", "odin", "mahalanobis", "knn", "norm_scaling", "vrm", CURVATURE], list(OOD_SETS),
                    os.path.join(folder, "roc.png"))
         examples_figure({"id": id_test.images} | ood_sets(id_test.images, heldout, seed=config.seeds[0]),
                         os.path.join(folder, "ood_examples.png"))
@@ -298,6 +323,7 @@ def run(config: Config, out: str | None = None) -> dict:
         headline = detectors
         for metric in ("auroc", "fpr95"):
             print(f"\n{metric} (%), mean ± std over seeds {list(config.seeds)}\n" + markdown_table(headline, metric))
+        print("\n" + curvature_table(results["curvature"]))
     return results
 
 

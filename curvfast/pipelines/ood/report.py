@@ -7,7 +7,7 @@ import numpy as np
 from curvfast import metrics
 from curvfast.plots import pyplot, save_png
 
-__all__ = ["markdown_table", "roc_figure", "examples_figure"]
+__all__ = ["markdown_table", "curvature_table", "roc_figure", "examples_figure"]
 
 
 def _fmt(entry: dict, metric: str) -> str:
@@ -23,6 +23,22 @@ def markdown_table(detectors: dict, metric: str = "auroc", sets: list[str] | Non
     for name, entry in detectors.items():
         cells = [_fmt(entry["per_set"][s], metric) for s in sets] + [_fmt(entry, metric)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def curvature_table(curvature: dict) -> str:
+    """The curvature detector's summary: one row per set, mean input curvature, AUROC and FPR95 (%), each
+    mean ± standard error over seeds."""
+    def cell(entry: dict, scale: float = 1.0, digits: int = 1) -> str:
+        err = "n/a" if entry["stderr"] is None else f"{scale * entry['stderr']:.{digits}f}"
+        return f"{scale * entry['mean']:.{digits}f} ± {err}"
+
+    lines = [f"input curvature (tr H at the predicted class), mean ± s.e. over seeds {curvature['seeds']}",
+             "| set | mean curvature | AUROC % | FPR95 % |", "|---|---|---|---|"]
+    for name, entry in curvature["mean_curvature"].items():
+        metrics = curvature["metrics"].get(name)
+        rest = [cell(metrics["auroc"], 100), cell(metrics["fpr95"], 100)] if metrics else ["-", "-"]
+        lines.append(f"| {name} | {cell(entry, digits=4)} | " + " | ".join(rest) + " |")
     return "\n".join(lines)
 
 

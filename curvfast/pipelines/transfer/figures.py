@@ -6,7 +6,7 @@ import numpy as np
 
 from curvfast.plots import pyplot, save_png
 
-__all__ = ["transfer_heatmap", "fit_curves"]
+__all__ = ["transfer_heatmap", "fit_curves", "curvature_scatter"]
 
 
 def transfer_heatmap(matrix: np.ndarray, names: list[str], path: str, title: str) -> None:
@@ -53,5 +53,24 @@ def fit_curves(eps: np.ndarray, n_st: np.ndarray, fits_st, names: list[str], pat
         ax.tick_params(labelsize=6)
     axes.flat[0].legend(fontsize=5, ncol=2)
     fig.suptitle("transfer counts and fits N(eps) = a(1 - exp(b eps)); dotted: metric eps", fontsize=9)
+    fig.tight_layout()
+    save_png(fig, path, tight_layout=False)
+
+
+def curvature_scatter(curvature: dict, path: str, title: str) -> None:
+    """Each source's mean input curvature (± s.e. over images) against its transferability, with the correlations."""
+    plt = pyplot()
+    members = {n: m for n, m in curvature["members"].items() if m["transferability"] is not None}
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    for name, m in members.items():
+        ax.errorbar(m["mean_curvature"], m["transferability"], xerr=m["stderr"], fmt="o", ms=4, capsize=2)
+        ax.annotate(name, (m["mean_curvature"], m["transferability"]), fontsize=6, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set_xscale("symlog", linthresh=1e-3)
+    c = curvature["correlation"]
+    stats = "n/a" if c["spearman"] is None else f"Spearman {c['spearman']:.2f}, Pearson {c['pearson']:.2f}"
+    ax.set_title(f"{title}\n{stats} ({c['sources']} sources)", fontsize=8)
+    ax.set_xlabel("mean tr H of the source on the attacked images (symlog)", fontsize=8)
+    ax.set_ylabel("mean T_s->t over targets", fontsize=8)
     fig.tight_layout()
     save_png(fig, path, tight_layout=False)

@@ -4,9 +4,13 @@ majority-vote ensembles (TREND: Ravikumar, Kodge, Garg and Roy, "TREND: Transfer
 Robust ENsemble Design", IEEE TAI 2022). The metric of a pair is N_s->t(eps) / N_s->s(eps), the
 fitted saturating curves N(eps) = a(1 - e^{b eps}) of the counts of attacks made on s that fool t.
 
-Outputs in ``out``: ``results.json`` (settings, models, transfer_matrix, metric, fit, groups,
-robust_accuracy, ensembles), ``transfer.npz`` (raw predictions and counts), ``transfer_matrix.png``,
-``transfer_fits.png`` and ``models/*.pt`` (weights-only checkpoints, reused by a rerun).
+Every member's input curvature on the attacked images is set beside its transferability
+(:mod:`~curvfast.pipelines.transfer.curvature`).
+
+Outputs in ``out``: ``results.json`` (settings, models, transfer_matrix, metric, fit, groups, curvature,
+robust_accuracy, ensembles), ``transfer.npz`` (raw predictions and counts, per-image curvature),
+``transfer_matrix.png``, ``transfer_fits.png``, ``curvature_transfer.png`` and ``models/*.pt``
+(weights-only checkpoints, reused by a rerun).
 """
 from __future__ import annotations
 
@@ -27,7 +31,8 @@ from curvfast.io import write_npz
 from curvfast.pipelines.common.contract import check_model, config_dict, option, run_folder, write_results
 from curvfast.pipelines.common.data import DataOptions, load_split, loader
 from curvfast.pipelines.transfer.ensemble import select_members
-from curvfast.pipelines.transfer.figures import fit_curves, transfer_heatmap
+from curvfast.pipelines.transfer.curvature import curvature_vs_transfer, member_curvature
+from curvfast.pipelines.transfer.figures import curvature_scatter, fit_curves, transfer_heatmap
 from curvfast.pipelines.transfer.members import MemberSpec, load_or_train, parse_spec
 from curvfast.pipelines.transfer.transfer import pair_counts, pair_groups, predictions_under_attack, transfer_matrix
 
@@ -260,8 +265,12 @@ def _study(config: Config, resolved: dict, data: tuple, folder: str) -> dict:
         nets.append(net)
         model_info.append({"name": spec.name, **spec.factors(), **minfo, "seconds": round(time.perf_counter() - began, 2)})
 
-    began = time.perf_counter()
     batch = config.score_batch_size
+    began = time.perf_counter()
+    curvature = [member_curvature(net, x, y, batch, seed) for net in tqdm(nets, desc="input curvature", disable=quiet)]
+    timings["curvature"] = time.perf_counter() - began
+
+    began = time.perf_counter()
     clean = predictions_under_attack(nets, [x], batch)[0]                # (M, N)
     labels = y.cpu().numpy()
     correct = clean == labels
@@ -328,6 +337,7 @@ def _study(config: Config, resolved: dict, data: tuple, folder: str) -> dict:
         "metric": {f"{names[s]}->{names[t]}": _finite(metric[s, t]) for s, t in pair},
         "fit": {f"{names[s]}->{names[t]}": {"st": fits_st[s][t].to_dict(), "ss": fits_ss[s][t].to_dict()} for s, t in pair},
         "groups": groups,
+        "curvature": curvature_vs_transfer(names, curvature, metric),
         "robust_accuracy": robust,
         "selection": {"select_index": test_index[select].tolist(), "evaluation_index": test_index[held].tolist(),
                       "note": "indices into the test split; 'selected' is chosen from transfer counts and clean accuracies "
@@ -336,10 +346,13 @@ def _study(config: Config, resolved: dict, data: tuple, folder: str) -> dict:
         "seconds": round(time.perf_counter() - start, 1),
     }
     write_npz(os.path.join(folder, "transfer.npz"), eps=sweep, labels=labels, clean_predictions=clean, predictions=preds,
-              n_st=n_st, n_ss=n_ss, pool=pool, transfer_matrix=metric, names=np.asarray(names))
+              n_st=n_st, n_ss=n_ss, pool=pool, transfer_matrix=metric, names=np.asarray(names),
+              curvature=np.stack([c["values"] for c in curvature]))
     transfer_heatmap(metric, names, os.path.join(folder, "transfer_matrix.png"),
                      f"{config.dataset}: fitted N_s->t / N_s->s at eps={metric_eps:.4g} ({attack_name}, {steps}x{step})")
     fit_curves(sweep, n_st, fits_st, names, os.path.join(folder, "transfer_fits.png"), metric_eps)
+    curvature_scatter(results["curvature"], os.path.join(folder, "curvature_transfer.png"),
+                      f"{config.dataset}: source curvature vs transferability at eps={metric_eps:.4g}")
     return write_results(folder, results)
 
 
@@ -348,6 +361,7 @@ def summary(results: dict) -> dict:
     return {
         "seconds": results["seconds"],
         "groups_mean_metric": {k: v["mean_metric"] for k, v in results["groups"].items()},
+        "curvature_vs_transfer": {k: results["curvature"]["correlation"][k] for k in ("spearman", "pearson")},
         "ensembles": {k: {r: v[r] for r in ("members", "clean", "worst_case")}
                       for k, v in results["robust_accuracy"]["ensembles"].items()},
     }

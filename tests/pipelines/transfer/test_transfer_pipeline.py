@@ -21,7 +21,10 @@ def test_smoke_preset_on_a_cifar_shaped_folder_with_normalisation_and_augmentati
     settings = res["settings"]
     assert settings["models"] == ["small_cnn", "small_cnn@1", "small_cnn+in1"] and settings["subset_size"] == 16  # the preset
     assert all(0.0 <= m["test_accuracy"] <= 1.0 and m["seconds"] > 0 for m in res["models"])
-    assert set(res["timings"]) == {"attack_sweep", "ensemble_attacks"}
+    assert set(res["timings"]) == {"curvature", "attack_sweep", "ensemble_attacks"}
+    curv = res["curvature"]  # every member's input curvature beside its transferability, in the default run
+    assert set(curv["members"]) == set(settings["models"]) and {m["method"] for m in curv["members"].values()} == {"exact"}
+    assert curv["correlation"]["sources"] <= 3 and (out / "curvature_transfer.png").stat().st_size > 0
     ckpt = load_checkpoint(str(out / "models" / "small_cnn+in1.pt"))
     assert (ckpt["normalize"], ckpt["augment"], ckpt["root"]) == ("cifar10", "crop-flip", str(cifar_folder))
     assert any(k.endswith("mean") for k in ckpt["state_dict"])  # the normalisation is inside the model
