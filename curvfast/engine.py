@@ -281,7 +281,8 @@ def _score_batches(models, loader, device, sizes: list[int], show: bool, estimat
         done = first.pop(tuple(idx.tolist()), {})
         for name, model in models.items():
             res = done[name] if name in done else input_curvature(model, x, y, sample_ids=idx, **estimator)
-            used.setdefault(name, {"method": res.method, "statistic": res.statistic})
+            used.setdefault(name, {"method": res.method, "statistic": res.statistic,
+                                   **({"adaptations": list(res.adaptations)} if res.adaptations else {})})
             parts.setdefault(f"{name}/score", []).append(res.value.double().cpu().numpy())
             parts.setdefault(f"{name}/loss", []).append(res.loss.double().cpu().numpy())
             if res.stderr is not None:
