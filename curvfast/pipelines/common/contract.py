@@ -243,8 +243,9 @@ def main_for(pipeline):
             return 1
         if not getattr(config, "quiet", False):
             if getattr(args, "preset", "default") == "smoke":
-                print(f"curvfast {args.command}: --preset smoke is a plumbing check (tiny data, few epochs): numbers "
-                      "near chance are expected and say nothing about the methods", file=sys.stderr)
+                print(f"curvfast {args.command}: --preset smoke is a plumbing check (tiny data, few epochs): its numbers "
+                      "show that the pipeline runs, not how well the methods work (they may sit near chance)",
+                      file=sys.stderr)
             shown = pipeline.summary(results) if hasattr(pipeline, "summary") else results
             if shown is not None:
                 print(json.dumps({**shown, "out": args.out}, indent=1, default=str))
