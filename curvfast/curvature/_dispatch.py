@@ -233,7 +233,8 @@ def _forward(logit_fn: LogitFn, x: torch.Tensor, graph: bool) -> Forward:
         with torch.no_grad():
             return Forward(x[:1], logit_fn(x[:1]))
     except (RuntimeError, AssertionError) as err:  # torchvision's ViT asserts its image size
-        size = getattr(logit_fn.owner, "image_size", None)
+        sizes = (getattr(m, "image_size", None) for m in logit_fn.owner.modules())  # inside a normalisation wrapper
+        size = next((s for s in sizes if isinstance(s, int) and not isinstance(s, bool)), None)
         hint = f"; the model takes {size}x{size} images (pass --image-size {size})" if isinstance(size, int) else ""
         first = (str(err).splitlines() or [type(err).__name__])[0]
         raise DataError(f"the model cannot take x of shape {tuple(x.shape)}: {first}{hint}") from err

@@ -14,6 +14,7 @@ from torchvision.models.vision_transformer import VisionTransformer
 import curvfast
 from curvfast.curvature._model import HARD_AS_CLAMP, SDPA_MATH, second_order_ops
 from curvfast.errors import DataError, UnsupportedModelError
+from curvfast.models import normalized
 from tests.conftest import reference_hessians
 
 
@@ -127,9 +128,10 @@ def test_vit_b_16_at_the_wrong_size_is_a_one_line_error_naming_its_size():
     model = torchvision.models.vit_b_16(num_classes=2)
     with second_order_ops(model) as adaptations:
         assert adaptations == (SDPA_MATH,)
-    with pytest.raises(DataError, match=r"takes 224x224 images \(pass --image-size 224\)") as info:
-        curvfast.input_curvature(model, torch.rand(1, 3, 32, 32), torch.tensor([0]), method="fd", probes=1)
-    assert "\n" not in str(info.value)
+    for scored in (model, normalized(model, "imagenet")):  # as `curvfast score` loads a checkpoint
+        with pytest.raises(DataError, match=r"takes 224x224 images \(pass --image-size 224\)") as info:
+            curvfast.input_curvature(scored, torch.rand(1, 3, 32, 32), torch.tensor([0]), method="fd", probes=1)
+        assert "\n" not in str(info.value)
 
 
 def test_cli_score_passes_accept_gauss_newton(tmp_path, monkeypatch):
