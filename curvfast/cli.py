@@ -103,6 +103,8 @@ def _cmd_score(args) -> int:
         out=args.out, chunk_size=args.chunk_size or None, overwrite=args.overwrite, timeout=args.timeout,
         progress=False if args.quiet else None, provenance=provenance,
     )
+    if args.accept_gauss_newton:
+        options["accept_gauss_newton"] = True
     try:
         if len(models) == 1:  # out/scores.npz, out/results.json
             res = score(models[names[0]], dataset, **options)
@@ -258,6 +260,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--statistic", choices=(*STATISTICS, *own), default=None,
                    help="trace (default), frobenius, top_eigenvalue, spectrum; fd and zo return their own quantity")
     p.add_argument("--probes", type=int, default=None, help="probes of a random method (default: the estimator's)")
+    p.add_argument("--accept-gauss-newton", action="store_true",
+                   help="let exact/sampled score a smooth model: the Gauss-Newton value tr(JᵀAJ), not tr(H)")
     p.add_argument("--seed", type=int, default=0, help="keys the random probes with each sample's index")
     p.add_argument("--batch-size", type=_batch_size, default=64,
                    help="samples per batch, or auto: the largest that fits the GPU's free memory (64 on a CPU)")

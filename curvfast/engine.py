@@ -445,7 +445,8 @@ def _score_batches(models, loader, device, sizes: list[int], show: bool, estimat
         for key, array in _to_host(results, predictions).items():
             parts.setdefault(key, []).append(array)
         for name, res in results.items():
-            used.setdefault(name, {"method": res.method, "statistic": res.statistic})
+            used.setdefault(name, {"method": res.method, "statistic": res.statistic,
+                                   **({"adaptations": list(res.adaptations)} if res.adaptations else {})})
         if sum(map(len, parts["index"])) == sizes[pos]:
             yield pos, {k: np.concatenate(v) for k, v in parts.items()}, used
             pos, parts, used = pos + 1, {}, {}

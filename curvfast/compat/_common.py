@@ -18,8 +18,8 @@ from torch import nn
 
 from ..curvature import input_curvature, is_piecewise_linear, sample_ids_for
 from ..curvature._checks import check_batch, check_labels
-from ..curvature._dispatch import full_precision
-from ..curvature._model import LogitFn, check_finite_model, no_tf32, scoring_mode, unwrap_model, without_wrapper_hooks
+from ..curvature._model import LogitFn, check_finite_model, scoring_mode, unwrap_model, without_wrapper_hooks
+from ..curvature._precision import precision_policy
 from ..errors import ConfigError, NonFiniteError, UnsupportedModelError
 
 __all__ = ["Batch", "prepare", "published_probe", "philox_keys", "running", "check_finite_scores", "check_h",
@@ -148,7 +148,7 @@ def prepare(net: nn.Module | Callable, x: torch.Tensor, y: torch.Tensor, *, h: f
 def running(batch: Batch) -> Iterator[None]:
     """Opacus hooks off, autocast off and TF32 off while the scorer runs."""
     hooks = without_wrapper_hooks(batch.net) if isinstance(batch.net, nn.Module) else contextlib.nullcontext()
-    with hooks, full_precision(batch.x.device), no_tf32():
+    with hooks, precision_policy("fp32", batch.x.device):
         yield
 
 

@@ -4,6 +4,7 @@ The methods and their math are listed in :mod:`curvfast.curvature`.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -18,8 +19,9 @@ from curvfast.curvature._finite_difference import fd_curvature, zo_curvature
 from curvfast.curvature._folding import fold_batchnorms, foldable_pairs
 from curvfast.curvature._hutchinson import HVP_MODES, hutchinson_curvature
 from curvfast.curvature._logit_space import GRAM_STATISTICS, Forward, logit_space_curvature
+from curvfast.curvature._model import (LogitFn, check_finite_model, scoring_model, second_order_ops, unwrap_model,
+                                      without_wrapper_hooks)
 from curvfast.curvature._precision import autocast_dtype, check_precision, precision_policy
-from curvfast.curvature._model import LogitFn, check_finite_model, scoring_model, unwrap_model, without_wrapper_hooks
 from curvfast.curvature._registry import (AUTO, DEFAULT_PROBES, ESTIMATORS, METHODS, Estimate, EstimateCall, Estimator,
                                          get_estimator, register_estimator)
 from curvfast.errors import ConfigError, DataError, NonFiniteError, UnknownNameError, UnsupportedModelError
@@ -37,6 +39,8 @@ class CurvatureResult:
 
     ``stderr``: (B,) standard error for random methods, else None. ``loss``: (B,) cross-entropy. ``pass_width``:
     classes per backward pass of the logit-space VJPs (exact, sampled, deflated's Gauss-Newton part), else None.
+    ``adaptations``: how ops without second derivatives were run (the math attention backend, hardswish
+    through clamp), empty when none was needed.
     """
 
     value: torch.Tensor
@@ -45,6 +49,7 @@ class CurvatureResult:
     method: str
     statistic: str
     pass_width: int | None = None
+    adaptations: tuple[str, ...] = ()
 
 
 def _natural_statistic(method: str, statistic: str | None) -> str:
@@ -184,7 +189,8 @@ def input_curvature(
     x, y = check_batch(x, y, model)
     check_finite_model(model)
     sample_ids = sample_ids_for(sample_ids, x)
-    with without_wrapper_hooks(wrapper), scoring_model(model) as scored, precision_policy(precision, x.device):
+    with (without_wrapper_hooks(wrapper), scoring_model(model) as scored, precision_policy(precision, x.device),
+          second_order_ops(model) as adaptations):
         pairs = foldable_pairs(scored, x, output_transform)
         if pairs:
             scored = fold_batchnorms(scored, pairs)  # eval BatchNorms folded into the layers feeding them
@@ -212,12 +218,14 @@ def input_curvature(
                 raise
             raise UnsupportedModelError(
                 f"method={method!r} needs second derivatives, and the model uses an op without one ({err}); use "
-                "method='fd' or method='zo', which need first derivatives or losses only (or method='exact' with "
-                "accept_gauss_newton=True if the model is piecewise linear)"
+                "method='fd' or method='zo' (curvfast score --method fd), which need first derivatives or losses "
+                "only, or the Gauss-Newton value method='exact' with accept_gauss_newton=True "
+                "(--method exact --accept-gauss-newton)"
             ) from err
     _check_finite(estimate.value, estimate.loss, method)
+    _warn_all_zero(estimate.value, method)
     return CurvatureResult(estimate.value.detach(), None if estimate.stderr is None else estimate.stderr.detach(),
-                           estimate.loss.detach(), method, call.statistic, estimate.pass_width)
+                           estimate.loss.detach(), method, call.statistic, estimate.pass_width, adaptations)
 
 
 def _forward(logit_fn: LogitFn, x: torch.Tensor, graph: bool, low_precision: torch.dtype | None = None) -> Forward:
@@ -241,8 +249,12 @@ def _forward(logit_fn: LogitFn, x: torch.Tensor, graph: bool, low_precision: tor
             return Forward(xg, low.to(exact_logits.dtype), exact_logits)
         with torch.no_grad():
             return Forward(x[:1], logit_fn(x[:1]))
-    except RuntimeError as err:
-        raise DataError(f"the model cannot take x of shape {tuple(x.shape)}: {str(err).splitlines()[0]}") from err
+    except (RuntimeError, AssertionError) as err:  # torchvision's ViT asserts its image size
+        sizes = (getattr(m, "image_size", None) for m in logit_fn.owner.modules())  # inside a normalisation wrapper
+        size = next((s for s in sizes if isinstance(s, int) and not isinstance(s, bool)), None)
+        hint = f"; the model takes {size}x{size} images (pass --image-size {size})" if isinstance(size, int) else ""
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise DataError(f"the model cannot take x of shape {tuple(x.shape)}: {first}{hint}") from err
 
 
 def _exact(call: EstimateCall) -> Estimate:
@@ -327,6 +339,15 @@ def _check_finite(value: torch.Tensor, loss: torch.Tensor, method: str) -> None:
             "finite (NaN or Inf): the model's logits or derivatives overflow at these inputs; check the inputs' scale "
             "and the model"
         )
+
+
+def _warn_all_zero(value: torch.Tensor, method: str) -> None:
+    """Warn when every score of the batch is exactly 0: the loss does not depend on the input there."""
+    if value.numel() and not bool(value.ne(0).any()):
+        warnings.warn(
+            f"method={method!r}: every score of the batch is exactly 0, so the loss does not depend on the inputs "
+            "(an untrained torchvision ViT has a zero-initialised head, so its logits are constant); load trained "
+            "weights", RuntimeWarning, stacklevel=3)
 
 
 def _zo_oracle(loss_fn, x, y, statistic, probes, seed, sample_ids, step, pass_size) -> CurvatureResult:

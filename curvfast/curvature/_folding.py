@@ -103,7 +103,7 @@ def foldable_pairs(model: nn.Module, x: torch.Tensor, output_transform: Callable
             return known[key]
     try:
         pairs = _find_pairs(model, x[:1], output_transform)
-    except (RuntimeError, TypeError, ValueError):
+    except (RuntimeError, TypeError, ValueError, AssertionError):  # e.g. ViT asserting its image size
         pairs = ()
     with _PAIRS_LOCK:
         known[key] = pairs

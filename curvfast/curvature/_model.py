@@ -15,7 +15,7 @@ from torch import nn
 from ..errors import NonFiniteError, UnsupportedModelError
 
 __all__ = ["unwrap_model", "scoring_mode", "scoring_model", "shared_copy", "reused_copy", "check_finite_model",
-           "without_wrapper_hooks", "LogitFn"]
+           "without_wrapper_hooks", "LogitFn", "second_order_ops", "SDPA_MATH", "HARD_AS_CLAMP"]
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -292,6 +292,59 @@ def check_finite_model(model: nn.Module) -> None:
             "diverged; retrain or load other weights"
         )
     _FINITE[model] = state
+
+
+SDPA_MATH = "attention: math SDPA backend (the fused kernels have no second derivative)"
+HARD_AS_CLAMP = "hardsigmoid/hardswish: computed through clamp (the same function, with second derivatives)"
+
+
+def _uses_attention(model: nn.Module) -> bool:
+    """An ``nn.MultiheadAttention`` or a module whose class is named like an attention block (timm, HF)."""
+    return any(isinstance(m, nn.MultiheadAttention) or "attention" in type(m).__name__.lower() for m in model.modules())
+
+
+class _HardAsClamp(torch.overrides.TorchFunctionMode):
+    """``hardsigmoid(x) = clamp(x/6 + 1/2, 0, 1)`` and ``hardswish(x) = x·hardsigmoid(x)`` through ``clamp``.
+
+    The same functions; autograd has no derivative of ``hardsigmoid_backward``, but differentiates the clamp
+    form twice (hardswish's second derivative is 1/3 on (-3, 3), 0 outside).
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (nn.functional.hardsigmoid, nn.functional.hardswish):
+            x = args[0] if args else kwargs["input"]
+            gate = torch.clamp(x / 6 + 0.5, 0.0, 1.0)
+            return gate if func is nn.functional.hardsigmoid else x * gate
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def second_order_ops(model: nn.Module) -> Iterator[tuple[str, ...]]:
+    """Run ``model``'s ops that lack second derivatives in a form that has them, within the block.
+
+    Attention (``scaled_dot_product_attention``) is forced onto the math backend: the fused flash /
+    memory-efficient kernels have no double backward. ``hardsigmoid`` / ``hardswish`` (MobileNetV3) are
+    computed through ``clamp``. Only models holding such modules are touched (the SDPA setting is
+    process-wide).
+
+    Args:
+        model: the model about to be differentiated.
+
+    Yields:
+        The adaptations made (:data:`SDPA_MATH`, :data:`HARD_AS_CLAMP`), empty when none was needed.
+    """
+    adaptations = []
+    with contextlib.ExitStack() as stack:
+        if _uses_attention(model):
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+            adaptations.append(SDPA_MATH)
+        if any(isinstance(m, (nn.Hardsigmoid, nn.Hardswish)) for m in model.modules()):
+            stack.enter_context(_HardAsClamp())
+            adaptations.append(HARD_AS_CLAMP)
+        yield tuple(adaptations)
 
 
 class LogitFn:

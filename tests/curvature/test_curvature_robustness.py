@@ -23,6 +23,11 @@ def _curv(model_kind="pl_residual", **kw):
     return lambda: curvfast.input_curvature(model, x, y, **kw)
 
 
+class _FunctionalHardsigmoid(nn.Module):
+    def forward(self, x):
+        return nn.functional.hardsigmoid(x)
+
+
 API_CASES = {
     "fd step 0": (_curv("gelu", method="fd", step=0.0), ValueError, "step must be a positive"),
     "zo step 0": (_curv("gelu", method="zo", step=0.0), ValueError, "step must be a positive"),
@@ -49,8 +54,8 @@ API_CASES = {
     "seed=-1": (_curv("gelu", method="hutchinson", probes=2, seed=-1), ValueError, "seed must be >= 0"),
     "labels of another shape": (_curv(batch=(make_batch(3)[0], torch.zeros(2, dtype=torch.long))), ValueError,
                                 r"y must have shape \(B,\)"),
-    "op without a second derivative (hardsigmoid)": (
-        _curv(model=nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.Hardsigmoid(), nn.Linear(8, 10)).double(),
+    "op without a second derivative (F.hardsigmoid called directly; nn.Hardsigmoid is run through clamp)": (
+        _curv(model=nn.Sequential(nn.Flatten(), nn.Linear(64, 8), _FunctionalHardsigmoid(), nn.Linear(8, 10)).double(),
               method="hutchinson", probes=2), ValueError, "second derivative"),
 }
 

@@ -262,6 +262,10 @@ def main_for(pipeline):
             print(f"curvfast {args.command}: error: {err}", file=sys.stderr)
             return 1
         if not getattr(config, "quiet", False):
+            if getattr(args, "preset", "default") == "smoke":
+                print(f"curvfast {args.command}: --preset smoke is a plumbing check (tiny data, few epochs): its numbers "
+                      "show that the pipeline runs, not how well the methods work (they may sit near chance)",
+                      file=sys.stderr)
             shown = pipeline.summary(results) if hasattr(pipeline, "summary") else results
             if shown is not None:
                 print(json.dumps({**shown, "out": args.out}, indent=1, default=str))

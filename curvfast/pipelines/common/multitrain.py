@@ -107,16 +107,33 @@ def train_subset_models(
     bar = tqdm(total=keep.shape[0], desc="training models", unit="model", disable=not progress if progress is not None else None)
     for start in range(0, keep.shape[0], models_per_pass):
         ids = list(range(start, min(start + models_per_pass, keep.shape[0])))
-        batches = subset_batches(keep[ids], batch_size, epochs, seed, model_ids=ids)
+        batches = _Ticking(subset_batches(keep[ids], batch_size, epochs, seed, model_ids=ids), bar, len(ids))
         group = train_group(make_model, images, targets, batches, ids, epochs=epochs, lr=lr,
                             weight_decay=weight_decay, seed=seed, augment=augment)
         if on_group is None:
             models += [m.eval().cpu() for m in group]
         else:
             on_group(ids, [m.eval() for m in group])
-        bar.update(len(ids))
+        bar.n = ids[-1] + 1  # whole models after each group (the steps' fractions may round)
+        bar.refresh()
     bar.close()
     return models
+
+
+class _Ticking:
+    """A group's step batches that move ``bar`` by ``models / steps`` per step: the bar counts models and moves
+    every step, not once per group (a group of 64 models is minutes of training)."""
+
+    def __init__(self, batches, bar, models: int):
+        self.batches, self.bar, self.share = batches, bar, models / max(len(batches), 1)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for batch in self.batches:
+            yield batch
+            self.bar.update(self.share)
 
 
 def _fresh_models(make_model, ids, seed, device):

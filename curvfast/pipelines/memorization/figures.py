@@ -2,12 +2,32 @@
 from __future__ import annotations
 
 
+import os
+
 import numpy as np
 
 from curvfast.plots import pyplot, save_png
 
-__all__ = ["scatter_plot", "histograms", "dp_plot"]
+__all__ = ["scatter_plot", "histograms", "dp_plot", "sample_caption"]
 
+
+def sample_caption(dataset, index: int, label: int, width: int = 18) -> str:
+    """A grid title naming sample ``index``: its file (image folders, file lists) and class name, else the index
+    and the class name (or label) -- what a user can look up in their own data.
+
+    ``dataset``: torchvision's ``ImageFolder`` (``samples``, ``classes``), curvfast's streaming datasets
+    (``path(i)``, ``classes``) or any other (``classes`` if it has them)."""
+    classes = getattr(dataset, "classes", None)
+    name = str(classes[label]) if classes is not None and 0 <= label < len(classes) else f"y={label}"
+    if hasattr(dataset, "samples"):
+        path = dataset.samples[index][0]
+    elif callable(getattr(dataset, "path", None)):
+        path = dataset.path(index)
+    else:
+        return f"#{index} {name}"
+    file = os.path.basename(path)
+    file = file if len(file) <= width else "…" + file[-(width - 1):]
+    return f"{file}\n{name}"
 
 
 

@@ -35,7 +35,7 @@ from curvfast.plots import image_grid
 from curvfast.pipelines.memorization.agreement import agreement
 from curvfast.pipelines.memorization.dp import dp_sweep, fit_unveiling_bounds
 from curvfast.pipelines.memorization.feldman import label_predictions, memorization_scores, random_subsets
-from curvfast.pipelines.memorization.figures import dp_plot, histograms, scatter_plot
+from curvfast.pipelines.memorization.figures import dp_plot, histograms, sample_caption, scatter_plot
 from curvfast.pipelines.memorization.mislabel import cleanlab_scores, cross_val_pred_probs, flip_labels, mislabel_report
 from curvfast.pipelines.memorization.models import model_factory
 from curvfast.pipelines.memorization.trajectory import curvature_trajectory
@@ -230,10 +230,13 @@ def _stages(config: Config, out: str) -> dict:
                  {"clean": mis_scores["curvature"][~flipped], "flipped": mis_scores["curvature"][flipped]}, True)],
                os.path.join(out, "histograms.png"))
     top_mem = np.argsort(-np.nan_to_num(est.mem, nan=-2))[: config.top]
-    _grid(images, top_mem, [f"#{i} y={int(targets[i])}\nmem={est.mem[i]:.2f} c={curv_avg[i]:.2g}" for i in top_mem],
+    def caption(i: int) -> str:
+        return sample_caption(train, int(i), int(targets[i]))
+
+    _grid(images, top_mem, [f"{caption(i)}\nmem={est.mem[i]:.2f} c={curv_avg[i]:.2g}" for i in top_mem],
           os.path.join(out, "top_memorized.png"), f"most memorized {config.dataset} training images (mem, curvature)")
     top_curv = np.argsort(-curv_avg)[: config.top]
-    _grid(images, top_curv, [f"#{i} y={int(targets[i])}\nc={curv_avg[i]:.2g} mem={est.mem[i]:.2f}" for i in top_curv],
+    _grid(images, top_curv, [f"{caption(i)}\nc={curv_avg[i]:.2g} mem={est.mem[i]:.2f}" for i in top_curv],
           os.path.join(out, "top_curvature.png"), f"highest epoch-averaged curvature ({config.dataset})")
 
     results = {

@@ -102,23 +102,32 @@ def mean_roc(scores: np.ndarray, members: np.ndarray, grid: np.ndarray) -> np.nd
     return np.mean(tprs, axis=0)
 
 
-def plot_rocs(scores: dict[str, np.ndarray], members: np.ndarray, path: str, title: str = "") -> None:
-    """Log-log ROC curves (mean TPR over targets) of every attack, with the chance line, as a PNG."""
+def plot_rocs(scores: dict[str, np.ndarray], members: np.ndarray, path: str, title: str = "", highlight: int = 5) -> None:
+    """Log-log ROC curves (mean TPR over targets) of every attack, with the chance line, as a PNG.
+
+    The ``highlight`` attacks of highest AUROC are drawn in colour and named in the legend; the others are thin grey
+    lines (one legend entry says how many), so 15 attacks stay readable."""
     plt = pyplot()
     floor = 1.0 / members.shape[1]
     grid = np.logspace(np.log10(floor), 0, 200)
     fig, ax = plt.subplots(figsize=(8, 5))
-    colors = plt.cm.tab20(np.linspace(0, 1, max(len(scores), 2)))
-    for color, (name, s) in zip(colors, scores.items()):
-        auc = np.mean([metrics.auroc(si, mi, positive=True) for si, mi in zip(s, members)])
-        style = "-" if name.startswith("curv") else "--" if name.startswith("lira") else ":"
-        ax.loglog(grid, np.maximum(mean_roc(s, members, grid), floor), style, color=color, lw=1.3,
-                  label=f"{name} (AUROC {auc:.3f})")
-    ax.loglog(grid, grid, color="black", lw=0.8, label="chance")
+    aucs = {name: float(np.mean([metrics.auroc(si, mi, positive=True) for si, mi in zip(s, members)]))
+            for name, s in scores.items()}
+    ranked = sorted(scores, key=lambda name: -aucs[name])
+    top, rest = ranked[:highlight], ranked[highlight:]
+    for i, name in enumerate(rest):
+        ax.loglog(grid, np.maximum(mean_roc(scores[name], members, grid), floor), color="0.7", lw=0.8, zorder=1,
+                  label=f"{len(rest)} other attacks (AUROC {aucs[rest[-1]]:.3f}-{aucs[rest[0]]:.3f})" if i == 0 else None)
+    colors = plt.cm.tab10(np.arange(len(top)))
+    for color, name in zip(colors, top):
+        style = "-" if name.startswith("curv") else "--" if name.startswith("lira") else "-."
+        ax.loglog(grid, np.maximum(mean_roc(scores[name], members, grid), floor), style, color=color, lw=1.8, zorder=3,
+                  label=f"{name} (AUROC {aucs[name]:.3f})")
+    ax.loglog(grid, grid, color="black", lw=0.8, ls=":", label="chance")
     ax.set_xlim(floor, 1)
     ax.set_ylim(floor, 1)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_title(title + (f" (top {len(top)} of {len(scores)} attacks by AUROC in colour)" if rest else ""), fontsize=9)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     save_png(fig, path)

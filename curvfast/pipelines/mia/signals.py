@@ -147,8 +147,11 @@ def compute_signals(
     models = [m.to(device).eval() for m in models]
     rows: list[dict] = [{name: [] for name in signals} | {"correct": []} for _ in models]
     start = 0
+    total = len(data) * len(models) if hasattr(data, "__len__") else None
+    bar = tqdm(total=total, desc=f"signals ({len(models)} models)", unit="model-batch",
+               disable=not progress if progress is not None else None)
     try:
-        for x, y in tqdm(data, desc="signals", unit="batch", disable=not progress if progress is not None else None):
+        for x, y in data:
             x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device, non_blocking=True)
             ids = torch.arange(start, start + len(y)) if indices is None else torch.as_tensor(indices[start:start + len(y)])
             if len(ids) != len(y):
@@ -159,7 +162,9 @@ def compute_signals(
                 for name in signals:
                     row[name].append(values[name].double().cpu().numpy())
                 row["correct"].append(correct.cpu().numpy())
+                bar.update()  # per model and batch: one batch of M shadow models is minutes at paper scale
     finally:
+        bar.close()
         for model, mode in zip(models, modes):
             model.train(mode)
     if indices is not None and start != len(indices):

@@ -16,6 +16,11 @@ OoD sets, shaped like the ID images, in [0, 1]:
 Every seed trains two small CNNs with the same recipe and initialisation seed: a K-class network
 read by the post-hoc detectors, and a (K+1)-class VRM network. Metrics are reported per OoD set
 and averaged over sets, as mean and standard deviation over seeds.
+
+Your own model and data: ``--checkpoint PATH`` (a classifier of the ID classes, e.g. from ``curvfast train``) is
+read by the post-hoc detectors instead of a network trained here (VRM, which trains its own network, is then
+left out, and ``id_classes`` may name every class); ``--ood-folders A,B`` adds each folder of images (resized to
+the ID images' shape) as an OoD set named by its folder.
 """
 from __future__ import annotations
 
@@ -40,8 +45,9 @@ from curvfast.ood import (
     vrm_batch,
 )
 from curvfast.pipelines.ood.overhead import count_parameters, inference_flops, state_bytes, train_step_cost
+from curvfast.checkpoints import load_model
 from curvfast.pipelines.ood.report import curvature_table, examples_figure, markdown_table, roc_figure
-from curvfast.pipelines.ood.training import ClassSubset, stack_images
+from curvfast.pipelines.ood.training import ClassSubset, folder_images, stack_images
 from curvfast.training import TrainRecipe, fit
 
 __all__ = ["Config", "PRESETS", "run", "summary", "ood_sets", "OOD_SETS"]
@@ -78,6 +84,11 @@ class Config(DataOptions):
     vrm_aux_fraction: float = option(0.5, "VRM's auxiliary (noise-mix) samples per real sample")
     vrm_noise_mean: float = option(0.5, "VRM's noise mean")
     vrm_noise_std: float = option(0.5, "VRM's noise standard deviation")
+    checkpoint: str | None = option(None, "your trained classifier of the ID classes (curvfast train --out PATH): the "
+                                          "post-hoc detectors read it instead of a network trained here; VRM, which "
+                                          "trains its own network, is left out")
+    ood_folders: tuple[str, ...] = option((), "folders of your OoD images (any depth), each an extra OoD set named by "
+                                              "its folder; images are resized to the ID images' shape")
     device: str = option("cpu")
     quiet: bool = option(False)
 
@@ -87,8 +98,11 @@ class Config(DataOptions):
         ids = list(self.id_classes)
         if len(ids) < 2 or len(set(ids)) != len(ids) or not all(0 <= c < num_classes for c in ids):
             raise ConfigError(f"id_classes must be at least 2 distinct classes in 0..{num_classes - 1} (got {ids})")
-        if len(ids) == num_classes:
+        if len(ids) == num_classes and self.checkpoint is None:
             raise ConfigError("id_classes must leave at least one class out for the heldout_classes OoD set")
+        if len(ids) == num_classes and not self.ood_folders:
+            raise ConfigError("with every class in distribution there is no heldout_classes OoD set; name your OoD "
+                              "data with --ood-folders, or leave a class out of --id-classes")
         if not self.seeds:
             raise ConfigError("seeds must name at least one seed")
         parse_device(self.device)
@@ -96,19 +110,20 @@ class Config(DataOptions):
         VRMTransform(len(ids), self.vrm_alpha, self.vrm_aux_fraction, self.vrm_noise_mean, self.vrm_noise_std)
 
 
-def ood_sets(id_test: torch.Tensor, heldout: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
-    """The five OoD sets (see the module docstring); all but ``heldout_classes`` have len(id_test) samples."""
+def ood_sets(id_test: torch.Tensor, heldout: torch.Tensor, seed: int = 0,
+             folders: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The five OoD sets (see the module docstring; ``heldout_classes`` left out when empty) and ``folders``
+    (your own OoD images by set name); the synthetic ones have len(id_test) samples."""
     n = len(id_test)
     gen = torch.Generator().manual_seed(seed)
     perm = torch.stack([torch.randperm(id_test[0].numel(), generator=gen) for _ in range(n)])
     flat = id_test.flatten(1)
-    return {
-        "heldout_classes": heldout,
+    return ({"heldout_classes": heldout} if len(heldout) else {}) | {
         "photo_patches": photo_patches(n, size=id_test.shape[-1], seed=seed).expand(-1, id_test.shape[1], -1, -1).contiguous(),
         "uniform_noise": torch.rand(id_test.shape, generator=gen),
         "inverted": 1.0 - id_test,
         "shuffled": flat.gather(1, perm).view_as(id_test),
-    }
+    } | (folders or {})
 
 
 def _detector_settings(config: Config) -> dict[str, dict]:
@@ -208,6 +223,26 @@ class _Stacked:
         return len(self.targets)
 
 
+def _folder_sets(folders: tuple[str, ...], shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """Your OoD folders as sets named by their folder (numbered where two share a name)."""
+    names = [os.path.basename(os.path.normpath(f)) or f for f in folders]
+    if len(set(names)) != len(names):
+        names = [f"{i}-{n}" for i, n in enumerate(names)]
+    return {name: folder_images(f, shape) for name, f in zip(names, folders)}
+
+
+def _user_model(config: Config, sample: torch.Tensor):
+    """``--checkpoint``'s model on the device in eval mode; its outputs must be the ID classes."""
+    model = load_model(config.checkpoint, None, config.dataset, config.root).to(config.device).eval()
+    with torch.no_grad():
+        outputs = model(sample.to(config.device)).shape[-1]
+    if outputs != len(config.id_classes):
+        raise ConfigError(f"checkpoint {config.checkpoint!r} has {outputs} outputs but id_classes names "
+                          f"{len(config.id_classes)} classes; pass --id-classes with the {outputs} classes it was "
+                          "trained on, in the dataset's order")
+    return model
+
+
 def _then(first, second):
     """The batch transform ``second(first(batch))``."""
     return lambda x, y, rng: second(*first(x, y, rng), rng)
@@ -240,26 +275,39 @@ def run(config: Config, out: str | None = None) -> dict:
     held = [c for c in range(info.num_classes) if c not in ids]
     id_train = ClassSubset(train_all, ids)
     id_test = _Stacked(*stack_images(ClassSubset(test_all, ids), workers=config.workers))
-    heldout = stack_images(ClassSubset(test_all, held), workers=config.workers)[0]
+    shape = tuple(id_test.images.shape[1:])
+    heldout = stack_images(ClassSubset(test_all, held), workers=config.workers)[0] if held else id_test.images[:0]
+    folders = _folder_sets(config.ood_folders, shape)
+    user_model = None if config.checkpoint is None else _user_model(config, id_test.images[:1])
+    seeds = config.seeds[:1] if user_model is not None else config.seeds  # one model: nothing to vary
     per_seed: dict[str, list] = {}
-    accuracy: dict[str, list] = {"baseline": [], "vrm": []}
+    accuracy: dict[str, list] = {"baseline": []} | ({} if user_model is not None else {"vrm": []})
     timings: dict[str, list] = {}
     arrays: dict[str, np.ndarray] = {}
     overhead: dict = {}
     failures: dict[str, list] = {}
     curvature_means: list[dict] = []
     start = time.perf_counter()
-    for seed in config.seeds:
-        sets = {"id": id_test.images} | ood_sets(id_test.images, heldout, seed=seed)
-        base, vrm_net, transform, train_info = _train_pair(config, id_train, tuple(id_test.images.shape[1:]), seed, progress)
+    overhead_training = None
+    for seed in seeds:
+        sets = {"id": id_test.images} | ood_sets(id_test.images, heldout, seed=seed, folders=folders)
+        set_names = [s for s in sets if s != "id"]
+        if user_model is None:
+            base, vrm_net, transform, train_info = _train_pair(config, id_train, shape, seed, progress)
+        else:
+            base, vrm_net, train_info = user_model, None, {}
         for net_name, net, logits_slice in (("baseline", base, slice(None)), ("vrm", vrm_net, slice(0, k))):
+            if net is None:
+                continue
             with torch.no_grad():
                 accuracy[net_name].append(_accuracy(net(id_test.images.to(config.device))[:, logits_slice].cpu(), id_test.targets))
-            timings.setdefault(f"train_{net_name}_s", []).append(train_info[net_name]["seconds"])
-        say(f"seed {seed}: ID test accuracy baseline {accuracy['baseline'][-1]:.4f}, vrm {accuracy['vrm'][-1]:.4f}")
+            if net_name in train_info:
+                timings.setdefault(f"train_{net_name}_s", []).append(train_info[net_name]["seconds"])
+        say(f"seed {seed}: ID test accuracy " + ", ".join(f"{n} {v[-1]:.4f}" for n, v in accuracy.items()))
 
         detectors = [(name, det, base) for name, det in (_posthoc_detectors(config, base) | _ablation_detectors(base)).items()]
-        detectors += [(name, det, vrm_net) for name, det in _auxiliary_detectors(vrm_net).items()]
+        if vrm_net is not None:
+            detectors += [(name, det, vrm_net) for name, det in _auxiliary_detectors(vrm_net).items()]
         for name, det, net in detectors:
             t0 = time.perf_counter()
             try:
@@ -271,11 +319,11 @@ def run(config: Config, out: str | None = None) -> dict:
                 continue
             fit_s = time.perf_counter() - t0
             scores = {s: det.predict(x).cpu().numpy() for s, x in sets.items()}
-            per_seed.setdefault(name, []).append({s: ood_metrics(scores["id"], scores[s]) for s in OOD_SETS})
+            per_seed.setdefault(name, []).append({s: ood_metrics(scores["id"], scores[s]) for s in set_names})
             if name == CURVATURE:
                 curvature_means.append({s: float(v.mean()) for s, v in scores.items()})
             timings.setdefault(f"fit_{name}_s", []).append(fit_s)
-            if seed == config.seeds[0]:
+            if seed == seeds[0]:
                 arrays.update({f"{name}/{s}": v for s, v in scores.items()})
                 overhead[name] = {
                     "model_parameters": count_parameters(net),
@@ -283,17 +331,18 @@ def run(config: Config, out: str | None = None) -> dict:
                     "state_bytes": state_bytes(det),
                     "fit_seconds": round(fit_s, 4),
                 }
-        if seed == config.seeds[0]:
+        if seed == seeds[0] and vrm_net is not None:
             overhead_training = _training_overhead(config, id_train, base, vrm_net, transform, seed)
 
     detectors = {name: _aggregate(runs) for name, runs in per_seed.items() if not name.startswith("norm_scaling[")}
     best = max((n for n in detectors if n not in PROPOSED), key=lambda n: detectors[n]["auroc"])
     comparison = {"best_baseline": best} | {
         f"{m}_vs_{ref}": gains(detectors[m], detectors[r])
-        for m in ("norm_scaling", "vrm") for ref, r in (("msp", "msp"), ("best_baseline", best))
+        for m in ("norm_scaling", "vrm") if m in detectors for ref, r in (("msp", "msp"), ("best_baseline", best))
     }
     results = {
-        "settings": config_dict(config) | {"k": k, "heldout_classes": held, "ood_sets": list(OOD_SETS),
+        "settings": config_dict(config) | {"k": k, "heldout_classes": held, "ood_sets": set_names,
+                                   "seeds_run": list(seeds),
                                    "id_train": len(id_train), "id_test": len(id_test), "heldout_test": len(heldout),
                                    "photo_sources": photo_manifest()},
         "conventions": {
@@ -314,15 +363,16 @@ def run(config: Config, out: str | None = None) -> dict:
     }
     with run_folder(out) as folder:
         write_npz(os.path.join(folder, "scores.npz"), **arrays)
-        roc_figure(arrays, ["msp", "energy", "odin", "mahalanobis", "knn", "norm_scaling", "vrm", CURVATURE], list(OOD_SETS),
-                   os.path.join(folder, "roc.png"))
-        examples_figure({"id": id_test.images} | ood_sets(id_test.images, heldout, seed=config.seeds[0]),
+        shown = [d for d in ("msp", "energy", "odin", "mahalanobis", "knn", "norm_scaling", "vrm", CURVATURE)
+                 if d in detectors]
+        roc_figure(arrays, shown, set_names, os.path.join(folder, "roc.png"))
+        examples_figure({"id": id_test.images} | ood_sets(id_test.images, heldout, seed=seeds[0], folders=folders),
                         os.path.join(folder, "ood_examples.png"))
         write_results(folder, results)
     if not config.quiet:
         headline = detectors
         for metric in ("auroc", "fpr95"):
-            print(f"\n{metric} (%), mean ± std over seeds {list(config.seeds)}\n" + markdown_table(headline, metric))
+            print(f"\n{metric} (%), mean ± std over seeds {list(seeds)}\n" + markdown_table(headline, metric))
         print("\n" + curvature_table(results["curvature"]))
     return results
 

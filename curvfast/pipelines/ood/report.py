@@ -43,21 +43,33 @@ def curvature_table(curvature: dict) -> str:
 
 
 def roc_figure(arrays: dict, detectors: list[str], sets: list[str], path: str) -> None:
-    """ROC curves (OoD positive) of ``detectors`` on each OoD set from ``arrays["<det>/<set>"]``."""
+    """ROC curves (OoD positive) of ``detectors`` on each OoD set from ``arrays["<det>/<set>"]``; each panel's
+    AUROCs in its title order, one legend (8 pt) for all panels."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(sets), figsize=(3.2 * len(sets), 3.3), squeeze=False)
-    for ax, s in zip(axes[0], sets):
+    cols = min(3, len(sets))
+    rows = -(-len(sets) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows + 0.8), squeeze=False)
+    colors = dict(zip(detectors, plt.cm.tab10(np.arange(len(detectors)))))
+    for ax in axes.flat[len(sets):]:
+        ax.axis("off")
+    for ax, s in zip(axes.flat, sets):
+        best = []
         for det in detectors:
             ind, ood = arrays[f"{det}/id"], arrays[f"{det}/{s}"]
             labels = np.r_[np.zeros(ind.size), np.ones(ood.size)]
             fpr, tpr, _ = metrics.roc_curve(np.r_[ind, ood], labels, positive=1)
-            ax.plot(fpr, tpr, label=f"{det} ({metrics.auroc(np.r_[ind, ood], labels, positive=1):.3f})", lw=1)
-        ax.plot([0, 1], [0, 1], "k:", lw=0.5)
-        ax.set_title(s, fontsize=9)
+            ax.plot(fpr, tpr, color=colors[det], label=det, lw=1.2)
+            best.append((metrics.auroc(np.r_[ind, ood], labels, positive=1), det))
+        ax.plot([0, 1], [0, 1], "k:", lw=0.6)
+        auc, det = max(best)
+        ax.set_title(f"{s}\nbest AUROC {auc:.3f} ({det})", fontsize=9)
         ax.set_xlabel("FPR (ID flagged)", fontsize=8)
-        ax.legend(fontsize=5.5, loc="lower right")
-    axes[0][0].set_ylabel("TPR (OoD flagged)", fontsize=8)
-    save_png(fig, path, dpi=110)
+        ax.set_ylabel("TPR (OoD flagged)", fontsize=8)
+        ax.tick_params(labelsize=8)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(detectors), 7), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.8 / (3.4 * rows + 0.8), 1, 1))
+    save_png(fig, path, dpi=110, tight_layout=False)
 
 
 def examples_figure(sets: dict, path: str, per_set: int = 8) -> None:

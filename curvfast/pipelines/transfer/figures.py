@@ -31,29 +31,35 @@ def transfer_heatmap(matrix: np.ndarray, names: list[str], path: str, title: str
 
 
 def fit_curves(eps: np.ndarray, n_st: np.ndarray, fits_st, names: list[str], path: str, metric_eps: float) -> None:
-    """One panel per source: the transfer counts N_{s->t}(eps) (dots) and their fits (lines)."""
+    """One panel per source: the transfer counts N_{s->t}(eps) (dots) and their fits (lines of the same colour).
+
+    Counts and fits are drawn on the same axes (eps as attacked, counts of images); each panel's title gives its
+    largest fit error, since a single saturating exponential cannot follow S-shaped counts (zero, then a jump)."""
     plt = pyplot()
     n = len(names)
     cols = min(4, n)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows + 0.25 * -(-n // 6)), squeeze=False)
     grid = np.linspace(0.0, float(np.max(eps)), 200)
-    colors = plt.get_cmap("tab20")(np.linspace(0, 1, n))
+    colors = plt.get_cmap("tab10" if n <= 10 else "tab20")(np.arange(n))
     for s, ax in enumerate(axes.flat):
         if s >= n:
             ax.axis("off")
             continue
         for t in range(n):
-            ax.plot(eps, n_st[s, t], "o", ms=2.5, color=colors[t])
-            ax.plot(grid, fits_st[s][t](grid), "-", lw=1.0, color=colors[t], label=names[t])
+            ax.plot(eps, n_st[s, t], "o", ms=4, color=colors[t], mec="k", mew=0.4, zorder=3)
+            ax.plot(grid, fits_st[s][t](grid), "-", lw=1.2, color=colors[t], label=names[t], zorder=2)
         ax.axvline(metric_eps, color="k", lw=0.6, ls=":")
-        ax.set_title(f"source {names[s]}", fontsize=8)
-        ax.set_xlabel("eps", fontsize=7)
-        ax.set_ylabel("N_s->t", fontsize=7)
-        ax.tick_params(labelsize=6)
-    axes.flat[0].legend(fontsize=5, ncol=2)
-    fig.suptitle("transfer counts and fits N(eps) = a(1 - exp(b eps)); dotted: metric eps", fontsize=9)
-    fig.tight_layout()
+        worst = max(fits_st[s][t].rmse for t in range(n))
+        ax.set_title(f"source {names[s]} (fit rmse <= {worst:.2g})", fontsize=8)
+        ax.set_xlabel("eps", fontsize=8)
+        ax.set_ylabel("N_s->t (images)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, [f"target {name}" for name in labels], loc="lower center", ncol=min(n, 6), fontsize=8,
+               frameon=False)
+    fig.suptitle("transfer counts (dots) and fits N(eps) = a(1 - exp(b eps)) (lines); dotted: metric eps", fontsize=9)
+    fig.tight_layout(rect=(0, 0.25 * -(-n // 6) / (2.9 * rows + 0.25 * -(-n // 6)), 1, 0.95))  # room for the legend's rows
     save_png(fig, path, tight_layout=False)
 
 

@@ -188,7 +188,7 @@ def _save(path: str, data: dict[str, np.ndarray], settings: dict) -> None:
 
 def _generate(config: SyntheticConfig, progress: bool) -> dict[str, np.ndarray]:
     from sklearn.datasets import load_digits
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     photos, digits = _backgrounds(), load_digits().images.astype(np.float32)
     labels = np.repeat(np.arange(len(class_names())), config.clips_per_class)
