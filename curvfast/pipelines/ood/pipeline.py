@@ -177,7 +177,7 @@ def _curvature_summary(means: list[dict], metrics: list[dict], seeds) -> dict:
         "seeds": list(seeds),
         "mean_curvature": {s: _mean_stderr([m[s] for m in means]) | {"per_seed": [m[s] for m in means]}
                            for s in means[0]},
-        "metrics": {s: {k: _mean_stderr([m[s][k] for m in metrics]) for k in ("auroc", "fpr95")} for s in OOD_SETS},
+        "metrics": {s: {k: _mean_stderr([m[s][k] for m in metrics]) for k in ("auroc", "fpr95")} for s in metrics[0]},
     }
 
 
@@ -354,7 +354,7 @@ def run(config: Config, out: str | None = None) -> dict:
         "id_accuracy": {m: {"mean": float(np.mean(v)), "std": float(np.std(v)), "per_seed": v} for m, v in accuracy.items()},
         "detectors": detectors,
         "comparison": comparison,
-        "curvature": _curvature_summary(curvature_means, per_seed[CURVATURE], config.seeds),
+        "curvature": _curvature_summary(curvature_means, per_seed[CURVATURE], seeds),
         "ablation": {"norm_scaling": {name: _aggregate(runs) for name, runs in per_seed.items() if name.startswith("norm_scaling[")},
                      "failures": failures},
         "overhead": {"detectors": overhead, "training": overhead_training},
