@@ -84,14 +84,22 @@ def _differences(old: object, new: object, prefix: str = "") -> list[str]:
 
 
 def _is_chunk(path: str) -> bool:
-    """Whether a file named like a chunk holds one of curvfast's chunks (.npz with ``index``) or commit records."""
-    try:
-        if path.endswith(".npz"):
+    """Whether a file named like a chunk is one of curvfast's commit records, or chunks.
+
+    A chunk is an .npz holding ``index``, or any file beside a commit record (a truncated or altered chunk, recomputed).
+    """
+    if path.endswith(".npz"):
+        try:
             with zipfile.ZipFile(path) as z:  # reads the central directory only
-                return "index.npy" in z.namelist()
+                if "index.npy" in z.namelist():
+                    return True
+        except (OSError, zipfile.BadZipFile):
+            pass
+        return _is_chunk(path[:-4] + ".json")
+    try:
         with open(path) as f:
             record = json.load(f)
-    except (OSError, ValueError, zipfile.BadZipFile):
+    except (OSError, ValueError):
         return False
     return isinstance(record, dict) and _RECORD_KEYS <= set(record)
 
