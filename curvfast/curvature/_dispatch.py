@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from curvfast.curvature._checks import (check_batch, check_labels, is_missing_second_derivative, is_piecewise_linear,
-                                      require_piecewise_linear)
+from curvfast.curvature._checks import (check_batch, check_batch_independent, check_labels,
+                                      is_missing_second_derivative, is_piecewise_linear, require_piecewise_linear)
 from curvfast.curvature._deflated import deflated_curvature
 from curvfast.curvature._finite_difference import fd_curvature, zo_curvature
 from curvfast.curvature._folding import fold_batchnorms, foldable_pairs
@@ -182,6 +182,7 @@ def input_curvature(
         if pairs:
             scored = fold_batchnorms(scored, pairs)  # eval BatchNorms folded into the layers feeding them
         logit_fn = LogitFn(scored, output_transform, owner=model)
+        check_batch_independent(model, logit_fn, x)  # once per model: a sample's logits beside other batch-mates
         forward = _forward(logit_fn, x, graph=method == AUTO or get_estimator(method).logit_space)
         num_classes = forward.logits.shape[1]
         check_labels(y, num_classes)
