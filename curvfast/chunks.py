@@ -244,9 +244,11 @@ class RunFolder:
         rebuild = old is not None and old.get("unreadable", False)  # chunk records name their run: keep ours
         if rebuild:
             old = None
-        if old is None and not rebuild and os.path.exists(os.path.join(self.out, "results.json")) and not overwrite:
+        found = [f for f in self._merged_files({}) if os.path.lexists(f)]
+        if old is None and not rebuild and found and not overwrite:
             raise ConfigError(
-                f"run folder {self.out!r} holds scores from a run without a manifest (not resumable); "
+                f"run folder {self.out!r} holds {', '.join(os.path.relpath(f, self.out) for f in found[:3])} without a "
+                "manifest (scores of a run that is not resumable, or your own files); move them out of the folder, "
                 "pass overwrite=True (--overwrite) to replace them, or choose another out folder"
             )
         if old is not None and old.get("run") != self.run:
@@ -296,13 +298,18 @@ class RunFolder:
 
     def _clear(self, old: dict) -> None:
         """Remove what a previous run wrote here (chunks, merged results), nothing else."""
-        names = set(old.get("identity", {}).get("models", {})) | set(self.identity.get("models", {}))
-        merged = [os.path.join(self.out, *parts) for parts in [("scores.npz",), ("results.json",), (MANIFEST,)]]
-        merged += [os.path.join(self.out, str(m), f) for m in names for f in ("scores.npz", "results.json")
-                   if not os.path.islink(os.path.join(self.out, str(m)))]
+        merged = self._merged_files(old) + [os.path.join(self.out, MANIFEST)]
         for path in glob.glob(os.path.join(glob.escape(self.chunk_dir), "*")) + merged:
-            if os.path.isfile(path):
-                os.unlink(path)
+            if os.path.isfile(path) or os.path.islink(path):
+                os.unlink(path)  # a symlink itself, never what it points to
+
+    def _merged_files(self, old: dict) -> list[str]:
+        """The merged results a run writes here (and the one described by ``old``, a manifest, wrote)."""
+        names = set(old.get("identity", {}).get("models", {})) | set(self.identity.get("models", {}))
+        merged = [os.path.join(self.out, name) for name in ("scores.npz", "results.json")]
+        return merged + [os.path.join(self.out, str(m), f) for m in sorted(names)
+                         for f in ("scores.npz", "results.json")
+                         if not os.path.islink(os.path.join(self.out, str(m)))]
 
     def _state(self, k: int) -> str:
         """``"ok"``, ``"missing"`` (never committed) or ``"corrupt"``."""

@@ -3,6 +3,7 @@ temporary files, and bit-identical after a SIGKILL at a chosen write and a resum
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -137,6 +138,11 @@ def _symlinked_chunk_record(tmp, out):
     os.symlink(_user_files(tmp) / "notes.txt", out / "chunks" / "000000.json")
 
 
+def _scores_of_the_user_without_a_manifest(tmp, out):
+    out.mkdir()
+    (out / "scores.npz").write_bytes(b"my own scores")
+
+
 # (layout, what the error names, overwrite)
 FOREIGN = [
     (_foreign_in_chunks, "notes.txt", False),
@@ -150,6 +156,7 @@ FOREIGN = [
     (_lock_a_foreign_file, "not curvfast's lock", False),
     (_foreign_in_chunks_of_an_earlier_run, "notes.txt", True),
     (_symlinked_chunk_record, "000000.json", False),
+    (_scores_of_the_user_without_a_manifest, "scores.npz without a manifest", False),
 ]
 
 
@@ -163,7 +170,7 @@ def test_a_run_folder_holding_the_users_files_is_refused_and_left_byte_for_byte(
     before = _tree(tmp_path)
     with pytest.raises(ConfigError, match=names) as info:
         curvfast.score(small_model, digits48, batch_size=16, chunk_size=16, out=str(out), overwrite=overwrite)
-    assert "move it" in str(info.value) or "remove" in str(info.value), info.value  # the fix
+    assert re.search(r"move (it|them) out|remove", str(info.value)), info.value  # the fix
     after = _tree(tmp_path)
     if (out / ".lock") not in [tmp_path / k for k in before]:
         after.pop(os.path.relpath(out / ".lock", tmp_path), None)  # the refused run's own lock file may stay
