@@ -55,6 +55,7 @@ FORMAT = 1
 _CHUNK_NAME = re.compile(r"\d{6}\.(npz|json)")
 _TEMP_NAME = re.compile(r"\.tmp-[a-z0-9_]+(?:manifest\.json|results\.json|scores\.npz|\d{6}\.(?:npz|json))")
 _LOCK_TEXT = re.compile(rb"(pid \d+ on [^\n]*)?")  # what _lock writes (or a new, empty file)
+_MODEL_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"  # the engine's rule for model (folder) names
 _RECORD_KEYS = {"run", "chunk", "start", "stop", "sha256", "used"}
 
 
@@ -210,7 +211,8 @@ class RunFolder:
                 f"run folder {self.out!r} is in use by another run ({holder}); wait for it to finish, "
                 "or choose another out folder"
             ) from None
-        if not _LOCK_TEXT.fullmatch(os.read(fd, 4096)):
+        text = os.read(fd, 4097)
+        if len(text) > 4096 or not _LOCK_TEXT.fullmatch(text):
             os.close(fd)
             raise self._foreign(path, "holds other text (not curvfast's lock)")
         os.lseek(fd, 0, os.SEEK_SET)
@@ -306,6 +308,7 @@ class RunFolder:
     def _merged_files(self, old: dict) -> list[str]:
         """The merged results a run writes here (and the one described by ``old``, a manifest, wrote)."""
         names = set(old.get("identity", {}).get("models", {})) | set(self.identity.get("models", {}))
+        names = {str(m) for m in names if re.fullmatch(_MODEL_NAME, str(m))}  # an edited manifest: never '../x'
         merged = [os.path.join(self.out, name) for name in ("scores.npz", "results.json")]
         return merged + [os.path.join(self.out, str(m), f) for m in sorted(names)
                          for f in ("scores.npz", "results.json")

@@ -246,3 +246,15 @@ def test_sigkill_at_a_chosen_write_then_resume_is_bit_identical(nth, moment, dig
     np.testing.assert_array_equal(reference.loss, resumed.loss)
     assert not list(out.rglob(".tmp-*"))
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
+
+
+def test_overwrite_never_deletes_outside_the_run_folder_whatever_the_manifest_names(digits48, small_model, tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "scores.npz").write_bytes(b"not curvfast's")
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps({"format": 1, "run": "other",
+                                                   "identity": {"models": {"../victim": {}}}}))
+    curvfast.score(small_model, digits48, batch_size=16, chunk_size=16, out=str(out), overwrite=True)
+    assert (victim / "scores.npz").read_bytes() == b"not curvfast's"
