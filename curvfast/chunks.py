@@ -20,6 +20,13 @@ run. A manifest with another run id (other settings, model or data) is refused u
 caller asks to overwrite; an unreadable manifest is rebuilt, keeping the chunks whose records
 name this run. A second run on a folder whose lock is held is refused (``RunFolderBusy``);
 the lock dies with its process, so a killed run never blocks the next one.
+
+curvfast deletes or overwrites only files it wrote and recognises as its own: its manifest, merged
+results, temp files (``.tmp-<random><one of its names>``), and in ``chunks/`` only files named like
+chunks whose content is a chunk (.npz holding ``index``) or a commit record. Anything else in
+``chunks/`` (a foreign file, a folder, a symlink), a symlinked ``chunks/``, model folder or
+``.lock``, or a ``.lock`` holding other text, is refused (``ConfigError``) before anything is
+written, so nothing is written outside the run folder and the user's files stay byte for byte.
 """
 from __future__ import annotations
 
@@ -29,7 +36,10 @@ import hashlib
 import io
 import json
 import os
+import re
 import socket
+import stat
+import zipfile
 import time
 
 import numpy as np
@@ -43,6 +53,11 @@ MANIFEST = "manifest.json"
 LOCK = ".lock"
 FORMAT = 1
 MEASURED = ("pass_widths", "batch_size")  # measured by the first run, kept by every resumed one
+_CHUNK_NAME = re.compile(r"\d{6}\.(npz|json)")
+_TEMP_NAME = re.compile(r"\.tmp-[a-z0-9_]+(?:manifest\.json|results\.json|scores\.npz|\d{6}\.(?:npz|json))")
+_LOCK_TEXT = re.compile(rb"(pid \d+ on [^\n]*)?")  # what _lock writes (or a new, empty file)
+_MODEL_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"  # the engine's rule for model (folder) names
+_RECORD_KEYS = {"run", "chunk", "start", "stop", "sha256", "used"}
 
 
 def run_id(identity: dict) -> str:
@@ -70,6 +85,27 @@ def _differences(old: object, new: object, prefix: str = "") -> list[str]:
     return []
 
 
+def _is_chunk(path: str) -> bool:
+    """Whether a file named like a chunk is one of curvfast's commit records, or chunks.
+
+    A chunk is an .npz holding ``index``, or any file beside a commit record (a truncated or altered chunk, recomputed).
+    """
+    if path.endswith(".npz"):
+        try:
+            with zipfile.ZipFile(path) as z:  # reads the central directory only
+                if "index.npy" in z.namelist():
+                    return True
+        except (OSError, zipfile.BadZipFile):
+            pass
+        return _is_chunk(path[:-4] + ".json")
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and _RECORD_KEYS <= set(record)
+
+
 class RunFolder:
     """Chunk bookkeeping for one run folder (see the module docstring).
 
@@ -81,12 +117,13 @@ class RunFolder:
         identity: Everything that determines the numbers; hashed by :func:`run_id`.
         size: The number of samples N.
         chunk_size: Samples per chunk S, a positive int.
+        per_model: The merged results go to one folder per model (``out/<name>/``), not to ``out`` itself.
 
     Raises:
         ConfigError: When ``chunk_size`` is not a positive int.
     """
 
-    def __init__(self, out: str, identity: dict, size: int, chunk_size: int):
+    def __init__(self, out: str, identity: dict, size: int, chunk_size: int, per_model: bool = True):
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise ConfigError(f"chunk_size must be a positive int (got {chunk_size!r})")
         self.out = out
@@ -96,6 +133,7 @@ class RunFolder:
         self.num_chunks = -(-size // chunk_size)
         self.run = run_id(identity)
         self.chunk_dir = os.path.join(out, "chunks")
+        self.model_dirs = [os.path.join(out, str(m)) for m in identity.get("models", {})] if per_model else []
         self._lock_fd = None
 
     def bounds(self, k: int) -> tuple[int, int]:
@@ -128,7 +166,8 @@ class RunFolder:
 
         Raises:
             RunFolderBusy: Another process holds the folder's lock.
-            ConfigError: The folder holds another run (or unchunked results) and ``overwrite`` is False.
+            ConfigError: The folder holds another run (or unchunked results) and ``overwrite`` is False; or it holds
+                files curvfast did not write where it would write (``chunks/``, ``.lock``), or symlinks there.
         """
         self._lock()
         try:
@@ -143,9 +182,28 @@ class RunFolder:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    def _foreign(self, path: str, what: str) -> ConfigError:
+        """The error for a path in the run folder that curvfast did not write and must not touch."""
+        return ConfigError(
+            f"run folder {self.out!r}: {os.path.relpath(path, self.out)!r} {what}, which curvfast did not write and "
+            "will not delete or write through; move it out of the run folder (or remove it), or choose another out "
+            "folder"
+        )
+
     def _lock(self) -> None:
         os.makedirs(self.out, exist_ok=True)
-        fd = os.open(os.path.join(self.out, LOCK), os.O_RDWR | os.O_CREAT, 0o666)
+        path = os.path.join(self.out, LOCK)
+        try:  # O_NOFOLLOW: a symlinked .lock would truncate the file it points to
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        except OSError as err:
+            if os.path.islink(path):
+                raise self._foreign(path, "is a symlink") from None
+            raise self._foreign(path, f"cannot be opened as a lock file ({err.strerror})") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+            os.close(fd)
+            raise self._foreign(path, "is not a plain file" if not stat.S_ISREG(info.st_mode) else
+                                "has other hard links")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -155,19 +213,46 @@ class RunFolder:
                 f"run folder {self.out!r} is in use by another run ({holder}); wait for it to finish, "
                 "or choose another out folder"
             ) from None
+        text = os.read(fd, 4097)
+        if len(text) > 4096 or not _LOCK_TEXT.fullmatch(text):
+            os.close(fd)
+            raise self._foreign(path, "holds other text (not curvfast's lock)")
+        os.lseek(fd, 0, os.SEEK_SET)
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
         self._lock_fd = fd
 
+    def _check_ours(self) -> None:
+        """Refuse, before anything is written, a run folder where curvfast would touch files it did not write."""
+        for folder in [self.chunk_dir] + self.model_dirs:
+            if os.path.islink(folder):
+                raise self._foreign(folder, "is a symlink")
+            if os.path.lexists(folder) and not os.path.isdir(folder):
+                raise self._foreign(folder, "is not a folder")
+        if not os.path.isdir(self.chunk_dir):
+            return
+        with os.scandir(self.chunk_dir) as entries:
+            for entry in entries:
+                if entry.is_symlink():
+                    raise self._foreign(entry.path, "is a symlink")
+                if not entry.is_file():
+                    raise self._foreign(entry.path, "is a folder")
+                ours = _TEMP_NAME.fullmatch(entry.name) or _CHUNK_NAME.fullmatch(entry.name) and _is_chunk(entry.path)
+                if not ours:
+                    raise self._foreign(entry.path, "is not a chunk file or record")
+
     def _open(self, overwrite: bool) -> dict:
+        self._check_ours()
         manifest_path = os.path.join(self.out, MANIFEST)
         old = self._read_manifest(manifest_path)
         rebuild = old is not None and old.get("unreadable", False)  # chunk records name their run: keep ours
         if rebuild:
             old = None
-        if old is None and not rebuild and os.path.exists(os.path.join(self.out, "results.json")) and not overwrite:
+        found = [f for f in self._merged_files({}) if os.path.lexists(f)]
+        if old is None and not rebuild and found and not overwrite:
             raise ConfigError(
-                f"run folder {self.out!r} holds scores from a run without a manifest (not resumable); "
+                f"run folder {self.out!r} holds {', '.join(os.path.relpath(f, self.out) for f in found[:3])} without a "
+                "manifest (scores of a run that is not resumable, or your own files); move them out of the folder, "
                 "pass overwrite=True (--overwrite) to replace them, or choose another out folder"
             )
         if old is not None and old.get("run") != self.run:
@@ -188,10 +273,10 @@ class RunFolder:
             "created": old["created"] if old else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **{key: old[key] for key in MEASURED if old and key in old},
         })
-        for folder in [self.out, self.chunk_dir] + [os.path.join(self.out, str(m))
-                                                    for m in self.identity.get("models", {})]:
+        for folder in [self.out, self.chunk_dir] + self.model_dirs:
             for tmp in glob.glob(os.path.join(glob.escape(folder), ".tmp-*")):
-                os.unlink(tmp)  # left by a process killed mid-write
+                if _TEMP_NAME.fullmatch(os.path.basename(tmp)) and not os.path.islink(tmp) and os.path.isfile(tmp):
+                    os.unlink(tmp)  # left by a process killed mid-write
         todo, corrupt = [], []
         for k in range(self.num_chunks):
             state = self._state(k)
@@ -217,12 +302,19 @@ class RunFolder:
 
     def _clear(self, old: dict) -> None:
         """Remove what a previous run wrote here (chunks, merged results), nothing else."""
-        names = set(old.get("identity", {}).get("models", {})) | set(self.identity.get("models", {}))
-        merged = [os.path.join(self.out, *parts) for parts in [("scores.npz",), ("results.json",), (MANIFEST,)]]
-        merged += [os.path.join(self.out, str(m), f) for m in names for f in ("scores.npz", "results.json")]
+        merged = self._merged_files(old) + [os.path.join(self.out, MANIFEST)]
         for path in glob.glob(os.path.join(glob.escape(self.chunk_dir), "*")) + merged:
-            if os.path.isfile(path):
-                os.unlink(path)
+            if os.path.isfile(path) or os.path.islink(path):
+                os.unlink(path)  # a symlink itself, never what it points to
+
+    def _merged_files(self, old: dict) -> list[str]:
+        """The merged results a run writes here (and the one described by ``old``, a manifest, wrote)."""
+        names = set(old.get("identity", {}).get("models", {})) | set(self.identity.get("models", {}))
+        names = {str(m) for m in names if re.fullmatch(_MODEL_NAME, str(m))}  # an edited manifest: never '../x'
+        merged = [os.path.join(self.out, name) for name in ("scores.npz", "results.json")]
+        return merged + [os.path.join(self.out, str(m), f) for m in sorted(names)
+                         for f in ("scores.npz", "results.json")
+                         if not os.path.islink(os.path.join(self.out, str(m)))]
 
     def _state(self, k: int) -> str:
         """``"ok"``, ``"missing"`` (never committed) or ``"corrupt"``."""

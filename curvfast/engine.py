@@ -721,7 +721,7 @@ def _score(models, data, single: bool, *, method, statistic, probes, seed, batch
     if auto_batch and chunk_size is None:  # the batch is the unit of work: find it first
         batch_size = find_batch_size()
     unit = chunk_size or batch_size
-    folder = RunFolder(out, identity, n, unit) if chunk_size is not None else None
+    folder = RunFolder(out, identity, n, unit, per_model=not single) if chunk_size is not None else None
     if folder is not None:
         plan = ctx.on_main("checking the run folder", lambda: folder.open(overwrite))
     else:

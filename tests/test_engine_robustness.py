@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 import curvfast
@@ -23,3 +24,24 @@ def test_four_threads_scoring_datasets_equal_sequential(digits48):
     sequential = [run(i) for i in range(4)]
     for seq, par in zip(sequential, in_threads(run, 4)):
         np.testing.assert_array_equal(seq, par)
+
+
+class _BatchStandardised(torch.nn.Module):
+    """A digits classifier whose hidden layer is standardised with the batch's own statistics (in eval too)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2 = torch.nn.Linear(64, 8), torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        h = self.fc1(x.flatten(1))
+        return self.fc2(torch.nn.functional.batch_norm(h, None, None, training=True).relu())
+
+
+def test_score_refuses_a_model_whose_scores_would_depend_on_the_batch_size(digits48):
+    from curvfast.errors import BatchDependentModelError
+
+    for batch_size in (16, 1):
+        with pytest.raises(BatchDependentModelError, match="depends on the rest of its batch"):
+            curvfast.score(_BatchStandardised().eval(), digits48, method="hutchinson", probes=2, batch_size=batch_size)

@@ -77,18 +77,24 @@ def check_batch(x: torch.Tensor, y: torch.Tensor | Sequence[int],
     return x, y.to(device=x.device, dtype=torch.int64)
 
 
-def check_batch_independent(model: nn.Module) -> None:
+def check_batch_independent(model: nn.Module, logit_fn: LogitFn | None = None, x: torch.Tensor | None = None) -> None:
     """Refuse a model whose output for one sample depends on the rest of its batch.
 
     Models are scored in eval mode, where a BatchNorm with running statistics is a fixed affine map per
     channel; one built with ``track_running_stats=False`` has none and normalises with the batch's own
-    mean and variance even then.
+    mean and variance even then. A forward can also do so by itself (``F.batch_norm(..., training=True)``,
+    statistics over dim 0): given ``logit_fn`` and ``x``, the logits of ``x[0]`` beside two different
+    batch-mates (``x[1]`` or zeros, and ``x[0]`` itself) must agree to rounding. The probe (two forwards of
+    two samples) runs once per model: a model that passed is not probed again until its modules change.
 
     Args:
-        model: the (unwrapped) model to score.
+        model: the (unwrapped) model to score; keys the memory of the probe.
+        logit_fn: the logits of its eval-mode scoring copy (None: the module check only).
+        x: a batch (B, ...) of the inputs to score; ``x[0]`` (and ``x[1]``) are probed.
 
     Raises:
-        BatchDependentModelError: a BatchNorm has no running statistics (the message names up to five).
+        BatchDependentModelError: a BatchNorm has no running statistics (the message names up to five), or the
+            probe's logits depend on the batch-mates.
     """
     bad = [f"{name} ({type(m).__name__})" for name, m in model.named_modules()
            if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.running_mean is None or m.running_var is None)]
@@ -98,6 +104,44 @@ def check_batch_independent(model: nn.Module) -> None:
             "running statistics does so even in eval mode, so a sample's curvature would depend on the rest of its "
             "batch; build it with track_running_stats=True (and train it), or use GroupNorm / LayerNorm"
         )
+    if logit_fn is None or x is None:
+        return
+    structure = _structure(model)
+    with _DECIDED_LOCK:
+        if _INDEPENDENT.get(model) == structure:
+            return
+    change = _batchmates_change(logit_fn, x)
+    if change is None:  # the model fails on the probe's batches: its own forward will say why
+        return
+    if change > 1e4 * torch.finfo(x.dtype).eps:
+        raise BatchDependentModelError(
+            f"the model's output for a sample depends on the rest of its batch: beside other batch-mates the same "
+            f"sample's logits change by {change:.2g} (relative), so its curvature would too. The forward normalises "
+            "with batch statistics even in eval mode (F.batch_norm(..., training=True), a BatchNorm switched to "
+            "training inside forward, or means / variances over the batch dim); use running statistics "
+            "(nn.BatchNorm with track_running_stats=True, trained, in eval mode) or a per-sample normalisation "
+            "(GroupNorm / LayerNorm)"
+        )
+    with _DECIDED_LOCK:
+        _INDEPENDENT[model] = structure
+
+
+def _batchmates_change(logit_fn: LogitFn, x: torch.Tensor) -> float | None:
+    """The largest change of ``x[0]``'s logits between two batches of two with other batch-mates, relative to them.
+
+    None when the model fails on those batches.
+    """
+    x0 = x[:1]
+    mate = x[1:2] if x.shape[0] > 1 and not torch.equal(x[1:2], x0) else torch.zeros_like(x0)
+    if torch.equal(mate, x0):
+        mate = torch.ones_like(x0)
+    try:
+        with torch.no_grad():
+            a, b = logit_fn(torch.cat([x0, mate]))[0], logit_fn(torch.cat([x0, x0]))[0]
+    except (RuntimeError, ValueError, TypeError):
+        return None
+    scale = torch.maximum(a.abs().max(), b.abs().max()).clamp_min(torch.finfo(a.dtype).tiny)
+    return float((a - b).abs().max() / scale)
 
 
 def check_labels(y: torch.Tensor, num_classes: int) -> None:
@@ -147,6 +191,7 @@ _FACTORS = {"MulBackward0": (0, 1), "MmBackward0": (0, 1), "BmmBackward0": (0, 1
 
 _DECIDED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()  # model -> (structure, answer)
 _DECIDED_LOCK = threading.Lock()
+_INDEPENDENT: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()  # model -> structure probed
 
 
 def require_piecewise_linear(method: str, piecewise_linear: bool, accept_gauss_newton: bool = False) -> None:

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from curvfast.curvature._checks import (check_batch, check_labels, is_missing_second_derivative, is_piecewise_linear,
-                                      require_piecewise_linear)
+from curvfast.curvature._checks import (check_batch, check_batch_independent, check_labels,
+                                      is_missing_second_derivative, is_piecewise_linear, require_piecewise_linear)
 from curvfast.curvature._deflated import deflated_curvature
 from curvfast.curvature._finite_difference import fd_curvature, zo_curvature
-from curvfast.curvature._folding import fold_batchnorms, foldable_pairs
+from curvfast.curvature._folding import FoldMismatch, fold_batchnorms, foldable_pairs, unfold
 from curvfast.curvature._hutchinson import HVP_MODES, hutchinson_curvature
 from curvfast.curvature._logit_space import GRAM_STATISTICS, Forward, logit_space_curvature
 from curvfast.curvature._model import (LogitFn, check_finite_model, scoring_model, second_order_ops, unwrap_model,
@@ -188,44 +188,59 @@ def input_curvature(
     wrapper, model = model, unwrap_model(model)
     x, y = check_batch(x, y, model)
     check_finite_model(model)
-    sample_ids = sample_ids_for(sample_ids, x)
+    options = dict(statistic=statistic, probes=probes, seed=seed, sample_ids=sample_ids_for(sample_ids, x),
+                   top_classes=top_classes, distribution=distribution, step=step, hvp=hvp,
+                   output_transform=output_transform, accept_gauss_newton=accept_gauss_newton, pass_size=pass_size,
+                   precision=precision)
     with (without_wrapper_hooks(wrapper), scoring_model(model) as scored, precision_policy(precision, x.device),
           second_order_ops(model) as adaptations):
         pairs = foldable_pairs(scored, x, output_transform)
-        if pairs:
-            scored = fold_batchnorms(scored, pairs)  # eval BatchNorms folded into the layers feeding them
-        logit_fn = LogitFn(scored, output_transform, owner=model)
-        forward = _forward(logit_fn, x, graph=method == AUTO or get_estimator(method).logit_space,
-                           low_precision=autocast_dtype(precision))
-        num_classes = forward.logits.shape[1]
-        check_labels(y, num_classes)
-        try:
-            needs_check = method == AUTO or get_estimator(method).needs_piecewise_linear
-            piecewise = is_piecewise_linear(logit_fn, x, model) if needs_check else False
-            method = resolve_method(method, piecewise, num_classes, accept_gauss_newton, statistic)
-            check_precision(precision, method)
-            estimator = get_estimator(method)
-            call = EstimateCall(
-                logit_fn=logit_fn, x=x, y=y, sample_ids=sample_ids, forward=forward if estimator.logit_space else None,
-                statistic=_natural_statistic(method, statistic), probes=_probe_count(method, probes), seed=seed,
-                num_classes=num_classes, top_classes=top_classes, distribution=distribution, step=step, hvp=hvp,
-                pass_size=pass_size,
-            )
-            del forward  # a method outside logit space frees the batch's graph: it runs its own passes
-            estimate = Estimate(*estimator.fn(call))
-        except (RuntimeError, NotImplementedError) as err:
-            if not is_missing_second_derivative(err):
-                raise
-            raise UnsupportedModelError(
-                f"method={method!r} needs second derivatives, and the model uses an op without one ({err}); use "
-                "method='fd' or method='zo' (curvfast score --method fd), which need first derivatives or losses "
-                "only, or the Gauss-Newton value method='exact' with accept_gauss_newton=True "
-                "(--method exact --accept-gauss-newton)"
-            ) from err
+        try:  # eval BatchNorms folded into the layers feeding them
+            estimate, call, method = _estimate(model, fold_batchnorms(scored, pairs) if pairs else scored, x, y, method,
+                                               **options)
+        except FoldMismatch:  # this batch takes a path the fold was not found on: never fold this model again
+            unfold(scored, x)
+            estimate, call, method = _estimate(model, scored, x, y, method, **options)
     _check_finite(estimate.value, estimate.loss, method)
     _warn_all_zero(estimate.value, method)
     return CurvatureResult(estimate.value.detach(), None if estimate.stderr is None else estimate.stderr.detach(),
                            estimate.loss.detach(), method, call.statistic, estimate.pass_width, adaptations)
+
+
+def _estimate(model: nn.Module, scored: nn.Module, x: torch.Tensor, y: torch.Tensor, method: str, *, statistic,
+              probes, seed, sample_ids, top_classes, distribution, step, hvp, output_transform, accept_gauss_newton,
+              pass_size, precision) -> tuple[Estimate, EstimateCall, str]:
+    """The body of :func:`input_curvature` on the scoring copy ``scored`` (folded or not) of ``model``."""
+    logit_fn = LogitFn(scored, output_transform, owner=model)
+    check_batch_independent(model, logit_fn, x)  # once per model: a sample's logits beside other batch-mates
+    forward = _forward(logit_fn, x, graph=method == AUTO or get_estimator(method).logit_space,
+                       low_precision=autocast_dtype(precision))
+    num_classes = forward.logits.shape[1]
+    check_labels(y, num_classes)
+    try:
+        needs_check = method == AUTO or get_estimator(method).needs_piecewise_linear
+        piecewise = is_piecewise_linear(logit_fn, x, model) if needs_check else False
+        method = resolve_method(method, piecewise, num_classes, accept_gauss_newton, statistic)
+        check_precision(precision, method)
+        estimator = get_estimator(method)
+        call = EstimateCall(
+            logit_fn=logit_fn, x=x, y=y, sample_ids=sample_ids, forward=forward if estimator.logit_space else None,
+            statistic=_natural_statistic(method, statistic), probes=_probe_count(method, probes), seed=seed,
+            num_classes=num_classes, top_classes=top_classes, distribution=distribution, step=step, hvp=hvp,
+            pass_size=pass_size,
+        )
+        del forward  # a method outside logit space frees the batch's graph: it runs its own passes
+        estimate = Estimate(*estimator.fn(call))
+    except (RuntimeError, NotImplementedError) as err:
+        if not is_missing_second_derivative(err):
+            raise
+        raise UnsupportedModelError(
+            f"method={method!r} needs second derivatives, and the model uses an op without one ({err}); use "
+            "method='fd' or method='zo' (curvfast score --method fd), which need first derivatives or losses "
+            "only, or the Gauss-Newton value method='exact' with accept_gauss_newton=True "
+            "(--method exact --accept-gauss-newton)"
+        ) from err
+    return estimate, call, method
 
 
 def _forward(logit_fn: LogitFn, x: torch.Tensor, graph: bool, low_precision: torch.dtype | None = None) -> Forward:

@@ -24,6 +24,13 @@ from the current weights on every call: one pass over them (ResNet-18, one CPU t
 with the copy of the module tree, against ~110 ms for one class pass at batch 16), and nothing
 is stale after an in-place or ``.data`` update. Whether to fold does not depend on the batch, so
 a sample's result does not depend on the batch it is scored in.
+
+A forward may take another path on other inputs (Python control flow) than on the sample the
+pairs were found on. The folded BatchNorm is therefore a :class:`FoldedNorm`: it exposes the
+BatchNorm's attributes (a forward reading ``bn.weight`` gets the same tensor) and passes through
+only the output its folded layer has just returned; given anything else, it raises
+:class:`FoldMismatch`, and the caller (``input_curvature``) forgets the pairs for good (see
+:func:`unfold`) and scores the batch on the unfolded model.
 """
 from __future__ import annotations
 
@@ -39,11 +46,83 @@ from torch.nn.utils import parametrize
 from ._checks import graph_nodes
 from ._model import LogitFn, reused_copy, shared_copy
 
-__all__ = ["foldable_pairs", "fold_batchnorms"]
+__all__ = ["foldable_pairs", "fold_batchnorms", "unfold", "FoldMismatch", "FoldedNorm"]
 
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _STOCK_FORWARD = {nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward, nn.Linear.forward}
 Pairs = tuple[tuple[str, str], ...]  # (layer name, BatchNorm name)
+
+
+class FoldMismatch(Exception):
+    """A folded BatchNorm met an input other than its folded layer's output.
+
+    Not a RuntimeError, so that no estimator's handler of failed derivatives takes it.
+    """
+
+
+class FoldedNorm(nn.Module):
+    """Stands in for a BatchNorm folded into the layer before it.
+
+    Passes through the tensor its layer has just returned (the layer already applies the BatchNorm's
+    affine map). Any other input, a layer output it is not given before the next one or before the
+    forward ends, raises :class:`FoldMismatch`. Attributes it does not have are read from the BatchNorm
+    (kept outside the module tree, so its tensors are not counted twice).
+
+    Args:
+        norm: the BatchNorm it replaces.
+    """
+
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self.__dict__["norm"] = norm
+        self.__dict__["expected"] = None  # a weakref to the layer output not yet passed through (deepcopy: atomic)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["norm"], name)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """The folded layer's output, passed through.
+
+        Args:
+            u: the folded layer's output.
+
+        Returns:
+            ``u``.
+
+        Raises:
+            FoldMismatch: ``u`` is another tensor.
+        """
+        expected, self.__dict__["expected"] = self.__dict__["expected"], None
+        if expected is None or expected() is not u:
+            raise FoldMismatch("a folded BatchNorm was given another tensor than its layer's output")
+        return u
+
+
+def _layer_output(layer: nn.Module, _args, out: torch.Tensor) -> None:
+    """Forward hook of a folded layer: its output is the one its :class:`FoldedNorm` may pass through next."""
+    stand_in = layer.__dict__["_curvfast_folded_norm"]
+    if stand_in.__dict__["expected"] is not None:  # called again before its BatchNorm took the first output
+        stand_in.__dict__["expected"] = None
+        raise FoldMismatch("a folded layer's output did not go to its BatchNorm")
+    stand_in.__dict__["expected"] = weakref.ref(out)
+
+
+def _forward_starts(model: nn.Module, _args) -> None:
+    """Forward pre-hook of a folded model: no layer output is pending (a forward that failed may have left one)."""
+    for m in model.modules():
+        if isinstance(m, FoldedNorm):
+            m.__dict__["expected"] = None
+
+
+def _forward_ends(model: nn.Module, _args, _out) -> None:
+    """Forward hook of a folded model: every folded layer's output went through its BatchNorm."""
+    for m in model.modules():
+        if isinstance(m, FoldedNorm) and m.__dict__["expected"] is not None:
+            m.__dict__["expected"] = None
+            raise FoldMismatch("a folded layer's output did not go to its BatchNorm")
 
 
 def fold_batchnorms(model: nn.Module, pairs: Pairs) -> nn.Module:
@@ -56,7 +135,7 @@ def fold_batchnorms(model: nn.Module, pairs: Pairs) -> nn.Module:
     Returns:
         A copy (sharing every tensor it does not rewrite) in which each pair's layer carries
         :math:`W' = s \odot W`, :math:`b' = s \odot (b - \mu) + \beta`, computed from the current weights,
-        and its BatchNorm is an ``nn.Identity``.
+        and its BatchNorm is a :class:`FoldedNorm` passing that layer's output through.
     """
     folded = shared_copy(model)
     modules = dict(folded.named_modules())
@@ -72,7 +151,11 @@ def fold_batchnorms(model: nn.Module, pairs: Pairs) -> nn.Module:
             layer.weight = nn.Parameter(weight, requires_grad=False)
             layer.bias = nn.Parameter(bias.to(layer.weight.dtype), requires_grad=False)
             parent, _, leaf = norm_name.rpartition(".")
-            modules[parent]._modules[leaf] = nn.Identity()
+            modules[parent]._modules[leaf] = layer.__dict__["_curvfast_folded_norm"] = FoldedNorm(norm)
+            layer.register_forward_hook(_layer_output)
+    if pairs:
+        folded.register_forward_pre_hook(_forward_starts)
+        folded.register_forward_hook(_forward_ends)
     return folded
 
 
@@ -96,7 +179,7 @@ def foldable_pairs(model: nn.Module, x: torch.Tensor, output_transform: Callable
     """
     if not reused_copy(model):
         return ()
-    key = (tuple(x.shape[1:]), x.dtype, str(x.device))
+    key = _key(x)
     with _PAIRS_LOCK:
         known = _PAIRS.setdefault(model, {})
         if key in known:
@@ -108,6 +191,22 @@ def foldable_pairs(model: nn.Module, x: torch.Tensor, output_transform: Callable
     with _PAIRS_LOCK:
         known[key] = pairs
     return pairs
+
+
+def unfold(model: nn.Module, x: torch.Tensor) -> None:
+    """Forget the pairs of ``model`` for inputs like ``x`` for good: its folded copy met a path it was not found on.
+
+    Args:
+        model: the scoring copy that :func:`foldable_pairs` was given.
+        x: a batch of the inputs concerned (their sample shape, dtype and device).
+    """
+    with _PAIRS_LOCK:
+        _PAIRS.setdefault(model, {})[_key(x)] = ()
+
+
+def _key(x: torch.Tensor) -> tuple:
+    """What the pairs depend on besides the model: the sample shape, dtype and device."""
+    return tuple(x.shape[1:]), x.dtype, str(x.device)
 
 
 def _stock_layer(m: nn.Module) -> bool:
@@ -175,7 +274,7 @@ def _same_logits(model: nn.Module, pairs: Pairs, x1: torch.Tensor, logits: torch
     try:
         with torch.no_grad():
             folded = LogitFn(fold_batchnorms(model, pairs), output_transform)(x1)
-    except (AttributeError, RuntimeError, TypeError, ValueError):
+    except (AttributeError, RuntimeError, TypeError, ValueError, FoldMismatch):
         return False
     scale = logits.abs().max().clamp_min(torch.finfo(logits.dtype).tiny)
     return bool(((folded - logits).abs().max() / scale) <= 1e3 * torch.finfo(logits.dtype).eps)

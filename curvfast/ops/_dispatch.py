@@ -339,6 +339,13 @@ def _check_patch_gram(x, mask, kernel, stride, dilation, groups, omega):
         if tuple(omega.shape[:2]) != (groups, dim):
             raise ConfigError(f"omega must have shape (groups, d, l) = ({groups}, {dim}, l) (got {tuple(omega.shape)})")
         _same_device(x=x, mask=mask, omega=omega)
+    if _check_values(x.device):
+        named = {"x": x, "mask": mask, **({} if omega is None else {"omega": omega})}
+        finite = torch.stack([torch.isfinite(t).all() for t in named.values()]).tolist()  # one sync
+        for name, ok in zip(named, finite):
+            if not ok:
+                raise NonFiniteError(f"{name} must be finite (got NaN or inf); the Gram of its rows would be NaN. "
+                                     f"Clean the input first (e.g. torch.nan_to_num({name}))")
     return kernel, stride, dilation
 
 
@@ -375,6 +382,7 @@ def patch_gram(x: torch.Tensor, mask: torch.Tensor, kernel: int | tuple[int, int
     Raises:
         ConfigError: a bad shape, size, value or device of an argument (named in the message).
         TypeError: an argument is not a tensor or has the wrong dtype.
+        NonFiniteError: ``x``, ``mask`` or ``omega`` holds NaN or Inf.
     """
     kernel, stride, dilation = _check_patch_gram(x, mask, kernel, stride, dilation, groups, omega)
     if _use_native(x.device):
@@ -405,6 +413,7 @@ def patch_gram_add_(acc: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, kern
     Raises:
         ConfigError: a bad shape, size, value or device of an argument (named in the message).
         TypeError: an argument is not a tensor or has the wrong dtype.
+        NonFiniteError: ``x``, ``mask`` or ``omega`` holds NaN or Inf.
     """
     kernel, stride, dilation = _check_patch_gram(x, mask, kernel, stride, dilation, groups, omega)
     _tensor("acc", acc, 3, (torch.float64,), "; accumulate in a float64 tensor")

@@ -7,7 +7,7 @@ from torch import nn
 
 import curvfast
 from conftest import reference_hessians
-from curvfast.curvature._folding import fold_batchnorms, foldable_pairs
+from curvfast.curvature._folding import FoldedNorm, fold_batchnorms, foldable_pairs
 from curvfast.curvature._model import scoring_model
 from curvfast.errors import BatchDependentModelError
 
@@ -102,15 +102,18 @@ class UsesTheConvOutputDetached(nn.Module):
         return self.fc((self.bn(u) + u.detach()).flatten(1))
 
 
-@pytest.mark.parametrize("cls", [ReadsItsBatchNorm, UsesTheConvOutputDetached])
-def test_a_fold_that_would_change_the_logits_is_refused(cls):
+@pytest.mark.parametrize("cls, folds", [(ReadsItsBatchNorm, True), (UsesTheConvOutputDetached, False)])
+def test_a_fold_that_would_change_the_logits_is_refused(cls, folds):
+    """A forward reading the BatchNorm's attributes folds (the stand-in exposes them); a hidden second use does not."""
     torch.manual_seed(0)
     model = cls().double().eval()
     with torch.no_grad():
         model.bn.running_mean.uniform_(-1, 1)
         model.bn.running_var.uniform_(0.2, 2)
-    _, pairs = _pairs(model, _x())
-    assert pairs == ()
+    scored, pairs = _pairs(model, _x())
+    assert pairs == ((("conv", "bn"),) if folds else ())
+    if folds:
+        torch.testing.assert_close(fold_batchnorms(scored, pairs)(_x()), model(_x()), rtol=1e-12, atol=1e-12)
 
 
 def test_half_precision_weights_do_not_fold():
@@ -127,7 +130,7 @@ def test_the_folded_copy_is_the_same_function_and_the_model_is_untouched():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     scored, pairs = _pairs(model, x)
     folded = fold_batchnorms(scored, pairs)
-    assert isinstance(folded.stem_bn, nn.Identity) and isinstance(folded.block[1], nn.Identity)
+    assert isinstance(folded.stem_bn, FoldedNorm) and isinstance(folded.block[1], FoldedNorm)
     assert isinstance(folded.skip_bn, nn.BatchNorm2d) and folded.block[0].bias is not None
     torch.testing.assert_close(folded(x), model(x), rtol=1e-12, atol=1e-12)
     assert isinstance(model.stem_bn, nn.BatchNorm2d) and model.block[0].bias is None
@@ -196,3 +199,52 @@ def test_whether_to_fold_does_not_depend_on_the_batch(monkeypatch):
     one = torch.cat([curvfast.input_curvature(model, x[i : i + 1], y[i : i + 1], method="exact").value for i in range(6)])
     assert len(calls) == 6 * 3  # the 3 BatchNorms that do not fold, once per call
     torch.testing.assert_close(one, full, rtol=1e-12, atol=0)
+
+
+class ReadsItsBatchNormOnSomeInputs(nn.Module):
+    """Reads a BatchNorm's weight only for batches of positive mean: the fold, decided on a sample of another batch,
+    must still give the model's own numbers (it used to fail: 'Identity' object has no attribute 'weight')."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Linear(2 * 36, 3)
+
+    def forward(self, x):
+        z = self.fc(self.bn(self.conv(x)).flatten(1))
+        return z * self.bn.weight.sum() if bool(x.mean() > 0) else z
+
+
+class NormalisesAnotherLayerOnSomeInputs(nn.Module):
+    """Its BatchNorm follows ``conv`` for batches of negative mean, ``other`` otherwise."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.other, self.bn = nn.Conv2d(1, 2, 3), nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)
+        self.fc = nn.Linear(2 * 36, 3)
+
+    def forward(self, x):
+        return self.fc(self.bn(self.conv(x) if bool(x.mean() < 0) else self.other(x)).flatten(1))
+
+
+class SkipsItsBatchNormOnSomeInputs(NormalisesAnotherLayerOnSomeInputs):
+    """Its BatchNorm follows ``conv`` for batches of negative mean; otherwise ``conv``'s output goes on unnormalised."""
+
+    def forward(self, x):
+        u = self.conv(x)
+        return self.fc((self.bn(u) if bool(x.mean() < 0) else u).flatten(1))
+
+
+@pytest.mark.parametrize("cls", [ReadsItsBatchNormOnSomeInputs, NormalisesAnotherLayerOnSomeInputs,
+                                 SkipsItsBatchNormOnSomeInputs])
+def test_a_fold_decided_on_one_batch_stays_right_on_batches_taking_another_branch(cls):
+    torch.manual_seed(0)
+    model = cls().double().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-1, 1)
+        model.bn.running_var.uniform_(0.2, 2)
+        model.bn.weight.uniform_(0.5, 2)
+    y = torch.tensor([0, 1, 2, 0])
+    for x in (-_x().abs(), _x().abs(), -_x(seed=2).abs()):  # the fold is decided on the first, negative batch
+        trace = curvfast.input_curvature(model, x, y, method="exact").value
+        hess = reference_hessians(model, x, y)
+        torch.testing.assert_close(trace, hess.diagonal(dim1=1, dim2=2).sum(-1), rtol=1e-10, atol=1e-14)

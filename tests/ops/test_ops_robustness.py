@@ -99,3 +99,35 @@ HANG_SCRIPTS = {  # each used to run forever
 @pytest.mark.parametrize("case", list(HANG_SCRIPTS))
 def test_former_hangs_end_with_an_error(case):
     assert_script_refuses(HANG_SCRIPTS[case])
+
+
+def _with(t, value, at=(0, 0, 1)):
+    t = t.clone()
+    t[at] = value
+    return t
+
+
+_X, _MASK, _OMEGA = torch.randn(1, 2, 5, 5), torch.ones(1, 3, 3), torch.randn(1, 18, 4)
+NON_FINITE_PATCH_GRAM = {  # (x, mask, omega, the argument the error names)
+    "NaN in x": (_with(_X, float("nan"), (0, 0, 1, 1)), _MASK, None, "x"),
+    "Inf in x": (_with(_X, float("inf"), (0, 1, 4, 4)), _MASK, None, "x"),
+    "NaN in mask": (_X, _with(_MASK, float("nan")), None, "mask"),
+    "-Inf in mask": (_X, _with(_MASK, float("-inf")), None, "mask"),
+    "NaN in omega": (_X, _MASK, _with(_OMEGA, float("nan")), "omega"),
+}
+
+
+@pytest.mark.parametrize("add", [False, True], ids=["patch_gram", "patch_gram_add_"])
+@pytest.mark.parametrize("case", list(NON_FINITE_PATCH_GRAM))
+def test_patch_gram_refuses_non_finite_inputs_like_logit_factor(case, add):
+    from curvfast.errors import NonFiniteError
+
+    x, mask, omega, name = NON_FINITE_PATCH_GRAM[case]
+    cols = 18 if omega is None else omega.shape[2]
+    acc = torch.zeros(1, 18, cols, dtype=torch.float64)
+    with pytest.raises(NonFiniteError, match=f"^{name} must be finite"):
+        if add:
+            ops.patch_gram_add_(acc, x, mask, 3, omega=omega)
+        else:
+            ops.patch_gram(x, mask, 3, omega=omega)
+    assert not acc.any()  # nothing was added

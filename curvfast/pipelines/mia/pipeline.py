@@ -34,8 +34,8 @@ import torch
 from torch.utils.data import Subset
 
 from curvfast import parse_device
-from curvfast.errors import ConfigError
 from curvfast.checkpoints import model_record, save_model
+from curvfast.errors import CheckpointError, ConfigError
 from curvfast.io import load_checkpoint, map_floats, write_json, write_npz
 from curvfast.pipelines.common.augment import AUGMENTATIONS, image_augmentation
 from curvfast.pipelines.common.cache import cached, differences
@@ -238,6 +238,19 @@ def natural_order(paths) -> list[str]:
     return sorted(paths, key=key)
 
 
+def _load_into(model, path: str, config: Config):
+    """``model`` with the weights of checkpoint ``path``, in eval mode; a checkpoint of another shape is refused."""
+    try:
+        model.load_state_dict(load_checkpoint(path)["state_dict"])
+    except RuntimeError as err:  # size mismatch (another class count or width), missing or unexpected keys
+        raise CheckpointError(
+            f"checkpoint {path!r} does not fit the --model {config.model!r} built for --dataset {config.dataset!r} "
+            f"({(str(err).splitlines()[1:] or [str(err)])[0].strip()}); pass the --model, --width and --dataset it was "
+            "trained with"
+        ) from err
+    return model.eval()
+
+
 def _models_from_checkpoints(config: Config, make_model, num_samples):
     files = natural_order(glob.glob(os.path.join(config.checkpoint, "*.pt")))
     if not files:
@@ -251,9 +264,7 @@ def _models_from_checkpoints(config: Config, make_model, num_samples):
                          "must describe the m-th checkpoint in natural name order (model_2.pt before model_10.pt)")
     models = []
     for f in files:
-        model = make_model()
-        model.load_state_dict(load_checkpoint(f)["state_dict"])
-        models.append(model.eval())
+        models.append(_load_into(make_model(), f, config))
     return models, keep
 
 
@@ -264,9 +275,7 @@ def _train(config: Config, folder: str, make_model, record: dict, population, la
     if all(map(os.path.isfile, files)) and not differences(_read_json(os.path.join(model_dir, "settings.json")), key):
         models = []
         for f in files:
-            model = make_model()
-            model.load_state_dict(load_checkpoint(f)["state_dict"])
-            models.append(model.eval())
+            models.append(_load_into(make_model(), f, config))
         return models, 0.0
     start = time.perf_counter()
     images = materialise(population, config, batch_size=config.score_batch_size)  # uint8 for 8-bit images

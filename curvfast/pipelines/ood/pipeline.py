@@ -264,7 +264,17 @@ def _training_overhead(config: Config, id_train, base, vrm_net, transform: VRMTr
 def run(config: Config, out: str | None = None) -> dict:
     """Train, fit, score, evaluate; write ``out``: ``results.json``, ``scores.npz`` (the first seed's
     scores as ``"<detector>/<set>"``, ``"<detector>/id"`` for the ID test set), ``roc.png`` and
-    ``ood_examples.png``. Returns the results."""
+    ``ood_examples.png``. Returns the results. ``out`` is checked (and created) before anything is trained."""
+    if out is not None and os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"--out {os.fspath(out)!r} is a file, not a folder; name a run folder (new or existing)")
+    with run_folder(out) as folder:
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ConfigError(f"--out {folder!r} is not writable; choose a folder you can write to")
+        return _run(config, folder)
+
+
+def _run(config: Config, folder: str) -> dict:
+    """The body of :func:`run`, writing into the existing run folder ``folder``."""
     train_all, info = load_split(config, "train")
     test_all, _ = load_split(config, "test")
     config.validate(info.num_classes)
@@ -361,14 +371,12 @@ def run(config: Config, out: str | None = None) -> dict:
         "timings": {n: float(np.median(v)) for n, v in timings.items()},
         "seconds": round(time.perf_counter() - start, 2),
     }
-    with run_folder(out) as folder:
-        write_npz(os.path.join(folder, "scores.npz"), **arrays)
-        shown = [d for d in ("msp", "energy", "odin", "mahalanobis", "knn", "norm_scaling", "vrm", CURVATURE)
-                 if d in detectors]
-        roc_figure(arrays, shown, set_names, os.path.join(folder, "roc.png"))
-        examples_figure({"id": id_test.images} | ood_sets(id_test.images, heldout, seed=seeds[0], folders=folders),
-                        os.path.join(folder, "ood_examples.png"))
-        write_results(folder, results)
+    write_npz(os.path.join(folder, "scores.npz"), **arrays)
+    shown = [d for d in ("msp", "energy", "odin", "mahalanobis", "knn", "norm_scaling", "vrm", CURVATURE) if d in detectors]
+    roc_figure(arrays, shown, set_names, os.path.join(folder, "roc.png"))
+    examples_figure({"id": id_test.images} | ood_sets(id_test.images, heldout, seed=seeds[0], folders=folders),
+                    os.path.join(folder, "ood_examples.png"))
+    write_results(folder, results)
     if not config.quiet:
         headline = detectors
         for metric in ("auroc", "fpr95"):

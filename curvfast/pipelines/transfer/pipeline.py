@@ -125,6 +125,10 @@ def _resolve(config: Config) -> dict:
     if min(config.steps, config.epochs, config.ensemble_size, config.batch_size, config.score_batch_size) < 1:
         raise ConfigError(f"steps, epochs, ensemble_size, batch_size and score_batch_size must be >= 1 (got {config.steps}, "
                           f"{config.epochs}, {config.ensemble_size}, {config.batch_size}, {config.score_batch_size})")
+    if config.ensemble_size > len(names):
+        raise ConfigError(f"--ensemble-size={config.ensemble_size} is larger than the zoo of {len(names)} models "
+                          f"{names}; an ensemble draws distinct members: pass --ensemble-size <= {len(names)}, or "
+                          "add models")
     if config.subset_size is not None and (type(config.subset_size) is not int or config.subset_size < 2):
         raise ConfigError(f"--subset-size takes an integer >= 2 (got {config.subset_size!r}); unset it to attack every test image")
     eps, robust_eps = _radii(config.eps, "eps"), _radii(config.robust_eps, "robust_eps")

@@ -350,6 +350,22 @@ def test_checkpoints_load_in_natural_order_and_count_must_match(tmp_path):
         _models_from_checkpoints(cfg, make, 20)
 
 
+def test_checkpoints_with_another_class_count_are_refused_naming_the_file(tmp_path):
+    from curvfast.errors import CheckpointError
+    from curvfast.io import save_checkpoint
+    from curvfast.models import build_model
+    from curvfast.pipelines.mia.pipeline import _models_from_checkpoints
+
+    folder = tmp_path / "ckpts"
+    save_checkpoint(str(folder / "model_0.pt"), build_model("small_cnn", 10, 1, width=4), model="small_cnn")
+    save_checkpoint(str(folder / "model_1.pt"), build_model("small_cnn", 100, 1, width=4), model="small_cnn")
+    np.save(tmp_path / "keep.npy", balanced_keep(2, 20, 0))
+    cfg = Config(checkpoint=str(folder), keep=str(tmp_path / "keep.npy"), width=4)
+    make = lambda: build_model("small_cnn", 10, 1, width=4)  # noqa: E731
+    with pytest.raises(CheckpointError, match=r"model_1\.pt.*does not fit.*--model"):
+        _models_from_checkpoints(cfg, make, 20)
+
+
 def test_augment_auto_uses_crop_flip_for_natural_images_only(tmp_path, monkeypatch):
     assert Config(dataset="cifar10").resolved_augment() == "crop-flip"
     assert Config(dataset="digits").resolved_augment() == "none"

@@ -84,6 +84,15 @@ def test_data_and_device_options_are_checked_before_any_data_is_read(field, valu
         run(Config(dataset="imagefolder", root="/nonexistent", **{field: value}))
 
 
+@pytest.mark.parametrize("size", [4, 9])
+def test_an_ensemble_larger_than_the_zoo_is_refused_before_training(size):
+    from curvfast.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"ensemble-size={size}.*3 models"):
+        run(Config(dataset="imagefolder", root="/nonexistent", models=("small_cnn", "small_cnn@1", "mlp2"),
+                   ensemble_size=size))
+
+
 def test_score_batch_size_bounds_every_forward_after_training_and_changes_no_result(monkeypatch, tmp_path):
     """--score-batch-size reaches the attacks, the ensemble attacks, the predictions and the ensemble votes:
     no network sees more images at once, and the study is the same as with one batch for all."""
