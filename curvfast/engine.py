@@ -598,6 +598,38 @@ def _write_results(out: str, results: dict[str, ScoreResult], single: bool) -> N
         })
 
 
+OUTPUT_FILES = ("scores.npz", "results.json", f"{TABLE}.csv", f"{TABLE}.parquet")
+
+
+def _check_unchunked_out(out: str | None, names: list[str], single: bool, overwrite: bool) -> None:
+    """Refuse to overwrite, in a run without chunks, output-named files that no curvfast run wrote.
+
+    A folder's files are curvfast's when its ``results.json`` is one curvfast wrote (it has ``settings`` or
+    ``models``); ``overwrite`` replaces anything.
+    """
+    if out is None or overwrite or not os.path.isdir(out):
+        return
+    for folder in [out] if single else [out] + [os.path.join(out, n) for n in names]:
+        present = [f for f in OUTPUT_FILES if os.path.lexists(os.path.join(folder, f))]
+        if present and not _written_by_curvfast(os.path.join(folder, "results.json")):
+            raise ConfigError(
+                f"out={out!r}: {', '.join(os.path.join(folder, f) for f in present)} were not written by curvfast and "
+                "would be overwritten; choose another out folder, move them, or pass overwrite=True (--overwrite)"
+            )
+
+
+def _written_by_curvfast(path: str) -> bool:
+    """Whether ``path`` is a results.json of a curvfast run (a plain file holding its settings or models)."""
+    if os.path.islink(path) or not os.path.isfile(path):
+        return False
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and ("settings" in meta or "models" in meta)
+
+
 def _check_run_options(batch_size, chunk_size, out) -> None:
     """Refuse a batch size, chunk size or run folder that cannot make a run."""
     if batch_size != AUTO_BATCH and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
@@ -685,6 +717,8 @@ def _score(models, data, single: bool, *, method, statistic, probes, seed, batch
     start_time = time.perf_counter()
     models = _named_models(models)
     _check_run_options(batch_size, chunk_size, out)
+    if chunk_size is None:
+        _check_unchunked_out(out, list(models), single, overwrite)
     dataset, batch_size, loader_opts, custom = _unpack(data, batch_size, num_workers)
     n = len(dataset)
     if n == 0:

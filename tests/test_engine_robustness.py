@@ -7,6 +7,7 @@ import torch
 
 import curvfast
 from _robust_helpers import in_threads
+from curvfast.errors import ConfigError
 
 
 def test_four_threads_scoring_datasets_equal_sequential(digits48):
@@ -45,3 +46,20 @@ def test_score_refuses_a_model_whose_scores_would_depend_on_the_batch_size(digit
     for batch_size in (16, 1):
         with pytest.raises(BatchDependentModelError, match="depends on the rest of its batch"):
             curvfast.score(_BatchStandardised().eval(), digits48, method="hutchinson", probes=2, batch_size=batch_size)
+
+
+@pytest.mark.parametrize("name", ["scores.npz", "results.json", "samples.csv"])
+def test_an_unchunked_run_never_overwrites_files_it_did_not_write(tmp_path, name):
+    """score(out=..., chunk_size=None) over a folder holding the user's own output-named file: refused, file intact."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    data = torch.utils.data.TensorDataset(torch.rand(6, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1, 2]))
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / name).write_bytes(b"the user's own file")
+    with pytest.raises(ConfigError, match="not written by curvfast"):
+        curvfast.score(model, data, method="exact", out=str(out))
+    assert (out / name).read_bytes() == b"the user's own file"
+    curvfast.score(model, data, method="exact", out=str(out), overwrite=True)
+    again = curvfast.score(model, data, method="exact", out=str(out))  # curvfast's own files: replaced freely
+    assert (out / "scores.npz").exists() and again.score.shape == (6,)
