@@ -10,7 +10,8 @@ from . import ops  # noqa: E402  (native ops or their pure-torch references)
 from .curvature import CurvatureResult, input_curvature  # noqa: E402
 from .engine import ScoreResult, parse_device, score, score_models  # noqa: E402
 from . import errors  # noqa: E402
+from .flatness import ParamCurvature, param_curvature  # noqa: E402
 
 __all__ = ["input_curvature", "CurvatureResult", "score", "score_models", "ScoreResult", "parse_device", "errors",
-           "ops",
+           "ops", "param_curvature", "ParamCurvature",
            "__version__"]
