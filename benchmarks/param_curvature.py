@@ -29,7 +29,7 @@ import torch.nn.functional as F
 import curvfast
 from benchmarks.cases import build_case
 from benchmarks.environment import environment, results_dir, write_results
-from curvfast.flatness import LossHessian
+from curvfast.flatness import LossHessian, lanczos, ritz
 
 SAMPLES = {"digits_cnn": 256, "resnet18_c10": 4}  # ResNet-18: ~6 s per HVP of 8 images on one shared CPU thread
 QUICK_SAMPLES = {"digits_cnn": 64, "resnet18_c10": 2}
@@ -88,8 +88,6 @@ def curvfast_lanczos(model, batches, steps: int, seed: int = 0, ref: float | Non
                      rtol: float = 0.0) -> list[tuple[float, float]]:
     """curvfast's Lanczos (the code param_curvature runs); ``[(top Ritz value, elapsed s)]`` per step, stopped at
     the first within ``rtol`` of ``ref``."""
-    from curvfast.flatness._lanczos import lanczos, ritz
-
     op = LossHessian(model, batches)
     start = curvfast.ops.probes(torch.tensor([3]), 1, op.dim, seed=seed, dtype=op.dtype)[0]
     t0, out = time.perf_counter(), []
