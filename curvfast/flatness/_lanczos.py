@@ -66,7 +66,7 @@ def lanczos(matmat: Matmat, start: torch.Tensor, steps: int,
     """
     P, D = start.shape
     m = min(steps, D)
-    Q = start.new_zeros(P, m, D)  # the bases: P * m * D entries (full reorthogonalisation keeps them all)
+    Q = start.new_zeros(P, min(m, 8), D)  # the bases, grown by doubling up to P * m * D entries (all kept)
     alpha = torch.zeros(P, m, dtype=torch.float64)
     beta = torch.zeros(P, m, dtype=torch.float64)
     q = start / start.norm(dim=1, keepdim=True)
@@ -80,6 +80,8 @@ def lanczos(matmat: Matmat, start: torch.Tensor, steps: int,
         return w
 
     for j in range(m):
+        if j == Q.shape[1]:
+            Q = torch.cat([Q, Q.new_zeros(P, min(m, 2 * j) - j, D)], 1)
         Q[:, j] = q
         w = matmat(q)
         a = (w * q).sum(1)
