@@ -13,6 +13,7 @@ from .curvature import CurvatureResult, input_curvature  # noqa: E402
 from .engine import ScoreResult, parse_device, score, score_models  # noqa: E402
 from .checkpoints import load_model as load_checkpoint  # noqa: E402
 from . import errors  # noqa: E402
+from .flatness import ParamCurvature, param_curvature  # noqa: E402
 
 __all__ = ["input_curvature", "CurvatureResult", "score", "score_models", "ScoreResult", "parse_device",
-           "load_checkpoint", "errors", "ops", "__version__"]
+           "load_checkpoint", "errors", "ops", "param_curvature", "ParamCurvature", "__version__"]

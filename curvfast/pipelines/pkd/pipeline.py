@@ -1,5 +1,5 @@
-"""The whole PKD + WISE experiment (``curvfast pkd``): data -> streams -> CE and PKD internal
-classifiers -> WISE -> results, arrays and plots in a run folder.
+"""The whole PKD + WISE experiment (``curvfast pkd``): data -> streams -> their flatness (loss Hessians, over
+seeds) -> CE and PKD internal classifiers -> WISE -> results, arrays and plots in a run folder.
 
 Progressive knowledge distillation of early exits and WISE (weighted ensembles of the exits with
 an L1 penalty, stopped at the first confident prefix) on the three CoViAR streams of compressed
@@ -7,6 +7,7 @@ video (Wu et al., "Compressed Video Action Recognition", CVPR 2018)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import sys
 import time
@@ -20,10 +21,11 @@ from torch.utils.data import DataLoader
 from curvfast import parse_device
 from curvfast.io import save_checkpoint, write_npz
 from curvfast.pipelines.common.contract import config_dict, option, run_folder, write_results
+from curvfast.pipelines.pkd.flatness import stream_batches, stream_flatness, summarise_flatness
 from curvfast.pipelines.pkd.macs import exit_macs
 from curvfast.pipelines.pkd.networks import BACKBONES, STREAM_ORDER, build_exits, build_streams
-from curvfast.pipelines.pkd.pkd import PUBLISHED_BOUNDARIES, train_exits
-from curvfast.pipelines.pkd.plots import accuracy_vs_macs_plot, exit_accuracy_plot
+from curvfast.pipelines.pkd.pkd import PUBLISHED_BOUNDARIES, PUBLISHED_ORDER, train_exits
+from curvfast.pipelines.pkd.plots import accuracy_vs_macs_plot, exit_accuracy_plot, flatness_plot
 from curvfast.pipelines.pkd.training import collect_exit_logits, train_streams
 from curvfast.pipelines.pkd.video import (CompressedVideoDataset, SyntheticConfig, folder_clipset, hmdb51_clips,
                                           stratified_split, synthetic_actions, ucf101_clips, videofolder_clips)
@@ -36,6 +38,7 @@ __all__ = ["Config", "PRESETS", "run", "summary", "load_clips", "EXIT_NAMES", "T
 EXIT_NAMES = [f"{s}/{e}" for s in STREAM_ORDER for e in ("ic1", "ic2", "ic3", "head")]
 TAU_GRID = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1 - 1e-4, 1 - 1e-5, 1 - 1e-6, 1 - 1e-8, 1 - 1e-10, 1.0)
 DATASETS = ("synthetic", "videofolder", "ucf101", "hmdb51")
+ORDERS = ("published", "flatness")
 SYNTHETIC_FRAMES = 24
 LISTERS = {"videofolder": videofolder_clips, "ucf101": ucf101_clips, "hmdb51": hmdb51_clips}
 
@@ -79,6 +82,12 @@ class Config:
     wise_holdout: float = option(0.0, "fraction of training clips kept out of training to fit WISE on (0: fit on training logits)")
     boundaries: tuple[float, ...] = option(PUBLISHED_BOUNDARIES, "PKD teacher schedule: fractions of the IC epochs taught "
                                                                  "by the MV head, then by the residual head")
+    order: str = option("published", "PKD teacher order: published (MV head, then residual head) or flatness (the two "
+                                     "sharpest streams by measured tr(H), sharpest first)", choices=ORDERS)
+    flatness_seeds: int = option(3, "stream trainings (seeds seed, seed+1, ...) whose loss Hessians are measured; the "
+                                    "first is the run's own streams")
+    flatness_clips: int = option(32, "training clips the loss Hessian of each stream is measured on")
+    flatness_probes: int = option(16, "Hutchinson probes per stream for tr(H)")
     device: str = option("cpu")
     workers: int = option(0)
     prepare_only: bool = option(False, "prepare the clip cache ($CURVFAST_CACHE) and stop: no training (a CPU job with PyAV, "
@@ -103,7 +112,11 @@ class Config:
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
             raise ConfigError(f"--workers must be an int >= 0 (got {self.workers!r})")
         parse_device(self.device)
-        for name in ("segments", "stream_epochs", "exit_epochs", "batch_size"):
+        if self.order not in ORDERS:
+            raise UnknownNameError(f"--order must be one of {', '.join(ORDERS)} (got {self.order!r})")
+        if self.flatness_probes < 2:
+            raise ConfigError(f"--flatness-probes must be >= 2 for a standard error (got {self.flatness_probes})")
+        for name in ("segments", "stream_epochs", "exit_epochs", "batch_size", "flatness_seeds", "flatness_clips"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
         if not 0 < self.tau <= 1:
@@ -169,6 +182,26 @@ def _hold_out(clips, config: Config):
     return train, wise
 
 
+def _flatness(streams: nn.ModuleDict, train_clips, config: Config, progress: bool) -> dict:
+    """tr(H) and the top eigenvalue of every stream's training loss, for the run's streams and for
+    ``flatness_seeds - 1`` more stream trainings (seeds seed+1, ...), on ``flatness_clips`` training clips."""
+    device = parse_device(config.device)
+    chosen = np.zeros(len(train_clips), bool)
+    chosen[np.random.default_rng(config.seed).permutation(len(train_clips))[:config.flatness_clips]] = True
+    loader = _loader(train_clips.subset(chosen), config, train=False)
+    seeds = [config.seed + i for i in range(config.flatness_seeds)]
+    per_seed = []
+    for seed in seeds:
+        if seed != config.seed:
+            torch.manual_seed(seed)
+            streams = build_streams(len(train_clips.classes), backbone=config.backbone).to(device)
+            train_streams(streams, _loader(train_clips, dataclasses.replace(config, seed=seed), train=True),
+                          config.stream_epochs, config.lr, progress=progress)
+        per_seed.append({name: stream_flatness(streams[name], stream_batches(loader, name, device), config.flatness_probes,
+                                               seed) for name in STREAM_ORDER})
+    return summarise_flatness(per_seed, seeds)
+
+
 def run(config: Config, out: str | None = None) -> dict:
     """Run the experiment; write ``results.json``, ``logits.npz``, ``models.pt`` and two PNGs to the
     run folder ``out`` (None: a temporary one). Returns the results."""
@@ -201,8 +234,16 @@ def run(config: Config, out: str | None = None) -> dict:
     log(f"streams: {config.stream_epochs} epochs in {timing['streams_s']:.0f} s, final losses "
         + ", ".join(f"{k} {v:.3f}" for k, v in stream_history[-1].items() if k != "epoch"))
     t0 = time.perf_counter()
+    flatness = _flatness(streams, train_clips, config, progress)
+    order = tuple(flatness["order"]) if config.order == "flatness" else PUBLISHED_ORDER
+    flatness.update(teacher_order=list(order), order_from=config.order)
+    timing["flatness_s"] = time.perf_counter() - t0
+    log(f"flatness ({config.flatness_seeds} seeds, {timing['flatness_s']:.0f} s): mean tr(H) "
+        + ", ".join(f"{n} {flatness['streams'][n]['trace_mean']:.3g}" for n in STREAM_ORDER)
+        + f"; flattest first {flatness['flattest_first']['trace']}; teachers {list(order)}")
+    t0 = time.perf_counter()
     exit_history = train_exits(streams, ce_exits, pkd_exits, train_loader, config.exit_epochs, config.lr,
-                               boundaries=config.boundaries, progress=progress)
+                               boundaries=config.boundaries, progress=progress, order=order)
     timing["exits_s"] = time.perf_counter() - t0
     log(f"ICs: {config.exit_epochs} epochs in {timing['exits_s']:.0f} s (CE and PKD sets together)")
 
@@ -235,7 +276,7 @@ def run(config: Config, out: str | None = None) -> dict:
         "wise": {**wise["pkd"], "ce": wise["ce"]},
         "plain_ensemble_accuracy": plain, "plain_ensemble_macs": int(macs["cumulative"][-1]),
         "heads_ensemble_accuracy": _ensemble_accuracy(logits["test_pkd"], test_labels, heads),
-        "gains": gains, "history": {"streams": stream_history, "exits": exit_history},
+        "gains": gains, "flatness": flatness, "history": {"streams": stream_history, "exits": exit_history},
         "timing": {k: round(v, 2) for k, v in timing.items()},
     }
     with run_folder(out) as folder:
@@ -247,6 +288,7 @@ def run(config: Config, out: str | None = None) -> dict:
         accuracy_vs_macs_plot(os.path.join(folder, "accuracy_vs_macs.png"), EXIT_NAMES, macs["standalone"], ic_accuracy,
                               {k: wise[k]["sweep"] for k in wise}, wise["pkd"], (plain, float(macs["cumulative"][-1])))
         exit_accuracy_plot(os.path.join(folder, "ic_accuracy.png"), EXIT_NAMES, ic_accuracy)
+        flatness_plot(os.path.join(folder, "flatness.png"), flatness)
         return write_results(folder, results)
 
 
@@ -255,5 +297,8 @@ def summary(results: dict) -> dict:
     (with ``--prepare-only``: the clip counts)."""
     if results.get("prepared_only"):
         return {k: results[k] for k in ("num_train", "num_test", "timing")}
+    flat = results["flatness"]
     return {"ic_accuracy": results["ic_accuracy"], "wise": {k: results["wise"][k] for k in ("tau", "accuracy", "macs")},
+            "flatness": {"trace_mean": {n: s["trace_mean"] for n, s in flat["streams"].items()},
+                         "hierarchy_holds": flat["hierarchy_holds"], "teacher_order": flat["teacher_order"]},
             "plain_ensemble_accuracy": results["plain_ensemble_accuracy"], "gains": results["gains"]}

@@ -23,24 +23,29 @@ from curvfast.training import TrainRecipe, fit, soft_cross_entropy
 from curvfast.pipelines.pkd.networks import STREAM_ORDER, segment_mean
 from curvfast.errors import ConfigError, UnknownNameError
 
-__all__ = ["PUBLISHED_BOUNDARIES", "pkd_teacher", "exit_logits_from_features", "train_exits"]
+__all__ = ["PUBLISHED_BOUNDARIES", "PUBLISHED_ORDER", "pkd_teacher", "exit_logits_from_features", "train_exits"]
 
 PUBLISHED_BOUNDARIES = (50 / 300, 100 / 300)
+PUBLISHED_ORDER = ("mv", "residual")
 
 
-def pkd_teacher(epoch: int, epochs: int, stream: str, boundaries: tuple[float, float] = PUBLISHED_BOUNDARIES) -> str:
-    """The stream whose head teaches ``stream``'s ICs at ``epoch`` (0-based) of ``epochs``: "mv"
-    before ``boundaries[0] * epochs``, "residual" before ``boundaries[1] * epochs``, then ``stream``."""
+def pkd_teacher(epoch: int, epochs: int, stream: str, boundaries: tuple[float, float] = PUBLISHED_BOUNDARIES,
+                order: tuple[str, str] = PUBLISHED_ORDER) -> str:
+    """The stream whose head teaches ``stream``'s ICs at ``epoch`` (0-based) of ``epochs``: ``order[0]`` (published:
+    "mv") before ``boundaries[0] * epochs``, ``order[1]`` ("residual") before ``boundaries[1] * epochs``, then
+    ``stream``."""
     if stream not in STREAM_ORDER:
         raise UnknownNameError(f"stream must be one of {STREAM_ORDER} (got {stream!r})")
+    if len(order) != 2 or any(o not in STREAM_ORDER for o in order):
+        raise UnknownNameError(f"order must name two of {STREAM_ORDER} (got {order!r})")
     if not 0 <= boundaries[0] <= boundaries[1] <= 1:
         raise ConfigError(f"boundaries must satisfy 0 <= b0 <= b1 <= 1 (got {boundaries})")
     if not 0 <= epoch < epochs:
         raise ConfigError(f"epoch must lie in [0, {epochs}) (got {epoch})")
     if epoch < round(boundaries[0] * epochs):
-        return "mv"
+        return order[0]
     if epoch < round(boundaries[1] * epochs):
-        return "residual"
+        return order[1]
     return stream
 
 
@@ -61,7 +66,8 @@ def _frozen_pass(streams: nn.ModuleDict, batch: dict, segments: int):
 
 def train_exits(streams: nn.ModuleDict, ce_exits: nn.ModuleDict, pkd_exits: nn.ModuleDict, loader: DataLoader,
                 epochs: int, lr: float = 2e-3, weight_decay: float = 1e-4,
-                boundaries: tuple[float, float] = PUBLISHED_BOUNDARIES, progress: bool = False) -> list[dict]:
+                boundaries: tuple[float, float] = PUBLISHED_BOUNDARIES, progress: bool = False,
+                order: tuple[str, str] = PUBLISHED_ORDER) -> list[dict]:
     """Train the CE-baseline ICs and the PKD ICs on the frozen ``streams`` (AdamW, cosine schedule
     stepped per batch). Each batch minimises the sum of the CE ICs' label cross-entropies and the
     PKD ICs' soft cross-entropies to their current teachers. Returns one record per epoch: the PKD
@@ -74,7 +80,7 @@ def train_exits(streams: nn.ModuleDict, ce_exits: nn.ModuleDict, pkd_exits: nn.M
 
     def start(epoch: int) -> None:
         loader.dataset.set_epoch(epoch)
-        state.update(teachers={name: pkd_teacher(epoch, epochs, name, boundaries) for name in STREAM_ORDER},
+        state.update(teachers={name: pkd_teacher(epoch, epochs, name, boundaries, order) for name in STREAM_ORDER},
                      totals=torch.zeros(2), batches=0)
 
     def loss(_model, batch, y):

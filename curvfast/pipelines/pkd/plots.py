@@ -5,7 +5,7 @@ import numpy as np
 
 from curvfast.plots import pyplot, save_png
 
-__all__ = ["accuracy_vs_macs_plot", "exit_accuracy_plot"]
+__all__ = ["accuracy_vs_macs_plot", "exit_accuracy_plot", "flatness_plot"]
 
 _MARKERS = {"residual": "s", "mv": "^", "iframe": "o"}
 
@@ -54,4 +54,28 @@ def exit_accuracy_plot(path: str, exit_names: list[str], ic_accuracy: dict[str, 
     ax.set_ylim(0, 1)
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
+    save_png(fig, path)
+
+
+def flatness_plot(path: str, flatness: dict) -> None:
+    """Two panels, tr(H) and the top eigenvalue of each stream's training-loss Hessian: the mean over seeds with
+    its standard error (bars) and every seed (dots, with the Hutchinson standard error of its trace)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.6))
+    names = flatness["published_hierarchy"]  # flattest first, as published
+    for ax, stat, label in ((axes[0], "trace", "tr(H)"), (axes[1], "top_eigenvalue", "top eigenvalue of H")):
+        stats = [flatness["streams"][n] for n in names]
+        se = [s[f"{stat}_se"] or 0.0 for s in stats]
+        ax.bar(range(len(names)), [s[f"{stat}_mean"] for s in stats], yerr=se, capsize=4, color="tab:blue", alpha=0.6)
+        for i, s in enumerate(stats):
+            values = [r[stat] for r in s["per_seed"]]
+            errs = [r["trace_stderr"] or 0.0 for r in s["per_seed"]] if stat == "trace" else None
+            ax.errorbar(np.full(len(values), i) + np.linspace(-0.15, 0.15, len(values)), values, yerr=errs, fmt="o",
+                        color="black", ms=3, lw=0.8)
+        ax.set_xticks(range(len(names)), names)
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+    holds = flatness["hierarchy_holds"]
+    fig.suptitle(f"stream flatness over seeds {flatness['seeds']}: published order I-frame < residual < MV "
+                 f"{'holds' if holds['trace'] else 'does not hold'} for the trace", fontsize=9)
     save_png(fig, path)

@@ -216,20 +216,27 @@ def test_cli_pkd_writes_results_and_plots(tmp_path, monkeypatch):
     monkeypatch.setenv("CURVFAST_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
     rc = main(["pkd", "--out", str(out), "--clips-per-class", "2", "--size", "16", "--frames", "13",
-               "--stream-epochs", "1", "--exit-epochs", "1", "--threads", "1", "--quiet"])
+               "--stream-epochs", "1", "--exit-epochs", "1", "--threads", "1", "--quiet", "--flatness-clips", "4",
+               "--flatness-probes", "2", "--order", "flatness"])
     assert rc == 0
     res = read_results(out)
+    flat = res["flatness"]
+    assert flat["seeds"] == [0, 1, 2] and flat["order_from"] == "flatness"
+    assert flat["teacher_order"] == flat["order"] and res["history"]["exits"][0]["teachers"]["iframe"] == flat["order"][0]
+    for stream in flat["streams"].values():
+        assert len(stream["per_seed"]) == 3 and stream["trace_se"] is not None and stream["top_eigenvalue_se"] is not None
     assert len(res["ic_accuracy"]["ce"]) == len(res["ic_accuracy"]["pkd"]) == 12 == len(res["exits"])
     assert res["ic_accuracy"]["ce"][3] == res["ic_accuracy"]["pkd"][3]  # heads are shared
     assert 0 <= res["wise"]["accuracy"] <= 1 and res["wise"]["macs"] <= res["macs"]["cumulative"][-1]
     assert 0 <= res["plain_ensemble_accuracy"] <= 1 and len(res["wise"]["weights"]) == 12
-    for name in ("accuracy_vs_macs.png", "ic_accuracy.png", "logits.npz", "models.pt"):
+    for name in ("accuracy_vs_macs.png", "ic_accuracy.png", "flatness.png", "logits.npz", "models.pt"):
         assert os.path.getsize(out / name) > 0
     assert main(["pkd", "--out", str(out), "--dataset", "ucf101"]) == 2  # needs --root
     assert main(["pkd", "--out", str(out), "--clips-per-class", "2", "--size", "16", "--frames", "13",
                  "--wise-holdout", "0.5", "--quiet"]) == 2  # would leave classes without training clips
     assert main(["pkd", "--out", str(out), "--tau", "1.5"]) == 2
     assert main(["pkd", "--out", str(out), "--boundaries", "0.6,0.3"]) == 2
+    assert main(["pkd", "--out", str(out), "--flatness-probes", "1"]) == 2
 
 
 def test_run_without_a_folder_repeats_the_cli_run(tmp_path, monkeypatch):
@@ -239,9 +246,11 @@ def test_run_without_a_folder_repeats_the_cli_run(tmp_path, monkeypatch):
     from curvfast.pipelines.pkd import Config, run, summary
 
     monkeypatch.setenv("CURVFAST_CACHE", str(tmp_path / "cache"))
-    small = dict(clips_per_class=2, size=16, frames=13, stream_epochs=1, exit_epochs=1)
+    small = dict(clips_per_class=2, size=16, frames=13, stream_epochs=1, exit_epochs=1, flatness_seeds=1, flatness_clips=2,
+                 flatness_probes=2)
     results = run(Config(**small, quiet=True))
     assert results["settings"]["boundaries"] == list(Config().boundaries)
+    assert results["flatness"]["teacher_order"] == ["mv", "residual"]  # the published order stays the default
     argv = [f"--{k.replace('_', '-')}={v}" for k, v in small.items()]
     assert main(["pkd", "--out", str(tmp_path / "run"), *argv, "--quiet"]) == 0
     written = json.loads((tmp_path / "run" / "results.json").read_text())
