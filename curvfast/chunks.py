@@ -54,7 +54,8 @@ LOCK = ".lock"
 FORMAT = 1
 MEASURED = ("pass_widths", "batch_size")  # measured by the first run, kept by every resumed one
 _CHUNK_NAME = re.compile(r"\d{6}\.(npz|json)")
-_TEMP_NAME = re.compile(r"\.tmp-[a-z0-9_]+(?:manifest\.json|results\.json|scores\.npz|\d{6}\.(?:npz|json))")
+_TEMP_NAME = re.compile(r"\.tmp-[a-z0-9_]+(?:manifest\.json|results\.json|scores\.npz|samples\.(?:csv|parquet)|"
+                        r"\d{6}\.(?:npz|json))")
 _LOCK_TEXT = re.compile(rb"(pid \d+ on [^\n]*)?")  # what _lock writes (or a new, empty file)
 _MODEL_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"  # the engine's rule for model (folder) names
 _RECORD_KEYS = {"run", "chunk", "start", "stop", "sha256", "used"}

@@ -21,7 +21,7 @@ DOCS = ROOT / "docs"
 README_MAX_LINES = 150
 PIPELINE_SECTIONS = ("What it does", "How to run", "Results", "Deviations from the published code", "Paper scale",
                      "Limits")
-LIBRARY_PAGES = ("estimators", "native-ops", "architecture", "scale-out", "results")
+LIBRARY_PAGES = ("estimators", "native-ops", "architecture", "scale-out", "results", "compat", "flatness")
 # Words that describe when or in which work item something was done, not what the project is.
 JOURNAL_PATTERNS = (
     r"\bthis round\b", r"\bround \d", r"\bnext round\b", r"\bprevious round\b", r"\bissue \d+[a-z]?\b",

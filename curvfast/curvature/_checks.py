@@ -138,7 +138,7 @@ def _batchmates_change(logit_fn: LogitFn, x: torch.Tensor) -> float | None:
     try:
         with torch.no_grad():
             a, b = logit_fn(torch.cat([x0, mate]))[0], logit_fn(torch.cat([x0, x0]))[0]
-    except (RuntimeError, ValueError, TypeError):
+    except (RuntimeError, ValueError, TypeError, AssertionError):  # torchvision ViT asserts its input size
         return None
     scale = torch.maximum(a.abs().max(), b.abs().max()).clamp_min(torch.finfo(a.dtype).tiny)
     return float((a - b).abs().max() / scale)

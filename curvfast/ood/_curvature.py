@@ -59,7 +59,7 @@ class InputCurvature(Detector):
         self.output_transform, self.batch_size = output_transform, int(batch_size)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Curvature scores of a batch at each sample's predicted class (float64, on the model's device).
+        """Curvature scores of a batch at each sample's predicted class (in the inputs' dtype, on the model's device).
 
         Args:
             x: A batch of inputs; moved to the model's device.
@@ -81,7 +81,7 @@ class InputCurvature(Detector):
             result = input_curvature(self.model, x[ids], predicted, method=self.method, statistic=self.statistic,
                                      probes=self.probes, seed=self.seed, sample_ids=ids,
                                      output_transform=self.output_transform)
-            scores.append(result.value.detach().double())
+            scores.append(result.value.detach())
         return torch.cat(scores)
 
     def _fit_outputs(self, logits, features, labels):

@@ -146,7 +146,7 @@ def test_cli_score_passes_accept_gauss_newton(tmp_path, monkeypatch):
         seen.update(options)
         raise DataError("stop here")
 
-    monkeypatch.setattr(curvfast.checkpoints, "load_model", lambda *args: nn.Linear(64, 10))
+    monkeypatch.setattr(curvfast.checkpoints, "load_model_with_record", lambda *args: (nn.Linear(64, 10), {}))
     monkeypatch.setattr(curvfast.engine, "score", fake_score)
     argv = ["score", "--checkpoint", str(tmp_path / "m.pt"), "--out", str(tmp_path / "r"), "--method", "exact"]
     assert main(argv) == 2 and "accept_gauss_newton" not in seen

@@ -116,12 +116,14 @@ def test_float_labels_at_batch_1(cls):
 
 
 def test_taxonomy():
-    """Logits detectors expose only the logits methods, features detectors only the features ones."""
+    """Logits detectors expose only the logits methods, features detectors only the features ones; a detector of
+    the inputs themselves (the curvature detector differentiates the model at x) exposes neither."""
     model = TanhClassifier()
     for cls in ood.DETECTORS.values():
         det = cls(model)
         logits, features = isinstance(det, LogitsDetector), isinstance(det, FeaturesDetector)
-        assert logits != features, cls.name
+        assert not (logits and features), cls.name
+        assert logits or features or cls is ood.InputCurvature, cls.name
         for name in ("fit_logits", "predict_logits"):
             assert hasattr(det, name) == logits, (cls.name, name)
         for name in ("fit_features", "predict_features", "encoder"):

@@ -68,15 +68,18 @@ def test_curvature_rules_match_formulas_and_quirk():
     np.testing.assert_allclose(A.curvature_nll(ct, csh, keep), nll, rtol=1e-9, atol=1e-9)
     lr = np.log(np.exp(norm.logpdf(s_t, mi, si) - norm.logpdf(s_t, mo, so)).sum(1))  # ratios summed over views
     np.testing.assert_allclose(A.curvature_lr(ct, csh, keep), lr, rtol=1e-9, atol=1e-9)
-    quirk = (norm.logpdf(s_t, mi, si**2) - norm.logpdf(s_t, mo, si**2)).mean(1)  # variance passed as std
+    # the published rules: the population variance (np.nanvar, ddof 0), passed where the std belongs
+    _, si0 = manual_fit(np.log(csh + 1e-22), keep, ddof=0)
+    _, so0 = manual_fit(np.log(csh + 1e-22), ~keep, ddof=0)
+    quirk = (norm.logpdf(s_t, mi, si0**2) - norm.logpdf(s_t, mo, si0**2)).mean(1)
     np.testing.assert_allclose(A.curvature_nll(ct, csh, keep, published_quirk=True), quirk, rtol=1e-9, atol=1e-9)
     assert not np.allclose(quirk, nll)
     # the published LR: ratio of the likelihoods summed over views, Σ_v N_in / Σ_v N_out (variance as std)
-    lr_quirk = np.log(norm.pdf(s_t, mi, si**2).sum(1)) - np.log(norm.pdf(s_t, mo, so**2).sum(1))
+    lr_quirk = np.log(norm.pdf(s_t, mi, si0**2).sum(1)) - np.log(norm.pdf(s_t, mo, so0**2).sum(1))
     np.testing.assert_allclose(A.curvature_lr(ct, csh, keep, published_quirk=True), lr_quirk, rtol=1e-9, atol=1e-9)
     # with one view the two aggregations agree
     one = A.curvature_lr(ct[:, :1], csh[..., :1], keep, published_quirk=True)
-    np.testing.assert_allclose(one, norm.logpdf(s_t[:, 0], mi[:, 0], si[:, 0] ** 2) - norm.logpdf(s_t[:, 0], mo[:, 0], so[:, 0] ** 2),
+    np.testing.assert_allclose(one, norm.logpdf(s_t[:, 0], mi[:, 0], si0[:, 0] ** 2) - norm.logpdf(s_t[:, 0], mo[:, 0], so0[:, 0] ** 2),
                                rtol=1e-9, atol=1e-9)
 
 

@@ -30,9 +30,9 @@ def test_default_run_scores_curvature_at_the_predicted_class(tmp_path, monkeypat
         seen["model"] = pair[0]
         return pair
 
-    def capture_sets(id_test, heldout, seed=0):
+    def capture_sets(id_test, heldout, seed=0, folders=None):
         seen["id"] = id_test
-        return sets(id_test, heldout, seed=seed)
+        return sets(id_test, heldout, seed=seed, folders=folders)
 
     monkeypatch.setattr(pipeline, "_train_pair", capture_train)
     monkeypatch.setattr(pipeline, "ood_sets", capture_sets)

@@ -425,7 +425,7 @@ def test_cli_writes_the_transfer_study(tmp_path, capsys):
 def test_l2_study_skips_the_linf_ensemble_attacks(tmp_path):
     from curvfast.pipelines.transfer import Config, run
 
-    config = Config(models=("small_cnn", "mlp2"), eps=(0, 0.5, 1.0, 2.0), robust_eps=(1.0,), attack="pgdl2", steps=2,
+    config = Config(models=("small_cnn", "mlp2"), ensemble_size=2, eps=(0, 0.5, 1.0, 2.0), robust_eps=(1.0,), attack="pgdl2", steps=2,
                     step=0.5, epochs=1, subset_size=16, ensemble="both=small_cnn,mlp2", quiet=True)
     res = run(config)  # numbers work as radii from Python; no out: a temporary run folder
     robust = res["robust_accuracy"]

@@ -107,7 +107,7 @@ def test_score_batch_size_bounds_every_forward_after_training_and_changes_no_res
         return net, info
 
     monkeypatch.setattr(pipeline, "load_or_train", watched)
-    common = dict(models=("small_cnn", "mlp2"), eps=(0, 16 / 255, 32 / 255), robust_eps=(32 / 255,), steps=2, step=0.05,
+    common = dict(models=("small_cnn", "mlp2"), ensemble_size=2, eps=(0, 16 / 255, 32 / 255), robust_eps=(32 / 255,), steps=2, step=0.05,
                   epochs=1, subset_size=20, ensemble="both=small_cnn,mlp2", quiet=True)
     small = run(Config(score_batch_size=3, **common), out=str(tmp_path / "small"))
     assert seen and max(seen) == 3
