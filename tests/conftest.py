@@ -163,3 +163,13 @@ def run_smoke_on_folder(command: str, root, out, *extra: str) -> dict:
     assert (settings["dataset"], settings["normalize"], settings["augment"]) == ("imagefolder", "cifar10", "crop-flip")
     assert settings.get("device", "cpu") == "cpu"
     return results
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test, the caller's setting restored: tiny models gain nothing from more, and on a
+    loaded machine their OpenMP threads wait on each other. Use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)

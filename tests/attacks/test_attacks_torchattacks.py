@@ -11,14 +11,7 @@ from curvfast.errors import ConfigError, UnknownNameError  # noqa: E402
 MEAN, STD = [0.4], [0.25]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny 8x8 models gain nothing from more threads, and on a loaded machine their OpenMP threads wait on each
-    other; the caller's setting is restored."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def net(seed, normalized=False, batchnorm=False):

@@ -22,14 +22,7 @@ from tests.conftest import run_smoke_on_folder
 TOL = 1e-12  # float64 closed forms
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny 8x8 convolutions gain nothing from a second thread, and on a loaded machine the OpenMP
-    threads of two-thread torch wait on each other; the caller's setting is restored."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _linear_model(d: int = 4, k: int = 3, seed: int = 0) -> nn.Module:

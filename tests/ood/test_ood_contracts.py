@@ -30,14 +30,7 @@ from curvfast.ood import (
 SEEDS = range(20)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny 8x8 models gain nothing from more threads, and on a loaded machine their OpenMP threads wait on each
-    other; the caller's setting is restored."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TanhClassifier(nn.Module):

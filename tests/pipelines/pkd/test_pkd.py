@@ -28,13 +28,7 @@ TINY = {  # streams small enough for a unit test
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small ops run fastest on one thread, and a shared machine does not oversubscribe."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_pkd_teacher_schedule_follows_the_published_epochs():
