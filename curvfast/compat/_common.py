@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..curvature import input_curvature, is_piecewise_linear, sample_ids_for
-from ..curvature._checks import check_batch, check_labels
+from ..curvature._checks import check_batch, check_batch_independent, check_labels
 from ..curvature._model import LogitFn, check_finite_model, scoring_mode, unwrap_model, without_wrapper_hooks
 from ..curvature._precision import precision_policy
 from ..errors import ConfigError, NonFiniteError, UnsupportedModelError
@@ -119,7 +119,8 @@ def prepare(net: nn.Module | Callable, x: torch.Tensor, y: torch.Tensor, *, h: f
         ConfigError: A bad ``h``, ``niter`` or ``temp``.
         DataError: A batch of the wrong shape, or on another device than the net.
         NonFiniteError: NaN or Inf in the inputs or in the net's parameters or buffers.
-        BatchDependentModelError: A BatchNorm without running statistics.
+        BatchDependentModelError: A BatchNorm without running statistics, or a forward whose output for a sample
+            depends on its batch-mates (batch statistics in eval mode).
         UnsupportedModelError: Train-mode BatchNorm or dropout when ``sets_eval`` is False.
     """
     if not callable(net):
@@ -135,13 +136,15 @@ def prepare(net: nn.Module | Callable, x: torch.Tensor, y: torch.Tensor, *, h: f
     x, y = check_batch(x, y, module)
     if h is not None:
         check_h(h, x)
+    logit_fn = LogitFn(module if module is not None else net, output_transform)
     if module is not None:
         check_finite_model(module)
         if sets_eval:
             net.eval()
         else:
             _check_eval_mode(module)
-    return Batch(net, module, LogitFn(module if module is not None else net, output_transform), x, y)
+        check_batch_independent(module, logit_fn, x)  # once per model, as in input_curvature; draws nothing
+    return Batch(net, module, logit_fn, x, y)
 
 
 @contextlib.contextmanager

@@ -112,6 +112,25 @@ def test_batch_statistics_refused(drop_in):
     refused_without_draws(BatchDependentModelError, "batch's own statistics", lambda: call(drop_in, net, x, y))
 
 
+class BatchStandardised(nn.Module):
+    """Standardises its features with the batch's own statistics in the forward (F.batch_norm, training=True)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.head = nn.Sequential(nn.Flatten(), nn.Linear(32, 6)), nn.Linear(6, 5)
+
+    def forward(self, x):
+        return self.head(torch.nn.functional.batch_norm(self.body(x), None, None, training=True))
+
+
+@pytest.mark.parametrize("drop_in", DROP_INS, ids=IDS)
+def test_a_forward_using_batch_statistics_is_refused(drop_in):
+    """The batch-mates probe of input_curvature guards the drop-ins too (issue 30: as strict as the core)."""
+    torch.manual_seed(0)
+    net, (x, y) = BatchStandardised().eval(), tiny_batch()
+    refused_without_draws(BatchDependentModelError, "depends on the rest of its batch", lambda: call(drop_in, net, x, y))
+
+
 @pytest.mark.parametrize("drop_in", [d for d in DROP_INS if d.name.startswith("get_curvature")],
                          ids=[i for i, d in zip(IDS, DROP_INS) if d.name.startswith("get_curvature")])
 def test_zo_refuses_train_mode_batchnorm_and_dropout(drop_in):
