@@ -19,8 +19,9 @@ AUGMENTATIONS = ("none", "crop", "crop-flip")
 
 
 def crop_flip(x: torch.Tensor, gen: torch.Generator, *, flip: bool = True, pad: int | None = None) -> torch.Tensor:
-    """Random-translation crop (reflect padding by ``pad`` pixels, default H // 8) and, with ``flip``, a
-    horizontal flip with probability ½, drawn independently per image of a batch (..., C, H, W). The draws
+    """Random-translation crop (reflect padding by ``pad`` pixels, default H // 8; the published Curvature Clues
+    code zero-pads) and, with ``flip``, a horizontal flip with probability ½, drawn independently per image of a
+    batch (..., C, H, W). The draws
     come from ``gen`` (a CPU generator: the same draws on every device) and move to the batch's device."""
     shape = x.shape
     x = x.reshape(-1, *shape[-3:])
