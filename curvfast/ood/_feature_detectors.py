@@ -108,7 +108,7 @@ class Mahalanobis(FeaturesDetector):
         return self
 
     def predict_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Squared Mahalanobis distance to the nearest class mean (B,), float64.
+        """Squared Mahalanobis distance to the nearest class mean (B,), computed in float64.
 
         Args:
             x: Features (B, D).
@@ -179,7 +179,7 @@ class KNN(FeaturesDetector):
         return self
 
     def predict_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Distance of each normalised feature to its k-th nearest bank entry (B,), float64.
+        """Distance of each normalised feature to its k-th nearest bank entry (B,), computed in float64.
 
         Args:
             x: Features (B, D).
