@@ -3,7 +3,9 @@
 train split → (train part, validation part) → noisy labels on both → train a zoo model on the
 noisy train part → verified set (lowest input-loss curvature per class) → Verifix (α chosen on the
 validation part) → clean test accuracy before and after. Only the test report uses clean labels
-(unless ``clean_validation``: a trusted, hand-checked validation set). Verifix: the soft projector
+(unless ``clean_validation``: a trusted, hand-checked validation set; or the published code's two
+oracles, ``oracle_ranking`` and ``oracle_alpha``, which read the true labels / the flip mask; ``published``
+turns both on). Verifix: the soft projector
 W ← W·P_α of every Conv2d/Linear layer, P_α built from the spectrum of the layer's inputs on the
 verified set (Kodge, Ravikumar, Saha and Roy, "Verifix: Post-Training Correction to Improve
 Label Noise Robustness with Verified Samples", 2024). The verified set has the lowest curvature
@@ -63,6 +65,13 @@ class Config(DataOptions):
     batch_size: int = option(64)
     val_fraction: float = option(0.2, "part of the train split held out to choose alpha")
     clean_validation: bool = option(False, "validation split with clean labels (a trusted set); default: noisy")
+    oracle_ranking: bool = option(False, "rank the verified set by curvature under the TRUE labels over the whole train "
+                                         "split (train and validation parts), class-balanced by true label, as the "
+                                         "published code does (an oracle); default: noisy labels, train part only")
+    oracle_alpha: bool = option(False, "choose alpha by accuracy on the validation samples whose labels were NOT flipped, "
+                                       "as the published code does (an oracle: it reads the flip mask)")
+    published: bool = option(False, "the published protocol: turns on --oracle-ranking and --oracle-alpha, and ranks "
+                                    "by --method fd unless a method other than auto is given")
     verified_size: int = option(200, "class-balanced verified set size")
     method: str = option("auto", "ranking the verified set, or random", choices=selection_methods)
     alphas: tuple[float, ...] = option(PUBLISHED_ALPHAS, "soft projector strengths alpha tried on the validation split")
@@ -74,6 +83,13 @@ class Config(DataOptions):
                                           "earlier run with the same data, model, noise, split and seed")
     device: str = option("cpu")
     quiet: bool = option(False)
+
+    def __post_init__(self) -> None:
+        """Resolve ``published`` into the options it stands for, so that ``settings`` records what ran."""
+        if self.published:
+            self.oracle_ranking = self.oracle_alpha = True
+            if self.method == "auto":
+                self.method = "fd"  # utils.py get_regularized_curvature_for_batch: Garg et al.'s fd statistic
 
     def validate(self) -> None:
         """Fail before training on settings that would only be rejected after it."""
@@ -118,6 +134,16 @@ class Relabeled(Dataset):
 
     def __getitem__(self, i):
         return self.base[i][0], int(self.labels[i])
+
+
+def _unflipped(train_full, val_idx: np.ndarray, clean: torch.Tensor, flipped: torch.Tensor) -> Relabeled:
+    """The validation samples whose labels were not flipped (their labels: the true ones), on which the
+    published code scores α (utils.py ``activation_projection_based_unlearning``: ``val_loader_clean``)."""
+    keep = val_idx[~flipped[val_idx].numpy()]
+    if len(keep) == 0:
+        raise DataError(f"every one of the {len(val_idx)} validation labels was flipped: --oracle-alpha has no sample "
+                        "to score alpha on; lower --noise or raise --val-fraction")
+    return Relabeled(Subset(train_full, keep.tolist()), clean[keep])
 
 
 def _split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -181,11 +207,15 @@ def _run_seed(config: Config, seed: int, data: tuple, out: str, say, state: dict
                    **{k: getattr(config, k) for k in _TRAINED_WITH})
 
     t = time.perf_counter()
-    sel = select_verified(net, train_set, config.verified_size, method=config.method, seed=seed, device=config.device,
+    # the ranked pool: the train part under its noisy labels, or (oracle, as published) the whole split under the true ones
+    pool, pool_index = (train_full, np.arange(len(clean))) if config.oracle_ranking else (train_set, train_idx)
+    sel = select_verified(net, pool, config.verified_size, method=config.method, seed=seed, device=config.device,
                           num_workers=config.workers, progress=progress)
+    verified_index = pool_index[sel.indices]  # into the train split
     timings["selection"] = time.perf_counter() - t
+    alpha_set = _unflipped(train_full, val_idx, clean, flipped) if config.oracle_alpha else val_set
     corrected, report = verifix(
-        net, Subset(train_set, sel.indices.tolist()), val_set, alphas=config.alphas, max_rows=config.max_rows or None,
+        net, Subset(pool, sel.indices.tolist()), alpha_set, alphas=config.alphas, max_rows=config.max_rows or None,
         route=config.route, rank=config.rank, seed=seed, device=config.device, workers=config.workers, progress=progress,
     )
     timings.update({f"verifix_{k}": v for k, v in report.seconds.items()})
@@ -194,10 +224,10 @@ def _run_seed(config: Config, seed: int, data: tuple, out: str, say, state: dict
     before, after = evaluate(net, test_set, workers=config.workers), evaluate(corrected, test_set, workers=config.workers)
     timings["evaluate"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
-    verified_flipped = flipped[train_idx][sel.indices]
     result = {
         "accuracy_before": before, "accuracy_after": after, "alpha": report.alpha, "verified_size": int(len(sel.indices)),
-        "verified_clean_fraction": float(1.0 - verified_flipped.float().mean()),
+        "verified_clean_fraction": float(1.0 - flipped[verified_index].float().mean()),
+        "verified_from_validation": int(np.isin(verified_index, val_idx).sum()), "alpha_validation_size": len(alpha_set),
         "train_noise_rate": float(flipped[train_idx].float().mean()), "selection_method": sel.method,
         "train_accuracy_noisy_labels": evaluate(net, train_set, workers=config.workers), "verifix": report.to_dict(),
         "seconds": {k: round(v, 3) for k, v in timings.items()},
@@ -207,8 +237,9 @@ def _run_seed(config: Config, seed: int, data: tuple, out: str, say, state: dict
     say(f"seed {seed}: test accuracy {before:.4f} -> {after:.4f} (alpha={report.alpha}, "
         f"verified clean {result['verified_clean_fraction']:.3f})")
     write_npz(
-        os.path.join(out, "verified.npz"), train_index=train_idx, validation_index=val_idx, verified=sel.indices,
-        curvature=sel.scores if sel.scores is not None else np.full(len(train_idx), np.nan),
+        os.path.join(out, "verified.npz"), train_index=train_idx, validation_index=val_idx, ranked_index=pool_index,
+        verified=sel.indices, verified_split_index=verified_index,
+        curvature=sel.scores if sel.scores is not None else np.full(len(pool_index), np.nan),
         noisy_label=noisy.numpy(), clean_label=clean.numpy(), flipped=flipped.numpy(),
     )
     save_model(os.path.join(out, "model.pt"), corrected, record, alpha=report.alpha if report.alpha is not None else 0.0)
@@ -221,7 +252,9 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def run(config: Config, out: str | None = None) -> dict:
     """Run the experiment once per seed and write ``out``: ``results.json``, ``verified.npz`` (split
-    indices, verified indices, curvature, noisy/clean labels, flip mask), ``trained.pt`` (the model
+    indices; ``ranked_index``: the split indices of the ranked pool, the train part or with ``oracle_ranking``
+    the whole split; ``curvature`` per ranked sample; ``verified``: positions in that pool and
+    ``verified_split_index``: the same samples as split indices; noisy/clean labels, flip mask), ``trained.pt`` (the model
     trained on the noisy labels, which ``checkpoint`` takes back: unless it came from one) and
     ``model.pt`` (the corrected model); with several seeds each seed's run goes to ``out/seed_<k>/`` and
     ``out/results.json`` holds mean ± sample std of the accuracies. Returns the results."""
