@@ -45,10 +45,12 @@ PRESETS = {
     # Kodge et al. 2024, CIFAR-10 (example_scripts/{train,verifix}_cifar_example.sh of their code):
     # ResNet-18, 350 epochs of SGD at lr 0.01, batch 64, 25% symmetric noise, 10% validation split,
     # 1000 verified samples ranked by curvature, alpha in {1e4, 3e4, 1e5, 3e5, 1e6} (the default grid),
-    # random crop + flip and the CIFAR-10 normalisation. docs/verifix.md lists what differs.
+    # random crop + flip and the CIFAR-10 normalisation, and the published code's two oracles (utils.py: the
+    # ranking under the true labels over the whole split, alpha on the unflipped validation samples; turn them
+    # off with published=False). docs/verifix.md lists what differs.
     "paper": {"dataset": "cifar10", "model": "cifar_resnet18", "noise": 0.25, "epochs": 350, "lr": 0.01,
               "batch_size": 64, "val_fraction": 0.1, "verified_size": 1000, "method": "fd",
-              "normalize": "cifar10", "augment": "crop-flip", "device": "cuda"},
+              "normalize": "cifar10", "augment": "crop-flip", "device": "cuda", "published": True},
 }
 
 

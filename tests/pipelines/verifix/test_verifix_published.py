@@ -110,6 +110,16 @@ def test_published_turns_on_both_oracles_and_the_fd_ranking_and_records_them(tra
     assert len(np.load(tmp_path / "verified.npz")["ranked_index"]) == settings["train_size"] + settings["validation_size"]
 
 
+def test_the_paper_preset_runs_the_published_protocol_and_no_published_turns_it_off():
+    from curvfast.pipelines.common.contract import preset_config
+    import curvfast.pipelines.verifix as verifix
+
+    paper = preset_config(verifix, "paper")
+    assert (paper.published, paper.oracle_ranking, paper.oracle_alpha, paper.method) == (True, True, True, "fd")
+    ours = preset_config(verifix, "paper", published=False)  # what --preset paper --no-published builds
+    assert (ours.oracle_ranking, ours.oracle_alpha, ours.method) == (False, False, "fd")
+
+
 def test_oracle_alpha_without_an_unflipped_validation_sample_is_refused():
     from curvfast.pipelines.verifix.pipeline import _unflipped
 
