@@ -7,7 +7,8 @@ Protocol of every node (Ravikumar et al., IDKD):
    shard minus a calibration hold-out;
 2. soft labels of the public set from the node's model;
 3. an in-distribution score (any curvfast.ood detector: MSP, k-NN feature distance, input curvature...) and
-   its threshold calibrated on the hold-out (or the published fixed MSP threshold); the input curvature of the public set, reported whatever the filter;
+   its threshold calibrated on the hold-out (or the published fixed MSP threshold); the input curvature of the
+   public set, reported whatever the filter;
 4. the in-distribution subset of the public set (IDKD) or all of it (vanilla KD);
 5. indices + soft labels to neighbours, aggregation, then decentralized fine-tuning on private +
    labelled public samples. The ``dsgd`` baseline fine-tunes on private data only, for the same
