@@ -86,7 +86,8 @@ def run_summary(cfg, topology, nodes: list[dict], steps: tuple[int, int], data) 
 
 
 def accuracy_figure(summary: dict, path: str) -> None:
-    """Per-node test accuracy of every method, bars, written atomically as PNG to ``path``."""
+    """Per-node test accuracy of every method (the legend names IDKD's filter), bars, written atomically as PNG to
+    ``path``."""
     plt = pyplot()
     methods = summary["methods"]
     n = summary["topology"]["nodes"]
@@ -94,8 +95,9 @@ def accuracy_figure(summary: dict, path: str) -> None:
     width = 0.8 / len(methods)
     for k, name in enumerate(summary["settings"]["methods"]):
         entry = methods[name]
+        label = f"idkd, {summary['detector']['name']} filter" if name == "idkd" else name
         ax.bar(np.arange(n) + k * width, entry["node_accuracy"], width,
-               label=f"{name} (mean {entry['mean_accuracy']:.3f})")
+               label=f"{label} (mean {entry['mean_accuracy']:.3f})")
     ax.set_xticks(np.arange(n) + 0.4 - width / 2, [str(i) for i in range(n)])
     ax.set_xlabel("node")
     ax.set_ylabel("test accuracy")

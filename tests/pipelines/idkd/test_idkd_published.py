@@ -9,7 +9,7 @@ import torch
 
 from curvfast.errors import ConfigError, UnknownNameError
 from curvfast.pipelines.common.contract import config_dict
-from curvfast.pipelines.idkd import Config, build_topology, published_msp_accepts
+from curvfast.pipelines.idkd import PRESETS, Config, build_topology, published_msp_accepts
 from curvfast.pipelines.idkd.labels import label_quality
 from curvfast.pipelines.idkd.report import _mean
 
@@ -59,6 +59,8 @@ def test_published_switch_sets_every_published_choice_and_records_them():
     settings = config_dict(cfg)
     assert settings["published"] and settings["mixing"] == "row-normalised" and settings["msp_threshold"] == 0.98
     assert Config(published=True, msp_threshold=0.9).validate().msp_threshold == 0.9  # an explicit value wins
+    paper = Config(**{**PRESETS["paper"], "public_root": "/none", "device": "cpu"})  # the published filter
+    assert (paper.mixing, paper.msp_threshold, paper.detector) == ("row-normalised", 0.98, "msp")
     defaults = Config().validate()
     assert defaults.mixing == "metropolis" and defaults.msp_threshold is None
     with pytest.raises(ConfigError, match="--msp-threshold .* applies to --detector msp"):
