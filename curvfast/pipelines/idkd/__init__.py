@@ -9,16 +9,18 @@ accuracy.png and config.json to --out.
 """
 from curvfast.pipelines.idkd.comm import NeighbourComm, NeighbourError
 from curvfast.pipelines.idkd.data import DecentralizedData, build_data
-from curvfast.pipelines.idkd.detectors import calibrated_threshold, node_scores
+from curvfast.pipelines.idkd.detectors import calibrated_threshold, node_scores, published_msp_accepts
 from curvfast.pipelines.idkd.labels import aggregate_labels, select_public
 from curvfast.pipelines.idkd.launch import launch
 from curvfast.pipelines.idkd.optim import ALGORITHMS, DecentralizedSGD
 from curvfast.pipelines.idkd.partition import PARTITIONS, class_histogram, dirichlet_partition, iid_partition
+from curvfast.pipelines.idkd.config import PUBLISHED
 from curvfast.pipelines.idkd.pipeline import METHODS, PRESETS, Config, run, summary
-from curvfast.pipelines.idkd.topology import TOPOLOGIES, Topology, build_topology, metropolis_hastings
+from curvfast.pipelines.idkd.topology import (MIXINGS, TOPOLOGIES, Topology, build_topology, metropolis_hastings,
+                                             row_normalised)
 
 __all__ = [
-    "Config", "PRESETS", "run", "summary",
+    "Config", "PRESETS", "PUBLISHED", "run", "summary", "published_msp_accepts", "MIXINGS", "row_normalised",
     "NeighbourComm", "NeighbourError", "METHODS", "DecentralizedData", "build_data",
     "calibrated_threshold", "node_scores", "aggregate_labels", "select_public", "launch",
     "ALGORITHMS", "DecentralizedSGD", "PARTITIONS", "class_histogram", "dirichlet_partition", "iid_partition", "TOPOLOGIES", "Topology",

@@ -12,7 +12,9 @@ predicted class, exact for piecewise-linear nets) asks whether x lies in a flat 
 Whatever the filter, every node also measures the input curvature of the public set
 (``public_curvature``), which the run reports beside the filter's numbers.
 
-A node calibrates its threshold on its held-out private samples (``calibrated_threshold``).
+A node calibrates its threshold on its held-out private samples (``calibrated_threshold``), or, as the
+published code does (``--msp-threshold``), accepts the samples whose maximum softmax probability exceeds a
+fixed value (``published_msp_accepts``).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from curvfast.errors import ConfigError, DataError
 from curvfast.ood import InputCurvature, OutputExtractor, collect_outputs, detector_class
 
-__all__ = ["calibrated_threshold", "node_scores", "public_curvature"]
+__all__ = ["calibrated_threshold", "published_msp_accepts", "node_scores", "public_curvature"]
 
 BATCH = 512
 
@@ -35,6 +37,12 @@ def calibrated_threshold(calibration_scores: torch.Tensor, tpr: float = 0.95) ->
     if calibration_scores.numel() == 0:
         raise DataError("the calibration set is empty; raise calib_fraction or give the node more data")
     return float(torch.quantile(calibration_scores.double(), 1.0 - tpr, interpolation="lower"))
+
+
+def published_msp_accepts(logits: torch.Tensor, threshold: float, temperature: float = 1.0) -> torch.Tensor:
+    """The published filter (``train_idkd.py``, ``--conf_threshold`` 0.98): a boolean mask of the samples with
+    max_c softmax(logits / T)_c > ``threshold`` (strictly), the same threshold on every node."""
+    return torch.softmax(logits.double() / temperature, 1).amax(1) > threshold
 
 
 def _loader(x: torch.Tensor, y: torch.Tensor | None = None) -> DataLoader:

@@ -5,7 +5,7 @@ Each node i, with its model f_i after the initial decentralized training:
 1. **Calibration.** An in-distribution score S_i (``detectors``: MSP, the paper's choice, or
    k-NN distance in feature space) on the node's held-out private calibration samples; the
    threshold tau_i is their (1 - tpr) quantile, so a fraction ``tpr`` (0.95) of the node's own data
-   would be accepted.
+   would be accepted. (``--msp-threshold``, the published rule: max softmax(f_i(x)/T) > a fixed value.)
 2. **Selection.** Public samples with S_i >= tau_i form D_ID^i; their soft labels softmax(f_i(x)/T).
    Vanilla KD skips the filter (every public sample, every node).
 3. **Exchange and aggregation.** Indices and soft labels go to neighbours only. Node i's target for
@@ -25,9 +25,10 @@ from curvfast.errors import DataError
 __all__ = ["select_public", "aggregate_labels", "label_quality"]
 
 
-def select_public(logits: torch.Tensor, scores: torch.Tensor | None, threshold: float | None, temperature: float = 1.0):
-    """``(indices, soft_labels)`` of the public samples whose score reaches ``threshold`` (``None``: all of them)."""
-    keep = torch.ones(len(logits), dtype=torch.bool) if threshold is None else scores >= threshold
+def select_public(logits: torch.Tensor, accepted: torch.Tensor | None, temperature: float = 1.0):
+    """``(indices, soft_labels)`` of the public samples the node's filter ``accepted`` (a boolean mask; ``None``: all
+    of them, vanilla KD)."""
+    keep = torch.ones(len(logits), dtype=torch.bool) if accepted is None else accepted
     idx = torch.nonzero(keep).flatten()
     return idx, torch.softmax(logits[idx].float() / temperature, 1)
 
@@ -62,9 +63,10 @@ def aggregate_labels(num_public: int, contributions) -> tuple[torch.Tensor, torc
 
 def label_quality(indices: torch.Tensor, targets: torch.Tensor, public_y: torch.Tensor) -> dict:
     """How good a node's distilled public set is (uses the held-back true public labels, for reporting only):
-    the number of targets, the fraction of them that are photo patches, and argmax accuracy on the digits."""
+    the number of targets, the fraction of them that are photo patches, and argmax accuracy on the digits (None
+    where there are no targets, or no held-out digits among them)."""
     y = public_y[indices]
     digit = y >= 0
-    correct = (targets[digit].argmax(1) == y[digit]).double().mean().item() if digit.any() else float("nan")
-    return {"num_targets": int(len(indices)), "photo_fraction": float((~digit).double().mean()) if len(y) else 0.0,
-            "digit_label_accuracy": float(np.round(correct, 6))}
+    correct = float(np.round((targets[digit].argmax(1) == y[digit]).double().mean().item(), 6)) if digit.any() else None
+    return {"num_targets": int(len(indices)), "photo_fraction": float((~digit).double().mean()) if len(y) else None,
+            "digit_label_accuracy": correct}

@@ -13,9 +13,11 @@ __all__ = ["run_summary", "accuracy_figure", "format_table", "curvature_stats"]
 _LABEL_STATS = ("num_targets", "photo_fraction", "digit_label_accuracy")
 
 
-def _mean(values) -> float:
-    values = [v for v in values if v == v]  # drop NaN (a node with no digit targets)
-    return float(np.mean(values)) if values else float("nan")
+def _mean(values) -> float | None:
+    """Mean over the nodes where a value is defined (None: a node without held-out digits among its targets);
+    None where it is defined nowhere."""
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
 
 
 _CURVATURE_STATS = ("auroc_digits_vs_photos", "mean_public_digits", "mean_public_photos", "mean_accepted",
@@ -63,7 +65,8 @@ def run_summary(cfg, topology, nodes: list[dict], steps: tuple[int, int], data) 
     public_digits = int(data.public_is_digit.sum())
     return {
         "settings": config_dict(cfg),
-        "topology": {"name": topology.name, "nodes": topology.num_nodes, "spectral_gap": topology.spectral_gap(),
+        "topology": {"name": topology.name, "nodes": topology.num_nodes, "mixing": topology.mixing,
+                     "spectral_gap": topology.spectral_gap(),
                      "neighbours": [list(n) for n in topology.neighbours], "weights": topology.weights.tolist()},
         "data": {"private": len(data.private_y), "public_digits": public_digits,
                  "public_photos": len(data.public_y) - public_digits, "test": len(data.test)},
@@ -71,8 +74,9 @@ def run_summary(cfg, topology, nodes: list[dict], steps: tuple[int, int], data) 
         "initial": {"mean_accuracy": float(np.mean([n["initial_accuracy"] for n in nodes])),
                     "node_accuracy": [n["initial_accuracy"] for n in nodes]},
         "methods": methods,
-        "detector": {"name": cfg.detector, "mean_auroc_digits_vs_photos": _mean(
-            [n["detector_auroc_digits_vs_photos"] for n in nodes if n["detector_auroc_digits_vs_photos"] is not None])},
+        "detector": {"name": cfg.detector, "threshold": "calibrated" if cfg.msp_threshold is None else
+                     f"fixed MSP > {cfg.msp_threshold}",
+                     "mean_auroc_digits_vs_photos": _mean([n["detector_auroc_digits_vs_photos"] for n in nodes])},
         "curvature": {"score": "tr of the input Hessian of the loss at the predicted class (curvfast.ood.InputCurvature)",
                       "filter": cfg.detector,
                       **{k: _over_nodes([n["curvature"][k] for n in nodes]) for k in _CURVATURE_STATS}},
@@ -82,7 +86,8 @@ def run_summary(cfg, topology, nodes: list[dict], steps: tuple[int, int], data) 
 
 
 def accuracy_figure(summary: dict, path: str) -> None:
-    """Per-node test accuracy of every method, bars, written atomically as PNG to ``path``."""
+    """Per-node test accuracy of every method (the legend names IDKD's filter), bars, written atomically as PNG to
+    ``path``."""
     plt = pyplot()
     methods = summary["methods"]
     n = summary["topology"]["nodes"]
@@ -90,8 +95,9 @@ def accuracy_figure(summary: dict, path: str) -> None:
     width = 0.8 / len(methods)
     for k, name in enumerate(summary["settings"]["methods"]):
         entry = methods[name]
+        label = f"idkd, {summary['detector']['name']} filter" if name == "idkd" else name
         ax.bar(np.arange(n) + k * width, entry["node_accuracy"], width,
-               label=f"{name} (mean {entry['mean_accuracy']:.3f})")
+               label=f"{label} (mean {entry['mean_accuracy']:.3f})")
     ax.set_xticks(np.arange(n) + 0.4 - width / 2, [str(i) for i in range(n)])
     ax.set_xlabel("node")
     ax.set_ylabel("test accuracy")
@@ -114,10 +120,11 @@ def format_table(summary: dict) -> str:
         kd = name != "dsgd"
         rows.append(f"{name:12s} {m['mean_accuracy']:9.4f} {m['std_accuracy']:6.3f} {m['comm_bytes'] / 1e6:9.2f} "
                     f"{100 * m['label_overhead']:9.3f} "
-                    + (f"{m['mean_num_targets']:12.1f} {100 * m['mean_photo_fraction']:9.2f} "
-                       f"{m['mean_digit_label_accuracy']:10.4f}" if kd else f"{'-':>12s} {'-':>9s} {'-':>10s}"))
+                    + (f"{m['mean_num_targets']:12.1f} {_num(m['mean_photo_fraction'], 100, 2):>9s} "
+                       f"{_num(m['mean_digit_label_accuracy']):>10s}" if kd else f"{'-':>12s} {'-':>9s} {'-':>10s}"))
     det, curv = summary["detector"], summary["curvature"]
-    rows.append(f"in-distribution filter: {det['name']} (AUROC held-out digits vs photos {_num(det['mean_auroc_digits_vs_photos'])})")
+    rows.append(f"in-distribution filter: {det['name']}, threshold {det['threshold']} (AUROC held-out digits vs photos "
+                f"{_num(det['mean_auroc_digits_vs_photos'])})")
     rows.append("input curvature of the public set, mean ± s.e. over nodes: digits "
                 f"{_pm(curv['mean_public_digits'])}, photos {_pm(curv['mean_public_photos'])}; accepted by the filter "
                 f"{_pm(curv['mean_accepted'])}, rejected {_pm(curv['mean_rejected'])}; curvature's AUROC digits vs "
@@ -127,8 +134,8 @@ def format_table(summary: dict) -> str:
     return "\n".join(rows)
 
 
-def _num(value) -> str:
-    return "n/a" if value is None or value != value else f"{value:.4f}"
+def _num(value, scale: float = 1.0, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{scale * value:.{digits}f}"
 
 
 def _pm(entry: dict) -> str:

@@ -7,7 +7,8 @@ Protocol of every node (Ravikumar et al., IDKD):
    shard minus a calibration hold-out;
 2. soft labels of the public set from the node's model;
 3. an in-distribution score (any curvfast.ood detector: MSP, k-NN feature distance, input curvature...) and
-   its threshold calibrated on the hold-out; the input curvature of the public set, reported whatever the filter;
+   its threshold calibrated on the hold-out (or the published fixed MSP threshold); the input curvature of the
+   public set, reported whatever the filter;
 4. the in-distribution subset of the public set (IDKD) or all of it (vanilla KD);
 5. indices + soft labels to neighbours, aggregation, then decentralized fine-tuning on private +
    labelled public samples. The ``dsgd`` baseline fine-tunes on private data only, for the same
@@ -40,7 +41,7 @@ from curvfast.training import TrainRecipe, evaluate, fit, soft_cross_entropy
 from curvfast.pipelines.idkd.config import WIDTH_MODELS, Config
 from curvfast.pipelines.idkd.comm import NeighbourComm, NeighbourError
 from curvfast.pipelines.idkd.data import build_data
-from curvfast.pipelines.idkd.detectors import calibrated_threshold, node_scores, public_curvature
+from curvfast.pipelines.idkd.detectors import calibrated_threshold, node_scores, public_curvature, published_msp_accepts
 from curvfast.pipelines.idkd.labels import aggregate_labels, label_quality, select_public
 from curvfast.pipelines.idkd.optim import DecentralizedSGD
 from curvfast.pipelines.idkd.partition import dirichlet_partition, iid_partition
@@ -123,7 +124,7 @@ def run_node(cfg: Config, out: str) -> dict:
     show = rank == 0 and not cfg.quiet and sys.stderr.isatty()
     start = time.perf_counter()
 
-    topology = build_topology(cfg.topology, world)
+    topology = build_topology(cfg.topology, world, cfg.mixing)
     data = build_data(cfg, cfg.public_fraction, cfg.public_photos, cfg.seed, cfg.public_dataset, cfg.public_root)
     if cfg.partition == "iid":
         parts = iid_partition(len(data.private_y), world, cfg.seed, cfg.min_samples)
@@ -152,7 +153,12 @@ def run_node(cfg: Config, out: str) -> dict:
 
     public_logits, calib_scores, public_scores = node_scores(cfg.detector, model, x_train, t_train.argmax(1),
                                                              x_calib, x_pub, cfg.knn_k)
-    threshold = calibrated_threshold(calib_scores, cfg.tpr)
+    if cfg.msp_threshold is None:
+        threshold = calibrated_threshold(calib_scores, cfg.tpr)
+        accepted_public = public_scores >= threshold
+    else:  # the published rule: a fixed MSP threshold
+        threshold = cfg.msp_threshold
+        accepted_public = published_msp_accepts(public_logits, threshold, cfg.temperature)
     curvature = -public_scores if cfg.detector == "curvature" else public_curvature(model, x_pub)
     snapshot = (copy.deepcopy(model.state_dict()), opt.state_dict())
 
@@ -164,7 +170,7 @@ def run_node(cfg: Config, out: str) -> dict:
             # how well this node's score separates held-out public images (positive) from foreign ones; reporting only
             "detector_auroc_digits_vs_photos": auroc(public_scores.numpy(), data.public_is_digit.numpy(), positive=True)
             if 0 < int(data.public_is_digit.sum()) < num_public else None,
-            "curvature": curvature_stats(curvature, data.public_is_digit, public_scores >= threshold)}
+            "curvature": curvature_stats(curvature, data.public_is_digit, accepted_public)}
     for method in cfg.methods:
         model.load_state_dict(snapshot[0])
         opt.load_state_dict(snapshot[1])
@@ -179,7 +185,7 @@ def run_node(cfg: Config, out: str) -> dict:
             if method != "dsgd":
                 if round_ == 0:  # the node's own labels of the public samples its filter accepts
                     own_idx, own_labels = select_public(
-                        public_logits, public_scores, threshold if method == "idkd" else None, cfg.temperature)
+                        public_logits, accepted_public if method == "idkd" else None, cfg.temperature)
                     accepted = data.public_is_digit[own_idx]
                     stats = {"own_accepted_digits": int(accepted.sum()), "own_accepted_photos": int((~accepted).sum())}
                 else:  # as published: re-send the aggregated labels, so labels travel one more hop per exchange

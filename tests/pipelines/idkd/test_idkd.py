@@ -110,11 +110,11 @@ def test_calibrated_threshold_and_selection():
     scores = torch.softmax(calib, 1).amax(1)  # MSP
     thr = calibrated_threshold(scores, tpr=0.95)
     assert 0.95 <= (scores >= thr).double().mean() < 0.97  # what was asked, not much more
-    idx, soft = select_public(calib, scores, thr)
+    idx, soft = select_public(calib, scores >= thr)
     assert torch.equal(idx, torch.nonzero(scores >= thr).flatten())
     torch.testing.assert_close(soft.sum(1), torch.ones(len(idx)))
     torch.testing.assert_close(soft, torch.softmax(calib[idx], 1))
-    assert len(select_public(calib, None, None)[0]) == 200  # vanilla KD: no filter
+    assert len(select_public(calib, None)[0]) == 200  # vanilla KD: no filter
     with pytest.raises(DataError, match="calibration set is empty"):
         calibrated_threshold(torch.empty(0))
     with pytest.raises(ConfigError, match="tpr must be in"):
@@ -402,11 +402,14 @@ def test_smoke_run_on_a_cifar_shaped_folder_with_normalisation_and_augmentation(
 
 def test_exchange_every_resends_the_aggregated_labels_during_fine_tuning(tmp_path, capsys):
     """--exchange-every 1 with 2 fine-tuning epochs: two label exchanges per node; the second re-sends the labels
-    the node aggregated in the first (the published rule), not its own selection again."""
+    the node aggregated in the first (the published rule), not its own selection again. With --published: the
+    published fixed MSP threshold and mixing are the ones used and recorded."""
     rc, out = _run_cli(tmp_path, "--nodes", "2", "--methods", "vanilla_kd,idkd", "--finetune-epochs", "2",
-                       "--exchange-every", "1", "--epochs", "1")
+                       "--exchange-every", "1", "--epochs", "1", "--published")
     assert rc == 0, capsys.readouterr().err
     res = json.load(open(os.path.join(out, "results.json")))
+    assert res["settings"]["published"] and res["topology"]["mixing"] == "row-normalised"
+    assert res["detector"]["threshold"] == "fixed MSP > 0.98" and [n["threshold"] for n in res["nodes"]] == [0.98] * 2
     public = res["data"]["public_digits"] + res["data"]["public_photos"]
     assert [n["methods"]["vanilla_kd"]["exchanges"] for n in res["nodes"]] == [2, 2]
     assert res["methods"]["vanilla_kd"]["label_bytes"] == 2 * 2 * (8 + public * (4 + 10 * 4))

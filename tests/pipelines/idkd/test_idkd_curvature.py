@@ -47,9 +47,9 @@ def test_the_table_names_the_filter_and_reports_the_curvature():
     entry = {"mean": 0.5, "stderr": 0.25, "nodes": 2}
     summary = {"settings": {"methods": ["dsgd"]}, "seconds": 1.0, "initial": {"mean_accuracy": 0.5},
                "methods": {"dsgd": {"mean_accuracy": 0.6, "std_accuracy": 0.1, "comm_bytes": 10, "label_overhead": 0.0}},
-               "detector": {"name": "curvature", "mean_auroc_digits_vs_photos": 0.75},
+               "detector": {"name": "curvature", "threshold": "calibrated", "mean_auroc_digits_vs_photos": 0.75},
                "curvature": {k: entry for k in ("auroc_digits_vs_photos", "mean_public_digits", "mean_public_photos",
                                                 "mean_accepted", "mean_rejected")}}
     table = format_table(summary)
-    assert "in-distribution filter: curvature (AUROC held-out digits vs photos 0.7500)" in table
+    assert "in-distribution filter: curvature, threshold calibrated (AUROC held-out digits vs photos 0.7500)" in table
     assert "digits 0.5000 ± 0.2500" in table
