@@ -11,18 +11,22 @@ majority-vote ensembles. The attacks and the majority vote are the library's (:m
 """
 from curvfast.pipelines.transfer.ensemble import mutual_transfer, select_members
 from curvfast.pipelines.transfer.members import MemberSpec, build_member, load_or_train, parse_spec, train_member
-from curvfast.pipelines.transfer.pipeline import PRESETS, Config, run, summary
+from curvfast.pipelines.transfer.pipeline import PRESETS, PUBLISHED, Config, protocol, run, summary
 from curvfast.pipelines.transfer.quantize import (
     DoReFaActivation, DoReFaWeight, Halftone, InputQuantized, InputQuantizer, dorefa, halftone, quantize_uniform,
     sharpen_halftone, straight_through,
 )
-from curvfast.pipelines.transfer.transfer import Fit, fit_saturating, pair_counts, pair_groups, saturating, transfer_matrix, transfer_metric
+from curvfast.pipelines.transfer.transfer import (
+    SELF_COUNTS, Fit, denominator_counts, fit_saturating, pair_counts, pair_groups, saturating, transfer_matrix,
+    transfer_metric,
+)
 
 __all__ = [
-    "Config", "PRESETS", "run", "summary",
+    "Config", "PRESETS", "PUBLISHED", "protocol", "run", "summary",
     "mutual_transfer", "select_members",
     "MemberSpec", "build_member", "load_or_train", "parse_spec", "train_member",
     "DoReFaActivation", "DoReFaWeight", "Halftone", "InputQuantized", "InputQuantizer", "dorefa", "halftone",
     "quantize_uniform", "sharpen_halftone", "straight_through",
-    "Fit", "fit_saturating", "pair_counts", "pair_groups", "saturating", "transfer_matrix", "transfer_metric",
+    "SELF_COUNTS", "Fit", "denominator_counts", "fit_saturating", "pair_counts", "pair_groups", "saturating",
+    "transfer_matrix", "transfer_metric",
 ]
