@@ -10,6 +10,7 @@ majority-vote ensembles. The attacks and the majority vote are the library's (:m
 ``curvfast.attacks.EnsemblePGD`` is the ensemble attack as a torchattacks ``Attack``).
 """
 from curvfast.pipelines.transfer.ensemble import mutual_transfer, select_members
+from curvfast.pipelines.transfer.figures import curvature_scatter, fit_curves, transfer_heatmap
 from curvfast.pipelines.transfer.members import MemberSpec, build_member, load_or_train, parse_spec, train_member
 from curvfast.pipelines.transfer.pipeline import PRESETS, PUBLISHED, Config, protocol, run, summary
 from curvfast.pipelines.transfer.quantize import (
@@ -23,7 +24,7 @@ from curvfast.pipelines.transfer.transfer import (
 
 __all__ = [
     "Config", "PRESETS", "PUBLISHED", "protocol", "run", "summary",
-    "mutual_transfer", "select_members",
+    "mutual_transfer", "select_members", "curvature_scatter", "fit_curves", "transfer_heatmap",
     "MemberSpec", "build_member", "load_or_train", "parse_spec", "train_member",
     "DoReFaActivation", "DoReFaWeight", "Halftone", "InputQuantized", "InputQuantizer", "dorefa", "halftone",
     "quantize_uniform", "sharpen_halftone", "straight_through",

@@ -392,7 +392,7 @@ def _study(config: Config, resolved: dict, data: tuple, folder: str) -> dict:
               names=np.asarray(names),
               curvature=np.stack([c["values"] for c in curvature]))
     transfer_heatmap(metric, names, os.path.join(folder, "transfer_matrix.png"),
-                     f"{config.dataset}: fitted N_s->t / N_s->s at eps={metric_eps:.4g} ({attack_name}, {steps}x{step})")
+                     f"{config.dataset}, {attack_name} {steps}x{step}\nfitted N_s->t / N_s->s at eps={metric_eps:.4g}")
     fit_curves(sweep, n_st, fits_st, names, os.path.join(folder, "transfer_fits.png"), metric_eps)
     curvature_scatter(results["curvature"], os.path.join(folder, "curvature_transfer.png"),
                       f"{config.dataset}: source curvature vs transferability at eps={metric_eps:.4g}")
