@@ -187,8 +187,9 @@ def main(argv=None) -> dict:
         "copied to every seed); "
         f"{args.epochs} epochs; {args.subset_size} attacked test images per seed; PGD L-inf 40 x 0.01; sweep "
         f"{args.eps}. Mean test accuracy of the zoo per seed: "
-        + ", ".join(f"{rows[s, True]['accuracy']:.3f}" for s in seeds) + ". Wall time per run (s, load shared): "
-        + ", ".join(f"seed {s}: {wall[s, True]:.0f} (training + attacks) and {wall[s, False]:.0f} (attacks)"
+        + ", ".join(f"{rows[s, True]['accuracy']:.3f}" for s in seeds) + ". Wall time per run with the models reused "
+        "(attacks, curvature, ensembles; s, on a shared machine): "
+        + ", ".join(f"seed {s}: {wall[s, True]:.0f} with and {wall[s, False]:.0f} without a random start"
                     for s in seeds) + ".",
         "",
         "Each cell: mean ± sd over the seeds [per seed]; fitted T is the TREND metric (ratio of the fitted curves, "
