@@ -10,19 +10,24 @@ majority-vote ensembles. The attacks and the majority vote are the library's (:m
 ``curvfast.attacks.EnsemblePGD`` is the ensemble attack as a torchattacks ``Attack``).
 """
 from curvfast.pipelines.transfer.ensemble import mutual_transfer, select_members
+from curvfast.pipelines.transfer.figures import curvature_scatter, fit_curves, transfer_heatmap
 from curvfast.pipelines.transfer.members import MemberSpec, build_member, load_or_train, parse_spec, train_member
-from curvfast.pipelines.transfer.pipeline import PRESETS, Config, run, summary
+from curvfast.pipelines.transfer.pipeline import PRESETS, PUBLISHED, Config, protocol, run, summary
 from curvfast.pipelines.transfer.quantize import (
     DoReFaActivation, DoReFaWeight, Halftone, InputQuantized, InputQuantizer, dorefa, halftone, quantize_uniform,
     sharpen_halftone, straight_through,
 )
-from curvfast.pipelines.transfer.transfer import Fit, fit_saturating, pair_counts, pair_groups, saturating, transfer_matrix, transfer_metric
+from curvfast.pipelines.transfer.transfer import (
+    SELF_COUNTS, Fit, denominator_counts, fit_saturating, pair_counts, pair_groups, saturating, transfer_matrix,
+    transfer_metric,
+)
 
 __all__ = [
-    "Config", "PRESETS", "run", "summary",
-    "mutual_transfer", "select_members",
+    "Config", "PRESETS", "PUBLISHED", "protocol", "run", "summary",
+    "mutual_transfer", "select_members", "curvature_scatter", "fit_curves", "transfer_heatmap",
     "MemberSpec", "build_member", "load_or_train", "parse_spec", "train_member",
     "DoReFaActivation", "DoReFaWeight", "Halftone", "InputQuantized", "InputQuantizer", "dorefa", "halftone",
     "quantize_uniform", "sharpen_halftone", "straight_through",
-    "Fit", "fit_saturating", "pair_counts", "pair_groups", "saturating", "transfer_matrix", "transfer_metric",
+    "SELF_COUNTS", "Fit", "denominator_counts", "fit_saturating", "pair_counts", "pair_groups", "saturating",
+    "transfer_matrix", "transfer_metric",
 ]

@@ -13,18 +13,18 @@ def transfer_heatmap(matrix: np.ndarray, names: list[str], path: str, title: str
     """Source (rows) x target (columns) heatmap with each cell's value; undefined cells are grey."""
     plt = pyplot()
     n = len(names)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.62 * n, 0.8 + 0.55 * n))
+    fig, ax = plt.subplots(figsize=(max(5.4, 1.0 + 0.62 * n), 1.1 + 0.55 * n))  # room for a two-line title
     masked = np.ma.masked_invalid(np.asarray(matrix, dtype=np.float64))
     cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
     image = ax.imshow(masked, cmap=cmap, vmin=0.0, vmax=1.0)
     for (s, t), value in np.ndenumerate(matrix):
-        text = "n/a" if not np.isfinite(value) else f"{value:.2f}"
+        text = "n/a" if not np.isfinite(value) else f"{value:.2f}".replace("-0.00", "0.00")  # a fit's signed zero
         ax.text(t, s, text, ha="center", va="center", fontsize=7, color="white" if np.isfinite(value) and value < 0.6 else "black")
     ax.set_xticks(range(n), names, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(n), names, fontsize=8)
     ax.set_xlabel("target t")
     ax.set_ylabel("source s (attacked)")
-    ax.set_title(title, fontsize=9)
+    fig.suptitle(title, fontsize=9)  # centred on the figure: a long title is not clipped by a narrow heatmap
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
     save_png(fig, path, tight_layout=False)
@@ -60,7 +60,7 @@ def fit_curves(eps: np.ndarray, n_st: np.ndarray, fits_st, names: list[str], pat
                frameon=False)
     fig.suptitle("transfer counts (dots) and fits N(eps) = a(1 - exp(b eps)) (lines); dotted: metric eps", fontsize=9)
     fig.tight_layout(rect=(0, 0.25 * -(-n // 6) / (2.9 * rows + 0.25 * -(-n // 6)), 1, 0.95))  # room for the legend's rows
-    save_png(fig, path, tight_layout=False)
+    save_png(fig, path, dpi=100, tight_layout=False)
 
 
 def curvature_scatter(curvature: dict, path: str, title: str) -> None:

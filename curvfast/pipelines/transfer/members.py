@@ -12,7 +12,8 @@ quantisation, written as short strings, e.g.
 
 Any zoo or torchvision name of ``curvfast.models.build_model`` is an architecture too. A member
 sees images in [0, 1]: its input quantiser comes first, then the input normalisation (inside the
-model), then the network.
+model), then the network; with ``quantize_after_normalize`` (the published order: TREND's ``trans.py``
+and ``train.py`` call ``Q(normalization_function(x))``) the normalisation comes first.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from torch import nn
 from curvfast.data import DatasetInfo
 from curvfast.checkpoints import model_record, save_model
 from curvfast.io import load_checkpoint
+from curvfast.models import Normalized
 from curvfast.pipelines.common.cache import cached
 from curvfast.pipelines.common.data import DataOptions, build_network, loader
 from curvfast.training import TrainRecipe, evaluate, fit
@@ -109,18 +111,29 @@ def parse_spec(text: str) -> MemberSpec:
     return MemberSpec(**fields)
 
 
-def build_member(spec: MemberSpec, num_classes: int, input_shape: tuple[int, ...], normalize: str = "none") -> nn.Module:
+def build_member(spec: MemberSpec, num_classes: int, input_shape: tuple[int, ...], normalize: str = "none",
+                 quantize_after_normalize: bool = False) -> nn.Module:
     """Randomly initialised model for ``spec`` (seeded by ``spec.seed``): the network inside the
-    ``normalize`` normalisation (``none``, ``cifar10``, ``imagenet``, ``MEAN/STD``), quantisers attached."""
+    ``normalize`` normalisation (``none``, ``cifar10``, ``imagenet``, ``MEAN/STD``), quantisers attached.
+
+    The input quantiser acts on the raw image in [0, 1], ``InputQuantized(Normalized(net))``, or with
+    ``quantize_after_normalize`` on the normalised image, ``Normalized(InputQuantized(net))`` (TREND's order;
+    the same model when ``normalize`` is ``none``)."""
     torch.manual_seed(spec.seed)
     model = build_network(DataOptions(normalize=normalize), spec.arch, DatasetInfo(num_classes, input_shape[0]), input_shape)
     if spec.weight_bits is not None or spec.activation_bits is not None:
         model = dorefa(model, spec.weight_bits, spec.activation_bits)
+    quantizer = None
     if spec.halftone is not None:
-        model = InputQuantized(model, Halftone(spec.halftone))
+        quantizer = Halftone(spec.halftone)
     elif spec.input_bits is not None:
-        model = InputQuantized(model, InputQuantizer(spec.input_bits))
-    return model
+        quantizer = InputQuantizer(spec.input_bits)
+    if quantizer is None:
+        return model
+    if quantize_after_normalize and isinstance(model, Normalized):
+        model.net = InputQuantized(model.net, quantizer)
+        return model
+    return InputQuantized(model, quantizer)
 
 
 def train_member(
@@ -139,15 +152,18 @@ def train_member(
 def load_or_train(
     spec: MemberSpec, train_set, test_set, num_classes: int, *, epochs: int, dataset: str,
     folder: str | None = None, device: str = "cpu", options: DataOptions | None = None, batch_size: int = 64,
+    quantize_after_normalize: bool = False,
 ) -> tuple[nn.Module, dict]:
     """Build and train ``spec``, or load ``folder/<name>.pt`` when it was trained with the same
-    spec, dataset (name, root, image size), normalisation, augmentation, batch size and epochs.
+    spec, dataset (name, root, image size), normalisation, quantiser order, augmentation, batch size and epochs.
     Returns the eval-mode model and its info (accuracies, checkpoint)."""
     options = options or DataOptions(dataset=dataset)
     input_shape = tuple(train_set[0][0].shape)
-    model = build_member(spec, num_classes, input_shape, options.normalize)
+    model = build_member(spec, num_classes, input_shape, options.normalize, quantize_after_normalize)
     meta = {"spec": spec.name, "dataset": dataset, "root": options.root, "image_size": options.image_size,
             "normalize": options.normalize, "augment": options.augment, "batch_size": batch_size, "epochs": epochs}
+    if isinstance(model, Normalized) and isinstance(model.net, InputQuantized):  # only where the order changes the model
+        meta["quantize_after_normalize"] = True
     path = None if folder is None else os.path.join(folder, spec.name.replace("@", "_seed") + ".pt")
 
     def load(file: str) -> tuple[dict, tuple[dict, dict]]:

@@ -34,9 +34,17 @@ from curvfast.pipelines.transfer.ensemble import select_members
 from curvfast.pipelines.transfer.curvature import curvature_vs_transfer, member_curvature
 from curvfast.pipelines.transfer.figures import curvature_scatter, fit_curves, transfer_heatmap
 from curvfast.pipelines.transfer.members import MemberSpec, load_or_train, parse_spec
-from curvfast.pipelines.transfer.transfer import pair_counts, pair_groups, predictions_under_attack, transfer_matrix
+from curvfast.pipelines.transfer.transfer import (
+    SELF_COUNTS, denominator_counts, pair_counts, pair_groups, predictions_under_attack, transfer_matrix,
+)
 
-__all__ = ["Config", "PRESETS", "run", "summary"]
+__all__ = ["Config", "PRESETS", "PUBLISHED", "protocol", "run", "summary"]
+
+# TREND's published protocol where curvfast's default differs (docs/transfer.md, Deviations): trans.py attacks
+# each source from the clean image ('random': False), fit_calc_TM.py divides by the source's own count over
+# the images it gets right, and trans.py / train.py quantise the normalised image, Q(normalization_function(x)).
+PUBLISHED = {"random_start": False, "self_count": "source", "quantize_after_normalize": True}
+OURS = {"random_start": True, "self_count": "pair", "quantize_after_normalize": False}
 
 _TREND_ZOO = tuple(f"cifar_resnet18{suffix}" for suffix in ("", "@1", "@2", "+adam", "+in1", "+in2", "+halftone", "+w2a2"))
 PRESETS = {
@@ -44,11 +52,14 @@ PRESETS = {
     "smoke": {"models": ("small_cnn", "small_cnn@1", "small_cnn+in1"), "eps": ("0", "16/255", "48/255"),
               "metric_eps": "16/255", "robust_eps": ("32/255",), "steps": 2, "step": 0.05, "epochs": 1, "subset_size": 16,
               "ensemble_size": 2, "accuracy_margin": 1.0},
-    # TREND (Ravikumar et al. 2022) on CIFAR-10: a ResNet-18 zoo differing in one factor at a time plus an
-    # architecture mismatch, PGD L-inf 40 x 0.01 (the default), metric at 8/255. What the sources we have
-    # do not state (training epochs, the attacked image count) is listed in docs/transfer.md.
+    # TREND (Ravikumar et al. 2022) on CIFAR-10, from the authors' code (purdue-nrl/TREND): a ResNet-18 zoo
+    # differing in one factor at a time plus an architecture mismatch, the published protocol (PUBLISHED), PGD
+    # L-inf 40 x 0.01 (the default) on figure5.sh's sweep 0.02..0.08, metric at 8/255, every test image,
+    # README.md's 350 epochs at batch 32, load_dataset.py's CIFAR-10 mean/std, crop + flip. Ours (the
+    # training optimiser's lr and schedule, the VGG variant) is listed in docs/transfer.md.
     "paper": {"dataset": "cifar10", "models": (*_TREND_ZOO, "vgg11_bn"), "metric_eps": "8/255", "subset_size": None,
-              "normalize": "cifar10", "augment": "crop-flip", "device": "cuda"},
+              "eps": ("0.02", "0.04", "0.06", "0.08"), "epochs": 350, "batch_size": 32, "published": True,
+              "normalize": "0.4914,0.4822,0.4465/0.2023,0.1994,0.2010", "augment": "crop-flip", "device": "cuda"},
 }
 
 
@@ -75,6 +86,20 @@ class Config(DataOptions):
     ensemble_size: int = option(3, "members of the automatic ensembles")
     ensemble: str = option("", "extra ensembles NAME=MODEL,MODEL,... (several: separated by ;)")
     accuracy_margin: float = option(0.03, "selected ensemble members are within this of the best clean accuracy")
+    random_start: bool | None = option(
+        None, "start each single-model attack of the sweep at a uniform random point of the eps-ball; unset: yes, "
+              "or no with --published (TREND's trans.py attacks from the clean image; ensemble attacks always start "
+              "at random, as its attack_ensemble.py does)")
+    self_count: str | None = option(
+        None, "denominator of the metric: pair = N_s->s over the images both s and t classify correctly, source = "
+              "N_s->s over the images s classifies correctly (TREND's fit_calc_TM.py); unset: pair, or source with "
+              "--published", choices=SELF_COUNTS)
+    quantize_after_normalize: bool | None = option(
+        None, "input quantisers act on the normalised image (TREND's Q(normalization_function(x))) instead of the "
+              "raw image in [0, 1]; unset: no, or yes with --published")
+    published: bool = option(
+        False, "TREND's published protocol: --no-random-start --self-count source --quantize-after-normalize "
+               "(each of them given explicitly still wins)")
     seed: int = option(0)
     device: str = option("cpu")
     quiet: bool = option(False)
@@ -141,7 +166,16 @@ def _resolve(config: Config) -> dict:
         if unknown or not members:
             raise ConfigError(f"ensemble {ens_name!r}: members {unknown or members} are not among the models {names}")
     return {"specs": specs, "names": names, "sweep": _check_eps(eps, metric_eps[0], robust_eps), "metric_eps": metric_eps[0],
-            "robust_eps": robust_eps, "ensembles": ensembles}
+            "robust_eps": robust_eps, "ensembles": ensembles, "protocol": protocol(config)}
+
+
+def protocol(config: Config) -> dict:
+    """The effective ``random_start``, ``self_count`` and ``quantize_after_normalize``: each as given, or unset
+    the published value (:data:`PUBLISHED`) under ``published`` and curvfast's otherwise."""
+    if config.self_count is not None and config.self_count not in SELF_COUNTS:
+        raise ConfigError(f"self_count must be one of {SELF_COUNTS} (got {config.self_count!r})")
+    base = PUBLISHED if config.published else OURS
+    return {key: base[key] if getattr(config, key) is None else getattr(config, key) for key in base}
 
 
 def _finite(value):
@@ -251,7 +285,7 @@ def _study(config: Config, resolved: dict, data: tuple, folder: str) -> dict:
     from tqdm.auto import tqdm
 
     specs, names, sweep, robust_eps = resolved["specs"], resolved["names"], resolved["sweep"], resolved["robust_eps"]
-    metric_eps, attack_name = resolved["metric_eps"], config.attack
+    metric_eps, attack_name, proto = resolved["metric_eps"], config.attack, resolved["protocol"]
     steps, step, seed, device = config.steps, config.step, config.seed, config.device
     quiet = True if config.quiet else None  # None: tqdm shows bars on a terminal only
     start = time.perf_counter()
@@ -263,7 +297,7 @@ def _study(config: Config, resolved: dict, data: tuple, folder: str) -> dict:
         began = time.perf_counter()
         net, minfo = load_or_train(spec, train_set, test_set, info.num_classes, epochs=config.epochs, dataset=config.dataset,
                                    folder=os.path.join(folder, "models"), device=device, options=config,
-                                   batch_size=config.batch_size)
+                                   batch_size=config.batch_size, quantize_after_normalize=proto["quantize_after_normalize"])
         for p in net.parameters():
             p.requires_grad_(False)
         nets.append(net)
@@ -284,7 +318,8 @@ def _study(config: Config, resolved: dict, data: tuple, folder: str) -> dict:
     bar = tqdm(total=len(nets) * len(sweep), desc=f"{attack_name} sweep", disable=quiet)
     for s, net in enumerate(nets):
         for e, radius in enumerate(sweep):
-            adv = attack(net, x, y, name=attack_name, eps=float(radius), step=step, steps=steps, seed=seed, batch_size=batch)
+            adv = attack(net, x, y, name=attack_name, eps=float(radius), step=step, steps=steps, seed=seed, batch_size=batch,
+                         random_start=proto["random_start"])
             preds[s, e] = predictions_under_attack(nets, [adv], batch)[0]
             if e in robust_index:
                 kept[s, e] = adv
@@ -293,16 +328,19 @@ def _study(config: Config, resolved: dict, data: tuple, folder: str) -> dict:
     timings["attack_sweep"] = time.perf_counter() - began
 
     n_st, n_ss, pool = pair_counts(correct, preds != labels)
-    metric, fits_st, fits_ss = transfer_matrix(sweep, n_st, n_ss, pool, metric_eps)
+    self_count = proto["self_count"]
+    metric, fits_st, fits_ss = transfer_matrix(sweep, n_st, n_ss, pool, metric_eps, self_count)
+    n_den, pool_den = denominator_counts(n_st, n_ss, pool, self_count)
     at = int(np.argmin(abs(sweep - metric_eps)))
     with np.errstate(invalid="ignore", divide="ignore"):
-        empirical = n_st[:, :, at] / n_ss[:, :, at]
+        empirical = n_st[:, :, at] / n_den[:, :, at]
     groups = {key: _summary([metric[p] for p in pairs]) | {"pairs": len(pairs)} for key, pairs in pair_groups(specs).items()}
 
     # the "selected" ensemble is chosen on one half of the test images (its transfer counts and clean
     # accuracies) and every robust accuracy is measured on the other half: selection never sees them
     select, held = _selection_split(len(labels), seed)
-    metric_select = transfer_matrix(sweep, *pair_counts(correct[:, select], (preds != labels)[..., select]), metric_eps)[0]
+    metric_select = transfer_matrix(sweep, *pair_counts(correct[:, select], (preds != labels)[..., select]), metric_eps,
+                                    self_count)[0]
     accuracy = correct[:, held].mean(1)
     ens = _default_ensembles(specs, metric_select, correct[:, select].mean(1), config.ensemble_size, config.accuracy_margin)
     ens.update({k: [names.index(parse_spec(m).name) for m in v] for k, v in resolved["ensembles"].items()})
@@ -333,7 +371,7 @@ def _study(config: Config, resolved: dict, data: tuple, folder: str) -> dict:
         "settings": config_dict(config) | {
             "models": names, "eps": sweep.tolist(), "metric_eps": metric_eps, "robust_eps": robust_eps,
             "empirical_eps": float(sweep[at]), "subset_size": len(labels), "ensembles": resolved["ensembles"],
-            "torch": torch.__version__,
+            **proto, "torch": torch.__version__,
         },
         "models": model_info,
         "transfer_matrix": _finite(metric.tolist()),
@@ -350,10 +388,11 @@ def _study(config: Config, resolved: dict, data: tuple, folder: str) -> dict:
         "seconds": round(time.perf_counter() - start, 1),
     }
     write_npz(os.path.join(folder, "transfer.npz"), eps=sweep, labels=labels, clean_predictions=clean, predictions=preds,
-              n_st=n_st, n_ss=n_ss, pool=pool, transfer_matrix=metric, names=np.asarray(names),
+              n_st=n_st, n_ss=n_ss, pool=pool, n_denominator=n_den, pool_denominator=pool_den, transfer_matrix=metric,
+              names=np.asarray(names),
               curvature=np.stack([c["values"] for c in curvature]))
     transfer_heatmap(metric, names, os.path.join(folder, "transfer_matrix.png"),
-                     f"{config.dataset}: fitted N_s->t / N_s->s at eps={metric_eps:.4g} ({attack_name}, {steps}x{step})")
+                     f"{config.dataset}, {attack_name} {steps}x{step}\nfitted N_s->t / N_s->s at eps={metric_eps:.4g}")
     fit_curves(sweep, n_st, fits_st, names, os.path.join(folder, "transfer_fits.png"), metric_eps)
     curvature_scatter(results["curvature"], os.path.join(folder, "curvature_transfer.png"),
                       f"{config.dataset}: source curvature vs transferability at eps={metric_eps:.4g}")

@@ -16,6 +16,10 @@ N(eps) = a (1 - exp(b eps)), 0 <= a <= |P_{st}|, b <= 0, and the metric is the r
 The published code computes ``a_st*(1-exp(b_st*eps))/a_ss*(1-exp(b_ss*eps))``, which by Python's
 left-to-right precedence *multiplies* by the denominator's (1 - e^{b eps}) factor; curvfast divides
 by the whole fitted denominator.
+
+The published denominator (``fit_calc_TM.py``: the fit of the source's own count, ``exp_coef[j, j]``) is
+counted over another pool: N_{s->s}(eps) = #{x in P_s : s(x'_s) != y}, P_s the images s alone classifies
+correctly. ``self_count="source"`` selects it; the default ``"pair"`` keeps both counts on P_{st}.
 """
 from __future__ import annotations
 
@@ -26,12 +30,14 @@ from itertools import combinations
 import numpy as np
 import torch
 
-from curvfast.errors import DataError
+from curvfast.errors import DataError, UnknownNameError
 
 __all__ = [
     "Fit", "saturating", "fit_saturating", "transfer_metric", "predictions_under_attack",
-    "pair_counts", "transfer_matrix", "pair_groups",
+    "pair_counts", "SELF_COUNTS", "denominator_counts", "transfer_matrix", "pair_groups",
 ]
+
+SELF_COUNTS = ("pair", "source")
 
 
 @dataclass(frozen=True)
@@ -123,9 +129,28 @@ def pair_counts(correct: np.ndarray, fooled: np.ndarray) -> tuple[np.ndarray, np
     return n_st, n_ss, pool.sum(-1)
 
 
-def transfer_matrix(eps, n_st, n_ss, pool, metric_eps: float = 8 / 255):
+def denominator_counts(n_st, n_ss, pool, self_count: str = "pair") -> tuple[np.ndarray, np.ndarray]:
+    """The counts the metric divides by, and their pools, both shaped like ``n_ss`` and ``pool``.
+
+    ``"pair"``: N_{s->s|t} over P_{st} (``n_ss`` and ``pool`` themselves). ``"source"`` (the published
+    ``fit_calc_TM.py``, which divides by the fit of the source's own transfer count): N_{s->s} over P_s,
+    the images s classifies correctly, the same for every target t; it is ``n_st[s, s]`` with pool
+    ``pool[s, s]``.
+    """
+    if self_count == "pair":
+        return np.asarray(n_ss), np.asarray(pool)
+    if self_count != "source":
+        raise UnknownNameError(f"self_count must be one of {SELF_COUNTS} (got {self_count!r})")
+    own = np.arange(n_st.shape[0])
+    counts = np.broadcast_to(n_st[own, own][:, None, :], np.shape(n_ss)).copy()
+    return counts, np.broadcast_to(np.asarray(pool)[own, own][:, None], np.shape(pool)).copy()
+
+
+def transfer_matrix(eps, n_st, n_ss, pool, metric_eps: float = 8 / 255, self_count: str = "pair"):
     """Fit every (s, t) count curve and return (metric matrix (S, T), fits_st, fits_ss) with the
-    fits as nested lists of ``Fit``. The diagonal is 1 wherever s can be fooled at all."""
+    fits as nested lists of ``Fit``; ``fits_ss`` are the fits of the denominator that ``self_count``
+    names (:func:`denominator_counts`). The diagonal is 1 wherever s can be fooled at all."""
+    n_ss, den_pool = denominator_counts(n_st, n_ss, pool, self_count)
     s_count, t_count = n_st.shape[:2]
     metric = np.full((s_count, t_count), np.nan)
     fits_st = [[None] * t_count for _ in range(s_count)]
@@ -133,7 +158,7 @@ def transfer_matrix(eps, n_st, n_ss, pool, metric_eps: float = 8 / 255):
     for s in range(s_count):
         for t in range(t_count):
             fits_st[s][t] = fit_saturating(eps, n_st[s, t], int(pool[s, t]))
-            fits_ss[s][t] = fit_saturating(eps, n_ss[s, t], int(pool[s, t]))
+            fits_ss[s][t] = fit_saturating(eps, n_ss[s, t], int(den_pool[s, t]))
             metric[s, t] = transfer_metric(fits_st[s][t], fits_ss[s][t], metric_eps)
     return metric, fits_st, fits_ss
 
