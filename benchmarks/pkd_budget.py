@@ -13,7 +13,9 @@ The gain is the mean over the 9 ICs of PKD minus CE test accuracy (points). Flat
 streams only (``--flatness-seeds 1``; it does not touch the ICs). A finished run folder is reused, so seeds can
 run in separate processes and a last call writes the table:
 
-``python -m benchmarks.pkd_budget --seeds 0 1 2 --threads 1 --out runs/pkd_budget``
+``python -m benchmarks.pkd_budget --seeds 0 1 2 --data-seed 0 --threads 1 --out runs/pkd_budget``
+
+(``--data-seed 0``: every seed trains on the clips of seed 0 and varies the initialisation and batch order.)
 """
 from __future__ import annotations
 
@@ -53,9 +55,10 @@ def _ic_mean(results: dict, kind: str) -> float:
     return 100 * float(np.mean(np.asarray(results["ic_accuracy"][kind])[ICS]))
 
 
-def seed_row(seed: int, exit_epochs: int, out: str) -> dict:
+def seed_row(seed: int, exit_epochs: int, out: str, data_seed: int | None = None) -> dict:
     """The two runs of one seed and their numbers."""
-    common = dict(seed=seed, exit_epochs=exit_epochs, flatness_seeds=1, flatness_clips=8, flatness_probes=2, quiet=True)
+    common = dict(seed=seed, data_seed=data_seed, exit_epochs=exit_epochs, flatness_seeds=1, flatness_clips=8,
+                  flatness_probes=2, quiet=True)
     matched = _run(os.path.join(out, f"seed{seed}_matched"), Config(**common))
     published = _run(os.path.join(out, f"seed{seed}_published"),
                      Config(**common, ce_epochs=max(1, round(exit_epochs / 2)), **PUBLISHED_WISE))
@@ -92,12 +95,14 @@ def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--exit-epochs", type=int, default=12, help="PKD's IC epochs (CE: the same, or half)")
+    parser.add_argument("--data-seed", type=int, default=None, help="one set of clips for every seed (default: each "
+                                                                     "seed its own clips)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="runs/pkd_budget", help="run folders, one per seed and protocol")
     parser.add_argument("--table", default=TABLE, help="where the markdown table goes ('' : print only)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    rows = [seed_row(seed, args.exit_epochs, args.out) for seed in args.seeds]
+    rows = [seed_row(seed, args.exit_epochs, args.out, args.data_seed) for seed in args.seeds]
     text = table(rows, args.exit_epochs)
     if args.table and len(rows) > 1:
         with open(args.table, "w") as f:

@@ -117,6 +117,8 @@ class Config:
     prepare_only: bool = option(False, "prepare the clip cache ($CURVFAST_CACHE) and stop: no training (a CPU job with PyAV, "
                                        "before training on a GPU node)")
     seed: int = option(0)
+    data_seed: int | None = option(None, "seed of the synthetic clips (default: --seed); fixing it varies only the "
+                                         "networks' initialisation and batch order with --seed")
     quiet: bool = option(False)
 
     def validate(self) -> None:
@@ -170,7 +172,8 @@ def load_clips(config: Config, progress: bool = False):
     """``(train, test)`` ClipSets for the configured dataset: a folder's clips are prepared once into the
     cache (``$CURVFAST_CACHE``, in ``workers`` processes, resumable) and read lazily from there."""
     if config.dataset == "synthetic":
-        return synthetic_actions(SyntheticConfig(config.clips_per_class, config.size, config.frames, seed=config.seed),
+        seed = config.seed if config.data_seed is None else config.data_seed
+        return synthetic_actions(SyntheticConfig(config.clips_per_class, config.size, config.frames, seed=seed),
                                  progress=progress)
     cache = os.path.join(cache_root(), "compressed", f"{config.size}px-{config.frames or 'all'}f")
     lists = [LISTERS[config.dataset](config.root, split, config.fold) for split in ("train", "test")]  # both splits checked first

@@ -157,3 +157,15 @@ def test_published_switch_sets_every_choice_and_the_budget():
     with pytest.raises(UnknownNameError, match="--wise-fallback"):
         Config(wise_fallback="mean").validate()
     assert set(STREAM_ORDER) == {"iframe", "mv", "residual"}
+
+
+def test_data_seed_fixes_the_clips_while_seed_varies(monkeypatch):
+    from curvfast.pipelines.pkd import pipeline
+
+    seen = []
+    monkeypatch.setattr(pipeline, "synthetic_actions", lambda cfg, progress: seen.append(cfg.seed))
+    for seed, data_seed in ((3, None), (3, 0), (5, 0)):
+        config = Config(seed=seed, data_seed=data_seed)
+        config.validate()
+        pipeline.load_clips(config)
+    assert seen == [3, 0, 0]
