@@ -27,11 +27,15 @@ import time
 import numpy as np
 import torch
 
-from curvfast.pipelines.pkd import EXIT_NAMES, Config, run
+from curvfast.pipelines.pkd import EXIT_NAMES, STREAM_ORDER, Config, fit_wise, run, wise_sweep
 
 TABLE = os.path.join(os.path.dirname(__file__), "results", "cpu-2core-x86_64", "pkd_budget.md")
 PUBLISHED_WISE = {"wise_solver": "sgd", "wise_first_exit": "raw", "wise_published_test": True, "wise_fallback": "heads"}
 ICS = [i for i, name in enumerate(EXIT_NAMES) if not name.endswith("/head")]
+HEADS = [EXIT_NAMES.index(f"{s}/head") for s in STREAM_ORDER]
+TOGGLES = {"curvfast": {}, "sgd solver": {"solver": "sgd"}, "raw first exit": {"first_exit": "raw"},
+           "mean test": {"published_test": True}, "heads fallback": {"fallback": True},
+           "all four": {"solver": "sgd", "first_exit": "raw", "published_test": True, "fallback": True}}
 
 
 def _run(folder: str, config: Config) -> dict:
@@ -85,10 +89,41 @@ def table(rows: list[dict], exit_epochs: int) -> str:
         row["diff"] = row["gain_published"] - row["gain_matched"]
     lines = [f"| {r['seed']} | " + " | ".join(f"{r[k]:+.1f}" if k.startswith(("gain", "diff")) else f"{r[k]:.1f}"
                                               for k in keys) + f" | {r['wall_s']:.0f} / {r['cpu_s']:.0f} |" for r in rows]
-    stats = " | ".join(f"{np.mean([r[k] for r in rows]):+.1f} ± {np.std([r[k] for r in rows], ddof=1):.1f}"
+    sign = {k: "+" if k.startswith(("gain", "diff")) else "" for k in keys}
+    stats = " | ".join(f"{np.mean([r[k] for r in rows]):{sign[k]}.1f} ± {np.std([r[k] for r in rows], ddof=1):.1f}"
                        for k in keys)
     total = f"{sum(r['wall_s'] for r in rows):.0f} / {sum(r['cpu_s'] for r in rows):.0f}"
     return head + "\n".join(lines) + f"\n| mean ± sd | {stats} | {total} |\n"
+
+
+def wise_toggles(seed: int, out: str, tau: float = 0.999999) -> dict:
+    """WISE(PKD) test accuracy (%) on the matched run's saved logits with each published choice alone and all four,
+    fitted on the training logits as in the runs (alpha 0.1 after 5 free exits; head weights without L1)."""
+    folder = os.path.join(out, f"seed{seed}_matched")
+    logits = np.load(os.path.join(folder, "logits.npz"))
+    with open(os.path.join(folder, "results.json")) as f:
+        results = json.load(f)
+    fit, labels = logits["fit_pkd"], logits["fit_labels"]
+    row = {"plain ensemble": 100 * results["plain_ensemble_accuracy"]}
+    for name, t in TOGGLES.items():
+        solver = t.get("solver", "fista")
+        weights = fit_wise(fit, labels, 0.1, 5, solver, t.get("first_exit", "fitted"))
+        fallback = (HEADS, fit_wise(fit[:, HEADS], labels, 0.0, len(HEADS), solver)[-1]) if t.get("fallback") else None
+        chosen = wise_sweep(logits["test_pkd"], logits["test_labels"], weights, results["macs"]["cumulative"], [tau],
+                            t.get("published_test", False), fallback)[0]
+        row[name] = 100 * chosen["accuracy"]
+        row[f"{name} exits"] = chosen["mean_exits"]
+    return row
+
+
+def toggles_table(rows: dict[int, dict]) -> str:
+    """Markdown: one line per seed, WISE(PKD) accuracy with each toggle (mean exits run in brackets)."""
+    names = ["plain ensemble", *TOGGLES]
+    text = "| seed | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
+    for seed, row in rows.items():
+        text += f"| {seed} | " + " | ".join(f"{row[n]:.1f}" + (f" ({row[n + ' exits']:.2f})" if n in TOGGLES else "")
+                                           for n in names) + " |\n"
+    return text
 
 
 def main(argv=None) -> str:
@@ -104,6 +139,8 @@ def main(argv=None) -> str:
     torch.set_num_threads(args.threads)
     rows = [seed_row(seed, args.exit_epochs, args.out, args.data_seed) for seed in args.seeds]
     text = table(rows, args.exit_epochs)
+    text += ("\nWISE(PKD) at tau = 0.999999 on each seed's matched-run logits, one published choice at a time "
+             "(mean exits run per clip in brackets):\n\n" + toggles_table({s: wise_toggles(s, args.out) for s in args.seeds}))
     if args.table and len(rows) > 1:
         with open(args.table, "w") as f:
             f.write(text)
