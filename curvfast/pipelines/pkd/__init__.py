@@ -14,17 +14,20 @@ from curvfast.pipelines.pkd.flatness import PUBLISHED_HIERARCHY, flatness_order,
 from curvfast.pipelines.pkd.macs import count_macs, exit_macs
 from curvfast.pipelines.pkd.networks import (BACKBONES, STREAM_ORDER, InternalClassifier, StreamNet, TorchvisionStream,
                                              build_exits, build_streams)
-from curvfast.pipelines.pkd.pipeline import EXIT_NAMES, PRESETS, Config, run, summary
-from curvfast.pipelines.pkd.pkd import PUBLISHED_BOUNDARIES, PUBLISHED_ORDER, pkd_teacher, train_exits
+from curvfast.pipelines.pkd.pipeline import EXIT_NAMES, PRESETS, PUBLISHED, Config, run, summary
+from curvfast.pipelines.pkd.pkd import (EXIT_OPTIMIZERS, PUBLISHED_BOUNDARIES, PUBLISHED_EXIT_LR, PUBLISHED_LR_STEPS,
+                                        PUBLISHED_ORDER, exit_learning_rate, pkd_teacher, train_exits)
 from curvfast.pipelines.pkd.training import collect_exit_logits, train_streams
-from curvfast.pipelines.pkd.wise import fit_prefix_weights, fit_wise, wise_early_exit, wise_objective, wise_sweep
+from curvfast.pipelines.pkd.wise import (FIRST_EXITS, PUBLISHED_SGD, WISE_SOLVERS, fit_prefix_weights, fit_wise,
+                                         sgd_prefix_weights, wise_early_exit, wise_objective, wise_sweep)
 
 __all__ = [
-    "Config", "PRESETS", "run", "summary",
+    "Config", "PRESETS", "PUBLISHED", "run", "summary",
     "count_macs", "exit_macs", "STREAM_ORDER", "BACKBONES", "InternalClassifier", "StreamNet", "TorchvisionStream",
     "build_exits", "build_streams",
-    "EXIT_NAMES", "PUBLISHED_BOUNDARIES", "PUBLISHED_ORDER", "pkd_teacher", "train_exits",
+    "EXIT_NAMES", "PUBLISHED_BOUNDARIES", "PUBLISHED_ORDER", "EXIT_OPTIMIZERS", "PUBLISHED_EXIT_LR", "PUBLISHED_LR_STEPS",
+    "exit_learning_rate", "pkd_teacher", "train_exits",
     "PUBLISHED_HIERARCHY", "flatness_order", "stream_flatness", "summarise_flatness",
     "collect_exit_logits", "train_streams", "fit_prefix_weights", "fit_wise", "wise_early_exit", "wise_objective",
-    "wise_sweep",
+    "wise_sweep", "sgd_prefix_weights", "WISE_SOLVERS", "FIRST_EXITS", "PUBLISHED_SGD",
 ]

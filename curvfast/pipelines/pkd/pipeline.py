@@ -24,16 +24,16 @@ from curvfast.pipelines.common.contract import config_dict, option, run_folder, 
 from curvfast.pipelines.pkd.flatness import stream_batches, stream_flatness, summarise_flatness
 from curvfast.pipelines.pkd.macs import exit_macs
 from curvfast.pipelines.pkd.networks import BACKBONES, STREAM_ORDER, build_exits, build_streams
-from curvfast.pipelines.pkd.pkd import PUBLISHED_BOUNDARIES, PUBLISHED_ORDER, train_exits
+from curvfast.pipelines.pkd.pkd import EXIT_OPTIMIZERS, PUBLISHED_BOUNDARIES, PUBLISHED_ORDER, train_exits
 from curvfast.pipelines.pkd.plots import accuracy_vs_macs_plot, exit_accuracy_plot, flatness_plot
 from curvfast.pipelines.pkd.training import collect_exit_logits, train_streams
 from curvfast.pipelines.pkd.video import (CompressedVideoDataset, SyntheticConfig, folder_clipset, hmdb51_clips,
                                           stratified_split, synthetic_actions, ucf101_clips, videofolder_clips)
 from curvfast.pipelines.pkd.video.synthetic import cache_root
-from curvfast.pipelines.pkd.wise import fit_wise, wise_sweep
+from curvfast.pipelines.pkd.wise import FIRST_EXITS, WISE_SOLVERS, fit_wise, wise_sweep
 from curvfast.errors import ConfigError, UnknownNameError
 
-__all__ = ["Config", "PRESETS", "run", "summary", "load_clips", "EXIT_NAMES", "TAU_GRID", "DATASETS"]
+__all__ = ["Config", "PRESETS", "PUBLISHED", "run", "summary", "load_clips", "EXIT_NAMES", "TAU_GRID", "DATASETS"]
 
 EXIT_NAMES = [f"{s}/{e}" for s in STREAM_ORDER for e in ("ic1", "ic2", "ic3", "head")]
 TAU_GRID = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1 - 1e-4, 1 - 1e-5, 1 - 1e-6, 1 - 1e-8, 1 - 1e-10, 1.0)
@@ -41,14 +41,21 @@ DATASETS = ("synthetic", "videofolder", "ucf101", "hmdb51")
 ORDERS = ("published", "flatness")
 SYNTHETIC_FRAMES = 24
 LISTERS = {"videofolder": videofolder_clips, "ucf101": ucf101_clips, "hmdb51": hmdb51_clips}
+FALLBACKS = ("last-prefix", "heads")
+# what --published sets (Efstathia-Soufleri/PKD: run_training_{CE,KD}.sh, train_freeze_backbone_IC_*.py,
+# wise_ucf101_kinetics_pretrained.py); the CE budget becomes half the PKD one unless --ce-epochs is given
+PUBLISHED = {"exit_optimizer": "published", "wise_solver": "sgd", "wise_first_exit": "raw", "wise_published_test": True,
+             "wise_fallback": "heads"}
 
 PRESETS = {
     "smoke": {"clips_per_class": 2, "size": 16, "frames": 13, "stream_epochs": 1, "exit_epochs": 1, "batch_size": 8},
     # The published setting: UCF-101 split 1, whole clips at 224 x 224, 3 TSN segments, ResNet-50 I-frame and
     # ResNet-18 MV / residual streams, trained 510 epochs at batch 80 as in CoViAR's UCF-101 commands, and PKD's
-    # 300 IC epochs. The streams start from random weights here (CoViAR: ImageNet-pretrained).
+    # 300 IC epochs with the published protocol (--published: CE ICs 150 epochs, the published IC optimiser and
+    # WISE). The streams start from random weights here (CoViAR and PKD: pretrained).
     "paper": {"dataset": "ucf101", "fold": 1, "size": 224, "frames": None, "segments": 3, "backbone": "coviar",
-              "stream_epochs": 510, "exit_epochs": 300, "batch_size": 80, "device": "cuda", "workers": 8},
+              "stream_epochs": 510, "exit_epochs": 300, "batch_size": 80, "device": "cuda", "workers": 8,
+              "published": True},
 }
 
 
@@ -72,11 +79,28 @@ class Config:
     backbone: str = option("small", "stream networks: small (CPU-sized ResNets), resnet18 (all three), coviar "
                                     "(ResNet-50 I-frames, ResNet-18 MV and residual)", choices=tuple(BACKBONES))
     stream_epochs: int = option(15, "training epochs of the three streams")
-    exit_epochs: int = option(12, "training epochs of the internal classifiers (CE and PKD sets together)")
+    exit_epochs: int = option(12, "training epochs of the PKD internal classifiers (and of the CE ones unless "
+                                  "--ce-epochs)")
+    ce_epochs: int | None = option(None, "training epochs of the CE-baseline internal classifiers (default: "
+                                         "--exit-epochs; with --published half of it, the published 150 against 300)")
+    exit_optimizer: str = option("adamw-cosine", "IC optimiser: adamw-cosine (--lr, cosine per batch) or published "
+                                                 "(Adam eps 1e-3, per-stream rates, step decays)",
+                                 choices=EXIT_OPTIMIZERS)
     batch_size: int = option(32)
     lr: float = option(2e-3, "AdamW learning rate of streams and internal classifiers")
     wise_alpha: float = option(0.1, "WISE L1 weight of the prefixes longer than --wise-free-exits (published 0.1)")
     wise_free_exits: int = option(5, "WISE prefixes of at most this many exits are fitted without L1 (published 5)")
+    wise_solver: str = option("fista", "WISE weights: fista (the exact minimiser) or sgd (published: 500 steps, lr 0.1, "
+                                       "from w = 1)", choices=WISE_SOLVERS)
+    wise_first_exit: str = option("fitted", "WISE's first exit: fitted (a fitted weight) or raw (published: the raw "
+                                            "logits)", choices=FIRST_EXITS)
+    wise_published_test: bool = option(False, "WISE's published confidence test: softmax of the prefix mean, > tau "
+                                              "(default: of the weighted sum, >= tau)")
+    wise_fallback: str = option("last-prefix", "clips no prefix is confident on: last-prefix (all 12 exits, fitted) or "
+                                               "heads (published: a weighted sum of the 3 heads)", choices=FALLBACKS)
+    published: bool = option(False, "the published protocol: sets --exit-optimizer published --wise-solver sgd "
+                                    "--wise-first-exit raw --wise-published-test --wise-fallback heads and, unless "
+                                    "given, --ce-epochs to half of --exit-epochs")
     exit_relu: bool = option(False, "put a ReLU inside the internal classifiers (the published ICs have none)")
     tau: float = option(0.999999, "WISE early-exit confidence threshold")
     wise_holdout: float = option(0.0, "fraction of training clips kept out of training to fit WISE on (0: fit on training logits)")
@@ -93,6 +117,8 @@ class Config:
     prepare_only: bool = option(False, "prepare the clip cache ($CURVFAST_CACHE) and stop: no training (a CPU job with PyAV, "
                                        "before training on a GPU node)")
     seed: int = option(0)
+    data_seed: int | None = option(None, "seed of the synthetic clips (default: --seed); fixing it varies only the "
+                                         "networks' initialisation and batch order with --seed")
     quiet: bool = option(False)
 
     def validate(self) -> None:
@@ -103,6 +129,16 @@ class Config:
             raise ConfigError(f"dataset {self.dataset!r} needs --root <folder holding it>; curvfast never downloads videos")
         if self.dataset == "synthetic" and self.frames is None:
             self.frames = SYNTHETIC_FRAMES
+        if self.published:
+            for name, value in PUBLISHED.items():
+                setattr(self, name, value)
+        for name, choices in (("exit_optimizer", EXIT_OPTIMIZERS), ("wise_solver", WISE_SOLVERS),
+                              ("wise_first_exit", FIRST_EXITS), ("wise_fallback", FALLBACKS)):
+            if getattr(self, name) not in choices:
+                raise UnknownNameError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)} "
+                                       f"(got {getattr(self, name)!r})")
+        if self.ce_epochs is None:
+            self.ce_epochs = max(1, round(self.exit_epochs / 2)) if self.published else self.exit_epochs
         if self.frames is not None and self.frames < 2:
             raise ConfigError(f"--frames must be >= 2 (got {self.frames}); leave it out for whole clips")
         if self.size < 16 or self.size % 16:
@@ -116,7 +152,8 @@ class Config:
             raise UnknownNameError(f"--order must be one of {', '.join(ORDERS)} (got {self.order!r})")
         if self.flatness_probes < 2:
             raise ConfigError(f"--flatness-probes must be >= 2 for a standard error (got {self.flatness_probes})")
-        for name in ("segments", "stream_epochs", "exit_epochs", "batch_size", "flatness_seeds", "flatness_clips"):
+        for name in ("segments", "stream_epochs", "exit_epochs", "ce_epochs", "batch_size", "flatness_seeds",
+                     "flatness_clips"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
         if not 0 < self.tau <= 1:
@@ -135,7 +172,8 @@ def load_clips(config: Config, progress: bool = False):
     """``(train, test)`` ClipSets for the configured dataset: a folder's clips are prepared once into the
     cache (``$CURVFAST_CACHE``, in ``workers`` processes, resumable) and read lazily from there."""
     if config.dataset == "synthetic":
-        return synthetic_actions(SyntheticConfig(config.clips_per_class, config.size, config.frames, seed=config.seed),
+        seed = config.seed if config.data_seed is None else config.data_seed
+        return synthetic_actions(SyntheticConfig(config.clips_per_class, config.size, config.frames, seed=seed),
                                  progress=progress)
     cache = os.path.join(cache_root(), "compressed", f"{config.size}px-{config.frames or 'all'}f")
     lists = [LISTERS[config.dataset](config.root, split, config.fold) for split in ("train", "test")]  # both splits checked first
@@ -163,10 +201,21 @@ def _ensemble_accuracy(logits: np.ndarray, labels: np.ndarray, exits: list[int])
 
 
 def _wise(train_logits, train_labels, test_logits, test_labels, macs, config: Config) -> dict:
-    weights = fit_wise(train_logits, train_labels, config.wise_alpha, config.wise_free_exits)
-    sweep = wise_sweep(test_logits, test_labels, weights, macs["cumulative"], TAU_GRID)
-    chosen = wise_sweep(test_logits, test_labels, weights, macs["cumulative"], [config.tau])[0]
-    return {**chosen, "alpha": config.wise_alpha, "weights": [w.tolist() for w in weights], "sweep": sweep}
+    """WISE fitted on ``train_logits`` and swept on ``test_logits`` with the configured solver, first exit,
+    confidence test and fallback (the heads' fallback weights fitted like a 3-exit prefix without L1)."""
+    weights = fit_wise(train_logits, train_labels, config.wise_alpha, config.wise_free_exits, config.wise_solver,
+                       config.wise_first_exit)
+    fallback, record = None, None
+    if config.wise_fallback == "heads":
+        heads = [EXIT_NAMES.index(f"{s}/head") for s in STREAM_ORDER]
+        fallback = (heads, fit_wise(train_logits[:, heads], train_labels, 0.0, len(heads), config.wise_solver)[-1])
+        record = {"exits": [EXIT_NAMES[i] for i in heads], "weights": fallback[1].tolist()}
+    rule = {"published_test": config.wise_published_test, "fallback": fallback}
+    sweep = wise_sweep(test_logits, test_labels, weights, macs["cumulative"], TAU_GRID, **rule)
+    chosen = wise_sweep(test_logits, test_labels, weights, macs["cumulative"], [config.tau], **rule)[0]
+    return {**chosen, "alpha": config.wise_alpha, "solver": config.wise_solver, "first_exit": config.wise_first_exit,
+            "published_test": config.wise_published_test, "fallback": record,
+            "weights": [w.tolist() for w in weights], "sweep": sweep}
 
 
 def _hold_out(clips, config: Config):
@@ -243,9 +292,11 @@ def run(config: Config, out: str | None = None) -> dict:
         + f"; flattest first {flatness['flattest_first']['trace']}; teachers {list(order)}")
     t0 = time.perf_counter()
     exit_history = train_exits(streams, ce_exits, pkd_exits, train_loader, config.exit_epochs, config.lr,
-                               boundaries=config.boundaries, progress=progress, order=order)
+                               boundaries=config.boundaries, progress=progress, order=order,
+                               ce_epochs=config.ce_epochs, optimizer=config.exit_optimizer)
     timing["exits_s"] = time.perf_counter() - t0
-    log(f"ICs: {config.exit_epochs} epochs in {timing['exits_s']:.0f} s (CE and PKD sets together)")
+    log(f"ICs: {config.exit_epochs} PKD / {config.ce_epochs} CE epochs ({config.exit_optimizer}) in "
+        f"{timing['exits_s']:.0f} s (both sets in one loop)")
 
     fit_loader, test_loader = _loader(wise_clips, config, train=False), _loader(test_clips, config, train=False)
     logits = {}
@@ -271,6 +322,8 @@ def run(config: Config, out: str | None = None) -> dict:
         "classes": train_clips.classes, "num_train": len(train_clips), "num_test": len(test_clips),
         "num_wise_fit": len(wise_clips),
         "exits": EXIT_NAMES, "ic_accuracy": ic_accuracy,
+        "budgets": {"ce_epochs": sum(h["ce_loss"] is not None for h in exit_history),
+                    "pkd_epochs": sum(h["pkd_loss"] is not None for h in exit_history)},
         "stream_accuracy": {s: ic_accuracy["ce"][EXIT_NAMES.index(f"{s}/head")] for s in STREAM_ORDER},
         "macs": {k: v.tolist() for k, v in macs.items()},
         "wise": {**wise["pkd"], "ce": wise["ce"]},

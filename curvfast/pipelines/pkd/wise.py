@@ -17,14 +17,28 @@ logits centred over classes first (CE is blind to a per-exit constant shift).
 At inference a clip walks the prefixes k = 1, 2, ... and stops at the first whose combined
 softmax has max probability >= tau (published tau ~ 0.999999); the last prefix always answers.
 Its compute is the cumulative MACs of the exits it ran.
+
+The published code (Efstathia-Soufleri/PKD, ``COVIAR_backbone/wise_ucf101_kinetics_pretrained.py``) differs in
+four ways, each available here: it fits each prefix by 500 full-batch SGD steps at learning rate 0.1 from
+w = 1 (``solver="sgd"``: the subgradient sign(w) for the L1 term, as autograd gives for ``torch.norm(w, p=1)``);
+its first exit is the raw logits of the first IC (``first_exit="raw"``); it tests the confidence of the
+prefix *mean* ``softmax(sum_j w_j z_j / k)`` with a strict ``> tau`` (``published_test=True``); and a clip no
+prefix of 1 .. K-1 exits is decided by a weighted sum of the three stream heads instead of the K-th
+prefix (``fallback``; the published weights are constants written into the script for UCF-101, so
+curvfast fits them on the same logits).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from curvfast.errors import ConfigError, DataError
+from curvfast.errors import ConfigError, DataError, UnknownNameError
 
-__all__ = ["wise_objective", "fit_prefix_weights", "fit_wise", "wise_early_exit", "wise_sweep"]
+__all__ = ["WISE_SOLVERS", "FIRST_EXITS", "PUBLISHED_SGD", "wise_objective", "fit_prefix_weights", "sgd_prefix_weights",
+           "fit_wise", "wise_early_exit", "wise_sweep"]
+
+WISE_SOLVERS = ("fista", "sgd")
+FIRST_EXITS = ("fitted", "raw")
+PUBLISHED_SGD = {"steps": 500, "lr": 0.1, "start": 1.0}  # wise_ucf101_kinetics_pretrained.py: iterations, SGD lr, w init
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:
@@ -75,34 +89,100 @@ def fit_prefix_weights(logits: np.ndarray, labels: np.ndarray, alpha: float = 1e
     return w
 
 
-def fit_wise(logits: np.ndarray, labels: np.ndarray, alpha: float = 0.1, free_exits: int = 5) -> list[np.ndarray]:
+def sgd_prefix_weights(logits: np.ndarray, labels: np.ndarray, alpha: float = 0.0, steps: int = 500, lr: float = 0.1,
+                       start: float = 1.0) -> np.ndarray:
+    """The published solver for one prefix: ``steps`` full-batch (sub)gradient steps
+    ``w <- w - lr * (grad CE(w) + alpha * sign(w))`` from ``w = start`` (all ones); logits (N, K, C) -> w (K,).
+
+    Raises:
+        ConfigError: ``alpha`` < 0, ``steps`` < 1 or ``lr`` <= 0.
+        DataError: ``logits`` is not (N, K, C) with N = len(labels).
+    """
+    if alpha < 0 or steps < 1 or not lr > 0:
+        raise ConfigError(f"need alpha >= 0, steps >= 1 and lr > 0 (got {alpha}, {steps}, {lr})")
+    logits, labels = _centre(logits), np.asarray(labels, np.int64)
+    if logits.ndim != 3 or len(labels) != len(logits):
+        raise DataError(f"logits must be (N, K, C) with N = len(labels) (got {logits.shape}, {labels.shape})")
+    w = np.full(logits.shape[1], float(start))
+    for _ in range(steps):
+        _, grad = wise_objective(w, logits, labels, alpha)
+        w = w - lr * (grad + alpha * np.sign(w))
+    return w
+
+
+def fit_wise(logits: np.ndarray, labels: np.ndarray, alpha: float = 0.1, free_exits: int = 5, solver: str = "fista",
+             first_exit: str = "fitted") -> list[np.ndarray]:
     """Weights of every prefix: ``[w^(1) (1,), w^(2) (2,), ..., w^(K) (K,)]``; the prefixes of at most
-    ``free_exits`` exits are fitted without the L1 term (the published schedule: 5 and 0.1)."""
+    ``free_exits`` exits are fitted without the L1 term (the published schedule: 5 and 0.1).
+
+    Args:
+        logits: (N, K, C) exit logits of the fitting clips, in WISE's exit order.
+        labels: (N,) their labels.
+        alpha: the L1 weight of the longer prefixes.
+        free_exits: prefixes of at most this many exits get no L1 term.
+        solver: ``"fista"`` (:func:`fit_prefix_weights`, the exact minimiser) or ``"sgd"`` (the published
+            :func:`sgd_prefix_weights` with ``PUBLISHED_SGD``).
+        first_exit: ``"fitted"`` (w^(1) fitted like every prefix) or ``"raw"`` (w^(1) = 1: the first exit's raw
+            logits, as published).
+
+    Raises:
+        ConfigError: ``free_exits`` < 0.
+        UnknownNameError: ``solver`` or ``first_exit`` is not a known name.
+    """
     if free_exits < 0:
         raise ConfigError(f"free_exits must be >= 0 (got {free_exits})")
-    return [fit_prefix_weights(logits[:, : k + 1], labels, 0.0 if k < free_exits else alpha) for k in range(logits.shape[1])]
+    if solver not in WISE_SOLVERS or first_exit not in FIRST_EXITS:
+        raise UnknownNameError(f"solver must be one of {WISE_SOLVERS} and first_exit one of {FIRST_EXITS} "
+                               f"(got {solver!r}, {first_exit!r})")
+
+    def one(k: int) -> np.ndarray:
+        if k == 0 and first_exit == "raw":
+            return np.ones(1)
+        a = 0.0 if k < free_exits else alpha
+        sub = logits[:, : k + 1]
+        return fit_prefix_weights(sub, labels, a) if solver == "fista" else sgd_prefix_weights(sub, labels, a, **PUBLISHED_SGD)
+
+    return [one(k) for k in range(logits.shape[1])]
 
 
-def wise_early_exit(logits: np.ndarray, weights: list[np.ndarray], tau: float) -> tuple[np.ndarray, np.ndarray]:
-    """Predictions (N,) and the prefix index (N,, 0-based) at which each clip stopped."""
+def wise_early_exit(logits: np.ndarray, weights: list[np.ndarray], tau: float, published_test: bool = False,
+                    fallback: tuple[list[int], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions (N,) and the prefix index (N,, 0-based) at which each clip stopped.
+
+    Args:
+        logits: (N, K, C) exit logits in WISE's order.
+        weights: the K prefixes' weights (:func:`fit_wise`).
+        tau: the confidence threshold.
+        published_test: False: prefix k answers when ``max softmax(sum_j w_j z_j) >= tau``; True: the published
+            test ``max softmax(sum_j w_j z_j / k) > tau``.
+        fallback: None: the last prefix answers every clip no earlier prefix did; ``(exits, w)``: the published
+            rule, prefixes 1 .. K-1 are tested and the rest take ``argmax sum_i w_i z_{exits_i}`` (the stream
+            heads), at the cost of all K exits.
+    """
     logits = _centre(logits)
-    n = len(logits)
-    pred, stop = np.zeros(n, np.int64), np.full(n, len(weights) - 1)
+    n, last = len(logits), len(weights) - 1
+    pred, stop = np.zeros(n, np.int64), np.full(n, last)
     done = np.zeros(n, bool)
     for k, w in enumerate(weights):
-        logp = _log_softmax(np.einsum("nkc,k->nc", logits[:, : k + 1], w))
-        now = ~done & ((np.exp(logp.max(1)) >= tau) | (k == len(weights) - 1))
-        pred[now], stop[now] = logp[now].argmax(1), k
+        combined = np.einsum("nkc,k->nc", logits[:, : k + 1], w)
+        if k == last and fallback is not None:
+            exits, w_heads = fallback
+            pred[~done] = np.einsum("nkc,k->nc", logits[~done][:, exits], np.asarray(w_heads)).argmax(1)
+            break
+        confidence = np.exp(_log_softmax(combined / (k + 1) if published_test else combined).max(1))
+        passed = confidence > tau if published_test else confidence >= tau
+        now = ~done & (passed | (k == last))
+        pred[now], stop[now] = combined[now].argmax(1), k
         done |= now
     return pred, stop
 
 
 def wise_sweep(logits: np.ndarray, labels: np.ndarray, weights: list[np.ndarray], cumulative_macs: np.ndarray,
-               taus) -> list[dict]:
-    """Accuracy and mean MACs per clip of the early exit at each threshold in ``taus``."""
+               taus, published_test: bool = False, fallback: tuple[list[int], np.ndarray] | None = None) -> list[dict]:
+    """Accuracy and mean MACs per clip of the early exit (:func:`wise_early_exit`) at each threshold in ``taus``."""
     rows = []
     for tau in taus:
-        pred, stop = wise_early_exit(logits, weights, float(tau))
+        pred, stop = wise_early_exit(logits, weights, float(tau), published_test, fallback)
         rows.append({"tau": float(tau), "accuracy": float((pred == labels).mean()),
                      "macs": float(np.asarray(cumulative_macs)[stop].mean()),
                      "mean_exits": float(stop.mean() + 1)})

@@ -223,6 +223,8 @@ def test_cli_pkd_writes_results_and_plots(tmp_path, monkeypatch):
     assert res["ic_accuracy"]["ce"][3] == res["ic_accuracy"]["pkd"][3]  # heads are shared
     assert 0 <= res["wise"]["accuracy"] <= 1 and res["wise"]["macs"] <= res["macs"]["cumulative"][-1]
     assert 0 <= res["plain_ensemble_accuracy"] <= 1 and len(res["wise"]["weights"]) == 12
+    assert res["budgets"] == {"ce_epochs": 1, "pkd_epochs": 1} and res["settings"]["ce_epochs"] == 1  # matched
+    assert res["wise"]["solver"] == "fista" and res["wise"]["fallback"] is None and not res["settings"]["published"]
     for name in ("accuracy_vs_macs.png", "ic_accuracy.png", "flatness.png", "logits.npz", "models.pt"):
         assert os.path.getsize(out / name) > 0
     assert main(["pkd", "--out", str(out), "--dataset", "ucf101"]) == 2  # needs --root
@@ -234,19 +236,25 @@ def test_cli_pkd_writes_results_and_plots(tmp_path, monkeypatch):
 
 
 def test_run_without_a_folder_repeats_the_cli_run(tmp_path, monkeypatch):
-    """``run(config)`` (temporary run folder) returns what the CLI run of the same seed wrote."""
+    """``run(config)`` (temporary run folder) returns what the CLI run of the same seed wrote; with ``--published``
+    both record and use the published choices (CE ICs at half PKD's budget, WISE's published rule)."""
     pytest.importorskip("av")
     from curvfast.cli import main
     from curvfast.pipelines.pkd import Config, run, summary
 
     monkeypatch.setenv("CURVFAST_CACHE", str(tmp_path / "cache"))
-    small = dict(clips_per_class=2, size=16, frames=13, stream_epochs=1, exit_epochs=1, flatness_seeds=1, flatness_clips=2,
+    small = dict(clips_per_class=2, size=16, frames=13, stream_epochs=1, exit_epochs=2, flatness_seeds=1, flatness_clips=2,
                  flatness_probes=2)
-    results = run(Config(**small, quiet=True))
+    results = run(Config(**small, published=True, quiet=True))
+    assert results["budgets"] == {"ce_epochs": 1, "pkd_epochs": 2} and results["settings"]["ce_epochs"] == 1
+    assert [h["ce_loss"] is None for h in results["history"]["exits"]] == [False, True]
+    assert results["settings"]["exit_optimizer"] == "published" and results["wise"]["solver"] == "sgd"
+    assert results["wise"]["weights"][0] == [1.0] and results["wise"]["published_test"]  # the raw first exit
+    assert results["wise"]["fallback"]["exits"] == ["residual/head", "mv/head", "iframe/head"]
     assert results["settings"]["boundaries"] == list(Config().boundaries)
     assert results["flatness"]["teacher_order"] == ["mv", "residual"]  # the published order stays the default
     argv = [f"--{k.replace('_', '-')}={v}" for k, v in small.items()]
-    assert main(["pkd", "--out", str(tmp_path / "run"), *argv, "--quiet"]) == 0
+    assert main(["pkd", "--out", str(tmp_path / "run"), *argv, "--published", "--quiet"]) == 0
     written = json.loads((tmp_path / "run" / "results.json").read_text())
     assert summary(written) == summary(results) and written["history"] == results["history"]
 
