@@ -11,7 +11,9 @@
 
 Sizes are cut to fit the project's CPU budget (all runs <= 30 CPU-minutes, one thread each): see ``--help`` and the
 table's header for what was cut. ``python -m benchmarks.memorization_standin --seeds 0,1,2 --threads 1``
-writes ``benchmarks/results/cpu-2core-x86_64/memorization_standin.md`` (and ``.json``).
+writes ``benchmarks/results/cpu-2core-x86_64/memorization_standin.md`` (and ``.json``); each seed's numbers are
+also kept in ``--out``/seed_S.json, so seeds can run as separate processes (``--seeds 1``) and
+``--table-only --seeds 0,1,2`` then builds the table from those files.
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ import torch
 from scipy.stats import spearmanr
 
 from curvfast.data import DigitsDataset
-from curvfast.pipelines.memorization import PUBLISHED_EPSILONS, Config, dp_sweep, fit_unveiling_bounds, model_factory, run
+from curvfast.pipelines.memorization import (PUBLISHED_EPSILONS, Config, dp_plot, dp_sweep, fit_unveiling_bounds,
+                                             model_factory, run)
 
 HERE = os.path.join(os.path.dirname(__file__), "results", "cpu-2core-x86_64")
 
@@ -56,6 +59,7 @@ def _dp(args, seed: int) -> dict:
                     epochs=args.dp_epochs, batch_size=256, method="fd", probes=10, seed=seed + 40_000, design="published",
                     top=top)
     bounds = fit_unveiling_bounds(rows, "published")
+    dp_plot(rows, bounds, os.path.join(args.out, f"dp_s{seed}.png"))
     dp = [r for r in rows if r["epsilon"] is not None]
     eps = [r["epsilon"] for r in dp]
     return {"r2_linear": bounds["curvature_fit"]["r2"], "r2_published": bounds["published_curvature_fit"].get("r2"),
@@ -73,14 +77,18 @@ def _stat(values) -> str:
     return f"{np.nanmean(v):.3f} ± {np.nanstd(v, ddof=1):.3f}" if v.size > 1 else f"{v[0]:.3f}"
 
 
-def _table(per_seed: dict, args, wall: float) -> str:
+def _table(per_seed: dict, args) -> str:
     seeds = sorted(per_seed)
+    wall = sum(per_seed[s]["wall_seconds"] for s in seeds)
+    cpu = sum(per_seed[s]["cpu_seconds"] for s in seeds)
+    loads = [x for s in seeds for x in per_seed[s]["load"]]
     lines = [
         "# memorization stand-in (digits, 1347 training images; `python -m benchmarks.memorization_standin "
         f"--seeds {','.join(map(str, seeds))} --subset-models {args.subset_models} --epochs {args.epochs} "
         f"--dp-models {args.dp_models} --dp-epochs {args.dp_epochs} --threads {args.threads}`)", "",
-        f"Seeds {seeds}; wall {wall / 60:.1f} min for everything, one thread, on the shared 2-core machine "
-        f"({time.strftime('%Y-%m-%d', time.gmtime())}). Cut to fit 30 CPU-minutes: {args.subset_models} subset models "
+        f"Seeds {seeds}; {cpu / 60:.1f} CPU-minutes in all ({wall / 60:.1f} min wall summed over the seeds' runs), one "
+        f"thread each, on the shared 2-core machine (1-minute load {min(loads):.0f}-{max(loads):.0f}, "
+        f"{time.strftime('%Y-%m-%d', time.gmtime())}). Cut to fit 30 CPU-minutes: {args.subset_models} subset models "
         f"(default 64), {args.epochs} epochs (default 100), 1 proxy run (default 2), 2 folds (default 5); DP: "
         f"{args.dp_models} models per ε (published 10 for curvature, 40 for memorization) and {args.dp_epochs} DP epochs "
         "(published 20). mean ± sd over seeds; paired = per-seed difference, then mean ± sd.", "",
@@ -127,20 +135,29 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="runs/memorization_standin")
     parser.add_argument("--table", default=os.path.join(HERE, "memorization_standin.md"))
+    parser.add_argument("--table-only", action="store_true", help="build the table from --out/seed_S.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    start = time.perf_counter()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    os.makedirs(args.out, exist_ok=True)
+    for seed in [] if args.table_only else seeds:
+        start, cpu, load = time.perf_counter(), time.process_time(), os.getloadavg()[0]
+        result = {"trajectories": _trajectories(args, seed)}
+        result["dp"] = _dp(args, seed)
+        result.update(wall_seconds=time.perf_counter() - start, cpu_seconds=time.process_time() - cpu,
+                      load=[load, os.getloadavg()[0]])
+        with open(os.path.join(args.out, f"seed_{seed}.json"), "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1, default=float)
+        print(f"seed {seed}: {result['wall_seconds']:.0f} s wall, {result['cpu_seconds']:.0f} s CPU", flush=True)
     per_seed = {}
-    for seed in (int(s) for s in args.seeds.split(",")):
-        per_seed[seed] = {"trajectories": _trajectories(args, seed)}
-        per_seed[seed]["dp"] = _dp(args, seed)
-        print(f"seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
-    wall = time.perf_counter() - start
-    table = _table(per_seed, args, wall)
+    for seed in seeds:
+        with open(os.path.join(args.out, f"seed_{seed}.json"), encoding="utf-8") as f:
+            per_seed[seed] = json.load(f)
+    table = _table(per_seed, args)
     with open(args.table, "w", encoding="utf-8") as f:
         f.write(table)
     with open(os.path.splitext(args.table)[0] + ".json", "w", encoding="utf-8") as f:
-        json.dump({"wall_seconds": wall, "per_seed": per_seed}, f, indent=1, default=float)
+        json.dump({str(s): {k: v for k, v in r.items()} for s, r in per_seed.items()}, f, indent=1)
     print(table)
     return per_seed
 
