@@ -55,9 +55,9 @@ def _dp(args, seed: int) -> dict:
     top = np.argsort(-np.nan_to_num(mem, nan=-2), kind="stable")[:max(2, round(0.01 * len(mem)))]
     make = model_factory("mlp", 10, (1, 8, 8))
     t = time.perf_counter()
-    rows = dp_sweep(make, train.images, train.targets, test, epsilons=PUBLISHED_EPSILONS, models=args.dp_models, fraction=0.7,
-                    epochs=args.dp_epochs, batch_size=256, method="fd", probes=10, seed=seed + 40_000, design="published",
-                    top=top)
+    rows = dp_sweep(make, train.images, train.targets, test, epsilons=PUBLISHED_EPSILONS, models=args.dp_models,
+                    fraction=0.7, epochs=args.dp_epochs, batch_size=256, method="fd", probes=10, seed=seed + 40_000,
+                    design="published", top=top)
     bounds = fit_unveiling_bounds(rows, "published")
     dp_plot(rows, bounds, os.path.join(args.out, f"dp_s{seed}.png"))
     dp = [r for r in rows if r["epsilon"] is not None]
@@ -68,13 +68,14 @@ def _dp(args, seed: int) -> dict:
             "curvature_eps1": dp[0]["mean_curvature"], "curvature_eps100": dp[-1]["mean_curvature"],
             "curvature_nodp": rows[-1]["mean_curvature"], "mem_top_eps1": dp[0]["mean_memorization_top_k"],
             "mem_top_eps100": dp[-1]["mean_memorization_top_k"], "accuracy_eps1": dp[0]["accuracy"],
-            "accuracy_eps100": dp[-1]["accuracy"], "memorization_bound_holds": all(b["holds"] for b in bounds["memorization_bound"]),
+            "accuracy_eps100": dp[-1]["accuracy"],
+            "memorization_bound_holds": all(b["holds"] for b in bounds["memorization_bound"]),
             "seconds": time.perf_counter() - t, "rows": rows, "bounds": bounds}
 
 
 def _stat(values) -> str:
     v = np.asarray([np.nan if x is None else x for x in values], dtype=float)
-    return f"{np.nanmean(v):.3f} ± {np.nanstd(v, ddof=1):.3f}" if v.size > 1 else f"{v[0]:.3f}"
+    return f"{np.nanmean(v):.3g} ± {np.nanstd(v, ddof=1):.2g}" if v.size > 1 else f"{v[0]:.3g}"
 
 
 def _table(per_seed: dict, args) -> str:
@@ -90,8 +91,8 @@ def _table(per_seed: dict, args) -> str:
         f"thread each, on the shared 2-core machine (1-minute load {min(loads):.0f}-{max(loads):.0f}, "
         f"{time.strftime('%Y-%m-%d', time.gmtime())}). Cut to fit 30 CPU-minutes: {args.subset_models} subset models "
         f"(default 64), {args.epochs} epochs (default 100), 1 proxy run (default 2), 2 folds (default 5); DP: "
-        f"{args.dp_models} models per ε (published 10 for curvature, 40 for memorization) and {args.dp_epochs} DP epochs "
-        "(published 20). mean ± sd over seeds; paired = per-seed difference, then mean ± sd.", "",
+        f"{args.dp_models} models per ε (published 10 for curvature, 40 for memorization) and {args.dp_epochs} DP "
+        "epochs (published 20). mean ± sd over seeds; paired = per-seed difference, then mean ± sd.", "",
         "## 1. Trace (ours) vs Garg et al.'s fd statistic, same trajectories", "",
         "| measure (vs the run's Feldman memorization) | trace | fd (h 1e-3, 10 probes) | paired trace − fd |",
         "|---|---|---|---|",
@@ -109,7 +110,8 @@ def _table(per_seed: dict, args) -> str:
               "| quantity | mean ± sd over seeds |", "|---|---|"]
     dp = {s: per_seed[s]["dp"] for s in seeds}
     for key, name in (("curvature_eps1", "mean fd curvature of members at ε = 1"),
-                      ("curvature_eps100", "mean fd curvature at ε = 100"), ("curvature_nodp", "mean fd curvature without DP"),
+                      ("curvature_eps100", "mean fd curvature at ε = 100"),
+                      ("curvature_nodp", "mean fd curvature without DP"),
                       ("curvature_rank_corr", "Spearman(ε, mean curvature) over the 18 budgets"),
                       ("mem_top_eps1", "published memorization of the top 1% at ε = 1"),
                       ("mem_top_eps100", "published memorization of the top 1% at ε = 100"),

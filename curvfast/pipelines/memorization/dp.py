@@ -55,12 +55,12 @@ from curvfast.pipelines.common.dp import train_dp_model
 from curvfast.pipelines.memorization.feldman import label_predictions, memorization_scores, random_subsets
 from curvfast.pipelines.memorization.trajectory import curvature_per_model
 
-__all__ = ["dp_sweep", "fit_unveiling_bounds", "published_subsets", "published_top_k_memorization", "PUBLISHED_EPSILONS",
-           "PUBLISHED_FIT_START", "DESIGNS", "BOUND_FORMS", "published_curve"]
+__all__ = ["dp_sweep", "fit_unveiling_bounds", "published_subsets", "published_top_k_memorization",
+           "PUBLISHED_EPSILONS", "PUBLISHED_FIT_START", "DESIGNS", "BOUND_FORMS", "published_curve"]
 
 #: ε grid of the published curvature-vs-privacy study (``scripts/create_privacy_vs_curve_dp_train_jobs.sh``)
-PUBLISHED_EPSILONS = (1.0, 5.0, 10.0, 15.0, 25.0, 30.0, 35.0, 45.0, 50.0, 55.0, 60.0, 65.0, 70.0, 75.0, 85.0, 90.0, 95.0,
-                      100.0)
+PUBLISHED_EPSILONS = (1.0, 5.0, 10.0, 15.0, 25.0, 30.0, 35.0, 45.0, 50.0, 55.0, 60.0, 65.0, 70.0, 75.0, 85.0, 90.0,
+                      95.0, 100.0)
 #: curve_fit's starting point (a, b, c, d, e) in the published ``curv_privacy.ipynb``
 PUBLISHED_FIT_START = (1.22966216, 0.45078766, 0.01254502, 0.00836795, 0.0)
 DESIGNS = ("subsets", "published")

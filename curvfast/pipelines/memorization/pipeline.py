@@ -83,12 +83,12 @@ class Config(DataOptions):
     lr: float = option(0.1, "SGD learning rate")
     # no weight decay: memorization needs models that fit their training set
     weight_decay: float = option(0.0, "SGD weight decay")
-    lr_schedule: str = option("cosine", "learning-rate schedule of the proxy and mislabel runs (step: x0.1 at 60% and 80% "
-                                        "of the epochs, published); subset and fold models keep the cosine",
+    lr_schedule: str = option("cosine", "learning-rate schedule of the proxy and mislabel runs (step: x0.1 at 60% "
+                                        "and 80% of the epochs, published); subset and fold models keep the cosine",
                               choices=SCHEDULES)
-    published: bool = option(False, "the published protocol: fd statistic (h 1e-3, 10 probes) every 4th epoch, step "
-                                    "schedule, Unveiling's eps grid, memorization design, DP batch 256 and fitted curve "
-                                    "(each only where its option is left at the default)")
+    published: bool = option(False, "the published protocol: fd statistic (h 1e-3, 10 probes) every 4th epoch, "
+                                    "step schedule, Unveiling's eps grid, memorization design, DP batch 256 and "
+                                    "fitted curve (each only where its option is left at the default)")
     models_per_pass: int = option(64, "models trained together in one stacked pass")
     # stacked vmap training: measured faster than looping for the MLP on this CPU
     loop: bool = option(False, "train models one by one per step instead of stacked (vmap)")
@@ -219,9 +219,9 @@ def _stages(config: Config, out: str) -> dict:
     # 2. curvature averaged over training epochs
     t = time.perf_counter()
     full = np.ones((config.proxy_models, n), dtype=bool)
-    scoring = dict(method=config.method, probes=config.probes, score_seed=config.seed, score_batch_size=config.score_batch_size,
-                   score_every=config.score_every, step=config.step, extra_methods=config.compare_methods,
-                   schedule=config.lr_schedule)
+    scoring = dict(method=config.method, probes=config.probes, score_seed=config.seed,
+                   score_batch_size=config.score_batch_size, score_every=config.score_every, step=config.step,
+                   extra_methods=config.compare_methods, schedule=config.lr_schedule)
     traj = curvature_trajectory(make, images, targets, full, **scoring,
                                 seed=config.seed + 10_000, progress=progress, **common)
     curv_avg, curv_final, loss_avg = traj.averaged(), traj.final(), traj.averaged("loss")
@@ -258,7 +258,8 @@ def _stages(config: Config, out: str) -> dict:
                            fraction=config.dp_fraction, delta=config.dp_delta, epochs=config.dp_epochs, batch_size=config.dp_batch_size,
                            lr=config.dp_lr, max_grad_norm=config.dp_max_grad_norm, method=config.method, probes=config.probes,
                            step=config.step, seed=config.seed + 40_000, design=config.dp_design,
-                           top=np.argsort(-np.nan_to_num(est.mem, nan=-2), kind="stable")[:max(2, round(config.dp_top_fraction * n))],
+                           top=np.argsort(-np.nan_to_num(est.mem, nan=-2), kind="stable")[
+                               :max(2, round(config.dp_top_fraction * n))],
                            score_batch_size=config.score_batch_size, device=config.device, progress=progress)
         bounds = fit_unveiling_bounds(dp_rows, config.bound_form)
         dp_plot(dp_rows, bounds, os.path.join(out, "dp.png"))
@@ -273,7 +274,8 @@ def _stages(config: Config, out: str) -> dict:
     write_npz(os.path.join(out, "mislabel.npz"), index=np.arange(n), label=targets.numpy(), noisy_label=noisy.numpy(),
               flipped=flipped, cleanlab_issue=cl_issues, pred_probs=pred_probs, **mis_scores)
     scatter_plot(curv_avg, est.mem, os.path.join(out, "curvature_vs_memorization.png"), yerr=(est.mem - est.ci_low, est.ci_high - est.mem),
-                 xlabel=f"input-loss curvature ({config.method}), averaged over scored epochs", ylabel="memorization mem(i) (95% CI)",
+                 xlabel=f"input-loss curvature ({config.method}), averaged over scored epochs",
+                 ylabel="memorization mem(i) (95% CI)",
                  title=f"{config.dataset}: " + ", ".join(
                      f"{name.capitalize()} " + ("undefined" if correlation[name] is None else f"{correlation[name]:.3f}")
                      for name in ("pearson", "spearman", "cosine")))

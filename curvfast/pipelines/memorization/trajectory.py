@@ -161,8 +161,8 @@ class CurvatureTrajectory:
 
 
 def curvature_trajectory(make_model, images, targets, keep, *, epochs: int, method: str = "auto", probes: int | None = None,
-                         score_seed: int = 0, score_batch_size: int = 512, score_every: int = 1, step: float | None = None,
-                         extra_methods: tuple[str, ...] = (), **train_kwargs) -> CurvatureTrajectory:
+                         score_seed: int = 0, score_batch_size: int = 512, score_every: int = 1,
+                         step: float | None = None, extra_methods: tuple[str, ...] = (), **train_kwargs) -> CurvatureTrajectory:
     """Train with checkpoints and score the checkpoints of epochs 1, 1 + k, 1 + 2k, … (k = ``score_every``)
     on all ``images`` with ``targets`` (streamed in batches from the training tensor, on
     ``train_kwargs["device"]``) by ``method`` and by each of ``extra_methods`` (their default probes)."""
@@ -181,8 +181,8 @@ def curvature_trajectory(make_model, images, targets, keep, *, epochs: int, meth
         loss.append(losses)
         scored.append(e)
         for name in extra_methods:
-            extra[name].append(curvature_per_model(models, data, method=name, seed=score_seed, batch_size=score_batch_size,
-                                                   device=device, step=step)[0])
+            extra[name].append(curvature_per_model(models, data, method=name, seed=score_seed,
+                                                   batch_size=score_batch_size, device=device, step=step)[0])
 
     models = train_with_checkpoints(make_model, images, targets, keep, epochs=epochs, on_epoch=on_epoch, **train_kwargs)
     return CurvatureTrajectory(np.stack(curv), np.stack(loss), np.asarray(keep, dtype=bool), models, scored,

@@ -13,8 +13,8 @@ from curvfast.data import DigitsDataset
 from curvfast.errors import ConfigError
 from curvfast.pipelines.common.contract import preset_config
 from curvfast.pipelines.memorization import pipeline as memorization
-from curvfast.pipelines.memorization.dp import (PUBLISHED_EPSILONS, fit_unveiling_bounds, published_curve, published_subsets,
-                                                published_top_k_memorization)
+from curvfast.pipelines.memorization.dp import (PUBLISHED_EPSILONS, fit_unveiling_bounds, published_curve,
+                                                published_subsets, published_top_k_memorization)
 from curvfast.pipelines.memorization.models import model_factory
 from curvfast.pipelines.memorization.pipeline import PRESETS, Config
 from curvfast.pipelines.memorization.trajectory import (curvature_per_model, curvature_trajectory, epoch_lr,
@@ -42,7 +42,7 @@ def test_step_schedule_is_published_multisteplr():
 
 
 def test_score_every_scores_the_published_checkpoints(digits):
-    """score_imagenet_checkpoint.py scores `range(0, E, 4)` of the checkpoints saved after epochs 1..E: epochs 1, 5, 9."""
+    """score_imagenet_checkpoint.py scores `range(0, E, 4)` of the checkpoints saved after epochs 1..E: 1, 5, 9."""
     x, y = digits
     traj = curvature_trajectory(model_factory("mlp", 10, (1, 8, 8), 16), x, y, np.ones((1, 96), bool), epochs=6, lr=0.1,
                                 batch_size=32, score_every=4, extra_methods=("fd",))
@@ -78,7 +78,8 @@ def test_trajectory_progress_bar_moves_every_batch(digits, monkeypatch):
     x, y = digits
     seen = []
     train_with_checkpoints(model_factory("mlp", 10, (1, 8, 8), 16), x[:128], y[:128], np.ones((2, 96), bool), epochs=3,
-                           lr=0.1, batch_size=24, progress=True, on_epoch=lambda e, ms: seen.append((e, len(bars[0].updates))))
+                           lr=0.1, batch_size=24, progress=True,
+                           on_epoch=lambda e, ms: seen.append((e, len(bars[0].updates))))
     outer = bars[0]
     assert outer.total == 3 * 4 and sum(outer.updates) == 12
     assert seen == [(1, 4), (2, 8), (3, 12)]  # it moved during each epoch, not only at its end
@@ -106,7 +107,7 @@ def test_published_membership_design():
 
 
 def test_published_memorization_statistic_by_hand():
-    """calc_private_memorization.py: pr1 = (prob*mask).mean(0), pr0 = (prob*(1-mask)).mean(0), mean |pr1 - pr0| over top."""
+    """calc_private_memorization.py: pr1 = (prob*mask).mean(0), pr0 = (prob*(1-mask)).mean(0), mean |pr1-pr0| on top."""
     p = np.array([[0.9, 0.2, 0.5], [0.1, 0.4, 0.5], [0.8, 0.6, 0.5]])
     keep = np.array([[1, 0, 1], [0, 1, 1], [1, 0, 0]], bool)
     top = np.array([0, 1])
@@ -120,7 +121,8 @@ def test_published_bound_form_fits_the_authors_curve():
     which our linear form A (1 - e^{-eps}) + c2 cannot do."""
     eps = np.asarray(PUBLISHED_EPSILONS)
     curv = published_curve(eps, 1.3, 0.6, 0.02, 0.009, 0.001)  # near the published start: their scale
-    rows = [{"epsilon": e, "mean_curvature": c, "mean_memorization": 0.0, "train_size": 100.0} for e, c in zip(eps, curv)]
+    rows = [{"epsilon": e, "mean_curvature": c, "mean_memorization": 0.0, "train_size": 100.0}
+            for e, c in zip(eps, curv)]
     fit = fit_unveiling_bounds(rows, "published")
     pub = fit["published_curvature_fit"]
     np.testing.assert_allclose(published_curve(eps, *(pub[k] for k in "abcde")), curv, rtol=1e-5, atol=1e-9)
@@ -131,7 +133,8 @@ def test_published_bound_form_fits_the_authors_curve():
 
 def test_published_switch_sets_every_point_and_keeps_explicit_values():
     config, applied = Config(published=True, dp_epsilons=(1.0, 5.0)).applied()
-    assert (config.method, config.probes, config.step, config.score_every, config.lr_schedule) == ("fd", 10, 1e-3, 4, "step")
+    assert (config.method, config.probes, config.step, config.score_every) == ("fd", 10, 1e-3, 4)
+    assert config.lr_schedule == "step"
     assert (config.dp_design, config.dp_fraction, config.dp_batch_size, config.bound_form) == ("published", 0.7, 256,
                                                                                                  "published")
     assert config.dp_epsilons == (1.0, 5.0) and "dp_epsilons" not in applied  # given explicitly: kept
@@ -144,5 +147,6 @@ def test_paper_preset_is_the_published_recipe():
     x0.1 steps at 60%/80%, fraction 0.7, crop-flip; the published protocol on."""
     config, _ = preset_config(memorization, "paper").applied()
     assert PRESETS["paper"]["published"] is True
-    assert (config.dataset, config.model, config.augment, config.fraction) == ("cifar100", "cifar_resnet18", "crop-flip", 0.7)
-    assert (config.epochs, config.lr, config.weight_decay, config.lr_schedule, config.method) == (300, 0.1, 1e-4, "step", "fd")
+    assert (config.dataset, config.model, config.augment) == ("cifar100", "cifar_resnet18", "crop-flip")
+    assert (config.fraction, config.epochs, config.lr, config.weight_decay) == (0.7, 300, 0.1, 1e-4)
+    assert (config.lr_schedule, config.method) == ("step", "fd")
