@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from curvfast.plots import pyplot, save_png
+from curvfast.pipelines.memorization.dp import published_curve
 
 __all__ = ["scatter_plot", "histograms", "dp_plot", "sample_caption"]
 
@@ -84,6 +85,10 @@ def dp_plot(rows: list[dict], bounds: dict, path: str) -> None:
         if bound == "curvature" and bounds.get("curvature_fit"):
             fit = bounds["curvature_fit"]
             ax.plot(grid, fit["A"] * (1 - np.exp(-grid)) + fit["c2"], "r--", label=f"fit A(1−e^{{−ε}})+c2, A={fit['A']:.3g}")
+            pub = bounds.get("published_curvature_fit", {})
+            if "a" in pub:
+                ax.plot(grid, published_curve(grid, *(pub[k] for k in "abcde")), "g:", lw=1.5,
+                        label="published form (a+b·e^{−cε})·d·(1−e^{−ε})+e")
             env = bounds.get("curvature_envelope")
             if env:
                 ax.plot(grid, env["A"] * (1 - np.exp(-grid)) + env["c2"], "m-.", lw=1, label="bound through the points")

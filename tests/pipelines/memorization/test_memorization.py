@@ -247,10 +247,15 @@ def test_cli_writes_required_schema(tmp_path):
     out = tmp_path / "run"
     rc = main(["memorization", "--dataset", "digits", "--out", str(out), "--subset-models", "4", "--epochs", "1", "--width", "16",
                "--proxy-models", "1", "--folds", "2", "--dp", "--dp-epsilons", "8", "--dp-models", "2", "--dp-epochs", "1",
-               "--dp-max-grad-norm", "2", "--dp-delta", "1e-4", "--top", "8", "--quiet"])
+               "--dp-max-grad-norm", "2", "--dp-delta", "1e-4", "--top", "8", "--quiet", "--published"])
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
     assert res["settings"]["dp_max_grad_norm"] == 2.0 and res["dp"][0]["delta"] == 1e-4
+    # --published is recorded with what it set; the explicit --dp-epsilons 8 is kept
+    assert res["settings"]["published"] is True and res["settings"]["method"] == "fd"
+    applied = res["settings"]["published_applied"]
+    assert applied["dp_design"] == "published" and "dp_epsilons" not in applied
+    assert res["dp"][0]["mean_memorization_top_k"] is not None
     assert set(res["correlation"]) >= {"pearson", "spearman", "cosine"}
     assert set(res["mislabel_auroc"]) >= {"curvature", "loss", "cleanlab"}
     assert [r["epsilon"] for r in res["dp"]] == [8.0, None]
