@@ -105,6 +105,8 @@ def _cmd_score(args) -> int:
     )
     if args.accept_gauss_newton:
         options["accept_gauss_newton"] = True
+    if args.float64_losses:
+        options["float64_losses"] = True
     try:
         if len(models) == 1:  # out/scores.npz, out/results.json
             res = score(models[names[0]], dataset, **options)
@@ -267,6 +269,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    help="samples per batch, or auto: the largest that fits the GPU's free memory (64 on a CPU)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 (TF32 off, the reference), tf32, or bf16 (exact/sampled: fp32 logits, bf16 VJPs)")
+    p.add_argument("--float64-losses", action="store_true",
+                   help="zo: compute the stencil's losses with a float64 copy of the model, removing the float32 "
+                        "rounding floor ulp(L)/(4h) (docs/estimators.md)")
     p.add_argument("--channels-last", action="store_true",
                    help="channels-last memory format for the model and 4-D inputs (faster convolutions on some GPUs)")
     p.add_argument("--chunk-size", type=int, default=1024,

@@ -30,6 +30,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping, Sequence
 
@@ -45,6 +46,7 @@ from ._version import __version__
 from .chunks import RunFolder
 from .data import class_names, printable_path, sample_paths
 from .curvature import input_curvature
+from .curvature._dispatch import below_floor
 from .curvature._batching import VJP_PLANNER, largest_batch
 from .curvature._model import scoring_mode, unwrap_model
 from .errors import ConfigError, DataError, MissingDependencyError
@@ -53,7 +55,6 @@ from .io import atomic_write_bytes, write_json, write_npz
 
 __all__ = ["score", "score_models", "ScoreResult", "write_table", "load_result"]
 
-ARRAYS = ("score", "stderr", "loss", "prediction")  # per model; "index" and "label" are shared
 TABLE = "samples"  # the per-sample table: samples.csv (always) and samples.parquet (with pyarrow)
 AUTO_BATCH = "auto"
 CPU_AUTO_BATCH = 64  # a CPU runs no faster with larger batches: the class-pass width fills it (curvature._batching)
@@ -109,6 +110,8 @@ class ScoreResult:
         classes: the class names by label where the dataset has them, else None.
         provenance: where the numbers come from: dataset, root, split, checkpoints, model, command line, curvfast
             version (what ``results.json`` records under ``provenance``).
+        rounding_floor: zo only: each sample's rounding floor ulp(max(|L|, 1)) / (4h) (N,), else None
+            (docs/estimators.md); see :attr:`below_rounding_floor`.
     """
 
     index: np.ndarray
@@ -123,15 +126,27 @@ class ScoreResult:
     files: list[str] | None = None
     classes: list[str] | None = None
     provenance: dict = field(default_factory=dict)
+    rounding_floor: np.ndarray | None = None
+
+    @property
+    def below_rounding_floor(self) -> np.ndarray | None:
+        """(N,) bool, zo only: the score is at most 2.5 rounding floors of its losses, so rounding, not curvature.
+
+        Returns:
+            The flags, or None for a method without a rounding floor.
+        """
+        return None if self.rounding_floor is None else below_floor(self.score, self.rounding_floor)
 
     def summary(self) -> dict:
         """Summary statistics of the run.
 
         Returns:
             Count, mean, median, min, max and std of the scores (the top eigenvalue for a spectrum),
-            the mean loss, the seconds taken and the samples per second.
+            the mean loss, the seconds taken and the samples per second; for zo, ``below_rounding_floor``: how
+            many scores are the losses' rounding (:attr:`below_rounding_floor`).
         """
         s = self.score if self.score.ndim == 1 else self.score[:, 0]
+        flagged = {} if self.rounding_floor is None else {"below_rounding_floor": int(self.below_rounding_floor.sum())}
         return {
             "count": int(len(s)),
             "mean": float(np.mean(s)),
@@ -142,16 +157,17 @@ class ScoreResult:
             "mean_loss": float(np.mean(self.loss)),
             "seconds": round(self.seconds, 3),
             "samples_per_second": round(len(s) / self.seconds, 2) if self.seconds > 0 else None,
-        }
+        } | flagged
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The per-sample arrays as ``scores.npz`` holds them (``stderr`` only for random methods).
 
         Returns:
-            ``index``, ``score``, ``loss``, ``label`` (and ``prediction``, ``stderr``) by name.
+            ``index``, ``score``, ``loss``, ``label`` (and ``prediction``, ``stderr``, zo's ``rounding_floor``) by
+            name.
         """
         out = {"index": self.index, "score": self.score, "loss": self.loss, "label": self.label}
-        extra = {"prediction": self.prediction, "stderr": self.stderr}
+        extra = {"prediction": self.prediction, "stderr": self.stderr, "rounding_floor": self.rounding_floor}
         return out | {k: v for k, v in extra.items() if v is not None}
 
     def columns(self) -> dict[str, list]:
@@ -159,7 +175,8 @@ class ScoreResult:
 
         Columns: ``index``, ``path`` (where the dataset has files), ``label``, ``class_name`` (where the dataset
         names its classes), ``prediction``, ``score`` (a spectrum's top eigenvalue; ``score_k`` the k-th), ``stderr``
-        (random methods), ``loss``. Missing values are None.
+        (random methods), ``loss``, and for zo ``below_rounding_floor`` (True: the score is the losses' rounding,
+        not curvature; docs/estimators.md). Missing values are None.
 
         Returns:
             Plain Python lists by column name (what ``samples.csv`` and ``samples.parquet`` hold).
@@ -181,6 +198,8 @@ class ScoreResult:
         if self.stderr is not None:
             cols["stderr"] = self.stderr.tolist()
         cols["loss"] = self.loss.tolist()
+        if self.rounding_floor is not None:
+            cols["below_rounding_floor"] = self.below_rounding_floor.tolist()
         return cols
 
     def to_frame(self):
@@ -457,13 +476,14 @@ def _score_batches(models, loader, device, sizes: list[int], show: bool, estimat
 
 
 def _to_host(results: dict, predictions: dict) -> dict[str, np.ndarray]:
-    """Every model's ``<name>/score|loss|stderr|prediction`` arrays of one batch in one device-to-host copy.
+    """Every model's ``<name>/score|loss|stderr|rounding_floor|prediction`` arrays of one batch in one copy to the host.
 
     Scores, losses and standard errors as float64, predictions as int64.
     """
     tensors = {f"{name}/{key}": t.detach().double() for name, res in results.items()
                for key, t in (("score", res.value), ("loss", res.loss), ("stderr", res.stderr),
-                              ("prediction", predictions[name])) if t is not None}
+                              ("rounding_floor", res.rounding_floor), ("prediction", predictions[name]))
+               if t is not None}
     flat = torch.cat([t.reshape(-1) for t in tensors.values()]).cpu().numpy()
     out, start = {}, 0
     for key, t in tensors.items():
@@ -527,8 +547,20 @@ def _results(merged: dict, used: dict, report: dict, seconds: float, run: dict) 
         out[name] = ScoreResult(merged["index"], merged[f"{name}/score"], merged.get(f"{name}/stderr"),
                                 merged[f"{name}/loss"], merged["label"], settings, seconds, run,
                                 prediction=merged.get(f"{name}/prediction"), files=rows, classes=classes,
-                                provenance=provenance)
+                                provenance=provenance, rounding_floor=merged.get(f"{name}/rounding_floor"))
     return out
+
+
+def _warn_rounding_floor(results: dict[str, ScoreResult]) -> None:
+    """Warn when some zo scores are the losses' rounding (:attr:`ScoreResult.below_rounding_floor`)."""
+    for name, res in results.items():
+        flagged = res.below_rounding_floor
+        if flagged is not None and flagged.any():
+            warnings.warn(
+                f"{'' if len(results) == 1 else f'model {name!r}: '}{int(flagged.sum())} of {len(flagged)} zo scores "
+                "are at most 2.5 rounding floors ulp(L)/(4h) of their float32 losses: rounding, not curvature "
+                "(samples table column below_rounding_floor); score with float64_losses=True (curvfast score "
+                "--float64-losses) to remove the floor", RuntimeWarning, stacklevel=4)
 
 
 def _csv_bytes(columns: dict[str, list]) -> bytes:
@@ -789,8 +821,10 @@ def _score(models, data, single: bool, *, method, statistic, probes, seed, batch
                **clock.stats(time.perf_counter() - scoring_start, device)}
         if folder is None:
             results = _gathered_results(ctx, kept, used, report, start_time, run)
-            if out is not None and ctx.is_main:
-                _write_results(out, results, single)
+            if ctx.is_main:
+                _warn_rounding_floor(results)
+                if out is not None:
+                    _write_results(out, results, single)
             return results
         main_results = {}
 
@@ -801,6 +835,7 @@ def _score(models, data, single: bool, *, method, statistic, probes, seed, batch
             folder.finish(checksums, {"last_run": run})
 
         ctx.on_main("merging the chunks", merge_chunks)
+        _warn_rounding_floor(main_results)
         return main_results if ctx.is_main else _read_results(out, list(models), single, run)
     finally:
         if folder is not None:
@@ -851,7 +886,8 @@ def load_result(folder: str) -> ScoreResult:
         files = [r["path"] for r in rows] if rows and "path" in rows[0] else None
     return ScoreResult(a["index"], a["score"], a.get("stderr"), a["loss"], a["label"], meta["settings"],
                        meta["summary"]["seconds"], meta.get("run", {}), prediction=a.get("prediction"), files=files,
-                       classes=meta.get("classes"), provenance=meta.get("provenance", {}))
+                       classes=meta.get("classes"), provenance=meta.get("provenance", {}),
+                       rounding_floor=a.get("rounding_floor"))
 
 
 def score_models(

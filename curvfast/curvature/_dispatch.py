@@ -4,6 +4,7 @@ The methods and their math are listed in :mod:`curvfast.curvature`.
 """
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -15,7 +16,7 @@ from torch import nn
 from curvfast.curvature._checks import (check_batch, check_batch_independent, check_labels,
                                       is_missing_second_derivative, is_piecewise_linear, require_piecewise_linear)
 from curvfast.curvature._deflated import deflated_curvature
-from curvfast.curvature._finite_difference import fd_curvature, zo_curvature
+from curvfast.curvature._finite_difference import FLOOR_MULTIPLE, fd_curvature, zo_curvature
 from curvfast.curvature._folding import FoldMismatch, fold_batchnorms, foldable_pairs, unfold
 from curvfast.curvature._hutchinson import HVP_MODES, hutchinson_curvature
 from curvfast.curvature._logit_space import GRAM_STATISTICS, Forward, logit_space_curvature
@@ -40,7 +41,9 @@ class CurvatureResult:
     ``stderr``: (B,) standard error for random methods, else None. ``loss``: (B,) cross-entropy. ``pass_width``:
     classes per backward pass of the logit-space VJPs (exact, sampled, deflated's Gauss-Newton part), else None.
     ``adaptations``: how ops without second derivatives were run (the math attention backend, hardswish
-    through clamp), empty when none was needed.
+    through clamp), empty when none was needed. ``rounding_floor``: zo only, (B,) the size
+    ulp(max(|L|, 1)) / (4h) of the stencil's loss rounding (docs/estimators.md), else None;
+    :attr:`below_rounding_floor` flags the samples whose value is within ``FLOOR_MULTIPLE`` (2.5) times it.
     """
 
     value: torch.Tensor
@@ -50,6 +53,29 @@ class CurvatureResult:
     statistic: str
     pass_width: int | None = None
     adaptations: tuple[str, ...] = ()
+    rounding_floor: torch.Tensor | None = None
+
+    @property
+    def below_rounding_floor(self) -> torch.Tensor | None:
+        """(B,) bool: the value is at most ``FLOOR_MULTIPLE`` rounding floors, so rounding, not curvature (zo only).
+
+        Returns:
+            The flags, or None for a method without a rounding floor.
+        """
+        return None if self.rounding_floor is None else below_floor(self.value, self.rounding_floor)
+
+
+def below_floor(value: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
+    """Whether each ``value`` is at most ``FLOOR_MULTIPLE`` times its rounding ``floor`` (tensors or arrays).
+
+    Args:
+        value: per-sample zo values (B,).
+        floor: their rounding floors (B,).
+
+    Returns:
+        (B,) booleans of the same kind as the inputs.
+    """
+    return value <= FLOOR_MULTIPLE * floor
 
 
 def _natural_statistic(method: str, statistic: str | None) -> str:
@@ -119,6 +145,7 @@ def input_curvature(
     accept_gauss_newton: bool = False,
     pass_size: int | None = None,
     precision: str = "fp32",
+    float64_losses: bool = False,
 ) -> CurvatureResult:
     r"""Per-sample input loss curvature of a batch.
 
@@ -160,15 +187,19 @@ def input_curvature(
         precision: ``"fp32"`` (TF32 off, the reference), ``"tf32"`` (TF32 matmuls and convolutions on CUDA) or
             ``"bf16"`` (exact / sampled only: fp32 logits and factor, class VJPs through a bf16-autocast graph);
             the caller's autocast is off either way. docs/native-ops.md gives each policy's measured error.
+        float64_losses: zo only: evaluate the stencil's losses with a float64 copy of the model (inputs in
+            float64), which removes the float32 rounding floor (docs/estimators.md); values are returned in
+            ``x``'s dtype. Costs a copy of the model per call and float64 forwards.
 
     Returns:
         A :class:`CurvatureResult`: ``value`` (B,) ((B, K) for a spectrum), ``stderr`` for random
-        methods, ``loss`` (B,), the concrete ``method`` and ``statistic``.
+        methods, ``loss`` (B,), the concrete ``method`` and ``statistic``; for zo, ``rounding_floor`` and
+        ``below_rounding_floor``.
 
     Raises:
         UnknownNameError: an unregistered method, statistic, HVP route, distribution or precision.
-        ConfigError: a statistic the method does not estimate, bad probes / sample ids, or a precision the
-            method cannot use.
+        ConfigError: a statistic the method does not estimate, bad probes / sample ids, a precision the
+            method cannot use, or ``float64_losses`` with a method other than zo (or with a loss oracle).
         NotPiecewiseLinearError: ``exact`` / ``sampled`` on a smooth model without ``accept_gauss_newton``.
         UnsupportedModelError: the model lacks second derivatives, or its outputs or layers do not fit.
         DataError: ``x`` or ``y`` do not fit the model.
@@ -179,10 +210,18 @@ def input_curvature(
     if distribution not in ("rademacher", "gaussian"):
         raise UnknownNameError(f"distribution must be 'rademacher' or 'gaussian' (got {distribution!r})")
     check_precision(precision, "exact")  # the name; the method is checked once it is resolved
+    if not isinstance(float64_losses, bool):
+        raise ConfigError(f"float64_losses must be True or False (got {float64_losses!r})")
+    if float64_losses and method != "zo":
+        raise ConfigError(f"float64_losses is an option of method='zo' (got method={method!r}); its loss differences "
+                          "are what float32 rounds away. Pass method='zo', or drop float64_losses")
     if not isinstance(model, nn.Module):
         if method != "zo" or not callable(model):
             raise TypeError("model must be an nn.Module returning logits (a plain loss callable works with method='zo' "
                             "only)")
+        if float64_losses:
+            raise ConfigError("float64_losses needs an nn.Module (curvfast makes its float64 copy); a loss oracle "
+                              "chooses its own precision: make it return float64 losses")
         check_precision(precision, "zo")
         return _zo_oracle(model, x, y, statistic, probes, seed, sample_ids, step, pass_size)
     wrapper, model = model, unwrap_model(model)
@@ -191,7 +230,7 @@ def input_curvature(
     options = dict(statistic=statistic, probes=probes, seed=seed, sample_ids=sample_ids_for(sample_ids, x),
                    top_classes=top_classes, distribution=distribution, step=step, hvp=hvp,
                    output_transform=output_transform, accept_gauss_newton=accept_gauss_newton, pass_size=pass_size,
-                   precision=precision)
+                   precision=precision, float64_losses=float64_losses)
     with (without_wrapper_hooks(wrapper), scoring_model(model) as scored, precision_policy(precision, x.device),
           second_order_ops(model) as adaptations):
         pairs = foldable_pairs(scored, x, output_transform)
@@ -204,12 +243,13 @@ def input_curvature(
     _check_finite(estimate.value, estimate.loss, method)
     _warn_all_zero(estimate.value, method)
     return CurvatureResult(estimate.value.detach(), None if estimate.stderr is None else estimate.stderr.detach(),
-                           estimate.loss.detach(), method, call.statistic, estimate.pass_width, adaptations)
+                           estimate.loss.detach(), method, call.statistic, estimate.pass_width, adaptations,
+                           estimate.rounding_floor)
 
 
 def _estimate(model: nn.Module, scored: nn.Module, x: torch.Tensor, y: torch.Tensor, method: str, *, statistic,
               probes, seed, sample_ids, top_classes, distribution, step, hvp, output_transform, accept_gauss_newton,
-              pass_size, precision) -> tuple[Estimate, EstimateCall, str]:
+              pass_size, precision, float64_losses) -> tuple[Estimate, EstimateCall, str]:
     """The body of :func:`input_curvature` on the scoring copy ``scored`` (folded or not) of ``model``."""
     logit_fn = LogitFn(scored, output_transform, owner=model)
     check_batch_independent(model, logit_fn, x)  # once per model: a sample's logits beside other batch-mates
@@ -227,7 +267,7 @@ def _estimate(model: nn.Module, scored: nn.Module, x: torch.Tensor, y: torch.Ten
             logit_fn=logit_fn, x=x, y=y, sample_ids=sample_ids, forward=forward if estimator.logit_space else None,
             statistic=_natural_statistic(method, statistic), probes=_probe_count(method, probes), seed=seed,
             num_classes=num_classes, top_classes=top_classes, distribution=distribution, step=step, hvp=hvp,
-            pass_size=pass_size,
+            pass_size=pass_size, float64_losses=float64_losses,
         )
         del forward  # a method outside logit space frees the batch's graph: it runs its own passes
         estimate = Estimate(*estimator.fn(call))
@@ -317,12 +357,31 @@ def _fd(call: EstimateCall) -> Estimate:
 
 
 def _zo(call: EstimateCall) -> Estimate:
-    """Curvature Clues' zero-order estimator from loss values (:mod:`~curvfast.curvature._finite_difference`)."""
-    def losses(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(call.logit_fn(xb), yb, reduction="none")
+    """Curvature Clues' zero-order estimator from loss values (:mod:`~curvfast.curvature._finite_difference`).
 
-    return Estimate(*zo_curvature(losses, call.x, call.y, call.sample_ids, probes=call.probes, seed=call.seed,
-                                  step=call.step, pass_size=call.pass_size))
+    With ``call.float64_losses`` the losses come from a float64 copy of the scoring model at float64 inputs.
+    """
+    logit_fn, x = call.logit_fn, call.x
+    if call.float64_losses:
+        logit_fn, x = _float64_logits(logit_fn), x.double()
+
+    def losses(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logit_fn(xb), yb, reduction="none")
+
+    value, stderr, loss, floor = zo_curvature(losses, x, call.y, call.sample_ids, probes=call.probes, seed=call.seed,
+                                              step=call.step, pass_size=call.pass_size)
+    dtype = call.x.dtype
+    return Estimate(value.to(dtype), stderr.to(dtype), loss.to(dtype), None, floor.to(dtype))
+
+
+def _float64_logits(logit_fn: LogitFn) -> LogitFn:
+    """``logit_fn`` computed by a float64 copy of its model (the caller's model is left as it is)."""
+    try:
+        model = copy.deepcopy(logit_fn.model).double()
+    except (TypeError, RuntimeError, copy.Error) as err:  # what deepcopy raises for a lock, an open file ...
+        raise ConfigError(f"float64_losses needs a copy of the model, and it cannot be copied ({err}); convert it "
+                          "yourself (model.double(), x.double()) and score without float64_losses") from err
+    return LogitFn(model, logit_fn.output_transform, owner=logit_fn.owner)
 
 
 for _estimator in (
@@ -368,12 +427,12 @@ def _warn_all_zero(value: torch.Tensor, method: str) -> None:
 def _zo_oracle(loss_fn, x, y, statistic, probes, seed, sample_ids, step, pass_size) -> CurvatureResult:
     x, y = check_batch(x, y)
     statistic = _natural_statistic("zo", statistic)
-    value, stderr, loss = zo_curvature(
+    value, stderr, loss, floor = zo_curvature(
         loss_fn, x, y, sample_ids_for(sample_ids, x), probes=_probe_count("zo", probes), seed=seed, step=step,
         pass_size=pass_size
     )
     _check_finite(value, loss, "zo")
-    return CurvatureResult(value, stderr, loss, "zo", statistic)
+    return CurvatureResult(value, stderr, loss, "zo", statistic, rounding_floor=floor)
 
 
 def _probe_count(method: str, probes: int | None) -> int:

@@ -24,6 +24,20 @@ Input Loss Curvature", NeurIPS 2024), from loss values only, with Rademacher :ma
 
 Both run with TF32 off: TF32 rounds at about the size of an h = 1e-3 step. On ReLU/max-pool
 networks the steps cross activation kinks, so neither tracks the autograd Hessian there.
+
+zo's rounding floor. Each loss is stored with a spacing :math:`\operatorname{ulp}(L)` (:math:`2^{-23}` relative in
+float32), and the softmax's sum :math:`\sum_c e^{z_c - z_{max}} \ge 1` rounds at :math:`\operatorname{ulp}(1)`
+whatever the loss, so the four-point difference of float losses carries a rounding error of the order of
+:math:`u = \operatorname{ulp}(\max(|L|, 1))`: up to :math:`2u` for four values rounded by :math:`u/2` each. Divided
+by :math:`4h`, every stencil value has a floor
+
+.. math::
+
+    \mathrm{floor}(x) = \frac{\operatorname{ulp}(\max(|L|, 1))}{4h}
+
+below which it is rounding, not curvature (3.0e-5 for float32 losses near 1.6 at h = 1e-3; docs/estimators.md
+gives the measured effect). :func:`zo_curvature` returns it per sample; a value at most
+:data:`FLOOR_MULTIPLE` times it is flagged (``CurvatureResult.below_rounding_floor``).
 """
 from __future__ import annotations
 
@@ -39,7 +53,12 @@ from ._batching import choose_pass_size
 from ._model import LogitFn
 from ._precision import no_tf32
 
-__all__ = ["fd_curvature", "fd_probe_terms", "zo_curvature"]
+__all__ = ["fd_curvature", "fd_probe_terms", "zo_curvature", "rounding_floor", "FLOOR_MULTIPLE"]
+
+# A zo value at most this many rounding floors is flagged: rounding, not curvature. Four losses each rounded by half
+# an ulp move a stencil by up to 2 floors (the largest one-probe value measured on a net whose true value is 0.006
+# floor: exactly 2); 2.5 keeps that worst case flagged through the floor's own rounding, below the next value, 3.
+FLOOR_MULTIPLE = 2.5
 
 
 def _check_step(step: float) -> None:
@@ -142,7 +161,7 @@ def zo_curvature(
     seed: int,
     step: float,
     pass_size: int | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The Curvature Clues zero-order estimator, from loss values only (see the module docstring).
 
     Args:
@@ -156,8 +175,9 @@ def zo_curvature(
         pass_size: probes per batched pass (None: sized from the input).
 
     Returns:
-        ``(value, stderr, loss)``, each (B,): the mean of the n stencil values, its standard error (NaN
-        for one probe), the losses at ``x``.
+        ``(value, stderr, loss, floor)``, each (B,): the mean of the n stencil values, its standard error (NaN
+        for one probe), the losses at ``x``, and the stencil's rounding floor (:func:`rounding_floor` of the
+        largest loss the sample's stencil evaluated, in the dtype ``loss_fn`` returns).
 
     Raises:
         ConfigError: ``step`` is not a positive finite number, or ``pass_size`` not a positive int.
@@ -175,6 +195,7 @@ def zo_curvature(
     samples = []
     with no_tf32(), torch.no_grad():
         loss = _checked_losses(loss_fn, x, y)
+        largest = loss.abs()
         for p0 in range(0, probes, chunk):
             num = min(chunk, probes - p0)
             r = ops.probes(sample_ids, 2 * num, dim, seed=seed, probe_offset=2 * p0, distribution="rademacher",
@@ -185,9 +206,24 @@ def zo_curvature(
                 pts = (x.reshape(batch, 1, dim) + step * (sv * v + su * u)).reshape(batch * num, *x.shape[1:])
                 losses = _checked_losses(loss_fn, pts, y.repeat_interleave(num))
                 second += coef * losses.reshape(batch, num).to(torch.float64)
+                largest = torch.maximum(largest, losses.reshape(batch, num).abs().amax(dim=1))
             samples.append(second.abs() / (4 * step))
     value, stderr = _mean_and_stderr(torch.cat(samples, dim=1))
-    return value.to(x.dtype), stderr.to(x.dtype), loss
+    return value.to(x.dtype), stderr.to(x.dtype), loss, rounding_floor(largest, step).to(x.dtype)
+
+
+def rounding_floor(loss: torch.Tensor, step: float) -> torch.Tensor:
+    r"""The rounding floor :math:`\operatorname{ulp}(\max(|L|, 1)) / (4h)` of zo stencils on losses ``loss``.
+
+    Args:
+        loss: per-sample losses (B,) in the dtype they were computed in (the largest of each sample's stencil).
+        step: the finite-difference step h.
+
+    Returns:
+        (B,) floors in ``loss``'s dtype: a stencil value below about this size is the losses' rounding.
+    """
+    top = loss.detach().abs().clamp_min(1.0)
+    return (torch.nextafter(top, torch.full_like(top, float("inf"))) - top) / (4 * step)
 
 
 def _checked_losses(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,

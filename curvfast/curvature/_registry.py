@@ -64,6 +64,7 @@ class EstimateCall:
         step: the finite-difference step h.
         hvp: the Hessian-vector-product route.
         pass_size: classes or probes per batched pass (None: sized from the input).
+        float64_losses: zo only: compute the stencil's losses with a float64 copy of the model.
     """
 
     logit_fn: Callable[[torch.Tensor], torch.Tensor]
@@ -80,6 +81,7 @@ class EstimateCall:
     step: float = 1e-3
     hvp: str = "auto"
     pass_size: int | None = None
+    float64_losses: bool = False
 
 
 class Estimate(NamedTuple):
@@ -90,12 +92,15 @@ class Estimate(NamedTuple):
         stderr: standard errors (B,) of a random estimator, else None.
         loss: per-sample cross-entropy (B,).
         pass_width: classes per backward pass of logit-space VJPs, or None.
+        rounding_floor: per-sample size (B,) below which a loss-difference estimator's value is the losses'
+            rounding (zo), else None.
     """
 
     value: torch.Tensor
     stderr: torch.Tensor | None
     loss: torch.Tensor
     pass_width: int | None = None
+    rounding_floor: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)

@@ -123,9 +123,26 @@ def test_nonzero_scores_do_not_warn():
         curvfast.input_curvature(model, torch.rand(1, 3, 16, 16), torch.tensor([0]), method="fd", probes=1)
 
 
-def test_vit_b_16_at_the_wrong_size_is_a_one_line_error_naming_its_size():
-    """vit_b_16 itself (scoring it at 224 px takes ~15 s on CPU: the tiny ViT above stands in for that)."""
+@pytest.fixture(scope="module")
+def vit_b_16() -> nn.Module:
+    """torchvision's vit_b_16 with random weights and a random (not zero) head, so that its scores are not 0."""
+    torch.manual_seed(0)
     model = torchvision.models.vit_b_16(num_classes=2)
+    nn.init.normal_(model.heads.head.weight)
+    return model
+
+
+def test_vit_b_16_scores_at_224_on_the_math_attention_backend(vit_b_16):
+    """vit_b_16 itself at its native 224 px: Hutchinson with one probe, one image (the cheapest second-order score:
+    one Hessian-vector product, double backward through attention on the math SDPA backend)."""
+    res = curvfast.input_curvature(vit_b_16, torch.rand(1, 3, 224, 224), torch.tensor([1]), method="hutchinson",
+                                   probes=1)
+    assert res.method == "hutchinson" and SDPA_MATH in res.adaptations
+    assert torch.isfinite(res.value).all() and res.value.ne(0).all()
+
+
+def test_vit_b_16_at_the_wrong_size_is_a_one_line_error_naming_its_size(vit_b_16):
+    model = vit_b_16
     with second_order_ops(model) as adaptations:
         assert adaptations == (SDPA_MATH,)
     for scored in (model, normalized(model, "imagenet")):  # as `curvfast score` loads a checkpoint
