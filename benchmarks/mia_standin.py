@@ -85,9 +85,22 @@ def one_run(args, data: str, pool: int, seed: int) -> dict:
                     shadows=args.shadows, targets=args.targets, epochs=args.epochs, seed=seed, probes=args.probes,
                     signals=("loss", "conf", "maxconf", "curv_zo"), published_quirk=True, quiet=True)
     out = os.path.join(args.out, f"pool{pool}_seed{seed}")
+    if args.collect:  # the finished runs' results, without touching them
+        with open(os.path.join(out, "results.json")) as f:
+            results = json.load(f)
+        if results["settings"]["seed"] != seed or results["population"]["samples"] != pool:
+            raise SystemExit(f"{out} holds another run")
+        with open(os.path.join(out, "wall_s.txt")) as f:
+            return {"wall": float(f.read()), "attacks": results["attacks"], "accuracy": results["accuracy"]}
     start = time.perf_counter()
     results = run(config, out=out)
-    return {"wall": time.perf_counter() - start, "attacks": results["attacks"], "accuracy": results["accuracy"]}
+    wall_file = os.path.join(out, "wall_s.txt")  # the wall time of the run that trained and scored (a rerun reuses them)
+    if results["seconds"]["train"] > 0 or not os.path.isfile(wall_file):
+        with open(wall_file, "w") as f:
+            f.write(f"{time.perf_counter() - start:.1f}\n")
+    with open(wall_file) as f:
+        wall = float(f.read())
+    return {"wall": wall, "attacks": results["attacks"], "accuracy": results["accuracy"]}
 
 
 def _ms(values, scale=100.0) -> str:
@@ -145,21 +158,24 @@ def main(argv=None) -> None:
     parser.add_argument("--data-size", type=int, default=None, help="images in the folder (default: the largest pool)")
     parser.add_argument("--out", default="runs/mia_standin")
     parser.add_argument("--results", default=RESULTS, help="the markdown table written ('' to skip)")
+    parser.add_argument("--collect", action="store_true", help="tabulate the finished run folders (runs launched one "
+                                                               "per pool and seed, in parallel) instead of running")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     pools, seeds = [int(p) for p in args.pools.split(",")], [int(s) for s in args.seeds.split(",")]
     start = time.perf_counter()
     size = args.data_size or max(pools)
-    data = make_folder(args.data, size, args.data_seed)
+    data = args.data if args.collect else make_folder(args.data, size, args.data_seed)
     runs = {}
     for pool in pools:
         for seed in seeds:
             runs[(pool, seed)] = one_run(args, data, pool, seed)
             print(f"pool {pool} seed {seed}: {runs[(pool, seed)]['wall']:.0f} s", flush=True)
     text = (f"Command: `python -m benchmarks.mia_standin --pools {args.pools} --seeds {args.seeds} --shadows {args.shadows} "
-            f"--targets {args.targets} --epochs {args.epochs} --width {args.width} --probes {args.probes}` "
-            f"--data-size {size} (data: {size} RGB 32x32 crops of the {len(PHOTOS)} pinned photos, data seed {args.data_seed}); "
-            f"total wall {time.perf_counter() - start:.0f} s, one thread.\n\n" + table(runs, pools, seeds))
+            f"--targets {args.targets} --epochs {args.epochs} --width {args.width} --probes {args.probes} --data-size {size}` "
+            f"(data: {size} RGB 32x32 crops of the {len(PHOTOS)} pinned photos, data seed {args.data_seed}); "
+            + ("one process per pool and seed, run in parallel, one thread each; wall times per run below.\n\n" if args.collect
+               else f"total wall {time.perf_counter() - start:.0f} s, one thread.\n\n") + table(runs, pools, seeds))
     print(text)
     if args.results:
         os.makedirs(os.path.dirname(args.results), exist_ok=True)
