@@ -7,7 +7,8 @@ models' parameters and buffers are stacked (``torch.func.stack_module_state``) a
 runs ``vmap(grad(loss))`` over the stack, so M models advance in one call.
 
 Each model follows the same recipe as :func:`curvfast.training.train_model`: SGD with momentum
-0.9, weight decay, a cosine schedule, mini-batches drawn without replacement from its own
+0.9, weight decay, a cosine schedule (or ``schedule="step"``: ×0.1 at 60% and 80% of the epochs, the
+published Curvature Clues recipe, ``train/train_cifar10.py``), mini-batches drawn without replacement from its own
 subset (a fresh permutation of ``S_m`` each epoch, cycled when ``|S_m|`` is not a multiple of
 the batch size). The update of model m depends only on model m's data: the stacked SGD is
 element-wise, and BatchNorm statistics are per model (its buffers are stacked too), so the
@@ -28,7 +29,9 @@ from torch.func import functional_call, grad, stack_module_state, vmap
 from curvfast.pipelines.common.data import as_float
 from curvfast.errors import ConfigError, DataError
 
-__all__ = ["train_subset_models", "subset_batches"]
+__all__ = ["SCHEDULES", "train_subset_models", "subset_batches"]
+
+SCHEDULES = ("cosine", "step")
 
 
 def subset_batches(keep: np.ndarray, batch_size: int, epochs: int, seed: int, model_ids=None) -> list[np.ndarray]:
@@ -70,6 +73,7 @@ def train_subset_models(
     models_per_pass: int = 32,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     device: str | torch.device = "cpu",
+    schedule: str = "cosine",
     stack: bool | None = None,
     on_group: Callable[[list[int], list[nn.Module]], None] | None = None,
     progress: bool | None = False,
@@ -100,6 +104,8 @@ def train_subset_models(
         raise DataError(f"keep has {keep.shape[1]} columns, images {len(images)} rows, targets {len(targets)}: they must agree")
     if models_per_pass < 1:
         raise ConfigError(f"models_per_pass must be >= 1 (got {models_per_pass})")
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)} (got {schedule!r})")
     device = torch.device(device)
     images, targets = images.to(device), targets.to(device)
     train_group = _train_stacked if (device.type == "cuda" if stack is None else stack) else _train_looped
@@ -109,7 +115,7 @@ def train_subset_models(
         ids = list(range(start, min(start + models_per_pass, keep.shape[0])))
         batches = _Ticking(subset_batches(keep[ids], batch_size, epochs, seed, model_ids=ids), bar, len(ids))
         group = train_group(make_model, images, targets, batches, ids, epochs=epochs, lr=lr,
-                            weight_decay=weight_decay, seed=seed, augment=augment)
+                            weight_decay=weight_decay, seed=seed, augment=augment, schedule=schedule)
         if on_group is None:
             models += [m.eval().cpu() for m in group]
         else:
@@ -144,13 +150,15 @@ def _fresh_models(make_model, ids, seed, device):
     return models
 
 
-def _recipe(tensors, lr, weight_decay, epochs):
+def _recipe(tensors, lr, weight_decay, epochs, schedule):
     opt = torch.optim.SGD(tensors, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    if schedule == "step":  # train/train_cifar10.py: MultiStepLR at int(0.6 E), int(0.8 E), gamma 0.1
+        return opt, torch.optim.lr_scheduler.MultiStepLR(opt, [int(0.6 * epochs), int(0.8 * epochs)], gamma=0.1)
     return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
 
 
 def _run_steps(batches, epochs, images, targets, augment, gen, end_epoch, step_fn):
-    """Shared loop: gather each step's (M, B) batch, augment, take one optimiser step, cosine per epoch."""
+    """Shared loop: gather each step's (M, B) batch, augment, take one optimiser step, schedule per epoch."""
     steps_per_epoch = len(batches) // epochs
     for step, idx in enumerate(batches):
         idx = torch.from_numpy(idx).to(images.device)
@@ -162,7 +170,7 @@ def _run_steps(batches, epochs, images, targets, augment, gen, end_epoch, step_f
             end_epoch()
 
 
-def _train_stacked(make_model, images, targets, batches, ids, *, epochs, lr, weight_decay, seed, augment):
+def _train_stacked(make_model, images, targets, batches, ids, *, epochs, lr, weight_decay, seed, augment, schedule):
     """All models of the group in one ``vmap(grad(loss))`` call per step (pays on a GPU)."""
     members = _fresh_models(make_model, ids, seed, images.device)
     params, buffers = stack_module_state(members)
@@ -172,7 +180,7 @@ def _train_stacked(make_model, images, targets, batches, ids, *, epochs, lr, wei
         return F.cross_entropy(functional_call(base, (p, b), (x,)), y)
 
     step_grad = vmap(grad(loss_fn), randomness="different")
-    opt, sched = _recipe(list(params.values()), lr, weight_decay, epochs)
+    opt, sched = _recipe(list(params.values()), lr, weight_decay, epochs, schedule)
 
     def step_fn(x, y):
         grads = step_grad(params, buffers, x, y)
@@ -186,10 +194,10 @@ def _train_stacked(make_model, images, targets, batches, ids, *, epochs, lr, wei
     return members
 
 
-def _train_looped(make_model, images, targets, batches, ids, *, epochs, lr, weight_decay, seed, augment):
+def _train_looped(make_model, images, targets, batches, ids, *, epochs, lr, weight_decay, seed, augment, schedule):
     """The same steps, one model at a time within each step (faster on a CPU, as measured)."""
     members = _fresh_models(make_model, ids, seed, images.device)
-    recipes = [_recipe(list(m.parameters()), lr, weight_decay, epochs) for m in members]
+    recipes = [_recipe(list(m.parameters()), lr, weight_decay, epochs, schedule) for m in members]
 
     def end_epoch():
         for _, sched in recipes:

@@ -24,19 +24,26 @@ Attacks (ℓ loss, φ = log(p_y/(1−p_y)), c a curvature, s = log(c + 1e-22), m
 - ``curvature_nll`` (Curvature Clues "NLL"): mean_v [log N(s; μ_in, σ_in²) − log N(s; μ_out, σ_in²)],
   the IN standard deviation for both Gaussians.
 - ``curvature_lr`` (Curvature Clues "LR"): log Σ_v N(s_v; μ_in, σ_in²) / N(s_v; μ_out, σ_out²), the
-  likelihood ratios summed over views (in log space). The default sums per-view ratios, so each
-  view is tested against its own IN/OUT pair and one view with a broad likelihood cannot dominate
-  the sums (not yet measured with two views: docs/mia.md); with one view both rules are the same.
-  ``published_quirk=True`` reproduces the published code: the ratio of the summed likelihoods,
-  log Σ_v N(s_v; μ_in, σ_in) − log Σ_v N(s_v; μ_out, σ_out), with the variance σ² passed where
-  the standard deviation belongs (a Gaussian of standard deviation σ², also in the NLL rule) and the
-  variance fitted with ddof = 0 (``np.nanvar``).
+  likelihood ratios summed over views (in log space; ``aggregation="ratios"``), so each view is tested
+  against its own IN/OUT pair and one view with a broad likelihood cannot dominate the sums;
+  ``aggregation="likelihoods"`` takes the published code's ratio of the summed likelihoods,
+  log Σ_v N_in − log Σ_v N_out, with our statistics (measured: docs/mia.md, stand-in); with one view the
+  two are the same.
+- ``published_quirk=True`` (both curvature rules) is the published notebooks' code
+  (``conditonal_mia_aug_cifar10.ipynb``), faithfully: mean and ``np.nanvar`` (ddof 0) per sample, the
+  variance passed where the standard deviation belongs, LR = Σ_v N(s_v; μ_in, var_in + 1e-22) /
+  (Σ_v N(s_v; μ_out, var_out + 1e-22) + 1e-22) computed as likelihoods (their float64 underflow to 0
+  included), NLL = Σ_v [log N(s; μ_in, var_in + 1e-32) − log N(s; μ_out, var_in + 1e-32)].
+- ``lira_published``: the notebooks' "Carlini et al." baseline: that published LR rule on the logit-scaled
+  **maximum** probability log(p_max/(1 − p_max)) of each view (not the true class's), with the same quirks.
 - ``modified_entropy`` (Song & Mittal 2021, the "Mentr" baseline of the published tables): −Mentr,
   Mentr = −(1 − p_y) log p_y − Σ_{c≠y} p_c log(1 − p_c), mean over views (no shadows).
 - ``sablayrolles`` (per-sample threshold): −(ℓ − τ_i), τ_i = (mean_in ℓ + mean_out ℓ)/2.
 - ``watson`` (difficulty calibration, offline): −(ℓ − mean_out ℓ).
 - ``ye`` (Attack R, offline): P_out[ℓ' > ℓ] + ½ P_out[ℓ' = ℓ], the fraction of OUT shadow losses
   above the target's (an empirical p-value).
+- ``ye_published``: the notebooks' Ye et al. rule: −(ℓ − q_i), q_i the α = 1e-4 quantile of sample i's OUT
+  shadow losses (``np.nanpercentile(out, 0.01)``, linear interpolation: about the smallest OUT loss).
 
 Every σ is floored at 1e-30 as in LiRA; per-sample variances need at least two IN (online) or
 OUT shadows per sample.
@@ -52,13 +59,17 @@ from curvfast.errors import DataError, NonFiniteError, UnknownNameError
 
 __all__ = [
     "CURVATURE_EPS", "check_membership", "fit_gaussians", "gaussian_logpdf",
-    "loss_attack", "lira_online", "lira_offline", "curvature_nll", "curvature_lr",
-    "modified_entropy", "sablayrolles", "watson", "ye",
+    "loss_attack", "lira_online", "lira_offline", "lira_published", "curvature_nll", "curvature_lr",
+    "modified_entropy", "sablayrolles", "watson", "ye", "ye_published", "AGGREGATIONS",
 ]
 
 CURVATURE_EPS = 1e-22  # s = log(curv + 1e-22), as published
 STD_FLOOR = 1e-30
 VARIANCES = ("per_sample", "global")
+AGGREGATIONS = ("ratios", "likelihoods")  # curvature LR over views: ours, the published code's
+PUBLISHED_EPS = 1e-22  # the notebooks' eps (added to the variance-as-std and to the OUT sum of LR)
+PUBLISHED_NLL_EPS = 1e-32  # the notebooks' NLL adds this one instead
+YE_ALPHA = 1e-4  # the notebooks' Ye et al. quantile
 
 
 def _as_views(a: np.ndarray, ndim: int, name: str) -> np.ndarray:
@@ -166,31 +177,61 @@ def _log_curvature(c):
     return np.log(c + CURVATURE_EPS)
 
 
-def _curvature_fits(target_curv, shadow_curv, keep, variance, published_quirk, need_out):
+def _published_fits(values, keep):
+    """The notebooks' per-(sample, view) statistics: mean and ``np.nanvar`` (ddof 0) of the IN and of the OUT values."""
+    (mi, si), (mo, so) = fit_gaussians(values, keep, ddof=0), fit_gaussians(values, ~keep, ddof=0)
+    return mi, si**2, mo, so**2  # variances (fit_gaussians floors σ at 1e-30: 1e-60 here, below the notebooks' eps)
+
+
+def _published_lr(t, sh, keep) -> np.ndarray:
+    """The notebooks' ``get_likelihood_ratio``: Σ_v N(t; μ_in, var_in + eps) / (Σ_v N(t; μ_out, var_out + eps) + eps),
+    the variance standing where the standard deviation belongs, as float64 likelihoods (underflow to 0 included)."""
+    mi, vi, mo, vo = _published_fits(sh, keep)
+    inside = np.exp(gaussian_logpdf(t, mi, vi + PUBLISHED_EPS)).sum(1)
+    outside = np.exp(gaussian_logpdf(t, mo, vo + PUBLISHED_EPS)).sum(1)
+    return inside / (outside + PUBLISHED_EPS)
+
+
+def _curvature_inputs(target_curv, shadow_curv, keep, variance, need_out):
     t, sh, keep = _inputs(target_curv, shadow_curv, keep, 2 if variance == "per_sample" else 1, need_out)
-    t, sh = _log_curvature(t), _log_curvature(sh)
-    ddof = 0 if published_quirk else 1  # the published notebooks fit np.nanvar: the population variance
-    (mi, si), (mo, so) = fit_gaussians(sh, keep, variance, ddof=ddof), fit_gaussians(sh, ~keep, variance, ddof=ddof)
-    if published_quirk:  # the published code passes the variance where the standard deviation belongs
-        si, so = np.maximum(si**2, STD_FLOOR), np.maximum(so**2, STD_FLOOR)
-    return t, mi, si, mo, so
+    return _log_curvature(t), _log_curvature(sh), keep
 
 
 def curvature_nll(target_curv, shadow_curv, keep, *, variance: str = "per_sample", published_quirk: bool = False) -> np.ndarray:
-    """Curvature Clues NLL rule on s = log(curv + 1e-22): IN σ for both Gaussians, mean over views."""
-    t, mi, si, mo, _ = _curvature_fits(target_curv, shadow_curv, keep, variance, published_quirk, need_out=1)
+    """Curvature Clues NLL rule on s = log(curv + 1e-22): IN σ for both Gaussians, mean over views
+    (``published_quirk``: the notebooks' ``get_nll_ratio``, the IN variance + 1e-32 as the std, summed over views)."""
+    t, sh, keep = _curvature_inputs(target_curv, shadow_curv, keep, variance, need_out=1)
+    if published_quirk:
+        mi, vi, mo, _ = _published_fits(sh, keep)
+        return (gaussian_logpdf(t, mi, vi + PUBLISHED_NLL_EPS) - gaussian_logpdf(t, mo, vi + PUBLISHED_NLL_EPS)).sum(1)
+    mi, si = fit_gaussians(sh, keep, variance)
+    mo, _ = fit_gaussians(sh, ~keep, variance)
     return (gaussian_logpdf(t, mi, si) - gaussian_logpdf(t, mo, si)).mean(1)
 
 
-def curvature_lr(target_curv, shadow_curv, keep, *, variance: str = "per_sample", published_quirk: bool = False) -> np.ndarray:
+def curvature_lr(target_curv, shadow_curv, keep, *, variance: str = "per_sample", published_quirk: bool = False,
+                 aggregation: str = "ratios") -> np.ndarray:
     """Curvature Clues LR rule: log of the sum over views of the IN/OUT likelihood ratios
-    (``published_quirk``: log of the ratio of the summed likelihoods, variance as std)."""
+    (``aggregation="likelihoods"``: log of the ratio of the summed likelihoods; ``published_quirk``: the
+    notebooks' ``get_likelihood_ratio``, module docstring)."""
+    if aggregation not in AGGREGATIONS:
+        raise UnknownNameError(f"aggregation must be one of {AGGREGATIONS} (got {aggregation!r})")
     need = 2 if variance == "per_sample" else 1
-    t, mi, si, mo, so = _curvature_fits(target_curv, shadow_curv, keep, variance, published_quirk, need_out=need)
-    log_in, log_out = gaussian_logpdf(t, mi, si), gaussian_logpdf(t, mo, so)
+    t, sh, keep = _curvature_inputs(target_curv, shadow_curv, keep, variance, need_out=need)
     if published_quirk:
+        return _published_lr(t, sh, keep)
+    (mi, si), (mo, so) = fit_gaussians(sh, keep, variance), fit_gaussians(sh, ~keep, variance)
+    log_in, log_out = gaussian_logpdf(t, mi, si), gaussian_logpdf(t, mo, so)
+    if aggregation == "likelihoods":
         return logsumexp(log_in, axis=1) - logsumexp(log_out, axis=1)
     return logsumexp(log_in - log_out, axis=1)
+
+
+def lira_published(target_maxconf, shadow_maxconf, keep) -> np.ndarray:
+    """The published "Carlini et al." baseline: the notebooks' LR rule (module docstring) on the logit-scaled
+    maximum probability φ_max = log(p_max/(1 − p_max)) of each view (the ``maxconf`` signal)."""
+    t, sh, keep = _inputs(target_maxconf, shadow_maxconf, keep, 1, 1)
+    return _published_lr(t, sh, keep)
 
 
 def modified_entropy(target_mentr) -> np.ndarray:
@@ -214,6 +255,13 @@ def watson(target_loss, shadow_loss, keep) -> np.ndarray:
     """Difficulty calibration (offline): −(ℓ − mean of the OUT shadow losses)."""
     t, sh, keep = _loss_stats(target_loss, shadow_loss, keep, 0)
     return -(t - (sh * ~keep).sum(0) / (~keep).sum(0))
+
+
+def ye_published(target_loss, shadow_loss, keep) -> np.ndarray:
+    """The notebooks' Ye et al. rule: −(ℓ − q_i), q_i the 1e-4 quantile of sample i's OUT shadow losses."""
+    t, sh, keep = _loss_stats(target_loss, shadow_loss, keep, 0)
+    quantile = np.nanpercentile(np.where(~keep, sh, np.nan), YE_ALPHA * 100, axis=0)
+    return -(t - quantile)
 
 
 def ye(target_loss, shadow_loss, keep) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 Models 0..T−1 are the targets and T..T+N−1 the shadows (``leave_one_out=True``: every model is a
 target in turn, all others its shadows, as in Carlini et al., "Membership Inference Attacks From
-First Principles", S&P 2022). Each is trained once on its subset ``keep[m]``
+First Principles", S&P 2022). ``published=True`` runs the published Curvature Clues protocol where it
+differs from ours (:data:`PUBLISHED`; docs/mia.md, Deviations). Each is trained once on its subset ``keep[m]``
 (:func:`curvfast.pipelines.common.multitrain.train_subset_models`, or DP-SGD with Opacus when
 ``dp_epsilon`` is set: :func:`curvfast.pipelines.common.dp.train_dp_model`) and saved under
 ``out/models/``, or loaded from existing checkpoints with a given keep matrix, or the signals are
@@ -37,33 +38,53 @@ from curvfast import parse_device
 from curvfast.checkpoints import model_record, save_model
 from curvfast.errors import CheckpointError, ConfigError
 from curvfast.io import load_checkpoint, map_floats, write_json, write_npz
-from curvfast.pipelines.common.augment import AUGMENTATIONS, image_augmentation
+from curvfast.pipelines.common.augment import AUGMENTATIONS, PADDINGS, image_augmentation
 from curvfast.pipelines.common.cache import cached, differences
 from curvfast.pipelines.common.contract import RunFailed, config_dict, field_choices, option, run_folder, write_results
 from curvfast.pipelines.common.data import DataOptions, as_float, build_network, dataset_labels, load_split, loader, materialise
 from curvfast.pipelines.common.dp import dp_compatible, train_dp_model
-from curvfast.pipelines.common.multitrain import train_subset_models
+from curvfast.pipelines.common.multitrain import SCHEDULES, train_subset_models
 from curvfast.pipelines.mia import interchange
 from curvfast.pipelines.mia.attacks import check_membership
-from curvfast.pipelines.mia.evaluate import FPRS, REQUIRED_ATTACKS, attack_metrics, attack_scores, attack_table, plot_rocs
-from curvfast.pipelines.mia.signals import FLIP_SAFE, SIGNALS, VIEWS, compute_signals, signal_choices
+from curvfast.models import parse_normalization
+from curvfast.pipelines.mia.evaluate import (
+    BASELINE_VIEWS, FPRS, REQUIRED_ATTACKS, attack_metrics, attack_scores, attack_table, is_published_variant, plot_rocs,
+)
+from curvfast.pipelines.mia.signals import FLIP_SAFE, H_UNITS, SIGNALS, VIEWS, compute_signals, signal_choices
 
-__all__ = ["Config", "PRESETS", "run", "summary", "balanced_keep", "load_population", "natural_order"]
+__all__ = ["Config", "PRESETS", "PUBLISHED", "run", "summary", "balanced_keep", "load_population", "natural_order"]
 
 AUGMENTS = ("auto", *AUGMENTATIONS)
 # shadows and targets share the DP recipe; BatchNorm becomes the identity so curv_exact stays exact
 DP_BATCHNORM = "identity"
+
+# what --published sets: the published Curvature Clues protocol where it differs from ours (docs/mia.md, Deviations)
+PUBLISHED = {
+    "schedule": "step",            # train/train_cifar10.py: MultiStepLR ×0.1 at int(0.6 E), int(0.8 E)
+    "crop_padding": "zeros",       # utils/load_dataset.py: transforms.RandomCrop(img_dim, padding=4)
+    "h_units": "normalized",       # precompute_scores/precompute_cifar10_scores.py perturbs the normalised image
+    "baseline_views": "published",  # the notebooks' single-signal baselines read one view (aug 0)
+    "published_quirk": True,       # the notebooks' attack rules beside ours (curvature, LiRA, Ye et al.)
+    "targets": 3,                  # conditonal_mia_aug_cifar10.ipynb: test_seeds = range(end, end + 3)
+    "leave_one_out": False,
+}
+DEFAULT_TARGETS = 4
+# the published input normalisation (utils/load_dataset.py; curvfast's "cifar10" uses the images' true std)
+PUBLISHED_CIFAR10_NORMALIZE = "0.4914,0.4822,0.4465/0.2023,0.1994,0.2010"
 
 PRESETS = {
     # the tests' settings: seconds on a laptop CPU (the training split: every dataset has one)
     # (curv_exact is left out: on 32x32 RGB it costs about 13 ms per sample, model and view on this CPU)
     "smoke": {"split": "train", "subset_size": 100, "width": 8, "shadows": 4, "targets": 1, "epochs": 2, "probes": 2,
               "signals": ("loss", "conf", "curv_zo")},
-    # Curvature Clues (and LiRA): CIFAR-10's 50k training images, ResNet-18 with crop-flip for 100 epochs,
-    # 64 models on random halves (leave-one-out: each is a target, the others its shadows), 10 zo probes
-    "paper": {"dataset": "cifar10", "split": "train", "model": "cifar_resnet18", "normalize": "cifar10", "augment": "crop-flip",
-              "shadows": 63, "targets": 1, "leave_one_out": True, "epochs": 100, "batch_size": 256, "lr": 0.1,
-              "probes": 10, "device": "cuda", "workers": 4},
+    # Curvature Clues as published: train/train_cifar10.py's recipe (300 epochs, SGD lr 0.1 momentum 0.9 ×0.1 at
+    # 180 / 240, wd 1e-4, crop (zero padding 4) + flip, the published normalisation) with the batch of 256 that
+    # scripts/train_cifar10_shadow_models.sh passes (train_cifar10.py's default is 128); 64 shadows on random halves
+    # and 3 fixed targets (conditonal_mia_aug_cifar10.ipynb), identity + flip views, zo h = 1e-3 in normalised units,
+    # 10 probes. Ours: the model implementation, device, loader workers, score batch size, every signal.
+    "paper": {"dataset": "cifar10", "split": "train", "model": "cifar_resnet18", "normalize": PUBLISHED_CIFAR10_NORMALIZE,
+              "augment": "crop-flip", "shadows": 64, "published": True, "epochs": 300, "batch_size": 256, "lr": 0.1,
+              "weight_decay": 1e-4, "probes": 10, "device": "cuda", "workers": 4},
 }
 
 
@@ -78,8 +99,19 @@ class Config(DataOptions):
     model: str = option("small_cnn")
     width: int = option(16, "small_cnn channel width")
     shadows: int = option(16, "shadow models")
-    targets: int = option(4, "target models (the first --targets checkpoints with --checkpoint)")
+    targets: int | None = option(None, f"target models (the first --targets checkpoints with --checkpoint); default "
+                                       f"{DEFAULT_TARGETS}, {PUBLISHED['targets']} under --published")
     leave_one_out: bool = option(False, "every model is a target in turn, the others its shadows")
+    published: bool = option(False, "the published Curvature Clues protocol where it differs: --schedule step "
+                                    "--crop-padding zeros --h-units normalized --baseline-views published "
+                                    "--published-quirk, 3 targets, no leave-one-out")
+    schedule: str = option("cosine", "learning-rate schedule: cosine, or step (x0.1 at 60%% and 80%% of the epochs, "
+                                     "published)", choices=SCHEDULES)
+    crop_padding: str = option("reflect", "padding of the random crop (published: zeros)", choices=PADDINGS)
+    h_units: str = option("pixel", "units of the zo step h: [0, 1] pixels, or normalized by --normalize (published)",
+                          choices=H_UNITS)
+    baseline_views: str = option("mean", "views read by LOSS, Mentr, Sablayrolles, Watson, Ye: mean over all, or "
+                                         "published (the flipped view; Mentr the identity)", choices=BASELINE_VIEWS)
     epochs: int = option(20, "training epochs of every model")
     batch_size: int = option(64)
     lr: float = option(0.05, "SGD learning rate")
@@ -104,8 +136,9 @@ class Config(DataOptions):
     export_matrices: str | None = option(None, "also write samples x models signal / membership matrices here")
     attacks: tuple[str, ...] | None = option(None, "attacks to run (None: every attack whose signal exists)",
                                              choices=lambda: tuple(attack_table()))
-    published_quirk: bool = option(False, "also run the curvature attacks as the published code does "
-                                          "(variance as std; LR: ratio of summed likelihoods)")
+    published_quirk: bool = option(False, "also run the published code's attack rules beside ours: curv_*_published "
+                                          "(variance as std, ddof 0; LR: ratio of summed likelihoods), curv_*_lr_sum "
+                                          "(that aggregation alone), lira_published (max probability), ye_published")
     device: str = option("cpu")
     quiet: bool = option(False)
 
@@ -123,8 +156,16 @@ class Config(DataOptions):
             raise ConfigError(f"--views auto stands alone (got {','.join(self.views)})")
         if self.dp_epsilon is not None and not (self.dp_epsilon > 0):
             raise ConfigError(f"--dp-epsilon must be > 0 or inf (got {self.dp_epsilon})")
-        if self.checkpoint is None and (self.shadows < 1 or self.targets < 1):
-            raise ConfigError(f"need --shadows >= 1 and --targets >= 1 (got {self.shadows}, {self.targets})")
+        if self.checkpoint is None and (self.shadows < 1 or self.num_targets < 1):
+            raise ConfigError(f"need --shadows >= 1 and --targets >= 1 (got {self.shadows}, {self.num_targets})")
+        if self.published and self.leave_one_out:
+            raise ConfigError("--published evaluates fixed targets (the notebooks' 3 test models); drop --leave-one-out "
+                              "or --published")
+        for name, allowed in (("schedule", SCHEDULES), ("crop_padding", PADDINGS), ("h_units", H_UNITS),
+                              ("baseline_views", BASELINE_VIEWS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)} "
+                                  f"(got {getattr(self, name)!r})")
         if self.epochs < 1:
             raise ConfigError(f"--epochs must be >= 1 (got {self.epochs})")
         if self.import_lira and self.import_matrices:
@@ -132,6 +173,23 @@ class Config(DataOptions):
         if self.export_lira and not (self.import_lira or self.import_matrices) and "conf" not in self.signals:
             raise ConfigError("--export-lira writes the confidence signal; include conf in --signals")
         self.resolved_augment()
+
+    @property
+    def num_targets(self) -> int:
+        """``--targets``, or its default: 4, the published 3 under ``--published``."""
+        if self.targets is not None:
+            return self.targets
+        return PUBLISHED["targets"] if self.published else DEFAULT_TARGETS
+
+    def protocol(self) -> dict:
+        """The protocol choices that ran: each option, or its published value (:data:`PUBLISHED`) under ``--published``."""
+        names = ("schedule", "crop_padding", "h_units", "baseline_views", "published_quirk")
+        chosen = {name: PUBLISHED[name] if self.published else getattr(self, name) for name in names}
+        return {**chosen, "targets": self.num_targets, "leave_one_out": self.leave_one_out}
+
+    def zo_normalization(self):
+        """``(mean, std)`` of ``--normalize`` when the zo step is in normalised units, else None (pixel units)."""
+        return parse_normalization(self.normalize) if self.protocol()["h_units"] == "normalized" else None
 
     def resolved_views(self) -> tuple[str, ...]:
         """``auto``: the image and its horizontal flip for natural images (:data:`FLIP_SAFE`), the image only otherwise."""
@@ -152,14 +210,17 @@ class Config(DataOptions):
     def training_key(self) -> dict:
         """What the trained models depend on, as JSON values (the models/settings.json they are reused by)."""
         plain = config_dict(self)
-        keys = ("dataset", "split", "image_size", "normalize", "subset_size", "model", "width", "shadows", "targets",
+        keys = ("dataset", "split", "image_size", "normalize", "subset_size", "model", "width", "shadows",
                 "leave_one_out", "epochs", "batch_size", "lr", "weight_decay", "seed", "dp_epsilon", "dp_delta",
                 "dp_max_grad_norm", "dp_lr", "checkpoint", "keep")
-        return {**{k: plain[k] for k in keys}, "augment": self.resolved_augment()}
+        protocol = self.protocol()
+        return {**{k: plain[k] for k in keys}, "targets": self.num_targets, "augment": self.resolved_augment(),
+                "schedule": protocol["schedule"], "crop_padding": protocol["crop_padding"]}
 
     def signal_key(self) -> dict:
         """What the signals depend on (recorded in signals.npz, which is reused when it matches)."""
-        return {**self.training_key(), "views": list(self.resolved_views()), "signals": list(self.signals), "probes": self.probes}
+        return {**self.training_key(), "views": list(self.resolved_views()), "signals": list(self.signals), "probes": self.probes,
+                "h_units": self.protocol()["h_units"]}
 
     @property
     def progress(self) -> bool | None:
@@ -185,8 +246,9 @@ def experiment_keep(config: Config, num_samples: int) -> np.ndarray:
     """Targets' rows then shadows' rows, each group balanced on its own (every sample IN for half the
     shadows, whatever the targets drew); leave-one-out balances all models together."""
     if config.leave_one_out:
-        return balanced_keep(config.targets + config.shadows, num_samples, config.seed)
-    return np.vstack([balanced_keep(config.targets, num_samples, config.seed), balanced_keep(config.shadows, num_samples, config.seed + 1)])
+        return balanced_keep(config.num_targets + config.shadows, num_samples, config.seed)
+    return np.vstack([balanced_keep(config.num_targets, num_samples, config.seed),
+                      balanced_keep(config.shadows, num_samples, config.seed + 1)])
 
 
 def load_population(config: Config):
@@ -282,10 +344,11 @@ def _train(config: Config, folder: str, make_model, record: dict, population, la
     if config.dp_epsilon is not None:
         models = _train_dp_models(config, make_model, images, labels, keep)
     else:
+        protocol = config.protocol()
         models = train_subset_models(make_model, images, labels, keep, epochs=config.epochs, batch_size=config.batch_size,
                                      lr=config.lr, weight_decay=config.weight_decay, seed=config.seed,
-                                     augment=image_augmentation(config.resolved_augment()), device=config.device,
-                                     progress=config.progress)
+                                     augment=image_augmentation(config.resolved_augment(), protocol["crop_padding"]),
+                                     schedule=protocol["schedule"], device=config.device, progress=config.progress)
     del images
     seconds = time.perf_counter() - start
     for f, model in zip(files, models):
@@ -324,9 +387,10 @@ def _accuracies(correct, keep):
 def _roles(config: Config, num_models: int):
     if config.leave_one_out:
         return [([t], [m for m in range(num_models) if m != t]) for t in range(num_models)]
-    if not 1 <= config.targets < num_models:
-        raise ConfigError(f"--targets must be between 1 and the number of models - 1 = {num_models - 1} (got {config.targets})")
-    return [(list(range(config.targets)), list(range(config.targets, num_models)))]
+    targets = config.num_targets
+    if not 1 <= targets < num_models:
+        raise ConfigError(f"--targets must be between 1 and the number of models - 1 = {num_models - 1} (got {targets})")
+    return [(list(range(targets)), list(range(targets, num_models)))]
 
 
 def _experiment(config: Config, folder: str) -> dict:
@@ -351,7 +415,8 @@ def _experiment(config: Config, folder: str) -> dict:
         data = loader(population, config, batch_size=config.score_batch_size, device=config.device)
         signals, correct = compute_signals(trained, data, signals=config.signals, views=config.resolved_views(),
                                            probes=config.probes, seed=config.seed, indices=torch.from_numpy(index),
-                                           device=config.device, progress=config.progress)
+                                           device=config.device, progress=config.progress,
+                                           zo_normalization=config.zo_normalization())
         seconds["signals"] = time.perf_counter() - start
         return {"keep": keep, "index": index, "label": labels.numpy(), "accuracy": json.dumps(_accuracies(correct, keep)),
                 **signals}
@@ -415,14 +480,17 @@ def summary(results: dict) -> dict:
 
 
 def _attack_and_report(config: Config, folder: str, signals, keep, accuracy, t0, train_seconds, signal_seconds) -> dict:
-    names = config.attacks
+    names, protocol = config.attacks, config.protocol()
     if names is None:
-        names = [n for n, (sig, _) in attack_table().items() if sig in signals and (config.published_quirk or not n.endswith("_published"))]
+        names = [n for n, (sig, _) in attack_table().items()
+                 if sig in signals and (protocol["published_quirk"] or not is_published_variant(n))]
     roles = _roles(config, keep.shape[0])
     scores = {n: [] for n in names}
     targets = []
+    views = config.resolved_views() if not (config.import_lira or config.import_matrices) else None
     for t_ids, s_ids in roles:
-        for name, s in attack_scores(signals, keep, t_ids, s_ids, names).items():
+        for name, s in attack_scores(signals, keep, t_ids, s_ids, names, views=views,
+                                     baseline_views=protocol["baseline_views"]).items():
             scores[name].append(s)
         targets += t_ids
     scores = {n: np.concatenate(v) for n, v in scores.items()}
@@ -435,14 +503,16 @@ def _attack_and_report(config: Config, folder: str, signals, keep, accuracy, t0,
     acc_in = [a["in"] for a in accuracy or []]
     acc_out = [a["out"] for a in accuracy or [] if a["out"] is not None]
     results = {
-        "settings": {**config_dict(config), "augment_used": config.resolved_augment(), "views_used": list(config.resolved_views())},
+        "settings": {**config_dict(config), "augment_used": config.resolved_augment(), "views_used": list(config.resolved_views()),
+                     "protocol": protocol},
         "population": {"samples": int(keep.shape[1]), "models": int(keep.shape[0]), "targets": targets,
                        "in_fraction": float(keep.mean())},
         "accuracy": {"train_mean": float(np.mean(acc_in)) if acc_in else None, "heldout_mean": float(np.mean(acc_out)) if acc_out else None,
                      "per_model": accuracy},
         "attacks": attacks,
         "not_computed": missing,
-        "notes": "balanced_accuracy picks its threshold on the evaluated target itself (optimistic). "
+        "notes": "balanced_accuracy picks its threshold on the evaluated target itself (optimistic); "
+                 "balanced_accuracy_eer is at the equal-error threshold, as the published notebooks compute it. "
                  f"TPR at FPR below {1 / max(1, (~members).sum(1).min()):.2g} rests on fewer than one non-member.",
         "seconds": {"train": round(train_seconds, 1), "signals": round(signal_seconds, 1),
                     "total": round(time.perf_counter() - t0, 1)},

@@ -6,6 +6,9 @@ For model m, sample i with label y_i and view v (the image itself, or its horizo
 - ``conf``: true-class logit-scaled confidence φ = log(p_y / (1 − p_y)) (Carlini et al., LiRA),
   computed from the logits as z_y − logsumexp_{c≠y} z_c, which stays finite and exact where
   p_y rounds to 1 (no log(1 − p_y) of a rounded probability).
+- ``maxconf``: the logit-scaled **maximum** probability log(p_max / (1 − p_max)), whatever the label, computed
+  the same stable way: the signal of the published "Carlini et al." baseline (``prob`` + ``logit_scale`` in
+  Curvature Clues' ``precompute_scores/precompute_cifar10_scores.py`` and notebooks), read by ``lira_published``.
 - ``mentr``: Song & Mittal's modified entropy
   Mentr = −(1 − p_y) log p_y − Σ_{c≠y} p_c log(1 − p_c), low for confidently right predictions;
   log(1 − p_c) is taken as log(−expm1(log p_c)), and for the most probable class as
@@ -14,7 +17,9 @@ For model m, sample i with label y_i and view v (the image itself, or its horizo
   ``curvfast.curvature.METHODS`` (read when asked: :func:`curvature_signals`), e.g.
   ``curv_exact``: tr(H), the exact input-Hessian trace (white box; exact for piecewise-linear nets;
   README, "Why it is fast and exact"); ``curv_zo``: the Curvature Clues zero-order estimator from
-  loss values only (black box), published h = 1e-3, n = 10 probes; ``curv_fd``: Garg et al.'s finite
+  loss values only (black box), published h = 1e-3, n = 10 probes, h in [0, 1] pixel units (``h_units=
+  "normalized"``: in the units of the model's input normalisation, as the published code perturbs the
+  normalised image: a step of h·std_c per channel c in pixel units, divided by 4h); ``curv_fd``: Garg et al.'s finite
   difference of gradients. These three are the default set (:data:`SIGNALS`).
 
 Random probes are keyed by (seed, dataset index, probe index), so a sample's probes are the
@@ -32,10 +37,11 @@ import curvfast.curvature as curvature
 from curvfast.curvature import DEFAULT_PROBES, input_curvature
 from curvfast.errors import ConfigError, DataError, UnknownNameError
 
-__all__ = ["SIGNALS", "OUTPUT_SIGNALS", "curvature_signals", "signal_choices", "VIEWS", "apply_view", "logit_confidence",
+__all__ = ["SIGNALS", "OUTPUT_SIGNALS", "H_UNITS", "curvature_signals", "signal_choices", "VIEWS", "apply_view", "logit_confidence",
            "modified_entropy", "model_signals", "compute_signals"]
 
-OUTPUT_SIGNALS = ("loss", "conf", "mentr")  # read from the logits
+OUTPUT_SIGNALS = ("loss", "conf", "maxconf", "mentr")  # read from the logits
+H_UNITS = ("pixel", "normalized")
 SIGNALS = OUTPUT_SIGNALS + ("curv_exact", "curv_zo", "curv_fd")  # the default set: the estimators of the papers
 
 
@@ -90,11 +96,24 @@ def _check_names(names, allowed, what):
 @torch.no_grad()
 def _output_signals(model: nn.Module, x, y):
     logits = model(x)
+    top = logits.argmax(1)
     return {"loss": F.cross_entropy(logits, y, reduction="none"), "conf": logit_confidence(logits, y),
-            "mentr": modified_entropy(logits, y), "correct": logits.argmax(1) == y}
+            "maxconf": logit_confidence(logits, top), "mentr": modified_entropy(logits, y), "correct": top == y}
 
 
-def _batch_signals(model, x, y, ids, signals, views, probes, seed):
+def _normalized_zo(model, x, y, normalization, **kwargs):
+    """zo with its step in normalised units: the loss as a function of z = (x − mean) / std (the published code's
+    input), so a probe of size h in z is h·std_c in pixel units; the value is that of the published estimator."""
+    mean, std = (torch.tensor(v, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1) for v in normalization)
+
+    def loss_of_z(z, labels):
+        with torch.no_grad():
+            return F.cross_entropy(model(z * std + mean), labels, reduction="none")
+
+    return input_curvature(loss_of_z, (x - mean) / std, y, method="zo", **kwargs)
+
+
+def _batch_signals(model, x, y, ids, signals, views, probes, seed, normalization=None):
     """``{name: (B, V)}`` and the (B,) correctness of the plain image, for one batch on the model's device."""
     out, correct, estimators = {}, None, curvature_signals()
     for view in views:
@@ -105,8 +124,11 @@ def _batch_signals(model, x, y, ids, signals, views, probes, seed):
         for name in signals:
             if name in estimators:  # probes for the random estimators only
                 method = estimators[name]
-                values[name] = input_curvature(model, xv, y, method=method, probes=probes if method in DEFAULT_PROBES else None,
-                                               seed=seed, sample_ids=ids).value
+                kwargs = dict(probes=probes if method in DEFAULT_PROBES else None, seed=seed, sample_ids=ids)
+                if method == "zo" and normalization is not None:
+                    values[name] = _normalized_zo(model, xv, y, normalization, **kwargs).value
+                else:
+                    values[name] = input_curvature(model, xv, y, method=method, **kwargs).value
             out.setdefault(name, []).append(values[name])
     if correct is None:
         with torch.no_grad():
@@ -126,6 +148,7 @@ def compute_signals(
     indices=None,
     device: str | torch.device = "cpu",
     progress: bool | None = False,
+    zo_normalization: tuple | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Every model's signals in one streamed pass over ``data``: ``({name: (M, N, V) float64}, correct (M, N))``.
 
@@ -134,7 +157,8 @@ def compute_signals(
     batch and the (M, N, V) results are held in memory. ``correct[m, i]``: model m classifies the
     plain image i right. ``indices`` (default ``0..N-1``) are the samples' dataset indices that key
     the random probes of the random estimators (``curv_zo``, ``curv_fd``, ...). Models run on ``device`` in eval mode (their
-    mode is restored; they stay on ``device``).
+    mode is restored; they stay on ``device``). ``zo_normalization`` ``(mean, std)`` per channel: ``curv_zo`` takes
+    its step in those normalised units (the published code's; None: [0, 1] pixel units).
     """
     from tqdm.auto import tqdm
 
@@ -158,7 +182,7 @@ def compute_signals(
                 raise DataError(f"indices has {len(indices)} entries but data holds more samples")
             start += len(y)
             for row, model in zip(rows, models):
-                values, correct = _batch_signals(model, x, y, ids, signals, views, probes, seed)
+                values, correct = _batch_signals(model, x, y, ids, signals, views, probes, seed, zo_normalization)
                 for name in signals:
                     row[name].append(values[name].double().cpu().numpy())
                 row["correct"].append(correct.cpu().numpy())

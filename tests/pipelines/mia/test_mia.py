@@ -71,16 +71,18 @@ def test_curvature_rules_match_formulas_and_quirk():
     # the published rules: the population variance (np.nanvar, ddof 0), passed where the std belongs
     _, si0 = manual_fit(np.log(csh + 1e-22), keep, ddof=0)
     _, so0 = manual_fit(np.log(csh + 1e-22), ~keep, ddof=0)
-    quirk = (norm.logpdf(s_t, mi, si0**2) - norm.logpdf(s_t, mo, si0**2)).mean(1)
+    quirk = (norm.logpdf(s_t, mi, si0**2 + 1e-32) - norm.logpdf(s_t, mo, si0**2 + 1e-32)).sum(1)  # summed over views
     np.testing.assert_allclose(A.curvature_nll(ct, csh, keep, published_quirk=True), quirk, rtol=1e-9, atol=1e-9)
     assert not np.allclose(quirk, nll)
-    # the published LR: ratio of the likelihoods summed over views, Σ_v N_in / Σ_v N_out (variance as std)
-    lr_quirk = np.log(norm.pdf(s_t, mi, si0**2).sum(1)) - np.log(norm.pdf(s_t, mo, so0**2).sum(1))
-    np.testing.assert_allclose(A.curvature_lr(ct, csh, keep, published_quirk=True), lr_quirk, rtol=1e-9, atol=1e-9)
-    # with one view the two aggregations agree
-    one = A.curvature_lr(ct[:, :1], csh[..., :1], keep, published_quirk=True)
-    np.testing.assert_allclose(one, norm.logpdf(s_t[:, 0], mi[:, 0], si0[:, 0] ** 2) - norm.logpdf(s_t[:, 0], mo[:, 0], so0[:, 0] ** 2),
-                               rtol=1e-9, atol=1e-9)
+    # the published LR: ratio of the likelihoods summed over views, Σ_v N_in / (Σ_v N_out + eps) (variance + eps as std)
+    lr_quirk = norm.pdf(s_t, mi, si0**2 + 1e-22).sum(1) / (norm.pdf(s_t, mo, so0**2 + 1e-22).sum(1) + 1e-22)
+    np.testing.assert_allclose(A.curvature_lr(ct, csh, keep, published_quirk=True), lr_quirk, rtol=1e-9, atol=1e-12)
+    # the published aggregation alone (our statistics), and with one view the two aggregations agree
+    lr_sum = np.log(norm.pdf(s_t, mi, si).sum(1)) - np.log(norm.pdf(s_t, mo, so).sum(1))
+    np.testing.assert_allclose(A.curvature_lr(ct, csh, keep, aggregation="likelihoods"), lr_sum, rtol=1e-9, atol=1e-9)
+    assert not np.allclose(lr_sum, lr)
+    one = A.curvature_lr(ct[:, :1], csh[..., :1], keep, aggregation="likelihoods")
+    np.testing.assert_allclose(one, A.curvature_lr(ct[:, :1], csh[..., :1], keep), rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("attack", ["lira_online", "lira_offline", "curvature_nll", "curvature_lr"])
@@ -321,7 +323,7 @@ def test_every_registered_estimator_is_a_curvature_signal_with_its_attacks():
     from curvfast.pipelines.mia.signals import curvature_signals
 
     assert curvature_signals() == {f"curv_{m}": m for m in METHODS}
-    assert set(field_choices(Config, "signals")) == {"loss", "conf", "mentr", *curvature_signals()}
+    assert set(field_choices(Config, "signals")) == {"loss", "conf", "maxconf", "mentr", *curvature_signals()}
     assert {f"curv_{m}_{kind}" for m in METHODS for kind in ("nll", "lr")} <= set(field_choices(Config, "attacks"))
     assert attack_table()["curv_deflated_lr"][0] == "curv_deflated"
 
