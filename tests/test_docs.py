@@ -126,3 +126,48 @@ def test_library_page_starts_with_a_summary(name):
 @pytest.mark.parametrize("page", sorted(p.name for p in DOCS.glob("*.md")))
 def test_docs_pages_have_no_journal_words(page):
     assert journal_words((DOCS / page).read_text()) == []
+
+
+DEVIATIONS_HEADER = ("point", "published code", "curvfast", "why", "option that restores the published behaviour")
+
+
+def section(text: str, title: str) -> str:
+    """The body of the level-2 section ``title`` of a Markdown page ('' if absent)."""
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, flags=re.MULTILINE | re.DOTALL)
+    return match.group(1) if match else ""
+
+
+def deviations_problems(text: str) -> list[str]:
+    """What is wrong with a page's Deviations section: it must hold one table with the five columns."""
+    lines = section(text, "Deviations from the published code").splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("|") and (i == 0 or not lines[i - 1].startswith("|"))]
+    if len(starts) != 1:
+        return [f"the Deviations section has {len(starts)} tables, not one"]
+    rows = [line for line in lines if line.startswith("|") and not re.match(r"\|[\s:|-]+\|$", line)]
+    header = tuple(cell.strip() for cell in rows[0].strip("|").split("|"))
+    if header != DEVIATIONS_HEADER:
+        return [f"the Deviations table's header is {header}, not {DEVIATIONS_HEADER}"]
+    return [f"a Deviations row has fewer than five cells: {row[:60]}" for row in rows[1:]
+            if len(row.strip("|").split("|")) < len(DEVIATIONS_HEADER)]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_pipeline_page_has_one_five_column_deviations_table(command):
+    assert deviations_problems((DOCS / f"{command}.md").read_text()) == []
+
+
+@pytest.mark.parametrize("problem, text", [
+    ("no table", "## Deviations from the published code\n\nnone\n"),
+    ("four columns", "## Deviations from the published code\n\n| point | published code | curvfast | why |\n|---|---|---|---|\n"),
+    ("two tables", "## Deviations from the published code\n\n| point | published code | curvfast | why | option that "
+                   "restores the published behaviour |\n|---|---|---|---|---|\n\ntext\n\n| a |\n|---|\n"),
+])
+def test_deviations_check_can_fail(problem, text):
+    assert deviations_problems(text), problem
+
+
+@pytest.mark.parametrize("page", sorted(p.name for p in DOCS.glob("*.md")))
+def test_docs_figures_exist(page):
+    text = (DOCS / page).read_text()
+    missing = [target for target in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", text) if not (DOCS / target).exists()]
+    assert missing == []

@@ -223,6 +223,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
                 kwargs["type"] = _none_or(kwargs["type"])
             if choices is not None:
                 kwargs["choices"] = choices
+        kwargs["help"] = kwargs["help"].replace("%", "%%")  # argparse formats help with %: a literal "60%" must survive
         parser.add_argument(flag, **kwargs)
 
 

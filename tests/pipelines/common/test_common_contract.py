@@ -120,6 +120,23 @@ def test_generated_options_refuse_bad_values_naming_the_option(argv, message):
         _parse(argv)
 
 
+def test_a_percent_sign_in_help_is_printed_not_formatted():
+    @dataclasses.dataclass
+    class Percent:
+        share: float = option(0.6, "decay at 60% of the epochs")
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, Percent)
+    assert "decay at 60% of the epochs (default: 0.6)" in " ".join(parser.format_help().split())
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_pipeline_help_renders(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0 and "--out" in capsys.readouterr().out
+
+
 def test_a_field_without_help_is_refused():
     @dataclasses.dataclass
     class NoHelp:
