@@ -1,6 +1,6 @@
 """Op-level speed (pytest-benchmark): each native op against composed-torch code doing the same job.
 
-Sizes are the issue's realistic ones, B=256, C=1000, D=3·224·224 (K=2 pulled-back cotangents
+Sizes are realistic ImageNet ones, B=256, C=1000, D=3·224·224 (K=2 pulled-back cotangents
 and one probe per sample, so a tensor is 77M floats). Not part of ``make test``:
 
     pytest benchmarks/test_ops_speed.py --benchmark-json=out.json     (or python -m benchmarks)

@@ -29,9 +29,15 @@ from torch.func import functional_call, grad, stack_module_state, vmap
 from curvfast.pipelines.common.data import as_float
 from curvfast.errors import ConfigError, DataError
 
-__all__ = ["SCHEDULES", "train_subset_models", "subset_batches"]
+__all__ = ["SCHEDULES", "step_milestones", "train_subset_models", "subset_batches"]
 
 SCHEDULES = ("cosine", "step")
+
+
+def step_milestones(epochs: int) -> list[int]:
+    """The epochs at which the ``"step"`` schedule multiplies the learning rate by 0.1: int(0.6 E), int(0.8 E)
+    (``MultiStepLR`` in Curvature Clues' ``train/train_cifar10.py`` and Garg et al.'s ``train_imagenet.py``)."""
+    return [int(0.6 * epochs), int(0.8 * epochs)]
 
 
 def subset_batches(keep: np.ndarray, batch_size: int, epochs: int, seed: int, model_ids=None) -> list[np.ndarray]:
@@ -152,8 +158,8 @@ def _fresh_models(make_model, ids, seed, device):
 
 def _recipe(tensors, lr, weight_decay, epochs, schedule):
     opt = torch.optim.SGD(tensors, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    if schedule == "step":  # train/train_cifar10.py: MultiStepLR at int(0.6 E), int(0.8 E), gamma 0.1
-        return opt, torch.optim.lr_scheduler.MultiStepLR(opt, [int(0.6 * epochs), int(0.8 * epochs)], gamma=0.1)
+    if schedule == "step":
+        return opt, torch.optim.lr_scheduler.MultiStepLR(opt, step_milestones(epochs), gamma=0.1)
     return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
 
 

@@ -31,7 +31,7 @@ from curvfast.errors import ConfigError, UnknownNameError
 from curvfast.io import write_npz
 from curvfast.pipelines.common.contract import config_dict, field_choices, option, run_folder, write_results
 from curvfast.pipelines.common.data import DataOptions, as_float, dataset_labels, load_split, materialise
-from curvfast.pipelines.common.multitrain import train_subset_models
+from curvfast.pipelines.common.multitrain import SCHEDULES, train_subset_models
 from curvfast.plots import image_grid
 from curvfast.pipelines.memorization.agreement import agreement
 from curvfast.pipelines.memorization.dp import (BOUND_FORMS, DESIGNS, PUBLISHED_EPSILONS, dp_sweep,
@@ -40,7 +40,7 @@ from curvfast.pipelines.memorization.feldman import label_predictions, memorizat
 from curvfast.pipelines.memorization.figures import dp_plot, histograms, sample_caption, scatter_plot
 from curvfast.pipelines.memorization.mislabel import cleanlab_scores, cross_val_pred_probs, flip_labels, mislabel_report
 from curvfast.pipelines.memorization.models import model_factory
-from curvfast.pipelines.memorization.trajectory import SCHEDULES, curvature_trajectory
+from curvfast.pipelines.memorization.trajectory import curvature_trajectory
 
 __all__ = ["Config", "PRESETS", "PUBLISHED", "run", "summary"]
 

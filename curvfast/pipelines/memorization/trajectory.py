@@ -32,13 +32,10 @@ from torch import nn
 
 from curvfast.engine import score_models
 from curvfast.pipelines.common.data import PackedDataset
-from curvfast.pipelines.common.multitrain import train_subset_models
+from curvfast.pipelines.common.multitrain import SCHEDULES, step_milestones, train_subset_models
 from curvfast.errors import ConfigError
 
-__all__ = ["curvature_per_model", "train_with_checkpoints", "CurvatureTrajectory", "curvature_trajectory", "epoch_lr",
-           "SCHEDULES"]
-
-SCHEDULES = ("cosine", "step")
+__all__ = ["curvature_per_model", "train_with_checkpoints", "CurvatureTrajectory", "curvature_trajectory", "epoch_lr"]
 
 
 def epoch_lr(lr: float, epoch: int, epochs: int, schedule: str = "cosine") -> float:
@@ -59,7 +56,7 @@ def epoch_lr(lr: float, epoch: int, epochs: int, schedule: str = "cosine") -> fl
     if schedule == "cosine":
         return lr * (1.0 + math.cos(math.pi * epoch / epochs)) / 2.0
     if schedule == "step":
-        return lr * 0.1 ** sum(epoch >= m for m in (int(0.6 * epochs), int(0.8 * epochs)))
+        return lr * 0.1 ** sum(epoch >= m for m in step_milestones(epochs))
     raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)} (got {schedule!r})")
 
 

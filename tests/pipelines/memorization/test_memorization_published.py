@@ -143,7 +143,7 @@ def test_published_switch_sets_every_point_and_keeps_explicit_values():
 
 
 def test_paper_preset_is_the_published_recipe():
-    """Garg et al. / METHODS.md: CIFAR ResNet-18, SGD lr 0.1, momentum 0.9 (the shared trainer's), wd 1e-4, 300 epochs,
+    """Garg et al.'s CIFAR setting: ResNet-18, SGD lr 0.1, momentum 0.9 (the shared trainer's), wd 1e-4, 300 epochs,
     x0.1 steps at 60%/80%, fraction 0.7, crop-flip; the published protocol on."""
     config, _ = preset_config(memorization, "paper").applied()
     assert PRESETS["paper"]["published"] is True
